@@ -1,0 +1,96 @@
+"""The Actor base class, its context, and which methods count as handlers."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from actorq._ref import ActorRef
+
+HOOKS = frozenset({"on_start", "on_stop", "receive"})
+
+
+def is_handler_name(name: str) -> bool:
+    """True for public names that are not lifecycle hooks."""
+    return not name.startswith("_") and name not in HOOKS
+
+
+def handler_names(cls: type) -> frozenset[str]:
+    """Return the names of *cls*'s handlers: its public methods, hooks excluded."""
+    names = set()
+    for name, value in inspect.getmembers(cls):
+        if is_handler_name(name) and callable(value) and name not in _BASE_ATTRS:
+            names.add(name)
+    return frozenset(names)
+
+
+class ContextOps(Protocol):
+    """What an actor's context needs from the process hosting it (injected, not imported)."""
+
+    def lookup(self, name: str) -> ActorRef[Any]:
+        """Return the ref of the actor registered as *name*."""
+        ...
+
+    def spawn_child(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    name: str | None, restart: str) -> ActorRef[Any]:
+        """Spawn *cls* as a child of the current actor."""
+        ...
+
+
+class ActorContext:
+    """What an actor can see of the runtime: ``lookup``, ``spawn``, ``restarts``, ``name``."""
+
+    __slots__ = ("_ops", "name", "restarts")
+
+    def __init__(self, ops: ContextOps, name: str, restarts: int) -> None:
+        self._ops = ops
+        self.name = name
+        self.restarts = restarts
+
+    def lookup(self, name: str) -> ActorRef[Any]:
+        """Return the ref of the actor registered under *name* (``KeyError`` if none)."""
+        return self._ops.lookup(name)
+
+    def spawn(self, cls: type, *args: Any, name: str | None = None,
+              restart: str = "permanent", **kwargs: Any) -> ActorRef[Any]:
+        """Spawn a child actor supervised by this one; returns its ref at once."""
+        return self._ops.spawn_child(cls, args, kwargs, name, restart)
+
+
+class Actor:
+    """Base class of user actors. Each instance lives in its own process.
+
+    Public methods are handlers, called through an ``ActorRef``; they may be ``def`` or
+    ``async def`` (run on the actor's uvloop loop). Messages are handled one at a time,
+    in order per sender. ``receive(message)`` handles ``ref.tell(msg)`` and
+    ``ref.ask(msg)``. ``on_start``/``on_stop`` run in the actor's process.
+    """
+
+    _actorq_ref: ActorRef[Any]
+    _actorq_context: ActorContext
+
+    @property
+    def ref(self) -> ActorRef[Any]:
+        """This actor's own ref (pass it to others so that they can call back)."""
+        return self._actorq_ref
+
+    @property
+    def context(self) -> ActorContext:
+        """This actor's context: ``lookup(name)``, ``spawn(...)``, ``restarts``."""
+        return self._actorq_context
+
+    def receive(self, message: Any) -> Any:
+        """Handle a message sent with ``tell``/``ask``; override it to accept messages."""
+        msg = f"{type(self).__name__} got a message but does not define receive(): {message!r}"
+        raise NotImplementedError(msg)
+
+    def on_start(self) -> Any:
+        """Run once the actor's process is up, before any message (sync or async)."""
+
+    def on_stop(self) -> Any:
+        """Run when the actor is stopped gracefully (not after SIGKILL)."""
+
+
+_BASE_ATTRS = frozenset({"ref", "context"})
+Actor.__module__ = "actorq"

@@ -1,0 +1,84 @@
+"""System configuration: timeouts, mailbox sizes and limits, with ``ACTORQ_*`` overrides.
+
+Every tunable a user may need is a field of :class:`SystemConfig`; its default can be
+overridden through the environment variable ``ACTORQ_<FIELD>`` (upper case), and an
+explicit keyword to :class:`actorq.ActorSystem` wins over both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+START_METHODS = ("forkserver", "fork", "spawn")
+
+
+def _env(name: str, default: Any) -> Any:
+    raw = os.environ.get(f"ACTORQ_{name.upper()}")
+    if raw is None:
+        return default
+    return type(default)(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class SystemConfig:
+    """Tunables of one :class:`actorq.ActorSystem`.
+
+    Attributes:
+        start_method: ``"forkserver"`` (default: fast, no fork-with-threads hazard),
+            ``"fork"`` or ``"spawn"``.
+        call_timeout: seconds a ``Reply.result()`` without a timeout waits.
+        send_timeout: seconds a synchronous send waits for mailbox credit before
+            raising ``Backpressure``.
+        start_timeout: seconds an actor process may take to start.
+        stop_timeout: seconds a graceful stop may take before SIGKILL.
+        ring_size: bytes of each shared-memory ring (one per sender process and actor).
+            A record may use at most half of it; larger ones take the spill path.
+        window: credit window in messages per channel (sent but not yet handled).
+        oob_threshold: buffers (numpy arrays, bytearrays) at least this large travel
+            out of band in their own shared-memory block and are read without a copy.
+        spin_seconds: how long a consumer polls before parking on its doorbell.
+        park_timeout: a parked consumer re-checks its rings after this long, as a
+            safety net; a wake-up found this way is counted as ``lost_wakeups``.
+        outbox_messages: a burst is flushed as one record once it holds this many
+            messages (or at the end of the loop iteration).
+        outbox_bytes: ... or once its pickled size estimate passes this many bytes.
+    """
+
+    start_method: str = field(default_factory=lambda: _env("start_method", "forkserver"))
+    call_timeout: float = field(default_factory=lambda: _env("call_timeout", 60.0))
+    send_timeout: float = field(default_factory=lambda: _env("send_timeout", 10.0))
+    start_timeout: float = field(default_factory=lambda: _env("start_timeout", 30.0))
+    stop_timeout: float = field(default_factory=lambda: _env("stop_timeout", 3.0))
+    ring_size: int = field(default_factory=lambda: _env("ring_size", 1 << 20))
+    window: int = field(default_factory=lambda: _env("window", 8192))
+    oob_threshold: int = field(default_factory=lambda: _env("oob_threshold", 64 * 1024))
+    spin_seconds: float = field(default_factory=lambda: _env("spin_seconds", 50e-6))
+    park_timeout: float = field(default_factory=lambda: _env("park_timeout", 0.1))
+    outbox_messages: int = field(default_factory=lambda: _env("outbox_messages", 256))
+    outbox_bytes: int = field(default_factory=lambda: _env("outbox_bytes", 64 * 1024))
+
+    def __post_init__(self) -> None:
+        if self.start_method not in START_METHODS:
+            msg = f"start_method must be one of {START_METHODS}, not {self.start_method!r}"
+            raise ValueError(msg)
+        if self.ring_size < 4096 or self.ring_size & 7:
+            msg = f"ring_size must be a multiple of 8 and at least 4096, not {self.ring_size}"
+            raise ValueError(msg)
+        if self.window < 1:
+            msg = f"window must be at least 1, not {self.window}"
+            raise ValueError(msg)
+        for name in ("call_timeout", "send_timeout", "start_timeout", "stop_timeout"):
+            if getattr(self, name) <= 0:
+                msg = f"{name} must be positive, not {getattr(self, name)}"
+                raise ValueError(msg)
+
+    def replace(self, **changes: Any) -> SystemConfig:
+        """Return a copy with *changes* applied (unknown names raise ``TypeError``)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            msg = f"unknown ActorSystem option(s): {', '.join(sorted(unknown))}"
+            raise TypeError(msg)
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,94 @@
+"""Every exception actorq raises, rooted at :class:`ActorqError`.
+
+Each class keeps its constructor arguments in ``self.args`` so that it pickles:
+errors cross process boundaries (a crash reported by the system to an actor that
+was calling the crashed one, say).
+"""
+
+from __future__ import annotations
+
+import traceback
+
+
+class ActorqError(Exception):
+    """Base class of every error actorq raises."""
+
+
+class Backpressure(ActorqError):
+    """The target's mailbox has no credit left (``tell_nowait``, or a send timeout)."""
+
+
+class ActorCrashed(ActorqError):
+    """The actor's process died while handling this call, or before replying.
+
+    ``cause`` classifies the death: ``"signal"``, ``"exit"``, ``"lost"``, ...
+    """
+
+    def __init__(self, message: str, cause: str = "lost") -> None:
+        super().__init__(message, cause)
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ActorStopped(ActorqError):
+    """The actor was stopped (or its system closed) before the call could be handled."""
+
+
+class CallTimeout(ActorqError, TimeoutError):
+    """A call got no reply before its deadline."""
+
+
+class CircuitOpen(ActorqError):
+    """Every candidate's circuit is open: the call fails fast."""
+
+
+class GraphError(ActorqError):
+    """A job graph is malformed (a cycle, an unpicklable argument, ...)."""
+
+
+class DeadlockError(ActorqError):
+    """Waiting on this reply would deadlock: the target is blocked waiting on the caller."""
+
+
+class MessageTooLarge(ActorqError, ValueError):
+    """A message is larger than the configured maximum message size."""
+
+
+class RemoteTraceback(ActorqError):
+    """The traceback of an exception raised in another process, kept as text."""
+
+    def __init__(self, tb_text: str) -> None:
+        super().__init__(tb_text)
+        self.tb_text = tb_text
+
+    def __str__(self) -> str:
+        return "\n\n" + self.tb_text
+
+
+def format_remote(exc: BaseException) -> str:
+    """Return the formatted traceback of *exc* (in the process where it was raised)."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def rebuild(exc: BaseException, tb_text: str) -> BaseException:
+    """Attach the remote traceback text to *exc* as its ``__cause__`` and return it."""
+    exc.__cause__ = RemoteTraceback(tb_text)
+    return exc
+
+
+PUBLIC = (
+    ActorqError,
+    Backpressure,
+    ActorCrashed,
+    ActorStopped,
+    CallTimeout,
+    CircuitOpen,
+    GraphError,
+    DeadlockError,
+    MessageTooLarge,
+    RemoteTraceback,
+)
+for _cls in PUBLIC:
+    _cls.__module__ = "actorq"

@@ -1,0 +1,502 @@
+"""The actor's side: the main function of an actor process, and its hub.
+
+    main(ctrl)                      the process target (forkserver preloads this module)
+      └─ Host.boot()                read the start message, map rings, build the actor
+      └─ loop: on_wake()            doorbell or spin: run_batch()
+              run_batch()          drain → pump (handle calls in order) → flush → spin → park
+              on_ctrl()            stop, new inbound ring, peer gone
+              watchdog()           park timeout: count lost wake-ups (must stay 0)
+
+Messages are handled one at a time; an ``async def`` handler holds the actor until it
+returns, while replies to calls it awaits keep flowing. A call is committed (its ring
+space and credit given back) once handled, and its reply is flushed before the next
+handler starts, so a later crash never swallows an earlier reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from actorq import _serialization
+from actorq._actor import ActorContext, handler_names
+from actorq._clock import Deadline
+from actorq._config import SystemConfig
+from actorq._errors import ActorStopped, format_remote
+from actorq._hub import OP_CALL, OP_REPLY, SYSTEM_ID, Hub
+from actorq._process.deathsig import set_pdeathsig
+from actorq._ref import ActorRef, register_hub
+from actorq._reply import Reply
+from actorq._transport import control
+from actorq._transport.channel import (
+    C_BUSY,
+    C_HANDLED,
+    C_LOST,
+    C_REPLY_TO,
+    C_TOKEN,
+    C_WAKEUPS,
+    ControlBlock,
+    InChannel,
+    OpenRecord,
+    OutChannel,
+)
+from actorq._transport.shm import Segment
+
+logger = logging.getLogger(__name__)
+
+EXIT_FAILED_START = 3
+EXIT_SYSTEM_GONE = 4
+
+
+class ActorHub(Hub):
+    """The hub of an actor process: runs handlers, and opens channels through the system."""
+
+    def __init__(self, host: Host, info: dict[str, Any], ctl: ControlBlock, efd: int):
+        super().__init__(info["id"], info["run_id"], info["config"], ctl, efd)
+        self.host = host
+        self.queue: deque[tuple[OpenRecord, int, tuple[Any, ...]]] = deque()
+        self.busy = False
+        self.handling_token = 0
+
+    # -- channels through the system ----------------------------------------------------
+
+    def open_channel(self, ref: ActorRef[Any]) -> OutChannel:
+        """Ask the system for a direct channel to *ref* (once per target)."""
+        answer, fds = self.host.request(("connect", ref.actor_id))
+        if answer[0] == "gone":
+            self.gone[ref.actor_id] = answer[2]
+            msg = f"{ref.describe()} is stopped: {answer[2]}"
+            raise ActorStopped(msg)
+        _kind, target, ring_name, ctl_name = answer
+        return self.attach_outbound(target, ring_name, ctl_name, fds[0])
+
+    def attach_outbound(self, target: int, ring_name: str, ctl_name: str, efd: int) -> OutChannel:
+        """Map the ring to *target* and remember it."""
+        chan = self.outbound.get(target)
+        if chan is None:
+            ctl = ControlBlock(Segment.attach(ctl_name))
+            chan = OutChannel(target, Segment.attach(ring_name), ctl, efd, self.config.window)
+            self.outbound[target] = chan
+        return chan
+
+    def attach_inbound(self, sender: int, ring_name: str) -> None:
+        """Map a ring some peer writes to us."""
+        if sender not in self.inbound:
+            self.inbound[sender] = InChannel(sender, Segment.attach(ring_name))
+
+    # -- waiting ------------------------------------------------------------------------
+
+    def may_block(self) -> bool:
+        """Sync handlers may wait (the actor is busy anyway); async ones may not."""
+        return _current_task() is None
+
+    def waiting_would_deadlock(self, reply: Reply[Any]) -> bool:
+        """Waiting on a call to ourselves while handling a message never ends."""
+        return reply.target_id == self.id and self.busy
+
+    def timeout_hint(self, reply: Reply[Any]) -> str:
+        """Say why a call from inside a handler may have timed out."""
+        if self.busy:
+            return (f"; this actor ({self.host.name!r}) handles one message at a time and "
+                    "was blocked waiting: if the target (directly or through others) calls "
+                    "back into it, that is a deadlock")
+        return ""
+
+    def wait_reply(self, reply: Reply[Any], deadline: Deadline) -> None:
+        """Wait inside a sync handler: keep reading replies (calls queue) until done."""
+        if _current_task() is not None:
+            msg = f"{reply.describe}: use 'await' for replies inside an async handler"
+            raise RuntimeError(msg)
+        while not reply._done:
+            self.flush_dirty()
+            self.drain()
+            self.host.poll_ctrl()
+            if reply._done or deadline.expired():
+                return
+            if self.spin(lambda: reply._done):
+                continue
+            if self.park():
+                timeout = min(deadline.remaining(), self.config.park_timeout)
+                select.select([self.efd, self.host.ctrl], [], [], timeout)
+                self.clear_doorbell()
+                self.unpark()
+
+    def idle_wait(self, seconds: float) -> None:
+        """While waiting for credit, keep reading replies and control messages."""
+        self.drain()
+        self.host.poll_ctrl()
+        time.sleep(seconds)
+
+    def spin(self, stop: Any = None) -> bool:
+        """Poll the rings for ``spin_seconds``; True if data (or *stop*) turned up."""
+        end = time.perf_counter() + self.config.spin_seconds
+        while time.perf_counter() < end:
+            if self.has_unread() or (stop is not None and stop()):
+                return True
+        return False
+
+    # -- handling -----------------------------------------------------------------------
+
+    def dispatch(self, msg: tuple[Any, ...], entry: OpenRecord, index: int) -> None:
+        """Replies resolve at once; calls wait their turn in the queue."""
+        if msg[0] == OP_REPLY:
+            self.resolve(msg)
+            entry.done_one(index)
+        else:
+            self.queue.append((entry, index, msg))
+
+    def pump(self) -> None:
+        """Handle queued calls in order until one is async (it holds the actor) or none remain."""
+        queue = self.queue
+        while queue and not self.busy and not self.host.stopping:
+            if self.dirty:
+                self.flush_dirty()
+            entry, index, msg = queue.popleft()
+            self.handle(entry, index, msg)
+
+    def handle(self, entry: OpenRecord, index: int, msg: tuple[Any, ...]) -> None:
+        """Run one call's handler; record it in the crash-attribution slot meanwhile."""
+        _op, token, reply_to, method, args, kwargs = msg
+        slots = self.ctl.slots
+        slots[C_TOKEN] = token
+        slots[C_REPLY_TO] = reply_to + 1
+        slots[C_BUSY] = entry.chan.sender_id + 1
+        fn = self.host.handlers.get(method)
+        if fn is None:
+            err = AttributeError(f"{self.host.describe()} has no handler {method!r}")
+            self.finish(entry, index, token, reply_to, False, err, "")
+            return
+        self.busy = True
+        self.handling_token = token
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the caller gets it, the actor lives on
+            self.busy = False
+            self.finish(entry, index, token, reply_to, False, exc, format_remote(exc))
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            task.add_done_callback(lambda t: self._async_done(t, entry, index, token, reply_to))
+            return
+        self.busy = False
+        self.finish(entry, index, token, reply_to, True, result, "")
+
+    def _async_done(self, task: asyncio.Future[Any], entry: OpenRecord, index: int,
+                    token: int, reply_to: int) -> None:
+        self.busy = False
+        if task.cancelled():
+            err = ActorStopped(f"{self.host.describe()}: the handler was cancelled")
+            self.finish(entry, index, token, reply_to, False, err, "")
+        elif (exc := task.exception()) is not None:
+            self.finish(entry, index, token, reply_to, False, exc, format_remote(exc))
+        else:
+            self.finish(entry, index, token, reply_to, True, task.result(), "")
+        self.host.run_batch()
+
+    def finish(self, entry: OpenRecord, index: int, token: int, reply_to: int, ok: bool,
+               value: Any, tb: str) -> None:
+        """Queue the reply (or log a tell's error), then count the message handled."""
+        if token:
+            self.send_reply(reply_to, (OP_REPLY, token, ok, value, tb))
+        elif not ok:
+            logger.error("%s: a told message raised:\n%s", self.host.describe(), tb or value)
+        slots = self.ctl.slots
+        slots[C_BUSY] = 0
+        slots[C_HANDLED] += 1
+        entry.done_one(index)
+
+    def send_reply(self, reply_to: int, msg: tuple[Any, ...]) -> None:
+        """Append a reply to the caller's channel (opened through the system if new)."""
+        chan = self.outbound.get(reply_to)
+        if chan is None:
+            try:
+                chan = self.open_channel(ActorRef(self, self.run_id, reply_to, "caller",
+                                                  frozenset(), "actor"))
+            except ActorStopped:
+                return  # the caller is gone: nobody is waiting for this reply
+        with chan.lock:
+            chan.outbox.append(msg)
+        self.dirty.add(chan)
+
+    def unpicklable(self, msg: tuple[Any, ...], exc: BaseException) -> tuple[Any, ...] | None:
+        """Replace a reply that cannot be pickled by an error the caller can read."""
+        if msg[0] == OP_REPLY and not msg[2]:
+            err = RuntimeError(f"{type(msg[3]).__name__}: {msg[3]} (the exception itself "
+                               f"could not be pickled: {exc})")
+            return (OP_REPLY, msg[1], False, err, msg[4])
+        return super().unpicklable(msg, exc)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+class Host:
+    """Everything one actor process runs: boot, the loop's callbacks, stop."""
+
+    def __init__(self, ctrl: socket.socket) -> None:
+        self.ctrl = ctrl
+        self.stopping = False
+        self.name = "?"
+        self.cls_name = "?"
+        self.handlers: dict[str, Any] = {}
+        self.instance: Any = None
+        self.hub: ActorHub
+        self.loop: asyncio.AbstractEventLoop
+        self.done: asyncio.Future[None]
+        self._answers: dict[int, tuple[Any, list[int]]] = {}
+        self._req = 0
+
+    def describe(self) -> str:
+        """``"Counter 'c'"``."""
+        return f"{self.cls_name} {self.name!r}"
+
+    # -- boot ---------------------------------------------------------------------------
+
+    def boot(self) -> None:
+        """Read the start message and map the control block and rings."""
+        got = control.recv(self.ctrl)
+        if got is None:
+            os._exit(EXIT_SYSTEM_GONE)
+        (kind, info), fds = got
+        assert kind == "boot", kind
+        self.name = info["name"]
+        self.info = info
+        ctl = ControlBlock(Segment.attach(info["ctl"]))
+        self.hub = ActorHub(self, info, ctl, fds[0])
+        register_hub(info["run_id"], self.hub)
+        for sender, ring_name in info["inbound"].items():
+            self.hub.attach_inbound(sender, ring_name)
+        for target, (ring_name, ctl_name, fd_index) in info["outbound"].items():
+            self.hub.attach_outbound(target, ring_name, ctl_name, fds[fd_index])
+
+    async def start_actor(self) -> None:
+        """Build the actor (constructor, then ``on_start``) in this process."""
+        info = self.info
+        spec = Segment.attach(info["spec"])
+        try:
+            cls, args, kwargs = _serialization.loads(spec.buf[: info["spec_size"]])
+        finally:
+            spec.close()
+        self.cls_name = cls.__name__
+        obj = cls.__new__(cls)
+        obj._actorq_ref = ActorRef(self.hub, info["run_id"], info["id"], self.name,
+                                   handler_names(cls), cls.__name__)
+        obj._actorq_context = ActorContext(self, self.name, info["restarts"])
+        obj.__init__(*args, **kwargs)
+        started = obj.on_start()
+        if inspect.isawaitable(started):
+            await started
+        self.instance = obj
+        self.handlers = {name: getattr(obj, name) for name in handler_names(cls)}
+        self.handlers["receive"] = obj.receive
+
+    async def run(self) -> int:
+        """Run the actor until it is told to stop (or the system goes away)."""
+        self.loop = asyncio.get_running_loop()
+        self.done = self.loop.create_future()
+        self.boot()
+        hub = self.hub
+        hub.loop = self.loop
+        hub.loop_thread_id = _thread_id()
+        self.ctrl.setblocking(False)
+        try:
+            await self.start_actor()
+        except Exception as exc:  # noqa: BLE001 - reported to the system, then exit
+            self.report_failed_start(exc)
+            return EXIT_FAILED_START
+        self.loop.add_reader(hub.efd, self.on_wake)
+        self.loop.add_reader(self.ctrl, self.on_ctrl)
+        self.loop.call_later(hub.config.park_timeout, self.watchdog)
+        control.send(self.ctrl, ("ready", os.getpid()))
+        self.run_batch()
+        await self.done
+        await self.stop_actor()
+        return 0
+
+    def report_failed_start(self, exc: BaseException) -> None:
+        """Tell the system that the constructor or ``on_start`` raised."""
+        tb = format_remote(exc)
+        try:
+            payload: Any = exc
+            _serialization.loads(_serialization.dumps_code(exc))
+        except Exception:  # noqa: BLE001
+            payload = RuntimeError(f"{type(exc).__name__}: {exc}")
+        try:
+            control.send(self.ctrl, ("failed", payload, tb[-16000:]))
+        except (OSError, ValueError):
+            pass
+
+    async def stop_actor(self) -> None:
+        """Graceful stop: run ``on_stop``, flush what is queued to go out."""
+        try:
+            stopped = self.instance.on_stop()
+            if inspect.isawaitable(stopped):
+                await stopped
+        except Exception:
+            logger.exception("%s: on_stop raised", self.describe())
+        self.hub.flush_dirty()
+
+    # -- loop callbacks -----------------------------------------------------------------
+
+    def on_wake(self) -> None:
+        """The doorbell rang: read and handle everything there is."""
+        self.hub.clear_doorbell()
+        self.hub.ctl.slots[C_WAKEUPS] += 1
+        self.hub.unpark()
+        self.run_batch()
+
+    def run_batch(self) -> None:
+        """Drain, handle, flush; spin briefly for more; park when idle."""
+        hub = self.hub
+        while True:
+            hub.drain()
+            hub.pump()
+            hub.flush_dirty()
+            if self.stopping:
+                if not hub.busy and not self.done.done():
+                    self.done.set_result(None)
+                return
+            if hub.busy:
+                return  # an async handler holds the actor; its end calls us again
+            if hub.spin():
+                continue
+            if hub.park():
+                return
+
+    def watchdog(self) -> None:
+        """Safety net for lost wake-ups (DESIGN.md: park with a timeout, count, keep 0).
+
+        Data present while parked with no doorbell pending is suspicious only if it is
+        still there, untouched by any wake-up, at a second look shortly after: a producer
+        may be between publishing and ringing at the first look.
+        """
+        hub = self.hub
+        if self.done.done():
+            return
+        if self._parked_with_data():
+            wakeups = hub.ctl.slots[C_WAKEUPS]
+
+            def second_look() -> None:
+                if hub.ctl.slots[C_WAKEUPS] == wakeups and self._parked_with_data():
+                    hub.ctl.slots[C_LOST] += 1
+                    hub.unpark()
+                    self.run_batch()
+
+            self.loop.call_later(0.01, second_look)
+        self.loop.call_later(hub.config.park_timeout, self.watchdog)
+
+    def _parked_with_data(self) -> bool:
+        hub = self.hub
+        if hub.busy or not hub.ctl.slots[0] & 1 or not hub.has_unread():
+            return False
+        readable, _w, _x = select.select([hub.efd], [], [], 0)
+        return not readable
+
+    def on_ctrl(self) -> None:
+        """Control messages from the system (or EOF: the system is gone)."""
+        self.poll_ctrl()
+
+    def poll_ctrl(self) -> None:
+        """Handle every control message waiting on the socket (non-blocking)."""
+        while True:
+            try:
+                got = control.recv(self.ctrl)
+            except BlockingIOError:
+                return
+            if got is None:
+                os._exit(EXIT_SYSTEM_GONE)  # the system died: so do we, at once
+            self.handle_ctrl(*got)
+
+    def handle_ctrl(self, msg: tuple[Any, ...], fds: list[int]) -> None:
+        """Act on one control message."""
+        kind = msg[0]
+        if kind == "stop":
+            self.stopping = True
+            if not self.hub.busy and not self.done.done():
+                self.done.set_result(None)
+        elif kind == "inbound":
+            self.hub.attach_inbound(msg[1], msg[2])
+            self.loop.call_soon(self.run_batch)
+        elif kind == "gone":
+            target, reason = msg[1], msg[2]
+            self.hub.gone[target] = reason
+            self.hub.fail_pending(target, lambda r: ActorStopped(f"{r.describe}: {reason}"))
+        elif kind == "answer":
+            self._answers[msg[1]] = (msg[2], fds)
+        else:  # pragma: no cover
+            logger.warning("unknown control message %r", kind)
+
+    def request(self, msg: tuple[Any, ...]) -> tuple[Any, list[int]]:
+        """Send a request to the system and wait for its answer (other messages meanwhile)."""
+        self._req += 1
+        req = self._req
+        control.send(self.ctrl, (*msg[:1], req, *msg[1:]))
+        deadline = Deadline.after(self.hub.config.start_timeout)
+        while req not in self._answers:
+            if deadline.expired():
+                msg_ = f"the actor system did not answer {msg[0]!r} in {deadline.timeout:g}s"
+                raise TimeoutError(msg_)
+            select.select([self.ctrl], [], [], deadline.remaining())
+            self.poll_ctrl()
+        return self._answers.pop(req)
+
+    # -- ContextOps ---------------------------------------------------------------------
+
+    def lookup(self, name: str) -> ActorRef[Any]:
+        """Find an actor by name through the system."""
+        answer, _fds = self.request(("lookup", name))
+        if answer[0] != "ref":
+            msg = f"no actor named {name!r}"
+            raise KeyError(msg)
+        _kind, actor_id, handlers, cls_name = answer
+        return ActorRef(self.hub, self.hub.run_id, actor_id, name, handlers, cls_name)
+
+    def spawn_child(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    name: str | None, restart: str) -> ActorRef[Any]:
+        """Spawn a child actor through the system, supervised on this actor's behalf."""
+        blob = _serialization.dumps_code((cls, args, kwargs))
+        answer, _fds = self.request(("spawn", blob, name, restart))
+        if answer[0] == "error":
+            raise answer[1]
+        _kind, actor_id, child_name, handlers, cls_name = answer
+        return ActorRef(self.hub, self.hub.run_id, actor_id, child_name, handlers, cls_name)
+
+
+def _thread_id() -> int:
+    import threading
+
+    return threading.get_ident()
+
+
+def main(ctrl: socket.socket) -> None:
+    """Entry point of every actor process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the system's to handle
+    set_pdeathsig()
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    host = Host(ctrl)
+    try:
+        code = loop.run_until_complete(host.run())
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if code:
+        os._exit(code)

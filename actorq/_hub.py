@@ -1,0 +1,320 @@
+"""Hub: one process's end of every channel it has (the system's, or one actor's).
+
+A hub owns its inbound rings (it is their only consumer), the producer side of its
+outbound rings (with their outboxes), its doorbell eventfd and control block, and the
+replies it is waiting for. The system process and every actor process each run one;
+what differs (how a channel to a new peer is opened, what is done with a call, how a
+synchronous wait is served) is in the subclasses in ``_system`` and ``_host``.
+
+Wire records are lists of small tuples (cheapest to pickle)::
+
+    (OP_CALL,  token, reply_to, method, args, kwargs)   token 0: a tell, no reply
+    (OP_REPLY, token, ok, value_or_exception, traceback_text)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from actorq._clock import Deadline
+from actorq._config import SystemConfig
+from actorq._errors import ActorStopped, Backpressure, format_remote
+from actorq._ids import next_token
+from actorq._reply import Reply, error_from_wire
+from actorq._serialization import check_picklable
+from actorq._transport.ring import H_TAIL
+from actorq._transport.channel import (
+    C_PARKED,
+    ControlBlock,
+    InChannel,
+    OpenRecord,
+    OutChannel,
+    SegmentNamer,
+    decode_batch,
+    encode_batch,
+    fence,
+)
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from actorq._ref import ActorRef
+
+logger = logging.getLogger(__name__)
+
+OP_CALL = 1
+OP_REPLY = 2
+SYSTEM_ID = 0
+
+
+class Hub:
+    """The channels of one process. Subclasses: ``SystemHub``, ``ActorHub``."""
+
+    def __init__(self, hub_id: int, run_id: str, config: SystemConfig, ctl: ControlBlock,
+                 efd: int) -> None:
+        self.id = hub_id
+        self.run_id = run_id
+        self.config = config
+        self.ctl = ctl
+        self.efd = efd
+        self.namer = SegmentNamer(run_id)
+        self.inbound: dict[int, InChannel] = {}
+        self.outbound: dict[int, OutChannel] = {}
+        self.pending: dict[int, Reply[Any]] = {}
+        self.gone: dict[int, str] = {}  # actor id -> why it is gone for good
+        self.dirty: set[OutChannel] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread_id: int | None = None
+        self.flush_scheduled = False
+        self.drain_lock = threading.Lock()
+
+    # -- sending ------------------------------------------------------------------------
+
+    def call(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
+             kwargs: dict[str, Any] | None) -> Reply[Any]:
+        """Send a call to *ref* and return its ``Reply`` (see ``ActorRef.call``)."""
+        describe = ref.describe(method)
+        check_picklable(describe, args, kwargs)
+        token = next_token()
+        reply: Reply[Any] = Reply(self, ref.actor_id, token, describe)
+        self.pending[token] = reply
+        try:
+            self.send(ref, (OP_CALL, token, self.id, method, args, kwargs or {}), nowait=False)
+        except BaseException:
+            self.pending.pop(token, None)
+            raise
+        return reply
+
+    def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
+        """Send *message* to *ref*'s ``receive`` without a reply."""
+        check_picklable(ref.describe("receive"), (message,), None)
+        self.send(ref, (OP_CALL, 0, self.id, "receive", (message,), {}), nowait=nowait)
+
+    def send(self, ref: ActorRef[Any], msg: tuple[Any, ...], *, nowait: bool) -> None:
+        """Append *msg* to the outbox of the channel to *ref*, spending one credit."""
+        target = ref.actor_id
+        chan = self.outbound.get(target)
+        if chan is None:
+            if target in self.gone:
+                msg_ = f"{ref.describe()} is stopped: {self.gone[target]}"
+                raise ActorStopped(msg_)
+            chan = self.open_channel(ref)
+        if chan.credit() <= 0:
+            if nowait:
+                text = (f"{ref.describe()}'s mailbox has no credit left "
+                        f"({chan.window} messages in flight); retry later or use tell()")
+                raise Backpressure(text)
+            if self.may_block():
+                self.wait_credit(chan, ref, Deadline.after(self.config.send_timeout))
+        with chan.lock:
+            outbox = chan.outbox
+            outbox.append(msg)
+            # Off the loop, a message to an idle receiver goes out at once (latency: no
+            # loop wake-up); to a busy one it waits in the outbox for the burst (throughput).
+            if len(outbox) >= self.config.outbox_messages or (
+                    threading.get_ident() != self.loop_thread_id and chan.ring.in_flight() == 0):
+                chan.flush_locked(self.encode)
+                if not chan.encoded:
+                    self.dirty.discard(chan)
+                    return
+            elif len(outbox) > 1:
+                return
+        self.dirty.add(chan)
+        self.schedule_flush()
+
+    def wait_credit(self, chan: OutChannel, ref: ActorRef[Any], deadline: Deadline) -> None:
+        """Block this (non-loop) thread until *chan* has credit, or raise ``Backpressure``."""
+        delay = 20e-6
+        while chan.credit() <= 0:
+            with chan.lock:
+                chan.flush_locked(self.encode)
+            if chan.credit() > 0:
+                return
+            if deadline.expired():
+                msg = (f"{ref.describe()}'s mailbox stayed full for {deadline.timeout:g}s "
+                       f"(send timeout; {chan.window} messages in flight)")
+                raise Backpressure(msg)
+            self.idle_wait(min(delay, deadline.remaining()))
+            delay = min(delay * 2, 2e-3)
+
+    def idle_wait(self, seconds: float) -> None:
+        """Pass *seconds* while waiting for credit (actors keep reading replies)."""
+        time.sleep(seconds)
+
+    def schedule_flush(self) -> None:
+        """Make sure dirty outboxes are flushed by the end of this loop iteration."""
+        if self.flush_scheduled or self.loop is None:
+            return
+        self.flush_scheduled = True
+        if threading.get_ident() == self.loop_thread_id:
+            self.loop.call_soon(self._flush_tick)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self._flush_tick)
+            except RuntimeError:  # loop closed: the system is shutting down
+                self.flush_scheduled = False
+
+    def _flush_tick(self) -> None:
+        self.flush_scheduled = False
+        if not self.flush_dirty() and self.loop is not None:
+            # A ring was full: try again shortly (the receiver is behind).
+            self.flush_scheduled = True
+            self.loop.call_later(0.0005, self._flush_tick)
+
+    def flush_dirty(self) -> bool:
+        """Write every non-empty outbox to its ring; True if all of it got in."""
+        complete = True
+        for chan in list(self.dirty):
+            with chan.lock:
+                if chan.flush_locked(self.encode):
+                    self.dirty.discard(chan)
+                else:
+                    complete = False
+        return complete
+
+    def encode(self, msgs: list[Any]) -> bytes:
+        """Pickle a burst as one record; isolate messages that cannot be pickled."""
+        cfg = self.config
+        try:
+            return encode_batch(msgs, oob_threshold=cfg.oob_threshold,
+                                max_inline=self._max_inline(), namer=self.namer)
+        except Exception:  # noqa: BLE001 - some message would not pickle: find it
+            good = [m for m in (self._encodable(m) for m in msgs) if m is not None]
+            return encode_batch(good, oob_threshold=cfg.oob_threshold,
+                                max_inline=self._max_inline(), namer=self.namer)
+
+    def _max_inline(self) -> int:
+        return self.config.ring_size // 2 - 8
+
+    def _encodable(self, msg: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        try:
+            pickle.dumps(msg, protocol=5, buffer_callback=lambda _b: False)
+        except Exception as exc:  # noqa: BLE001
+            return self.unpicklable(msg, exc)
+        return msg
+
+    def unpicklable(self, msg: tuple[Any, ...], exc: BaseException) -> tuple[Any, ...] | None:
+        """Deal with a message that failed to pickle at flush time; maybe replace it."""
+        if msg[0] == OP_CALL and msg[1]:
+            reply = self.pending.pop(msg[1], None)
+            if reply is not None:
+                err = TypeError(f"{reply.describe}: a message could not be pickled: {exc}")
+                reply._fail(err)
+                return None
+        if msg[0] == OP_REPLY:
+            err = TypeError(f"the handler's return value could not be pickled: {exc}")
+            return (OP_REPLY, msg[1], False, err, format_remote(exc))
+        logger.error("dropped a message that could not be pickled: %s", exc)
+        return None
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def drain(self) -> int:
+        """Read every published record of every inbound ring; dispatch its messages."""
+        n = 0
+        for chan in list(self.inbound.values()):
+            while (rec := chan.read_next()) is not None:
+                unlink: list[str] = []
+                try:
+                    msgs = decode_batch(rec.payload, unlink)
+                except Exception:
+                    logger.exception("dropped a record from hub %d that could not be "
+                                     "unpickled", chan.sender_id)
+                    msgs = []
+                    rec = rec._replace(count=0)
+                finally:
+                    rec.payload.release()
+                entry = chan.open(rec, unlink)
+                done = entry.done
+                for index, msg in enumerate(msgs):
+                    if not done[index]:
+                        self.dispatch(msg, entry, index)
+                n += len(msgs)
+                if not msgs:
+                    chan.commit_ready()
+        return n
+
+    def dispatch(self, msg: tuple[Any, ...], entry: OpenRecord, index: int) -> None:
+        """Handle one message read from a ring (replies here; calls in ``ActorHub``)."""
+        if msg[0] == OP_REPLY:
+            self.resolve(msg)
+        else:  # pragma: no cover - the system is never called
+            logger.warning("hub %d dropped an unexpected message %r", self.id, msg[:4])
+        entry.done_one(index)
+
+    def resolve(self, msg: tuple[Any, ...]) -> None:
+        """Complete the pending reply a reply message answers (late ones are dropped)."""
+        _op, token, ok, value, tb = msg
+        reply = self.pending.pop(token, None)
+        if reply is None:
+            return
+        if ok:
+            reply._resolve(value)
+        else:
+            reply._fail(error_from_wire(value, tb))
+
+    def fail_pending(self, target_id: int, exc_factory: Any) -> int:
+        """Fail every pending reply from *target_id* with ``exc_factory(reply)``."""
+        failed = 0
+        for token, reply in list(self.pending.items()):
+            if reply.target_id == target_id:
+                self.pending.pop(token, None)
+                reply._fail(exc_factory(reply))
+                failed += 1
+        return failed
+
+    def has_unread(self) -> bool:
+        """True if some inbound ring has a record this hub has not read yet."""
+        return any(ch.ring.hdr[H_TAIL] != ch.cursor for ch in list(self.inbound.values()))
+
+    def park(self) -> bool:
+        """Mark this consumer parked; False (and unparked) if data arrived meanwhile."""
+        slots = self.ctl.slots
+        seq = slots[C_PARKED]
+        slots[C_PARKED] = seq + 1 if not seq & 1 else seq + 2
+        fence()
+        if self.has_unread():
+            self.unpark()
+            return False
+        return True
+
+    def unpark(self) -> None:
+        """Mark this consumer awake: producers stop ringing its doorbell."""
+        slots = self.ctl.slots
+        seq = slots[C_PARKED]
+        if seq & 1:
+            slots[C_PARKED] = seq + 1
+
+    def clear_doorbell(self) -> None:
+        """Consume pending doorbell rings (non-blocking)."""
+        try:
+            os.eventfd_read(self.efd)
+        except BlockingIOError:
+            pass
+
+    # -- hooks for subclasses -----------------------------------------------------------
+
+    def open_channel(self, ref: ActorRef[Any]) -> OutChannel:
+        """Return a channel to *ref*'s actor, creating it if needed."""
+        raise NotImplementedError
+
+    def may_block(self) -> bool:
+        """True if the current thread may wait (not on a running event loop)."""
+        raise NotImplementedError
+
+    def wait_reply(self, reply: Reply[Any], deadline: Deadline) -> None:
+        """Block until *reply* is done or *deadline* passes."""
+        raise NotImplementedError
+
+    def waiting_would_deadlock(self, reply: Reply[Any]) -> bool:
+        """True if waiting on *reply* here can never end."""
+        return False
+
+    def timeout_hint(self, reply: Reply[Any]) -> str:
+        """Extra words for a ``CallTimeout`` about *reply*."""
+        return ""

@@ -1,0 +1,40 @@
+"""Run ids, the run-scoped shared-memory name prefix, and call tokens.
+
+Segment names look like ``aq_<pid>_<start>_<run>_<rest>``: the pid and start time of the
+process that owns the run, so that a sweep can tell a dead run's leftovers (owner gone, or
+pid reused by a process with another start time) from a live one's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+
+import psutil
+
+SEGMENT_PREFIX = "aq_"
+
+
+def process_stamp(pid: int) -> str | None:
+    """Return ``<pid>_<start time in centiseconds, hex>`` of a live process, or None."""
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+    return f"{pid}_{int(created * 100):x}"
+
+
+def new_run_prefix() -> str:
+    """Return a fresh run-scoped prefix for segments owned by this process."""
+    stamp = process_stamp(os.getpid())
+    assert stamp is not None
+    return f"{SEGMENT_PREFIX}{stamp}_{secrets.token_hex(3)}_"
+
+
+_tokens = itertools.count(1)
+
+
+def next_token() -> int:
+    """Return a token unique within this process (calls are keyed by (process, token))."""
+    return next(_tokens)

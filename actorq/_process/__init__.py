@@ -1,0 +1,1 @@
+"""OS processes: start methods, death signals, stop escalation. Knows nothing of actors."""

@@ -1,0 +1,132 @@
+"""ActorRef[A]: the handle through which actors are called, from anywhere.
+
+A ref pickles as (run, actor id, name, handler names): unpickled inside another actor of
+the same run, it calls through that process's own direct channel to the target.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from actorq._reply import Reply
+
+if TYPE_CHECKING:
+    from actorq._hub import Hub
+
+A = TypeVar("A")
+
+_hubs: dict[str, Hub] = {}
+
+
+def register_hub(run_id: str, hub: Hub) -> None:
+    """Make *hub* the one that refs of *run_id* unpickled in this process use."""
+    _hubs[run_id] = hub
+
+
+def unregister_hub(run_id: str) -> None:
+    """Forget the hub of *run_id* (its system closed)."""
+    _hubs.pop(run_id, None)
+
+
+def _rebuild_ref(run_id: str, actor_id: int, name: str, handlers: frozenset[str],
+                 cls_name: str) -> ActorRef[Any]:
+    hub = _hubs.get(run_id)
+    return ActorRef(hub, run_id, actor_id, name, handlers, cls_name)
+
+
+class ActorRef(Generic[A]):
+    """A reference to an actor: ``ref.method(...)``, ``call``, ``tell``, ``ask``, ``tell_nowait``.
+
+    Every public method of the actor's class is available as an attribute returning a
+    ``Reply``. Refs compare equal when they name the same actor, and are picklable.
+    """
+
+    __slots__ = ("_hub", "_methods", "actor_id", "cls_name", "handlers", "name", "run_id")
+
+    def __init__(self, hub: Hub | None, run_id: str, actor_id: int, name: str,
+                 handlers: frozenset[str], cls_name: str) -> None:
+        self._hub = hub
+        self.run_id = run_id
+        self.actor_id = actor_id
+        self.name = name
+        self.handlers = handlers
+        self.cls_name = cls_name
+        self._methods: dict[str, Any] = {}
+
+    def _get_hub(self) -> Hub:
+        hub = self._hub
+        if hub is None:
+            hub = self._hub = _hubs.get(self.run_id)
+            if hub is None:
+                from actorq._errors import ActorStopped
+
+                msg = f"{self.describe()} belongs to an actor system that is not running here"
+                raise ActorStopped(msg)
+        return hub
+
+    def describe(self, method: str | None = None) -> str:
+        """Return ``"Counter 'name'"`` or ``"Counter 'name'.method"`` for messages."""
+        base = f"{self.cls_name} {self.name!r}"
+        return f"{base}.{method}" if method else base
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        bound = self._methods.get(method)
+        if bound is None:
+            self._check_method(method)
+            bound = self._methods[method] = functools.partial(self.call, method)
+        return bound
+
+    def _check_method(self, method: str) -> None:
+        if method not in self.handlers:
+            known = ", ".join(sorted(self.handlers)) or "none"
+            msg = (f"{self.describe()} has no handler {method!r} "
+                   f"(its public methods: {known})")
+            raise AttributeError(msg)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Reply[Any]:
+        """Call *method* with *args*/*kwargs* in the actor; return a ``Reply`` at once.
+
+        Raises ``AttributeError`` for an unknown method and ``TypeError`` for an argument
+        that cannot be pickled, before anything is sent; ``ActorStopped`` if the actor is
+        gone; ``Backpressure`` when a synchronous caller waited past the send timeout.
+        """
+        if method != "receive":
+            self._check_method(method)
+        return self._get_hub().call(self, method, args, kwargs)
+
+    def ask(self, message: Any) -> Reply[Any]:
+        """Send *message* to the actor's ``receive`` and return a ``Reply`` with its answer."""
+        return self._get_hub().call(self, "receive", (message,), None)
+
+    def tell(self, message: Any) -> None:
+        """Send *message* to the actor's ``receive``; no reply.
+
+        In synchronous code, waits for mailbox credit up to the send timeout, then raises
+        ``Backpressure``; on a running event loop it never waits.
+        """
+        self._get_hub().tell(self, message, nowait=False)
+
+    def tell_nowait(self, message: Any) -> None:
+        """Like ``tell`` but never waits: raises ``Backpressure`` if the mailbox has no credit."""
+        self._get_hub().tell(self, message, nowait=True)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_ref, (self.run_id, self.actor_id, self.name, self.handlers, self.cls_name))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ActorRef):
+            return NotImplemented
+        return (self.run_id, self.actor_id) == (other.run_id, other.actor_id)
+
+    def __hash__(self) -> int:
+        return hash((self.run_id, self.actor_id))
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self.describe()} #{self.actor_id}>"
+
+
+ActorRef.__module__ = "actorq"
+Reply.__module__ = "actorq"

@@ -1,0 +1,1 @@
+"""Moving bytes between processes: shared memory, rings, channels. Knows nothing of actors."""

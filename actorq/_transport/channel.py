@@ -1,0 +1,325 @@
+"""Channels: a ring, a doorbell and a credit window for one (sender process, receiver) pair.
+
+Data flow (one direction; replies use the reverse channel)::
+
+    producer thread(s) ──append──▶ outbox (list of message tuples, credit spent per message)
+         │  flush: once per loop iteration, at a size bound, or before a sync wait
+         ▼
+    pickle the whole burst as ONE record (protocol 5; big buffers out of band)
+         │  record > half the ring  → spill segment, the ring carries its name
+         ▼
+    Ring.try_write ──▶ publish tail ──▶ fence ──▶ receiver parked? ring its eventfd once
+                                                          │
+    receiver: eventfd readable (or spinning) ──▶ read records ahead of head ──▶ handle
+              ──▶ commit head, count handled (the credit comes back to the producer)
+
+Every consumer (process) has a :class:`ControlBlock`: its parked flag (a sequence number,
+odd while parked, so that each producer rings at most once per park) and the slot where
+an actor records the message it is handling (crash attribution).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import mmap
+import os
+import pickle
+import threading
+from collections import deque
+from typing import Any
+
+from actorq._transport.ring import Record, Ring
+from actorq._transport.shm import SHM_DIR, Segment
+
+logger = logging.getLogger(__name__)
+
+CTL_SIZE = 4096
+# ControlBlock u64 slots (64-byte lines; the consumer writes all of them)
+C_PARKED = 0  # odd: parked (waiting on its eventfd); producers ring once per value
+C_BUSY = 8  # sender id + 1 of the message being handled, 0 when idle
+C_TOKEN = 9  # its call token (0 for a tell)
+C_REPLY_TO = 10  # hub id + 1 of its caller
+C_WAKEUPS = 16  # doorbell wake-ups
+C_LOST = 17  # park timeouts that found data: lost wake-ups, must stay 0
+C_HANDLED = 18  # messages handled, all channels
+
+_OOB_TAG = "\x00aq-oob"
+_SPILL_TAG = "\x00aq-spill"
+
+_fence_lock = threading.Lock()
+
+
+def fence() -> None:
+    """Full memory barrier: a locked instruction on x86-64 (≈ 140 ns, DESIGN.md).
+
+    The park handshake is store→load on both sides (producer: store tail, load parked;
+    consumer: store parked, load tail); x86 may reorder a store with a later load, and
+    without this a wake-up is lost about 1% of the time.
+    """
+    _fence_lock.acquire()
+    _fence_lock.release()
+
+
+class ControlBlock:
+    """A consumer's control block, viewed from any process."""
+
+    __slots__ = ("seg", "slots")
+
+    def __init__(self, seg: Segment) -> None:
+        self.seg = seg
+        self.slots = seg.buf[:CTL_SIZE].cast("Q")
+
+    def close(self) -> None:
+        """Release the view and unmap (this handle only)."""
+        self.slots.release()
+        self.seg.close()
+
+
+class SegmentNamer:
+    """Hands out unique segment names under a run prefix, for one process."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._seq = itertools.count()
+        self._pid = os.getpid()
+
+    def __call__(self, kind: str) -> str:
+        """Return a fresh name for a segment of *kind* (``r`` ring, ``o`` oob, ...)."""
+        return f"{self.prefix}{kind}{self._pid}_{next(self._seq)}"
+
+
+# -- records -----------------------------------------------------------------------------
+
+
+def encode_batch(
+    msgs: list[Any], *, oob_threshold: int, max_inline: int, namer: SegmentNamer
+) -> bytes:
+    """Pickle a burst of messages as one record payload.
+
+    Buffers of at least *oob_threshold* bytes are copied into their own segments (one
+    copy; the receiver maps them without another). A payload over *max_inline* bytes is
+    spilled into a segment of its own. Segments made here are unlinked by the receiver.
+    """
+    bufs: list[pickle.PickleBuffer] = []
+
+    def take_large(buf: pickle.PickleBuffer) -> bool:
+        if buf.raw().nbytes >= oob_threshold:
+            bufs.append(buf)
+            return False
+        return True
+
+    body = pickle.dumps(msgs, protocol=5, buffer_callback=take_large)
+    if bufs:
+        body = pickle.dumps((_OOB_TAG, [_to_segment(b.raw(), namer) for b in bufs], body), 5)
+    if len(body) > max_inline:
+        body = pickle.dumps((_SPILL_TAG, _to_segment(memoryview(body), namer)), 5)
+    return body
+
+
+def _to_segment(raw: memoryview, namer: SegmentNamer) -> tuple[str, int]:
+    size = raw.nbytes
+    seg = Segment.create(namer("o"), max(size, 1))
+    try:
+        seg.buf[:size] = raw.cast("B")
+    finally:
+        seg.close()
+    return seg.name, size
+
+
+def decode_batch(payload: memoryview, unlink_later: list[str]) -> list[Any]:
+    """Unpickle a record payload; names of segments to unlink at commit go to *unlink_later*.
+
+    Out-of-band buffers are mapped, not copied: an array decoded here views shared
+    memory, which is unmapped when the last view of it is gone.
+    """
+    obj = pickle.loads(payload)
+    if type(obj) is list:
+        return obj
+    if obj[0] == _SPILL_TAG:
+        name, size = obj[1]
+        unlink_later.append(name)
+        with open(os.path.join(SHM_DIR, name), "rb") as f:
+            data = f.read(size)
+        return decode_batch(memoryview(data), unlink_later)
+    _tag, specs, body = obj
+    buffers = []
+    for name, size in specs:
+        unlink_later.append(name)
+        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+        try:
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        finally:
+            os.close(fd)
+        buffers.append(memoryview(mm))
+    return pickle.loads(body, buffers=buffers)  # type: ignore[no-any-return]
+
+
+def unlink_names(names: list[str]) -> None:
+    """Unlink out-of-band and spill segments once their record is committed."""
+    for name in names:
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))
+        except FileNotFoundError:
+            pass
+
+
+# -- producer side -----------------------------------------------------------------------
+
+
+class OutChannel:
+    """The producer end of one channel, shared by the threads of one process.
+
+    ``lock`` guards the outbox and the ring's producer side: several threads of one
+    process (the user's and the hub loop) may send to the same actor, and a lock inside a
+    process cannot be left held by a dead peer.
+    """
+
+    __slots__ = (
+        "ctl",
+        "efd",
+        "encoded",
+        "encoded_count",
+        "flush_scheduled",
+        "last_rung",
+        "lock",
+        "outbox",
+        "outbox_bytes",
+        "ring",
+        "seg",
+        "target_id",
+        "window",
+    )
+
+    def __init__(self, target_id: int, seg: Segment, ctl: ControlBlock, efd: int, window: int):
+        self.target_id = target_id
+        self.seg = seg
+        self.ring = Ring(seg.buf)
+        self.ctl = ctl
+        self.efd = efd
+        self.window = window
+        self.lock = threading.Lock()
+        self.outbox: list[Any] = []
+        self.outbox_bytes = 0
+        self.encoded: deque[tuple[bytes, int]] = deque()  # encoded, not yet written (ring full)
+        self.encoded_count = 0
+        self.flush_scheduled = False
+        self.last_rung = 0
+
+    def credit(self) -> int:
+        """Messages this process may still send before the receiver handles some."""
+        return self.window - self.ring.in_flight() - len(self.outbox) - self.encoded_count
+
+    def flush_locked(self, encode: Any) -> bool:
+        """Write the outbox as record(s); True if everything reached the ring.
+
+        Caller holds ``lock``. *encode* turns a list of messages into a payload. What
+        does not fit stays encoded, in order, for the next flush.
+        """
+        if self.outbox:
+            msgs, self.outbox, self.outbox_bytes = self.outbox, [], 0
+            self.encoded.append((encode(msgs), len(msgs)))
+            self.encoded_count += len(msgs)
+        wrote = False
+        while self.encoded:
+            payload, count = self.encoded[0]
+            if not self.ring.try_write(payload, count):
+                break
+            self.encoded.popleft()
+            self.encoded_count -= count
+            wrote = True
+        if wrote:
+            self.ring_doorbell()
+        return not self.encoded
+
+    def ring_doorbell(self) -> None:
+        """Wake the receiver if it is parked (at most once per park)."""
+        fence()
+        parked = self.ctl.slots[C_PARKED]
+        if parked & 1 and parked != self.last_rung:
+            self.last_rung = parked
+            os.eventfd_write(self.efd, 1)
+
+    def close(self) -> None:
+        """Release views and unmap (the segment itself is the system's to unlink)."""
+        self.ring.release()
+        self.seg.close()
+
+
+# -- consumer side -----------------------------------------------------------------------
+
+
+class InChannel:
+    """The consumer end of one channel: reads ahead of ``head``, commits in order.
+
+    ``open_records`` holds an :class:`OpenRecord` for each record read but not yet
+    committed. Replies are handled as soon as they are read, calls in order; what is
+    written to the ring's progress slot is the length of the handled *prefix*, so a
+    successor skips exactly what was done and re-reads at worst a reply (whose token
+    it does not know, and drops).
+    """
+
+    __slots__ = ("cursor", "open_records", "ring", "seg", "sender_id")
+
+    def __init__(self, sender_id: int, seg: Segment) -> None:
+        self.sender_id = sender_id
+        self.seg = seg
+        self.ring = Ring(seg.buf)
+        self.cursor = self.ring.head()
+        self.open_records: deque[OpenRecord] = deque()
+
+    def read_next(self) -> Record | None:
+        """Return the next unread record, or None."""
+        rec = self.ring.read_at(self.cursor)
+        if rec is not None:
+            self.cursor = rec.end
+        return rec
+
+    def open(self, rec: Record, unlink: list[str]) -> OpenRecord:
+        """Track *rec* until committed; messages a predecessor handled count as done."""
+        entry = OpenRecord(self, rec, unlink, self.ring.skip_count(rec.pos))
+        self.open_records.append(entry)
+        return entry
+
+    def commit_ready(self) -> None:
+        """Commit, in order, every leading record whose messages are all handled."""
+        records = self.open_records
+        while records and records[0].prefix >= records[0].rec.count:
+            entry = records.popleft()
+            self.ring.commit(entry.rec.end, entry.rec.count)
+            if entry.unlink:
+                unlink_names(entry.unlink)
+
+    def close(self) -> None:
+        """Release views and unmap."""
+        self.open_records.clear()
+        self.ring.release()
+        self.seg.close()
+
+
+class OpenRecord:
+    """A record read but not committed: which of its messages are handled."""
+
+    __slots__ = ("chan", "done", "prefix", "rec", "unlink")
+
+    def __init__(self, chan: InChannel, rec: Record, unlink: list[str], skip: int) -> None:
+        self.chan = chan
+        self.rec = rec
+        self.unlink = unlink
+        self.prefix = skip
+        self.done = [True] * skip + [False] * (rec.count - skip)
+
+    def done_one(self, index: int) -> None:
+        """Mark message *index* handled; publish progress or commit."""
+        done = self.done
+        done[index] = True
+        prefix, count = self.prefix, self.rec.count
+        while prefix < count and done[prefix]:
+            prefix += 1
+        if prefix == self.prefix:
+            return
+        self.prefix = prefix
+        if prefix < count:
+            self.chan.ring.mark_progress(self.rec.pos, prefix)
+        else:
+            self.chan.commit_ready()

@@ -1,0 +1,182 @@
+"""Single-producer single-consumer ring buffer over a memoryview (shared memory).
+
+Layout (every field u64, 8-byte aligned; each writer's fields on their own 64-byte line,
+DESIGN.md: a u64 straddling a cache line tears under concurrent reads)::
+
+    line 0 (consumer writes)  [0] head      bytes consumed (committed), monotonic
+                              [8] handled   messages handled (the credit return)
+                              [16] cur_rec  position of the record being handled
+                              [24] cur_sub  messages of that record already handled
+    line 1 (producer writes)  [64] tail     bytes published, monotonic
+                              [72] sent     messages published
+    line 2 (fixed)            [128] capacity, [136] magic
+    data                      capacity bytes from offset 256
+
+    record: u32 length | u32 count | payload | pad to 8
+    wrap marker: u32 0xFFFFFFFF where a record did not fit before the end
+
+The producer writes the record, then publishes ``tail``: x86-64 keeps stores in order,
+so a consumer that sees the new tail sees the record. ``head``/``tail`` only grow; a
+position in the data area is ``counter % capacity``. A record holds at most half the
+ring. The consumer advances ``head`` only after the record's messages were handled
+("commit after handle"), so what a crashed consumer had not finished is still there
+for its successor; ``cur_rec``/``cur_sub`` say how much of the head record was done.
+This module is pure: no syscalls, no pickling, so it can be property-tested in-process.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+HEADER = 256
+MAGIC = 0x61637471_72696E67  # "actqring"
+WRAP = 0xFFFFFFFF
+REC_HEADER = 8
+
+# u64 slots in the header
+H_HEAD, H_HANDLED, H_CUR_REC, H_CUR_SUB = 0, 1, 2, 3
+H_TAIL, H_SENT = 8, 9
+H_CAPACITY, H_MAGIC = 16, 17
+
+
+def record_size(length: int) -> int:
+    """Bytes a payload of *length* bytes takes in the ring, header and padding included."""
+    return REC_HEADER + ((length + 7) & ~7)
+
+
+class Record(NamedTuple):
+    """A record seen by the consumer: its payload (a view into the ring) and where it ends."""
+
+    pos: int  # counter position of the record header (after any wrap marker)
+    payload: memoryview
+    count: int
+    end: int  # counter position just past this record: the head once it is committed
+
+
+class Ring:
+    """One SPSC ring; the producer and the consumer each hold their own ``Ring`` object."""
+
+    __slots__ = ("_cached_head", "capacity", "data", "hdr", "max_payload", "words")
+
+    def __init__(self, buf: memoryview, *, init: bool = False) -> None:
+        if len(buf) < HEADER + 64 or (len(buf) - HEADER) & 7:
+            msg = f"ring buffer of {len(buf)} bytes: need {HEADER} + a multiple of 8"
+            raise ValueError(msg)
+        self.hdr = buf[:HEADER].cast("Q")
+        self.data = buf[HEADER:]
+        self.words = self.data.cast("I")
+        if init:
+            for i in range(len(self.hdr)):
+                self.hdr[i] = 0
+            self.hdr[H_CAPACITY] = len(self.data)
+            self.hdr[H_MAGIC] = MAGIC
+        elif self.hdr[H_MAGIC] != MAGIC or self.hdr[H_CAPACITY] != len(self.data):
+            msg = "not an actorq ring (bad magic or capacity)"
+            raise ValueError(msg)
+        self.capacity = len(self.data)
+        self.max_payload = self.capacity // 2 - REC_HEADER
+        self._cached_head = self.hdr[H_HEAD]
+
+    @staticmethod
+    def size_for(capacity: int) -> int:
+        """Bytes of buffer a ring with *capacity* data bytes needs."""
+        return HEADER + capacity
+
+    def release(self) -> None:
+        """Release the views on the buffer (so that its segment can be closed)."""
+        for view in (self.words, self.data, self.hdr):
+            view.release()
+
+    # -- producer side ---------------------------------------------------------------
+
+    def try_write(self, payload: bytes | memoryview, count: int = 1) -> bool:
+        """Append one record holding *count* messages; False if it does not fit now.
+
+        Raises ``ValueError`` if the payload could never fit (over half the ring).
+        """
+        n = len(payload)
+        if n > self.max_payload:
+            msg = f"record of {n} bytes exceeds the ring's limit of {self.max_payload}"
+            raise ValueError(msg)
+        hdr = self.hdr
+        tail = hdr[H_TAIL]
+        need = REC_HEADER + ((n + 7) & ~7)
+        pos = tail % self.capacity
+        to_end = self.capacity - pos
+        total = need if need <= to_end else to_end + need
+        if tail + total - self._cached_head > self.capacity:
+            self._cached_head = hdr[H_HEAD]
+            if tail + total - self._cached_head > self.capacity:
+                return False
+        if need > to_end:
+            self.words[pos >> 2] = WRAP
+            pos = 0
+        w = pos >> 2
+        self.words[w] = n
+        self.words[w + 1] = count
+        self.data[pos + REC_HEADER : pos + REC_HEADER + n] = payload
+        hdr[H_SENT] += count
+        hdr[H_TAIL] = tail + total  # publish last
+        return True
+
+    def free_bytes(self) -> int:
+        """Bytes free right now (the producer's view)."""
+        return self.capacity - (self.hdr[H_TAIL] - self.hdr[H_HEAD])
+
+    def in_flight(self) -> int:
+        """Messages published but not yet handled: the credits in use."""
+        return self.hdr[H_SENT] - self.hdr[H_HANDLED]
+
+    # -- consumer side ---------------------------------------------------------------
+
+    def has_data(self) -> bool:
+        """True if a record is published past ``head``."""
+        return self.hdr[H_TAIL] != self.hdr[H_HEAD]
+
+    def read_at(self, pos: int, tail: int | None = None) -> Record | None:
+        """Return the record at counter position *pos*, or None if *pos* is the tail."""
+        if tail is None:
+            tail = self.hdr[H_TAIL]
+        if pos == tail:
+            return None
+        off = pos % self.capacity
+        n = self.words[off >> 2]
+        if n == WRAP:
+            pos += self.capacity - off
+            if pos == tail:  # pragma: no cover - a wrap marker is always followed by a record
+                return None
+            off = 0
+            n = self.words[0]
+        if n > self.max_payload:
+            msg = f"corrupt ring: record length {n} at position {pos}"
+            raise RuntimeError(msg)
+        count = self.words[(off >> 2) + 1]
+        start = off + REC_HEADER
+        end = pos + REC_HEADER + ((n + 7) & ~7)
+        return Record(pos, self.data[start : start + n], count, end)
+
+    def head(self) -> int:
+        """The committed head position."""
+        return self.hdr[H_HEAD]
+
+    def mark_progress(self, rec_pos: int, handled_in_record: int) -> None:
+        """Record that *handled_in_record* messages of the record at *rec_pos* are done.
+
+        ``cur_sub`` is written before ``cur_rec``: a crash between the two re-delivers one
+        message rather than skipping any.
+        """
+        self.hdr[H_CUR_SUB] = handled_in_record
+        self.hdr[H_CUR_REC] = rec_pos
+
+    def skip_count(self, rec_pos: int) -> int:
+        """Messages of the record at *rec_pos* already handled (by a previous consumer)."""
+        return self.hdr[H_CUR_SUB] if self.hdr[H_CUR_REC] == rec_pos else 0
+
+    def commit(self, end: int, handled: int) -> None:
+        """Advance head to *end* and count *handled* more messages as handled (credit)."""
+        self.hdr[H_HANDLED] += handled
+        self.hdr[H_HEAD] = end
+
+    def used_bytes(self) -> int:
+        """Bytes between head and tail (wrap padding included)."""
+        return self.hdr[H_TAIL] - self.hdr[H_HEAD]
