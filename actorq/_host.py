@@ -66,6 +66,7 @@ class ActorHub(Hub):
         self.queue: deque[tuple[OpenRecord, int, tuple[Any, ...]]] = deque()
         self.busy = False
         self.handling_token = 0
+        self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
 
     # -- channels through the system ----------------------------------------------------
 
@@ -97,7 +98,15 @@ class ActorHub(Hub):
 
     def may_block(self) -> bool:
         """Sync handlers may wait (the actor is busy anyway); async ones may not."""
-        return _current_task() is None
+        return self.sync_depth > 0 or _current_task() is None
+
+    def run_sync(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call user code that is synchronous until it returns (it may wait on replies)."""
+        self.sync_depth += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.sync_depth -= 1
 
     def waiting_would_deadlock(self, reply: Reply[Any]) -> bool:
         """Waiting on a call to ourselves while handling a message never ends."""
@@ -113,7 +122,7 @@ class ActorHub(Hub):
 
     def wait_reply(self, reply: Reply[Any], deadline: Deadline) -> None:
         """Wait inside a sync handler: keep reading replies (calls queue) until done."""
-        if _current_task() is not None:
+        if not self.may_block():
             msg = f"{reply.describe}: use 'await' for replies inside an async handler"
             raise RuntimeError(msg)
         while not reply._done:
@@ -178,7 +187,7 @@ class ActorHub(Hub):
         self.busy = True
         self.handling_token = token
         try:
-            result = fn(*args, **kwargs)
+            result = self.run_sync(fn, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the caller gets it, the actor lives on
             self.busy = False
             self.finish(entry, index, token, reply_to, False, exc, format_remote(exc))
@@ -295,8 +304,8 @@ class Host:
         obj._actorq_ref = ActorRef(self.hub, info["run_id"], info["id"], self.name,
                                    handler_names(cls), cls.__name__)
         obj._actorq_context = ActorContext(self, self.name, info["restarts"])
-        obj.__init__(*args, **kwargs)
-        started = obj.on_start()
+        self.hub.run_sync(obj.__init__, *args, **kwargs)
+        started = self.hub.run_sync(obj.on_start)
         if inspect.isawaitable(started):
             await started
         self.instance = obj
@@ -342,7 +351,7 @@ class Host:
     async def stop_actor(self) -> None:
         """Graceful stop: run ``on_stop``, flush what is queued to go out."""
         try:
-            stopped = self.instance.on_stop()
+            stopped = self.hub.run_sync(self.instance.on_stop)
             if inspect.isawaitable(stopped):
                 await stopped
         except Exception:
@@ -370,7 +379,11 @@ class Host:
                     self.done.set_result(None)
                 return
             if hub.busy:
-                return  # an async handler holds the actor; its end calls us again
+                # An async handler holds the actor and its end calls us again; until
+                # then park, so that the replies it awaits ring the doorbell.
+                if not hub.park():
+                    self.loop.call_soon(self.run_batch)
+                return
             if hub.spin():
                 continue
             if hub.park():

@@ -536,10 +536,11 @@ class ActorSystem:
     def _finish(self, cell: ActorCell, state: str, why: str, cause: str = "stopped",
                 error: BaseException | None = None) -> None:
         """The actor is gone for good: fail what waits on it, tell its callers."""
-        cell.state = state
-        cell.exited.set()
         hub = self._hub
         hub.gone[cell.id] = why
+        with self._lock:
+            if self._names.get(cell.name) == cell.id:
+                del self._names[cell.name]
 
         def failure(reply: Reply[Any]) -> BaseException:
             if state == "failed":
@@ -550,6 +551,7 @@ class ActorSystem:
                 return ActorCrashed(f"{reply.describe}: {cell.describe()} {why}", cause)
             return ActorStopped(f"{reply.describe}: {cell.describe()} {why}")
 
+        cell.state = state
         hub.fail_pending(cell.id, failure)
         with hub.drain_lock:
             chan = hub.outbound.pop(cell.id, None)
@@ -565,9 +567,7 @@ class ActorSystem:
                     control.send(other.ctrl, ("gone", cell.id, why))
                 except OSError:
                     pass
-        with self._lock:
-            if self._names.get(cell.name) == cell.id:
-                del self._names[cell.name]
+        cell.exited.set()
         cell.ready.set()
 
     def _give_up(self, cell: ActorCell, why: str) -> None:
@@ -579,7 +579,7 @@ class ActorSystem:
         """Return the ref of the live actor registered as *name* (``KeyError`` if none)."""
         with self._lock:
             cell = self._cells.get(self._names.get(name, -1))
-        if cell is None:
+        if cell is None or cell.state in ("stopped", "failed"):
             msg = f"no actor named {name!r}"
             raise KeyError(msg)
         return ActorRef(self._hub, self.run_id, cell.id, cell.name, cell.handlers,

@@ -1,0 +1,352 @@
+"""Actors in their own processes: calls, tells, asks, hooks, errors, refs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+import actorq
+from actorq.testing import wait_until
+
+
+class Counter(actorq.Actor):
+    def __init__(self, start=0):
+        self.n = start
+        self.started = False
+        self.told = []
+
+    def on_start(self):
+        self.started = True
+
+    def incr(self, k=1):
+        self.n += k
+        return self.n
+
+    async def slow_incr(self, k=1):
+        await asyncio.sleep(0.001)
+        return self.incr(k)
+
+    def receive(self, message):
+        self.told.append(message)
+        return len(self.told)
+
+    def get_told(self):
+        return list(self.told)
+
+    def was_started(self):
+        return self.started
+
+    def pid(self):
+        return os.getpid()
+
+    def boom(self, text):
+        raise ValueError(text)
+
+    def unpicklable_result(self):
+        return threading.Lock()
+
+
+def test_spawn_and_call_in_own_process(any_system):
+    c = any_system.spawn(Counter, 10, name="counter")
+    assert c.incr(5).result(timeout=20) == 15
+    assert c.incr().result() == 16
+    pid = c.pid().result()
+    assert pid != os.getpid()
+    assert c.was_started().result() is True
+
+
+def test_call_method_by_name_and_kwargs(system):
+    c = system.spawn(Counter, start=1)
+    assert c.call("incr", k=4).result() == 5
+
+
+def test_tell_then_ask_keeps_order(system):
+    c = system.spawn(Counter)
+    for i in range(1000):
+        c.tell(i)
+    assert c.ask("last").result() == 1001
+    told = c.get_told().result()
+    assert told[:1000] == list(range(1000))
+
+
+def test_async_handler(system):
+    c = system.spawn(Counter)
+    replies = [c.slow_incr(1) for _ in range(20)]
+    assert sorted(r.result() for r in replies) == list(range(1, 21))
+
+
+def test_reply_done_and_result_twice(system):
+    c = system.spawn(Counter)
+    r = c.incr(2)
+    assert r.result() == 2
+    assert r.done()
+    assert r.result() == 2
+
+
+def test_handler_exception_same_type_with_remote_traceback(system):
+    c = system.spawn(Counter)
+    with pytest.raises(ValueError, match="bad thing") as info:
+        c.boom("bad thing").result()
+    cause = info.value.__cause__
+    assert isinstance(cause, actorq.RemoteTraceback)
+    assert "def boom" in str(cause) or "boom" in str(cause)
+    # the actor keeps running
+    assert c.incr().result() == 1
+
+
+def test_unknown_method_raises_attribute_error_at_call_site(system):
+    c = system.spawn(Counter)
+    with pytest.raises(AttributeError, match="no handler 'nope'"):
+        c.nope()
+    with pytest.raises(AttributeError, match="no handler 'nope'"):
+        c.call("nope")
+    assert c.incr().result() == 1
+
+
+def test_private_and_hook_names_are_not_handlers(system):
+    c = system.spawn(Counter)
+    with pytest.raises(AttributeError):
+        c.on_start()
+    with pytest.raises(AttributeError):
+        c._private()
+
+
+def test_unpicklable_argument_is_rejected_at_call_site(system):
+    c = system.spawn(Counter)
+    with pytest.raises(TypeError, match="argument 0 of Counter .*incr.*not picklable"):
+        c.incr(threading.Lock())
+    with pytest.raises(TypeError, match="not picklable"):
+        c.tell(lambda: 1)
+    assert c.incr().result() == 1  # nothing was sent, nothing broke
+
+
+def test_unpicklable_constructor_argument_is_rejected_at_spawn(system):
+    with pytest.raises(TypeError, match="not picklable"):
+        system.spawn(Counter, threading.Lock())
+
+
+def test_unpicklable_return_value_becomes_an_error(system):
+    c = system.spawn(Counter)
+    with pytest.raises(TypeError, match="could not be pickled"):
+        c.unpicklable_result().result()
+    assert c.incr().result() == 1
+
+
+def test_spawn_rejects_non_actor_and_bad_options(system):
+    with pytest.raises(TypeError, match="subclass of actorq.Actor"):
+        system.spawn(object)
+    with pytest.raises(ValueError, match="restart must be one of"):
+        system.spawn(Counter, restart="sometimes")
+    system.spawn(Counter, name="dup")
+    with pytest.raises(ValueError, match="already exists"):
+        system.spawn(Counter, name="dup")
+
+
+def test_lookup(system):
+    c = system.spawn(Counter, 3, name="finder")
+    assert system.lookup("finder") == c
+    assert system.lookup("finder").incr().result() == 4
+    with pytest.raises(KeyError):
+        system.lookup("missing")
+
+
+def test_closure_actor_class_is_shipped_by_value(system):
+    factor = 7
+
+    class Scaler(actorq.Actor):
+        def scale(self, x):
+            return x * factor
+
+    s = system.spawn(Scaler)
+    assert s.scale(6).result() == 42
+
+
+class Relay(actorq.Actor):
+    def __init__(self, target):
+        self.target = target
+
+    def forward(self, k):
+        return self.target.incr(k).result(timeout=10)
+
+    async def forward_async(self, k):
+        return await self.target.incr(k)
+
+    def fire(self, n):
+        for i in range(n):
+            self.target.tell(("relay", i))
+        return n
+
+
+def test_refs_pass_to_other_actors_and_call_directly(system):
+    c = system.spawn(Counter)
+    relay = system.spawn(Relay, c)
+    assert relay.forward(2).result() == 2
+    assert relay.forward_async(3).result() == 5
+    assert relay.fire(500).result() == 500
+    # order is kept per sender: the relay's tells arrive in order (the system's own
+    # messages travel on another channel and may overtake them)
+    wait_until(lambda: len(c.get_told().result()) == 500, timeout=10)
+    assert c.get_told().result() == [("relay", i) for i in range(500)]
+    assert c.incr(0).result() == 5
+
+
+class SelfCaller(actorq.Actor):
+    def ping(self):
+        return "pong"
+
+    def call_self(self):
+        return self.ref.ping().result(timeout=5)
+
+    async def call_self_async(self):
+        return await self.ref.ping()
+
+    def call_self_later(self):
+        self.ref.ping()  # not waited on: fine
+        return "sent"
+
+
+def test_self_call_deadlock_is_detected(system):
+    a = system.spawn(SelfCaller)
+    with pytest.raises(actorq.DeadlockError, match="call to itself"):
+        a.call_self().result()
+    with pytest.raises(actorq.DeadlockError):
+        a.call_self_async().result()
+    assert a.call_self_later().result() == "sent"
+    assert a.ping().result() == "pong"
+
+
+class Ping(actorq.Actor):
+    def set_peer(self, peer):
+        self.peer = peer
+
+    def start(self):
+        return self.peer.bounce().result(timeout=0.5)
+
+    def bounce(self):
+        return self.peer.start().result(timeout=0.5)
+
+
+def test_call_cycle_fails_by_timeout_with_explanation(system):
+    a = system.spawn(Ping)
+    b = system.spawn(Ping)
+    a.set_peer(b).result()
+    b.set_peer(a).result()
+    with pytest.raises(actorq.CallTimeout, match="deadlock"):
+        a.start().result(timeout=10)
+    assert a.set_peer(b).result() is None  # both actors still serve
+
+
+async def _async_main():
+    async with actorq.ActorSystem() as s:
+        c = s.spawn(Counter, 1)
+        assert await c.incr(1) == 2
+        results = await asyncio.gather(*(c.slow_incr(1) for _ in range(10)))
+        assert sorted(results) == list(range(3, 13))
+        with pytest.raises(ValueError, match="async boom"):
+            await c.boom("async boom")
+        return "ok"
+
+
+def test_async_system_usage():
+    assert asyncio.run(_async_main()) == "ok"
+
+
+def test_async_system_usage_on_uvloop():
+    import uvloop
+
+    assert uvloop.run(_async_main()) == "ok"
+
+
+def test_refs_are_picklable_and_equal(system):
+    import pickle
+
+    c = system.spawn(Counter, name="pickled")
+    c2 = pickle.loads(pickle.dumps(c))
+    assert c2 == c and hash(c2) == hash(c)
+    assert c2.incr().result() == 1
+
+
+def test_tell_nowait_raises_backpressure_when_window_full():
+    class Slow(actorq.Actor):
+        def __init__(self):
+            self.gate = False
+
+        def receive(self, m):
+            import time
+
+            while not self.gate:
+                time.sleep(0.001)
+                break
+
+        def count(self):
+            return 0
+
+    with actorq.ActorSystem(window=8) as s:
+        blocker = s.spawn(Blocker)
+        s.wait_ready(blocker)
+        blocker.hold().result()  # the actor now sits in a handler until released
+        sent = 0
+        with pytest.raises(actorq.Backpressure, match="no credit"):
+            for _ in range(100):
+                blocker.tell_nowait("x")
+                sent += 1
+        assert sent <= 8
+        release_blocker(blocker)
+        assert blocker.count().result() == sent
+
+
+class Blocker(actorq.Actor):
+    """Handles nothing while a marker file exists."""
+
+    def __init__(self):
+        self.seen = 0
+        self.path = None
+
+    def hold(self):
+        import tempfile
+
+        fd, self.path = tempfile.mkstemp(prefix="actorq-block-")
+        os.close(fd)
+        return self.path
+
+    def receive(self, m):
+        import time
+
+        while self.path and os.path.exists(self.path):
+            time.sleep(0.001)
+        self.seen += 1
+
+    def count(self):
+        return self.seen
+
+
+def release_blocker(ref):
+    import glob
+
+    for path in glob.glob("/tmp/actorq-block-*"):
+        os.unlink(path)
+
+
+def test_sync_send_waits_for_credit_then_backpressure():
+    with actorq.ActorSystem(window=4, send_timeout=0.3) as s:
+        b = s.spawn(Blocker)
+        b.hold().result()
+        with pytest.raises(actorq.Backpressure, match="stayed full"):
+            for _ in range(50):
+                b.tell("x")
+        release_blocker(b)
+        wait_until(lambda: b.count().result() >= 4, timeout=10)
+
+
+def test_metrics_snapshot(system):
+    c = system.spawn(Counter, name="m")
+    c.incr().result()
+    m = system.metrics()
+    entry = m["actors"]["m"]
+    assert entry["state"] == "running"
+    assert entry["handled"] >= 1
+    assert entry["lost_wakeups"] == 0
+    assert entry["window"] == system.config.window
