@@ -75,7 +75,7 @@ class ActorHub(Hub):
         answer, fds = self.host.request(("connect", ref.actor_id))
         if answer[0] == "gone":
             self.gone[ref.actor_id] = answer[2]
-            msg = f"{ref.describe()} is stopped: {answer[2]}"
+            msg = f"{ref._describe()} is stopped: {answer[2]}"
             raise ActorStopped(msg)
         _kind, target, ring_name, ctl_name = answer
         return self.attach_outbound(target, ring_name, ctl_name, fds[0])

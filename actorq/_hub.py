@@ -78,7 +78,7 @@ class Hub:
     def call(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
              kwargs: dict[str, Any] | None) -> Reply[Any]:
         """Send a call to *ref* and return its ``Reply`` (see ``ActorRef.call``)."""
-        describe = ref.describe(method)
+        describe = ref._describe(method)
         check_picklable(describe, args, kwargs)
         token = next_token()
         reply: Reply[Any] = Reply(self, ref.actor_id, token, describe)
@@ -92,7 +92,7 @@ class Hub:
 
     def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
         """Send *message* to *ref*'s ``receive`` without a reply."""
-        check_picklable(ref.describe("receive"), (message,), None)
+        check_picklable(ref._describe("receive"), (message,), None)
         self.send(ref, (OP_CALL, 0, self.id, "receive", (message,), {}), nowait=nowait)
 
     def send(self, ref: ActorRef[Any], msg: tuple[Any, ...], *, nowait: bool) -> None:
@@ -101,12 +101,12 @@ class Hub:
         chan = self.outbound.get(target)
         if chan is None:
             if target in self.gone:
-                msg_ = f"{ref.describe()} is stopped: {self.gone[target]}"
+                msg_ = f"{ref._describe()} is stopped: {self.gone[target]}"
                 raise ActorStopped(msg_)
             chan = self.open_channel(ref)
         if chan.credit() <= 0:
             if nowait:
-                text = (f"{ref.describe()}'s mailbox has no credit left "
+                text = (f"{ref._describe()}'s mailbox has no credit left "
                         f"({chan.window} messages in flight); retry later or use tell()")
                 raise Backpressure(text)
             if self.may_block():
@@ -136,7 +136,7 @@ class Hub:
             if chan.credit() > 0:
                 return
             if deadline.expired():
-                msg = (f"{ref.describe()}'s mailbox stayed full for {deadline.timeout:g}s "
+                msg = (f"{ref._describe()}'s mailbox stayed full for {deadline.timeout:g}s "
                        f"(send timeout; {chan.window} messages in flight)")
                 raise Backpressure(msg)
             self.idle_wait(min(delay, deadline.remaining()))

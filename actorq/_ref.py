@@ -40,6 +40,9 @@ class ActorRef(Generic[A]):
 
     Every public method of the actor's class is available as an attribute returning a
     ``Reply``. Refs compare equal when they name the same actor, and are picklable.
+    A handler whose name is one of the ref's own attributes (``call``, ``ask``, ``tell``,
+    ``tell_nowait``, ``name``, ``actor_id``, ``run_id``, ``handlers``, ``cls_name``) is
+    reached with ``ref.call("name", ...)``.
     """
 
     __slots__ = ("_hub", "_methods", "actor_id", "cls_name", "handlers", "name", "run_id")
@@ -61,11 +64,11 @@ class ActorRef(Generic[A]):
             if hub is None:
                 from actorq._errors import ActorStopped
 
-                msg = f"{self.describe()} belongs to an actor system that is not running here"
+                msg = f"{self._describe()} belongs to an actor system that is not running here"
                 raise ActorStopped(msg)
         return hub
 
-    def describe(self, method: str | None = None) -> str:
+    def _describe(self, method: str | None = None) -> str:
         """Return ``"Counter 'name'"`` or ``"Counter 'name'.method"`` for messages."""
         base = f"{self.cls_name} {self.name!r}"
         return f"{base}.{method}" if method else base
@@ -82,7 +85,7 @@ class ActorRef(Generic[A]):
     def _check_method(self, method: str) -> None:
         if method not in self.handlers:
             known = ", ".join(sorted(self.handlers)) or "none"
-            msg = (f"{self.describe()} has no handler {method!r} "
+            msg = (f"{self._describe()} has no handler {method!r} "
                    f"(its public methods: {known})")
             raise AttributeError(msg)
 
@@ -125,7 +128,7 @@ class ActorRef(Generic[A]):
         return hash((self.run_id, self.actor_id))
 
     def __repr__(self) -> str:
-        return f"<ActorRef {self.describe()} #{self.actor_id}>"
+        return f"<ActorRef {self._describe()} #{self.actor_id}>"
 
 
 ActorRef.__module__ = "actorq"

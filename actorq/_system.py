@@ -122,7 +122,7 @@ class SystemHub(Hub):
         """Channels to actors exist from spawn; a missing one means the actor is gone."""
         cell = self.system._cells.get(ref.actor_id)
         why = self.gone.get(ref.actor_id) or (cell.state if cell else "unknown actor")
-        msg = f"{ref.describe()} is stopped: {why}"
+        msg = f"{ref._describe()} is stopped: {why}"
         raise ActorStopped(msg)
 
     def may_block(self) -> bool:
@@ -625,7 +625,12 @@ class ActorSystem:
 
     def metrics(self) -> dict[str, Any]:
         """Return a snapshot: per actor (by name) its state, pid, restarts and mailbox figures."""
-        actors = {}
+        actors: dict[str, Any] = {}
+        if self._closed:  # the shared memory is gone: states only
+            for cell in list(self._cells.values()):
+                actors[cell.name] = {"id": cell.id, "state": cell.state, "pid": cell.pid,
+                                     "restarts": cell.restarts}
+            return {"actors": actors, "system": {"run_id": self.run_id, "closed": True}}
         for cell in list(self._cells.values()):
             slots = cell.ctl.slots
             chan = self._hub.outbound.get(cell.id)
@@ -705,6 +710,7 @@ class ActorSystem:
         for reply in list(self._hub.pending.values()):
             reply._fail(ActorStopped(f"{reply.describe}: the actor system was closed"))
         self._hub.pending.clear()
+        self._closed = True
         self._release_all(cells)
         unregister_hub(self.run_id)
 

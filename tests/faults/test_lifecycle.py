@@ -1,0 +1,133 @@
+"""Shutdown and cleanup: block raised, Ctrl-C, parent SIGKILL, leftover segments swept."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+import actorq
+from actorq._transport.shm import list_segments, sweep
+from actorq.testing import wait_until
+
+
+class Sleeper(actorq.Actor):
+    def pid(self):
+        return os.getpid()
+
+
+def test_leaving_a_block_that_raised_cleans_everything():
+    pids = []
+    with pytest.raises(RuntimeError, match="user error"), actorq.ActorSystem() as s:
+        refs = [s.spawn(Sleeper) for _ in range(3)]
+        pids = [r.pid().result() for r in refs]
+        run_id = s.run_id
+        raise RuntimeError("user error")
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert list_segments(run_id) == []
+
+
+def test_calls_after_close_raise_actor_stopped():
+    with actorq.ActorSystem() as s:
+        r = s.spawn(Sleeper)
+        r.pid().result()
+    with pytest.raises(actorq.ActorStopped):
+        r.pid()
+    with pytest.raises(actorq.ActorStopped):
+        s.spawn(Sleeper)
+
+
+_CHILD_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    import actorq
+
+    class Sleeper(actorq.Actor):
+        def pid(self):
+            return os.getpid()
+
+    if __name__ == "__main__":
+        with actorq.ActorSystem(start_method=sys.argv[1]) as s:
+            refs = [s.spawn(Sleeper) for _ in range(2)]
+            pids = [r.pid().result(timeout=30) for r in refs]
+            print(s.run_id, *pids, flush=True)
+            if sys.argv[2] == "sleep":
+                time.sleep(60)
+            else:
+                raise KeyboardInterrupt
+    """
+)
+
+
+def _start_child(tmp_path, method, mode):
+    script = tmp_path / "user_program.py"
+    script.write_text(_CHILD_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), method, mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().split()
+    assert line, proc.stderr.read()
+    return proc, line[0], [int(p) for p in line[1:]]
+
+
+@pytest.mark.parametrize("method", ["forkserver", "fork", "spawn"])
+def test_parent_sigkill_takes_children_down_and_sweep_cleans_segments(tmp_path, method):
+    proc, run_id, pids = _start_child(tmp_path, method, "sleep")
+    assert all(psutil.pid_exists(p) for p in pids)
+    proc.kill()
+    proc.wait(10)
+
+    def all_gone():
+        return all(not psutil.pid_exists(p) or psutil.Process(p).status() == "zombie"
+                   for p in pids)
+
+    wait_until(all_gone, timeout=5, message="actor processes gone after parent SIGKILL")
+    # the SIGKILLed user process could not unlink its segments: a sweep (which every
+    # new ActorSystem runs) does, because their owner is dead
+    wait_until(lambda: not psutil.pid_exists(proc.pid), timeout=5)
+    sweep()
+    assert list_segments(run_id) == []
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+def test_keyboard_interrupt_in_block_shuts_down_cleanly(tmp_path):
+    proc, run_id, pids = _start_child(tmp_path, "forkserver", "interrupt")
+    _out, err = proc.communicate(timeout=30)
+    assert "KeyboardInterrupt" in err
+    assert all(not psutil.pid_exists(p) for p in pids)
+    assert list_segments(run_id) == []
+
+
+def test_sigint_to_the_process_group_does_not_kill_actors_first(tmp_path):
+    # Ctrl-C reaches every process of the foreground group; actors ignore it and the
+    # system shuts them down in order.
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent(
+        """
+        import os, sys, time, actorq
+        class S(actorq.Actor):
+            def pid(self):
+                return os.getpid()
+        if __name__ == "__main__":
+            try:
+                with actorq.ActorSystem() as s:
+                    r = s.spawn(S)
+                    print(s.run_id, r.pid().result(timeout=30), flush=True)
+                    time.sleep(60)
+            except KeyboardInterrupt:
+                print("interrupted", s.metrics()["actors"][r.name]["state"], flush=True)
+        """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    run_id, pid = proc.stdout.readline().split()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _err = proc.communicate(timeout=30)
+    assert "interrupted" in out
+    assert not psutil.pid_exists(int(pid))
+    assert list_segments(run_id) == []
