@@ -52,10 +52,6 @@ class DeadlockError(ActorqError):
     """Waiting on this reply would deadlock: the target is blocked waiting on the caller."""
 
 
-class MessageTooLarge(ActorqError, ValueError):
-    """A message is larger than the configured maximum message size."""
-
-
 class RemoteTraceback(ActorqError):
     """The traceback of an exception raised in another process, kept as text."""
 
@@ -87,7 +83,6 @@ PUBLIC = (
     CircuitOpen,
     GraphError,
     DeadlockError,
-    MessageTooLarge,
     RemoteTraceback,
 )
 for _cls in PUBLIC:
