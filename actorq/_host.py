@@ -30,9 +30,8 @@ from typing import Any
 from actorq import _serialization
 from actorq._actor import ActorContext, handler_names
 from actorq._clock import Deadline
-from actorq._config import SystemConfig
 from actorq._errors import ActorStopped, format_remote
-from actorq._hub import OP_CALL, OP_REPLY, SYSTEM_ID, Hub
+from actorq._hub import OP_REPLY, Hub
 from actorq._process.deathsig import set_pdeathsig
 from actorq._ref import ActorRef, register_hub
 from actorq._reply import Reply
@@ -164,40 +163,53 @@ class ActorHub(Hub):
             self.queue.append((entry, index, msg))
 
     def pump(self) -> None:
-        """Handle queued calls in order until one is async (it holds the actor) or none remain."""
-        queue = self.queue
-        while queue and not self.busy and not self.host.stopping:
-            if self.dirty:
-                self.flush_dirty()
-            entry, index, msg = queue.popleft()
-            self.handle(entry, index, msg)
+        """Handle queued calls in order until one is async (it holds the actor) or none remain.
 
-    def handle(self, entry: OpenRecord, index: int, msg: tuple[Any, ...]) -> None:
-        """Run one call's handler; record it in the crash-attribution slot meanwhile."""
-        _op, token, reply_to, method, args, kwargs = msg
+        This is the hot path of every message, so ``handle`` is inlined here.
+        """
+        queue = self.queue
         slots = self.ctl.slots
-        slots[C_TOKEN] = token
-        slots[C_REPLY_TO] = reply_to + 1
-        slots[C_BUSY] = entry.chan.sender_id + 1
-        fn = self.host.handlers.get(method)
-        if fn is None:
-            err = AttributeError(f"{self.host.describe()} has no handler {method!r}")
-            self.finish(entry, index, token, reply_to, False, err, "")
-            return
-        self.busy = True
-        self.handling_token = token
+        handlers = self.host.handlers
+        host = self.host
+        handled = 0
+        self.sync_depth += 1
         try:
-            result = self.run_sync(fn, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - the caller gets it, the actor lives on
-            self.busy = False
-            self.finish(entry, index, token, reply_to, False, exc, format_remote(exc))
-            return
-        if inspect.isawaitable(result):
-            task = asyncio.ensure_future(result)
-            task.add_done_callback(lambda t: self._async_done(t, entry, index, token, reply_to))
-            return
-        self.busy = False
-        self.finish(entry, index, token, reply_to, True, result, "")
+            while queue and not self.busy and not host.stopping:
+                if self.dirty:
+                    self.flush_dirty()  # earlier replies out before the next handler runs
+                entry, index, msg = queue.popleft()
+                _op, token, reply_to, method, args, kwargs = msg
+                if token:
+                    slots[C_TOKEN] = token
+                    slots[C_REPLY_TO] = reply_to + 1
+                slots[C_BUSY] = entry.chan.sender_id + 1  # crash attribution slot
+                fn = handlers.get(method)
+                if fn is None:
+                    err = AttributeError(f"{host.describe()} has no handler {method!r}")
+                    self.finish(entry, index, token, reply_to, False, err, "")
+                    continue
+                self.busy = True
+                try:
+                    result = fn(*args, **kwargs)
+                except Exception as exc:
+                    self.busy = False
+                    self.finish(entry, index, token, reply_to, False, exc, format_remote(exc))
+                    continue
+                if result is not None and inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result)
+                    task.add_done_callback(
+                        lambda t, e=entry, i=index, k=token, r=reply_to: self._async_done(
+                            t, e, i, k, r))
+                    return
+                self.busy = False
+                if token:
+                    self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
+                slots[C_BUSY] = 0
+                handled += 1
+                entry.done_one(index)
+        finally:
+            self.sync_depth -= 1
+            slots[C_HANDLED] += handled
 
     def _async_done(self, task: asyncio.Future[Any], entry: OpenRecord, index: int,
                     token: int, reply_to: int) -> None:
@@ -323,7 +335,7 @@ class Host:
         self.ctrl.setblocking(False)
         try:
             await self.start_actor()
-        except Exception as exc:  # noqa: BLE001 - reported to the system, then exit
+        except Exception as exc:
             self.report_failed_start(exc)
             return EXIT_FAILED_START
         self.loop.add_reader(hub.efd, self.on_wake)
@@ -341,7 +353,7 @@ class Host:
         try:
             payload: Any = exc
             _serialization.loads(_serialization.dumps_code(exc))
-        except Exception:  # noqa: BLE001
+        except Exception:
             payload = RuntimeError(f"{type(exc).__name__}: {exc}")
         try:
             control.send(self.ctrl, ("failed", payload, tb[-16000:]))

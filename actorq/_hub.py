@@ -27,7 +27,6 @@ from actorq._errors import ActorStopped, Backpressure, format_remote
 from actorq._ids import next_token
 from actorq._reply import Reply, error_from_wire
 from actorq._serialization import check_picklable
-from actorq._transport.ring import H_TAIL
 from actorq._transport.channel import (
     C_PARKED,
     ControlBlock,
@@ -39,6 +38,7 @@ from actorq._transport.channel import (
     encode_batch,
     fence,
 )
+from actorq._transport.ring import H_TAIL
 
 if TYPE_CHECKING:
     import asyncio
@@ -92,7 +92,7 @@ class Hub:
 
     def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
         """Send *message* to *ref*'s ``receive`` without a reply."""
-        check_picklable(ref._describe("receive"), (message,), None)
+        check_picklable(lambda: ref._describe("receive"), (message,), None)
         self.send(ref, (OP_CALL, 0, self.id, "receive", (message,), {}), nowait=nowait)
 
     def send(self, ref: ActorRef[Any], msg: tuple[Any, ...], *, nowait: bool) -> None:
@@ -104,7 +104,7 @@ class Hub:
                 msg_ = f"{ref._describe()} is stopped: {self.gone[target]}"
                 raise ActorStopped(msg_)
             chan = self.open_channel(ref)
-        if chan.credit() <= 0:
+        if chan.credits <= 0 and (credits := chan.credit()) <= 0:
             if nowait:
                 text = (f"{ref._describe()}'s mailbox has no credit left "
                         f"({chan.window} messages in flight); retry later or use tell()")
@@ -112,12 +112,15 @@ class Hub:
             if self.may_block():
                 self.wait_credit(chan, ref, Deadline.after(self.config.send_timeout))
         with chan.lock:
+            chan.credits = (credits if chan.credits <= 0 else chan.credits) - 1
             outbox = chan.outbox
             outbox.append(msg)
-            # Off the loop, a message to an idle receiver goes out at once (latency: no
-            # loop wake-up); to a busy one it waits in the outbox for the burst (throughput).
+            # Off the loop, a call to an idle receiver goes out at once (latency: no loop
+            # wake-up); tells, and calls to a busy receiver, wait in the outbox for the
+            # rest of the burst (throughput: one record, one publish, one doorbell).
             if len(outbox) >= self.config.outbox_messages or (
-                    threading.get_ident() != self.loop_thread_id and chan.ring.in_flight() == 0):
+                    msg[1] and threading.get_ident() != self.loop_thread_id
+                    and chan.ring.in_flight() == 0):
                 chan.flush_locked(self.encode)
                 if not chan.encoded:
                     self.dirty.discard(chan)
@@ -183,7 +186,7 @@ class Hub:
         try:
             return encode_batch(msgs, oob_threshold=cfg.oob_threshold,
                                 max_inline=self._max_inline(), namer=self.namer)
-        except Exception:  # noqa: BLE001 - some message would not pickle: find it
+        except Exception:
             good = [m for m in (self._encodable(m) for m in msgs) if m is not None]
             return encode_batch(good, oob_threshold=cfg.oob_threshold,
                                 max_inline=self._max_inline(), namer=self.namer)
@@ -194,7 +197,7 @@ class Hub:
     def _encodable(self, msg: tuple[Any, ...]) -> tuple[Any, ...] | None:
         try:
             pickle.dumps(msg, protocol=5, buffer_callback=lambda _b: False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return self.unpicklable(msg, exc)
         return msg
 

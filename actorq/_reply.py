@@ -23,7 +23,10 @@ T = TypeVar("T")
 
 
 class Reply(Generic[T]):
-    """The pending result of a call: ``await reply``, ``reply.result(timeout)``, ``reply.done()``."""
+    """The pending result of a call.
+
+    Use ``await reply``, ``reply.result(timeout)`` or ``reply.done()``.
+    """
 
     __slots__ = (
         "_callbacks",

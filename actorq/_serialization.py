@@ -10,6 +10,7 @@ buffers (numpy arrays, bytearrays) can travel out of band.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -32,25 +33,33 @@ def _quick_safe(values: Any) -> bool:
         t = type(v)
         if t in _SAFE:
             continue
-        if (t is tuple or t is list) and len(v) <= 16 and all(type(e) in _SAFE for e in v):
+        if t is tuple or t is list:
+            if len(v) > 16:
+                return False
+            for e in v:
+                if type(e) not in _SAFE:
+                    return False
             continue
         return False
     return True
 
 
-def check_picklable(what: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+def check_picklable(what: str | Callable[[], str], args: tuple[Any, ...],
+                    kwargs: dict[str, Any] | None) -> None:
     """Raise a clear ``TypeError`` now if *args*/*kwargs* cannot be pickled.
 
     Scalars and small tuples/lists of scalars are accepted without pickling; anything
     else is pickled once with its large buffers left out of band (so a big array costs
     nothing here). Called at the call site, so that a bad argument never reaches a batch.
+    *what* names the call in the error (a callable is only called on error).
     """
     if _quick_safe(args) and (not kwargs or _quick_safe(kwargs.values())):
         return
+    name = what if isinstance(what, str) else what()
     for index, value in enumerate(args):
-        _check_one(what, f"argument {index}", value)
+        _check_one(name, f"argument {index}", value)
     for key, value in (kwargs or {}).items():
-        _check_one(what, f"keyword argument {key!r}", value)
+        _check_one(name, f"keyword argument {key!r}", value)
 
 
 def _check_one(what: str, label: str, value: Any) -> None:

@@ -55,7 +55,6 @@ from actorq._transport.channel import (
     ControlBlock,
     InChannel,
     OutChannel,
-    fence,
 )
 from actorq._transport.ring import Ring
 from actorq._transport.shm import Segment, sweep, unlink_prefix
@@ -458,7 +457,7 @@ class ActorSystem:
             cls, _args, _kwargs = _serialization.loads(blob)
             ref = self._spawn_blob(blob, cls.__name__, handler_names(cls), name, restart,
                                    parent.id)
-        except Exception as exc:  # noqa: BLE001 - raised in the parent actor
+        except Exception as exc:
             return ("error", exc)
         return ("ref", ref.actor_id, ref.name, ref.handlers, ref.cls_name)
 
@@ -780,7 +779,7 @@ def _close_live_systems() -> None:
     for system in list(_live_systems):
         try:
             system.close()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        except Exception:
             logger.exception("closing %r at exit failed", system)
 
 

@@ -24,7 +24,10 @@ from actorq._transport.shm import list_segments, unlink_prefix
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005,
                message: str = "condition") -> Any:
-    """Poll *condition* until it returns a truthy value (returned); ``TimeoutError`` after *timeout*."""
+    """Poll *condition* until it returns a truthy value, and return that value.
+
+    Raises ``TimeoutError`` once *timeout* seconds pass.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -69,15 +72,17 @@ def child_pids() -> set[int]:
 @pytest.fixture(autouse=True)
 def actorq_leak_guard() -> Iterator[None]:
     """Fail the test if it leaves a child process or an actorq shared-memory segment."""
+    # only this process's runs: other programs on the machine may be using actorq too
+    prefix = f"{SEGMENT_PREFIX}{os.getpid()}_"
     procs_before = child_pids()
-    segs_before = set(list_segments(SEGMENT_PREFIX))
+    segs_before = set(list_segments(prefix))
     yield
     try:
         wait_until(lambda: not (child_pids() - procs_before), timeout=5.0)
     except TimeoutError:
         pass
     leaked_procs = child_pids() - procs_before
-    leaked_segs = set(list_segments(SEGMENT_PREFIX)) - segs_before
+    leaked_segs = set(list_segments(prefix)) - segs_before
     for pid in leaked_procs:
         try:
             psutil.Process(pid).kill()

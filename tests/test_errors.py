@@ -9,7 +9,7 @@ import pytest
 import actorq
 from actorq import _errors
 
-ERRORS = [c for c in _errors.PUBLIC]
+ERRORS = list(_errors.PUBLIC)
 
 
 @pytest.mark.parametrize("cls", ERRORS, ids=lambda c: c.__name__)

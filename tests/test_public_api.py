@@ -23,7 +23,8 @@ def test_all_is_sorted_and_exported():
 def test_every_export_has_a_docstring_and_public_module():
     for name in actorq.__all__:
         obj = getattr(actorq, name)
-        assert obj.__doc__ and obj.__doc__.strip(), name
+        assert obj.__doc__, name
+        assert obj.__doc__.strip(), name
         assert obj.__module__ == "actorq", (name, obj.__module__)
 
 

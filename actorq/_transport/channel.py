@@ -176,6 +176,7 @@ class OutChannel:
     """
 
     __slots__ = (
+        "credits",
         "ctl",
         "efd",
         "encoded",
@@ -205,9 +206,14 @@ class OutChannel:
         self.encoded_count = 0
         self.flush_scheduled = False
         self.last_rung = 0
+        self.credits = 0  # a lower bound of credit(), spent locally, refreshed at 0
 
     def credit(self) -> int:
-        """Messages this process may still send before the receiver handles some."""
+        """Messages this process may still send before the receiver handles some.
+
+        Reads the receiver's ``handled`` counter from shared memory: the credit return.
+        Senders cache a lower bound of it in ``credits`` and call this only at zero.
+        """
         return self.window - self.ring.in_flight() - len(self.outbox) - self.encoded_count
 
     def flush_locked(self, encode: Any) -> bool:

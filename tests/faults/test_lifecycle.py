@@ -22,12 +22,18 @@ class Sleeper(actorq.Actor):
 
 
 def test_leaving_a_block_that_raised_cleans_everything():
-    pids = []
-    with pytest.raises(RuntimeError, match="user error"), actorq.ActorSystem() as s:
-        refs = [s.spawn(Sleeper) for _ in range(3)]
-        pids = [r.pid().result() for r in refs]
-        run_id = s.run_id
-        raise RuntimeError("user error")
+    seen = {}
+
+    def user_block():
+        with actorq.ActorSystem() as s:
+            refs = [s.spawn(Sleeper) for _ in range(3)]
+            seen["pids"] = [r.pid().result() for r in refs]
+            seen["run_id"] = s.run_id
+            raise RuntimeError("user error")
+
+    with pytest.raises(RuntimeError, match="user error"):
+        user_block()
+    pids, run_id = seen["pids"], seen["run_id"]
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert list_segments(run_id) == []
