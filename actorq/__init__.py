@@ -22,6 +22,10 @@ from actorq._errors import (
 )
 from actorq._ref import ActorRef
 from actorq._reply import Reply
+from actorq._resilience.backoff import Backoff
+from actorq._supervision.deadletters import DeadLetter
+from actorq._supervision.policy import ActorOptions
+from actorq._supervision.supervisor import Supervisor
 from actorq._system import ActorSystem
 
 __version__ = "0.1.0"
@@ -30,17 +34,21 @@ __all__ = [
     "Actor",
     "ActorContext",
     "ActorCrashed",
+    "ActorOptions",
     "ActorRef",
     "ActorStopped",
     "ActorSystem",
     "ActorqError",
+    "Backoff",
     "Backpressure",
     "CallTimeout",
     "CircuitOpen",
+    "DeadLetter",
     "DeadlockError",
     "GraphError",
     "RemoteTraceback",
     "Reply",
+    "Supervisor",
     "SystemConfig",
 ]
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from actorq._ref import ActorRef
+    from actorq._supervision.policy import ActorOptions
 
 HOOKS = frozenset({"on_start", "on_stop", "receive"})
 
@@ -69,6 +70,9 @@ class Actor:
 
     _actorq_ref: ActorRef[Any]
     _actorq_context: ActorContext
+    #: Runtime options of this class's actors (an ``actorq.ActorOptions``): hang timeout,
+    #: memory limit, which crashes restart it, poison messages. None: the defaults.
+    actor_options: ClassVar[ActorOptions | None] = None
 
     @property
     def ref(self) -> ActorRef[Any]:
@@ -92,5 +96,5 @@ class Actor:
         """Run when the actor is stopped gracefully (not after SIGKILL)."""
 
 
-_BASE_ATTRS = frozenset({"ref", "context"})
+_BASE_ATTRS = frozenset({"ref", "context", "actor_options"})
 Actor.__module__ = "actorq"

@@ -43,8 +43,14 @@ class SystemConfig:
         park_timeout: a parked consumer re-checks its rings after this long, as a
             safety net; a wake-up found this way is counted as ``lost_wakeups``.
         outbox_messages: a burst is flushed as one record once it holds this many
-            messages (or at the end of the loop iteration).
-        outbox_bytes: ... or once its pickled size estimate passes this many bytes.
+            messages (or at the end of the loop iteration, or before a wait).
+        warm_spares: processes kept started and idle, to take a crashed actor's place
+            (a restart then costs no process start).
+        root_max_restarts: the root supervisor gives up on an actor restarted more
+            than this many times ...
+        root_within: ... within this many seconds (the actor is then stopped for good).
+        monitor_interval: how often hang timeouts and memory limits are checked.
+        dead_letters: how many dead letters are kept (oldest dropped first).
     """
 
     start_method: str = field(default_factory=lambda: _env("start_method", "forkserver"))
@@ -58,7 +64,11 @@ class SystemConfig:
     spin_seconds: float = field(default_factory=lambda: _env("spin_seconds", 50e-6))
     park_timeout: float = field(default_factory=lambda: _env("park_timeout", 0.1))
     outbox_messages: int = field(default_factory=lambda: _env("outbox_messages", 256))
-    outbox_bytes: int = field(default_factory=lambda: _env("outbox_bytes", 64 * 1024))
+    warm_spares: int = field(default_factory=lambda: _env("warm_spares", 1))
+    root_max_restarts: int = field(default_factory=lambda: _env("root_max_restarts", 3))
+    root_within: float = field(default_factory=lambda: _env("root_within", 5.0))
+    monitor_interval: float = field(default_factory=lambda: _env("monitor_interval", 0.05))
+    dead_letters: int = field(default_factory=lambda: _env("dead_letters", 1000))
 
     def __post_init__(self) -> None:
         if self.start_method not in START_METHODS:

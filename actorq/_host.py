@@ -41,6 +41,7 @@ from actorq._transport.channel import (
     C_HANDLED,
     C_LOST,
     C_REPLY_TO,
+    C_SINCE,
     C_TOKEN,
     C_WAKEUPS,
     ControlBlock,
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_FAILED_START = 3
 EXIT_SYSTEM_GONE = 4
+EXIT_UNCAUGHT = 5
 
 
 class ActorHub(Hub):
@@ -66,6 +68,7 @@ class ActorHub(Hub):
         self.busy = False
         self.handling_token = 0
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
+        self.stamp_start = info.get("hang_timeout") is not None  # hang detection is on
 
     # -- channels through the system ----------------------------------------------------
 
@@ -182,6 +185,8 @@ class ActorHub(Hub):
                 if token:
                     slots[C_TOKEN] = token
                     slots[C_REPLY_TO] = reply_to + 1
+                if self.stamp_start:
+                    slots[C_SINCE] = time.monotonic_ns()
                 slots[C_BUSY] = entry.chan.sender_id + 1  # crash attribution slot
                 fn = handlers.get(method)
                 if fn is None:
@@ -385,7 +390,7 @@ class Host:
         while True:
             hub.drain()
             hub.pump()
-            hub.flush_dirty()
+            hub.flush_or_retry()
             if self.stopping:
                 if not hub.busy and not self.done.done():
                     self.done.set_result(None)
@@ -520,6 +525,12 @@ def main(ctrl: socket.socket) -> None:
     host = Host(ctrl)
     try:
         code = loop.run_until_complete(host.run())
+    except BaseException as exc:  # escaped every handler: say so, then die (a crash)
+        try:
+            control.send(ctrl, ("crashing", format_remote(exc)[-16000:]))
+        except (OSError, ValueError):
+            pass
+        code = EXIT_UNCAUGHT
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

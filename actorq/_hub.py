@@ -164,8 +164,11 @@ class Hub:
 
     def _flush_tick(self) -> None:
         self.flush_scheduled = False
-        if not self.flush_dirty() and self.loop is not None:
-            # A ring was full: try again shortly (the receiver is behind).
+        self.flush_or_retry()
+
+    def flush_or_retry(self) -> None:
+        """Loop thread: flush; if a ring was full, try again shortly (its reader is behind)."""
+        if not self.flush_dirty() and self.loop is not None and not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_later(0.0005, self._flush_tick)
 

@@ -11,7 +11,7 @@ LAYERS = [
     {"_transport", "_process"},
     {"_loop", "_actor", "_ref", "_reply", "_host", "_hub"},
     {"_supervision", "_resilience", "_routing", "_graph"},
-    {"_system", "_backends"},
+    {"_system", "_runtime", "_backends"},
     {"testing", "bench", "cli", "__main__", "__init__"},
 ]
 
@@ -26,16 +26,27 @@ def layer_of(module: str) -> int | None:
     raise AssertionError(f"module {module!r} is in no layer: add it to LAYERS")
 
 
+def _is_module(name: str) -> bool:
+    return (PKG / f"{name}.py").exists() or (PKG / name).is_dir()
+
+
 def imports_of(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
+    # imports needed only for types (under `if TYPE_CHECKING:`) make no runtime edge
+    typing_only = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only.update(id(n) for stmt in node.body for n in ast.walk(stmt))
     found = set()
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("actorq"):
             rest = node.module.split(".", 1)[1] if "." in node.module else None
             if rest:
                 found.add(rest)
-            else:
-                found.update(alias.name for alias in node.names)
+            else:  # from actorq import x: only submodules count
+                found.update(a.name for a in node.names if _is_module(a.name))
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("actorq."):

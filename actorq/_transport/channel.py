@@ -40,6 +40,7 @@ C_PARKED = 0  # odd: parked (waiting on its eventfd); producers ring once per va
 C_BUSY = 8  # sender id + 1 of the message being handled, 0 when idle
 C_TOKEN = 9  # its call token (0 for a tell)
 C_REPLY_TO = 10  # hub id + 1 of its caller
+C_SINCE = 11  # CLOCK_MONOTONIC ns when that message started (hang detection), 0 if off
 C_WAKEUPS = 16  # doorbell wake-ups
 C_LOST = 17  # park timeouts that found data: lost wake-ups, must stay 0
 C_HANDLED = 18  # messages handled, all channels
@@ -185,7 +186,6 @@ class OutChannel:
         "last_rung",
         "lock",
         "outbox",
-        "outbox_bytes",
         "ring",
         "seg",
         "target_id",
@@ -201,7 +201,6 @@ class OutChannel:
         self.window = window
         self.lock = threading.Lock()
         self.outbox: list[Any] = []
-        self.outbox_bytes = 0
         self.encoded: deque[tuple[bytes, int]] = deque()  # encoded, not yet written (ring full)
         self.encoded_count = 0
         self.flush_scheduled = False
@@ -223,7 +222,7 @@ class OutChannel:
         does not fit stays encoded, in order, for the next flush.
         """
         if self.outbox:
-            msgs, self.outbox, self.outbox_bytes = self.outbox, [], 0
+            msgs, self.outbox = self.outbox, []
             self.encoded.append((encode(msgs), len(msgs)))
             self.encoded_count += len(msgs)
         wrote = False

@@ -108,10 +108,8 @@ class RingMachine(RuleBasedStateMachine):
         need = record_size(n)
         off = self.m_tail % self.capacity
         to_end = self.capacity - off
-        if need <= to_end:
-            pos = self.m_tail
-        else:  # pad to the end with a wrap marker, record at offset 0
-            pos = self.m_tail + to_end
+        # if it does not fit before the end: wrap marker, then the record at offset 0
+        pos = self.m_tail if need <= to_end else self.m_tail + to_end
         end = pos + need
         used_after = end - self.m_head
         return used_after <= self.capacity, pos, end
@@ -160,7 +158,7 @@ class RingMachine(RuleBasedStateMachine):
     def push_oversize(self, data: st.DataObject) -> None:
         n = self.producer.max_payload + data.draw(st.integers(min_value=1, max_value=64))
         before = bytes(self.raw)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="exceeds the ring's limit"):
             self.producer.try_write(b"\xab" * n, 1)
         assert bytes(self.raw) == before, "an oversize write changed the ring"
 
@@ -319,7 +317,7 @@ def test_record_size() -> None:
 
 
 def test_full_ring_then_commit_frees_space() -> None:
-    raw, producer, consumer = _make_ring(64)  # max_payload 24, record_size(24) == 32
+    _raw, producer, consumer = _make_ring(64)  # max_payload 24, record_size(24) == 32
     assert producer.max_payload == 24
     assert producer.try_write(b"a" * 24, 1)
     assert producer.try_write(b"b" * 24, 2)
@@ -375,7 +373,7 @@ def test_record_ending_exactly_at_the_end_needs_no_wrap() -> None:
 
 
 def test_zero_length_payloads() -> None:
-    raw, producer, consumer = _make_ring(64)
+    _raw, producer, consumer = _make_ring(64)
     for i in range(8):  # 8 x 8 bytes fill the ring
         assert producer.try_write(b"", i + 1)
     assert not producer.try_write(b"", 1)
@@ -436,10 +434,10 @@ def test_wrap_padding_counts_against_free_space() -> None:
 
 
 def test_oversize_payload_raises_and_changes_nothing() -> None:
-    raw, producer, consumer = _make_ring(256)
+    raw, producer, _consumer = _make_ring(256)
     assert producer.try_write(b"x" * 10, 1)
     before = bytes(raw)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="exceeds the ring's limit"):
         producer.try_write(b"y" * (producer.max_payload + 1), 1)
     assert bytes(raw) == before
     assert producer.try_write(b"z" * producer.max_payload, 1)  # the limit itself is fine
@@ -465,21 +463,21 @@ def test_commit_after_handle_survives_consumer_restart() -> None:
 
 
 def test_bad_buffer_size_raises() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need"):
         Ring(memoryview(bytearray(HEADER + 56)), init=True)  # under HEADER + 64
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need"):
         Ring(memoryview(bytearray(HEADER + 68)), init=True)  # data not a multiple of 8
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need"):
         Ring(memoryview(bytearray(0)), init=False)
 
 
 def test_bad_magic_raises() -> None:
     raw = bytearray(Ring.size_for(128))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bad magic or capacity"):
         Ring(memoryview(raw), init=False)  # never initialised
     ring = Ring(memoryview(raw), init=True)
     ring.hdr[H_MAGIC] = MAGIC ^ 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bad magic or capacity"):
         Ring(memoryview(raw), init=False)
     ring.hdr[H_MAGIC] = MAGIC
     Ring(memoryview(raw), init=False).release()  # fine again
@@ -488,7 +486,7 @@ def test_bad_magic_raises() -> None:
 def test_capacity_mismatch_raises() -> None:
     raw = bytearray(Ring.size_for(128))
     Ring(memoryview(raw), init=True).release()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bad magic or capacity"):
         Ring(memoryview(raw)[: Ring.size_for(64)], init=False)
 
 

@@ -1,0 +1,80 @@
+"""Warm spare processes: started ahead, waiting for the message that says what to run.
+
+A forkserver start costs ≈ 26 ms here; a restart that takes a spare costs what the boot
+message and the constructor cost. Spares are refilled in the background (by the caller's
+starter thread) and stopped with the pool: closing a spare's socket makes it exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class WarmPool:
+    """Processes started with *target(sock)*, idle until their socket speaks."""
+
+    def __init__(self, ctx: Any, target: Callable[[socket.socket], None], size: int,
+                 name: str = "actorq:spare") -> None:
+        self._ctx = ctx
+        self._target = target
+        self.size = size
+        self._name = name
+        self._spares: deque[tuple[Any, socket.socket]] = deque()
+        self.closed = False
+
+    def start_one(self) -> tuple[Any, socket.socket]:
+        """Start a process now; return it with the system end of its socket."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            proc = self._ctx.Process(target=self._target, args=(theirs,), name=self._name,
+                                     daemon=True)
+            proc.start()
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        return proc, mine
+
+    def take(self) -> tuple[Any, socket.socket] | None:
+        """Return a live spare, or None (dead spares are discarded)."""
+        while self._spares:
+            proc, sock = self._spares.popleft()
+            if proc.is_alive():
+                return proc, sock
+            self._discard(proc, sock)
+        return None
+
+    def refill(self) -> None:
+        """Start spares until there are ``size`` of them."""
+        while not self.closed and len(self._spares) < self.size:
+            try:
+                self._spares.append(self.start_one())
+            except Exception:
+                logger.exception("could not start a spare process")
+                return
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every spare (EOF on its socket), join it; kill it past *timeout*."""
+        self.closed = True
+        spares, self._spares = list(self._spares), deque()
+        for _proc, sock in spares:
+            sock.close()
+        for proc, _sock in spares:
+            proc.join(timeout)
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join(timeout)
+            proc.close()
+
+    def _discard(self, proc: Any, sock: socket.socket) -> None:
+        sock.close()
+        proc.join(0.1)
+        if proc.exitcode is not None:
+            proc.close()

@@ -1,0 +1,1 @@
+"""Policies for transient failures: backoff (and later retries and circuit breakers)."""

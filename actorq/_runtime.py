@@ -1,0 +1,743 @@
+"""The system's machinery: actor cells, their processes, crashes and restarts.
+
+Everything here runs on the hub loop thread, except ``_start_process`` (starter thread)
+and what ``ActorSystem`` calls from user threads under ``_lock``. ``ActorSystem`` (in
+``_system``) is the public facade over this class.
+
+A crash, from the process sentinel to the next instance::
+
+    _on_exit ── classify (signal / exit / exception / hang / oom / start / lost)
+       ├─ _attribute_crash: the slot names the message being handled → its caller gets
+       │    ActorCrashed (or it is redelivered, until poison_after) → dead letters
+       ├─ its own children (context.spawn) are stopped: they die with their supervisor
+       └─ restart type + restart_on say restart? → supervisor.child_failed (strategy,
+          intensity, backoff) → restart_group; else → _finish (gone for good)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import select
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from actorq import _serialization
+from actorq._config import SystemConfig
+from actorq._errors import ActorCrashed, ActorStopped
+from actorq._hub import OP_REPLY, SYSTEM_ID, Hub
+from actorq._process.spares import WarmPool
+from actorq._ref import ActorRef
+from actorq._reply import Reply
+from actorq._supervision.deadletters import DeadLetters
+from actorq._supervision.policy import (
+    RESTART_TYPES,
+    ActorOptions,
+    classify_exit,
+    describe_exit,
+    should_restart,
+)
+from actorq._supervision.supervisor import Supervisor
+from actorq._transport import control
+from actorq._transport.channel import (
+    C_BUSY,
+    C_LOST,
+    C_REPLY_TO,
+    C_SINCE,
+    C_TOKEN,
+    C_WAKEUPS,
+    CTL_SIZE,
+    ControlBlock,
+    InChannel,
+    OutChannel,
+    decode_batch,
+    fence,
+    unlink_names,
+)
+from actorq._transport.ring import Ring
+from actorq._transport.shm import Segment
+
+logger = logging.getLogger("actorq")
+
+DEAD_STATES = ("stopped", "failed")
+
+
+@dataclass(eq=False)
+class ActorCell:
+    """What the system keeps of one actor across its incarnations."""
+
+    id: int
+    name: str
+    cls_name: str
+    handlers: frozenset[str]
+    restart: str
+    options: ActorOptions
+    spec: Segment
+    spec_size: int
+    ctl: ControlBlock
+    efd: int
+    supervisor: Any = None  # the Supervisor this actor is a child of
+    kids: Supervisor | None = None  # children it spawned itself (context.spawn)
+    inbound: dict[int, Segment] = field(default_factory=dict)  # rings it reads, by sender
+    outbound: dict[int, str] = field(default_factory=dict)  # rings it writes, by target
+    state: str = "starting"  # starting | running | restarting | stopping | stopped | failed
+    generation: int = 0  # bumped at every planned start: a stale start is dropped
+    restarts: int = 0
+    pid: int | None = None
+    proc: Any = None
+    ctrl: Any = None
+    killed_for: str | None = None  # "hang" / "oom" when actorq killed it
+    reported: str | None = None  # "exception" / "start" when it said why before dying
+    failed_start: tuple[BaseException, str] | None = None
+    finish_why: str = "it was stopped"
+    plan: Any = None
+    poison_key: tuple[int, int, int] | None = None
+    poison_count: int = 0
+    crashes: Counter[str] = field(default_factory=Counter)
+    ready: threading.Event = field(default_factory=threading.Event)
+    exited: threading.Event = field(default_factory=threading.Event)
+
+    def describe(self) -> str:
+        """``"Counter 'c'"``."""
+        return f"{self.cls_name} {self.name!r}"
+
+    def alive(self) -> bool:
+        """True while a process of it runs (or is being started)."""
+        return self.proc is not None
+
+
+@dataclass(eq=False)
+class RestartPlan:
+    """Cells a supervisor restarts together: stop the live ones, then start all."""
+
+    cells: list[ActorCell]
+    delay: float
+    waiting: set[int] = field(default_factory=set)
+
+
+class SystemHub(Hub):
+    """The user process's hub: its loop runs in a background thread."""
+
+    def __init__(self, runtime: Runtime, ctl: ControlBlock, efd: int) -> None:
+        super().__init__(SYSTEM_ID, runtime.run_id, runtime.config, ctl, efd)
+        self.runtime = runtime
+        self.spin_lock = threading.Lock()
+        self.spinners = 0
+
+    def open_channel(self, ref: ActorRef[Any]) -> Any:
+        """Channels to actors exist from spawn; a missing one means the actor is gone."""
+        cell = self.runtime._cells.get(ref.actor_id)
+        why = self.gone.get(ref.actor_id) or (cell.state if cell else "unknown actor")
+        msg = f"{ref._describe()} is stopped: {why}"
+        raise ActorStopped(msg)
+
+    def may_block(self) -> bool:
+        """A user thread may wait; the hub loop, or any running event loop, may not."""
+        if threading.get_ident() == self.loop_thread_id:
+            return False
+        import asyncio
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return True
+        return False
+
+    def wait_reply(self, reply: Reply[Any], deadline: Any) -> None:
+        """Flush, spin on the rings for a moment (no thread hand-off), then sleep."""
+        if threading.get_ident() == self.loop_thread_id:
+            msg = f"{reply.describe}: result() called on the actor system's own loop; use await"
+            raise RuntimeError(msg)
+        self.flush_dirty()
+        if not reply._done:
+            self.spin_for(reply)
+        while not reply._done and not deadline.expired():
+            reply._wait_event(deadline)
+
+    def spin_for(self, reply: Reply[Any]) -> None:
+        """Poll the inbound rings from this thread for ``spin_seconds`` x 4."""
+        with self.spin_lock:
+            self.spinners += 1
+            self.unpark()
+        try:
+            end = time.perf_counter() + self.config.spin_seconds * 4
+            while not reply._done and time.perf_counter() < end:
+                if self.drain_lock.acquire(blocking=False):
+                    try:
+                        self.drain()
+                    finally:
+                        self.drain_lock.release()
+        finally:
+            self.park_if_idle()
+
+    def park_if_idle(self, leaving_spin: bool = True) -> None:
+        """Park unless someone spins; if data slipped in, have the loop read it."""
+        with self.spin_lock:
+            if leaving_spin:
+                self.spinners -= 1
+            if self.spinners == 0 and not self.park():
+                os.eventfd_write(self.efd, 1)
+
+    def on_wake(self) -> None:
+        """Loop thread: the doorbell rang."""
+        self.clear_doorbell()
+        self.ctl.slots[C_WAKEUPS] += 1
+        with self.drain_lock:
+            self.drain()
+        self.park_if_idle(leaving_spin=False)
+
+    def watchdog(self) -> None:
+        """Safety net: data still unread while parked at two looks is a lost wake-up."""
+        if self.runtime._closing or self.loop is None:
+            return
+        if self._parked_with_data():
+            wakeups = self.ctl.slots[C_WAKEUPS]
+
+            def second_look() -> None:
+                if self.ctl.slots[C_WAKEUPS] == wakeups and self._parked_with_data():
+                    self.ctl.slots[C_LOST] += 1
+                    self.on_wake()
+
+            self.loop.call_later(0.01, second_look)
+        self.loop.call_later(self.config.park_timeout, self.watchdog)
+
+    def _parked_with_data(self) -> bool:
+        if self.spinners or not self.ctl.slots[0] & 1 or not self.has_unread():
+            return False
+        fence()
+        readable, _w, _x = select.select([self.efd], [], [], 0)
+        return not readable
+
+    def reply_to_actor(self, caller: int, token: int, exc: BaseException) -> None:
+        """Send an error reply, on a dead actor's behalf, to an actor that called it."""
+        chan = self.outbound.get(caller)
+        if chan is None:
+            return
+        with chan.lock:
+            chan.outbox.append((OP_REPLY, token, False, exc, ""))
+        self.dirty.add(chan)
+        self.schedule_flush()
+
+
+class Runtime:
+    """Cells, processes, crashes, restarts: the machinery behind ``ActorSystem``."""
+
+    config: SystemConfig
+    run_id: str
+    _hub: SystemHub
+    _root: Supervisor
+    _ctx: Any
+    _starter: Any
+    _spares: WarmPool
+    _closing: bool
+
+    def _init_runtime(self) -> None:
+        self._cells: dict[int, ActorCell] = {}
+        self._names: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+        self._dead = DeadLetters(self.config.dead_letters)
+        self._events: Counter[str] = Counter()
+
+    # -- loop helpers ---------------------------------------------------------------------
+
+    def _on_loop(self, fn: Any, *args: Any) -> None:
+        loop = self._hub.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:
+                pass
+
+    def count_event(self, kind: str) -> None:
+        """Count a supervisor event (SupervisorOps)."""
+        self._events[kind] += 1
+
+    # -- cells ----------------------------------------------------------------------------
+
+    def _spawn_blob(self, blob: bytes, cls_name: str, handlers: frozenset[str],
+                    name: str | None, restart: str, supervisor: Any,
+                    options: ActorOptions) -> ActorRef[Any]:
+        if restart not in RESTART_TYPES:
+            msg = f"restart must be one of {RESTART_TYPES}, not {restart!r}"
+            raise ValueError(msg)
+        if self._closing:
+            msg = "the actor system is closed"
+            raise ActorStopped(msg)
+        with self._lock:
+            if supervisor.state != "running":
+                msg = f"supervisor {supervisor.name!r} is stopped"
+                raise ActorStopped(msg)
+            actor_id = next(self._ids)
+            name = name or f"{cls_name}-{actor_id}"
+            if name in self._names:
+                msg = f"an actor named {name!r} already exists"
+                raise ValueError(msg)
+            cell = self._new_cell(actor_id, name, cls_name, handlers, restart, options, blob)
+            cell.supervisor = supervisor
+            supervisor.children.append(cell)
+            self._cells[actor_id] = cell
+            self._names[name] = actor_id
+        self._starter.submit(self._start_process, cell, cell.generation)
+        return ActorRef(self._hub, self.run_id, actor_id, name, handlers, cls_name)
+
+    def _new_cell(self, actor_id: int, name: str, cls_name: str, handlers: frozenset[str],
+                  restart: str, options: ActorOptions, blob: bytes) -> ActorCell:
+        prefix = f"{self.run_id}a{actor_id}_"
+        spec = Segment.create(prefix + "spec", max(len(blob), 1), prefault=False)
+        spec.buf[: len(blob)] = blob
+        ctl = ControlBlock(Segment.create(prefix + "ctl", CTL_SIZE))
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        cell = ActorCell(actor_id, name, cls_name, handlers, restart, options, spec,
+                         len(blob), ctl, efd)
+        to_actor = self._new_ring(f"{prefix}in{SYSTEM_ID}")
+        from_actor = self._new_ring(f"{prefix}out{SYSTEM_ID}")
+        cell.inbound[SYSTEM_ID] = to_actor
+        cell.outbound[SYSTEM_ID] = from_actor.name
+        hub = self._hub
+        hub.outbound[actor_id] = OutChannel(actor_id, Segment.attach(to_actor.name), ctl, efd,
+                                            self.config.window)
+        hub.inbound[actor_id] = InChannel(actor_id, from_actor)
+        return cell
+
+    def _new_ring(self, name: str) -> Segment:
+        seg = Segment.create(name, Ring.size_for(self.config.ring_size))
+        Ring(seg.buf, init=True).release()
+        return seg
+
+    # -- processes (starter thread) -------------------------------------------------------
+
+    def _start_process(self, cell: ActorCell, generation: int) -> None:
+        """Start *cell*'s process (a warm spare if there is one) and send its boot message."""
+        if self._closing or cell.state != "starting" or cell.generation != generation:
+            return
+        try:
+            got = self._spares.take()
+            proc, sock = got if got is not None else self._spares.start_one()
+        except Exception:
+            logger.exception("could not start a process for %s", cell.describe())
+            self._on_loop(self._finish, cell, "failed", "its process could not be started")
+            return
+        fds = [cell.efd, self._hub.efd]
+        outbound = {}
+        for target, ring_name in cell.outbound.items():
+            if target == SYSTEM_ID:
+                outbound[target] = (ring_name, self._hub.ctl.seg.name, 1)
+            elif (peer := self._cells.get(target)) is not None and peer.state not in DEAD_STATES:
+                outbound[target] = (ring_name, peer.ctl.seg.name, len(fds))
+                fds.append(peer.efd)
+        info = {
+            "id": cell.id, "name": cell.name, "run_id": self.run_id, "config": self.config,
+            "ctl": cell.ctl.seg.name, "spec": cell.spec.name, "spec_size": cell.spec_size,
+            "inbound": {s: seg.name for s, seg in cell.inbound.items()},
+            "outbound": outbound, "restarts": cell.restarts,
+            "hang_timeout": cell.options.hang_timeout,
+        }
+        try:
+            control.send(sock, ("boot", info), fds)
+        except OSError:
+            pass  # it died already: its sentinel tells the loop
+        cell.proc, cell.ctrl = proc, sock
+        self._on_loop(self._watch, cell, proc, sock)
+        self._spares.refill()
+
+    def _watch(self, cell: ActorCell, proc: Any, sock: Any) -> None:
+        loop = self._hub.loop
+        assert loop is not None
+        sock.setblocking(False)
+        loop.add_reader(sock, self._on_ctrl, cell, sock)
+        loop.add_reader(proc.sentinel, self._on_exit, cell, proc, sock)
+
+    # -- control messages from actors (loop thread) ---------------------------------------
+
+    def _on_ctrl(self, cell: ActorCell, sock: Any) -> None:
+        while True:
+            try:
+                got = control.recv(sock)
+            except BlockingIOError:
+                return
+            except OSError:
+                got = None
+            if got is None:
+                if self._hub.loop is not None:
+                    self._hub.loop.remove_reader(sock)
+                return
+            try:
+                self._handle_ctrl(cell, sock, got[0])
+            except Exception:
+                logger.exception("control message from %s failed", cell.describe())
+
+    def _handle_ctrl(self, cell: ActorCell, sock: Any, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "ready":
+            cell.pid = msg[1]
+            if cell.state == "starting":
+                cell.state = "running"
+            cell.ready.set()
+            logger.debug("%s started (pid %s, restarts %d)", cell.describe(), cell.pid,
+                         cell.restarts)
+        elif kind == "failed":
+            cell.failed_start = (msg[1], msg[2])
+            cell.reported = "start"
+        elif kind == "crashing":
+            cell.reported = "exception"
+            logger.error("%s: an exception escaped its handlers:\n%s", cell.describe(), msg[1])
+        elif kind == "connect":
+            answer, fds = self._connect(cell, msg[2])
+            control.send(sock, ("answer", msg[1], answer), fds)
+        elif kind == "lookup":
+            target = self._cells.get(self._names.get(msg[2], -1))
+            answer: tuple[Any, ...] = ("missing",)
+            if target is not None and target.state not in DEAD_STATES:
+                answer = ("ref", target.id, target.handlers, target.cls_name)
+            control.send(sock, ("answer", msg[1], answer))
+        elif kind == "spawn":
+            control.send(sock, ("answer", msg[1], self._spawn_for(cell, *msg[2:])))
+
+    def _connect(self, cell: ActorCell, target_id: int) -> tuple[tuple[Any, ...], list[int]]:
+        target = self._cells.get(target_id)
+        if target is None or target.state in DEAD_STATES:
+            why = self._hub.gone.get(target_id, "no such actor")
+            return ("gone", target_id, why), []
+        if target_id not in cell.outbound:
+            seg = self._new_ring(f"{self.run_id}a{target_id}_in{cell.id}")
+            target.inbound[cell.id] = seg
+            cell.outbound[target_id] = seg.name
+            if target.ctrl is not None:
+                try:
+                    control.send(target.ctrl, ("inbound", cell.id, seg.name))
+                except OSError:
+                    pass  # restarting: the boot message will list this ring
+        ring_name = cell.outbound[target_id]
+        return ("channel", target_id, ring_name, target.ctl.seg.name), [target.efd]
+
+    def _spawn_for(self, parent: ActorCell, blob: bytes, name: str | None,
+                   restart: str) -> tuple[Any, ...]:
+        """An actor spawns a child: it is supervised on the actor's behalf."""
+        try:
+            cls, _args, _kwargs = _serialization.loads(blob)
+            from actorq._actor import handler_names
+
+            if parent.kids is None:
+                parent.kids = Supervisor(self, f"{parent.name}.children",
+                                         give_up_per_child=True, spawner=self)
+            options = getattr(cls, "actor_options", None) or ActorOptions()
+            ref = self._spawn_blob(blob, cls.__name__, handler_names(cls), name, restart,
+                                   parent.kids, options)
+        except Exception as exc:
+            return ("error", exc)
+        return ("ref", ref.actor_id, ref.name, ref.handlers, ref.cls_name)
+
+    # -- deaths (loop thread) -------------------------------------------------------------
+
+    def _on_exit(self, cell: ActorCell, proc: Any, sock: Any) -> None:
+        loop = self._hub.loop
+        assert loop is not None
+        loop.remove_reader(proc.sentinel)
+        self._on_ctrl(cell, sock)  # a last "failed"/"crashing" message may be waiting
+        loop.remove_reader(sock)
+        sock.close()
+        proc.join(1.0)
+        code = proc.exitcode
+        proc.close()
+        cell.proc = cell.ctrl = None
+        with self._hub.drain_lock:
+            self._hub.drain()  # replies it published before dying
+        cell.exited.set()
+        if cell.state == "restarting":
+            self._plan_exited(cell)
+            return
+        if cell.state == "stopping" or self._closing:
+            self._finish(cell, "stopped", cell.finish_why)
+            return
+        cause = classify_exit(code, cell.killed_for, cell.reported)
+        cell.killed_for = cell.reported = None
+        cell.crashes[cause] += 1
+        self._events[f"crash:{cause}"] += 1
+        text = f"{cell.describe()} (pid {cell.pid}) {self._words(cell, cause, code)}"
+        logger.warning("%s", text)
+        if cell.kids is not None:  # its children die with it (it supervised them)
+            self._stop_kids(cell, f"their parent {cell.describe()} died")
+        if cause == "start" and cell.failed_start is not None:
+            exc, tb = cell.failed_start
+            text = f"{cell.describe()} failed to start: {type(exc).__name__}: {exc}"
+            logger.error("%s\n%s", text, tb)
+            if not should_restart(cell.restart, cause, code, cell.options):
+                self._finish(cell, "failed", text, cause="start", error=exc)
+                cell.supervisor.remove(cell)
+                return
+        else:
+            self._attribute_crash(cell, text, cause)
+        if should_restart(cell.restart, cause, code, cell.options):
+            cell.state = "restarting"
+            cell.supervisor.child_failed(cell, text)
+        else:
+            words = self._words(cell, cause, code)
+            why = f"{words} and was not restarted (restart={cell.restart!r})"
+            self._finish(cell, "stopped", why, cause=cause)
+            cell.supervisor.remove(cell)
+
+    @staticmethod
+    def _words(cell: ActorCell, cause: str, code: int | None) -> str:
+        if cause == "hang":
+            return (f"was killed: a handler ran past hang_timeout="
+                    f"{cell.options.hang_timeout:g}s")
+        if cause == "oom":
+            return f"was killed: it went over max_rss={cell.options.max_rss} bytes"
+        if cause == "exception":
+            return f"died of an exception that escaped its handlers ({describe_exit(code)})"
+        return describe_exit(code)
+
+    def _attribute_crash(self, cell: ActorCell, text: str, cause: str) -> None:
+        """Fail (or redeliver) the message the dead actor was handling, per its slot."""
+        slots = cell.ctl.slots
+        busy, token, reply_to = slots[C_BUSY], slots[C_TOKEN], slots[C_REPLY_TO]
+        slots[C_BUSY] = 0
+        if not busy:
+            cell.poison_key = None
+            return
+        sender = busy - 1
+        seg = cell.inbound.get(sender)
+        method, message, poisoned = "?", None, True
+        if seg is not None:
+            ring = Ring(seg.buf)
+            rec = ring.read_at(ring.head())
+            if rec is not None:
+                index = ring.skip_count(rec.pos)
+                method, message = self._peek_message(rec.payload, index)
+                rec.payload.release()
+                key = (sender, rec.pos, index)
+                cell.poison_count = cell.poison_count + 1 if cell.poison_key == key else 1
+                cell.poison_key = key
+                opts = cell.options
+                poisoned = not opts.redeliver or cell.poison_count >= opts.poison_after
+                if poisoned:
+                    if index + 1 >= rec.count:
+                        ring.commit(rec.end, rec.count)
+                    else:
+                        ring.mark_progress(rec.pos, index + 1)
+            ring.release()
+        if not poisoned:
+            logger.warning("%s; message %r will be delivered again (%d/%d)", text, method,
+                           cell.poison_count, cell.options.poison_after)
+            return
+        times = (f"{cell.poison_count} times in a row" if cell.options.redeliver else "")
+        self._dead.add(cell.name, method, f"crashed the actor {times}: {text}".replace(
+            "  ", " "), message)
+        if token:
+            self._fail_caller(reply_to - 1, token, f"{text} while handling this call", cause)
+
+    def _peek_message(self, payload: memoryview, index: int) -> tuple[str, Any]:
+        unlink: list[str] = []
+        try:
+            msgs = decode_batch(payload, unlink)
+            msg = msgs[index]
+            return msg[3], msg[4]
+        except Exception:
+            return "?", None
+
+    def _fail_caller(self, caller: int, token: int, text: str, cause: str) -> None:
+        if caller == SYSTEM_ID:
+            reply = self._hub.pending.pop(token, None)
+            if reply is not None:
+                reply._fail(ActorCrashed(f"{reply.describe}: {text}", cause))
+        else:
+            self._hub.reply_to_actor(caller, token, ActorCrashed(text, cause))
+
+    # -- SupervisorOps ----------------------------------------------------------------------
+
+    def restart_group(self, cells: list[ActorCell], delay: float) -> None:
+        """Stop the live *cells* (reverse start order), then start them all (start order)."""
+        plan = RestartPlan(cells, delay)
+        for cell in reversed(cells):
+            if cell.state in DEAD_STATES:
+                continue
+            if cell.alive() and cell.state in ("running", "starting"):
+                plan.waiting.add(cell.id)
+                self._ask_to_stop(cell)
+            cell.state = "restarting"
+            cell.plan = plan
+        if not plan.waiting:
+            self._plan_go(plan)
+
+    def _plan_exited(self, cell: ActorCell) -> None:
+        plan = cell.plan
+        if plan is None:
+            return
+        plan.waiting.discard(cell.id)
+        if not plan.waiting:
+            self._plan_go(plan)
+
+    def _plan_go(self, plan: RestartPlan) -> None:
+        def start_all() -> None:
+            for cell in plan.cells:
+                if self._closing or cell.state != "restarting" or cell.plan is not plan:
+                    continue
+                cell.plan = None
+                cell.restarts += 1
+                cell.generation += 1
+                cell.state = "starting"
+                cell.ready.clear()
+                cell.exited.clear()
+                self._starter.submit(self._start_process, cell, cell.generation)
+
+        assert self._hub.loop is not None
+        self._hub.loop.call_later(plan.delay, start_all)
+
+    def finish_group(self, cells: list[ActorCell], why: str) -> None:
+        """Stop *cells* for good, in reverse start order (SupervisorOps)."""
+        for cell in reversed(cells):
+            if cell.state in DEAD_STATES:
+                continue
+            cell.finish_why = why
+            if cell.alive():
+                self._ask_to_stop(cell)
+                cell.state = "stopping"
+            else:
+                self._finish(cell, "stopped", why)
+
+    def _ask_to_stop(self, cell: ActorCell) -> None:
+        """Graceful stop now, SIGKILL (process tree) after the stop timeout."""
+        if cell.ctrl is not None:
+            try:
+                control.send(cell.ctrl, ("stop",))
+            except OSError:
+                pass
+        proc = cell.proc
+        assert self._hub.loop is not None
+        self._hub.loop.call_later(self.config.stop_timeout, self._kill_if_still, cell, proc)
+
+    def _kill_if_still(self, cell: ActorCell, proc: Any) -> None:
+        if cell.proc is proc and proc is not None:
+            logger.warning("%s did not stop within %gs: killing it", cell.describe(),
+                           self.config.stop_timeout)
+            self._kill(cell)
+
+    def _kill(self, cell: ActorCell) -> None:
+        proc = cell.proc
+        if proc is not None and proc.pid is not None:
+            kill_tree(proc.pid)
+
+    def _stop_kids(self, cell: ActorCell, why: str) -> None:
+        kids = cell.kids
+        if kids is None:
+            return
+        cells = kids.cells()
+        kids.children.clear()
+        self.finish_group(cells, why)
+
+    # -- gone for good ----------------------------------------------------------------------
+
+    def _finish(self, cell: ActorCell, state: str, why: str, cause: str = "stopped",
+                error: BaseException | None = None) -> None:
+        """The actor is gone for good: fail what waits on it, tell its callers."""
+        if cell.state in DEAD_STATES:
+            return
+        hub = self._hub
+        hub.gone[cell.id] = why
+        with self._lock:
+            if self._names.get(cell.name) == cell.id:
+                del self._names[cell.name]
+        cell.state = state
+        if cell.supervisor is not None:
+            cell.supervisor.remove(cell)
+        if cell.kids is not None:
+            self._stop_kids(cell, f"their parent {cell.describe()} stopped")
+
+        def failure(reply: Reply[Any]) -> BaseException:
+            if state == "failed":
+                exc: BaseException = ActorCrashed(f"{reply.describe}: {why}", "start")
+                exc.__cause__ = error
+                return exc
+            if cause not in ("stopped",):
+                return ActorCrashed(f"{reply.describe}: {cell.describe()} {why}", cause)
+            return ActorStopped(f"{reply.describe}: {cell.describe()} {why}")
+
+        hub.fail_pending(cell.id, failure)
+        with hub.drain_lock:
+            chan = hub.outbound.pop(cell.id, None)
+            inchan = hub.inbound.pop(cell.id, None)
+            if chan is not None:
+                hub.dirty.discard(chan)
+        if chan is not None:
+            chan.close()
+        if inchan is not None:
+            inchan.close()
+        self._dead_letter_queued(cell, why)
+        for other in self._cells.values():
+            if other.ctrl is not None and cell.id in other.outbound:
+                try:
+                    control.send(other.ctrl, ("gone", cell.id, why))
+                except OSError:
+                    pass
+        cell.exited.set()
+        cell.ready.set()
+
+    def _dead_letter_queued(self, cell: ActorCell, why: str) -> None:
+        """Messages still queued for a dead actor become dead letters."""
+        for seg in cell.inbound.values():
+            ring = Ring(seg.buf)
+            pos = ring.head()
+            while (rec := ring.read_at(pos)) is not None:
+                unlink: list[str] = []
+                try:
+                    msgs = decode_batch(rec.payload, unlink)
+                except Exception:
+                    msgs = []
+                skip = ring.skip_count(rec.pos)
+                for msg in msgs[skip:]:
+                    if msg[0] != OP_REPLY:
+                        self._dead.add(cell.name, msg[3], f"not delivered: {why}", msg[4])
+                rec.payload.release()
+                unlink_names(unlink)
+                ring.commit(rec.end, rec.count)
+                pos = rec.end
+            ring.release()
+
+    # -- monitors (loop thread) -------------------------------------------------------------
+
+    def _monitor(self) -> None:
+        """Kill actors whose handler hangs past ``hang_timeout`` or that pass ``max_rss``."""
+        if self._closing or self._hub.loop is None:
+            return
+        now_ns = time.monotonic_ns()
+        for cell in list(self._cells.values()):
+            opts = cell.options
+            if cell.state != "running" or cell.proc is None or cell.killed_for:
+                continue
+            slots = cell.ctl.slots
+            since = slots[C_SINCE]
+            if (opts.hang_timeout and slots[C_BUSY] and since
+                    and now_ns - since > opts.hang_timeout * 1e9):
+                cell.killed_for = "hang"
+                self._kill(cell)
+                continue
+            if opts.max_rss and cell.pid:
+                try:
+                    rss = psutil.Process(cell.pid).memory_info().rss
+                except psutil.Error:
+                    continue
+                if rss > opts.max_rss:
+                    cell.killed_for = "oom"
+                    self._kill(cell)
+        self._hub.loop.call_later(self.config.monitor_interval, self._monitor)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL *pid* and all its descendants."""
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.Error:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass

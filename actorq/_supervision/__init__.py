@@ -1,0 +1,1 @@
+"""Supervision: restart policies, the supervisor tree, dead letters."""
