@@ -47,14 +47,17 @@ def run_script(relative: str, argv: Sequence[str]) -> int:
              "of the actorq source repository, not of the installed package; run this from "
              f"a checkout installed with 'pip install -e .', or there: python {relative}")
         return EXIT_MISSING
-    saved = sys.argv
+    # As `python <path>` would: argv[0] is the script, its folder comes first on sys.path.
+    saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [str(path), *argv]
+    sys.path.insert(0, str(path.parent))
     try:
         runpy.run_path(str(path), run_name="__main__")
     except SystemExit as exc:
         return _exit_code(exc.code)
     finally:
-        sys.argv = saved
+        sys.argv = saved_argv
+        sys.path[:] = saved_path
     return 0
 
 
