@@ -307,7 +307,9 @@ class ActorSystem(Runtime):
             self._closing = True
         _live_systems.discard(self)
         self._root.state = "stopped"
-        self._starter.shutdown(wait=True)
+        self._spares.closed = True  # no refills from here on
+        # The starter thread is the parent thread of every process under fork and spawn
+        # (PR_SET_PDEATHSIG fires when it exits): it is shut down last, not first.
         cells = list(self._cells.values())
         self._on_loop(self.finish_group, cells, "the actor system was closed")
         deadline = Deadline.after(self.config.stop_timeout)
@@ -321,6 +323,7 @@ class ActorSystem(Runtime):
         self._stop_loop()
         for cell in cells:
             self._reap(cell)
+        self._starter.shutdown(wait=True)
         for reply in list(self._hub.pending.values()):
             reply._fail(ActorStopped(f"{reply.describe}: the actor system was closed"))
         self._hub.pending.clear()

@@ -181,3 +181,12 @@ def test_calls_from_another_actor_fail_when_target_crashes(system, tmp_path):
     wait_until(lambda: os.path.exists(hold + ".started"))
     os.kill(pid, signal.SIGKILL)
     assert reply.result(timeout=20) == "crashed: signal"
+
+
+def test_close_stops_actors_gracefully_under_every_start_method(any_system, tmp_path):
+    path = tmp_path / "stopped"
+    a = any_system.spawn(Stoppable, str(path))
+    assert a.ping().result() == "pong"
+    any_system.close()
+    assert path.read_text() == "stopped"
+    assert any_system.metrics()["actors"][a.name]["crashes"] == {}
