@@ -44,6 +44,8 @@ class SystemConfig:
             safety net; a wake-up found this way is counted as ``lost_wakeups``.
         outbox_messages: a burst is flushed as one record once it holds this many
             messages (or at the end of the loop iteration, or before a wait).
+        max_parked: messages sent from a running event loop may wait ("park") for
+            credit, at most this many per channel; past it they raise ``Backpressure``.
         warm_spares: processes kept started and idle, to take a crashed actor's place
             (a restart then costs no process start).
         root_max_restarts: the root supervisor gives up on an actor restarted more
@@ -64,6 +66,7 @@ class SystemConfig:
     spin_seconds: float = field(default_factory=lambda: _env("spin_seconds", 50e-6))
     park_timeout: float = field(default_factory=lambda: _env("park_timeout", 0.1))
     outbox_messages: int = field(default_factory=lambda: _env("outbox_messages", 256))
+    max_parked: int = field(default_factory=lambda: _env("max_parked", 8192))
     warm_spares: int = field(default_factory=lambda: _env("warm_spares", 1))
     root_max_restarts: int = field(default_factory=lambda: _env("root_max_restarts", 3))
     root_within: float = field(default_factory=lambda: _env("root_within", 5.0))

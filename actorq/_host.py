@@ -23,9 +23,14 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any
+
+# Imported here, not in main(): under fork, a child made while another thread held the
+# import lock would deadlock on its first import.
+import uvloop
 
 from actorq import _serialization
 from actorq._actor import ActorContext, handler_names
@@ -91,10 +96,10 @@ class ActorHub(Hub):
             self.outbound[target] = chan
         return chan
 
-    def attach_inbound(self, sender: int, ring_name: str) -> None:
-        """Map a ring some peer writes to us."""
+    def attach_inbound(self, sender: int, ring_name: str, producer_efd: int) -> None:
+        """Map a ring some peer writes to us (its eventfd: to ring when credit comes back)."""
         if sender not in self.inbound:
-            self.inbound[sender] = InChannel(sender, Segment.attach(ring_name))
+            self.inbound[sender] = InChannel(sender, Segment.attach(ring_name), producer_efd)
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -141,11 +146,13 @@ class ActorHub(Hub):
                 self.clear_doorbell()
                 self.unpark()
 
-    def idle_wait(self, seconds: float) -> None:
+    def idle_wait(self, event: Any, seconds: float) -> None:
         """While waiting for credit, keep reading replies and control messages."""
         self.drain()
         self.host.poll_ctrl()
-        time.sleep(seconds)
+        if not event.is_set():
+            select.select([self.efd, self.host.ctrl], [], [], seconds)
+            self.clear_doorbell()
 
     def spin(self, stop: Any = None) -> bool:
         """Poll the rings for ``spin_seconds``; True if data (or *stop*) turned up."""
@@ -303,8 +310,8 @@ class Host:
         ctl = ControlBlock(Segment.attach(info["ctl"]))
         self.hub = ActorHub(self, info, ctl, fds[0])
         register_hub(info["run_id"], self.hub)
-        for sender, ring_name in info["inbound"].items():
-            self.hub.attach_inbound(sender, ring_name)
+        for sender, (ring_name, fd_index) in info["inbound"].items():
+            self.hub.attach_inbound(sender, ring_name, fds[fd_index])
         for target, (ring_name, ctl_name, fd_index) in info["outbound"].items():
             self.hub.attach_outbound(target, ring_name, ctl_name, fds[fd_index])
 
@@ -388,6 +395,8 @@ class Host:
         """Drain, handle, flush; spin briefly for more; park when idle."""
         hub = self.hub
         while True:
+            if hub.waiting_chans:
+                hub.grant_all()
             hub.drain()
             hub.pump()
             hub.flush_or_retry()
@@ -458,7 +467,7 @@ class Host:
             if not self.hub.busy and not self.done.done():
                 self.done.set_result(None)
         elif kind == "inbound":
-            self.hub.attach_inbound(msg[1], msg[2])
+            self.hub.attach_inbound(msg[1], msg[2], fds[0] if fds else -1)
             self.loop.call_soon(self.run_batch)
         elif kind == "gone":
             target, reason = msg[1], msg[2]
@@ -506,8 +515,6 @@ class Host:
 
 
 def _thread_id() -> int:
-    import threading
-
     return threading.get_ident()
 
 
@@ -515,12 +522,7 @@ def main(ctrl: socket.socket) -> None:
     """Entry point of every actor process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the system's to handle
     set_pdeathsig()
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     host = Host(ctrl)
     try:

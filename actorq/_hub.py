@@ -38,6 +38,7 @@ from actorq._transport.channel import (
     encode_batch,
     fence,
 )
+from actorq._transport.credit import Waiter
 from actorq._transport.ring import H_TAIL
 
 if TYPE_CHECKING:
@@ -72,19 +73,20 @@ class Hub:
         self.loop_thread_id: int | None = None
         self.flush_scheduled = False
         self.drain_lock = threading.Lock()
+        self.waiting_chans: set[OutChannel] = set()  # channels with producers in line
 
     # -- sending ------------------------------------------------------------------------
 
     def call(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
              kwargs: dict[str, Any] | None) -> Reply[Any]:
         """Send a call to *ref* and return its ``Reply`` (see ``ActorRef.call``)."""
-        describe = ref._describe(method)
-        check_picklable(describe, args, kwargs)
+        check_picklable(lambda: ref._describe(method), args, kwargs)
         token = next_token()
-        reply: Reply[Any] = Reply(self, ref.actor_id, token, describe)
+        reply: Reply[Any] = Reply(self, ref.actor_id, token, ref._describe(method))
         self.pending[token] = reply
         try:
-            self.send(ref, (OP_CALL, token, self.id, method, args, kwargs or {}), nowait=False)
+            self.send(ref, (OP_CALL, token, self.id, method, args, kwargs or {}),
+                      nowait=False)
         except BaseException:
             self.pending.pop(token, None)
             raise
@@ -96,58 +98,182 @@ class Hub:
         self.send(ref, (OP_CALL, 0, self.id, "receive", (message,), {}), nowait=nowait)
 
     def send(self, ref: ActorRef[Any], msg: tuple[Any, ...], *, nowait: bool) -> None:
-        """Append *msg* to the outbox of the channel to *ref*, spending one credit."""
-        target = ref.actor_id
-        chan = self.outbound.get(target)
+        """Spend one credit and append *msg* to the outbox of the channel to *ref*.
+
+        Without credit (or with higher-priority or earlier producers waiting): ``nowait``
+        raises ``Backpressure``; a thread that may block waits its turn up to the send
+        timeout; on a running event loop the message is parked in the line (never
+        blocking the loop) and sent when its credit comes, up to ``max_parked``.
+        """
+        chan = self.outbound.get(ref.actor_id)
         if chan is None:
-            if target in self.gone:
-                msg_ = f"{ref._describe()} is stopped: {self.gone[target]}"
-                raise ActorStopped(msg_)
+            if ref.actor_id in self.gone:
+                text = f"{ref._describe()} is stopped: {self.gone[ref.actor_id]}"
+                raise ActorStopped(text)
             chan = self.open_channel(ref)
-        if chan.credits <= 0 and (credits := chan.credit()) <= 0:
-            if nowait:
-                text = (f"{ref._describe()}'s mailbox has no credit left "
-                        f"({chan.window} messages in flight); retry later or use tell()")
-                raise Backpressure(text)
-            if self.may_block():
-                self.wait_credit(chan, ref, Deadline.after(self.config.send_timeout))
+        gate = chan.gate
         with chan.lock:
-            chan.credits = (credits if chan.credits <= 0 else chan.credits) - 1
-            outbox = chan.outbox
-            outbox.append(msg)
-            # Off the loop, a call to an idle receiver goes out at once (latency: no loop
-            # wake-up); tells, and calls to a busy receiver, wait in the outbox for the
-            # rest of the burst (throughput: one record, one publish, one doorbell).
-            if len(outbox) >= self.config.outbox_messages or (
-                    msg[1] and threading.get_ident() != self.loop_thread_id
-                    and chan.ring.in_flight() == 0):
-                chan.flush_locked(self.encode)
-                if not chan.encoded:
-                    self.dirty.discard(chan)
+            if chan.credits > 0 and not gate.waiting:  # fast path: a cached lower bound
+                chan.credits -= 1
+                if not self._append_locked(chan, msg):
                     return
-            elif len(outbox) > 1:
-                return
+            else:
+                free = chan.credit()
+                if free > 0 and gate.may_pass(ref._priority):
+                    chan.credits = free - 1
+                    if not self._append_locked(chan, msg):
+                        return
+                else:
+                    waiter = self._join_line_locked(chan, ref, msg, nowait)
+                    if waiter is None:
+                        return  # parked: sent when granted
+                    self._wait_turn(chan, ref, waiter, msg)
+                    return
         self.dirty.add(chan)
         self.schedule_flush()
 
-    def wait_credit(self, chan: OutChannel, ref: ActorRef[Any], deadline: Deadline) -> None:
-        """Block this (non-loop) thread until *chan* has credit, or raise ``Backpressure``."""
-        delay = 20e-6
-        while chan.credit() <= 0:
-            with chan.lock:
-                chan.flush_locked(self.encode)
-            if chan.credit() > 0:
-                return
-            if deadline.expired():
-                msg = (f"{ref._describe()}'s mailbox stayed full for {deadline.timeout:g}s "
-                       f"(send timeout; {chan.window} messages in flight)")
-                raise Backpressure(msg)
-            self.idle_wait(min(delay, deadline.remaining()))
-            delay = min(delay * 2, 2e-3)
+    def _append_locked(self, chan: OutChannel, msg: tuple[Any, ...]) -> bool:
+        """Append under ``chan.lock``; True if the caller must mark the channel dirty."""
+        outbox = chan.outbox
+        outbox.append(msg)
+        # Off the loop, a call to an idle receiver goes out at once (latency: no loop
+        # wake-up); tells, and calls to a busy receiver, wait in the outbox for the rest
+        # of the burst (throughput: one record, one publish, one doorbell).
+        if len(outbox) >= self.config.outbox_messages or (
+                msg[1] and threading.get_ident() != self.loop_thread_id
+                and chan.ring.in_flight() == 0):
+            chan.flush_locked(self.encode)
+            if not chan.encoded:
+                self.dirty.discard(chan)
+                return False
+            return True
+        return len(outbox) == 1
 
-    def idle_wait(self, seconds: float) -> None:
-        """Pass *seconds* while waiting for credit (actors keep reading replies)."""
-        time.sleep(seconds)
+    def _join_line_locked(self, chan: OutChannel, ref: ActorRef[Any], msg: tuple[Any, ...],
+                          nowait: bool) -> Waiter | None:
+        gate = chan.gate
+        if nowait:
+            gate.backpressure += 1
+            chan.set_want(gate.waiting > 0)
+            text = (f"{ref._describe()}'s mailbox has no credit left ({chan.limit()} "
+                    "messages in flight); retry later, or use tell() to wait for credit")
+            raise Backpressure(text)
+        now = time.monotonic()
+        if self.may_block():
+            event = threading.Event()
+            waiter = gate.enqueue(ref._priority, now, lambda _w: event.set())
+            waiter.event = event
+        else:
+            if gate.waiting >= self.config.max_parked:
+                gate.backpressure += 1
+                chan.set_want(True)
+                text = (f"{ref._describe()}: {gate.waiting} messages already wait for its "
+                        f"mailbox (max_parked={self.config.max_parked}); await some replies")
+                raise Backpressure(text)
+            waiter = gate.enqueue(ref._priority, now,
+                                  lambda w: self._send_granted(chan, w, msg))
+            self._expire_later(chan, waiter, ref, msg)
+        chan.credits = 0
+        chan.set_want(True)
+        self.waiting_chans.add(chan)
+        self.schedule_grant(chan)
+        return waiter if waiter.event is not None else None
+
+    def _wait_turn(self, chan: OutChannel, ref: ActorRef[Any], waiter: Waiter,
+                   msg: tuple[Any, ...]) -> None:
+        """Called with ``chan.lock`` held: release it, wait for our credit, send."""
+        chan.lock.release()
+        try:
+            self.flush_dirty()  # our own queued messages must reach the receiver first
+            deadline = Deadline.after(self.config.send_timeout)
+            event: threading.Event = waiter.event
+            delay = 50e-6
+            while not waiter.granted and not deadline.expired():
+                self.grant(chan)
+                if waiter.granted:
+                    break
+                self.idle_wait(event, min(delay, deadline.remaining()))
+                delay = min(delay * 2, 0.005)
+        finally:
+            chan.lock.acquire()
+        gate = chan.gate
+        if not waiter.granted:
+            gate.cancel(waiter, time.monotonic())
+            gate.backpressure += 1
+            chan.set_want(gate.waiting > 0)
+            text = (f"{ref._describe()}'s mailbox stayed full for {self.config.send_timeout:g}s "
+                    f"(send timeout; {chan.limit()} messages in flight, {gate.waiting} "
+                    "more producers waiting)")
+            raise Backpressure(text)
+        gate.consume(waiter)
+        if self._append_locked(chan, msg):
+            self.dirty.add(chan)
+            self.schedule_flush()
+
+    def _send_granted(self, chan: OutChannel, waiter: Waiter, msg: tuple[Any, ...]) -> None:
+        """A parked message got its credit: into the outbox it goes."""
+        with chan.lock:
+            if waiter.cancelled:
+                return
+            chan.gate.consume(waiter)
+            dirty = self._append_locked(chan, msg)
+        if dirty:
+            self.dirty.add(chan)
+            self.schedule_flush()
+
+    def _expire_later(self, chan: OutChannel, waiter: Waiter, ref: ActorRef[Any],
+                      msg: tuple[Any, ...]) -> None:
+        def expire() -> None:
+            with chan.lock:
+                if waiter.granted or waiter.cancelled:
+                    return
+                chan.gate.cancel(waiter, time.monotonic())
+                chan.gate.backpressure += 1
+                chan.set_want(chan.gate.waiting > 0)
+            text = (f"{ref._describe()}'s mailbox stayed full for "
+                    f"{self.config.send_timeout:g}s (send timeout; the message was parked)")
+            reply = self.pending.pop(msg[1], None) if msg[1] else None
+            if reply is not None:
+                reply._fail(Backpressure(text))
+            else:
+                logger.warning("dropped a told message: %s", text)
+
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(
+                lambda: self.loop.call_later(self.config.send_timeout, expire))  # type: ignore[union-attr]
+
+    def grant(self, chan: OutChannel) -> None:
+        """Hand the credit that came back to the producers in line, in their order."""
+        granted: list[Waiter] = []
+        with chan.lock:
+            gate = chan.gate
+            if gate.waiting:
+                free = chan.credit()
+                if free > 0:
+                    granted = gate.grant(free, time.monotonic())
+            chan.set_want(gate.waiting > 0)
+            if not gate.waiting:
+                self.waiting_chans.discard(chan)
+        for waiter in granted:
+            if waiter.on_grant is not None:
+                waiter.on_grant(waiter)
+
+    def grant_all(self) -> None:
+        """Grant on every channel that has producers in line (after a doorbell)."""
+        for chan in list(self.waiting_chans):
+            self.grant(chan)
+
+    def schedule_grant(self, chan: OutChannel) -> None:
+        """Re-check *chan* soon on the loop (credit may have come back meanwhile)."""
+        if self.loop is not None:
+            try:
+                self.loop.call_soon_threadsafe(self.grant, chan)
+            except RuntimeError:
+                pass
+
+    def idle_wait(self, event: threading.Event, seconds: float) -> None:
+        """Wait up to *seconds* for *event* while waiting for credit."""
+        event.wait(seconds)
 
     def schedule_flush(self) -> None:
         """Make sure dirty outboxes are flushed by the end of this loop iteration."""

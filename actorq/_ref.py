@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from actorq._errors import ActorStopped
 from actorq._reply import Reply
 
 if TYPE_CHECKING:
@@ -41,11 +42,13 @@ class ActorRef(Generic[A]):
     Every public method of the actor's class is available as an attribute returning a
     ``Reply``. Refs compare equal when they name the same actor, and are picklable.
     A handler whose name is one of the ref's own attributes (``call``, ``ask``, ``tell``,
-    ``tell_nowait``, ``name``, ``actor_id``, ``run_id``, ``handlers``, ``cls_name``) is
+    ``tell_nowait``, ``with_priority``, ``name``, ``actor_id``, ``run_id``, ``handlers``,
+    ``cls_name``) is
     reached with ``ref.call("name", ...)``.
     """
 
-    __slots__ = ("_hub", "_methods", "actor_id", "cls_name", "handlers", "name", "run_id")
+    __slots__ = ("_hub", "_methods", "_priority", "actor_id", "cls_name", "handlers", "name",
+                 "run_id")
 
     def __init__(self, hub: Hub | None, run_id: str, actor_id: int, name: str,
                  handlers: frozenset[str], cls_name: str) -> None:
@@ -56,14 +59,24 @@ class ActorRef(Generic[A]):
         self.handlers = handlers
         self.cls_name = cls_name
         self._methods: dict[str, Any] = {}
+        self._priority = 0
+
+    def with_priority(self, priority: int) -> ActorRef[A]:
+        """Return a ref to the same actor whose messages carry *priority*.
+
+        Under pressure (no credit left), producers wait in line by priority, then first
+        come first served: higher-priority messages get the credit that comes back first.
+        """
+        ref: ActorRef[A] = ActorRef(self._hub, self.run_id, self.actor_id, self.name,
+                                    self.handlers, self.cls_name)
+        ref._priority = int(priority)
+        return ref
 
     def _get_hub(self) -> Hub:
         hub = self._hub
         if hub is None:
             hub = self._hub = _hubs.get(self.run_id)
             if hub is None:
-                from actorq._errors import ActorStopped
-
                 msg = f"{self._describe()} belongs to an actor system that is not running here"
                 raise ActorStopped(msg)
         return hub

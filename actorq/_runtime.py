@@ -16,6 +16,7 @@ A crash, from the process sentinel to the next instance::
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -29,6 +30,7 @@ from typing import Any
 import psutil
 
 from actorq import _serialization
+from actorq._actor import handler_names
 from actorq._config import SystemConfig
 from actorq._errors import ActorCrashed, ActorStopped
 from actorq._hub import OP_REPLY, SYSTEM_ID, Hub
@@ -141,8 +143,6 @@ class SystemHub(Hub):
         """A user thread may wait; the hub loop, or any running event loop, may not."""
         if threading.get_ident() == self.loop_thread_id:
             return False
-        import asyncio
-
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -190,6 +190,8 @@ class SystemHub(Hub):
         self.ctl.slots[C_WAKEUPS] += 1
         with self.drain_lock:
             self.drain()
+        if self.waiting_chans:
+            self.grant_all()
         self.park_if_idle(leaving_spin=False)
 
     def watchdog(self) -> None:
@@ -303,7 +305,7 @@ class Runtime:
         hub = self._hub
         hub.outbound[actor_id] = OutChannel(actor_id, Segment.attach(to_actor.name), ctl, efd,
                                             self.config.window)
-        hub.inbound[actor_id] = InChannel(actor_id, from_actor)
+        hub.inbound[actor_id] = InChannel(actor_id, from_actor, efd)
         return cell
 
     def _new_ring(self, name: str) -> Segment:
@@ -332,10 +334,17 @@ class Runtime:
             elif (peer := self._cells.get(target)) is not None and peer.state not in DEAD_STATES:
                 outbound[target] = (ring_name, peer.ctl.seg.name, len(fds))
                 fds.append(peer.efd)
+        inbound = {}
+        for sender, seg in cell.inbound.items():
+            if sender == SYSTEM_ID:
+                inbound[sender] = (seg.name, 1)
+            elif (peer := self._cells.get(sender)) is not None:
+                inbound[sender] = (seg.name, len(fds))
+                fds.append(peer.efd)
         info = {
             "id": cell.id, "name": cell.name, "run_id": self.run_id, "config": self.config,
             "ctl": cell.ctl.seg.name, "spec": cell.spec.name, "spec_size": cell.spec_size,
-            "inbound": {s: seg.name for s, seg in cell.inbound.items()},
+            "inbound": inbound,
             "outbound": outbound, "restarts": cell.restarts,
             "hang_timeout": cell.options.hang_timeout,
         }
@@ -411,7 +420,7 @@ class Runtime:
             cell.outbound[target_id] = seg.name
             if target.ctrl is not None:
                 try:
-                    control.send(target.ctrl, ("inbound", cell.id, seg.name))
+                    control.send(target.ctrl, ("inbound", cell.id, seg.name), [cell.efd])
                 except OSError:
                     pass  # restarting: the boot message will list this ring
         ring_name = cell.outbound[target_id]
@@ -422,7 +431,6 @@ class Runtime:
         """An actor spawns a child: it is supervised on the actor's behalf."""
         try:
             cls, _args, _kwargs = _serialization.loads(blob)
-            from actorq._actor import handler_names
 
             if parent.kids is None:
                 parent.kids = Supervisor(self, f"{parent.name}.children",

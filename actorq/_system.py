@@ -28,6 +28,7 @@ import weakref
 from typing import Any, TypeVar
 
 import psutil
+import uvloop
 
 from actorq import _host, _serialization
 from actorq._actor import Actor, handler_names
@@ -94,12 +95,7 @@ class ActorSystem(Runtime):
         _live_systems.add(self)
 
     def _run_loop(self) -> None:
-        try:
-            import uvloop
-
-            loop = uvloop.new_event_loop()
-        except ImportError:  # pragma: no cover
-            loop = asyncio.new_event_loop()
+        loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         hub = self._hub
         hub.loop = loop
@@ -307,7 +303,7 @@ class ActorSystem(Runtime):
             self._closing = True
         _live_systems.discard(self)
         self._root.state = "stopped"
-        self._spares.closed = True  # no refills from here on
+        self._spares.close()  # no refills from here on
         # The starter thread is the parent thread of every process under fork and spawn
         # (PR_SET_PDEATHSIG fires when it exits): it is shut down last, not first.
         cells = list(self._cells.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ class WarmPool:
         self.size = size
         self._name = name
         self._spares: deque[tuple[Any, socket.socket]] = deque()
+        self._lock = threading.Lock()
         self.closed = False
 
     def start_one(self) -> tuple[Any, socket.socket]:
@@ -44,26 +46,38 @@ class WarmPool:
 
     def take(self) -> tuple[Any, socket.socket] | None:
         """Return a live spare, or None (dead spares are discarded)."""
-        while self._spares:
-            proc, sock = self._spares.popleft()
+        while True:
+            with self._lock:
+                if not self._spares:
+                    return None
+                proc, sock = self._spares.popleft()
             if proc.is_alive():
                 return proc, sock
             self._discard(proc, sock)
-        return None
 
     def refill(self) -> None:
         """Start spares until there are ``size`` of them."""
         while not self.closed and len(self._spares) < self.size:
             try:
-                self._spares.append(self.start_one())
+                spare = self.start_one()
             except Exception:
                 logger.exception("could not start a spare process")
                 return
+            with self._lock:
+                if not self.closed:
+                    self._spares.append(spare)
+                    continue
+            self._stop([spare], 5.0)  # closed meanwhile
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop every spare (EOF on its socket), join it; kill it past *timeout*."""
-        self.closed = True
-        spares, self._spares = list(self._spares), deque()
+        with self._lock:
+            self.closed = True
+            spares, self._spares = list(self._spares), deque()
+        self._stop(spares, timeout)
+
+    @staticmethod
+    def _stop(spares: list[tuple[Any, socket.socket]], timeout: float) -> None:
         for _proc, sock in spares:
             sock.close()
         for proc, _sock in spares:

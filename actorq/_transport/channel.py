@@ -29,7 +29,16 @@ import threading
 from collections import deque
 from typing import Any
 
-from actorq._transport.ring import Record, Ring
+from actorq._transport.credit import CreditGate
+from actorq._transport.ring import (
+    H_BACKPRESSURE,
+    H_WAIT_NS,
+    H_WAITING,
+    H_WAITS,
+    H_WANT,
+    Record,
+    Ring,
+)
 from actorq._transport.shm import SHM_DIR, Segment
 
 logger = logging.getLogger(__name__)
@@ -44,6 +53,7 @@ C_SINCE = 11  # CLOCK_MONOTONIC ns when that message started (hang detection), 0
 C_WAKEUPS = 16  # doorbell wake-ups
 C_LOST = 17  # park timeouts that found data: lost wake-ups, must stay 0
 C_HANDLED = 18  # messages handled, all channels
+C_WINDOW = 19  # the receiver's adaptive credit window (0: not adaptive, use the sender's)
 
 _OOB_TAG = "\x00aq-oob"
 _SPILL_TAG = "\x00aq-spill"
@@ -183,6 +193,7 @@ class OutChannel:
         "encoded",
         "encoded_count",
         "flush_scheduled",
+        "gate",
         "last_rung",
         "lock",
         "outbox",
@@ -206,6 +217,12 @@ class OutChannel:
         self.flush_scheduled = False
         self.last_rung = 0
         self.credits = 0  # a lower bound of credit(), spent locally, refreshed at 0
+        self.gate = CreditGate(window)
+
+    def limit(self) -> int:
+        """The window now: ours, or the receiver's adaptive one if that is smaller."""
+        adaptive = self.ctl.slots[C_WINDOW]
+        return min(self.window, adaptive) if adaptive else self.window
 
     def credit(self) -> int:
         """Messages this process may still send before the receiver handles some.
@@ -213,7 +230,18 @@ class OutChannel:
         Reads the receiver's ``handled`` counter from shared memory: the credit return.
         Senders cache a lower bound of it in ``credits`` and call this only at zero.
         """
-        return self.window - self.ring.in_flight() - len(self.outbox) - self.encoded_count
+        queued = len(self.outbox) + self.encoded_count
+        return self.gate.free(self.ring.in_flight(), queued, self.limit())
+
+    def set_want(self, want: bool) -> None:
+        """Ask the receiver to ring our doorbell when it hands credit back (or stop)."""
+        hdr = self.ring.hdr
+        hdr[H_WANT] = 1 if want else 0
+        gate = self.gate
+        hdr[H_WAITING] = gate.waiting
+        hdr[H_WAITS] = gate.waits
+        hdr[H_WAIT_NS] = int(gate.wait_seconds * 1e9)
+        hdr[H_BACKPRESSURE] = gate.backpressure
 
     def flush_locked(self, encode: Any) -> bool:
         """Write the outbox as record(s); True if everything reached the ring.
@@ -264,11 +292,12 @@ class InChannel:
     it does not know, and drops).
     """
 
-    __slots__ = ("cursor", "open_records", "ring", "seg", "sender_id")
+    __slots__ = ("cursor", "open_records", "producer_efd", "ring", "seg", "sender_id")
 
-    def __init__(self, sender_id: int, seg: Segment) -> None:
+    def __init__(self, sender_id: int, seg: Segment, producer_efd: int = -1) -> None:
         self.sender_id = sender_id
         self.seg = seg
+        self.producer_efd = producer_efd
         self.ring = Ring(seg.buf)
         self.cursor = self.ring.head()
         self.open_records: deque[OpenRecord] = deque()
@@ -289,11 +318,19 @@ class InChannel:
     def commit_ready(self) -> None:
         """Commit, in order, every leading record whose messages are all handled."""
         records = self.open_records
+        committed = False
         while records and records[0].prefix >= records[0].rec.count:
             entry = records.popleft()
             self.ring.commit(entry.rec.end, entry.rec.count)
+            committed = True
             if entry.unlink:
                 unlink_names(entry.unlink)
+        if committed:
+            # credit went back: a producer waiting for it asked to be rung (store handled,
+            # then load want: the fence keeps the load after the store)
+            fence()
+            if self.ring.hdr[H_WANT] and self.producer_efd >= 0:
+                os.eventfd_write(self.producer_efd, 1)
 
     def close(self) -> None:
         """Release views and unmap."""

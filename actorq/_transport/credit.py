@@ -24,7 +24,8 @@ from typing import Any
 class Waiter:
     """One producer waiting for a credit."""
 
-    __slots__ = ("cancelled", "consumed", "granted", "on_grant", "priority", "seq", "since")
+    __slots__ = ("cancelled", "consumed", "event", "granted", "on_grant", "priority", "seq",
+                 "since")
 
     def __init__(self, priority: int, seq: int, on_grant: Callable[[Waiter], Any] | None,
                  since: float) -> None:
@@ -35,6 +36,7 @@ class Waiter:
         self.granted = False
         self.cancelled = False
         self.consumed = False
+        self.event: Any = None  # a threading.Event for a producer that blocks
 
     def __lt__(self, other: Waiter) -> bool:
         return (-self.priority, self.seq) < (-other.priority, other.seq)

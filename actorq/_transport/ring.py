@@ -9,6 +9,9 @@ DESIGN.md: a u64 straddling a cache line tears under concurrent reads)::
                               [24] cur_sub  messages of that record already handled
     line 1 (producer writes)  [64] tail     bytes published, monotonic
                               [72] sent     messages published
+                              [80] want     1 while producers wait for credit (doorbell me)
+                              [88..112]     producer statistics: waiting, waits, wait ns,
+                                            Backpressure raised
     line 2 (fixed)            [128] capacity, [136] magic
     data                      capacity bytes from offset 256
 
@@ -35,7 +38,7 @@ REC_HEADER = 8
 
 # u64 slots in the header
 H_HEAD, H_HANDLED, H_CUR_REC, H_CUR_SUB = 0, 1, 2, 3
-H_TAIL, H_SENT = 8, 9
+H_TAIL, H_SENT, H_WANT, H_WAITING, H_WAITS, H_WAIT_NS, H_BACKPRESSURE = 8, 9, 10, 11, 12, 13, 14
 H_CAPACITY, H_MAGIC = 16, 17
 
 
