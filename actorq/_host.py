@@ -41,6 +41,7 @@ from actorq._process.deathsig import set_pdeathsig
 from actorq._ref import ActorRef, register_hub
 from actorq._reply import Reply
 from actorq._transport import control
+from actorq._transport.aimd import AIMDWindow
 from actorq._transport.channel import (
     C_BUSY,
     C_HANDLED,
@@ -49,6 +50,7 @@ from actorq._transport.channel import (
     C_SINCE,
     C_TOKEN,
     C_WAKEUPS,
+    C_WINDOW,
     ControlBlock,
     InChannel,
     OpenRecord,
@@ -74,6 +76,15 @@ class ActorHub(Hub):
         self.handling_token = 0
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
         self.stamp_start = info.get("hang_timeout") is not None  # hang detection is on
+        self.aimd: AIMDWindow | None = None
+        target = info.get("window_target")
+        if target is not None:
+            self.aimd = AIMDWindow(target=target, minimum=info["window_min"],
+                                   maximum=info["window_max"] or self.config.window,
+                                   increase=info["window_step"])
+            ctl.slots[C_WINDOW] = self.aimd.window
+        else:
+            ctl.slots[C_WINDOW] = 0
 
     # -- channels through the system ----------------------------------------------------
 
@@ -218,6 +229,9 @@ class ActorHub(Hub):
                     self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
                 slots[C_BUSY] = 0
                 handled += 1
+                if self.aimd is not None and self.aimd.observe(
+                        time.perf_counter() - entry.t_read):
+                    slots[C_WINDOW] = self.aimd.window
                 entry.done_one(index)
         finally:
             self.sync_depth -= 1

@@ -349,6 +349,7 @@ class Hub:
     def drain(self) -> int:
         """Read every published record of every inbound ring; dispatch its messages."""
         n = 0
+        now = time.perf_counter()
         for chan in list(self.inbound.values()):
             while (rec := chan.read_next()) is not None:
                 unlink: list[str] = []
@@ -362,6 +363,7 @@ class Hub:
                 finally:
                     rec.payload.release()
                 entry = chan.open(rec, unlink)
+                entry.t_read = now
                 done = entry.done
                 for index, msg in enumerate(msgs):
                     if not done[index]:

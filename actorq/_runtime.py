@@ -347,6 +347,10 @@ class Runtime:
             "inbound": inbound,
             "outbound": outbound, "restarts": cell.restarts,
             "hang_timeout": cell.options.hang_timeout,
+            "window_target": cell.options.window_target,
+            "window_min": cell.options.window_min,
+            "window_max": cell.options.window_max,
+            "window_step": cell.options.window_step,
         }
         try:
             control.send(sock, ("boot", info), fds)

@@ -44,7 +44,23 @@ from actorq._runtime import DEAD_STATES, ActorCell, Runtime, SystemHub, kill_tre
 from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.policy import ActorOptions
 from actorq._supervision.supervisor import Supervisor
-from actorq._transport.channel import C_HANDLED, C_LOST, C_WAKEUPS, CTL_SIZE, ControlBlock
+from actorq._transport.channel import (
+    C_HANDLED,
+    C_LOST,
+    C_WAKEUPS,
+    C_WINDOW,
+    CTL_SIZE,
+    ControlBlock,
+)
+from actorq._transport.ring import (
+    H_BACKPRESSURE,
+    H_HANDLED,
+    H_SENT,
+    H_WAIT_NS,
+    H_WAITING,
+    H_WAITS,
+    Ring,
+)
 from actorq._transport.shm import Segment, sweep, unlink_prefix
 
 logger = logging.getLogger("actorq")
@@ -251,11 +267,23 @@ class ActorSystem(Runtime):
         return {"actors": actors, "system": system}
 
     def _mailbox_figures(self, cell: ActorCell, entry: dict[str, Any]) -> None:
+        """Flow-control figures of every channel into *cell*, from the ring headers."""
         slots = cell.ctl.slots
-        chan = self._hub.outbound.get(cell.id)
+        flow = {"in_flight": 0, "waiting_producers": 0, "waits": 0, "wait_seconds": 0.0,
+                "backpressure": 0}
+        for seg in list(cell.inbound.values()):
+            ring = Ring(seg.buf)
+            hdr = ring.hdr
+            flow["in_flight"] += hdr[H_SENT] - hdr[H_HANDLED]
+            flow["waiting_producers"] += hdr[H_WAITING]
+            flow["waits"] += hdr[H_WAITS]
+            flow["wait_seconds"] += hdr[H_WAIT_NS] / 1e9
+            flow["backpressure"] += hdr[H_BACKPRESSURE]
+            ring.release()
         entry.update(handled=slots[C_HANDLED], wakeups=slots[C_WAKEUPS],
-                     lost_wakeups=slots[C_LOST], window=chan.window if chan else 0,
-                     credits_in_use=(chan.window - chan.credit()) if chan else 0)
+                     lost_wakeups=slots[C_LOST],
+                     window=slots[C_WINDOW] or self.config.window,
+                     credits_in_use=flow["in_flight"], **flow)
         if cell.pid and cell.state == "running":
             try:
                 p = psutil.Process(cell.pid)

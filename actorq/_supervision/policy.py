@@ -36,6 +36,13 @@ class ActorOptions:
             (instead of failing its caller with ``ActorCrashed``).
         poison_after: with ``redeliver``, a message that crashed the actor this many times
             in a row goes to the dead letters and its caller gets ``ActorCrashed``.
+        window_target: turn the adaptive credit window on, with this target (seconds)
+            for the p99 of the time a message spends in the actor (read to handled):
+            above it the window halves, under it the window grows by ``window_step``.
+            None (default): the window is fixed at the system's ``window``.
+        window_min: the adaptive window never goes below this.
+        window_max: ... nor above this (default: the system's ``window``).
+        window_step: additive increase per healthy period.
     """
 
     hang_timeout: float | None = None
@@ -43,8 +50,19 @@ class ActorOptions:
     restart_on: frozenset[str] = field(default=CAUSES - {"start"})
     redeliver: bool = False
     poison_after: int = 3
+    window_target: float | None = None
+    window_min: int = 8
+    window_max: int | None = None
+    window_step: int = 16
 
     def __post_init__(self) -> None:
+        if self.window_target is not None and self.window_target <= 0:
+            msg = f"window_target must be positive seconds, not {self.window_target}"
+            raise ValueError(msg)
+        if self.window_min < 1 or (self.window_max is not None
+                                   and self.window_max < self.window_min):
+            msg = f"need 1 <= window_min <= window_max (got {self.window_min}, {self.window_max})"
+            raise ValueError(msg)
         unknown = set(self.restart_on) - CAUSES
         if unknown:
             msg = f"restart_on has unknown causes {sorted(unknown)}; known: {sorted(CAUSES)}"

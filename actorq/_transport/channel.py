@@ -342,7 +342,7 @@ class InChannel:
 class OpenRecord:
     """A record read but not committed: which of its messages are handled."""
 
-    __slots__ = ("chan", "done", "prefix", "rec", "unlink")
+    __slots__ = ("chan", "done", "prefix", "rec", "t_read", "unlink")
 
     def __init__(self, chan: InChannel, rec: Record, unlink: list[str], skip: int) -> None:
         self.chan = chan
@@ -350,6 +350,7 @@ class OpenRecord:
         self.unlink = unlink
         self.prefix = skip
         self.done = [True] * skip + [False] * (rec.count - skip)
+        self.t_read = 0.0  # perf_counter() when read (adaptive window samples)
 
     def done_one(self, index: int) -> None:
         """Mark message *index* handled; publish progress or commit."""
