@@ -34,11 +34,10 @@ from actorq._transport.channel import (
     OpenRecord,
     OutChannel,
     SegmentNamer,
-    decode_batch,
-    encode_batch,
     fence,
 )
 from actorq._transport.credit import Waiter
+from actorq._transport.oob import BlockPool, decode_batch, encode_batch
 from actorq._transport.ring import H_TAIL
 
 if TYPE_CHECKING:
@@ -64,6 +63,7 @@ class Hub:
         self.ctl = ctl
         self.efd = efd
         self.namer = SegmentNamer(run_id)
+        self.pool = BlockPool(self.namer)  # reused blocks for out-of-band buffers
         self.inbound: dict[int, InChannel] = {}
         self.outbound: dict[int, OutChannel] = {}
         self.pending: dict[int, Reply[Any]] = {}
@@ -314,11 +314,13 @@ class Hub:
         cfg = self.config
         try:
             return encode_batch(msgs, oob_threshold=cfg.oob_threshold,
-                                max_inline=self._max_inline(), namer=self.namer)
+                                max_inline=self._max_inline(), namer=self.namer,
+                                pool=self.pool)
         except Exception:
             good = [m for m in (self._encodable(m) for m in msgs) if m is not None]
             return encode_batch(good, oob_threshold=cfg.oob_threshold,
-                                max_inline=self._max_inline(), namer=self.namer)
+                                max_inline=self._max_inline(), namer=self.namer,
+                                pool=self.pool)
 
     def _max_inline(self) -> int:
         return self.config.ring_size // 2 - 8

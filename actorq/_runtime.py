@@ -58,10 +58,9 @@ from actorq._transport.channel import (
     ControlBlock,
     InChannel,
     OutChannel,
-    decode_batch,
     fence,
-    unlink_names,
 )
+from actorq._transport.oob import decode_batch, run_after_commit
 from actorq._transport.ring import Ring
 from actorq._transport.shm import Segment
 
@@ -548,7 +547,7 @@ class Runtime:
     def _peek_message(self, payload: memoryview, index: int) -> tuple[str, Any]:
         unlink: list[str] = []
         try:
-            msgs = decode_batch(payload, unlink)
+            msgs = decode_batch(payload, unlink, track=False)
             msg = msgs[index]
             return msg[3], msg[4]
         except Exception:
@@ -707,7 +706,7 @@ class Runtime:
                     if msg[0] != OP_REPLY:
                         self._dead.add(cell.name, msg[3], f"not delivered: {why}", msg[4])
                 rec.payload.release()
-                unlink_names(unlink)
+                run_after_commit(unlink)
                 ring.commit(rec.end, rec.count)
                 pos = rec.end
             ring.release()

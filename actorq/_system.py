@@ -390,6 +390,7 @@ class ActorSystem(Runtime):
             cell.ctl.close()
             cell.spec.close()
             os.close(cell.efd)
+        hub.pool.close()
         hub.ctl.close()
         os.close(hub.efd)
         unlink_prefix(self.run_id)

@@ -71,3 +71,31 @@ def test_burst_larger_than_the_ring_is_delivered_in_order():
         s = system.spawn(Sink)
         replies = [s.echo(b"y" * 1000 + bytes([i % 256])) for i in range(2000)]
         assert [r.result()[-1] for r in replies] == [i % 256 for i in range(2000)]
+
+
+class Keeper(actorq.Actor):
+    def __init__(self):
+        self.kept = []
+
+    def keep(self, arr):
+        self.kept.append(arr)
+        return len(self.kept)
+
+    def sums(self):
+        return [float(a.sum()) for a in self.kept]
+
+    def drop(self):
+        self.kept.clear()
+
+
+def test_blocks_are_reused_only_once_the_receiver_let_go(system):
+    k = system.spawn(Keeper)
+    arrays = [np.full(200_000, float(i)) for i in range(6)]  # 1.6 MB each: out of band
+    for i, arr in enumerate(arrays):
+        assert k.keep(arr).result() == i + 1
+    # every kept array still holds its own bytes: no block was reused under it
+    assert k.sums().result() == [float(a.sum()) for a in arrays]
+    k.drop().result()
+    for i, arr in enumerate(arrays):  # now blocks come back and are reused
+        assert k.keep(arr * 2).result() == i + 1
+    assert k.sums().result() == [float((a * 2).sum()) for a in arrays]

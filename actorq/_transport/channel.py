@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import mmap
 import os
-import pickle
 import threading
 from collections import deque
 from typing import Any
 
 from actorq._transport.credit import CreditGate
+from actorq._transport.oob import run_after_commit
 from actorq._transport.ring import (
     H_BACKPRESSURE,
     H_WAIT_NS,
@@ -39,7 +38,7 @@ from actorq._transport.ring import (
     Record,
     Ring,
 )
-from actorq._transport.shm import SHM_DIR, Segment
+from actorq._transport.shm import Segment
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +53,6 @@ C_WAKEUPS = 16  # doorbell wake-ups
 C_LOST = 17  # park timeouts that found data: lost wake-ups, must stay 0
 C_HANDLED = 18  # messages handled, all channels
 C_WINDOW = 19  # the receiver's adaptive credit window (0: not adaptive, use the sender's)
-
-_OOB_TAG = "\x00aq-oob"
-_SPILL_TAG = "\x00aq-spill"
 
 _fence_lock = threading.Lock()
 
@@ -98,81 +94,6 @@ class SegmentNamer:
     def __call__(self, kind: str) -> str:
         """Return a fresh name for a segment of *kind* (``r`` ring, ``o`` oob, ...)."""
         return f"{self.prefix}{kind}{self._pid}_{next(self._seq)}"
-
-
-# -- records -----------------------------------------------------------------------------
-
-
-def encode_batch(
-    msgs: list[Any], *, oob_threshold: int, max_inline: int, namer: SegmentNamer
-) -> bytes:
-    """Pickle a burst of messages as one record payload.
-
-    Buffers of at least *oob_threshold* bytes are copied into their own segments (one
-    copy; the receiver maps them without another). A payload over *max_inline* bytes is
-    spilled into a segment of its own. Segments made here are unlinked by the receiver.
-    """
-    bufs: list[pickle.PickleBuffer] = []
-
-    def take_large(buf: pickle.PickleBuffer) -> bool:
-        if buf.raw().nbytes >= oob_threshold:
-            bufs.append(buf)
-            return False
-        return True
-
-    body = pickle.dumps(msgs, protocol=5, buffer_callback=take_large)
-    if bufs:
-        body = pickle.dumps((_OOB_TAG, [_to_segment(b.raw(), namer) for b in bufs], body), 5)
-    if len(body) > max_inline:
-        body = pickle.dumps((_SPILL_TAG, _to_segment(memoryview(body), namer)), 5)
-    return body
-
-
-def _to_segment(raw: memoryview, namer: SegmentNamer) -> tuple[str, int]:
-    size = raw.nbytes
-    seg = Segment.create(namer("o"), max(size, 1))
-    try:
-        seg.buf[:size] = raw.cast("B")
-    finally:
-        seg.close()
-    return seg.name, size
-
-
-def decode_batch(payload: memoryview, unlink_later: list[str]) -> list[Any]:
-    """Unpickle a record payload; names of segments to unlink at commit go to *unlink_later*.
-
-    Out-of-band buffers are mapped, not copied: an array decoded here views shared
-    memory, which is unmapped when the last view of it is gone.
-    """
-    obj = pickle.loads(payload)
-    if type(obj) is list:
-        return obj
-    if obj[0] == _SPILL_TAG:
-        name, size = obj[1]
-        unlink_later.append(name)
-        with open(os.path.join(SHM_DIR, name), "rb") as f:
-            data = f.read(size)
-        return decode_batch(memoryview(data), unlink_later)
-    _tag, specs, body = obj
-    buffers = []
-    for name, size in specs:
-        unlink_later.append(name)
-        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
-        try:
-            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
-        finally:
-            os.close(fd)
-        buffers.append(memoryview(mm))
-    return pickle.loads(body, buffers=buffers)  # type: ignore[no-any-return]
-
-
-def unlink_names(names: list[str]) -> None:
-    """Unlink out-of-band and spill segments once their record is committed."""
-    for name in names:
-        try:
-            os.unlink(os.path.join(SHM_DIR, name))
-        except FileNotFoundError:
-            pass
 
 
 # -- producer side -----------------------------------------------------------------------
@@ -324,7 +245,7 @@ class InChannel:
             self.ring.commit(entry.rec.end, entry.rec.count)
             committed = True
             if entry.unlink:
-                unlink_names(entry.unlink)
+                run_after_commit(entry.unlink)
         if committed:
             # credit went back: a producer waiting for it asked to be rung (store handled,
             # then load want: the fence keeps the load after the store)
