@@ -107,7 +107,7 @@ class _Peer:
         try:
             if proc.is_alive():
                 self._send_stop()
-        except (OSError, ValueError, TimeoutError) as exc:
+        except (OSError, ValueError, TimeoutError, _queue.Full) as exc:
             logger.warning("could not ask peer %s (pid %s) to stop: %s", proc.name, proc.pid,
                            exc)
         proc.join(timeout)

@@ -9,7 +9,6 @@ never leaves half a report behind.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import json
 import math
 import os
@@ -78,6 +77,8 @@ def _cpu_model() -> str:
 
 
 def _version(package: str) -> str | None:
+    import importlib.metadata  # here, not at the top: heavy, and only reports need it
+
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:

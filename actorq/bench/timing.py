@@ -11,12 +11,15 @@ A :class:`BenchResult` keeps every sample and reports the median with two spread
 p10-p90 (linear interpolation, numpy's default) and min-max. Side-by-side runs
 interleave the cases repeat by repeat (ours, peer, ours, peer, ...), so that a slow
 drift of the machine (thermal throttling, a noisy neighbour) hits both sides alike.
+
+This module imports nothing heavy (no ``statistics``, no numpy): multiprocessing imports
+a script's main module again in every actor process, so what a benchmark script imports
+at the top is paid for in each actor's memory.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -96,7 +99,7 @@ class BenchResult:
     @property
     def median(self) -> float:
         """The median sample (``nan`` when skipped)."""
-        return statistics.median(self.samples) if self.samples else math.nan
+        return percentile(self.samples, 50)
 
     @property
     def p10(self) -> float:
