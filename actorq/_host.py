@@ -60,6 +60,10 @@ from actorq._transport.shm import Segment
 
 logger = logging.getLogger(__name__)
 
+# Messages read ahead of the handler at most (replies are read regardless while a sync
+# handler waits): more only moves the backlog from the ring into the heap.
+READ_AHEAD = int(os.environ.get("ACTORQ_READ_AHEAD", 1024))
+
 EXIT_FAILED_START = 3
 EXIT_SYSTEM_GONE = 4
 EXIT_UNCAUGHT = 5
@@ -174,6 +178,10 @@ class ActorHub(Hub):
         return False
 
     # -- handling -----------------------------------------------------------------------
+
+    def backlog(self) -> int:
+        """Calls read and waiting to be handled."""
+        return len(self.queue)
 
     def dispatch(self, msg: tuple[Any, ...], entry: OpenRecord, index: int) -> None:
         """Replies resolve at once; calls wait their turn in the queue."""
@@ -411,7 +419,7 @@ class Host:
         while True:
             if hub.waiting_chans:
                 hub.grant_all()
-            hub.drain()
+            hub.drain(READ_AHEAD)
             hub.pump()
             hub.flush_or_retry()
             if self.stopping:
@@ -539,6 +547,13 @@ def main(ctrl: socket.socket) -> None:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     host = Host(ctrl)
+    profile_dir = os.environ.get("ACTORQ_PROFILE_DIR")  # debugging aid: cProfile per actor
+    profiler = None
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         code = loop.run_until_complete(host.run())
     except BaseException as exc:  # escaped every handler: say so, then die (a crash)
@@ -548,6 +563,9 @@ def main(ctrl: socket.socket) -> None:
             pass
         code = EXIT_UNCAUGHT
     finally:
+        if profiler is not None and profile_dir:
+            profiler.disable()
+            profiler.dump_stats(os.path.join(profile_dir, f"actor-{os.getpid()}.prof"))
         sys.stdout.flush()
         sys.stderr.flush()
     if code:

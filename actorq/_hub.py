@@ -26,7 +26,7 @@ from actorq._config import SystemConfig
 from actorq._errors import ActorStopped, Backpressure, format_remote
 from actorq._ids import next_token
 from actorq._reply import Reply, error_from_wire
-from actorq._serialization import check_picklable
+from actorq._serialization import SAFE_TYPES, check_picklable
 from actorq._transport.channel import (
     C_PARKED,
     ControlBlock,
@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 OP_CALL = 1
 OP_REPLY = 2
 SYSTEM_ID = 0
+_NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: tells carry no keywords
 
 
 class Hub:
@@ -93,9 +94,27 @@ class Hub:
         return reply
 
     def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
-        """Send *message* to *ref*'s ``receive`` without a reply."""
-        check_picklable(lambda: ref._describe("receive"), (message,), None)
-        self.send(ref, (OP_CALL, 0, self.id, "receive", (message,), {}), nowait=nowait)
+        """Send *message* to *ref*'s ``receive`` without a reply.
+
+        The hot path of one-way traffic: a message with credit in hand and a burst
+        under way is one lock, one append (the benchmark in benchmarks/bench_transport.py
+        measures it); everything else goes through ``send``.
+        """
+        args = (message,)
+        kind = type(message)
+        if kind not in SAFE_TYPES and not (
+                kind is tuple and len(message) <= 16
+                and all(map(SAFE_TYPES.__contains__, map(type, message)))):
+            check_picklable(lambda: ref._describe("receive"), args, None)
+        msg = (OP_CALL, 0, self.id, "receive", args, _NO_KWARGS)
+        chan = self.outbound.get(ref.actor_id)
+        if chan is not None and chan.credits > 0 and not chan.gate.waiting:
+            with chan.lock:
+                if chan.credits > 0 and 1 <= len(chan.outbox) < self.config.outbox_messages - 1:
+                    chan.credits -= 1
+                    chan.outbox.append(msg)
+                    return
+        self.send(ref, msg, nowait=nowait)
 
     def send(self, ref: ActorRef[Any], msg: tuple[Any, ...], *, nowait: bool) -> None:
         """Spend one credit and append *msg* to the outbox of the channel to *ref*.
@@ -348,12 +367,17 @@ class Hub:
 
     # -- receiving ----------------------------------------------------------------------
 
-    def drain(self) -> int:
-        """Read every published record of every inbound ring; dispatch its messages."""
+    def drain(self, limit: int = 0) -> int:
+        """Read published records of every inbound ring; dispatch their messages.
+
+        With *limit*, stop reading once that many messages wait to be handled: reading
+        far ahead only moves the backlog into this process's heap, where the garbage
+        collector walks it again and again.
+        """
         n = 0
         now = time.perf_counter()
         for chan in list(self.inbound.values()):
-            while (rec := chan.read_next()) is not None:
+            while (not limit or self.backlog() < limit) and (rec := chan.read_next()) is not None:
                 unlink: list[str] = []
                 try:
                     msgs = decode_batch(rec.payload, unlink)
@@ -374,6 +398,10 @@ class Hub:
                 if not msgs:
                     chan.commit_ready()
         return n
+
+    def backlog(self) -> int:
+        """Messages read but not yet handled (none on the system side)."""
+        return 0
 
     def dispatch(self, msg: tuple[Any, ...], entry: OpenRecord, index: int) -> None:
         """Handle one message read from a ring (replies here; calls in ``ActorHub``)."""

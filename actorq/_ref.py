@@ -123,11 +123,11 @@ class ActorRef(Generic[A]):
         In synchronous code, waits for mailbox credit up to the send timeout, then raises
         ``Backpressure``; on a running event loop it never waits.
         """
-        self._get_hub().tell(self, message, nowait=False)
+        (self._hub or self._get_hub()).tell(self, message, nowait=False)
 
     def tell_nowait(self, message: Any) -> None:
         """Like ``tell`` but never waits: raises ``Backpressure`` if the mailbox has no credit."""
-        self._get_hub().tell(self, message, nowait=True)
+        (self._hub or self._get_hub()).tell(self, message, nowait=True)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_ref, (self.run_id, self.actor_id, self.name, self.handlers, self.cls_name))

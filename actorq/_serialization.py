@@ -15,7 +15,7 @@ from typing import Any
 
 import cloudpickle
 
-_SAFE = frozenset({int, float, str, bytes, bool, type(None), complex})
+SAFE_TYPES = _SAFE = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
 def dumps_code(obj: Any) -> bytes:

@@ -168,8 +168,10 @@ class Ring:
         ``cur_sub`` is written before ``cur_rec``: a crash between the two re-delivers one
         message rather than skipping any.
         """
-        self.hdr[H_CUR_SUB] = handled_in_record
-        self.hdr[H_CUR_REC] = rec_pos
+        hdr = self.hdr
+        hdr[H_CUR_SUB] = handled_in_record
+        if hdr[H_CUR_REC] != rec_pos:
+            hdr[H_CUR_REC] = rec_pos
 
     def skip_count(self, rec_pos: int) -> int:
         """Messages of the record at *rec_pos* already handled (by a previous consumer)."""
