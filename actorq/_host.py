@@ -78,6 +78,7 @@ class ActorHub(Hub):
         self.queue: deque[tuple[OpenRecord, int, tuple[Any, ...]]] = deque()
         self.busy = False
         self.handling_token = 0
+        self.tell_errors: dict[tuple[str, str], int] = {}
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
         self.stamp_start = info.get("hang_timeout") is not None  # hang detection is on
         self.aimd: AIMDWindow | None = None
@@ -263,11 +264,24 @@ class ActorHub(Hub):
         if token:
             self.send_reply(reply_to, (OP_REPLY, token, ok, value, tb))
         elif not ok:
-            logger.error("%s: a told message raised:\n%s", self.host.describe(), tb or value)
+            self.log_tell_error(value, tb)
         slots = self.ctl.slots
         slots[C_BUSY] = 0
         slots[C_HANDLED] += 1
         entry.done_one(index)
+
+    def log_tell_error(self, exc: BaseException, tb: str) -> None:
+        """A told message raised: nobody waits for it, so log it (the first of each kind
+        with its traceback, the rest counted, so that a flood does not drown the log)."""
+        kind = (type(exc).__name__, str(exc)[:200])
+        seen = self.tell_errors.get(kind, 0)
+        self.tell_errors[kind] = seen + 1
+        if seen == 0:
+            logger.error("%s: a told message raised (later ones like it are counted, not "
+                         "logged):\n%s", self.host.describe(), tb or exc)
+        elif seen + 1 in (10, 100, 1000, 10000):
+            logger.error("%s: %d told messages raised %s: %s", self.host.describe(), seen + 1,
+                         kind[0], kind[1])
 
     def send_reply(self, reply_to: int, msg: tuple[Any, ...]) -> None:
         """Append a reply to the caller's channel (opened through the system if new)."""

@@ -356,6 +356,7 @@ class Runtime:
         except OSError:
             pass  # it died already: its sentinel tells the loop
         cell.proc, cell.ctrl = proc, sock
+        cell.pid = proc.pid  # known now; confirmed by the actor's "ready"
         self._on_loop(self._watch, cell, proc, sock)
         self._spares.refill()
 
@@ -661,14 +662,16 @@ class Runtime:
         if cell.kids is not None:
             self._stop_kids(cell, f"their parent {cell.describe()} stopped")
 
+        about = why if cell.describe() in why else f"{cell.describe()} {why}"
+
         def failure(reply: Reply[Any]) -> BaseException:
             if state == "failed":
-                exc: BaseException = ActorCrashed(f"{reply.describe}: {why}", "start")
+                exc: BaseException = ActorCrashed(f"{reply.describe}: {about}", "start")
                 exc.__cause__ = error
                 return exc
             if cause not in ("stopped",):
-                return ActorCrashed(f"{reply.describe}: {cell.describe()} {why}", cause)
-            return ActorStopped(f"{reply.describe}: {cell.describe()} {why}")
+                return ActorCrashed(f"{reply.describe}: {about}", cause)
+            return ActorStopped(f"{reply.describe}: {about}")
 
         hub.fail_pending(cell.id, failure)
         with hub.drain_lock:
