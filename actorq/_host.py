@@ -16,6 +16,7 @@ handler starts, so a later crash never swallows an earlier reply.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -158,7 +159,7 @@ class ActorHub(Hub):
                 continue
             if self.park():
                 timeout = min(deadline.remaining(), self.config.park_timeout)
-                select.select([self.efd, self.host.ctrl], [], [], timeout)
+                select.select([self.efd, self.host.ctrl.fileno()], [], [], timeout)
                 self.clear_doorbell()
                 self.unpark()
 
@@ -167,7 +168,7 @@ class ActorHub(Hub):
         self.drain()
         self.host.poll_ctrl()
         if not event.is_set():
-            select.select([self.efd, self.host.ctrl], [], [], seconds)
+            select.select([self.efd, self.host.ctrl.fileno()], [], [], seconds)
             self.clear_doorbell()
 
     def spin(self, stop: Any = None) -> bool:
@@ -230,8 +231,8 @@ class ActorHub(Hub):
                 if result is not None and inspect.isawaitable(result):
                     task = asyncio.ensure_future(result)
                     task.add_done_callback(
-                        lambda t, e=entry, i=index, k=token, r=reply_to: self._async_done(
-                            t, e, i, k, r))
+                        functools.partial(self._async_done, entry=entry, index=index,
+                                          token=token, reply_to=reply_to))
                     return
                 self.busy = False
                 if token:
@@ -246,7 +247,7 @@ class ActorHub(Hub):
             self.sync_depth -= 1
             slots[C_HANDLED] += handled
 
-    def _async_done(self, task: asyncio.Future[Any], entry: OpenRecord, index: int,
+    def _async_done(self, task: asyncio.Future[Any], *, entry: OpenRecord, index: int,
                     token: int, reply_to: int) -> None:
         self.busy = False
         if task.cancelled():

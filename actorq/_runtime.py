@@ -406,10 +406,10 @@ class Runtime:
             control.send(sock, ("answer", msg[1], answer), fds)
         elif kind == "lookup":
             target = self._cells.get(self._names.get(msg[2], -1))
-            answer: tuple[Any, ...] = ("missing",)
+            found: tuple[Any, ...] = ("missing",)
             if target is not None and target.state not in DEAD_STATES:
-                answer = ("ref", target.id, target.handlers, target.cls_name)
-            control.send(sock, ("answer", msg[1], answer))
+                found = ("ref", target.id, target.handlers, target.cls_name)
+            control.send(sock, ("answer", msg[1], found))
         elif kind == "spawn":
             control.send(sock, ("answer", msg[1], self._spawn_for(cell, *msg[2:])))
 

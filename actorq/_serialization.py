@@ -20,7 +20,8 @@ SAFE_TYPES = _SAFE = frozenset({int, float, str, bytes, bool, type(None), comple
 
 def dumps_code(obj: Any) -> bytes:
     """Pickle *obj* with cloudpickle (classes and functions by value where needed)."""
-    return cloudpickle.dumps(obj, protocol=5)
+    data: bytes = cloudpickle.dumps(obj, protocol=5)
+    return data
 
 
 def loads(data: bytes | memoryview, buffers: Any = None) -> Any:

@@ -22,6 +22,6 @@ def get_context(method: str) -> multiprocessing.context.BaseContext:
     if method == "forkserver":
         with _lock:
             if not _configured:
-                ctx.set_forkserver_preload(PRELOAD)  # type: ignore[attr-defined]
+                ctx.set_forkserver_preload(PRELOAD)
                 _configured = True
     return ctx

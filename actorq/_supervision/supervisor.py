@@ -91,8 +91,9 @@ class Supervisor:
                    within: float = 5.0, backoff: Backoff | None = None,
                    name: str | None = None) -> Supervisor:
         """Create a supervisor under this one (a subtree)."""
-        return self._spawner._supervisor_under(self, strategy, max_restarts, within, backoff,
-                                               name)
+        sup: Supervisor = self._spawner._supervisor_under(self, strategy, max_restarts,
+                                                          within, backoff, name)
+        return sup
 
     def stop(self) -> None:
         """Stop every child (reverse start order) for good; blocks until they are gone."""

@@ -52,7 +52,7 @@ class Record(NamedTuple):
 
     pos: int  # counter position of the record header (after any wrap marker)
     payload: memoryview
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count on purpose: the name reads best
     end: int  # counter position just past this record: the head once it is committed
 
 

@@ -204,12 +204,16 @@ async def _async_flood(tmp_path, n):
         assert s.metrics()["actors"][sink.name]["credits_in_use"] <= 4
         marker.unlink()
         counts = await asyncio.gather(*replies)
-        with pytest.raises(actorq.Backpressure, match="max_parked"):
-            hold_again = tmp_path / "hold2"
-            hold_again.write_text("x")
-            await sink.hold(str(hold_again))
+        hold_again = tmp_path / "hold2"
+        hold_again.write_text("x")
+        await sink.hold(str(hold_again))
+
+        def overfill():
             for i in range(2000):
                 sink.put(i)
+
+        with pytest.raises(actorq.Backpressure, match="max_parked"):
+            overfill()
         hold_again.unlink()
         return counts
 
