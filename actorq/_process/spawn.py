@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import multiprocessing.context
+import multiprocessing.forkserver
 import threading
+
+logger = logging.getLogger("actorq")
 
 PRELOAD = ["actorq._host"]
 _lock = threading.Lock()
@@ -22,6 +26,17 @@ def get_context(method: str) -> multiprocessing.context.BaseContext:
     if method == "forkserver":
         with _lock:
             if not _configured:
-                ctx.set_forkserver_preload(PRELOAD)
                 _configured = True
+                server = multiprocessing.forkserver._forkserver
+                if getattr(server, "_forkserver_pid", None) is not None and not set(
+                        PRELOAD) <= set(getattr(server, "_preload_modules", ())):
+                    # The preload list is read when the fork server starts, and this
+                    # interpreter's fork server is already running without it.
+                    logger.warning(
+                        "the multiprocessing fork server was started before actorq could "
+                        "preload itself into it: every actor will import actorq on start "
+                        "(slower starts, more memory per actor). Create the ActorSystem "
+                        "before other forkserver users, or call "
+                        "multiprocessing.set_forkserver_preload(%r) first", PRELOAD)
+                ctx.set_forkserver_preload(PRELOAD)
     return ctx
