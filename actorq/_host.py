@@ -46,7 +46,6 @@ from actorq._transport.aimd import AIMDWindow
 from actorq._transport.channel import (
     C_BUSY,
     C_HANDLED,
-    C_LOST,
     C_REPLY_TO,
     C_SINCE,
     C_TOKEN,
@@ -389,7 +388,8 @@ class Host:
             return EXIT_FAILED_START
         self.loop.add_reader(hub.efd, self.on_wake)
         self.loop.add_reader(self.ctrl, self.on_ctrl)
-        self.loop.call_later(hub.config.park_timeout, self.watchdog)
+        self.loop.call_later(hub.config.park_timeout, hub.watchdog, lambda: hub.busy,
+                             self.serve_lost, lambda: not self.done.done())
         control.send(self.ctrl, ("ready", os.getpid()))
         self.run_batch()
         await self.done
@@ -452,34 +452,10 @@ class Host:
             if hub.park():
                 return
 
-    def watchdog(self) -> None:
-        """Safety net for lost wake-ups (DESIGN.md: park with a timeout, count, keep 0).
-
-        Data present while parked with no doorbell pending is suspicious only if it is
-        still there, untouched by any wake-up, at a second look shortly after: a producer
-        may be between publishing and ringing at the first look.
-        """
-        hub = self.hub
-        if self.done.done():
-            return
-        if self._parked_with_data():
-            wakeups = hub.ctl.slots[C_WAKEUPS]
-
-            def second_look() -> None:
-                if hub.ctl.slots[C_WAKEUPS] == wakeups and self._parked_with_data():
-                    hub.ctl.slots[C_LOST] += 1
-                    hub.unpark()
-                    self.run_batch()
-
-            self.loop.call_later(0.01, second_look)
-        self.loop.call_later(hub.config.park_timeout, self.watchdog)
-
-    def _parked_with_data(self) -> bool:
-        hub = self.hub
-        if hub.busy or not hub.ctl.slots[0] & 1 or not hub.has_unread():
-            return False
-        readable, _w, _x = select.select([hub.efd], [], [], 0)
-        return not readable
+    def serve_lost(self) -> None:
+        """The watchdog found data nobody rang for: read it now."""
+        self.hub.unpark()
+        self.run_batch()
 
     def on_ctrl(self) -> None:
         """Control messages from the system (or EOF: the system is gone)."""

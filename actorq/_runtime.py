@@ -20,7 +20,6 @@ import asyncio
 import itertools
 import logging
 import os
-import select
 import threading
 import time
 from collections import Counter
@@ -49,7 +48,6 @@ from actorq._supervision.supervisor import Supervisor
 from actorq._transport import control
 from actorq._transport.channel import (
     C_BUSY,
-    C_LOST,
     C_REPLY_TO,
     C_SINCE,
     C_TOKEN,
@@ -58,7 +56,6 @@ from actorq._transport.channel import (
     ControlBlock,
     InChannel,
     OutChannel,
-    fence,
 )
 from actorq._transport.oob import decode_batch, run_after_commit
 from actorq._transport.ring import Ring
@@ -192,28 +189,6 @@ class SystemHub(Hub):
         if self.waiting_chans:
             self.grant_all()
         self.park_if_idle(leaving_spin=False)
-
-    def watchdog(self) -> None:
-        """Safety net: data still unread while parked at two looks is a lost wake-up."""
-        if self.runtime._closing or self.loop is None:
-            return
-        if self._parked_with_data():
-            wakeups = self.ctl.slots[C_WAKEUPS]
-
-            def second_look() -> None:
-                if self.ctl.slots[C_WAKEUPS] == wakeups and self._parked_with_data():
-                    self.ctl.slots[C_LOST] += 1
-                    self.on_wake()
-
-            self.loop.call_later(0.01, second_look)
-        self.loop.call_later(self.config.park_timeout, self.watchdog)
-
-    def _parked_with_data(self) -> bool:
-        if self.spinners or not self.ctl.slots[0] & 1 or not self.has_unread():
-            return False
-        fence()
-        readable, _w, _x = select.select([self.efd], [], [], 0)
-        return not readable
 
     def reply_to_actor(self, caller: int, token: int, exc: BaseException) -> None:
         """Send an error reply, on a dead actor's behalf, to an actor that called it."""
