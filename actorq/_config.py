@@ -39,7 +39,9 @@ class SystemConfig:
         window: credit window in messages per channel (sent but not yet handled).
         oob_threshold: buffers (numpy arrays, bytearrays) at least this large travel
             out of band in their own shared-memory block and are read without a copy.
-        spin_seconds: how long a consumer polls before parking on its doorbell.
+        spin_seconds: how long a consumer polls before parking on its doorbell (an actor
+            spins that long only while recent gaps between bursts were shorter; a
+            synchronous caller waiting for a reply spins four times that).
         park_timeout: a parked consumer re-checks its rings after this long, as a
             safety net; a wake-up found this way is counted as ``lost_wakeups``.
         outbox_messages: a burst is flushed as one record once it holds this many
@@ -63,7 +65,7 @@ class SystemConfig:
     ring_size: int = field(default_factory=lambda: _env("ring_size", 1 << 20))
     window: int = field(default_factory=lambda: _env("window", 8192))
     oob_threshold: int = field(default_factory=lambda: _env("oob_threshold", 64 * 1024))
-    spin_seconds: float = field(default_factory=lambda: _env("spin_seconds", 50e-6))
+    spin_seconds: float = field(default_factory=lambda: _env("spin_seconds", 200e-6))
     park_timeout: float = field(default_factory=lambda: _env("park_timeout", 0.1))
     outbox_messages: int = field(default_factory=lambda: _env("outbox_messages", 256))
     max_parked: int = field(default_factory=lambda: _env("max_parked", 8192))

@@ -79,6 +79,8 @@ class ActorHub(Hub):
         self.busy = False
         self.handling_token = 0
         self.tell_errors: dict[tuple[str, str], int] = {}
+        self.gap_ewma = 0.0  # recent idle stretches, seconds (adaptive spinning)
+        self.parked_at = 0.0
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
         self.stamp_start = info.get("hang_timeout") is not None  # hang detection is on
         self.aimd: AIMDWindow | None = None
@@ -171,12 +173,30 @@ class ActorHub(Hub):
             self.clear_doorbell()
 
     def spin(self, stop: Any = None) -> bool:
-        """Poll the rings for ``spin_seconds``; True if data (or *stop*) turned up."""
-        end = time.perf_counter() + self.config.spin_seconds
-        while time.perf_counter() < end:
+        """Poll the rings a while before parking; True if data (or *stop*) turned up.
+
+        Adaptive: the full ``spin_seconds`` only while recent gaps between bursts were
+        shorter than that (a spin then saves a doorbell and a wake-up, ≈ 4 µs + 30 µs
+        here); after longer gaps a tenth of it, so that an actor fed now and then does
+        not burn a core its neighbours need.
+        """
+        budget = self.config.spin_seconds
+        if self.gap_ewma > budget:
+            budget *= 0.1
+        start = time.perf_counter()
+        end = start + budget
+        now = start
+        while now < end:
             if self.has_unread() or (stop is not None and stop()):
+                self.note_gap(now - start)
                 return True
+            now = time.perf_counter()
+        self.parked_at = now
         return False
+
+    def note_gap(self, seconds: float) -> None:
+        """Feed the spin heuristic with the time the last idle stretch lasted."""
+        self.gap_ewma += 0.25 * (seconds - self.gap_ewma)
 
     # -- handling -----------------------------------------------------------------------
 
@@ -425,6 +445,9 @@ class Host:
         """The doorbell rang: read and handle everything there is."""
         self.hub.clear_doorbell()
         self.hub.ctl.slots[C_WAKEUPS] += 1
+        if self.hub.parked_at:
+            self.hub.note_gap(time.perf_counter() - self.hub.parked_at)
+            self.hub.parked_at = 0.0
         self.hub.unpark()
         self.run_batch()
 

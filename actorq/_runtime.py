@@ -164,7 +164,7 @@ class SystemHub(Hub):
         try:
             end = time.perf_counter() + self.config.spin_seconds * 4
             while not reply._done and time.perf_counter() < end:
-                if self.drain_lock.acquire(blocking=False):
+                if self.has_unread() and self.drain_lock.acquire(blocking=False):
                     try:
                         self.drain()
                     finally:
