@@ -364,6 +364,7 @@ class Runtime:
     def _handle_ctrl(self, cell: ActorCell, sock: Any, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "ready":
+            self._events["started"] += 1
             cell.pid = msg[1]
             if cell.state == "starting":
                 cell.state = "running"

@@ -167,10 +167,12 @@ class ActorSystem(Runtime):
         return self._spawn_blob(blob, cls.__name__, handler_names(cls), name, restart,
                                 supervisor, options)
 
-    def supervisor(self, *, strategy: str = "one_for_one", max_restarts: int = 3,
+    def supervisor(self, *, strategy: str = "one_for_one", max_restarts: int = 1,
                    within: float = 5.0, backoff: Backoff | None = None,
                    name: str | None = None) -> Supervisor:
         """Create a supervisor under the root; ``sup.spawn(...)`` adds actors to it.
+
+        The defaults are OTP's: at most 1 restart within 5 seconds.
 
         More than *max_restarts* restarts within *within* seconds: the supervisor stops
         its children and fails, and its parent restarts it (or, at the root, gives up:

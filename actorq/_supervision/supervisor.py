@@ -54,7 +54,7 @@ class Supervisor:
     """
 
     def __init__(self, ops: SupervisorOps, name: str, *, strategy: str = "one_for_one",
-                 max_restarts: int = 3, within: float = 5.0, backoff: Backoff | None = None,
+                 max_restarts: int = 1, within: float = 5.0, backoff: Backoff | None = None,
                  parent: Supervisor | None = None, give_up_per_child: bool = False,
                  clock: Callable[[], float] = time.monotonic, spawner: Any = None) -> None:
         if strategy not in STRATEGIES:
@@ -87,7 +87,7 @@ class Supervisor:
         """Spawn an actor supervised by this supervisor (see ``ActorSystem.spawn``)."""
         return self._spawner._spawn_under(self, cls, args, kwargs, name, restart)
 
-    def supervisor(self, *, strategy: str = "one_for_one", max_restarts: int = 3,
+    def supervisor(self, *, strategy: str = "one_for_one", max_restarts: int = 1,
                    within: float = 5.0, backoff: Backoff | None = None,
                    name: str | None = None) -> Supervisor:
         """Create a supervisor under this one (a subtree)."""

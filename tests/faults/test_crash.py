@@ -190,3 +190,42 @@ def test_close_stops_actors_gracefully_under_every_start_method(any_system, tmp_
     any_system.close()
     assert path.read_text() == "stopped"
     assert any_system.metrics()["actors"][a.name]["crashes"] == {}
+
+
+class Flooder(actorq.Actor):
+    def flood(self, target, tag, n):
+        for i in range(n):
+            target.tell((tag, i))
+        return n
+
+    def pid(self):
+        return os.getpid()
+
+
+class Tally(actorq.Actor):
+    def __init__(self):
+        self.seen = {}
+
+    def receive(self, message):
+        tag, i = message
+        self.seen.setdefault(tag, []).append(i)
+
+    def seen_of(self, tag):
+        return self.seen.get(tag, [])
+
+
+def test_a_producer_killed_mid_burst_corrupts_nothing(system):
+    sink = system.spawn(Tally)
+    victim = system.spawn(Flooder, restart="temporary")
+    other = system.spawn(Flooder)
+    vpid = victim.pid().result()
+    flooding = victim.flood(sink, "victim", 10**7)  # runs until it is killed
+    wait_until(lambda: len(sink.seen_of("victim").result()) > 1000)
+    os.kill(vpid, signal.SIGKILL)  # at whatever instruction it is at
+    with pytest.raises(actorq.ActorCrashed):
+        flooding.result()
+    assert other.flood(sink, "other", 5000).result() == 5000
+    wait_until(lambda: len(sink.seen_of("other").result()) == 5000)
+    assert sink.seen_of("other").result() == list(range(5000))
+    got = sink.seen_of("victim").result()
+    assert got == list(range(len(got)))  # a prefix, in order: no torn or repeated record
