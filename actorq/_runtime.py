@@ -16,7 +16,6 @@ A crash, from the process sentinel to the next instance::
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
@@ -32,7 +31,7 @@ from actorq import _serialization
 from actorq._actor import handler_names
 from actorq._config import SystemConfig
 from actorq._errors import ActorCrashed, ActorStopped
-from actorq._hub import OP_REPLY, SYSTEM_ID, Hub
+from actorq._hub import OP_REPLY, SYSTEM_ID
 from actorq._process.spares import WarmPool
 from actorq._ref import ActorRef
 from actorq._reply import Reply
@@ -45,13 +44,13 @@ from actorq._supervision.policy import (
     should_restart,
 )
 from actorq._supervision.supervisor import Supervisor
+from actorq._systemhub import SystemHub
 from actorq._transport import control
 from actorq._transport.channel import (
     C_BUSY,
     C_REPLY_TO,
     C_SINCE,
     C_TOKEN,
-    C_WAKEUPS,
     CTL_SIZE,
     ControlBlock,
     InChannel,
@@ -117,88 +116,6 @@ class RestartPlan:
     cells: list[ActorCell]
     delay: float
     waiting: set[int] = field(default_factory=set)
-
-
-class SystemHub(Hub):
-    """The user process's hub: its loop runs in a background thread."""
-
-    def __init__(self, runtime: Runtime, ctl: ControlBlock, efd: int) -> None:
-        super().__init__(SYSTEM_ID, runtime.run_id, runtime.config, ctl, efd)
-        self.runtime = runtime
-        self.spin_lock = threading.Lock()
-        self.spinners = 0
-
-    def open_channel(self, ref: ActorRef[Any]) -> Any:
-        """Channels to actors exist from spawn; a missing one means the actor is gone."""
-        cell = self.runtime._cells.get(ref.actor_id)
-        why = self.gone.get(ref.actor_id) or (cell.state if cell else "unknown actor")
-        msg = f"{ref._describe()} is stopped: {why}"
-        raise ActorStopped(msg)
-
-    def may_block(self) -> bool:
-        """A user thread may wait; the hub loop, or any running event loop, may not."""
-        if threading.get_ident() == self.loop_thread_id:
-            return False
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return True
-        return False
-
-    def wait_reply(self, reply: Reply[Any], deadline: Any) -> None:
-        """Flush, spin on the rings for a moment (no thread hand-off), then sleep."""
-        if threading.get_ident() == self.loop_thread_id:
-            msg = f"{reply.describe}: result() called on the actor system's own loop; use await"
-            raise RuntimeError(msg)
-        self.flush_dirty()
-        if not reply._done:
-            self.spin_for(reply)
-        while not reply._done and not deadline.expired():
-            reply._wait_event(deadline)
-
-    def spin_for(self, reply: Reply[Any]) -> None:
-        """Poll the inbound rings from this thread for ``spin_seconds`` x 4."""
-        with self.spin_lock:
-            self.spinners += 1
-            self.unpark()
-        try:
-            end = time.perf_counter() + self.config.spin_seconds * 4
-            while not reply._done and time.perf_counter() < end:
-                if self.has_unread() and self.drain_lock.acquire(blocking=False):
-                    try:
-                        self.drain()
-                    finally:
-                        self.drain_lock.release()
-        finally:
-            self.park_if_idle()
-
-    def park_if_idle(self, leaving_spin: bool = True) -> None:
-        """Park unless someone spins; if data slipped in, have the loop read it."""
-        with self.spin_lock:
-            if leaving_spin:
-                self.spinners -= 1
-            if self.spinners == 0 and not self.park():
-                os.eventfd_write(self.efd, 1)
-
-    def on_wake(self) -> None:
-        """Loop thread: the doorbell rang."""
-        self.clear_doorbell()
-        self.ctl.slots[C_WAKEUPS] += 1
-        with self.drain_lock:
-            self.drain()
-        if self.waiting_chans:
-            self.grant_all()
-        self.park_if_idle(leaving_spin=False)
-
-    def reply_to_actor(self, caller: int, token: int, exc: BaseException) -> None:
-        """Send an error reply, on a dead actor's behalf, to an actor that called it."""
-        chan = self.outbound.get(caller)
-        if chan is None:
-            return
-        with chan.lock:
-            chan.outbox.append((OP_REPLY, token, False, exc, ""))
-        self.dirty.add(chan)
-        self.schedule_flush()
 
 
 class Runtime:

@@ -40,10 +40,11 @@ from actorq._process.spares import WarmPool
 from actorq._process.spawn import get_context
 from actorq._ref import ActorRef, register_hub, unregister_hub
 from actorq._resilience.backoff import Backoff
-from actorq._runtime import DEAD_STATES, ActorCell, Runtime, SystemHub, kill_tree
+from actorq._runtime import DEAD_STATES, ActorCell, Runtime, kill_tree
 from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.policy import ActorOptions
 from actorq._supervision.supervisor import Supervisor
+from actorq._systemhub import SystemHub
 from actorq._transport.channel import (
     C_HANDLED,
     C_LOST,

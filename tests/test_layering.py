@@ -11,7 +11,7 @@ LAYERS = [
     {"_transport", "_process"},
     {"_loop", "_actor", "_ref", "_reply", "_host", "_hub"},
     {"_supervision", "_resilience", "_routing", "_graph"},
-    {"_system", "_runtime", "_backends"},
+    {"_system", "_runtime", "_systemhub", "_backends"},
     {"testing", "bench", "cli", "__main__", "__init__"},
 ]
 
