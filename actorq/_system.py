@@ -304,9 +304,12 @@ class ActorSystem(Runtime):
             raise TimeoutError(msg)
 
     def pid_of(self, ref: ActorRef[Any]) -> int | None:
-        """The pid of the process running *ref*'s actor now (None while not running)."""
+        """The pid of the process running (or booting) *ref*'s actor; None without one.
+
+        None between a crash and the start of its successor, and once it is stopped.
+        """
         cell = self._cells[ref.actor_id]
-        return cell.pid if cell.state == "running" else None
+        return cell.pid if cell.proc is not None else None
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+QUIT = b"quit"  # a spare that reads this instead of its start message exits
+
 
 class WarmPool:
     """Processes started with *target(sock)*, idle until their socket speaks."""
@@ -79,6 +81,12 @@ class WarmPool:
     @staticmethod
     def _stop(spares: list[tuple[Any, socket.socket]], timeout: float) -> None:
         for _proc, sock in spares:
+            # Say it, rather than rely on EOF: under fork, later children inherited a
+            # copy of this end, so closing ours alone would not end the spare's wait.
+            try:
+                sock.send(QUIT)
+            except OSError:
+                pass
             sock.close()
         for proc, _sock in spares:
             proc.join(timeout)

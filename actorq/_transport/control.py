@@ -42,6 +42,6 @@ def recv(sock: socket.socket) -> tuple[Any, list[int]] | None:
         data, fds, _flags, _addr = socket.recv_fds(sock, MAX_CONTROL, MAX_FDS)
     except ConnectionResetError:
         return None
-    if not data:
+    if not data or data == b"quit":  # EOF, or a spare told to go (see _process.spares)
         return None
     return pickle.loads(data), fds
