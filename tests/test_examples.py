@@ -16,7 +16,9 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 # The line each example prints once it has checked its own results.
 KEY_LINES = {
     "cpu_demo.py": "check: OK",
+    "flow_control.py": "flow control: all assertions passed",
     "quickstart.py": "quickstart: all assertions passed",
+    "supervision.py": "supervision: all assertions passed",
 }
 
 
