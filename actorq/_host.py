@@ -19,6 +19,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import multiprocessing
 import os
 import select
 import signal
@@ -48,6 +49,7 @@ from actorq._transport.channel import (
     C_HANDLED,
     C_REPLY_TO,
     C_SINCE,
+    C_STOP,
     C_TOKEN,
     C_WAKEUPS,
     C_WINDOW,
@@ -225,12 +227,15 @@ class ActorHub(Hub):
         self.sync_depth += 1
         try:
             while queue and not self.busy and not host.stopping:
+                if slots[C_STOP]:  # asked to stop: seen between messages, even when busy
+                    host.stopping = True
+                    break
                 if self.dirty:
                     self.flush_dirty()  # earlier replies out before the next handler runs
                 entry, index, msg = queue.popleft()
                 _op, token, reply_to, method, args, kwargs = msg
+                slots[C_TOKEN] = token  # 0 for a tell: a crash then fails no caller
                 if token:
-                    slots[C_TOKEN] = token
                     slots[C_REPLY_TO] = reply_to + 1
                 if self.stamp_start:
                     slots[C_SINCE] = time.monotonic_ns()
@@ -363,6 +368,7 @@ class Host:
         assert kind == "boot", kind
         self.name = info["name"]
         self.info = info
+        multiprocessing.current_process().name = f"actorq:{self.name}"
         ctl = ControlBlock(Segment.attach(info["ctl"]))
         self.hub = ActorHub(self, info, ctl, fds[0])
         register_hub(info["run_id"], self.hub)
@@ -508,6 +514,9 @@ class Host:
         elif kind == "gone":
             target, reason = msg[1], msg[2]
             self.hub.gone[target] = reason
+            chan = self.hub.outbound.pop(target, None)
+            if chan is not None:
+                self.hub.close_channel(chan, reason)
             self.hub.fail_pending(target, lambda r: ActorStopped(f"{r.describe}: {reason}"))
         elif kind == "answer":
             self._answers[msg[1]] = (msg[2], fds)
@@ -542,8 +551,9 @@ class Host:
     def spawn_child(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
                     name: str | None, restart: str) -> ActorRef[Any]:
         """Spawn a child actor through the system, supervised on this actor's behalf."""
+        options = kwargs.pop("actor_options", None)
         blob = _serialization.dumps_code((cls, args, kwargs))
-        answer, _fds = self.request(("spawn", blob, name, restart))
+        answer, _fds = self.request(("spawn", blob, name, restart, options))
         if answer[0] == "error":
             raise answer[1]
         _kind, actor_id, child_name, handlers, cls_name = answer
@@ -554,10 +564,25 @@ def _thread_id() -> int:
     return threading.get_ident()
 
 
+def _log_to_stderr_unless_configured() -> None:
+    """Make actorq's warnings from this process visible when nobody configured logging.
+
+    The library's NullHandler would otherwise swallow them (it also stops Python's
+    last-resort handler); an actor process is ours, so we choose stderr, with the pid.
+    """
+    if logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("actorq[%(process)d] %(levelname)s %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("actorq").addHandler(handler)
+
+
 def main(ctrl: socket.socket) -> None:
     """Entry point of every actor process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the system's to handle
     set_pdeathsig()
+    _log_to_stderr_unless_configured()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     host = Host(ctrl)

@@ -195,6 +195,7 @@ class Hub:
                 raise Backpressure(text)
             waiter = gate.enqueue(ref._priority, now,
                                   lambda w: self._send_granted(chan, w, msg))
+            waiter.message = msg
             self._expire_later(chan, waiter, ref, msg)
         chan.credits = 0
         chan.set_want(True)
@@ -211,7 +212,7 @@ class Hub:
             deadline = Deadline.after(self.config.send_timeout)
             event: threading.Event = waiter.event
             delay = 50e-6
-            while not waiter.granted and not deadline.expired():
+            while not waiter.granted and not chan.closed and not deadline.expired():
                 self.grant(chan)
                 if waiter.granted:
                     break
@@ -220,6 +221,9 @@ class Hub:
         finally:
             chan.lock.acquire()
         gate = chan.gate
+        if chan.closed:
+            text = f"{ref._describe()} is stopped: {self.gone.get(ref.actor_id, 'it stopped')}"
+            raise ActorStopped(text)
         if not waiter.granted:
             gate.cancel(waiter, time.monotonic())
             gate.backpressure += 1
@@ -265,11 +269,29 @@ class Hub:
             self.loop.call_soon_threadsafe(
                 lambda: self.loop.call_later(self.config.send_timeout, expire))  # type: ignore[union-attr]
 
+    def close_channel(self, chan: OutChannel, why: str) -> None:
+        """The receiver is gone for good: release everyone waiting for its credit."""
+        with chan.lock:
+            chan.closed = True
+            left = chan.gate.close(time.monotonic())
+            self.waiting_chans.discard(chan)
+            self.dirty.discard(chan)
+        for waiter in left:
+            if waiter.event is not None:
+                waiter.event.set()  # a blocked producer wakes and raises ActorStopped
+            elif waiter.message is not None and waiter.message[1]:
+                reply = self.pending.pop(waiter.message[1], None)
+                if reply is not None:
+                    reply._fail(ActorStopped(f"{reply.describe}: {why}"))
+
     def grant(self, chan: OutChannel) -> None:
         """Hand the credit that came back to the producers in line, in their order."""
         granted: list[Waiter] = []
         with chan.lock:
             gate = chan.gate
+            if chan.closed:
+                self.waiting_chans.discard(chan)
+                return
             if gate.waiting:
                 free = chan.credit()
                 if free > 0:

@@ -31,9 +31,10 @@ def unregister_hub(run_id: str) -> None:
 
 
 def _rebuild_ref(run_id: str, actor_id: int, name: str, handlers: frozenset[str],
-                 cls_name: str) -> ActorRef[Any]:
-    hub = _hubs.get(run_id)
-    return ActorRef(hub, run_id, actor_id, name, handlers, cls_name)
+                 cls_name: str, priority: int = 0) -> ActorRef[Any]:
+    ref: ActorRef[Any] = ActorRef(_hubs.get(run_id), run_id, actor_id, name, handlers, cls_name)
+    ref._priority = priority
+    return ref
 
 
 class ActorRef(Generic[A]):
@@ -130,7 +131,8 @@ class ActorRef(Generic[A]):
         (self._hub or self._get_hub()).tell(self, message, nowait=True)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_ref, (self.run_id, self.actor_id, self.name, self.handlers, self.cls_name))
+        return (_rebuild_ref, (self.run_id, self.actor_id, self.name, self.handlers,
+                               self.cls_name, self._priority))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ActorRef):

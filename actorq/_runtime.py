@@ -50,6 +50,7 @@ from actorq._transport.channel import (
     C_BUSY,
     C_REPLY_TO,
     C_SINCE,
+    C_STOP,
     C_TOKEN,
     CTL_SIZE,
     ControlBlock,
@@ -218,6 +219,7 @@ class Runtime:
             logger.exception("could not start a process for %s", cell.describe())
             self._on_loop(self._finish, cell, "failed", "its process could not be started")
             return
+        cell.ctl.slots[C_STOP] = 0
         fds = [cell.efd, self._hub.efd]
         outbound = {}
         for target, ring_name in cell.outbound.items():
@@ -338,8 +340,8 @@ class Runtime:
         ring_name = cell.outbound[target_id]
         return ("channel", target_id, ring_name, target.ctl.seg.name), [target.efd]
 
-    def _spawn_for(self, parent: ActorCell, blob: bytes, name: str | None,
-                   restart: str) -> tuple[Any, ...]:
+    def _spawn_for(self, parent: ActorCell, blob: bytes, name: str | None, restart: str,
+                   options: ActorOptions | None = None) -> tuple[Any, ...]:
         """An actor spawns a child: it is supervised on the actor's behalf."""
         try:
             cls, _args, _kwargs = _serialization.loads(blob)
@@ -347,7 +349,7 @@ class Runtime:
             if parent.kids is None:
                 parent.kids = Supervisor(self, f"{parent.name}.children",
                                          give_up_per_child=True, spawner=self)
-            options = getattr(cls, "actor_options", None) or ActorOptions()
+            options = options or getattr(cls, "actor_options", None) or ActorOptions()
             ref = self._spawn_blob(blob, cls.__name__, handler_names(cls), name, restart,
                                    parent.kids, options)
         except Exception as exc:
@@ -370,6 +372,8 @@ class Runtime:
         with self._hub.drain_lock:
             self._hub.drain()  # replies it published before dying
         cell.exited.set()
+        if cell.kids is not None:  # its children die with it (it supervised them)
+            self._stop_kids(cell, f"their parent {cell.describe()} stopped")
         if cell.state == "restarting":
             self._plan_exited(cell)
             return
@@ -382,8 +386,6 @@ class Runtime:
         self._events[f"crash:{cause}"] += 1
         text = f"{cell.describe()} (pid {cell.pid}) {self._words(cell, cause, code)}"
         logger.warning("%s", text)
-        if cell.kids is not None:  # its children die with it (it supervised them)
-            self._stop_kids(cell, f"their parent {cell.describe()} died")
         if cause == "start" and cell.failed_start is not None:
             exc, tb = cell.failed_start
             text = f"{cell.describe()} failed to start: {type(exc).__name__}: {exc}"
@@ -447,9 +449,8 @@ class Runtime:
             logger.warning("%s; message %r will be delivered again (%d/%d)", text, method,
                            cell.poison_count, cell.options.poison_after)
             return
-        times = (f"{cell.poison_count} times in a row" if cell.options.redeliver else "")
-        self._dead.add(cell.name, method, f"crashed the actor {times}: {text}".replace(
-            "  ", " "), message)
+        times = f" {cell.poison_count} times in a row" if cell.options.redeliver else ""
+        self._dead.add(cell.name, method, f"crashed the actor{times}: {text}", message)
         if token:
             self._fail_caller(reply_to - 1, token, f"{text} while handling this call", cause)
 
@@ -516,6 +517,7 @@ class Runtime:
             if cell.state in DEAD_STATES:
                 continue
             cell.finish_why = why
+            self._release_name(cell)  # a successor may take the name at once
             if cell.alive():
                 self._ask_to_stop(cell)
                 cell.state = "stopping"
@@ -524,6 +526,7 @@ class Runtime:
 
     def _ask_to_stop(self, cell: ActorCell) -> None:
         """Graceful stop now, SIGKILL (process tree) after the stop timeout."""
+        cell.ctl.slots[C_STOP] = 1  # a busy actor sees it between two messages
         if cell.ctrl is not None:
             try:
                 control.send(cell.ctrl, ("stop",))
@@ -561,9 +564,7 @@ class Runtime:
             return
         hub = self._hub
         hub.gone[cell.id] = why
-        with self._lock:
-            if self._names.get(cell.name) == cell.id:
-                del self._names[cell.name]
+        self._release_name(cell)
         cell.state = state
         if cell.supervisor is not None:
             cell.supervisor.remove(cell)
@@ -585,9 +586,8 @@ class Runtime:
         with hub.drain_lock:
             chan = hub.outbound.pop(cell.id, None)
             inchan = hub.inbound.pop(cell.id, None)
-            if chan is not None:
-                hub.dirty.discard(chan)
         if chan is not None:
+            hub.close_channel(chan, about)
             chan.close()
         if inchan is not None:
             inchan.close()
@@ -600,6 +600,11 @@ class Runtime:
                     pass
         cell.exited.set()
         cell.ready.set()
+
+    def _release_name(self, cell: ActorCell) -> None:
+        with self._lock:
+            if self._names.get(cell.name) == cell.id:
+                del self._names[cell.name]
 
     def _dead_letter_queued(self, cell: ActorCell, why: str) -> None:
         """Messages still queued for a dead actor become dead letters."""

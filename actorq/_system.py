@@ -193,7 +193,7 @@ class ActorSystem(Runtime):
 
     def _stop_supervisor(self, sup: Supervisor) -> None:
         cells = sup.cells()
-        sup.state = "stopped"
+        sup.mark_stopped()
         if sup.parent is not None:
             sup.parent.remove(sup)
         for cell in reversed(cells):

@@ -133,8 +133,7 @@ class Supervisor:
                        self.name, why, len(group), self.strategy, delay)
         self._ops.count_event("restarted")
         if isinstance(child, Supervisor):
-            child._history.clear()
-            child.state = "running"
+            child.reset()
         self._ops.restart_group(group, delay)
 
     def _group(self, child: Any) -> list[Any]:
@@ -157,13 +156,28 @@ class Supervisor:
             self._ops.count_event("gave_up")
             self.remove(child)
             if isinstance(child, Supervisor):
-                child.state = "stopped"
+                child.mark_stopped()
             self._ops.finish_group(child.cells() if isinstance(child, Supervisor) else [child],
                                    reason)
             return
         logger.error("%s; escalating to %r", reason, self.parent.name)
         self._ops.count_event("escalated")
         self.parent.child_failed(self, reason)
+
+    def reset(self) -> None:
+        """Restarted by the parent: a fresh subtree with no restart history."""
+        self._history.clear()
+        self.state = "running"
+        for child in self.children:
+            if isinstance(child, Supervisor):
+                child.reset()
+
+    def mark_stopped(self) -> None:
+        """This subtree is stopped for good: no more spawns into it."""
+        self.state = "stopped"
+        for child in self.children:
+            if isinstance(child, Supervisor):
+                child.mark_stopped()
 
     def remove(self, child: Any) -> None:
         """Forget *child* (it is gone for good)."""

@@ -53,6 +53,7 @@ C_WAKEUPS = 16  # doorbell wake-ups
 C_LOST = 17  # park timeouts that found data: lost wake-ups, must stay 0
 C_HANDLED = 18  # messages handled, all channels
 C_WINDOW = 19  # the receiver's adaptive credit window (0: not adaptive, use the sender's)
+C_STOP = 20  # written by the system: stop after the current message (checked per message)
 
 _fence_lock = threading.Lock()
 
@@ -108,6 +109,7 @@ class OutChannel:
     """
 
     __slots__ = (
+        "closed",
         "credits",
         "ctl",
         "efd",
@@ -139,6 +141,7 @@ class OutChannel:
         self.last_rung = 0
         self.credits = 0  # a lower bound of credit(), spent locally, refreshed at 0
         self.gate = CreditGate(window)
+        self.closed = False
 
     def limit(self) -> int:
         """The window now: ours, or the receiver's adaptive one if that is smaller."""

@@ -24,8 +24,8 @@ from typing import Any
 class Waiter:
     """One producer waiting for a credit."""
 
-    __slots__ = ("cancelled", "consumed", "event", "granted", "on_grant", "priority", "seq",
-                 "since")
+    __slots__ = ("cancelled", "consumed", "event", "granted", "message", "on_grant", "priority",
+                 "seq", "since")
 
     def __init__(self, priority: int, seq: int, on_grant: Callable[[Waiter], Any] | None,
                  since: float) -> None:
@@ -37,6 +37,7 @@ class Waiter:
         self.cancelled = False
         self.consumed = False
         self.event: Any = None  # a threading.Event for a producer that blocks
+        self.message: Any = None  # what a parked (non-blocking) producer will send
 
     def __lt__(self, other: Waiter) -> bool:
         return (-self.priority, self.seq) < (-other.priority, other.seq)
@@ -105,6 +106,14 @@ class CreditGate:
         if waiter.granted and not waiter.consumed:
             waiter.consumed = True
             self.reserved -= 1
+
+    def close(self, now: float) -> list[Waiter]:
+        """The channel is gone: everyone in line (and granted, not yet sent) gives up."""
+        left = [w for w in self._heap if not (w.cancelled or w.consumed)]
+        for waiter in left:
+            self.cancel(waiter, now)
+        self._heap = []
+        return left
 
     def cancel(self, waiter: Waiter, now: float) -> None:
         """*waiter* gives up: out of the line, and its reservation (if any) goes back."""
