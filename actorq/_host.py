@@ -79,7 +79,6 @@ class ActorHub(Hub):
         self.host = host
         self.queue: deque[tuple[OpenRecord, int, tuple[Any, ...]]] = deque()
         self.busy = False
-        self.handling_token = 0
         self.tell_errors: dict[tuple[str, str], int] = {}
         self.gap_ewma = 0.0  # recent idle stretches, seconds (adaptive spinning)
         self.parked_at = 0.0

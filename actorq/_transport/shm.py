@@ -17,7 +17,6 @@ Ownership is ours instead, and it is written down once:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import mmap
 import os
@@ -139,12 +138,3 @@ def sweep() -> list[str]:
     if removed:
         logger.info("swept %d shared-memory segment(s) left by dead runs", len(removed))
     return removed
-
-
-@contextlib.contextmanager
-def released(view: memoryview):  # type: ignore[no-untyped-def]
-    """Release *view* on exit (so that the segment under it can be closed)."""
-    try:
-        yield view
-    finally:
-        view.release()

@@ -11,7 +11,7 @@ import pytest
 
 from actorq._ids import SEGMENT_PREFIX, new_run_prefix, process_stamp
 from actorq._transport import shm
-from actorq._transport.shm import Segment, list_segments, released, sweep, unlink_prefix
+from actorq._transport.shm import Segment, list_segments, sweep, unlink_prefix
 
 
 def _path(name: str) -> str:
@@ -101,9 +101,10 @@ def test_create_without_prefault(prefix: str) -> None:
     try:
         assert bytes(seg.buf[:16]) == bytes(16)  # a new segment reads as zeros
         seg.buf[0] = 7
-        with released(seg.buf[:1]) as view:
-            assert view[0] == 7
-        seg.close()  # the view released by `released` does not block the unmap
+        view = seg.buf[:1]
+        assert view[0] == 7
+        view.release()
+        seg.close()  # a released view does not block the unmap
     finally:
         seg.close()
         seg.unlink()
