@@ -1,0 +1,136 @@
+"""benchmarks/bench_overload.py: a miniature overload runs, reports sanely, loses nothing.
+
+The script is imported by name, with benchmarks/ put on ``sys.path`` for the module's
+tests: the mp.Queue peer's process functions are pickled by reference (forkserver), so
+the child processes must be able to import the module (they inherit ``sys.path``).
+No timing is asserted: only the structure of the figures and exact message counts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+MODULE = "bench_overload"
+TINY = {"cost_us": 100.0, "overload_s": 1.0, "interval_s": 0.1, "warmup_s": 0.2,
+        "unloaded_s": 0.1, "unloaded_repeats": 1, "window": 256, "threads": 2,
+        "producer_procs": 1, "tells": 2000, "tell_warmup": 200, "fast_repeats": 1,
+        "drain_timeout_s": 30.0}
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[ModuleType]:
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        yield importlib.import_module(MODULE)
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+        sys.modules.pop(MODULE, None)
+
+
+@pytest.fixture(scope="module")
+def run(bench: ModuleType) -> dict[str, Any]:
+    p = {**bench.QUICK, **TINY}
+    results, summaries, waits = bench.run_all(p)
+    return {"p": p, "results": results, "summaries": summaries, "waits": waits}
+
+
+def test_every_admitted_message_is_handled_exactly_once(bench: ModuleType,
+                                                          run: dict[str, Any]) -> None:
+    for name in (bench.FIXED, bench.ADAPTIVE, bench.MPQ):
+        books = run["summaries"][name]["books"]
+        assert books["sent"] > 0, name
+        assert books["handled"] == books["sent"], (name, books)
+        assert books["anomalies"] == 0, (name, books)  # no gap, duplicate or reordering
+        assert books["mismatched_producers"] == [], (name, books)
+        assert books["worked"] + books["discarded"] == books["handled"], (name, books)
+        assert books["attempts"] == books["sent"] + books["refused"], (name, books)
+    for name in (bench.FIXED, bench.ADAPTIVE):  # actorq: all of it worked on, none dropped
+        books = run["summaries"][name]["books"]
+        assert books["discarded"] == 0
+        assert books["channels"] == 1 + TINY["producer_procs"]
+
+
+def test_time_series_and_summaries_have_their_shape(bench: ModuleType,
+                                                    run: dict[str, Any]) -> None:
+    summaries = run["summaries"]
+    assert set(summaries) == set(bench.CASES)
+    ray = summaries[bench.RAY]
+    assert "skipped" in ray or "series" in ray  # reported either way
+    for name in (bench.FIXED, bench.ADAPTIVE, bench.MPQ):
+        s = summaries[name]
+        series = s["series"]
+        assert len(series) >= 3
+        times = [row["t"] for row in series]
+        assert times == sorted(times)
+        assert times[-1] >= TINY["overload_s"]
+        handled = [row["handled"] for row in series]
+        assert handled == sorted(handled)
+        for row in series:
+            assert row["user_rss"] > 0
+            assert row["consumer_rss"] > 0
+        assert s["throughput_samples"]
+        assert all(math.isfinite(x) and x >= 0 for x in s["throughput_samples"])
+        assert s["latency_n"] > 0
+        assert 0 <= s["latency_p50"] <= s["latency_p99"] <= s["latency_max"]
+        per = s["per_producer"]
+        assert len(per) == TINY["threads"] + TINY["producer_procs"]
+        assert sum(v["share"] for v in per.values()) == pytest.approx(1.0)
+        if name != bench.MPQ:  # every admitted message was worked on: all have a latency
+            assert s["admitted_complete"]
+            assert s["admitted_p99"] <= s["admitted_max"]
+        assert s["rate_ref"] > 0
+        # the same offered load for every case: a multiple of actorq's unloaded rate
+        assert s["offered"] == pytest.approx(
+            run["p"]["offered_x"] * summaries[bench.FIXED]["rate_ref"])
+
+
+def test_results_verdicts_and_fast_path(bench: ModuleType, run: dict[str, Any]) -> None:
+    by = {r.name: r for r in run["results"]}
+    for name in (bench.UNLOADED_ACTORQ, bench.UNLOADED_MPQ, bench.FAST_ON, bench.FAST_OFF):
+        assert len(by[name].samples) == TINY[
+            "fast_repeats" if name in (bench.FAST_ON, bench.FAST_OFF) else "unloaded_repeats"]
+        assert by[name].median > 0
+    assert by[f"{bench.FIXED} throughput"].samples
+    assert by[f"{bench.RAY} throughput"].skipped or by[f"{bench.RAY} throughput"].samples
+    assert len(run["waits"][bench.FAST_ON]) == TINY["fast_repeats"]
+    checks = bench.verdicts(run["summaries"], run["results"], run["p"])
+    names = [c.name for c in checks]
+    assert f"{bench.FIXED}: throughput under overload / unloaded R" in names
+    assert "fast path: |ON / OFF - 1|" in names
+    once = [c for c in checks if c.name.endswith("not handled exactly once")]
+    assert len(once) == 3
+    assert all(c.value == 0 and c.met for c in once)
+
+
+def test_report_files(bench: ModuleType, run: dict[str, Any], tmp_path: Path) -> None:
+    checks = bench.verdicts(run["summaries"], run["results"], run["p"])
+    png = tmp_path / "overload.png"
+    why_not = None
+    if importlib.util.find_spec("matplotlib") is not None:
+        why_not = bench.plot(run["summaries"], png, "smoke")
+        assert why_not is None
+        assert png.stat().st_size > 0
+    bench.write_report(run["results"], checks, run["summaries"], run["waits"],
+                       tmp_path / "o.json", tmp_path / "o.md", None if why_not else png,
+                       title="smoke", meta={"mode": "test"})
+    page = (tmp_path / "o.md").read_text(encoding="utf-8")
+    assert "## Overload" in page
+    assert "## Fast path" in page
+    assert bench.MPQ in page
+    if png.exists():
+        assert "(overload.png)" in page
+    doc = json.loads((tmp_path / "o.json").read_text(encoding="utf-8"))
+    assert set(doc["overload"]) == set(bench.CASES)
+    assert doc["overload"][bench.FIXED]["series"]
+    assert doc["verdicts"]
