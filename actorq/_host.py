@@ -66,6 +66,9 @@ logger = logging.getLogger(__name__)
 # handler waits): more only moves the backlog from the ring into the heap.
 READ_AHEAD = int(os.environ.get("ACTORQ_READ_AHEAD", 1024))
 
+# A busy actor returns to its loop at least this often (seconds).
+TIME_SLICE = 0.01
+
 EXIT_FAILED_START = 3
 EXIT_SYSTEM_GONE = 4
 EXIT_UNCAUGHT = 5
@@ -459,7 +462,13 @@ class Host:
     def run_batch(self) -> None:
         """Drain, handle, flush; spin briefly for more; park when idle."""
         hub = self.hub
+        slice_end = time.perf_counter() + TIME_SLICE
         while True:
+            if time.perf_counter() > slice_end:
+                # A busy actor still gives the loop a turn now and then: control messages
+                # (a new sender's ring, stop), timers and other callbacks must run.
+                self.loop.call_soon(self.run_batch)
+                return
             if hub.waiting_chans:
                 hub.grant_all()
             hub.drain(READ_AHEAD)

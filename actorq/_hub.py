@@ -211,13 +211,16 @@ class Hub:
             self.flush_dirty()  # our own queued messages must reach the receiver first
             deadline = Deadline.after(self.config.send_timeout)
             event: threading.Event = waiter.event
-            delay = 50e-6
+            # The receiver rings our doorbell when credit comes back and the loop grants
+            # it; polling here is only the safety net, so it is slow on purpose (a fast
+            # poll by every blocked producer cost a core under overload).
+            delay = 0.001
             while not waiter.granted and not chan.closed and not deadline.expired():
                 self.grant(chan)
                 if waiter.granted:
                     break
                 self.idle_wait(event, min(delay, deadline.remaining()))
-                delay = min(delay * 2, 0.005)
+                delay = min(delay * 2, 0.02)
         finally:
             chan.lock.acquire()
         gate = chan.gate
@@ -297,11 +300,19 @@ class Hub:
                 if free > 0:
                     granted = gate.grant(free, time.monotonic())
             chan.set_want(gate.waiting > 0)
-            if not gate.waiting:
+            again = False
+            if gate.waiting:
+                # want is re-armed after we looked: credit returned in between rang
+                # nobody, so look once more (store want, then load handled: fence)
+                fence()
+                again = chan.credit() > 0
+            else:
                 self.waiting_chans.discard(chan)
         for waiter in granted:
             if waiter.on_grant is not None:
                 waiter.on_grant(waiter)
+        if again:
+            self.schedule_grant(chan)
 
     def grant_all(self) -> None:
         """Grant on every channel that has producers in line (after a doorbell)."""
@@ -402,28 +413,43 @@ class Hub:
         """
         n = 0
         now = time.perf_counter()
-        for chan in list(self.inbound.values()):
-            while (not limit or self.backlog() < limit) and (rec := chan.read_next()) is not None:
-                unlink: list[str] = []
-                try:
-                    msgs = decode_batch(rec.payload, unlink)
-                except Exception:
-                    logger.exception("dropped a record from hub %d that could not be "
-                                     "unpickled", chan.sender_id)
-                    msgs = []
-                    rec = rec._replace(count=0)
-                finally:
-                    rec.payload.release()
-                entry = chan.open(rec, unlink)
-                entry.t_read = now
-                done = entry.done
-                for index, msg in enumerate(msgs):
-                    if not done[index]:
-                        self.dispatch(msg, entry, index)
-                n += len(msgs)
-                if not msgs:
-                    chan.commit_ready()
+        chans = list(self.inbound.values())
+        while chans:
+            # One record per ring per round, so that a sender that always has a backlog
+            # cannot starve the rings after it once the read-ahead limit is reached.
+            ready = []
+            for chan in chans:
+                if limit and self.backlog() >= limit:
+                    return n
+                rec = chan.read_next()
+                if rec is None:
+                    continue
+                ready.append(chan)
+                n += self._take_record(chan, rec, now)
+            chans = ready
         return n
+
+    def _take_record(self, chan: InChannel, rec: Any, now: float) -> int:
+        """Decode one record and dispatch its messages; return how many it held."""
+        unlink: list[str] = []
+        try:
+            msgs = decode_batch(rec.payload, unlink)
+        except Exception:
+            logger.exception("dropped a record from hub %d that could not be "
+                             "unpickled", chan.sender_id)
+            msgs = []
+            rec = rec._replace(count=0)
+        finally:
+            rec.payload.release()
+        entry = chan.open(rec, unlink)
+        entry.t_read = now
+        done = entry.done
+        for index, msg in enumerate(msgs):
+            if not done[index]:
+                self.dispatch(msg, entry, index)
+        if not msgs:
+            chan.commit_ready()
+        return len(msgs)
 
     def backlog(self) -> int:
         """Messages read but not yet handled (none on the system side)."""

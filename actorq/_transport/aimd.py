@@ -33,7 +33,9 @@ class AIMDWindow:
             msg = f"need target > 0 and 0 < decrease < 1 (got {self.target}, {self.decrease})"
             raise ValueError(msg)
         if not self.window:
-            self.window = self.maximum
+            # Start low and grow: a window starting at the maximum lets the first burst
+            # queue a maximum's worth of messages that no later decrease takes back.
+            self.window = min(self.maximum, max(self.minimum, 4 * self.increase))
 
     def observe(self, seconds: float) -> bool:
         """Record one message's time; True when the window changed."""

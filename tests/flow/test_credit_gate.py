@@ -133,7 +133,8 @@ def test_wait_time_is_accounted():
 
 
 def test_aimd_halves_on_slow_tail_and_grows_additively_when_healthy():
-    ctl = AIMDWindow(target=0.01, minimum=4, maximum=100, increase=10, period=10)
+    ctl = AIMDWindow(target=0.01, minimum=4, maximum=100, increase=10, period=10,
+                     window=100)
     assert ctl.window == 100
     for _ in range(10):
         ctl.observe(0.05)
@@ -150,6 +151,14 @@ def test_aimd_halves_on_slow_tail_and_grows_additively_when_healthy():
     for _ in range(1000):
         ctl.observe(0.0)
     assert ctl.window == 100  # never over the maximum
+
+
+def test_aimd_starts_low_and_grows():
+    ctl = AIMDWindow(target=0.01, minimum=4, maximum=1000, increase=10, period=10)
+    assert ctl.window == 40
+    for _ in range(30):
+        ctl.observe(0.0)
+    assert ctl.window == 70
 
 
 def test_aimd_rejects_bad_bounds():
