@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 OP_CALL = 1
 OP_REPLY = 2
 SYSTEM_ID = 0
+DRAIN_QUANTUM = 256  # messages per ring per round of a drain (one full burst record)
 _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: tells carry no keywords
 
 
@@ -79,6 +80,7 @@ class Hub:
         self.flush_scheduled = False
         self.drain_lock = threading.Lock()
         self.waiting_chans: set[OutChannel] = set()  # channels with producers in line
+        self._rr = 0  # where the next drain starts
 
     # -- sending ------------------------------------------------------------------------
 
@@ -414,18 +416,27 @@ class Hub:
         n = 0
         now = time.perf_counter()
         chans = list(self.inbound.values())
+        if len(chans) > 1:  # start each drain at the next ring: no ring always comes first
+            self._rr = (self._rr + 1) % len(chans)
+            chans = chans[self._rr:] + chans[: self._rr]
         while chans:
-            # One record per ring per round, so that a sender that always has a backlog
-            # cannot starve the rings after it once the read-ahead limit is reached.
+            # Deficit round robin: each ring gets up to DRAIN_QUANTUM messages a round,
+            # so that neither a sender with a standing backlog nor one that writes big
+            # records (a burst of 256 is one record) starves the others.
             ready = []
             for chan in chans:
-                if limit and self.backlog() >= limit:
-                    return n
-                rec = chan.read_next()
-                if rec is None:
-                    continue
-                ready.append(chan)
-                n += self._take_record(chan, rec, now)
+                budget = DRAIN_QUANTUM
+                while budget > 0:
+                    if limit and self.backlog() >= limit:
+                        return n
+                    rec = chan.read_next()
+                    if rec is None:
+                        break
+                    taken = self._take_record(chan, rec, now)
+                    n += taken
+                    budget -= max(taken, 1)
+                else:
+                    ready.append(chan)
             chans = ready
         return n
 
