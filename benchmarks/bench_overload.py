@@ -63,7 +63,6 @@ import mmap
 import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -79,6 +78,7 @@ from actorq.bench import (
     BenchResult,
     Case,
     Verdict,
+    code_version,
     format_value,
     machine_info,
     measure_interleaved,
@@ -86,6 +86,7 @@ from actorq.bench import (
     render_markdown,
     results_table,
     verdicts_table,
+    write_atomic,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -134,6 +135,9 @@ SLOTS = 128
 RECORD_CAPACITY = 1 << 18  # records kept, a ring
 FIELDS = 3  # per record: handled_at (time.time()), latency (s), producer id
 
+
+
+REPO = Path(__file__).resolve().parent.parent
 
 def shm_dir() -> str | None:
     """/dev/shm when usable (no disk under the records), else the default temp dir."""
@@ -1376,31 +1380,8 @@ def write_report(results: Sequence[BenchResult], checks: Sequence[Verdict],
     return doc
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
-def code_version() -> str:
-    """The commit measured, and whether the working tree had changes (they are measured too)."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "actorq"],
-                               capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    changed = len(dirty.stdout.splitlines())
-    suffix = f" + {changed} uncommitted change(s) under actorq/" if changed else ""
-    return head.stdout.strip() + suffix
 
 
 def run_all(p: Mapping[str, Any], only: Sequence[str] = CASES, fast: bool = True,
@@ -1440,7 +1421,7 @@ def main(argv: list[str] | None = None) -> int:
     title = "actorq overload benchmark" + (" (quick)" if args.quick else "")
     png = args.results_dir / "overload.png"
     why_not = plot(summaries, png, title)
-    meta = {"mode": "quick" if args.quick else "full", "code": code_version(),
+    meta = {"mode": "quick" if args.quick else "full", "code": code_version(REPO),
             "wall_seconds": round(time.monotonic() - started, 1),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],

@@ -44,9 +44,7 @@ import multiprocessing
 import os
 import select
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -88,6 +86,9 @@ class Target(actorq.Actor):
     def pid(self) -> int:
         return os.getpid()
 
+
+
+REPO = Path(__file__).resolve().parent.parent
 
 def new_block() -> dict[str, Any]:
     """What one block of restarts reports (a plain dict: this module may be loaded from
@@ -533,7 +534,7 @@ def write_report(results: list[BenchResult], checks: list[Verdict],
     """Like ``actorq.bench.write_results``, plus the p50/p99 table (JSON: ``latency``)."""
     import json
 
-    from actorq.bench import machine_info, render_markdown
+    from actorq.bench import machine_info, render_markdown, write_atomic
 
     machine = machine_info()
     doc = {"title": title, "machine": machine, "meta": dict(meta),
@@ -550,31 +551,8 @@ def write_report(results: list[BenchResult], checks: list[Verdict],
     write_atomic(path_md, page)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
-def code_version() -> str:
-    """The commit measured, and whether the working tree had changes (they are measured too)."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "actorq"],
-                               capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    changed = len(dirty.stdout.splitlines())
-    suffix = f" + {changed} uncommitted change(s) under actorq/" if changed else ""
-    return head.stdout.strip() + suffix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -600,7 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     checks = verdicts(results)
     rows = latency_rows(results, blocks)
     title = "actorq restart benchmarks" + (" (quick)" if args.quick else "")
-    meta = {"mode": "quick" if args.quick else "full", "code": code_version(),
+    from actorq.bench import code_version
+
+    meta = {"mode": "quick" if args.quick else "full", "code": code_version(REPO),
             "wall_seconds": round(time.monotonic() - started, 1),
             # other work on the machine skews every figure: a load above 0 before the
             # run means someone else was using the CPUs

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from actorq.bench import (
     Case,
     Verdict,
     check,
+    code_version,
     compare,
     measure_interleaved,
     percentile,
@@ -103,6 +103,9 @@ class Sink(actorq.Actor):
 
 
 # -- the actorq side --------------------------------------------------------------------
+
+
+REPO = Path(__file__).resolve().parent.parent
 
 def actorq_tells(ref: actorq.ActorRef[Sink], n: int) -> None:
     tell = ref.tell
@@ -336,19 +339,6 @@ def verdicts(results: list[BenchResult]) -> list[Verdict]:
     ]
 
 
-def code_version() -> str:
-    """The commit measured, and whether the working tree had changes (they are measured too)."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "actorq"],
-                               capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    changed = len(dirty.stdout.splitlines())
-    suffix = f" + {changed} uncommitted change(s) under actorq/" if changed else ""
-    return head.stdout.strip() + suffix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     print("running bench_idle ...", file=sys.stderr, flush=True)
     results += bench_idle(p)
     checks = verdicts(results)
-    meta = {"mode": "quick" if args.quick else "full", "code": code_version(),
+    meta = {"mode": "quick" if args.quick else "full", "code": code_version(REPO),
             "start_method": start_method,
             "wall_seconds": round(time.monotonic() - started, 1),
             # other work on the machine skews every figure: a load above 0 before the

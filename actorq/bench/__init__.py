@@ -18,11 +18,13 @@ Example::
 from __future__ import annotations
 
 from actorq.bench.report import (
+    code_version,
     format_value,
     machine_info,
     render_markdown,
     results_table,
     verdicts_table,
+    write_atomic,
     write_results,
 )
 from actorq.bench.timing import (
@@ -41,6 +43,7 @@ __all__ = [
     "Case",
     "Verdict",
     "check",
+    "code_version",
     "compare",
     "format_value",
     "machine_info",
@@ -50,5 +53,6 @@ __all__ = [
     "render_markdown",
     "results_table",
     "verdicts_table",
+    "write_atomic",
     "write_results",
 ]

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -242,14 +243,15 @@ def write_results(results: Sequence[BenchResult], path_json: str | os.PathLike[s
         "verdicts": [v.summary() for v in verdicts],
         "results": [r.summary() for r in results],
     }
-    _write_atomic(Path(path_json), json.dumps(doc, indent=2, ensure_ascii=False,
+    write_atomic(Path(path_json), json.dumps(doc, indent=2, ensure_ascii=False,
                                               allow_nan=False) + "\n")
-    _write_atomic(Path(path_md), render_markdown(results, verdicts, machine, title=title,
+    write_atomic(Path(path_md), render_markdown(results, verdicts, machine, title=title,
                                                  meta=meta))
     return doc
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write *text* to *path* through a temporary file, so a reader never sees half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -259,3 +261,17 @@ def _write_atomic(path: Path, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def code_version(repo: Path) -> str:
+    """The commit of *repo* measured, and whether actorq/ had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "actorq"],
+                               capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    changed = len(dirty.stdout.splitlines())
+    suffix = f" + {changed} uncommitted change(s) under actorq/" if changed else ""
+    return head.stdout.strip() + suffix
