@@ -23,6 +23,7 @@ import atexit
 import concurrent.futures
 import logging
 import os
+import platform
 import threading
 import weakref
 from typing import Any, TypeVar
@@ -91,6 +92,11 @@ class ActorSystem(Runtime):
         self.workers = workers or os.cpu_count() or 1
         self._closing = False
         self._closed = False
+        if platform.machine() not in ("x86_64", "AMD64"):
+            logger.warning(
+                "actorq's shared-memory rings rely on x86-64 store ordering; on %s their "
+                "ordering is not guaranteed by pure Python (see docs/concepts.md)",
+                platform.machine())
         self._init_runtime()
         sweep()  # what dead runs left in /dev/shm
         self.run_id = new_run_prefix()
