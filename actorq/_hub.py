@@ -89,7 +89,7 @@ class Hub:
         """Send a call to *ref* and return its ``Reply`` (see ``ActorRef.call``)."""
         check_picklable(lambda: ref._describe(method), args, kwargs)
         token = next_token()
-        reply: Reply[Any] = Reply(self, ref.actor_id, token, ref._describe(method))
+        reply: Reply[Any] = Reply(self, ref, token, method)
         self.pending[token] = reply
         try:
             self.send(ref, (OP_CALL, token, self.id, method, args, kwargs or {}),
@@ -154,8 +154,7 @@ class Hub:
                         return  # parked: sent when granted
                     self._wait_turn(chan, ref, waiter, msg)
                     return
-        self.dirty.add(chan)
-        self.schedule_flush()
+        self.mark_dirty(chan)
 
     def _append_locked(self, chan: OutChannel, msg: tuple[Any, ...]) -> bool:
         """Append under ``chan.lock``; True if the caller must mark the channel dirty."""
@@ -239,8 +238,7 @@ class Hub:
             raise Backpressure(text)
         gate.consume(waiter)
         if self._append_locked(chan, msg):
-            self.dirty.add(chan)
-            self.schedule_flush()
+            self.mark_dirty(chan)
 
     def _send_granted(self, chan: OutChannel, waiter: Waiter, msg: tuple[Any, ...]) -> None:
         """A parked message got its credit: into the outbox it goes."""
@@ -250,8 +248,7 @@ class Hub:
             chan.gate.consume(waiter)
             dirty = self._append_locked(chan, msg)
         if dirty:
-            self.dirty.add(chan)
-            self.schedule_flush()
+            self.mark_dirty(chan)
 
     def _expire_later(self, chan: OutChannel, waiter: Waiter, ref: ActorRef[Any],
                       msg: tuple[Any, ...]) -> None:
@@ -332,6 +329,11 @@ class Hub:
     def idle_wait(self, event: threading.Event, seconds: float) -> None:
         """Wait up to *seconds* for *event* while waiting for credit."""
         event.wait(seconds)
+
+    def mark_dirty(self, chan: OutChannel) -> None:
+        """*chan*'s outbox has messages: flush it by the end of this loop iteration."""
+        self.dirty.add(chan)
+        self.schedule_flush()
 
     def schedule_flush(self) -> None:
         """Make sure dirty outboxes are flushed by the end of this loop iteration."""

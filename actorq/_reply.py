@@ -18,6 +18,7 @@ from actorq._errors import ActorqError, CallTimeout, DeadlockError, rebuild
 
 if TYPE_CHECKING:
     from actorq._hub import Hub
+    from actorq._ref import ActorRef
 
 T = TypeVar("T")
 
@@ -34,22 +35,29 @@ class Reply(Generic[T]):
         "_event",
         "_exc",
         "_hub",
+        "_method",
+        "_ref",
         "_value",
-        "describe",
         "target_id",
         "token",
     )
 
-    def __init__(self, hub: Hub, target_id: int, token: int, describe: str) -> None:
+    def __init__(self, hub: Hub, ref: ActorRef[Any], token: int, method: str) -> None:
         self._hub = hub
-        self.target_id = target_id
+        self.target_id = ref.actor_id
+        self._ref = ref
         self.token = token
-        self.describe = describe  # "Counter 'c'.incr", for error messages
+        self._method = method
         self._done = False
         self._value: Any = None
         self._exc: BaseException | None = None
         self._event: threading.Event | None = None
         self._callbacks: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
+
+    @property
+    def describe(self) -> str:
+        """``"Counter 'c'.incr"``, for error messages (formatted only when one is needed)."""
+        return self._ref._describe(self._method)
 
     # -- resolution (hub side) ----------------------------------------------------------
 

@@ -102,5 +102,4 @@ class SystemHub(Hub):
             return
         with chan.lock:
             chan.outbox.append((OP_REPLY, token, False, exc, ""))
-        self.dirty.add(chan)
-        self.schedule_flush()
+        self.mark_dirty(chan)
