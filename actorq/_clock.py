@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+
+_monotonic = time.monotonic
 
 
-@dataclass(frozen=True, slots=True)
 class Deadline:
-    """An absolute point on ``time.monotonic()``'s clock."""
+    """An absolute point on ``time.monotonic()``'s clock.
 
-    at: float
-    timeout: float
+    A plain slotted class, not a frozen dataclass: one is built for every synchronous
+    call, and a frozen dataclass's ``__init__`` costs a microsecond here.
+    """
+
+    __slots__ = ("at", "timeout")
+
+    def __init__(self, at: float, timeout: float) -> None:
+        self.at = at
+        self.timeout = timeout
 
     @classmethod
     def after(cls, timeout: float) -> Deadline:
         """Return the deadline *timeout* seconds from now."""
-        return cls(time.monotonic() + timeout, timeout)
+        return cls(_monotonic() + timeout, timeout)
 
     def remaining(self) -> float:
         """Seconds left, never negative."""

@@ -66,6 +66,10 @@ logger = logging.getLogger(__name__)
 # handler waits): more only moves the backlog from the ring into the heap.
 READ_AHEAD = int(os.environ.get("ACTORQ_READ_AHEAD", 1024))
 
+# Result types that are never awaitable (checked before the costlier inspect.isawaitable).
+_PLAIN = frozenset({type(None), int, float, str, bytes, bool, tuple, list, dict, set,
+                    frozenset, complex, bytearray})
+
 # A busy actor returns to its loop at least this often (seconds).
 TIME_SLICE = 0.01
 
@@ -208,6 +212,19 @@ class ActorHub(Hub):
         """Calls read and waiting to be handled."""
         return len(self.queue)
 
+    def dispatch_all(self, msgs: list[Any], entry: OpenRecord) -> None:
+        """Queue the calls of a record (``dispatch`` inlined: this runs per message)."""
+        done = entry.done
+        append = self.queue.append
+        for index, msg in enumerate(msgs):
+            if done[index]:
+                continue
+            if msg[0] == OP_REPLY:
+                self.resolve(msg)
+                entry.done_one(index)
+            else:
+                append((entry, index, msg))
+
     def dispatch(self, msg: tuple[Any, ...], entry: OpenRecord, index: int) -> None:
         """Replies resolve at once; calls wait their turn in the queue."""
         if msg[0] == OP_REPLY:
@@ -254,21 +271,22 @@ class ActorHub(Hub):
                     self.busy = False
                     self.finish(entry, index, token, reply_to, False, exc, format_remote(exc))
                     continue
-                if result is not None and inspect.isawaitable(result):
+                if type(result) not in _PLAIN and inspect.isawaitable(result):
                     task = asyncio.ensure_future(result)
                     task.add_done_callback(
                         functools.partial(self._async_done, entry=entry, index=index,
                                           token=token, reply_to=reply_to))
                     return
                 self.busy = False
-                if token:
-                    self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
                 slots[C_BUSY] = 0
                 handled += 1
                 if self.aimd is not None and self.aimd.observe(
                         time.perf_counter() - entry.t_read):
                     slots[C_WINDOW] = self.aimd.window
-                entry.done_one(index)
+                entry.done_one(index)  # committed: its credit is back before the reply is
+                if token:
+                    self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
+                    slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
         finally:
             self.sync_depth -= 1
             slots[C_HANDLED] += handled
@@ -287,15 +305,18 @@ class ActorHub(Hub):
 
     def finish(self, entry: OpenRecord, index: int, token: int, reply_to: int, ok: bool,
                value: Any, tb: str) -> None:
-        """Queue the reply (or log a tell's error), then count the message handled."""
-        if token:
-            self.send_reply(reply_to, (OP_REPLY, token, ok, value, tb))
-        elif not ok:
-            self.log_tell_error(value, tb)
+        """Count the message handled and commit it, then send the reply (or log a tell's
+        error). Until the reply is out, ``C_TOKEN`` names the call whose caller a crash
+        must fail."""
         slots = self.ctl.slots
         slots[C_BUSY] = 0
         slots[C_HANDLED] += 1
         entry.done_one(index)
+        if token:
+            self.send_reply(reply_to, (OP_REPLY, token, ok, value, tb))
+            slots[C_TOKEN] = 0
+        elif not ok:
+            self.log_tell_error(value, tb)
 
     def log_tell_error(self, exc: BaseException, tb: str) -> None:
         """A told message raised: nobody waits for it, so log it (the first of each kind
@@ -320,7 +341,17 @@ class ActorHub(Hub):
             except ActorStopped:
                 return  # the caller is gone: nobody is waiting for this reply
         with chan.lock:
-            chan.outbox.append(msg)
+            if not chan.outbox and not chan.encoded:
+                # The common case: written now, as its own record (the caller may be
+                # spinning on it), ahead of the commit that gives the call's credit back.
+                body, count = self.encode([msg])  # an unpicklable value: an error reply
+                if chan.ring.try_write(body, count):
+                    chan.ring_doorbell()
+                    return
+                chan.encoded.append((body, count))
+                chan.encoded_count += count
+            else:
+                chan.outbox.append(msg)
         self.dirty.add(chan)
 
     def unpicklable(self, msg: tuple[Any, ...], exc: BaseException) -> tuple[Any, ...] | None:

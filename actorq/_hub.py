@@ -28,7 +28,7 @@ from actorq._config import SystemConfig
 from actorq._errors import ActorStopped, Backpressure, format_remote
 from actorq._ids import next_token
 from actorq._reply import Reply, error_from_wire
-from actorq._serialization import SAFE_TYPES, check_picklable
+from actorq._serialization import SAFE_TYPES, check_picklable, quick_safe
 from actorq._transport.channel import (
     C_LOST,
     C_PARKED,
@@ -55,7 +55,8 @@ OP_CALL = 1
 OP_REPLY = 2
 SYSTEM_ID = 0
 DRAIN_QUANTUM = 256  # messages per ring per round of a drain (one full burst record)
-_NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: tells carry no keywords
+_NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without keywords
+_dumps = pickle.dumps
 
 
 class Hub:
@@ -81,23 +82,50 @@ class Hub:
         self.drain_lock = threading.Lock()
         self.waiting_chans: set[OutChannel] = set()  # channels with producers in line
         self._rr = 0  # where the next drain starts
+        self._outbox_fast = config.outbox_messages - 1  # tell's fast path appends below this
 
     # -- sending ------------------------------------------------------------------------
 
     def call(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
              kwargs: dict[str, Any] | None) -> Reply[Any]:
         """Send a call to *ref* and return its ``Reply`` (see ``ActorRef.call``)."""
-        check_picklable(lambda: ref._describe(method), args, kwargs)
+        plain = quick_safe(args) and (not kwargs or quick_safe(kwargs.values()))
+        if not plain:
+            check_picklable(lambda: ref._describe(method), args, kwargs)
         token = next_token()
         reply: Reply[Any] = Reply(self, ref, token, method)
         self.pending[token] = reply
+        msg = (OP_CALL, token, self.id, method, args, kwargs or _NO_KWARGS)
         try:
-            self.send(ref, (OP_CALL, token, self.id, method, args, kwargs or {}),
-                      nowait=False)
+            if not (plain and self._send_now(ref.actor_id, msg)):
+                self.send(ref, msg, nowait=False)
         except BaseException:
             self.pending.pop(token, None)
             raise
         return reply
+
+    def _send_now(self, target: int, msg: tuple[Any, ...]) -> bool:
+        """The latency path: a call of plain data to an idle receiver, off the loop.
+
+        Written to the ring at once, as a record of its own (no burst to wait for), and
+        pickled without the out-of-band hook (plain data has no large buffers). False,
+        with nothing sent, whenever anything is unusual: no channel yet, no credit, others
+        waiting or queued ahead of us, the receiver busy, or a record too big or not
+        fitting now; ``send`` then handles it.
+        """
+        chan = self.outbound.get(target)
+        if chan is None or threading.get_ident() == self.loop_thread_id:
+            return False
+        with chan.lock:
+            if (chan.credits <= 0 or chan.gate.waiting or chan.outbox or chan.encoded
+                    or chan.ring.in_flight()):
+                return False
+            body = _dumps([msg], 5)
+            if len(body) > self._max_inline() or not chan.ring.try_write(body, 1):
+                return False
+            chan.credits -= 1
+            chan.ring_doorbell()
+        return True
 
     def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
         """Send *message* to *ref*'s ``receive`` without a reply.
@@ -116,7 +144,7 @@ class Hub:
         chan = self.outbound.get(ref.actor_id)
         if chan is not None and chan.credits > 0 and not chan.gate.waiting:
             with chan.lock:
-                if chan.credits > 0 and 1 <= len(chan.outbox) < self.config.outbox_messages - 1:
+                if chan.credits > 0 and 0 < len(chan.outbox) < self._outbox_fast:
                     chan.credits -= 1
                     chan.outbox.append(msg)
                     return
@@ -369,18 +397,24 @@ class Hub:
                     complete = False
         return complete
 
-    def encode(self, msgs: list[Any]) -> bytes:
-        """Pickle a burst as one record; isolate messages that cannot be pickled."""
+    def encode(self, msgs: list[Any]) -> tuple[bytes, int]:
+        """Pickle a burst as one record; return it and how many messages it holds.
+
+        A message that cannot be pickled is replaced (an error reply) or dropped
+        (``unpicklable``), so the count may be lower than ``len(msgs)``: the record's
+        header must say how many it really holds, or its receiver would wait forever
+        for the missing ones before committing it.
+        """
         cfg = self.config
         try:
             return encode_batch(msgs, oob_threshold=cfg.oob_threshold,
                                 max_inline=self._max_inline(), namer=self.namer,
-                                pool=self.pool)
+                                pool=self.pool), len(msgs)
         except Exception:
             good = [m for m in (self._encodable(m) for m in msgs) if m is not None]
             return encode_batch(good, oob_threshold=cfg.oob_threshold,
                                 max_inline=self._max_inline(), namer=self.namer,
-                                pool=self.pool)
+                                pool=self.pool), len(good)
 
     def _max_inline(self) -> int:
         return self.config.ring_size // 2 - 8
@@ -454,12 +488,19 @@ class Hub:
             rec = rec._replace(count=0)
         finally:
             rec.payload.release()
+        if msgs and not chan.open_records and (
+                msgs[0][0] == OP_REPLY if len(msgs) == 1
+                else all(msg[0] == OP_REPLY for msg in msgs)):
+            # Only replies, nothing open before it: resolve them all and commit the record
+            # at once (the common case for callers; no per-message bookkeeping).
+            skip = chan.ring.skip_count(rec.pos)
+            for msg in msgs[skip:] if skip else msgs:
+                self.resolve(msg)
+            chan.commit_now(rec, unlink)
+            return len(msgs)
         entry = chan.open(rec, unlink)
         entry.t_read = now
-        done = entry.done
-        for index, msg in enumerate(msgs):
-            if not done[index]:
-                self.dispatch(msg, entry, index)
+        self.dispatch_all(msgs, entry)
         if not msgs:
             chan.commit_ready()
         return len(msgs)
@@ -467,6 +508,13 @@ class Hub:
     def backlog(self) -> int:
         """Messages read but not yet handled (none on the system side)."""
         return 0
+
+    def dispatch_all(self, msgs: list[Any], entry: OpenRecord) -> None:
+        """Dispatch the messages of a record that are not handled yet."""
+        done = entry.done
+        for index, msg in enumerate(msgs):
+            if not done[index]:
+                self.dispatch(msg, entry, index)
 
     def dispatch(self, msg: tuple[Any, ...], entry: OpenRecord, index: int) -> None:
         """Handle one message read from a ring (replies here; calls in ``ActorHub``)."""
@@ -499,7 +547,11 @@ class Hub:
 
     def has_unread(self) -> bool:
         """True if some inbound ring has a record this hub has not read yet."""
-        return any(ch.ring.hdr[H_TAIL] != ch.cursor for ch in list(self.inbound.values()))
+        # a snapshot (the loop thread may add a ring); a plain loop, not any(): no generator
+        for ch in tuple(self.inbound.values()):  # noqa: SIM110
+            if ch.ring.hdr[H_TAIL] != ch.cursor:
+                return True
+        return False
 
     def park(self) -> bool:
         """Mark this consumer parked; False (and unparked) if data arrived meanwhile."""

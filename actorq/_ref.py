@@ -6,7 +6,6 @@ the same run, it calls through that process's own direct channel to the target.
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from actorq._errors import ActorStopped
@@ -93,7 +92,16 @@ class ActorRef(Generic[A]):
         bound = self._methods.get(method)
         if bound is None:
             self._check_method(method)
-            bound = self._methods[method] = functools.partial(self.call, method)
+            bound = self._methods[method] = self._bind(method)
+        return bound
+
+    def _bind(self, method: str) -> Any:
+        """``ref.method``: straight to the hub (the name was checked once, here)."""
+
+        def bound(*args: Any, **kwargs: Any) -> Reply[Any]:
+            return (self._hub or self._get_hub()).call(self, method, args, kwargs)
+
+        bound.__name__ = bound.__qualname__ = method
         return bound
 
     def _check_method(self, method: str) -> None:

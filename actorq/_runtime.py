@@ -420,9 +420,13 @@ class Runtime:
         """Fail (or redeliver) the message the dead actor was handling, per its slot."""
         slots = cell.ctl.slots
         busy, token, reply_to = slots[C_BUSY], slots[C_TOKEN], slots[C_REPLY_TO]
-        slots[C_BUSY] = 0
+        slots[C_BUSY] = slots[C_TOKEN] = 0
         if not busy:
             cell.poison_key = None
+            if token:  # a call was handled and committed, but its reply may not be out
+                self._fail_caller(reply_to - 1, token,
+                                  f"{text} after handling this call, before its reply "
+                                  "was sent", cause)
             return
         sender = busy - 1
         seg = cell.inbound.get(sender)

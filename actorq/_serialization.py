@@ -29,7 +29,9 @@ def loads(data: bytes | memoryview, buffers: Any = None) -> Any:
     return pickle.loads(data, buffers=buffers)
 
 
-def _quick_safe(values: Any) -> bool:
+def quick_safe(values: Any) -> bool:
+    """True if *values* are scalars or small tuples/lists of scalars (no pickling needed
+    to know they pickle, and no large buffers among them)."""
     for v in values:
         t = type(v)
         if t in _SAFE:
@@ -54,7 +56,7 @@ def check_picklable(what: str | Callable[[], str], args: tuple[Any, ...],
     nothing here). Called at the call site, so that a bad argument never reaches a batch.
     *what* names the call in the error (a callable is only called on error).
     """
-    if _quick_safe(args) and (not kwargs or _quick_safe(kwargs.values())):
+    if quick_safe(args) and (not kwargs or quick_safe(kwargs.values())):
         return
     name = what if isinstance(what, str) else what()
     for index, value in enumerate(args):

@@ -19,9 +19,12 @@ from actorq._hub import OP_REPLY, SYSTEM_ID, Hub
 from actorq._ref import ActorRef
 from actorq._reply import Reply
 from actorq._transport.channel import C_WAKEUPS, ControlBlock
+from actorq._transport.ring import H_TAIL
 
 if TYPE_CHECKING:
     from actorq._runtime import Runtime
+
+SPIN_SWEEP = 32  # a spinning caller looks at every inbound ring once per this many turns
 
 
 class SystemHub(Hub):
@@ -55,25 +58,46 @@ class SystemHub(Hub):
         if threading.get_ident() == self.loop_thread_id:
             msg = f"{reply.describe}: result() called on the actor system's own loop; use await"
             raise RuntimeError(msg)
-        self.flush_dirty()
+        if self.dirty:
+            self.flush_dirty()
         if not reply._done:
             self.spin_for(reply)
         while not reply._done and not deadline.expired():
             reply._wait_event(deadline)
 
     def spin_for(self, reply: Reply[Any]) -> None:
-        """Poll the inbound rings from this thread for ``spin_seconds`` x 4."""
+        """Poll the inbound rings from this thread for ``spin_seconds`` x 4.
+
+        The ring from the called actor is looked at on every turn (its reply comes that
+        way), the others every ``SPIN_SWEEP`` turns: replies to other threads' calls
+        wait at most that long, and the loop thread reads them once we park.
+        """
         with self.spin_lock:
             self.spinners += 1
             self.unpark()
         try:
-            end = time.perf_counter() + self.config.spin_seconds * 4
-            while not reply._done and time.perf_counter() < end:
-                if self.has_unread() and self.drain_lock.acquire(blocking=False):
-                    try:
-                        self.drain()
-                    finally:
-                        self.drain_lock.release()
+            chan = self.inbound.get(reply.target_id)
+            hdr = chan.ring.hdr if chan is not None else None
+            clock = time.perf_counter
+            end = clock() + self.config.spin_seconds * 4
+            turn = 0
+            while not reply._done:
+                turn += 1
+                if hdr is not None and hdr[H_TAIL] != chan.cursor:  # type: ignore[union-attr]
+                    if self.drain_lock.acquire(blocking=False):
+                        try:  # only this ring: the reply comes this way
+                            while (rec := chan.read_next()) is not None:  # type: ignore[union-attr]
+                                self._take_record(chan, rec, 0.0)  # type: ignore[arg-type]
+                        finally:
+                            self.drain_lock.release()
+                elif turn % SPIN_SWEEP == 0 and self.has_unread():
+                    if self.drain_lock.acquire(blocking=False):
+                        try:
+                            self.drain()
+                        finally:
+                            self.drain_lock.release()
+                elif clock() > end:
+                    break
         finally:
             self.park_if_idle()
 

@@ -31,6 +31,8 @@ from actorq._transport.credit import CreditGate
 from actorq._transport.oob import run_after_commit
 from actorq._transport.ring import (
     H_BACKPRESSURE,
+    H_CUR_REC,
+    H_CUR_SUB,
     H_WAIT_NS,
     H_WAITING,
     H_WAITS,
@@ -172,13 +174,16 @@ class OutChannel:
     def flush_locked(self, encode: Any) -> bool:
         """Write the outbox as record(s); True if everything reached the ring.
 
-        Caller holds ``lock``. *encode* turns a list of messages into a payload. What
-        does not fit stays encoded, in order, for the next flush.
+        Caller holds ``lock``. *encode* turns a list of messages into a payload and the
+        number of messages it holds (fewer if some could not be pickled). What does not
+        fit stays encoded, in order, for the next flush.
         """
         if self.outbox:
             msgs, self.outbox = self.outbox, []
-            self.encoded.append((encode(msgs), len(msgs)))
-            self.encoded_count += len(msgs)
+            payload, count = encode(msgs)
+            if count:
+                self.encoded.append((payload, count))
+                self.encoded_count += count
         wrote = False
         while self.encoded:
             payload, count = self.encoded[0]
@@ -254,13 +259,25 @@ class InChannel:
             if entry.unlink:
                 run_after_commit(entry.unlink)
         if committed:
-            # credit went back: a producer waiting for it asked to be rung (store handled,
-            # then load want: the fence keeps the load after the store)
-            fence()
-            want = self.ring.hdr[H_WANT]
-            if want and want != self.last_want and self.producer_efd >= 0:
-                self.last_want = want
-                os.eventfd_write(self.producer_efd, 1)
+            self.credit_returned()
+
+    def commit_now(self, rec: Record, unlink: list[Any]) -> None:
+        """Commit *rec*, handled as soon as read (no record may be open before it)."""
+        self.ring.commit(rec.end, rec.count)
+        if unlink:
+            run_after_commit(unlink)
+        self.credit_returned()
+
+    def credit_returned(self) -> None:
+        """Credit went back: ring the producer if it waits for some and asked to be rung.
+
+        Store handled, then load want: the fence keeps the load after the store.
+        """
+        fence()
+        want = self.ring.hdr[H_WANT]
+        if want and want != self.last_want and self.producer_efd >= 0:
+            self.last_want = want
+            os.eventfd_write(self.producer_efd, 1)
 
     def close(self) -> None:
         """Release views and unmap."""
@@ -283,16 +300,27 @@ class OpenRecord:
         self.t_read = 0.0  # perf_counter() when read (adaptive window samples)
 
     def done_one(self, index: int) -> None:
-        """Mark message *index* handled; publish progress or commit."""
+        """Mark message *index* handled; publish progress or commit.
+
+        Per message on the hot path, so ``Ring.mark_progress`` is inlined: ``cur_sub``
+        first, then ``cur_rec`` (a crash in between re-delivers one message rather than
+        skipping any).
+        """
         done = self.done
         done[index] = True
-        prefix, count = self.prefix, self.rec.count
+        prefix = self.prefix
+        if index != prefix:
+            return  # handled out of order: the handled prefix did not move
+        count = self.rec.count
+        prefix += 1
         while prefix < count and done[prefix]:
             prefix += 1
-        if prefix == self.prefix:
-            return
         self.prefix = prefix
         if prefix < count:
-            self.chan.ring.mark_progress(self.rec.pos, prefix)
+            hdr = self.chan.ring.hdr
+            hdr[H_CUR_SUB] = prefix
+            pos = self.rec.pos
+            if hdr[H_CUR_REC] != pos:
+                hdr[H_CUR_REC] = pos
         else:
             self.chan.commit_ready()

@@ -229,3 +229,38 @@ def test_a_producer_killed_mid_burst_corrupts_nothing(system):
     assert sink.seen_of("other").result() == list(range(5000))
     got = sink.seen_of("victim").result()
     assert got == list(range(len(got)))  # a prefix, in order: no torn or repeated record
+
+
+class _KillsWhenPickled:
+    """A return value whose pickling SIGKILLs the process that pickles it."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+        return (int, ())  # pragma: no cover - never reached
+
+
+class Committer(actorq.Actor):
+    def __init__(self, log_path):
+        self.log_path = log_path
+
+    def handled_then_die(self):
+        with open(self.log_path, "a") as f:
+            f.write("handled\n")
+        return _KillsWhenPickled()
+
+    def pid(self):
+        return os.getpid()
+
+
+def test_a_crash_after_the_commit_but_before_the_reply_fails_the_caller(any_system,
+                                                                        tmp_path):
+    # The handler ran and its call was committed; the process died while its reply was
+    # being pickled. The caller must hear of it at once, not wait for the call timeout,
+    # and the call (already handled) must not run again in the restarted instance.
+    log = tmp_path / "log"
+    a = any_system.spawn(Committer, str(log))
+    pid = a.pid().result()
+    with pytest.raises(actorq.ActorCrashed, match="after handling this call"):
+        a.handled_then_die().result(timeout=30)
+    assert a.pid().result() != pid  # restarted, and serving
+    assert log.read_text() == "handled\n"
