@@ -21,6 +21,7 @@ import inspect
 import logging
 import multiprocessing
 import os
+import pickle
 import select
 import signal
 import socket
@@ -42,6 +43,7 @@ from actorq._hub import OP_REPLY, Hub
 from actorq._process.deathsig import set_pdeathsig
 from actorq._ref import ActorRef, register_hub
 from actorq._reply import Reply
+from actorq._serialization import SAFE_TYPES
 from actorq._transport import control
 from actorq._transport.aimd import AIMDWindow
 from actorq._transport.channel import (
@@ -66,6 +68,8 @@ logger = logging.getLogger(__name__)
 # handler waits): more only moves the backlog from the ring into the heap.
 READ_AHEAD = int(os.environ.get("ACTORQ_READ_AHEAD", 1024))
 
+_dumps = pickle.dumps
+
 # Result types that are never awaitable (checked before the costlier inspect.isawaitable).
 _PLAIN = frozenset({type(None), int, float, str, bytes, bool, tuple, list, dict, set,
                     frozenset, complex, bytearray})
@@ -80,6 +84,8 @@ EXIT_UNCAUGHT = 5
 
 class ActorHub(Hub):
     """The hub of an actor process: runs handlers, and opens channels through the system."""
+
+    may_deadlock = True
 
     def __init__(self, host: Host, info: dict[str, Any], ctl: ControlBlock, efd: int):
         super().__init__(info["id"], info["run_id"], info["config"], ctl, efd)
@@ -344,7 +350,12 @@ class ActorHub(Hub):
             if not chan.outbox and not chan.encoded:
                 # The common case: written now, as its own record (the caller may be
                 # spinning on it), ahead of the commit that gives the call's credit back.
-                body, count = self.encode([msg])  # an unpicklable value: an error reply
+                if type(msg[3]) in SAFE_TYPES:  # plain data: no out-of-band hook needed
+                    body, count = _dumps([msg], 5), 1
+                    if len(body) > self.max_inline:
+                        body, count = self.encode([msg])
+                else:  # an unpicklable value becomes an error reply
+                    body, count = self.encode([msg])
                 if chan.ring.try_write(body, count):
                     chan.ring_doorbell()
                     return
@@ -504,7 +515,8 @@ class Host:
                 hub.grant_all()
             hub.drain(READ_AHEAD)
             hub.pump()
-            hub.flush_or_retry()
+            if hub.dirty:
+                hub.flush_or_retry()
             if self.stopping:
                 if not hub.busy and not self.done.done():
                     self.done.set_result(None)

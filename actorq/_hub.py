@@ -62,6 +62,8 @@ _dumps = pickle.dumps
 class Hub:
     """The channels of one process. Subclasses: ``SystemHub``, ``ActorHub``."""
 
+    may_deadlock = False  # True where waiting on a reply can be a self-wait (actors)
+
     def __init__(self, hub_id: int, run_id: str, config: SystemConfig, ctl: ControlBlock,
                  efd: int) -> None:
         self.id = hub_id
@@ -83,6 +85,7 @@ class Hub:
         self.waiting_chans: set[OutChannel] = set()  # channels with producers in line
         self._rr = 0  # where the next drain starts
         self._outbox_fast = config.outbox_messages - 1  # tell's fast path appends below this
+        self.max_inline = config.ring_size // 2 - 8  # bigger records take the spill path
 
     # -- sending ------------------------------------------------------------------------
 
@@ -121,7 +124,7 @@ class Hub:
                     or chan.ring.in_flight()):
                 return False
             body = _dumps([msg], 5)
-            if len(body) > self._max_inline() or not chan.ring.try_write(body, 1):
+            if len(body) > self.max_inline or not chan.ring.try_write(body, 1):
                 return False
             chan.credits -= 1
             chan.ring_doorbell()
@@ -138,7 +141,7 @@ class Hub:
         kind = type(message)
         if kind not in SAFE_TYPES and not (
                 kind is tuple and len(message) <= 16
-                and all(map(SAFE_TYPES.__contains__, map(type, message)))):
+                and SAFE_TYPES.issuperset(map(type, message))):
             check_picklable(lambda: ref._describe("receive"), args, None)
         msg = (OP_CALL, 0, self.id, "receive", args, _NO_KWARGS)
         chan = self.outbound.get(ref.actor_id)
@@ -408,16 +411,13 @@ class Hub:
         cfg = self.config
         try:
             return encode_batch(msgs, oob_threshold=cfg.oob_threshold,
-                                max_inline=self._max_inline(), namer=self.namer,
+                                max_inline=self.max_inline, namer=self.namer,
                                 pool=self.pool), len(msgs)
         except Exception:
             good = [m for m in (self._encodable(m) for m in msgs) if m is not None]
             return encode_batch(good, oob_threshold=cfg.oob_threshold,
-                                max_inline=self._max_inline(), namer=self.namer,
+                                max_inline=self.max_inline, namer=self.namer,
                                 pool=self.pool), len(good)
-
-    def _max_inline(self) -> int:
-        return self.config.ring_size // 2 - 8
 
     def _encodable(self, msg: tuple[Any, ...]) -> tuple[Any, ...] | None:
         try:

@@ -111,7 +111,8 @@ class Reply(Generic[T]):
         if not self._done:
             wait = timeout if timeout is not None else self._hub.config.call_timeout
             deadline = Deadline.after(wait)
-            self._check_deadlock()
+            if self._hub.may_deadlock:
+                self._check_deadlock()
             self._hub.wait_reply(self, deadline)
             if not self._done:
                 raise self._timeout_error(deadline)
