@@ -28,7 +28,6 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 from typing import Any
 
 # Imported here, not in main(): under fork, a child made while another thread held the
@@ -90,7 +89,6 @@ class ActorHub(Hub):
     def __init__(self, host: Host, info: dict[str, Any], ctl: ControlBlock, efd: int):
         super().__init__(info["id"], info["run_id"], info["config"], ctl, efd)
         self.host = host
-        self.queue: deque[tuple[OpenRecord, int, tuple[Any, ...]]] = deque()
         self.busy = False
         self.tell_errors: dict[tuple[str, str], int] = {}
         self.gap_ewma = 0.0  # recent idle stretches, seconds (adaptive spinning)
@@ -213,10 +211,6 @@ class ActorHub(Hub):
         self.gap_ewma += 0.25 * (seconds - self.gap_ewma)
 
     # -- handling -----------------------------------------------------------------------
-
-    def backlog(self) -> int:
-        """Calls read and waiting to be handled."""
-        return len(self.queue)
 
     def dispatch_all(self, msgs: list[Any], entry: OpenRecord) -> None:
         """Queue the calls of a record (``dispatch`` inlined: this runs per message)."""

@@ -20,6 +20,7 @@ import pickle
 import select
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ from actorq._transport.channel import (
     fence,
 )
 from actorq._transport.credit import Waiter
-from actorq._transport.oob import BlockPool, decode_batch, encode_batch
+from actorq._transport.oob import BlockPool, decode_loaded, encode_batch
 from actorq._transport.ring import H_TAIL
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ SYSTEM_ID = 0
 DRAIN_QUANTUM = 256  # messages per ring per round of a drain (one full burst record)
 _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without keywords
 _dumps = pickle.dumps
+_loads = pickle.loads
 
 
 class Hub:
@@ -84,6 +86,8 @@ class Hub:
         self.drain_lock = threading.Lock()
         self.waiting_chans: set[OutChannel] = set()  # channels with producers in line
         self._rr = 0  # where the next drain starts
+        # calls read and waiting to be handled (only actors handle calls)
+        self.queue: deque[tuple[OpenRecord, int, tuple[Any, ...]]] = deque()
         self._outbox_fast = config.outbox_messages - 1  # tell's fast path appends below this
         self.max_inline = config.ring_size // 2 - 8  # bigger records take the spill path
 
@@ -463,7 +467,7 @@ class Hub:
             for chan in chans:
                 budget = DRAIN_QUANTUM
                 while budget > 0:
-                    if limit and self.backlog() >= limit:
+                    if limit and len(self.queue) >= limit:
                         return n
                     rec = chan.read_next()
                     if rec is None:
@@ -480,7 +484,9 @@ class Hub:
         """Decode one record and dispatch its messages; return how many it held."""
         unlink: list[str] = []
         try:
-            msgs = decode_batch(rec.payload, unlink)
+            msgs = _loads(rec.payload)
+            if type(msgs) is not list:  # out of band buffers, or spilled
+                msgs = decode_loaded(msgs, unlink)
         except Exception:
             logger.exception("dropped a record from hub %d that could not be "
                              "unpickled", chan.sender_id)
@@ -506,8 +512,8 @@ class Hub:
         return len(msgs)
 
     def backlog(self) -> int:
-        """Messages read but not yet handled (none on the system side)."""
-        return 0
+        """Calls read but not yet handled."""
+        return len(self.queue)
 
     def dispatch_all(self, msgs: list[Any], entry: OpenRecord) -> None:
         """Dispatch the messages of a record that are not handled yet."""

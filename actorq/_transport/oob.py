@@ -169,7 +169,11 @@ def decode_batch(payload: memoryview, after_commit: list[Any], *, track: bool = 
     flag to clear). With ``track=False`` (a peek that must not free anything: the system
     reading a dead actor's record) blocks are mapped but their flags left alone.
     """
-    obj = pickle.loads(payload)
+    return decode_loaded(pickle.loads(payload), after_commit, track=track)
+
+
+def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True) -> list[Any]:
+    """``decode_batch`` for a payload already unpickled once (*obj*)."""
     if type(obj) is list:
         return obj
     if obj[0] == _SPILL_TAG:
