@@ -43,7 +43,7 @@ from actorq._transport.channel import (
 )
 from actorq._transport.credit import Waiter
 from actorq._transport.oob import BlockPool, decode_loaded, encode_batch
-from actorq._transport.ring import H_TAIL
+from actorq._transport.ring import H_HANDLED, H_SENT, H_TAIL
 
 if TYPE_CHECKING:
     import asyncio
@@ -96,7 +96,10 @@ class Hub:
     def call(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
              kwargs: dict[str, Any] | None) -> Reply[Any]:
         """Send a call to *ref* and return its ``Reply`` (see ``ActorRef.call``)."""
-        plain = quick_safe(args) and (not kwargs or quick_safe(kwargs.values()))
+        if not kwargs and len(args) == 1 and type(args[0]) in SAFE_TYPES:
+            plain = True  # the most common call: one scalar argument
+        else:
+            plain = quick_safe(args) and (not kwargs or quick_safe(kwargs.values()))
         if not plain:
             check_picklable(lambda: ref._describe(method), args, kwargs)
         token = next_token()
@@ -124,8 +127,9 @@ class Hub:
         if chan is None or threading.get_ident() == self.loop_thread_id:
             return False
         with chan.lock:
+            hdr = chan.ring.hdr  # in_flight() == 0, inlined: the receiver is idle
             if (chan.credits <= 0 or chan.gate.waiting or chan.outbox or chan.encoded
-                    or chan.ring.in_flight()):
+                    or hdr[H_SENT] != hdr[H_HANDLED]):
                 return False
             body = _dumps([msg], 5)
             if len(body) > self.max_inline or not chan.ring.try_write(body, 1):

@@ -69,6 +69,8 @@ class Reply(Generic[T]):
         event = self._event
         if event is not None:
             event.set()
+        if not self._callbacks:
+            return
         for loop, fut in self._callbacks:
             if loop.is_closed():
                 continue
