@@ -355,7 +355,7 @@ class ActorHub(Hub):
         with chan.lock:
             if not chan.outbox and not chan.encoded:
                 # The common case: written now, as its own record (the caller may be
-                # spinning on it), ahead of the commit that gives the call's credit back.
+                # spinning on it); the call itself was committed just before.
                 if type(msg[3]) in SAFE_TYPES:  # plain data: no out-of-band hook needed
                     body, count = _dumps([msg], 5), 1
                     if len(body) > self.max_inline:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from actorq._errors import ActorStopped
 from actorq._hub import OP_REPLY, SYSTEM_ID, Hub
 from actorq._ref import ActorRef
-from actorq._reply import Reply, error_from_wire
-from actorq._transport.channel import C_WAKEUPS, ControlBlock, InChannel
-from actorq._transport.ring import H_CUR_REC, H_HANDLED, H_HEAD, H_TAIL
+from actorq._reply import Reply
+from actorq._transport.channel import C_WAKEUPS, ControlBlock
+from actorq._transport.ring import H_TAIL
 
 if TYPE_CHECKING:
     from actorq._runtime import Runtime
@@ -87,7 +86,8 @@ class SystemHub(Hub):
                 if hdr is not None and hdr[H_TAIL] != chan.cursor:  # type: ignore[union-attr]
                     if self.drain_lock.acquire(blocking=False):
                         try:  # only this ring: the reply comes this way
-                            self.take_replies(chan)  # type: ignore[arg-type]
+                            while (rec := chan.read_next()) is not None:  # type: ignore[union-attr]
+                                self._take_record(chan, rec, 0.0)  # type: ignore[arg-type]
                         finally:
                             self.drain_lock.release()
                 elif turn % SPIN_SWEEP == 0 and self.has_unread():
@@ -100,42 +100,6 @@ class SystemHub(Hub):
                     break
         finally:
             self.park_if_idle()
-
-    def take_replies(self, chan: InChannel) -> None:
-        """Read every record of *chan* (``drain_lock`` held): the spinning caller's path.
-
-        ``_take_record`` with the common case inlined: a record that holds only replies
-        (the actor-to-system rings hold nothing else) is resolved and committed at once.
-        Anything else goes the general way.
-        """
-        ring = chan.ring
-        hdr = ring.hdr
-        pending = self.pending
-        while (rec := ring.read_at(chan.cursor)) is not None:
-            chan.cursor = rec.end
-            payload = rec.payload
-            try:
-                msgs = pickle.loads(payload)
-            except Exception:
-                msgs = None
-            if (type(msgs) is not list or chan.open_records
-                    or hdr[H_CUR_REC] == rec.pos):  # out of band, spilled, or half done
-                self._take_record(chan, rec, 0.0)  # decodes it again, and releases it
-                continue
-            payload.release()
-            if not all(msg[0] == OP_REPLY for msg in msgs):
-                self.dispatch_all(msgs, chan.open(rec, []))
-                continue
-            for _op, token, ok, value, tb in msgs:
-                reply = pending.pop(token, None)
-                if reply is not None:
-                    if ok:
-                        reply._resolve(value)
-                    else:
-                        reply._fail(error_from_wire(value, tb))
-            hdr[H_HANDLED] += rec.count
-            hdr[H_HEAD] = rec.end
-            chan.credit_returned()
 
     def park_if_idle(self, leaving_spin: bool = True) -> None:
         """Park unless someone spins; if data slipped in, have the loop read it."""
