@@ -88,9 +88,14 @@ def test_parent_sigkill_takes_children_down_and_sweep_cleans_segments(tmp_path, 
     proc.kill()
     proc.wait(10)
 
+    def gone(pid):
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:  # also when it is reaped between two looks
+            return True
+
     def all_gone():
-        return all(not psutil.pid_exists(p) or psutil.Process(p).status() == "zombie"
-                   for p in pids)
+        return all(gone(p) for p in pids)
 
     wait_until(all_gone, timeout=5, message="actor processes gone after parent SIGKILL")
     # the SIGKILLed user process could not unlink its segments: a sweep (which every
