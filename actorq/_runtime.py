@@ -206,6 +206,14 @@ class Runtime:
         Ring(seg.buf, init=True).release()
         return seg
 
+    def _main_module_hint(self) -> str:
+        """Why a new process may die before it boots: the user's script re-imported."""
+        if self.config.start_method == "fork":
+            return ""
+        return (" (if your main script starts the actor system at import time, put that "
+                "under `if __name__ == \"__main__\":` — with forkserver and spawn every "
+                "new process imports the main module again)")
+
     # -- processes (starter thread) -------------------------------------------------------
 
     def _start_process(self, cell: ActorCell, generation: int) -> None:
@@ -217,7 +225,8 @@ class Runtime:
             proc, sock = got if got is not None else self._spares.start_one()
         except Exception:
             logger.exception("could not start a process for %s", cell.describe())
-            self._on_loop(self._finish, cell, "failed", "its process could not be started")
+            why = "its process could not be started" + self._main_module_hint()
+            self._on_loop(self._finish, cell, "failed", why)
             return
         cell.ctl.slots[C_STOP] = 0
         fds = [cell.efd, self._hub.efd]
@@ -385,6 +394,8 @@ class Runtime:
         cell.crashes[cause] += 1
         self._events[f"crash:{cause}"] += 1
         text = f"{cell.describe()} (pid {cell.pid}) {self._words(cell, cause, code)}"
+        if cell.state == "starting" and cell.failed_start is None and code == 1:
+            text += self._main_module_hint()  # died before it could even boot
         logger.warning("%s", text)
         if cause == "start" and cell.failed_start is not None:
             exc, tb = cell.failed_start

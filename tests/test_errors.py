@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -28,3 +30,22 @@ def test_crashed_keeps_its_cause():
 
 def test_call_timeout_is_a_timeout_error():
     assert issubclass(actorq.CallTimeout, TimeoutError)
+
+
+def test_a_script_without_a_main_guard_is_told_why_its_actors_die(tmp_path):
+    # forkserver and spawn import the main module again in every new process; a script
+    # that starts its system at import time kills each actor process before it boots.
+    script = tmp_path / "noguard.py"
+    script.write_text(
+        "import actorq\n"
+        "class A(actorq.Actor):\n"
+        "    def ping(self):\n"
+        "        return 1\n"
+        "with actorq.ActorSystem(start_method='forkserver') as s:\n"
+        "    print(s.spawn(A).ping().result(timeout=30))\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(("actorq.ActorStopped", "actorq.ActorCrashed")), last
+    assert 'if __name__ == "__main__":' in last
