@@ -524,10 +524,6 @@ class Hub:
             chan.commit_ready()
         return len(msgs)
 
-    def backlog(self) -> int:
-        """Calls read but not yet handled."""
-        return len(self.queue)
-
     def dispatch_all(self, msgs: list[Any], entry: OpenRecord) -> None:
         """Dispatch the messages of a record that are not handled yet."""
         done = entry.done

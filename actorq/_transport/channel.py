@@ -244,9 +244,7 @@ class InChannel:
 
     def open(self, rec: Record, unlink: list[str]) -> OpenRecord:
         """Track *rec* until committed; messages a predecessor handled count as done."""
-        hdr = self.ring.hdr  # Ring.skip_count, inlined (per record)
-        skip = hdr[H_CUR_SUB] if hdr[H_CUR_REC] == rec.pos else 0
-        entry = OpenRecord(self, rec, unlink, skip)
+        entry = OpenRecord(self, rec, unlink, self.ring.skip_count(rec.pos))
         self.open_records.append(entry)
         return entry
 
@@ -298,7 +296,7 @@ class OpenRecord:
         self.rec = rec
         self.unlink = unlink
         self.prefix = skip
-        self.done = [True] * skip + [False] * (rec.count - skip) if skip else [False] * rec.count
+        self.done = [True] * skip + [False] * (rec.count - skip)
         self.t_read = 0.0  # perf_counter() when read (adaptive window samples)
 
     def done_one(self, index: int) -> None:
