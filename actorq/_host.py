@@ -38,7 +38,7 @@ from actorq import _serialization
 from actorq._actor import ActorContext, handler_names
 from actorq._clock import Deadline
 from actorq._errors import ActorStopped, format_remote
-from actorq._hub import OP_REPLY, Hub
+from actorq._hub import _NO_KWARGS, OP_CALL, OP_REPLY, OP_TELL, Hub
 from actorq._process.deathsig import set_pdeathsig
 from actorq._ref import ActorRef, register_hub
 from actorq._reply import Reply
@@ -224,6 +224,61 @@ class ActorHub(Hub):
 
     # -- handling -----------------------------------------------------------------------
 
+    def serve_alone(self, chan: InChannel, rec: Any, unlink: list[Any],
+                    msg: tuple[Any, ...]) -> bool:
+        """The latency path: a record of one call, read while idle, is handled right here.
+
+        What ``pump`` would do for it, without queueing it or tracking the record: the
+        crash attribution slots are set the same way, and the record is committed once
+        the handler returned, before the reply goes out. Anything unusual (a backlog, a
+        handler running, a stop asked, a message a predecessor already handled, adaptive
+        windows or hang detection on) leaves it to the general path. A handler that turns
+        out to be async, or raises, gets its record tracked then, as in ``pump``.
+        """
+        if (msg[0] != OP_CALL or self.queue or self.busy or self.host.stopping
+                or self.aimd is not None or self.stamp_start):
+            return False
+        _op, token, reply_to, method, args, kwargs = msg
+        fn = self.host.handlers.get(method)
+        slots = self.ctl.slots
+        if fn is None or slots[C_STOP] or chan.ring.skip_count(rec.pos):
+            return False
+        if self.dirty:
+            self.flush_dirty()  # earlier replies out before the next handler runs
+        slots[C_TOKEN] = token
+        if token:
+            slots[C_REPLY_TO] = reply_to + 1
+        slots[C_BUSY] = chan.sender_id + 1
+        self.busy = True
+        self.sync_depth += 1
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            self.busy = False
+            self.finish(chan.open(rec, unlink), 0, token, reply_to, False, exc,
+                        format_remote(exc))
+            return True
+        finally:
+            self.sync_depth -= 1
+        if type(result) not in _PLAIN and inspect.isawaitable(result):
+            self.hold(result, chan.open(rec, unlink), 0, token, reply_to)
+            return True
+        self.busy = False
+        slots[C_BUSY] = 0
+        slots[C_HANDLED] += 1
+        chan.commit_now(rec, unlink)  # committed: its credit is back before the reply is
+        if token:
+            self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
+            slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
+        return True
+
+    def hold(self, result: Any, entry: OpenRecord, index: int, token: int,
+             reply_to: int) -> None:
+        """An async handler returned *result* (awaitable): it holds the actor until done."""
+        task = asyncio.ensure_future(result)
+        task.add_done_callback(functools.partial(self._async_done, entry=entry, index=index,
+                                                 token=token, reply_to=reply_to))
+
     def dispatch_all(self, msgs: list[Any], entry: OpenRecord) -> None:
         """Queue the calls of a record (``dispatch`` inlined: this runs per message)."""
         done = entry.done
@@ -264,7 +319,11 @@ class ActorHub(Hub):
                 if self.dirty:
                     self.flush_dirty()  # earlier replies out before the next handler runs
                 entry, index, msg = queue.popleft()
-                _op, token, reply_to, method, args, kwargs = msg
+                if msg[0] == OP_TELL:
+                    token = reply_to = 0
+                    method, args, kwargs = "receive", (msg[2],), _NO_KWARGS
+                else:
+                    _op, token, reply_to, method, args, kwargs = msg
                 slots[C_TOKEN] = token  # 0 for a tell: a crash then fails no caller
                 if token:
                     slots[C_REPLY_TO] = reply_to + 1
@@ -284,10 +343,7 @@ class ActorHub(Hub):
                     self.finish(entry, index, token, reply_to, False, exc, format_remote(exc))
                     continue
                 if type(result) not in _PLAIN and inspect.isawaitable(result):
-                    task = asyncio.ensure_future(result)
-                    task.add_done_callback(
-                        functools.partial(self._async_done, entry=entry, index=index,
-                                          token=token, reply_to=reply_to))
+                    self.hold(result, entry, index, token, reply_to)
                     return
                 self.busy = False
                 slots[C_BUSY] = 0
@@ -520,7 +576,8 @@ class Host:
             if hub.waiting_chans:
                 hub.grant_all()
             hub.drain(READ_AHEAD)
-            hub.pump()
+            if hub.queue:
+                hub.pump()
             if hub.dirty:
                 hub.flush_or_retry()
             if self.stopping:

@@ -32,9 +32,6 @@ def new_run_prefix() -> str:
     return f"{SEGMENT_PREFIX}{stamp}_{secrets.token_hex(3)}_"
 
 
-_tokens = itertools.count(1)
-
-
-def next_token() -> int:
-    """Return a token unique within this process (calls are keyed by (process, token))."""
-    return next(_tokens)
+# next_token() returns a token unique within this process (calls are keyed by (process,
+# token)): the counter's own __next__, called once per call without a Python frame.
+next_token = itertools.count(1).__next__

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Generator
+import time
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from actorq._clock import Deadline
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from actorq._ref import ActorRef
 
 T = TypeVar("T")
+_monotonic = time.monotonic
 
 
 class Reply(Generic[T]):
@@ -52,7 +54,8 @@ class Reply(Generic[T]):
         self._value: Any = None
         self._exc: BaseException | None = None
         self._event: threading.Event | None = None
-        self._callbacks: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
+        # () until someone awaits: most replies are waited for with result(), or not at all
+        self._callbacks: Sequence[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = ()
 
     @property
     def describe(self) -> str:
@@ -82,7 +85,7 @@ class Reply(Generic[T]):
                 self._settle(fut)
             else:
                 loop.call_soon_threadsafe(self._settle, fut)
-        self._callbacks = []
+        self._callbacks = ()
 
     def _settle(self, fut: asyncio.Future[Any]) -> None:
         if fut.done():
@@ -112,7 +115,7 @@ class Reply(Generic[T]):
         """
         if not self._done:
             wait = timeout if timeout is not None else self._hub.config.call_timeout
-            deadline = Deadline.after(wait)
+            deadline = Deadline(_monotonic() + wait, wait)  # Deadline.after, one frame less
             if self._hub.may_deadlock:
                 self._check_deadlock()
             self._hub.wait_reply(self, deadline)
@@ -147,7 +150,10 @@ class Reply(Generic[T]):
             self._check_deadlock()
             loop = asyncio.get_running_loop()
             fut: asyncio.Future[Any] = loop.create_future()
-            self._callbacks.append((loop, fut))
+            callbacks = self._callbacks
+            if not isinstance(callbacks, list):
+                callbacks = self._callbacks = []
+            callbacks.append((loop, fut))
             if self._done:
                 self._settle(fut)
             self._hub.flush_dirty()

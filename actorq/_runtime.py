@@ -31,7 +31,7 @@ from actorq import _serialization
 from actorq._actor import handler_names
 from actorq._config import SystemConfig
 from actorq._errors import ActorCrashed, ActorStopped
-from actorq._hub import OP_REPLY, SYSTEM_ID
+from actorq._hub import OP_REPLY, SYSTEM_ID, method_and_args
 from actorq._process.spares import WarmPool
 from actorq._ref import ActorRef
 from actorq._reply import Reply
@@ -198,7 +198,9 @@ class Runtime:
         hub = self._hub
         hub.outbound[actor_id] = OutChannel(actor_id, Segment.attach(to_actor.name), ctl, efd,
                                             self.config.window)
-        hub.inbound[actor_id] = InChannel(actor_id, from_actor, efd)
+        # What an actor sends the system is replies only, which spend no credit: its
+        # producer never waits for any, so the channel has no doorbell to ring back.
+        hub.inbound[actor_id] = InChannel(actor_id, from_actor)
         return cell
 
     def _new_ring(self, name: str) -> Segment:
@@ -473,8 +475,7 @@ class Runtime:
         unlink: list[str] = []
         try:
             msgs = decode_batch(payload, unlink, track=False)
-            msg = msgs[index]
-            return msg[3], msg[4]
+            return method_and_args(msgs[index])
         except Exception:
             return "?", None
 
@@ -635,7 +636,8 @@ class Runtime:
                 skip = ring.skip_count(rec.pos)
                 for msg in msgs[skip:]:
                     if msg[0] != OP_REPLY:
-                        self._dead.add(cell.name, msg[3], f"not delivered: {why}", msg[4])
+                        method, args = method_and_args(msg)
+                        self._dead.add(cell.name, method, f"not delivered: {why}", args)
                 rec.payload.release()
                 run_after_commit(unlink)
                 ring.commit(rec.end, rec.count)

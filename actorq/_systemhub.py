@@ -85,8 +85,10 @@ class SystemHub(Hub):
                 turn += 1
                 if hdr is not None and hdr[H_TAIL] != chan.cursor:  # type: ignore[union-attr]
                     if self.drain_lock.acquire(blocking=False):
-                        try:  # only this ring: the reply comes this way
-                            while (rec := chan.read_next()) is not None:  # type: ignore[union-attr]
+                        try:  # one record of this ring (the reply comes this way); if the
+                            # reply was not in it, the next turn reads the next one
+                            rec = chan.read_next()  # type: ignore[union-attr]
+                            if rec is not None:
                                 self._take_record(chan, rec, 0.0)  # type: ignore[arg-type]
                         finally:
                             self.drain_lock.release()

@@ -198,7 +198,8 @@ class OutChannel:
 
     def ring_doorbell(self) -> None:
         """Wake the receiver if it is parked (at most once per park)."""
-        fence()
+        _fence_lock.acquire()  # fence(), inlined: once per record written
+        _fence_lock.release()
         parked = self.ctl.slots[C_PARKED]
         if parked & 1 and parked != self.last_rung:
             self.last_rung = parked
@@ -271,11 +272,16 @@ class InChannel:
     def credit_returned(self) -> None:
         """Credit went back: ring the producer if it waits for some and asked to be rung.
 
-        Store handled, then load want: the fence keeps the load after the store.
+        Store handled, then load want: the fence keeps the load after the store. A
+        channel with no producer doorbell (``producer_efd`` -1: its producer never waits
+        for credit, like an actor sending replies to the system) has nobody to ring.
         """
-        fence()
+        if self.producer_efd < 0:
+            return
+        _fence_lock.acquire()  # fence(), inlined: once per record committed
+        _fence_lock.release()
         want = self.ring.hdr[H_WANT]
-        if want and want != self.last_want and self.producer_efd >= 0:
+        if want and want != self.last_want:
             self.last_want = want
             os.eventfd_write(self.producer_efd, 1)
 

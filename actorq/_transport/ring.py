@@ -56,6 +56,9 @@ class Record(NamedTuple):
     end: int  # counter position just past this record: the head once it is committed
 
 
+_new_tuple = tuple.__new__
+
+
 class Ring:
     """One SPSC ring; the producer and the consumer each hold their own ``Ring`` object."""
 
@@ -156,7 +159,8 @@ class Ring:
         count = self.words[(off >> 2) + 1]
         start = off + REC_HEADER
         end = pos + REC_HEADER + ((n + 7) & ~7)
-        return Record(pos, self.data[start : start + n], count, end)
+        # Record(...) without the Python frame of a NamedTuple's __new__ (once per record)
+        return _new_tuple(Record, (pos, self.data[start : start + n], count, end))
 
     def head(self) -> int:
         """The committed head position."""
