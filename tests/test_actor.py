@@ -72,6 +72,39 @@ def test_tell_then_ask_keeps_order(system):
     assert told[:1000] == list(range(1000))
 
 
+class Picky(actorq.Actor):
+    """A receive that raises on some messages; sync or async (per constructor flag)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def receive(self, message):
+        if message % 7 == 0:
+            raise ValueError(f"no sevens: {message}")
+        self.seen.append(message)
+
+    def get_seen(self):
+        return list(self.seen)
+
+
+class AsyncPicky(Picky):
+    async def receive(self, message):
+        await asyncio.sleep(0)
+        return super().receive(message)
+
+
+@pytest.mark.parametrize("cls", [Picky, AsyncPicky])
+def test_told_messages_that_raise_are_logged_and_the_rest_handled_in_order(system, cls):
+    p = system.spawn(cls)
+    for i in range(1, 600):  # bursts of tells: the actor's path for told messages
+        p.tell(i)
+    assert p.get_seen().result() == [i for i in range(1, 600) if i % 7]
+    with pytest.raises(ValueError, match="no sevens: 14"):
+        p.ask(14).result()  # the same handler through a call: the error comes back
+    p.tell(15)
+    assert p.get_seen().result()[-1] == 15  # still running
+
+
 def test_async_handler(system):
     c = system.spawn(Counter)
     replies = [c.slow_incr(1) for _ in range(20)]
@@ -120,7 +153,10 @@ def test_unpicklable_argument_is_rejected_at_call_site(system):
         c.incr(threading.Lock())
     with pytest.raises(TypeError, match="not picklable"):
         c.tell(lambda: 1)
+    with pytest.raises(TypeError, match="not picklable"):
+        c.tell(("a tuple", 1, threading.Lock()))  # found inside a tuple of plain items too
     assert c.incr().result() == 1  # nothing was sent, nothing broke
+    assert c.get_told().result() == []
 
 
 def test_unpicklable_constructor_argument_is_rejected_at_spawn(system):
