@@ -407,24 +407,25 @@ class Hub:
         self.flush_or_retry()
 
     def flush_or_retry(self) -> None:
-        """Loop thread: flush; if a ring was full, try again shortly (its reader is behind)."""
-        if not self.flush_dirty() and self.loop is not None and not self.flush_scheduled:
+        """Loop thread: flush; if a ring was full, or a channel busy, try again shortly."""
+        if not self.flush_dirty(wait=False) and self.loop is not None and not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_later(0.0005, self._flush_tick)
 
-    def flush_dirty(self) -> bool:
+    def flush_dirty(self, *, wait: bool = True) -> bool:
         """Write every non-empty outbox to its ring; True if all of it got in.
 
-        The loop thread does not wait for a channel another thread holds: that thread is
-        in the middle of a send and flushes full bursts itself, and waiting would hand
-        the lock, then the GIL, back and forth between the two at every burst. The
-        channel stays dirty and ``flush_or_retry`` comes back to it shortly.
+        Without *wait* (the loop's own end-of-iteration flush, ``flush_or_retry``), a
+        channel another thread holds is skipped: that thread is in the middle of a send
+        and flushes full bursts itself, and waiting would hand the lock, then the GIL,
+        back and forth between the two at every burst. The channel stays dirty and
+        ``flush_or_retry`` comes back to it shortly. Flushes that must be complete
+        before going on (before a handler runs, before a wait) wait.
         """
         complete = True
-        on_loop = threading.get_ident() == self.loop_thread_id
         for chan in list(self.dirty):
             lock = chan.lock
-            if not lock.acquire(blocking=not on_loop):
+            if not lock.acquire(blocking=wait):
                 complete = False
                 continue
             try:
