@@ -1,9 +1,11 @@
 """The user process's hub: its loop runs in a background thread; sync callers help it.
 
-A synchronous caller waiting for a reply spins on the inbound rings itself for a moment
-(no thread hand-off when the answer is quick), with the hub marked awake so that actors
-do not ring its doorbell; then it sleeps on the reply's event and the loop thread, woken
-by the doorbell, reads the rings and resolves the reply.
+A synchronous caller waiting for a reply spins for a moment on the ring its reply comes
+from, reading it itself (no thread hand-off when the answer is quick). While it does, it
+marks that ring as read (``H_READER`` in the ring's header), so that the actor does not
+ring the doorbell for it; the hub itself stays parked, and every other ring rings as
+usual. Then the caller sleeps on the reply's event, and the loop thread, woken by the
+doorbell, reads the rings and resolves the reply.
 """
 
 from __future__ import annotations
@@ -18,13 +20,11 @@ from actorq._errors import ActorStopped
 from actorq._hub import OP_REPLY, SYSTEM_ID, Hub
 from actorq._ref import ActorRef
 from actorq._reply import Reply
-from actorq._transport.channel import C_WAKEUPS, ControlBlock
-from actorq._transport.ring import H_TAIL
+from actorq._transport.channel import C_WAKEUPS, ControlBlock, InChannel, fence
+from actorq._transport.ring import H_READER, H_TAIL
 
 if TYPE_CHECKING:
     from actorq._runtime import Runtime
-
-SPIN_SWEEP = 32  # a spinning caller looks at every inbound ring once per this many turns
 
 
 class SystemHub(Hub):
@@ -34,7 +34,8 @@ class SystemHub(Hub):
         super().__init__(SYSTEM_ID, runtime.run_id, runtime.config, ctl, efd)
         self.runtime = runtime
         self.spin_lock = threading.Lock()
-        self.spinners = 0
+        self.spinners = 0  # threads spinning in spin_for, all rings
+        self.ring_spinners: dict[int, int] = {}  # actor id -> threads spinning on its ring
 
     def open_channel(self, ref: ActorRef[Any]) -> Any:
         """Channels to actors exist from spawn; a missing one means the actor is gone."""
@@ -66,49 +67,70 @@ class SystemHub(Hub):
             reply._wait_event(deadline)
 
     def spin_for(self, reply: Reply[Any]) -> None:
-        """Poll the inbound rings from this thread for ``spin_seconds`` x 4.
+        """Poll the ring the reply comes from, from this thread, for ``spin_seconds`` x 4.
 
-        The ring from the called actor is looked at on every turn (its reply comes that
-        way), the others every ``SPIN_SWEEP`` turns: replies to other threads' calls
-        wait at most that long, and the loop thread reads them once we park.
+        The ring is marked as read while we spin (the actor then does not ring the
+        doorbell for it); the hub stays parked, so replies on other rings wake the loop
+        thread as usual.
         """
+        target = reply.target_id
+        chan = self.inbound.get(target)
+        if chan is None:
+            return
+        hdr = chan.ring.hdr
         with self.spin_lock:
             self.spinners += 1
-            self.unpark()
+            self.ring_spinners[target] = self.ring_spinners.get(target, 0) + 1
+            hdr[H_READER] = 1
         try:
-            chan = self.inbound.get(reply.target_id)
-            hdr = chan.ring.hdr if chan is not None else None
             clock = time.perf_counter
             end = clock() + self.config.spin_seconds * 4
-            turn = 0
             while not reply._done:
-                turn += 1
-                if hdr is not None and hdr[H_TAIL] != chan.cursor:  # type: ignore[union-attr]
+                if hdr[H_TAIL] != chan.cursor:
                     if self.drain_lock.acquire(blocking=False):
-                        try:  # one record of this ring (the reply comes this way); if the
-                            # reply was not in it, the next turn reads the next one
-                            rec = chan.read_next()  # type: ignore[union-attr]
+                        try:  # one record; if the reply was not in it, the next turn reads on
+                            rec = chan.read_next()
                             if rec is not None:
-                                self._take_record(chan, rec, 0.0)  # type: ignore[arg-type]
-                        finally:
-                            self.drain_lock.release()
-                elif turn % SPIN_SWEEP == 0 and self.has_unread():
-                    if self.drain_lock.acquire(blocking=False):
-                        try:
-                            self.drain()
+                                self._take_record(chan, rec, 0.0)
                         finally:
                             self.drain_lock.release()
                 elif clock() > end:
                     break
+        except ValueError:  # the ring was released: its actor is gone (the reply failed)
+            pass
         finally:
-            self.park_if_idle()
+            self._stop_spinning(chan, target)
 
-    def park_if_idle(self, leaving_spin: bool = True) -> None:
-        """Park unless someone spins; if data slipped in, have the loop read it."""
+    def _stop_spinning(self, chan: InChannel, target: int) -> None:
+        """Unmark the ring (if we were its last spinner); hand on what nobody rang for.
+
+        Store the mark, fence, load the tail: a record published before the actor could
+        see the mark cleared rang no doorbell, so it must be seen here (the actor stores
+        the tail, fences, and loads the mark).
+        """
         with self.spin_lock:
-            if leaving_spin:
-                self.spinners -= 1
-            if self.spinners == 0 and not self.park():
+            self.spinners -= 1
+            left = self.ring_spinners[target] - 1
+            if left:
+                self.ring_spinners[target] = left
+                return
+            del self.ring_spinners[target]
+            try:
+                hdr = chan.ring.hdr
+                hdr[H_READER] = 0
+                fence()
+                stranded = hdr[H_TAIL] != chan.cursor
+            except ValueError:  # released: the actor is gone
+                return
+        if stranded:
+            if self.drain_lock.acquire(blocking=False):
+                try:  # still ours to read? (its actor's removal unmaps it under this lock)
+                    while self.inbound.get(target) is chan and (
+                            rec := chan.read_next()) is not None:
+                        self._take_record(chan, rec, 0.0)
+                finally:
+                    self.drain_lock.release()
+            else:  # someone else is reading; make sure the loop looks at this ring
                 os.eventfd_write(self.efd, 1)
 
     def on_wake(self) -> None:
@@ -119,7 +141,8 @@ class SystemHub(Hub):
             self.drain()
         if self.waiting_chans:
             self.grant_all()
-        self.park_if_idle(leaving_spin=False)
+        if not self.park():  # data slipped in: wake ourselves again
+            os.eventfd_write(self.efd, 1)
 
     def reply_to_actor(self, caller: int, token: int, exc: BaseException) -> None:
         """Send an error reply, on a dead actor's behalf, to an actor that called it."""

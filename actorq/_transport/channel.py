@@ -33,6 +33,7 @@ from actorq._transport.ring import (
     H_BACKPRESSURE,
     H_CUR_REC,
     H_CUR_SUB,
+    H_READER,
     H_WAIT_NS,
     H_WAITING,
     H_WAITS,
@@ -197,11 +198,12 @@ class OutChannel:
         return not self.encoded
 
     def ring_doorbell(self) -> None:
-        """Wake the receiver if it is parked (at most once per park)."""
+        """Wake the receiver if it is parked (at most once per park), unless one of its
+        threads is spinning on this very ring (it reads the record itself)."""
         _fence_lock.acquire()  # fence(), inlined: once per record written
         _fence_lock.release()
         parked = self.ctl.slots[C_PARKED]
-        if parked & 1 and parked != self.last_rung:
+        if parked & 1 and parked != self.last_rung and not self.ring.hdr[H_READER]:
             self.last_rung = parked
             os.eventfd_write(self.efd, 1)
 

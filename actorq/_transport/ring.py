@@ -7,6 +7,8 @@ DESIGN.md: a u64 straddling a cache line tears under concurrent reads)::
                               [8] handled   messages handled (the credit return)
                               [16] cur_rec  position of the record being handled
                               [24] cur_sub  messages of that record already handled
+                              [32] reader   non-zero while a thread of the consumer
+                                            spins on this ring: no doorbell needed
     line 1 (producer writes)  [64] tail     bytes published, monotonic
                               [72] sent     messages published
                               [80] want     1 while producers wait for credit (doorbell me)
@@ -37,7 +39,7 @@ WRAP = 0xFFFFFFFF
 REC_HEADER = 8
 
 # u64 slots in the header
-H_HEAD, H_HANDLED, H_CUR_REC, H_CUR_SUB = 0, 1, 2, 3
+H_HEAD, H_HANDLED, H_CUR_REC, H_CUR_SUB, H_READER = 0, 1, 2, 3, 4
 H_TAIL, H_SENT, H_WANT, H_WAITING, H_WAITS, H_WAIT_NS, H_BACKPRESSURE = 8, 9, 10, 11, 12, 13, 14
 H_CAPACITY, H_MAGIC = 16, 17
 
