@@ -59,7 +59,7 @@ from actorq._transport.channel import (
     OpenRecord,
     OutChannel,
 )
-from actorq._transport.ring import H_TAIL
+from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_TAIL
 from actorq._transport.shm import Segment
 
 logger = logging.getLogger(__name__)
@@ -241,7 +241,8 @@ class ActorHub(Hub):
         _op, token, reply_to, method, args, kwargs = msg
         fn = self.host.handlers.get(method)
         slots = self.ctl.slots
-        if fn is None or slots[C_STOP] or chan.ring.skip_count(rec.pos):
+        hdr = chan.ring.hdr  # skip_count(rec.pos) != 0, inlined: a predecessor handled it
+        if fn is None or slots[C_STOP] or (hdr[H_CUR_REC] == rec.pos and hdr[H_CUR_SUB]):
             return False
         if self.dirty:
             self.flush_dirty()  # earlier replies out before the next handler runs

@@ -64,7 +64,7 @@ _new_tuple = tuple.__new__
 class Ring:
     """One SPSC ring; the producer and the consumer each hold their own ``Ring`` object."""
 
-    __slots__ = ("_cached_head", "capacity", "data", "hdr", "max_payload", "words")
+    __slots__ = ("_cached_head", "capacity", "data", "hdr", "max_payload", "qwords", "words")
 
     def __init__(self, buf: memoryview, *, init: bool = False) -> None:
         if len(buf) < HEADER + 64 or (len(buf) - HEADER) & 7:
@@ -73,6 +73,7 @@ class Ring:
         self.hdr = buf[:HEADER].cast("Q")
         self.data = buf[HEADER:]
         self.words = self.data.cast("I")
+        self.qwords = self.data.cast("Q")  # a record header as one u64 (little-endian)
         if init:
             for i in range(len(self.hdr)):
                 self.hdr[i] = 0
@@ -92,7 +93,7 @@ class Ring:
 
     def release(self) -> None:
         """Release the views on the buffer (so that its segment can be closed)."""
-        for view in (self.words, self.data, self.hdr):
+        for view in (self.qwords, self.words, self.data, self.hdr):
             view.release()
 
     # -- producer side ---------------------------------------------------------------
@@ -119,9 +120,7 @@ class Ring:
         if need > to_end:
             self.words[pos >> 2] = WRAP
             pos = 0
-        w = pos >> 2
-        self.words[w] = n
-        self.words[w + 1] = count
+        self.qwords[pos >> 3] = n | count << 32  # u32 length, u32 count: one store
         self.data[pos + REC_HEADER : pos + REC_HEADER + n] = payload
         hdr[H_SENT] += count
         hdr[H_TAIL] = tail + total  # publish last
