@@ -55,6 +55,10 @@ class SystemConfig:
         root_within: ... within this many seconds (the actor is then stopped for good).
         monitor_interval: how often hang timeouts and memory limits are checked.
         dead_letters: how many dead letters are kept (oldest dropped first).
+        actor_gc_gen0: the garbage collector's generation-0 threshold in actor
+            processes (Python's default is 700; 0 keeps it). Each actor also freezes
+            (``gc.freeze()``) what exists once it is built, so full collections scan
+            only what it made since: they took 30-50 ms per run here otherwise.
     """
 
     start_method: str = field(default_factory=lambda: _env("start_method", "forkserver"))
@@ -74,6 +78,7 @@ class SystemConfig:
     root_within: float = field(default_factory=lambda: _env("root_within", 5.0))
     monitor_interval: float = field(default_factory=lambda: _env("monitor_interval", 0.05))
     dead_letters: int = field(default_factory=lambda: _env("dead_letters", 1000))
+    actor_gc_gen0: int = field(default_factory=lambda: _env("actor_gc_gen0", 10_000))
 
     def __post_init__(self) -> None:
         if self.start_method not in START_METHODS:
@@ -81,6 +86,9 @@ class SystemConfig:
             raise ValueError(msg)
         if self.ring_size < 4096 or self.ring_size & 7:
             msg = f"ring_size must be a multiple of 8 and at least 4096, not {self.ring_size}"
+            raise ValueError(msg)
+        if self.actor_gc_gen0 < 0:
+            msg = f"actor_gc_gen0 must be 0 (Python's default) or more, not {self.actor_gc_gen0}"
             raise ValueError(msg)
         if self.window < 1:
             msg = f"window must be at least 1, not {self.window}"

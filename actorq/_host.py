@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import inspect
 import logging
 import multiprocessing
@@ -462,6 +463,22 @@ class ActorHub(Hub):
         return super().unpicklable(msg, exc)
 
 
+def tune_gc(gen0: int) -> None:
+    """An actor is built: exempt what exists now from the cyclic collector, and collect
+    generation 0 less often (*gen0*; 0 keeps Python's threshold).
+
+    Handling messages allocates and frees objects all the time; with Python's defaults
+    the actor ran a young collection every few hundred messages (the read-ahead queue
+    alive each time) and a full one, over every module and class, of 30-50 ms every few
+    hundred thousand. Frozen objects are still freed when their count drops to zero;
+    only cycles among them are never collected.
+    """
+    gc.freeze()
+    if gen0:
+        _old, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0, gen1, gen2)
+
+
 def _current_task() -> asyncio.Task[Any] | None:
     try:
         return asyncio.current_task()
@@ -529,6 +546,7 @@ class Host:
         self.instance = obj
         self.handlers = {name: getattr(obj, name) for name in handler_names(cls)}
         self.handlers["receive"] = obj.receive
+        tune_gc(self.hub.config.actor_gc_gen0)
 
     async def run(self) -> int:
         """Run the actor until it is told to stop (or the system goes away)."""

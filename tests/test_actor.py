@@ -380,3 +380,23 @@ def test_metrics_snapshot(system):
     assert entry["handled"] >= 1
     assert entry["lost_wakeups"] == 0
     assert entry["window"] == system.config.window
+
+
+class GcProbe(actorq.Actor):
+    def gc_state(self):
+        import gc
+
+        return gc.get_threshold()[0], gc.get_freeze_count()
+
+
+def test_actor_processes_freeze_their_start_up_objects_and_collect_less_often():
+    with actorq.ActorSystem() as s:  # forkserver: a fresh interpreter (threshold 700)
+        gen0, frozen = s.spawn(GcProbe).gc_state().result()
+        assert gen0 == 10_000
+        assert frozen > 1000  # modules, classes, the actor: out of every full collection
+    with actorq.ActorSystem(actor_gc_gen0=0) as s:
+        gen0, frozen = s.spawn(GcProbe).gc_state().result()
+        assert gen0 == 700  # Python's own threshold, kept
+        assert frozen > 1000
+    with pytest.raises(ValueError, match="actor_gc_gen0"):
+        actorq.ActorSystem(actor_gc_gen0=-1)
