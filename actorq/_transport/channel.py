@@ -63,6 +63,17 @@ C_STOP = 20  # written by the system: stop after the current message (checked pe
 _fence_lock = threading.Lock()
 
 
+def _fresh_fence_lock() -> None:
+    """In a child made by fork: a parent thread may have been inside ``fence()`` at the
+    moment of the fork, and the child would inherit the lock held and hang at its first
+    fence. Only the forking thread exists in the child, so a fresh lock is right."""
+    global _fence_lock
+    _fence_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_fence_lock)
+
+
 def fence() -> None:
     """Full memory barrier: a locked instruction on x86-64 (≈ 140 ns, DESIGN.md).
 

@@ -136,6 +136,16 @@ _headers: dict[str, memoryview] = {}  # block name -> its flags, mapped once per
 _headers_lock = threading.Lock()
 
 
+def _fresh_headers_lock() -> None:
+    """In a child made by fork: the lock may have been held by a parent thread that the
+    child does not have (see ``channel._fresh_fence_lock``)."""
+    global _headers_lock
+    _headers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_headers_lock)
+
+
 def _flags_of(name: str) -> memoryview:
     with _headers_lock:
         flags = _headers.get(name)

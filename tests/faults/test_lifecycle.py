@@ -142,3 +142,18 @@ def test_sigint_to_the_process_group_does_not_kill_actors_first(tmp_path):
     assert "interrupted" in out
     assert not psutil.pid_exists(int(pid))
     assert list_segments(run_id) == []
+
+
+def test_an_actor_forked_while_a_parent_thread_holds_the_fence_lock_still_runs():
+    # Under fork, only the forking thread (the starter) exists in the child; a lock that
+    # another parent thread held at that moment would stay held there forever. The
+    # fence lock is taken on every sync call, so a fork racing a call could inherit it.
+    from actorq._transport import channel
+
+    with actorq.ActorSystem(start_method="fork", warm_spares=0) as s:
+        me = psutil.Process()
+        before = {p.pid for p in me.children()}
+        with channel._fence_lock:  # as if the main thread were inside fence() now
+            ref = s.spawn(Sleeper)
+            wait_until(lambda: {p.pid for p in me.children()} - before, timeout=30)
+        assert ref.pid().result(timeout=20) in {p.pid for p in me.children()}
