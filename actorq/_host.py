@@ -20,9 +20,9 @@ import functools
 import gc
 import inspect
 import logging
+import marshal
 import multiprocessing
 import os
-import pickle
 import select
 import signal
 import socket
@@ -69,7 +69,7 @@ logger = logging.getLogger(__name__)
 # handler waits): more only moves the backlog from the ring into the heap.
 READ_AHEAD = int(os.environ.get("ACTORQ_READ_AHEAD", 1024))
 
-_dumps = pickle.dumps
+_marshal = marshal.dumps
 
 # Result types that are never awaitable (checked before the costlier inspect.isawaitable).
 _PLAIN = frozenset({type(None), int, float, str, bytes, bool, tuple, list, dict, set,
@@ -439,8 +439,8 @@ class ActorHub(Hub):
             if not chan.outbox and not chan.encoded:
                 # The common case: written now, as its own record (the caller may be
                 # spinning on it); the call itself was committed just before.
-                if type(msg[3]) in SAFE_TYPES:  # plain data: no out-of-band hook needed
-                    body, count = _dumps([msg], 5), 1
+                if type(msg[3]) in SAFE_TYPES:  # plain data: marshalled (oob.load_payload)
+                    body, count = _marshal([msg]), 1
                     if len(body) > self.max_inline:
                         body, count = self.encode([msg])
                 else:  # an unpicklable value becomes an error reply

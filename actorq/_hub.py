@@ -19,6 +19,7 @@ unpickles in half the time. ``msg[1]`` is the token in every form (0: nobody wai
 from __future__ import annotations
 
 import logging
+import marshal
 import os
 import pickle
 import select
@@ -46,7 +47,7 @@ from actorq._transport.channel import (
     fence,
 )
 from actorq._transport.credit import Waiter
-from actorq._transport.oob import BlockPool, decode_loaded, encode_batch
+from actorq._transport.oob import PICKLE_PROTO, BlockPool, decode_loaded, encode_batch
 from actorq._transport.ring import H_HANDLED, H_SENT, H_TAIL
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ DRAIN_QUANTUM = 256  # messages per ring per round of a drain (one full burst re
 _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without keywords
 _dumps = pickle.dumps
 _loads = pickle.loads
+_marshal = marshal.dumps  # plain data only: a lone call or reply (oob.load_payload)
+_unmarshal = marshal.loads
 
 
 def method_and_args(msg: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
@@ -143,7 +146,7 @@ class Hub:
             if (chan.credits <= 0 or chan.gate.waiting or chan.outbox or chan.encoded
                     or hdr[H_SENT] != hdr[H_HANDLED]):
                 return False
-            body = _dumps([msg], 5)
+            body = _marshal([msg])  # plain data: marshal is faster than pickle both ways
             if len(body) > self.max_inline or not chan.ring.try_write(body, 1):
                 return False
             chan.credits -= 1
@@ -534,7 +537,8 @@ class Hub:
         """Decode one record and dispatch its messages; return how many it held."""
         unlink: list[str] = []
         try:
-            msgs = _loads(rec.payload)
+            payload = rec.payload  # oob.load_payload, inlined: a pickle, or marshalled
+            msgs = _loads(payload) if payload[0] == PICKLE_PROTO else _unmarshal(payload)
             if type(msgs) is not list:  # out of band buffers, or spilled
                 msgs = decode_loaded(msgs, unlink)
         except Exception:

@@ -400,3 +400,31 @@ def test_actor_processes_freeze_their_start_up_objects_and_collect_less_often():
         assert frozen > 1000
     with pytest.raises(ValueError, match="actor_gc_gen0"):
         actorq.ActorSystem(actor_gc_gen0=-1)
+
+
+class Echo(actorq.Actor):
+    def echo(self, x, **kw):
+        return (x, kw) if kw else x
+
+
+@pytest.mark.parametrize("value", [
+    0, -1, 2**100, -(2**70), 1.5, -0.0, float("inf"), 3 + 4j, True, False, None, "",
+    "héllo \U0001f600", "\ud800 lone surrogate", b"", b"\x00\xff" * 100,
+    (1, "a", 2.5), [1, 2, 3], ("nested", [1]), [b"x", None, True],
+])
+def test_plain_values_come_back_equal_and_of_the_same_type(system, value):
+    # Plain data on a lone call and its reply is marshalled rather than pickled: the
+    # result must be indistinguishable from the pickle path.
+    got = system.spawn(Echo).echo(value).result()
+    assert got == value
+    assert type(got) is type(value)
+    if isinstance(value, (tuple, list)):
+        assert [type(v) for v in got] == [type(v) for v in value]
+
+
+def test_plain_call_with_keywords_and_nan_round_trips(system):
+    e = system.spawn(Echo)
+    x, kw = e.echo(float("nan"), flag=True, n=3).result()
+    assert x != x  # NaN
+    assert kw == {"flag": True, "n": 3}
+    assert type(kw["flag"]) is bool

@@ -1,5 +1,10 @@
 """Records: one pickle per burst, large buffers out of band, oversize records spilled.
 
+A record of plain data only (a lone call or reply of scalars, small tuples and lists of
+them) may instead be marshalled, which is faster both ways; ``load_payload`` tells the
+two apart by the first byte (a pickle starts with its PROTO opcode, 0x80; a marshalled
+list with ``[``).
+
 Out-of-band buffers (numpy arrays, bytearrays of at least ``oob_threshold`` bytes) are
 copied once into a shared-memory *block* and mapped, not copied, by the receiver: the
 array it decodes views the block. A fresh segment per array would cost as much as
@@ -20,6 +25,7 @@ receiver unlinks at commit; so does the spill path, for a record over half the r
 
 from __future__ import annotations
 
+import marshal
 import mmap
 import os
 import pickle
@@ -34,6 +40,7 @@ BLOCK_HEADER = 4096
 MIN_BLOCK = 64 * 1024
 POOL_BYTES = int(os.environ.get("ACTORQ_OOB_POOL_BYTES", 512 * 1024 * 1024))
 
+PICKLE_PROTO = pickle.PROTO[0]  # 0x80: the first byte of every pickle we write
 _OOB_TAG = "\x00aq-oob"
 _SPILL_TAG = "\x00aq-spill"
 
@@ -179,7 +186,14 @@ def decode_batch(payload: memoryview, after_commit: list[Any], *, track: bool = 
     flag to clear). With ``track=False`` (a peek that must not free anything: the system
     reading a dead actor's record) blocks are mapped but their flags left alone.
     """
-    return decode_loaded(pickle.loads(payload), after_commit, track=track)
+    return decode_loaded(load_payload(payload), after_commit, track=track)
+
+
+def load_payload(payload: memoryview) -> Any:
+    """The object a record payload holds: a pickle, or a marshalled list of plain data."""
+    if payload[0] == PICKLE_PROTO:
+        return pickle.loads(payload)
+    return marshal.loads(payload)
 
 
 def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True) -> list[Any]:
