@@ -77,23 +77,28 @@ class SystemHub(Hub):
         chan = self.inbound.get(target)
         if chan is None:
             return
-        hdr = chan.ring.hdr
         with self.spin_lock:
+            try:
+                hdr = chan.ring.hdr
+                hdr[H_READER] = 1
+            except ValueError:  # the ring was released: its actor is gone
+                return
             self.spinners += 1
             self.ring_spinners[target] = self.ring_spinners.get(target, 0) + 1
-            hdr[H_READER] = 1
         try:
             clock = time.perf_counter
             end = clock() + self.config.spin_seconds * 4
             while not reply._done:
-                if hdr[H_TAIL] != chan.cursor:
-                    if self.drain_lock.acquire(blocking=False):
-                        try:  # one record; if the reply was not in it, the next turn reads on
-                            rec = chan.read_next()
-                            if rec is not None:
-                                self._take_record(chan, rec, 0.0)
-                        finally:
-                            self.drain_lock.release()
+                # Data, and nobody else reading: take one record (if the reply was not in
+                # it, the next turn reads on). Otherwise the clock: a spin that found the
+                # lock taken must still end on time.
+                if hdr[H_TAIL] != chan.cursor and self.drain_lock.acquire(blocking=False):
+                    try:
+                        rec = chan.read_next()
+                        if rec is not None:
+                            self._take_record(chan, rec, 0.0)
+                    finally:
+                        self.drain_lock.release()
                 elif clock() > end:
                     break
         except ValueError:  # the ring was released: its actor is gone (the reply failed)

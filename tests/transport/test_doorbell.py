@@ -1,0 +1,110 @@
+"""Doorbells: when a producer rings a consumer, and the reader mark of a spinning caller.
+
+Real shared memory and a real eventfd for the rule itself; a real actor system for the
+hand-off of a reply that the spinning caller marked but could not read.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+import actorq
+from actorq._ids import new_run_prefix
+from actorq._transport.channel import C_PARKED, CTL_SIZE, ControlBlock, OutChannel
+from actorq._transport.ring import H_READER, H_TAIL, Ring
+from actorq._transport.shm import Segment
+from actorq.testing import wait_until
+
+
+def _rang(efd: int) -> bool:
+    try:
+        os.eventfd_read(efd)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def test_a_parked_consumer_is_rung_once_per_park_and_not_for_a_ring_it_reads() -> None:
+    prefix = new_run_prefix()
+    ring_seg = Segment.create(prefix + "r", Ring.size_for(4096))
+    ctl_seg = Segment.create(prefix + "c", CTL_SIZE)
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    consumer = Ring(ring_seg.buf, init=True)
+    ctl = ControlBlock(ctl_seg)
+    chan = OutChannel(1, Segment.attach(ring_seg.name),
+                      ControlBlock(Segment.attach(ctl_seg.name)), efd, 64)
+    try:
+        def publish() -> None:
+            assert chan.ring.try_write(b"message", 1)
+            chan.ring_doorbell()
+
+        publish()
+        assert not _rang(efd)  # awake: it will find the record by itself
+        ctl.slots[C_PARKED] = 1
+        publish()
+        assert _rang(efd)
+        publish()
+        assert not _rang(efd)  # once per park
+        ctl.slots[C_PARKED] = 3  # parked again
+        consumer.hdr[H_READER] = 1  # one of its threads spins on this very ring
+        publish()
+        assert not _rang(efd)
+        consumer.hdr[H_READER] = 0
+        publish()
+        assert _rang(efd)
+    finally:
+        consumer.release()
+        ctl.close()
+        chan.close()
+        chan.ctl.close()
+        os.close(efd)
+        for seg in (ring_seg, ctl_seg):
+            seg.unlink()
+
+
+class Echo(actorq.Actor):
+    def echo(self, x):
+        return x
+
+    def slow_echo(self, x):
+        import time
+
+        time.sleep(0.02)  # replies while the caller still spins (spin_seconds x 4 = 0.2 s)
+        return x
+
+
+def test_a_reply_the_spinning_caller_marked_but_could_not_read_still_arrives() -> None:
+    with actorq.ActorSystem(call_timeout=20.0, spin_seconds=0.05) as s:
+        ref = s.spawn(Echo)
+        assert ref.echo(0).result() == 0
+        hub = s._hub
+        ring = hub.inbound[ref.actor_id].ring
+        chan = hub.inbound[ref.actor_id]
+        got: list[int] = []
+        hub.drain_lock.acquire()  # nobody reads now: not the caller, not the hub thread
+        try:
+            caller = threading.Thread(target=lambda: got.append(ref.slow_echo(7).result()))
+            caller.start()
+            # The actor published the reply while the caller's mark was up (no doorbell);
+            # the caller gave up spinning and cleared its mark with the reply unread.
+            wait_until(lambda: ring.hdr[H_TAIL] != chan.cursor and hub.spinners == 0
+                       and ring.hdr[H_READER] == 0, timeout=20)
+        finally:
+            hub.drain_lock.release()
+        caller.join(20)
+        assert got == [7]
+        assert s.metrics()["system"]["lost_wakeups"] == 0  # handed on, not found late
+
+
+@pytest.mark.parametrize("n", [1, 50])
+def test_no_reader_mark_is_left_behind(n: int) -> None:
+    with actorq.ActorSystem() as s:
+        refs = [s.spawn(Echo) for _ in range(2)]
+        for i in range(n):
+            assert refs[i % 2].echo(i).result() == i
+        for ref in refs:
+            assert s._hub.inbound[ref.actor_id].ring.hdr[H_READER] == 0
+        assert s._hub.ring_spinners == {}
