@@ -97,6 +97,10 @@ class ActorHub(Hub):
         self.parked_at = 0.0
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
         self.stamp_start = info.get("hang_timeout") is not None  # hang detection is on
+        # the lone call serve_alone is handling (its ring, record, unlink list), and its
+        # entry once track_alone() had to open it
+        self.alone: tuple[InChannel, Any, list[Any]] | None = None
+        self.alone_entry: OpenRecord | None = None
         self.aimd: AIMDWindow | None = None
         target = info.get("window_target")
         if target is not None:
@@ -164,6 +168,7 @@ class ActorHub(Hub):
         if not self.may_block():
             msg = f"{reply.describe}: use 'await' for replies inside an async handler"
             raise RuntimeError(msg)
+        self.track_alone()
         while not reply._done:
             self.flush_dirty()
             self.drain()
@@ -180,6 +185,7 @@ class ActorHub(Hub):
 
     def idle_wait(self, event: Any, seconds: float) -> None:
         """While waiting for credit, keep reading replies and control messages."""
+        self.track_alone()
         self.drain()
         self.host.poll_ctrl()
         if not event.is_set():
@@ -253,26 +259,47 @@ class ActorHub(Hub):
         slots[C_BUSY] = chan.sender_id + 1
         self.busy = True
         self.sync_depth += 1
+        self.alone = (chan, rec, unlink)
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
             self.busy = False
-            self.finish(chan.open(rec, unlink), 0, token, reply_to, False, exc,
-                        format_remote(exc))
+            self.finish(self._end_alone() or chan.open(rec, unlink), 0, token, reply_to,
+                        False, exc, format_remote(exc))
             return True
         finally:
             self.sync_depth -= 1
+        entry = self._end_alone()
         if type(result) not in _PLAIN and inspect.isawaitable(result):
-            self.hold(result, chan.open(rec, unlink), 0, token, reply_to)
+            self.hold(result, entry or chan.open(rec, unlink), 0, token, reply_to)
             return True
         self.busy = False
         slots[C_BUSY] = 0
         slots[C_HANDLED] += 1
-        chan.commit_now(rec, unlink)  # committed: its credit is back before the reply is
+        # committed: its credit is back before the reply is
+        if entry is None:
+            chan.commit_now(rec, unlink)
+        else:  # tracked while the handler waited (it read its rings): commit in order
+            entry.done_one(0)
         if token:
             self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
             slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
         return True
+
+    def track_alone(self) -> None:
+        """A handler run by ``serve_alone`` is about to read its rings (it waits on a
+        reply, or for credit): track its record from now on, so that a record read
+        meanwhile from the same ring (an error reply the system sends on a dead actor's
+        behalf) is committed after it, never before it."""
+        if self.alone is not None and self.alone_entry is None:
+            chan, rec, unlink = self.alone
+            self.alone_entry = chan.open(rec, unlink)
+
+    def _end_alone(self) -> OpenRecord | None:
+        """The lone call's handler returned: its record's entry if it had to be tracked."""
+        entry = self.alone_entry
+        self.alone = self.alone_entry = None
+        return entry
 
     def _no_receive(self, message: Any) -> None:
         """Stands in for ``receive`` until the actor is built (nothing is pumped before)."""

@@ -9,6 +9,7 @@ import time
 import pytest
 
 import actorq
+from actorq._transport.ring import H_HANDLED, H_HEAD, H_SENT, H_TAIL, Ring
 from actorq.testing import wait_until
 
 
@@ -181,6 +182,16 @@ def test_calls_from_another_actor_fail_when_target_crashes(system, tmp_path):
     wait_until(lambda: os.path.exists(hold + ".started"))
     os.kill(pid, signal.SIGKILL)
     assert reply.result(timeout=20) == "crashed: signal"
+    # The failure reached the caller on the system's ring to it, while the call that
+    # was waiting had come on that same ring: both records are committed, in order
+    # (head never moves back, every published byte is consumed).
+    seg = system._cells[c.actor_id].inbound[0]
+    ring = Ring(seg.buf)
+    try:
+        assert ring.hdr[H_HEAD] == ring.hdr[H_TAIL]
+        assert ring.hdr[H_HANDLED] == ring.hdr[H_SENT]
+    finally:
+        ring.release()
 
 
 def test_close_stops_actors_gracefully_under_every_start_method(any_system, tmp_path):
