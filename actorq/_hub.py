@@ -48,7 +48,7 @@ from actorq._transport.channel import (
 )
 from actorq._transport.credit import Waiter
 from actorq._transport.oob import PICKLE_PROTO, BlockPool, decode_loaded, encode_batch
-from actorq._transport.ring import H_HANDLED, H_SENT, H_TAIL
+from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_SENT, H_TAIL
 
 if TYPE_CHECKING:
     import asyncio
@@ -141,7 +141,9 @@ class Hub:
         chan = self.outbound.get(target)
         if chan is None or threading.get_ident() == self.loop_thread_id:
             return False
-        with chan.lock:
+        lock = chan.lock
+        lock.acquire()  # not ``with``: once per call, and the block costs (see tell)
+        try:
             hdr = chan.ring.hdr  # in_flight() == 0, inlined: the receiver is idle
             if (chan.credits <= 0 or chan.gate.waiting or chan.outbox or chan.encoded
                     or hdr[H_SENT] != hdr[H_HANDLED]):
@@ -151,6 +153,8 @@ class Hub:
                 return False
             chan.credits -= 1
             chan.ring_doorbell()
+        finally:
+            lock.release()
         return True
 
     def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
@@ -553,7 +557,8 @@ class Hub:
                 else all(msg[0] == OP_REPLY for msg in msgs)):
             # Only replies, nothing open before it: resolve them all and commit the record
             # at once (the common case for callers; no per-message bookkeeping).
-            skip = chan.ring.skip_count(rec.pos)
+            hdr = chan.ring.hdr  # Ring.skip_count, inlined: once per reply record
+            skip = hdr[H_CUR_SUB] if hdr[H_CUR_REC] == rec.pos else 0
             for msg in msgs[skip:] if skip else msgs:
                 self.resolve(msg)
             chan.commit_now(rec, unlink)

@@ -123,7 +123,7 @@ class SystemHub(Hub):
             try:
                 hdr = chan.ring.hdr
                 hdr[H_READER] = 0
-                fence()
+                fence()  # store the mark, then load the tail
                 stranded = hdr[H_TAIL] != chan.cursor
             except ValueError:  # released: the actor is gone
                 return
