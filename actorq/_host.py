@@ -314,7 +314,10 @@ class ActorHub(Hub):
                                                  token=token, reply_to=reply_to))
 
     def dispatch_all(self, msgs: list[Any], entry: OpenRecord) -> None:
-        """Queue the calls of a record (``dispatch`` inlined: this runs per message)."""
+        """Replies resolve at once; calls and tells wait their turn in the queue.
+
+        Overrides ``Hub.dispatch_all`` with the per-message step inlined (it runs once
+        per message), so ``Hub.dispatch`` is never reached in an actor."""
         done = entry.done
         append = self.queue.append
         for index, msg in enumerate(msgs):
@@ -325,14 +328,6 @@ class ActorHub(Hub):
                 entry.done_one(index)
             else:
                 append((entry, index, msg))
-
-    def dispatch(self, msg: tuple[Any, ...], entry: OpenRecord, index: int) -> None:
-        """Replies resolve at once; calls wait their turn in the queue."""
-        if msg[0] == OP_REPLY:
-            self.resolve(msg)
-            entry.done_one(index)
-        else:
-            self.queue.append((entry, index, msg))
 
     def pump(self) -> None:
         """Handle queued calls in order until one is async (it holds the actor) or none remain.

@@ -63,7 +63,6 @@ OP_TELL = 3
 SYSTEM_ID = 0
 DRAIN_QUANTUM = 256  # messages per ring per round of a drain (one full burst record)
 _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without keywords
-_dumps = pickle.dumps
 _loads = pickle.loads
 _marshal = marshal.dumps  # plain data only: a lone call or reply (oob.load_payload)
 _unmarshal = marshal.loads
@@ -133,7 +132,7 @@ class Hub:
         """The latency path: a call of plain data to an idle receiver, off the loop.
 
         Written to the ring at once, as a record of its own (no burst to wait for), and
-        pickled without the out-of-band hook (plain data has no large buffers). False,
+        marshalled (plain data has no large buffers; ``oob.load_payload``). False,
         with nothing sent, whenever anything is unusual: no channel yet, no credit, others
         waiting or queued ahead of us, the receiver busy, or a record too big or not
         fitting now; ``send`` then handles it.

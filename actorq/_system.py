@@ -125,7 +125,7 @@ class ActorSystem(Runtime):
         hub.loop_thread_id = threading.get_ident()
         loop.add_reader(hub.efd, hub.on_wake)
         hub.park()
-        loop.call_later(self.config.park_timeout, hub.watchdog, lambda: hub.spinners > 0,
+        loop.call_later(self.config.park_timeout, hub.watchdog, lambda: bool(hub.ring_spinners),
                         hub.on_wake, lambda: not self._closing)
         loop.call_later(self.config.monitor_interval, self._monitor)
         self._loop_ready.set()

@@ -34,8 +34,8 @@ class SystemHub(Hub):
         super().__init__(SYSTEM_ID, runtime.run_id, runtime.config, ctl, efd)
         self.runtime = runtime
         self.spin_lock = threading.Lock()
-        self.spinners = 0  # threads spinning in spin_for, all rings
-        self.ring_spinners: dict[int, int] = {}  # actor id -> threads spinning on its ring
+        # actor id -> threads spinning on its ring in spin_for (empty: nobody spins)
+        self.ring_spinners: dict[int, int] = {}
 
     def open_channel(self, ref: ActorRef[Any]) -> Any:
         """Channels to actors exist from spawn; a missing one means the actor is gone."""
@@ -83,7 +83,6 @@ class SystemHub(Hub):
                 hdr[H_READER] = 1
             except ValueError:  # the ring was released: its actor is gone
                 return
-            self.spinners += 1
             self.ring_spinners[target] = self.ring_spinners.get(target, 0) + 1
         try:
             clock = time.perf_counter
@@ -114,7 +113,6 @@ class SystemHub(Hub):
         the tail, fences, and loads the mark).
         """
         with self.spin_lock:
-            self.spinners -= 1
             left = self.ring_spinners[target] - 1
             if left:
                 self.ring_spinners[target] = left

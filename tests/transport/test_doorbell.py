@@ -90,7 +90,7 @@ def test_a_reply_the_spinning_caller_marked_but_could_not_read_still_arrives() -
             caller.start()
             # The actor published the reply while the caller's mark was up (no doorbell);
             # the caller gave up spinning and cleared its mark with the reply unread.
-            wait_until(lambda: ring.hdr[H_TAIL] != chan.cursor and hub.spinners == 0
+            wait_until(lambda: ring.hdr[H_TAIL] != chan.cursor and not hub.ring_spinners
                        and ring.hdr[H_READER] == 0, timeout=20)
         finally:
             hub.drain_lock.release()
