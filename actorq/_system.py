@@ -26,26 +26,29 @@ import os
 import platform
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psutil
 import uvloop
 
-from actorq import _host, _serialization
-from actorq._actor import Actor, handler_names
+from actorq import _serialization
+from actorq._actorproc import host as _host
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
+from actorq._core.actor import Actor, handler_names
+from actorq._core.events import ActorEvent
+from actorq._core.ref import ActorRef, register_hub, unregister_hub
 from actorq._errors import ActorStopped
 from actorq._ids import new_run_prefix
 from actorq._process.spares import WarmPool
 from actorq._process.spawn import get_context
-from actorq._ref import ActorRef, register_hub, unregister_hub
 from actorq._resilience.backoff import Backoff
-from actorq._runtime import DEAD_STATES, ActorCell, Runtime, kill_tree
+from actorq._runtime.runtime import DEAD_STATES, ActorCell, Runtime, kill_tree
+from actorq._runtime.systemhub import SystemHub
 from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.policy import ActorOptions
 from actorq._supervision.supervisor import Supervisor
-from actorq._systemhub import SystemHub
 from actorq._transport.channel import (
     C_HANDLED,
     C_LOST,
@@ -103,7 +106,8 @@ class ActorSystem(Runtime):
         self._ctx = get_context(self.config.start_method)
         ctl_seg = Segment.create(self.run_id + "ctl0", CTL_SIZE)
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._hub = SystemHub(self, ControlBlock(ctl_seg), efd)
+        self._hub = SystemHub(self.run_id, self.config, ControlBlock(ctl_seg), efd,
+                              self._state_of)
         register_hub(self.run_id, self._hub)
         self._root = Supervisor(self, "root", max_restarts=self.config.root_max_restarts,
                                 within=self.config.root_within, give_up_per_child=True,
@@ -251,6 +255,16 @@ class ActorSystem(Runtime):
         self._on_loop(settled.set)  # the loop has handled the exit
         settled.wait(2.0)
 
+    def subscribe(self, listener: Callable[[ActorEvent], object]) -> Callable[[], None]:
+        """Call ``listener(event)`` for every lifecycle event of every actor from now on.
+
+        Events (:class:`ActorEvent`): ``started``, ``crashed`` (with its cause),
+        ``restarted``, ``stopped``, ``gave_up``, ``escalated``. The listener runs on the
+        system's loop thread: it must be quick and must not block. Returns a function
+        that unsubscribes it.
+        """
+        return self._bus.subscribe(listener)
+
     def dead_letters(self) -> list[DeadLetter]:
         """Messages that were never handled (their actor stopped) or that poisoned it."""
         return self._dead.snapshot()
@@ -268,7 +282,7 @@ class ActorSystem(Runtime):
             if not self._closed:
                 self._mailbox_figures(cell, entry)
             actors[cell.name] = entry
-        system: dict[str, Any] = {"run_id": self.run_id, "events": dict(self._events),
+        system: dict[str, Any] = {"run_id": self.run_id, "events": dict(self._counts.counts),
                                   "dead_letters": self._dead.total, "closed": self._closed}
         if not self._closed:
             slots = self._hub.ctl.slots
@@ -362,7 +376,7 @@ class ActorSystem(Runtime):
             self._reap(cell)
         self._starter.shutdown(wait=True)
         for reply in list(self._hub.pending.values()):
-            reply._fail(ActorStopped(f"{reply.describe}: the actor system was closed"))
+            reply.set_exception(ActorStopped(f"{reply.describe}: the actor system was closed"))
         self._hub.pending.clear()
         self._closed = True
         self._release_all(cells)
