@@ -38,6 +38,7 @@ from actorq._clock import Deadline
 from actorq._config import SystemConfig
 from actorq._core.actor import Actor, handler_names
 from actorq._core.events import ActorEvent
+from actorq._core.protocol import C_HANDLED
 from actorq._core.ref import ActorRef, register_hub, unregister_hub
 from actorq._errors import ActorStopped
 from actorq._ids import new_run_prefix
@@ -50,7 +51,6 @@ from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.policy import ActorOptions
 from actorq._supervision.supervisor import Supervisor
 from actorq._transport.channel import (
-    C_HANDLED,
     C_LOST,
     C_WAKEUPS,
     C_WINDOW,

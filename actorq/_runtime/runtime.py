@@ -31,7 +31,18 @@ from actorq import _serialization
 from actorq._config import SystemConfig
 from actorq._core.actor import handler_names
 from actorq._core.events import ActorEvent, EventBus, EventCounts, EventKind
-from actorq._core.hub import OP_REPLY, SYSTEM_ID, method_and_args
+from actorq._core.protocol import (
+    C_BUSY,
+    C_REPLY_TO,
+    C_SINCE,
+    C_STOP,
+    C_TOKEN,
+    OP_REPLY,
+    SYSTEM_ID,
+    Boot,
+    Ctl,
+    method_and_args,
+)
 from actorq._core.ref import ActorRef
 from actorq._core.reply import Reply
 from actorq._errors import ActorCrashed, ActorStopped
@@ -49,11 +60,6 @@ from actorq._supervision.policy import (
 from actorq._supervision.supervisor import Supervisor
 from actorq._transport import control
 from actorq._transport.channel import (
-    C_BUSY,
-    C_REPLY_TO,
-    C_SINCE,
-    C_STOP,
-    C_TOKEN,
     CTL_SIZE,
     ControlBlock,
     InChannel,
@@ -267,21 +273,15 @@ class Runtime:
             elif (peer := self._cells.get(sender)) is not None:
                 inbound[sender] = (seg.name, len(fds))
                 fds.append(peer.efd)
-        info = {
-            "id": cell.id, "name": cell.name, "run_id": self.run_id, "config": self.config,
-            "ctl": cell.ctl.seg.name, "spec": cell.spec.name, "spec_size": cell.spec_size,
-            "inbound": inbound,
-            "outbound": outbound, "restarts": cell.restarts,
-            "hang_timeout": cell.options.hang_timeout,
-            "window_target": cell.options.window_target,
-            "window_min": cell.options.window_min,
-            "window_max": cell.options.window_max,
-            "window_step": cell.options.window_step,
-        }
+        opts = cell.options
+        info = Boot(cell.id, cell.name, self.run_id, self.config, cell.ctl.seg.name,
+                    cell.spec.name, cell.spec_size, inbound, outbound, cell.restarts,
+                    opts.hang_timeout, opts.window_target, opts.window_min, opts.window_max,
+                    opts.window_step)
         cell.proc, cell.ctrl = proc, sock
         cell.pid = proc.pid  # known now (before it can answer); confirmed by "ready"
         try:
-            control.send(sock, ("boot", info), fds)
+            control.send(sock, (Ctl.BOOT, info), fds)
         except OSError:
             pass  # it died already: its sentinel tells the loop
         self._on_loop(self._watch, cell, proc, sock)
@@ -329,7 +329,7 @@ class Runtime:
 
     def _handle_ctrl(self, cell: ActorCell, sock: Any, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
-        if kind == "ready":
+        if kind == Ctl.READY:
             cell.pid = msg[1]
             if cell.state == "starting":
                 cell.state = "running"
@@ -337,36 +337,36 @@ class Runtime:
             self._publish(EventKind.STARTED, cell)
             logger.debug("%s started (pid %s, restarts %d)", cell.describe(), cell.pid,
                          cell.restarts)
-        elif kind == "failed":
+        elif kind == Ctl.FAILED:
             cell.failed_start = (msg[1], msg[2])
             cell.reported = "start"
-        elif kind == "crashing":
+        elif kind == Ctl.CRASHING:
             cell.reported = "exception"
             logger.error("%s: an exception escaped its handlers:\n%s", cell.describe(), msg[1])
-        elif kind == "connect":
+        elif kind == Ctl.CONNECT:
             answer, fds = self._connect(cell, msg[2])
-            control.send(sock, ("answer", msg[1], answer), fds)
-        elif kind == "lookup":
+            control.send(sock, (Ctl.ANSWER, msg[1], answer), fds)
+        elif kind == Ctl.LOOKUP:
             target = self._cells.get(self._names.get(msg[2], -1))
             found: tuple[Any, ...] = ("missing",)
             if target is not None and target.state not in DEAD_STATES:
                 found = ("ref", target.id, target.handlers, target.cls_name)
-            control.send(sock, ("answer", msg[1], found))
-        elif kind == "spawn":
-            control.send(sock, ("answer", msg[1], self._spawn_for(cell, *msg[2:])))
+            control.send(sock, (Ctl.ANSWER, msg[1], found))
+        elif kind == Ctl.SPAWN:
+            control.send(sock, (Ctl.ANSWER, msg[1], self._spawn_for(cell, *msg[2:])))
 
     def _connect(self, cell: ActorCell, target_id: int) -> tuple[tuple[Any, ...], list[int]]:
         target = self._cells.get(target_id)
         if target is None or target.state in DEAD_STATES:
             why = self._hub.gone.get(target_id, "no such actor")
-            return ("gone", target_id, why), []
+            return (Ctl.GONE, target_id, why), []
         if target_id not in cell.outbound:
             seg = self._new_ring(f"{self.run_id}a{target_id}_in{cell.id}")
             target.inbound[cell.id] = seg
             cell.outbound[target_id] = seg.name
             if target.ctrl is not None:
                 try:
-                    control.send(target.ctrl, ("inbound", cell.id, seg.name), [cell.efd])
+                    control.send(target.ctrl, (Ctl.INBOUND, cell.id, seg.name), [cell.efd])
                 except OSError:
                     pass  # restarting: the boot message will list this ring
         ring_name = cell.outbound[target_id]
@@ -566,7 +566,7 @@ class Runtime:
         cell.ctl.slots[C_STOP] = 1  # a busy actor sees it between two messages
         if cell.ctrl is not None:
             try:
-                control.send(cell.ctrl, ("stop",))
+                control.send(cell.ctrl, (Ctl.STOP,))
             except OSError:
                 pass
         proc = cell.proc
@@ -632,7 +632,7 @@ class Runtime:
         for other in self._cells.values():
             if other.ctrl is not None and cell.id in other.outbound:
                 try:
-                    control.send(other.ctrl, ("gone", cell.id, why))
+                    control.send(other.ctrl, (Ctl.GONE, cell.id, why))
                 except OSError:
                     pass
         cell.exited.set()

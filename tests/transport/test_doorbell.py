@@ -13,7 +13,12 @@ import pytest
 
 import actorq
 from actorq._ids import new_run_prefix
-from actorq._transport.channel import C_PARKED, CTL_SIZE, ControlBlock, OutChannel
+from actorq._transport.channel import (
+    C_PARKED,
+    CTL_SIZE,
+    ControlBlock,
+    OutChannel,
+)
 from actorq._transport.ring import H_READER, H_TAIL, Ring
 from actorq._transport.shm import Segment
 from actorq.testing import wait_until
