@@ -193,6 +193,9 @@ class ActorSystem(Runtime):
                           name: str | None) -> Supervisor:
         self._check_open()
         with self._lock:
+            if parent.state != "running":
+                msg = f"supervisor {parent.name!r} is stopped"
+                raise ActorStopped(msg)
             name = name or f"supervisor-{len(parent.children) + 1}"
             return Supervisor(self, name, strategy=strategy, max_restarts=max_restarts,
                               within=within, backoff=backoff, parent=parent, spawner=self)
@@ -245,11 +248,16 @@ class ActorSystem(Runtime):
         self._on_loop(request)
         done.wait(5.0)
         if not cell.exited.wait(deadline.remaining() + 0.5):
-            self._kill(cell)
+            self._kill_late(cell, deadline.timeout)
         cell.exited.wait(self.config.stop_timeout)
         settled = threading.Event()
         self._on_loop(settled.set)  # the loop has handled the exit
         settled.wait(2.0)
+
+    def _kill_late(self, cell: ActorCell, seconds: float) -> None:
+        if cell.proc is not None:
+            logger.warning("%s did not stop within %gs: killing it", cell.describe(), seconds)
+            self._kill(cell)
 
     def dead_letters(self) -> list[DeadLetter]:
         """Messages that were never handled (their actor stopped) or that poisoned it."""
@@ -352,7 +360,7 @@ class ActorSystem(Runtime):
         deadline = Deadline.after(self.config.stop_timeout)
         for cell in cells:
             if cell.proc is not None and not cell.exited.wait(deadline.remaining()):
-                self._kill(cell)
+                self._kill_late(cell, self.config.stop_timeout)
         for cell in cells:
             if cell.proc is not None:
                 cell.exited.wait(5.0)
