@@ -49,6 +49,7 @@ from actorq._transport import control
 from actorq._transport.channel import (
     C_BUSY,
     C_REPLY_TO,
+    C_SEQ,
     C_SINCE,
     C_STOP,
     C_TOKEN,
@@ -58,7 +59,7 @@ from actorq._transport.channel import (
     OutChannel,
 )
 from actorq._transport.oob import decode_batch, run_after_commit
-from actorq._transport.ring import Ring
+from actorq._transport.ring import H_HANDLED, Ring
 from actorq._transport.shm import Segment
 
 logger = logging.getLogger("actorq")
@@ -434,6 +435,8 @@ class Runtime:
         slots = cell.ctl.slots
         busy, token, reply_to = slots[C_BUSY], slots[C_TOKEN], slots[C_REPLY_TO]
         slots[C_BUSY] = slots[C_TOKEN] = 0
+        if busy and self._committed(cell, busy - 1, slots[C_SEQ]):
+            busy = 0  # it died after committing the message, before clearing the slot
         if not busy:
             cell.poison_key = None
             if token:  # a call was handled and committed, but its reply may not be out
@@ -470,6 +473,23 @@ class Runtime:
         self._dead.add(cell.name, method, f"crashed the actor{times}: {text}", message)
         if token:
             self._fail_caller(reply_to - 1, token, f"{text} while handling this call", cause)
+
+    @staticmethod
+    def _committed(cell: ActorCell, sender: int, seq: int) -> bool:
+        """Was the message at *seq* in *sender*'s ring committed (handled to the end)?"""
+        seg = cell.inbound.get(sender)
+        if seg is None:
+            return False
+        ring = Ring(seg.buf)
+        try:
+            rec = ring.read_at(ring.head())
+            first = ring.hdr[H_HANDLED]  # the first message not handled yet
+            if rec is not None:
+                first += ring.skip_count(rec.pos)
+                rec.payload.release()
+            return seq < first
+        finally:
+            ring.release()
 
     def _peek_message(self, payload: memoryview, index: int) -> tuple[str, Any]:
         unlink: list[str] = []

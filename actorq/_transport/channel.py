@@ -54,6 +54,10 @@ C_BUSY = 8  # sender id + 1 of the message being handled, 0 when idle
 C_TOKEN = 9  # its call token (0 for a tell)
 C_REPLY_TO = 10  # hub id + 1 of its caller
 C_SINCE = 11  # CLOCK_MONOTONIC ns when that message started (hang detection), 0 if off
+# its place in its ring: the messages handled on that ring before it (ring handled + its
+# index in the head record). C_BUSY is cleared only after the message is committed, so a
+# crash with C_BUSY set tells, by comparing this with the ring, whether it was committed.
+C_SEQ = 12
 C_WAKEUPS = 16  # doorbell wake-ups
 C_LOST = 17  # park timeouts that found data: lost wake-ups, must stay 0
 C_HANDLED = 18  # messages handled, all channels
