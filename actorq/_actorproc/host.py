@@ -43,6 +43,7 @@ from actorq._core.protocol import (
     C_BUSY,
     C_HANDLED,
     C_REPLY_TO,
+    C_SEQ,
     C_SINCE,
     C_STOP,
     C_TOKEN,
@@ -67,7 +68,7 @@ from actorq._transport.channel import (
     OpenRecord,
     OutChannel,
 )
-from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_TAIL
+from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_TAIL
 from actorq._transport.shm import Segment
 
 logger = logging.getLogger(__name__)
@@ -263,6 +264,7 @@ class ActorHub(Hub):
         slots[C_TOKEN] = token
         if token:
             slots[C_REPLY_TO] = reply_to + 1
+        slots[C_SEQ] = hdr[H_HANDLED]  # the head record's first message
         slots[C_BUSY] = chan.sender_id + 1
         self.busy = True
         self.sync_depth += 1
@@ -281,13 +283,13 @@ class ActorHub(Hub):
             self.hold(result, entry or chan.open(rec, unlink), 0, token, reply_to)
             return True
         self.busy = False
-        slots[C_BUSY] = 0
         slots[C_HANDLED] += 1
         # committed: its credit is back before the reply is
         if entry is None:
             chan.commit_now(rec, unlink)
         else:  # tracked while the handler waited (it read its rings): commit in order
             entry.done_one(0)
+        slots[C_BUSY] = 0  # after the commit: a crash in between must not redeliver it
         if token:
             self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
             slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
@@ -360,7 +362,9 @@ class ActorHub(Hub):
                     if self.stamp_start:
                         slots[C_SINCE] = time.monotonic_ns()
                     # C_TOKEN is already 0: every message clears it once its reply is out
-                    slots[C_BUSY] = entry.chan.sender_id + 1  # crash attribution slot
+                    chan = entry.chan
+                    slots[C_SEQ] = chan.ring.hdr[H_HANDLED] + index
+                    slots[C_BUSY] = chan.sender_id + 1  # crash attribution slot
                     self.busy = True
                     try:
                         result = receive(msg[2])
@@ -372,12 +376,12 @@ class ActorHub(Hub):
                         self.hold(result, entry, index, 0, 0)
                         return
                     self.busy = False
-                    slots[C_BUSY] = 0
                     handled += 1
                     if self.aimd is not None and self.aimd.observe(
                             time.perf_counter() - entry.t_read):
                         slots[C_WINDOW] = self.aimd.window
                     entry.done_one(index)
+                    slots[C_BUSY] = 0  # after the commit (see C_SEQ)
                     continue
                 _op, token, reply_to, method, args, kwargs = msg
                 slots[C_TOKEN] = token  # 0: a crash then fails no caller
@@ -385,7 +389,9 @@ class ActorHub(Hub):
                     slots[C_REPLY_TO] = reply_to + 1
                 if self.stamp_start:
                     slots[C_SINCE] = time.monotonic_ns()
-                slots[C_BUSY] = entry.chan.sender_id + 1  # crash attribution slot
+                chan = entry.chan
+                slots[C_SEQ] = chan.ring.hdr[H_HANDLED] + index
+                slots[C_BUSY] = chan.sender_id + 1  # crash attribution slot
                 fn = handlers.get(method)
                 if fn is None:
                     err = AttributeError(f"{host.describe()} has no handler {method!r}")
@@ -402,12 +408,12 @@ class ActorHub(Hub):
                     self.hold(result, entry, index, token, reply_to)
                     return
                 self.busy = False
-                slots[C_BUSY] = 0
                 handled += 1
                 if self.aimd is not None and self.aimd.observe(
                         time.perf_counter() - entry.t_read):
                     slots[C_WINDOW] = self.aimd.window
                 entry.done_one(index)  # committed: its credit is back before the reply is
+                slots[C_BUSY] = 0  # after the commit (see C_SEQ)
                 if token:
                     self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
                     slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
@@ -433,9 +439,9 @@ class ActorHub(Hub):
         error). Until the reply is out, ``C_TOKEN`` names the call whose caller a crash
         must fail."""
         slots = self.ctl.slots
-        slots[C_BUSY] = 0
         slots[C_HANDLED] += 1
         entry.done_one(index)
+        slots[C_BUSY] = 0  # after the commit (see C_SEQ)
         if token:
             self.send_reply(reply_to, (OP_REPLY, token, ok, value, tb))
             slots[C_TOKEN] = 0

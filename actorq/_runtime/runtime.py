@@ -39,6 +39,7 @@ from actorq._core.protocol import (
     C_BUSY,
     C_HANDLED,
     C_REPLY_TO,
+    C_SEQ,
     C_SINCE,
     C_STOP,
     C_TOKEN,
@@ -473,6 +474,8 @@ class Runtime:
         slots = cell.ctl.slots
         busy, token, reply_to = slots[C_BUSY], slots[C_TOKEN], slots[C_REPLY_TO]
         slots[C_BUSY] = slots[C_TOKEN] = 0
+        if busy and self._committed(cell, busy - 1, slots[C_SEQ]):
+            busy = 0  # it died after committing the message, before clearing the slot
         if not busy:
             cell.poison_key = None
             if token:  # a call was handled and committed, but its reply may not be out
@@ -509,6 +512,23 @@ class Runtime:
         self._dead.add(cell.name, method, f"crashed the actor{times}: {text}", message)
         if token:
             self._fail_caller(reply_to - 1, token, f"{text} while handling this call", cause)
+
+    @staticmethod
+    def _committed(cell: ActorCell, sender: int, seq: int) -> bool:
+        """Was the message at *seq* in *sender*'s ring committed (handled to the end)?"""
+        seg = cell.inbound.get(sender)
+        if seg is None:
+            return False
+        ring = Ring(seg.buf)
+        try:
+            rec = ring.read_at(ring.head())
+            first = ring.hdr[H_HANDLED]  # the first message not handled yet
+            if rec is not None:
+                first += ring.skip_count(rec.pos)
+                rec.payload.release()
+            return seq < first
+        finally:
+            ring.release()
 
     def _peek_message(self, payload: memoryview, index: int) -> tuple[str, Any]:
         unlink: list[str] = []
@@ -744,6 +764,9 @@ class Runtime:
         """Create a supervisor under *parent*."""
         self.check_open()
         with self._lock:
+            if parent.state != "running":
+                msg = f"supervisor {parent.name!r} is stopped"
+                raise ActorStopped(msg)
             name = name or f"supervisor-{len(parent.children) + 1}"
             return Supervisor(self, name, strategy=strategy, max_restarts=max_restarts,
                               within=within, backoff=backoff, parent=parent)
@@ -788,7 +811,7 @@ class Runtime:
         self._on_loop(request)
         done.wait(5.0)
         if not cell.exited.wait(deadline.remaining() + 0.5):
-            self._kill(cell)
+            self._kill_late(cell, deadline.timeout)
         cell.exited.wait(self.config.stop_timeout)
         settled = threading.Event()
         self._on_loop(settled.set)  # the loop has handled the exit
@@ -803,6 +826,11 @@ class Runtime:
         that unsubscribes it.
         """
         return self._bus.subscribe(listener)
+
+    def _kill_late(self, cell: ActorCell, seconds: float) -> None:
+        if cell.proc is not None:
+            logger.warning("%s did not stop within %gs: killing it", cell.describe(), seconds)
+            self._kill(cell)
 
     def dead_letters(self) -> list[DeadLetter]:
         """Messages that were never handled (their actor stopped) or that poisoned it."""
@@ -890,7 +918,7 @@ class Runtime:
         deadline = Deadline.after(self.config.stop_timeout)
         for cell in cells:
             if cell.proc is not None and not cell.exited.wait(deadline.remaining()):
-                self._kill(cell)
+                self._kill_late(cell, self.config.stop_timeout)
         for cell in cells:
             if cell.proc is not None:
                 cell.exited.wait(5.0)
