@@ -24,6 +24,7 @@ import concurrent.futures
 import logging
 import os
 import platform
+import sys
 import threading
 import weakref
 from typing import Any, TypeVar
@@ -337,25 +338,61 @@ class ActorSystem(Runtime):
         await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     def close(self) -> None:
-        """Stop every actor, join every process, unlink every segment; idempotent."""
+        """Stop every actor, join every process, unlink every segment; idempotent.
+
+        Actors get ``stop_timeout`` to finish their current message; past half a second
+        of waiting, a one-line notice says so (see ``_notice``). A ``KeyboardInterrupt``
+        during that wait (a second Ctrl-C) kills them at once; everything is still
+        joined and unlinked, and the interrupt is raised again afterwards.
+        """
         with self._lock:
             if self._closing:
                 return
             self._closing = True
         _live_systems.discard(self)
         self._root.state = "stopped"
-        self._spares.close()  # no refills from here on
-        # The starter thread is the parent thread of every process under fork and spawn
-        # (PR_SET_PDEATHSIG fires when it exits): it is shut down last, not first.
         cells = list(self._cells.values())
-        self._on_loop(self.finish_group, cells, "the actor system was closed")
+        interrupted: KeyboardInterrupt | None = None
+        try:
+            self._spares.close()  # no refills from here on
+            # The starter thread is the parent thread of every process under fork and
+            # spawn (PR_SET_PDEATHSIG fires when it exits): it is shut down last.
+            self._on_loop(self.finish_group, cells, "the actor system was closed")
+            self._wait_stopped(cells)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            for cell in cells:
+                self._kill(cell)
+        try:
+            self._teardown(cells)
+        except BaseException:
+            # interrupted once more: the processes and the segments go regardless
+            for cell in cells:
+                self._kill(cell)
+            unlink_prefix(self.run_id)
+            raise
+        if interrupted is not None:
+            raise interrupted
+
+    def _wait_stopped(self, cells: list[ActorCell]) -> None:
+        """Wait up to ``stop_timeout`` for every actor to stop; kill those that do not."""
         deadline = Deadline.after(self.config.stop_timeout)
+        told = False
         for cell in cells:
+            if cell.proc is None:
+                continue
+            if not told and not cell.exited.wait(min(NOTICE_AFTER, deadline.remaining())):
+                told = True
+                live = sum(1 for c in cells if c.proc is not None and not c.exited.is_set())
+                _notice(f"waiting up to {deadline.remaining():.1f}s for {live} actor(s) to "
+                        "finish their current message and stop (Ctrl-C kills them now)")
             if cell.proc is not None and not cell.exited.wait(deadline.remaining()):
                 self._kill(cell)
         for cell in cells:
             if cell.proc is not None:
                 cell.exited.wait(5.0)
+
+    def _teardown(self, cells: list[ActorCell]) -> None:
         self._spares.close()
         self._stop_loop()
         for cell in cells:
@@ -414,6 +451,23 @@ class ActorSystem(Runtime):
 
 
 _live_systems: weakref.WeakSet[ActorSystem] = weakref.WeakSet()
+
+NOTICE_AFTER = 0.5  # seconds close() waits for actors before it says that it waits
+
+
+def _notice(text: str) -> None:
+    """Tell the user something they are waiting on: a warning of the ``actorq`` logger.
+
+    Without any logging configured (only the library's NullHandler), the warning would be
+    swallowed, so the line goes to stderr instead, prefixed with ``actorq:``.
+    """
+    configured = logging.getLogger().handlers or any(
+        not isinstance(h, logging.NullHandler) for h in logger.handlers)
+    if configured:
+        logger.warning("%s", text)
+    else:
+        sys.stderr.write(f"actorq: {text}\n")
+        sys.stderr.flush()
 
 
 @atexit.register
