@@ -118,29 +118,38 @@ def test_keyboard_interrupt_in_block_shuts_down_cleanly(tmp_path):
 
 def test_sigint_to_the_process_group_does_not_kill_actors_first(tmp_path):
     # Ctrl-C reaches every process of the foreground group; actors ignore it and the
-    # system shuts them down in order.
+    # system shuts them down in order: each runs its on_stop, none crashed.
     script = tmp_path / "prog.py"
     script.write_text(textwrap.dedent(
         """
         import os, sys, time, actorq
         class S(actorq.Actor):
+            def __init__(self, path):
+                self.path = path
             def pid(self):
                 return os.getpid()
+            def on_stop(self):
+                with open(self.path, "w") as f:
+                    f.write("on_stop ran")
         if __name__ == "__main__":
             try:
                 with actorq.ActorSystem() as s:
-                    r = s.spawn(S)
+                    r = s.spawn(S, sys.argv[1])
                     print(s.run_id, r.pid().result(timeout=30), flush=True)
                     time.sleep(60)
             except KeyboardInterrupt:
-                print("interrupted", s.metrics()["actors"][r.name]["state"], flush=True)
+                m = s.metrics()["actors"][r.name]
+                print("interrupted", m["state"], m["restarts"], m["crashes"], flush=True)
         """))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    marker = tmp_path / "on_stop"
+    proc = subprocess.Popen([sys.executable, str(script), str(marker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     run_id, pid = proc.stdout.readline().split()
     os.killpg(proc.pid, signal.SIGINT)
-    out, _err = proc.communicate(timeout=30)
-    assert "interrupted" in out
+    out, err = proc.communicate(timeout=30)
+    assert "interrupted stopped 0 {}" in out, err
+    assert marker.read_text() == "on_stop ran"
     assert not psutil.pid_exists(int(pid))
     assert list_segments(run_id) == []
 
