@@ -56,7 +56,8 @@ from actorq._core.protocol import (
 from actorq._core.ref import ActorRef, register_hub
 from actorq._core.reply import Reply
 from actorq._errors import ActorStopped, format_remote
-from actorq._process.deathsig import set_pdeathsig
+from actorq._process import deathsig
+from actorq._process.deathsig import Lineage
 from actorq._serialization import SAFE_TYPES
 from actorq._transport import control
 from actorq._transport.aimd import AIMDWindow
@@ -771,10 +772,13 @@ def _log_to_stderr_unless_configured() -> None:
     logging.getLogger("actorq").addHandler(handler)
 
 
-def main(ctrl: socket.socket) -> None:
+def main(ctrl: socket.socket, lineage: Lineage) -> None:
     """Entry point of every actor process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the system's to handle
-    set_pdeathsig()
+    delay = float(os.environ.get("ACTORQ_TEST_START_DELAY") or 0)
+    if delay:  # tests only: widen the window before the death signal is armed
+        time.sleep(delay)
+    deathsig.arm(lineage)  # first of all: never outlive the owner
     _log_to_stderr_unless_configured()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
