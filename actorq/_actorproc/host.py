@@ -55,7 +55,7 @@ from actorq._core.protocol import (
 )
 from actorq._core.ref import ActorRef, register_hub
 from actorq._core.reply import Reply
-from actorq._errors import ActorStopped, format_remote
+from actorq._errors import ActorStopped, StartTimeout, format_remote
 from actorq._process import deathsig
 from actorq._process.deathsig import Lineage
 from actorq._serialization import SAFE_TYPES
@@ -726,7 +726,7 @@ class Host:
         while req not in self._answers:
             if deadline.expired():
                 msg_ = f"the actor system did not answer {msg[0]!r} in {deadline.timeout:g}s"
-                raise TimeoutError(msg_)
+                raise StartTimeout(msg_)
             select.select([self.ctrl], [], [], deadline.remaining())
             self.poll_ctrl()
         return self._answers.pop(req)
