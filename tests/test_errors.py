@@ -61,10 +61,10 @@ def test_the_runtime_raises_no_bare_timeout_error():
     for path in pkg.rglob("*.py"):
         if path.name == "testing.py" or "bench" in path.parts:
             continue  # test and benchmark helpers, not the runtime
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
-                    and getattr(node.exc.func, "id", None) == "TimeoutError"):
-                bare.append(f"{path.relative_to(pkg)}:{node.lineno}")
+        bare.extend(f"{path.relative_to(pkg)}:{node.lineno}"
+                    for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+                    and getattr(node.exc.func, "id", None) == "TimeoutError")
     assert not bare, bare
 
 
