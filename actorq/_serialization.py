@@ -2,7 +2,7 @@
 
 Code (an actor class with its constructor arguments) is pickled once per spawn with
 cloudpickle, so classes defined in ``__main__``, in tests or as closures travel by value.
-Data uses plain pickle, which is several times cheaper per message (DESIGN.md:
+Data uses plain pickle, which is several times cheaper per message (docs/internals.md,
 ``pickle.dumps`` ≈ 480 ns against cloudpickle's ≈ 3.1 µs), with protocol 5 so that large
 buffers (numpy arrays, bytearrays) can travel out of band.
 """

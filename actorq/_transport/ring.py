@@ -1,7 +1,7 @@
 """Single-producer single-consumer ring buffer over a memoryview (shared memory).
 
 Layout (every field u64, 8-byte aligned; each writer's fields on their own 64-byte line,
-DESIGN.md: a u64 straddling a cache line tears under concurrent reads)::
+docs/internals.md: a u64 straddling a cache line tears under concurrent reads)::
 
     line 0 (consumer writes)  [0] head      bytes consumed (committed), monotonic
                               [8] handled   messages handled (the credit return)
