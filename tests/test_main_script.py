@@ -1,0 +1,105 @@
+"""Types defined in the user's main script (issue 14, item 1).
+
+``__main__`` behaves differently only in a real script: with forkserver and spawn every
+child imports the script again as ``__mp_main__``. So each test writes a script into
+tmp_path and runs it with ``python script.py`` under each start method.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BANK = '''
+import sys
+from dataclasses import dataclass
+
+import actorq
+
+
+@dataclass
+class Order:
+    item: str
+    qty: int
+
+
+class InsufficientFunds(Exception):
+    pass
+
+
+def describe(order):
+    match order:
+        case Order(item=item, qty=qty):
+            return f"{qty} x {item}"
+    return "not an Order"
+
+
+class Bank(actorq.Actor):
+    def __init__(self, first):
+        self.balance = 10
+        self.first_is_order = isinstance(first, Order)
+
+    def make(self, qty):
+        return Order("pen", qty)
+
+    def check(self, order):
+        return isinstance(order, Order), describe(order), type(order) is Order
+
+    def first(self):
+        return self.first_is_order
+
+    def withdraw(self, n):
+        if n > self.balance:
+            raise InsufficientFunds(f"balance {self.balance}, asked {n}")
+        self.balance -= n
+        return self.balance
+
+    def nested(self, orders):
+        return [o for o in orders["list"] if isinstance(o, Order)]
+
+
+if __name__ == "__main__":
+    with actorq.ActorSystem(start_method=sys.argv[1], call_timeout=30) as system:
+        bank = system.spawn(Bank, Order("seed", 1))
+        assert bank.first().result() is True, "a constructor argument changed class"
+        made = bank.make(3).result()
+        assert type(made) is Order and made == Order("pen", 3), made
+        assert bank.check(Order("ink", 2)).result() == (True, "2 x ink", True)
+        got = bank.nested({"list": [Order("a", 1), 5, Order("b", 2)]}).result()
+        assert got == [Order("a", 1), Order("b", 2)] and all(type(o) is Order for o in got)
+        try:
+            bank.withdraw(100).result()
+        except InsufficientFunds as exc:
+            assert "asked 100" in str(exc)
+        else:
+            raise AssertionError("no InsufficientFunds")
+        assert bank.withdraw(4).result() == 6
+    print("main-script types: ok")
+'''
+
+
+def run_script(tmp_path: Path, source: str, *args: str,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run *source* as ``python script.py *args`` with this checkout on the path."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("method", ["forkserver", "fork", "spawn"])
+def test_main_script_types_are_one_class_on_both_sides(tmp_path: Path, method: str) -> None:
+    """An actor class, the values it receives, returns and raises, all defined in the main
+    script: the same class objects in the actor and in the caller, under every method."""
+    proc = run_script(tmp_path, BANK, method)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "main-script types: ok" in proc.stdout
