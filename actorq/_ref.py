@@ -151,7 +151,7 @@ class ActorRef(Generic[A]):
         return hash((self.run_id, self.actor_id))
 
     def __repr__(self) -> str:
-        return f"<ActorRef {self._describe()} #{self.actor_id}>"
+        return f"<ActorRef {self._describe()} #{self.actor_id} of run {self.run_id}>"
 
 
 ActorRef.__module__ = "actorq"

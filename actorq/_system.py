@@ -222,14 +222,30 @@ class ActorSystem(Runtime):
 
         The actor finishes its current message, runs ``on_stop`` and exits; blocks until
         its process is gone (SIGKILL after the stop timeout). Messages still queued for it
-        go to the dead letters; their callers get ``ActorStopped``.
+        go to the dead letters; their callers get ``ActorStopped``. A ref (or supervisor)
+        of another system raises ``ValueError``.
         """
         if isinstance(ref, Supervisor):
+            if ref._ops is not self:
+                msg = f"stop(): {ref!r} belongs to another actor system, not to {self!r}"
+                raise ValueError(msg)
             self._stop_supervisor(ref)
             return
-        cell = self._cells.get(ref.actor_id)
+        cell = self._cell_of(ref, "stop")
         if cell is not None:
             self._stop_cell(cell, timeout)
+
+    def _cell_of(self, ref: ActorRef[Any], what: str) -> ActorCell | None:
+        """*ref*'s cell in this system (None if unknown); ``ValueError`` if *ref* is not
+        an ``ActorRef`` of this system (two systems number their actors alike)."""
+        if not isinstance(ref, ActorRef):
+            msg = f"{what}() needs an ActorRef, not {ref!r}"
+            raise TypeError(msg)
+        if ref.run_id != self.run_id:
+            msg = (f"{what}(): {ref!r} belongs to another actor system (run {ref.run_id}), "
+                   f"not to this one (run {self.run_id}); use that system's {what}()")
+            raise ValueError(msg)
+        return self._cells.get(ref.actor_id)
 
     def _stop_cell(self, cell: ActorCell, timeout: float | None) -> None:
         if cell.state in DEAD_STATES:
@@ -304,7 +320,10 @@ class ActorSystem(Runtime):
 
     def wait_ready(self, ref: ActorRef[Any], timeout: float | None = None) -> None:
         """Block until *ref*'s actor has started (constructor and ``on_start`` done)."""
-        cell = self._cells[ref.actor_id]
+        cell = self._cell_of(ref, "wait_ready")
+        if cell is None:
+            msg = f"wait_ready(): no actor {ref!r} in this system"
+            raise KeyError(msg)
         if not cell.ready.wait(timeout if timeout is not None else self.config.start_timeout):
             msg = f"{cell.describe()} did not start in time"
             raise TimeoutError(msg)
@@ -314,8 +333,8 @@ class ActorSystem(Runtime):
 
         None between a crash and the start of its successor, and once it is stopped.
         """
-        cell = self._cells[ref.actor_id]
-        return cell.pid if cell.proc is not None else None
+        cell = self._cell_of(ref, "pid_of")
+        return cell.pid if cell is not None and cell.proc is not None else None
 
     # -- lifecycle ------------------------------------------------------------------------
 
