@@ -39,7 +39,7 @@ from actorq import _serialization
 from actorq._actor import ActorContext, handler_names
 from actorq._clock import Deadline
 from actorq._errors import ActorStopped, format_remote
-from actorq._hub import OP_CALL, OP_REPLY, OP_TELL, Hub
+from actorq._hub import OP_CALL, OP_REPLY, OP_TELL, BadMessage, Hub
 from actorq._process.deathsig import set_pdeathsig
 from actorq._ref import ActorRef, register_hub
 from actorq._reply import Reply
@@ -381,7 +381,11 @@ class ActorHub(Hub):
                 slots[C_BUSY] = entry.chan.sender_id + 1  # crash attribution slot
                 fn = handlers.get(method)
                 if fn is None:
-                    err = AttributeError(f"{host.describe()} has no handler {method!r}")
+                    err: Exception
+                    if type(method) is BadMessage:  # it did not unpickle here (sort_out)
+                        err = method.error()
+                    else:
+                        err = AttributeError(f"{host.describe()} has no handler {method!r}")
                     self.finish(entry, index, token, reply_to, False, err, "")
                     continue
                 self.busy = True
@@ -475,6 +479,17 @@ class ActorHub(Hub):
             else:
                 chan.outbox.append(msg)
         self.dirty.add(chan)
+
+    def describe_self(self) -> str:
+        """This actor, in error messages."""
+        return self.host.describe()
+
+    def record_dead(self, method: str, reason: str) -> None:
+        """Dead letters are kept by the system: tell it."""
+        try:
+            control.send(self.host.ctrl, ("dead_letter", method, reason[-4000:]))
+        except OSError:
+            logger.error("%s: %s", self.host.describe(), reason)
 
     def unpicklable(self, msg: tuple[Any, ...], exc: BaseException) -> tuple[Any, ...] | None:
         """Replace a reply that cannot be pickled by an error the caller can read."""

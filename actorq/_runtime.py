@@ -333,6 +333,8 @@ class Runtime:
             control.send(sock, ("answer", msg[1], found))
         elif kind == "spawn":
             control.send(sock, ("answer", msg[1], self._spawn_for(cell, *msg[2:])))
+        elif kind == "dead_letter":  # a message the actor could not unpickle
+            self._dead.add(cell.name, msg[1], msg[2])
 
     def _connect(self, cell: ActorCell, target_id: int) -> tuple[tuple[Any, ...], list[int]]:
         target = self._cells.get(target_id)
@@ -474,7 +476,7 @@ class Runtime:
     def _peek_message(self, payload: memoryview, index: int) -> tuple[str, Any]:
         unlink: list[str] = []
         try:
-            msgs = decode_batch(payload, unlink, track=False)
+            msgs = decode_batch(payload, unlink, track=False, salvage=True)
             return method_and_args(msgs[index])
         except Exception:
             return "?", None
@@ -630,7 +632,7 @@ class Runtime:
             while (rec := ring.read_at(pos)) is not None:
                 unlink: list[str] = []
                 try:
-                    msgs = decode_batch(rec.payload, unlink)
+                    msgs = decode_batch(rec.payload, unlink, salvage=True)
                 except Exception:
                     msgs = []
                 skip = ring.skip_count(rec.pos)

@@ -18,12 +18,13 @@ buffers (numpy arrays, bytearrays) can travel out of band.
 
 from __future__ import annotations
 
+import gc
 import io
 import pickle
 import sys
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import cloudpickle
 
@@ -135,3 +136,151 @@ def _check_one(what: str, label: str, value: Any) -> None:
             "pass plain data, or give the type __reduce__/__getstate__"
         )
         raise TypeError(msg) from exc
+
+
+# -- salvaging a batch that does not unpickle -----------------------------------------------
+
+MAIN_HINT = ("define {name} at the top level of a module, or of the main script outside "
+             "its `if __name__ == \"__main__\":` block, so that every process can import it")
+
+
+class Unloadable:
+    """Stands in, after ``salvage_loads``, for an object this process could not rebuild."""
+
+    __slots__ = ("error", "name")
+
+    def __init__(self, error: BaseException, name: str = "") -> None:
+        self.error = error
+        self.name = name  # "module.qualname" when a class or function was not found
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Unloadable:
+        return self  # what a missing class or function would have built
+
+    def describe(self) -> str:
+        """The reason, with the way out when a main-script name was not found."""
+        text = f"{type(self.error).__name__}: {self.error}"
+        module, _dot, qualname = self.name.rpartition(".")
+        if module in MAIN_MODULES:
+            text += "; " + MAIN_HINT.format(name=qualname)
+        return text
+
+    def __repr__(self) -> str:
+        return f"<unloadable: {self.describe()}>"
+
+
+class Salvaged(list):  # type: ignore[type-arg]
+    """The messages of a batch that did not unpickle as a whole (see ``salvage_loads``)."""
+
+
+_PyUnpickler: Any = pickle._Unpickler  # the pure-Python one
+
+
+class _Salvager(_PyUnpickler):  # type: ignore[misc]
+    """The pure-Python unpickler, carrying on where the C one gave up: whatever cannot be
+    rebuilt (a class or function not found here, a constructor or ``__setstate__`` that
+    raises) becomes an ``Unloadable``, and so does whatever is built from one."""
+
+    dispatch: ClassVar[dict[int, Any]] = dict(_PyUnpickler.dispatch)
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except Exception as exc:
+            return Unloadable(exc, f"{module}.{name}")
+
+    def _load_reduce(self) -> None:
+        stack = self.stack
+        args = stack.pop()
+        func = stack[-1]
+        stack[-1] = _attempt(func, args)
+
+    def _load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(cls if type(cls) is Unloadable
+                    else _attempt(lambda: cls.__new__(cls, *args), ()))
+
+    def _load_newobj_ex(self) -> None:
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(cls if type(cls) is Unloadable
+                    else _attempt(lambda: cls.__new__(cls, *args, **kwargs), ()))
+
+    def _guarded(op: Any) -> Any:
+        """Wrap *op*, which pops what it needs and fills the object left on top of the
+        stack: if it raises (an unloadable target, ``__setstate__`` raising, ...), that
+        object becomes an ``Unloadable``."""
+
+        def run(self: _Salvager) -> None:
+            try:
+                op(self)
+            except Exception as exc:
+                if type(self.stack[-1]) is not Unloadable:  # else: keep the first reason
+                    self.stack[-1] = Unloadable(exc)
+
+        return run
+
+    def _marked(op: Any) -> Any:
+        """``_guarded`` for the ops that take the items since the last mark."""
+
+        def run(self: _Salvager) -> None:
+            items = self.pop_mark()
+            if type(self.stack[-1]) is Unloadable:
+                return
+            self.metastack.append(self.stack)  # put the mark back: *op* pops it
+            self.stack = items
+            self.append = items.append
+            try:
+                op(self)
+            except Exception as exc:
+                self.stack[-1] = Unloadable(exc)
+
+        return run
+
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
+    for _op in (pickle.BUILD, pickle.APPEND, pickle.SETITEM):
+        dispatch[_op[0]] = _guarded(dispatch[_op[0]])
+    for _op in (pickle.APPENDS, pickle.SETITEMS, pickle.ADDITEMS):
+        dispatch[_op[0]] = _marked(dispatch[_op[0]])
+    del _op
+
+
+def _attempt(func: Any, args: tuple[Any, ...]) -> Any:
+    if type(func) is Unloadable:
+        return func
+    try:
+        return func(*args)
+    except Exception as exc:
+        return Unloadable(exc, getattr(func, "__module__", "") + "." +
+                          getattr(func, "__qualname__", "")
+                          if isinstance(func, type) else "")
+
+
+def salvage_loads(data: bytes | memoryview, buffers: Any = None) -> Any:
+    """Unpickle *data* that ``pickle.loads`` failed on, as far as it goes: a list comes
+    back as ``Salvaged``, with ``Unloadable`` where something could not be rebuilt.
+
+    The slow path of a batch of messages one of which does not unpickle here: the others
+    must still be handled (``find_unloadable`` tells which is which).
+    """
+    obj = _Salvager(io.BytesIO(data), buffers=buffers).load()
+    return Salvaged(obj) if type(obj) is list else obj
+
+
+def find_unloadable(value: Any, limit: int = 100_000) -> Unloadable | None:
+    """The first ``Unloadable`` in *value* or anything it refers to (None if none)."""
+    if type(value) is Unloadable:
+        return value
+    seen = {id(value)}
+    todo = [value]
+    while todo and len(seen) < limit:
+        for ref in gc.get_referents(todo.pop()):
+            if type(ref) is Unloadable:
+                return ref
+            if id(ref) not in seen and not isinstance(ref, (type, types.ModuleType)):
+                seen.add(id(ref))
+                todo.append(ref)
+    return None

@@ -147,6 +147,10 @@ class SystemHub(Hub):
         if not self.park():  # data slipped in: wake ourselves again
             os.eventfd_write(self.efd, 1)
 
+    def record_dead(self, method: str, reason: str) -> None:
+        """Keep a dead letter for a reply that did not unpickle here."""
+        self.runtime._dead.add("(caller)", method, reason)
+
     def reply_to_actor(self, caller: int, token: int, exc: BaseException) -> None:
         """Send an error reply, on a dead actor's behalf, to an actor that called it."""
         chan = self.outbound.get(caller)

@@ -103,3 +103,51 @@ def test_main_script_types_are_one_class_on_both_sides(tmp_path: Path, method: s
     proc = run_script(tmp_path, BANK, method)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "main-script types: ok" in proc.stdout
+
+
+UNDER_GUARD = '''
+import sys
+
+import actorq
+
+
+class Runner(actorq.Actor):
+    def run(self, fn):
+        return fn()
+
+    def ping(self, i):
+        return i
+
+
+if __name__ == "__main__":
+    def work():  # under the guard: the actor's process never defines it
+        return 42
+
+    with actorq.ActorSystem(start_method=sys.argv[1], call_timeout=60) as system:
+        runner = system.spawn(Runner)
+        replies = [runner.ping(i) for i in range(5)]
+        bad = runner.run(work)
+        replies += [runner.ping(i) for i in range(5, 10)]
+        try:
+            bad.result(timeout=30)
+        except TypeError as exc:
+            print("error:", exc)
+        assert [r.result(timeout=30) for r in replies] == list(range(10))
+        letters = actorq.testing.wait_until(lambda: system.dead_letters(), timeout=30)
+        print("dead letter:", letters[0].method, letters[0].reason[:60])
+'''
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_function_under_the_main_guard_fails_its_call_with_the_way_out(
+        tmp_path: Path, method: str) -> None:
+    """A function defined under ``if __name__ == "__main__":`` pickles in the caller but
+    cannot be found in the actor: that call fails at once, saying where to define it; the
+    calls sent with it are handled."""
+    proc = run_script(tmp_path, UNDER_GUARD.replace("import actorq\n",
+                                                    "import actorq\nimport actorq.testing\n"),
+                      method)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "error: argument 0 of Runner 'Runner-1'.run could not be unpickled" in proc.stdout
+    assert "define work at the top level of a module" in proc.stdout
+    assert "dead letter: run argument 0" in proc.stdout
