@@ -81,6 +81,18 @@ TIME_SLICE = 0.01
 EXIT_FAILED_START = 3
 EXIT_SYSTEM_GONE = 4
 EXIT_UNCAUGHT = 5
+EXIT_MAIN_UNGUARDED = 6  # the user's main script, imported again here, made a system
+
+
+def exit_if_importing_main() -> None:
+    """Called by ``ActorSystem()``. In an actor process that is importing the user's main
+    script again (forkserver and spawn do, before the actor boots), a system created at
+    import time means the script has no ``if __name__ == "__main__":`` guard: exit at once,
+    quietly, with ``EXIT_MAIN_UNGUARDED``. The system says it once, in the user's process
+    (a traceback from every child, and restarts of a failure that repeats, only hid it)."""
+    proc = multiprocessing.current_process()
+    if getattr(proc, "_inheriting", False) and proc.name.startswith("actorq:"):
+        os._exit(EXIT_MAIN_UNGUARDED)
 
 
 class ActorHub(Hub):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -31,6 +32,7 @@ from actorq import _serialization
 from actorq._actor import handler_names
 from actorq._config import SystemConfig
 from actorq._errors import ActorCrashed, ActorStopped
+from actorq._host import EXIT_MAIN_UNGUARDED
 from actorq._hub import OP_REPLY, SYSTEM_ID, method_and_args
 from actorq._process.spares import WarmPool
 from actorq._ref import ActorRef
@@ -139,6 +141,7 @@ class Runtime:
         self._lock = threading.RLock()
         self._dead = DeadLetters(self.config.dead_letters)
         self._events: Counter[str] = Counter()
+        self._unguarded: str | None = None  # why no actor can start (an unguarded main)
 
     # -- loop helpers ---------------------------------------------------------------------
 
@@ -165,6 +168,8 @@ class Runtime:
         if self._closing:
             msg = "the actor system is closed"
             raise ActorStopped(msg)
+        if self._unguarded is not None:
+            raise ActorCrashed(self._unguarded, "start")
         with self._lock:
             if supervisor.state != "running":
                 msg = f"supervisor {supervisor.name!r} is stopped"
@@ -274,7 +279,7 @@ class Runtime:
             self._hub.loop.call_later(SPARE_REFILL_DELAY, self._submit_refill)
 
     def _submit_refill(self) -> None:
-        if not self._closing:
+        if not self._closing and self._unguarded is None:
             try:
                 self._starter.submit(self._spares.refill)
             except RuntimeError:  # the starter is shut down: closing
@@ -393,6 +398,9 @@ class Runtime:
         if cell.state == "stopping" or self._closing:
             self._finish(cell, "stopped", cell.finish_why)
             return
+        if code == EXIT_MAIN_UNGUARDED:  # deterministic: every start would end so
+            self._main_unguarded(cell)
+            return
         cause = classify_exit(code, cell.killed_for, cell.reported)
         cell.killed_for = cell.reported = None
         cell.crashes[cause] += 1
@@ -419,6 +427,19 @@ class Runtime:
             why = f"{words} and was not restarted (restart={cell.restart!r})"
             self._finish(cell, "stopped", why, cause=cause)
             cell.supervisor.remove(cell)
+
+    def _main_unguarded(self, cell: ActorCell) -> None:
+        """An actor process found the main script creating a system at import time."""
+        if self._unguarded is None:
+            main = sys.modules.get("__main__")
+            script = getattr(main, "__file__", None) or "your main script"
+            self._unguarded = (
+                f"{script} creates an ActorSystem when it is imported, and every actor "
+                f"process imports it again (start method {self.config.start_method!r}): "
+                "put the code that creates the system under "
+                "`if __name__ == \"__main__\":`")
+            logger.error("no actor can start: %s", self._unguarded)
+        self._finish(cell, "failed", f"could not start: {self._unguarded}", cause="start")
 
     @staticmethod
     def _words(cell: ActorCell, cause: str, code: int | None) -> str:

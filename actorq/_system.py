@@ -85,6 +85,7 @@ class ActorSystem(Runtime):
 
     def __init__(self, *, workers: int | None = None, start_method: str | None = None,
                  **options: Any) -> None:
+        _host.exit_if_importing_main()
         config = SystemConfig()
         if start_method is not None:
             options["start_method"] = start_method

@@ -151,3 +151,34 @@ def test_function_under_the_main_guard_fails_its_call_with_the_way_out(
     assert "error: argument 0 of Runner 'Runner-1'.run could not be unpickled" in proc.stdout
     assert "define work at the top level of a module" in proc.stdout
     assert "dead letter: run argument 0" in proc.stdout
+
+
+NO_GUARD = '''
+import sys
+
+import actorq
+
+
+class Counter(actorq.Actor):
+    def incr(self):
+        return 1
+
+
+system = actorq.ActorSystem(start_method=sys.argv[1])
+counter = system.spawn(Counter)
+print(counter.incr().result(timeout=60))
+'''
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_missing_main_guard_is_one_short_error(tmp_path: Path, method: str) -> None:
+    """No ``if __name__ == "__main__":``: every actor process, importing the script
+    again, would build a system of its own. One short error in the user's process (it
+    was ~120 lines: a traceback per child, restarts of a failure that repeats)."""
+    proc = run_script(tmp_path, NO_GUARD, method)
+    assert proc.returncode != 0
+    assert proc.stderr.count("Traceback") == 1, proc.stderr
+    assert len(proc.stderr.splitlines()) <= 12, proc.stderr
+    assert "creates an ActorSystem when it is imported" in proc.stderr
+    assert 'put the code that creates the system under `if __name__ == "__main__":`' in (
+        proc.stderr)
