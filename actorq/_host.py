@@ -38,7 +38,7 @@ import uvloop
 from actorq import _serialization
 from actorq._actor import ActorContext, handler_names
 from actorq._clock import Deadline
-from actorq._errors import ActorStopped, format_remote
+from actorq._errors import ActorStopped, format_remote, raised_at
 from actorq._hub import OP_CALL, OP_REPLY, OP_TELL, BadMessage, Hub
 from actorq._process.deathsig import set_pdeathsig
 from actorq._ref import ActorRef, register_hub
@@ -452,17 +452,22 @@ class ActorHub(Hub):
             self.log_tell_error(value, tb)
 
     def log_tell_error(self, exc: BaseException, tb: str) -> None:
-        """A told message raised: nobody waits for it, so log it (the first of each kind
-        with its traceback, the rest counted, so that a flood does not drown the log)."""
-        kind = (type(exc).__name__, str(exc)[:200])
+        """A told message raised: nobody waits for it, so log it. The first of each kind
+        (exception type and the line that raised it) with its traceback; the rest only
+        counted, at 10, 100, 1000 and 10000, so that a flood does not drown the log, even
+        when each message has a text of its own."""
+        file, line = raised_at(exc)
+        kind = (type(exc).__name__, f"{file}:{line}")
         seen = self.tell_errors.get(kind, 0)
         self.tell_errors[kind] = seen + 1
         if seen == 0:
-            logger.error("%s: a told message raised (later ones like it are counted, not "
-                         "logged):\n%s", self.host.describe(), tb or exc)
+            logger.error("%s: a told message raised (later %s raised at %s are counted, "
+                         "not logged):\n%s", self.host.describe(), kind[0],
+                         f"{os.path.basename(file)}:{line}", tb or exc)
         elif seen + 1 in (10, 100, 1000, 10000):
-            logger.error("%s: %d told messages raised %s: %s", self.host.describe(), seen + 1,
-                         kind[0], kind[1])
+            logger.error("%s: %d told messages raised %s at %s (the last: %s)",
+                         self.host.describe(), seen + 1, kind[0], kind[1],
+                         str(exc)[:200])
 
     def send_reply(self, reply_to: int, msg: tuple[Any, ...]) -> None:
         """Append a reply to the caller's channel (opened through the system if new)."""

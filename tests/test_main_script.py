@@ -78,6 +78,10 @@ if __name__ == "__main__":
             bank.withdraw(100).result()
         except InsufficientFunds as exc:
             assert "asked 100" in str(exc)
+            remote = str(exc.__cause__)
+            # the real file and line, and no runtime frames above the handler
+            assert 'script.py", line' in remote and "in withdraw" in remote, remote
+            assert "<dynamic-code>" not in remote and "_host.py" not in remote, remote
         else:
             raise AssertionError("no InsufficientFunds")
         assert bank.withdraw(4).result() == 6
@@ -182,3 +186,40 @@ def test_missing_main_guard_is_one_short_error(tmp_path: Path, method: str) -> N
     assert "creates an ActorSystem when it is imported" in proc.stderr
     assert 'put the code that creates the system under `if __name__ == "__main__":`' in (
         proc.stderr)
+
+
+TELL_FLOOD = '''
+import sys
+
+import actorq
+
+
+class Picky(actorq.Actor):
+    def receive(self, message):
+        raise KeyError(f"no such account: {message}")  # a text of its own every time
+
+    def other(self, message):
+        raise ValueError(message)
+
+    def ping(self):
+        return "pong"
+
+
+if __name__ == "__main__":
+    with actorq.ActorSystem(start_method=sys.argv[1]) as system:
+        picky = system.spawn(Picky)
+        for i in range(50):
+            picky.tell(i)
+        assert picky.ping().result(timeout=60) == "pong"
+'''
+
+
+def test_told_errors_are_logged_once_per_type_and_place(tmp_path: Path) -> None:
+    """50 told messages raising the same error from the same line, each with its own
+    text: one traceback, then counts (it was 50 full tracebacks)."""
+    proc = run_script(tmp_path, TELL_FLOOD, "forkserver")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("Traceback") == 1, proc.stderr
+    assert "later KeyError raised at script.py:" in proc.stderr
+    assert "10 told messages raised KeyError at" in proc.stderr
+    assert "_host.py" not in proc.stderr  # runtime frames trimmed
