@@ -8,6 +8,7 @@ explicit keyword to :class:`actorq.ActorSystem` wins over both.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,8 +101,14 @@ class SystemConfig:
 
     def replace(self, **changes: Any) -> SystemConfig:
         """Return a copy with *changes* applied (unknown names raise ``TypeError``)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        known = [f.name for f in dataclasses.fields(self)]
+        unknown = set(changes) - set(known)
         if unknown:
-            msg = f"unknown ActorSystem option(s): {', '.join(sorted(unknown))}"
+            words = []
+            for name in sorted(unknown):
+                close = difflib.get_close_matches(name, known, n=1)
+                words.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+            msg = (f"unknown ActorSystem option(s): {', '.join(words)}; the options are the "
+                   "fields of actorq.SystemConfig")
             raise TypeError(msg)
         return dataclasses.replace(self, **changes)

@@ -53,6 +53,14 @@ class DeadlockError(ActorqError):
     """Waiting on this reply would deadlock: the target is blocked waiting on the caller."""
 
 
+class NoSuchActor(ActorqError, KeyError):
+    """No live actor is registered under that name (``lookup``). A ``KeyError`` whose
+    message reads as a sentence (a plain ``KeyError`` shows its message quoted)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class RemoteTraceback(ActorqError):
     """The traceback of an exception raised in another process, kept as text."""
 

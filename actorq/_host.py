@@ -38,7 +38,7 @@ import uvloop
 from actorq import _serialization
 from actorq._actor import ActorContext, handler_names
 from actorq._clock import Deadline
-from actorq._errors import ActorStopped, format_remote, raised_at
+from actorq._errors import ActorStopped, NoSuchActor, format_remote, raised_at
 from actorq._hub import OP_CALL, OP_REPLY, OP_TELL, BadMessage, Hub
 from actorq._process.deathsig import set_pdeathsig
 from actorq._ref import ActorRef, register_hub
@@ -756,7 +756,7 @@ class Host:
         answer, _fds = self.request(("lookup", name))
         if answer[0] != "ref":
             msg = f"no actor named {name!r}"
-            raise KeyError(msg)
+            raise NoSuchActor(msg)
         _kind, actor_id, handlers, cls_name = answer
         return ActorRef(self.hub, self.hub.run_id, actor_id, name, handlers, cls_name)
 

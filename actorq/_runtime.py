@@ -447,7 +447,8 @@ class Runtime:
             return (f"was killed: a handler ran past hang_timeout="
                     f"{cell.options.hang_timeout:g}s")
         if cause == "oom":
-            return f"was killed: it went over max_rss={cell.options.max_rss} bytes"
+            return (f"was killed: it went over max_rss={cell.options.max_rss} "
+                    f"({(cell.options.max_rss or 0) / 2**20:.1f} MiB)")
         if cause == "exception":
             return f"died of an exception that escaped its handlers ({describe_exit(code)})"
         return describe_exit(code)

@@ -35,7 +35,7 @@ from actorq import _host, _serialization
 from actorq._actor import Actor, handler_names
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
-from actorq._errors import ActorStopped
+from actorq._errors import ActorStopped, NoSuchActor
 from actorq._ids import new_run_prefix
 from actorq._process.spares import WarmPool
 from actorq._process.spawn import get_context
@@ -214,7 +214,7 @@ class ActorSystem(Runtime):
             cell = self._cells.get(self._names.get(name, -1))
         if cell is None or cell.state in DEAD_STATES:
             msg = f"no actor named {name!r}"
-            raise KeyError(msg)
+            raise NoSuchActor(msg)
         return ActorRef(self._hub, self.run_id, cell.id, cell.name, cell.handlers,
                         cell.cls_name)
 
@@ -324,7 +324,7 @@ class ActorSystem(Runtime):
         cell = self._cell_of(ref, "wait_ready")
         if cell is None:
             msg = f"wait_ready(): no actor {ref!r} in this system"
-            raise KeyError(msg)
+            raise NoSuchActor(msg)
         if not cell.ready.wait(timeout if timeout is not None else self.config.start_timeout):
             msg = f"{cell.describe()} did not start in time"
             raise TimeoutError(msg)

@@ -44,3 +44,19 @@ def test_a_ref_of_another_system_is_refused_and_stops_nothing() -> None:
         s2.stop(theirs)
         assert s2.pid_of(theirs) is None
         assert s1.pid_of(mine) is not None
+
+
+def test_error_messages_name_the_way_out(system: actorq.ActorSystem) -> None:
+    """A misspelt option suggests the right one; a private name on a ref says why it is
+    not a handler; a failed lookup reads as a sentence, without doubled quotes."""
+    with pytest.raises(TypeError, match=r"'windw' \(did you mean 'window'\?\)"):
+        actorq.ActorSystem(windw=5)
+    counter = system.spawn(Counter, name="c")
+    with pytest.raises(AttributeError, match="names starting with '_' are never handlers"):
+        counter._private()
+    with pytest.raises(AttributeError):
+        counter.__array__  # noqa: B018 - a protocol probe stays a plain AttributeError
+    with pytest.raises(KeyError) as info:
+        system.lookup("nobody")
+    assert str(info.value) == "no actor named 'nobody'"
+    assert isinstance(info.value, actorq.ActorqError)
