@@ -3,6 +3,10 @@ sync waiting on replies."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
+from typing import Any
+
 import pytest
 
 import actorq
@@ -60,3 +64,53 @@ def test_error_messages_name_the_way_out(system: actorq.ActorSystem) -> None:
         system.lookup("nobody")
     assert str(info.value) == "no actor named 'nobody'"
     assert isinstance(info.value, actorq.ActorqError)
+
+
+class Sleeper(actorq.Actor):
+    def nap(self, seconds: float, value: int) -> int:
+        time.sleep(seconds)
+        return value
+
+    def fail(self) -> None:
+        raise ValueError("no")
+
+    def fan_out(self, workers: list[actorq.ActorRef[Any]]) -> list[int]:
+        """Inside an actor: wait on replies from other actors with actorq.as_completed."""
+        replies = [w.nap(0.0, i) for i, w in enumerate(workers)]
+        return sorted(r.result() for r in actorq.as_completed(replies, timeout=30))
+
+
+def test_sync_code_waits_for_any_or_all_replies(system: actorq.ActorSystem) -> None:
+    """concurrent.futures.as_completed(replies) raised AttributeError; actorq.wait and
+    actorq.as_completed do the same for replies, in order of completion."""
+    slow, fast = system.spawn(Sleeper), system.spawn(Sleeper)
+    system.wait_ready(slow)
+    system.wait_ready(fast)
+    slow_reply = slow.nap(30.0, 1)  # done only when we stop waiting for it (below)
+    fast_replies = [fast.nap(0.0, i) for i in range(10)]
+    order = list(actorq.as_completed(fast_replies, timeout=30))
+    assert sorted(r.result() for r in order) == list(range(10))
+    done, not_done = actorq.wait([slow_reply, *fast_replies], timeout=30,
+                                 return_when="FIRST_COMPLETED")
+    assert slow_reply in not_done
+    assert done
+    assert done <= set(fast_replies)
+    failing = fast.fail()
+    done, not_done = actorq.wait([failing, slow_reply], timeout=30,
+                                 return_when=concurrent.futures.FIRST_EXCEPTION)
+    assert done == {failing}
+    assert not_done == {slow_reply}
+    with pytest.raises(actorq.CallTimeout, match=r"1 of 1 replies not done within 0\.2s"):
+        list(actorq.as_completed([slow_reply], timeout=0.2))
+    done, not_done = actorq.wait([slow_reply], timeout=0.2)  # a timeout returns, no error
+    assert not done
+    assert not_done == {slow_reply}
+    with pytest.raises(ValueError, match="return_when"):
+        actorq.wait([slow_reply], return_when="ANY")
+    system.stop(slow)  # its pending call fails with ActorStopped: all done now
+    done, not_done = actorq.wait([slow_reply], timeout=30)
+    assert done == {slow_reply}
+    assert not not_done
+    assert isinstance(slow_reply.exception(), actorq.ActorStopped)
+    workers = [system.spawn(Sleeper) for _ in range(3)]
+    assert system.spawn(Sleeper).fan_out(workers).result() == [0, 1, 2]
