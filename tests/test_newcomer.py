@@ -3,6 +3,7 @@ sync waiting on replies."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import time
 from typing import Any
@@ -114,3 +115,16 @@ def test_sync_code_waits_for_any_or_all_replies(system: actorq.ActorSystem) -> N
     assert isinstance(slow_reply.exception(), actorq.ActorStopped)
     workers = [system.spawn(Sleeper) for _ in range(3)]
     assert system.spawn(Sleeper).fan_out(workers).result() == [0, 1, 2]
+
+
+def test_result_inside_async_code_warns_that_it_blocks_the_loop(
+        system: actorq.ActorSystem) -> None:
+    """reply.result() in the user's own async code silently blocked its loop: warn."""
+    counter = system.spawn(Counter)
+
+    async def main() -> int:
+        with pytest.warns(RuntimeWarning, match="blocks this thread's running event loop"):
+            value = counter.incr().result(timeout=30)
+        return value + await counter.incr()
+
+    assert asyncio.run(main()) == 3

@@ -14,6 +14,7 @@ import asyncio
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,10 @@ from actorq._transport.channel import (
     fence,
 )
 from actorq._transport.ring import H_READER, H_TAIL
+
+# The running loop of this thread, or None (no exception raised when there is none: this
+# is asked on every synchronous wait)
+_running_loop = asyncio._get_running_loop
 
 
 class SystemHub(Hub):
@@ -66,6 +71,10 @@ class SystemHub(Hub):
         if threading.get_ident() == self.loop_thread_id:
             msg = f"{reply.describe}: result() called on the actor system's own loop; use await"
             raise RuntimeError(msg)
+        if _running_loop() is not None:
+            msg = (f"{reply.describe}: result() blocks this thread's running event loop until "
+                   "the reply comes; in async code use `await reply`")
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
         if self.dirty:
             self.flush_dirty()
         if not reply.done():
