@@ -128,3 +128,15 @@ def test_result_inside_async_code_warns_that_it_blocks_the_loop(
         return value + await counter.incr()
 
     assert asyncio.run(main()) == 3
+
+
+def test_actorq_bench_writes_to_the_current_directory(tmp_path: Any, monkeypatch: Any) -> None:
+    """`actorq bench` from an editable install wrote into the checkout's tracked
+    benchmarks/results/ by default; now into the current directory."""
+    from actorq.cli import bench_argv
+
+    monkeypatch.chdir(tmp_path)
+    assert bench_argv(["--quick"]) == ["--quick", "--results-dir", str(tmp_path)]
+    assert bench_argv(["--results-dir", "/x"]) == ["--results-dir", "/x"]
+    assert bench_argv(["--results-dir=/x"]) == ["--results-dir=/x"]
+    assert bench_argv(["--help"]) == ["--help"]
