@@ -140,3 +140,26 @@ def test_actorq_bench_writes_to_the_current_directory(tmp_path: Any, monkeypatch
     assert bench_argv(["--results-dir", "/x"]) == ["--results-dir", "/x"]
     assert bench_argv(["--results-dir=/x"]) == ["--results-dir=/x"]
     assert bench_argv(["--help"]) == ["--help"]
+
+
+class Parent(actorq.Actor):
+    def spawn_child(self) -> int:
+        return self.context.spawn(Counter).actor_id
+
+
+def test_stopped_actors_are_forgotten_past_stopped_kept() -> None:
+    """metrics()["actors"] kept every stopped child for the life of the system: past
+    stopped_kept, the oldest are forgotten, with their shared memory."""
+    with actorq.ActorSystem(call_timeout=30.0, stopped_kept=3) as system:
+        parent = system.spawn(Parent, name="parent")
+        for _ in range(6):
+            child_id = parent.spawn_child().result()
+            assert child_id > 0
+            system.stop(parent)  # its child stops with it
+            parent = system.spawn(Parent, name="parent")
+        system.wait_ready(parent)
+        actors = system.metrics()["actors"]
+        states = [entry["state"] for entry in actors.values()]
+        assert states.count("running") == 1  # the last parent
+        assert len(actors) <= 5
+        assert parent.spawn_child().result() > 0  # the system still works

@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -113,6 +114,7 @@ class Runtime:
         self._lock = threading.RLock()
         self._dead = DeadLetters(config.dead_letters)
         self._unguarded: str | None = None  # why no actor can start (an unguarded main)
+        self._finished: deque[int] = deque()  # ids of actors gone for good, oldest first
         self._bus = EventBus()
         self._counts = EventCounts()
         self._bus.subscribe(self._counts)  # metrics: the first listener
@@ -680,6 +682,30 @@ class Runtime:
         cell.exited.set()
         cell.ready.set()
         self._publish(EventKind.STOPPED, cell, None if cause == "stopped" else cause, about)
+        self._finished.append(cell.id)
+        self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """Past ``stopped_kept`` actors gone for good, forget the oldest: its record (no
+        longer in ``metrics()``), and its shared memory and doorbell (loop thread)."""
+        while len(self._finished) > self.config.stopped_kept and not self._closing:
+            cell = self._cells.get(self._finished[0])
+            if cell is not None and cell.proc is not None:
+                return  # its process is still on its way out: next time
+            self._finished.popleft()
+            if cell is None:
+                continue
+            with self._lock:
+                del self._cells[cell.id]
+            for seg in cell.inbound.values():
+                seg.close()
+                seg.unlink()
+            cell.inbound.clear()
+            cell.ctl.close()
+            cell.ctl.seg.unlink()
+            cell.spec.close()
+            cell.spec.unlink()
+            os.close(cell.efd)
 
     def _release_name(self, cell: ActorCell) -> None:
         with self._lock:
@@ -843,7 +869,10 @@ class Runtime:
             entry: dict[str, Any] = {"id": cell.id, "state": cell.state, "pid": cell.pid,
                                      "restarts": cell.restarts, "crashes": dict(cell.crashes)}
             if not self._closed:
-                self._mailbox_figures(cell, entry)
+                try:
+                    self._mailbox_figures(cell, entry)
+                except ValueError:  # forgotten meanwhile (_forget_oldest): released
+                    continue
             actors[cell.name] = entry
         system: dict[str, Any] = {"run_id": self.run_id, "events": dict(self._counts.counts),
                                   "dead_letters": self._dead.total, "closed": self._closed}
@@ -881,15 +910,18 @@ class Runtime:
 
     def wait_ready(self, actor_id: int, timeout: float | None = None) -> None:
         """Block until the actor has started (constructor and ``on_start`` done)."""
-        cell = self._cells[actor_id]
+        cell = self._cells.get(actor_id)
+        if cell is None:
+            msg = f"no actor #{actor_id} (it never existed, or stopped long ago)"
+            raise NoSuchActor(msg)
         if not cell.ready.wait(timeout if timeout is not None else self.config.start_timeout):
             msg = f"{cell.describe()} did not start in time"
             raise TimeoutError(msg)
 
     def pid_of(self, actor_id: int) -> int | None:
         """The pid of the process running (or booting) the actor; None without one."""
-        cell = self._cells[actor_id]
-        return cell.pid if cell.proc is not None else None
+        cell = self._cells.get(actor_id)
+        return cell.pid if cell is not None and cell.proc is not None else None
 
 
     def check_open(self) -> None:
