@@ -271,7 +271,9 @@ class Hub:
                 gate.backpressure += 1
                 chan.set_want(True)
                 text = (f"{ref._describe()}: {gate.waiting} messages already wait for its "
-                        f"mailbox (max_parked={self.config.max_parked}); await some replies")
+                        f"mailbox (max_parked={self.config.max_parked}); await some "
+                        "replies before sending more (bound the fan-out, e.g. with an "
+                        "asyncio.Semaphore)")
                 raise Backpressure(text)
             waiter = gate.enqueue(ref._priority, now,
                                   lambda w: self._send_granted(chan, w, msg))
