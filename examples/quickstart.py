@@ -67,7 +67,8 @@ def sync_example():
         firsts = [r.result() for r in actorq.as_completed(replies, timeout=10)]
         assert sorted(firsts) == [1118, 1119, 1120]
         done, not_done = actorq.wait(replies, timeout=10)
-        assert done == set(replies) and not not_done
+        assert done == set(replies)
+        assert not not_done
     # Leaving the block stopped the actor, joined its process, unlinked its shared memory.
 
 

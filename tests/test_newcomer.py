@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -163,3 +165,16 @@ def test_stopped_actors_are_forgotten_past_stopped_kept() -> None:
         assert states.count("running") == 1  # the last parent
         assert len(actors) <= 5
         assert parent.spawn_child().result() > 0  # the system still works
+
+
+def test_recipes_page_is_copied_from_code_that_runs() -> None:
+    """docs/recipes.md's blocks come from examples/recipes.py (run by test_examples.py)
+    and tests/test_recipe_testing.py (run by pytest)."""
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "recipes.md").read_text()
+    sources = (root / "examples" / "recipes.py").read_text() + (
+        root / "tests" / "test_recipe_testing.py").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert len(blocks) >= 6
+    for block in blocks:
+        assert block in sources, f"not in examples/recipes.py:\n{block}"
