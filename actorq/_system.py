@@ -23,7 +23,6 @@ import atexit
 import logging
 import os
 import platform
-import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,7 +32,7 @@ from actorq._core.actor import Actor
 from actorq._core.events import ActorEvent
 from actorq._core.ref import ActorRef
 from actorq._resilience.backoff import Backoff
-from actorq._runtime.runtime import Runtime
+from actorq._runtime.runtime import LIVE_RUNTIMES, Runtime
 from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.supervisor import Supervisor
 
@@ -69,7 +68,6 @@ class ActorSystem:
                 "ordering is not guaranteed by pure Python (see docs/concepts.md)",
                 platform.machine())
         self._runtime = Runtime(self.config)
-        _live_systems.add(self)
 
     @property
     def run_id(self) -> str:
@@ -195,7 +193,6 @@ class ActorSystem:
 
         Blocks up to the system's ``stop_timeout`` for actors to stop, then kills them.
         """
-        _live_systems.discard(self)
         self._runtime.close()
 
     def __repr__(self) -> str:
@@ -203,7 +200,9 @@ class ActorSystem:
         return f"<ActorSystem {self.run_id} {state} actors={self._runtime.actor_count}>"
 
 
-_live_systems: weakref.WeakSet[ActorSystem] = weakref.WeakSet()
+# Open runtimes, not this facade: their threads keep them alive when the user drops a
+# system without closing it; they are closed at exit (and by the leak guard).
+_live_systems = LIVE_RUNTIMES
 
 
 @atexit.register

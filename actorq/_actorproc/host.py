@@ -43,6 +43,7 @@ from actorq._core.protocol import (
     C_BUSY,
     C_HANDLED,
     C_REPLY_TO,
+    C_SEQ,
     C_SINCE,
     C_STOP,
     C_TOKEN,
@@ -55,7 +56,8 @@ from actorq._core.protocol import (
 from actorq._core.ref import ActorRef, register_hub
 from actorq._core.reply import Reply
 from actorq._errors import ActorStopped, NoSuchActor, format_remote, raised_at
-from actorq._process.deathsig import set_pdeathsig
+from actorq._process import deathsig
+from actorq._process.deathsig import Lineage
 from actorq._serialization import SAFE_TYPES
 from actorq._transport import control
 from actorq._transport.aimd import AIMDWindow
@@ -67,7 +69,7 @@ from actorq._transport.channel import (
     OpenRecord,
     OutChannel,
 )
-from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_TAIL
+from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_TAIL
 from actorq._transport.shm import Segment
 
 logger = logging.getLogger(__name__)
@@ -275,6 +277,7 @@ class ActorHub(Hub):
         slots[C_TOKEN] = token
         if token:
             slots[C_REPLY_TO] = reply_to + 1
+        slots[C_SEQ] = hdr[H_HANDLED]  # the head record's first message
         slots[C_BUSY] = chan.sender_id + 1
         self.busy = True
         self.sync_depth += 1
@@ -293,13 +296,13 @@ class ActorHub(Hub):
             self.hold(result, entry or chan.open(rec, unlink), 0, token, reply_to)
             return True
         self.busy = False
-        slots[C_BUSY] = 0
         slots[C_HANDLED] += 1
         # committed: its credit is back before the reply is
         if entry is None:
             chan.commit_now(rec, unlink)
         else:  # tracked while the handler waited (it read its rings): commit in order
             entry.done_one(0)
+        slots[C_BUSY] = 0  # after the commit: a crash in between must not redeliver it
         if token:
             self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
             slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
@@ -372,7 +375,9 @@ class ActorHub(Hub):
                     if self.stamp_start:
                         slots[C_SINCE] = time.monotonic_ns()
                     # C_TOKEN is already 0: every message clears it once its reply is out
-                    slots[C_BUSY] = entry.chan.sender_id + 1  # crash attribution slot
+                    chan = entry.chan
+                    slots[C_SEQ] = chan.ring.hdr[H_HANDLED] + index
+                    slots[C_BUSY] = chan.sender_id + 1  # crash attribution slot
                     self.busy = True
                     try:
                         result = receive(msg[2])
@@ -384,12 +389,12 @@ class ActorHub(Hub):
                         self.hold(result, entry, index, 0, 0)
                         return
                     self.busy = False
-                    slots[C_BUSY] = 0
                     handled += 1
                     if self.aimd is not None and self.aimd.observe(
                             time.perf_counter() - entry.t_read):
                         slots[C_WINDOW] = self.aimd.window
                     entry.done_one(index)
+                    slots[C_BUSY] = 0  # after the commit (see C_SEQ)
                     continue
                 _op, token, reply_to, method, args, kwargs = msg
                 slots[C_TOKEN] = token  # 0: a crash then fails no caller
@@ -397,7 +402,9 @@ class ActorHub(Hub):
                     slots[C_REPLY_TO] = reply_to + 1
                 if self.stamp_start:
                     slots[C_SINCE] = time.monotonic_ns()
-                slots[C_BUSY] = entry.chan.sender_id + 1  # crash attribution slot
+                chan = entry.chan
+                slots[C_SEQ] = chan.ring.hdr[H_HANDLED] + index
+                slots[C_BUSY] = chan.sender_id + 1  # crash attribution slot
                 fn = handlers.get(method)
                 if fn is None:
                     err: Exception
@@ -418,12 +425,12 @@ class ActorHub(Hub):
                     self.hold(result, entry, index, token, reply_to)
                     return
                 self.busy = False
-                slots[C_BUSY] = 0
                 handled += 1
                 if self.aimd is not None and self.aimd.observe(
                         time.perf_counter() - entry.t_read):
                     slots[C_WINDOW] = self.aimd.window
                 entry.done_one(index)  # committed: its credit is back before the reply is
+                slots[C_BUSY] = 0  # after the commit (see C_SEQ)
                 if token:
                     self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
                     slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
@@ -449,9 +456,9 @@ class ActorHub(Hub):
         error). Until the reply is out, ``C_TOKEN`` names the call whose caller a crash
         must fail."""
         slots = self.ctl.slots
-        slots[C_BUSY] = 0
         slots[C_HANDLED] += 1
         entry.done_one(index)
+        slots[C_BUSY] = 0  # after the commit (see C_SEQ)
         if token:
             self.send_reply(reply_to, (OP_REPLY, token, ok, value, tb))
             slots[C_TOKEN] = 0
@@ -797,10 +804,13 @@ def _log_to_stderr_unless_configured() -> None:
     logging.getLogger("actorq").addHandler(handler)
 
 
-def main(ctrl: socket.socket) -> None:
+def main(ctrl: socket.socket, lineage: Lineage) -> None:
     """Entry point of every actor process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the system's to handle
-    set_pdeathsig()
+    delay = float(os.environ.get("ACTORQ_TEST_START_DELAY") or 0)
+    if delay:  # tests only: widen the window before the death signal is armed
+        time.sleep(delay)
+    deathsig.arm(lineage)  # first of all: never outlive the owner
     _log_to_stderr_unless_configured()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -70,6 +70,10 @@ class ActorOptions:
                                    and self.window_max < self.window_min):
             msg = f"need 1 <= window_min <= window_max (got {self.window_min}, {self.window_max})"
             raise ValueError(msg)
+        if isinstance(self.restart_on, str):
+            msg = (f"restart_on must be a set of causes, such as {{{self.restart_on!r}}}, "
+                   f"not the string {self.restart_on!r}")
+            raise TypeError(msg)
         unknown = set(self.restart_on) - CAUSES
         if unknown:
             msg = f"restart_on has unknown causes {sorted(unknown)}; known: {sorted(CAUSES)}"

@@ -41,6 +41,10 @@ them after a death to learn which message killed it (``_runtime.runtime``)::
     [9]  C_TOKEN     its call token (0 for a tell)
     [10] C_REPLY_TO  hub id + 1 of the caller waiting for it
     [11] C_SINCE     CLOCK_MONOTONIC ns when it started (hang detection); 0 if off
+    [12] C_SEQ       its place in its ring: messages handled on that ring before it (the
+                     ring's handled count + its index in the head record). C_BUSY is
+                     cleared only after the message is committed, so after a crash with
+                     C_BUSY set, comparing C_SEQ with the ring tells whether it was.
     [18] C_HANDLED   messages handled, all channels
     [20] C_STOP      written by the system: stop after the current message
 """
@@ -62,6 +66,7 @@ C_BUSY = 8
 C_TOKEN = 9
 C_REPLY_TO = 10
 C_SINCE = 11
+C_SEQ = 12
 C_HANDLED = 18
 C_STOP = 20
 

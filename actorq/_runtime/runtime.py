@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -41,6 +42,7 @@ from actorq._core.protocol import (
     C_BUSY,
     C_HANDLED,
     C_REPLY_TO,
+    C_SEQ,
     C_SINCE,
     C_STOP,
     C_TOKEN,
@@ -135,6 +137,7 @@ class Runtime:
         self._thread = threading.Thread(target=self._run_loop, name="actorq-hub", daemon=True)
         self._thread.start()
         self._loop_ready.wait(10)
+        LIVE_RUNTIMES.add(self)
 
     @property
     def hub(self) -> SystemHub:
@@ -145,6 +148,10 @@ class Runtime:
     def closing(self) -> bool:
         """True once ``close()`` began."""
         return self._closing
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else "running"
+        return f"<ActorSystem {self.run_id} {state} actors={len(self._cells)}>"
 
     @property
     def actor_count(self) -> int:
@@ -499,6 +506,8 @@ class Runtime:
         slots = cell.ctl.slots
         busy, token, reply_to = slots[C_BUSY], slots[C_TOKEN], slots[C_REPLY_TO]
         slots[C_BUSY] = slots[C_TOKEN] = 0
+        if busy and self._committed(cell, busy - 1, slots[C_SEQ]):
+            busy = 0  # it died after committing the message, before clearing the slot
         if not busy:
             cell.poison_key = None
             if token:  # a call was handled and committed, but its reply may not be out
@@ -535,6 +544,23 @@ class Runtime:
         self._dead.add(cell.name, method, f"crashed the actor{times}: {text}", message)
         if token:
             self._fail_caller(reply_to - 1, token, f"{text} while handling this call", cause)
+
+    @staticmethod
+    def _committed(cell: ActorCell, sender: int, seq: int) -> bool:
+        """Was the message at *seq* in *sender*'s ring committed (handled to the end)?"""
+        seg = cell.inbound.get(sender)
+        if seg is None:
+            return False
+        ring = Ring(seg.buf)
+        try:
+            rec = ring.read_at(ring.head())
+            first = ring.hdr[H_HANDLED]  # the first message not handled yet
+            if rec is not None:
+                first += ring.skip_count(rec.pos)
+                rec.payload.release()
+            return seq < first
+        finally:
+            ring.release()
 
     def _peek_message(self, payload: memoryview, index: int) -> tuple[str, Any]:
         unlink: list[str] = []
@@ -794,6 +820,9 @@ class Runtime:
         """Create a supervisor under *parent*."""
         self.check_open()
         with self._lock:
+            if parent.state != "running":
+                msg = f"supervisor {parent.name!r} is stopped"
+                raise ActorStopped(msg)
             name = name or f"supervisor-{len(parent.children) + 1}"
             return Supervisor(self, name, strategy=strategy, max_restarts=max_restarts,
                               within=within, backoff=backoff, parent=parent)
@@ -838,7 +867,7 @@ class Runtime:
         self._on_loop(request)
         done.wait(5.0)
         if not cell.exited.wait(deadline.remaining() + 0.5):
-            self._kill(cell)
+            self._kill_late(cell, deadline.timeout)
         cell.exited.wait(self.config.stop_timeout)
         settled = threading.Event()
         self._on_loop(settled.set)  # the loop has handled the exit
@@ -853,6 +882,11 @@ class Runtime:
         that unsubscribes it.
         """
         return self._bus.subscribe(listener)
+
+    def _kill_late(self, cell: ActorCell, seconds: float) -> None:
+        if cell.proc is not None:
+            logger.warning("%s did not stop within %gs: killing it", cell.describe(), seconds)
+            self._kill(cell)
 
     def dead_letters(self) -> list[DeadLetter]:
         """Messages that were never handled (their actor stopped) or that poisoned it."""
@@ -932,24 +966,61 @@ class Runtime:
 
 
     def close(self) -> None:
-        """Stop every actor, join every process, unlink every segment; idempotent."""
+        """Stop every actor, join every process, unlink every segment; idempotent.
+
+        Actors get ``stop_timeout`` to finish their current message; past half a second
+        of waiting, a one-line notice says so (see ``notice``). A ``KeyboardInterrupt``
+        during that wait (a second Ctrl-C) kills them at once; everything is still
+        joined and unlinked, and the interrupt is raised again afterwards.
+        """
         with self._lock:
             if self._closing:
                 return
             self._closing = True
+        LIVE_RUNTIMES.discard(self)
         self.root.state = "stopped"
-        self._spares.close()  # no refills from here on
-        # The starter thread is the parent thread of every process under fork and spawn
-        # (PR_SET_PDEATHSIG fires when it exits): it is shut down last, not first.
         cells = list(self._cells.values())
-        self._on_loop(self.finish_group, cells, "the actor system was closed")
-        deadline = Deadline.after(self.config.stop_timeout)
-        for cell in cells:
-            if cell.proc is not None and not cell.exited.wait(deadline.remaining()):
+        interrupted: KeyboardInterrupt | None = None
+        try:
+            self._spares.close()  # no refills from here on
+            # The starter thread is the parent thread of every process under fork and
+            # spawn (PR_SET_PDEATHSIG fires when it exits): it is shut down last.
+            self._on_loop(self.finish_group, cells, "the actor system was closed")
+            self._wait_stopped(cells)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            for cell in cells:
                 self._kill(cell)
+        try:
+            self._teardown(cells)
+        except BaseException:
+            # interrupted once more: the processes and the segments go regardless
+            for cell in cells:
+                self._kill(cell)
+            unlink_prefix(self.run_id)
+            raise
+        if interrupted is not None:
+            raise interrupted
+
+    def _wait_stopped(self, cells: list[ActorCell]) -> None:
+        """Wait up to ``stop_timeout`` for every actor to stop; kill those that do not."""
+        deadline = Deadline.after(self.config.stop_timeout)
+        told = False
+        for cell in cells:
+            if cell.proc is None:
+                continue
+            if not told and not cell.exited.wait(min(NOTICE_AFTER, deadline.remaining())):
+                told = True
+                live = sum(1 for c in cells if c.proc is not None and not c.exited.is_set())
+                notice(f"waiting up to {deadline.remaining():.1f}s for {live} actor(s) to "
+                       "finish their current message and stop (Ctrl-C kills them now)")
+            if cell.proc is not None and not cell.exited.wait(deadline.remaining()):
+                self._kill_late(cell, self.config.stop_timeout)
         for cell in cells:
             if cell.proc is not None:
                 cell.exited.wait(5.0)
+
+    def _teardown(self, cells: list[ActorCell]) -> None:
         self._spares.close()
         self._stop_loop()
         for cell in cells:
@@ -1001,3 +1072,22 @@ class Runtime:
         hub.ctl.close()
         os.close(hub.efd)
         unlink_prefix(self.run_id)
+
+
+LIVE_RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()  # open, not closed yet
+NOTICE_AFTER = 0.5  # seconds close() waits for actors before it says that it waits
+
+
+def notice(text: str) -> None:
+    """Tell the user something they are waiting on: a warning of the ``actorq`` logger.
+
+    Without any logging configured (only the library's NullHandler), the warning would be
+    swallowed, so the line goes to stderr instead, prefixed with ``actorq:``.
+    """
+    configured = logging.getLogger().handlers or any(
+        not isinstance(h, logging.NullHandler) for h in logger.handlers)
+    if configured:
+        logger.warning("%s", text)
+    else:
+        sys.stderr.write(f"actorq: {text}\n")
+        sys.stderr.flush()

@@ -121,7 +121,10 @@ def test_waiting_producers_are_served_fairly(tmp_path):
         threads = [threading.Thread(target=produce, args=(f"t{i}",)) for i in range(4)]
         for t in threads:
             t.start()
-        wait_until(lambda: s.metrics()["actors"][sink.name]["waiting_producers"] >= 3)
+        # every producer in the line before the gate opens (window 4: one producer alone
+        # can fill it), so that the order of service is the line's, not the start order
+        wait_until(lambda: s.metrics()["actors"][sink.name]["waiting_producers"] == 4,
+                   timeout=30)
         marker.unlink()
         for t in threads:
             t.join(60)
