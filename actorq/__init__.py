@@ -12,6 +12,7 @@ from actorq._core.actor import Actor, ActorContext, ActorOptions
 from actorq._core.events import ActorEvent, EventKind
 from actorq._core.ref import ActorRef
 from actorq._core.reply import Reply
+from actorq._core.waiting import as_completed, wait
 from actorq._errors import (
     ActorCrashed,
     ActorqError,
@@ -55,10 +56,12 @@ __all__ = [
     "Supervisor",
     "SupervisorStatistics",
     "SystemConfig",
+    "as_completed",
+    "wait",
 ]
 
 for _name in ("ActorContext", "ActorEvent", "EventKind", "SupervisorStatistics",
-              "SystemConfig"):
+              "SystemConfig", "as_completed", "wait"):
     globals()[_name].__module__ = "actorq"
 
 logging.getLogger("actorq").addHandler(logging.NullHandler())

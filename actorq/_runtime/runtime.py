@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -53,7 +54,7 @@ from actorq._core.protocol import (
 )
 from actorq._core.ref import ActorRef, register_hub, unregister_hub
 from actorq._core.reply import Reply
-from actorq._errors import ActorCrashed, ActorStopped, StartTimeout
+from actorq._errors import ActorCrashed, ActorStopped, NoSuchActor, StartTimeout
 from actorq._ids import new_run_prefix
 from actorq._process.reap import kill_tree
 from actorq._process.spares import WarmPool
@@ -112,6 +113,8 @@ class Runtime:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._dead = DeadLetters(config.dead_letters)
+        self._unguarded: str | None = None  # why no actor can start (an unguarded main)
+        self._finished: deque[int] = deque()  # ids of actors gone for good, oldest first
         self._bus = EventBus()
         self._counts = EventCounts()
         self._bus.subscribe(self._counts)  # metrics: the first listener
@@ -122,6 +125,7 @@ class Runtime:
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._hub = SystemHub(self.run_id, config, ControlBlock(ctl_seg), efd, self._state_of)
         register_hub(self.run_id, self._hub)
+        self._hub.on_dead = lambda what, why: self._dead.add("(caller)", what, why)
         self.root = Supervisor(self, "root", max_restarts=config.root_max_restarts,
                                within=config.root_within, give_up_per_child=True)
         self._spares = WarmPool(self._ctx, _host.main, config.warm_spares)
@@ -215,6 +219,8 @@ class Runtime:
         if self._closing:
             msg = "the actor system is closed"
             raise ActorStopped(msg)
+        if self._unguarded is not None:
+            raise ActorCrashed(self._unguarded, "start")
         with self._lock:
             if supervisor.state != "running":
                 msg = f"supervisor {supervisor.name!r} is stopped"
@@ -319,7 +325,7 @@ class Runtime:
             self._hub.loop.call_later(SPARE_REFILL_DELAY, self._submit_refill)
 
     def _submit_refill(self) -> None:
-        if not self._closing:
+        if not self._closing and self._unguarded is None:
             try:
                 self._starter.submit(self._spares.refill)
             except RuntimeError:  # the starter is shut down: closing
@@ -378,6 +384,8 @@ class Runtime:
             control.send(sock, (Ctl.ANSWER, msg[1], found))
         elif kind == Ctl.SPAWN:
             control.send(sock, (Ctl.ANSWER, msg[1], self._spawn_for(cell, *msg[2:])))
+        elif kind == Ctl.DEAD_LETTER:  # a message the actor could not unpickle
+            self._dead.add(cell.name, msg[1], msg[2])
 
     def _connect(self, cell: ActorCell, target_id: int) -> tuple[tuple[Any, ...], list[int]]:
         target = self._cells.get(target_id)
@@ -436,6 +444,9 @@ class Runtime:
         if cell.state == "stopping" or self._closing:
             self._finish(cell, CellState.STOPPED, cell.finish_why)
             return
+        if code == _host.EXIT_MAIN_UNGUARDED:  # deterministic: every start would end so
+            self._main_unguarded(cell)
+            return
         cause = classify_exit(code, cell.killed_for, cell.reported)
         cell.killed_for = cell.reported = None
         cell.crashes[cause] += 1
@@ -463,13 +474,27 @@ class Runtime:
             self._finish(cell, CellState.STOPPED, why, cause=cause)
             cell.supervisor.remove(cell)
 
+    def _main_unguarded(self, cell: ActorCell) -> None:
+        """An actor process found the main script creating a system at import time."""
+        if self._unguarded is None:
+            main = sys.modules.get("__main__")
+            script = getattr(main, "__file__", None) or "your main script"
+            self._unguarded = (
+                f"{script} creates an ActorSystem when it is imported, and every actor "
+                f"process imports it again (start method {self.config.start_method!r}): "
+                "put the code that creates the system under "
+                "`if __name__ == \"__main__\":`")
+            logger.error("no actor can start: %s", self._unguarded)
+        self._finish(cell, CellState.FAILED, f"could not start: {self._unguarded}", cause="start")
+
     @staticmethod
     def _words(cell: ActorCell, cause: str, code: int | None) -> str:
         if cause == "hang":
             return (f"was killed: a handler ran past hang_timeout="
                     f"{cell.options.hang_timeout:g}s")
         if cause == "oom":
-            return f"was killed: it went over max_rss={cell.options.max_rss} bytes"
+            return (f"was killed: it went over max_rss={cell.options.max_rss} "
+                    f"({(cell.options.max_rss or 0) / 2**20:.1f} MiB)")
         if cause == "exception":
             return f"died of an exception that escaped its handlers ({describe_exit(code)})"
         return describe_exit(code)
@@ -538,7 +563,7 @@ class Runtime:
     def _peek_message(self, payload: memoryview, index: int) -> tuple[str, Any]:
         unlink: list[str] = []
         try:
-            msgs = decode_batch(payload, unlink, track=False)
+            msgs = decode_batch(payload, unlink, track=False, salvage=True)
             return method_and_args(msgs[index])
         except Exception:
             return "?", None
@@ -681,6 +706,30 @@ class Runtime:
         cell.exited.set()
         cell.ready.set()
         self._publish(EventKind.STOPPED, cell, None if cause == "stopped" else cause, about)
+        self._finished.append(cell.id)
+        self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """Past ``stopped_kept`` actors gone for good, forget the oldest: its record (no
+        longer in ``metrics()``), and its shared memory and doorbell (loop thread)."""
+        while len(self._finished) > self.config.stopped_kept and not self._closing:
+            cell = self._cells.get(self._finished[0])
+            if cell is not None and cell.proc is not None:
+                return  # its process is still on its way out: next time
+            self._finished.popleft()
+            if cell is None:
+                continue
+            with self._lock:
+                del self._cells[cell.id]
+            for seg in cell.inbound.values():
+                seg.close()
+                seg.unlink()
+            cell.inbound.clear()
+            cell.ctl.close()
+            cell.ctl.seg.unlink()
+            cell.spec.close()
+            cell.spec.unlink()
+            os.close(cell.efd)
 
     def _release_name(self, cell: ActorCell) -> None:
         with self._lock:
@@ -695,7 +744,7 @@ class Runtime:
             while (rec := ring.read_at(pos)) is not None:
                 unlink: list[str] = []
                 try:
-                    msgs = decode_batch(rec.payload, unlink)
+                    msgs = decode_batch(rec.payload, unlink, salvage=True)
                 except Exception:
                     msgs = []
                 skip = ring.skip_count(rec.pos)
@@ -792,7 +841,7 @@ class Runtime:
             cell = self._cells.get(self._names.get(name, -1))
         if cell is None or cell.state in DEAD_STATES:
             msg = f"no actor named {name!r}"
-            raise KeyError(msg)
+            raise NoSuchActor(msg)
         return ActorRef(self._hub, self.run_id, cell.id, cell.name, cell.handlers,
                         cell.cls_name)
 
@@ -844,8 +893,13 @@ class Runtime:
     def statistics(self) -> tuple[SystemStatistics, dict[str, ActorStatistics]]:
         """Snapshots of the system and of every actor it knows (by name)."""
         open_ = not self._closed
-        actors = {cell.name: actor_statistics(cell, self.config.window, with_mailbox=open_)
-                  for cell in list(self._cells.values())}
+        actors = {}
+        for cell in list(self._cells.values()):
+            try:
+                actors[cell.name] = actor_statistics(cell, self.config.window,
+                                                     with_mailbox=open_)
+            except ValueError:  # forgotten meanwhile (_forget_oldest): its rings released
+                continue
         system = SystemStatistics(self.run_id, dict(self._counts.counts), self._dead.total,
                                   self._closed)
         if open_:
@@ -867,15 +921,18 @@ class Runtime:
 
     def wait_ready(self, actor_id: int, timeout: float | None = None) -> None:
         """Block until the actor has started (constructor and ``on_start`` done)."""
-        cell = self._cells[actor_id]
+        cell = self._cells.get(actor_id)
+        if cell is None:
+            msg = f"no actor #{actor_id} (it never existed, or stopped long ago)"
+            raise NoSuchActor(msg)
         if not cell.ready.wait(timeout if timeout is not None else self.config.start_timeout):
             msg = f"{cell.describe()} did not start in time"
             raise StartTimeout(msg)
 
     def pid_of(self, actor_id: int) -> int | None:
         """The pid of the process running (or booting) the actor; None without one."""
-        cell = self._cells[actor_id]
-        return cell.pid if cell.proc is not None else None
+        cell = self._cells.get(actor_id)
+        return cell.pid if cell is not None and cell.proc is not None else None
 
 
     def check_open(self) -> None:
