@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing.forkserver
 import os
 import threading
 import time
@@ -379,7 +380,13 @@ class Runtime:
         sock.close()
         proc.join(1.0)
         code = proc.exitcode
-        proc.close()
+        if code is None:
+            # No exit status: another part of this process reaped it (os.wait(), a
+            # SIGCHLD handler), or it closed its end of the sentinel and lives on. Kill
+            # it if it is still our child; the Process object cannot be closed.
+            _kill_if_child(proc.pid)
+        else:
+            proc.close()
         cell.proc = cell.ctrl = None
         with self._hub.drain_lock:
             self._hub.drain()  # replies it published before dying
@@ -691,6 +698,22 @@ class Runtime:
                     cell.killed_for = "oom"
                     self._kill(cell)
         self._hub.loop.call_later(self.config.monitor_interval, self._monitor)
+
+
+def _kill_if_child(pid: int | None) -> None:
+    """SIGKILL *pid* (and its descendants) if it is a live child of ours or of the fork
+    server: a pid whose exit status we never read may belong to someone else by now."""
+    if pid is None:
+        return
+    fs = getattr(multiprocessing.forkserver, "_forkserver", None)
+    parents = {os.getpid(), getattr(fs, "_forkserver_pid", None)}
+    try:
+        p = psutil.Process(pid)
+        if p.ppid() not in parents or p.status() == psutil.STATUS_ZOMBIE:
+            return
+    except psutil.Error:
+        return
+    kill_tree(pid)
 
 
 def kill_tree(pid: int) -> None:
