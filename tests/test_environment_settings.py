@@ -44,6 +44,8 @@ _SCRIPT = textwrap.dedent(
             self.gate = path
 
         def receive(self, message):
+            if message == "block":
+                open(self.gate + ".started", "w").close()
             while self.gate and os.path.exists(self.gate):
                 time.sleep(0.0005)
             self.most = max(self.most, len(self.ref._hub.queue))  # read ahead, waiting
@@ -58,6 +60,11 @@ _SCRIPT = textwrap.dedent(
         r.tell("block")
         for i in range(3000):
             r.tell(i)
+        deadline = time.monotonic() + 60  # the backlog is in the ring, the handler held
+        while not (os.path.exists(marker + ".started")
+                   and s.metrics()["actors"][r.name]["in_flight"] >= 3000):
+            assert time.monotonic() < deadline, "the backlog never built up"
+            time.sleep(0.01)
         os.unlink(marker)
         return r.most_queued().result(timeout=60)
 

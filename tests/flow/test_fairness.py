@@ -20,6 +20,9 @@ class Sink(actorq.Actor):
         self.gate = path
 
     def receive(self, message):
+        if self.gate and message in ("block", "fill"):
+            with open(self.gate + ".started", "w"):
+                pass
         while self.gate and os.path.exists(self.gate):
             time.sleep(0.0005)
         self.seen.append(message)
@@ -51,6 +54,7 @@ def _hold(tmp_path, sink):
     marker.write_text("x")
     sink.hold(str(marker)).result()
     sink.tell("block")  # handled first, until the marker goes
+    wait_until(lambda: (tmp_path / "hold.started").exists())
     return marker
 
 
@@ -86,6 +90,7 @@ def _priority_race(s, tmp_path, first_ref, second_ref):
     marker.write_text("x")
     sink_ref.hold(str(marker)).result()
     sink_ref.tell("fill")  # handled until the marker goes, holding the only credit
+    wait_until(lambda: (tmp_path / "hold.started").exists())
     t1 = threading.Thread(target=lambda: [first_ref.tell(("first", i)) for i in range(3)])
     t1.start()
     wait_until(lambda: s.metrics()["actors"][sink_ref.name]["waiting_producers"] >= 1)
