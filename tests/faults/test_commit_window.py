@@ -23,8 +23,7 @@ import time
 import pytest
 
 import actorq
-from actorq._hub import SYSTEM_ID
-from actorq._transport.channel import C_BUSY
+from actorq._core.protocol import C_BUSY, SYSTEM_ID
 from actorq._transport.ring import Ring
 from actorq.testing import wait_until
 
@@ -62,7 +61,7 @@ def test_a_crash_after_the_commit_with_the_slot_still_set_handles_nothing_twice(
         held = w.hold(str(marker))
         wait_until(lambda: (tmp_path / "hold.started").exists())
         after = w.record("next")
-        cell = s._cells[w.actor_id]
+        cell = s._runtime._cells[w.actor_id]
         assert cell.ctl.slots[C_BUSY] == SYSTEM_ID + 1  # handling our call
         ring = Ring(cell.inbound[SYSTEM_ID].buf)
         try:

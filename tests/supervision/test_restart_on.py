@@ -86,7 +86,7 @@ def test_a_process_reaped_by_someone_else_is_lost_and_restarted(tmp_path):
             loop_held.set()
             release.wait(20)
 
-        s._hub.loop.call_soon_threadsafe(hold_loop)
+        s._runtime.hub.loop.call_soon_threadsafe(hold_loop)
         assert loop_held.wait(10)
         try:
             os.kill(pid, signal.SIGKILL)
@@ -112,7 +112,7 @@ def test_lost_outside_restart_on_is_not_restarted(tmp_path):
             loop_held.set()
             release.wait(20)
 
-        s._hub.loop.call_soon_threadsafe(hold_loop)
+        s._runtime.hub.loop.call_soon_threadsafe(hold_loop)
         assert loop_held.wait(10)
         try:
             os.kill(pid, signal.SIGKILL)

@@ -52,7 +52,7 @@ def test_result_on_the_hub_loop_thread_raises_runtime_error():
                 outcome.append(exc)
             done.set()
 
-        s._hub.loop.call_soon_threadsafe(on_loop)  # what a callback on that thread would do
+        s._runtime.hub.loop.call_soon_threadsafe(on_loop)  # what a callback on that thread would do
         assert done.wait(10)
         assert isinstance(outcome[0], RuntimeError), outcome
         assert "await" in str(outcome[0])
