@@ -235,10 +235,11 @@ def run_soak(tmp_path: Any, seconds: float, seed: int, *, n_workers: int = 4,
             target=inject, args=(s, workers, random.Random(rng.randrange(2**32)), until,
                                  chaos, interval))
         chaos_thread.start()
-        rss_samples = []
+        rss_samples, seg_samples = [], []
         while time.monotonic() < until:
             threading.Event().wait(min(1.0, max(0.0, until - time.monotonic())))
             rss_samples.append(me.memory_info().rss)
+            seg_samples.append(len(list_segments(s.run_id)))
         rss_samples.append(me.memory_info().rss)
         chaos_thread.join(30)
         for t in threads:
@@ -271,6 +272,9 @@ def run_soak(tmp_path: Any, seconds: float, seed: int, *, n_workers: int = 4,
         "rss_start_mib": round(rss_start / 2**20, 1),
         "rss_warm_mib": round(rss_samples[len(rss_samples) // 4] / 2**20, 1),
         "rss_end_mib": round(rss_end / 2**20, 1),
+        # segments of the run (rings, control blocks, pooled blocks): bounded, not growing
+        "segments_warm": seg_samples[len(seg_samples) // 4] if seg_samples else 0,
+        "segments_max": max(seg_samples, default=0),
     }
 
 
