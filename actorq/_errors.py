@@ -41,6 +41,10 @@ class CallTimeout(ActorqError, TimeoutError):
     """A call got no reply before its deadline."""
 
 
+class StartTimeout(ActorqError, TimeoutError):
+    """An actor did not start (or the system did not answer its actor) in time."""
+
+
 class CircuitOpen(ActorqError):
     """Every candidate's circuit is open: the call fails fast."""
 
@@ -112,6 +116,7 @@ PUBLIC = (
     ActorCrashed,
     ActorStopped,
     CallTimeout,
+    StartTimeout,
     CircuitOpen,
     GraphError,
     DeadlockError,

@@ -11,7 +11,7 @@ as plain pickle (``__main__.Order``) then resolve to that same class, and values
 actor returns or raises (``__mp_main__.Order``) resolve to the caller's own class
 (multiprocessing aliases ``__mp_main__`` to ``__main__`` there). By value, the actor
 would get a copy of each class, and ``isinstance`` would fail across the boundary.
-Data uses plain pickle, which is several times cheaper per message (DESIGN.md:
+Data uses plain pickle, which is several times cheaper per message (docs/internals.md,
 ``pickle.dumps`` ≈ 480 ns against cloudpickle's ≈ 3.1 µs), with protocol 5 so that large
 buffers (numpy arrays, bytearrays) can travel out of band.
 """

@@ -55,7 +55,7 @@ from actorq._core.protocol import (
 )
 from actorq._core.ref import ActorRef, register_hub
 from actorq._core.reply import Reply
-from actorq._errors import ActorStopped, NoSuchActor, format_remote, raised_at
+from actorq._errors import ActorStopped, NoSuchActor, StartTimeout, format_remote, raised_at
 from actorq._process import deathsig
 from actorq._process.deathsig import Lineage
 from actorq._serialization import SAFE_TYPES
@@ -375,9 +375,8 @@ class ActorHub(Hub):
                     if self.stamp_start:
                         slots[C_SINCE] = time.monotonic_ns()
                     # C_TOKEN is already 0: every message clears it once its reply is out
-                    chan = entry.chan
-                    slots[C_SEQ] = chan.ring.hdr[H_HANDLED] + index
-                    slots[C_BUSY] = chan.sender_id + 1  # crash attribution slot
+                    slots[C_SEQ] = entry.hdr[H_HANDLED] + index
+                    slots[C_BUSY] = entry.busy  # crash attribution slot
                     self.busy = True
                     try:
                         result = receive(msg[2])
@@ -402,9 +401,8 @@ class ActorHub(Hub):
                     slots[C_REPLY_TO] = reply_to + 1
                 if self.stamp_start:
                     slots[C_SINCE] = time.monotonic_ns()
-                chan = entry.chan
-                slots[C_SEQ] = chan.ring.hdr[H_HANDLED] + index
-                slots[C_BUSY] = chan.sender_id + 1  # crash attribution slot
+                slots[C_SEQ] = entry.hdr[H_HANDLED] + index
+                slots[C_BUSY] = entry.busy  # crash attribution slot
                 fn = handlers.get(method)
                 if fn is None:
                     err: Exception
@@ -758,7 +756,7 @@ class Host:
         while req not in self._answers:
             if deadline.expired():
                 msg_ = f"the actor system did not answer {msg[0]!r} in {deadline.timeout:g}s"
-                raise TimeoutError(msg_)
+                raise StartTimeout(msg_)
             select.select([self.ctrl], [], [], deadline.remaining())
             self.poll_ctrl()
         return self._answers.pop(req)

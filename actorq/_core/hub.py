@@ -4,16 +4,12 @@ A hub owns its inbound rings (it is their only consumer), the producer side of i
 outbound rings (with their outboxes), its doorbell eventfd and control block, and the
 replies it is waiting for. The system process and every actor process each run one;
 what differs (how a channel to a new peer is opened, what is done with a call, how a
-synchronous wait is served) is in the subclasses in ``_system`` and ``_host``.
+synchronous wait is served) is in the subclasses ``SystemHub`` (``_runtime/systemhub.py``)
+and ``ActorHub`` (``_actorproc/host.py``).
 
-Wire records are lists of small tuples (cheapest to pickle)::
-
-    (OP_CALL,  token, reply_to, method, args, kwargs)   token 0: no reply wanted
-    (OP_TELL,  0, message)                              a tell: ``receive(message)``
-    (OP_REPLY, token, ok, value_or_exception, traceback_text)
-
-A tell has its own short form: half the bytes of the general one, and it pickles and
-unpickles in half the time. ``msg[1]`` is the token in every form (0: nobody waits).
+Wire records are lists of small tuples, laid out in ``_core/protocol.py``. A tell has its
+own short form: half the bytes of the general one, and it pickles and unpickles in half
+the time. ``msg[1]`` is the token in every form (0: nobody waits).
 """
 
 from __future__ import annotations
@@ -705,7 +701,7 @@ class Hub:
 
     def watchdog(self, busy: Callable[[], bool], serve: Callable[[], None],
                  active: Callable[[], bool]) -> None:
-        """Safety net for lost wake-ups (DESIGN.md: park with a timeout, count, keep 0).
+        """Safety net for lost wake-ups (docs/internals.md: park with a timeout, count, keep 0).
 
         Every ``park_timeout``: data present while parked with no doorbell pending is
         suspicious only if it is still there, untouched by any wake-up, at a second look

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import itertools
 import logging
 import os
@@ -40,7 +41,6 @@ from actorq._core.actor import Actor, ActorOptions, handler_names
 from actorq._core.events import ActorEvent, EventBus, EventCounts, EventKind
 from actorq._core.protocol import (
     C_BUSY,
-    C_HANDLED,
     C_REPLY_TO,
     C_SEQ,
     C_SINCE,
@@ -54,13 +54,19 @@ from actorq._core.protocol import (
 )
 from actorq._core.ref import ActorRef, register_hub, unregister_hub
 from actorq._core.reply import Reply
-from actorq._errors import ActorCrashed, ActorStopped, NoSuchActor
+from actorq._errors import ActorCrashed, ActorStopped, NoSuchActor, StartTimeout
 from actorq._ids import new_run_prefix
-from actorq._process.reap import kill_tree
+from actorq._process.reap import kill_if_child, kill_tree
 from actorq._process.spares import WarmPool
 from actorq._process.spawn import get_context
 from actorq._resilience.backoff import Backoff
 from actorq._runtime.cells import DEAD_STATES, ActorCell, CellState, RestartPlan
+from actorq._runtime.stats import (
+    ActorStatistics,
+    SystemStatistics,
+    actor_statistics,
+    hub_figures,
+)
 from actorq._runtime.systemhub import SystemHub
 from actorq._supervision.deadletters import DeadLetter, DeadLetters
 from actorq._supervision.policy import (
@@ -74,9 +80,6 @@ from actorq._supervision.policy import (
 from actorq._supervision.supervisor import Supervisor
 from actorq._transport import control
 from actorq._transport.channel import (
-    C_LOST,
-    C_WAKEUPS,
-    C_WINDOW,
     CTL_SIZE,
     ControlBlock,
     InChannel,
@@ -84,12 +87,7 @@ from actorq._transport.channel import (
 )
 from actorq._transport.oob import decode_batch, run_after_commit
 from actorq._transport.ring import (
-    H_BACKPRESSURE,
     H_HANDLED,
-    H_SENT,
-    H_WAIT_NS,
-    H_WAITING,
-    H_WAITS,
     Ring,
 )
 from actorq._transport.shm import Segment, sweep, unlink_prefix
@@ -433,7 +431,13 @@ class Runtime:
         sock.close()
         proc.join(1.0)
         code = proc.exitcode
-        proc.close()
+        if code is None:
+            # No exit status: another part of this process reaped it (os.wait(), a
+            # SIGCHLD handler), or it closed its end of the sentinel and lives on. Kill
+            # it if it is still our child; the Process object cannot be closed.
+            kill_if_child(proc.pid)
+        else:
+            proc.close()
         cell.proc = cell.ctrl = None
         with self._hub.drain_lock:
             self._hub.drain()  # replies it published before dying
@@ -892,55 +896,34 @@ class Runtime:
         """Messages that were never handled (their actor stopped) or that poisoned it."""
         return self._dead.snapshot()
 
+    def statistics(self) -> tuple[SystemStatistics, dict[str, ActorStatistics]]:
+        """Snapshots of the system and of every actor it knows (by name)."""
+        open_ = not self._closed
+        actors = {}
+        for cell in list(self._cells.values()):
+            try:
+                actors[cell.name] = actor_statistics(cell, self.config.window,
+                                                     with_mailbox=open_)
+            except ValueError:  # forgotten meanwhile (_forget_oldest): its rings released
+                continue
+        system = SystemStatistics(self.run_id, dict(self._counts.counts), self._dead.total,
+                                  self._closed)
+        if open_:
+            wakeups, lost = hub_figures(self._hub.ctl)
+            system = dataclasses.replace(system, pending_replies=len(self._hub.pending),
+                                         wakeups=wakeups, lost_wakeups=lost)
+        return system, actors
+
     def metrics(self) -> dict[str, Any]:
         """A snapshot: per actor (by name) state, pid, restarts, crashes by cause, mailbox.
 
         ``system`` holds the counts of supervisor events (``restarted``, ``gave_up``,
-        ``escalated``, ``crash:<cause>``), dead letters and the hub's own figures.
+        ``escalated``, ``crash:<cause>``), dead letters and the hub's own figures. Plain
+        data built from ``statistics()``.
         """
-        actors: dict[str, Any] = {}
-        for cell in list(self._cells.values()):
-            entry: dict[str, Any] = {"id": cell.id, "state": cell.state, "pid": cell.pid,
-                                     "restarts": cell.restarts, "crashes": dict(cell.crashes)}
-            if not self._closed:
-                try:
-                    self._mailbox_figures(cell, entry)
-                except ValueError:  # forgotten meanwhile (_forget_oldest): released
-                    continue
-            actors[cell.name] = entry
-        system: dict[str, Any] = {"run_id": self.run_id, "events": dict(self._counts.counts),
-                                  "dead_letters": self._dead.total, "closed": self._closed}
-        if not self._closed:
-            slots = self._hub.ctl.slots
-            system.update(pending_replies=len(self._hub.pending), wakeups=slots[C_WAKEUPS],
-                          lost_wakeups=slots[C_LOST])
-        return {"actors": actors, "system": system}
-
-    def _mailbox_figures(self, cell: ActorCell, entry: dict[str, Any]) -> None:
-        """Flow-control figures of every channel into *cell*, from the ring headers."""
-        slots = cell.ctl.slots
-        flow = {"in_flight": 0, "waiting_producers": 0, "waits": 0, "wait_seconds": 0.0,
-                "backpressure": 0}
-        for seg in list(cell.inbound.values()):
-            ring = Ring(seg.buf)
-            hdr = ring.hdr
-            flow["in_flight"] += hdr[H_SENT] - hdr[H_HANDLED]
-            flow["waiting_producers"] += hdr[H_WAITING]
-            flow["waits"] += hdr[H_WAITS]
-            flow["wait_seconds"] += hdr[H_WAIT_NS] / 1e9
-            flow["backpressure"] += hdr[H_BACKPRESSURE]
-            ring.release()
-        entry.update(handled=slots[C_HANDLED], wakeups=slots[C_WAKEUPS],
-                     lost_wakeups=slots[C_LOST],
-                     window=slots[C_WINDOW] or self.config.window,
-                     credits_in_use=flow["in_flight"], **flow)
-        if cell.pid and cell.state == "running":
-            try:
-                p = psutil.Process(cell.pid)
-                entry["rss"] = p.memory_info().rss
-                entry["cpu_seconds"] = sum(p.cpu_times()[:2])
-            except psutil.Error:
-                pass
+        system, actors = self.statistics()
+        return {"actors": {name: st.as_dict() for name, st in actors.items()},
+                "system": system.as_dict()}
 
     def wait_ready(self, actor_id: int, timeout: float | None = None) -> None:
         """Block until the actor has started (constructor and ``on_start`` done)."""
@@ -950,7 +933,7 @@ class Runtime:
             raise NoSuchActor(msg)
         if not cell.ready.wait(timeout if timeout is not None else self.config.start_timeout):
             msg = f"{cell.describe()} did not start in time"
-            raise TimeoutError(msg)
+            raise StartTimeout(msg)
 
     def pid_of(self, actor_id: int) -> int | None:
         """The pid of the process running (or booting) the actor; None without one."""
