@@ -609,12 +609,13 @@ class Runtime:
         with hub.drain_lock:
             chan = hub.outbound.pop(cell.id, None)
             inchan = hub.inbound.pop(cell.id, None)
+        unsent: list[tuple[Any, ...]] = []
         if chan is not None:
-            hub.close_channel(chan, about)
+            unsent = hub.close_channel(chan, about)
             chan.close()
         if inchan is not None:
             inchan.close()
-        dead_letter_queued(cell, why, self._dead)
+        dead_letter_queued(cell, why, self._dead, unsent)
         for other in self._cells.values():
             if other.ctrl is not None and cell.id in other.outbound:
                 try:
