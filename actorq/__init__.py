@@ -23,6 +23,7 @@ from actorq._errors import (
     GraphError,
     RemoteTraceback,
 )
+from actorq._graph import Graph, GraphResult, GraphStats, Node, TaskStats
 from actorq._resilience.backoff import Backoff
 from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.policy import ActorOptions
@@ -48,11 +49,16 @@ __all__ = [
     "DeadLetter",
     "DeadlockError",
     "EventKind",
+    "Graph",
     "GraphError",
+    "GraphResult",
+    "GraphStats",
+    "Node",
     "RemoteTraceback",
     "Reply",
     "Supervisor",
     "SystemConfig",
+    "TaskStats",
 ]
 
 for _name in ("ActorContext", "ActorEvent", "EventKind", "SystemConfig"):
