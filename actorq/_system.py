@@ -69,6 +69,7 @@ from actorq._transport.ring import (
     H_WAITS,
     Ring,
 )
+from actorq._transport.oob import traffic as oob_traffic
 from actorq._transport.shm import Segment, sweep, unlink_prefix
 
 logger = logging.getLogger("actorq")
@@ -291,6 +292,7 @@ class ActorSystem(Runtime):
             slots = self._hub.ctl.slots
             system.update(pending_replies=len(self._hub.pending), wakeups=slots[C_WAKEUPS],
                           lost_wakeups=slots[C_LOST])
+        system["oob_bytes_sent"], system["oob_bytes_received"] = oob_traffic()
         return {"actors": actors, "system": system}
 
     def _mailbox_figures(self, cell: ActorCell, entry: dict[str, Any]) -> None:
