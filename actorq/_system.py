@@ -60,6 +60,7 @@ from actorq._transport.channel import (
     CTL_SIZE,
     ControlBlock,
 )
+from actorq._transport.oob import traffic as oob_traffic
 from actorq._transport.ring import (
     H_BACKPRESSURE,
     H_HANDLED,
@@ -69,7 +70,6 @@ from actorq._transport.ring import (
     H_WAITS,
     Ring,
 )
-from actorq._transport.oob import traffic as oob_traffic
 from actorq._transport.shm import Segment, sweep, unlink_prefix
 
 logger = logging.getLogger("actorq")

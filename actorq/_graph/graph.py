@@ -339,7 +339,7 @@ def _check_args(node: Node) -> None:
         *((f"argument {i}", v) for i, v in enumerate(args)),
         *((f"keyword argument {k!r}", v) for k, v in kwargs.items())]
     for label, value in items:
-        if type(value) in SAFE_TYPES:
+        if type(value) in SAFE_TYPES or type(value) is Dep:
             continue
         try:
             pickle.dumps(value, protocol=5, buffer_callback=lambda _b: False)

@@ -22,7 +22,8 @@ def test_node_arguments_become_edges_also_nested():
     assert c.deps == (a, b)
     assert c.nested
     assert fill(c.args, [10, 20]) == ([10, (20, {"k": 10})],)
-    assert len(g) == 3 and c in g
+    assert len(g) == 3
+    assert c in g
 
 
 def test_node_of_another_graph_is_refused_at_once():
@@ -54,7 +55,7 @@ def test_cycle_is_named_node_by_node():
     c = g.task(inc, b, key="c")
     a.after(c)
     assert find_cycle(g.nodes) is not None
-    with pytest.raises(actorq.GraphError, match=r"cycle: .*a -> b -> c -> a|cycle: .*b -> c -> a -> b"):
+    with pytest.raises(actorq.GraphError, match=r"cycle: .*(a -> b -> c -> a|b -> c -> a -> b)"):
         validate(g)
 
 

@@ -74,7 +74,8 @@ def test_journal_of_another_graph_is_refused(system, tmp_path):
     g, _ = build(str(tmp_path / "e"), n=3)
     system.run(g, journal=journal)
     other, _ = build(str(tmp_path / "e"), n=4)
-    with pytest.raises(actorq.GraphError, match="belongs to a different graph .*4 tasks.*this graph has 5.*delete"):
+    with pytest.raises(actorq.GraphError,
+                       match=r"belongs to a different graph .*4 tasks.*this graph has 5.*delete"):
         system.run(other, journal=journal)
 
 
