@@ -18,13 +18,13 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before numpy is imported (also in the workers)
 
-import argparse
-import sys
-import time
+import argparse  # noqa: E402 - after the BLAS settings above
+import sys  # noqa: E402
+import time  # noqa: E402
 
-import numpy as np
+import numpy as np  # noqa: E402
 
-import actorq
+import actorq  # noqa: E402
 
 
 def block(seed: int, size: int) -> np.ndarray:
