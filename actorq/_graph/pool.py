@@ -58,7 +58,8 @@ class SystemOps(Protocol):
 class Worker:
     """The scheduler's view of one task worker."""
 
-    __slots__ = ("batches", "busy", "known", "load", "penalty_until", "ref", "speed")
+    __slots__ = ("batches", "busy", "idle_since", "known", "load", "penalty_until", "ref",
+                 "speed")
 
     def __init__(self, ref: ActorRef[Any], now: float) -> None:
         self.ref = ref
@@ -68,6 +69,7 @@ class Worker:
         self.known: set[bytes] = set()  # function digests it has cached
         self.penalty_until = now + START_PENALTY
         self.busy = 0.0  # seconds of task time it ran in this run
+        self.idle_since = now  # when its last batch came back
 
     @property
     def actor_id(self) -> int:

@@ -51,6 +51,8 @@ class GraphStats:
             shared memory (bounded: each is freed once no pending dependent needs it).
         inband_bytes: bytes of small results that came back through the scheduler.
         scheduler_seconds: CPU time of the scheduling thread (overhead, per run).
+        extra: ``code_shipments`` (functions sent to workers: once per function and
+            worker) and ``workers_retired`` (idle workers stopped as the queue drained).
     """
 
     wall: float

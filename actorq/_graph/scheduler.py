@@ -154,7 +154,8 @@ class Scheduler:
         self.unfinished = n
         self.stopping = False
         self.shared_live = self.shared_peak = self.inband = 0
-        self.counts = {"retries": 0, "crashes": 0, "timeouts": 0, "batches": 0}
+        self.counts = {"retries": 0, "crashes": 0, "timeouts": 0, "batches": 0,
+                       "code_shipments": 0, "workers_lost": 0, "workers_retired": 0}
         self.peak_workers = 0
         self.worker_ids: dict[int, Worker] = {}
 
@@ -327,6 +328,12 @@ class Scheduler:
         for w in active:
             self.worker_ids.setdefault(w.actor_id, w)
         waiting_tasks = len(self.ready) + len(self.timed_aside)
+        if not waiting_tasks and len(active) > 1:
+            for w in active[1:]:
+                if not w.batches and now - w.idle_since > IDLE_RETIRE:
+                    self.pool.retire(w)  # drained: fewer workers (at least one stays)
+                    self.counts["workers_retired"] += 1
+            return
         if waiting_tasks and len(active) < self.max_workers:
             free = sum(CREDIT - len(w.batches) for w in active)
             if free * MAX_BATCH < waiting_tasks or free < min(waiting_tasks, CREDIT):
@@ -421,6 +428,7 @@ class Scheduler:
         worker.batches[batch.id] = batch
         worker.load += est
         worker.known.update(code_map)
+        self.counts["code_shipments"] += len(code_map)
         self.running += len(tids)
         self.counts["batches"] += 1
         try:
@@ -452,6 +460,7 @@ class Scheduler:
         if worker.batches.pop(batch.id, None) is None:
             return
         worker.load = max(0.0, worker.load - batch.est)
+        worker.idle_since = time.monotonic()
         reply = batch.reply
         assert reply is not None
         exc = reply.exception(0)
@@ -492,8 +501,12 @@ class Scheduler:
     def _batch_lost(self, batch: Batch, exc: BaseException) -> None:
         """The batch's reply failed as a whole: worker lost, timed out, or stopped."""
         worker = batch.worker
+        worker.idle_since = time.monotonic()
         if isinstance(exc, ActorStopped) and worker in self.pool.workers:
-            self.pool.workers.remove(worker)  # gone for good (the system is closing?)
+            self.pool.workers.remove(worker)  # gone for good (could not start? closing?)
+            self.counts["workers_lost"] += 1
+            if self.counts["workers_lost"] > 2 * self.max_workers + 2:
+                raise exc  # workers keep failing to start: stop trying
         elif isinstance(exc, ActorCrashed):
             worker.known.clear()
             worker.penalty_until = time.monotonic() + 0.05
@@ -708,7 +721,8 @@ class Scheduler:
             crashes=self.counts["crashes"], timeouts=self.counts["timeouts"],
             from_journal=len(self.from_journal), batches=self.counts["batches"],
             shared_bytes_peak=self.shared_peak, inband_bytes=self.inband,
-            scheduler_seconds=cpu)
+            scheduler_seconds=cpu,
+            extra={k: self.counts[k] for k in ("code_shipments", "workers_retired")})
         return GraphResult(self.graph, values, self.errors, self.released, stats)
 
     def _critical_path(self, durations: list[float]) -> tuple[list[int], float]:

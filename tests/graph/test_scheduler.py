@@ -248,3 +248,31 @@ def test_no_progress_when_not_a_tty(system, capfd):
     g.task(inc, 1)
     system.run(g)
     assert capfd.readouterr().err == ""
+
+
+def test_functions_are_shipped_once_per_worker_and_tiny_tasks_batched(system):
+    g = actorq.Graph()
+    for i in range(3000):
+        g.task(inc, i)
+        g.task(add, i, 1)
+    result = system.run(g, workers=2)
+    assert result.ok
+    assert result.stats.extra["code_shipments"] <= 2 * 2  # two functions, two workers
+    assert result.stats.batches < len(g) / 20
+
+
+def test_workers_scale_up_for_a_wide_stage_and_down_as_the_queue_drains(system):
+    g = actorq.Graph()
+    wide = [g.task(burn, 20_000, i) for i in range(40)]
+    chain = g.task(add, *wide)
+    for _ in range(8):  # a serial tail of 2 s: one worker is enough, the other retires
+        chain = g.task(_sleep_then, 0.25, chain)
+    result = system.run(g, workers=2)
+    assert result.ok
+    assert result.stats.workers == 2
+    assert result.stats.extra["workers_retired"] >= 1
+
+
+def _sleep_then(seconds, value):
+    time.sleep(seconds)
+    return value
