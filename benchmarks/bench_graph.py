@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -321,19 +322,24 @@ def bench_scale(system, n, repeats):
     group = f"4. scheduler overhead, {n // 1000}k nodes"
     import dask
 
-    overhead, per_node, wall = [], [], []
+    overhead, wall = [], []
     for _ in range(repeats):
-        rss0 = psutil.Process().memory_info().rss
         g = big_graph(n)
-        built = psutil.Process().memory_info().rss
         t = time.perf_counter()
         r = system.run(g)
         wall.append(1e6 * (time.perf_counter() - t) / n)
-        after = psutil.Process().memory_info().rss
         assert r.ok
         overhead.append(1e6 * r.stats.scheduler_seconds / n)
-        per_node.append((max(built, after) - rss0) / n)
         del g, r
+    # memory, traced (deterministic, unlike RSS) in one more, untimed round
+    tracemalloc.start()
+    g = big_graph(n)
+    graph_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    r = system.run(g)
+    run_peak = tracemalloc.get_traced_memory()[1] - graph_bytes
+    tracemalloc.stop()
+    del g, r
 
     n_dask = n // 5
 
@@ -349,12 +355,14 @@ def bench_scale(system, n, repeats):
 
     ours = BenchResult("actorq scheduler CPU per task", "µs", tuple(overhead), group=group)
     ours_wall = BenchResult("actorq wall per task (2 workers)", "µs", tuple(wall), group=group)
-    mem = BenchResult("actorq memory per node (graph + run)", "B", tuple(per_node),
-                      group=group)
+    mem = [BenchResult("actorq graph memory per node", "B", (graph_bytes / n,), group=group,
+                       note="tracemalloc, after building"),
+           BenchResult("actorq scheduler memory per pending node", "B", (run_peak / n,),
+                       group=group, note="tracemalloc peak of the run above the graph")]
     peer = measure(dask_sync, self_timed=True, name="Dask sync scheduler per task",
                    unit="µs", repeats=repeats, warmup=0, group=group,
                    note=f"{n_dask} nodes, same shape")
-    return [ours, ours_wall, mem, peer], [
+    return [ours, ours_wall, *mem, peer], [
         compare(ours, peer, name="scheduler µs per task: actorq / Dask sync")]
 
 

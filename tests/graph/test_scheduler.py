@@ -276,3 +276,19 @@ def test_workers_scale_up_for_a_wide_stage_and_down_as_the_queue_drains(system):
 def _sleep_then(seconds, value):
     time.sleep(seconds)
     return value
+
+
+def test_two_runs_at_once_each_get_workers(system):
+    def build(k):
+        g = actorq.Graph()
+        return g, g.task(add, *[g.task(burn, 5000, i + k) for i in range(20)])
+
+    (g1, n1), (g2, n2) = build(0), build(100)
+
+    async def main():
+        return await asyncio.gather(system.run_async(g1, workers=1),
+                                    system.run_async(g2, workers=1))
+
+    r1, r2 = asyncio.run(main())
+    assert r1[n1] == sum(burn(5000, i) for i in range(20))
+    assert r2[n2] == sum(burn(5000, i + 100) for i in range(20))
