@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from actorq._config import SystemConfig
-from actorq._core.actor import Actor, ActorContext
+from actorq._core.actor import Actor, ActorContext, ActorOptions
 from actorq._core.events import ActorEvent, EventKind
 from actorq._core.ref import ActorRef
 from actorq._core.reply import Reply
@@ -26,7 +26,6 @@ from actorq._errors import (
 from actorq._graph import Graph, GraphResult, GraphStats, Node, TaskStats
 from actorq._resilience.backoff import Backoff
 from actorq._supervision.deadletters import DeadLetter
-from actorq._supervision.policy import ActorOptions
 from actorq._supervision.supervisor import Supervisor
 from actorq._system import ActorSystem
 

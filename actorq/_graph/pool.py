@@ -35,7 +35,11 @@ class SystemOps(Protocol):
     """What the graph needs of the actor system (injected, not imported)."""
 
     config: Any
-    run_id: str
+
+    @property
+    def run_id(self) -> str:
+        """The prefix of the run's shared-memory segments."""
+        ...
 
     def supervisor(self, *, strategy: str = ..., max_restarts: int = ..., within: float = ...,
                    backoff: Backoff | None = ..., name: str | None = ...) -> Any:

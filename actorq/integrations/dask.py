@@ -31,7 +31,7 @@ def default_system() -> actorq.ActorSystem:
     """The system ``get`` uses without ``system=`` (started once, closed at exit)."""
     global _default
     with _default_lock:
-        if _default is None or _default._closing:
+        if _default is None or _default.metrics()["system"]["closed"]:
             _default = actorq.ActorSystem()
         return _default
 
