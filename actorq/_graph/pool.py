@@ -63,7 +63,7 @@ class Worker:
     """The scheduler's view of one task worker."""
 
     __slots__ = ("batches", "busy", "idle_since", "known", "load", "penalty_until", "ref",
-                 "speed")
+                 "speed", "up")
 
     def __init__(self, ref: ActorRef[Any], now: float) -> None:
         self.ref = ref
@@ -74,6 +74,7 @@ class Worker:
         self.penalty_until = now + START_PENALTY
         self.busy = 0.0  # seconds of task time it ran in this run
         self.idle_since = now  # when its last batch came back
+        self.up = False  # its process is running (a "started" event came, no crash since)
 
     @property
     def actor_id(self) -> int:

@@ -278,9 +278,11 @@ class Scheduler:
             return
         if event.kind == "started":
             worker.penalty_until = 0.0
+            worker.up = True
         elif event.kind == "crashed":
             worker.known.clear()  # a fresh process has an empty function cache
             worker.penalty_until = time.monotonic() + 0.05
+            worker.up = False
 
     # -- timers -------------------------------------------------------------------------
 
@@ -312,6 +314,10 @@ class Scheduler:
             return
         batch.timed_out = True
         self.pool.kill(worker)  # its reply fails with ActorCrashed: see _batch_done
+        # Had the worker not read the task yet, the task goes to its restarted process:
+        # look again after another timeout (tasks with a timeout go to live workers only,
+        # so this is a rare race, not a loop).
+        self._later(self.nodes[batch.tids[0]].timeout or 0.0, "timeout", batch)
 
     # -- ready queue and dispatch -------------------------------------------------------
 
@@ -348,7 +354,7 @@ class Scheduler:
         best_finish = math.inf
         for w in self.pool.workers[: self.max_workers]:
             n = len(w.batches)
-            if n >= CREDIT or (idle and n):
+            if n >= CREDIT or (idle and (n or not w.up)):
                 continue
             finish = w.load * w.speed + max(0.0, w.penalty_until - now)
             if finish < best_finish:
@@ -364,6 +370,9 @@ class Scheduler:
         self.timed_aside.clear()
         while ready:
             i = ready[0][2]
+            if self.state[i] != READY:  # finished meanwhile (from the journal): stale
+                heapq.heappop(ready)
+                continue
             node = self.nodes[i]
             if node.fn is None:
                 heapq.heappop(ready)
@@ -394,6 +403,9 @@ class Scheduler:
         total = est
         while len(tids) < cap and ready:
             j = ready[0][2]
+            if self.state[j] != READY:
+                heapq.heappop(ready)
+                continue
             node = self.nodes[j]
             if node.fn is None or node.timeout is not None:
                 break

@@ -46,6 +46,8 @@ def test_rerun_skips_finished_tasks_and_returns_their_results(system, tmp_path):
     assert second[end2] == first[end]
     assert second.stats.from_journal == len(g2)
     assert second.stats.tasks[end2].from_journal
+    assert second.stats.attempts == first.stats.attempts  # nothing was attempted again
+    assert second.stats.batches == 0
     assert len(Path(effects).read_text().split()) == 20  # nothing ran twice
 
 

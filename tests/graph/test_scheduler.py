@@ -265,12 +265,13 @@ def test_workers_scale_up_for_a_wide_stage_and_down_as_the_queue_drains(system):
     g = actorq.Graph()
     wide = [g.task(burn, 20_000, i) for i in range(40)]
     chain = g.task(add, *wide)
-    for _ in range(8):  # a serial tail of 2 s: one worker is enough, the other retires
+    for _ in range(12):  # a serial tail of 3 s: one worker is enough, the other retires
         chain = g.task(_sleep_then, 0.25, chain)
     result = system.run(g, workers=2)
     assert result.ok
-    assert result.stats.workers == 2
-    assert result.stats.extra["workers_retired"] >= 1
+    stats = result.stats
+    assert stats.workers == 2, stats
+    assert stats.extra["workers_retired"] >= 1, stats
 
 
 def _sleep_then(seconds, value):
