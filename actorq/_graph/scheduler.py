@@ -335,10 +335,12 @@ class Scheduler:
             self.worker_ids.setdefault(w.actor_id, w)
         waiting_tasks = len(self.ready) + len(self.timed_aside)
         if not waiting_tasks and len(active) > 1:
-            for w in active[1:]:
-                if not w.batches and now - w.idle_since > IDLE_RETIRE:
+            left = len(active)
+            for w in active:
+                if left > 1 and not w.batches and now - w.idle_since > IDLE_RETIRE:
                     self.pool.retire(w)  # drained: fewer workers (at least one stays)
                     self.counts["workers_retired"] += 1
+                    left -= 1
             return
         if waiting_tasks and len(active) < self.max_workers:
             free = sum(CREDIT - len(w.batches) for w in active)
