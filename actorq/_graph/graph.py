@@ -209,10 +209,22 @@ class Graph:
         if timeout is not None and not timeout > 0:
             msg = f"node {node.name!r}: timeout must be positive seconds, not {timeout!r}"
             raise GraphError(msg)
+        for arg in args:  # the common case, scalars only: no template to build
+            if type(arg) not in SAFE_TYPES:
+                break
+        else:
+            if not kwargs:
+                node.args = args
+                node.retries, node.timeout, node.priority = retries, timeout, int(priority)
+                node.user_key = key
+                self.nodes.append(node)
+                return
         deps: list[Node] = []
         seen: dict[int, int] = {}
-        targs, changed = _template(args, deps, seen, self, f"node {node.name!r}")
-        tkwargs, changed_kw = _template(kwargs, deps, seen, self, f"node {node.name!r}")
+        owner = f"node {node.name!r}"
+        targs, changed = _template(args, deps, seen, self, owner)
+        tkwargs, changed_kw = _template(kwargs, deps, seen, self, owner) if kwargs else ({},
+                                                                                       False)
         node.args, node.kwargs = targs, tkwargs
         node.deps = tuple(deps)
         node.nested = changed or changed_kw
