@@ -22,6 +22,7 @@ KEY_LINES = {
     "graph_monte_carlo.py": "check: OK",
     "graph_word_count.py": "check: OK",
     "quickstart.py": "quickstart: all assertions passed",
+    "recipes.py": "recipes: all assertions passed",
     "supervision.py": "supervision: all assertions passed",
 }
 
