@@ -23,6 +23,8 @@ from actorq._errors import (
 from actorq._ref import ActorRef
 from actorq._reply import Reply
 from actorq._resilience.backoff import Backoff
+from actorq._resilience.circuit import CircuitBreaker
+from actorq._resilience.retry import Retry, RetryBudget
 from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.policy import ActorOptions
 from actorq._supervision.supervisor import Supervisor
@@ -42,12 +44,15 @@ __all__ = [
     "Backoff",
     "Backpressure",
     "CallTimeout",
+    "CircuitBreaker",
     "CircuitOpen",
     "DeadLetter",
     "DeadlockError",
     "GraphError",
     "RemoteTraceback",
     "Reply",
+    "Retry",
+    "RetryBudget",
     "Supervisor",
     "SystemConfig",
 ]
