@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import logging
 
-from actorq._actor import Actor, ActorContext
 from actorq._config import SystemConfig
+from actorq._core.actor import Actor, ActorContext
+from actorq._core.events import ActorEvent, EventKind
+from actorq._core.ref import ActorRef
+from actorq._core.reply import Reply
 from actorq._errors import (
     ActorCrashed,
     ActorqError,
@@ -20,8 +23,6 @@ from actorq._errors import (
     GraphError,
     RemoteTraceback,
 )
-from actorq._ref import ActorRef
-from actorq._reply import Reply
 from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry, RetryBudget
@@ -36,6 +37,7 @@ __all__ = [
     "Actor",
     "ActorContext",
     "ActorCrashed",
+    "ActorEvent",
     "ActorOptions",
     "ActorRef",
     "ActorStopped",
@@ -48,6 +50,7 @@ __all__ = [
     "CircuitOpen",
     "DeadLetter",
     "DeadlockError",
+    "EventKind",
     "GraphError",
     "RemoteTraceback",
     "Reply",
@@ -57,7 +60,7 @@ __all__ = [
     "SystemConfig",
 ]
 
-for _name in ("ActorContext", "SystemConfig"):
+for _name in ("ActorContext", "ActorEvent", "EventKind", "SystemConfig"):
     globals()[_name].__module__ = "actorq"
 
 logging.getLogger("actorq").addHandler(logging.NullHandler())

@@ -21,31 +21,38 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import platform
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psutil
 import uvloop
 
-from actorq import _host, _serialization
-from actorq._actor import Actor, handler_names
+from actorq import _serialization
+from actorq._actorproc import host as _host
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
+from actorq._core.actor import Actor, handler_names
+from actorq._core.events import ActorEvent
+from actorq._core.ref import ActorRef, register_hub, unregister_hub
 from actorq._errors import ActorStopped
 from actorq._ids import new_run_prefix
 from actorq._process.spares import WarmPool
 from actorq._process.spawn import get_context
-from actorq._ref import ActorRef, register_hub, unregister_hub
 from actorq._resilience.backoff import Backoff
-from actorq._runtime import DEAD_STATES, ActorCell, Runtime, kill_tree
+from actorq._resilience.circuit import CircuitBreaker
+from actorq._resilience.retry import Retry
+from actorq._routing.pool import Pool, SupervisorHost, validate_options
+from actorq._runtime.runtime import DEAD_STATES, ActorCell, Runtime, kill_tree
+from actorq._runtime.systemhub import SystemHub
 from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.policy import ActorOptions
 from actorq._supervision.supervisor import Supervisor
-from actorq._systemhub import SystemHub
 from actorq._transport.channel import (
     C_HANDLED,
     C_LOST,
@@ -98,12 +105,14 @@ class ActorSystem(Runtime):
                 "ordering is not guaranteed by pure Python (see docs/concepts.md)",
                 platform.machine())
         self._init_runtime()
+        self._pools: weakref.WeakSet[Pool[Any]] = weakref.WeakSet()
         sweep()  # what dead runs left in /dev/shm
         self.run_id = new_run_prefix()
         self._ctx = get_context(self.config.start_method)
         ctl_seg = Segment.create(self.run_id + "ctl0", CTL_SIZE)
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._hub = SystemHub(self, ControlBlock(ctl_seg), efd)
+        self._hub = SystemHub(self.run_id, self.config, ControlBlock(ctl_seg), efd,
+                              self._state_of)
         register_hub(self.run_id, self._hub)
         self._root = Supervisor(self, "root", max_restarts=self.config.root_max_restarts,
                                 within=self.config.root_within, give_up_per_child=True,
@@ -188,6 +197,45 @@ class ActorSystem(Runtime):
         return self._supervisor_under(self._root, strategy, max_restarts, within, backoff,
                                       name)
 
+    def pool(self, cls: type[A], *args: Any, size: int | tuple[int, int] | None = None,
+             routing: str = "round_robin", circuit: CircuitBreaker | None = None,
+             retry: Retry | None = None, timeout: float | None = None,
+             name: str | None = None, hang_margin: float = 1.0,
+             max_restarts: int = 100, within: float = 10.0, idle_timeout: float = 5.0,
+             oversubscribe: bool = False, **kwargs: Any) -> Pool[A]:
+        """Start a pool of *size* actors of *cls* (``args``/``kwargs`` to each) and return it.
+
+        *size*: an int, or ``(min, max)`` to scale with the load (never past the cores
+        unless *oversubscribe*); default: one per core. *routing*: ``"round_robin"``,
+        ``"least_loaded"``, ``"fastest"`` or ``"hash"`` (each call then needs ``key=``).
+        *circuit*: a ``CircuitBreaker`` copied for each member; *retry*: a ``Retry``;
+        *timeout*: each call's deadline (seconds, all attempts); a member still running a
+        call *hang_margin* seconds past the timeout is killed and restarted. Members are
+        restarted after crashes by the pool's supervisor (*max_restarts* within *within*).
+        See docs/concepts.md, "Pools and resilience".
+        """
+        self._check_open()
+        validate_options(size, routing, circuit, retry, timeout, idle_timeout, oversubscribe)
+        if not hang_margin > 0:
+            msg = f"hang_margin must be positive seconds, not {hang_margin!r}"
+            raise ValueError(msg)
+        if not (isinstance(cls, type) and issubclass(cls, Actor)):
+            msg = f"pool() needs a subclass of actorq.Actor, not {cls!r}"
+            raise TypeError(msg)
+        options = None
+        if timeout is not None and "actor_options" not in kwargs:
+            base = getattr(cls, "actor_options", None) or ActorOptions()
+            if base.hang_timeout is None:
+                options = dataclasses.replace(base, hang_timeout=timeout + hang_margin)
+        pool_name = name or f"pool-{cls.__name__}-{len(self._pools) + 1}"
+        host = SupervisorHost(self, pool_name, max_restarts=max_restarts, within=within,
+                              member_options=options)
+        new: Pool[A] = Pool(host, cls, args, kwargs, size=size, routing=routing,
+                            circuit=circuit, retry=retry, timeout=timeout, name=pool_name,
+                            idle_timeout=idle_timeout, oversubscribe=oversubscribe)
+        self._pools.add(new)
+        return new
+
     def _supervisor_under(self, parent: Supervisor, strategy: str, max_restarts: int,
                           within: float, backoff: Backoff | None,
                           name: str | None) -> Supervisor:
@@ -251,6 +299,16 @@ class ActorSystem(Runtime):
         self._on_loop(settled.set)  # the loop has handled the exit
         settled.wait(2.0)
 
+    def subscribe(self, listener: Callable[[ActorEvent], object]) -> Callable[[], None]:
+        """Call ``listener(event)`` for every lifecycle event of every actor from now on.
+
+        Events (:class:`ActorEvent`): ``started``, ``crashed`` (with its cause),
+        ``restarted``, ``stopped``, ``gave_up``, ``escalated``. The listener runs on the
+        system's loop thread: it must be quick and must not block. Returns a function
+        that unsubscribes it.
+        """
+        return self._bus.subscribe(listener)
+
     def dead_letters(self) -> list[DeadLetter]:
         """Messages that were never handled (their actor stopped) or that poisoned it."""
         return self._dead.snapshot()
@@ -268,13 +326,14 @@ class ActorSystem(Runtime):
             if not self._closed:
                 self._mailbox_figures(cell, entry)
             actors[cell.name] = entry
-        system: dict[str, Any] = {"run_id": self.run_id, "events": dict(self._events),
+        system: dict[str, Any] = {"run_id": self.run_id, "events": dict(self._counts.counts),
                                   "dead_letters": self._dead.total, "closed": self._closed}
         if not self._closed:
             slots = self._hub.ctl.slots
             system.update(pending_replies=len(self._hub.pending), wakeups=slots[C_WAKEUPS],
                           lost_wakeups=slots[C_LOST])
-        return {"actors": actors, "system": system}
+        pools = {p.name: dataclasses.asdict(p.statistics()) for p in list(self._pools)}
+        return {"actors": actors, "system": system, "pools": pools}
 
     def _mailbox_figures(self, cell: ActorCell, entry: dict[str, Any]) -> None:
         """Flow-control figures of every channel into *cell*, from the ring headers."""
@@ -362,7 +421,7 @@ class ActorSystem(Runtime):
             self._reap(cell)
         self._starter.shutdown(wait=True)
         for reply in list(self._hub.pending.values()):
-            reply._fail(ActorStopped(f"{reply.describe}: the actor system was closed"))
+            reply.set_exception(ActorStopped(f"{reply.describe}: the actor system was closed"))
         self._hub.pending.clear()
         self._closed = True
         self._release_all(cells)

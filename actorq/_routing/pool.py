@@ -31,18 +31,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from actorq._actor import handler_names
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
+from actorq._core.actor import handler_names
+from actorq._core.reply import Reply
 from actorq._errors import ActorCrashed, ActorStopped, CallTimeout, CircuitOpen
-from actorq._reply import Reply
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry, RetryBudget
 from actorq._routing.routers import ROUTINGS, Router, key_point, make_router
 from actorq._routing.scheduler import SCHEDULER
 
 if TYPE_CHECKING:
-    from actorq._ref import ActorRef
+    from actorq._core.ref import ActorRef
 
 logger = logging.getLogger("actorq")
 
@@ -152,14 +152,15 @@ def failure_kind(exc: BaseException) -> str:
 class _Call:
     """One pool call, across its attempts. Also the outer reply's waiter (``ReplyWaiter``)."""
 
-    __slots__ = ("args", "attempt", "deadline", "inner", "key", "kwargs", "member", "method",
-                 "outer", "pool", "sent_at", "token")
+    __slots__ = ("args", "attempt", "config", "deadline", "inner", "key", "kwargs", "member",
+                 "method", "outer", "pool", "sent_at", "token")
 
     may_deadlock = False
 
     def __init__(self, pool: Pool[Any], method: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any], key: Any, deadline: float | None) -> None:
         self.pool = pool
+        self.config: SystemConfig = pool._host.config
         self.method = method
         self.args = args
         self.kwargs = kwargs
@@ -173,10 +174,6 @@ class _Call:
         self.outer: Reply[Any] = Reply(self, None, 0, f"pool {pool.name!r}.{method}")
 
     # -- ReplyWaiter: a sync waiter on the outer reply helps the current attempt -------------
-
-    @property
-    def config(self) -> SystemConfig:
-        return self.pool._host.config
 
     def wait_reply(self, reply: Reply[Any], deadline: Deadline) -> None:
         outer = self.outer
@@ -337,19 +334,7 @@ class Pool(Generic[A]):
                  timeout: float | None, name: str | None = None, idle_timeout: float = 5.0,
                  oversubscribe: bool = False, idempotency_ttl: float = 300.0,
                  idempotency_size: int = 10_000) -> None:
-        if routing not in ROUTINGS:
-            msg = f"routing must be one of {', '.join(ROUTINGS)}; not {routing!r}"
-            raise ValueError(msg)
-        if circuit is not None and not isinstance(circuit, CircuitBreaker):
-            msg = f"circuit must be an actorq.CircuitBreaker or None, not {circuit!r}"
-            raise TypeError(msg)
-        if retry is not None and not isinstance(retry, Retry):
-            msg = f"retry must be an actorq.Retry or None, not {retry!r}"
-            raise TypeError(msg)
-        check_timeout(timeout, "timeout")
-        if not idle_timeout > 0:
-            msg = f"idle_timeout must be positive seconds, not {idle_timeout!r}"
-            raise ValueError(msg)
+        validate_options(size, routing, circuit, retry, timeout, idle_timeout, oversubscribe)
         lo, hi = parse_size(size, oversubscribe)
         self.name = name or f"pool-{cls.__name__}-{next(_pool_ids)}"
         self.cls = cls
@@ -443,7 +428,8 @@ class Pool(Generic[A]):
             self._check_key(key)
         member = self._pick(key, None)
         if member is None:
-            raise self._circuit_open_error("receive")
+            msg = "receive"
+            raise self._circuit_open_error(msg)
         try:
             member.ref.tell(message)
         finally:
@@ -725,6 +711,38 @@ class Pool(Generic[A]):
             logger.exception("pool %r: resizing to %d failed", self.name, n)
 
 
+class SupervisorHost:
+    """A pool's members under a supervisor of their own (``system.supervisor``).
+
+    Built on the system's public surface only: ``system.supervisor(...)``,
+    ``sup.spawn(...)``, ``system.stop(ref)``, ``sup.stop()``.
+    """
+
+    def __init__(self, system: Any, name: str, *, max_restarts: int, within: float,
+                 member_options: Any = None) -> None:
+        self.system = system
+        self.config: SystemConfig = system.config
+        self.member_options = member_options
+        self.sup = system.supervisor(strategy="one_for_one", max_restarts=max_restarts,
+                                     within=within, name=name)
+
+    def spawn_member(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     name: str) -> ActorRef[Any]:
+        if self.member_options is not None and "actor_options" not in kwargs:
+            kwargs["actor_options"] = self.member_options
+        ref: ActorRef[Any] = self.sup.spawn(cls, *args, **kwargs)
+        return ref
+
+    def stop_member(self, ref: ActorRef[Any]) -> None:
+        self.system.stop(ref)
+
+    def close(self) -> None:
+        try:
+            self.sup.stop()
+        except ActorStopped:
+            pass  # the system is closed: its members are gone already
+
+
 class _NoHost:
     """The host of a pool copied into another process: it calls, it does not own."""
 
@@ -733,10 +751,12 @@ class _NoHost:
 
     def spawn_member(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
                      name: str) -> ActorRef[Any]:  # pragma: no cover - never called
-        raise RuntimeError("a copied pool does not spawn")
+        msg = "a copied pool does not spawn"
+        raise RuntimeError(msg)
 
     def stop_member(self, ref: ActorRef[Any]) -> None:  # pragma: no cover - never called
-        raise RuntimeError("a copied pool does not stop members")
+        msg = "a copied pool does not stop members"
+        raise RuntimeError(msg)
 
     def close(self) -> None:
         """Nothing to close: the members belong to the original pool."""
@@ -773,6 +793,27 @@ def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
     pool._methods = {}
     pool._resize_lock = threading.Lock()
     return pool
+
+
+def validate_options(size: int | tuple[int, int] | None, routing: str,
+                     circuit: CircuitBreaker | None, retry: Retry | None,
+                     timeout: float | None, idle_timeout: float, oversubscribe: bool) -> None:
+    """Raise ``ValueError``/``TypeError`` for bad pool options, before anything starts."""
+    if routing not in ROUTINGS:
+        msg = f"routing must be one of {', '.join(ROUTINGS)}; not {routing!r}"
+        raise ValueError(msg)
+    if circuit is not None and not isinstance(circuit, CircuitBreaker):
+        msg = f"circuit must be an actorq.CircuitBreaker or None, not {circuit!r}"
+        raise TypeError(msg)
+    if retry is not None and not isinstance(retry, Retry):
+        msg = f"retry must be an actorq.Retry or None, not {retry!r}"
+        raise TypeError(msg)
+    check_timeout(timeout, "timeout")
+    if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) \
+            or not idle_timeout > 0:
+        msg = f"idle_timeout must be positive seconds, not {idle_timeout!r}"
+        raise ValueError(msg)
+    parse_size(size, oversubscribe)
 
 
 def check_timeout(timeout: float | None, what: str) -> None:

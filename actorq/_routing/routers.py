@@ -159,13 +159,10 @@ class ConsistentHash(Router):
         self._owners: list[int] = []
 
     def resized(self, member_ids: Sequence[int]) -> None:
-        ring = []
-        for slot, _mid in enumerate(member_ids):
-            # placed by member *slot* (not actor id): a restarted or replaced member
-            # keeps its place, and the same pool in another process builds the same ring
-            for v in range(self.vnodes):
-                ring.append((key_point(f"member-{slot}-{v}"), slot))
-        ring.sort()
+        # placed by member *slot* (not actor id): a restarted or replaced member keeps
+        # its place, and the same pool in another process builds the same ring
+        ring = sorted((key_point(f"member-{slot}-{v}"), slot)
+                      for slot in range(len(member_ids)) for v in range(self.vnodes))
         self._points = [p for p, _ in ring]
         self._owners = [s for _, s in ring]
 

@@ -15,10 +15,32 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal, get_args
 
-CAUSES = frozenset({"signal", "exit", "exception", "hang", "oom", "start", "lost"})
-RESTART_TYPES = ("permanent", "transient", "temporary")
-STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+
+class CrashCause(StrEnum):
+    """Why an actor's process died (the table above). Compares equal to its string."""
+
+    SIGNAL = "signal"
+    EXIT = "exit"
+    EXCEPTION = "exception"
+    HANG = "hang"
+    OOM = "oom"
+    START = "start"
+    LOST = "lost"
+
+
+#: ``restart=`` of spawn: always restarted, only after an abnormal end, never.
+RestartType = Literal["permanent", "transient", "temporary"]
+#: A supervisor's strategy: which siblings restart with a crashed child.
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+#: What a supervisor decided about a failed child (reported through ``SupervisorOps``).
+SupervisorDecision = Literal["restarted", "gave_up", "escalated"]
+
+CAUSES = frozenset(cause.value for cause in CrashCause)
+RESTART_TYPES: tuple[str, ...] = get_args(RestartType)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 @dataclass(frozen=True)
@@ -79,19 +101,20 @@ class ActorOptions:
             raise ValueError(msg)
 
 
-def classify_exit(code: int | None, killed_for: str | None, reported: str | None) -> str:
+def classify_exit(code: int | None, killed_for: str | None,
+                  reported: str | None) -> CrashCause:
     """Return the cause of a death from the exit code and what we know of it.
 
     *killed_for* is set when actorq itself killed the process (``"hang"``, ``"oom"``);
     *reported* when the process said why before dying (``"exception"``, ``"start"``).
     """
     if killed_for is not None:
-        return killed_for
+        return CrashCause(killed_for)
     if reported is not None:
-        return reported
+        return CrashCause(reported)
     if code is None:
-        return "lost"
-    return "signal" if code < 0 else "exit"
+        return CrashCause.LOST
+    return CrashCause.SIGNAL if code < 0 else CrashCause.EXIT
 
 
 def describe_exit(code: int | None) -> str:

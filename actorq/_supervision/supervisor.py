@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from actorq._resilience.backoff import Backoff
-from actorq._supervision.policy import STRATEGIES
+from actorq._supervision.policy import STRATEGIES, SupervisorDecision
 
 logger = logging.getLogger("actorq")
 
@@ -41,8 +41,9 @@ class SupervisorOps(Protocol):
         """Stop *cells* for good (reverse order); their refs raise ``ActorStopped``."""
         ...
 
-    def count_event(self, kind: str) -> None:
-        """Count a supervisor event (``restarted``, ``gave_up``, ``escalated``, ...)."""
+    def supervisor_event(self, decision: SupervisorDecision, supervisor: Supervisor,
+                         child: Any, why: str) -> None:
+        """Publish what *supervisor* decided about *child* (a cell or a supervisor)."""
         ...
 
 
@@ -131,7 +132,7 @@ class Supervisor:
         self.restarts += 1
         logger.warning("supervisor %r: %s; restarting %d actor(s) (%s) in %.3fs",
                        self.name, why, len(group), self.strategy, delay)
-        self._ops.count_event("restarted")
+        self._ops.supervisor_event("restarted", self, child, why)
         if isinstance(child, Supervisor):
             child.reset()
         self._ops.restart_group(group, delay)
@@ -153,7 +154,7 @@ class Supervisor:
                   f"({count}), supervisor {self.name!r} gave up")
         if self.give_up_per_child or self.parent is None:
             logger.error("%s", reason)
-            self._ops.count_event("gave_up")
+            self._ops.supervisor_event("gave_up", self, child, reason)
             self.remove(child)
             if isinstance(child, Supervisor):
                 child.mark_stopped()
@@ -161,7 +162,7 @@ class Supervisor:
                                    reason)
             return
         logger.error("%s; escalating to %r", reason, self.parent.name)
-        self._ops.count_event("escalated")
+        self._ops.supervisor_event("escalated", self, child, reason)
         self.parent.child_failed(self, reason)
 
     def reset(self) -> None:

@@ -6,7 +6,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
-    from actorq._ref import ActorRef
+    from actorq._core.ref import ActorRef
     from actorq._supervision.policy import ActorOptions
 
 HOOKS = frozenset({"on_start", "on_stop", "receive"})

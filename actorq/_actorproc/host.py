@@ -36,13 +36,13 @@ from typing import Any
 import uvloop
 
 from actorq import _serialization
-from actorq._actor import ActorContext, handler_names
 from actorq._clock import Deadline
+from actorq._core.actor import ActorContext, handler_names
+from actorq._core.hub import OP_CALL, OP_REPLY, OP_TELL, Hub
+from actorq._core.ref import ActorRef, register_hub
+from actorq._core.reply import Reply
 from actorq._errors import ActorStopped, format_remote
-from actorq._hub import OP_CALL, OP_REPLY, OP_TELL, Hub
 from actorq._process.deathsig import set_pdeathsig
-from actorq._ref import ActorRef, register_hub
-from actorq._reply import Reply
 from actorq._serialization import SAFE_TYPES
 from actorq._transport import control
 from actorq._transport.aimd import AIMDWindow
@@ -169,13 +169,13 @@ class ActorHub(Hub):
             msg = f"{reply.describe}: use 'await' for replies inside an async handler"
             raise RuntimeError(msg)
         self.track_alone()
-        while not reply._done:
+        while not reply.done():
             self.flush_dirty()
             self.drain()
             self.host.poll_ctrl()
-            if reply._done or deadline.expired():
+            if reply.done() or deadline.expired():
                 return
-            if self.spin(lambda: reply._done):
+            if self.spin(lambda: reply.done()):
                 continue
             if self.park():
                 timeout = min(deadline.remaining(), self.config.park_timeout)

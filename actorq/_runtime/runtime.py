@@ -28,23 +28,25 @@ from typing import Any
 import psutil
 
 from actorq import _serialization
-from actorq._actor import handler_names
 from actorq._config import SystemConfig
+from actorq._core.actor import handler_names
+from actorq._core.events import ActorEvent, EventBus, EventCounts, EventKind
+from actorq._core.hub import OP_REPLY, SYSTEM_ID, method_and_args
+from actorq._core.ref import ActorRef
+from actorq._core.reply import Reply
 from actorq._errors import ActorCrashed, ActorStopped
-from actorq._hub import OP_REPLY, SYSTEM_ID, method_and_args
 from actorq._process.spares import WarmPool
-from actorq._ref import ActorRef
-from actorq._reply import Reply
+from actorq._runtime.systemhub import SystemHub
 from actorq._supervision.deadletters import DeadLetters
 from actorq._supervision.policy import (
     RESTART_TYPES,
     ActorOptions,
+    SupervisorDecision,
     classify_exit,
     describe_exit,
     should_restart,
 )
 from actorq._supervision.supervisor import Supervisor
-from actorq._systemhub import SystemHub
 from actorq._transport import control
 from actorq._transport.channel import (
     C_BUSY,
@@ -138,7 +140,9 @@ class Runtime:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._dead = DeadLetters(self.config.dead_letters)
-        self._events: Counter[str] = Counter()
+        self._bus = EventBus()
+        self._counts = EventCounts()
+        self._bus.subscribe(self._counts)  # metrics: the first listener
 
     # -- loop helpers ---------------------------------------------------------------------
 
@@ -150,9 +154,26 @@ class Runtime:
             except RuntimeError:
                 pass
 
-    def count_event(self, kind: str) -> None:
-        """Count a supervisor event (SupervisorOps)."""
-        self._events[kind] += 1
+    def _state_of(self, actor_id: int) -> str | None:
+        cell = self._cells.get(actor_id)
+        return cell.state if cell is not None else None
+
+    def _publish(self, kind: EventKind, cell: ActorCell, cause: str | None = None,
+                 detail: str = "", supervisor: str | None = None) -> None:
+        """Publish a lifecycle event of *cell* (built only when someone listens)."""
+        if self._bus.active:
+            self._bus.publish(ActorEvent(kind, cell.id, cell.name, cell.cls_name, cell.pid,
+                                         cause, detail, cell.restarts, supervisor))
+
+    def supervisor_event(self, decision: SupervisorDecision, supervisor: Supervisor,
+                         child: Any, why: str) -> None:
+        """Publish a supervisor's decision about a child (SupervisorOps)."""
+        kind = EventKind(decision)
+        if isinstance(child, ActorCell):
+            self._publish(kind, child, detail=why, supervisor=supervisor.name)
+        elif self._bus.active:  # a child supervisor
+            self._bus.publish(ActorEvent(kind, 0, child.name, detail=why,
+                                         supervisor=supervisor.name))
 
     # -- cells ----------------------------------------------------------------------------
 
@@ -309,11 +330,11 @@ class Runtime:
     def _handle_ctrl(self, cell: ActorCell, sock: Any, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "ready":
-            self._events["started"] += 1
             cell.pid = msg[1]
             if cell.state == "starting":
                 cell.state = "running"
             cell.ready.set()
+            self._publish(EventKind.STARTED, cell)
             logger.debug("%s started (pid %s, restarts %d)", cell.describe(), cell.pid,
                          cell.restarts)
         elif kind == "failed":
@@ -394,8 +415,8 @@ class Runtime:
         cause = classify_exit(code, cell.killed_for, cell.reported)
         cell.killed_for = cell.reported = None
         cell.crashes[cause] += 1
-        self._events[f"crash:{cause}"] += 1
         text = f"{cell.describe()} (pid {cell.pid}) {self._words(cell, cause, code)}"
+        self._publish(EventKind.CRASHED, cell, cause, text)
         if cell.state == "starting" and cell.failed_start is None and code == 1:
             text += self._main_module_hint()  # died before it could even boot
         logger.warning("%s", text)
@@ -483,7 +504,7 @@ class Runtime:
         if caller == SYSTEM_ID:
             reply = self._hub.pending.pop(token, None)
             if reply is not None:
-                reply._fail(ActorCrashed(f"{reply.describe}: {text}", cause))
+                reply.set_exception(ActorCrashed(f"{reply.describe}: {text}", cause))
         else:
             self._hub.reply_to_actor(caller, token, ActorCrashed(text, cause))
 
@@ -616,6 +637,7 @@ class Runtime:
                     pass
         cell.exited.set()
         cell.ready.set()
+        self._publish(EventKind.STOPPED, cell, None if cause == "stopped" else cause, about)
 
     def _release_name(self, cell: ActorCell) -> None:
         with self._lock:
