@@ -101,7 +101,7 @@ def test_bad_input_raises_at_the_call_site_and_sends_nothing(system):
     with pytest.raises(TypeError, match="hashable"):
         pool.echo(1, key=["unhashable"])
     with pytest.raises(AttributeError, match="no handler 'nope'"):
-        pool.nope
+        _ = pool.nope
     with pytest.raises(ValueError, match="timeout"):
         pool.echo(1, key="k", timeout=-0.5)
     with pytest.raises(TypeError, match="pickle"):

@@ -34,7 +34,7 @@ def test_round_robin_takes_turns():
 def test_least_loaded_picks_the_fewest_in_flight():
     r = make_router("least_loaded")
     ms = members(4)
-    for m, load in zip(ms, (3, 1, 4, 2)):
+    for m, load in zip(ms, (3, 1, 4, 2), strict=True):
         m.in_flight = load
     assert {r.choose(ms).id for _ in range(8)} == {2}
 
