@@ -38,6 +38,10 @@ class ContextOps(Protocol):
         """Spawn *cls* as a child of the current actor."""
         ...
 
+    def time_left(self) -> float | None:
+        """Seconds until the deadline of the call being handled; None without one."""
+        ...
+
 
 class ActorContext:
     """What an actor can see of the runtime: ``lookup``, ``spawn``, ``restarts``, ``name``."""
@@ -57,6 +61,12 @@ class ActorContext:
               restart: str = "permanent", **kwargs: Any) -> ActorRef[Any]:
         """Spawn a child actor supervised by this one; returns its ref at once."""
         return self._ops.spawn_child(cls, args, kwargs, name, restart)
+
+    def time_left(self) -> float | None:
+        """Seconds left until the deadline of the call being handled (negative once it
+        passed), or None if the call carries none (``timeout=`` of a pool call, or
+        ``ref.call_with_deadline``). Use it to give up early or to size inner timeouts."""
+        return self._ops.time_left()
 
 
 class Actor:

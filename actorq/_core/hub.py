@@ -9,6 +9,10 @@ synchronous wait is served) is in the subclasses in ``_system`` and ``_host``.
 Wire records are lists of small tuples (cheapest to pickle)::
 
     (OP_CALL,  token, reply_to, method, args, kwargs)   token 0: no reply wanted
+    (OP_DCALL, token, reply_to, method, args, kwargs, deadline)
+                                                        a call with a deadline (time.monotonic
+                                                        seconds, the same clock in every process
+                                                        of the host): dropped unrun if it passed
     (OP_TELL,  0, message)                              a tell: ``receive(message)``
     (OP_REPLY, token, ok, value_or_exception, traceback_text)
 
@@ -60,6 +64,7 @@ logger = logging.getLogger(__name__)
 OP_CALL = 1
 OP_REPLY = 2
 OP_TELL = 3
+OP_DCALL = 4  # a call carrying its deadline: its own op, so plain calls pay nothing
 SYSTEM_ID = 0
 DRAIN_QUANTUM = 256  # messages per ring per round of a drain (one full burst record)
 _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without keywords
@@ -120,6 +125,31 @@ class Hub:
         reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
         self.pending[token] = reply
         msg = (OP_CALL, token, self.id, method, args, kwargs or _NO_KWARGS)
+        try:
+            if not (plain and self._send_now(ref.actor_id, msg)):
+                self.send(ref, msg, nowait=False)
+        except BaseException:
+            self.pending.pop(token, None)
+            raise
+        return reply
+
+    def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
+                      kwargs: dict[str, Any] | None, deadline: float) -> Reply[Any]:
+        """Like ``call``, the message carrying *deadline* (``time.monotonic()`` seconds).
+
+        The actor drops the call without running it if the deadline has passed when its
+        turn comes (the reply is a ``CallTimeout`` whose ``reason`` is ``"expired"``), and
+        its handler can read the time left (``context.time_left()``).
+        """
+        if not (quick_safe(args) and (not kwargs or quick_safe(kwargs.values()))):
+            check_picklable(lambda: ref._describe(method), args, kwargs)
+            plain = False
+        else:
+            plain = True
+        token = next_token()
+        reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
+        self.pending[token] = reply
+        msg = (OP_DCALL, token, self.id, method, args, kwargs or _NO_KWARGS, float(deadline))
         try:
             if not (plain and self._send_now(ref.actor_id, msg)):
                 self.send(ref, msg, nowait=False)
@@ -477,7 +507,7 @@ class Hub:
 
     def unpicklable(self, msg: tuple[Any, ...], exc: BaseException) -> tuple[Any, ...] | None:
         """Deal with a message that failed to pickle at flush time; maybe replace it."""
-        if msg[1] and msg[0] == OP_CALL:
+        if msg[1] and msg[0] in (OP_CALL, OP_DCALL):
             reply = self.pending.pop(msg[1], None)
             if reply is not None:
                 err = TypeError(f"{reply.describe}: a message could not be pickled: {exc}")

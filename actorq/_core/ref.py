@@ -22,6 +22,11 @@ class Sender(Protocol):
         """Send a call to *ref*'s actor and return its reply."""
         ...
 
+    def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
+                      kwargs: dict[str, Any] | None, deadline: float) -> Reply[Any]:
+        """Send a call carrying *deadline* (``time.monotonic()`` seconds)."""
+        ...
+
     def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
         """Send *message* to *ref*'s actor's ``receive``."""
         ...
@@ -132,6 +137,17 @@ class ActorRef(Generic[A]):
         if method != "receive":
             self._check_method(method)
         return self._get_hub().call(self, method, args, kwargs)
+
+    def call_with_deadline(self, deadline: float, method: str, *args: Any,
+                           **kwargs: Any) -> Reply[Any]:
+        """Like ``call``, with an absolute *deadline* (``time.monotonic()`` seconds) that
+        travels with the message: the actor drops the call unrun if the deadline passed
+        while it was queued (the reply raises ``CallTimeout``), and the handler can read
+        ``self.context.time_left()``. The reply does not wait past the deadline by itself:
+        use ``result(timeout)`` as usual."""
+        if method != "receive":
+            self._check_method(method)
+        return self._get_hub().call_deadline(self, method, args, kwargs, deadline)
 
     def ask(self, message: Any) -> Reply[Any]:
         """Send *message* to the actor's ``receive`` and return a ``Reply`` with its answer."""

@@ -266,10 +266,10 @@ class _Call:
                         elapsed: float | None = None) -> None:
         pool = self.pool
         pool._finished(member, exc, elapsed)
+        if isinstance(exc, CallTimeout) and exc.reason == "expired":
+            pool._stats_inc("expired_drops")
         if self.outer._done:
             return
-        if isinstance(exc, CallTimeout) and getattr(exc, "reason", "") == "expired":
-            pool._stats_inc("expired_drops")
         retry = pool.retry
         delay: float | None = None
         if isinstance(exc, ActorStopped) and (member.retired or member not in pool._members) \

@@ -255,3 +255,63 @@ def test_a_pool_is_picklable_and_callable_from_an_actor(system):
         copy.resize(3)
     caller = system.spawn(Caller)
     assert caller.use(pool, 8).result(timeout=30) == sorted(pids_of(pool))
+
+
+class Timed(actorq.Actor):
+    def left(self):
+        return self.context.time_left()
+
+    def mark(self, path: str) -> None:
+        Path(path).write_text("ran")
+
+    def slow(self, gate: str) -> int:
+        wait_until(lambda: os.path.exists(gate), timeout=30)
+        return os.getpid()
+
+    def hang(self) -> None:
+        threading.Event().wait()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_the_deadline_travels_with_the_call(system):
+    pool = system.pool(Timed, size=1)
+    assert pool.left().result(timeout=20) is None
+    left = pool.left(timeout=5.0).result(timeout=20)
+    assert 0 < left <= 5.0
+    ref = pool.members()[0]
+    assert ref.left().result(timeout=20) is None  # a later plain call has no deadline
+
+
+def test_a_call_whose_deadline_passed_while_queued_is_dropped_unrun(system, tmp_path):
+    pool = system.pool(Timed, size=1)
+    gate, mark = str(tmp_path / "gate"), str(tmp_path / "mark")
+    busy = pool.slow(gate)
+    late = pool.mark(mark, timeout=0.3)
+    with pytest.raises(actorq.CallTimeout):
+        late.result(timeout=20)
+    Path(gate).touch()
+    busy.result(timeout=20)
+    wait_until(lambda: pool.statistics().expired_drops == 1, timeout=20)
+    assert not os.path.exists(mark)  # never ran
+    assert pool.statistics().deadline_timeouts == 1
+
+
+def test_a_member_hanging_past_the_deadline_is_killed_and_restarted(system):
+    pool = system.pool(Timed, size=1, timeout=0.3, hang_margin=0.3)
+    before = pool.pid().result(timeout=20)
+    with pytest.raises(actorq.CallTimeout):
+        pool.hang().result(timeout=20)
+    ref = pool.members()[0]
+    wait_until(lambda: system.metrics()["actors"][ref.name]["crashes"].get("hang"),
+               timeout=20, message="killed for hanging")
+    after = wait_until(lambda: _pid_or_none(pool), timeout=20)
+    assert after != before
+
+
+def _pid_or_none(pool):
+    try:
+        return pool.pid().result(timeout=5)
+    except (actorq.CallTimeout, actorq.ActorCrashed):
+        return None
