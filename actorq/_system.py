@@ -47,7 +47,7 @@ from actorq._process.spawn import get_context
 from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry
-from actorq._routing.pool import Pool, SupervisorHost, validate_options
+from actorq._routing.pool import Pool, SupervisorHost, hang_options, validate_options
 from actorq._runtime.runtime import DEAD_STATES, ActorCell, Runtime, kill_tree
 from actorq._runtime.systemhub import SystemHub
 from actorq._supervision.deadletters import DeadLetter
@@ -216,17 +216,10 @@ class ActorSystem(Runtime):
         """
         self._check_open()
         validate_options(size, routing, circuit, retry, timeout, idle_timeout, oversubscribe)
-        if not hang_margin > 0:
-            msg = f"hang_margin must be positive seconds, not {hang_margin!r}"
-            raise ValueError(msg)
         if not (isinstance(cls, type) and issubclass(cls, Actor)):
             msg = f"pool() needs a subclass of actorq.Actor, not {cls!r}"
             raise TypeError(msg)
-        options = None
-        if timeout is not None and "actor_options" not in kwargs:
-            base = getattr(cls, "actor_options", None) or ActorOptions()
-            if base.hang_timeout is None:
-                options = dataclasses.replace(base, hang_timeout=timeout + hang_margin)
+        options = hang_options(cls, timeout, hang_margin, kwargs)
         pool_name = name or f"pool-{cls.__name__}-{len(self._pools) + 1}"
         host = SupervisorHost(self, pool_name, max_restarts=max_restarts, within=within,
                               member_options=options)

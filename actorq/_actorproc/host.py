@@ -759,6 +759,16 @@ class Host:
         """Seconds until the deadline of the call being handled (None: it has none)."""
         return self.hub.time_left()
 
+    def stop_child(self, ref: ActorRef[Any]) -> None:
+        """Ask the system to stop one of this actor's children for good (returns at once)."""
+        answer, _fds = self.request(("stop_child", ref.actor_id))
+        if answer[0] == "error":
+            raise answer[1]
+
+    def system_config(self) -> Any:
+        """The system's configuration (as sent at boot)."""
+        return self.hub.config
+
     def spawn_child(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
                     name: str | None, restart: str) -> ActorRef[Any]:
         """Spawn a child actor through the system, supervised on this actor's behalf."""

@@ -21,6 +21,7 @@ is scheduled on the routing scheduler thread.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -33,13 +34,14 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
-from actorq._core.actor import handler_names
+from actorq._core.actor import handler_names, set_pool_factory
 from actorq._core.reply import Reply
 from actorq._errors import ActorCrashed, ActorStopped, CallTimeout, CircuitOpen
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry, RetryBudget
 from actorq._routing.routers import ROUTINGS, Router, key_point, make_router
 from actorq._routing.scheduler import SCHEDULER
+from actorq._supervision.policy import ActorOptions
 
 if TYPE_CHECKING:
     from actorq._core.ref import ActorRef
@@ -743,6 +745,70 @@ class SupervisorHost:
             pass  # the system is closed: its members are gone already
 
 
+class ContextHost:
+    """A pool's members as children of the actor that made it (``self.context.pool``)."""
+
+    def __init__(self, ops: Any, member_options: Any = None) -> None:
+        self.ops = ops
+        self.config: SystemConfig = ops.system_config()
+        self.member_options = member_options
+        self.refs: list[ActorRef[Any]] = []
+
+    def spawn_member(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     name: str) -> ActorRef[Any]:
+        if self.member_options is not None and "actor_options" not in kwargs:
+            kwargs["actor_options"] = self.member_options
+        ref: ActorRef[Any] = self.ops.spawn_child(cls, args, kwargs, None, "permanent")
+        self.refs.append(ref)
+        return ref
+
+    def stop_member(self, ref: ActorRef[Any]) -> None:
+        if ref in self.refs:
+            self.refs.remove(ref)
+        try:
+            self.ops.stop_child(ref)
+        except (ActorStopped, ValueError):
+            pass  # gone already
+
+    def close(self) -> None:
+        for ref in list(self.refs):
+            self.stop_member(ref)
+
+
+def context_pool(ops: Any, cls: type, args: tuple[Any, ...],
+                 options: dict[str, Any]) -> Pool[Any]:
+    """``self.context.pool(cls, *args, **options)``: a pool of the actor's children."""
+    size = options.pop("size", None)
+    routing = options.pop("routing", "round_robin")
+    circuit = options.pop("circuit", None)
+    retry = options.pop("retry", None)
+    timeout = options.pop("timeout", None)
+    name = options.pop("name", None)
+    hang_margin = options.pop("hang_margin", 1.0)
+    idle_timeout = options.pop("idle_timeout", 5.0)
+    oversubscribe = options.pop("oversubscribe", False)
+    validate_options(size, routing, circuit, retry, timeout, idle_timeout, oversubscribe)
+    member_options = hang_options(cls, timeout, hang_margin, options)
+    return Pool(ContextHost(ops, member_options), cls, args, options, size=size,
+                routing=routing, circuit=circuit, retry=retry, timeout=timeout, name=name,
+                idle_timeout=idle_timeout, oversubscribe=oversubscribe)
+
+
+def hang_options(cls: type, timeout: float | None, hang_margin: float,
+                 kwargs: dict[str, Any]) -> Any:
+    """The members' ``ActorOptions`` when the pool has a timeout: a hang timeout of
+    *timeout* + *hang_margin*, unless the class or the caller set options of their own."""
+    if not (isinstance(hang_margin, (int, float)) and hang_margin > 0):
+        msg = f"hang_margin must be positive seconds, not {hang_margin!r}"
+        raise ValueError(msg)
+    if timeout is None or "actor_options" in kwargs:
+        return None
+    base = getattr(cls, "actor_options", None) or ActorOptions()
+    if base.hang_timeout is not None:
+        return None
+    return dataclasses.replace(base, hang_timeout=timeout + hang_margin)
+
+
 class _NoHost:
     """The host of a pool copied into another process: it calls, it does not own."""
 
@@ -846,3 +912,6 @@ def parse_size(size: int | tuple[int, int] | None, oversubscribe: bool) -> tuple
         return lo, hi
     msg = f"a pool's size must be an int or a (min, max) pair of ints, not {size!r}"
     raise TypeError(msg) if not isinstance(size, (int, tuple)) else ValueError(msg)
+
+
+set_pool_factory(context_pool)

@@ -315,3 +315,47 @@ def _pid_or_none(pool):
         return pool.pid().result(timeout=5)
     except (actorq.CallTimeout, actorq.ActorCrashed):
         return None
+
+
+def test_a_single_ref_guarded_by_a_circuit(system):
+    ref = system.spawn(Worker)
+    breaker = actorq.CircuitBreaker(failure_threshold=2, reset_timeout=60.0, failure_on=(Bad,))
+    guarded = ref.with_circuit(breaker)
+    assert guarded.work(1).result(timeout=20)[0] == 2
+    ref.set_bad(True).result(timeout=20)
+    for _ in range(2):
+        with pytest.raises(Bad):
+            guarded.work(1).result(timeout=20)
+    assert breaker.state == "open"
+    reply = guarded.work(1)
+    with pytest.raises(actorq.CircuitOpen, match="next probe is due"):
+        reply.result(timeout=1)
+    with pytest.raises(TypeError, match="CircuitBreaker"):
+        ref.with_circuit("closed")
+
+
+class Boss(actorq.Actor):
+    def __init__(self) -> None:
+        self.pool = self.context.pool(Worker, size=2, retry=actorq.Retry())
+
+    def fan_out(self, n):
+        replies = [self.pool.work(i) for i in range(n)]
+        return sorted({r.result(timeout=20)[1] for r in replies})
+
+    def members(self):
+        return self.pool.members()
+
+    def shrink(self):
+        self.pool.resize(1)
+        return len(self.pool.members())
+
+
+def test_an_actor_runs_a_pool_of_its_children(system):
+    boss = system.spawn(Boss)
+    pids = boss.fan_out(20).result(timeout=30)
+    assert len(pids) == 2
+    members = boss.members().result(timeout=20)
+    assert sorted(system.pid_of(m) for m in members) == pids
+    assert boss.shrink().result(timeout=20) == 1
+    wait_until(lambda: sum(1 for a in system.metrics()["actors"].values()
+                           if a["state"] == "running") == 2, timeout=20)
