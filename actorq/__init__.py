@@ -23,6 +23,7 @@ from actorq._errors import (
     GraphError,
     RemoteTraceback,
 )
+from actorq._executor.executor import Executor
 from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry, RetryBudget
@@ -51,6 +52,7 @@ __all__ = [
     "DeadLetter",
     "DeadlockError",
     "EventKind",
+    "Executor",
     "GraphError",
     "RemoteTraceback",
     "Reply",

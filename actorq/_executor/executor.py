@@ -1,0 +1,298 @@
+"""``actorq.Executor``: the standard ``concurrent.futures.Executor`` interface on a pool.
+
+::
+
+    submit(fn, *args) ─▶ Future (PENDING) ─▶ pool.call_with("run", ...) ─▶ a member runs fn
+                              ▲                       │ its reply's done callback
+                              └── set_result / set_exception (unless cancelled meanwhile)
+
+A member killed mid-task is restarted by the pool's supervisor and the task retried on
+another member by the pool's retry policy: the executor never breaks
+(``BrokenProcessPool`` has no counterpart here). Functions that pickle by reference
+(module-level functions) travel as such; others (lambdas, closures, functions of
+``__main__`` under forkserver) are pickled once with cloudpickle and unpickled once per
+member (a cache keyed by an id).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import os
+import pickle
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import cloudpickle
+
+import actorq
+from actorq._core.actor import Actor
+from actorq._core.reply import Reply
+from actorq._resilience.retry import Retry
+
+_fn_ids = itertools.count(1)
+FN_CACHE = 256  # functions remembered per member and per executor
+
+
+class FunctionWorker(Actor):
+    """A pool member that runs the functions an ``Executor`` sends it."""
+
+    def __init__(self, initializer: Callable[..., Any] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> None:
+        self._fns: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        if initializer is not None:
+            initializer(*initargs)
+
+    def _fn(self, spec: Any) -> Callable[..., Any]:
+        if type(spec) is not tuple:
+            return spec  # type: ignore[no-any-return]
+        _tag, fn_id, blob = spec
+        fn = self._fns.get(fn_id)
+        if fn is None:
+            fn = self._fns[fn_id] = cloudpickle.loads(blob)
+            if len(self._fns) > FN_CACHE:
+                self._fns.popitem(last=False)
+        return fn
+
+    def run(self, spec: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run one task."""
+        return self._fn(spec)(*args, **kwargs)
+
+    def run_chunk(self, spec: Any, chunk: list[tuple[Any, ...]]) -> list[Any]:
+        """Run a chunk of ``map`` (each item: the function's positional arguments)."""
+        fn = self._fn(spec)
+        return [fn(*args) for args in chunk]
+
+
+class Executor(concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` whose workers are actors of a pool.
+
+    Args:
+        max_workers: members of the pool (default: one per core). ``(min, max)`` scales.
+        system: the ``ActorSystem`` to run on; without it the executor owns a private one,
+            closed by ``shutdown()``.
+        initializer, initargs: run in each worker as it starts (as the standard library's).
+        **pool_options: passed to ``system.pool`` (``routing``, ``circuit``, ``retry``,
+            ``timeout``, ...). Default retry: 3 attempts on crashes and timeouts.
+
+    ``submit``/``map`` return and yield what ``ProcessPoolExecutor``'s do; a worker that
+    dies mid-task is restarted and the task retried (at-least-once), so the executor
+    never breaks. ``cancel()`` succeeds while a task has not finished; the worker may
+    still run it, its result is dropped.
+    """
+
+    def __init__(self, max_workers: int | tuple[int, int] | None = None, *,
+                 system: Any = None, initializer: Callable[..., Any] | None = None,
+                 initargs: tuple[Any, ...] = (), **pool_options: Any) -> None:
+        if max_workers is not None:
+            if isinstance(max_workers, bool) or not isinstance(max_workers, (int, tuple)):
+                msg = f"max_workers must be an int, not {max_workers!r}"
+                raise TypeError(msg)
+            if isinstance(max_workers, int) and max_workers <= 0:
+                msg = "max_workers must be greater than 0"
+                raise ValueError(msg)
+        if initializer is not None and not callable(initializer):
+            msg = "initializer must be a callable"
+            raise TypeError(msg)
+        pool_options.setdefault("retry", Retry(max_attempts=3))
+        pool_options.setdefault("routing", "least_loaded")
+        self._own_system = system is None
+        self._system = actorq.ActorSystem() if system is None else system
+        init = _spec_of(initializer) if initializer is not None else None
+        try:
+            if init is not None:
+                self._pool = self._system.pool(FunctionWorker, _Init(init), initargs,
+                                               size=max_workers, **pool_options)
+            else:
+                self._pool = self._system.pool(FunctionWorker, size=max_workers,
+                                               **pool_options)
+        except BaseException:
+            if self._own_system:
+                self._system.close()
+            raise
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._closed = False
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._specs: OrderedDict[Any, Any] = OrderedDict()
+
+    @property
+    def pool(self) -> Any:
+        """The ``Pool`` the tasks run on (statistics, circuits, members)."""
+        return self._pool
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any,
+               **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``; return a ``concurrent.futures.Future``."""
+        with self._lock:
+            if self._shutdown:
+                msg = "cannot schedule new futures after shutdown"
+                raise RuntimeError(msg)
+            spec = self._spec(fn)
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            self._pending.add(future)
+        try:
+            reply = self._pool.call_with("run", (spec, args, kwargs))
+        except BaseException:
+            with self._lock:
+                self._pending.discard(future)
+            raise
+        reply.add_done_callback(lambda r: self._settle(future, r))
+        return future
+
+    def _settle(self, future: concurrent.futures.Future[Any], reply: Reply[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+        if not future.set_running_or_notify_cancel():
+            return  # cancelled meanwhile: the result is dropped
+        exc = reply._exc
+        if exc is None:
+            future.set_result(reply._value)
+        else:
+            future.set_exception(exc)
+
+    def _spec(self, fn: Callable[..., Any]) -> Any:
+        """How *fn* travels: itself if it pickles by reference, else a cloudpickled blob
+        made once (and unpickled once per member)."""
+        if not callable(fn):
+            msg = f"{fn!r} is not callable"
+            raise TypeError(msg)
+        try:
+            key: Any = fn
+            hash(key)
+        except TypeError:
+            key = id(fn)
+        spec = self._specs.get(key)
+        if spec is not None:
+            self._specs.move_to_end(key)
+            return spec
+        spec = _spec_of(fn)
+        self._specs[key] = spec
+        if len(self._specs) > FN_CACHE:
+            self._specs.popitem(last=False)
+        return spec
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+            timeout: float | None = None, chunksize: int = 1) -> Iterator[Any]:
+        """Like ``builtins.map(fn, *iterables)``, run on the pool; results in order.
+
+        Every task is submitted at once; *timeout* (seconds, from this call) bounds the
+        wait for each next result (``TimeoutError``); *chunksize* > 1 sends that many
+        items per task.
+        """
+        if chunksize < 1:
+            msg = "chunksize must be >= 1."
+            raise ValueError(msg)
+        end = None if timeout is None else time.monotonic() + timeout
+        if chunksize == 1:
+            futures = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
+            return _results(futures, end, flatten=False)
+        with self._lock:
+            if self._shutdown:
+                msg = "cannot schedule new futures after shutdown"
+                raise RuntimeError(msg)
+            spec = self._spec(fn)
+        futures = []
+        items = zip(*iterables, strict=False)
+        while chunk := list(itertools.islice(items, chunksize)):
+            futures.append(self._submit_chunk(spec, chunk))
+        return _results(futures, end, flatten=True)
+
+    def _submit_chunk(self, spec: Any, chunk: list[tuple[Any, ...]]
+                      ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            self._pending.add(future)
+        reply = self._pool.call_with("run_chunk", (spec, chunk))
+        reply.add_done_callback(lambda r: self._settle(future, r))
+        return future
+
+    # -- shutting down ----------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new tasks; with *cancel_futures*, cancel those not finished; with *wait*,
+        block until the rest are done, then stop the workers (and the private system)."""
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._pending)
+        if cancel_futures:
+            for f in pending:
+                f.cancel()
+        if wait:
+            concurrent.futures.wait(pending)
+            self._close()
+        else:
+            threading.Thread(target=self._close_after, args=(pending,), daemon=True,
+                             name="actorq-executor-shutdown").start()
+
+    def _close_after(self, pending: list[concurrent.futures.Future[Any]]) -> None:
+        concurrent.futures.wait(pending)
+        self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._pool.stop()
+        finally:
+            if self._own_system:
+                self._system.close()
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown else f"workers={self._pool.size}"
+        return f"<actorq.Executor {state}>"
+
+
+class _Init:
+    """An initializer spec that pickles as itself (runs ``FunctionWorker``'s initializer)."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+    def __call__(self, *args: Any) -> Any:
+        spec = self.spec
+        fn = cloudpickle.loads(spec[2]) if type(spec) is tuple else spec
+        return fn(*args)
+
+
+def _spec_of(fn: Callable[..., Any]) -> Any:
+    try:
+        by_ref = pickle.dumps(fn, protocol=5)
+        if len(by_ref) < 512 and b"__main__" not in by_ref:
+            return fn
+    except Exception:
+        pass
+    try:
+        blob = cloudpickle.dumps(fn, protocol=5)
+    except Exception as exc:
+        msg = f"cannot send {fn!r} to a worker process: {exc}"
+        raise TypeError(msg) from exc
+    return ("cp", next(_fn_ids) ^ (os.getpid() << 32), blob)
+
+
+def _results(futures: list[concurrent.futures.Future[Any]], end: float | None,
+             *, flatten: bool) -> Iterator[Any]:
+    """Yield the futures' results in order; cancel what is left if the consumer stops."""
+    futures.reverse()
+    try:
+        while futures:
+            f = futures[-1]
+            value = f.result() if end is None else f.result(end - time.monotonic())
+            futures.pop()
+            if flatten:
+                yield from value
+            else:
+                yield value
+    finally:
+        for f in futures:
+            f.cancel()
+
+
+Executor.__module__ = "actorq"
