@@ -16,12 +16,14 @@ member (a cache keyed by an id).
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import itertools
 import os
 import pickle
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -34,6 +36,28 @@ from actorq._core.reply import Reply
 from actorq._resilience.retry import Retry
 
 _fn_ids = itertools.count(1)
+_BY_REF = object()  # in the spec cache: the function travels as itself
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_at_exit_registered = False
+
+
+def _register_at_exit(executor: Executor) -> None:
+    """At interpreter exit, finish the work of every executor not shut down (as the
+    standard library's do). Registered with the first executor, so after the system's
+    own exit hook: atexit runs it first, while the workers are still up."""
+    global _at_exit_registered
+    _live.add(executor)
+    if not _at_exit_registered:
+        _at_exit_registered = True
+        atexit.register(_shutdown_all)
+
+
+def _shutdown_all() -> None:
+    for executor in list(_live):
+        try:
+            executor.shutdown(wait=True)
+        except Exception:  # pragma: no cover - best effort at exit
+            pass
 FN_CACHE = 256  # functions remembered per member and per executor
 
 
@@ -116,8 +140,9 @@ class Executor(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._shutdown = False
         self._closed = False
-        self._pending: set[concurrent.futures.Future[Any]] = set()
-        self._specs: OrderedDict[Any, Any] = OrderedDict()
+        self._pending: dict[concurrent.futures.Future[Any], None] = {}  # submission order
+        self._specs: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        _register_at_exit(self)
 
     @property
     def pool(self) -> Any:
@@ -135,19 +160,19 @@ class Executor(concurrent.futures.Executor):
                 raise RuntimeError(msg)
             spec = self._spec(fn)
             future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            self._pending.add(future)
+            self._pending[future] = None
         try:
             reply = self._pool.call_with("run", (spec, args, kwargs))
         except BaseException:
             with self._lock:
-                self._pending.discard(future)
+                self._pending.pop(future, None)
             raise
         reply.add_done_callback(lambda r: self._settle(future, r))
         return future
 
     def _settle(self, future: concurrent.futures.Future[Any], reply: Reply[Any]) -> None:
         with self._lock:
-            self._pending.discard(future)
+            self._pending.pop(future, None)
         if not future.set_running_or_notify_cancel():
             return  # cancelled meanwhile: the result is dropped
         exc = reply._exc
@@ -163,18 +188,15 @@ class Executor(concurrent.futures.Executor):
             msg = f"{fn!r} is not callable"
             raise TypeError(msg)
         try:
-            key: Any = fn
-            hash(key)
-        except TypeError:
-            key = id(fn)
-        spec = self._specs.get(key)
+            spec = self._specs.get(fn)
+        except TypeError:  # not weakly referenceable, or unhashable: no cache
+            return _spec_of(fn)
         if spec is not None:
-            self._specs.move_to_end(key)
-            return spec
+            return fn if spec is _BY_REF else spec
         spec = _spec_of(fn)
-        self._specs[key] = spec
-        if len(self._specs) > FN_CACHE:
-            self._specs.popitem(last=False)
+        # weak keys, and no strong reference to fn in the value: the cache never keeps a
+        # function (or the object of a bound method) alive
+        self._specs[fn] = _BY_REF if spec is fn else spec
         return spec
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
@@ -207,7 +229,7 @@ class Executor(concurrent.futures.Executor):
                       ) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
-            self._pending.add(future)
+            self._pending[future] = None
         reply = self._pool.call_with("run_chunk", (spec, chunk))
         reply.add_done_callback(lambda r: self._settle(future, r))
         return future
@@ -221,7 +243,10 @@ class Executor(concurrent.futures.Executor):
             self._shutdown = True
             pending = list(self._pending)
         if cancel_futures:
-            for f in pending:
+            # The oldest unfinished tasks are running (each member handles its calls in
+            # order): leave one per member to finish, cancel the rest, newest first.
+            # Cancelled tasks still queued at a member are dropped when it stops.
+            for f in reversed(pending[self._pool.size:]):
                 f.cancel()
         if wait:
             concurrent.futures.wait(pending)
@@ -283,16 +308,24 @@ def _results(futures: list[concurrent.futures.Future[Any]], end: float | None,
     futures.reverse()
     try:
         while futures:
-            f = futures[-1]
-            value = f.result() if end is None else f.result(end - time.monotonic())
-            futures.pop()
+            # no local keeps a future or a result: the consumer owns what it was given
             if flatten:
-                yield from value
+                yield from _result(futures.pop(), end)
             else:
-                yield value
+                yield _result(futures.pop(), end)
     finally:
         for f in futures:
             f.cancel()
+
+
+def _result(future: concurrent.futures.Future[Any], end: float | None) -> Any:
+    try:
+        return future.result() if end is None else future.result(end - time.monotonic())
+    except BaseException:
+        future.cancel()
+        raise
+    finally:
+        del future
 
 
 Executor.__module__ = "actorq"

@@ -208,7 +208,7 @@ class _Call:
         member = pool._pick(self.key, None)
         if member is None:
             pool._stats_inc("circuit_open_rejections")
-            self.outer.set_exception(pool._circuit_open_error(self.method))
+            self._fail(pool._circuit_open_error(self.method))
             return
         try:
             self._send(member)
@@ -225,12 +225,12 @@ class _Call:
         self.attempt += 1
         pool = self.pool
         if pool._stopped:
-            self.outer.set_exception(ActorStopped(f"pool {pool.name!r} was stopped"))
+            self._fail(ActorStopped(f"pool {pool.name!r} was stopped"))
             return
         member = pool._pick(self.key, self.member)
         if member is None:
             pool._stats_inc("circuit_open_rejections")
-            self.outer.set_exception(pool._circuit_open_error(self.method))
+            self._fail(pool._circuit_open_error(self.method))
             return
         try:
             self._send(member)
@@ -252,14 +252,15 @@ class _Call:
     def _on_done(self, inner: Reply[Any]) -> None:
         """An attempt ended (hub loop thread, or a waiter's): finish, or schedule a retry."""
         member = self.member
-        if member is None or inner is not self.inner:  # pragma: no cover - defensive
-            return
+        current = self.inner
+        if member is None or (current is not None and inner is not current):
+            return  # pragma: no cover - defensive (None: the call ended, e.g. its deadline)
         exc = inner._exc
         elapsed = time.perf_counter() - self.sent_at
         pool = self.pool
         if exc is None:
             pool._finished(member, None, elapsed)
-            if self.outer.set_result(inner._value):
+            if self._succeed(inner._value):
                 pool._stats_inc("succeeded")
             return
         self._attempt_failed(member, exc, elapsed)
@@ -285,11 +286,28 @@ class _Call:
             if pool._budget is not None and pool._budget.refused > refused:
                 pool._stats_inc("budget_refusals")
         if delay is None:
-            if self.outer.set_exception(exc):
+            if self._fail(exc):
                 pool._stats_inc("failed")
             return
         pool._stats_inc("retries")
         SCHEDULER.call_later(delay, self.retry)
+
+    def _succeed(self, value: Any) -> bool:
+        done = self.outer.set_result(value)
+        self._forget()
+        return done
+
+    def _fail(self, exc: BaseException) -> bool:
+        done = self.outer.set_exception(exc)
+        self._forget()
+        return done
+
+    def _forget(self) -> None:
+        """The call is over: drop the user's objects and the outer reply now (the outer
+        reply and its call refer to each other, and a cycle waits for the collector)."""
+        self.args = self.kwargs = None  # type: ignore[assignment]
+        self.inner = None
+        self.outer = _FINISHED
 
     def expire(self) -> None:
         """The call's deadline passed (scheduler thread)."""
@@ -298,9 +316,13 @@ class _Call:
         waited = f"{self.pool.timeout or 0:g}s" if self.pool.timeout else "its timeout"
         err = CallTimeout(f"pool {self.pool.name!r}.{self.method}: no reply within {waited} "
                           f"(attempt {self.attempt})")
-        if self.outer.set_exception(err):
+        if self._fail(err):
             self.pool._stats_inc("deadline_timeouts")
             self.pool._stats_inc("failed")
+
+
+_FINISHED: Reply[Any] = Reply.pending("a finished pool call")
+_FINISHED.set_result(None)
 
 
 class _Bound:
@@ -541,15 +563,16 @@ class Pool(Generic[A]):
             self._budget.record_call()
         if idem is not None:
             self._idem_register(idem, call.outer)
+        outer = call.outer
         try:
             call.start()
         except BaseException:
             if idem is not None:
                 self._idem_running.pop(idem, None)
             raise
-        if deadline is not None and not call.outer._done:
+        if deadline is not None and not outer._done:
             SCHEDULER.call_later(deadline - time.monotonic(), call.expire)
-        return call.outer
+        return outer
 
     def _pick(self, key: Any, avoid: _Member | None) -> _Member | None:
         """Choose a member whose circuit lets the call through; count it in flight."""
