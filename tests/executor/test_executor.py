@@ -110,9 +110,13 @@ def test_map_exception(ex):
 
 def test_map_timeout(ex):
     results = []
-    with pytest.raises(TimeoutError):
+
+    def consume():
         for r in ex.map(sleep_then, [0, 0, 6], timeout=2):
             results.append(r)  # noqa: PERF402
+
+    with pytest.raises(TimeoutError):
+        consume()
     assert results == [None, None]
 
 
