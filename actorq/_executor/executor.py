@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import functools
 import itertools
 import os
 import pickle
 import threading
 import time
+import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -36,7 +38,11 @@ from actorq._core.reply import Reply
 from actorq._resilience.retry import Retry
 
 _fn_ids = itertools.count(1)
-_BY_REF = object()  # in the spec cache: the function travels as itself
+_REUSED = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+           functools.partial)  # callables worth caching in the members
+_BY_REF = object()
+POOL_OPTIONS = frozenset({"routing", "circuit", "retry", "timeout", "name", "hang_margin",
+                          "max_restarts", "within", "idle_timeout", "oversubscribe"})  # in the spec cache: the function travels as itself
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 _at_exit_registered = False
 
@@ -74,6 +80,8 @@ class FunctionWorker(Actor):
         if type(spec) is not tuple:
             return spec  # type: ignore[no-any-return]
         _tag, fn_id, blob = spec
+        if not fn_id:  # a one-off callable (a joblib batch, say): not worth keeping
+            return cloudpickle.loads(blob)  # type: ignore[no-any-return]
         fn = self._fns.get(fn_id)
         if fn is None:
             fn = self._fns[fn_id] = cloudpickle.loads(blob)
@@ -120,6 +128,11 @@ class Executor(concurrent.futures.Executor):
                 raise ValueError(msg)
         if initializer is not None and not callable(initializer):
             msg = "initializer must be a callable"
+            raise TypeError(msg)
+        unknown = set(pool_options) - POOL_OPTIONS
+        if unknown:
+            msg = (f"Executor() got unknown options {sorted(unknown)}; pool options are "
+                   f"{sorted(POOL_OPTIONS)}")
             raise TypeError(msg)
         pool_options.setdefault("retry", Retry(max_attempts=3))
         pool_options.setdefault("routing", "least_loaded")
@@ -299,6 +312,8 @@ def _spec_of(fn: Callable[..., Any]) -> Any:
     except Exception as exc:
         msg = f"cannot send {fn!r} to a worker process: {exc}"
         raise TypeError(msg) from exc
+    if not isinstance(fn, _REUSED):
+        return ("cp", 0, blob)  # not a function: likely used once, so not cached by members
     return ("cp", next(_fn_ids) ^ (os.getpid() << 32), blob)
 
 

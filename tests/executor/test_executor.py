@@ -348,3 +348,8 @@ def test_on_a_given_system(system):
         name = e.pool.name
         assert name in system.metrics()["pools"]
     assert not system._closing  # the system is the caller's: still running
+
+
+def test_unknown_options_are_refused_before_anything_starts():
+    with pytest.raises(TypeError, match="unknown options"):
+        actorq.Executor(2, max_nbytes=10)
