@@ -40,9 +40,10 @@ from actorq._resilience.retry import Retry
 _fn_ids = itertools.count(1)
 _REUSED = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
            functools.partial)  # callables worth caching in the members
-_BY_REF = object()
+_BY_REF = object()  # in the spec cache: the function travels as itself
+#: the options of ``system.pool`` an Executor passes on
 POOL_OPTIONS = frozenset({"routing", "circuit", "retry", "timeout", "name", "hang_margin",
-                          "max_restarts", "within", "idle_timeout", "oversubscribe"})  # in the spec cache: the function travels as itself
+                          "max_restarts", "within", "idle_timeout", "oversubscribe"})
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 _at_exit_registered = False
 
