@@ -64,9 +64,10 @@ class RetryBudget:
     def record_call(self) -> None:
         """A first attempt was made (it earns ``ratio`` of a retry)."""
         now = self.clock()
-        with self._lock:
-            self._calls.append(now)
-            if len(self._calls) > 4096:  # bound memory under a flood: trim now and then
+        calls = self._calls
+        calls.append(now)  # deque.append is atomic: no lock on the path of every call
+        if len(calls) > 4096:  # bound memory under a flood: trim now and then
+            with self._lock:
                 self._trim(now)
 
     def try_spend(self) -> bool:

@@ -173,7 +173,7 @@ class _Call:
         self.inner: Reply[Any] | None = None
         self.member: _Member | None = None
         self.sent_at = 0.0
-        self.outer: Reply[Any] = Reply(self, None, 0, f"pool {pool.name!r}.{method}")
+        self.outer: Reply[Any] = Reply(self, pool, 0, method)  # described lazily
 
     # -- ReplyWaiter: a sync waiter on the outer reply helps the current attempt -------------
 
@@ -259,9 +259,8 @@ class _Call:
         elapsed = time.perf_counter() - self.sent_at
         pool = self.pool
         if exc is None:
-            pool._finished(member, None, elapsed)
-            if self._succeed(inner._value):
-                pool._stats_inc("succeeded")
+            pool._finished_ok(member, elapsed)
+            self._succeed(inner._value)
             return
         self._attempt_failed(member, exc, elapsed)
 
@@ -335,11 +334,12 @@ class _Bound:
         self.method = method
 
     def __call__(self, *args: Any, **kwargs: Any) -> Reply[Any]:
-        pool = self.pool
-        key = kwargs.pop("key", None)
-        timeout = kwargs.pop("timeout", None)
-        idem = kwargs.pop("idempotency_key", None)
-        return pool._submit(self.method, args, kwargs, key, timeout, idem)
+        if kwargs:
+            key = kwargs.pop("key", None)
+            timeout = kwargs.pop("timeout", None)
+            idem = kwargs.pop("idempotency_key", None)
+            return self.pool._submit(self.method, args, kwargs, key, timeout, idem)
+        return self.pool._submit(self.method, args, kwargs, None, None, None)
 
 
 class Pool(Generic[A]):
@@ -524,6 +524,10 @@ class Pool(Generic[A]):
 
     # -- calls ---------------------------------------------------------------------------------
 
+    def _describe(self, method: str | None = None) -> str:
+        """``"pool 'name'.method"``, for error messages (the outer replies' ``describe``)."""
+        return f"pool {self.name!r}.{method}" if method else f"pool {self.name!r}"
+
     def _check_open(self) -> None:
         if self._stopped:
             msg = f"pool {self.name!r} is stopped"
@@ -578,7 +582,7 @@ class Pool(Generic[A]):
         """Choose a member whose circuit lets the call through; count it in flight."""
         with self._lock:
             candidates = self._candidates
-            if self.circuit is not None:
+            if self.circuit is not None and not all_closed(candidates):
                 candidates = [m for m in candidates
                               if m.breaker is not None and m.breaker.available()]
             if avoid is not None and len(candidates) > 1 and not self._router.needs_key:
@@ -586,8 +590,9 @@ class Pool(Generic[A]):
             if not candidates:
                 return None
             member: _Member = self._router.choose(candidates, key)
-            if member.breaker is not None and not member.breaker.allow():  # pragma: no cover
-                return None  # raced with another caller for the last half-open probe
+            breaker = member.breaker
+            if breaker is not None and breaker._state != "closed" and not breaker.allow():
+                return None  # pragma: no cover - raced for the last half-open probe
             member.in_flight += 1
             member.calls += 1
             return member
@@ -611,6 +616,18 @@ class Pool(Generic[A]):
                 member.failures[kind] = member.failures.get(kind, 0) + 1
         if member.breaker is not None:
             member.breaker.record(exc)
+
+    def _finished_ok(self, member: _Member, elapsed: float) -> None:
+        """An attempt succeeded (the common case: one lock, the circuit's fast path)."""
+        with self._lock:
+            member.in_flight -= 1
+            ewma = member.ewma
+            member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
+            member.ok += 1
+            self._stats["succeeded"] += 1
+        breaker = member.breaker
+        if breaker is not None and (breaker._state != "closed" or breaker._failures):
+            breaker.record_success()
 
     def _stats_inc(self, name: str) -> None:
         with self._lock:
@@ -903,6 +920,15 @@ def validate_options(size: int | tuple[int, int] | None, routing: str,
         msg = f"idle_timeout must be positive seconds, not {idle_timeout!r}"
         raise ValueError(msg)
     parse_size(size, oversubscribe)
+
+
+def all_closed(members: list[_Member]) -> bool:
+    """True if every member's circuit is closed (read without locks: a closed circuit
+    lets every call through, and one that is opening is seen at the next call)."""
+    for m in members:  # noqa: SIM110 - a plain loop: no generator per call
+        if m.breaker is not None and m.breaker._state != "closed":
+            return False
+    return True
 
 
 def check_timeout(timeout: float | None, what: str) -> None:
