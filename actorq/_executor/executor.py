@@ -2,9 +2,11 @@
 
 ::
 
-    submit(fn, *args) ─▶ Future (PENDING) ─▶ pool.call_with("run", ...) ─▶ a member runs fn
-                              ▲                       │ its reply's done callback
-                              └── set_result / set_exception (unless cancelled meanwhile)
+    submit(fn, *args) ─▶ Future (PENDING) ─▶ the executor's queue
+        fewer than 2 messages per member in flight? ─▶ RUNNING, sent: one task ("run"),
+        or everything queued, up to MAX_BATCH ("run_many"), as one message
+    a message's reply (done callback) ─▶ set_result / set_exception per task, and the
+        next batch goes out
 
 A member killed mid-task is restarted by the pool's supervisor and the task retried on
 another member by the pool's retry policy: the executor never breaks
@@ -26,7 +28,7 @@ import threading
 import time
 import types
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -35,7 +37,9 @@ import cloudpickle
 import actorq
 from actorq._core.actor import Actor
 from actorq._core.reply import Reply
+from actorq._errors import format_remote, rebuild
 from actorq._resilience.retry import Retry
+from actorq._serialization import check_picklable
 
 _fn_ids = itertools.count(1)
 _REUSED = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
@@ -66,6 +70,7 @@ def _shutdown_all() -> None:
         except Exception:  # pragma: no cover - best effort at exit
             pass
 FN_CACHE = 256  # functions remembered per member and per executor
+MAX_BATCH = 512  # tasks per message at most
 
 
 class FunctionWorker(Actor):
@@ -90,14 +95,26 @@ class FunctionWorker(Actor):
                 self._fns.popitem(last=False)
         return fn
 
-    def run(self, spec: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run one task."""
-        return self._fn(spec)(*args, **kwargs)
-
-    def run_chunk(self, spec: Any, chunk: list[tuple[Any, ...]]) -> list[Any]:
-        """Run a chunk of ``map`` (each item: the function's positional arguments)."""
+    def _item(self, item: Any) -> Any:
+        kind, spec, args, kwargs = item
         fn = self._fn(spec)
-        return [fn(*args) for args in chunk]
+        if kind == "chunk":
+            return [fn(*a) for a in args]
+        return fn(*args, **kwargs)
+
+    def run(self, item: Any) -> Any:
+        """Run one task (``("call", fn, args, kwargs)``) or one ``map`` chunk."""
+        return self._item(item)
+
+    def run_many(self, items: list[Any]) -> list[tuple[bool, Any, str]]:
+        """Run a batch of tasks; each one's outcome: (ok, value or exception, traceback)."""
+        out: list[tuple[bool, Any, str]] = []
+        for item in items:
+            try:
+                out.append((True, self._item(item), ""))
+            except Exception as exc:
+                out.append((False, exc, format_remote(exc)))
+        return out
 
 
 class Executor(concurrent.futures.Executor):
@@ -113,8 +130,10 @@ class Executor(concurrent.futures.Executor):
 
     ``submit``/``map`` return and yield what ``ProcessPoolExecutor``'s do; a worker that
     dies mid-task is restarted and the task retried (at-least-once), so the executor
-    never breaks. ``cancel()`` succeeds while a task has not finished; the worker may
-    still run it, its result is dropped.
+    never breaks. At most two messages per worker are in flight; tasks submitted
+    meanwhile wait in the executor (PENDING: ``cancel()`` works, as in the standard
+    library) and go out together, as one message, when one comes back. A task sent is
+    RUNNING; when a batch's worker dies, the batch is retried as a whole.
     """
 
     def __init__(self, max_workers: int | tuple[int, int] | None = None, *,
@@ -154,7 +173,9 @@ class Executor(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._shutdown = False
         self._closed = False
-        self._pending: dict[concurrent.futures.Future[Any], None] = {}  # submission order
+        self._pending: dict[concurrent.futures.Future[Any], None] = {}  # not done yet
+        self._queue: deque[tuple[concurrent.futures.Future[Any], Any]] = deque()  # unsent
+        self._in_flight = 0  # messages (tasks or batches of them) sent, not answered
         self._specs: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         _register_at_exit(self)
 
@@ -168,32 +189,86 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any,
                **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; return a ``concurrent.futures.Future``."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self._shutdown:
                 msg = "cannot schedule new futures after shutdown"
                 raise RuntimeError(msg)
-            spec = self._spec(fn)
-            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            task = (future, ("call", self._spec(fn), args, kwargs))
+            _check_task(task)
+            self._queue.append(task)
             self._pending[future] = None
-        try:
-            reply = self._pool.call_with("run", (spec, args, kwargs))
-        except BaseException:
-            with self._lock:
-                self._pending.pop(future, None)
-            raise
-        reply.add_done_callback(lambda r: self._settle(future, r))
+            batch = self._take_locked()
+        if batch:
+            self._send(batch)
         return future
 
-    def _settle(self, future: concurrent.futures.Future[Any], reply: Reply[Any]) -> None:
+    def _take_locked(self) -> list[Any]:
+        """Tasks to send now (lock held): all queued ones, up to ``MAX_BATCH``, if fewer
+        than two messages per member are in flight; else none (they go out, batched,
+        as earlier messages come back). Cancelled tasks are dropped here, never sent;
+        the others turn RUNNING."""
+        if self._in_flight >= 2 * max(1, self._pool.size):
+            return []
+        batch: list[Any] = []
+        queue = self._queue
+        while queue and len(batch) < MAX_BATCH:
+            task = queue.popleft()
+            if task[0].set_running_or_notify_cancel():
+                batch.append(task)
+            else:
+                self._pending.pop(task[0], None)
+        if batch:
+            self._in_flight += 1
+        return batch
+
+    def _send(self, batch: list[Any]) -> None:
+        """One message for *batch* (one task: ``run``; more: ``run_many``)."""
+        try:
+            if len(batch) == 1:
+                reply = self._pool.call_with("run", (batch[0][1],))
+            else:
+                reply = self._pool.call_with("run_many", ([t[1] for t in batch],))
+        except BaseException as exc:
+            self._settle_all(batch, exc)
+            self._sent_done()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        reply.add_done_callback(lambda r: self._batch_done(batch, r))
+
+    def _batch_done(self, batch: list[Any], reply: Reply[Any]) -> None:
+        exc = reply._exc
+        if exc is not None:
+            self._settle_all(batch, exc)
+        elif len(batch) == 1:
+            self._settle_one(batch[0][0], True, reply._value, "")
+        else:
+            for task, (ok, value, tb) in zip(batch, reply._value, strict=True):
+                self._settle_one(task[0], ok, value, tb)
+        self._sent_done()
+
+    def _sent_done(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            batch = self._take_locked() if self._queue else []
+        if batch:
+            self._send(batch)
+
+    def _settle_all(self, batch: list[Any], exc: BaseException) -> None:
+        for task in batch:
+            self._settle_one(task[0], False, exc, "")
+
+    def _settle_one(self, future: concurrent.futures.Future[Any], ok: bool, value: Any,
+                    tb: str) -> None:
         with self._lock:
             self._pending.pop(future, None)
-        if not future.set_running_or_notify_cancel():
-            return  # cancelled meanwhile: the result is dropped
-        exc = reply._exc
-        if exc is None:
-            future.set_result(reply._value)
+        if future.done():  # pragma: no cover - defensive
+            return
+        if ok:
+            future.set_result(value)
         else:
-            future.set_exception(exc)
+            future.set_exception(rebuild(value, tb) if tb else value)
 
     def _spec(self, fn: Callable[..., Any]) -> Any:
         """How *fn* travels: itself if it pickles by reference, else a cloudpickled blob
@@ -228,24 +303,26 @@ class Executor(concurrent.futures.Executor):
         if chunksize == 1:
             futures = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
             return _results(futures, end, flatten=False)
+        futures = []
+        items = zip(*iterables, strict=False)
+        while chunk := list(itertools.islice(items, chunksize)):
+            futures.append(self._submit_chunk(fn, chunk))
+        return _results(futures, end, flatten=True)
+
+    def _submit_chunk(self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
+                      ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self._shutdown:
                 msg = "cannot schedule new futures after shutdown"
                 raise RuntimeError(msg)
-            spec = self._spec(fn)
-        futures = []
-        items = zip(*iterables, strict=False)
-        while chunk := list(itertools.islice(items, chunksize)):
-            futures.append(self._submit_chunk(spec, chunk))
-        return _results(futures, end, flatten=True)
-
-    def _submit_chunk(self, spec: Any, chunk: list[tuple[Any, ...]]
-                      ) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        with self._lock:
+            task = (future, ("chunk", self._spec(fn), chunk, None))
+            _check_task(task)
+            self._queue.append(task)
             self._pending[future] = None
-        reply = self._pool.call_with("run_chunk", (spec, chunk))
-        reply.add_done_callback(lambda r: self._settle(future, r))
+            batch = self._take_locked()
+        if batch:
+            self._send(batch)
         return future
 
     # -- shutting down ----------------------------------------------------------------------
@@ -257,11 +334,14 @@ class Executor(concurrent.futures.Executor):
             self._shutdown = True
             pending = list(self._pending)
         if cancel_futures:
-            # The oldest unfinished tasks are running (each member handles its calls in
-            # order): leave one per member to finish, cancel the rest, newest first.
-            # Cancelled tasks still queued at a member are dropped when it stops.
-            for f in reversed(pending[self._pool.size:]):
-                f.cancel()
+            # the tasks not sent yet (those sent are RUNNING: they finish)
+            with self._lock:
+                queued, self._queue = list(self._queue), deque()
+            for future, _item in queued:
+                if future.cancel():
+                    future.set_running_or_notify_cancel()  # wakes wait()/as_completed()
+                with self._lock:
+                    self._pending.pop(future, None)
         if wait:
             concurrent.futures.wait(pending)
             self._close()
@@ -345,3 +425,9 @@ def _result(future: concurrent.futures.Future[Any], end: float | None) -> Any:
 
 
 Executor.__module__ = "actorq"
+
+
+def _check_task(task: tuple[Any, Any]) -> None:
+    """``TypeError`` at ``submit`` for arguments that cannot be pickled (nothing queued)."""
+    _kind, _spec, args, kwargs = task[1]
+    check_picklable("Executor.submit", args if _kind == "call" else tuple(args), kwargs)
