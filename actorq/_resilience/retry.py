@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from actorq._errors import ActorCrashed, CallTimeout
 from actorq._resilience.backoff import Backoff
 
+BUCKETS = 10  # a budget's window is counted in this many buckets
+
 
 class RetryBudget:
     """Retries may be at most a share of calls over a sliding window (a storm breaker).
@@ -47,7 +49,11 @@ class RetryBudget:
         self.min_per_second = float(min_per_second)
         self.clock = clock
         self._lock = threading.Lock()
-        self._calls: deque[float] = deque()
+        # calls counted in BUCKETS buckets of window / BUCKETS seconds (O(1) per call);
+        # retries kept as times (there are few of them, by construction)
+        self._width = self.window / BUCKETS
+        self._buckets = [0] * BUCKETS
+        self._bucket_start = [0.0] * BUCKETS
         self._retries: deque[float] = deque()
         self.refused = 0  #: retries refused since creation
 
@@ -55,31 +61,39 @@ class RetryBudget:
         """A new budget with the same settings and no history (one per pool)."""
         return RetryBudget(self.ratio, self.window, self.min_per_second, self.clock)
 
-    def _trim(self, now: float) -> None:
-        edge = now - self.window
-        for q in (self._calls, self._retries):
-            while q and q[0] < edge:
-                q.popleft()
-
     def record_call(self) -> None:
         """A first attempt was made (it earns ``ratio`` of a retry)."""
         now = self.clock()
-        calls = self._calls
-        calls.append(now)  # deque.append is atomic: no lock on the path of every call
-        if len(calls) > 4096:  # bound memory under a flood: trim now and then
+        slot = int(now / self._width)
+        i = slot % BUCKETS
+        start = slot * self._width
+        buckets = self._buckets
+        if self._bucket_start[i] != start:  # a new period for this bucket: reset it
             with self._lock:
-                self._trim(now)
+                if self._bucket_start[i] != start:
+                    self._bucket_start[i] = start
+                    buckets[i] = 0
+        buckets[i] += 1  # a lost increment under a race only lowers the budget a little
+
+    def calls_in_window(self) -> int:
+        """First attempts counted over the last window (to the bucket)."""
+        edge = self.clock() - self.window
+        return sum(n for n, start in zip(self._buckets, self._bucket_start, strict=True)
+                   if start > edge)
 
     def try_spend(self) -> bool:
         """Take one retry from the budget; False (counted in ``refused``) if none is left."""
         now = self.clock()
         with self._lock:
-            self._trim(now)
-            allowed = max(self.ratio * len(self._calls), self.min_per_second * self.window)
-            if len(self._retries) + 1 > allowed:
+            retries = self._retries
+            while retries and retries[0] < now - self.window:
+                retries.popleft()
+            allowed = max(self.ratio * self.calls_in_window(),
+                          self.min_per_second * self.window)
+            if len(retries) + 1 > allowed:
                 self.refused += 1
                 return False
-            self._retries.append(now)
+            retries.append(now)
             return True
 
     def __getstate__(self) -> dict[str, float]:

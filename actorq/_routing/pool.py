@@ -117,11 +117,12 @@ class PoolStatistics:
 class _Member:
     """A pool member: its ref, circuit and the pool's own figures for it."""
 
-    __slots__ = ("breaker", "calls", "ewma", "failures", "id", "in_flight", "ok", "ref",
-                 "retired", "slot")
+    __slots__ = ("bound", "breaker", "calls", "ewma", "failures", "id", "in_flight", "ok",
+                 "ref", "retired", "slot")
 
     def __init__(self, ref: ActorRef[Any], slot: int, breaker: CircuitBreaker | None) -> None:
         self.ref = ref
+        self.bound: dict[str, Any] = {}  # method -> ref.method
         self.id = ref.actor_id
         self.slot = slot
         self.breaker = breaker
@@ -162,7 +163,7 @@ class _Call:
     def __init__(self, pool: Pool[Any], method: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any], key: Any, deadline: float | None) -> None:
         self.pool = pool
-        self.config: SystemConfig = pool._host.config
+        self.config: SystemConfig = pool._config
         self.method = method
         self.args = args
         self.kwargs = kwargs
@@ -245,7 +246,10 @@ class _Call:
             inner = ref.call_with_deadline(self.deadline, self.method, *self.args,
                                            **self.kwargs)
         else:
-            inner = ref.call(self.method, *self.args, **self.kwargs)
+            bound = member.bound.get(self.method)
+            if bound is None:  # ref.method, cached: the ref's own fast path
+                bound = member.bound[self.method] = getattr(ref, self.method)
+            inner = bound(*self.args, **self.kwargs)
         self.inner = inner
         inner.add_done_callback(self._on_done)
 
@@ -258,9 +262,20 @@ class _Call:
         exc = inner._exc
         elapsed = time.perf_counter() - self.sent_at
         pool = self.pool
-        if exc is None:
-            pool._finished_ok(member, elapsed)
-            self._succeed(inner._value)
+        if exc is None:  # the common case, inlined: one lock, the circuit's fast path
+            with pool._lock:
+                member.in_flight -= 1
+                ewma = member.ewma
+                member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
+                member.ok += 1
+                pool._stats["succeeded"] += 1
+            breaker = member.breaker
+            if breaker is not None and (breaker._state != "closed" or breaker._failures):
+                breaker.record_success()
+            self.outer.set_result(inner._value)
+            self.args = self.kwargs = None  # type: ignore[assignment]  # see _forget
+            self.inner = None
+            self.outer = _FINISHED
             return
         self._attempt_failed(member, exc, elapsed)
 
@@ -320,6 +335,8 @@ class _Call:
             self.pool._stats_inc("failed")
 
 
+_POOL_ATTRS = frozenset({"name", "cls", "cls_name", "handlers", "routing", "circuit", "retry",
+                         "timeout", "min_size", "max_size", "idle_timeout", "size"})
 _FINISHED: Reply[Any] = Reply.pending("a finished pool call")
 _FINISHED.set_result(None)
 
@@ -371,11 +388,13 @@ class Pool(Generic[A]):
         self.min_size, self.max_size = lo, hi
         self.idle_timeout = idle_timeout
         self._host = host
+        self._config = host.config
+        self._bare = retry is None and circuit is None  # see _bare_call
         self._args, self._kwargs = args, kwargs
         self._router: Router = make_router(routing)
         self._budget: RetryBudget | None = (retry.budget.fresh() if retry is not None
                                             and retry.budget is not None else None)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._members: list[_Member] = []
         self._candidates: list[_Member] = []  # members that are not retired
         self._stopped = False
@@ -391,7 +410,6 @@ class Pool(Generic[A]):
         self._idem_done: OrderedDict[Any, tuple[float, Reply[Any]]] = OrderedDict()
         self._busy_ticks = 0
         self._idle_since = time.monotonic()
-        self._methods: dict[str, _Bound] = {}
         self._resize_lock = threading.Lock()
         try:
             self._grow(lo)
@@ -406,10 +424,10 @@ class Pool(Generic[A]):
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
-        bound = self._methods.get(method)
-        if bound is None:
-            self._check_method(method)
-            bound = self._methods[method] = _Bound(self, method)
+        self._check_method(method)
+        bound = _Bound(self, method)
+        if method not in _POOL_ATTRS:
+            self.__dict__[method] = bound  # next time found without __getattr__
         return bound
 
     def _check_method(self, method: str) -> None:
@@ -561,6 +579,8 @@ class Pool(Generic[A]):
             joined = self._idem_lookup(idem)
             if joined is not None:
                 return joined
+        elif deadline is None and self._bare:
+            return self._bare_call(method, args, kwargs, key)
         call = _Call(self, method, args, kwargs, key, deadline)
         self._stats["calls"] += 1
         if self._budget is not None:
@@ -577,6 +597,49 @@ class Pool(Generic[A]):
         if deadline is not None and not outer._done:
             SCHEDULER.call_later(deadline - time.monotonic(), call.expire)
         return outer
+
+    def _bare_call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   key: Any) -> Reply[Any]:
+        """A pool without retry, circuit or deadline: the member's own reply is the
+        call's reply; only the routing and the bookkeeping are added."""
+        with self._lock:
+            candidates = self._candidates
+            if not candidates:
+                raise self._circuit_open_error(method)
+            member: _Member = self._router.choose(candidates, key)
+            member.in_flight += 1
+            member.calls += 1
+            self._stats["calls"] += 1
+        try:
+            bound = member.bound.get(method)
+            if bound is None:  # ref.method, cached: the ref's own fast path
+                bound = member.bound[method] = getattr(member.ref, method)
+            inner: Reply[Any] = bound(*args, **kwargs)
+        except BaseException:
+            with self._lock:
+                member.in_flight -= 1
+                member.calls -= 1
+                self._stats["calls"] -= 1
+            raise
+        sent = time.perf_counter()
+        inner.add_done_callback(lambda r: self._bare_done(member, sent, r))
+        return inner
+
+    def _bare_done(self, member: _Member, sent: float, inner: Reply[Any]) -> None:
+        elapsed = time.perf_counter() - sent
+        exc = inner._exc
+        if exc is None:
+            with self._lock:
+                member.in_flight -= 1
+                ewma = member.ewma
+                member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
+                member.ok += 1
+                self._stats["succeeded"] += 1
+            return
+        self._finished(member, exc, elapsed)
+        if isinstance(exc, CallTimeout) and exc.reason == "expired":
+            self._stats_inc("expired_drops")
+        self._stats_inc("failed")
 
     def _pick(self, key: Any, avoid: _Member | None) -> _Member | None:
         """Choose a member whose circuit lets the call through; count it in flight."""
@@ -708,6 +771,11 @@ class Pool(Generic[A]):
             self._candidates = [m for m in self._members if not m.retired]
             self._router.resized([m.id for m in self._members])
             self._stats["shrunk"] += 1
+        # Calls already sent to them are let finish first (no new ones come: they are
+        # out of the routing), bounded by the stop timeout; then they are stopped.
+        end = time.monotonic() + self._config.stop_timeout
+        while any(m.in_flight for m in leaving) and time.monotonic() < end:
+            time.sleep(0.005)
         for m in leaving:
             self._host.stop_member(m.ref)
             with self._lock:
@@ -877,11 +945,13 @@ def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
                          routing=routing, circuit=circuit, retry=retry, timeout=timeout,
                          min_size=len(refs), max_size=len(refs), idle_timeout=5.0)
     pool._host = _NoHost()
+    pool._config = pool._host.config
+    pool._bare = retry is None and circuit is None
     pool._args, pool._kwargs = (), {}
     pool._router = make_router(routing)
     pool._budget = retry.budget.fresh() if retry is not None and retry.budget is not None \
         else None
-    pool._lock = threading.RLock()
+    pool._lock = threading.Lock()
     pool._members = [_Member(r, i, circuit.fresh() if circuit is not None else None)
                      for i, r in enumerate(refs)]
     pool._candidates = list(pool._members)
@@ -896,7 +966,6 @@ def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
     pool._idem_ttl, pool._idem_size = 300.0, 10_000
     pool._idem_running, pool._idem_done = {}, OrderedDict()
     pool._busy_ticks, pool._idle_since = 0, time.monotonic()
-    pool._methods = {}
     pool._resize_lock = threading.Lock()
     return pool
 

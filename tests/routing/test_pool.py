@@ -300,7 +300,7 @@ def test_a_call_whose_deadline_passed_while_queued_is_dropped_unrun(system, tmp_
 
 def test_a_member_hanging_past_the_deadline_is_killed_and_restarted(system):
     pool = system.pool(Timed, size=1, timeout=0.3, hang_margin=0.3)
-    before = pool.pid().result(timeout=20)
+    before = pool.pid(timeout=20).result(timeout=20)  # this call's own, longer, deadline
     with pytest.raises(actorq.CallTimeout):
         pool.hang().result(timeout=20)
     ref = pool.members()[0]
@@ -312,7 +312,7 @@ def test_a_member_hanging_past_the_deadline_is_killed_and_restarted(system):
 
 def _pid_or_none(pool):
     try:
-        return pool.pid().result(timeout=5)
+        return pool.pid(timeout=5).result(timeout=10)
     except (actorq.CallTimeout, actorq.ActorCrashed):
         return None
 
