@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from actorq._config import SystemConfig
-from actorq._core.actor import Actor, ActorContext
+from actorq._core.actor import Actor, ActorContext, ActorOptions
 from actorq._core.events import ActorEvent, EventKind
 from actorq._core.ref import ActorRef
 from actorq._core.reply import Reply
@@ -28,7 +28,6 @@ from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry, RetryBudget
 from actorq._supervision.deadletters import DeadLetter
-from actorq._supervision.policy import ActorOptions
 from actorq._supervision.supervisor import Supervisor
 from actorq._system import ActorSystem
 

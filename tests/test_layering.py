@@ -13,8 +13,8 @@ PKG = Path(__file__).resolve().parents[1] / "actorq"
 BASE = {"_errors", "_config", "_clock", "_ids", "_serialization", "_metrics"}
 LAYERS = [
     {"_transport", "_process", "_resilience"},  # bytes, OS processes, pure retry policies
-    {"_supervision"},  # the supervision tree and restart policy: pure, ops injected
     {"_core"},  # the actor kernel: protocol, hub, reply, ref, actor, events
+    {"_supervision"},  # the supervision tree and restart policy: pure, ops injected
     {"_actorproc"},  # the actor process side
     {"_runtime"},  # the system side: cells, processes, crashes, restarts
     {"_routing", "_graph", "_executor"},  # built on the kernel's public names

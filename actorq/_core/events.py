@@ -24,6 +24,21 @@ from enum import StrEnum
 logger = logging.getLogger(__name__)
 
 
+class CrashCause(StrEnum):
+    """Why an actor's process died (the table above). Compares equal to its string."""
+
+    SIGNAL = "signal"
+    EXIT = "exit"
+    EXCEPTION = "exception"
+    HANG = "hang"
+    OOM = "oom"
+    START = "start"
+    LOST = "lost"
+
+
+CAUSES = frozenset(cause.value for cause in CrashCause)
+
+
 class EventKind(StrEnum):
     """What happened to an actor. Compares equal to its string (``"crashed"``)."""
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
+from actorq._core.protocol import OP_CALL, OP_DCALL, OP_REPLY, OP_TELL
 from actorq._core.reply import Reply, error_from_wire
 from actorq._errors import ActorStopped, Backpressure, format_remote
 from actorq._ids import next_token
@@ -61,23 +62,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OP_CALL = 1
-OP_REPLY = 2
-OP_TELL = 3
-OP_DCALL = 4  # a call carrying its deadline: its own op, so plain calls pay nothing
-SYSTEM_ID = 0
 DRAIN_QUANTUM = 256  # messages per ring per round of a drain (one full burst record)
 _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without keywords
 _loads = pickle.loads
 _marshal = marshal.dumps  # plain data only: a lone call or reply (oob.load_payload)
 _unmarshal = marshal.loads
-
-
-def method_and_args(msg: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
-    """The handler a call or tell names, and its positional arguments (dead letters)."""
-    if msg[0] == OP_TELL:
-        return "receive", (msg[2],)
-    return msg[3], msg[4]
 
 
 class Hub:

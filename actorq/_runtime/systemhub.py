@@ -18,11 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 from actorq._config import SystemConfig
-from actorq._core.hub import OP_REPLY, SYSTEM_ID, Hub
+from actorq._core.hub import Hub
+from actorq._core.protocol import OP_REPLY, SYSTEM_ID
 from actorq._core.ref import ActorRef
 from actorq._core.reply import Reply
 from actorq._errors import ActorStopped
-from actorq._transport.channel import C_WAKEUPS, ControlBlock, InChannel, fence
+from actorq._transport.channel import (
+    C_WAKEUPS,
+    ControlBlock,
+    InChannel,
+    fence,
+)
 from actorq._transport.ring import H_READER, H_TAIL
 
 

@@ -22,16 +22,37 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from actorq._core.actor import Actor
 from actorq._resilience.backoff import Backoff
 from actorq._supervision.policy import STRATEGIES, SupervisorDecision
 
+if TYPE_CHECKING:
+    from actorq._core.ref import ActorRef
+
 logger = logging.getLogger("actorq")
+
+A = TypeVar("A", bound=Actor)
 
 
 class SupervisorOps(Protocol):
-    """What a supervisor needs from the system (injected, not imported)."""
+    """What a supervisor needs from the system (injected, not imported): the runtime."""
+
+    def spawn_under(self, supervisor: Supervisor, cls: type[A], args: tuple[Any, ...],
+                    kwargs: dict[str, Any], name: str | None, restart: str) -> ActorRef[A]:
+        """Start an actor of *cls* as a child of *supervisor*."""
+        ...
+
+    def supervisor_under(self, parent: Supervisor, strategy: str, max_restarts: int,
+                         within: float, backoff: Backoff | None,
+                         name: str | None) -> Supervisor:
+        """Create a supervisor under *parent*."""
+        ...
+
+    def stop_supervisor(self, sup: Supervisor) -> None:
+        """Stop *sup*'s subtree for good; blocks until every actor in it is gone."""
+        ...
 
     def restart_group(self, cells: list[Any], delay: float) -> None:
         """Stop the live *cells* (reverse order), then start all of them (in order)."""
@@ -57,15 +78,14 @@ class Supervisor:
     def __init__(self, ops: SupervisorOps, name: str, *, strategy: str = "one_for_one",
                  max_restarts: int = 1, within: float = 5.0, backoff: Backoff | None = None,
                  parent: Supervisor | None = None, give_up_per_child: bool = False,
-                 clock: Callable[[], float] = time.monotonic, spawner: Any = None) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if strategy not in STRATEGIES:
             msg = f"strategy must be one of {STRATEGIES}, not {strategy!r}"
             raise ValueError(msg)
         if max_restarts < 0 or within <= 0:
             msg = f"need max_restarts >= 0 and within > 0 (got {max_restarts}, {within})"
             raise ValueError(msg)
-        self._ops = ops
-        self._spawner = spawner  # the system: spawn() and supervisor() go through it
+        self._ops = ops  # the runtime: decisions are carried out and spawns go through it
         self.name = name
         self.strategy = strategy
         self.max_restarts = max_restarts
@@ -83,22 +103,20 @@ class Supervisor:
 
     # -- the user's handle -----------------------------------------------------------------
 
-    def spawn(self, cls: type, *args: Any, name: str | None = None, restart: str = "permanent",
-              **kwargs: Any) -> Any:
+    def spawn(self, cls: type[A], *args: Any, name: str | None = None,
+              restart: str = "permanent", **kwargs: Any) -> ActorRef[A]:
         """Spawn an actor supervised by this supervisor (see ``ActorSystem.spawn``)."""
-        return self._spawner._spawn_under(self, cls, args, kwargs, name, restart)
+        return self._ops.spawn_under(self, cls, args, kwargs, name, restart)
 
     def supervisor(self, *, strategy: str = "one_for_one", max_restarts: int = 1,
                    within: float = 5.0, backoff: Backoff | None = None,
                    name: str | None = None) -> Supervisor:
         """Create a supervisor under this one (a subtree)."""
-        sup: Supervisor = self._spawner._supervisor_under(self, strategy, max_restarts,
-                                                          within, backoff, name)
-        return sup
+        return self._ops.supervisor_under(self, strategy, max_restarts, within, backoff, name)
 
     def stop(self) -> None:
         """Stop every child (reverse start order) for good; blocks until they are gone."""
-        self._spawner._stop_supervisor(self)
+        self._ops.stop_supervisor(self)
 
     def statistics(self) -> dict[str, Any]:
         """Name, strategy, restarts so far, state and the children's names in start order."""

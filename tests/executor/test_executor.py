@@ -208,7 +208,7 @@ def test_shutdown_no_wait_still_finishes_the_work():
     e.shutdown(wait=False)
     assert list(res) == [abs(v) for v in range(-5, 5)]
     pool = e.pool
-    actorq.testing.wait_until(lambda: pool._host.system._closed, timeout=30)
+    actorq.testing.wait_until(lambda: pool._host.system.metrics()["system"]["closed"], timeout=30)
 
 
 SCRIPT_PRELUDE = """if 1:
@@ -347,7 +347,7 @@ def test_on_a_given_system(system):
         assert e.submit(mul, 3, 4).result(timeout=30) == 12
         name = e.pool.name
         assert name in system.metrics()["pools"]
-    assert not system._closing  # the system is the caller's: still running
+    assert system.metrics()["system"]["closed"] is False  # the caller's system: still open
 
 
 def test_unknown_options_are_refused_before_anything_starts():
