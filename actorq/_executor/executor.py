@@ -204,15 +204,20 @@ class Executor(concurrent.futures.Executor):
         return future
 
     def _take_locked(self) -> list[Any]:
-        """Tasks to send now (lock held): all queued ones, up to ``MAX_BATCH``, if fewer
-        than two messages per member are in flight; else none (they go out, batched,
+        """Tasks to send now (lock held): a share of the queued ones (1 / the message
+        slots, at most ``MAX_BATCH``) if fewer than two messages per member are in
+        flight; else none (they go out, batched,
         as earlier messages come back). Cancelled tasks are dropped here, never sent;
         the others turn RUNNING."""
-        if self._in_flight >= 2 * max(1, self._pool.size):
+        slots = 2 * max(1, self._pool.size)
+        if self._in_flight >= slots:
             return []
         batch: list[Any] = []
         queue = self._queue
-        while queue and len(batch) < MAX_BATCH:
+        # a share of the queue, not all of it: the other workers get theirs as their
+        # messages come back (balance), and what is still queued can still be cancelled
+        take = min(MAX_BATCH, max(1, -(-len(queue) // slots)))
+        while queue and len(batch) < take:
             task = queue.popleft()
             if task[0].set_running_or_notify_cancel():
                 batch.append(task)

@@ -108,15 +108,25 @@ def test_map_exception(ex):
         next(it)
 
 
-def test_map_timeout(ex):
+def wait_for_file(path, value=None):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
+def test_map_timeout(ex, tmp_path):
+    gate = str(tmp_path / "gate")
+    ex.submit(int).result(timeout=30)  # the workers are up
     results = []
 
     def consume():
-        for r in ex.map(sleep_then, [0, 0, 6], timeout=2):
+        for r in ex.map(wait_for_file, [str(tmp_path), str(tmp_path), gate], timeout=10):
             results.append(r)  # noqa: PERF402
 
     with pytest.raises(TimeoutError):
         consume()
+    Path(gate).touch()  # let the third task end
     assert results == [None, None]
 
 
