@@ -130,6 +130,13 @@ class CircuitBreaker:
                 return True
             return False
 
+    def cancel(self) -> None:
+        """A call ``allow()`` let through was not made after all: give back its probe slot
+        (half open); no outcome is recorded."""
+        with self._lock:
+            if self._state == HALF_OPEN and self._probes > 0:
+                self._probes -= 1
+
     def record(self, exc: BaseException | None) -> None:
         """Record the outcome of a call that ``allow()`` let through."""
         if self.is_failure(exc):

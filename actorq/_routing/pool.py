@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -417,7 +418,7 @@ class Pool(Generic[A]):
             self._host.close()
             raise
         if hi > lo:
-            SCHEDULER.call_later(AUTOSCALE_TICK, self._autoscale)
+            _tick_later(self)
 
     # -- the ref-like surface -----------------------------------------------------------------
 
@@ -661,9 +662,12 @@ class Pool(Generic[A]):
             return member
 
     def _release(self, member: _Member) -> None:
+        """A member was picked but nothing came of it (bad input, or a tell): undo."""
         with self._lock:
             member.in_flight -= 1
             member.calls -= 1
+        if member.breaker is not None:
+            member.breaker.cancel()  # a half-open probe slot it took is given back
 
     def _finished(self, member: _Member, exc: BaseException | None,
                   elapsed: float | None) -> None:
@@ -785,8 +789,9 @@ class Pool(Generic[A]):
         """Every tick (scheduler thread): grow while every member is busy, shrink after
         ``idle_timeout`` of spare members; two busy ticks in a row before growing, so
         that one burst does not start a process."""
-        if self._stopped:
-            return
+        if self._stopped or getattr(getattr(self._host, "sup", None), "state",
+                                    "running") != "running":
+            return  # stopped, or its system closed: no more ticks
         now = time.monotonic()
         with self._lock:
             size = len(self._members)
@@ -809,7 +814,7 @@ class Pool(Generic[A]):
         if action is not None:
             # spawning returns at once, stopping waits for the process: off the scheduler
             threading.Thread(target=action, name="actorq-pool-resize", daemon=True).start()
-        SCHEDULER.call_later(AUTOSCALE_TICK, self._autoscale)
+        _tick_later(self)
 
     def _resize_to(self, n: int) -> None:
         try:
@@ -915,6 +920,18 @@ def hang_options(cls: type, timeout: float | None, hang_margin: float,
     if base.hang_timeout is not None:
         return None
     return dataclasses.replace(base, hang_timeout=timeout + hang_margin)
+
+
+def _tick_later(pool: Pool[Any]) -> None:
+    """The next autoscale look, holding the pool weakly: a pool nobody holds stops."""
+    ref = weakref.ref(pool)
+
+    def tick() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._autoscale()
+
+    SCHEDULER.call_later(AUTOSCALE_TICK, tick)
 
 
 class _NoHost:

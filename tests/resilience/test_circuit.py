@@ -153,3 +153,15 @@ def test_pickles_as_its_settings_with_a_fresh_state():
     assert copy.reset_timeout == 3.0
     assert copy.failure_on == (KeyError,)
     assert cb.fresh().state == "closed"
+
+
+def test_cancel_gives_back_a_probe_slot():
+    clock = FakeClock()
+    cb = actorq.CircuitBreaker(failure_threshold=1, reset_timeout=1.0, clock=clock)
+    cb.record_failure()
+    clock.now += 1.0
+    assert cb.allow()
+    assert not cb.allow()
+    cb.cancel()
+    assert cb.state == "half_open"
+    assert cb.allow()
