@@ -30,6 +30,7 @@ the message path): tuples whose first item is a :class:`Ctl` kind::
                      (LOOKUP, request_id, name)
                      (SPAWN, request_id, blob, name, restart, options)
                      (STOP_CHILD, request_id, child_id)  stop one of its children (pools)
+                     (DEAD_LETTER, method, reason)       a message it could not unpickle
 
     answers          CONNECT: ("channel", target_id, ring_name, target_ctl) + its doorbell fd,
                               or (GONE, target_id, why)
@@ -92,6 +93,7 @@ class Ctl(StrEnum):
     LOOKUP = "lookup"
     SPAWN = "spawn"
     STOP_CHILD = "stop_child"
+    DEAD_LETTER = "dead_letter"
 
 
 @dataclass(frozen=True, slots=True)
