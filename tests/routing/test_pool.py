@@ -359,3 +359,16 @@ def test_an_actor_runs_a_pool_of_its_children(system):
     assert boss.shrink().result(timeout=20) == 1
     wait_until(lambda: sum(1 for a in system.metrics()["actors"].values()
                            if a["state"] == "running") == 2, timeout=20)
+
+
+def test_pool_replies_are_awaitable(system):
+    import asyncio
+
+    plain = system.pool(Worker, size=2)
+    guarded = system.pool(Worker, size=2, retry=actorq.Retry(), circuit=actorq.CircuitBreaker())
+
+    async def main():
+        a = await asyncio.gather(*(guarded.echo(i) for i in range(5)))
+        return a, await plain.echo(7), await guarded.echo(8, timeout=10)
+
+    assert asyncio.run(main()) == ([(i, None) for i in range(5)], (7, None), (8, None))
