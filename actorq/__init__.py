@@ -25,8 +25,11 @@ from actorq._errors import (
     RemoteTraceback,
     StartTimeout,
 )
+from actorq._executor.executor import Executor
 from actorq._graph import Graph, GraphResult, GraphStats, Node, TaskStats
 from actorq._resilience.backoff import Backoff
+from actorq._resilience.circuit import CircuitBreaker
+from actorq._resilience.retry import Retry, RetryBudget
 from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.supervisor import Supervisor, SupervisorStatistics
 from actorq._system import ActorSystem
@@ -46,10 +49,12 @@ __all__ = [
     "Backoff",
     "Backpressure",
     "CallTimeout",
+    "CircuitBreaker",
     "CircuitOpen",
     "DeadLetter",
     "DeadlockError",
     "EventKind",
+    "Executor",
     "Graph",
     "GraphError",
     "GraphResult",
@@ -57,6 +62,8 @@ __all__ = [
     "Node",
     "RemoteTraceback",
     "Reply",
+    "Retry",
+    "RetryBudget",
     "StartTimeout",
     "Supervisor",
     "SupervisorStatistics",

@@ -38,7 +38,18 @@ class ActorStopped(ActorqError):
 
 
 class CallTimeout(ActorqError, TimeoutError):
-    """A call got no reply before its deadline."""
+    """A call got no reply before its deadline.
+
+    ``reason`` is ``"expired"`` when the actor dropped the call unrun because its
+    deadline had passed while it was queued; ``""`` otherwise.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message, reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class StartTimeout(ActorqError, TimeoutError):

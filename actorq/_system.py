@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import logging
 import os
 import platform
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -36,6 +38,9 @@ from actorq._graph import scheduler as _graph_scheduler
 from actorq._graph.graph import Graph, Node
 from actorq._graph.result import GraphResult
 from actorq._resilience.backoff import Backoff
+from actorq._resilience.circuit import CircuitBreaker
+from actorq._resilience.retry import Retry
+from actorq._routing.pool import Pool, SupervisorHost, hang_options, validate_options
 from actorq._runtime.runtime import LIVE_RUNTIMES, Runtime
 from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.supervisor import Supervisor
@@ -72,6 +77,7 @@ class ActorSystem:
                 "ordering is not guaranteed by pure Python (see docs/concepts.md)",
                 platform.machine())
         self._runtime = Runtime(self.config)
+        self._pools: weakref.WeakSet[Pool[Any]] = weakref.WeakSet()
 
     @property
     def run_id(self) -> str:
@@ -110,6 +116,40 @@ class ActorSystem:
         """
         rt = self._runtime
         return rt.supervisor_under(rt.root, strategy, max_restarts, within, backoff, name)
+
+    def pool(self, cls: type[A], *args: Any, size: int | tuple[int, int] | None = None,
+             routing: str = "round_robin", circuit: CircuitBreaker | None = None,
+             retry: Retry | None = None, timeout: float | None = None,
+             name: str | None = None, hang_margin: float = 1.0,
+             max_restarts: int = 100, within: float = 10.0, idle_timeout: float = 5.0,
+             oversubscribe: bool = False, **kwargs: Any) -> Pool[A]:
+        """Start a pool of *size* actors of *cls* (``args``/``kwargs`` to each) and return it.
+
+        *size*: an int, or ``(min, max)`` to scale with the load (never past the cores
+        unless *oversubscribe*); default: one per core. *routing*: ``"round_robin"``,
+        ``"least_loaded"``, ``"fastest"`` or ``"hash"`` (each call then needs ``key=``).
+        *circuit*: a ``CircuitBreaker`` copied for each member; *retry*: a ``Retry``;
+        *timeout*: each call's deadline (seconds, all attempts); a member still running a
+        call *hang_margin* seconds past the timeout is killed and restarted. Members are
+        restarted after crashes by the pool's supervisor (*max_restarts* within *within*).
+        See docs/concepts.md, "Pools and resilience".
+        """
+        if self._runtime.closing:
+            msg = "the actor system is closed"
+            raise ActorStopped(msg)
+        validate_options(size, routing, circuit, retry, timeout, idle_timeout, oversubscribe)
+        if not (isinstance(cls, type) and issubclass(cls, Actor)):
+            msg = f"pool() needs a subclass of actorq.Actor, not {cls!r}"
+            raise TypeError(msg)
+        options = hang_options(cls, timeout, hang_margin, kwargs)
+        pool_name = name or f"pool-{cls.__name__}-{len(self._pools) + 1}"
+        host = SupervisorHost(self, pool_name, max_restarts=max_restarts, within=within,
+                              member_options=options)
+        new: Pool[A] = Pool(host, cls, args, kwargs, size=size, routing=routing,
+                            circuit=circuit, retry=retry, timeout=timeout, name=pool_name,
+                            idle_timeout=idle_timeout, oversubscribe=oversubscribe)
+        self._pools.add(new)
+        return new
 
     # -- operations -----------------------------------------------------------------------
 
@@ -165,7 +205,9 @@ class ActorSystem:
         ``system`` holds the counts of supervisor events (``restarted``, ``gave_up``,
         ``escalated``, ``crash:<cause>``), dead letters and the hub's own figures.
         """
-        return self._runtime.metrics()
+        out: dict[str, Any] = self._runtime.metrics()
+        out["pools"] = {p.name: dataclasses.asdict(p.statistics()) for p in list(self._pools)}
+        return out
 
     def wait_ready(self, ref: ActorRef[Any], timeout: float | None = None) -> None:
         """Block until *ref*'s actor has started (constructor and ``on_start`` done)."""

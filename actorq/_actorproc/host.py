@@ -48,6 +48,7 @@ from actorq._core.protocol import (
     C_STOP,
     C_TOKEN,
     OP_CALL,
+    OP_DCALL,
     OP_REPLY,
     OP_TELL,
     Boot,
@@ -55,7 +56,14 @@ from actorq._core.protocol import (
 )
 from actorq._core.ref import ActorRef, register_hub
 from actorq._core.reply import Reply
-from actorq._errors import ActorStopped, NoSuchActor, StartTimeout, format_remote, raised_at
+from actorq._errors import (
+    ActorStopped,
+    CallTimeout,
+    NoSuchActor,
+    StartTimeout,
+    format_remote,
+    raised_at,
+)
 from actorq._process import deathsig
 from actorq._process.deathsig import Lineage
 from actorq._serialization import SAFE_TYPES
@@ -117,6 +125,8 @@ class ActorHub(Hub):
         self.gap_ewma = 0.0  # recent idle stretches, seconds (adaptive spinning)
         self.parked_at = 0.0
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
+        self.deadline = (0, 0.0)  # (token, deadline) of the last call that carried one
+        self.expired_drops = 0  # calls dropped unrun: their deadline passed while queued
         self.stamp_start = info.hang_timeout is not None  # hang detection is on
         # the lone call serve_alone is handling (its ring, record, unlink list), and its
         # entry once track_alone() had to open it
@@ -395,6 +405,12 @@ class ActorHub(Hub):
                     entry.done_one(index)
                     slots[C_BUSY] = 0  # after the commit (see C_SEQ)
                     continue
+                if msg[0] == OP_DCALL:  # a call with a deadline (plain calls: one compare)
+                    if msg[6] <= time.monotonic():
+                        self.drop_expired(entry, index, msg)
+                        continue
+                    self.deadline = (msg[1], msg[6])
+                    msg = msg[:6]
                 _op, token, reply_to, method, args, kwargs = msg
                 slots[C_TOKEN] = token  # 0: a crash then fails no caller
                 if token:
@@ -435,6 +451,25 @@ class ActorHub(Hub):
         finally:
             self.sync_depth -= 1
             slots[C_HANDLED] += handled
+
+    def drop_expired(self, entry: OpenRecord, index: int, msg: tuple[Any, ...]) -> None:
+        """A call whose deadline passed while it was queued: not run; its caller gets
+        ``CallTimeout`` (reason ``"expired"``)."""
+        self.expired_drops += 1
+        late = time.monotonic() - msg[6]
+        err = CallTimeout(f"{self.host.describe()}.{msg[3]}: dropped unrun, its deadline "
+                          f"passed {late:.3f}s before its turn came", "expired")
+        self.ctl.slots[C_TOKEN] = msg[1]
+        if msg[1]:
+            self.ctl.slots[C_REPLY_TO] = msg[2] + 1
+        self.finish(entry, index, msg[1], msg[2], False, err, "")
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline of the call being handled; None if it has none."""
+        token, deadline = self.deadline
+        if not token or token != self.ctl.slots[C_TOKEN]:
+            return None
+        return deadline - time.monotonic()
 
     def _async_done(self, task: asyncio.Future[Any], *, entry: OpenRecord, index: int,
                     token: int, reply_to: int) -> None:
@@ -771,6 +806,20 @@ class Host:
             raise NoSuchActor(msg)
         _kind, actor_id, handlers, cls_name = answer
         return ActorRef(self.hub, self.hub.run_id, actor_id, name, handlers, cls_name)
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline of the call being handled (None: it has none)."""
+        return self.hub.time_left()
+
+    def stop_child(self, ref: ActorRef[Any]) -> None:
+        """Ask the system to stop one of this actor's children for good (returns at once)."""
+        answer, _fds = self.request((Ctl.STOP_CHILD, ref.actor_id))
+        if answer[0] == "error":
+            raise answer[1]
+
+    def system_config(self) -> Any:
+        """The system's configuration (as sent at boot)."""
+        return self.hub.config
 
     def spawn_child(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
                     name: str | None, restart: str) -> ActorRef[Any]:

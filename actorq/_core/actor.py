@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from actorq._core.events import CAUSES
 
 if TYPE_CHECKING:
+    from actorq._config import SystemConfig
     from actorq._core.ref import ActorRef
 
 HOOKS = frozenset({"on_start", "on_stop", "receive"})
@@ -105,9 +107,30 @@ class ContextOps(Protocol):
         """Spawn *cls* as a child of the current actor."""
         ...
 
+    def time_left(self) -> float | None:
+        """Seconds until the deadline of the call being handled; None without one."""
+        ...
+
+    def stop_child(self, ref: ActorRef[Any]) -> None:
+        """Stop a child of the current actor for good."""
+        ...
+
+    def system_config(self) -> SystemConfig:
+        """The configuration of the system the actor runs in."""
+        ...
+
+
+_pool_factory: list[Callable[..., Any]] = []  # set by actorq._routing (a layer above)
+
+
+def set_pool_factory(factory: Callable[..., Any]) -> None:
+    """Let ``ActorContext.pool`` build pools (called by the routing layer at import)."""
+    _pool_factory[:] = [factory]
+
 
 class ActorContext:
-    """What an actor can see of the runtime: ``lookup``, ``spawn``, ``restarts``, ``name``."""
+    """What an actor can see of the runtime: ``lookup``, ``spawn``, ``pool``, ``time_left``,
+    ``restarts``, ``name``."""
 
     __slots__ = ("_ops", "name", "restarts")
 
@@ -124,6 +147,23 @@ class ActorContext:
               restart: str = "permanent", **kwargs: Any) -> ActorRef[Any]:
         """Spawn a child actor supervised by this one; returns its ref at once."""
         return self._ops.spawn_child(cls, args, kwargs, name, restart)
+
+    def time_left(self) -> float | None:
+        """Seconds left until the deadline of the call being handled (negative once it
+        passed), or None if the call carries none (``timeout=`` of a pool call, or
+        ``ref.call_with_deadline``). Use it to give up early or to size inner timeouts."""
+        return self._ops.time_left()
+
+    def pool(self, cls: type, *args: Any, **options: Any) -> Any:
+        """Start a pool of children of this actor (see ``ActorSystem.pool``; same options).
+
+        Its members are this actor's children, called from this process over their own
+        channels; they stop when this actor stops.
+        """
+        if not _pool_factory:  # pragma: no cover - actorq/__init__ loads the routing layer
+            msg = "pools need actorq's routing layer (import actorq)"
+            raise RuntimeError(msg)
+        return _pool_factory[0](self._ops, cls, args, options)
 
 
 class Actor:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
-from actorq._core.protocol import OP_CALL, OP_REPLY, OP_TELL, method_and_args
+from actorq._core.protocol import OP_CALL, OP_DCALL, OP_REPLY, OP_TELL, method_and_args
 from actorq._core.reply import Reply, error_from_wire
 from actorq._errors import ActorStopped, Backpressure, format_remote
 from actorq._ids import next_token
@@ -136,6 +136,31 @@ class Hub:
         reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
         self.pending[token] = reply
         msg = (OP_CALL, token, self.id, method, args, kwargs or _NO_KWARGS)
+        try:
+            if not (plain and self._send_now(ref.actor_id, msg)):
+                self.send(ref, msg, nowait=False)
+        except BaseException:
+            self.pending.pop(token, None)
+            raise
+        return reply
+
+    def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
+                      kwargs: dict[str, Any] | None, deadline: float) -> Reply[Any]:
+        """Like ``call``, the message carrying *deadline* (``time.monotonic()`` seconds).
+
+        The actor drops the call without running it if the deadline has passed when its
+        turn comes (the reply is a ``CallTimeout`` whose ``reason`` is ``"expired"``), and
+        its handler can read the time left (``context.time_left()``).
+        """
+        if not (quick_safe(args) and (not kwargs or quick_safe(kwargs.values()))):
+            check_picklable(lambda: ref._describe(method), args, kwargs)
+            plain = False
+        else:
+            plain = True
+        token = next_token()
+        reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
+        self.pending[token] = reply
+        msg = (OP_DCALL, token, self.id, method, args, kwargs or _NO_KWARGS, float(deadline))
         try:
             if not (plain and self._send_now(ref.actor_id, msg)):
                 self.send(ref, msg, nowait=False)
@@ -520,7 +545,7 @@ class Hub:
 
     def unpicklable(self, msg: tuple[Any, ...], exc: BaseException) -> tuple[Any, ...] | None:
         """Deal with a message that failed to pickle at flush time; maybe replace it."""
-        if msg[1] and msg[0] == OP_CALL:
+        if msg[1] and msg[0] in (OP_CALL, OP_DCALL):
             reply = self.pending.pop(msg[1], None)
             if reply is not None:
                 err = TypeError(f"{reply.describe}: a message could not be pickled: {exc}")

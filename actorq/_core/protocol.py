@@ -8,6 +8,10 @@ message: ``_transport/oob.py``). Tuples, the cheapest to pickle; ``msg[0]`` is t
     (OP_CALL,  token, reply_to, method, args, kwargs)   reply_to: the caller's hub id
     (OP_TELL,  0, message)                              a tell: ``receive(message)``
     (OP_REPLY, token, ok, value_or_exception, traceback_text)
+    (OP_DCALL, token, reply_to, method, args, kwargs, deadline)
+                        a call carrying its deadline (``time.monotonic()`` seconds: the
+                        same clock in every process of the host); the actor drops it
+                        unrun if the deadline passed while it was queued (issue 10)
 
 Hub ids: ``SYSTEM_ID`` (0) is the user's process; an actor's hub id is its actor id.
 
@@ -25,12 +29,14 @@ the message path): tuples whose first item is a :class:`Ctl` kind::
                      (CONNECT, request_id, target_id)    open a direct channel
                      (LOOKUP, request_id, name)
                      (SPAWN, request_id, blob, name, restart, options)
+                     (STOP_CHILD, request_id, child_id)  stop one of its children (pools)
                      (DEAD_LETTER, method, reason)       a message it could not unpickle
 
     answers          CONNECT: ("channel", target_id, ring_name, target_ctl) + its doorbell fd,
                               or (GONE, target_id, why)
                      LOOKUP:  ("ref", actor_id, handlers, cls_name) or ("missing",)
                      SPAWN:   ("ref", actor_id, name, handlers, cls_name) or ("error", exc)
+                     STOP_CHILD: ("ok",) or ("error", exc)
 
 The actor's control block (a 4 KiB shared segment of u64 slots, ``ControlBlock``): the
 transport owns slots 0 (parked), 16 (wake-ups), 17 (lost wake-ups) and 19 (adaptive
@@ -60,6 +66,7 @@ from actorq._config import SystemConfig
 OP_CALL = 1
 OP_REPLY = 2
 OP_TELL = 3
+OP_DCALL = 4  # a call carrying its deadline: its own op, so plain calls pay nothing
 SYSTEM_ID = 0
 
 C_BUSY = 8
@@ -85,6 +92,7 @@ class Ctl(StrEnum):
     CONNECT = "connect"
     LOOKUP = "lookup"
     SPAWN = "spawn"
+    STOP_CHILD = "stop_child"
     DEAD_LETTER = "dead_letter"
 
 

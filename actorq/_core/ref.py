@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, Generic, Protocol, TypeVar
 
 from actorq._core.reply import Reply
-from actorq._errors import ActorStopped
+from actorq._errors import ActorStopped, CircuitOpen
+from actorq._resilience.circuit import CircuitBreaker
 
 A = TypeVar("A")
 
@@ -20,6 +21,11 @@ class Sender(Protocol):
     def call(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
              kwargs: dict[str, Any] | None) -> Reply[Any]:
         """Send a call to *ref*'s actor and return its reply."""
+        ...
+
+    def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
+                      kwargs: dict[str, Any] | None, deadline: float) -> Reply[Any]:
+        """Send a call carrying *deadline* (``time.monotonic()`` seconds)."""
         ...
 
     def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
@@ -71,6 +77,18 @@ class ActorRef(Generic[A]):
         self.cls_name = cls_name
         self._methods: dict[str, Any] = {}
         self._priority = 0
+
+    def with_circuit(self, breaker: CircuitBreaker) -> GuardedRef[A]:
+        """Return a ref to the same actor whose calls go through *breaker*.
+
+        While the circuit is open, calls fail at once (the reply raises ``CircuitOpen``,
+        nothing is sent); crashes, timeouts and the breaker's ``failure_on`` types count
+        against it. Share one breaker between the refs that should trip together.
+        """
+        if not isinstance(breaker, CircuitBreaker):
+            msg = f"with_circuit() needs an actorq.CircuitBreaker, not {breaker!r}"
+            raise TypeError(msg)
+        return GuardedRef(self, breaker)
 
     def with_priority(self, priority: int) -> ActorRef[A]:
         """Return a ref to the same actor whose messages carry *priority*.
@@ -137,6 +155,17 @@ class ActorRef(Generic[A]):
             self._check_method(method)
         return self._get_hub().call(self, method, args, kwargs)
 
+    def call_with_deadline(self, deadline: float, method: str, *args: Any,
+                           **kwargs: Any) -> Reply[Any]:
+        """Like ``call``, with an absolute *deadline* (``time.monotonic()`` seconds) that
+        travels with the message: the actor drops the call unrun if the deadline passed
+        while it was queued (the reply raises ``CallTimeout``), and the handler can read
+        ``self.context.time_left()``. The reply does not wait past the deadline by itself:
+        use ``result(timeout)`` as usual."""
+        if method != "receive":
+            self._check_method(method)
+        return self._get_hub().call_deadline(self, method, args, kwargs, deadline)
+
     def ask(self, message: Any) -> Reply[Any]:
         """Send *message* to the actor's ``receive`` and return a ``Reply`` with its answer."""
         return self._get_hub().call(self, "receive", (message,), None)
@@ -171,3 +200,67 @@ class ActorRef(Generic[A]):
 
 ActorRef.__module__ = "actorq"
 Reply.__module__ = "actorq"
+
+
+class GuardedRef(Generic[A]):
+    """A ref whose calls pass through a ``CircuitBreaker`` (``ref.with_circuit(breaker)``).
+
+    ``guarded.method(...)``, ``call``, ``ask`` return a ``Reply``; ``tell`` is not
+    guarded (no outcome to learn from). ``breaker`` and ``ref`` are public.
+    """
+
+    __slots__ = ("breaker", "ref")
+
+    def __init__(self, ref: ActorRef[A], breaker: CircuitBreaker) -> None:
+        self.ref = ref
+        self.breaker = breaker
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        self.ref._check_method(method)
+
+        def bound(*args: Any, **kwargs: Any) -> Reply[Any]:
+            return self._guard(method, args, kwargs)
+
+        bound.__name__ = bound.__qualname__ = method
+        return bound
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Reply[Any]:
+        """``ActorRef.call`` through the circuit."""
+        if method != "receive":
+            self.ref._check_method(method)
+        return self._guard(method, args, kwargs)
+
+    def ask(self, message: Any) -> Reply[Any]:
+        """``ActorRef.ask`` through the circuit."""
+        return self._guard("receive", (message,), {})
+
+    def tell(self, message: Any) -> None:
+        """``ActorRef.tell`` (not guarded: a tell has no outcome)."""
+        self.ref.tell(message)
+
+    def _guard(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Reply[Any]:
+        breaker = self.breaker
+        if not breaker.allow():
+            wait = max(0.0, breaker.next_probe_at() - breaker.clock())
+            reply: Reply[Any] = Reply.pending(self.ref._describe(method))
+            msg = (f"{self.ref._describe(method)}: its circuit is open; the next probe is "
+                   f"due in {wait:.2f}s")
+            reply.set_exception(CircuitOpen(msg))
+            return reply
+        try:
+            reply = self.ref.call(method, *args, **kwargs)
+        except ActorStopped as exc:
+            breaker.record_failure()
+            raise exc from None
+        except BaseException:
+            breaker.record_success()  # bad input: not the target's fault; frees a probe
+            raise
+        reply.add_done_callback(lambda r: breaker.record(r._exc))
+        return reply
+
+    def __repr__(self) -> str:
+        return f"<GuardedRef {self.ref._describe()} circuit={self.breaker.state}>"
+
+

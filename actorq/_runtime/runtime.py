@@ -378,6 +378,8 @@ class Runtime:
             control.send(sock, (Ctl.ANSWER, msg[1], found))
         elif kind == Ctl.SPAWN:
             control.send(sock, (Ctl.ANSWER, msg[1], self._spawn_for(cell, *msg[2:])))
+        elif kind == Ctl.STOP_CHILD:
+            control.send(sock, (Ctl.ANSWER, msg[1], self._stop_for(cell, msg[2])))
         elif kind == Ctl.DEAD_LETTER:  # a message the actor could not unpickle
             self._dead.add(cell.name, msg[1], msg[2])
 
@@ -413,6 +415,16 @@ class Runtime:
         except Exception as exc:
             return ("error", exc)
         return ("ref", ref.actor_id, ref.name, ref.handlers, ref.cls_name)
+
+    def _stop_for(self, parent: ActorCell, child_id: int) -> tuple[Any, ...]:
+        """An actor stops one of its children (asynchronously: the answer comes at once)."""
+        child = self._cells.get(child_id)
+        if child is None or parent.kids is None or child not in parent.kids.cells():
+            err = ValueError(f"actor #{child_id} is not a child of {parent.describe()}")
+            return ("error", err)
+        parent.kids.remove(child)
+        self.finish_group([child], f"stopped by its parent {parent.name!r}")
+        return ("ok",)
 
     # -- deaths (loop thread) -------------------------------------------------------------
 

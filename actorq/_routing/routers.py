@@ -1,0 +1,200 @@
+"""Routers: pick the member that gets a call. Pure (no I/O, no threads of their own).
+
+Each router sees the members that may take a call now (their circuit lets it through),
+in the pool's member order, and returns one of them. What they read of a member:
+
+    in_flight   calls the pool sent it and has no answer for yet (the pool's own count:
+                it knows without asking the kernel, and it is what a call waits behind)
+    ewma        its recent latency, seconds (exponentially weighted, per completed call)
+
+round_robin    the next one in turn
+least_loaded   the fewest calls in flight (ties: in turn)
+fastest        the lowest expected finish time, ``ewma * (in_flight + 1)``: a member
+               that is slow, or already has work queued, gets less
+hash           consistent hashing of the call's ``key`` on a ring of virtual nodes: the
+               same key goes to the same member, and a resize moves about 1/n of keys
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import pickle
+from collections.abc import Hashable, Sequence
+from typing import Any, Protocol
+
+ROUTINGS = ("round_robin", "least_loaded", "fastest", "hash")
+VNODES = 128  # virtual nodes per member on the hash ring
+
+
+class Member(Protocol):
+    """What a router reads of a pool member."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def ewma(self) -> float: ...
+
+
+class Router:
+    """Base class: ``choose(candidates, key)`` returns one of *candidates* (not empty)."""
+
+    name = "?"
+    needs_key = False
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def choose(self, candidates: Sequence[Any], key: Any = None) -> Any:
+        """Return the member of *candidates* that gets the call."""
+        raise NotImplementedError
+
+    def resized(self, member_ids: Sequence[int]) -> None:
+        """The pool's members are now *member_ids* (only ``hash`` keeps state on it)."""
+
+
+class RoundRobin(Router):
+    """Each member in turn."""
+
+    name = "round_robin"
+
+    def choose(self, candidates: Sequence[Any], key: Any = None) -> Any:
+        self._turn += 1
+        return candidates[self._turn % len(candidates)]
+
+
+class LeastLoaded(Router):
+    """The fewest calls in flight; ties broken in turn, so that idle members share."""
+
+    name = "least_loaded"
+
+    def choose(self, candidates: Sequence[Any], key: Any = None) -> Any:
+        n = len(candidates)
+        self._turn += 1
+        start = self._turn % n
+        best = candidates[start]
+        low = best.in_flight
+        if low == 0:
+            return best
+        for i in range(1, n):
+            m = candidates[(start + i) % n]
+            load = m.in_flight
+            if load < low:
+                best, low = m, load
+                if load == 0:
+                    break
+        return best
+
+
+class Fastest(Router):
+    """The lowest expected finish time, ``ewma * (in_flight + 1)``.
+
+    A member without a latency sample yet has ``ewma == 0``: it is tried first, which is
+    how it gets one. Ties go in turn.
+    """
+
+    name = "fastest"
+
+    def choose(self, candidates: Sequence[Any], key: Any = None) -> Any:
+        n = len(candidates)
+        self._turn += 1
+        start = self._turn % n
+        best = candidates[start]
+        low = best.ewma * (best.in_flight + 1)
+        for i in range(1, n):
+            m = candidates[(start + i) % n]
+            cost = m.ewma * (m.in_flight + 1)
+            if cost < low:
+                best, low = m, cost
+        return best
+
+
+def key_point(key: Any) -> int:
+    """The position of *key* on the hash ring: stable across processes for plain data.
+
+    Raises ``TypeError`` for a key that cannot be hashed (nothing is sent then).
+    """
+    if not isinstance(key, Hashable):
+        msg = f"a hash pool's key must be hashable, not {type(key).__name__}"
+        raise TypeError(msg)
+    try:
+        hash(key)  # a tuple holding a list is Hashable by type, and fails here
+    except TypeError as exc:
+        msg = f"a hash pool's key must be hashable: {exc}"
+        raise TypeError(msg) from None
+    if isinstance(key, str):
+        data = b"s" + key.encode("utf-8", "surrogatepass")
+    elif isinstance(key, bytes):
+        data = b"b" + key
+    elif isinstance(key, int):
+        data = b"i" + str(key).encode()
+    else:
+        try:  # tuples, floats, frozensets of plain data: the same bytes in every process
+            data = b"p" + pickle.dumps(key, protocol=4)
+        except Exception:
+            data = b"h" + str(hash(key)).encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class ConsistentHash(Router):
+    """Keys on a ring of ``VNODES`` virtual nodes per member.
+
+    A key goes to the first virtual node clockwise from it whose member may take the
+    call; a member added or removed takes or gives about 1/n of the keys, and a member
+    whose circuit is open hands its keys to the next ones on the ring, and gets them back
+    once it closes.
+    """
+
+    name = "hash"
+    needs_key = True
+
+    def __init__(self, vnodes: int = VNODES) -> None:
+        super().__init__()
+        self.vnodes = vnodes
+        self._points: list[int] = []
+        self._owners: list[int] = []
+
+    def resized(self, member_ids: Sequence[int]) -> None:
+        # placed by member *slot* (not actor id): a restarted or replaced member keeps
+        # its place, and the same pool in another process builds the same ring
+        ring = sorted((key_point(f"member-{slot}-{v}"), slot)
+                      for slot in range(len(member_ids)) for v in range(self.vnodes))
+        self._points = [p for p, _ in ring]
+        self._owners = [s for _, s in ring]
+
+    def slot_for(self, key: Any, allowed: set[int] | None = None) -> int:
+        """The member slot *key* maps to (the first one in *allowed* clockwise)."""
+        point = key_point(key)
+        points, owners = self._points, self._owners
+        n = len(points)
+        i = bisect.bisect_left(points, point) % n
+        if allowed is None:
+            return owners[i]
+        for step in range(n):
+            slot = owners[(i + step) % n]
+            if slot in allowed:
+                return slot
+        msg = "no member may take the call"
+        raise LookupError(msg)
+
+    def choose(self, candidates: Sequence[Any], key: Any = None) -> Any:
+        by_slot = {m.slot: m for m in candidates}
+        return by_slot[self.slot_for(key, set(by_slot))]
+
+
+def make_router(routing: str) -> Router:
+    """The router named *routing* (``ValueError`` for an unknown name)."""
+    if routing == "round_robin":
+        return RoundRobin()
+    if routing == "least_loaded":
+        return LeastLoaded()
+    if routing == "fastest":
+        return Fastest()
+    if routing == "hash":
+        return ConsistentHash()
+    msg = f"routing must be one of {', '.join(ROUTINGS)}; not {routing!r}"
+    raise ValueError(msg)

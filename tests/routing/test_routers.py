@@ -1,0 +1,104 @@
+"""Routers, pure: who gets the call, and how many keys a resize moves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actorq._routing.routers import ConsistentHash, key_point, make_router
+
+
+@dataclass
+class M:
+    id: int
+    slot: int
+    in_flight: int = 0
+    ewma: float = 0.0
+
+
+def members(n):
+    return [M(i + 1, i) for i in range(n)]
+
+
+def test_round_robin_takes_turns():
+    r = make_router("round_robin")
+    ms = members(3)
+    picks = [r.choose(ms).id for _ in range(9)]
+    assert sorted(picks) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert picks[:3] != picks[1:4]
+
+
+def test_least_loaded_picks_the_fewest_in_flight():
+    r = make_router("least_loaded")
+    ms = members(4)
+    for m, load in zip(ms, (3, 1, 4, 2), strict=True):
+        m.in_flight = load
+    assert {r.choose(ms).id for _ in range(8)} == {2}
+
+
+def test_least_loaded_shares_among_idle_members():
+    r = make_router("least_loaded")
+    ms = members(3)
+    assert {r.choose(ms).id for _ in range(9)} == {1, 2, 3}
+
+
+def test_fastest_weighs_latency_by_queue():
+    r = make_router("fastest")
+    slow, fast = M(1, 0, in_flight=0, ewma=0.010), M(2, 1, in_flight=0, ewma=0.001)
+    assert r.choose([slow, fast]).id == 2
+    fast.in_flight = 12  # 0.001 * 13 > 0.010 * 1: the queue makes the fast one slower
+    assert r.choose([slow, fast]).id == 1
+
+
+def test_fastest_tries_a_member_without_a_sample_first():
+    r = make_router("fastest")
+    assert r.choose([M(1, 0, ewma=0.01), M(2, 1, ewma=0.0)]).id == 2
+
+
+def test_unknown_routing_is_a_value_error():
+    with pytest.raises(ValueError, match="least_loaded"):
+        make_router("random")
+
+
+def test_keys_must_be_hashable():
+    with pytest.raises(TypeError, match="hashable"):
+        key_point(["a", "list"])
+    with pytest.raises(TypeError, match="hashable"):
+        key_point(("tuple", ["with a list"]))
+
+
+def test_key_points_are_stable_for_plain_data():
+    assert key_point("user-1") == key_point("user-1")
+    assert key_point(("a", 1)) == key_point(("a", 1))
+    assert key_point(1) != key_point("1")
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 12), seed=st.integers(0, 10_000))
+def test_growing_by_one_moves_about_one_in_n_plus_one_keys(n, seed):
+    before, after = ConsistentHash(), ConsistentHash()
+    before.resized(list(range(n)))
+    after.resized(list(range(n + 1)))
+    keys = [f"key-{seed}-{i}" for i in range(3000)]
+    moved = [k for k in keys if before.slot_for(k) != after.slot_for(k)]
+    # every moved key goes to the new member, and about 1/(n+1) of them move
+    assert all(after.slot_for(k) == n for k in moved)
+    share = len(moved) / len(keys)
+    assert 0.4 / (n + 1) < share < 2.0 / (n + 1)
+
+
+def test_hash_routes_around_an_unavailable_member_and_back():
+    r = ConsistentHash()
+    ms = members(4)
+    r.resized([m.id for m in ms])
+    homes = {k: r.choose(ms, k).slot for k in (f"k{i}" for i in range(200))}
+    without = [m for m in ms if m.slot != 2]
+    for k, slot in homes.items():
+        got = r.choose(without, k).slot
+        assert got != 2
+        if slot != 2:
+            assert got == slot  # keys of the other members stay where they were
+    assert {k: r.choose(ms, k).slot for k in homes} == homes
