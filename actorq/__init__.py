@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import logging
 
-from actorq._actor import Actor, ActorContext
 from actorq._config import SystemConfig
+from actorq._core.actor import Actor, ActorContext, ActorOptions
+from actorq._core.events import ActorEvent, EventKind
+from actorq._core.ref import ActorRef
+from actorq._core.reply import Reply
+from actorq._core.waiting import as_completed, wait
 from actorq._errors import (
     ActorCrashed,
     ActorqError,
@@ -19,13 +23,12 @@ from actorq._errors import (
     DeadlockError,
     GraphError,
     RemoteTraceback,
+    StartTimeout,
 )
-from actorq._ref import ActorRef
-from actorq._reply import Reply
+from actorq._graph import Graph, GraphResult, GraphStats, Node, TaskStats
 from actorq._resilience.backoff import Backoff
 from actorq._supervision.deadletters import DeadLetter
-from actorq._supervision.policy import ActorOptions
-from actorq._supervision.supervisor import Supervisor
+from actorq._supervision.supervisor import Supervisor, SupervisorStatistics
 from actorq._system import ActorSystem
 
 __version__ = "0.1.0"
@@ -34,6 +37,7 @@ __all__ = [
     "Actor",
     "ActorContext",
     "ActorCrashed",
+    "ActorEvent",
     "ActorOptions",
     "ActorRef",
     "ActorStopped",
@@ -45,14 +49,25 @@ __all__ = [
     "CircuitOpen",
     "DeadLetter",
     "DeadlockError",
+    "EventKind",
+    "Graph",
     "GraphError",
+    "GraphResult",
+    "GraphStats",
+    "Node",
     "RemoteTraceback",
     "Reply",
+    "StartTimeout",
     "Supervisor",
+    "SupervisorStatistics",
     "SystemConfig",
+    "TaskStats",
+    "as_completed",
+    "wait",
 ]
 
-for _name in ("ActorContext", "SystemConfig"):
+for _name in ("ActorContext", "ActorEvent", "EventKind", "SupervisorStatistics",
+              "SystemConfig", "as_completed", "wait"):
     globals()[_name].__module__ = "actorq"
 
 logging.getLogger("actorq").addHandler(logging.NullHandler())

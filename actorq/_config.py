@@ -8,6 +8,7 @@ explicit keyword to :class:`actorq.ActorSystem` wins over both.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +17,29 @@ START_METHODS = ("forkserver", "fork", "spawn")
 
 
 def _env(name: str, default: Any) -> Any:
-    raw = os.environ.get(f"ACTORQ_{name.upper()}")
+    var = f"ACTORQ_{name.upper()}"
+    raw = os.environ.get(var)
     if raw is None:
         return default
-    return type(default)(raw)
+    try:
+        return type(default)(raw)
+    except ValueError:
+        kind = "an integer (plain digits)" if isinstance(default, int) else (
+            "a number" if isinstance(default, float) else "a string")
+        msg = f"environment variable {var} must be {kind}, not {raw!r}"
+        raise ValueError(msg) from None
+
+
+# Lower bounds of the numeric fields: (minimum, inclusive?). Timeouts and periods must be
+# positive; counts may be 0 where 0 means "none" (no spares, no parking, no restarts).
+_BOUNDS: dict[str, tuple[float, bool]] = {
+    "call_timeout": (0, False), "send_timeout": (0, False), "start_timeout": (0, False),
+    "stop_timeout": (0, False), "park_timeout": (0, False), "monitor_interval": (0, False),
+    "root_within": (0, False), "spin_seconds": (0, True), "window": (1, True),
+    "oob_threshold": (1, True), "outbox_messages": (1, True), "max_parked": (0, True),
+    "warm_spares": (0, True), "root_max_restarts": (0, True), "dead_letters": (0, True),
+    "actor_gc_gen0": (0, True), "ring_size": (4096, True),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +75,10 @@ class SystemConfig:
         root_within: ... within this many seconds (the actor is then stopped for good).
         monitor_interval: how often hang timeouts and memory limits are checked.
         dead_letters: how many dead letters are kept (oldest dropped first).
+        stopped_kept: how many actors stopped for good (or failed) the system keeps
+            reporting in ``metrics()["actors"]`` (oldest forgotten first, with their
+            shared memory), so that a long-running service that restarts parents does
+            not grow.
         actor_gc_gen0: the garbage collector's generation-0 threshold in actor
             processes (Python's default is 700; 0 keeps it). Each actor also freezes
             (``gc.freeze()``) what exists once it is built, so full collections scan
@@ -78,30 +102,39 @@ class SystemConfig:
     root_within: float = field(default_factory=lambda: _env("root_within", 5.0))
     monitor_interval: float = field(default_factory=lambda: _env("monitor_interval", 0.05))
     dead_letters: int = field(default_factory=lambda: _env("dead_letters", 1000))
+    stopped_kept: int = field(default_factory=lambda: _env("stopped_kept", 1000))
     actor_gc_gen0: int = field(default_factory=lambda: _env("actor_gc_gen0", 10_000))
 
     def __post_init__(self) -> None:
         if self.start_method not in START_METHODS:
             msg = f"start_method must be one of {START_METHODS}, not {self.start_method!r}"
             raise ValueError(msg)
-        if self.ring_size < 4096 or self.ring_size & 7:
+        types = {f.name: f.type for f in dataclasses.fields(self)}
+        for name, (low, inclusive) in _BOUNDS.items():
+            value = getattr(self, name)
+            whole = types[name] in ("int", int)
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+                msg = f"{name} must be {'an integer' if whole else 'a number'}, not {value!r}"
+                raise TypeError(msg)
+            if value != value or value < low or (value == low and not inclusive):  # NaN too
+                bound = f"at least {low}" if inclusive else "positive"
+                msg = f"{name} must be {bound}, not {value!r}"
+                raise ValueError(msg)
+        if self.ring_size & 7:
             msg = f"ring_size must be a multiple of 8 and at least 4096, not {self.ring_size}"
             raise ValueError(msg)
-        if self.actor_gc_gen0 < 0:
-            msg = f"actor_gc_gen0 must be 0 (Python's default) or more, not {self.actor_gc_gen0}"
-            raise ValueError(msg)
-        if self.window < 1:
-            msg = f"window must be at least 1, not {self.window}"
-            raise ValueError(msg)
-        for name in ("call_timeout", "send_timeout", "start_timeout", "stop_timeout"):
-            if getattr(self, name) <= 0:
-                msg = f"{name} must be positive, not {getattr(self, name)}"
-                raise ValueError(msg)
 
     def replace(self, **changes: Any) -> SystemConfig:
         """Return a copy with *changes* applied (unknown names raise ``TypeError``)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        known = [f.name for f in dataclasses.fields(self)]
+        unknown = set(changes) - set(known)
         if unknown:
-            msg = f"unknown ActorSystem option(s): {', '.join(sorted(unknown))}"
+            words = []
+            for name in sorted(unknown):
+                close = difflib.get_close_matches(name, known, n=1)
+                words.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+            msg = (f"unknown ActorSystem option(s): {', '.join(words)}; the options are the "
+                   "fields of actorq.SystemConfig")
             raise TypeError(msg)
         return dataclasses.replace(self, **changes)
+

@@ -1,4 +1,4 @@
-"""ActorSystem: the public facade over the runtime (``_runtime``).
+"""ActorSystem: the public facade; it holds a ``Runtime`` (``_runtime/runtime.py``).
 
 Threads of the user's process::
 
@@ -20,58 +20,32 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import logging
 import os
 import platform
-import sys
-import threading
-import weakref
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-import psutil
-import uvloop
-
-from actorq import _host, _serialization
-from actorq._actor import Actor, handler_names
-from actorq._clock import Deadline
+from actorq._actorproc import host as _host
 from actorq._config import SystemConfig
+from actorq._core.actor import Actor
+from actorq._core.events import ActorEvent
+from actorq._core.ref import ActorRef
 from actorq._errors import ActorStopped
-from actorq._ids import new_run_prefix
-from actorq._process.spares import WarmPool
-from actorq._process.spawn import get_context
-from actorq._ref import ActorRef, register_hub, unregister_hub
+from actorq._graph import scheduler as _graph_scheduler
+from actorq._graph.graph import Graph, Node
+from actorq._graph.result import GraphResult
 from actorq._resilience.backoff import Backoff
-from actorq._runtime import DEAD_STATES, ActorCell, Runtime, kill_tree
+from actorq._runtime.runtime import LIVE_RUNTIMES, Runtime
 from actorq._supervision.deadletters import DeadLetter
-from actorq._supervision.policy import ActorOptions
 from actorq._supervision.supervisor import Supervisor
-from actorq._systemhub import SystemHub
-from actorq._transport.channel import (
-    C_HANDLED,
-    C_LOST,
-    C_WAKEUPS,
-    C_WINDOW,
-    CTL_SIZE,
-    ControlBlock,
-)
-from actorq._transport.ring import (
-    H_BACKPRESSURE,
-    H_HANDLED,
-    H_SENT,
-    H_WAIT_NS,
-    H_WAITING,
-    H_WAITS,
-    Ring,
-)
-from actorq._transport.shm import Segment, sweep, unlink_prefix
 
 logger = logging.getLogger("actorq")
 
 A = TypeVar("A", bound=Actor)
 
 
-class ActorSystem(Runtime):
+class ActorSystem:
     """Hosts actors, each in its own process; the root supervisor (``one_for_one``).
 
     Use it as ``with ActorSystem() as system:`` or ``async with ActorSystem() as system:``.
@@ -86,55 +60,24 @@ class ActorSystem(Runtime):
 
     def __init__(self, *, workers: int | None = None, start_method: str | None = None,
                  **options: Any) -> None:
+        _host.exit_if_importing_main()
         config = SystemConfig()
         if start_method is not None:
             options["start_method"] = start_method
         self.config = config.replace(**options) if options else config
         self.workers = workers or os.cpu_count() or 1
-        self._closing = False
-        self._closed = False
         if platform.machine() not in ("x86_64", "AMD64"):
             logger.warning(
                 "actorq's shared-memory rings rely on x86-64 store ordering; on %s their "
                 "ordering is not guaranteed by pure Python (see docs/concepts.md)",
                 platform.machine())
-        self._init_runtime()
-        sweep()  # what dead runs left in /dev/shm
-        self.run_id = new_run_prefix()
-        self._ctx = get_context(self.config.start_method)
-        ctl_seg = Segment.create(self.run_id + "ctl0", CTL_SIZE)
-        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._hub = SystemHub(self, ControlBlock(ctl_seg), efd)
-        register_hub(self.run_id, self._hub)
-        self._root = Supervisor(self, "root", max_restarts=self.config.root_max_restarts,
-                                within=self.config.root_within, give_up_per_child=True,
-                                spawner=self)
-        self._spares = WarmPool(self._ctx, _host.main, self.config.warm_spares)
-        self._starter = concurrent.futures.ThreadPoolExecutor(1, "actorq-starter")
-        self._starter.submit(self._spares.refill)
-        self._loop_ready = threading.Event()
-        self._thread = threading.Thread(target=self._run_loop, name="actorq-hub", daemon=True)
-        self._thread.start()
-        self._loop_ready.wait(10)
-        _live_systems.add(self)
+        self._runtime = Runtime(self.config)
 
-    def _run_loop(self) -> None:
-        loop = uvloop.new_event_loop()
-        asyncio.set_event_loop(loop)
-        hub = self._hub
-        hub.loop = loop
-        hub.loop_thread_id = threading.get_ident()
-        loop.add_reader(hub.efd, hub.on_wake)
-        hub.park()
-        loop.call_later(self.config.park_timeout, hub.watchdog, lambda: bool(hub.ring_spinners),
-                        hub.on_wake, lambda: not self._closing)
-        loop.call_later(self.config.monitor_interval, self._monitor)
-        self._loop_ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.remove_reader(hub.efd)
-            loop.close()
+    @property
+    def run_id(self) -> str:
+        """This system's run id: the prefix of its shared-memory segments."""
+        run_id: str = self._runtime.run_id
+        return run_id
 
     # -- spawning -------------------------------------------------------------------------
 
@@ -151,29 +94,8 @@ class ActorSystem(Runtime):
         Raises ``TypeError`` for a class that is not an ``Actor`` or arguments that
         cannot be pickled, ``ValueError`` for a name in use or an unknown restart type.
         """
-        return self._spawn_under(self._root, cls, args, kwargs, name, restart)
-
-    def _spawn_under(self, supervisor: Supervisor, cls: type[A], args: tuple[Any, ...],
-                     kwargs: dict[str, Any], name: str | None,
-                     restart: str) -> ActorRef[A]:
-        self._check_open()
-        if not (isinstance(cls, type) and issubclass(cls, Actor)):
-            msg = f"spawn() needs a subclass of actorq.Actor, not {cls!r}"
-            raise TypeError(msg)
-        options = kwargs.pop("actor_options", None) or getattr(cls, "actor_options", None)
-        if options is None:
-            options = ActorOptions()
-        if not isinstance(options, ActorOptions):
-            msg = f"actor_options must be an actorq.ActorOptions, not {options!r}"
-            raise TypeError(msg)
-        _serialization.check_picklable(f"{cls.__name__}()", args, kwargs)
-        try:
-            blob = _serialization.dumps_code((cls, args, kwargs))
-        except Exception as exc:
-            msg = f"cannot send {cls.__name__} or its arguments to a new process: {exc}"
-            raise TypeError(msg) from exc
-        return self._spawn_blob(blob, cls.__name__, handler_names(cls), name, restart,
-                                supervisor, options)
+        rt = self._runtime
+        return rt.spawn_under(rt.root, cls, args, kwargs, name, restart)
 
     def supervisor(self, *, strategy: str = "one_for_one", max_restarts: int = 1,
                    within: float = 5.0, backoff: Backoff | None = None,
@@ -186,75 +108,56 @@ class ActorSystem(Runtime):
         its children and fails, and its parent restarts it (or, at the root, gives up:
         its actors are stopped for good and their refs raise ``ActorStopped``).
         """
-        return self._supervisor_under(self._root, strategy, max_restarts, within, backoff,
-                                      name)
-
-    def _supervisor_under(self, parent: Supervisor, strategy: str, max_restarts: int,
-                          within: float, backoff: Backoff | None,
-                          name: str | None) -> Supervisor:
-        self._check_open()
-        with self._lock:
-            name = name or f"supervisor-{len(parent.children) + 1}"
-            return Supervisor(self, name, strategy=strategy, max_restarts=max_restarts,
-                              within=within, backoff=backoff, parent=parent, spawner=self)
-
-    def _stop_supervisor(self, sup: Supervisor) -> None:
-        cells = sup.cells()
-        sup.mark_stopped()
-        if sup.parent is not None:
-            sup.parent.remove(sup)
-        for cell in reversed(cells):
-            self._stop_cell(cell, None)
+        rt = self._runtime
+        return rt.supervisor_under(rt.root, strategy, max_restarts, within, backoff, name)
 
     # -- operations -----------------------------------------------------------------------
 
     def lookup(self, name: str) -> ActorRef[Any]:
         """Return the ref of the live actor registered as *name* (``KeyError`` if none)."""
-        with self._lock:
-            cell = self._cells.get(self._names.get(name, -1))
-        if cell is None or cell.state in DEAD_STATES:
-            msg = f"no actor named {name!r}"
-            raise KeyError(msg)
-        return ActorRef(self._hub, self.run_id, cell.id, cell.name, cell.handlers,
-                        cell.cls_name)
+        return self._runtime.lookup(name)
 
     def stop(self, ref: ActorRef[Any] | Supervisor, timeout: float | None = None) -> None:
         """Stop an actor (or a supervisor's whole subtree) for good.
 
         The actor finishes its current message, runs ``on_stop`` and exits; blocks until
         its process is gone (SIGKILL after the stop timeout). Messages still queued for it
-        go to the dead letters; their callers get ``ActorStopped``.
+        go to the dead letters; their callers get ``ActorStopped``. A ref (or supervisor)
+        of another system raises ``ValueError``.
         """
         if isinstance(ref, Supervisor):
-            self._stop_supervisor(ref)
+            if ref._ops is not self._runtime:
+                msg = f"stop(): {ref!r} belongs to another actor system, not to {self!r}"
+                raise ValueError(msg)
+            self._runtime.stop_supervisor(ref)
             return
-        cell = self._cells.get(ref.actor_id)
-        if cell is not None:
-            self._stop_cell(cell, timeout)
+        self._runtime.stop_actor(self._own(ref, "stop"), timeout)
 
-    def _stop_cell(self, cell: ActorCell, timeout: float | None) -> None:
-        if cell.state in DEAD_STATES:
-            return
-        deadline = Deadline.after(timeout if timeout is not None else self.config.stop_timeout)
-        cell.ready.wait(deadline.remaining())  # let a starting process come up first
-        done = threading.Event()
+    def _own(self, ref: ActorRef[Any], what: str) -> int:
+        """*ref*'s actor id; ``ValueError`` if *ref* is not an ``ActorRef`` of this system
+        (two systems number their actors alike: it would name one of ours)."""
+        if not isinstance(ref, ActorRef):
+            msg = f"{what}() needs an ActorRef, not {ref!r}"
+            raise TypeError(msg)
+        if ref.run_id != self.run_id:
+            msg = (f"{what}(): {ref!r} belongs to another actor system (run {ref.run_id}), "
+                   f"not to this one (run {self.run_id}); use that system's {what}()")
+            raise ValueError(msg)
+        return ref.actor_id
 
-        def request() -> None:
-            self.finish_group([cell], "it was stopped")
-            done.set()
+    def subscribe(self, listener: Callable[[ActorEvent], object]) -> Callable[[], None]:
+        """Call ``listener(event)`` for every lifecycle event of every actor from now on.
 
-        self._on_loop(request)
-        done.wait(5.0)
-        if not cell.exited.wait(deadline.remaining() + 0.5):
-            self._kill(cell)
-        cell.exited.wait(self.config.stop_timeout)
-        settled = threading.Event()
-        self._on_loop(settled.set)  # the loop has handled the exit
-        settled.wait(2.0)
+        Events (:class:`ActorEvent`): ``started``, ``crashed`` (with its cause),
+        ``restarted``, ``stopped``, ``gave_up``, ``escalated``. The listener runs on the
+        system's loop thread: it must be quick and must not block. Returns a function
+        that unsubscribes it.
+        """
+        return self._runtime.subscribe(listener)
 
     def dead_letters(self) -> list[DeadLetter]:
         """Messages that were never handled (their actor stopped) or that poisoned it."""
-        return self._dead.snapshot()
+        return self._runtime.dead_letters()
 
     def metrics(self) -> dict[str, Any]:
         """A snapshot: per actor (by name) state, pid, restarts, crashes by cause, mailbox.
@@ -262,68 +165,46 @@ class ActorSystem(Runtime):
         ``system`` holds the counts of supervisor events (``restarted``, ``gave_up``,
         ``escalated``, ``crash:<cause>``), dead letters and the hub's own figures.
         """
-        actors: dict[str, Any] = {}
-        for cell in list(self._cells.values()):
-            entry: dict[str, Any] = {"id": cell.id, "state": cell.state, "pid": cell.pid,
-                                     "restarts": cell.restarts, "crashes": dict(cell.crashes)}
-            if not self._closed:
-                self._mailbox_figures(cell, entry)
-            actors[cell.name] = entry
-        system: dict[str, Any] = {"run_id": self.run_id, "events": dict(self._events),
-                                  "dead_letters": self._dead.total, "closed": self._closed}
-        if not self._closed:
-            slots = self._hub.ctl.slots
-            system.update(pending_replies=len(self._hub.pending), wakeups=slots[C_WAKEUPS],
-                          lost_wakeups=slots[C_LOST])
-        return {"actors": actors, "system": system}
-
-    def _mailbox_figures(self, cell: ActorCell, entry: dict[str, Any]) -> None:
-        """Flow-control figures of every channel into *cell*, from the ring headers."""
-        slots = cell.ctl.slots
-        flow = {"in_flight": 0, "waiting_producers": 0, "waits": 0, "wait_seconds": 0.0,
-                "backpressure": 0}
-        for seg in list(cell.inbound.values()):
-            ring = Ring(seg.buf)
-            hdr = ring.hdr
-            flow["in_flight"] += hdr[H_SENT] - hdr[H_HANDLED]
-            flow["waiting_producers"] += hdr[H_WAITING]
-            flow["waits"] += hdr[H_WAITS]
-            flow["wait_seconds"] += hdr[H_WAIT_NS] / 1e9
-            flow["backpressure"] += hdr[H_BACKPRESSURE]
-            ring.release()
-        entry.update(handled=slots[C_HANDLED], wakeups=slots[C_WAKEUPS],
-                     lost_wakeups=slots[C_LOST],
-                     window=slots[C_WINDOW] or self.config.window,
-                     credits_in_use=flow["in_flight"], **flow)
-        if cell.pid and cell.state == "running":
-            try:
-                p = psutil.Process(cell.pid)
-                entry["rss"] = p.memory_info().rss
-                entry["cpu_seconds"] = sum(p.cpu_times()[:2])
-            except psutil.Error:
-                pass
+        return self._runtime.metrics()
 
     def wait_ready(self, ref: ActorRef[Any], timeout: float | None = None) -> None:
         """Block until *ref*'s actor has started (constructor and ``on_start`` done)."""
-        cell = self._cells[ref.actor_id]
-        if not cell.ready.wait(timeout if timeout is not None else self.config.start_timeout):
-            msg = f"{cell.describe()} did not start in time"
-            raise TimeoutError(msg)
+        self._runtime.wait_ready(self._own(ref, "wait_ready"), timeout)
 
     def pid_of(self, ref: ActorRef[Any]) -> int | None:
         """The pid of the process running (or booting) *ref*'s actor; None without one.
 
         None between a crash and the start of its successor, and once it is stopped.
         """
-        cell = self._cells[ref.actor_id]
-        return cell.pid if cell.proc is not None else None
+        return self._runtime.pid_of(self._own(ref, "pid_of"))
 
-    # -- lifecycle ------------------------------------------------------------------------
+    # -- job graphs -----------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closing:
+    def run(self, graph: Graph, *, workers: int | None = None, journal: str | None = None,
+            progress: bool | None = None, fail_fast: bool = False,
+            keep: list[Node] | None = None) -> GraphResult:
+        """Run a job graph across *workers* processes (default: every core).
+
+        Validates first (cycles, unpicklable functions or arguments, bad options:
+        ``GraphError`` naming the node, before anything runs), then blocks until every
+        node has finished or failed. A failed task (after its retries) fails its
+        dependents; independent branches go on, unless *fail_fast*. With
+        ``journal="run.db"`` (SQLite), tasks already finished in an earlier run of the
+        same graph are not run again. *progress* (default: when stderr is a terminal)
+        draws a live line on stderr. Large results of intermediate nodes are freed once
+        their dependents have them; list nodes in *keep* to read them from the result.
+        """
+        if self._runtime.closing:
             msg = "the actor system is closed"
             raise ActorStopped(msg)
+        return _graph_scheduler.run_graph(self, graph, workers=workers, journal=journal,
+                                          progress=progress, fail_fast=fail_fast, keep=keep)
+
+    async def run_async(self, graph: Graph, **options: Any) -> GraphResult:
+        """``await system.run_async(graph)``: :meth:`run` without blocking the event loop."""
+        return await asyncio.to_thread(self.run, graph, **options)
+
+    # -- lifecycle ------------------------------------------------------------------------
 
     def __enter__(self) -> ActorSystem:
         return self
@@ -340,134 +221,18 @@ class ActorSystem(Runtime):
     def close(self) -> None:
         """Stop every actor, join every process, unlink every segment; idempotent.
 
-        Actors get ``stop_timeout`` to finish their current message; past half a second
-        of waiting, a one-line notice says so (see ``_notice``). A ``KeyboardInterrupt``
-        during that wait (a second Ctrl-C) kills them at once; everything is still
-        joined and unlinked, and the interrupt is raised again afterwards.
+        Blocks up to the system's ``stop_timeout`` for actors to stop, then kills them.
         """
-        with self._lock:
-            if self._closing:
-                return
-            self._closing = True
-        _live_systems.discard(self)
-        self._root.state = "stopped"
-        cells = list(self._cells.values())
-        interrupted: KeyboardInterrupt | None = None
-        try:
-            self._spares.close()  # no refills from here on
-            # The starter thread is the parent thread of every process under fork and
-            # spawn (PR_SET_PDEATHSIG fires when it exits): it is shut down last.
-            self._on_loop(self.finish_group, cells, "the actor system was closed")
-            self._wait_stopped(cells)
-        except KeyboardInterrupt as exc:
-            interrupted = exc
-            for cell in cells:
-                self._kill(cell)
-        try:
-            self._teardown(cells)
-        except BaseException:
-            # interrupted once more: the processes and the segments go regardless
-            for cell in cells:
-                self._kill(cell)
-            unlink_prefix(self.run_id)
-            raise
-        if interrupted is not None:
-            raise interrupted
-
-    def _wait_stopped(self, cells: list[ActorCell]) -> None:
-        """Wait up to ``stop_timeout`` for every actor to stop; kill those that do not."""
-        deadline = Deadline.after(self.config.stop_timeout)
-        told = False
-        for cell in cells:
-            if cell.proc is None:
-                continue
-            if not told and not cell.exited.wait(min(NOTICE_AFTER, deadline.remaining())):
-                told = True
-                live = sum(1 for c in cells if c.proc is not None and not c.exited.is_set())
-                _notice(f"waiting up to {deadline.remaining():.1f}s for {live} actor(s) to "
-                        "finish their current message and stop (Ctrl-C kills them now)")
-            if cell.proc is not None and not cell.exited.wait(deadline.remaining()):
-                self._kill(cell)
-        for cell in cells:
-            if cell.proc is not None:
-                cell.exited.wait(5.0)
-
-    def _teardown(self, cells: list[ActorCell]) -> None:
-        self._spares.close()
-        self._stop_loop()
-        for cell in cells:
-            self._reap(cell)
-        self._starter.shutdown(wait=True)
-        for reply in list(self._hub.pending.values()):
-            reply._fail(ActorStopped(f"{reply.describe}: the actor system was closed"))
-        self._hub.pending.clear()
-        self._closed = True
-        self._release_all(cells)
-        unregister_hub(self.run_id)
-
-    def _stop_loop(self) -> None:
-        loop = self._hub.loop
-        if loop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(loop.stop)
-            except RuntimeError:
-                pass
-        self._thread.join(10)
-
-    def _reap(self, cell: ActorCell) -> None:
-        proc = cell.proc
-        if proc is None:
-            return
-        proc.join(self.config.stop_timeout)
-        if proc.exitcode is None:
-            kill_tree(proc.pid)
-            proc.join(5)
-        if cell.ctrl is not None:
-            cell.ctrl.close()
-        cell.proc = cell.ctrl = None
-
-    def _release_all(self, cells: list[ActorCell]) -> None:
-        hub = self._hub
-        for chan in list(hub.outbound.values()):
-            chan.close()
-        for inchan in list(hub.inbound.values()):
-            inchan.close()
-        hub.outbound.clear()
-        hub.inbound.clear()
-        for cell in cells:
-            for seg in cell.inbound.values():
-                seg.close()
-            cell.ctl.close()
-            cell.spec.close()
-            os.close(cell.efd)
-        hub.pool.close()
-        hub.ctl.close()
-        os.close(hub.efd)
-        unlink_prefix(self.run_id)
+        self._runtime.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closing else "running"
-        return f"<ActorSystem {self.run_id} {state} actors={len(self._cells)}>"
+        state = "closed" if self._runtime.closing else "running"
+        return f"<ActorSystem {self.run_id} {state} actors={self._runtime.actor_count}>"
 
 
-_live_systems: weakref.WeakSet[ActorSystem] = weakref.WeakSet()
-
-NOTICE_AFTER = 0.5  # seconds close() waits for actors before it says that it waits
-
-
-def _notice(text: str) -> None:
-    """Tell the user something they are waiting on: a warning of the ``actorq`` logger.
-
-    Without any logging configured (only the library's NullHandler), the warning would be
-    swallowed, so the line goes to stderr instead, prefixed with ``actorq:``.
-    """
-    configured = logging.getLogger().handlers or any(
-        not isinstance(h, logging.NullHandler) for h in logger.handlers)
-    if configured:
-        logger.warning("%s", text)
-    else:
-        sys.stderr.write(f"actorq: {text}\n")
-        sys.stderr.flush()
+# Open runtimes, not this facade: their threads keep them alive when the user drops a
+# system without closing it; they are closed at exit (and by the leak guard).
+_live_systems = LIVE_RUNTIMES
 
 
 @atexit.register

@@ -1,7 +1,7 @@
 """The ``actorq`` command: run the demo or the benchmarks, list and sweep shared memory.
 
     actorq demo [--limit N --actors K ...]   run examples/cpu_demo.py (options go to it)
-    actorq bench [...]                       run benchmarks/bench_transport.py
+    actorq bench [...]                       run benchmarks/bench_transport.py (results: .)
     actorq segments                          list actorq's segments in /dev/shm, live or stale
     actorq sweep                             unlink the segments of runs whose owner is gone
 
@@ -145,6 +145,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def bench_argv(rest: Sequence[str]) -> list[str]:
+    """The benchmark's arguments: its results go to the current directory unless
+    ``--results-dir`` says otherwise (the script's own default is the checkout's tracked
+    ``benchmarks/results/``, which ``actorq bench`` must not overwrite)."""
+    argv = list(rest)
+    if not any(a == "--results-dir" or a.startswith("--results-dir=") for a in argv) and not (
+            {"-h", "--help"} & set(argv)):
+        argv += ["--results-dir", os.getcwd()]
+        _out(f"actorq bench: results go to {os.getcwd()} (change with --results-dir)")
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``actorq`` command with *argv* (default: ``sys.argv[1:]``); return the exit code."""
     parser = _parser()
@@ -152,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         return run_script("examples/cpu_demo.py", rest)
     if args.command == "bench":
-        return run_script("benchmarks/bench_transport.py", rest)
+        return run_script("benchmarks/bench_transport.py", bench_argv(rest))
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "segments":

@@ -22,7 +22,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # The interpreter's one fork server is started here, with actorq preloaded, whatever the
 # order of the tests: otherwise the first forkserver user (a benchmark peer, say) would
 # start it without actorq, and a full run would test another start-up than a partial run.
-# tests/test_forkserver_preload.py tests both orders in fresh interpreters.
+# tests/process/test_spawn.py tests both orders in fresh interpreters.
 get_context("forkserver")
 multiprocessing.forkserver.ensure_running()
 

@@ -48,17 +48,12 @@ from actorq._transport.shm import Segment
 logger = logging.getLogger(__name__)
 
 CTL_SIZE = 4096
-# ControlBlock u64 slots (64-byte lines; the consumer writes all of them)
+# ControlBlock u64 slots of the transport (64-byte lines; the consumer writes them). The
+# actor kernel's slots (crash attribution, stop) are in actorq/_core/protocol.py.
 C_PARKED = 0  # odd: parked (waiting on its eventfd); producers ring once per value
-C_BUSY = 8  # sender id + 1 of the message being handled, 0 when idle
-C_TOKEN = 9  # its call token (0 for a tell)
-C_REPLY_TO = 10  # hub id + 1 of its caller
-C_SINCE = 11  # CLOCK_MONOTONIC ns when that message started (hang detection), 0 if off
 C_WAKEUPS = 16  # doorbell wake-ups
 C_LOST = 17  # park timeouts that found data: lost wake-ups, must stay 0
-C_HANDLED = 18  # messages handled, all channels
 C_WINDOW = 19  # the receiver's adaptive credit window (0: not adaptive, use the sender's)
-C_STOP = 20  # written by the system: stop after the current message (checked per message)
 
 _fence_lock = threading.Lock()
 
@@ -75,7 +70,7 @@ os.register_at_fork(after_in_child=_fresh_fence_lock)
 
 
 def fence() -> None:
-    """Full memory barrier: a locked instruction on x86-64 (≈ 140 ns, DESIGN.md).
+    """Full memory barrier: a locked instruction on x86-64 (≈ 140 ns; docs/internals.md).
 
     The park handshake is store→load on both sides (producer: store tail, load parked;
     consumer: store parked, load tail); x86 may reorder a store with a later load, and
@@ -312,10 +307,12 @@ class InChannel:
 class OpenRecord:
     """A record read but not committed: which of its messages are handled."""
 
-    __slots__ = ("chan", "done", "prefix", "rec", "t_read", "unlink")
+    __slots__ = ("busy", "chan", "done", "hdr", "prefix", "rec", "t_read", "unlink")
 
     def __init__(self, chan: InChannel, rec: Record, unlink: list[str], skip: int) -> None:
         self.chan = chan
+        self.busy = chan.sender_id + 1  # the crash attribution slot's value, and the
+        self.hdr = chan.ring.hdr  # ring header, looked up once per record, not per message
         self.rec = rec
         self.unlink = unlink
         self.prefix = skip

@@ -82,7 +82,7 @@ def test_a_reply_the_spinning_caller_marked_but_could_not_read_still_arrives() -
     with actorq.ActorSystem(call_timeout=20.0, spin_seconds=0.25) as s:
         ref = s.spawn(Echo)
         assert ref.echo(0).result() == 0
-        hub = s._hub
+        hub = s._runtime.hub
         ring = hub.inbound[ref.actor_id].ring
         chan = hub.inbound[ref.actor_id]
         got: list[int] = []
@@ -115,8 +115,8 @@ def test_no_reader_mark_is_left_behind(n: int) -> None:
         for i in range(n):
             assert refs[i % 2].echo(i).result() == i
         for ref in refs:
-            assert s._hub.inbound[ref.actor_id].ring.hdr[H_READER] == 0
-        assert s._hub.ring_spinners == {}
+            assert s._runtime.hub.inbound[ref.actor_id].ring.hdr[H_READER] == 0
+        assert s._runtime.hub.ring_spinners == {}
 
 
 def test_a_lost_wake_up_is_counted_by_the_watchdog_and_served() -> None:
@@ -125,9 +125,9 @@ def test_a_lost_wake_up_is_counted_by_the_watchdog_and_served() -> None:
     with actorq.ActorSystem(call_timeout=20.0, park_timeout=0.05) as s:
         ref = s.spawn(Echo)
         assert ref.echo(0).result() == 0
-        cell = s._cells[ref.actor_id]
+        cell = s._runtime._cells[ref.actor_id]
         wait_until(lambda: cell.ctl.slots[C_PARKED] & 1, timeout=20)  # idle and parked
-        chan = s._hub.outbound[ref.actor_id]
+        chan = s._runtime.hub.outbound[ref.actor_id]
         # as if this park had been rung already and the ring got lost: no doorbell now
         chan.last_rung = cell.ctl.slots[C_PARKED]
         assert ref.echo(1).result(timeout=20) == 1  # the watchdog found it and served it

@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 import time
+import warnings
 
 import psutil
 import pytest
@@ -201,7 +202,9 @@ def test_tell_nowait_raises_at_once_and_counts(tmp_path):
 async def _async_flood(tmp_path, n):
     async with actorq.ActorSystem(window=4, max_parked=1000) as s:
         sink = s.spawn(Sink)
-        marker = _hold(tmp_path, sink)
+        with warnings.catch_warnings():  # a sync wait on purpose, before the flood
+            warnings.simplefilter("ignore", RuntimeWarning)  # (it blocks the loop: warned)
+            marker = _hold(tmp_path, sink)
         replies = [sink.put(i) for i in range(n)]  # never blocks the loop: parked
         await asyncio.sleep(0)
         assert s.metrics()["actors"][sink.name]["credits_in_use"] <= 4

@@ -4,16 +4,12 @@ A hub owns its inbound rings (it is their only consumer), the producer side of i
 outbound rings (with their outboxes), its doorbell eventfd and control block, and the
 replies it is waiting for. The system process and every actor process each run one;
 what differs (how a channel to a new peer is opened, what is done with a call, how a
-synchronous wait is served) is in the subclasses in ``_system`` and ``_host``.
+synchronous wait is served) is in the subclasses ``SystemHub`` (``_runtime/systemhub.py``)
+and ``ActorHub`` (``_actorproc/host.py``).
 
-Wire records are lists of small tuples (cheapest to pickle)::
-
-    (OP_CALL,  token, reply_to, method, args, kwargs)   token 0: no reply wanted
-    (OP_TELL,  0, message)                              a tell: ``receive(message)``
-    (OP_REPLY, token, ok, value_or_exception, traceback_text)
-
-A tell has its own short form: half the bytes of the general one, and it pickles and
-unpickles in half the time. ``msg[1]`` is the token in every form (0: nobody waits).
+Wire records are lists of small tuples, laid out in ``_core/protocol.py``. A tell has its
+own short form: half the bytes of the general one, and it pickles and unpickles in half
+the time. ``msg[1]`` is the token in every form (0: nobody waits).
 """
 
 from __future__ import annotations
@@ -31,10 +27,19 @@ from typing import TYPE_CHECKING, Any
 
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
+from actorq._core.protocol import OP_CALL, OP_REPLY, OP_TELL, method_and_args
+from actorq._core.reply import Reply, error_from_wire
 from actorq._errors import ActorStopped, Backpressure, format_remote
 from actorq._ids import next_token
-from actorq._reply import Reply, error_from_wire
-from actorq._serialization import SAFE_TYPES, check_picklable, quick_safe
+from actorq._serialization import (
+    SAFE_TYPES,
+    Salvaged,
+    Unloadable,
+    check_picklable,
+    find_unloadable,
+    quick_safe,
+    salvage_loads,
+)
 from actorq._transport.channel import (
     C_LOST,
     C_PARKED,
@@ -47,20 +52,23 @@ from actorq._transport.channel import (
     fence,
 )
 from actorq._transport.credit import Waiter
-from actorq._transport.oob import PICKLE_PROTO, BlockPool, decode_loaded, encode_batch
+from actorq._transport.oob import (
+    PICKLE_PROTO,
+    BlockPool,
+    decode_batch,
+    decode_loaded,
+    encode_batch,
+    run_after_commit,
+)
 from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_SENT, H_TAIL
 
 if TYPE_CHECKING:
     import asyncio
 
-    from actorq._ref import ActorRef
+    from actorq._core.ref import ActorRef
 
 logger = logging.getLogger(__name__)
 
-OP_CALL = 1
-OP_REPLY = 2
-OP_TELL = 3
-SYSTEM_ID = 0
 DRAIN_QUANTUM = 256  # messages per ring per round of a drain (one full burst record)
 _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without keywords
 _loads = pickle.loads
@@ -68,11 +76,19 @@ _marshal = marshal.dumps  # plain data only: a lone call or reply (oob.load_payl
 _unmarshal = marshal.loads
 
 
-def method_and_args(msg: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
-    """The handler a call or tell names, and its positional arguments (dead letters)."""
-    if msg[0] == OP_TELL:
-        return "receive", (msg[2],)
-    return msg[3], msg[4]
+class BadMessage:
+    """Stands in for the method name of a call or tell that did not unpickle here: the
+    actor finds no handler under it, and fails the call with ``error()`` instead."""
+
+    __slots__ = ("method", "text")
+
+    def __init__(self, method: str, text: str) -> None:
+        self.method = method
+        self.text = text
+
+    def error(self) -> TypeError:
+        """What the caller gets."""
+        return TypeError(self.text)
 
 
 class Hub:
@@ -117,7 +133,7 @@ class Hub:
         if not plain:
             check_picklable(lambda: ref._describe(method), args, kwargs)
         token = next_token()
-        reply: Reply[Any] = Reply(self, ref, token, method)
+        reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
         self.pending[token] = reply
         msg = (OP_CALL, token, self.id, method, args, kwargs or _NO_KWARGS)
         try:
@@ -258,7 +274,9 @@ class Hub:
                 gate.backpressure += 1
                 chan.set_want(True)
                 text = (f"{ref._describe()}: {gate.waiting} messages already wait for its "
-                        f"mailbox (max_parked={self.config.max_parked}); await some replies")
+                        f"mailbox (max_parked={self.config.max_parked}); await some "
+                        "replies before sending more (bound the fan-out, e.g. with an "
+                        "asyncio.Semaphore)")
                 raise Backpressure(text)
             waiter = gate.enqueue(ref._priority, now,
                                   lambda w: self._send_granted(chan, w, msg))
@@ -329,7 +347,7 @@ class Hub:
                     f"{self.config.send_timeout:g}s (send timeout; the message was parked)")
             reply = self.pending.pop(msg[1], None) if msg[1] else None
             if reply is not None:
-                reply._fail(Backpressure(text))
+                reply.set_exception(Backpressure(text))
             else:
                 logger.warning("dropped a told message: %s", text)
 
@@ -337,20 +355,45 @@ class Hub:
             self.loop.call_soon_threadsafe(
                 lambda: self.loop.call_later(self.config.send_timeout, expire))  # type: ignore[union-attr]
 
-    def close_channel(self, chan: OutChannel, why: str) -> None:
-        """The receiver is gone for good: release everyone waiting for its credit."""
+    def close_channel(self, chan: OutChannel, why: str) -> list[tuple[Any, ...]]:
+        """The receiver is gone for good: release everyone waiting for its credit.
+
+        Returns the messages that never reached its ring (still in the outbox, encoded
+        but not written, or parked for credit), for the dead letters; their callers get
+        ``ActorStopped``.
+        """
         with chan.lock:
             chan.closed = True
             left = chan.gate.close(time.monotonic())
             self.waiting_chans.discard(chan)
             self.dirty.discard(chan)
+            unsent = self._unsent(chan)
         for waiter in left:
             if waiter.event is not None:
                 waiter.event.set()  # a blocked producer wakes and raises ActorStopped
-            elif waiter.message is not None and waiter.message[1]:
-                reply = self.pending.pop(waiter.message[1], None)
-                if reply is not None:
-                    reply._fail(ActorStopped(f"{reply.describe}: {why}"))
+            elif waiter.message is not None:
+                unsent.append(waiter.message)
+        for msg in unsent:
+            reply = self.pending.pop(msg[1], None) if msg[1] else None
+            if reply is not None:
+                reply.set_exception(ActorStopped(f"{reply.describe}: {why}"))
+        return unsent
+
+    @staticmethod
+    def _unsent(chan: OutChannel) -> list[tuple[Any, ...]]:
+        """Take what never reached *chan*'s ring (caller holds its lock)."""
+        msgs: list[tuple[Any, ...]] = list(chan.outbox)
+        chan.outbox = []
+        while chan.encoded:
+            payload, _count = chan.encoded.popleft()
+            unlink: list[Any] = []
+            try:
+                msgs.extend(decode_batch(memoryview(payload), unlink, salvage=True))
+            except Exception:  # pragma: no cover - it was pickled by this process
+                logger.exception("could not read back unsent messages to a stopped actor")
+            run_after_commit(unlink)
+        chan.encoded_count = 0
+        return msgs
 
     def grant(self, chan: OutChannel) -> None:
         """Hand the credit that came back to the producers in line, in their order."""
@@ -481,7 +524,7 @@ class Hub:
             reply = self.pending.pop(msg[1], None)
             if reply is not None:
                 err = TypeError(f"{reply.describe}: a message could not be pickled: {exc}")
-                reply._fail(err)
+                reply.set_exception(err)
                 return None
         if msg[0] == OP_REPLY:
             err = TypeError(f"the handler's return value could not be pickled: {exc}")
@@ -541,9 +584,17 @@ class Hub:
         unlink: list[str] = []
         try:
             payload = rec.payload  # oob.load_payload, inlined: a pickle, or marshalled
-            msgs = _loads(payload) if payload[0] == PICKLE_PROTO else _unmarshal(payload)
-            if type(msgs) is not list:  # out of band buffers, or spilled
-                msgs = decode_loaded(msgs, unlink)
+            try:
+                msgs = _loads(payload) if payload[0] == PICKLE_PROTO else _unmarshal(payload)
+            except Exception:
+                if payload[0] != PICKLE_PROTO:
+                    raise
+                msgs = salvage_loads(payload)  # a message in it does not unpickle here
+            if type(msgs) is not list:  # out of band buffers, spilled, or salvaged
+                if type(msgs) is not Salvaged:
+                    msgs = decode_loaded(msgs, unlink, salvage=True)
+                if type(msgs) is Salvaged:
+                    msgs = self.sort_out(chan, msgs)
         except Exception:
             logger.exception("dropped a record from hub %d that could not be "
                              "unpickled", chan.sender_id)
@@ -571,6 +622,51 @@ class Hub:
         if not msgs:
             chan.commit_ready()
         return len(msgs)
+
+    def sort_out(self, chan: InChannel, msgs: list[Any]) -> list[Any]:
+        """A batch that did not unpickle as a whole (``salvage_loads``): keep its good
+        messages as they are; make each bad one fail on its own (a call or tell gets a
+        ``BadMessage`` for its method, a reply becomes an error reply), naming what did
+        not unpickle, and record it in the dead letters."""
+        out = []
+        for msg in msgs:
+            bad = find_unloadable(msg)
+            out.append(msg if bad is None else self.bad_message(chan, msg, bad))
+        return out
+
+    def bad_message(self, chan: InChannel, msg: tuple[Any, ...],
+                    bad: Unloadable) -> tuple[Any, ...]:
+        """The stand-in for one message of a salvaged batch (see ``sort_out``)."""
+        where = f"{self.describe_self()} (pid {os.getpid()})"
+        if msg[0] == OP_REPLY:
+            reply = self.pending.get(msg[1])
+            what = reply.describe if reply is not None else "a call"
+            label = "the return value" if msg[2] else "the exception raised"
+            text = f"{label} of {what} could not be unpickled in {where}: {bad.describe()}"
+            self.record_dead(what, text)
+            return (OP_REPLY, msg[1], False, TypeError(text), msg[4] if not msg[2] else "")
+        method, args = method_and_args(msg)
+        kwargs = msg[5] if msg[0] == OP_CALL else {}
+        label = "the message"
+        if msg[0] == OP_CALL:
+            label = next((f"argument {i}" for i, a in enumerate(args)
+                          if find_unloadable(a) is not None), None) or next(
+                (f"keyword argument {k!r}" for k, v in kwargs.items()
+                 if find_unloadable(v) is not None), "a part")
+        target = f"{self.describe_self()}.{method}"
+        text = (f"{label} of {target} could not be unpickled in the receiving process "
+                f"(pid {os.getpid()}), so the {'call' if msg[1] else 'message'} was not "
+                f"handled: {bad.describe()}")
+        self.record_dead(method, text)
+        return (OP_CALL, msg[1], msg[2] if msg[0] == OP_CALL else 0,
+                BadMessage(method, text), (), _NO_KWARGS)
+
+    def describe_self(self) -> str:
+        """This process, in error messages."""
+        return "the actor system's process"
+
+    def record_dead(self, method: str, reason: str) -> None:
+        """Keep a dead letter for a message that failed here (see ``sort_out``)."""
 
     def serve_alone(self, chan: InChannel, rec: Any, unlink: list[Any],
                     msg: tuple[Any, ...]) -> bool:
@@ -602,9 +698,9 @@ class Hub:
         if reply is None:
             return
         if ok:
-            reply._resolve(value)
+            reply.set_result(value)
         else:
-            reply._fail(error_from_wire(value, tb))
+            reply.set_exception(error_from_wire(value, tb))
 
     def fail_pending(self, target_id: int, exc_factory: Any) -> int:
         """Fail every pending reply from *target_id* with ``exc_factory(reply)``."""
@@ -612,7 +708,7 @@ class Hub:
         for token, reply in list(self.pending.items()):
             if reply.target_id == target_id:
                 self.pending.pop(token, None)
-                reply._fail(exc_factory(reply))
+                reply.set_exception(exc_factory(reply))
                 failed += 1
         return failed
 
@@ -637,7 +733,7 @@ class Hub:
 
     def watchdog(self, busy: Callable[[], bool], serve: Callable[[], None],
                  active: Callable[[], bool]) -> None:
-        """Safety net for lost wake-ups (DESIGN.md: park with a timeout, count, keep 0).
+        """Safety net for lost wake-ups (docs/internals.md: park with a timeout, count, keep 0).
 
         Every ``park_timeout``: data present while parked with no doorbell pending is
         suspicious only if it is still there, untouched by any wake-up, at a second look

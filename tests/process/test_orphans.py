@@ -74,7 +74,7 @@ OWNER = textwrap.dedent(
         if scenario == "slow":
             busy = s.spawn(Busy)  # boots only after its start-up delay
             # the spares exist (forked) and sit in their start-up delay
-            while len(s._spares._spares) < 1:
+            while len(s._runtime._spares._spares) < 1:
                 time.sleep(0.01)
             print(json.dumps({"run_id": s.run_id, "busy": [], **helpers()}), flush=True)
         else:
@@ -86,7 +86,7 @@ OWNER = textwrap.dedent(
                 busy.tell(0.5)
             while s.metrics()["actors"][busy.name]["handled"] < 1:
                 time.sleep(0.01)  # the pid() call is handled, spin is next
-            while len(s._spares._spares) < 2:
+            while len(s._runtime._spares._spares) < 2:
                 time.sleep(0.01)
             info = {"run_id": s.run_id, "busy": pids, **helpers()}
             if scenario == "held":
@@ -228,7 +228,7 @@ def test_a_child_whose_parent_is_not_the_one_read_before_the_fork_exits():
 def test_a_fork_started_spare_sees_end_of_file_when_the_system_end_closes():
     # Under fork the child inherits both ends of its socket pair; it closes the system's,
     # so that closing ours (or our death) is an end-of-file in its boot read.
-    from actorq import _host
+    from actorq._actorproc import host as _host
     from actorq._process.spares import WarmPool
     from actorq._process.spawn import get_context
 

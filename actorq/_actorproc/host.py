@@ -36,24 +36,32 @@ from typing import Any
 import uvloop
 
 from actorq import _serialization
-from actorq._actor import ActorContext, handler_names
 from actorq._clock import Deadline
-from actorq._errors import ActorStopped, format_remote
-from actorq._hub import OP_CALL, OP_REPLY, OP_TELL, Hub
+from actorq._core.actor import ActorContext, handler_names
+from actorq._core.hub import BadMessage, Hub
+from actorq._core.protocol import (
+    C_BUSY,
+    C_HANDLED,
+    C_REPLY_TO,
+    C_SEQ,
+    C_SINCE,
+    C_STOP,
+    C_TOKEN,
+    OP_CALL,
+    OP_REPLY,
+    OP_TELL,
+    Boot,
+    Ctl,
+)
+from actorq._core.ref import ActorRef, register_hub
+from actorq._core.reply import Reply
+from actorq._errors import ActorStopped, NoSuchActor, StartTimeout, format_remote, raised_at
 from actorq._process import deathsig
 from actorq._process.deathsig import Lineage
-from actorq._ref import ActorRef, register_hub
-from actorq._reply import Reply
 from actorq._serialization import SAFE_TYPES
 from actorq._transport import control
 from actorq._transport.aimd import AIMDWindow
 from actorq._transport.channel import (
-    C_BUSY,
-    C_HANDLED,
-    C_REPLY_TO,
-    C_SINCE,
-    C_STOP,
-    C_TOKEN,
     C_WAKEUPS,
     C_WINDOW,
     ControlBlock,
@@ -61,7 +69,7 @@ from actorq._transport.channel import (
     OpenRecord,
     OutChannel,
 )
-from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_TAIL
+from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_TAIL
 from actorq._transport.shm import Segment
 
 logger = logging.getLogger(__name__)
@@ -82,6 +90,18 @@ TIME_SLICE = 0.01
 EXIT_FAILED_START = 3
 EXIT_SYSTEM_GONE = 4
 EXIT_UNCAUGHT = 5
+EXIT_MAIN_UNGUARDED = 6  # the user's main script, imported again here, made a system
+
+
+def exit_if_importing_main() -> None:
+    """Called by ``ActorSystem()``. In an actor process that is importing the user's main
+    script again (forkserver and spawn do, before the actor boots), a system created at
+    import time means the script has no ``if __name__ == "__main__":`` guard: exit at once,
+    quietly, with ``EXIT_MAIN_UNGUARDED``. The system says it once, in the user's process
+    (a traceback from every child, and restarts of a failure that repeats, only hid it)."""
+    proc = multiprocessing.current_process()
+    if getattr(proc, "_inheriting", False) and proc.name.startswith("actorq:"):
+        os._exit(EXIT_MAIN_UNGUARDED)
 
 
 class ActorHub(Hub):
@@ -89,25 +109,25 @@ class ActorHub(Hub):
 
     may_deadlock = True
 
-    def __init__(self, host: Host, info: dict[str, Any], ctl: ControlBlock, efd: int):
-        super().__init__(info["id"], info["run_id"], info["config"], ctl, efd)
+    def __init__(self, host: Host, info: Boot, ctl: ControlBlock, efd: int):
+        super().__init__(info.id, info.run_id, info.config, ctl, efd)
         self.host = host
         self.busy = False
         self.tell_errors: dict[tuple[str, str], int] = {}
         self.gap_ewma = 0.0  # recent idle stretches, seconds (adaptive spinning)
         self.parked_at = 0.0
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
-        self.stamp_start = info.get("hang_timeout") is not None  # hang detection is on
+        self.stamp_start = info.hang_timeout is not None  # hang detection is on
         # the lone call serve_alone is handling (its ring, record, unlink list), and its
         # entry once track_alone() had to open it
         self.alone: tuple[InChannel, Any, list[Any]] | None = None
         self.alone_entry: OpenRecord | None = None
         self.aimd: AIMDWindow | None = None
-        target = info.get("window_target")
+        target = info.window_target
         if target is not None:
-            self.aimd = AIMDWindow(target=target, minimum=info["window_min"],
-                                   maximum=info["window_max"] or self.config.window,
-                                   increase=info["window_step"])
+            self.aimd = AIMDWindow(target=target, minimum=info.window_min,
+                                   maximum=info.window_max or self.config.window,
+                                   increase=info.window_step)
             ctl.slots[C_WINDOW] = self.aimd.window
         else:
             ctl.slots[C_WINDOW] = 0
@@ -116,8 +136,8 @@ class ActorHub(Hub):
 
     def open_channel(self, ref: ActorRef[Any]) -> OutChannel:
         """Ask the system for a direct channel to *ref* (once per target)."""
-        answer, fds = self.host.request(("connect", ref.actor_id))
-        if answer[0] == "gone":
+        answer, fds = self.host.request((Ctl.CONNECT, ref.actor_id))
+        if answer[0] == Ctl.GONE:
             self.gone[ref.actor_id] = answer[2]
             msg = f"{ref._describe()} is stopped: {answer[2]}"
             raise ActorStopped(msg)
@@ -170,13 +190,13 @@ class ActorHub(Hub):
             msg = f"{reply.describe}: use 'await' for replies inside an async handler"
             raise RuntimeError(msg)
         self.track_alone()
-        while not reply._done:
+        while not reply.done():
             self.flush_dirty()
             self.drain()
             self.host.poll_ctrl()
-            if reply._done or deadline.expired():
+            if reply.done() or deadline.expired():
                 return
-            if self.spin(lambda: reply._done):
+            if self.spin(lambda: reply.done()):
                 continue
             if self.park():
                 timeout = min(deadline.remaining(), self.config.park_timeout)
@@ -257,6 +277,7 @@ class ActorHub(Hub):
         slots[C_TOKEN] = token
         if token:
             slots[C_REPLY_TO] = reply_to + 1
+        slots[C_SEQ] = hdr[H_HANDLED]  # the head record's first message
         slots[C_BUSY] = chan.sender_id + 1
         self.busy = True
         self.sync_depth += 1
@@ -275,13 +296,13 @@ class ActorHub(Hub):
             self.hold(result, entry or chan.open(rec, unlink), 0, token, reply_to)
             return True
         self.busy = False
-        slots[C_BUSY] = 0
         slots[C_HANDLED] += 1
         # committed: its credit is back before the reply is
         if entry is None:
             chan.commit_now(rec, unlink)
         else:  # tracked while the handler waited (it read its rings): commit in order
             entry.done_one(0)
+        slots[C_BUSY] = 0  # after the commit: a crash in between must not redeliver it
         if token:
             self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
             slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
@@ -354,7 +375,8 @@ class ActorHub(Hub):
                     if self.stamp_start:
                         slots[C_SINCE] = time.monotonic_ns()
                     # C_TOKEN is already 0: every message clears it once its reply is out
-                    slots[C_BUSY] = entry.chan.sender_id + 1  # crash attribution slot
+                    slots[C_SEQ] = entry.hdr[H_HANDLED] + index
+                    slots[C_BUSY] = entry.busy  # crash attribution slot
                     self.busy = True
                     try:
                         result = receive(msg[2])
@@ -366,12 +388,12 @@ class ActorHub(Hub):
                         self.hold(result, entry, index, 0, 0)
                         return
                     self.busy = False
-                    slots[C_BUSY] = 0
                     handled += 1
                     if self.aimd is not None and self.aimd.observe(
                             time.perf_counter() - entry.t_read):
                         slots[C_WINDOW] = self.aimd.window
                     entry.done_one(index)
+                    slots[C_BUSY] = 0  # after the commit (see C_SEQ)
                     continue
                 _op, token, reply_to, method, args, kwargs = msg
                 slots[C_TOKEN] = token  # 0: a crash then fails no caller
@@ -379,10 +401,15 @@ class ActorHub(Hub):
                     slots[C_REPLY_TO] = reply_to + 1
                 if self.stamp_start:
                     slots[C_SINCE] = time.monotonic_ns()
-                slots[C_BUSY] = entry.chan.sender_id + 1  # crash attribution slot
+                slots[C_SEQ] = entry.hdr[H_HANDLED] + index
+                slots[C_BUSY] = entry.busy  # crash attribution slot
                 fn = handlers.get(method)
                 if fn is None:
-                    err = AttributeError(f"{host.describe()} has no handler {method!r}")
+                    err: Exception
+                    if type(method) is BadMessage:  # it did not unpickle here (sort_out)
+                        err = method.error()
+                    else:
+                        err = AttributeError(f"{host.describe()} has no handler {method!r}")
                     self.finish(entry, index, token, reply_to, False, err, "")
                     continue
                 self.busy = True
@@ -396,12 +423,12 @@ class ActorHub(Hub):
                     self.hold(result, entry, index, token, reply_to)
                     return
                 self.busy = False
-                slots[C_BUSY] = 0
                 handled += 1
                 if self.aimd is not None and self.aimd.observe(
                         time.perf_counter() - entry.t_read):
                     slots[C_WINDOW] = self.aimd.window
                 entry.done_one(index)  # committed: its credit is back before the reply is
+                slots[C_BUSY] = 0  # after the commit (see C_SEQ)
                 if token:
                     self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
                     slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
@@ -427,9 +454,9 @@ class ActorHub(Hub):
         error). Until the reply is out, ``C_TOKEN`` names the call whose caller a crash
         must fail."""
         slots = self.ctl.slots
-        slots[C_BUSY] = 0
         slots[C_HANDLED] += 1
         entry.done_one(index)
+        slots[C_BUSY] = 0  # after the commit (see C_SEQ)
         if token:
             self.send_reply(reply_to, (OP_REPLY, token, ok, value, tb))
             slots[C_TOKEN] = 0
@@ -437,17 +464,22 @@ class ActorHub(Hub):
             self.log_tell_error(value, tb)
 
     def log_tell_error(self, exc: BaseException, tb: str) -> None:
-        """A told message raised: nobody waits for it, so log it (the first of each kind
-        with its traceback, the rest counted, so that a flood does not drown the log)."""
-        kind = (type(exc).__name__, str(exc)[:200])
+        """A told message raised: nobody waits for it, so log it. The first of each kind
+        (exception type and the line that raised it) with its traceback; the rest only
+        counted, at 10, 100, 1000 and 10000, so that a flood does not drown the log, even
+        when each message has a text of its own."""
+        file, line = raised_at(exc)
+        kind = (type(exc).__name__, f"{file}:{line}")
         seen = self.tell_errors.get(kind, 0)
         self.tell_errors[kind] = seen + 1
         if seen == 0:
-            logger.error("%s: a told message raised (later ones like it are counted, not "
-                         "logged):\n%s", self.host.describe(), tb or exc)
+            logger.error("%s: a told message raised (later %s raised at %s are counted, "
+                         "not logged):\n%s", self.host.describe(), kind[0],
+                         f"{os.path.basename(file)}:{line}", tb or exc)
         elif seen + 1 in (10, 100, 1000, 10000):
-            logger.error("%s: %d told messages raised %s: %s", self.host.describe(), seen + 1,
-                         kind[0], kind[1])
+            logger.error("%s: %d told messages raised %s at %s (the last: %s)",
+                         self.host.describe(), seen + 1, kind[0], kind[1],
+                         str(exc)[:200])
 
     def send_reply(self, reply_to: int, msg: tuple[Any, ...]) -> None:
         """Append a reply to the caller's channel (opened through the system if new)."""
@@ -476,6 +508,17 @@ class ActorHub(Hub):
             else:
                 chan.outbox.append(msg)
         self.dirty.add(chan)
+
+    def describe_self(self) -> str:
+        """This actor, in error messages."""
+        return self.host.describe()
+
+    def record_dead(self, method: str, reason: str) -> None:
+        """Dead letters are kept by the system: tell it."""
+        try:
+            control.send(self.host.ctrl, (Ctl.DEAD_LETTER, method, reason[-4000:]))
+        except OSError:
+            logger.error("%s: %s", self.host.describe(), reason)
 
     def unpicklable(self, msg: tuple[Any, ...], exc: BaseException) -> tuple[Any, ...] | None:
         """Replace a reply that cannot be pickled by an error the caller can read."""
@@ -537,31 +580,31 @@ class Host:
         if got is None:
             os._exit(EXIT_SYSTEM_GONE)
         (kind, info), fds = got
-        assert kind == "boot", kind
-        self.name = info["name"]
+        assert kind == Ctl.BOOT, kind
+        self.name = info.name
         self.info = info
         multiprocessing.current_process().name = f"actorq:{self.name}"
-        ctl = ControlBlock(Segment.attach(info["ctl"]))
+        ctl = ControlBlock(Segment.attach(info.ctl))
         self.hub = ActorHub(self, info, ctl, fds[0])
-        register_hub(info["run_id"], self.hub)
-        for sender, (ring_name, fd_index) in info["inbound"].items():
+        register_hub(info.run_id, self.hub)
+        for sender, (ring_name, fd_index) in info.inbound.items():
             self.hub.attach_inbound(sender, ring_name, fds[fd_index])
-        for target, (ring_name, ctl_name, fd_index) in info["outbound"].items():
+        for target, (ring_name, ctl_name, fd_index) in info.outbound.items():
             self.hub.attach_outbound(target, ring_name, ctl_name, fds[fd_index])
 
     async def start_actor(self) -> None:
         """Build the actor (constructor, then ``on_start``) in this process."""
         info = self.info
-        spec = Segment.attach(info["spec"])
+        spec = Segment.attach(info.spec)
         try:
-            cls, args, kwargs = _serialization.loads(spec.buf[: info["spec_size"]])
+            cls, args, kwargs = _serialization.loads(spec.buf[: info.spec_size])
         finally:
             spec.close()
         self.cls_name = cls.__name__
         obj = cls.__new__(cls)
-        obj._actorq_ref = ActorRef(self.hub, info["run_id"], info["id"], self.name,
+        obj._actorq_ref = ActorRef(self.hub, info.run_id, info.id, self.name,
                                    handler_names(cls), cls.__name__)
-        obj._actorq_context = ActorContext(self, self.name, info["restarts"])
+        obj._actorq_context = ActorContext(self, self.name, info.restarts)
         self.hub.run_sync(obj.__init__, *args, **kwargs)
         started = self.hub.run_sync(obj.on_start)
         if inspect.isawaitable(started):
@@ -589,7 +632,7 @@ class Host:
         self.loop.add_reader(self.ctrl, self.on_ctrl)
         self.loop.call_later(hub.config.park_timeout, hub.watchdog, lambda: hub.busy,
                              self.serve_lost, lambda: not self.done.done())
-        control.send(self.ctrl, ("ready", os.getpid()))
+        control.send(self.ctrl, (Ctl.READY, os.getpid()))
         self.run_batch()
         await self.done
         await self.stop_actor()
@@ -604,7 +647,7 @@ class Host:
         except Exception:
             payload = RuntimeError(f"{type(exc).__name__}: {exc}")
         try:
-            control.send(self.ctrl, ("failed", payload, tb[-16000:]))
+            control.send(self.ctrl, (Ctl.FAILED, payload, tb[-16000:]))
         except (OSError, ValueError):
             pass
 
@@ -685,21 +728,21 @@ class Host:
     def handle_ctrl(self, msg: tuple[Any, ...], fds: list[int]) -> None:
         """Act on one control message."""
         kind = msg[0]
-        if kind == "stop":
+        if kind == Ctl.STOP:
             self.stopping = True
             if not self.hub.busy and not self.done.done():
                 self.done.set_result(None)
-        elif kind == "inbound":
+        elif kind == Ctl.INBOUND:
             self.hub.attach_inbound(msg[1], msg[2], fds[0] if fds else -1)
             self.loop.call_soon(self.run_batch)
-        elif kind == "gone":
+        elif kind == Ctl.GONE:
             target, reason = msg[1], msg[2]
             self.hub.gone[target] = reason
             chan = self.hub.outbound.pop(target, None)
             if chan is not None:
                 self.hub.close_channel(chan, reason)
             self.hub.fail_pending(target, lambda r: ActorStopped(f"{r.describe}: {reason}"))
-        elif kind == "answer":
+        elif kind == Ctl.ANSWER:
             self._answers[msg[1]] = (msg[2], fds)
         else:  # pragma: no cover
             logger.warning("unknown control message %r", kind)
@@ -713,7 +756,7 @@ class Host:
         while req not in self._answers:
             if deadline.expired():
                 msg_ = f"the actor system did not answer {msg[0]!r} in {deadline.timeout:g}s"
-                raise TimeoutError(msg_)
+                raise StartTimeout(msg_)
             select.select([self.ctrl], [], [], deadline.remaining())
             self.poll_ctrl()
         return self._answers.pop(req)
@@ -722,10 +765,10 @@ class Host:
 
     def lookup(self, name: str) -> ActorRef[Any]:
         """Find an actor by name through the system."""
-        answer, _fds = self.request(("lookup", name))
+        answer, _fds = self.request((Ctl.LOOKUP, name))
         if answer[0] != "ref":
             msg = f"no actor named {name!r}"
-            raise KeyError(msg)
+            raise NoSuchActor(msg)
         _kind, actor_id, handlers, cls_name = answer
         return ActorRef(self.hub, self.hub.run_id, actor_id, name, handlers, cls_name)
 
@@ -734,7 +777,7 @@ class Host:
         """Spawn a child actor through the system, supervised on this actor's behalf."""
         options = kwargs.pop("actor_options", None)
         blob = _serialization.dumps_code((cls, args, kwargs))
-        answer, _fds = self.request(("spawn", blob, name, restart, options))
+        answer, _fds = self.request((Ctl.SPAWN, blob, name, restart, options))
         if answer[0] == "error":
             raise answer[1]
         _kind, actor_id, child_name, handlers, cls_name = answer
@@ -781,7 +824,7 @@ def main(ctrl: socket.socket, lineage: Lineage) -> None:
         code = loop.run_until_complete(host.run())
     except BaseException as exc:  # escaped every handler: say so, then die (a crash)
         try:
-            control.send(ctrl, ("crashing", format_remote(exc)[-16000:]))
+            control.send(ctrl, (Ctl.CRASHING, format_remote(exc)[-16000:]))
         except (OSError, ValueError):
             pass
         code = EXIT_UNCAUGHT

@@ -48,7 +48,7 @@ def test_actors_start_from_a_fork_server_with_actorq_preloaded(tmp_path):
     run = _run(tmp_path, "actorq-first")
     parent = next(line for line in run.stdout.splitlines() if line.startswith("PARENT"))
     assert "multiprocessing.forkserver" in parent
-    assert "actorq._host" in parent  # the preload list the fork server was started with
+    assert "actorq._actorproc.host" in parent  # the preload list the fork server was started with
     assert "could preload" not in run.stderr
 
 
@@ -56,5 +56,5 @@ def test_a_fork_server_started_first_by_another_library_still_runs_actors(tmp_pa
     run = _run(tmp_path, "other-first")
     parent = next(line for line in run.stdout.splitlines() if line.startswith("PARENT"))
     assert "multiprocessing.forkserver" in parent
-    assert "actorq._host" not in parent  # not preloaded: each actor imports actorq
+    assert "actorq._actorproc.host" not in parent  # not preloaded: each actor imports actorq
     assert "the multiprocessing fork server was started before actorq could preload" in run.stderr

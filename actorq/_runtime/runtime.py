@@ -1,0 +1,970 @@
+"""The system's machinery: actor cells, their processes, crashes and restarts.
+
+Everything here runs on the hub loop thread, except ``_start_process`` (starter thread)
+and what ``ActorSystem`` calls from user threads under ``_lock``. ``ActorSystem`` (in
+``_system``) is the public facade over this class.
+
+A crash, from the process sentinel to the next instance::
+
+    _on_exit ── classify (signal / exit / exception / hang / oom / start / lost)
+       ├─ attribute_crash (crashes.py): the slot names the message being handled → its caller gets
+       │    ActorCrashed (or it is redelivered, until poison_after) → dead letters
+       ├─ its own children (context.spawn) are stopped: they die with their supervisor
+       └─ restart type + restart_on say restart? → supervisor.child_failed (strategy,
+          intensity, backoff) → restart_group; else → _finish (gone for good)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import psutil
+import uvloop
+
+from actorq import _serialization
+from actorq._actorproc import host as _host
+from actorq._clock import Deadline
+from actorq._config import SystemConfig
+from actorq._core.actor import Actor, ActorOptions, handler_names
+from actorq._core.events import ActorEvent, EventBus, EventCounts, EventKind
+from actorq._core.protocol import (
+    C_BUSY,
+    C_SINCE,
+    C_STOP,
+    SYSTEM_ID,
+    Boot,
+    Ctl,
+)
+from actorq._core.ref import ActorRef, register_hub, unregister_hub
+from actorq._core.reply import Reply
+from actorq._errors import ActorCrashed, ActorStopped, NoSuchActor, StartTimeout
+from actorq._ids import new_run_prefix
+from actorq._process.reap import kill_if_child, kill_tree
+from actorq._process.spares import WarmPool
+from actorq._process.spawn import get_context
+from actorq._resilience.backoff import Backoff
+from actorq._runtime.cells import DEAD_STATES, ActorCell, CellState, RestartPlan
+from actorq._runtime.crashes import attribute_crash, crash_words, dead_letter_queued
+from actorq._runtime.stats import (
+    ActorStatistics,
+    SystemStatistics,
+    actor_statistics,
+    hub_figures,
+)
+from actorq._runtime.systemhub import SystemHub
+from actorq._supervision.deadletters import DeadLetter, DeadLetters
+from actorq._supervision.policy import (
+    RESTART_TYPES,
+    RestartType,
+    SupervisorDecision,
+    classify_exit,
+    should_restart,
+)
+from actorq._supervision.supervisor import Supervisor
+from actorq._transport import control
+from actorq._transport.channel import (
+    CTL_SIZE,
+    ControlBlock,
+    InChannel,
+    OutChannel,
+)
+from actorq._transport.oob import traffic as oob_traffic
+from actorq._transport.ring import (
+    Ring,
+)
+from actorq._transport.shm import Segment, sweep, unlink_prefix
+
+logger = logging.getLogger("actorq")
+
+A = TypeVar("A", bound=Actor)
+SPARE_REFILL_DELAY = 0.05
+
+class Runtime:
+    """Cells, processes, crashes, restarts: the machinery that ``ActorSystem`` holds.
+
+    Its public methods are what the facade, supervisors (``SupervisorOps``) and the
+    layers above reach it through; everything starting with ``_`` is its own.
+    """
+
+    def __init__(self, config: SystemConfig) -> None:
+        self.config = config
+        self._closing = False
+        self._closed = False
+        self._cells: dict[int, ActorCell] = {}
+        self._names: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+        self._dead = DeadLetters(config.dead_letters)
+        self._unguarded: str | None = None  # why no actor can start (an unguarded main)
+        self._finished: deque[int] = deque()  # ids of actors gone for good, oldest first
+        self._bus = EventBus()
+        self._counts = EventCounts()
+        self._bus.subscribe(self._counts)  # metrics: the first listener
+        sweep()  # what dead runs left in /dev/shm
+        self.run_id = new_run_prefix()
+        self._ctx = get_context(config.start_method)
+        ctl_seg = Segment.create(self.run_id + "ctl0", CTL_SIZE)
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._hub = SystemHub(self.run_id, config, ControlBlock(ctl_seg), efd, self._state_of)
+        register_hub(self.run_id, self._hub)
+        self._hub.on_dead = lambda what, why: self._dead.add("(caller)", what, why)
+        self.root = Supervisor(self, "root", max_restarts=config.root_max_restarts,
+                               within=config.root_within, give_up_per_child=True)
+        self._spares = WarmPool(self._ctx, _host.main, config.warm_spares)
+        self._starter = concurrent.futures.ThreadPoolExecutor(1, "actorq-starter")
+        self._starter.submit(self._spares.refill)
+        self._loop_ready = threading.Event()
+        self._thread = threading.Thread(target=self._run_loop, name="actorq-hub", daemon=True)
+        self._thread.start()
+        self._loop_ready.wait(10)
+        LIVE_RUNTIMES.add(self)
+
+    @property
+    def hub(self) -> SystemHub:
+        """The user process's hub (its channels to every actor)."""
+        return self._hub
+
+    @property
+    def closing(self) -> bool:
+        """True once ``close()`` began."""
+        return self._closing
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else "running"
+        return f"<ActorSystem {self.run_id} {state} actors={len(self._cells)}>"
+
+    @property
+    def actor_count(self) -> int:
+        """How many actors this runtime knows (live or stopped)."""
+        return len(self._cells)
+
+    # -- the loop thread ----------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        hub = self._hub
+        hub.loop = loop
+        hub.loop_thread_id = threading.get_ident()
+        loop.add_reader(hub.efd, hub.on_wake)
+        hub.park()
+        loop.call_later(self.config.park_timeout, hub.watchdog, lambda: bool(hub.ring_spinners),
+                        hub.on_wake, lambda: not self._closing)
+        loop.call_later(self.config.monitor_interval, self._monitor)
+        self._loop_ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.remove_reader(hub.efd)
+            loop.close()
+
+    # -- loop helpers ---------------------------------------------------------------------
+
+    def _on_loop(self, fn: Any, *args: Any) -> None:
+        loop = self._hub.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:
+                pass
+
+    def _state_of(self, actor_id: int) -> str | None:
+        cell = self._cells.get(actor_id)
+        return cell.state if cell is not None else None
+
+    def _publish(self, kind: EventKind, cell: ActorCell, cause: str | None = None,
+                 detail: str = "", supervisor: str | None = None) -> None:
+        """Publish a lifecycle event of *cell* (built only when someone listens)."""
+        if self._bus.active:
+            self._bus.publish(ActorEvent(kind, cell.id, cell.name, cell.cls_name, cell.pid,
+                                         cause, detail, cell.restarts, supervisor))
+
+    def supervisor_event(self, decision: SupervisorDecision, supervisor: Supervisor,
+                         child: Any, why: str) -> None:
+        """Publish a supervisor's decision about a child (SupervisorOps)."""
+        kind = EventKind(decision)
+        if isinstance(child, ActorCell):
+            self._publish(kind, child, detail=why, supervisor=supervisor.name)
+        elif self._bus.active:  # a child supervisor
+            self._bus.publish(ActorEvent(kind, 0, child.name, detail=why,
+                                         supervisor=supervisor.name))
+
+    # -- cells ----------------------------------------------------------------------------
+
+    def _spawn_blob(self, blob: bytes, cls_name: str, handlers: frozenset[str],
+                    name: str | None, restart: str, supervisor: Supervisor,
+                    options: ActorOptions) -> ActorRef[Any]:
+        if restart not in RESTART_TYPES:
+            msg = f"restart must be one of {RESTART_TYPES}, not {restart!r}"
+            raise ValueError(msg)
+        restart_type = cast(RestartType, restart)
+        if self._closing:
+            msg = "the actor system is closed"
+            raise ActorStopped(msg)
+        if self._unguarded is not None:
+            raise ActorCrashed(self._unguarded, "start")
+        with self._lock:
+            if supervisor.state != "running":
+                msg = f"supervisor {supervisor.name!r} is stopped"
+                raise ActorStopped(msg)
+            actor_id = next(self._ids)
+            name = name or f"{cls_name}-{actor_id}"
+            if name in self._names:
+                msg = f"an actor named {name!r} already exists"
+                raise ValueError(msg)
+            cell = self._new_cell(actor_id, name, cls_name, handlers, restart_type, options,
+                                  blob, supervisor)
+            supervisor.children.append(cell)
+            self._cells[actor_id] = cell
+            self._names[name] = actor_id
+        self._starter.submit(self._start_process, cell, cell.generation)
+        return ActorRef(self._hub, self.run_id, actor_id, name, handlers, cls_name)
+
+    def _new_cell(self, actor_id: int, name: str, cls_name: str, handlers: frozenset[str],
+                  restart: RestartType, options: ActorOptions, blob: bytes,
+                  supervisor: Supervisor) -> ActorCell:
+        prefix = f"{self.run_id}a{actor_id}_"
+        spec = Segment.create(prefix + "spec", max(len(blob), 1), prefault=False)
+        spec.buf[: len(blob)] = blob
+        ctl = ControlBlock(Segment.create(prefix + "ctl", CTL_SIZE))
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        cell = ActorCell(actor_id, name, cls_name, handlers, restart, options, spec,
+                         len(blob), ctl, efd, supervisor)
+        to_actor = self._new_ring(f"{prefix}in{SYSTEM_ID}")
+        from_actor = self._new_ring(f"{prefix}out{SYSTEM_ID}")
+        cell.inbound[SYSTEM_ID] = to_actor
+        cell.outbound[SYSTEM_ID] = from_actor.name
+        hub = self._hub
+        hub.outbound[actor_id] = OutChannel(actor_id, Segment.attach(to_actor.name), ctl, efd,
+                                            self.config.window)
+        # What an actor sends the system is replies only, which spend no credit: its
+        # producer never waits for any, so the channel has no doorbell to ring back.
+        hub.inbound[actor_id] = InChannel(actor_id, from_actor)
+        return cell
+
+    def _new_ring(self, name: str) -> Segment:
+        seg = Segment.create(name, Ring.size_for(self.config.ring_size))
+        Ring(seg.buf, init=True).release()
+        return seg
+
+    def _main_module_hint(self) -> str:
+        """Why a new process may die before it boots: the user's script re-imported."""
+        if self.config.start_method == "fork":
+            return ""
+        return (" (if your main script starts the actor system at import time, put that "
+                "under `if __name__ == \"__main__\":` — with forkserver and spawn every "
+                "new process imports the main module again)")
+
+    # -- processes (starter thread) -------------------------------------------------------
+
+    def _start_process(self, cell: ActorCell, generation: int) -> None:
+        """Start *cell*'s process (a warm spare if there is one) and send its boot message."""
+        if self._closing or cell.state != "starting" or cell.generation != generation:
+            return
+        try:
+            got = self._spares.take()
+            proc, sock = got if got is not None else self._spares.start_one()
+        except Exception:
+            logger.exception("could not start a process for %s", cell.describe())
+            why = "its process could not be started" + self._main_module_hint()
+            self._on_loop(self._finish, cell, CellState.FAILED, why)
+            return
+        cell.ctl.slots[C_STOP] = 0
+        fds = [cell.efd, self._hub.efd]
+        outbound = {}
+        for target, ring_name in cell.outbound.items():
+            if target == SYSTEM_ID:
+                outbound[target] = (ring_name, self._hub.ctl.seg.name, 1)
+            elif (peer := self._cells.get(target)) is not None and peer.state not in DEAD_STATES:
+                outbound[target] = (ring_name, peer.ctl.seg.name, len(fds))
+                fds.append(peer.efd)
+        inbound = {}
+        for sender, seg in cell.inbound.items():
+            if sender == SYSTEM_ID:
+                inbound[sender] = (seg.name, 1)
+            elif (peer := self._cells.get(sender)) is not None:
+                inbound[sender] = (seg.name, len(fds))
+                fds.append(peer.efd)
+        opts = cell.options
+        info = Boot(cell.id, cell.name, self.run_id, self.config, cell.ctl.seg.name,
+                    cell.spec.name, cell.spec_size, inbound, outbound, cell.restarts,
+                    opts.hang_timeout, opts.window_target, opts.window_min, opts.window_max,
+                    opts.window_step)
+        cell.proc, cell.ctrl = proc, sock
+        cell.pid = proc.pid  # known now (before it can answer); confirmed by "ready"
+        try:
+            control.send(sock, (Ctl.BOOT, info), fds)
+        except OSError:
+            pass  # it died already: its sentinel tells the loop
+        self._on_loop(self._watch, cell, proc, sock)
+        # Refill later: a process started now competes for the CPU with the actor that
+        # is booting (a restart measured 9.9 ms p50 with an immediate refill, 8.3 ms
+        # with this delay; benchmarks/bench_restart.py).
+        self._on_loop(self._refill_later)
+
+    def _refill_later(self) -> None:
+        if self._hub.loop is not None and not self._closing:
+            self._hub.loop.call_later(SPARE_REFILL_DELAY, self._submit_refill)
+
+    def _submit_refill(self) -> None:
+        if not self._closing and self._unguarded is None:
+            try:
+                self._starter.submit(self._spares.refill)
+            except RuntimeError:  # the starter is shut down: closing
+                pass
+
+    def _watch(self, cell: ActorCell, proc: Any, sock: Any) -> None:
+        loop = self._hub.loop
+        assert loop is not None
+        sock.setblocking(False)
+        loop.add_reader(sock, self._on_ctrl, cell, sock)
+        loop.add_reader(proc.sentinel, self._on_exit, cell, proc, sock)
+
+    # -- control messages from actors (loop thread) ---------------------------------------
+
+    def _on_ctrl(self, cell: ActorCell, sock: Any) -> None:
+        while True:
+            try:
+                got = control.recv(sock)
+            except BlockingIOError:
+                return
+            except OSError:
+                got = None
+            if got is None:
+                if self._hub.loop is not None:
+                    self._hub.loop.remove_reader(sock)
+                return
+            try:
+                self._handle_ctrl(cell, sock, got[0])
+            except Exception:
+                logger.exception("control message from %s failed", cell.describe())
+
+    def _handle_ctrl(self, cell: ActorCell, sock: Any, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == Ctl.READY:
+            cell.pid = msg[1]
+            if cell.state == "starting":
+                cell.state = CellState.RUNNING
+            cell.ready.set()
+            self._publish(EventKind.STARTED, cell)
+            logger.debug("%s started (pid %s, restarts %d)", cell.describe(), cell.pid,
+                         cell.restarts)
+        elif kind == Ctl.FAILED:
+            cell.failed_start = (msg[1], msg[2])
+            cell.reported = "start"
+        elif kind == Ctl.CRASHING:
+            cell.reported = "exception"
+            logger.error("%s: an exception escaped its handlers:\n%s", cell.describe(), msg[1])
+        elif kind == Ctl.CONNECT:
+            answer, fds = self._connect(cell, msg[2])
+            control.send(sock, (Ctl.ANSWER, msg[1], answer), fds)
+        elif kind == Ctl.LOOKUP:
+            target = self._cells.get(self._names.get(msg[2], -1))
+            found: tuple[Any, ...] = ("missing",)
+            if target is not None and target.state not in DEAD_STATES:
+                found = ("ref", target.id, target.handlers, target.cls_name)
+            control.send(sock, (Ctl.ANSWER, msg[1], found))
+        elif kind == Ctl.SPAWN:
+            control.send(sock, (Ctl.ANSWER, msg[1], self._spawn_for(cell, *msg[2:])))
+        elif kind == Ctl.DEAD_LETTER:  # a message the actor could not unpickle
+            self._dead.add(cell.name, msg[1], msg[2])
+
+    def _connect(self, cell: ActorCell, target_id: int) -> tuple[tuple[Any, ...], list[int]]:
+        target = self._cells.get(target_id)
+        if target is None or target.state in DEAD_STATES:
+            why = self._hub.gone.get(target_id, "no such actor")
+            return (Ctl.GONE, target_id, why), []
+        if target_id not in cell.outbound:
+            seg = self._new_ring(f"{self.run_id}a{target_id}_in{cell.id}")
+            target.inbound[cell.id] = seg
+            cell.outbound[target_id] = seg.name
+            if target.ctrl is not None:
+                try:
+                    control.send(target.ctrl, (Ctl.INBOUND, cell.id, seg.name), [cell.efd])
+                except OSError:
+                    pass  # restarting: the boot message will list this ring
+        ring_name = cell.outbound[target_id]
+        return ("channel", target_id, ring_name, target.ctl.seg.name), [target.efd]
+
+    def _spawn_for(self, parent: ActorCell, blob: bytes, name: str | None, restart: str,
+                   options: ActorOptions | None = None) -> tuple[Any, ...]:
+        """An actor spawns a child: it is supervised on the actor's behalf."""
+        try:
+            cls, _args, _kwargs = _serialization.loads(blob)
+
+            if parent.kids is None:
+                parent.kids = Supervisor(self, f"{parent.name}.children",
+                                         give_up_per_child=True)
+            options = options or getattr(cls, "actor_options", None) or ActorOptions()
+            ref = self._spawn_blob(blob, cls.__name__, handler_names(cls), name, restart,
+                                   parent.kids, options)
+        except Exception as exc:
+            return ("error", exc)
+        return ("ref", ref.actor_id, ref.name, ref.handlers, ref.cls_name)
+
+    # -- deaths (loop thread) -------------------------------------------------------------
+
+    def _on_exit(self, cell: ActorCell, proc: Any, sock: Any) -> None:
+        loop = self._hub.loop
+        assert loop is not None
+        loop.remove_reader(proc.sentinel)
+        self._on_ctrl(cell, sock)  # a last "failed"/"crashing" message may be waiting
+        loop.remove_reader(sock)
+        sock.close()
+        proc.join(1.0)
+        code = proc.exitcode
+        if code is None:
+            # No exit status: another part of this process reaped it (os.wait(), a
+            # SIGCHLD handler), or it closed its end of the sentinel and lives on. Kill
+            # it if it is still our child; the Process object cannot be closed.
+            kill_if_child(proc.pid)
+        else:
+            proc.close()
+        cell.proc = cell.ctrl = None
+        with self._hub.drain_lock:
+            self._hub.drain()  # replies it published before dying
+        cell.exited.set()
+        if cell.kids is not None:  # its children die with it (it supervised them)
+            self._stop_kids(cell, f"their parent {cell.describe()} stopped")
+        if cell.state == "restarting":
+            self._plan_exited(cell)
+            return
+        if cell.state == "stopping" or self._closing:
+            self._finish(cell, CellState.STOPPED, cell.finish_why)
+            return
+        if code == _host.EXIT_MAIN_UNGUARDED:  # deterministic: every start would end so
+            self._main_unguarded(cell)
+            return
+        cause = classify_exit(code, cell.killed_for, cell.reported)
+        cell.killed_for = cell.reported = None
+        cell.crashes[cause] += 1
+        text = f"{cell.describe()} (pid {cell.pid}) {crash_words(cell, cause, code)}"
+        self._publish(EventKind.CRASHED, cell, cause, text)
+        if cell.state == "starting" and cell.failed_start is None and code == 1:
+            text += self._main_module_hint()  # died before it could even boot
+        logger.warning("%s", text)
+        if cause == "start" and cell.failed_start is not None:
+            exc, tb = cell.failed_start
+            text = f"{cell.describe()} failed to start: {type(exc).__name__}: {exc}"
+            logger.error("%s\n%s", text, tb)
+            if not should_restart(cell.restart, cause, code, cell.options):
+                self._finish(cell, CellState.FAILED, text, cause="start", error=exc)
+                cell.supervisor.remove(cell)
+                return
+        else:
+            attribute_crash(cell, text, cause, self._dead, self._fail_caller)
+        if should_restart(cell.restart, cause, code, cell.options):
+            cell.state = CellState.RESTARTING
+            cell.supervisor.child_failed(cell, text)
+        else:
+            words = crash_words(cell, cause, code)
+            why = f"{words} and was not restarted (restart={cell.restart!r})"
+            self._finish(cell, CellState.STOPPED, why, cause=cause)
+            cell.supervisor.remove(cell)
+
+    def _main_unguarded(self, cell: ActorCell) -> None:
+        """An actor process found the main script creating a system at import time."""
+        if self._unguarded is None:
+            main = sys.modules.get("__main__")
+            script = getattr(main, "__file__", None) or "your main script"
+            self._unguarded = (
+                f"{script} creates an ActorSystem when it is imported, and every actor "
+                f"process imports it again (start method {self.config.start_method!r}): "
+                "put the code that creates the system under "
+                "`if __name__ == \"__main__\":`")
+            logger.error("no actor can start: %s", self._unguarded)
+        self._finish(cell, CellState.FAILED, f"could not start: {self._unguarded}", cause="start")
+
+    def _fail_caller(self, caller: int, token: int, text: str, cause: str) -> None:
+        if caller == SYSTEM_ID:
+            reply = self._hub.pending.pop(token, None)
+            if reply is not None:
+                reply.set_exception(ActorCrashed(f"{reply.describe}: {text}", cause))
+        else:
+            self._hub.reply_to_actor(caller, token, ActorCrashed(text, cause))
+
+    # -- SupervisorOps ----------------------------------------------------------------------
+
+    def restart_group(self, cells: list[ActorCell], delay: float) -> None:
+        """Stop the live *cells* (reverse start order), then start them all (start order)."""
+        plan = RestartPlan(cells, delay)
+        for cell in reversed(cells):
+            if cell.state in DEAD_STATES:
+                continue
+            if cell.alive() and cell.state in ("running", "starting"):
+                plan.waiting.add(cell.id)
+                self._ask_to_stop(cell)
+            cell.state = CellState.RESTARTING
+            cell.plan = plan
+        if not plan.waiting:
+            self._plan_go(plan)
+
+    def _plan_exited(self, cell: ActorCell) -> None:
+        plan = cell.plan
+        if plan is None:
+            return
+        plan.waiting.discard(cell.id)
+        if not plan.waiting:
+            self._plan_go(plan)
+
+    def _plan_go(self, plan: RestartPlan) -> None:
+        def start_all() -> None:
+            for cell in plan.cells:
+                if self._closing or cell.state != "restarting" or cell.plan is not plan:
+                    continue
+                cell.plan = None
+                cell.restarts += 1
+                cell.generation += 1
+                cell.state = CellState.STARTING
+                cell.ready.clear()
+                cell.exited.clear()
+                self._starter.submit(self._start_process, cell, cell.generation)
+
+        assert self._hub.loop is not None
+        self._hub.loop.call_later(plan.delay, start_all)
+
+    def finish_group(self, cells: list[ActorCell], why: str) -> None:
+        """Stop *cells* for good, in reverse start order (SupervisorOps)."""
+        for cell in reversed(cells):
+            if cell.state in DEAD_STATES:
+                continue
+            cell.finish_why = why
+            self._release_name(cell)  # a successor may take the name at once
+            if cell.alive():
+                self._ask_to_stop(cell)
+                cell.state = CellState.STOPPING
+            else:
+                self._finish(cell, CellState.STOPPED, why)
+
+    def _ask_to_stop(self, cell: ActorCell) -> None:
+        """Graceful stop now, SIGKILL (process tree) after the stop timeout."""
+        cell.ctl.slots[C_STOP] = 1  # a busy actor sees it between two messages
+        if cell.ctrl is not None:
+            try:
+                control.send(cell.ctrl, (Ctl.STOP,))
+            except OSError:
+                pass
+        proc = cell.proc
+        assert self._hub.loop is not None
+        self._hub.loop.call_later(self.config.stop_timeout, self._kill_if_still, cell, proc)
+
+    def _kill_if_still(self, cell: ActorCell, proc: Any) -> None:
+        if cell.proc is proc and proc is not None:
+            logger.warning("%s did not stop within %gs: killing it", cell.describe(),
+                           self.config.stop_timeout)
+            self._kill(cell)
+
+    def _kill(self, cell: ActorCell) -> None:
+        proc = cell.proc
+        if proc is not None and proc.pid is not None:
+            kill_tree(proc.pid)
+
+    def _stop_kids(self, cell: ActorCell, why: str) -> None:
+        kids = cell.kids
+        if kids is None:
+            return
+        cells = kids.cells()
+        kids.children.clear()
+        self.finish_group(cells, why)
+
+    # -- gone for good ----------------------------------------------------------------------
+
+    def _finish(self, cell: ActorCell, state: CellState, why: str, cause: str = "stopped",
+                error: BaseException | None = None) -> None:
+        """The actor is gone for good: fail what waits on it, tell its callers."""
+        if cell.state in DEAD_STATES:
+            return
+        hub = self._hub
+        hub.gone[cell.id] = why
+        self._release_name(cell)
+        cell.state = state
+        if cell.supervisor is not None:
+            cell.supervisor.remove(cell)
+        if cell.kids is not None:
+            self._stop_kids(cell, f"their parent {cell.describe()} stopped")
+
+        about = why if cell.describe() in why else f"{cell.describe()} {why}"
+
+        def failure(reply: Reply[Any]) -> BaseException:
+            if state == "failed":
+                exc: BaseException = ActorCrashed(f"{reply.describe}: {about}", "start")
+                exc.__cause__ = error
+                return exc
+            if cause not in ("stopped",):
+                return ActorCrashed(f"{reply.describe}: {about}", cause)
+            return ActorStopped(f"{reply.describe}: {about}")
+
+        hub.fail_pending(cell.id, failure)
+        with hub.drain_lock:
+            chan = hub.outbound.pop(cell.id, None)
+            inchan = hub.inbound.pop(cell.id, None)
+        unsent: list[tuple[Any, ...]] = []
+        if chan is not None:
+            unsent = hub.close_channel(chan, about)
+            chan.close()
+        if inchan is not None:
+            inchan.close()
+        dead_letter_queued(cell, why, self._dead, unsent)
+        for other in self._cells.values():
+            if other.ctrl is not None and cell.id in other.outbound:
+                try:
+                    control.send(other.ctrl, (Ctl.GONE, cell.id, why))
+                except OSError:
+                    pass
+        cell.exited.set()
+        cell.ready.set()
+        self._publish(EventKind.STOPPED, cell, None if cause == "stopped" else cause, about)
+        self._finished.append(cell.id)
+        self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """Past ``stopped_kept`` actors gone for good, forget the oldest: its record (no
+        longer in ``metrics()``), and its shared memory and doorbell (loop thread)."""
+        while len(self._finished) > self.config.stopped_kept and not self._closing:
+            cell = self._cells.get(self._finished[0])
+            if cell is not None and cell.proc is not None:
+                return  # its process is still on its way out: next time
+            self._finished.popleft()
+            if cell is None:
+                continue
+            with self._lock:
+                del self._cells[cell.id]
+            for seg in cell.inbound.values():
+                seg.close()
+                seg.unlink()
+            cell.inbound.clear()
+            cell.ctl.close()
+            cell.ctl.seg.unlink()
+            cell.spec.close()
+            cell.spec.unlink()
+            os.close(cell.efd)
+
+    def _release_name(self, cell: ActorCell) -> None:
+        with self._lock:
+            if self._names.get(cell.name) == cell.id:
+                del self._names[cell.name]
+
+    # -- monitors (loop thread) -------------------------------------------------------------
+
+    def _monitor(self) -> None:
+        """Kill actors whose handler hangs past ``hang_timeout`` or that pass ``max_rss``."""
+        if self._closing or self._hub.loop is None:
+            return
+        now_ns = time.monotonic_ns()
+        for cell in list(self._cells.values()):
+            opts = cell.options
+            if cell.state != "running" or cell.proc is None or cell.killed_for:
+                continue
+            slots = cell.ctl.slots
+            since = slots[C_SINCE]
+            if (opts.hang_timeout and slots[C_BUSY] and since
+                    and now_ns - since > opts.hang_timeout * 1e9):
+                cell.killed_for = "hang"
+                self._kill(cell)
+                continue
+            if opts.max_rss and cell.pid:
+                try:
+                    rss = psutil.Process(cell.pid).memory_info().rss
+                except psutil.Error:
+                    continue
+                if rss > opts.max_rss:
+                    cell.killed_for = "oom"
+                    self._kill(cell)
+        self._hub.loop.call_later(self.config.monitor_interval, self._monitor)
+
+    # -- the facade's operations (user threads) ---------------------------------------
+
+    def spawn_under(self, supervisor: Supervisor, cls: type[A], args: tuple[Any, ...],
+                     kwargs: dict[str, Any], name: str | None,
+                    restart: str) -> ActorRef[A]:
+        """Start an actor of *cls* under *supervisor* (``ActorSystem.spawn``'s checks)."""
+        self.check_open()
+        if not (isinstance(cls, type) and issubclass(cls, Actor)):
+            msg = f"spawn() needs a subclass of actorq.Actor, not {cls!r}"
+            raise TypeError(msg)
+        options = kwargs.pop("actor_options", None) or getattr(cls, "actor_options", None)
+        if options is None:
+            options = ActorOptions()
+        if not isinstance(options, ActorOptions):
+            msg = f"actor_options must be an actorq.ActorOptions, not {options!r}"
+            raise TypeError(msg)
+        _serialization.check_picklable(f"{cls.__name__}()", args, kwargs)
+        try:
+            blob = _serialization.dumps_code((cls, args, kwargs))
+        except Exception as exc:
+            msg = f"cannot send {cls.__name__} or its arguments to a new process: {exc}"
+            raise TypeError(msg) from exc
+        return self._spawn_blob(blob, cls.__name__, handler_names(cls), name, restart,
+                                supervisor, options)
+
+
+    def supervisor_under(self, parent: Supervisor, strategy: str, max_restarts: int,
+                          within: float, backoff: Backoff | None,
+                         name: str | None) -> Supervisor:
+        """Create a supervisor under *parent*."""
+        self.check_open()
+        with self._lock:
+            if parent.state != "running":
+                msg = f"supervisor {parent.name!r} is stopped"
+                raise ActorStopped(msg)
+            name = name or f"supervisor-{len(parent.children) + 1}"
+            return Supervisor(self, name, strategy=strategy, max_restarts=max_restarts,
+                              within=within, backoff=backoff, parent=parent)
+
+    def stop_supervisor(self, sup: Supervisor) -> None:
+        """Stop *sup*'s whole subtree for good; blocks until every actor in it is gone."""
+        cells = sup.cells()
+        sup.mark_stopped()
+        if sup.parent is not None:
+            sup.parent.remove(sup)
+        for cell in reversed(cells):
+            self.stop_actor(cell.id, None)
+
+
+    def lookup(self, name: str) -> ActorRef[Any]:
+        """Return the ref of the live actor registered as *name* (``KeyError`` if none)."""
+        with self._lock:
+            cell = self._cells.get(self._names.get(name, -1))
+        if cell is None or cell.state in DEAD_STATES:
+            msg = f"no actor named {name!r}"
+            raise NoSuchActor(msg)
+        return ActorRef(self._hub, self.run_id, cell.id, cell.name, cell.handlers,
+                        cell.cls_name)
+
+    def stop_actor(self, actor_id: int, timeout: float | None = None) -> None:
+        """Stop an actor for good; blocks until its process is gone (see ``ActorSystem.stop``)."""
+        cell = self._cells.get(actor_id)
+        if cell is not None:
+            self._stop_cell(cell, timeout)
+
+    def _stop_cell(self, cell: ActorCell, timeout: float | None) -> None:
+        if cell.state in DEAD_STATES:
+            return
+        deadline = Deadline.after(timeout if timeout is not None else self.config.stop_timeout)
+        cell.ready.wait(deadline.remaining())  # let a starting process come up first
+        done = threading.Event()
+
+        def request() -> None:
+            self.finish_group([cell], "it was stopped")
+            done.set()
+
+        self._on_loop(request)
+        done.wait(5.0)
+        if not cell.exited.wait(deadline.remaining() + 0.5):
+            self._kill_late(cell, deadline.timeout)
+        cell.exited.wait(self.config.stop_timeout)
+        settled = threading.Event()
+        self._on_loop(settled.set)  # the loop has handled the exit
+        settled.wait(2.0)
+
+    def subscribe(self, listener: Callable[[ActorEvent], object]) -> Callable[[], None]:
+        """Call ``listener(event)`` for every lifecycle event of every actor from now on.
+
+        Events (:class:`ActorEvent`): ``started``, ``crashed`` (with its cause),
+        ``restarted``, ``stopped``, ``gave_up``, ``escalated``. The listener runs on the
+        system's loop thread: it must be quick and must not block. Returns a function
+        that unsubscribes it.
+        """
+        return self._bus.subscribe(listener)
+
+    def _kill_late(self, cell: ActorCell, seconds: float) -> None:
+        if cell.proc is not None:
+            logger.warning("%s did not stop within %gs: killing it", cell.describe(), seconds)
+            self._kill(cell)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Messages that were never handled (their actor stopped) or that poisoned it."""
+        return self._dead.snapshot()
+
+    def statistics(self) -> tuple[SystemStatistics, dict[str, ActorStatistics]]:
+        """Snapshots of the system and of every actor it knows (by name)."""
+        open_ = not self._closed
+        actors = {}
+        for cell in list(self._cells.values()):
+            try:
+                actors[cell.name] = actor_statistics(cell, self.config.window,
+                                                     with_mailbox=open_)
+            except ValueError:  # forgotten meanwhile (_forget_oldest): its rings released
+                continue
+        sent, received = oob_traffic()
+        system = SystemStatistics(self.run_id, dict(self._counts.counts), self._dead.total,
+                                  self._closed, oob_bytes_sent=sent,
+                                  oob_bytes_received=received)
+        if open_:
+            wakeups, lost = hub_figures(self._hub.ctl)
+            system = dataclasses.replace(system, pending_replies=len(self._hub.pending),
+                                         wakeups=wakeups, lost_wakeups=lost)
+        return system, actors
+
+    def metrics(self) -> dict[str, Any]:
+        """A snapshot: per actor (by name) state, pid, restarts, crashes by cause, mailbox.
+
+        ``system`` holds the counts of supervisor events (``restarted``, ``gave_up``,
+        ``escalated``, ``crash:<cause>``), dead letters and the hub's own figures. Plain
+        data built from ``statistics()``.
+        """
+        system, actors = self.statistics()
+        return {"actors": {name: st.as_dict() for name, st in actors.items()},
+                "system": system.as_dict()}
+
+    def wait_ready(self, actor_id: int, timeout: float | None = None) -> None:
+        """Block until the actor has started (constructor and ``on_start`` done)."""
+        cell = self._cells.get(actor_id)
+        if cell is None:
+            msg = f"no actor #{actor_id} (it never existed, or stopped long ago)"
+            raise NoSuchActor(msg)
+        if not cell.ready.wait(timeout if timeout is not None else self.config.start_timeout):
+            msg = f"{cell.describe()} did not start in time"
+            raise StartTimeout(msg)
+
+    def pid_of(self, actor_id: int) -> int | None:
+        """The pid of the process running (or booting) the actor; None without one."""
+        cell = self._cells.get(actor_id)
+        return cell.pid if cell is not None and cell.proc is not None else None
+
+
+    def check_open(self) -> None:
+        """Raise ``ActorStopped`` once the system is closing."""
+        if self._closing:
+            msg = "the actor system is closed"
+            raise ActorStopped(msg)
+
+
+    def close(self) -> None:
+        """Stop every actor, join every process, unlink every segment; idempotent.
+
+        Actors get ``stop_timeout`` to finish their current message; past half a second
+        of waiting, a one-line notice says so (see ``notice``). A ``KeyboardInterrupt``
+        during that wait (a second Ctrl-C) kills them at once; everything is still
+        joined and unlinked, and the interrupt is raised again afterwards.
+        """
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        LIVE_RUNTIMES.discard(self)
+        self.root.state = "stopped"
+        cells = list(self._cells.values())
+        interrupted: KeyboardInterrupt | None = None
+        try:
+            self._spares.close()  # no refills from here on
+            # The starter thread is the parent thread of every process under fork and
+            # spawn (PR_SET_PDEATHSIG fires when it exits): it is shut down last.
+            self._on_loop(self.finish_group, cells, "the actor system was closed")
+            self._wait_stopped(cells)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            for cell in cells:
+                self._kill(cell)
+        try:
+            self._teardown(cells)
+        except BaseException:
+            # interrupted once more: the processes and the segments go regardless
+            for cell in cells:
+                self._kill(cell)
+            unlink_prefix(self.run_id)
+            raise
+        if interrupted is not None:
+            raise interrupted
+
+    def _wait_stopped(self, cells: list[ActorCell]) -> None:
+        """Wait up to ``stop_timeout`` for every actor to stop; kill those that do not."""
+        deadline = Deadline.after(self.config.stop_timeout)
+        told = False
+        for cell in cells:
+            if cell.proc is None:
+                continue
+            if not told and not cell.exited.wait(min(NOTICE_AFTER, deadline.remaining())):
+                told = True
+                live = sum(1 for c in cells if c.proc is not None and not c.exited.is_set())
+                notice(f"waiting up to {deadline.remaining():.1f}s for {live} actor(s) to "
+                       "finish their current message and stop (Ctrl-C kills them now)")
+            if cell.proc is not None and not cell.exited.wait(deadline.remaining()):
+                self._kill_late(cell, self.config.stop_timeout)
+        for cell in cells:
+            if cell.proc is not None:
+                cell.exited.wait(5.0)
+
+    def _teardown(self, cells: list[ActorCell]) -> None:
+        self._spares.close()
+        self._stop_loop()
+        for cell in cells:
+            self._reap(cell)
+        self._starter.shutdown(wait=True)
+        for reply in list(self._hub.pending.values()):
+            reply.set_exception(ActorStopped(f"{reply.describe}: the actor system was closed"))
+        self._hub.pending.clear()
+        self._closed = True
+        self._release_all(cells)
+        unregister_hub(self.run_id)
+
+    def _stop_loop(self) -> None:
+        loop = self._hub.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(loop.stop)
+            except RuntimeError:
+                pass
+        self._thread.join(10)
+
+    def _reap(self, cell: ActorCell) -> None:
+        proc = cell.proc
+        if proc is None:
+            return
+        proc.join(self.config.stop_timeout)
+        if proc.exitcode is None:
+            kill_tree(proc.pid)
+            proc.join(5)
+        if cell.ctrl is not None:
+            cell.ctrl.close()
+        cell.proc = cell.ctrl = None
+
+    def _release_all(self, cells: list[ActorCell]) -> None:
+        hub = self._hub
+        for chan in list(hub.outbound.values()):
+            chan.close()
+        for inchan in list(hub.inbound.values()):
+            inchan.close()
+        hub.outbound.clear()
+        hub.inbound.clear()
+        for cell in cells:
+            for seg in cell.inbound.values():
+                seg.close()
+            cell.ctl.close()
+            cell.spec.close()
+            os.close(cell.efd)
+        hub.pool.close()
+        hub.ctl.close()
+        os.close(hub.efd)
+        unlink_prefix(self.run_id)
+
+
+LIVE_RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()  # open, not closed yet
+NOTICE_AFTER = 0.5  # seconds close() waits for actors before it says that it waits
+
+
+def notice(text: str) -> None:
+    """Tell the user something they are waiting on: a warning of the ``actorq`` logger.
+
+    Without any logging configured (only the library's NullHandler), the warning would be
+    swallowed, so the line goes to stderr instead, prefixed with ``actorq:``.
+    """
+    configured = logging.getLogger().handlers or any(
+        not isinstance(h, logging.NullHandler) for h in logger.handlers)
+    if configured:
+        logger.warning("%s", text)
+    else:
+        sys.stderr.write(f"actorq: {text}\n")
+        sys.stderr.flush()
