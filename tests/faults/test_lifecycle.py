@@ -175,25 +175,27 @@ def test_a_second_ctrl_c_while_close_waits_still_unlinks_everything(tmp_path):
     script = tmp_path / "prog.py"
     script.write_text(textwrap.dedent(
         """
-        import os, time, actorq
+        import os, sys, time, actorq
         class Busy(actorq.Actor):
             def pid(self):
                 return os.getpid()
-            def work(self):
+            def work(self, path):
+                open(path, "w").close()
                 time.sleep(120)
         if __name__ == "__main__":
             with actorq.ActorSystem(stop_timeout=60) as s:
                 r = s.spawn(Busy)
                 others = [s.spawn(Busy) for _ in range(2)]
                 pids = [x.pid().result(timeout=30) for x in (r, *others)]
-                r.work()
-                while s.metrics()["actors"][r.name]["handled"] < 1:
-                    time.sleep(0.01)  # pid() is done: work() runs now
+                r.work(sys.argv[1])
+                while not os.path.exists(sys.argv[1]):
+                    time.sleep(0.01)  # work() runs now (queued, it would see the stop)
                 print(s.run_id, *pids, flush=True)
                 time.sleep(120)
         """))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "working")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     errors: list[str] = []
     reader = threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True)
     reader.start()
