@@ -1,6 +1,7 @@
-"""Overload: a slow actor offered 10x its capacity, beside an unbounded multiprocessing.Queue.
+"""The ``overload`` suite: a slow actor offered 10x its capacity, beside an unbounded mp.Queue.
 
-    python benchmarks/bench_overload.py [--quick] [--results-dir DIR]
+    actorq bench overload [--quick] [--repeats N] [--out DIR]
+    python benchmarks/bench_overload.py [--quick] [--results-dir DIR]   (the same)
 
 A consumer whose handler burns a fixed CPU time per message (200 µs of its thread's CPU
 time, ``time.thread_time``) is measured in one run:
@@ -37,9 +38,8 @@ time, ``time.thread_time``) is measured in one run:
    flow control on (the default window) and effectively off (``window=10**9``: the
    credit check never waits), each repeat in a fresh system, the two interleaved.
 
-Prints the tables and writes results/overload.json, results/overload.md and
-results/overload.png (matplotlib, from the ``bench`` extra; the plot is skipped with a
-note when it is missing).
+Its report adds overload.png (matplotlib, from the ``plot`` extra; the plot is skipped
+with a note when it is missing).
 
 The counters and per-message records live in a file mapping under /dev/shm that the
 consumer (actor, process or Ray worker alike) writes and this process reads, so that
@@ -51,19 +51,15 @@ top-level imports stay light (matplotlib is imported where the plot is drawn).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import importlib.util
 import itertools
-import json
-import logging
 import math
 import mmap
 import multiprocessing
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -78,18 +74,12 @@ from actorq.bench import (
     BenchResult,
     Case,
     Verdict,
-    code_version,
     format_value,
-    machine_info,
     measure_interleaved,
     percentile,
-    render_markdown,
-    results_table,
-    verdicts_table,
-    write_atomic,
 )
+from actorq.bench.suite import Plot, Suite, SuiteOptions, SuiteReport
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 2**20
 REPLY_TIMEOUT = 60.0  # every wait is bounded: a wedged consumer fails the run, never hangs it
 JOIN_TIMEOUT = 5.0
@@ -102,10 +92,13 @@ FULL: dict[str, Any] = {
     "rss_growth_mib": 5.0, "tells": 200_000, "tell_warmup": 20_000, "fast_repeats": 7,
     "drain_timeout_s": 120.0, "ray_max_pending": 1024, "open_channels_first": True,
 }
+# Seconds, for CI and a first look: a 1.5 s overload shows the shape, not the figures.
 QUICK: dict[str, Any] = {
-    **FULL, "overload_s": 5.0, "unloaded_s": 0.75, "unloaded_repeats": 2,
-    "tells": 100_000, "tell_warmup": 10_000, "fast_repeats": 3,
+    **FULL, "overload_s": 1.5, "warmup_s": 0.3, "interval_s": 0.1, "unloaded_s": 0.3,
+    "unloaded_repeats": 1, "tells": 10_000, "tell_warmup": 1000, "fast_repeats": 2,
+    "drain_timeout_s": 60.0,
 }
+REPEAT_KEYS = ("unloaded_repeats", "fast_repeats")
 
 # The cases; verdicts and the plot refer to them by these names.
 FIXED = "actorq fixed window"
@@ -136,8 +129,6 @@ RECORD_CAPACITY = 1 << 18  # records kept, a ring
 FIELDS = 3  # per record: handled_at (time.time()), latency (s), producer id
 
 
-
-REPO = Path(__file__).resolve().parent.parent
 
 def shm_dir() -> str | None:
     """/dev/shm when usable (no disk under the records), else the default temp dir."""
@@ -1339,19 +1330,9 @@ def for_report(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             for name, s in summaries.items()}
 
 
-def write_report(results: Sequence[BenchResult], checks: Sequence[Verdict],
-                 summaries: Mapping[str, Mapping[str, Any]], waits: Mapping[str, list[int]],
-                 path_json: Path, path_md: Path, png: Path | None, *, title: str,
-                 meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Like ``actorq.bench.write_results``, plus the overload table, the plot's link and
-    (JSON) every time series."""
-    machine = machine_info()
-    doc = {"title": title, "machine": machine, "meta": dict(meta),
-           "verdicts": [v.summary() for v in checks],
-           "results": [r.summary() for r in results],
-           "overload": json_ready(for_report(summaries)),
-           "fast_path_credit_waits": dict(waits)}
-    page = render_markdown(results, checks, machine, title=title, meta=meta)
+def overload_sections(summaries: Mapping[str, Mapping[str, Any]],
+                      waits: Mapping[str, list[int]]) -> list[str]:
+    """The Markdown sections: the overload table, observations, the fast path."""
     section = [
         "## Overload", "",
         "Producers offer the load below to one consumer (4 threads of the user process and "
@@ -1368,20 +1349,10 @@ def write_report(results: Sequence[BenchResult], checks: Sequence[Verdict],
     notes = observations(summaries)
     if notes:
         section += ["Observations:", "", *(f"- {n}" for n in notes), ""]
-    if png is not None:
-        section += [f"![memory, throughput, backlog and latency over time]({png.name})", ""]
-    section += ["## Fast path", "",
-                f"Credit waits during the timed tells, per repeat: ON {waits.get(FAST_ON)}, "
-                f"OFF {waits.get(FAST_OFF)}.", ""]
-    page = page.replace("## Results\n", "\n".join(section) + "\n## Results\n", 1)
-    write_atomic(path_json, json.dumps(doc, indent=2, ensure_ascii=False,
-                                       allow_nan=False) + "\n")
-    write_atomic(path_md, page)
-    return doc
-
-
-
-
+    fast = ["## Fast path", "",
+            f"Credit waits during the timed tells, per repeat: ON {waits.get(FAST_ON)}, "
+            f"OFF {waits.get(FAST_OFF)}.", ""]
+    return ["\n".join(section), "\n".join(fast)]
 
 
 def run_all(p: Mapping[str, Any], only: Sequence[str] = CASES, fast: bool = True,
@@ -1403,44 +1374,27 @@ def run_all(p: Mapping[str, Any], only: Sequence[str] = CASES, fast: bool = True
     return results, summaries, waits
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 s overloads, fewer repeats")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS,
-                        help=f"where overload.json/.md/.png go (default {RESULTS})")
-    args = parser.parse_args(argv)
-    p = QUICK if args.quick else FULL
-    logging.basicConfig(level=logging.WARNING)
-    started, load_before = time.monotonic(), os.getloadavg()
-
-    def progress(text: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f} s] {text} ...", file=sys.stderr, flush=True)
-
-    results, summaries, waits = run_all(p, progress=progress)
+def run_overload(options: SuiteOptions) -> SuiteReport:
+    """Unloaded rates, the overloads, the fast path; return the report with its plot."""
+    p = options.parameters(FULL, QUICK, REPEAT_KEYS)
+    results, summaries, waits = run_all(p, progress=options.say)
     checks = verdicts(summaries, results, p)
-    title = "actorq overload benchmark" + (" (quick)" if args.quick else "")
-    png = args.results_dir / "overload.png"
-    why_not = plot(summaries, png, title)
-    meta = {"mode": "quick" if args.quick else "full", "code": code_version(REPO),
-            "wall_seconds": round(time.monotonic() - started, 1),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "plot": why_not or png.name, "parameters": p}
-    out_json, out_md = args.results_dir / "overload.json", args.results_dir / "overload.md"
-    write_report(results, checks, summaries, waits, out_json, out_md,
-                 None if why_not else png, title=title, meta=meta)
-    print(verdicts_table(checks))
-    print()
-    print(overload_table(summaries))
-    print()
-    for note in observations(summaries):
-        print(f"- {note}")
-    print()
-    print(results_table(results))
-    print(f"\n{meta['mode']} run took {meta['wall_seconds']} s; wrote {out_json}, {out_md}"
-          + ("" if why_not else f" and {png}"))
-    return 0
+    title = "actorq overload benchmark" + (" (quick)" if options.quick else "")
+    extra = {"overload": json_ready(for_report(summaries)),
+             "fast_path_credit_waits": dict(waits)}
+    graph = Plot("overload.png", "memory, throughput, backlog and latency over time",
+                 lambda path: _draw(summaries, path, title))
+    return SuiteReport("overload", title, results, checks, meta={"parameters": p},
+                       extra=extra, sections=overload_sections(summaries, waits),
+                       plots=[graph])
 
 
-if __name__ == "__main__":  # needed: every actor process imports this script again
-    sys.exit(main())
+def _draw(summaries: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> None:
+    why_not = plot(summaries, path, title)
+    if why_not is not None:
+        raise RuntimeError(why_not)
+
+
+SUITE = Suite("overload", "a slow actor offered 10x its capacity (fixed and adaptive "
+              "window) vs an unbounded mp.Queue; memory, latency, fairness, fast-path cost",
+              run_overload, repeat_keys=REPEAT_KEYS)

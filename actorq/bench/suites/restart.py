@@ -1,6 +1,7 @@
-"""Restart latency: actorq side by side with multiprocessing and loky (and Ray if present).
+"""The ``restart`` suite: restart latency beside multiprocessing and loky (and Ray if present).
 
-    python benchmarks/bench_restart.py [--quick] [--results-dir DIR]
+    actorq bench restart [--quick] [--repeats N] [--out DIR]
+    python benchmarks/bench_restart.py [--quick] [--results-dir DIR]   (the same)
 
 Restart latency is the time from the SIGKILL of an actor's process to the next call
 answered by its new process (``time.perf_counter``; the call is issued right after the
@@ -25,13 +26,10 @@ taken by the previous restart is started again meanwhile, and nothing is left ru
 from the previous sample. Whether the new process existed before the kill (a warm
 spare was used) is checked for every actorq restart.
 
-Prints the tables and writes results/restart.json and results/restart.md.
-
-Under forkserver, multiprocessing runs the main script again (as ``__mp_main__``) in
-every new process, so the script's own imports are on the path of every cold start
-(actorq's cold restart and the plain Process alike; a warm spare paid it beforehand).
-The top-level imports are therefore what actorq loads anyway; json, argparse and
-``actorq.bench`` are imported where used.
+Under forkserver, a cold start imports this module (the actor class is pickled by
+reference), so its imports are on the path of every cold start (actorq's cold restart
+and the plain Process alike; a warm spare paid it beforehand). The top-level imports
+are therefore what actorq loads anyway; ``actorq.bench`` is imported where used.
 """
 
 from __future__ import annotations
@@ -47,15 +45,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import actorq
+from actorq.bench.suite import Suite, SuiteOptions, SuiteReport
 
 if TYPE_CHECKING:
     from actorq.bench import BenchResult, Verdict
 
-RESULTS = Path(__file__).resolve().parent / "results"
 REPLY_TIMEOUT = 30.0  # every wait is bounded: a wedged restart fails the run, never hangs it
 JOIN_TIMEOUT = 5.0
 TARGET_P50_MS = 10.0
@@ -64,7 +61,7 @@ FLOOR_GROUP = "kernel floor"
 STOP = "stop"
 
 FULL = {"repeats": 30, "rounds": 3, "warmup": 1, "settle": 0.15}
-QUICK = {"repeats": 10, "rounds": 2, "warmup": 1, "settle": 0.1}
+QUICK = {"repeats": 3, "rounds": 1, "warmup": 1, "settle": 0.05}
 
 # The cases (rows); the verdicts refer to them by these names.
 FS_SPARE = "actorq forkserver + spare"
@@ -86,9 +83,6 @@ class Target(actorq.Actor):
     def pid(self) -> int:
         return os.getpid()
 
-
-
-REPO = Path(__file__).resolve().parent.parent
 
 def new_block() -> dict[str, Any]:
     """What one block of restarts reports (a plain dict: this module may be loaded from
@@ -528,77 +522,34 @@ def latency_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: list[BenchResult], checks: list[Verdict],
-                 rows: list[dict[str, Any]], path_json: Path, path_md: Path, *, title: str,
-                 meta: Mapping[str, Any]) -> None:
-    """Like ``actorq.bench.write_results``, plus the p50/p99 table (JSON: ``latency``)."""
-    import json
-
-    from actorq.bench import machine_info, render_markdown, write_atomic
-
-    machine = machine_info()
-    doc = {"title": title, "machine": machine, "meta": dict(meta),
-           "verdicts": [v.summary() for v in checks], "latency": rows,
-           "results": [r.summary() for r in results]}
-    page = render_markdown(results, checks, machine, title=title, meta=meta)
+def latency_section(rows: list[dict[str, Any]]) -> str:
+    """The Markdown section of the p50/p99 table."""
     n = max((row["n"] for row in rows), default=0)
-    section = ("## Restart latency\n\nTime from SIGKILL to the next call answered by a new "
-               f"process (peers: see each row's note in Results). With {n} samples, p99 "
-               "lies between the two largest.\n\n" + latency_table(rows) + "\n\n")
-    page = page.replace("## Results\n", section + "## Results\n", 1)
-    write_atomic(path_json, json.dumps(doc, indent=2, ensure_ascii=False,
-                                       allow_nan=False) + "\n")
-    write_atomic(path_md, page)
+    return ("## Restart latency\n\nTime from SIGKILL to the next call answered by a new "
+            f"process (peers: see each row's note in Results). With {n} samples, p99 "
+            "lies between the two largest.\n\n" + latency_table(rows) + "\n")
 
 
-
-
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from actorq.bench import results_table, verdicts_table
-
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer restarts")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS,
-                        help=f"where restart.json/.md go (default {RESULTS})")
-    args = parser.parse_args(argv)
-    p = QUICK if args.quick else FULL
+def run_restart(options: SuiteOptions) -> SuiteReport:
+    """Run every restart case in rounds; return the report (JSON ``latency``: p50/p99)."""
+    p = options.parameters(FULL, QUICK, ("repeats",))
     # actorq logs a warning per crash and per restart: expected here by the hundred.
-    logging.getLogger("actorq").setLevel(logging.ERROR)
-    started, load_before = time.monotonic(), os.getloadavg()
-
-    def progress(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    blocks = run_cases(p, progress=progress)
+    log = logging.getLogger("actorq")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        blocks = run_cases(p, progress=options.say)
+    finally:
+        log.setLevel(level)
     results = to_results(blocks)
-    checks = verdicts(results)
     rows = latency_rows(results, blocks)
-    title = "actorq restart benchmarks" + (" (quick)" if args.quick else "")
-    from actorq.bench import code_version
-
-    meta = {"mode": "quick" if args.quick else "full", "code": code_version(REPO),
-            "wall_seconds": round(time.monotonic() - started, 1),
-            # other work on the machine skews every figure: a load above 0 before the
-            # run means someone else was using the CPUs
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "actorq_log_level": "ERROR (its warning per crash and restart is off)",
-            "writes_bytecode": not sys.dont_write_bytecode,
-            "parameters": p}
-    out_json, out_md = args.results_dir / "restart.json", args.results_dir / "restart.md"
-    write_report(results, checks, rows, out_json, out_md, title=title, meta=meta)
-    print(verdicts_table(checks))
-    print()
-    print(latency_table(rows))
-    print()
-    print(results_table(results))
-    print(f"\n{meta['mode']} run took {meta['wall_seconds']} s; wrote {out_json} and {out_md}")
-    return 0
+    title = "actorq restart benchmarks" + (" (quick)" if options.quick else "")
+    meta = {"actorq_log_level": "ERROR (its warning per crash and restart is off)",
+            "writes_bytecode": not sys.dont_write_bytecode, "parameters": p}
+    return SuiteReport("restart", title, results, verdicts(results), meta=meta,
+                       extra={"latency": rows}, sections=[latency_section(rows)])
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+SUITE = Suite("restart", "SIGKILL of an actor to the next call answered by its new process; "
+              "vs mp.Process start, loky worker recovery, Ray", run_restart,
+              repeat_keys=("repeats",))

@@ -1,6 +1,7 @@
-"""Transport benchmarks: actorq side by side with multiprocessing and faster_fifo.
+"""The ``messaging`` suite: actorq side by side with multiprocessing, faster_fifo and task pools.
 
-    python benchmarks/bench_transport.py [--quick] [--results-dir DIR]
+    actorq bench messaging [--quick] [--repeats N] [--out DIR]
+    python benchmarks/bench_transport.py [--quick] [--results-dir DIR]   (the same)
 
 Measured in one run, each as several repeats (median and spread), the actorq side and
 its peer interleaved repeat by repeat:
@@ -9,27 +10,24 @@ its peer interleaved repeat by repeat:
   returns how many the actor received, against multiprocessing.Queue and faster_fifo;
 - call round trip: p50 and p99 over sequential ``ref.echo(i).result()`` calls, against
   a multiprocessing.Pipe echo process;
-- pipelined calls: 1000 outstanding ``ref.echo(i)``, then wait for all (calls/s);
+- pipelined calls: 1000 outstanding ``ref.echo(i)``, then wait for all (calls/s),
+  against ``multiprocessing.Pool.apply_async``, ``ProcessPoolExecutor.submit``, loky
+  and Dask (where installed), each with one worker process;
 - an 8 MiB numpy array sent to an actor that returns its nbytes (GB/s), against
   ``Connection.send`` of the same array to a process that replies with its nbytes;
 - an idle actor: USS (MiB) and CPU % of its process over 2 s of idling.
 
-Prints the tables and writes results/transport.json and results/transport.md.
-
-numpy is imported only where the array benchmark needs it: multiprocessing imports the
-main module again in every actor process (forkserver and spawn), so each top-level
-import of this script would be counted in the idle actor's memory (numpy: ~8 MiB USS).
+numpy is imported only where the array benchmark needs it: this module's imports are
+paid for in every process that unpickles its actor classes (the idle actor's memory
+would count numpy's ~8 MiB USS).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -40,20 +38,17 @@ from actorq.bench import (
     Case,
     Verdict,
     check,
-    code_version,
     compare,
+    executors,
     measure_interleaved,
     percentile,
-    results_table,
-    verdicts_table,
-    write_results,
 )
 from actorq.bench.peers import FasterFifoSink, PipeEcho, PipeSink, QueueSink, faster_fifo_missing
+from actorq.bench.suite import Suite, SuiteOptions, SuiteReport
 
 if TYPE_CHECKING:
     import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 2**20
 ARRAY_BYTES = 8 * MIB
 REPLY_TIMEOUT = 60.0
@@ -62,10 +57,13 @@ FULL = {"tells": 200_000, "tell_repeats": 5, "calls": 5000, "call_repeats": 5,
         "pipelined": 1000, "pipelined_batches": 5, "pipelined_repeats": 7,
         "arrays": 10, "array_repeats": 7, "idle_repeats": 3, "idle_settle": 1.0,
         "idle_window": 2.0, "warmup": 1}
-QUICK = {"tells": 50_000, "tell_repeats": 3, "calls": 2000, "call_repeats": 3,
-         "pipelined": 1000, "pipelined_batches": 2, "pipelined_repeats": 3,
-         "arrays": 4, "array_repeats": 3, "idle_repeats": 2, "idle_settle": 1.0,
-         "idle_window": 2.0, "warmup": 1}
+# Seconds, for CI and a first look; the figures are rough.
+QUICK = {"tells": 20_000, "tell_repeats": 3, "calls": 500, "call_repeats": 3,
+         "pipelined": 200, "pipelined_batches": 1, "pipelined_repeats": 3,
+         "arrays": 2, "array_repeats": 3, "idle_repeats": 1, "idle_settle": 0.3,
+         "idle_window": 0.5, "warmup": 1}
+REPEAT_KEYS = ("tell_repeats", "call_repeats", "pipelined_repeats", "array_repeats",
+               "idle_repeats")
 
 
 class Idle(actorq.Actor):
@@ -103,9 +101,6 @@ class Sink(actorq.Actor):
 
 
 # -- the actorq side --------------------------------------------------------------------
-
-
-REPO = Path(__file__).resolve().parent.parent
 
 def actorq_tells(ref: actorq.ActorRef[Sink], n: int) -> None:
     tell = ref.tell
@@ -210,13 +205,31 @@ def bench_calls(system: actorq.ActorSystem, p: dict[str, Any]) -> list[BenchResu
 
 
 def bench_pipelined(system: actorq.ActorSystem, p: dict[str, Any]) -> list[BenchResult]:
-    n, batches = p["pipelined"], p["pipelined_batches"]
+    n, batches, group = p["pipelined"], p["pipelined_batches"], "pipelined calls"
+    note = f"{n} outstanding calls, then wait all; {batches} batches per repeat"
     ref = system.spawn(Sink, name="pipelined")
     ref.echo(0).result(timeout=REPLY_TIMEOUT)
-    case = Case("actorq pipelined call", actorq_pipelined, (ref, n, batches), unit="calls/s",
-                work=n * batches, group="pipelined calls",
-                note=f"{n} outstanding calls, then wait all; {batches} batches per repeat")
-    return run([case], p["pipelined_repeats"], p["warmup"])
+    cases = [Case("actorq pipelined call", actorq_pipelined, (ref, n, batches),
+                  unit="calls/s", work=n * batches, group=group, note=note)]
+    skipped: list[BenchResult] = []
+    peers: list[executors.TaskPeer] = []
+    try:
+        for name in executors.PEERS:
+            reason = executors.missing(name)
+            if reason is not None:
+                skipped.append(BenchResult.skip(name, reason, unit="calls/s", group=group,
+                                                higher_is_better=True))
+                continue
+            peer = executors.open_peer(name)
+            peers.append(peer)
+            peer.pipelined(1, 1)  # the worker is up before the first timed repeat
+            cases.append(Case(name, peer.pipelined, (n, batches), unit="calls/s",
+                              work=n * batches, group=group,
+                              note=note + "; one worker process, echo(i) by reference"))
+        return [*run(cases, p["pipelined_repeats"], p["warmup"]), *skipped]
+    finally:
+        for peer in peers:
+            peer.close()
 
 
 def bench_arrays(system: actorq.ActorSystem, p: dict[str, Any]) -> list[BenchResult]:
@@ -325,59 +338,47 @@ def run(cases: list[Case], repeats: int, warmup: int) -> list[BenchResult]:
 
 def verdicts(results: list[BenchResult]) -> list[Verdict]:
     by = {r.name: r for r in results}
-    return [
+    out = [
         compare(by["actorq tell"], by["mp.Queue put"], at_least=5.0,
                 name="tell throughput / mp.Queue"),
         compare(by["actorq tell"], by["faster_fifo put"], name="tell throughput / faster_fifo"),
         compare(by["actorq call p50"], by["Pipe echo p50"], at_most=0.5,
                 name="call p50 / Pipe echo p50"),
         compare(by["actorq call p99"], by["Pipe echo p99"], name="call p99 / Pipe echo p99"),
+    ]
+    out += [compare(by["actorq pipelined call"], by[name], name=f"pipelined calls / {name}")
+            for name in executors.PEERS]
+    out += [
         compare(by["actorq call(array)"], by["Pipe send(array)"], at_least=5.0,
                 name="8 MiB array GB/s / Pipe GB/s"),
         check(by["idle actor USS"], at_most=10.0, name="idle actor USS"),
         check(by["idle actor CPU"], at_most=1.0, name="idle actor CPU"),
     ]
+    return out
 
 
+STEPS: list[Callable[[actorq.ActorSystem, dict[str, Any]], list[BenchResult]]] = [
+    bench_tells, bench_calls, bench_pipelined, bench_arrays]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer messages and repeats")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS,
-                        help=f"where transport.json/.md go (default {RESULTS})")
-    args = parser.parse_args(argv)
-    p = QUICK if args.quick else FULL
-    started, load_before = time.monotonic(), os.getloadavg()
+def run_messaging(options: SuiteOptions) -> SuiteReport:
+    """Run every messaging benchmark, then the idle actor; return the report."""
+    p = options.parameters(FULL, QUICK, REPEAT_KEYS)
     results: list[BenchResult] = []
-    steps: list[Callable[[actorq.ActorSystem, dict[str, Any]], list[BenchResult]]] = [
-        bench_tells, bench_calls, bench_pipelined, bench_arrays]
     # The system comes first: actorq configures the shared fork server's preload, which
     # only takes effect if no peer started the fork server before.
     with actorq.ActorSystem() as system:
         start_method = system.config.start_method
-        for step in steps:
-            print(f"running {step.__name__} ...", file=sys.stderr, flush=True)
+        for step in STEPS:
+            options.say(step.__name__.removeprefix("bench_"))
             results += step(system, p)
-    print("running bench_idle ...", file=sys.stderr, flush=True)
+    options.say("idle")
     results += bench_idle(p)
-    checks = verdicts(results)
-    meta = {"mode": "quick" if args.quick else "full", "code": code_version(REPO),
-            "start_method": start_method,
-            "wall_seconds": round(time.monotonic() - started, 1),
-            # other work on the machine skews every figure: a load above 0 before the
-            # run means someone else was using the CPUs
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()], "parameters": p}
-    title = "actorq transport benchmarks" + (" (quick)" if args.quick else "")
-    out_json, out_md = args.results_dir / "transport.json", args.results_dir / "transport.md"
-    write_results(results, out_json, out_md, verdicts=checks, title=title, meta=meta)
-    print(verdicts_table(checks))
-    print()
-    print(results_table(results))
-    print(f"\n{meta['mode']} run took {meta['wall_seconds']} s; wrote {out_json} and {out_md}")
-    return 0
+    title = "actorq messaging benchmarks" + (" (quick)" if options.quick else "")
+    return SuiteReport("messaging", title, results, verdicts(results),
+                       meta={"start_method": start_method, "parameters": p})
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+SUITE = Suite("messaging", "tells, calls, pipelined calls, 8 MiB arrays, idle cost; vs "
+              "mp.Queue, Pipe, Pool, ProcessPoolExecutor, faster-fifo, loky, Dask",
+              run_messaging, repeat_keys=REPEAT_KEYS)
