@@ -108,18 +108,18 @@ def _dask() -> TaskPeer:
                     lambda fs: list(client.gather(fs)), close)
 
 
-# name -> (module that must be importable, opener)
-PEERS: dict[str, tuple[str | None, Callable[[], TaskPeer]]] = {
-    "mp.Pool apply_async": (None, _mp_pool),
-    "ProcessPoolExecutor submit": (None, _executor),
-    "loky submit": ("loky", _loky),
-    "Dask submit": ("distributed", _dask),
+# name -> (short key for --set task_peers=..., module that must be importable, opener)
+PEERS: dict[str, tuple[str, str | None, Callable[[], TaskPeer]]] = {
+    "mp.Pool apply_async": ("pool", None, _mp_pool),
+    "ProcessPoolExecutor submit": ("executor", None, _executor),
+    "loky submit": ("loky", "loky", _loky),
+    "Dask submit": ("dask", "distributed", _dask),
 }
 
 
 def missing(name: str) -> str | None:
     """Why the peer *name* cannot run here (its library is not installed), or None."""
-    module = PEERS[name][0]
+    module = PEERS[name][1]
     if module is not None and importlib.util.find_spec(module) is None:
         return f"{module} is not installed (pip install {module}): peer not measured"
     return None
@@ -127,4 +127,4 @@ def missing(name: str) -> str | None:
 
 def open_peer(name: str) -> TaskPeer:
     """Start the peer *name* (a key of :data:`PEERS`) and return it; close it after."""
-    return PEERS[name][1]()
+    return PEERS[name][2]()

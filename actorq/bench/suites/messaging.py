@@ -56,12 +56,12 @@ REPLY_TIMEOUT = 60.0
 FULL = {"tells": 200_000, "tell_repeats": 5, "calls": 5000, "call_repeats": 5,
         "pipelined": 1000, "pipelined_batches": 5, "pipelined_repeats": 7,
         "arrays": 10, "array_repeats": 7, "idle_repeats": 3, "idle_settle": 1.0,
-        "idle_window": 2.0, "warmup": 1}
+        "idle_window": 2.0, "warmup": 1, "task_peers": "pool,executor,loky,dask"}
 # Seconds, for CI and a first look; the figures are rough.
 QUICK = {"tells": 20_000, "tell_repeats": 3, "calls": 500, "call_repeats": 3,
          "pipelined": 200, "pipelined_batches": 1, "pipelined_repeats": 3,
          "arrays": 2, "array_repeats": 3, "idle_repeats": 1, "idle_settle": 0.3,
-         "idle_window": 0.5, "warmup": 1}
+         "idle_window": 0.5, "warmup": 1, "task_peers": "pool,executor,loky,dask"}
 REPEAT_KEYS = ("tell_repeats", "call_repeats", "pipelined_repeats", "array_repeats",
                "idle_repeats")
 
@@ -214,8 +214,11 @@ def bench_pipelined(system: actorq.ActorSystem, p: dict[str, Any]) -> list[Bench
     skipped: list[BenchResult] = []
     peers: list[executors.TaskPeer] = []
     try:
-        for name in executors.PEERS:
+        chosen = {k.strip() for k in p["task_peers"].split(",")}
+        for name, (key, _module, _open) in executors.PEERS.items():
             reason = executors.missing(name)
+            if key not in chosen:
+                reason = f"not selected (--set task_peers={p['task_peers']})"
             if reason is not None:
                 skipped.append(BenchResult.skip(name, reason, unit="calls/s", group=group,
                                                 higher_is_better=True))
