@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,10 +46,14 @@ def _helpers() -> set[int]:
     pid = getattr(fs, "_forkserver_pid", None)
     if pid:
         pids.add(pid)
-    rt = getattr(multiprocessing.resource_tracker, "_resource_tracker", None)
-    pid = getattr(rt, "_pid", None)
-    if pid:
-        pids.add(pid)
+    trackers = [multiprocessing.resource_tracker,
+                # loky (a benchmark peer) keeps its own interpreter-wide resource tracker
+                sys.modules.get("loky.backend.resource_tracker")]
+    for module in trackers:
+        rt = getattr(module, "_resource_tracker", None)
+        pid = getattr(rt, "_pid", None)
+        if pid:
+            pids.add(pid)
     return pids
 
 

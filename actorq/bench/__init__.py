@@ -1,11 +1,20 @@
 """Public benchmark harness: measure users' actors and graphs, and our peer runs.
 
-``measure(fn)`` runs a callable with warm-up and repeats and returns a
-:class:`BenchResult` (median, p10-p90 and min-max, every sample);
-``measure_interleaved`` runs several side by side; ``compare`` gives the ratio to a
-peer measured in the same run; ``write_results`` writes JSON plus a Markdown table.
-The peers (``actorq.bench.peers``) do the same work over multiprocessing and
-faster_fifo. Nothing here prints: the scripts in ``benchmarks/`` do.
+- ``run_suite(name)`` runs a suite shipped in the package (``suites()``: messaging,
+  restart, overload, faults) and returns a :class:`SuiteReport`; ``write_report``
+  writes its JSON (schema ``actorq.bench/1``), Markdown and plots.
+- ``run_workload("mypkg.mod:fn", ...)`` measures your own workload (a function taking
+  an ``ActorSystem`` and returning the work done, or a class with ``setup``/``run``/
+  ``teardown``) side by side with peers, in a child process bounded by a timeout.
+- ``measure(fn)`` runs a callable in this process with warm-up and repeats and
+  returns a :class:`BenchResult` (median, p10-p90 and min-max, every sample);
+  ``measure_interleaved`` runs several side by side; ``compare`` gives the ratio to a
+  peer measured in the same run.
+- ``compare_files(base, new)`` tells, per figure, whether a run got worse beyond a
+  threshold and beyond the noise (bootstrap CI); ``FaultPlan`` parses ``--faults``.
+
+The command line is ``actorq bench`` (``actorq.bench.command``); nothing else here
+prints.
 
 Example::
 
@@ -17,6 +26,10 @@ Example::
 
 from __future__ import annotations
 
+from actorq._errors import BenchError
+from actorq.bench.faults import FaultPlan
+from actorq.bench.output import write_report
+from actorq.bench.regress import Change, compare_files, compare_runs
 from actorq.bench.report import (
     code_version,
     format_value,
@@ -27,6 +40,7 @@ from actorq.bench.report import (
     write_atomic,
     write_results,
 )
+from actorq.bench.suite import Suite, SuiteOptions, SuiteReport, run_suite, suites
 from actorq.bench.timing import (
     BenchResult,
     Case,
@@ -37,14 +51,23 @@ from actorq.bench.timing import (
     measure_interleaved,
     percentile,
 )
+from actorq.bench.workload import run_workload
 
 __all__ = [
+    "BenchError",
     "BenchResult",
     "Case",
+    "Change",
+    "FaultPlan",
+    "Suite",
+    "SuiteOptions",
+    "SuiteReport",
     "Verdict",
     "check",
     "code_version",
     "compare",
+    "compare_files",
+    "compare_runs",
     "format_value",
     "machine_info",
     "measure",
@@ -52,7 +75,11 @@ __all__ = [
     "percentile",
     "render_markdown",
     "results_table",
+    "run_suite",
+    "run_workload",
+    "suites",
     "verdicts_table",
     "write_atomic",
+    "write_report",
     "write_results",
 ]

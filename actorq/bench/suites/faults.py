@@ -19,9 +19,15 @@ Afterwards every task is checked against the ledger: *lost* = answered as done b
 counted, or never answered; *duplicated* = counted more than once. actorq promises both
 are 0 (a call whose handler died is reported as ActorCrashed, never silently dropped,
 and is not run again). The same schedule of kills and stalls runs against a
-``multiprocessing.Pool`` of as many workers (``apply_async``, the documented way): a
-killed worker is replaced, but the task it held is never answered, which the report
-counts as lost. Repeats are rounds of (actorq phase, Pool phase).
+``concurrent.futures.ProcessPoolExecutor`` of as many workers, used as documented: a
+killed worker breaks the executor, every pending future fails with
+``BrokenProcessPool`` (counted as reported failures: their work is not done) and a new
+executor is made. Repeats are rounds of (actorq phase, executor phase).
+
+``multiprocessing.Pool`` is not the peer here: a worker killed while it holds one of
+the pool's queue locks leaves it taken, and the pool (even ``terminate()``) waits on it
+forever, which a benchmark cannot clean up after; and the task a killed worker held is
+never answered.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +66,7 @@ FULL: dict[str, Any] = {"workers": 2, "depth": 8, "cost_us": 300.0, "duration_s"
                         "plan": "kill@3,stop@5+0.5,raise@7,oom@9"}
 QUICK: dict[str, Any] = {**FULL, "duration_s": 3.5, "warmup_s": 0.5, "rounds": 1,
                          "pool_drain_s": 1.0, "plan": "kill@1,stop@1.6+0.3,raise@2.2,oom@2.6"}
-ACTORQ, POOL = "actorq", "mp.Pool"
+ACTORQ, POOL = "actorq", "ProcessPoolExecutor"
 COLORS = {ACTORQ: "tab:blue", POOL: "tab:red"}
 
 
@@ -154,7 +162,7 @@ _POOL_LEDGER: dict[str, Ledger] = {}
 
 
 def pool_task(task: int, path: str, cost_us: float) -> int:
-    """The Pool's task: the same work and count as :meth:`Worker.work`."""
+    """The executor's task: the same work and count as :meth:`Worker.work`."""
     ledger = _POOL_LEDGER.get(path)
     if ledger is None:
         ledger = _POOL_LEDGER[path] = Ledger(path)
@@ -278,36 +286,62 @@ def books(outcomes: Mapping[int, str], counts: Sequence[int]) -> dict[str, int]:
             "duplicated": sum(1 for c in counts if c > 1)}
 
 
-# -- multiprocessing.Pool phase -----------------------------------------------------------------
+# -- ProcessPoolExecutor phase ----------------------------------------------------------------
+
+class _Executor:
+    """A ProcessPoolExecutor replaced by a new one when a dead worker broke it."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.ex = self._new()
+        self.replaced = 0
+
+    def _new(self) -> ProcessPoolExecutor:
+        ex = ProcessPoolExecutor(max_workers=self.workers,
+                                 mp_context=multiprocessing.get_context("forkserver"))
+        list(ex.map(burn, [0.0] * (self.workers * 2)))  # every worker is up
+        return ex
+
+    def submit(self, *args: Any) -> Future[int]:
+        try:
+            return self.ex.submit(pool_task, *args)
+        except BrokenProcessPool:  # the documented recovery: a new executor
+            self.ex.shutdown(wait=True, cancel_futures=True)
+            self.ex = self._new()
+            self.replaced += 1
+            return self.ex.submit(pool_task, *args)
+
+    def pids(self) -> list[int]:
+        # no public list of the workers; the private _processes is the only one
+        return list((self.ex._processes or {}).keys())
+
+    def close(self) -> None:
+        self.ex.shutdown(wait=True, cancel_futures=True)
+
 
 def pool_phase(p: Mapping[str, Any], plan: FaultPlan) -> dict[str, Any]:
-    """The same schedule's kills and stalls against a multiprocessing.Pool."""
+    """The same schedule's kills and stalls against a ProcessPoolExecutor."""
     ledger = Ledger.create()
-    ctx = multiprocessing.get_context("forkserver")
-    pool = ctx.Pool(processes=p["workers"])
     try:
-        return _pool_run(p, plan, pool, ledger)
+        executor = _Executor(p["workers"])
+        try:
+            return _pool_run(p, plan, executor, ledger)
+        finally:
+            executor.close()
     finally:
-        pool.terminate()
-        pool.join()
         ledger.unlink()
 
 
-def _pool_run(p: Mapping[str, Any], plan: FaultPlan, pool: Any,
+def _pool_run(p: Mapping[str, Any], plan: FaultPlan, executor: _Executor,
               ledger: Ledger) -> dict[str, Any]:
-    pool.map(burn, [0.0] * (p["workers"] * 2))  # every worker is up
     records: list[CallRecord] = []
     outcomes: dict[int, str] = {}
     permits = threading.Semaphore(p["workers"] * p["depth"])
     t0 = time.monotonic()
     until = t0 + p["duration_s"]
-
-    def members() -> list[tuple[str, int | None]]:
-        # Pool has no public list of its workers; its private _pool is the only one.
-        return [("pool", proc.pid) for proc in list(pool._pool)]
-
     kept = FaultPlan(tuple(i for i in plan.items if i.kind in ("kill", "stop")), plan.seed)
-    injector = Injector(kept, members, {}, p["duration_s"], origin=t0)
+    injector = Injector(kept, lambda: [("pool", pid) for pid in executor.pids()], {},
+                        p["duration_s"], origin=t0)
     issued = 0
     injector.start()
     try:
@@ -316,28 +350,29 @@ def _pool_run(p: Mapping[str, Any], plan: FaultPlan, pool: Any,
                 continue
             task, sent = issued, time.monotonic() - t0
             issued += 1
-            pool.apply_async(pool_task, (task, ledger.path, p["cost_us"]),
-                             callback=_done(task, sent, t0, records, outcomes, permits, True),
-                             error_callback=_done(task, sent, t0, records, outcomes, permits,
-                                                  False))
-        deadline = time.monotonic() + p["pool_drain_s"]
+            future = executor.submit(task, ledger.path, p["cost_us"])
+            future.add_done_callback(_done(task, sent, t0, records, outcomes, permits))
+        deadline = time.monotonic() + REPLY_TIMEOUT
         while len(outcomes) < issued and time.monotonic() < deadline:
-            time.sleep(0.01)  # a task a killed worker held never calls back: bounded
+            time.sleep(0.01)  # the last futures resolve (or fail) shortly
     finally:
         injector.close()
     counts = ledger.counts[:issued].tolist()
-    return {"records": list(records), "events": injector.events,
-            "books": books(dict(outcomes), counts), "issued": issued, "memory": [],
-            "t_end": time.monotonic() - t0}
+    books_ = books(dict(outcomes), counts)
+    books_["replaced"] = executor.replaced
+    return {"records": list(records), "events": injector.events, "books": books_,
+            "issued": issued, "memory": [], "t_end": time.monotonic() - t0}
 
 
 def _done(task: int, sent: float, t0: float, records: list[CallRecord],
-          outcomes: dict[int, str], permits: threading.Semaphore,
-          ok: bool) -> Callable[[Any], None]:
-    def callback(value: Any) -> None:
+          outcomes: dict[int, str],
+          permits: threading.Semaphore) -> Callable[[Future[int]], None]:
+    def callback(future: Future[int]) -> None:
+        exc = None if future.cancelled() else future.exception()
+        ok = not future.cancelled() and exc is None
         outcomes[task] = "ok" if ok else "crashed"
         records.append(CallRecord("pool", sent, time.monotonic() - t0, ok,
-                                  value if ok else None))
+                                  future.result() if ok else None))
         permits.release()
     return callback
 
@@ -380,11 +415,17 @@ def results_of(rounds: Sequence[Mapping[str, dict[str, Any]]]) -> list[BenchResu
             if not rows:
                 continue
             rec = tuple(f["recovery_s"] * 1e3 for f in rows if f["recovery_s"] is not None)
-            note = f"{len(rows)} fault(s), {len(rows) - len(rec)} without a recovery seen"
-            out.append(BenchResult(f"{side} recovery after {kind}", "ms", rec, group=group,
-                                   note=note))
             p99 = tuple(f["p99_window_s"] * 1e3 for f in rows if f["p99_window_s"] is not None)
-            out.append(BenchResult(f"{side} p99 in {kind} window", "ms", p99, group=group))
+            note = f"{len(rows)} fault(s), {len(rows) - len(rec)} without a recovery seen"
+            errors = "; ".join(sorted({f["error"] for f in rows if f["error"]}))
+            for name, samples in ((f"{side} recovery after {kind}", rec),
+                                  (f"{side} p99 in {kind} window", p99)):
+                if samples:
+                    out.append(BenchResult(name, "ms", samples, group=group, note=note))
+                else:
+                    out.append(BenchResult.skip(name, f"no recovery seen: {note}"
+                                                + (f" ({errors})" if errors else ""),
+                                                unit="ms", group=group))
         out.extend(BenchResult(f"{side} work {key}", "tasks",
                                tuple(float(x["books"][key]) for x in runs), group=group,
                                note="from the ledger of side effects")
@@ -395,12 +436,12 @@ def results_of(rounds: Sequence[Mapping[str, dict[str, Any]]]) -> list[BenchResu
 def verdicts_of(results: Sequence[BenchResult]) -> list[Verdict]:
     by = {r.name: r for r in results}
     out = [compare(by[f"{ACTORQ} throughput before faults"],
-                   by[f"{POOL} throughput before faults"], name="throughput / mp.Pool")]
+                   by[f"{POOL} throughput before faults"], name=f"throughput / {POOL}")]
     for kind in ("kill", "stop"):
         ours = by.get(f"{ACTORQ} recovery after {kind}")
         peer = by.get(f"{POOL} recovery after {kind}")
         if ours is not None and peer is not None:
-            out.append(compare(ours, peer, name=f"recovery after {kind} / mp.Pool"))
+            out.append(compare(ours, peer, name=f"recovery after {kind} / {POOL}"))
     for key in ("lost", "duplicated"):
         r = by[f"{ACTORQ} work {key}"]
         out.append(Verdict(f"actorq work {key}", max(r.samples, default=math.nan), "tasks",
@@ -417,14 +458,14 @@ def fault_table(rounds: Sequence[Mapping[str, dict[str, Any]]]) -> str:
         f"{_ms(f['p99_window_s'])} |"
         for i, r in enumerate(rounds, 1) for side in (ACTORQ, POOL) for f in r[side]["faults"])
     books = ["", "| Round | Side | issued | ok | crashed (reported) | raised (reported) | "
-             "crashed after its work | **lost** | **duplicated** |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "crashed after its work | **lost** | **duplicated** | executors replaced |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rounds, 1):
         for side in (ACTORQ, POOL):
             b = r[side]["books"]
             books.append(f"| {i} | {side} | {b['issued']} | {b['ok']} | {b['crashed']} | "
                          f"{b['raised']} | {b['crashed_after_work']} | {b['lost']} | "
-                         f"{b['duplicated']} |")
+                         f"{b['duplicated']} | {b.get('replaced', '-')} |")
     return "## Faults\n\n" + "\n".join(lines + books) + "\n"
 
 
@@ -481,7 +522,7 @@ def draw(rounds: Sequence[Mapping[str, dict[str, Any]]], p: Mapping[str, Any],
 
 
 def run_faults(options: SuiteOptions) -> SuiteReport:
-    """Rounds of (actorq phase, Pool phase) under the plan; return the report."""
+    """Rounds of (actorq phase, executor phase) under the plan; return the report."""
     p = options.parameters(FULL, QUICK, ("rounds",))
     plan = options.faults or FaultPlan.parse(p["plan"])
     log = logging.getLogger("actorq")
@@ -492,7 +533,7 @@ def run_faults(options: SuiteOptions) -> SuiteReport:
         for i in range(p["rounds"]):
             options.say(f"round {i + 1}/{p['rounds']}: actorq under faults")
             ours = analyse(actorq_phase(p, plan), p)
-            options.say(f"round {i + 1}/{p['rounds']}: mp.Pool under the same kills and stalls")
+            options.say(f"round {i + 1}/{p['rounds']}: {POOL} under the same kills and stalls")
             rounds.append({ACTORQ: ours, POOL: analyse(pool_phase(p, plan), p)})
     finally:
         log.setLevel(level)
@@ -510,5 +551,5 @@ def vars_of(item: Any) -> dict[str, Any]:
 
 
 SUITE = Suite("faults", "SIGKILL, SIGSTOP, raise, max_rss overrun of a worker: recovery, "
-              "throughput dip, p99, work lost/duplicated; vs mp.Pool", run_faults,
+              "throughput dip, p99, work lost/duplicated; vs ProcessPoolExecutor", run_faults,
               repeat_keys=("rounds",), supports_faults=True)
