@@ -26,32 +26,68 @@ Example::
 
 from __future__ import annotations
 
-from actorq._errors import BenchError
-from actorq.bench.faults import FaultPlan
-from actorq.bench.output import write_report
-from actorq.bench.regress import Change, compare_files, compare_runs
-from actorq.bench.report import (
-    code_version,
-    format_value,
-    machine_info,
-    render_markdown,
-    results_table,
-    verdicts_table,
-    write_atomic,
-    write_results,
-)
-from actorq.bench.suite import Suite, SuiteOptions, SuiteReport, run_suite, suites
-from actorq.bench.timing import (
-    BenchResult,
-    Case,
-    Verdict,
-    check,
-    compare,
-    measure,
-    measure_interleaved,
-    percentile,
-)
-from actorq.bench.workload import run_workload
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actorq._errors import BenchError
+    from actorq.bench.faults import FaultPlan
+    from actorq.bench.output import write_report
+    from actorq.bench.regress import Change, compare_files, compare_runs
+    from actorq.bench.report import (
+        code_version,
+        format_value,
+        machine_info,
+        render_markdown,
+        results_table,
+        verdicts_table,
+        write_atomic,
+        write_results,
+    )
+    from actorq.bench.suite import Suite, SuiteOptions, SuiteReport, run_suite, suites
+    from actorq.bench.timing import (
+        BenchResult,
+        Case,
+        Verdict,
+        check,
+        compare,
+        measure,
+        measure_interleaved,
+        percentile,
+    )
+    from actorq.bench.workload import run_workload
+
+# Imported on first use (PEP 562): a suite's actor classes may be unpickled in actor
+# processes, and what this package imports would be paid for in each (memory, and the
+# time of a restart). ``from actorq.bench import measure`` works as usual.
+_HOME = {
+    "BenchError": "actorq._errors", "FaultPlan": "actorq.bench.faults",
+    "write_report": "actorq.bench.output", "Change": "actorq.bench.regress",
+    "compare_files": "actorq.bench.regress", "compare_runs": "actorq.bench.regress",
+    "run_workload": "actorq.bench.workload",
+    **dict.fromkeys(("code_version", "format_value", "machine_info", "render_markdown",
+                     "results_table", "verdicts_table", "write_atomic", "write_results"),
+                    "actorq.bench.report"),
+    **dict.fromkeys(("Suite", "SuiteOptions", "SuiteReport", "run_suite", "suites"),
+                    "actorq.bench.suite"),
+    **dict.fromkeys(("BenchResult", "Case", "Verdict", "check", "compare", "measure",
+                     "measure_interleaved", "percentile"), "actorq.bench.timing"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        msg = f"module 'actorq.bench' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "BenchError",

@@ -40,6 +40,7 @@ import math
 import mmap
 import multiprocessing
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -48,6 +49,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
+
+import cloudpickle
 
 import actorq
 from actorq.bench.faults import CallRecord, FaultEvent, FaultPlan, Injector, fault_effects
@@ -553,3 +556,8 @@ def vars_of(item: Any) -> dict[str, Any]:
 SUITE = Suite("faults", "SIGKILL, SIGSTOP, raise, max_rss overrun of a worker: recovery, "
               "throughput dip, p99, work lost/duplicated; vs ProcessPoolExecutor", run_faults,
               repeat_keys=("rounds",), supports_faults=True)
+
+# Ship this module's actor classes by value (as for a script's own classes), so that an
+# actor process (a warm spare, a restart) does not import this module and actorq.bench
+# first: that import would be counted in the restart times and the idle actor's memory.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])

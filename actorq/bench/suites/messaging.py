@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
 import psutil
 
 import actorq
@@ -385,3 +387,8 @@ def run_messaging(options: SuiteOptions) -> SuiteReport:
 SUITE = Suite("messaging", "tells, calls, pipelined calls, 8 MiB arrays, idle cost; vs "
               "mp.Queue, Pipe, Pool, ProcessPoolExecutor, faster-fifo, loky, Dask",
               run_messaging, repeat_keys=REPEAT_KEYS)
+
+# Ship this module's actor classes by value (as for a script's own classes), so that an
+# actor process (a warm spare, a restart) does not import this module and actorq.bench
+# first: that import would be counted in the restart times and the idle actor's memory.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -60,6 +60,7 @@ import mmap
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -67,6 +68,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import psutil
 
 import actorq
@@ -1398,3 +1400,8 @@ def _draw(summaries: Mapping[str, Mapping[str, Any]], path: Path, title: str) ->
 SUITE = Suite("overload", "a slow actor offered 10x its capacity (fixed and adaptive "
               "window) vs an unbounded mp.Queue; memory, latency, fairness, fast-path cost",
               run_overload, repeat_keys=REPEAT_KEYS)
+
+# Ship this module's actor classes by value (as for a script's own classes), so that an
+# actor process (a warm spare, a restart) does not import this module and actorq.bench
+# first: that import would be counted in the restart times and the idle actor's memory.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -47,6 +47,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
+
 import actorq
 from actorq.bench.suite import Suite, SuiteOptions, SuiteReport
 
@@ -553,3 +555,8 @@ def run_restart(options: SuiteOptions) -> SuiteReport:
 SUITE = Suite("restart", "SIGKILL of an actor to the next call answered by its new process; "
               "vs mp.Process start, loky worker recovery, Ray", run_restart,
               repeat_keys=("repeats",))
+
+# Ship this module's actor classes by value (as for a script's own classes), so that an
+# actor process (a warm spare, a restart) does not import this module and actorq.bench
+# first: that import would be counted in the restart times and the idle actor's memory.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
