@@ -73,7 +73,7 @@ class _UserError(Exception):
 
 def _members(system: Any) -> list[tuple[str, int | None]]:
     return [(name, a.get("pid")) for name, a in system.metrics()["actors"].items()
-            if a.get("state") == "running"]
+            if a.get("state") not in ("stopped", "failed")]
 
 
 def _measure(payload: dict[str, Any], events: _Events) -> list[dict[str, Any]]:

@@ -171,6 +171,11 @@ def run_workload(*workloads: str | Callable[..., Any] | type, repeats: int = 5,
                "workload's cooperation: see the faults suite)")
         raise BenchError(msg)
     resolved = [resolve(w) for w in workloads]
+    units = {w.unit for w in resolved}
+    if len(units) > 1:
+        msg = (f"the workloads report different units ({', '.join(sorted(units))}), so their "
+               "ratio means nothing: give each the same unit attribute")
+        raise BenchError(msg)
     names = [w.name for w in resolved]
     if len(set(names)) != len(names):
         msg = f"a workload is named twice: {names}"
