@@ -34,8 +34,8 @@ from typing import Any
 from actorq._errors import BenchError
 from actorq.bench.timing import percentile
 
-__all__ = ["KINDS", "CallRecord", "FaultEvent", "FaultPlan", "Injector", "fault_effects",
-           "throughput_series"]
+__all__ = ["KINDS", "CallRecord", "FaultEvent", "FaultPlan", "InjectedFault", "Injector",
+           "fault_effects", "throughput_series"]
 
 KINDS = ("kill", "stop", "raise", "oom")
 DEFAULT_STALL = 0.5  # seconds a ``stop`` lasts when the plan does not say
@@ -44,6 +44,14 @@ DEFAULT_STALL = 0.5  # seconds a ``stop`` lasts when the plan does not say
 RECOVERED_SHARE = 0.9
 _ITEM = re.compile(r"^(?P<kind>[a-z]+)(?:(?P<op>[@~])(?P<num>\d+(?:\.\d*)?|\.\d+))"
                    r"(?:\+(?P<stall>\d+(?:\.\d*)?|\.\d+))?$")
+
+
+class InjectedFault(RuntimeError):
+    """Raised by a workload's member told to fail (the ``raise`` fault).
+
+    Defined here, not in a suite: a suite's classes travel by value, and an exception
+    must be importable by name to come back to its caller as itself.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,14 @@ from typing import Any
 import cloudpickle
 
 import actorq
-from actorq.bench.faults import CallRecord, FaultEvent, FaultPlan, Injector, fault_effects
+from actorq.bench.faults import (
+    CallRecord,
+    FaultEvent,
+    FaultPlan,
+    InjectedFault,
+    Injector,
+    fault_effects,
+)
 from actorq.bench.suite import Plot, Suite, SuiteOptions, SuiteReport
 from actorq.bench.timing import BenchResult, Verdict, compare, percentile
 
@@ -71,10 +78,6 @@ QUICK: dict[str, Any] = {**FULL, "duration_s": 3.5, "warmup_s": 0.5, "rounds": 1
                          "pool_drain_s": 1.0, "plan": "kill@1,stop@1.6+0.3,raise@2.2,oom@2.6"}
 ACTORQ, POOL = "actorq", "ProcessPoolExecutor"
 COLORS = {ACTORQ: "tab:blue", POOL: "tab:red"}
-
-
-class InjectedFault(RuntimeError):
-    """Raised by a worker told to fail (the ``raise`` fault)."""
 
 
 def shm_dir() -> str | None:
@@ -199,6 +202,8 @@ def drive(ref: actorq.ActorRef[Worker], name: str, ids: Callable[[], int], until
             outcome = "crashed"
         except actorq.CallTimeout:
             outcome = "unanswered"
+        except Exception:  # anything else is a failure reported to the caller too
+            outcome = "failed"
         outcomes[task] = outcome
         out.append(CallRecord(name, sent, time.monotonic() - t0, outcome == "ok", pid))
 
@@ -282,7 +287,7 @@ def books(outcomes: Mapping[int, str], counts: Sequence[int]) -> dict[str, int]:
     never = len(counts) - len(outcomes)
     lost = sum(1 for t, o in outcomes.items() if o == "ok" and counts[t] == 0)
     return {"issued": len(counts), "ok": tally["ok"], "crashed": tally["crashed"],
-            "raised": tally["raised"],
+            "raised": tally["raised"], "failed": tally["failed"],
             "crashed_after_work": sum(1 for t, o in outcomes.items()
                                       if o == "crashed" and counts[t] == 1),
             "lost": lost + tally["unanswered"] + never,
