@@ -25,6 +25,7 @@ would count numpy's ~8 MiB USS).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -46,7 +47,7 @@ from actorq.bench import (
     percentile,
 )
 from actorq.bench.peers import FasterFifoSink, PipeEcho, PipeSink, QueueSink, faster_fifo_missing
-from actorq.bench.suite import Suite, SuiteOptions, SuiteReport
+from actorq.bench.suite import Plot, Suite, SuiteOptions, SuiteReport
 
 if TYPE_CHECKING:
     import numpy as np
@@ -124,6 +125,7 @@ def actorq_round_trips(ref: actorq.ActorRef[Sink], n: int) -> dict[str, float]:
         if back != i:
             msg = f"actorq: echo({i}) returned {back!r}"
             raise RuntimeError(msg)
+    LAST_ROUND_TRIPS["actorq call"] = times
     return latency_summary(times)
 
 
@@ -155,7 +157,9 @@ def peer_tells(peer: QueueSink | FasterFifoSink, n: int) -> None:
 
 
 def pipe_round_trips(peer: PipeEcho, n: int) -> dict[str, float]:
-    return latency_summary(peer.round_trips(n))
+    times = peer.round_trips(n)
+    LAST_ROUND_TRIPS["Pipe echo"] = times
+    return latency_summary(times)
 
 
 def pipe_arrays(peer: PipeSink, arr: np.ndarray, k: int) -> None:
@@ -164,6 +168,10 @@ def pipe_arrays(peer: PipeSink, arr: np.ndarray, k: int) -> None:
         if got != arr.nbytes:
             msg = f"Pipe: the peer saw {got} bytes, {arr.nbytes} were sent"
             raise RuntimeError(msg)
+
+
+# The round trips of each side's last repeat (ns), for the latency CDF plot.
+LAST_ROUND_TRIPS: dict[str, list[int]] = {}
 
 
 def latency_summary(times_ns: list[int]) -> dict[str, float]:
@@ -380,8 +388,45 @@ def run_messaging(options: SuiteOptions) -> SuiteReport:
     options.say("idle")
     results += bench_idle(p)
     title = "actorq messaging benchmarks" + (" (quick)" if options.quick else "")
-    return SuiteReport("messaging", title, results, verdicts(results),
+    checks = verdicts(results)
+    cdfs = {name: sorted(t / 1e3 for t in times) for name, times in LAST_ROUND_TRIPS.items()}
+    plot = Plot("messaging.png", "ratios to the peers with their spread; call round-trip "
+                "latency CDFs (last repeat)", lambda path: draw(checks, cdfs, path, title))
+    return SuiteReport("messaging", title, results, checks, plots=[plot],
                        meta={"start_method": start_method, "parameters": p})
+
+
+def draw(checks: list[Verdict], cdfs: dict[str, list[float]], path: Any, title: str) -> None:
+    """Ratios to the peers (log scale, spread as error bars) and round-trip CDFs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = [v for v in checks if v.unit == "x" and math.isfinite(v.value)]
+    fig, (ax_r, ax_c) = plt.subplots(2, 1, figsize=(9, 8.5))
+    ys = range(len(ratios))
+    ax_r.errorbar([v.value for v in ratios], ys, fmt="o",
+                  xerr=[[max(0.0, v.value - v.low) if math.isfinite(v.low) else 0.0
+                         for v in ratios],
+                        [max(0.0, v.high - v.value) if math.isfinite(v.high) else 0.0
+                         for v in ratios]])
+    ax_r.set_yticks(list(ys), [v.name for v in ratios], fontsize=8)
+    ax_r.axvline(1.0, color="grey", linestyle=":")
+    ax_r.set_xscale("log")
+    ax_r.set_xlabel("actorq / peer (same run); > 1 is better for rates, < 1 for latencies")
+    for name, values in cdfs.items():
+        ax_c.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=name)
+    ax_c.set_xscale("log")
+    ax_c.set_xlabel("call round trip (µs)")
+    ax_c.set_ylabel("fraction of calls")
+    ax_c.legend(fontsize=8)
+    for ax in (ax_r, ax_c):
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 SUITE = Suite("messaging", "tells, calls, pipelined calls, 8 MiB arrays, idle cost; vs "
