@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import logging
 
-from actorq._actor import Actor, ActorContext
 from actorq._config import SystemConfig
+from actorq._core.actor import Actor, ActorContext, ActorOptions
+from actorq._core.events import ActorEvent, EventKind
+from actorq._core.ref import ActorRef
+from actorq._core.reply import Reply
 from actorq._errors import (
     ActorCrashed,
     ActorqError,
@@ -20,11 +23,8 @@ from actorq._errors import (
     GraphError,
     RemoteTraceback,
 )
-from actorq._ref import ActorRef
-from actorq._reply import Reply
 from actorq._resilience.backoff import Backoff
 from actorq._supervision.deadletters import DeadLetter
-from actorq._supervision.policy import ActorOptions
 from actorq._supervision.supervisor import Supervisor
 from actorq._system import ActorSystem
 
@@ -34,6 +34,7 @@ __all__ = [
     "Actor",
     "ActorContext",
     "ActorCrashed",
+    "ActorEvent",
     "ActorOptions",
     "ActorRef",
     "ActorStopped",
@@ -45,6 +46,7 @@ __all__ = [
     "CircuitOpen",
     "DeadLetter",
     "DeadlockError",
+    "EventKind",
     "GraphError",
     "RemoteTraceback",
     "Reply",
@@ -52,7 +54,7 @@ __all__ = [
     "SystemConfig",
 ]
 
-for _name in ("ActorContext", "SystemConfig"):
+for _name in ("ActorContext", "ActorEvent", "EventKind", "SystemConfig"):
     globals()[_name].__module__ = "actorq"
 
 logging.getLogger("actorq").addHandler(logging.NullHandler())

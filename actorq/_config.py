@@ -16,10 +16,29 @@ START_METHODS = ("forkserver", "fork", "spawn")
 
 
 def _env(name: str, default: Any) -> Any:
-    raw = os.environ.get(f"ACTORQ_{name.upper()}")
+    var = f"ACTORQ_{name.upper()}"
+    raw = os.environ.get(var)
     if raw is None:
         return default
-    return type(default)(raw)
+    try:
+        return type(default)(raw)
+    except ValueError:
+        kind = "an integer (plain digits)" if isinstance(default, int) else (
+            "a number" if isinstance(default, float) else "a string")
+        msg = f"environment variable {var} must be {kind}, not {raw!r}"
+        raise ValueError(msg) from None
+
+
+# Lower bounds of the numeric fields: (minimum, inclusive?). Timeouts and periods must be
+# positive; counts may be 0 where 0 means "none" (no spares, no parking, no restarts).
+_BOUNDS: dict[str, tuple[float, bool]] = {
+    "call_timeout": (0, False), "send_timeout": (0, False), "start_timeout": (0, False),
+    "stop_timeout": (0, False), "park_timeout": (0, False), "monitor_interval": (0, False),
+    "root_within": (0, False), "spin_seconds": (0, True), "window": (1, True),
+    "oob_threshold": (1, True), "outbox_messages": (1, True), "max_parked": (0, True),
+    "warm_spares": (0, True), "root_max_restarts": (0, True), "dead_letters": (0, True),
+    "actor_gc_gen0": (0, True), "ring_size": (4096, True),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,19 +103,20 @@ class SystemConfig:
         if self.start_method not in START_METHODS:
             msg = f"start_method must be one of {START_METHODS}, not {self.start_method!r}"
             raise ValueError(msg)
-        if self.ring_size < 4096 or self.ring_size & 7:
+        types = {f.name: f.type for f in dataclasses.fields(self)}
+        for name, (low, inclusive) in _BOUNDS.items():
+            value = getattr(self, name)
+            whole = types[name] in ("int", int)
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+                msg = f"{name} must be {'an integer' if whole else 'a number'}, not {value!r}"
+                raise TypeError(msg)
+            if value != value or value < low or (value == low and not inclusive):  # NaN too
+                bound = f"at least {low}" if inclusive else "positive"
+                msg = f"{name} must be {bound}, not {value!r}"
+                raise ValueError(msg)
+        if self.ring_size & 7:
             msg = f"ring_size must be a multiple of 8 and at least 4096, not {self.ring_size}"
             raise ValueError(msg)
-        if self.actor_gc_gen0 < 0:
-            msg = f"actor_gc_gen0 must be 0 (Python's default) or more, not {self.actor_gc_gen0}"
-            raise ValueError(msg)
-        if self.window < 1:
-            msg = f"window must be at least 1, not {self.window}"
-            raise ValueError(msg)
-        for name in ("call_timeout", "send_timeout", "start_timeout", "stop_timeout"):
-            if getattr(self, name) <= 0:
-                msg = f"{name} must be positive, not {getattr(self, name)}"
-                raise ValueError(msg)
 
     def replace(self, **changes: Any) -> SystemConfig:
         """Return a copy with *changes* applied (unknown names raise ``TypeError``)."""
@@ -105,3 +125,4 @@ class SystemConfig:
             msg = f"unknown ActorSystem option(s): {', '.join(sorted(unknown))}"
             raise TypeError(msg)
         return dataclasses.replace(self, **changes)
+

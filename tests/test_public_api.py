@@ -11,7 +11,7 @@ API_MD = Path(__file__).resolve().parents[2] / "shared" / "API.md"
 
 # API.md names that belong to issues not built yet (pools, circuits, retries, graphs,
 # supervisors): listed here so that this test fails the day one appears unexported.
-NOT_YET = {"CircuitBreaker", "Retry", "Graph"}
+NOT_YET = {"CircuitBreaker", "Retry", "Graph", "Executor"}
 
 
 def test_all_is_sorted_and_exported():

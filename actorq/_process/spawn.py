@@ -10,7 +10,7 @@ import threading
 
 logger = logging.getLogger("actorq")
 
-PRELOAD = ["actorq._host"]
+PRELOAD = ["actorq._actorproc.host"]
 _lock = threading.Lock()
 _configured = False
 

@@ -1,6 +1,6 @@
-"""What counts as a crash, how it is classified, and per-actor options.
+"""What counts as a crash, how it is classified, and whether it is restarted.
 
-Causes of death (``ActorCrashed.cause``, logs, metrics, ``restart_on``):
+Causes of death (``CrashCause``: ``ActorCrashed.cause``, events, metrics, ``restart_on``):
 
     signal      killed by a signal (SIGKILL, SIGSEGV, ...) that actorq did not send
     exit        the process exited (os._exit, sys.exit from outside a handler, ...)
@@ -14,84 +14,36 @@ Causes of death (``ActorCrashed.cause``, logs, metrics, ``restart_on``):
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field
+from typing import Literal, get_args
 
-CAUSES = frozenset({"signal", "exit", "exception", "hang", "oom", "start", "lost"})
-RESTART_TYPES = ("permanent", "transient", "temporary")
-STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+from actorq._core.actor import ActorOptions
+from actorq._core.events import CAUSES, CrashCause
 
+#: ``restart=`` of spawn: always restarted, only after an abnormal end, never.
+RestartType = Literal["permanent", "transient", "temporary"]
+#: A supervisor's strategy: which siblings restart with a crashed child.
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+#: What a supervisor decided about a failed child (reported through ``SupervisorOps``).
+SupervisorDecision = Literal["restarted", "gave_up", "escalated"]
 
-@dataclass(frozen=True)
-class ActorOptions:
-    """Per-actor runtime options: set ``actor_options`` on the class, or pass it to spawn.
-
-    Args:
-        hang_timeout: seconds a single handler may run; past it the process is killed and
-            restarted (cause ``"hang"``). None: no limit.
-        max_rss: bytes of resident memory the process may use; past it the process is
-            killed and restarted (cause ``"oom"``). None: no limit.
-        restart_on: causes after which a permanent or transient actor is restarted
-            (default: all but ``"start"``: a constructor that raised would raise again).
-        redeliver: give the message being handled at a crash to the restarted instance
-            (instead of failing its caller with ``ActorCrashed``).
-        poison_after: with ``redeliver``, a message that crashed the actor this many times
-            in a row goes to the dead letters and its caller gets ``ActorCrashed``.
-        window_target: turn the adaptive credit window on, with this target (seconds)
-            for the p99 of the time a message spends in the actor (read to handled):
-            above it the window halves, under it the window grows by ``window_step``.
-            None (default): the window is fixed at the system's ``window``.
-        window_min: the adaptive window never goes below this.
-        window_max: ... nor above this (default: the system's ``window``).
-        window_step: additive increase per healthy period.
-    """
-
-    hang_timeout: float | None = None
-    max_rss: int | None = None
-    restart_on: frozenset[str] = field(default=CAUSES - {"start"})
-    redeliver: bool = False
-    poison_after: int = 3
-    window_target: float | None = None
-    window_min: int = 8
-    window_max: int | None = None
-    window_step: int = 16
-
-    def __post_init__(self) -> None:
-        if self.window_target is not None and self.window_target <= 0:
-            msg = f"window_target must be positive seconds, not {self.window_target}"
-            raise ValueError(msg)
-        if self.window_min < 1 or (self.window_max is not None
-                                   and self.window_max < self.window_min):
-            msg = f"need 1 <= window_min <= window_max (got {self.window_min}, {self.window_max})"
-            raise ValueError(msg)
-        unknown = set(self.restart_on) - CAUSES
-        if unknown:
-            msg = f"restart_on has unknown causes {sorted(unknown)}; known: {sorted(CAUSES)}"
-            raise ValueError(msg)
-        object.__setattr__(self, "restart_on", frozenset(self.restart_on))
-        if self.hang_timeout is not None and self.hang_timeout <= 0:
-            msg = f"hang_timeout must be positive, not {self.hang_timeout}"
-            raise ValueError(msg)
-        if self.max_rss is not None and self.max_rss <= 0:
-            msg = f"max_rss must be positive, not {self.max_rss}"
-            raise ValueError(msg)
-        if self.poison_after < 1:
-            msg = f"poison_after must be at least 1, not {self.poison_after}"
-            raise ValueError(msg)
+RESTART_TYPES: tuple[str, ...] = get_args(RestartType)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
-def classify_exit(code: int | None, killed_for: str | None, reported: str | None) -> str:
+def classify_exit(code: int | None, killed_for: str | None,
+                  reported: str | None) -> CrashCause:
     """Return the cause of a death from the exit code and what we know of it.
 
     *killed_for* is set when actorq itself killed the process (``"hang"``, ``"oom"``);
     *reported* when the process said why before dying (``"exception"``, ``"start"``).
     """
     if killed_for is not None:
-        return killed_for
+        return CrashCause(killed_for)
     if reported is not None:
-        return reported
+        return CrashCause(reported)
     if code is None:
-        return "lost"
-    return "signal" if code < 0 else "exit"
+        return CrashCause.LOST
+    return CrashCause.SIGNAL if code < 0 else CrashCause.EXIT
 
 
 def describe_exit(code: int | None) -> str:
@@ -116,4 +68,5 @@ def should_restart(restart: str, cause: str, code: int | None, options: ActorOpt
     return True
 
 
-ActorOptions.__module__ = "actorq"
+__all__ = ["CAUSES", "RESTART_TYPES", "STRATEGIES", "ActorOptions", "CrashCause", "RestartType",
+           "Strategy", "SupervisorDecision", "classify_exit", "describe_exit", "should_restart"]

@@ -22,16 +22,37 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from actorq._core.actor import Actor
 from actorq._resilience.backoff import Backoff
-from actorq._supervision.policy import STRATEGIES
+from actorq._supervision.policy import STRATEGIES, SupervisorDecision
+
+if TYPE_CHECKING:
+    from actorq._core.ref import ActorRef
 
 logger = logging.getLogger("actorq")
 
+A = TypeVar("A", bound=Actor)
+
 
 class SupervisorOps(Protocol):
-    """What a supervisor needs from the system (injected, not imported)."""
+    """What a supervisor needs from the system (injected, not imported): the runtime."""
+
+    def spawn_under(self, supervisor: Supervisor, cls: type[A], args: tuple[Any, ...],
+                    kwargs: dict[str, Any], name: str | None, restart: str) -> ActorRef[A]:
+        """Start an actor of *cls* as a child of *supervisor*."""
+        ...
+
+    def supervisor_under(self, parent: Supervisor, strategy: str, max_restarts: int,
+                         within: float, backoff: Backoff | None,
+                         name: str | None) -> Supervisor:
+        """Create a supervisor under *parent*."""
+        ...
+
+    def stop_supervisor(self, sup: Supervisor) -> None:
+        """Stop *sup*'s subtree for good; blocks until every actor in it is gone."""
+        ...
 
     def restart_group(self, cells: list[Any], delay: float) -> None:
         """Stop the live *cells* (reverse order), then start all of them (in order)."""
@@ -41,8 +62,9 @@ class SupervisorOps(Protocol):
         """Stop *cells* for good (reverse order); their refs raise ``ActorStopped``."""
         ...
 
-    def count_event(self, kind: str) -> None:
-        """Count a supervisor event (``restarted``, ``gave_up``, ``escalated``, ...)."""
+    def supervisor_event(self, decision: SupervisorDecision, supervisor: Supervisor,
+                         child: Any, why: str) -> None:
+        """Publish what *supervisor* decided about *child* (a cell or a supervisor)."""
         ...
 
 
@@ -56,15 +78,14 @@ class Supervisor:
     def __init__(self, ops: SupervisorOps, name: str, *, strategy: str = "one_for_one",
                  max_restarts: int = 1, within: float = 5.0, backoff: Backoff | None = None,
                  parent: Supervisor | None = None, give_up_per_child: bool = False,
-                 clock: Callable[[], float] = time.monotonic, spawner: Any = None) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if strategy not in STRATEGIES:
             msg = f"strategy must be one of {STRATEGIES}, not {strategy!r}"
             raise ValueError(msg)
         if max_restarts < 0 or within <= 0:
             msg = f"need max_restarts >= 0 and within > 0 (got {max_restarts}, {within})"
             raise ValueError(msg)
-        self._ops = ops
-        self._spawner = spawner  # the system: spawn() and supervisor() go through it
+        self._ops = ops  # the runtime: decisions are carried out and spawns go through it
         self.name = name
         self.strategy = strategy
         self.max_restarts = max_restarts
@@ -82,22 +103,20 @@ class Supervisor:
 
     # -- the user's handle -----------------------------------------------------------------
 
-    def spawn(self, cls: type, *args: Any, name: str | None = None, restart: str = "permanent",
-              **kwargs: Any) -> Any:
+    def spawn(self, cls: type[A], *args: Any, name: str | None = None,
+              restart: str = "permanent", **kwargs: Any) -> ActorRef[A]:
         """Spawn an actor supervised by this supervisor (see ``ActorSystem.spawn``)."""
-        return self._spawner._spawn_under(self, cls, args, kwargs, name, restart)
+        return self._ops.spawn_under(self, cls, args, kwargs, name, restart)
 
     def supervisor(self, *, strategy: str = "one_for_one", max_restarts: int = 1,
                    within: float = 5.0, backoff: Backoff | None = None,
                    name: str | None = None) -> Supervisor:
         """Create a supervisor under this one (a subtree)."""
-        sup: Supervisor = self._spawner._supervisor_under(self, strategy, max_restarts,
-                                                          within, backoff, name)
-        return sup
+        return self._ops.supervisor_under(self, strategy, max_restarts, within, backoff, name)
 
     def stop(self) -> None:
         """Stop every child (reverse start order) for good; blocks until they are gone."""
-        self._spawner._stop_supervisor(self)
+        self._ops.stop_supervisor(self)
 
     def statistics(self) -> dict[str, Any]:
         """Name, strategy, restarts so far, state and the children's names in start order."""
@@ -131,7 +150,7 @@ class Supervisor:
         self.restarts += 1
         logger.warning("supervisor %r: %s; restarting %d actor(s) (%s) in %.3fs",
                        self.name, why, len(group), self.strategy, delay)
-        self._ops.count_event("restarted")
+        self._ops.supervisor_event("restarted", self, child, why)
         if isinstance(child, Supervisor):
             child.reset()
         self._ops.restart_group(group, delay)
@@ -153,7 +172,7 @@ class Supervisor:
                   f"({count}), supervisor {self.name!r} gave up")
         if self.give_up_per_child or self.parent is None:
             logger.error("%s", reason)
-            self._ops.count_event("gave_up")
+            self._ops.supervisor_event("gave_up", self, child, reason)
             self.remove(child)
             if isinstance(child, Supervisor):
                 child.mark_stopped()
@@ -161,7 +180,7 @@ class Supervisor:
                                    reason)
             return
         logger.error("%s; escalating to %r", reason, self.parent.name)
-        self._ops.count_event("escalated")
+        self._ops.supervisor_event("escalated", self, child, reason)
         self.parent.child_failed(self, reason)
 
     def reset(self) -> None:

@@ -48,17 +48,12 @@ from actorq._transport.shm import Segment
 logger = logging.getLogger(__name__)
 
 CTL_SIZE = 4096
-# ControlBlock u64 slots (64-byte lines; the consumer writes all of them)
+# ControlBlock u64 slots of the transport (64-byte lines; the consumer writes them). The
+# actor kernel's slots (crash attribution, stop) are in actorq/_core/protocol.py.
 C_PARKED = 0  # odd: parked (waiting on its eventfd); producers ring once per value
-C_BUSY = 8  # sender id + 1 of the message being handled, 0 when idle
-C_TOKEN = 9  # its call token (0 for a tell)
-C_REPLY_TO = 10  # hub id + 1 of its caller
-C_SINCE = 11  # CLOCK_MONOTONIC ns when that message started (hang detection), 0 if off
 C_WAKEUPS = 16  # doorbell wake-ups
 C_LOST = 17  # park timeouts that found data: lost wake-ups, must stay 0
-C_HANDLED = 18  # messages handled, all channels
 C_WINDOW = 19  # the receiver's adaptive credit window (0: not adaptive, use the sender's)
-C_STOP = 20  # written by the system: stop after the current message (checked per message)
 
 _fence_lock = threading.Lock()
 

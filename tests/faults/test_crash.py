@@ -185,7 +185,7 @@ def test_calls_from_another_actor_fail_when_target_crashes(system, tmp_path):
     # The failure reached the caller on the system's ring to it, while the call that
     # was waiting had come on that same ring: both records are committed, in order
     # (head never moves back, every published byte is consumed).
-    seg = system._cells[c.actor_id].inbound[0]
+    seg = system._runtime._cells[c.actor_id].inbound[0]
     ring = Ring(seg.buf)
     try:
         assert ring.hdr[H_HEAD] == ring.hdr[H_TAIL]

@@ -31,8 +31,8 @@ class Ops:
     def finish_group(self, cells, why):
         self.finished.append(([c.name for c in cells], why))
 
-    def count_event(self, kind):
-        self.events.append(kind)
+    def supervisor_event(self, decision, supervisor, child, why):
+        self.events.append(decision)
 
 
 class Clock:

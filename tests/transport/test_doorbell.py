@@ -13,7 +13,12 @@ import pytest
 
 import actorq
 from actorq._ids import new_run_prefix
-from actorq._transport.channel import C_PARKED, CTL_SIZE, ControlBlock, OutChannel
+from actorq._transport.channel import (
+    C_PARKED,
+    CTL_SIZE,
+    ControlBlock,
+    OutChannel,
+)
 from actorq._transport.ring import H_READER, H_TAIL, Ring
 from actorq._transport.shm import Segment
 from actorq.testing import wait_until
@@ -80,7 +85,7 @@ def test_a_reply_the_spinning_caller_marked_but_could_not_read_still_arrives() -
     with actorq.ActorSystem(call_timeout=20.0, spin_seconds=0.05) as s:
         ref = s.spawn(Echo)
         assert ref.echo(0).result() == 0
-        hub = s._hub
+        hub = s._runtime.hub
         ring = hub.inbound[ref.actor_id].ring
         chan = hub.inbound[ref.actor_id]
         got: list[int] = []
@@ -106,5 +111,5 @@ def test_no_reader_mark_is_left_behind(n: int) -> None:
         for i in range(n):
             assert refs[i % 2].echo(i).result() == i
         for ref in refs:
-            assert s._hub.inbound[ref.actor_id].ring.hdr[H_READER] == 0
-        assert s._hub.ring_spinners == {}
+            assert s._runtime.hub.inbound[ref.actor_id].ring.hdr[H_READER] == 0
+        assert s._runtime.hub.ring_spinners == {}

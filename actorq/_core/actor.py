@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from actorq._core.events import CAUSES
+
 if TYPE_CHECKING:
-    from actorq._ref import ActorRef
-    from actorq._supervision.policy import ActorOptions
+    from actorq._core.ref import ActorRef
 
 HOOKS = frozenset({"on_start", "on_stop", "receive"})
 
@@ -24,6 +26,71 @@ def handler_names(cls: type) -> frozenset[str]:
         if is_handler_name(name) and callable(value) and name not in _BASE_ATTRS:
             names.add(name)
     return frozenset(names)
+
+
+@dataclass(frozen=True)
+class ActorOptions:
+    """Per-actor runtime options: set ``actor_options`` on the class, or pass it to spawn.
+
+    Args:
+        hang_timeout: seconds a single handler may run; past it the process is killed and
+            restarted (cause ``"hang"``). None: no limit.
+        max_rss: bytes of resident memory the process may use; past it the process is
+            killed and restarted (cause ``"oom"``). None: no limit.
+        restart_on: causes after which a permanent or transient actor is restarted
+            (default: all but ``"start"``: a constructor that raised would raise again).
+        redeliver: give the message being handled at a crash to the restarted instance
+            (instead of failing its caller with ``ActorCrashed``).
+        poison_after: with ``redeliver``, a message that crashed the actor this many times
+            in a row goes to the dead letters and its caller gets ``ActorCrashed``.
+        window_target: turn the adaptive credit window on, with this target (seconds)
+            for the p99 of the time a message spends in the actor (read to handled):
+            above it the window halves, under it the window grows by ``window_step``.
+            None (default): the window is fixed at the system's ``window``.
+        window_min: the adaptive window never goes below this.
+        window_max: ... nor above this (default: the system's ``window``).
+        window_step: additive increase per healthy period.
+    """
+
+    hang_timeout: float | None = None
+    max_rss: int | None = None
+    restart_on: frozenset[str] = field(default=CAUSES - {"start"})
+    redeliver: bool = False
+    poison_after: int = 3
+    window_target: float | None = None
+    window_min: int = 8
+    window_max: int | None = None
+    window_step: int = 16
+
+    def __post_init__(self) -> None:
+        if self.window_target is not None and self.window_target <= 0:
+            msg = f"window_target must be positive seconds, not {self.window_target}"
+            raise ValueError(msg)
+        if self.window_min < 1 or (self.window_max is not None
+                                   and self.window_max < self.window_min):
+            msg = f"need 1 <= window_min <= window_max (got {self.window_min}, {self.window_max})"
+            raise ValueError(msg)
+        if isinstance(self.restart_on, str):
+            msg = (f"restart_on must be a set of causes, such as {{{self.restart_on!r}}}, "
+                   f"not the string {self.restart_on!r}")
+            raise TypeError(msg)
+        unknown = set(self.restart_on) - CAUSES
+        if unknown:
+            msg = f"restart_on has unknown causes {sorted(unknown)}; known: {sorted(CAUSES)}"
+            raise ValueError(msg)
+        object.__setattr__(self, "restart_on", frozenset(self.restart_on))
+        if self.hang_timeout is not None and self.hang_timeout <= 0:
+            msg = f"hang_timeout must be positive, not {self.hang_timeout}"
+            raise ValueError(msg)
+        if self.max_rss is not None and self.max_rss <= 0:
+            msg = f"max_rss must be positive, not {self.max_rss}"
+            raise ValueError(msg)
+        if self.poison_after < 1:
+            msg = f"poison_after must be at least 1, not {self.poison_after}"
+            raise ValueError(msg)
+
+
+ActorOptions.__module__ = "actorq"
 
 
 class ContextOps(Protocol):

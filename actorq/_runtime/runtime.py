@@ -16,129 +16,156 @@ A crash, from the process sentinel to the next instance::
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 import logging
 import os
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import psutil
+import uvloop
 
 from actorq import _serialization
-from actorq._actor import handler_names
+from actorq._actorproc import host as _host
+from actorq._clock import Deadline
 from actorq._config import SystemConfig
+from actorq._core.actor import Actor, ActorOptions, handler_names
+from actorq._core.events import ActorEvent, EventBus, EventCounts, EventKind
+from actorq._core.protocol import (
+    C_BUSY,
+    C_HANDLED,
+    C_REPLY_TO,
+    C_SEQ,
+    C_SINCE,
+    C_STOP,
+    C_TOKEN,
+    OP_REPLY,
+    SYSTEM_ID,
+    Boot,
+    Ctl,
+    method_and_args,
+)
+from actorq._core.ref import ActorRef, register_hub, unregister_hub
+from actorq._core.reply import Reply
 from actorq._errors import ActorCrashed, ActorStopped
-from actorq._hub import OP_REPLY, SYSTEM_ID, method_and_args
+from actorq._ids import new_run_prefix
+from actorq._process.reap import kill_tree
 from actorq._process.spares import WarmPool
-from actorq._ref import ActorRef
-from actorq._reply import Reply
-from actorq._supervision.deadletters import DeadLetters
+from actorq._process.spawn import get_context
+from actorq._resilience.backoff import Backoff
+from actorq._runtime.cells import DEAD_STATES, ActorCell, CellState, RestartPlan
+from actorq._runtime.systemhub import SystemHub
+from actorq._supervision.deadletters import DeadLetter, DeadLetters
 from actorq._supervision.policy import (
     RESTART_TYPES,
-    ActorOptions,
+    RestartType,
+    SupervisorDecision,
     classify_exit,
     describe_exit,
     should_restart,
 )
 from actorq._supervision.supervisor import Supervisor
-from actorq._systemhub import SystemHub
 from actorq._transport import control
 from actorq._transport.channel import (
-    C_BUSY,
-    C_REPLY_TO,
-    C_SINCE,
-    C_STOP,
-    C_TOKEN,
+    C_LOST,
+    C_WAKEUPS,
+    C_WINDOW,
     CTL_SIZE,
     ControlBlock,
     InChannel,
     OutChannel,
 )
 from actorq._transport.oob import decode_batch, run_after_commit
-from actorq._transport.ring import Ring
-from actorq._transport.shm import Segment
+from actorq._transport.ring import (
+    H_BACKPRESSURE,
+    H_HANDLED,
+    H_SENT,
+    H_WAIT_NS,
+    H_WAITING,
+    H_WAITS,
+    Ring,
+)
+from actorq._transport.shm import Segment, sweep, unlink_prefix
 
 logger = logging.getLogger("actorq")
 
-DEAD_STATES = ("stopped", "failed")
+A = TypeVar("A", bound=Actor)
 SPARE_REFILL_DELAY = 0.05
 
-
-@dataclass(eq=False)
-class ActorCell:
-    """What the system keeps of one actor across its incarnations."""
-
-    id: int
-    name: str
-    cls_name: str
-    handlers: frozenset[str]
-    restart: str
-    options: ActorOptions
-    spec: Segment
-    spec_size: int
-    ctl: ControlBlock
-    efd: int
-    supervisor: Any = None  # the Supervisor this actor is a child of
-    kids: Supervisor | None = None  # children it spawned itself (context.spawn)
-    inbound: dict[int, Segment] = field(default_factory=dict)  # rings it reads, by sender
-    outbound: dict[int, str] = field(default_factory=dict)  # rings it writes, by target
-    state: str = "starting"  # starting | running | restarting | stopping | stopped | failed
-    generation: int = 0  # bumped at every planned start: a stale start is dropped
-    restarts: int = 0
-    pid: int | None = None
-    proc: Any = None
-    ctrl: Any = None
-    killed_for: str | None = None  # "hang" / "oom" when actorq killed it
-    reported: str | None = None  # "exception" / "start" when it said why before dying
-    failed_start: tuple[BaseException, str] | None = None
-    finish_why: str = "it was stopped"
-    plan: Any = None
-    poison_key: tuple[int, int, int] | None = None
-    poison_count: int = 0
-    crashes: Counter[str] = field(default_factory=Counter)
-    ready: threading.Event = field(default_factory=threading.Event)
-    exited: threading.Event = field(default_factory=threading.Event)
-
-    def describe(self) -> str:
-        """``"Counter 'c'"``."""
-        return f"{self.cls_name} {self.name!r}"
-
-    def alive(self) -> bool:
-        """True while a process of it runs (or is being started)."""
-        return self.proc is not None
-
-
-@dataclass(eq=False)
-class RestartPlan:
-    """Cells a supervisor restarts together: stop the live ones, then start all."""
-
-    cells: list[ActorCell]
-    delay: float
-    waiting: set[int] = field(default_factory=set)
-
-
 class Runtime:
-    """Cells, processes, crashes, restarts: the machinery behind ``ActorSystem``."""
+    """Cells, processes, crashes, restarts: the machinery that ``ActorSystem`` holds.
 
-    config: SystemConfig
-    run_id: str
-    _hub: SystemHub
-    _root: Supervisor
-    _ctx: Any
-    _starter: Any
-    _spares: WarmPool
-    _closing: bool
+    Its public methods are what the facade, supervisors (``SupervisorOps``) and the
+    layers above reach it through; everything starting with ``_`` is its own.
+    """
 
-    def _init_runtime(self) -> None:
+    def __init__(self, config: SystemConfig) -> None:
+        self.config = config
+        self._closing = False
+        self._closed = False
         self._cells: dict[int, ActorCell] = {}
         self._names: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
-        self._dead = DeadLetters(self.config.dead_letters)
-        self._events: Counter[str] = Counter()
+        self._dead = DeadLetters(config.dead_letters)
+        self._bus = EventBus()
+        self._counts = EventCounts()
+        self._bus.subscribe(self._counts)  # metrics: the first listener
+        sweep()  # what dead runs left in /dev/shm
+        self.run_id = new_run_prefix()
+        self._ctx = get_context(config.start_method)
+        ctl_seg = Segment.create(self.run_id + "ctl0", CTL_SIZE)
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._hub = SystemHub(self.run_id, config, ControlBlock(ctl_seg), efd, self._state_of)
+        register_hub(self.run_id, self._hub)
+        self.root = Supervisor(self, "root", max_restarts=config.root_max_restarts,
+                               within=config.root_within, give_up_per_child=True)
+        self._spares = WarmPool(self._ctx, _host.main, config.warm_spares)
+        self._starter = concurrent.futures.ThreadPoolExecutor(1, "actorq-starter")
+        self._starter.submit(self._spares.refill)
+        self._loop_ready = threading.Event()
+        self._thread = threading.Thread(target=self._run_loop, name="actorq-hub", daemon=True)
+        self._thread.start()
+        self._loop_ready.wait(10)
+
+    @property
+    def hub(self) -> SystemHub:
+        """The user process's hub (its channels to every actor)."""
+        return self._hub
+
+    @property
+    def closing(self) -> bool:
+        """True once ``close()`` began."""
+        return self._closing
+
+    @property
+    def actor_count(self) -> int:
+        """How many actors this runtime knows (live or stopped)."""
+        return len(self._cells)
+
+    # -- the loop thread ----------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        hub = self._hub
+        hub.loop = loop
+        hub.loop_thread_id = threading.get_ident()
+        loop.add_reader(hub.efd, hub.on_wake)
+        hub.park()
+        loop.call_later(self.config.park_timeout, hub.watchdog, lambda: bool(hub.ring_spinners),
+                        hub.on_wake, lambda: not self._closing)
+        loop.call_later(self.config.monitor_interval, self._monitor)
+        self._loop_ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.remove_reader(hub.efd)
+            loop.close()
 
     # -- loop helpers ---------------------------------------------------------------------
 
@@ -150,18 +177,36 @@ class Runtime:
             except RuntimeError:
                 pass
 
-    def count_event(self, kind: str) -> None:
-        """Count a supervisor event (SupervisorOps)."""
-        self._events[kind] += 1
+    def _state_of(self, actor_id: int) -> str | None:
+        cell = self._cells.get(actor_id)
+        return cell.state if cell is not None else None
+
+    def _publish(self, kind: EventKind, cell: ActorCell, cause: str | None = None,
+                 detail: str = "", supervisor: str | None = None) -> None:
+        """Publish a lifecycle event of *cell* (built only when someone listens)."""
+        if self._bus.active:
+            self._bus.publish(ActorEvent(kind, cell.id, cell.name, cell.cls_name, cell.pid,
+                                         cause, detail, cell.restarts, supervisor))
+
+    def supervisor_event(self, decision: SupervisorDecision, supervisor: Supervisor,
+                         child: Any, why: str) -> None:
+        """Publish a supervisor's decision about a child (SupervisorOps)."""
+        kind = EventKind(decision)
+        if isinstance(child, ActorCell):
+            self._publish(kind, child, detail=why, supervisor=supervisor.name)
+        elif self._bus.active:  # a child supervisor
+            self._bus.publish(ActorEvent(kind, 0, child.name, detail=why,
+                                         supervisor=supervisor.name))
 
     # -- cells ----------------------------------------------------------------------------
 
     def _spawn_blob(self, blob: bytes, cls_name: str, handlers: frozenset[str],
-                    name: str | None, restart: str, supervisor: Any,
+                    name: str | None, restart: str, supervisor: Supervisor,
                     options: ActorOptions) -> ActorRef[Any]:
         if restart not in RESTART_TYPES:
             msg = f"restart must be one of {RESTART_TYPES}, not {restart!r}"
             raise ValueError(msg)
+        restart_type = cast(RestartType, restart)
         if self._closing:
             msg = "the actor system is closed"
             raise ActorStopped(msg)
@@ -174,8 +219,8 @@ class Runtime:
             if name in self._names:
                 msg = f"an actor named {name!r} already exists"
                 raise ValueError(msg)
-            cell = self._new_cell(actor_id, name, cls_name, handlers, restart, options, blob)
-            cell.supervisor = supervisor
+            cell = self._new_cell(actor_id, name, cls_name, handlers, restart_type, options,
+                                  blob, supervisor)
             supervisor.children.append(cell)
             self._cells[actor_id] = cell
             self._names[name] = actor_id
@@ -183,14 +228,15 @@ class Runtime:
         return ActorRef(self._hub, self.run_id, actor_id, name, handlers, cls_name)
 
     def _new_cell(self, actor_id: int, name: str, cls_name: str, handlers: frozenset[str],
-                  restart: str, options: ActorOptions, blob: bytes) -> ActorCell:
+                  restart: RestartType, options: ActorOptions, blob: bytes,
+                  supervisor: Supervisor) -> ActorCell:
         prefix = f"{self.run_id}a{actor_id}_"
         spec = Segment.create(prefix + "spec", max(len(blob), 1), prefault=False)
         spec.buf[: len(blob)] = blob
         ctl = ControlBlock(Segment.create(prefix + "ctl", CTL_SIZE))
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         cell = ActorCell(actor_id, name, cls_name, handlers, restart, options, spec,
-                         len(blob), ctl, efd)
+                         len(blob), ctl, efd, supervisor)
         to_actor = self._new_ring(f"{prefix}in{SYSTEM_ID}")
         from_actor = self._new_ring(f"{prefix}out{SYSTEM_ID}")
         cell.inbound[SYSTEM_ID] = to_actor
@@ -228,7 +274,7 @@ class Runtime:
         except Exception:
             logger.exception("could not start a process for %s", cell.describe())
             why = "its process could not be started" + self._main_module_hint()
-            self._on_loop(self._finish, cell, "failed", why)
+            self._on_loop(self._finish, cell, CellState.FAILED, why)
             return
         cell.ctl.slots[C_STOP] = 0
         fds = [cell.efd, self._hub.efd]
@@ -246,21 +292,15 @@ class Runtime:
             elif (peer := self._cells.get(sender)) is not None:
                 inbound[sender] = (seg.name, len(fds))
                 fds.append(peer.efd)
-        info = {
-            "id": cell.id, "name": cell.name, "run_id": self.run_id, "config": self.config,
-            "ctl": cell.ctl.seg.name, "spec": cell.spec.name, "spec_size": cell.spec_size,
-            "inbound": inbound,
-            "outbound": outbound, "restarts": cell.restarts,
-            "hang_timeout": cell.options.hang_timeout,
-            "window_target": cell.options.window_target,
-            "window_min": cell.options.window_min,
-            "window_max": cell.options.window_max,
-            "window_step": cell.options.window_step,
-        }
+        opts = cell.options
+        info = Boot(cell.id, cell.name, self.run_id, self.config, cell.ctl.seg.name,
+                    cell.spec.name, cell.spec_size, inbound, outbound, cell.restarts,
+                    opts.hang_timeout, opts.window_target, opts.window_min, opts.window_max,
+                    opts.window_step)
         cell.proc, cell.ctrl = proc, sock
         cell.pid = proc.pid  # known now (before it can answer); confirmed by "ready"
         try:
-            control.send(sock, ("boot", info), fds)
+            control.send(sock, (Ctl.BOOT, info), fds)
         except OSError:
             pass  # it died already: its sentinel tells the loop
         self._on_loop(self._watch, cell, proc, sock)
@@ -308,44 +348,44 @@ class Runtime:
 
     def _handle_ctrl(self, cell: ActorCell, sock: Any, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
-        if kind == "ready":
-            self._events["started"] += 1
+        if kind == Ctl.READY:
             cell.pid = msg[1]
             if cell.state == "starting":
-                cell.state = "running"
+                cell.state = CellState.RUNNING
             cell.ready.set()
+            self._publish(EventKind.STARTED, cell)
             logger.debug("%s started (pid %s, restarts %d)", cell.describe(), cell.pid,
                          cell.restarts)
-        elif kind == "failed":
+        elif kind == Ctl.FAILED:
             cell.failed_start = (msg[1], msg[2])
             cell.reported = "start"
-        elif kind == "crashing":
+        elif kind == Ctl.CRASHING:
             cell.reported = "exception"
             logger.error("%s: an exception escaped its handlers:\n%s", cell.describe(), msg[1])
-        elif kind == "connect":
+        elif kind == Ctl.CONNECT:
             answer, fds = self._connect(cell, msg[2])
-            control.send(sock, ("answer", msg[1], answer), fds)
-        elif kind == "lookup":
+            control.send(sock, (Ctl.ANSWER, msg[1], answer), fds)
+        elif kind == Ctl.LOOKUP:
             target = self._cells.get(self._names.get(msg[2], -1))
             found: tuple[Any, ...] = ("missing",)
             if target is not None and target.state not in DEAD_STATES:
                 found = ("ref", target.id, target.handlers, target.cls_name)
-            control.send(sock, ("answer", msg[1], found))
-        elif kind == "spawn":
-            control.send(sock, ("answer", msg[1], self._spawn_for(cell, *msg[2:])))
+            control.send(sock, (Ctl.ANSWER, msg[1], found))
+        elif kind == Ctl.SPAWN:
+            control.send(sock, (Ctl.ANSWER, msg[1], self._spawn_for(cell, *msg[2:])))
 
     def _connect(self, cell: ActorCell, target_id: int) -> tuple[tuple[Any, ...], list[int]]:
         target = self._cells.get(target_id)
         if target is None or target.state in DEAD_STATES:
             why = self._hub.gone.get(target_id, "no such actor")
-            return ("gone", target_id, why), []
+            return (Ctl.GONE, target_id, why), []
         if target_id not in cell.outbound:
             seg = self._new_ring(f"{self.run_id}a{target_id}_in{cell.id}")
             target.inbound[cell.id] = seg
             cell.outbound[target_id] = seg.name
             if target.ctrl is not None:
                 try:
-                    control.send(target.ctrl, ("inbound", cell.id, seg.name), [cell.efd])
+                    control.send(target.ctrl, (Ctl.INBOUND, cell.id, seg.name), [cell.efd])
                 except OSError:
                     pass  # restarting: the boot message will list this ring
         ring_name = cell.outbound[target_id]
@@ -359,7 +399,7 @@ class Runtime:
 
             if parent.kids is None:
                 parent.kids = Supervisor(self, f"{parent.name}.children",
-                                         give_up_per_child=True, spawner=self)
+                                         give_up_per_child=True)
             options = options or getattr(cls, "actor_options", None) or ActorOptions()
             ref = self._spawn_blob(blob, cls.__name__, handler_names(cls), name, restart,
                                    parent.kids, options)
@@ -389,13 +429,13 @@ class Runtime:
             self._plan_exited(cell)
             return
         if cell.state == "stopping" or self._closing:
-            self._finish(cell, "stopped", cell.finish_why)
+            self._finish(cell, CellState.STOPPED, cell.finish_why)
             return
         cause = classify_exit(code, cell.killed_for, cell.reported)
         cell.killed_for = cell.reported = None
         cell.crashes[cause] += 1
-        self._events[f"crash:{cause}"] += 1
         text = f"{cell.describe()} (pid {cell.pid}) {self._words(cell, cause, code)}"
+        self._publish(EventKind.CRASHED, cell, cause, text)
         if cell.state == "starting" and cell.failed_start is None and code == 1:
             text += self._main_module_hint()  # died before it could even boot
         logger.warning("%s", text)
@@ -404,18 +444,18 @@ class Runtime:
             text = f"{cell.describe()} failed to start: {type(exc).__name__}: {exc}"
             logger.error("%s\n%s", text, tb)
             if not should_restart(cell.restart, cause, code, cell.options):
-                self._finish(cell, "failed", text, cause="start", error=exc)
+                self._finish(cell, CellState.FAILED, text, cause="start", error=exc)
                 cell.supervisor.remove(cell)
                 return
         else:
             self._attribute_crash(cell, text, cause)
         if should_restart(cell.restart, cause, code, cell.options):
-            cell.state = "restarting"
+            cell.state = CellState.RESTARTING
             cell.supervisor.child_failed(cell, text)
         else:
             words = self._words(cell, cause, code)
             why = f"{words} and was not restarted (restart={cell.restart!r})"
-            self._finish(cell, "stopped", why, cause=cause)
+            self._finish(cell, CellState.STOPPED, why, cause=cause)
             cell.supervisor.remove(cell)
 
     @staticmethod
@@ -434,6 +474,8 @@ class Runtime:
         slots = cell.ctl.slots
         busy, token, reply_to = slots[C_BUSY], slots[C_TOKEN], slots[C_REPLY_TO]
         slots[C_BUSY] = slots[C_TOKEN] = 0
+        if busy and self._committed(cell, busy - 1, slots[C_SEQ]):
+            busy = 0  # it died after committing the message, before clearing the slot
         if not busy:
             cell.poison_key = None
             if token:  # a call was handled and committed, but its reply may not be out
@@ -471,6 +513,23 @@ class Runtime:
         if token:
             self._fail_caller(reply_to - 1, token, f"{text} while handling this call", cause)
 
+    @staticmethod
+    def _committed(cell: ActorCell, sender: int, seq: int) -> bool:
+        """Was the message at *seq* in *sender*'s ring committed (handled to the end)?"""
+        seg = cell.inbound.get(sender)
+        if seg is None:
+            return False
+        ring = Ring(seg.buf)
+        try:
+            rec = ring.read_at(ring.head())
+            first = ring.hdr[H_HANDLED]  # the first message not handled yet
+            if rec is not None:
+                first += ring.skip_count(rec.pos)
+                rec.payload.release()
+            return seq < first
+        finally:
+            ring.release()
+
     def _peek_message(self, payload: memoryview, index: int) -> tuple[str, Any]:
         unlink: list[str] = []
         try:
@@ -483,7 +542,7 @@ class Runtime:
         if caller == SYSTEM_ID:
             reply = self._hub.pending.pop(token, None)
             if reply is not None:
-                reply._fail(ActorCrashed(f"{reply.describe}: {text}", cause))
+                reply.set_exception(ActorCrashed(f"{reply.describe}: {text}", cause))
         else:
             self._hub.reply_to_actor(caller, token, ActorCrashed(text, cause))
 
@@ -498,7 +557,7 @@ class Runtime:
             if cell.alive() and cell.state in ("running", "starting"):
                 plan.waiting.add(cell.id)
                 self._ask_to_stop(cell)
-            cell.state = "restarting"
+            cell.state = CellState.RESTARTING
             cell.plan = plan
         if not plan.waiting:
             self._plan_go(plan)
@@ -519,7 +578,7 @@ class Runtime:
                 cell.plan = None
                 cell.restarts += 1
                 cell.generation += 1
-                cell.state = "starting"
+                cell.state = CellState.STARTING
                 cell.ready.clear()
                 cell.exited.clear()
                 self._starter.submit(self._start_process, cell, cell.generation)
@@ -536,16 +595,16 @@ class Runtime:
             self._release_name(cell)  # a successor may take the name at once
             if cell.alive():
                 self._ask_to_stop(cell)
-                cell.state = "stopping"
+                cell.state = CellState.STOPPING
             else:
-                self._finish(cell, "stopped", why)
+                self._finish(cell, CellState.STOPPED, why)
 
     def _ask_to_stop(self, cell: ActorCell) -> None:
         """Graceful stop now, SIGKILL (process tree) after the stop timeout."""
         cell.ctl.slots[C_STOP] = 1  # a busy actor sees it between two messages
         if cell.ctrl is not None:
             try:
-                control.send(cell.ctrl, ("stop",))
+                control.send(cell.ctrl, (Ctl.STOP,))
             except OSError:
                 pass
         proc = cell.proc
@@ -573,7 +632,7 @@ class Runtime:
 
     # -- gone for good ----------------------------------------------------------------------
 
-    def _finish(self, cell: ActorCell, state: str, why: str, cause: str = "stopped",
+    def _finish(self, cell: ActorCell, state: CellState, why: str, cause: str = "stopped",
                 error: BaseException | None = None) -> None:
         """The actor is gone for good: fail what waits on it, tell its callers."""
         if cell.state in DEAD_STATES:
@@ -611,11 +670,12 @@ class Runtime:
         for other in self._cells.values():
             if other.ctrl is not None and cell.id in other.outbound:
                 try:
-                    control.send(other.ctrl, ("gone", cell.id, why))
+                    control.send(other.ctrl, (Ctl.GONE, cell.id, why))
                 except OSError:
                     pass
         cell.exited.set()
         cell.ready.set()
+        self._publish(EventKind.STOPPED, cell, None if cause == "stopped" else cause, about)
 
     def _release_name(self, cell: ActorCell) -> None:
         with self._lock:
@@ -672,16 +732,244 @@ class Runtime:
                     self._kill(cell)
         self._hub.loop.call_later(self.config.monitor_interval, self._monitor)
 
+    # -- the facade's operations (user threads) ---------------------------------------
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL *pid* and all its descendants."""
-    try:
-        root = psutil.Process(pid)
-        procs = [*root.children(recursive=True), root]
-    except psutil.Error:
-        return
-    for p in procs:
+    def spawn_under(self, supervisor: Supervisor, cls: type[A], args: tuple[Any, ...],
+                     kwargs: dict[str, Any], name: str | None,
+                    restart: str) -> ActorRef[A]:
+        """Start an actor of *cls* under *supervisor* (``ActorSystem.spawn``'s checks)."""
+        self.check_open()
+        if not (isinstance(cls, type) and issubclass(cls, Actor)):
+            msg = f"spawn() needs a subclass of actorq.Actor, not {cls!r}"
+            raise TypeError(msg)
+        options = kwargs.pop("actor_options", None) or getattr(cls, "actor_options", None)
+        if options is None:
+            options = ActorOptions()
+        if not isinstance(options, ActorOptions):
+            msg = f"actor_options must be an actorq.ActorOptions, not {options!r}"
+            raise TypeError(msg)
+        _serialization.check_picklable(f"{cls.__name__}()", args, kwargs)
         try:
-            p.kill()
-        except psutil.Error:
-            pass
+            blob = _serialization.dumps_code((cls, args, kwargs))
+        except Exception as exc:
+            msg = f"cannot send {cls.__name__} or its arguments to a new process: {exc}"
+            raise TypeError(msg) from exc
+        return self._spawn_blob(blob, cls.__name__, handler_names(cls), name, restart,
+                                supervisor, options)
+
+
+    def supervisor_under(self, parent: Supervisor, strategy: str, max_restarts: int,
+                          within: float, backoff: Backoff | None,
+                         name: str | None) -> Supervisor:
+        """Create a supervisor under *parent*."""
+        self.check_open()
+        with self._lock:
+            if parent.state != "running":
+                msg = f"supervisor {parent.name!r} is stopped"
+                raise ActorStopped(msg)
+            name = name or f"supervisor-{len(parent.children) + 1}"
+            return Supervisor(self, name, strategy=strategy, max_restarts=max_restarts,
+                              within=within, backoff=backoff, parent=parent)
+
+    def stop_supervisor(self, sup: Supervisor) -> None:
+        """Stop *sup*'s whole subtree for good; blocks until every actor in it is gone."""
+        cells = sup.cells()
+        sup.mark_stopped()
+        if sup.parent is not None:
+            sup.parent.remove(sup)
+        for cell in reversed(cells):
+            self.stop_actor(cell.id, None)
+
+
+    def lookup(self, name: str) -> ActorRef[Any]:
+        """Return the ref of the live actor registered as *name* (``KeyError`` if none)."""
+        with self._lock:
+            cell = self._cells.get(self._names.get(name, -1))
+        if cell is None or cell.state in DEAD_STATES:
+            msg = f"no actor named {name!r}"
+            raise KeyError(msg)
+        return ActorRef(self._hub, self.run_id, cell.id, cell.name, cell.handlers,
+                        cell.cls_name)
+
+    def stop_actor(self, actor_id: int, timeout: float | None = None) -> None:
+        """Stop an actor for good; blocks until its process is gone (see ``ActorSystem.stop``)."""
+        cell = self._cells.get(actor_id)
+        if cell is not None:
+            self._stop_cell(cell, timeout)
+
+    def _stop_cell(self, cell: ActorCell, timeout: float | None) -> None:
+        if cell.state in DEAD_STATES:
+            return
+        deadline = Deadline.after(timeout if timeout is not None else self.config.stop_timeout)
+        cell.ready.wait(deadline.remaining())  # let a starting process come up first
+        done = threading.Event()
+
+        def request() -> None:
+            self.finish_group([cell], "it was stopped")
+            done.set()
+
+        self._on_loop(request)
+        done.wait(5.0)
+        if not cell.exited.wait(deadline.remaining() + 0.5):
+            self._kill_late(cell, deadline.timeout)
+        cell.exited.wait(self.config.stop_timeout)
+        settled = threading.Event()
+        self._on_loop(settled.set)  # the loop has handled the exit
+        settled.wait(2.0)
+
+    def subscribe(self, listener: Callable[[ActorEvent], object]) -> Callable[[], None]:
+        """Call ``listener(event)`` for every lifecycle event of every actor from now on.
+
+        Events (:class:`ActorEvent`): ``started``, ``crashed`` (with its cause),
+        ``restarted``, ``stopped``, ``gave_up``, ``escalated``. The listener runs on the
+        system's loop thread: it must be quick and must not block. Returns a function
+        that unsubscribes it.
+        """
+        return self._bus.subscribe(listener)
+
+    def _kill_late(self, cell: ActorCell, seconds: float) -> None:
+        if cell.proc is not None:
+            logger.warning("%s did not stop within %gs: killing it", cell.describe(), seconds)
+            self._kill(cell)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Messages that were never handled (their actor stopped) or that poisoned it."""
+        return self._dead.snapshot()
+
+    def metrics(self) -> dict[str, Any]:
+        """A snapshot: per actor (by name) state, pid, restarts, crashes by cause, mailbox.
+
+        ``system`` holds the counts of supervisor events (``restarted``, ``gave_up``,
+        ``escalated``, ``crash:<cause>``), dead letters and the hub's own figures.
+        """
+        actors: dict[str, Any] = {}
+        for cell in list(self._cells.values()):
+            entry: dict[str, Any] = {"id": cell.id, "state": cell.state, "pid": cell.pid,
+                                     "restarts": cell.restarts, "crashes": dict(cell.crashes)}
+            if not self._closed:
+                self._mailbox_figures(cell, entry)
+            actors[cell.name] = entry
+        system: dict[str, Any] = {"run_id": self.run_id, "events": dict(self._counts.counts),
+                                  "dead_letters": self._dead.total, "closed": self._closed}
+        if not self._closed:
+            slots = self._hub.ctl.slots
+            system.update(pending_replies=len(self._hub.pending), wakeups=slots[C_WAKEUPS],
+                          lost_wakeups=slots[C_LOST])
+        return {"actors": actors, "system": system}
+
+    def _mailbox_figures(self, cell: ActorCell, entry: dict[str, Any]) -> None:
+        """Flow-control figures of every channel into *cell*, from the ring headers."""
+        slots = cell.ctl.slots
+        flow = {"in_flight": 0, "waiting_producers": 0, "waits": 0, "wait_seconds": 0.0,
+                "backpressure": 0}
+        for seg in list(cell.inbound.values()):
+            ring = Ring(seg.buf)
+            hdr = ring.hdr
+            flow["in_flight"] += hdr[H_SENT] - hdr[H_HANDLED]
+            flow["waiting_producers"] += hdr[H_WAITING]
+            flow["waits"] += hdr[H_WAITS]
+            flow["wait_seconds"] += hdr[H_WAIT_NS] / 1e9
+            flow["backpressure"] += hdr[H_BACKPRESSURE]
+            ring.release()
+        entry.update(handled=slots[C_HANDLED], wakeups=slots[C_WAKEUPS],
+                     lost_wakeups=slots[C_LOST],
+                     window=slots[C_WINDOW] or self.config.window,
+                     credits_in_use=flow["in_flight"], **flow)
+        if cell.pid and cell.state == "running":
+            try:
+                p = psutil.Process(cell.pid)
+                entry["rss"] = p.memory_info().rss
+                entry["cpu_seconds"] = sum(p.cpu_times()[:2])
+            except psutil.Error:
+                pass
+
+    def wait_ready(self, actor_id: int, timeout: float | None = None) -> None:
+        """Block until the actor has started (constructor and ``on_start`` done)."""
+        cell = self._cells[actor_id]
+        if not cell.ready.wait(timeout if timeout is not None else self.config.start_timeout):
+            msg = f"{cell.describe()} did not start in time"
+            raise TimeoutError(msg)
+
+    def pid_of(self, actor_id: int) -> int | None:
+        """The pid of the process running (or booting) the actor; None without one."""
+        cell = self._cells[actor_id]
+        return cell.pid if cell.proc is not None else None
+
+
+    def check_open(self) -> None:
+        """Raise ``ActorStopped`` once the system is closing."""
+        if self._closing:
+            msg = "the actor system is closed"
+            raise ActorStopped(msg)
+
+
+    def close(self) -> None:
+        """Stop every actor, join every process, unlink every segment; idempotent."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        self.root.state = "stopped"
+        self._spares.close()  # no refills from here on
+        # The starter thread is the parent thread of every process under fork and spawn
+        # (PR_SET_PDEATHSIG fires when it exits): it is shut down last, not first.
+        cells = list(self._cells.values())
+        self._on_loop(self.finish_group, cells, "the actor system was closed")
+        deadline = Deadline.after(self.config.stop_timeout)
+        for cell in cells:
+            if cell.proc is not None and not cell.exited.wait(deadline.remaining()):
+                self._kill_late(cell, self.config.stop_timeout)
+        for cell in cells:
+            if cell.proc is not None:
+                cell.exited.wait(5.0)
+        self._spares.close()
+        self._stop_loop()
+        for cell in cells:
+            self._reap(cell)
+        self._starter.shutdown(wait=True)
+        for reply in list(self._hub.pending.values()):
+            reply.set_exception(ActorStopped(f"{reply.describe}: the actor system was closed"))
+        self._hub.pending.clear()
+        self._closed = True
+        self._release_all(cells)
+        unregister_hub(self.run_id)
+
+    def _stop_loop(self) -> None:
+        loop = self._hub.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(loop.stop)
+            except RuntimeError:
+                pass
+        self._thread.join(10)
+
+    def _reap(self, cell: ActorCell) -> None:
+        proc = cell.proc
+        if proc is None:
+            return
+        proc.join(self.config.stop_timeout)
+        if proc.exitcode is None:
+            kill_tree(proc.pid)
+            proc.join(5)
+        if cell.ctrl is not None:
+            cell.ctrl.close()
+        cell.proc = cell.ctrl = None
+
+    def _release_all(self, cells: list[ActorCell]) -> None:
+        hub = self._hub
+        for chan in list(hub.outbound.values()):
+            chan.close()
+        for inchan in list(hub.inbound.values()):
+            inchan.close()
+        hub.outbound.clear()
+        hub.inbound.clear()
+        for cell in cells:
+            for seg in cell.inbound.values():
+                seg.close()
+            cell.ctl.close()
+            cell.spec.close()
+            os.close(cell.efd)
+        hub.pool.close()
+        hub.ctl.close()
+        os.close(hub.efd)
+        unlink_prefix(self.run_id)

@@ -14,33 +14,38 @@ import asyncio
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from actorq._config import SystemConfig
+from actorq._core.hub import Hub
+from actorq._core.protocol import OP_REPLY, SYSTEM_ID
+from actorq._core.ref import ActorRef
+from actorq._core.reply import Reply
 from actorq._errors import ActorStopped
-from actorq._hub import OP_REPLY, SYSTEM_ID, Hub
-from actorq._ref import ActorRef
-from actorq._reply import Reply
-from actorq._transport.channel import C_WAKEUPS, ControlBlock, InChannel, fence
+from actorq._transport.channel import (
+    C_WAKEUPS,
+    ControlBlock,
+    InChannel,
+    fence,
+)
 from actorq._transport.ring import H_READER, H_TAIL
-
-if TYPE_CHECKING:
-    from actorq._runtime import Runtime
 
 
 class SystemHub(Hub):
     """The user process's hub: its loop runs in a background thread."""
 
-    def __init__(self, runtime: Runtime, ctl: ControlBlock, efd: int) -> None:
-        super().__init__(SYSTEM_ID, runtime.run_id, runtime.config, ctl, efd)
-        self.runtime = runtime
+    def __init__(self, run_id: str, config: SystemConfig, ctl: ControlBlock, efd: int,
+                 state_of: Callable[[int], str | None]) -> None:
+        super().__init__(SYSTEM_ID, run_id, config, ctl, efd)
+        self.state_of = state_of  # an actor's cell state, for error messages
         self.spin_lock = threading.Lock()
         # actor id -> threads spinning on its ring in spin_for (empty: nobody spins)
         self.ring_spinners: dict[int, int] = {}
 
     def open_channel(self, ref: ActorRef[Any]) -> Any:
         """Channels to actors exist from spawn; a missing one means the actor is gone."""
-        cell = self.runtime._cells.get(ref.actor_id)
-        why = self.gone.get(ref.actor_id) or (cell.state if cell else "unknown actor")
+        why = self.gone.get(ref.actor_id) or self.state_of(ref.actor_id) or "unknown actor"
         msg = f"{ref._describe()} is stopped: {why}"
         raise ActorStopped(msg)
 
@@ -61,9 +66,9 @@ class SystemHub(Hub):
             raise RuntimeError(msg)
         if self.dirty:
             self.flush_dirty()
-        if not reply._done:
+        if not reply.done():
             self.spin_for(reply)
-        while not reply._done and not deadline.expired():
+        while not reply.done() and not deadline.expired():
             reply._wait_event(deadline)
 
     def spin_for(self, reply: Reply[Any]) -> None:
@@ -87,7 +92,7 @@ class SystemHub(Hub):
         try:
             clock = time.perf_counter
             end = clock() + self.config.spin_seconds * 4
-            while not reply._done:
+            while not reply.done():
                 # Data, and nobody else reading: take one record (if the reply was not in
                 # it, the next turn reads on). Otherwise the clock: a spin that found the
                 # lock taken must still end on time.

@@ -36,23 +36,31 @@ from typing import Any
 import uvloop
 
 from actorq import _serialization
-from actorq._actor import ActorContext, handler_names
 from actorq._clock import Deadline
+from actorq._core.actor import ActorContext, handler_names
+from actorq._core.hub import Hub
+from actorq._core.protocol import (
+    C_BUSY,
+    C_HANDLED,
+    C_REPLY_TO,
+    C_SEQ,
+    C_SINCE,
+    C_STOP,
+    C_TOKEN,
+    OP_CALL,
+    OP_REPLY,
+    OP_TELL,
+    Boot,
+    Ctl,
+)
+from actorq._core.ref import ActorRef, register_hub
+from actorq._core.reply import Reply
 from actorq._errors import ActorStopped, format_remote
-from actorq._hub import OP_CALL, OP_REPLY, OP_TELL, Hub
 from actorq._process.deathsig import set_pdeathsig
-from actorq._ref import ActorRef, register_hub
-from actorq._reply import Reply
 from actorq._serialization import SAFE_TYPES
 from actorq._transport import control
 from actorq._transport.aimd import AIMDWindow
 from actorq._transport.channel import (
-    C_BUSY,
-    C_HANDLED,
-    C_REPLY_TO,
-    C_SINCE,
-    C_STOP,
-    C_TOKEN,
     C_WAKEUPS,
     C_WINDOW,
     ControlBlock,
@@ -60,7 +68,7 @@ from actorq._transport.channel import (
     OpenRecord,
     OutChannel,
 )
-from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_TAIL
+from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_TAIL
 from actorq._transport.shm import Segment
 
 logger = logging.getLogger(__name__)
@@ -88,25 +96,25 @@ class ActorHub(Hub):
 
     may_deadlock = True
 
-    def __init__(self, host: Host, info: dict[str, Any], ctl: ControlBlock, efd: int):
-        super().__init__(info["id"], info["run_id"], info["config"], ctl, efd)
+    def __init__(self, host: Host, info: Boot, ctl: ControlBlock, efd: int):
+        super().__init__(info.id, info.run_id, info.config, ctl, efd)
         self.host = host
         self.busy = False
         self.tell_errors: dict[tuple[str, str], int] = {}
         self.gap_ewma = 0.0  # recent idle stretches, seconds (adaptive spinning)
         self.parked_at = 0.0
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
-        self.stamp_start = info.get("hang_timeout") is not None  # hang detection is on
+        self.stamp_start = info.hang_timeout is not None  # hang detection is on
         # the lone call serve_alone is handling (its ring, record, unlink list), and its
         # entry once track_alone() had to open it
         self.alone: tuple[InChannel, Any, list[Any]] | None = None
         self.alone_entry: OpenRecord | None = None
         self.aimd: AIMDWindow | None = None
-        target = info.get("window_target")
+        target = info.window_target
         if target is not None:
-            self.aimd = AIMDWindow(target=target, minimum=info["window_min"],
-                                   maximum=info["window_max"] or self.config.window,
-                                   increase=info["window_step"])
+            self.aimd = AIMDWindow(target=target, minimum=info.window_min,
+                                   maximum=info.window_max or self.config.window,
+                                   increase=info.window_step)
             ctl.slots[C_WINDOW] = self.aimd.window
         else:
             ctl.slots[C_WINDOW] = 0
@@ -115,8 +123,8 @@ class ActorHub(Hub):
 
     def open_channel(self, ref: ActorRef[Any]) -> OutChannel:
         """Ask the system for a direct channel to *ref* (once per target)."""
-        answer, fds = self.host.request(("connect", ref.actor_id))
-        if answer[0] == "gone":
+        answer, fds = self.host.request((Ctl.CONNECT, ref.actor_id))
+        if answer[0] == Ctl.GONE:
             self.gone[ref.actor_id] = answer[2]
             msg = f"{ref._describe()} is stopped: {answer[2]}"
             raise ActorStopped(msg)
@@ -169,13 +177,13 @@ class ActorHub(Hub):
             msg = f"{reply.describe}: use 'await' for replies inside an async handler"
             raise RuntimeError(msg)
         self.track_alone()
-        while not reply._done:
+        while not reply.done():
             self.flush_dirty()
             self.drain()
             self.host.poll_ctrl()
-            if reply._done or deadline.expired():
+            if reply.done() or deadline.expired():
                 return
-            if self.spin(lambda: reply._done):
+            if self.spin(lambda: reply.done()):
                 continue
             if self.park():
                 timeout = min(deadline.remaining(), self.config.park_timeout)
@@ -256,6 +264,7 @@ class ActorHub(Hub):
         slots[C_TOKEN] = token
         if token:
             slots[C_REPLY_TO] = reply_to + 1
+        slots[C_SEQ] = hdr[H_HANDLED]  # the head record's first message
         slots[C_BUSY] = chan.sender_id + 1
         self.busy = True
         self.sync_depth += 1
@@ -274,13 +283,13 @@ class ActorHub(Hub):
             self.hold(result, entry or chan.open(rec, unlink), 0, token, reply_to)
             return True
         self.busy = False
-        slots[C_BUSY] = 0
         slots[C_HANDLED] += 1
         # committed: its credit is back before the reply is
         if entry is None:
             chan.commit_now(rec, unlink)
         else:  # tracked while the handler waited (it read its rings): commit in order
             entry.done_one(0)
+        slots[C_BUSY] = 0  # after the commit: a crash in between must not redeliver it
         if token:
             self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
             slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
@@ -353,7 +362,9 @@ class ActorHub(Hub):
                     if self.stamp_start:
                         slots[C_SINCE] = time.monotonic_ns()
                     # C_TOKEN is already 0: every message clears it once its reply is out
-                    slots[C_BUSY] = entry.chan.sender_id + 1  # crash attribution slot
+                    chan = entry.chan
+                    slots[C_SEQ] = chan.ring.hdr[H_HANDLED] + index
+                    slots[C_BUSY] = chan.sender_id + 1  # crash attribution slot
                     self.busy = True
                     try:
                         result = receive(msg[2])
@@ -365,12 +376,12 @@ class ActorHub(Hub):
                         self.hold(result, entry, index, 0, 0)
                         return
                     self.busy = False
-                    slots[C_BUSY] = 0
                     handled += 1
                     if self.aimd is not None and self.aimd.observe(
                             time.perf_counter() - entry.t_read):
                         slots[C_WINDOW] = self.aimd.window
                     entry.done_one(index)
+                    slots[C_BUSY] = 0  # after the commit (see C_SEQ)
                     continue
                 _op, token, reply_to, method, args, kwargs = msg
                 slots[C_TOKEN] = token  # 0: a crash then fails no caller
@@ -378,7 +389,9 @@ class ActorHub(Hub):
                     slots[C_REPLY_TO] = reply_to + 1
                 if self.stamp_start:
                     slots[C_SINCE] = time.monotonic_ns()
-                slots[C_BUSY] = entry.chan.sender_id + 1  # crash attribution slot
+                chan = entry.chan
+                slots[C_SEQ] = chan.ring.hdr[H_HANDLED] + index
+                slots[C_BUSY] = chan.sender_id + 1  # crash attribution slot
                 fn = handlers.get(method)
                 if fn is None:
                     err = AttributeError(f"{host.describe()} has no handler {method!r}")
@@ -395,12 +408,12 @@ class ActorHub(Hub):
                     self.hold(result, entry, index, token, reply_to)
                     return
                 self.busy = False
-                slots[C_BUSY] = 0
                 handled += 1
                 if self.aimd is not None and self.aimd.observe(
                         time.perf_counter() - entry.t_read):
                     slots[C_WINDOW] = self.aimd.window
                 entry.done_one(index)  # committed: its credit is back before the reply is
+                slots[C_BUSY] = 0  # after the commit (see C_SEQ)
                 if token:
                     self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
                     slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
@@ -426,9 +439,9 @@ class ActorHub(Hub):
         error). Until the reply is out, ``C_TOKEN`` names the call whose caller a crash
         must fail."""
         slots = self.ctl.slots
-        slots[C_BUSY] = 0
         slots[C_HANDLED] += 1
         entry.done_one(index)
+        slots[C_BUSY] = 0  # after the commit (see C_SEQ)
         if token:
             self.send_reply(reply_to, (OP_REPLY, token, ok, value, tb))
             slots[C_TOKEN] = 0
@@ -536,31 +549,31 @@ class Host:
         if got is None:
             os._exit(EXIT_SYSTEM_GONE)
         (kind, info), fds = got
-        assert kind == "boot", kind
-        self.name = info["name"]
+        assert kind == Ctl.BOOT, kind
+        self.name = info.name
         self.info = info
         multiprocessing.current_process().name = f"actorq:{self.name}"
-        ctl = ControlBlock(Segment.attach(info["ctl"]))
+        ctl = ControlBlock(Segment.attach(info.ctl))
         self.hub = ActorHub(self, info, ctl, fds[0])
-        register_hub(info["run_id"], self.hub)
-        for sender, (ring_name, fd_index) in info["inbound"].items():
+        register_hub(info.run_id, self.hub)
+        for sender, (ring_name, fd_index) in info.inbound.items():
             self.hub.attach_inbound(sender, ring_name, fds[fd_index])
-        for target, (ring_name, ctl_name, fd_index) in info["outbound"].items():
+        for target, (ring_name, ctl_name, fd_index) in info.outbound.items():
             self.hub.attach_outbound(target, ring_name, ctl_name, fds[fd_index])
 
     async def start_actor(self) -> None:
         """Build the actor (constructor, then ``on_start``) in this process."""
         info = self.info
-        spec = Segment.attach(info["spec"])
+        spec = Segment.attach(info.spec)
         try:
-            cls, args, kwargs = _serialization.loads(spec.buf[: info["spec_size"]])
+            cls, args, kwargs = _serialization.loads(spec.buf[: info.spec_size])
         finally:
             spec.close()
         self.cls_name = cls.__name__
         obj = cls.__new__(cls)
-        obj._actorq_ref = ActorRef(self.hub, info["run_id"], info["id"], self.name,
+        obj._actorq_ref = ActorRef(self.hub, info.run_id, info.id, self.name,
                                    handler_names(cls), cls.__name__)
-        obj._actorq_context = ActorContext(self, self.name, info["restarts"])
+        obj._actorq_context = ActorContext(self, self.name, info.restarts)
         self.hub.run_sync(obj.__init__, *args, **kwargs)
         started = self.hub.run_sync(obj.on_start)
         if inspect.isawaitable(started):
@@ -588,7 +601,7 @@ class Host:
         self.loop.add_reader(self.ctrl, self.on_ctrl)
         self.loop.call_later(hub.config.park_timeout, hub.watchdog, lambda: hub.busy,
                              self.serve_lost, lambda: not self.done.done())
-        control.send(self.ctrl, ("ready", os.getpid()))
+        control.send(self.ctrl, (Ctl.READY, os.getpid()))
         self.run_batch()
         await self.done
         await self.stop_actor()
@@ -603,7 +616,7 @@ class Host:
         except Exception:
             payload = RuntimeError(f"{type(exc).__name__}: {exc}")
         try:
-            control.send(self.ctrl, ("failed", payload, tb[-16000:]))
+            control.send(self.ctrl, (Ctl.FAILED, payload, tb[-16000:]))
         except (OSError, ValueError):
             pass
 
@@ -684,21 +697,21 @@ class Host:
     def handle_ctrl(self, msg: tuple[Any, ...], fds: list[int]) -> None:
         """Act on one control message."""
         kind = msg[0]
-        if kind == "stop":
+        if kind == Ctl.STOP:
             self.stopping = True
             if not self.hub.busy and not self.done.done():
                 self.done.set_result(None)
-        elif kind == "inbound":
+        elif kind == Ctl.INBOUND:
             self.hub.attach_inbound(msg[1], msg[2], fds[0] if fds else -1)
             self.loop.call_soon(self.run_batch)
-        elif kind == "gone":
+        elif kind == Ctl.GONE:
             target, reason = msg[1], msg[2]
             self.hub.gone[target] = reason
             chan = self.hub.outbound.pop(target, None)
             if chan is not None:
                 self.hub.close_channel(chan, reason)
             self.hub.fail_pending(target, lambda r: ActorStopped(f"{r.describe}: {reason}"))
-        elif kind == "answer":
+        elif kind == Ctl.ANSWER:
             self._answers[msg[1]] = (msg[2], fds)
         else:  # pragma: no cover
             logger.warning("unknown control message %r", kind)
@@ -721,7 +734,7 @@ class Host:
 
     def lookup(self, name: str) -> ActorRef[Any]:
         """Find an actor by name through the system."""
-        answer, _fds = self.request(("lookup", name))
+        answer, _fds = self.request((Ctl.LOOKUP, name))
         if answer[0] != "ref":
             msg = f"no actor named {name!r}"
             raise KeyError(msg)
@@ -733,7 +746,7 @@ class Host:
         """Spawn a child actor through the system, supervised on this actor's behalf."""
         options = kwargs.pop("actor_options", None)
         blob = _serialization.dumps_code((cls, args, kwargs))
-        answer, _fds = self.request(("spawn", blob, name, restart, options))
+        answer, _fds = self.request((Ctl.SPAWN, blob, name, restart, options))
         if answer[0] == "error":
             raise answer[1]
         _kind, actor_id, child_name, handlers, cls_name = answer
@@ -777,7 +790,7 @@ def main(ctrl: socket.socket) -> None:
         code = loop.run_until_complete(host.run())
     except BaseException as exc:  # escaped every handler: say so, then die (a crash)
         try:
-            control.send(ctrl, ("crashing", format_remote(exc)[-16000:]))
+            control.send(ctrl, (Ctl.CRASHING, format_remote(exc)[-16000:]))
         except (OSError, ValueError):
             pass
         code = EXIT_UNCAUGHT

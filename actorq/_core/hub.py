@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
+from actorq._core.protocol import OP_CALL, OP_REPLY, OP_TELL
+from actorq._core.reply import Reply, error_from_wire
 from actorq._errors import ActorStopped, Backpressure, format_remote
 from actorq._ids import next_token
-from actorq._reply import Reply, error_from_wire
 from actorq._serialization import SAFE_TYPES, check_picklable, quick_safe
 from actorq._transport.channel import (
     C_LOST,
@@ -53,26 +54,15 @@ from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_SENT, H_TA
 if TYPE_CHECKING:
     import asyncio
 
-    from actorq._ref import ActorRef
+    from actorq._core.ref import ActorRef
 
 logger = logging.getLogger(__name__)
 
-OP_CALL = 1
-OP_REPLY = 2
-OP_TELL = 3
-SYSTEM_ID = 0
 DRAIN_QUANTUM = 256  # messages per ring per round of a drain (one full burst record)
 _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without keywords
 _loads = pickle.loads
 _marshal = marshal.dumps  # plain data only: a lone call or reply (oob.load_payload)
 _unmarshal = marshal.loads
-
-
-def method_and_args(msg: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
-    """The handler a call or tell names, and its positional arguments (dead letters)."""
-    if msg[0] == OP_TELL:
-        return "receive", (msg[2],)
-    return msg[3], msg[4]
 
 
 class Hub:
@@ -117,7 +107,7 @@ class Hub:
         if not plain:
             check_picklable(lambda: ref._describe(method), args, kwargs)
         token = next_token()
-        reply: Reply[Any] = Reply(self, ref, token, method)
+        reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
         self.pending[token] = reply
         msg = (OP_CALL, token, self.id, method, args, kwargs or _NO_KWARGS)
         try:
@@ -329,7 +319,7 @@ class Hub:
                     f"{self.config.send_timeout:g}s (send timeout; the message was parked)")
             reply = self.pending.pop(msg[1], None) if msg[1] else None
             if reply is not None:
-                reply._fail(Backpressure(text))
+                reply.set_exception(Backpressure(text))
             else:
                 logger.warning("dropped a told message: %s", text)
 
@@ -350,7 +340,7 @@ class Hub:
             elif waiter.message is not None and waiter.message[1]:
                 reply = self.pending.pop(waiter.message[1], None)
                 if reply is not None:
-                    reply._fail(ActorStopped(f"{reply.describe}: {why}"))
+                    reply.set_exception(ActorStopped(f"{reply.describe}: {why}"))
 
     def grant(self, chan: OutChannel) -> None:
         """Hand the credit that came back to the producers in line, in their order."""
@@ -481,7 +471,7 @@ class Hub:
             reply = self.pending.pop(msg[1], None)
             if reply is not None:
                 err = TypeError(f"{reply.describe}: a message could not be pickled: {exc}")
-                reply._fail(err)
+                reply.set_exception(err)
                 return None
         if msg[0] == OP_REPLY:
             err = TypeError(f"the handler's return value could not be pickled: {exc}")
@@ -602,9 +592,9 @@ class Hub:
         if reply is None:
             return
         if ok:
-            reply._resolve(value)
+            reply.set_result(value)
         else:
-            reply._fail(error_from_wire(value, tb))
+            reply.set_exception(error_from_wire(value, tb))
 
     def fail_pending(self, target_id: int, exc_factory: Any) -> int:
         """Fail every pending reply from *target_id* with ``exc_factory(reply)``."""
@@ -612,7 +602,7 @@ class Hub:
         for token, reply in list(self.pending.items()):
             if reply.target_id == target_id:
                 self.pending.pop(token, None)
-                reply._fail(exc_factory(reply))
+                reply.set_exception(exc_factory(reply))
                 failed += 1
         return failed
 

@@ -6,20 +6,31 @@ the same run, it calls through that process's own direct channel to the target.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+from actorq._core.reply import Reply
 from actorq._errors import ActorStopped
-from actorq._reply import Reply
-
-if TYPE_CHECKING:
-    from actorq._hub import Hub
 
 A = TypeVar("A")
 
-_hubs: dict[str, Hub] = {}
+
+class Sender(Protocol):
+    """What a ref sends through: the hub of the process it is used in."""
+
+    def call(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
+             kwargs: dict[str, Any] | None) -> Reply[Any]:
+        """Send a call to *ref*'s actor and return its reply."""
+        ...
+
+    def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
+        """Send *message* to *ref*'s actor's ``receive``."""
+        ...
 
 
-def register_hub(run_id: str, hub: Hub) -> None:
+_hubs: dict[str, Sender] = {}
+
+
+def register_hub(run_id: str, hub: Sender) -> None:
     """Make *hub* the one that refs of *run_id* unpickled in this process use."""
     _hubs[run_id] = hub
 
@@ -50,7 +61,7 @@ class ActorRef(Generic[A]):
     __slots__ = ("_hub", "_methods", "_priority", "actor_id", "cls_name", "handlers", "name",
                  "run_id")
 
-    def __init__(self, hub: Hub | None, run_id: str, actor_id: int, name: str,
+    def __init__(self, hub: Sender | None, run_id: str, actor_id: int, name: str,
                  handlers: frozenset[str], cls_name: str) -> None:
         self._hub = hub
         self.run_id = run_id
@@ -72,7 +83,7 @@ class ActorRef(Generic[A]):
         ref._priority = int(priority)
         return ref
 
-    def _get_hub(self) -> Hub:
+    def _get_hub(self) -> Sender:
         hub = self._hub
         if hub is None:
             hub = self._hub = _hubs.get(self.run_id)

@@ -1,0 +1,1 @@
+"""The system side: actor cells, their processes, crashes and restarts, the system hub."""
