@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from actorq._errors import BenchError
     from actorq.bench.faults import FaultPlan
-    from actorq.bench.output import write_report
+    from actorq.bench.output import SuiteReport, write_report
     from actorq.bench.regress import Change, compare_files, compare_runs
     from actorq.bench.report import (
         code_version,
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
         write_atomic,
         write_results,
     )
-    from actorq.bench.suite import Suite, SuiteOptions, SuiteReport, run_suite, suites
+    from actorq.bench.suite import Suite, SuiteOptions, run_suite, suites
     from actorq.bench.timing import (
         BenchResult,
         Case,
@@ -62,13 +62,14 @@ if TYPE_CHECKING:
 # time of a restart). ``from actorq.bench import measure`` works as usual.
 _HOME = {
     "BenchError": "actorq._errors", "FaultPlan": "actorq.bench.faults",
-    "write_report": "actorq.bench.output", "Change": "actorq.bench.regress",
+    "write_report": "actorq.bench.output", "SuiteReport": "actorq.bench.output",
+    "Change": "actorq.bench.regress",
     "compare_files": "actorq.bench.regress", "compare_runs": "actorq.bench.regress",
     "run_workload": "actorq.bench.workload",
     **dict.fromkeys(("code_version", "format_value", "machine_info", "render_markdown",
                      "results_table", "verdicts_table", "write_atomic", "write_results"),
                     "actorq.bench.report"),
-    **dict.fromkeys(("Suite", "SuiteOptions", "SuiteReport", "run_suite", "suites"),
+    **dict.fromkeys(("Suite", "SuiteOptions", "run_suite", "suites"),
                     "actorq.bench.suite"),
     **dict.fromkeys(("BenchResult", "Case", "Verdict", "check", "compare", "measure",
                      "measure_interleaved", "percentile"), "actorq.bench.timing"),

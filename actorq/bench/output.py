@@ -14,17 +14,73 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from actorq.bench.report import render_markdown, results_table, verdicts_table, write_atomic
+from actorq.bench.report import (
+    machine_info,
+    render_markdown,
+    results_table,
+    verdicts_table,
+    write_atomic,
+)
 
 if TYPE_CHECKING:
-    from actorq.bench.suite import SuiteReport
+    from actorq.bench.timing import BenchResult, Verdict
 
-__all__ = ["matplotlib_missing", "terminal_text", "write_report"]
+__all__ = ["SCHEMA", "Plot", "SuiteReport", "matplotlib_missing", "terminal_text",
+           "write_report"]
 
 logger = logging.getLogger(__name__)
+
+# The version of the JSON document (docs/benchmarks.md, "The JSON schema"). Bump the
+# number when a field changes meaning or goes away; adding a field keeps it.
+SCHEMA = "actorq.bench/1"
+
+
+@dataclass(frozen=True, slots=True)
+class Plot:
+    """A PNG a report draws: *draw(path)* writes it (matplotlib imported inside)."""
+
+    filename: str
+    caption: str
+    draw: Callable[[Path], None]
+
+
+@dataclass(slots=True)
+class SuiteReport:
+    """What a suite measured: results, ratios to its peers, and how it ran.
+
+    Attributes:
+        suite: the suite's name (``"messaging"``, ``"workload"``, ...).
+        title: the report's heading.
+        results: every figure, with every sample.
+        verdicts: ratios to a peer of the same run, and limits.
+        meta: run parameters (mode, parameters, wall time, load before and after).
+        extra: suite-specific JSON-ready data (time series, bookkeeping, faults).
+        sections: Markdown sections shown before the results table.
+        plots: the PNGs the report can draw.
+        machine: the machine description (:func:`machine_info`).
+    """
+
+    suite: str
+    title: str
+    results: list[BenchResult]
+    verdicts: list[Verdict] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    sections: list[str] = field(default_factory=list)
+    plots: list[Plot] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=machine_info)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON document (schema :data:`SCHEMA`, docs/benchmarks.md)."""
+        return {"schema": SCHEMA, "suite": self.suite, "title": self.title,
+                "machine": self.machine, "meta": self.meta,
+                "verdicts": [v.summary() for v in self.verdicts],
+                "results": [r.summary() for r in self.results], **self.extra}
 
 
 def matplotlib_missing() -> str | None:

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actorq._errors import BenchError
-from actorq.bench.report import machine_info
+from actorq.bench.output import SCHEMA, Plot, SuiteReport, write_report
 
 if TYPE_CHECKING:
     from actorq.bench.faults import FaultPlan
-    from actorq.bench.timing import BenchResult, Verdict
 
 __all__ = [
     "SCHEMA",
@@ -43,9 +42,6 @@ __all__ = [
     "suites",
 ]
 
-# The version of the JSON document (docs/benchmarks.md, "The JSON schema"). Bump the
-# number when a field changes meaning or goes away; adding a field keeps it.
-SCHEMA = "actorq.bench/1"
 SUITES_PACKAGE = "actorq.bench.suites"
 
 
@@ -118,49 +114,6 @@ def _like(default: Any, value: Any, key: str) -> Any:
         except ValueError:
             return value
     return value
-
-
-@dataclass(frozen=True, slots=True)
-class Plot:
-    """A PNG a report draws: *draw(path)* writes it (matplotlib imported inside)."""
-
-    filename: str
-    caption: str
-    draw: Callable[[Path], None]
-
-
-@dataclass(slots=True)
-class SuiteReport:
-    """What a suite measured: results, ratios to its peers, and how it ran.
-
-    Attributes:
-        suite: the suite's name (``"messaging"``, ``"workload"``, ...).
-        title: the report's heading.
-        results: every figure, with every sample.
-        verdicts: ratios to a peer of the same run, and limits.
-        meta: run parameters (mode, parameters, wall time, load before and after).
-        extra: suite-specific JSON-ready data (time series, bookkeeping, faults).
-        sections: Markdown sections shown before the results table.
-        plots: the PNGs the report can draw.
-        machine: the machine description (:func:`machine_info`).
-    """
-
-    suite: str
-    title: str
-    results: list[BenchResult]
-    verdicts: list[Verdict] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    sections: list[str] = field(default_factory=list)
-    plots: list[Plot] = field(default_factory=list)
-    machine: dict[str, Any] = field(default_factory=machine_info)
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the JSON document (schema :data:`SCHEMA`, docs/benchmarks.md)."""
-        return {"schema": SCHEMA, "suite": self.suite, "title": self.title,
-                "machine": self.machine, "meta": self.meta,
-                "verdicts": [v.summary() for v in self.verdicts],
-                "results": [r.summary() for r in self.results], **self.extra}
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,8 +244,6 @@ def run_suite(name: str, *, quick: bool = False, repeats: int | None = None,
                            faults=faults, progress=progress)
     report = _run(suite, options)
     if out_dir is not None:
-        from actorq.bench.output import write_report
-
         write_report(report, out_dir)
     return report
 
