@@ -14,7 +14,10 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actorq.bench.faults import FaultEvent
 
 EXIT_ERROR = 3
 
@@ -89,10 +92,11 @@ def _measure(payload: dict[str, Any], events: _Events) -> list[dict[str, Any]]:
             for r in runners:
                 events.emit("warmup", name=r.name)
                 _guard(f"{r.name!r} (warm-up)", r.once)
-        plan, injector = payload["faults"], None
+        plan, injector, watcher = payload["faults"], None, None
         origin = time.monotonic()
         if plan is not None:
             injector = Injector(plan, lambda: _members(system), {}, math.inf, origin=origin)
+            watcher = _Watcher(system, origin)
             injector.start()
         try:
             for i in range(payload["repeats"]):
@@ -106,11 +110,61 @@ def _measure(payload: dict[str, Any], events: _Events) -> list[dict[str, Any]]:
                                 elapsed=elapsed, work=work,
                                 rate=work / elapsed if elapsed > 0 else math.inf)
         finally:
-            if injector is not None:
+            if injector is not None and watcher is not None:
                 injector.close()
+                watcher.close()
         for r in runners:
             _guard(f"tearing down {r.name!r}", r.teardown)
-        return [e.summary() for e in (injector.events if injector else [])]
+        if injector is None or watcher is None:
+            return []
+        return [{**e.summary(), "running_again_s": watcher.back(e)} for e in injector.events]
+
+
+class _Watcher:
+    """Polls the system's actors while faults are injected: when each runs again.
+
+    A workload's replies are its own, so the harness cannot see "the next successful
+    reply"; what it sees is the member running again: a new pid in state ``running``
+    after a kill, the same process resumed after a stall.
+    """
+
+    INTERVAL = 0.005
+
+    def __init__(self, system: Any, origin: float) -> None:
+        import threading
+
+        self._system, self._origin = system, origin
+        self._seen: list[tuple[float, str, int | None, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="actorq-bench-watch",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last: dict[str, tuple[int | None, str]] = {}
+        while not self._stop.wait(self.INTERVAL):
+            now = time.monotonic() - self._origin
+            for name, a in self._system.metrics()["actors"].items():
+                state = (a.get("pid"), str(a.get("state")))
+                if last.get(name) != state:
+                    last[name] = state
+                    self._seen.append((now, name, *state))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def back(self, event: FaultEvent) -> float | None:
+        """Seconds from *event* until its member ran again (None: not seen)."""
+        if event.pid is None:
+            return None
+        start = event.t + (event.stall if event.kind == "stop" else 0.0)
+        for t, name, pid, state in self._seen:
+            if name != event.member or t < start or state != "running":
+                continue
+            if event.kind == "stop" or pid != event.pid:
+                return round(max(t, start) - event.t, 6)
+        return None
 
 
 def _bind(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:

@@ -388,10 +388,15 @@ def _fault_section(faults: Sequence[Mapping[str, Any]],
              f"{len(faults)} fault(s); {len(hit)} repeat(s) had one. Mean rate of those / "
              f"mean rate of the others: {dip:.2f}" if math.isfinite(dip) else
              f"{len(faults)} fault(s).", "",
-             "| At (s) | Fault | Actor | pid | Error |", "|---|---|---|---|---|"]
+             "| At (s) | Fault | Actor | pid | Running again after (ms) | Error |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {f['t']:.3f} | {f['kind']} | {f['member']} | {f['pid']} | "
-              f"{f['error'] or ''} |" for f in faults]
+              f"{_ms(f.get('running_again_s'))} | {f['error'] or ''} |" for f in faults]
     return "\n".join(lines) + "\n"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.1f}"
 
 
 def _draw(results: Sequence[BenchResult], timeline: Sequence[Mapping[str, Any]],

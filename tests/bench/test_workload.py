@@ -222,6 +222,8 @@ def test_kill_faults_during_a_workload_are_reported(workdir, tmp_path):
     hit = [f for f in faults if f["error"] is None]
     assert hit
     assert all(isinstance(f["pid"], int) for f in hit)
+    # when the member ran again is reported (a replacement after a kill), not judged
+    assert any(f["running_again_s"] is not None for f in hit if f["kind"] == "kill")
     assert len(report.results[0].samples) == 3
     paths = write_report(report, tmp_path / "out")
     page = (tmp_path / "out" / "workload.md").read_text()
