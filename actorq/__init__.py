@@ -12,6 +12,7 @@ from actorq._core.actor import Actor, ActorContext, ActorOptions
 from actorq._core.events import ActorEvent, EventKind
 from actorq._core.ref import ActorRef
 from actorq._core.reply import Reply
+from actorq._core.waiting import as_completed, wait
 from actorq._errors import (
     ActorCrashed,
     ActorqError,
@@ -22,10 +23,11 @@ from actorq._errors import (
     DeadlockError,
     GraphError,
     RemoteTraceback,
+    StartTimeout,
 )
 from actorq._resilience.backoff import Backoff
 from actorq._supervision.deadletters import DeadLetter
-from actorq._supervision.supervisor import Supervisor
+from actorq._supervision.supervisor import Supervisor, SupervisorStatistics
 from actorq._system import ActorSystem
 
 __version__ = "0.1.0"
@@ -50,11 +52,16 @@ __all__ = [
     "GraphError",
     "RemoteTraceback",
     "Reply",
+    "StartTimeout",
     "Supervisor",
+    "SupervisorStatistics",
     "SystemConfig",
+    "as_completed",
+    "wait",
 ]
 
-for _name in ("ActorContext", "ActorEvent", "EventKind", "SystemConfig"):
+for _name in ("ActorContext", "ActorEvent", "EventKind", "SupervisorStatistics",
+              "SystemConfig", "as_completed", "wait"):
     globals()[_name].__module__ = "actorq"
 
 logging.getLogger("actorq").addHandler(logging.NullHandler())

@@ -8,6 +8,7 @@ explicit keyword to :class:`actorq.ActorSystem` wins over both.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,10 @@ class SystemConfig:
         root_within: ... within this many seconds (the actor is then stopped for good).
         monitor_interval: how often hang timeouts and memory limits are checked.
         dead_letters: how many dead letters are kept (oldest dropped first).
+        stopped_kept: how many actors stopped for good (or failed) the system keeps
+            reporting in ``metrics()["actors"]`` (oldest forgotten first, with their
+            shared memory), so that a long-running service that restarts parents does
+            not grow.
         actor_gc_gen0: the garbage collector's generation-0 threshold in actor
             processes (Python's default is 700; 0 keeps it). Each actor also freezes
             (``gc.freeze()``) what exists once it is built, so full collections scan
@@ -97,6 +102,7 @@ class SystemConfig:
     root_within: float = field(default_factory=lambda: _env("root_within", 5.0))
     monitor_interval: float = field(default_factory=lambda: _env("monitor_interval", 0.05))
     dead_letters: int = field(default_factory=lambda: _env("dead_letters", 1000))
+    stopped_kept: int = field(default_factory=lambda: _env("stopped_kept", 1000))
     actor_gc_gen0: int = field(default_factory=lambda: _env("actor_gc_gen0", 10_000))
 
     def __post_init__(self) -> None:
@@ -120,9 +126,15 @@ class SystemConfig:
 
     def replace(self, **changes: Any) -> SystemConfig:
         """Return a copy with *changes* applied (unknown names raise ``TypeError``)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        known = [f.name for f in dataclasses.fields(self)]
+        unknown = set(changes) - set(known)
         if unknown:
-            msg = f"unknown ActorSystem option(s): {', '.join(sorted(unknown))}"
+            words = []
+            for name in sorted(unknown):
+                close = difflib.get_close_matches(name, known, n=1)
+                words.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+            msg = (f"unknown ActorSystem option(s): {', '.join(words)}; the options are the "
+                   "fields of actorq.SystemConfig")
             raise TypeError(msg)
         return dataclasses.replace(self, **changes)
 

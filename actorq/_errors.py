@@ -7,6 +7,7 @@ was calling the crashed one, say).
 
 from __future__ import annotations
 
+import os
 import traceback
 
 
@@ -40,6 +41,10 @@ class CallTimeout(ActorqError, TimeoutError):
     """A call got no reply before its deadline."""
 
 
+class StartTimeout(ActorqError, TimeoutError):
+    """An actor did not start (or the system did not answer its actor) in time."""
+
+
 class CircuitOpen(ActorqError):
     """Every candidate's circuit is open: the call fails fast."""
 
@@ -60,6 +65,14 @@ class BenchError(ActorqError, ValueError):
     """
 
 
+class NoSuchActor(ActorqError, KeyError):
+    """No live actor is registered under that name (``lookup``). A ``KeyError`` whose
+    message reads as a sentence (a plain ``KeyError`` shows its message quoted)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class RemoteTraceback(ActorqError):
     """The traceback of an exception raised in another process, kept as text."""
 
@@ -71,9 +84,32 @@ class RemoteTraceback(ActorqError):
         return "\n\n" + self.tb_text
 
 
+_RUNTIME_FILES = (os.path.dirname(os.path.abspath(__file__)) + os.sep, "uvloop")
+
+
+def _runtime_frame(filename: str) -> bool:
+    return filename.startswith(_RUNTIME_FILES[0]) or _RUNTIME_FILES[1] in filename
+
+
 def format_remote(exc: BaseException) -> str:
-    """Return the formatted traceback of *exc* (in the process where it was raised)."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """Return the formatted traceback of *exc* (in the process where it was raised),
+    without the runtime's own frames at its top (actorq's host and hub, uvloop): the
+    first frame shown is the user's handler."""
+    tb = exc.__traceback__
+    while (tb is not None and tb.tb_next is not None
+           and _runtime_frame(tb.tb_frame.f_code.co_filename)):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def raised_at(exc: BaseException) -> tuple[str, int]:
+    """The file and line where *exc* was raised (its innermost frame), or ("?", 0)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "?", 0
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename, tb.tb_lineno
 
 
 def rebuild(exc: BaseException, tb_text: str) -> BaseException:
@@ -88,6 +124,7 @@ PUBLIC = (
     ActorCrashed,
     ActorStopped,
     CallTimeout,
+    StartTimeout,
     CircuitOpen,
     GraphError,
     DeadlockError,

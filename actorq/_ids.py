@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import secrets
 
 import psutil
 
 SEGMENT_PREFIX = "aq_"
+# A test harness exports a tag here (lowercase letters and digits): every run started by
+# a process that inherits it has it in its segment names (``aq_<pid>_<start>_<tag>x...``),
+# so the harness can tell its own subprocesses' segments from other programs'.
+RUN_TAG_ENV = "ACTORQ_RUN_TAG"
 
 
 def process_stamp(pid: int) -> str | None:
@@ -29,7 +34,10 @@ def new_run_prefix() -> str:
     """Return a fresh run-scoped prefix for segments owned by this process."""
     stamp = process_stamp(os.getpid())
     assert stamp is not None
-    return f"{SEGMENT_PREFIX}{stamp}_{secrets.token_hex(3)}_"
+    tag = os.environ.get(RUN_TAG_ENV, "")
+    if not re.fullmatch(r"[0-9a-z]{1,16}", tag):
+        tag = ""
+    return f"{SEGMENT_PREFIX}{stamp}_{tag}{'x' if tag else ''}{secrets.token_hex(3)}_"
 
 
 # next_token() returns a token unique within this process (calls are keyed by (process,

@@ -1,27 +1,86 @@
 """How objects cross processes: cloudpickle for code, pickle protocol 5 for data.
 
 Code (an actor class with its constructor arguments) is pickled once per spawn with
-cloudpickle, so classes defined in ``__main__``, in tests or as closures travel by value.
-Data uses plain pickle, which is several times cheaper per message (DESIGN.md:
+cloudpickle, so classes defined in tests, notebooks or as closures travel by value.
+Classes and functions defined at the top level of the user's main script are the
+exception: they travel by name, with their by-value pickle as a fallback
+(``_from_main``). With forkserver and spawn every child imports the main script again
+(as ``__mp_main__``, which multiprocessing also makes its ``__main__``); by name, the
+actor class is that module's class, and so are the types its methods use. Values sent
+as plain pickle (``__main__.Order``) then resolve to that same class, and values the
+actor returns or raises (``__mp_main__.Order``) resolve to the caller's own class
+(multiprocessing aliases ``__mp_main__`` to ``__main__`` there). By value, the actor
+would get a copy of each class, and ``isinstance`` would fail across the boundary.
+Data uses plain pickle, which is several times cheaper per message (docs/internals.md,
 ``pickle.dumps`` ≈ 480 ns against cloudpickle's ≈ 3.1 µs), with protocol 5 so that large
 buffers (numpy arrays, bytearrays) can travel out of band.
 """
 
 from __future__ import annotations
 
+import gc
+import io
 import pickle
+import sys
+import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import cloudpickle
 
 SAFE_TYPES = _SAFE = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
+MAIN_MODULES = ("__main__", "__mp_main__")
+
+
+class _CodePickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, except that top-level classes and functions of the main script go by
+    name (with their by-value pickle as a fallback): see the module docstring."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)):
+            qualname = main_qualname(obj)
+            if qualname is not None:
+                return _from_main, (qualname, cloudpickle.dumps(obj, protocol=5))
+        return super().reducer_override(obj)
+
+
+def main_qualname(obj: Any) -> str | None:
+    """*obj*'s qualified name if it is a class or function defined at the top level (or
+    nested in a top-level class) of the main script, and found there under that name."""
+    module = getattr(obj, "__module__", None)
+    if module not in MAIN_MODULES:
+        return None
+    qualname = getattr(obj, "__qualname__", "")
+    if "<locals>" in qualname or "<lambda>" in qualname:
+        return None
+    return qualname if _lookup_main(qualname) is obj else None
+
+
+def _lookup_main(qualname: str) -> Any:
+    found: Any = sys.modules.get("__main__")
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found
+
+
+def _from_main(qualname: str, by_value: bytes) -> Any:
+    """Unpickling: the main script's own *qualname* here if it has one (the main script,
+    imported again as ``__mp_main__``, or inherited through fork), else the copy."""
+    found = _lookup_main(qualname)
+    if (isinstance(found, (type, types.FunctionType)) and getattr(found, "__qualname__", None)
+            == qualname and getattr(found, "__module__", None) in MAIN_MODULES):
+        return found
+    return pickle.loads(by_value)
+
+
 def dumps_code(obj: Any) -> bytes:
-    """Pickle *obj* with cloudpickle (classes and functions by value where needed)."""
-    data: bytes = cloudpickle.dumps(obj, protocol=5)
-    return data
+    """Pickle *obj* with cloudpickle (classes and functions by value where needed; the
+    main script's by name, see the module docstring)."""
+    buf = io.BytesIO()
+    _CodePickler(buf, protocol=5).dump(obj)
+    return buf.getvalue()
 
 
 def loads(data: bytes | memoryview, buffers: Any = None) -> Any:
@@ -77,3 +136,151 @@ def _check_one(what: str, label: str, value: Any) -> None:
             "pass plain data, or give the type __reduce__/__getstate__"
         )
         raise TypeError(msg) from exc
+
+
+# -- salvaging a batch that does not unpickle -----------------------------------------------
+
+MAIN_HINT = ("define {name} at the top level of a module, or of the main script outside "
+             "its `if __name__ == \"__main__\":` block, so that every process can import it")
+
+
+class Unloadable:
+    """Stands in, after ``salvage_loads``, for an object this process could not rebuild."""
+
+    __slots__ = ("error", "name")
+
+    def __init__(self, error: BaseException, name: str = "") -> None:
+        self.error = error
+        self.name = name  # "module.qualname" when a class or function was not found
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Unloadable:
+        return self  # what a missing class or function would have built
+
+    def describe(self) -> str:
+        """The reason, with the way out when a main-script name was not found."""
+        text = f"{type(self.error).__name__}: {self.error}"
+        module, _dot, qualname = self.name.rpartition(".")
+        if module in MAIN_MODULES:
+            text += "; " + MAIN_HINT.format(name=qualname)
+        return text
+
+    def __repr__(self) -> str:
+        return f"<unloadable: {self.describe()}>"
+
+
+class Salvaged(list):  # type: ignore[type-arg]
+    """The messages of a batch that did not unpickle as a whole (see ``salvage_loads``)."""
+
+
+_PyUnpickler: Any = pickle._Unpickler  # the pure-Python one
+
+
+class _Salvager(_PyUnpickler):  # type: ignore[misc]
+    """The pure-Python unpickler, carrying on where the C one gave up: whatever cannot be
+    rebuilt (a class or function not found here, a constructor or ``__setstate__`` that
+    raises) becomes an ``Unloadable``, and so does whatever is built from one."""
+
+    dispatch: ClassVar[dict[int, Any]] = dict(_PyUnpickler.dispatch)
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except Exception as exc:
+            return Unloadable(exc, f"{module}.{name}")
+
+    def _load_reduce(self) -> None:
+        stack = self.stack
+        args = stack.pop()
+        func = stack[-1]
+        stack[-1] = _attempt(func, args)
+
+    def _load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(cls if type(cls) is Unloadable
+                    else _attempt(lambda: cls.__new__(cls, *args), ()))
+
+    def _load_newobj_ex(self) -> None:
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(cls if type(cls) is Unloadable
+                    else _attempt(lambda: cls.__new__(cls, *args, **kwargs), ()))
+
+    def _guarded(op: Any) -> Any:
+        """Wrap *op*, which pops what it needs and fills the object left on top of the
+        stack: if it raises (an unloadable target, ``__setstate__`` raising, ...), that
+        object becomes an ``Unloadable``."""
+
+        def run(self: _Salvager) -> None:
+            try:
+                op(self)
+            except Exception as exc:
+                if type(self.stack[-1]) is not Unloadable:  # else: keep the first reason
+                    self.stack[-1] = Unloadable(exc)
+
+        return run
+
+    def _marked(op: Any) -> Any:
+        """``_guarded`` for the ops that take the items since the last mark."""
+
+        def run(self: _Salvager) -> None:
+            items = self.pop_mark()
+            if type(self.stack[-1]) is Unloadable:
+                return
+            self.metastack.append(self.stack)  # put the mark back: *op* pops it
+            self.stack = items
+            self.append = items.append
+            try:
+                op(self)
+            except Exception as exc:
+                self.stack[-1] = Unloadable(exc)
+
+        return run
+
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
+    for _op in (pickle.BUILD, pickle.APPEND, pickle.SETITEM):
+        dispatch[_op[0]] = _guarded(dispatch[_op[0]])
+    for _op in (pickle.APPENDS, pickle.SETITEMS, pickle.ADDITEMS):
+        dispatch[_op[0]] = _marked(dispatch[_op[0]])
+    del _op
+
+
+def _attempt(func: Any, args: tuple[Any, ...]) -> Any:
+    if type(func) is Unloadable:
+        return func
+    try:
+        return func(*args)
+    except Exception as exc:
+        return Unloadable(exc, getattr(func, "__module__", "") + "." +
+                          getattr(func, "__qualname__", "")
+                          if isinstance(func, type) else "")
+
+
+def salvage_loads(data: bytes | memoryview, buffers: Any = None) -> Any:
+    """Unpickle *data* that ``pickle.loads`` failed on, as far as it goes: a list comes
+    back as ``Salvaged``, with ``Unloadable`` where something could not be rebuilt.
+
+    The slow path of a batch of messages one of which does not unpickle here: the others
+    must still be handled (``find_unloadable`` tells which is which).
+    """
+    obj = _Salvager(io.BytesIO(data), buffers=buffers).load()
+    return Salvaged(obj) if type(obj) is list else obj
+
+
+def find_unloadable(value: Any, limit: int = 100_000) -> Unloadable | None:
+    """The first ``Unloadable`` in *value* or anything it refers to (None if none)."""
+    if type(value) is Unloadable:
+        return value
+    seen = {id(value)}
+    todo = [value]
+    while todo and len(seen) < limit:
+        for ref in gc.get_referents(todo.pop()):
+            if type(ref) is Unloadable:
+                return ref
+            if id(ref) not in seen and not isinstance(ref, (type, types.ModuleType)):
+                seen.add(id(ref))
+                todo.append(ref)
+    return None

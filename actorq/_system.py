@@ -23,16 +23,16 @@ import atexit
 import logging
 import os
 import platform
-import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from actorq._actorproc import host as _host
 from actorq._config import SystemConfig
 from actorq._core.actor import Actor
 from actorq._core.events import ActorEvent
 from actorq._core.ref import ActorRef
 from actorq._resilience.backoff import Backoff
-from actorq._runtime.runtime import Runtime
+from actorq._runtime.runtime import LIVE_RUNTIMES, Runtime
 from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.supervisor import Supervisor
 
@@ -56,6 +56,7 @@ class ActorSystem:
 
     def __init__(self, *, workers: int | None = None, start_method: str | None = None,
                  **options: Any) -> None:
+        _host.exit_if_importing_main()
         config = SystemConfig()
         if start_method is not None:
             options["start_method"] = start_method
@@ -67,7 +68,6 @@ class ActorSystem:
                 "ordering is not guaranteed by pure Python (see docs/concepts.md)",
                 platform.machine())
         self._runtime = Runtime(self.config)
-        _live_systems.add(self)
 
     @property
     def run_id(self) -> str:
@@ -118,12 +118,28 @@ class ActorSystem:
 
         The actor finishes its current message, runs ``on_stop`` and exits; blocks until
         its process is gone (SIGKILL after the stop timeout). Messages still queued for it
-        go to the dead letters; their callers get ``ActorStopped``.
+        go to the dead letters; their callers get ``ActorStopped``. A ref (or supervisor)
+        of another system raises ``ValueError``.
         """
         if isinstance(ref, Supervisor):
+            if ref._ops is not self._runtime:
+                msg = f"stop(): {ref!r} belongs to another actor system, not to {self!r}"
+                raise ValueError(msg)
             self._runtime.stop_supervisor(ref)
             return
-        self._runtime.stop_actor(ref.actor_id, timeout)
+        self._runtime.stop_actor(self._own(ref, "stop"), timeout)
+
+    def _own(self, ref: ActorRef[Any], what: str) -> int:
+        """*ref*'s actor id; ``ValueError`` if *ref* is not an ``ActorRef`` of this system
+        (two systems number their actors alike: it would name one of ours)."""
+        if not isinstance(ref, ActorRef):
+            msg = f"{what}() needs an ActorRef, not {ref!r}"
+            raise TypeError(msg)
+        if ref.run_id != self.run_id:
+            msg = (f"{what}(): {ref!r} belongs to another actor system (run {ref.run_id}), "
+                   f"not to this one (run {self.run_id}); use that system's {what}()")
+            raise ValueError(msg)
+        return ref.actor_id
 
     def subscribe(self, listener: Callable[[ActorEvent], object]) -> Callable[[], None]:
         """Call ``listener(event)`` for every lifecycle event of every actor from now on.
@@ -149,14 +165,14 @@ class ActorSystem:
 
     def wait_ready(self, ref: ActorRef[Any], timeout: float | None = None) -> None:
         """Block until *ref*'s actor has started (constructor and ``on_start`` done)."""
-        self._runtime.wait_ready(ref.actor_id, timeout)
+        self._runtime.wait_ready(self._own(ref, "wait_ready"), timeout)
 
     def pid_of(self, ref: ActorRef[Any]) -> int | None:
         """The pid of the process running (or booting) *ref*'s actor; None without one.
 
         None between a crash and the start of its successor, and once it is stopped.
         """
-        return self._runtime.pid_of(ref.actor_id)
+        return self._runtime.pid_of(self._own(ref, "pid_of"))
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -177,7 +193,6 @@ class ActorSystem:
 
         Blocks up to the system's ``stop_timeout`` for actors to stop, then kills them.
         """
-        _live_systems.discard(self)
         self._runtime.close()
 
     def __repr__(self) -> str:
@@ -185,7 +200,9 @@ class ActorSystem:
         return f"<ActorSystem {self.run_id} {state} actors={self._runtime.actor_count}>"
 
 
-_live_systems: weakref.WeakSet[ActorSystem] = weakref.WeakSet()
+# Open runtimes, not this facade: their threads keep them alive when the user drops a
+# system without closing it; they are closed at exit (and by the leak guard).
+_live_systems = LIVE_RUNTIMES
 
 
 @atexit.register

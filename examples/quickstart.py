@@ -60,6 +60,15 @@ def sync_example():
 
         # Refs can be found by name.
         assert system.lookup("counter") == counter
+
+        # Wait for whichever replies finish first (concurrent.futures.wait and
+        # as_completed take only Futures; these take Replies).
+        replies = [counter.incr() for _ in range(3)]
+        firsts = [r.result() for r in actorq.as_completed(replies, timeout=10)]
+        assert sorted(firsts) == [1118, 1119, 1120]
+        done, not_done = actorq.wait(replies, timeout=10)
+        assert done == set(replies)
+        assert not not_done
     # Leaving the block stopped the actor, joined its process, unlinked its shared memory.
 
 
@@ -97,6 +106,18 @@ async def async_example():
         except TypeError as exc:
             error = exc
         assert isinstance(error, TypeError)
+
+        # A fan-out far bigger than the mailbox: in async code a send never waits,
+        # so at most max_parked messages may wait for credit (more raise
+        # Backpressure). Bound what is in flight; sync code would just wait instead.
+        in_flight = asyncio.Semaphore(1000)
+
+        async def bounded_incr():
+            async with in_flight:
+                return await counter.incr()
+
+        results = await asyncio.gather(*(bounded_incr() for _ in range(20_000)))
+        assert len(results) == 20_000
 
 
 if __name__ == "__main__":  # needed: actor processes re-import this module

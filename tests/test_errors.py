@@ -49,3 +49,34 @@ def test_a_script_without_a_main_guard_is_told_why_its_actors_die(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(("actorq.ActorStopped", "actorq.ActorCrashed")), last
     assert 'if __name__ == "__main__":' in last
+
+
+def test_the_runtime_raises_no_bare_timeout_error():
+    """Timeouts of the runtime are ActorqErrors (CallTimeout, StartTimeout), never bare."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(actorq.__file__).parent
+    bare = []
+    for path in pkg.rglob("*.py"):
+        if path.name == "testing.py" or "bench" in path.parts:
+            continue  # test and benchmark helpers, not the runtime
+        bare.extend(f"{path.relative_to(pkg)}:{node.lineno}"
+                    for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+                    and getattr(node.exc.func, "id", None) == "TimeoutError")
+    assert not bare, bare
+
+
+def test_wait_ready_times_out_with_start_timeout():
+    class Slow(actorq.Actor):
+        def __init__(self):
+            import time
+
+            time.sleep(30)
+
+    with actorq.ActorSystem(stop_timeout=0.5) as s:
+        ref = s.spawn(Slow, name="slow")
+        with pytest.raises(actorq.StartTimeout, match="slow") as info:
+            s.wait_ready(ref, timeout=0.05)
+        assert isinstance(info.value, TimeoutError)

@@ -19,6 +19,7 @@ KEY_LINES = {
     "cpu_demo.py": "check: OK",
     "flow_control.py": "flow control: all assertions passed",
     "quickstart.py": "quickstart: all assertions passed",
+    "recipes.py": "recipes: all assertions passed",
     "supervision.py": "supervision: all assertions passed",
 }
 

@@ -38,7 +38,7 @@ import uvloop
 from actorq import _serialization
 from actorq._clock import Deadline
 from actorq._core.actor import ActorContext, handler_names
-from actorq._core.hub import Hub
+from actorq._core.hub import BadMessage, Hub
 from actorq._core.protocol import (
     C_BUSY,
     C_HANDLED,
@@ -55,8 +55,9 @@ from actorq._core.protocol import (
 )
 from actorq._core.ref import ActorRef, register_hub
 from actorq._core.reply import Reply
-from actorq._errors import ActorStopped, format_remote
-from actorq._process.deathsig import set_pdeathsig
+from actorq._errors import ActorStopped, NoSuchActor, StartTimeout, format_remote, raised_at
+from actorq._process import deathsig
+from actorq._process.deathsig import Lineage
 from actorq._serialization import SAFE_TYPES
 from actorq._transport import control
 from actorq._transport.aimd import AIMDWindow
@@ -89,6 +90,18 @@ TIME_SLICE = 0.01
 EXIT_FAILED_START = 3
 EXIT_SYSTEM_GONE = 4
 EXIT_UNCAUGHT = 5
+EXIT_MAIN_UNGUARDED = 6  # the user's main script, imported again here, made a system
+
+
+def exit_if_importing_main() -> None:
+    """Called by ``ActorSystem()``. In an actor process that is importing the user's main
+    script again (forkserver and spawn do, before the actor boots), a system created at
+    import time means the script has no ``if __name__ == "__main__":`` guard: exit at once,
+    quietly, with ``EXIT_MAIN_UNGUARDED``. The system says it once, in the user's process
+    (a traceback from every child, and restarts of a failure that repeats, only hid it)."""
+    proc = multiprocessing.current_process()
+    if getattr(proc, "_inheriting", False) and proc.name.startswith("actorq:"):
+        os._exit(EXIT_MAIN_UNGUARDED)
 
 
 class ActorHub(Hub):
@@ -394,7 +407,11 @@ class ActorHub(Hub):
                 slots[C_BUSY] = chan.sender_id + 1  # crash attribution slot
                 fn = handlers.get(method)
                 if fn is None:
-                    err = AttributeError(f"{host.describe()} has no handler {method!r}")
+                    err: Exception
+                    if type(method) is BadMessage:  # it did not unpickle here (sort_out)
+                        err = method.error()
+                    else:
+                        err = AttributeError(f"{host.describe()} has no handler {method!r}")
                     self.finish(entry, index, token, reply_to, False, err, "")
                     continue
                 self.busy = True
@@ -449,17 +466,22 @@ class ActorHub(Hub):
             self.log_tell_error(value, tb)
 
     def log_tell_error(self, exc: BaseException, tb: str) -> None:
-        """A told message raised: nobody waits for it, so log it (the first of each kind
-        with its traceback, the rest counted, so that a flood does not drown the log)."""
-        kind = (type(exc).__name__, str(exc)[:200])
+        """A told message raised: nobody waits for it, so log it. The first of each kind
+        (exception type and the line that raised it) with its traceback; the rest only
+        counted, at 10, 100, 1000 and 10000, so that a flood does not drown the log, even
+        when each message has a text of its own."""
+        file, line = raised_at(exc)
+        kind = (type(exc).__name__, f"{file}:{line}")
         seen = self.tell_errors.get(kind, 0)
         self.tell_errors[kind] = seen + 1
         if seen == 0:
-            logger.error("%s: a told message raised (later ones like it are counted, not "
-                         "logged):\n%s", self.host.describe(), tb or exc)
+            logger.error("%s: a told message raised (later %s raised at %s are counted, "
+                         "not logged):\n%s", self.host.describe(), kind[0],
+                         f"{os.path.basename(file)}:{line}", tb or exc)
         elif seen + 1 in (10, 100, 1000, 10000):
-            logger.error("%s: %d told messages raised %s: %s", self.host.describe(), seen + 1,
-                         kind[0], kind[1])
+            logger.error("%s: %d told messages raised %s at %s (the last: %s)",
+                         self.host.describe(), seen + 1, kind[0], kind[1],
+                         str(exc)[:200])
 
     def send_reply(self, reply_to: int, msg: tuple[Any, ...]) -> None:
         """Append a reply to the caller's channel (opened through the system if new)."""
@@ -488,6 +510,17 @@ class ActorHub(Hub):
             else:
                 chan.outbox.append(msg)
         self.dirty.add(chan)
+
+    def describe_self(self) -> str:
+        """This actor, in error messages."""
+        return self.host.describe()
+
+    def record_dead(self, method: str, reason: str) -> None:
+        """Dead letters are kept by the system: tell it."""
+        try:
+            control.send(self.host.ctrl, (Ctl.DEAD_LETTER, method, reason[-4000:]))
+        except OSError:
+            logger.error("%s: %s", self.host.describe(), reason)
 
     def unpicklable(self, msg: tuple[Any, ...], exc: BaseException) -> tuple[Any, ...] | None:
         """Replace a reply that cannot be pickled by an error the caller can read."""
@@ -725,7 +758,7 @@ class Host:
         while req not in self._answers:
             if deadline.expired():
                 msg_ = f"the actor system did not answer {msg[0]!r} in {deadline.timeout:g}s"
-                raise TimeoutError(msg_)
+                raise StartTimeout(msg_)
             select.select([self.ctrl], [], [], deadline.remaining())
             self.poll_ctrl()
         return self._answers.pop(req)
@@ -737,7 +770,7 @@ class Host:
         answer, _fds = self.request((Ctl.LOOKUP, name))
         if answer[0] != "ref":
             msg = f"no actor named {name!r}"
-            raise KeyError(msg)
+            raise NoSuchActor(msg)
         _kind, actor_id, handlers, cls_name = answer
         return ActorRef(self.hub, self.hub.run_id, actor_id, name, handlers, cls_name)
 
@@ -771,10 +804,13 @@ def _log_to_stderr_unless_configured() -> None:
     logging.getLogger("actorq").addHandler(handler)
 
 
-def main(ctrl: socket.socket) -> None:
+def main(ctrl: socket.socket, lineage: Lineage) -> None:
     """Entry point of every actor process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the system's to handle
-    set_pdeathsig()
+    delay = float(os.environ.get("ACTORQ_TEST_START_DELAY") or 0)
+    if delay:  # tests only: widen the window before the death signal is armed
+        time.sleep(delay)
+    deathsig.arm(lineage)  # first of all: never outlive the owner
     _log_to_stderr_unless_configured()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)

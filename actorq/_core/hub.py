@@ -4,16 +4,12 @@ A hub owns its inbound rings (it is their only consumer), the producer side of i
 outbound rings (with their outboxes), its doorbell eventfd and control block, and the
 replies it is waiting for. The system process and every actor process each run one;
 what differs (how a channel to a new peer is opened, what is done with a call, how a
-synchronous wait is served) is in the subclasses in ``_system`` and ``_host``.
+synchronous wait is served) is in the subclasses ``SystemHub`` (``_runtime/systemhub.py``)
+and ``ActorHub`` (``_actorproc/host.py``).
 
-Wire records are lists of small tuples (cheapest to pickle)::
-
-    (OP_CALL,  token, reply_to, method, args, kwargs)   token 0: no reply wanted
-    (OP_TELL,  0, message)                              a tell: ``receive(message)``
-    (OP_REPLY, token, ok, value_or_exception, traceback_text)
-
-A tell has its own short form: half the bytes of the general one, and it pickles and
-unpickles in half the time. ``msg[1]`` is the token in every form (0: nobody waits).
+Wire records are lists of small tuples, laid out in ``_core/protocol.py``. A tell has its
+own short form: half the bytes of the general one, and it pickles and unpickles in half
+the time. ``msg[1]`` is the token in every form (0: nobody waits).
 """
 
 from __future__ import annotations
@@ -31,11 +27,19 @@ from typing import TYPE_CHECKING, Any
 
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
-from actorq._core.protocol import OP_CALL, OP_REPLY, OP_TELL
+from actorq._core.protocol import OP_CALL, OP_REPLY, OP_TELL, method_and_args
 from actorq._core.reply import Reply, error_from_wire
 from actorq._errors import ActorStopped, Backpressure, format_remote
 from actorq._ids import next_token
-from actorq._serialization import SAFE_TYPES, check_picklable, quick_safe
+from actorq._serialization import (
+    SAFE_TYPES,
+    Salvaged,
+    Unloadable,
+    check_picklable,
+    find_unloadable,
+    quick_safe,
+    salvage_loads,
+)
 from actorq._transport.channel import (
     C_LOST,
     C_PARKED,
@@ -63,6 +67,21 @@ _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without k
 _loads = pickle.loads
 _marshal = marshal.dumps  # plain data only: a lone call or reply (oob.load_payload)
 _unmarshal = marshal.loads
+
+
+class BadMessage:
+    """Stands in for the method name of a call or tell that did not unpickle here: the
+    actor finds no handler under it, and fails the call with ``error()`` instead."""
+
+    __slots__ = ("method", "text")
+
+    def __init__(self, method: str, text: str) -> None:
+        self.method = method
+        self.text = text
+
+    def error(self) -> TypeError:
+        """What the caller gets."""
+        return TypeError(self.text)
 
 
 class Hub:
@@ -248,7 +267,9 @@ class Hub:
                 gate.backpressure += 1
                 chan.set_want(True)
                 text = (f"{ref._describe()}: {gate.waiting} messages already wait for its "
-                        f"mailbox (max_parked={self.config.max_parked}); await some replies")
+                        f"mailbox (max_parked={self.config.max_parked}); await some "
+                        "replies before sending more (bound the fan-out, e.g. with an "
+                        "asyncio.Semaphore)")
                 raise Backpressure(text)
             waiter = gate.enqueue(ref._priority, now,
                                   lambda w: self._send_granted(chan, w, msg))
@@ -531,9 +552,17 @@ class Hub:
         unlink: list[str] = []
         try:
             payload = rec.payload  # oob.load_payload, inlined: a pickle, or marshalled
-            msgs = _loads(payload) if payload[0] == PICKLE_PROTO else _unmarshal(payload)
-            if type(msgs) is not list:  # out of band buffers, or spilled
-                msgs = decode_loaded(msgs, unlink)
+            try:
+                msgs = _loads(payload) if payload[0] == PICKLE_PROTO else _unmarshal(payload)
+            except Exception:
+                if payload[0] != PICKLE_PROTO:
+                    raise
+                msgs = salvage_loads(payload)  # a message in it does not unpickle here
+            if type(msgs) is not list:  # out of band buffers, spilled, or salvaged
+                if type(msgs) is not Salvaged:
+                    msgs = decode_loaded(msgs, unlink, salvage=True)
+                if type(msgs) is Salvaged:
+                    msgs = self.sort_out(chan, msgs)
         except Exception:
             logger.exception("dropped a record from hub %d that could not be "
                              "unpickled", chan.sender_id)
@@ -561,6 +590,51 @@ class Hub:
         if not msgs:
             chan.commit_ready()
         return len(msgs)
+
+    def sort_out(self, chan: InChannel, msgs: list[Any]) -> list[Any]:
+        """A batch that did not unpickle as a whole (``salvage_loads``): keep its good
+        messages as they are; make each bad one fail on its own (a call or tell gets a
+        ``BadMessage`` for its method, a reply becomes an error reply), naming what did
+        not unpickle, and record it in the dead letters."""
+        out = []
+        for msg in msgs:
+            bad = find_unloadable(msg)
+            out.append(msg if bad is None else self.bad_message(chan, msg, bad))
+        return out
+
+    def bad_message(self, chan: InChannel, msg: tuple[Any, ...],
+                    bad: Unloadable) -> tuple[Any, ...]:
+        """The stand-in for one message of a salvaged batch (see ``sort_out``)."""
+        where = f"{self.describe_self()} (pid {os.getpid()})"
+        if msg[0] == OP_REPLY:
+            reply = self.pending.get(msg[1])
+            what = reply.describe if reply is not None else "a call"
+            label = "the return value" if msg[2] else "the exception raised"
+            text = f"{label} of {what} could not be unpickled in {where}: {bad.describe()}"
+            self.record_dead(what, text)
+            return (OP_REPLY, msg[1], False, TypeError(text), msg[4] if not msg[2] else "")
+        method, args = method_and_args(msg)
+        kwargs = msg[5] if msg[0] == OP_CALL else {}
+        label = "the message"
+        if msg[0] == OP_CALL:
+            label = next((f"argument {i}" for i, a in enumerate(args)
+                          if find_unloadable(a) is not None), None) or next(
+                (f"keyword argument {k!r}" for k, v in kwargs.items()
+                 if find_unloadable(v) is not None), "a part")
+        target = f"{self.describe_self()}.{method}"
+        text = (f"{label} of {target} could not be unpickled in the receiving process "
+                f"(pid {os.getpid()}), so the {'call' if msg[1] else 'message'} was not "
+                f"handled: {bad.describe()}")
+        self.record_dead(method, text)
+        return (OP_CALL, msg[1], msg[2] if msg[0] == OP_CALL else 0,
+                BadMessage(method, text), (), _NO_KWARGS)
+
+    def describe_self(self) -> str:
+        """This process, in error messages."""
+        return "the actor system's process"
+
+    def record_dead(self, method: str, reason: str) -> None:
+        """Keep a dead letter for a message that failed here (see ``sort_out``)."""
 
     def serve_alone(self, chan: InChannel, rec: Any, unlink: list[Any],
                     msg: tuple[Any, ...]) -> bool:
@@ -627,7 +701,7 @@ class Hub:
 
     def watchdog(self, busy: Callable[[], bool], serve: Callable[[], None],
                  active: Callable[[], bool]) -> None:
-        """Safety net for lost wake-ups (DESIGN.md: park with a timeout, count, keep 0).
+        """Safety net for lost wake-ups (docs/internals.md: park with a timeout, count, keep 0).
 
         Every ``park_timeout``: data present while parked with no doorbell pending is
         suspicious only if it is still there, untouched by any wake-up, at a second look

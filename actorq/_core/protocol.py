@@ -25,6 +25,7 @@ the message path): tuples whose first item is a :class:`Ctl` kind::
                      (CONNECT, request_id, target_id)    open a direct channel
                      (LOOKUP, request_id, name)
                      (SPAWN, request_id, blob, name, restart, options)
+                     (DEAD_LETTER, method, reason)       a message it could not unpickle
 
     answers          CONNECT: ("channel", target_id, ring_name, target_ctl) + its doorbell fd,
                               or (GONE, target_id, why)
@@ -84,6 +85,7 @@ class Ctl(StrEnum):
     CONNECT = "connect"
     LOOKUP = "lookup"
     SPAWN = "spawn"
+    DEAD_LETTER = "dead_letter"
 
 
 @dataclass(frozen=True, slots=True)

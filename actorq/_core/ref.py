@@ -99,7 +99,11 @@ class ActorRef(Generic[A]):
 
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
-            raise AttributeError(method)
+            if method.startswith("__"):
+                raise AttributeError(method)  # a protocol probe (copy, pickle, hasattr)
+            msg = (f"{self._describe()} has no handler {method!r}: names starting with "
+                   "'_' are never handlers (only public methods can be called through a ref)")
+            raise AttributeError(msg)
         bound = self._methods.get(method)
         if bound is None:
             self._check_method(method)
@@ -162,7 +166,7 @@ class ActorRef(Generic[A]):
         return hash((self.run_id, self.actor_id))
 
     def __repr__(self) -> str:
-        return f"<ActorRef {self._describe()} #{self.actor_id}>"
+        return f"<ActorRef {self._describe()} #{self.actor_id} of run {self.run_id}>"
 
 
 ActorRef.__module__ = "actorq"

@@ -14,15 +14,22 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from actorq._process.deathsig import Lineage, lineage_for
+
 logger = logging.getLogger(__name__)
 
 QUIT = b"quit"  # a spare that reads this instead of its start message exits
 
 
 class WarmPool:
-    """Processes started with *target(sock)*, idle until their socket speaks."""
+    """Processes started with *target(sock, lineage)*, idle until their socket speaks.
 
-    def __init__(self, ctx: Any, target: Callable[[socket.socket], None], size: int,
+    ``lineage`` (``deathsig.Lineage``) tells the child who its owner and parent are, as
+    read here before the fork, and under fork which inherited fd to close: the system's
+    end of its own socket pair, without which its end-of-file would never come.
+    """
+
+    def __init__(self, ctx: Any, target: Callable[[socket.socket, Lineage], None], size: int,
                  name: str = "actorq:spare") -> None:
         self._ctx = ctx
         self._target = target
@@ -36,8 +43,9 @@ class WarmPool:
         """Start a process now; return it with the system end of its socket."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            proc = self._ctx.Process(target=self._target, args=(theirs,), name=self._name,
-                                     daemon=True)
+            lineage = lineage_for(self._ctx.get_start_method(), mine.fileno())
+            proc = self._ctx.Process(target=self._target, args=(theirs, lineage),
+                                     name=self._name, daemon=True)
             proc.start()
         except BaseException:
             mine.close()

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -37,7 +41,6 @@ from actorq._core.actor import Actor, ActorOptions, handler_names
 from actorq._core.events import ActorEvent, EventBus, EventCounts, EventKind
 from actorq._core.protocol import (
     C_BUSY,
-    C_HANDLED,
     C_REPLY_TO,
     C_SEQ,
     C_SINCE,
@@ -51,13 +54,19 @@ from actorq._core.protocol import (
 )
 from actorq._core.ref import ActorRef, register_hub, unregister_hub
 from actorq._core.reply import Reply
-from actorq._errors import ActorCrashed, ActorStopped
+from actorq._errors import ActorCrashed, ActorStopped, NoSuchActor, StartTimeout
 from actorq._ids import new_run_prefix
 from actorq._process.reap import kill_tree
 from actorq._process.spares import WarmPool
 from actorq._process.spawn import get_context
 from actorq._resilience.backoff import Backoff
 from actorq._runtime.cells import DEAD_STATES, ActorCell, CellState, RestartPlan
+from actorq._runtime.stats import (
+    ActorStatistics,
+    SystemStatistics,
+    actor_statistics,
+    hub_figures,
+)
 from actorq._runtime.systemhub import SystemHub
 from actorq._supervision.deadletters import DeadLetter, DeadLetters
 from actorq._supervision.policy import (
@@ -71,9 +80,6 @@ from actorq._supervision.policy import (
 from actorq._supervision.supervisor import Supervisor
 from actorq._transport import control
 from actorq._transport.channel import (
-    C_LOST,
-    C_WAKEUPS,
-    C_WINDOW,
     CTL_SIZE,
     ControlBlock,
     InChannel,
@@ -81,12 +87,7 @@ from actorq._transport.channel import (
 )
 from actorq._transport.oob import decode_batch, run_after_commit
 from actorq._transport.ring import (
-    H_BACKPRESSURE,
     H_HANDLED,
-    H_SENT,
-    H_WAIT_NS,
-    H_WAITING,
-    H_WAITS,
     Ring,
 )
 from actorq._transport.shm import Segment, sweep, unlink_prefix
@@ -112,6 +113,8 @@ class Runtime:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._dead = DeadLetters(config.dead_letters)
+        self._unguarded: str | None = None  # why no actor can start (an unguarded main)
+        self._finished: deque[int] = deque()  # ids of actors gone for good, oldest first
         self._bus = EventBus()
         self._counts = EventCounts()
         self._bus.subscribe(self._counts)  # metrics: the first listener
@@ -122,6 +125,7 @@ class Runtime:
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._hub = SystemHub(self.run_id, config, ControlBlock(ctl_seg), efd, self._state_of)
         register_hub(self.run_id, self._hub)
+        self._hub.on_dead = lambda what, why: self._dead.add("(caller)", what, why)
         self.root = Supervisor(self, "root", max_restarts=config.root_max_restarts,
                                within=config.root_within, give_up_per_child=True)
         self._spares = WarmPool(self._ctx, _host.main, config.warm_spares)
@@ -131,6 +135,7 @@ class Runtime:
         self._thread = threading.Thread(target=self._run_loop, name="actorq-hub", daemon=True)
         self._thread.start()
         self._loop_ready.wait(10)
+        LIVE_RUNTIMES.add(self)
 
     @property
     def hub(self) -> SystemHub:
@@ -141,6 +146,10 @@ class Runtime:
     def closing(self) -> bool:
         """True once ``close()`` began."""
         return self._closing
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else "running"
+        return f"<ActorSystem {self.run_id} {state} actors={len(self._cells)}>"
 
     @property
     def actor_count(self) -> int:
@@ -210,6 +219,8 @@ class Runtime:
         if self._closing:
             msg = "the actor system is closed"
             raise ActorStopped(msg)
+        if self._unguarded is not None:
+            raise ActorCrashed(self._unguarded, "start")
         with self._lock:
             if supervisor.state != "running":
                 msg = f"supervisor {supervisor.name!r} is stopped"
@@ -314,7 +325,7 @@ class Runtime:
             self._hub.loop.call_later(SPARE_REFILL_DELAY, self._submit_refill)
 
     def _submit_refill(self) -> None:
-        if not self._closing:
+        if not self._closing and self._unguarded is None:
             try:
                 self._starter.submit(self._spares.refill)
             except RuntimeError:  # the starter is shut down: closing
@@ -373,6 +384,8 @@ class Runtime:
             control.send(sock, (Ctl.ANSWER, msg[1], found))
         elif kind == Ctl.SPAWN:
             control.send(sock, (Ctl.ANSWER, msg[1], self._spawn_for(cell, *msg[2:])))
+        elif kind == Ctl.DEAD_LETTER:  # a message the actor could not unpickle
+            self._dead.add(cell.name, msg[1], msg[2])
 
     def _connect(self, cell: ActorCell, target_id: int) -> tuple[tuple[Any, ...], list[int]]:
         target = self._cells.get(target_id)
@@ -431,6 +444,9 @@ class Runtime:
         if cell.state == "stopping" or self._closing:
             self._finish(cell, CellState.STOPPED, cell.finish_why)
             return
+        if code == _host.EXIT_MAIN_UNGUARDED:  # deterministic: every start would end so
+            self._main_unguarded(cell)
+            return
         cause = classify_exit(code, cell.killed_for, cell.reported)
         cell.killed_for = cell.reported = None
         cell.crashes[cause] += 1
@@ -458,13 +474,27 @@ class Runtime:
             self._finish(cell, CellState.STOPPED, why, cause=cause)
             cell.supervisor.remove(cell)
 
+    def _main_unguarded(self, cell: ActorCell) -> None:
+        """An actor process found the main script creating a system at import time."""
+        if self._unguarded is None:
+            main = sys.modules.get("__main__")
+            script = getattr(main, "__file__", None) or "your main script"
+            self._unguarded = (
+                f"{script} creates an ActorSystem when it is imported, and every actor "
+                f"process imports it again (start method {self.config.start_method!r}): "
+                "put the code that creates the system under "
+                "`if __name__ == \"__main__\":`")
+            logger.error("no actor can start: %s", self._unguarded)
+        self._finish(cell, CellState.FAILED, f"could not start: {self._unguarded}", cause="start")
+
     @staticmethod
     def _words(cell: ActorCell, cause: str, code: int | None) -> str:
         if cause == "hang":
             return (f"was killed: a handler ran past hang_timeout="
                     f"{cell.options.hang_timeout:g}s")
         if cause == "oom":
-            return f"was killed: it went over max_rss={cell.options.max_rss} bytes"
+            return (f"was killed: it went over max_rss={cell.options.max_rss} "
+                    f"({(cell.options.max_rss or 0) / 2**20:.1f} MiB)")
         if cause == "exception":
             return f"died of an exception that escaped its handlers ({describe_exit(code)})"
         return describe_exit(code)
@@ -533,7 +563,7 @@ class Runtime:
     def _peek_message(self, payload: memoryview, index: int) -> tuple[str, Any]:
         unlink: list[str] = []
         try:
-            msgs = decode_batch(payload, unlink, track=False)
+            msgs = decode_batch(payload, unlink, track=False, salvage=True)
             return method_and_args(msgs[index])
         except Exception:
             return "?", None
@@ -676,6 +706,30 @@ class Runtime:
         cell.exited.set()
         cell.ready.set()
         self._publish(EventKind.STOPPED, cell, None if cause == "stopped" else cause, about)
+        self._finished.append(cell.id)
+        self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """Past ``stopped_kept`` actors gone for good, forget the oldest: its record (no
+        longer in ``metrics()``), and its shared memory and doorbell (loop thread)."""
+        while len(self._finished) > self.config.stopped_kept and not self._closing:
+            cell = self._cells.get(self._finished[0])
+            if cell is not None and cell.proc is not None:
+                return  # its process is still on its way out: next time
+            self._finished.popleft()
+            if cell is None:
+                continue
+            with self._lock:
+                del self._cells[cell.id]
+            for seg in cell.inbound.values():
+                seg.close()
+                seg.unlink()
+            cell.inbound.clear()
+            cell.ctl.close()
+            cell.ctl.seg.unlink()
+            cell.spec.close()
+            cell.spec.unlink()
+            os.close(cell.efd)
 
     def _release_name(self, cell: ActorCell) -> None:
         with self._lock:
@@ -690,7 +744,7 @@ class Runtime:
             while (rec := ring.read_at(pos)) is not None:
                 unlink: list[str] = []
                 try:
-                    msgs = decode_batch(rec.payload, unlink)
+                    msgs = decode_batch(rec.payload, unlink, salvage=True)
                 except Exception:
                     msgs = []
                 skip = ring.skip_count(rec.pos)
@@ -787,7 +841,7 @@ class Runtime:
             cell = self._cells.get(self._names.get(name, -1))
         if cell is None or cell.state in DEAD_STATES:
             msg = f"no actor named {name!r}"
-            raise KeyError(msg)
+            raise NoSuchActor(msg)
         return ActorRef(self._hub, self.run_id, cell.id, cell.name, cell.handlers,
                         cell.cls_name)
 
@@ -836,64 +890,49 @@ class Runtime:
         """Messages that were never handled (their actor stopped) or that poisoned it."""
         return self._dead.snapshot()
 
+    def statistics(self) -> tuple[SystemStatistics, dict[str, ActorStatistics]]:
+        """Snapshots of the system and of every actor it knows (by name)."""
+        open_ = not self._closed
+        actors = {}
+        for cell in list(self._cells.values()):
+            try:
+                actors[cell.name] = actor_statistics(cell, self.config.window,
+                                                     with_mailbox=open_)
+            except ValueError:  # forgotten meanwhile (_forget_oldest): its rings released
+                continue
+        system = SystemStatistics(self.run_id, dict(self._counts.counts), self._dead.total,
+                                  self._closed)
+        if open_:
+            wakeups, lost = hub_figures(self._hub.ctl)
+            system = dataclasses.replace(system, pending_replies=len(self._hub.pending),
+                                         wakeups=wakeups, lost_wakeups=lost)
+        return system, actors
+
     def metrics(self) -> dict[str, Any]:
         """A snapshot: per actor (by name) state, pid, restarts, crashes by cause, mailbox.
 
         ``system`` holds the counts of supervisor events (``restarted``, ``gave_up``,
-        ``escalated``, ``crash:<cause>``), dead letters and the hub's own figures.
+        ``escalated``, ``crash:<cause>``), dead letters and the hub's own figures. Plain
+        data built from ``statistics()``.
         """
-        actors: dict[str, Any] = {}
-        for cell in list(self._cells.values()):
-            entry: dict[str, Any] = {"id": cell.id, "state": cell.state, "pid": cell.pid,
-                                     "restarts": cell.restarts, "crashes": dict(cell.crashes)}
-            if not self._closed:
-                self._mailbox_figures(cell, entry)
-            actors[cell.name] = entry
-        system: dict[str, Any] = {"run_id": self.run_id, "events": dict(self._counts.counts),
-                                  "dead_letters": self._dead.total, "closed": self._closed}
-        if not self._closed:
-            slots = self._hub.ctl.slots
-            system.update(pending_replies=len(self._hub.pending), wakeups=slots[C_WAKEUPS],
-                          lost_wakeups=slots[C_LOST])
-        return {"actors": actors, "system": system}
-
-    def _mailbox_figures(self, cell: ActorCell, entry: dict[str, Any]) -> None:
-        """Flow-control figures of every channel into *cell*, from the ring headers."""
-        slots = cell.ctl.slots
-        flow = {"in_flight": 0, "waiting_producers": 0, "waits": 0, "wait_seconds": 0.0,
-                "backpressure": 0}
-        for seg in list(cell.inbound.values()):
-            ring = Ring(seg.buf)
-            hdr = ring.hdr
-            flow["in_flight"] += hdr[H_SENT] - hdr[H_HANDLED]
-            flow["waiting_producers"] += hdr[H_WAITING]
-            flow["waits"] += hdr[H_WAITS]
-            flow["wait_seconds"] += hdr[H_WAIT_NS] / 1e9
-            flow["backpressure"] += hdr[H_BACKPRESSURE]
-            ring.release()
-        entry.update(handled=slots[C_HANDLED], wakeups=slots[C_WAKEUPS],
-                     lost_wakeups=slots[C_LOST],
-                     window=slots[C_WINDOW] or self.config.window,
-                     credits_in_use=flow["in_flight"], **flow)
-        if cell.pid and cell.state == "running":
-            try:
-                p = psutil.Process(cell.pid)
-                entry["rss"] = p.memory_info().rss
-                entry["cpu_seconds"] = sum(p.cpu_times()[:2])
-            except psutil.Error:
-                pass
+        system, actors = self.statistics()
+        return {"actors": {name: st.as_dict() for name, st in actors.items()},
+                "system": system.as_dict()}
 
     def wait_ready(self, actor_id: int, timeout: float | None = None) -> None:
         """Block until the actor has started (constructor and ``on_start`` done)."""
-        cell = self._cells[actor_id]
+        cell = self._cells.get(actor_id)
+        if cell is None:
+            msg = f"no actor #{actor_id} (it never existed, or stopped long ago)"
+            raise NoSuchActor(msg)
         if not cell.ready.wait(timeout if timeout is not None else self.config.start_timeout):
             msg = f"{cell.describe()} did not start in time"
-            raise TimeoutError(msg)
+            raise StartTimeout(msg)
 
     def pid_of(self, actor_id: int) -> int | None:
         """The pid of the process running (or booting) the actor; None without one."""
-        cell = self._cells[actor_id]
-        return cell.pid if cell.proc is not None else None
+        cell = self._cells.get(actor_id)
+        return cell.pid if cell is not None and cell.proc is not None else None
 
 
     def check_open(self) -> None:
@@ -904,24 +943,61 @@ class Runtime:
 
 
     def close(self) -> None:
-        """Stop every actor, join every process, unlink every segment; idempotent."""
+        """Stop every actor, join every process, unlink every segment; idempotent.
+
+        Actors get ``stop_timeout`` to finish their current message; past half a second
+        of waiting, a one-line notice says so (see ``notice``). A ``KeyboardInterrupt``
+        during that wait (a second Ctrl-C) kills them at once; everything is still
+        joined and unlinked, and the interrupt is raised again afterwards.
+        """
         with self._lock:
             if self._closing:
                 return
             self._closing = True
+        LIVE_RUNTIMES.discard(self)
         self.root.state = "stopped"
-        self._spares.close()  # no refills from here on
-        # The starter thread is the parent thread of every process under fork and spawn
-        # (PR_SET_PDEATHSIG fires when it exits): it is shut down last, not first.
         cells = list(self._cells.values())
-        self._on_loop(self.finish_group, cells, "the actor system was closed")
+        interrupted: KeyboardInterrupt | None = None
+        try:
+            self._spares.close()  # no refills from here on
+            # The starter thread is the parent thread of every process under fork and
+            # spawn (PR_SET_PDEATHSIG fires when it exits): it is shut down last.
+            self._on_loop(self.finish_group, cells, "the actor system was closed")
+            self._wait_stopped(cells)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            for cell in cells:
+                self._kill(cell)
+        try:
+            self._teardown(cells)
+        except BaseException:
+            # interrupted once more: the processes and the segments go regardless
+            for cell in cells:
+                self._kill(cell)
+            unlink_prefix(self.run_id)
+            raise
+        if interrupted is not None:
+            raise interrupted
+
+    def _wait_stopped(self, cells: list[ActorCell]) -> None:
+        """Wait up to ``stop_timeout`` for every actor to stop; kill those that do not."""
         deadline = Deadline.after(self.config.stop_timeout)
+        told = False
         for cell in cells:
+            if cell.proc is None:
+                continue
+            if not told and not cell.exited.wait(min(NOTICE_AFTER, deadline.remaining())):
+                told = True
+                live = sum(1 for c in cells if c.proc is not None and not c.exited.is_set())
+                notice(f"waiting up to {deadline.remaining():.1f}s for {live} actor(s) to "
+                       "finish their current message and stop (Ctrl-C kills them now)")
             if cell.proc is not None and not cell.exited.wait(deadline.remaining()):
                 self._kill_late(cell, self.config.stop_timeout)
         for cell in cells:
             if cell.proc is not None:
                 cell.exited.wait(5.0)
+
+    def _teardown(self, cells: list[ActorCell]) -> None:
         self._spares.close()
         self._stop_loop()
         for cell in cells:
@@ -973,3 +1049,22 @@ class Runtime:
         hub.ctl.close()
         os.close(hub.efd)
         unlink_prefix(self.run_id)
+
+
+LIVE_RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()  # open, not closed yet
+NOTICE_AFTER = 0.5  # seconds close() waits for actors before it says that it waits
+
+
+def notice(text: str) -> None:
+    """Tell the user something they are waiting on: a warning of the ``actorq`` logger.
+
+    Without any logging configured (only the library's NullHandler), the warning would be
+    swallowed, so the line goes to stderr instead, prefixed with ``actorq:``.
+    """
+    configured = logging.getLogger().handlers or any(
+        not isinstance(h, logging.NullHandler) for h in logger.handlers)
+    if configured:
+        logger.warning("%s", text)
+    else:
+        sys.stderr.write(f"actorq: {text}\n")
+        sys.stderr.flush()

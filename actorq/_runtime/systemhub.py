@@ -14,6 +14,7 @@ import asyncio
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,10 @@ from actorq._transport.channel import (
 )
 from actorq._transport.ring import H_READER, H_TAIL
 
+# The running loop of this thread, or None (no exception raised when there is none: this
+# is asked on every synchronous wait)
+_running_loop = asyncio._get_running_loop
+
 
 class SystemHub(Hub):
     """The user process's hub: its loop runs in a background thread."""
@@ -39,6 +44,8 @@ class SystemHub(Hub):
                  state_of: Callable[[int], str | None]) -> None:
         super().__init__(SYSTEM_ID, run_id, config, ctl, efd)
         self.state_of = state_of  # an actor's cell state, for error messages
+        # keeps a dead letter (method, reason): set by the runtime
+        self.on_dead: Callable[[str, str], None] | None = None
         self.spin_lock = threading.Lock()
         # actor id -> threads spinning on its ring in spin_for (empty: nobody spins)
         self.ring_spinners: dict[int, int] = {}
@@ -64,6 +71,10 @@ class SystemHub(Hub):
         if threading.get_ident() == self.loop_thread_id:
             msg = f"{reply.describe}: result() called on the actor system's own loop; use await"
             raise RuntimeError(msg)
+        if _running_loop() is not None:
+            msg = (f"{reply.describe}: result() blocks this thread's running event loop until "
+                   "the reply comes; in async code use `await reply`")
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
         if self.dirty:
             self.flush_dirty()
         if not reply.done():
@@ -151,6 +162,11 @@ class SystemHub(Hub):
             self.grant_all()
         if not self.park():  # data slipped in: wake ourselves again
             os.eventfd_write(self.efd, 1)
+
+    def record_dead(self, method: str, reason: str) -> None:
+        """Keep a dead letter for a reply that did not unpickle here."""
+        if self.on_dead is not None:
+            self.on_dead(method, reason)
 
     def reply_to_actor(self, caller: int, token: int, exc: BaseException) -> None:
         """Send an error reply, on a dead actor's behalf, to an actor that called it."""

@@ -22,6 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from actorq._core.actor import Actor
@@ -34,6 +35,33 @@ if TYPE_CHECKING:
 logger = logging.getLogger("actorq")
 
 A = TypeVar("A", bound=Actor)
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorStatistics:
+    """A snapshot of a supervisor (``sup.statistics()``).
+
+    Also readable by key (``stats["restarts"]``), as the dict it replaces.
+
+    Attributes:
+        name: its name.
+        strategy: ``"one_for_one"``, ``"one_for_all"`` or ``"rest_for_one"``.
+        restarts: restarts it decided (each restarts one group of actors); an escalation
+            is counted by the parent that restarts this subtree, not here.
+        state: ``"running"``, or ``"stopped"`` once it is stopped for good.
+        children: its children's names (actors and supervisors), in start order.
+    """
+
+    name: str
+    strategy: str
+    restarts: int
+    state: str
+    children: tuple[str, ...]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
 
 
 class SupervisorOps(Protocol):
@@ -118,10 +146,10 @@ class Supervisor:
         """Stop every child (reverse start order) for good; blocks until they are gone."""
         self._ops.stop_supervisor(self)
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> SupervisorStatistics:
         """Name, strategy, restarts so far, state and the children's names in start order."""
-        return {"name": self.name, "strategy": self.strategy, "restarts": self.restarts,
-                "state": self.state, "children": [c.name for c in self.children]}
+        return SupervisorStatistics(self.name, self.strategy, self.restarts, self.state,
+                                    tuple(c.name for c in self.children))
 
     # -- decisions (system loop thread) -----------------------------------------------------
 

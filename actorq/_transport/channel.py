@@ -70,7 +70,7 @@ os.register_at_fork(after_in_child=_fresh_fence_lock)
 
 
 def fence() -> None:
-    """Full memory barrier: a locked instruction on x86-64 (≈ 140 ns, DESIGN.md).
+    """Full memory barrier: a locked instruction on x86-64 (≈ 140 ns; docs/internals.md).
 
     The park handshake is store→load on both sides (producer: store tail, load parked;
     consumer: store parked, load tail); x86 may reorder a store with a later load, and

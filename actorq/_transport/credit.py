@@ -46,7 +46,7 @@ class Waiter:
 class CreditGate:
     """Credit accounting and the waiting line for one channel (guard it with its lock)."""
 
-    __slots__ = ("_heap", "_seq", "backpressure", "granted", "reserved", "wait_seconds",
+    __slots__ = ("_granted", "_heap", "_seq", "backpressure", "granted", "reserved", "wait_seconds",
                  "waiting", "waits", "window")
 
     def __init__(self, window: int) -> None:
@@ -57,6 +57,7 @@ class CreditGate:
         self.reserved = 0  # credits granted to waiters that have not sent yet
         self.waiting = 0  # waiters neither granted nor cancelled
         self._heap: list[Waiter] = []
+        self._granted: set[Waiter] = set()  # granted, neither sent nor cancelled yet
         self._seq = itertools.count()
         self.waits = 0  # statistics: waiters ever queued
         self.wait_seconds = 0.0  # statistics: time waiters spent waiting
@@ -93,6 +94,7 @@ class CreditGate:
             if waiter.cancelled or waiter.granted:
                 continue
             waiter.granted = True
+            self._granted.add(waiter)
             self.waiting -= 1
             self.reserved += 1
             self.granted += 1
@@ -103,13 +105,15 @@ class CreditGate:
 
     def consume(self, waiter: Waiter) -> None:
         """The granted *waiter* sends now: its reservation becomes a message in flight."""
-        if waiter.granted and not waiter.consumed:
+        if waiter.granted and not (waiter.consumed or waiter.cancelled):
             waiter.consumed = True
+            self._granted.discard(waiter)
             self.reserved -= 1
 
     def close(self, now: float) -> list[Waiter]:
         """The channel is gone: everyone in line (and granted, not yet sent) gives up."""
-        left = [w for w in self._heap if not (w.cancelled or w.consumed)]
+        left = [w for w in self._heap if not (w.cancelled or w.granted)]
+        left += sorted(self._granted)  # granted, not sent: their credit goes back too
         for waiter in left:
             self.cancel(waiter, now)
         self._heap = []
@@ -121,6 +125,7 @@ class CreditGate:
             return
         waiter.cancelled = True
         if waiter.granted:
+            self._granted.discard(waiter)
             self.reserved -= 1
         else:
             self.waiting -= 1

@@ -34,6 +34,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from actorq._serialization import salvage_loads
 from actorq._transport.shm import SHM_DIR, Segment
 
 BLOCK_HEADER = 4096
@@ -178,15 +179,24 @@ def _map(name: str, offset: int, size: int) -> mmap.mmap:
         os.close(fd)
 
 
-def decode_batch(payload: memoryview, after_commit: list[Any], *, track: bool = True) -> list[Any]:
+def decode_batch(payload: memoryview, after_commit: list[Any], *, track: bool = True,
+                 salvage: bool = False) -> list[Any]:
     """Unpickle a record payload.
 
     What must happen once the record is committed goes to *after_commit*: segment names
     to unlink (fresh segments, spills) and callables (a pooled block's ``uncommitted``
     flag to clear). With ``track=False`` (a peek that must not free anything: the system
-    reading a dead actor's record) blocks are mapped but their flags left alone.
+    reading a dead actor's record) blocks are mapped but their flags left alone. With
+    *salvage*, a batch that does not unpickle as a whole comes back as ``Salvaged``
+    (``_serialization.salvage_loads``) instead of raising.
     """
-    return decode_loaded(load_payload(payload), after_commit, track=track)
+    try:
+        obj = load_payload(payload)
+    except Exception:
+        if not salvage or payload[0] != PICKLE_PROTO:
+            raise
+        obj = salvage_loads(payload)
+    return decode_loaded(obj, after_commit, track=track, salvage=salvage)
 
 
 def load_payload(payload: memoryview) -> Any:
@@ -196,16 +206,17 @@ def load_payload(payload: memoryview) -> Any:
     return marshal.loads(payload)
 
 
-def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True) -> list[Any]:
+def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True,
+                  salvage: bool = False) -> list[Any]:
     """``decode_batch`` for a payload already unpickled once (*obj*)."""
-    if type(obj) is list:
+    if isinstance(obj, list):  # a list, or a Salvaged one
         return obj
     if obj[0] == _SPILL_TAG:
         name, size = obj[1]
         after_commit.append(name)
         with open(os.path.join(SHM_DIR, name), "rb") as f:
             data = f.read(size)
-        return decode_batch(memoryview(data), after_commit, track=track)
+        return decode_batch(memoryview(data), after_commit, track=track, salvage=salvage)
     _tag, specs, body = obj
     buffers = []
     for name, size, pooled in specs:
@@ -220,7 +231,12 @@ def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True) -> l
             after_commit.append(lambda f=flags: _clear(f, 1))  # committed: uncommitted = 0
         buffers.append(memoryview(mm)[BLOCK_HEADER : BLOCK_HEADER + size])
         del mm
-    return pickle.loads(body, buffers=buffers)  # type: ignore[no-any-return]
+    try:
+        return pickle.loads(body, buffers=buffers)  # type: ignore[no-any-return]
+    except Exception:
+        if not salvage:
+            raise
+        return salvage_loads(body, buffers)  # type: ignore[no-any-return]
 
 
 def run_after_commit(actions: list[Any]) -> None:

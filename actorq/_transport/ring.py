@@ -1,7 +1,7 @@
 """Single-producer single-consumer ring buffer over a memoryview (shared memory).
 
 Layout (every field u64, 8-byte aligned; each writer's fields on their own 64-byte line,
-DESIGN.md: a u64 straddling a cache line tears under concurrent reads)::
+docs/internals.md: a u64 straddling a cache line tears under concurrent reads)::
 
     line 0 (consumer writes)  [0] head      bytes consumed (committed), monotonic
                               [8] handled   messages handled (the credit return)
@@ -31,6 +31,7 @@ This module is pure: no syscalls, no pickling, so it can be property-tested in-p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 HEADER = 256
@@ -59,6 +60,29 @@ class Record(NamedTuple):
 
 
 _new_tuple = tuple.__new__
+
+
+@dataclass(frozen=True, slots=True)
+class RingStatistics:
+    """Flow-control figures of one ring, read from its header.
+
+    Attributes:
+        sent: messages the producer has written.
+        handled: messages the consumer has handled (committed).
+        in_flight: ``sent - handled``: the credits in use on this ring.
+        waiting_producers: producers waiting for credit right now.
+        waits: times a producer had to wait for credit.
+        wait_seconds: total time producers waited.
+        backpressure: ``Backpressure`` errors raised to producers.
+    """
+
+    sent: int
+    handled: int
+    in_flight: int
+    waiting_producers: int
+    waits: int
+    wait_seconds: float
+    backpressure: int
 
 
 class Ring:
@@ -90,6 +114,13 @@ class Ring:
     def size_for(capacity: int) -> int:
         """Bytes of buffer a ring with *capacity* data bytes needs."""
         return HEADER + capacity
+
+    def statistics(self) -> RingStatistics:
+        """This ring's flow-control figures (a snapshot of its header)."""
+        hdr = self.hdr
+        sent, handled = hdr[H_SENT], hdr[H_HANDLED]
+        return RingStatistics(sent, handled, sent - handled, hdr[H_WAITING], hdr[H_WAITS],
+                              hdr[H_WAIT_NS] / 1e9, hdr[H_BACKPRESSURE])
 
     def release(self) -> None:
         """Release the views on the buffer (so that its segment can be closed)."""

@@ -51,7 +51,7 @@ class Segment:
         """Create the segment *name* of *size* bytes (fails if it exists).
 
         With *prefault*, every page is touched now, so the first messages do not pay
-        page faults (DESIGN.md: "pages pre-touched").
+        page faults (docs/internals.md, "measured facts").
         """
         fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:

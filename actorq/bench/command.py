@@ -55,7 +55,7 @@ def parser(prog: str = "actorq bench") -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="workloads: unrecorded runs first")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="workloads: seconds a set-up or a repeat may take (default 300)")
-    p.add_argument("--out", type=Path, default=Path(),
+    p.add_argument("--out", "--results-dir", type=Path, default=Path(),
                    help="folder for <suite>.json/.md/.png (default: the current directory)")
     p.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
                    help="override a suite parameter (see the JSON's meta.parameters)")
@@ -180,9 +180,9 @@ def _compare(files: Sequence[str], threshold: float) -> int:
 def script_main(suite: str, results: Path) -> int:
     """Entry point of ``benchmarks/bench_<x>.py``: the suite, written to *results*.
 
-    Accepts the scripts' historic ``--results-dir`` as a synonym of ``--out``.
+    The scripts' historic ``--results-dir`` is a synonym of ``--out``.
     """
-    argv = [a if a != "--results-dir" else "--out" for a in sys.argv[1:]]
-    if "--out" not in argv and not any(a.startswith("--out=") for a in argv):
+    argv = sys.argv[1:]
+    if not any(a.split("=")[0] in ("--out", "--results-dir") for a in argv):
         argv += ["--out", os.fspath(results)]
     return main([suite, *argv], prog=os.path.basename(sys.argv[0]))

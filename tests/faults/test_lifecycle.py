@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import psutil
 import pytest
@@ -117,29 +118,38 @@ def test_keyboard_interrupt_in_block_shuts_down_cleanly(tmp_path):
 
 def test_sigint_to_the_process_group_does_not_kill_actors_first(tmp_path):
     # Ctrl-C reaches every process of the foreground group; actors ignore it and the
-    # system shuts them down in order.
+    # system shuts them down in order: each runs its on_stop, none crashed.
     script = tmp_path / "prog.py"
     script.write_text(textwrap.dedent(
         """
         import os, sys, time, actorq
         class S(actorq.Actor):
+            def __init__(self, path):
+                self.path = path
             def pid(self):
                 return os.getpid()
+            def on_stop(self):
+                with open(self.path, "w") as f:
+                    f.write("on_stop ran")
         if __name__ == "__main__":
             try:
                 with actorq.ActorSystem() as s:
-                    r = s.spawn(S)
+                    r = s.spawn(S, sys.argv[1])
                     print(s.run_id, r.pid().result(timeout=30), flush=True)
                     time.sleep(60)
             except KeyboardInterrupt:
-                print("interrupted", s.metrics()["actors"][r.name]["state"], flush=True)
+                m = s.metrics()["actors"][r.name]
+                print("interrupted", m["state"], m["restarts"], m["crashes"], flush=True)
         """))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    marker = tmp_path / "on_stop"
+    proc = subprocess.Popen([sys.executable, str(script), str(marker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     run_id, pid = proc.stdout.readline().split()
     os.killpg(proc.pid, signal.SIGINT)
-    out, _err = proc.communicate(timeout=30)
-    assert "interrupted" in out
+    out, err = proc.communicate(timeout=30)
+    assert "interrupted stopped 0 {}" in out, err
+    assert marker.read_text() == "on_stop ran"
     assert not psutil.pid_exists(int(pid))
     assert list_segments(run_id) == []
 
@@ -157,3 +167,55 @@ def test_an_actor_forked_while_a_parent_thread_holds_the_fence_lock_still_runs()
             ref = s.spawn(Sleeper)
             wait_until(lambda: {p.pid for p in me.children()} - before, timeout=30)
         assert ref.pid().result(timeout=20) in {p.pid for p in me.children()}
+
+
+def test_a_second_ctrl_c_while_close_waits_still_unlinks_everything(tmp_path):
+    # Ctrl-C leaves the block; close() waits for a busy actor to finish its message and
+    # says so; a second Ctrl-C kills it at once, and every segment is still unlinked.
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent(
+        """
+        import os, time, actorq
+        class Busy(actorq.Actor):
+            def pid(self):
+                return os.getpid()
+            def work(self):
+                time.sleep(120)
+        if __name__ == "__main__":
+            with actorq.ActorSystem(stop_timeout=60) as s:
+                r = s.spawn(Busy)
+                others = [s.spawn(Busy) for _ in range(2)]
+                pids = [x.pid().result(timeout=30) for x in (r, *others)]
+                r.work()
+                while s.metrics()["actors"][r.name]["handled"] < 1:
+                    time.sleep(0.01)  # pid() is done: work() runs now
+                print(s.run_id, *pids, flush=True)
+                time.sleep(120)
+        """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    errors: list[str] = []
+    reader = threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        run_id, *pids = proc.stdout.readline().split()
+        assert list_segments(run_id), errors
+        os.killpg(proc.pid, signal.SIGINT)
+        wait_until(lambda: any("waiting up to" in line for line in errors), timeout=20,
+                   message="a notice that close() waits for the actors")
+        notice = next(line for line in errors if "waiting up to" in line)
+        assert notice.startswith("actorq: ")
+        assert "1 actor(s)" in notice
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(20)
+    finally:
+        proc.kill()
+        proc.wait()
+        reader.join(10)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in "".join(errors)
+    assert list_segments(run_id) == []  # unlinked by close(), not by a later sweep
+    for pid in map(int, pids):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

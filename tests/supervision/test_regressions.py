@@ -62,13 +62,15 @@ def test_stopping_an_actor_releases_producers_waiting_for_its_credit(tmp_path):
 class Stoppable(actorq.Actor):
     def __init__(self, path):
         self.path = path
+        self.n = 0
 
     def receive(self, message):
         time.sleep(0.001)
+        self.n += 1
 
     def on_stop(self):
         with open(self.path, "w") as f:
-            f.write("graceful")
+            f.write(f"graceful {self.n}")
 
 
 def test_a_busy_actor_sees_its_stop_between_two_messages(tmp_path):
@@ -78,8 +80,14 @@ def test_a_busy_actor_sees_its_stop_between_two_messages(tmp_path):
         for i in range(3000):  # seconds of backlog: it never runs dry
             a.tell(i)
         s.stop(a)
-        assert path.read_text() == "graceful"
+        word, handled = path.read_text().split()
+        assert word == "graceful"
         assert s.metrics()["actors"][a.name]["crashes"] == {}
+        # it stopped between two messages, not after draining its backlog: the rest
+        # are dead letters, and nothing is lost between the two
+        dead = s.metrics()["system"]["dead_letters"]
+        assert dead > 0
+        assert int(handled) + dead == 3000
 
 
 class Child(actorq.Actor):

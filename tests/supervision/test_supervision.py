@@ -124,7 +124,8 @@ def test_root_gives_up_on_a_crash_looping_actor_only():
 
 
 class Hanger(actorq.Actor):
-    actor_options = actorq.ActorOptions(hang_timeout=0.3)
+    # long enough that a trivial pid() call on a loaded machine is never taken for a hang
+    actor_options = actorq.ActorOptions(hang_timeout=2.0)
 
     def hang(self):
         while True:

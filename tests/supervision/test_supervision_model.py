@@ -1,10 +1,17 @@
-"""Property: random spawn / kill / call sequences against a model of what must be running."""
+"""Property: random spawn / kill / exit / stop / call sequences against a model of what runs.
+
+Members live under the root or under a supervisor of their own; they die of SIGKILL, of an
+abnormal exit (code 3) or of a normal one (code 0), which tells ``transient`` (restarted
+after an abnormal end only) from ``permanent`` (always) and ``temporary`` (never).
+HYPOTHESIS_PROFILE=soak (or nightly) runs it long.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -22,25 +29,31 @@ class Member(actorq.Actor):
         self.calls += 1
         return (self.tag, os.getpid(), self.context.restarts)
 
+    def leave(self, code):
+        os._exit(code)
+
 
 class SupervisionModel(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
-        self.system = actorq.ActorSystem(root_max_restarts=1000)
+        self.system = actorq.ActorSystem(root_max_restarts=1000, warm_spares=1)
+        self.sup = self.system.supervisor(max_restarts=1000, within=1.0, name="members")
         self.refs = {}  # tag -> ref
         self.alive = {}  # tag -> expected to serve calls
         self.restart = {}
-        self.kills = {}
+        self.kills = {}  # tag -> restarts expected so far
         self.n = 0
 
     def teardown(self):
         self.system.close()
 
-    @rule(restart=st.sampled_from(["permanent", "transient", "temporary"]))
-    def spawn(self, restart):
+    @rule(restart=st.sampled_from(["permanent", "transient", "temporary"]),
+          under=st.sampled_from(["root", "supervisor"]))
+    def spawn(self, restart, under):
         tag = f"m{self.n}"
         self.n += 1
-        self.refs[tag] = self.system.spawn(Member, tag, name=tag, restart=restart)
+        parent = self.system if under == "root" else self.sup
+        self.refs[tag] = parent.spawn(Member, tag, name=tag, restart=restart)
         self.alive[tag] = True
         self.restart[tag] = restart
         self.kills[tag] = 0
@@ -60,6 +73,33 @@ class SupervisionModel(RuleBasedStateMachine):
         else:
             # SIGKILL is abnormal: permanent and transient actors come back
             wait_until(lambda: self._restarted(tag, pid), timeout=20)
+
+    @precondition(lambda self: any(self.alive.values()))
+    @rule(data=st.data(), code=st.sampled_from([0, 3]))
+    def exit(self, data, code):
+        tag = data.draw(st.sampled_from(sorted(t for t, a in self.alive.items() if a)))
+        ref = self.refs[tag]
+        _tag, pid, _r = ref.ping().result(timeout=20)
+        try:
+            ref.leave(code).result(timeout=20)
+        except actorq.ActorCrashed:
+            pass  # it died handling the call: its caller is told
+        comes_back = self.restart[tag] == "permanent" or (
+            self.restart[tag] == "transient" and code != 0)
+        if comes_back:
+            self.kills[tag] += 1
+            wait_until(lambda: self._restarted(tag, pid), timeout=20)
+        else:
+            self.alive[tag] = False
+            wait_until(lambda: self.system.metrics()["actors"][tag]["state"] == "stopped",
+                       timeout=20)
+
+    @precondition(lambda self: any(self.alive.values()))
+    @rule(data=st.data())
+    def stop(self, data):
+        tag = data.draw(st.sampled_from(sorted(t for t, a in self.alive.items() if a)))
+        self.system.stop(self.refs[tag])  # for good, whatever its restart type
+        self.alive[tag] = False
 
     def _restarted(self, tag, old_pid):
         try:
@@ -96,6 +136,10 @@ class SupervisionModel(RuleBasedStateMachine):
 
 
 TestSupervisionModel = SupervisionModel.TestCase
+# real processes, restarts and stops: minutes on a loaded 2-core machine, soak much longer
+TestSupervisionModel = pytest.mark.timeout(3600 if os.environ.get(
+    "HYPOTHESIS_PROFILE") in ("soak", "nightly") else 240)(TestSupervisionModel)
+SOAK = os.environ.get("HYPOTHESIS_PROFILE") in ("soak", "nightly")
 TestSupervisionModel.settings = settings(
-    max_examples=6, stateful_step_count=10, deadline=None,
+    max_examples=100 if SOAK else 5, stateful_step_count=40 if SOAK else 12, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])

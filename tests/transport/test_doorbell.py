@@ -13,12 +13,7 @@ import pytest
 
 import actorq
 from actorq._ids import new_run_prefix
-from actorq._transport.channel import (
-    C_PARKED,
-    CTL_SIZE,
-    ControlBlock,
-    OutChannel,
-)
+from actorq._transport.channel import C_PARKED, C_WAKEUPS, CTL_SIZE, ControlBlock, OutChannel
 from actorq._transport.ring import H_READER, H_TAIL, Ring
 from actorq._transport.shm import Segment
 from actorq.testing import wait_until
@@ -82,7 +77,9 @@ class Echo(actorq.Actor):
 
 
 def test_a_reply_the_spinning_caller_marked_but_could_not_read_still_arrives() -> None:
-    with actorq.ActorSystem(call_timeout=20.0, spin_seconds=0.05) as s:
+    # The branch under test (_stop_spinning): the caller's spin ends with the reply
+    # unread while someone else holds the drain lock, so it rings the loop's doorbell.
+    with actorq.ActorSystem(call_timeout=20.0, spin_seconds=0.25) as s:
         ref = s.spawn(Echo)
         assert ref.echo(0).result() == 0
         hub = s._runtime.hub
@@ -91,12 +88,19 @@ def test_a_reply_the_spinning_caller_marked_but_could_not_read_still_arrives() -
         got: list[int] = []
         hub.drain_lock.acquire()  # nobody reads now: not the caller, not the hub thread
         try:
-            caller = threading.Thread(target=lambda: got.append(ref.slow_echo(7).result()))
+            wakeups = hub.ctl.slots[C_WAKEUPS]
+            caller = threading.Thread(target=lambda: got.append(ref.echo(7).result()))
             caller.start()
-            # The actor published the reply while the caller's mark was up (no doorbell);
-            # the caller gave up spinning and cleared its mark with the reply unread.
-            wait_until(lambda: ring.hdr[H_TAIL] != chan.cursor and not hub.ring_spinners
-                       and ring.hdr[H_READER] == 0, timeout=20)
+            # The actor publishes the reply while the caller's mark is up: no doorbell.
+            wait_until(lambda: ring.hdr[H_TAIL] != chan.cursor and hub.ring_spinners,
+                       timeout=20, message="the reply published while the caller spins")
+            # The caller gives up spinning, clears its mark with the reply unread, cannot
+            # take the drain lock, and rings the loop's doorbell (the loop then waits for
+            # the lock): only that branch can wake the loop now.
+            wait_until(lambda: not hub.ring_spinners and ring.hdr[H_READER] == 0
+                       and hub.ctl.slots[C_WAKEUPS] > wakeups, timeout=20,
+                       message="the stranded reply handed on to the loop")
+            assert ring.hdr[H_TAIL] != chan.cursor  # still unread
         finally:
             hub.drain_lock.release()
         caller.join(20)
@@ -113,3 +117,20 @@ def test_no_reader_mark_is_left_behind(n: int) -> None:
         for ref in refs:
             assert s._runtime.hub.inbound[ref.actor_id].ring.hdr[H_READER] == 0
         assert s._runtime.hub.ring_spinners == {}
+
+
+def test_a_lost_wake_up_is_counted_by_the_watchdog_and_served() -> None:
+    # The `lost_wakeups == 0` asserts elsewhere mean something only if the watchdog
+    # counts one when it happens: lose a doorbell on purpose and watch it recover.
+    with actorq.ActorSystem(call_timeout=20.0, park_timeout=0.05) as s:
+        ref = s.spawn(Echo)
+        assert ref.echo(0).result() == 0
+        cell = s._runtime._cells[ref.actor_id]
+        wait_until(lambda: cell.ctl.slots[C_PARKED] & 1, timeout=20)  # idle and parked
+        chan = s._runtime.hub.outbound[ref.actor_id]
+        # as if this park had been rung already and the ring got lost: no doorbell now
+        chan.last_rung = cell.ctl.slots[C_PARKED]
+        assert ref.echo(1).result(timeout=20) == 1  # the watchdog found it and served it
+        assert s.metrics()["actors"][ref.name]["lost_wakeups"] == 1
+        assert ref.echo(2).result() == 2  # the next park is rung as usual
+        assert s.metrics()["actors"][ref.name]["lost_wakeups"] == 1

@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 import time
+import warnings
 
 import psutil
 import pytest
@@ -120,7 +121,10 @@ def test_waiting_producers_are_served_fairly(tmp_path):
         threads = [threading.Thread(target=produce, args=(f"t{i}",)) for i in range(4)]
         for t in threads:
             t.start()
-        wait_until(lambda: s.metrics()["actors"][sink.name]["waiting_producers"] >= 3)
+        # every producer in the line before the gate opens (window 4: one producer alone
+        # can fill it), so that the order of service is the line's, not the start order
+        wait_until(lambda: s.metrics()["actors"][sink.name]["waiting_producers"] == 4,
+                   timeout=30)
         marker.unlink()
         for t in threads:
             t.join(60)
@@ -198,7 +202,9 @@ def test_tell_nowait_raises_at_once_and_counts(tmp_path):
 async def _async_flood(tmp_path, n):
     async with actorq.ActorSystem(window=4, max_parked=1000) as s:
         sink = s.spawn(Sink)
-        marker = _hold(tmp_path, sink)
+        with warnings.catch_warnings():  # a sync wait on purpose, before the flood
+            warnings.simplefilter("ignore", RuntimeWarning)  # (it blocks the loop: warned)
+            marker = _hold(tmp_path, sink)
         replies = [sink.put(i) for i in range(n)]  # never blocks the loop: parked
         await asyncio.sleep(0)
         assert s.metrics()["actors"][sink.name]["credits_in_use"] <= 4

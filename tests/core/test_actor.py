@@ -309,7 +309,7 @@ def test_refs_are_picklable_and_equal(system):
 def test_tell_nowait_raises_backpressure_when_window_full():
     with actorq.ActorSystem(window=8) as s:
         blocker = s.spawn(Blocker)
-        blocker.hold().result()  # the actor now sits in a handler until released
+        marker = blocker.hold().result()  # the next message holds the actor until released
         sent = 0
 
         def fill():
@@ -320,8 +320,10 @@ def test_tell_nowait_raises_backpressure_when_window_full():
 
         with pytest.raises(actorq.Backpressure, match="no credit"):
             fill()
-        assert sent <= 8
-        release_blocker(blocker)
+        # exactly a window: every credit spent (the first message sits in its handler,
+        # the others in the ring), and not one more
+        assert sent == 8
+        release_blocker(marker)
         assert blocker.count().result() == sent
 
 
@@ -350,24 +352,23 @@ class Blocker(actorq.Actor):
         return self.seen
 
 
-def release_blocker(ref):
-    import glob
-
-    for path in glob.glob("/tmp/actorq-block-*"):
-        os.unlink(path)
+def release_blocker(path):
+    """Remove this blocker's own marker (its path came from ``hold()``)."""
+    os.unlink(path)
 
 
 def test_sync_send_waits_for_credit_then_backpressure():
     with actorq.ActorSystem(window=4, send_timeout=0.3) as s:
         b = s.spawn(Blocker)
-        b.hold().result()
+        marker = b.hold().result()
+
         def flood():
             for _ in range(50):
                 b.tell("x")
 
         with pytest.raises(actorq.Backpressure, match="stayed full"):
             flood()
-        release_blocker(b)
+        release_blocker(marker)
         wait_until(lambda: b.count().result() >= 4, timeout=10)
 
 

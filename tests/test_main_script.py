@@ -1,0 +1,225 @@
+"""Types defined in the user's main script (issue 14, item 1).
+
+``__main__`` behaves differently only in a real script: with forkserver and spawn every
+child imports the script again as ``__mp_main__``. So each test writes a script into
+tmp_path and runs it with ``python script.py`` under each start method.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BANK = '''
+import sys
+from dataclasses import dataclass
+
+import actorq
+
+
+@dataclass
+class Order:
+    item: str
+    qty: int
+
+
+class InsufficientFunds(Exception):
+    pass
+
+
+def describe(order):
+    match order:
+        case Order(item=item, qty=qty):
+            return f"{qty} x {item}"
+    return "not an Order"
+
+
+class Bank(actorq.Actor):
+    def __init__(self, first):
+        self.balance = 10
+        self.first_is_order = isinstance(first, Order)
+
+    def make(self, qty):
+        return Order("pen", qty)
+
+    def check(self, order):
+        return isinstance(order, Order), describe(order), type(order) is Order
+
+    def first(self):
+        return self.first_is_order
+
+    def withdraw(self, n):
+        if n > self.balance:
+            raise InsufficientFunds(f"balance {self.balance}, asked {n}")
+        self.balance -= n
+        return self.balance
+
+    def nested(self, orders):
+        return [o for o in orders["list"] if isinstance(o, Order)]
+
+
+if __name__ == "__main__":
+    with actorq.ActorSystem(start_method=sys.argv[1], call_timeout=30) as system:
+        bank = system.spawn(Bank, Order("seed", 1))
+        assert bank.first().result() is True, "a constructor argument changed class"
+        made = bank.make(3).result()
+        assert type(made) is Order and made == Order("pen", 3), made
+        assert bank.check(Order("ink", 2)).result() == (True, "2 x ink", True)
+        got = bank.nested({"list": [Order("a", 1), 5, Order("b", 2)]}).result()
+        assert got == [Order("a", 1), Order("b", 2)] and all(type(o) is Order for o in got)
+        try:
+            bank.withdraw(100).result()
+        except InsufficientFunds as exc:
+            assert "asked 100" in str(exc)
+            remote = str(exc.__cause__)
+            # the real file and line, and no runtime frames above the handler
+            assert 'script.py", line' in remote and "in withdraw" in remote, remote
+            assert "<dynamic-code>" not in remote and "_host.py" not in remote, remote
+        else:
+            raise AssertionError("no InsufficientFunds")
+        assert bank.withdraw(4).result() == 6
+    print("main-script types: ok")
+'''
+
+
+def run_script(tmp_path: Path, source: str, *args: str,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run *source* as ``python script.py *args`` with this checkout on the path."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("method", ["forkserver", "fork", "spawn"])
+def test_main_script_types_are_one_class_on_both_sides(tmp_path: Path, method: str) -> None:
+    """An actor class, the values it receives, returns and raises, all defined in the main
+    script: the same class objects in the actor and in the caller, under every method."""
+    proc = run_script(tmp_path, BANK, method)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "main-script types: ok" in proc.stdout
+
+
+UNDER_GUARD = '''
+import sys
+
+import actorq
+
+
+class Runner(actorq.Actor):
+    def run(self, fn):
+        return fn()
+
+    def ping(self, i):
+        return i
+
+
+if __name__ == "__main__":
+    def work():  # under the guard: the actor's process never defines it
+        return 42
+
+    with actorq.ActorSystem(start_method=sys.argv[1], call_timeout=60) as system:
+        runner = system.spawn(Runner)
+        replies = [runner.ping(i) for i in range(5)]
+        bad = runner.run(work)
+        replies += [runner.ping(i) for i in range(5, 10)]
+        try:
+            bad.result(timeout=30)
+        except TypeError as exc:
+            print("error:", exc)
+        assert [r.result(timeout=30) for r in replies] == list(range(10))
+        letters = actorq.testing.wait_until(lambda: system.dead_letters(), timeout=30)
+        print("dead letter:", letters[0].method, letters[0].reason[:60])
+'''
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_function_under_the_main_guard_fails_its_call_with_the_way_out(
+        tmp_path: Path, method: str) -> None:
+    """A function defined under ``if __name__ == "__main__":`` pickles in the caller but
+    cannot be found in the actor: that call fails at once, saying where to define it; the
+    calls sent with it are handled."""
+    proc = run_script(tmp_path, UNDER_GUARD.replace("import actorq\n",
+                                                    "import actorq\nimport actorq.testing\n"),
+                      method)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "error: argument 0 of Runner 'Runner-1'.run could not be unpickled" in proc.stdout
+    assert "define work at the top level of a module" in proc.stdout
+    assert "dead letter: run argument 0" in proc.stdout
+
+
+NO_GUARD = '''
+import sys
+
+import actorq
+
+
+class Counter(actorq.Actor):
+    def incr(self):
+        return 1
+
+
+system = actorq.ActorSystem(start_method=sys.argv[1])
+counter = system.spawn(Counter)
+print(counter.incr().result(timeout=60))
+'''
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_missing_main_guard_is_one_short_error(tmp_path: Path, method: str) -> None:
+    """No ``if __name__ == "__main__":``: every actor process, importing the script
+    again, would build a system of its own. One short error in the user's process (it
+    was ~120 lines: a traceback per child, restarts of a failure that repeats)."""
+    proc = run_script(tmp_path, NO_GUARD, method)
+    assert proc.returncode != 0
+    assert proc.stderr.count("Traceback") == 1, proc.stderr
+    assert len(proc.stderr.splitlines()) <= 12, proc.stderr
+    assert "creates an ActorSystem when it is imported" in proc.stderr
+    assert 'put the code that creates the system under `if __name__ == "__main__":`' in (
+        proc.stderr)
+
+
+TELL_FLOOD = '''
+import sys
+
+import actorq
+
+
+class Picky(actorq.Actor):
+    def receive(self, message):
+        raise KeyError(f"no such account: {message}")  # a text of its own every time
+
+    def other(self, message):
+        raise ValueError(message)
+
+    def ping(self):
+        return "pong"
+
+
+if __name__ == "__main__":
+    with actorq.ActorSystem(start_method=sys.argv[1]) as system:
+        picky = system.spawn(Picky)
+        for i in range(50):
+            picky.tell(i)
+        assert picky.ping().result(timeout=60) == "pong"
+'''
+
+
+def test_told_errors_are_logged_once_per_type_and_place(tmp_path: Path) -> None:
+    """50 told messages raising the same error from the same line, each with its own
+    text: one traceback, then counts (it was 50 full tracebacks)."""
+    proc = run_script(tmp_path, TELL_FLOOD, "forkserver")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("Traceback") == 1, proc.stderr
+    assert "later KeyError raised at script.py:" in proc.stderr
+    assert "10 told messages raised KeyError at" in proc.stderr
+    assert "_host.py" not in proc.stderr  # runtime frames trimmed
