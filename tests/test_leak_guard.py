@@ -7,7 +7,6 @@ so that its failures are the guard's verdicts, read from its report.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import psutil
 import pytest
 
 from actorq._ids import RUN_TAG_ENV
-from actorq._transport.shm import list_segments, sweep
+from actorq._transport.shm import list_segments, unlink_prefix
 
 CASES = {
     "test_grandchild.py": """
@@ -34,21 +33,25 @@ CASES = {
         """,
     "test_other_pid.py": """
         import os, subprocess, sys
+        from actorq._ids import process_stamp
+        from actorq._transport.shm import Segment
 
-        PROGRAM = ("import os, actorq; s = actorq.ActorSystem(warm_spares=0); "
-                   "print(s.run_id, flush=True); os._exit(0)")
+        PROGRAM = ("import time, actorq; s = actorq.ActorSystem(warm_spares=0); "
+                   "print(s.run_id, flush=True); time.sleep(120)")
 
         def test_a_subprocess_leaves_its_segments():
-            # a user program run as a subprocess: its segments carry its own pid
-            out = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True,
-                                 text=True, check=True).stdout
-            (MARKS / "tagged").write_text(out.strip())
+            # a user program run as a subprocess: its segments carry its own pid, and it
+            # is alive (a dead one's would be swept by any new system on the machine)
+            p = subprocess.Popen([sys.executable, "-c", PROGRAM], stdout=subprocess.PIPE,
+                                 text=True)
+            (MARKS / "tagged").write_text(p.stdout.readline().strip())
 
         def test_another_program_is_not_ours():
-            env = {k: v for k, v in os.environ.items() if k != "ACTORQ_RUN_TAG"}
-            out = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True,
-                                 text=True, check=True, env=env).stdout
-            (MARKS / "untagged").write_text(out.strip())
+            # a segment of another live program's run (here: init's pid and start time)
+            name = f"aq_{process_stamp(1)}_f00d42_ctl0"
+            (MARKS / "untagged").write_text(name)
+            seg = Segment.create(name, 64)
+            seg.close()  # left in /dev/shm, as another program would
         """,
     "test_module_fixture.py": """
         import subprocess, sys
@@ -147,12 +150,13 @@ def test_segments_of_a_subprocess_with_another_pid_are_caught(report):
 
 def test_another_programs_segments_are_not_blamed(report):
     out, marks = report
-    _line(out, "PASSED", "test_other_pid.py::test_another_program_is_not_ours")
-    assert "ERROR at teardown of test_another_program_is_not_ours" not in out
-    run_id = (marks / "untagged").read_text()
-    assert not re.search(r"_t[0-9a-f]{6}x", run_id)  # no session tag in its name
-    sweep()  # its owner is dead: the sweep every new system runs removes them
-    assert list_segments(run_id) == []
+    name = (marks / "untagged").read_text()
+    try:
+        _line(out, "PASSED", "test_other_pid.py::test_another_program_is_not_ours")
+        assert "ERROR at teardown of test_another_program_is_not_ours" not in out
+        assert list_segments(name) == [name]  # left alone
+    finally:
+        unlink_prefix(name)
 
 
 def test_what_a_module_scoped_fixture_leaves_is_caught(report):

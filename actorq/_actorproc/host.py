@@ -375,9 +375,8 @@ class ActorHub(Hub):
                     if self.stamp_start:
                         slots[C_SINCE] = time.monotonic_ns()
                     # C_TOKEN is already 0: every message clears it once its reply is out
-                    chan = entry.chan
-                    slots[C_SEQ] = chan.ring.hdr[H_HANDLED] + index
-                    slots[C_BUSY] = chan.sender_id + 1  # crash attribution slot
+                    slots[C_SEQ] = entry.hdr[H_HANDLED] + index
+                    slots[C_BUSY] = entry.busy  # crash attribution slot
                     self.busy = True
                     try:
                         result = receive(msg[2])
@@ -402,9 +401,8 @@ class ActorHub(Hub):
                     slots[C_REPLY_TO] = reply_to + 1
                 if self.stamp_start:
                     slots[C_SINCE] = time.monotonic_ns()
-                chan = entry.chan
-                slots[C_SEQ] = chan.ring.hdr[H_HANDLED] + index
-                slots[C_BUSY] = chan.sender_id + 1  # crash attribution slot
+                slots[C_SEQ] = entry.hdr[H_HANDLED] + index
+                slots[C_BUSY] = entry.busy  # crash attribution slot
                 fn = handlers.get(method)
                 if fn is None:
                     err: Exception

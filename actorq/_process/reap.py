@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing.forkserver
+import os
+
 import psutil
 
 
@@ -17,3 +20,19 @@ def kill_tree(pid: int) -> None:
             p.kill()
         except psutil.Error:
             pass
+
+
+def kill_if_child(pid: int | None) -> None:
+    """SIGKILL *pid* (and its descendants) if it is a live child of this process or of
+    the fork server: a pid whose exit status we never read may be someone else's now."""
+    if pid is None:
+        return
+    fs = getattr(multiprocessing.forkserver, "_forkserver", None)
+    parents = {os.getpid(), getattr(fs, "_forkserver_pid", None)}
+    try:
+        p = psutil.Process(pid)
+        if p.ppid() not in parents or p.status() == psutil.STATUS_ZOMBIE:
+            return
+    except psutil.Error:
+        return
+    kill_tree(pid)

@@ -56,7 +56,7 @@ from actorq._core.ref import ActorRef, register_hub, unregister_hub
 from actorq._core.reply import Reply
 from actorq._errors import ActorCrashed, ActorStopped, NoSuchActor, StartTimeout
 from actorq._ids import new_run_prefix
-from actorq._process.reap import kill_tree
+from actorq._process.reap import kill_if_child, kill_tree
 from actorq._process.spares import WarmPool
 from actorq._process.spawn import get_context
 from actorq._resilience.backoff import Backoff
@@ -431,7 +431,13 @@ class Runtime:
         sock.close()
         proc.join(1.0)
         code = proc.exitcode
-        proc.close()
+        if code is None:
+            # No exit status: another part of this process reaped it (os.wait(), a
+            # SIGCHLD handler), or it closed its end of the sentinel and lives on. Kill
+            # it if it is still our child; the Process object cannot be closed.
+            kill_if_child(proc.pid)
+        else:
+            proc.close()
         cell.proc = cell.ctrl = None
         with self._hub.drain_lock:
             self._hub.drain()  # replies it published before dying

@@ -307,10 +307,12 @@ class InChannel:
 class OpenRecord:
     """A record read but not committed: which of its messages are handled."""
 
-    __slots__ = ("chan", "done", "prefix", "rec", "t_read", "unlink")
+    __slots__ = ("busy", "chan", "done", "hdr", "prefix", "rec", "t_read", "unlink")
 
     def __init__(self, chan: InChannel, rec: Record, unlink: list[str], skip: int) -> None:
         self.chan = chan
+        self.busy = chan.sender_id + 1  # the crash attribution slot's value, and the
+        self.hdr = chan.ring.hdr  # ring header, looked up once per record, not per message
         self.rec = rec
         self.unlink = unlink
         self.prefix = skip

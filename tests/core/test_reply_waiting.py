@@ -84,22 +84,26 @@ def test_result_timeout_raises_call_timeout_and_does_not_cancel_the_call(tmp_pat
 
 
 async def _await_with_timeouts(marker):
+    loop = asyncio.get_running_loop()
+
+    async def patiently(reply):  # not bound by the short call_timeout below
+        return await loop.run_in_executor(None, reply.result, 30)
+
     async with actorq.ActorSystem(call_timeout=0.3) as s:
         a = s.spawn(Slow)
-        # started (a start may take longer than call_timeout on a loaded machine)
-        await asyncio.to_thread(s.wait_ready, a, 30)
+        await patiently(a.ping())  # started (a start may take longer than call_timeout)
         reply = a.hold(str(marker))
         with pytest.raises(actorq.CallTimeout, match=r"within 0.3s"):
             await reply  # the system's call_timeout
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(a.hold(str(marker)), 0.05)  # a shorter one of our own
         marker.unlink()
-
-        def finished() -> int:  # waits longer than call_timeout: the machine may be busy
-            return a.finished().result(timeout=30)
-
-        await asyncio.to_thread(wait_until, lambda: finished() == 2, 30)
-        return await asyncio.to_thread(finished)
+        assert await patiently(reply) == "released"  # the call went on
+        for _ in range(2000):
+            if await patiently(a.finished()) == 2:
+                break
+            await asyncio.sleep(0.005)
+        return await patiently(a.finished())
 
 
 def test_an_awaited_reply_times_out_after_call_timeout(tmp_path):

@@ -61,6 +61,13 @@ OWNER = textwrap.dedent(
         def pids(self):
             return [os.getpid(), self.kid.pid().result(timeout=60)]
 
+    def helpers():
+        import multiprocessing.forkserver as fs, multiprocessing.resource_tracker as rt
+        server = fs._forkserver
+        fd = server._forkserver_alive_fd
+        return {"alive_pipe": os.readlink(f"/proc/self/fd/{fd}") if fd is not None else None,
+                "forkserver": server._forkserver_pid, "tracker": rt._resource_tracker._pid}
+
     if __name__ == "__main__":
         method, scenario = sys.argv[1], sys.argv[2]
         s = actorq.ActorSystem(start_method=method, warm_spares=2, stop_timeout=30)
@@ -69,7 +76,7 @@ OWNER = textwrap.dedent(
             # the spares exist (forked) and sit in their start-up delay
             while len(s._runtime._spares._spares) < 1:
                 time.sleep(0.01)
-            print(json.dumps({"run_id": s.run_id, "busy": []}), flush=True)
+            print(json.dumps({"run_id": s.run_id, "busy": [], **helpers()}), flush=True)
         else:
             busy = s.spawn(Busy)
             parent = s.spawn(Parent)
@@ -81,7 +88,16 @@ OWNER = textwrap.dedent(
                 time.sleep(0.01)  # the pid() call is handled, spin is next
             while len(s._runtime._spares._spares) < 2:
                 time.sleep(0.01)
-            print(json.dumps({"run_id": s.run_id, "busy": pids}), flush=True)
+            info = {"run_id": s.run_id, "busy": pids, **helpers()}
+            if scenario == "held":
+                # a user's own fork child: it inherits the fork server's keep-alive pipe,
+                # so the fork server (not ours to kill) outlives the owner
+                child = os.fork()
+                if child == 0:
+                    time.sleep(600)
+                    os._exit(0)
+                info["user_child"] = child
+            print(json.dumps(info), flush=True)
         time.sleep(600)
     """
 )
@@ -108,7 +124,21 @@ def _run_owner(tmp_path, method: str, scenario: str, delay: float):
     return proc, json.loads(line)
 
 
-def _kill_owner_and_check(proc, info, expect: int) -> None:
+def _pipes(pid: int) -> set[str]:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    out = set()
+    for fd in fds:
+        try:
+            out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+def _kill_owner_and_check(proc, info, expect: int, spared: tuple[str, ...] = ()) -> None:
     owner = psutil.Process(proc.pid)
     # every descendant, collected before the kill: spares, the fork server, actors,
     # grandchildren under the fork server, the resource tracker
@@ -117,15 +147,27 @@ def _kill_owner_and_check(proc, info, expect: int) -> None:
         assert len(family) >= expect, family
         for pid in info["busy"]:
             assert pid in family
+        if info["alive_pipe"] and info["busy"] and "user_child" not in info:
+            # only the owner holds the fork server's keep-alive pipe (the fork server
+            # reads its other end): else the fork server could not notice its death
+            # (a spare forked a moment ago holds it until it has armed itself)
+            def held_by_others():
+                holders = {pid for pid in family if info["alive_pipe"] in _pipes(pid)}
+                return not (holders - {info["forkserver"]})
+
+            wait_until(held_by_others, timeout=10,
+                       message="the keep-alive pipe held by the owner alone")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        left = lambda: [p.pid for p in family.values() if not _gone(p)]  # noqa: E731
+        ours = {pid: p for pid, p in family.items()
+                if pid not in {info.get(k) for k in spared}}
+        left = lambda: [p.pid for p in ours.values() if not _gone(p)]  # noqa: E731
         try:
             wait_until(lambda: not left(), timeout=10,
                        message="every descendant gone after its owner was SIGKILLed")
         except TimeoutError:
             survivors = []
-            for p in family.values():
+            for p in ours.values():
                 if not _gone(p):
                     try:
                         survivors.append((p.pid, p.ppid(), p.cmdline()[-3:]))
@@ -154,3 +196,53 @@ def test_processes_slow_to_start_die_with_their_owner(tmp_path, method):
 def test_a_busy_actor_and_its_backlog_die_with_their_owner(tmp_path, method):
     proc, info = _run_owner(tmp_path, method, "busy", delay=0.0)
     _kill_owner_and_check(proc, info, expect=5)
+
+
+def test_actors_die_with_their_owner_while_its_own_fork_child_keeps_the_fork_server(
+        tmp_path):
+    # The user's program forked a child of its own: it holds the fork server's pipe, so
+    # the fork server lives on (multiprocessing's, and the user's business); every actor
+    # and spare watches the owner itself and dies all the same.
+    proc, info = _run_owner(tmp_path, "forkserver", "held", delay=0.0)
+    _kill_owner_and_check(proc, info, expect=6,
+                          spared=("user_child", "forkserver", "tracker"))
+
+
+def test_a_child_whose_parent_is_not_the_one_read_before_the_fork_exits():
+    # The parent's pid comes from before the fork: a child that finds another parent
+    # (its own died first, and it was reparented) must not stay, orphaned.
+    not_my_parent = psutil.Process().ppid()  # alive, but not the child's parent
+    code = ("from actorq._process.deathsig import set_pdeathsig; "
+            f"set_pdeathsig({not_my_parent}); print('stayed')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 4, run.stderr
+    assert "stayed" not in run.stdout
+    code = ("import os; from actorq._process.deathsig import set_pdeathsig; "
+            "set_pdeathsig(os.getppid()); print('stayed')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30)
+    assert run.stdout.strip() == "stayed"  # its real parent: armed, and it goes on
+
+
+def test_a_fork_started_spare_sees_end_of_file_when_the_system_end_closes():
+    # Under fork the child inherits both ends of its socket pair; it closes the system's,
+    # so that closing ours (or our death) is an end-of-file in its boot read.
+    from actorq import _host
+    from actorq._process.spares import WarmPool
+    from actorq._process.spawn import get_context
+
+    pool = WarmPool(get_context("fork"), _host.main, 1)
+    proc, sock = pool.start_one()
+    try:
+        assert proc.is_alive()
+        sock.close()  # no "quit" said: only the end-of-file tells it
+        wait_until(lambda: not proc.is_alive(), timeout=20,
+                   message="the spare exits on end-of-file")
+        proc.join(5)
+        assert proc.exitcode == 4  # EXIT_SYSTEM_GONE
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        proc.close()

@@ -1,0 +1,54 @@
+"""The dead letters store is bounded: the most recent ``dead_letters`` are kept."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import actorq
+from actorq.testing import wait_until
+
+
+class Gate(actorq.Actor):
+    def receive(self, message):
+        if message == "block":
+            with open(self.marker + ".started", "w"):
+                pass
+            while os.path.exists(self.marker):
+                time.sleep(0.001)
+
+    def set_marker(self, marker):
+        self.marker = marker
+
+
+def test_only_the_most_recent_dead_letters_are_kept_and_all_are_counted(tmp_path):
+    marker = tmp_path / "hold"
+    marker.write_text("x")
+    with actorq.ActorSystem(dead_letters=5, stop_timeout=0.3) as s:
+        a = s.spawn(Gate, name="g")
+        a.set_marker(str(marker)).result()
+        a.tell("block")
+        wait_until(lambda: (tmp_path / "hold.started").exists())
+        for i in range(20):
+            a.tell(i)
+        s.stop(a)  # killed in its handler: 21 messages never handled
+        letters = s.dead_letters()
+        assert [d.message for d in letters] == [(i,) for i in range(15, 20)]  # oldest dropped
+        assert all(d.target == "g" and d.method == "receive" for d in letters)
+        assert s.metrics()["system"]["dead_letters"] == 21
+        times = [d.time for d in letters]
+        assert times == sorted(times)
+
+
+def test_dead_letters_zero_keeps_none_but_counts_them(tmp_path):
+    marker = tmp_path / "hold"
+    marker.write_text("x")
+    with actorq.ActorSystem(dead_letters=0, stop_timeout=0.3) as s:
+        a = s.spawn(Gate)
+        a.set_marker(str(marker)).result()
+        a.tell("block")
+        wait_until(lambda: (tmp_path / "hold.started").exists())
+        a.tell(1)
+        s.stop(a)
+        assert s.dead_letters() == []
+        assert s.metrics()["system"]["dead_letters"] == 2
