@@ -160,13 +160,8 @@ class Reply(Generic[T]):
         if self._done:
             return False
         self._exc = exc
-        self._done = True
-        event = self._event
-        if event is not None:
-            event.set()
-        if self._callbacks:
-            self._run_callbacks()
-        return True
+        # the value stays None; set_result does the rest (the success path stays one call)
+        return self.set_result(None)
 
     def add_done_callback(self, fn: Callable[[Reply[T]], object]) -> None:
         """Call ``fn(reply)`` once the reply is done; at once, here, if it is already.

@@ -7,7 +7,7 @@ and what ``ActorSystem`` calls from user threads under ``_lock``. ``ActorSystem`
 A crash, from the process sentinel to the next instance::
 
     _on_exit ── classify (signal / exit / exception / hang / oom / start / lost)
-       ├─ _attribute_crash: the slot names the message being handled → its caller gets
+       ├─ attribute_crash (crashes.py): the slot names the message being handled → its caller gets
        │    ActorCrashed (or it is redelivered, until poison_after) → dead letters
        ├─ its own children (context.spawn) are stopped: they die with their supervisor
        └─ restart type + restart_on say restart? → supervisor.child_failed (strategy,
@@ -41,16 +41,11 @@ from actorq._core.actor import Actor, ActorOptions, handler_names
 from actorq._core.events import ActorEvent, EventBus, EventCounts, EventKind
 from actorq._core.protocol import (
     C_BUSY,
-    C_REPLY_TO,
-    C_SEQ,
     C_SINCE,
     C_STOP,
-    C_TOKEN,
-    OP_REPLY,
     SYSTEM_ID,
     Boot,
     Ctl,
-    method_and_args,
 )
 from actorq._core.ref import ActorRef, register_hub, unregister_hub
 from actorq._core.reply import Reply
@@ -61,6 +56,7 @@ from actorq._process.spares import WarmPool
 from actorq._process.spawn import get_context
 from actorq._resilience.backoff import Backoff
 from actorq._runtime.cells import DEAD_STATES, ActorCell, CellState, RestartPlan
+from actorq._runtime.crashes import attribute_crash, crash_words, dead_letter_queued
 from actorq._runtime.stats import (
     ActorStatistics,
     SystemStatistics,
@@ -74,7 +70,6 @@ from actorq._supervision.policy import (
     RestartType,
     SupervisorDecision,
     classify_exit,
-    describe_exit,
     should_restart,
 )
 from actorq._supervision.supervisor import Supervisor
@@ -85,9 +80,7 @@ from actorq._transport.channel import (
     InChannel,
     OutChannel,
 )
-from actorq._transport.oob import decode_batch, run_after_commit
 from actorq._transport.ring import (
-    H_HANDLED,
     Ring,
 )
 from actorq._transport.shm import Segment, sweep, unlink_prefix
@@ -456,7 +449,7 @@ class Runtime:
         cause = classify_exit(code, cell.killed_for, cell.reported)
         cell.killed_for = cell.reported = None
         cell.crashes[cause] += 1
-        text = f"{cell.describe()} (pid {cell.pid}) {self._words(cell, cause, code)}"
+        text = f"{cell.describe()} (pid {cell.pid}) {crash_words(cell, cause, code)}"
         self._publish(EventKind.CRASHED, cell, cause, text)
         if cell.state == "starting" and cell.failed_start is None and code == 1:
             text += self._main_module_hint()  # died before it could even boot
@@ -470,12 +463,12 @@ class Runtime:
                 cell.supervisor.remove(cell)
                 return
         else:
-            self._attribute_crash(cell, text, cause)
+            attribute_crash(cell, text, cause, self._dead, self._fail_caller)
         if should_restart(cell.restart, cause, code, cell.options):
             cell.state = CellState.RESTARTING
             cell.supervisor.child_failed(cell, text)
         else:
-            words = self._words(cell, cause, code)
+            words = crash_words(cell, cause, code)
             why = f"{words} and was not restarted (restart={cell.restart!r})"
             self._finish(cell, CellState.STOPPED, why, cause=cause)
             cell.supervisor.remove(cell)
@@ -492,87 +485,6 @@ class Runtime:
                 "`if __name__ == \"__main__\":`")
             logger.error("no actor can start: %s", self._unguarded)
         self._finish(cell, CellState.FAILED, f"could not start: {self._unguarded}", cause="start")
-
-    @staticmethod
-    def _words(cell: ActorCell, cause: str, code: int | None) -> str:
-        if cause == "hang":
-            return (f"was killed: a handler ran past hang_timeout="
-                    f"{cell.options.hang_timeout:g}s")
-        if cause == "oom":
-            return (f"was killed: it went over max_rss={cell.options.max_rss} "
-                    f"({(cell.options.max_rss or 0) / 2**20:.1f} MiB)")
-        if cause == "exception":
-            return f"died of an exception that escaped its handlers ({describe_exit(code)})"
-        return describe_exit(code)
-
-    def _attribute_crash(self, cell: ActorCell, text: str, cause: str) -> None:
-        """Fail (or redeliver) the message the dead actor was handling, per its slot."""
-        slots = cell.ctl.slots
-        busy, token, reply_to = slots[C_BUSY], slots[C_TOKEN], slots[C_REPLY_TO]
-        slots[C_BUSY] = slots[C_TOKEN] = 0
-        if busy and self._committed(cell, busy - 1, slots[C_SEQ]):
-            busy = 0  # it died after committing the message, before clearing the slot
-        if not busy:
-            cell.poison_key = None
-            if token:  # a call was handled and committed, but its reply may not be out
-                self._fail_caller(reply_to - 1, token,
-                                  f"{text} after handling this call, before its reply "
-                                  "was sent", cause)
-            return
-        sender = busy - 1
-        seg = cell.inbound.get(sender)
-        method, message, poisoned = "?", None, True
-        if seg is not None:
-            ring = Ring(seg.buf)
-            rec = ring.read_at(ring.head())
-            if rec is not None:
-                index = ring.skip_count(rec.pos)
-                method, message = self._peek_message(rec.payload, index)
-                rec.payload.release()
-                key = (sender, rec.pos, index)
-                cell.poison_count = cell.poison_count + 1 if cell.poison_key == key else 1
-                cell.poison_key = key
-                opts = cell.options
-                poisoned = not opts.redeliver or cell.poison_count >= opts.poison_after
-                if poisoned:
-                    if index + 1 >= rec.count:
-                        ring.commit(rec.end, rec.count)
-                    else:
-                        ring.mark_progress(rec.pos, index + 1)
-            ring.release()
-        if not poisoned:
-            logger.warning("%s; message %r will be delivered again (%d/%d)", text, method,
-                           cell.poison_count, cell.options.poison_after)
-            return
-        times = f" {cell.poison_count} times in a row" if cell.options.redeliver else ""
-        self._dead.add(cell.name, method, f"crashed the actor{times}: {text}", message)
-        if token:
-            self._fail_caller(reply_to - 1, token, f"{text} while handling this call", cause)
-
-    @staticmethod
-    def _committed(cell: ActorCell, sender: int, seq: int) -> bool:
-        """Was the message at *seq* in *sender*'s ring committed (handled to the end)?"""
-        seg = cell.inbound.get(sender)
-        if seg is None:
-            return False
-        ring = Ring(seg.buf)
-        try:
-            rec = ring.read_at(ring.head())
-            first = ring.hdr[H_HANDLED]  # the first message not handled yet
-            if rec is not None:
-                first += ring.skip_count(rec.pos)
-                rec.payload.release()
-            return seq < first
-        finally:
-            ring.release()
-
-    def _peek_message(self, payload: memoryview, index: int) -> tuple[str, Any]:
-        unlink: list[str] = []
-        try:
-            msgs = decode_batch(payload, unlink, track=False, salvage=True)
-            return method_and_args(msgs[index])
-        except Exception:
-            return "?", None
 
     def _fail_caller(self, caller: int, token: int, text: str, cause: str) -> None:
         if caller == SYSTEM_ID:
@@ -702,7 +614,7 @@ class Runtime:
             chan.close()
         if inchan is not None:
             inchan.close()
-        self._dead_letter_queued(cell, why)
+        dead_letter_queued(cell, why, self._dead)
         for other in self._cells.values():
             if other.ctrl is not None and cell.id in other.outbound:
                 try:
@@ -741,28 +653,6 @@ class Runtime:
         with self._lock:
             if self._names.get(cell.name) == cell.id:
                 del self._names[cell.name]
-
-    def _dead_letter_queued(self, cell: ActorCell, why: str) -> None:
-        """Messages still queued for a dead actor become dead letters."""
-        for seg in cell.inbound.values():
-            ring = Ring(seg.buf)
-            pos = ring.head()
-            while (rec := ring.read_at(pos)) is not None:
-                unlink: list[str] = []
-                try:
-                    msgs = decode_batch(rec.payload, unlink, salvage=True)
-                except Exception:
-                    msgs = []
-                skip = ring.skip_count(rec.pos)
-                for msg in msgs[skip:]:
-                    if msg[0] != OP_REPLY:
-                        method, args = method_and_args(msg)
-                        self._dead.add(cell.name, method, f"not delivered: {why}", args)
-                rec.payload.release()
-                run_after_commit(unlink)
-                ring.commit(rec.end, rec.count)
-                pos = rec.end
-            ring.release()
 
     # -- monitors (loop thread) -------------------------------------------------------------
 

@@ -228,7 +228,7 @@ def test_a_child_whose_parent_is_not_the_one_read_before_the_fork_exits():
 def test_a_fork_started_spare_sees_end_of_file_when_the_system_end_closes():
     # Under fork the child inherits both ends of its socket pair; it closes the system's,
     # so that closing ours (or our death) is an end-of-file in its boot read.
-    from actorq import _host
+    from actorq._actorproc import host as _host
     from actorq._process.spares import WarmPool
     from actorq._process.spawn import get_context
 
