@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import io
+import logging
 import pickle
 import sys
 import types
@@ -72,6 +73,14 @@ def _from_main(qualname: str, by_value: bytes) -> Any:
     if (isinstance(found, (type, types.FunctionType)) and getattr(found, "__qualname__", None)
             == qualname and getattr(found, "__module__", None) in MAIN_MODULES):
         return found
+    main = sys.modules.get("__main__")
+    if getattr(main, "__name__", None) == "__mp_main__":  # the script, imported again
+        logging.getLogger("actorq").warning(
+            "%s is not defined when %s is imported (it is under `if __name__ == "
+            "\"__main__\":`, or made at run time): this process uses a copy of it, and "
+            "the script's types it uses are copies too (isinstance with the caller's "
+            "values fails); %s", qualname, getattr(main, "__file__", "the main script"),
+            MAIN_HINT.format(name=qualname))
     return pickle.loads(by_value)
 
 
@@ -130,10 +139,13 @@ def _check_one(what: str, label: str, value: Any) -> None:
     try:
         pickle.dumps(value, protocol=5, buffer_callback=lambda _buf: False)
     except Exception as exc:
+        way_out = "pass plain data, or give the type __reduce__/__getstate__"
+        if "local object" in str(exc) or "attribute lookup" in str(exc):
+            way_out = ("define it at the top level of a module (or of the main script, "
+                       "outside `if __name__ == \"__main__\":`), not inside a function")
         msg = (
             f"{label} of {what} cannot be sent to another process: "
-            f"{type(value).__name__} object is not picklable ({exc}); "
-            "pass plain data, or give the type __reduce__/__getstate__"
+            f"{type(value).__name__} object is not picklable ({exc}); {way_out}"
         )
         raise TypeError(msg) from exc
 

@@ -223,3 +223,29 @@ def test_told_errors_are_logged_once_per_type_and_place(tmp_path: Path) -> None:
     assert "later KeyError raised at script.py:" in proc.stderr
     assert "10 told messages raised KeyError at" in proc.stderr
     assert "_host.py" not in proc.stderr  # runtime frames trimmed
+
+
+CLASS_UNDER_GUARD = '''
+import sys
+
+import actorq
+
+if __name__ == "__main__":
+    class Hidden(actorq.Actor):  # under the guard: actor processes never define it
+        def ping(self):
+            return "pong"
+
+    with actorq.ActorSystem(start_method=sys.argv[1]) as system:
+        print(system.spawn(Hidden).ping().result(timeout=60))
+'''
+
+
+def test_an_actor_class_under_the_main_guard_works_and_says_where_to_move_it(
+        tmp_path: Path) -> None:
+    """An actor class defined under the guard still works (by value), but its process
+    says that the types it uses are copies, and where to define it instead."""
+    proc = run_script(tmp_path, CLASS_UNDER_GUARD, "forkserver")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pong" in proc.stdout
+    assert "Hidden is not defined when" in proc.stderr
+    assert "define Hidden at the top level of a module" in proc.stderr

@@ -178,3 +178,15 @@ def test_recipes_page_is_copied_from_code_that_runs() -> None:
     assert len(blocks) >= 6
     for block in blocks:
         assert block in sources, f"not in examples/recipes.py:\n{block}"
+
+
+def test_a_local_class_says_to_define_it_at_the_top_level(system: actorq.ActorSystem) -> None:
+    """A value of a class defined inside a function cannot be sent: the error says where
+    to define it instead."""
+
+    class Local:
+        pass
+
+    counter = system.spawn(Counter)
+    with pytest.raises(TypeError, match="define it at the top level of a module"):
+        counter.call("incr", Local())

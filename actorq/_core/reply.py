@@ -161,7 +161,7 @@ class Reply(Generic[T]):
             return False
         self._exc = exc
         # the value stays None; set_result does the rest (the success path stays one call)
-        return self.set_result(None)
+        return self.set_result(None)  # type: ignore[arg-type]
 
     def add_done_callback(self, fn: Callable[[Reply[T]], object]) -> None:
         """Call ``fn(reply)`` once the reply is done; at once, here, if it is already.
