@@ -25,6 +25,7 @@ from actorq._errors import (
     RemoteTraceback,
     StartTimeout,
 )
+from actorq._graph import Graph, GraphResult, GraphStats, Node, TaskStats
 from actorq._resilience.backoff import Backoff
 from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.supervisor import Supervisor, SupervisorStatistics
@@ -49,13 +50,18 @@ __all__ = [
     "DeadLetter",
     "DeadlockError",
     "EventKind",
+    "Graph",
     "GraphError",
+    "GraphResult",
+    "GraphStats",
+    "Node",
     "RemoteTraceback",
     "Reply",
     "StartTimeout",
     "Supervisor",
     "SupervisorStatistics",
     "SystemConfig",
+    "TaskStats",
     "as_completed",
     "wait",
 ]

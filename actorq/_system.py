@@ -31,6 +31,10 @@ from actorq._config import SystemConfig
 from actorq._core.actor import Actor
 from actorq._core.events import ActorEvent
 from actorq._core.ref import ActorRef
+from actorq._errors import ActorStopped
+from actorq._graph import scheduler as _graph_scheduler
+from actorq._graph.graph import Graph, Node
+from actorq._graph.result import GraphResult
 from actorq._resilience.backoff import Backoff
 from actorq._runtime.runtime import LIVE_RUNTIMES, Runtime
 from actorq._supervision.deadletters import DeadLetter
@@ -173,6 +177,32 @@ class ActorSystem:
         None between a crash and the start of its successor, and once it is stopped.
         """
         return self._runtime.pid_of(self._own(ref, "pid_of"))
+
+    # -- job graphs -----------------------------------------------------------------------
+
+    def run(self, graph: Graph, *, workers: int | None = None, journal: str | None = None,
+            progress: bool | None = None, fail_fast: bool = False,
+            keep: list[Node] | None = None) -> GraphResult:
+        """Run a job graph across *workers* processes (default: every core).
+
+        Validates first (cycles, unpicklable functions or arguments, bad options:
+        ``GraphError`` naming the node, before anything runs), then blocks until every
+        node has finished or failed. A failed task (after its retries) fails its
+        dependents; independent branches go on, unless *fail_fast*. With
+        ``journal="run.db"`` (SQLite), tasks already finished in an earlier run of the
+        same graph are not run again. *progress* (default: when stderr is a terminal)
+        draws a live line on stderr. Large results of intermediate nodes are freed once
+        their dependents have them; list nodes in *keep* to read them from the result.
+        """
+        if self._runtime.closing:
+            msg = "the actor system is closed"
+            raise ActorStopped(msg)
+        return _graph_scheduler.run_graph(self, graph, workers=workers, journal=journal,
+                                          progress=progress, fail_fast=fail_fast, keep=keep)
+
+    async def run_async(self, graph: Graph, **options: Any) -> GraphResult:
+        """``await system.run_async(graph)``: :meth:`run` without blocking the event loop."""
+        return await asyncio.to_thread(self.run, graph, **options)
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -124,6 +124,26 @@ def run_on_actors(chunks: list[tuple[int, int]], n_actors: int,
     return per_actor, {"start": t1 - t0, "work": t2 - t1, "total": t3 - t0}
 
 
+def merge(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    """Add two (count, sum) pairs: one step of the reduction tree."""
+    return a[0] + b[0], a[1] + b[1]
+
+
+def run_as_graph(chunks: list[tuple[int, int]], n_workers: int,
+                 odd_divisors: list[int]) -> tuple[int, int, float, actorq.GraphStats]:
+    """The same chunks as a job graph: one task per chunk, then a tree of merges."""
+    g = actorq.Graph()
+    level = [g.task(count_primes, lo, hi, odd_divisors) for lo, hi in chunks]
+    while len(level) > 1:  # pairwise merges, log2(chunks) levels deep
+        level = [g.task(merge, *level[i:i + 2]) if i + 1 < len(level) else level[i]
+                 for i in range(0, len(level), 2)]
+    start = time.perf_counter()
+    with actorq.ActorSystem() as system:
+        result = system.run(g, workers=n_workers)
+    count, total = result[level[0]]
+    return count, total, time.perf_counter() - start, result.stats
+
+
 def run_in_one_process(chunks: list[tuple[int, int]],
                        odd_divisors: list[int]) -> tuple[int, int, float]:
     """Count the same chunks here, one after the other; return (count, sum, wall time)."""
@@ -186,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     known = f"pi({limit:,}) = {KNOWN_COUNTS[limit]:,}, " if limit in KNOWN_COUNTS else ""
     print(f"check: OK ({known}matches a sieve computed in this process)")
+
+    g_count, g_total, g_wall, g_stats = run_as_graph(chunks, n_actors, odd_divisors)
+    if (g_count, g_total) != (count, total):
+        print(f"CHECK FAILED: the job graph found {g_count:,} primes summing to {g_total:,}")
+        return 1
+    print(f"job graph: {len(g_stats.tasks)} tasks ({len(chunks)} chunks, then a tree of "
+          f"merges) on {g_stats.workers} workers: the same {g_count:,} primes, "
+          f"{g_wall:.2f} s in all, utilisation {g_stats.utilisation:.0%}")
 
     label = f"wall time, {n_actors} actors:"
     print(f"{label:<24}{times['work']:6.2f} s of work, {times['total']:.2f} s in all "

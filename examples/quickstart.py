@@ -89,6 +89,21 @@ def error_example():
         assert zero.incr(3).result(timeout=10) == 3
 
 
+def square(x):
+    return x * x
+
+
+def graph_example():
+    g = actorq.Graph()
+    squares = [g.task(square, i) for i in range(10)]  # each runs in a worker process
+    total = g.task(sum, squares)  # Node arguments (even inside a list) become edges
+    with actorq.ActorSystem() as system:
+        result = system.run(g)  # across every core by default
+    assert result.ok
+    assert result[total] == 285
+    assert result.stats.tasks[total].attempts == 1
+
+
 async def async_example():
     async with actorq.ActorSystem() as system:
         counter = system.spawn(Counter, 10)
@@ -123,5 +138,6 @@ async def async_example():
 if __name__ == "__main__":  # needed: actor processes re-import this module
     sync_example()
     error_example()
+    graph_example()
     asyncio.run(async_example())
     print("quickstart: all assertions passed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -18,6 +19,9 @@ KEY_LINES = {
     "bench_workload.py": "bench_workload: all assertions passed",
     "cpu_demo.py": "check: OK",
     "flow_control.py": "flow control: all assertions passed",
+    "graph_blocked_matrix.py": "check: OK",
+    "graph_monte_carlo.py": "check: OK",
+    "graph_word_count.py": "check: OK",
     "quickstart.py": "quickstart: all assertions passed",
     "recipes.py": "recipes: all assertions passed",
     "supervision.py": "supervision: all assertions passed",
@@ -36,6 +40,7 @@ def test_example_runs(path):
     proc = subprocess.run(
         [sys.executable, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, "ACTORQ_EXAMPLES_QUICK": "1"},  # the job-graph examples: small sizes
     )
     output = f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
     assert proc.returncode == 0, output

@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "actorq"
-BASE = {"_errors", "_config", "_clock", "_ids", "_serialization", "_metrics"}
+BASE = {"_errors", "_config", "_clock", "_ids", "_serialization", "_metrics", "_shared"}
 LAYERS = [
     {"_transport", "_process", "_resilience"},  # bytes, OS processes, pure retry policies
     {"_core"},  # the actor kernel: protocol, hub, reply, ref, actor, events

@@ -52,7 +52,14 @@ from actorq._transport.channel import (
     fence,
 )
 from actorq._transport.credit import Waiter
-from actorq._transport.oob import PICKLE_PROTO, BlockPool, decode_loaded, encode_batch
+from actorq._transport.oob import (
+    PICKLE_PROTO,
+    BlockPool,
+    decode_batch,
+    decode_loaded,
+    encode_batch,
+    run_after_commit,
+)
 from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_SENT, H_TAIL
 
 if TYPE_CHECKING:
@@ -348,20 +355,45 @@ class Hub:
             self.loop.call_soon_threadsafe(
                 lambda: self.loop.call_later(self.config.send_timeout, expire))  # type: ignore[union-attr]
 
-    def close_channel(self, chan: OutChannel, why: str) -> None:
-        """The receiver is gone for good: release everyone waiting for its credit."""
+    def close_channel(self, chan: OutChannel, why: str) -> list[tuple[Any, ...]]:
+        """The receiver is gone for good: release everyone waiting for its credit.
+
+        Returns the messages that never reached its ring (still in the outbox, encoded
+        but not written, or parked for credit), for the dead letters; their callers get
+        ``ActorStopped``.
+        """
         with chan.lock:
             chan.closed = True
             left = chan.gate.close(time.monotonic())
             self.waiting_chans.discard(chan)
             self.dirty.discard(chan)
+            unsent = self._unsent(chan)
         for waiter in left:
             if waiter.event is not None:
                 waiter.event.set()  # a blocked producer wakes and raises ActorStopped
-            elif waiter.message is not None and waiter.message[1]:
-                reply = self.pending.pop(waiter.message[1], None)
-                if reply is not None:
-                    reply.set_exception(ActorStopped(f"{reply.describe}: {why}"))
+            elif waiter.message is not None:
+                unsent.append(waiter.message)
+        for msg in unsent:
+            reply = self.pending.pop(msg[1], None) if msg[1] else None
+            if reply is not None:
+                reply.set_exception(ActorStopped(f"{reply.describe}: {why}"))
+        return unsent
+
+    @staticmethod
+    def _unsent(chan: OutChannel) -> list[tuple[Any, ...]]:
+        """Take what never reached *chan*'s ring (caller holds its lock)."""
+        msgs: list[tuple[Any, ...]] = list(chan.outbox)
+        chan.outbox = []
+        while chan.encoded:
+            payload, _count = chan.encoded.popleft()
+            unlink: list[Any] = []
+            try:
+                msgs.extend(decode_batch(memoryview(payload), unlink, salvage=True))
+            except Exception:  # pragma: no cover - it was pickled by this process
+                logger.exception("could not read back unsent messages to a stopped actor")
+            run_after_commit(unlink)
+        chan.encoded_count = 0
+        return msgs
 
     def grant(self, chan: OutChannel) -> None:
         """Hand the credit that came back to the producers in line, in their order."""

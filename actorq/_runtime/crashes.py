@@ -11,7 +11,7 @@ dead letters too. Runs on the system's loop thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from actorq._core.protocol import (
@@ -127,8 +127,17 @@ def peek_message(payload: memoryview, index: int) -> tuple[str, Any]:
         return "?", None
 
 
-def dead_letter_queued(cell: ActorCell, why: str, dead: DeadLetters) -> None:
-    """Messages still queued for a dead actor become dead letters (and leave its rings)."""
+def dead_letter_queued(cell: ActorCell, why: str, dead: DeadLetters,
+                       unsent: Sequence[tuple[Any, ...]] = ()) -> None:
+    """Messages still queued for a dead actor become dead letters (and leave its rings).
+
+    *unsent*: this process's messages that never reached its ring (an outbox not
+    flushed yet, messages parked for credit): queued just the same, for their senders.
+    """
+    for msg in unsent:
+        if msg[0] != OP_REPLY:
+            method, args = method_and_args(msg)
+            dead.add(cell.name, method, f"not delivered: {why}", args)
     for seg in cell.inbound.values():
         ring = Ring(seg.buf)
         pos = ring.head()

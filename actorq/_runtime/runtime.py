@@ -80,6 +80,7 @@ from actorq._transport.channel import (
     InChannel,
     OutChannel,
 )
+from actorq._transport.oob import traffic as oob_traffic
 from actorq._transport.ring import (
     Ring,
 )
@@ -609,12 +610,13 @@ class Runtime:
         with hub.drain_lock:
             chan = hub.outbound.pop(cell.id, None)
             inchan = hub.inbound.pop(cell.id, None)
+        unsent: list[tuple[Any, ...]] = []
         if chan is not None:
-            hub.close_channel(chan, about)
+            unsent = hub.close_channel(chan, about)
             chan.close()
         if inchan is not None:
             inchan.close()
-        dead_letter_queued(cell, why, self._dead)
+        dead_letter_queued(cell, why, self._dead, unsent)
         for other in self._cells.values():
             if other.ctrl is not None and cell.id in other.outbound:
                 try:
@@ -796,8 +798,10 @@ class Runtime:
                                                      with_mailbox=open_)
             except ValueError:  # forgotten meanwhile (_forget_oldest): its rings released
                 continue
+        sent, received = oob_traffic()
         system = SystemStatistics(self.run_id, dict(self._counts.counts), self._dead.total,
-                                  self._closed)
+                                  self._closed, oob_bytes_sent=sent,
+                                  oob_bytes_received=received)
         if open_:
             wakeups, lost = hub_figures(self._hub.ctl)
             system = dataclasses.replace(system, pending_replies=len(self._hub.pending),

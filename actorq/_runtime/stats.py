@@ -87,6 +87,8 @@ class SystemStatistics:
         dead_letters: messages that went to the dead letters so far.
         closed: True once the system is closed.
         pending_replies, wakeups, lost_wakeups: the user process's hub (None once closed).
+        oob_bytes_sent, oob_bytes_received: bytes of large buffers the user's process
+            copied out of band into shared memory, and mapped from it, so far.
     """
 
     run_id: str
@@ -96,6 +98,8 @@ class SystemStatistics:
     pending_replies: int | None = None
     wakeups: int | None = None
     lost_wakeups: int | None = None
+    oob_bytes_sent: int = 0
+    oob_bytes_received: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The plain ``system.metrics()["system"]`` (hub figures only while open)."""

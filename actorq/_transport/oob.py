@@ -47,6 +47,16 @@ _SPILL_TAG = "\x00aq-spill"
 
 Namer = Callable[[str], str]
 
+# Bytes this process sent and received out of band (buffers copied into blocks, and
+# buffers mapped from them): ``traffic()``, shown by ``system.metrics()``. Plain ints
+# bumped once per buffer over the threshold, never per message.
+_traffic = [0, 0]
+
+
+def traffic() -> tuple[int, int]:
+    """(bytes sent, bytes received) out of band by this process so far."""
+    return _traffic[0], _traffic[1]
+
 
 class _Block:
     __slots__ = ("capacity", "flags", "seg")
@@ -130,6 +140,7 @@ def encode_batch(msgs: list[Any], *, oob_threshold: int, max_inline: int, namer:
 
     body = pickle.dumps(msgs, protocol=5, buffer_callback=take_large)
     if bufs:
+        _traffic[0] += sum(b.raw().nbytes for b in bufs)
         specs = [pool.put(b.raw()) if pool is not None
                  else (*_to_fresh_segment(b.raw(), namer), False) for b in bufs]
         body = pickle.dumps((_OOB_TAG, specs, body), 5)
@@ -218,6 +229,7 @@ def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True,
             data = f.read(size)
         return decode_batch(memoryview(data), after_commit, track=track, salvage=salvage)
     _tag, specs, body = obj
+    _traffic[1] += sum(size for _name, size, _pooled in specs)
     buffers = []
     for name, size, pooled in specs:
         if not pooled:

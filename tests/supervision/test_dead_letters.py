@@ -52,3 +52,30 @@ def test_dead_letters_zero_keeps_none_but_counts_them(tmp_path):
         s.stop(a)
         assert s.dead_letters() == []
         assert s.metrics()["system"]["dead_letters"] == 2
+
+
+def test_messages_parked_for_credit_become_dead_letters_when_their_actor_stops(tmp_path):
+    """Messages that never reached the ring (parked for credit) are queued all the same:
+    when their actor stops for good they go to the dead letters, as those in its ring do,
+    and their callers get ActorStopped."""
+    import asyncio
+
+    import pytest
+
+    marker = tmp_path / "hold"
+    marker.write_text("x")
+
+    async def main(s, a):
+        a.tell("block")  # takes the only credit, and holds the actor
+        await asyncio.to_thread(wait_until, lambda: (tmp_path / "hold.started").exists())
+        parked = a.ask("parked")  # no credit: parked on the loop, not in the ring
+        await asyncio.to_thread(s.stop, a)
+        with pytest.raises(actorq.ActorStopped):
+            await parked
+
+    with actorq.ActorSystem(window=1, stop_timeout=0.3) as s:
+        a = s.spawn(Gate, name="g")
+        a.set_marker(str(marker)).result()
+        asyncio.run(main(s, a))
+        letters = [(d.method, d.message, d.reason.split(":")[0]) for d in s.dead_letters()]
+        assert ("receive", ("parked",), "not delivered") in letters

@@ -1,0 +1,369 @@
+"""Graph and Node: a DAG of Python functions and actor calls, validated before it runs.
+
+A node's arguments are stored as a *template*: every ``Node`` found in them (also
+nested in lists, tuples, dicts and sets) is replaced by a :class:`Dep` placeholder that
+holds its position in ``node.deps``. The template pickles without the graph, and the
+worker puts the dependencies' values in place (``fill``)::
+
+    g.task(merge, a, [b, {"x": c}])   →   args (Dep(0), [Dep(1), {"x": Dep(2)}]),
+                                          deps (a, b, c)
+
+:func:`validate` runs before anything is sent: cycles (named), functions and arguments
+that cannot be pickled (named), and it pickles each distinct function once with
+cloudpickle (workers cache it by digest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from actorq._errors import GraphError
+from actorq._serialization import SAFE_TYPES, dumps_code, quick_safe
+
+
+class Dep:
+    """Placeholder for the value of ``node.deps[index]`` inside an argument template."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Dep, (self.index,))
+
+    def __repr__(self) -> str:
+        return f"Dep({self.index})"
+
+
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+def _template(obj: Any, deps: list[Node], seen: dict[int, int], graph: Graph,
+              owner: str) -> tuple[Any, bool]:
+    """Return (template, changed): *obj* with every Node replaced by a Dep."""
+    kind = type(obj)
+    if kind in SAFE_TYPES:
+        return obj, False
+    if isinstance(obj, Node):
+        if obj.graph is not graph:
+            msg = (f"{owner}: argument {obj.name!r} is a node of another graph; a graph can "
+                   "only use its own nodes (build the whole computation in one Graph)")
+            raise GraphError(msg)
+        index = seen.get(obj.index)
+        if index is None:
+            index = seen[obj.index] = len(deps)
+            deps.append(obj)
+        return Dep(index), True
+    if kind is list or kind is tuple or kind is set or kind is frozenset:
+        items = [_template(x, deps, seen, graph, owner) for x in obj]
+        if not any(c for _x, c in items):
+            return obj, False
+        return kind(x for x, _c in items), True
+    if kind is dict:
+        pairs = [(k, _template(v, deps, seen, graph, owner)) for k, v in obj.items()]
+        if not any(c for _k, (_v, c) in pairs):
+            return obj, False
+        return {k: v for k, (v, _c) in pairs}, True
+    return obj, False
+
+
+def fill(obj: Any, values: list[Any]) -> Any:
+    """The inverse of the template: every Dep replaced by its value."""
+    kind = type(obj)
+    if kind is Dep:
+        return values[obj.index]
+    if kind is list or kind is tuple or kind is set or kind is frozenset:
+        return kind(fill(x, values) for x in obj)
+    if kind is dict:
+        return {k: fill(v, values) for k, v in obj.items()}
+    return obj
+
+
+class Node:
+    """One task (a function call) or actor call of a :class:`Graph`.
+
+    Pass a node as an argument of another task to make an edge: the task then receives
+    the node's value. ``node.after(*others)`` adds ordering-only edges. Nodes compare by
+    identity and are hashable; ``result[node]`` reads a finished run's value.
+    """
+
+    __slots__ = ("_key", "after_deps", "args", "deps", "fn", "graph", "index", "kwargs",
+                 "method", "name", "nested", "packed", "priority", "retries", "target",
+                 "timeout", "user_key")
+
+    def __init__(self, graph: Graph, index: int, fn: Callable[..., Any] | None,
+                 target: Any, method: str | None, name: str) -> None:
+        self.graph = graph
+        self.index = index
+        self.fn = fn
+        self.target = target
+        self.method = method
+        self.name = name
+        self.args: tuple[Any, ...] = ()
+        self.kwargs: dict[str, Any] = {}
+        self.deps: tuple[Node, ...] = ()
+        self.after_deps: tuple[Node, ...] = ()
+        self.nested = False
+        self.packed: bytes | None = None  # (args, kwargs) by cloudpickle, when pickle fails
+        self.retries = 0
+        self.timeout: float | None = None
+        self.priority = 0
+        self.user_key: str | None = None
+        self._key: str | None = None
+
+    def after(self, *nodes: Node) -> Node:
+        """Run this node only after *nodes* have finished (without passing their values).
+
+        Returns this node. A node of another graph raises ``GraphError``.
+        """
+        for other in nodes:
+            if not isinstance(other, Node) or other.graph is not self.graph:
+                msg = f"node {self.name!r}.after({other!r}): not a node of the same graph"
+                raise GraphError(msg)
+        self.after_deps = self.after_deps + tuple(nodes)
+        return self
+
+    @property
+    def key(self) -> str:
+        """A key stable across runs: the user's ``key=``, or a digest of what it computes."""
+        if self._key is None:
+            self.graph._compute_keys()
+        assert self._key is not None
+        return self._key
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name!r}>"
+
+
+def _describe_callable(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+class Graph:
+    """A directed acyclic graph of tasks; run it with ``system.run(graph)``.
+
+    ``g.task(fn, *args, **kwargs)`` adds a function call, ``g.call(ref, "method", *args)``
+    an actor call. Both return a :class:`Node`; nodes given as arguments (anywhere in
+    lists, tuples, dicts and sets) become edges.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self._keys_done = 0
+
+    def task(self, fn: Callable[..., Any], *args: Any, retries: int = 0,
+             timeout: float | None = None, priority: int = 0, key: str | None = None,
+             **kwargs: Any) -> Node:
+        """Add a call of ``fn(*args, **kwargs)`` to the graph and return its node.
+
+        Args:
+            fn: the function (any callable that pickles: by reference, or by value with
+                cloudpickle for lambdas, closures and ``__main__`` functions).
+            retries: extra attempts after the task raised or timed out (a task whose
+                worker died is tried again regardless, up to ``CRASH_ATTEMPTS`` times).
+            timeout: seconds one attempt may run; past it the worker is killed and
+                replaced, and the attempt fails with ``CallTimeout``.
+            priority: higher runs first among ready tasks.
+            key: a stable name for the journal (default: derived from the function's
+                module and name and the arguments).
+
+        Raises ``GraphError`` at once for a non-callable *fn*, a node of another graph
+        among the arguments, or a bad option.
+        """
+        if not callable(fn):
+            msg = (f"task {len(self.nodes)}: {fn!r} is not callable; g.task(fn, *args) "
+                   "needs a function first")
+            raise GraphError(msg)
+        node = Node(self, len(self.nodes), fn, None, None,
+                    key or f"{_describe_callable(fn)}#{len(self.nodes)}")
+        self._fill(node, args, kwargs, retries, timeout, priority, key)
+        return node
+
+    def call(self, target: Any, method: str, *args: Any, retries: int = 0,
+             timeout: float | None = None, priority: int = 0, key: str | None = None,
+             **kwargs: Any) -> Node:
+        """Add ``target.call(method, *args, **kwargs)`` (an actor ref or a pool) as a node.
+
+        The call is made from the scheduler; the actor runs it in its own process. Same
+        options as :meth:`task`. Raises ``GraphError`` if *target* has no ``call``.
+        """
+        if not callable(getattr(target, "call", None)) or not isinstance(method, str):
+            msg = (f"g.call({target!r}, {method!r}): needs an actor ref (or pool) and a "
+                   "method name")
+            raise GraphError(msg)
+        name = key or f"{getattr(target, 'name', type(target).__name__)}.{method}#{len(self.nodes)}"
+        node = Node(self, len(self.nodes), None, target, method, name)
+        self._fill(node, args, kwargs, retries, timeout, priority, key)
+        return node
+
+    def _fill(self, node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], retries: int,
+              timeout: float | None, priority: int, key: str | None) -> None:
+        if not isinstance(retries, int) or retries < 0:
+            msg = f"node {node.name!r}: retries must be an int >= 0, not {retries!r}"
+            raise GraphError(msg)
+        if timeout is not None and not timeout > 0:
+            msg = f"node {node.name!r}: timeout must be positive seconds, not {timeout!r}"
+            raise GraphError(msg)
+        for arg in args:  # the common case, scalars only: no template to build
+            if type(arg) not in SAFE_TYPES:
+                break
+        else:
+            if not kwargs:
+                node.args = args
+                node.retries, node.timeout, node.priority = retries, timeout, int(priority)
+                node.user_key = key
+                self.nodes.append(node)
+                return
+        deps: list[Node] = []
+        seen: dict[int, int] = {}
+        owner = f"node {node.name!r}"
+        targs, changed = _template(args, deps, seen, self, owner)
+        tkwargs, changed_kw = _template(kwargs, deps, seen, self, owner) if kwargs else ({},
+                                                                                       False)
+        node.args, node.kwargs = targs, tkwargs
+        node.deps = tuple(deps)
+        node.nested = changed or changed_kw
+        node.retries, node.timeout, node.priority = retries, timeout, int(priority)
+        node.user_key = key
+        self.nodes.append(node)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __contains__(self, node: object) -> bool:
+        return isinstance(node, Node) and node.graph is self
+
+    def _compute_keys(self) -> None:
+        """Give every node its stable key (Merkle style: a node's key covers its deps')."""
+        counts: dict[str, int] = {}
+        for node in self.nodes[self._keys_done:]:
+            if node.user_key is not None:
+                node._key = node.user_key
+                continue
+            if node.fn is not None:
+                ident = f"{getattr(node.fn, '__module__', '?')}.{_describe_callable(node.fn)}"
+            else:
+                ident = f"call:{getattr(node.target, 'name', '?')}.{node.method}"
+            try:
+                blob = pickle.dumps((node.args, node.kwargs), protocol=5)
+            except Exception:
+                blob = repr((node.args, node.kwargs)).encode()
+            h = hashlib.blake2b(ident.encode(), digest_size=12)
+            h.update(blob)
+            for dep in node.deps + node.after_deps:
+                h.update(dep.key.encode())
+            base = h.hexdigest()
+            n = counts.get(base, 0)
+            counts[base] = n + 1
+            node._key = f"{base}.{n}" if n else base
+        self._keys_done = len(self.nodes)
+        users = [n.user_key for n in self.nodes if n.user_key is not None]
+        if len(users) != len(set(users)):
+            dup = next(k for k in users if users.count(k) > 1)
+            msg = f"two nodes have the same key={dup!r}; keys must be unique in a graph"
+            raise GraphError(msg)
+
+    def digest(self) -> str:
+        """A digest of the whole graph (every node's key and edges): the journal's check."""
+        self._compute_keys()
+        h = hashlib.blake2b(digest_size=16)
+        for node in self.nodes:
+            h.update(node.key.encode())
+            h.update(b"|")
+        return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A function pickled once (cloudpickle) and the digest workers cache it by."""
+
+    digest: bytes
+    blob: bytes
+
+
+def find_cycle(nodes: list[Node]) -> list[Node] | None:
+    """Return the nodes of a cycle (first repeated at the end), or None (iterative DFS)."""
+    state = bytearray(len(nodes))  # 0 new, 1 on the stack, 2 done
+    for root in nodes:
+        if state[root.index]:
+            continue
+        stack: list[tuple[Node, Iterator[Node]]] = [(root, iter(root.deps + root.after_deps))]
+        state[root.index] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node.index] = 2
+                stack.pop()
+            elif state[nxt.index] == 1:
+                path = [n for n, _ in stack]
+                cycle = path[path.index(nxt):]
+                return [*cycle, nxt]
+            elif state[nxt.index] == 0:
+                state[nxt.index] = 1
+                stack.append((nxt, iter(nxt.deps + nxt.after_deps)))
+    return None
+
+
+def validate(graph: Graph) -> dict[int, Code]:
+    """Check *graph* before anything runs; return each distinct function's ``Code``.
+
+    Raises ``GraphError`` naming the node: a cycle (every node on it, in order), a
+    function or an argument that cannot be pickled.
+    """
+    cycle = find_cycle(graph.nodes)
+    if cycle is not None:
+        path = " -> ".join(n.name for n in reversed(cycle))
+        msg = f"graph has a cycle: {path}; a node cannot depend on itself, even indirectly"
+        raise GraphError(msg)
+    codes: dict[int, Code] = {}
+    for node in graph.nodes:
+        if node.fn is not None and id(node.fn) not in codes:
+            codes[id(node.fn)] = _pickle_code(node)
+        _check_args(node)
+    return codes
+
+
+def _pickle_code(node: Node) -> Code:
+    try:
+        blob = dumps_code(node.fn)
+    except Exception as exc:
+        msg = (f"node {node.name!r}: its function {node.fn!r} cannot be sent to a worker "
+               f"process ({type(exc).__name__}: {exc}); use a module-level function, or "
+               "one whose closure pickles")
+        raise GraphError(msg) from exc
+    return Code(hashlib.blake2b(blob, digest_size=16).digest(), blob)
+
+
+def _check_args(node: Node) -> None:
+    args, kwargs = node.args, node.kwargs
+    if quick_safe(args) and (not kwargs or quick_safe(kwargs.values())):
+        return
+    items: Iterable[tuple[str, Any]] = [
+        *((f"argument {i}", v) for i, v in enumerate(args)),
+        *((f"keyword argument {k!r}", v) for k, v in kwargs.items())]
+    for label, value in items:
+        if type(value) in SAFE_TYPES or type(value) is Dep:
+            continue
+        try:
+            pickle.dumps(value, protocol=5, buffer_callback=lambda _b: False)
+        except Exception as exc:
+            if node.fn is not None:  # a lambda or local function as an argument
+                try:
+                    node.packed = dumps_code((node.args, node.kwargs))
+                except Exception:  # reported below, with the first error
+                    pass
+                else:
+                    return
+            msg = (f"node {node.name!r}: {label} ({type(value).__name__}) cannot be sent to "
+                   f"another process: {exc}; pass plain data, or give the type "
+                   "__reduce__/__getstate__")
+            raise GraphError(msg) from exc

@@ -1,0 +1,119 @@
+"""The task worker: an actor that runs batches of graph tasks in its own process.
+
+One call, ``run(code, tasks)``, carries a batch (several tiny tasks, or one big one) and
+returns one list of outcomes, so scheduling costs one message round trip per batch, not
+per task. Wire records (plain tuples, cheapest to pickle)::
+
+    code     {digest: cloudpickled function} for functions this worker has not had yet
+    task     (tid, digest, args, kwargs, values, nested, packed)
+               values: one (kind, payload) per dependency, kind VALUE | PICKLED | SHARED
+    outcome  (tid, status, kind, payload, t_start, t_end)
+               status OK: (kind, payload) is the value; ERR: payload pickles (exc, tb)
+               NEED_CODE: this worker does not know the digest (it was restarted)
+
+A value is sent back as it is when it is a scalar; otherwise it is pickled here once;
+large ones (out-of-band buffers or pickle past the threshold) go to a shared-memory
+segment (``actorq._shared``) and only its handle travels: dependents map it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Any
+
+from actorq._core.actor import Actor
+from actorq._errors import GraphError, format_remote
+from actorq._graph.graph import fill
+from actorq._serialization import SAFE_TYPES, loads
+from actorq._shared import SharedObject, share_pickled
+
+VALUE, PICKLED, SHARED = 0, 1, 2
+OK, ERR, NEED_CODE = 0, 1, 2
+
+_monotonic = time.monotonic
+
+
+def pack_value(value: Any, run_prefix: str, threshold: int) -> tuple[int, Any]:
+    """Return (kind, payload) for *value*: as is, pickled, or in shared memory."""
+    if type(value) in SAFE_TYPES and not (
+            type(value) in (str, bytes) and len(value) >= threshold):
+        return VALUE, value
+    bufs: list[pickle.PickleBuffer] = []
+    body = pickle.dumps(value, protocol=5, buffer_callback=bufs.append)
+    if bufs:
+        raws = [b.raw() for b in bufs]
+        if len(body) + sum(r.nbytes for r in raws) >= threshold:
+            return SHARED, share_pickled(body, run_prefix, raws)  # one pickling
+        body = pickle.dumps(value, protocol=5)  # small: all in band
+    if len(body) >= threshold:
+        return SHARED, share_pickled(body, run_prefix)
+    return PICKLED, body
+
+
+def unpack_value(kind: int, payload: Any) -> Any:
+    """The value a (kind, payload) pair stands for (a shared one is mapped, not copied)."""
+    if kind == VALUE:
+        return payload
+    if kind == PICKLED:
+        return loads(payload)
+    obj: SharedObject = payload
+    return obj.load()
+
+
+def pack_error(exc: BaseException) -> bytes:
+    """Pickle (exception, traceback text); an exception that does not pickle is described."""
+    tb = format_remote(exc)
+    try:
+        return pickle.dumps((exc, tb), protocol=5)
+    except Exception:
+        text = (f"the task raised {type(exc).__name__}: {exc} (that exception could not be "
+                "pickled, so it is reported as a GraphError)")
+        return pickle.dumps((GraphError(text), tb), protocol=5)
+
+
+class TaskWorker(Actor):
+    """Runs graph tasks; functions are cached by digest (shipped once per worker)."""
+
+    def __init__(self, run_prefix: str, threshold: int) -> None:
+        self._prefix = run_prefix
+        self._threshold = threshold
+        self._fns: dict[bytes, Any] = {}
+
+    def run(self, code: dict[bytes, bytes] | None, tasks: list[tuple[Any, ...]]) -> list[Any]:
+        """Run a batch of tasks in order; return one outcome per task (module docstring)."""
+        fns = self._fns
+        if code:
+            for digest, blob in code.items():
+                if digest not in fns:
+                    fns[digest] = loads(blob)
+        out: list[tuple[Any, ...]] = []
+        for tid, digest, args, kwargs, values, nested, packed in tasks:
+            fn = fns.get(digest)
+            if fn is None:
+                out.append((tid, NEED_CODE, 0, None, 0.0, 0.0))
+                continue
+            t0 = _monotonic()
+            try:
+                if packed is not None:
+                    args, kwargs = loads(packed)
+                if values:
+                    vals = [unpack_value(k, p) for k, p in values]
+                    if nested:
+                        args, kwargs = fill(args, vals), fill(kwargs, vals)
+                value = fn(*args, **kwargs)
+                kind, payload = pack_value(value, self._prefix, self._threshold)
+            except Exception as exc:
+                out.append((tid, ERR, 0, pack_error(exc), t0, _monotonic()))
+                continue
+            out.append((tid, OK, kind, payload, t0, _monotonic()))
+        return out
+
+    def run_packed(self, blob: bytes) -> list[Any]:
+        """``run`` with (code, tasks) pickled by the scheduler (no check pickling on send)."""
+        code, tasks = loads(blob)
+        return self.run(code, tasks)
+
+    def ping(self) -> int:
+        """Answer at once (the scheduler waits for a new worker's first reply)."""
+        return 1

@@ -1,0 +1,295 @@
+"""Running graphs: results against serial ones, order, failures, retries (_graph/scheduler)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import time
+
+import pytest
+
+import actorq
+
+
+def inc(x):
+    return x + 1
+
+
+def add(*xs):
+    return sum(xs)
+
+
+def burn(n, seed=0):
+    """Some CPU work with a deterministic result."""
+    acc = seed
+    for i in range(n):
+        acc = (acc * 31 + i) % 1_000_003
+    return acc
+
+
+def fail(msg):
+    raise ValueError(msg)
+
+
+def test_diamond_wide_and_deep_match_serial(system):
+    g = actorq.Graph()
+    top = g.task(inc, 1)
+    left, right = g.task(add, top, 10), g.task(add, top, 100)
+    bottom = g.task(add, left, right)
+    wide = [g.task(burn, 2000, i) for i in range(200)]
+    total = g.task(add, *wide)
+    deep = top
+    for _ in range(100):
+        deep = g.task(inc, deep)
+    result = system.run(g, workers=2)
+    assert result.ok
+    assert result[bottom] == (2 + 10) + (2 + 100)
+    assert result[total] == sum(burn(2000, i) for i in range(200))
+    assert result[deep] == 102
+    stats = result.stats
+    assert stats.attempts == len(g)
+    assert stats.batches < len(g)  # tiny tasks shared messages
+    assert len(stats.tasks) == len(g)
+    path = stats.critical_path
+    assert all(a in b.deps for a, b in itertools.pairwise(path))  # a chain
+    assert stats.critical_path_seconds >= max(t.duration for t in stats.tasks.values())
+    assert 0 < stats.utilisation <= 1
+
+
+def test_nested_node_arguments_and_kwargs(system):
+    g = actorq.Graph()
+    a, b = g.task(inc, 1), g.task(inc, 2)
+    n = g.task(dict, x=[a, (b, {"inner": a})], y=b)
+    assert system.run(g)[n] == {"x": [2, (3, {"inner": 2})], "y": 3}
+
+
+def test_priorities_are_respected_when_workers_are_scarce(system):
+    g = actorq.Graph()
+    nodes = [g.task(burn, 20_000, i, priority=i % 7) for i in range(40)]
+    result = system.run(g, workers=1)
+    by_start = sorted(nodes, key=lambda n: result.stats.tasks[n].start)
+    prios = [n.priority for n in by_start]
+    assert prios == sorted(prios, reverse=True)
+
+
+def test_failure_fails_dependents_and_independent_branches_finish(system):
+    g = actorq.Graph()
+    bad = g.task(fail, "boom", key="bad")
+    child = g.task(inc, bad, key="child")
+    grandchild = g.task(add, child, 1, key="grandchild")
+    good = g.task(inc, 1, key="good")
+    good2 = g.task(inc, good, key="good2")
+    result = system.run(g, workers=2)
+    assert not result.ok
+    assert set(result.failed) == {bad, child, grandchild}
+    with pytest.raises(ValueError, match="boom") as info:
+        result[bad]
+    assert isinstance(info.value.__cause__, actorq.RemoteTraceback)
+    with pytest.raises(actorq.GraphError, match="'grandchild' did not run: it depends on 'bad'"):
+        result[grandchild]
+    assert result[good2] == 3
+
+
+def flaky(path, fails):
+    """Fail the first *fails* calls (counted in a file), then succeed."""
+    with open(path, "a+") as f:
+        f.seek(0)
+        n = len(f.read())
+        f.write("x")
+    if n < fails:
+        raise RuntimeError(f"flaky attempt {n + 1}")
+    return n
+
+
+def test_retries_with_backoff_then_success_and_attempts_counted(system, tmp_path):
+    g = actorq.Graph()
+    ok = g.task(flaky, str(tmp_path / "a"), 2, retries=2)
+    no = g.task(flaky, str(tmp_path / "b"), 5, retries=1)
+    result = system.run(g)
+    assert result[ok] == 2
+    assert result.stats.tasks[ok].attempts == 3
+    with pytest.raises(RuntimeError, match="flaky attempt 2"):
+        result[no]
+    assert result.stats.tasks[no].attempts == 2
+    assert result.stats.retries == 3
+
+
+def test_fail_fast_stops_at_the_first_failure(system):
+    g = actorq.Graph()
+    first = g.task(fail, "first", priority=10)
+    rest = [g.task(burn, 50_000, i) for i in range(30)]
+    chain = g.task(add, *rest)
+    result = system.run(g, workers=1, fail_fast=True)
+    assert isinstance(result.failed[first], ValueError)
+    assert chain in result.failed
+    err = result.failed[chain]
+    assert isinstance(err, actorq.GraphError)
+    assert "fail_fast" in str(err)
+    assert len(result.stats.tasks) < len(g)  # most tasks never started
+
+
+def sleepy(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_timed_out_task_is_killed_and_retried_then_fails(system):
+    g = actorq.Graph()
+    slow = g.task(sleepy, 60, timeout=0.5, retries=1, key="slow")
+    fast = [g.task(inc, i) for i in range(20)]
+    result = system.run(g, workers=2)
+    with pytest.raises(actorq.CallTimeout, match=r"'slow' ran past its timeout of 0\.5s"):
+        result[slow]
+    assert result.stats.tasks[slow].attempts == 2
+    assert result.stats.timeouts == 1
+    assert [result[n] for n in fast] == list(range(1, 21))
+
+
+def test_sigkill_of_random_workers_during_a_500_task_graph(system):
+    g = actorq.Graph()
+    nodes = [g.task(burn, 30_000, i) for i in range(500)]
+    total = g.task(add, *nodes)
+    killed = []
+
+    def killer():
+        import random
+
+        rng = random.Random(7)
+        for _ in range(3):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                workers = [a for name, a in system.metrics()["actors"].items()
+                           if name.startswith("TaskWorker") and a["state"] == "running"
+                           and a.get("pid")]
+                if len(workers) >= 2:
+                    break
+                time.sleep(0.01)
+            victim = rng.choice(workers)
+            try:
+                os.kill(victim["pid"], signal.SIGKILL)
+                killed.append(victim["pid"])
+            except ProcessLookupError:
+                pass
+            time.sleep(0.15)
+
+    import threading
+
+    t = threading.Thread(target=killer)
+    t.start()
+    result = system.run(g, workers=2)
+    t.join(30)
+    assert result.ok, result.failed
+    assert result[total] == sum(burn(30_000, i) for i in range(500))
+    assert killed
+    stats = result.stats
+    assert stats.crashes >= 1
+    assert stats.attempts == len(g) + stats.crashes  # every extra attempt is counted
+    assert sum(s.attempts for s in stats.tasks.values()) == stats.attempts
+
+
+class Doubler(actorq.Actor):
+    def double(self, x):
+        return 2 * x
+
+
+def test_actor_call_nodes(system):
+    ref = system.spawn(Doubler)
+    g = actorq.Graph()
+    a = g.task(inc, 20)
+    b = g.call(ref, "double", a)
+    c = g.task(inc, b)
+    assert system.run(g)[c] == 43
+
+
+def test_run_async(system):
+    g = actorq.Graph()
+    n = g.task(add, g.task(inc, 1), 5)
+
+    async def main():
+        return await system.run_async(g)
+
+    assert asyncio.run(main())[n] == 7
+
+
+def test_bad_input_is_refused_before_anything_runs(system, tmp_path):
+    g = actorq.Graph()
+    marker = tmp_path / "ran"
+    g.task(flaky, str(marker), 0)
+    before = set(system.metrics()["actors"])
+    with pytest.raises(actorq.GraphError, match="workers must be a positive int"):
+        system.run(g, workers=0)
+    with pytest.raises(actorq.GraphError, match=r"needs an actorq\.Graph"):
+        system.run([1, 2])
+    with pytest.raises(actorq.GraphError, match="cannot be written"):
+        system.run(g, journal=str(tmp_path / "missing" / "run.db"))
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(actorq.GraphError, match="not an actorq journal, or it is corrupt"):
+        system.run(g, journal=str(corrupt))
+    assert not marker.exists()
+    assert set(system.metrics()["actors"]) == before  # no worker was started
+
+
+def test_progress_line_on_request(system, capfd):
+    g = actorq.Graph()
+    for i in range(50):
+        g.task(inc, i)
+    system.run(g, progress=True)
+    err = capfd.readouterr().err
+    assert "50/50" in err
+    assert "done 50" in err
+    assert "failed 0" in err
+
+
+def test_no_progress_when_not_a_tty(system, capfd):
+    g = actorq.Graph()
+    g.task(inc, 1)
+    system.run(g)
+    assert capfd.readouterr().err == ""
+
+
+def test_functions_are_shipped_once_per_worker_and_tiny_tasks_batched(system):
+    g = actorq.Graph()
+    for i in range(3000):
+        g.task(inc, i)
+        g.task(add, i, 1)
+    result = system.run(g, workers=2)
+    assert result.ok
+    assert result.stats.extra["code_shipments"] <= 2 * 2  # two functions, two workers
+    assert result.stats.batches < len(g) / 20
+
+
+def test_workers_scale_up_for_a_wide_stage_and_down_as_the_queue_drains(system):
+    g = actorq.Graph()
+    wide = [g.task(burn, 20_000, i) for i in range(40)]
+    chain = g.task(add, *wide)
+    for _ in range(12):  # a serial tail of 3 s: one worker is enough, the other retires
+        chain = g.task(_sleep_then, 0.25, chain)
+    result = system.run(g, workers=2)
+    assert result.ok
+    stats = result.stats
+    assert stats.workers == 2, stats
+    assert stats.extra["workers_retired"] >= 1, stats
+
+
+def _sleep_then(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+def test_two_runs_at_once_each_get_workers(system):
+    def build(k):
+        g = actorq.Graph()
+        return g, g.task(add, *[g.task(burn, 5000, i + k) for i in range(20)])
+
+    (g1, n1), (g2, n2) = build(0), build(100)
+
+    async def main():
+        return await asyncio.gather(system.run_async(g1, workers=1),
+                                    system.run_async(g2, workers=1))
+
+    r1, r2 = asyncio.run(main())
+    assert r1[n1] == sum(burn(5000, i) for i in range(20))
+    assert r2[n2] == sum(burn(5000, i + 100) for i in range(20))
