@@ -68,6 +68,14 @@ class DeadlockError(ActorqError):
     """Waiting on this reply would deadlock: the target is blocked waiting on the caller."""
 
 
+class BenchError(ActorqError, ValueError):
+    """The benchmark harness was given bad input, or a measured workload failed.
+
+    An unknown suite, a workload that does not import, is not callable, raises or runs
+    past its timeout, an unwritable output folder, a malformed result file.
+    """
+
+
 class NoSuchActor(ActorqError, KeyError):
     """No live actor is registered under that name (``lookup``). A ``KeyError`` whose
     message reads as a sentence (a plain ``KeyError`` shows its message quoted)."""
@@ -135,3 +143,5 @@ PUBLIC = (
 )
 for _cls in PUBLIC:
     _cls.__module__ = "actorq"
+# Raised by the public submodule actorq.bench, so it is shown there (not in actorq's API).
+BenchError.__module__ = "actorq.bench"

@@ -1,14 +1,15 @@
 """The ``actorq`` command: run the demo or the benchmarks, list and sweep shared memory.
 
     actorq demo [--limit N --actors K ...]   run examples/cpu_demo.py (options go to it)
-    actorq bench [...]                       run benchmarks/bench_transport.py (results: .)
+    actorq bench [SUITE | module:fn] [...]   run a benchmark suite or your own workload
+                                             (actorq.bench.command; --list, --compare)
     actorq segments                          list actorq's segments in /dev/shm, live or stale
     actorq sweep                             unlink the segments of runs whose owner is gone
 
-Also ``python -m actorq ...``. The demo and the benchmarks live in the source repository
-(``examples/``, ``benchmarks/``), not in the installed package: from a checkout (an
-editable install) they are found beside the package; otherwise the command says where
-to get them.
+Also ``python -m actorq ...``. The demo lives in the source repository (``examples/``),
+not in the installed package: from a checkout (an editable install) it is found beside
+the package; otherwise the command says where to get it. The benchmark suites ship in
+the package (``actorq.bench.suites``), so ``actorq bench`` works from any directory.
 """
 
 from __future__ import annotations
@@ -139,22 +140,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", add_help=False,
                    help="run the CPU demo, examples/cpu_demo.py (options go to it)")
     sub.add_parser("bench", add_help=False,
-                   help="run the transport benchmark, benchmarks/bench_transport.py")
+                   help="run a benchmark suite or your own workload; compare runs "
+                   "(actorq bench --help)")
     sub.add_parser("segments", help=f"list actorq's shared-memory segments in {SHM_DIR}")
     sub.add_parser("sweep", help="unlink the segments of runs whose owner process is gone")
     return parser
-
-
-def bench_argv(rest: Sequence[str]) -> list[str]:
-    """The benchmark's arguments: its results go to the current directory unless
-    ``--results-dir`` says otherwise (the script's own default is the checkout's tracked
-    ``benchmarks/results/``, which ``actorq bench`` must not overwrite)."""
-    argv = list(rest)
-    if not any(a == "--results-dir" or a.startswith("--results-dir=") for a in argv) and not (
-            {"-h", "--help"} & set(argv)):
-        argv += ["--results-dir", os.getcwd()]
-        _out(f"actorq bench: results go to {os.getcwd()} (change with --results-dir)")
-    return argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         return run_script("examples/cpu_demo.py", rest)
     if args.command == "bench":
-        return run_script("benchmarks/bench_transport.py", bench_argv(rest))
+        from actorq.bench.command import main as bench_main
+
+        return bench_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "segments":

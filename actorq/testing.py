@@ -27,6 +27,7 @@ import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -65,10 +66,14 @@ def _helpers() -> set[int]:
     pid = getattr(fs, "_forkserver_pid", None)
     if pid:
         pids.add(pid)
-    rt = getattr(multiprocessing.resource_tracker, "_resource_tracker", None)
-    pid = getattr(rt, "_pid", None)
-    if pid:
-        pids.add(pid)
+    trackers = [multiprocessing.resource_tracker,
+                # loky (a benchmark peer) keeps its own interpreter-wide resource tracker
+                sys.modules.get("loky.backend.resource_tracker")]
+    for module in trackers:
+        rt = getattr(module, "_resource_tracker", None)
+        pid = getattr(rt, "_pid", None)
+        if pid:
+            pids.add(pid)
     return pids
 
 

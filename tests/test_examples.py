@@ -16,6 +16,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 # The line each example prints once it has checked its own results.
 KEY_LINES = {
+    "bench_workload.py": "bench_workload: all assertions passed",
     "cpu_demo.py": "check: OK",
     "flow_control.py": "flow control: all assertions passed",
     "graph_blocked_matrix.py": "check: OK",

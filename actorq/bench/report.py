@@ -32,7 +32,8 @@ __all__ = [
 ]
 
 # Versions worth recording next to the figures (a missing package is recorded as None).
-PACKAGES = ("actorq", "numpy", "psutil", "uvloop", "cloudpickle", "faster-fifo")
+PACKAGES = ("actorq", "numpy", "psutil", "uvloop", "cloudpickle", "faster-fifo", "loky",
+            "dask", "distributed", "ray", "matplotlib")
 
 
 def machine_info() -> dict[str, Any]:
@@ -56,7 +57,18 @@ def machine_info() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "packages": {name: _version(name) for name in PACKAGES},
+        "code": _code(),
     }
+
+
+def _code() -> str:
+    """The commit measured when actorq runs from a git checkout, else its version."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists():
+        return code_version(root)
+    from actorq import __version__
+
+    return f"actorq {__version__} (installed)"
 
 
 def _memory_gib() -> float | None:

@@ -79,6 +79,8 @@ class BenchResult:
         group: the benchmark this result belongs to (rows of a group are compared).
         note: free text shown next to the result (parameters, caveats).
         skipped: why the benchmark did not run (no samples then), or None.
+        started: when each sample's run started, in seconds of the timer (the
+            per-repeat timeline; empty when not recorded).
     """
 
     name: str
@@ -88,6 +90,7 @@ class BenchResult:
     group: str = ""
     note: str = ""
     skipped: str | None = None
+    started: tuple[float, ...] = ()
 
     @classmethod
     def skip(cls, name: str, reason: str, *, unit: str = "", group: str = "",
@@ -138,6 +141,7 @@ class BenchResult:
             "max": _finite(self.max), "rel_spread": _finite(self.rel_spread),
             "repeats": len(self.samples), "samples": [_finite(s) for s in self.samples],
             "note": self.note, "skipped": self.skipped,
+            "started": [round(t, 6) for t in self.started],
         }
 
 
@@ -194,7 +198,8 @@ class Case:
             return {"": self.work / elapsed}
         return {"": elapsed}
 
-    def result(self, key: str, samples: Sequence[float]) -> BenchResult:
+    def result(self, key: str, samples: Sequence[float],
+               started: Sequence[float] = ()) -> BenchResult:
         """Build the :class:`BenchResult` of metric *key* from its *samples*."""
         unit = self.unit or ("1/s" if self.work is not None else "s")
         better = self.higher_is_better
@@ -202,7 +207,7 @@ class Case:
             better = self.work is not None
         name = f"{self.name} {key}" if key else self.name
         return BenchResult(name, unit, tuple(samples), higher_is_better=better,
-                           group=self.group, note=self.note)
+                           group=self.group, note=self.note, started=tuple(started))
 
 
 def _self_timed_samples(name: str, out: Any) -> dict[str, float]:
@@ -240,11 +245,14 @@ def measure_interleaved(cases: Sequence[Case], *, repeats: int = 5, warmup: int 
         for case in cases:
             case.run_once(timer)
     collected: list[dict[str, list[float]]] = [{} for _ in cases]
+    starts: list[list[float]] = [[] for _ in cases]
+    origin = timer()
     for _ in range(repeats):
-        for case, store in zip(cases, collected, strict=True):
+        for case, store, began in zip(cases, collected, starts, strict=True):
+            began.append(timer() - origin)
             _record(case, store, case.run_once(timer))
-    return [case.result(key, samples)
-            for case, store in zip(cases, collected, strict=True)
+    return [case.result(key, samples, began)
+            for case, store, began in zip(cases, collected, starts, strict=True)
             for key, samples in store.items()]
 
 

@@ -1,27 +1,23 @@
-"""benchmarks/bench_overload.py: a miniature overload runs, reports sanely, loses nothing.
+"""The overload suite in miniature (quick, smaller still): reports sanely, loses nothing.
 
-The script is imported by name, with benchmarks/ put on ``sys.path`` for the module's
-tests: the mp.Queue peer's process functions are pickled by reference (forkserver), so
-the child processes must be able to import the module (they inherit ``sys.path``).
-No timing is asserted: only the structure of the figures and exact message counts.
+Run through ``run_suite`` as ``actorq bench overload --quick --set ...`` runs it, so the
+report files are checked too. No timing is asserted: only the structure of the figures
+and exact message counts.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import math
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-MODULE = "bench_overload"
+from actorq.bench.suite import SCHEMA, run_suite
+from actorq.bench.suites import overload
+
 TINY = {"cost_us": 100.0, "overload_s": 1.0, "interval_s": 0.1, "warmup_s": 0.2,
         "unloaded_s": 0.1, "unloaded_repeats": 1, "window": 256, "threads": 2,
         "producer_procs": 1, "tells": 2000, "tell_warmup": 200, "fast_repeats": 1,
@@ -29,20 +25,17 @@ TINY = {"cost_us": 100.0, "overload_s": 1.0, "interval_s": 0.1, "warmup_s": 0.2,
 
 
 @pytest.fixture(scope="module")
-def bench() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        yield importlib.import_module(MODULE)
-    finally:
-        sys.path.remove(str(BENCH_DIR))
-        sys.modules.pop(MODULE, None)
+def bench() -> ModuleType:
+    return overload
 
 
 @pytest.fixture(scope="module")
-def run(bench: ModuleType) -> dict[str, Any]:
-    p = {**bench.QUICK, **TINY}
-    results, summaries, waits = bench.run_all(p)
-    return {"p": p, "results": results, "summaries": summaries, "waits": waits}
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("overload")
+    report = run_suite("overload", quick=True, params=TINY, out=out)
+    return {"p": report.meta["parameters"], "results": report.results,
+            "summaries": report.extra["overload"], "waits": report.extra[
+                "fast_path_credit_waits"], "verdicts": report.verdicts, "out": out}
 
 
 def test_every_admitted_message_is_handled_exactly_once(bench: ModuleType,
@@ -84,7 +77,8 @@ def test_time_series_and_summaries_have_their_shape(bench: ModuleType,
             assert row["user_rss"] > 0
             assert row["consumer_rss"] > 0
         assert s["throughput_samples"]
-        assert all(math.isfinite(x) and x >= 0 for x in s["throughput_samples"])
+        assert all(x is not None and math.isfinite(x) and x >= 0
+                   for x in s["throughput_samples"])
         assert s["latency_n"] > 0
         assert 0 <= s["latency_p50"] <= s["latency_p99"] <= s["latency_max"]
         per = s["per_producer"]
@@ -116,33 +110,28 @@ def test_results_verdicts_and_fast_path(bench: ModuleType, run: dict[str, Any]) 
         assert reason in str(ray.skipped)
         assert not ray.samples
     assert len(run["waits"][bench.FAST_ON]) == TINY["fast_repeats"]
-    checks = bench.verdicts(run["summaries"], run["results"], run["p"])
-    names = [c.name for c in checks]
+    names = [c.name for c in run["verdicts"]]
     assert f"{bench.FIXED}: throughput under overload / unloaded R" in names
     assert "fast path: |ON / OFF - 1|" in names
-    once = [c for c in checks if c.name.endswith("not handled exactly once")]
+    once = [c for c in run["verdicts"] if c.name.endswith("not handled exactly once")]
     assert len(once) == 3
     assert all(c.value == 0 and c.met for c in once)
 
 
-def test_report_files(bench: ModuleType, run: dict[str, Any], tmp_path: Path) -> None:
-    checks = bench.verdicts(run["summaries"], run["results"], run["p"])
-    png = tmp_path / "overload.png"
-    why_not = None
-    if importlib.util.find_spec("matplotlib") is not None:
-        why_not = bench.plot(run["summaries"], png, "smoke")
-        assert why_not is None
-        assert png.stat().st_size > 0
-    bench.write_report(run["results"], checks, run["summaries"], run["waits"],
-                       tmp_path / "o.json", tmp_path / "o.md", None if why_not else png,
-                       title="smoke", meta={"mode": "test"})
-    page = (tmp_path / "o.md").read_text(encoding="utf-8")
+def test_report_files(bench: ModuleType, run: dict[str, Any]) -> None:
+    out: Path = run["out"]
+    page = (out / "overload.md").read_text(encoding="utf-8")
     assert "## Overload" in page
     assert "## Fast path" in page
     assert bench.MPQ in page
-    if png.exists():
-        assert "(overload.png)" in page
-    doc = json.loads((tmp_path / "o.json").read_text(encoding="utf-8"))
+    doc = json.loads((out / "overload.json").read_text(encoding="utf-8"))
+    assert doc["schema"] == SCHEMA
+    assert doc["suite"] == "overload"
     assert set(doc["overload"]) == set(bench.CASES)
     assert doc["overload"][bench.FIXED]["series"]
     assert doc["verdicts"]
+    if isinstance(doc["meta"]["plots"], list):  # matplotlib present: the plot is drawn
+        assert (out / "overload.png").stat().st_size > 0
+        assert "(overload.png)" in page
+    else:
+        assert "matplotlib" in doc["meta"]["plots"]

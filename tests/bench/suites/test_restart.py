@@ -1,31 +1,27 @@
-"""benchmarks/bench_restart.py: a tiny actorq restart measurement runs and reports sanely.
+"""The restart suite: a tiny actorq restart measurement runs and reports sanely.
 
-The script is loaded from its path (benchmarks/ is not a package). It is deliberately
-not put in ``sys.modules``: cloudpickle then ships its actor class by value, as it does
-for a class defined in a script's ``__main__``. No timing is asserted.
+No timing is asserted.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import math
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_restart.py"
+from actorq.bench.output import write_report
+from actorq.bench.suite import SuiteReport
+from actorq.bench.suites import restart
+
 REPEATS = 2
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_restart_under_test", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return restart
 
 
 def test_forkserver_spare_restarts_are_measured(bench: ModuleType) -> None:
@@ -60,8 +56,11 @@ def test_results_and_report_from_a_tiny_run(bench: ModuleType, tmp_path: Path) -
 
     checks = bench.verdicts(results)
     rows = bench.latency_rows(results, blocks)
-    bench.write_report(results, checks, rows, tmp_path / "r.json", tmp_path / "r.md",
-                       title="smoke", meta={"mode": "test"})
-    page = (tmp_path / "r.md").read_text(encoding="utf-8")
+    report = SuiteReport("restart", "smoke", results, checks, meta={"mode": "test"},
+                         extra={"latency": rows}, sections=[bench.latency_section(rows)])
+    write_report(report, tmp_path)
+    page = (tmp_path / "restart.md").read_text(encoding="utf-8")
     assert "## Restart latency" in page
     assert bench.FS_SPARE in page
+    doc = json.loads((tmp_path / "restart.json").read_text(encoding="utf-8"))
+    assert [row["name"] for row in doc["latency"]] == [r.name for r in results]
