@@ -380,12 +380,14 @@ class Hub:
             self.loop.call_soon_threadsafe(
                 lambda: self.loop.call_later(self.config.send_timeout, expire))  # type: ignore[union-attr]
 
-    def close_channel(self, chan: OutChannel, why: str) -> list[tuple[Any, ...]]:
+    def close_channel(self, chan: OutChannel, why: str, *,
+                      fail_replies: bool = True) -> list[tuple[Any, ...]]:
         """The receiver is gone for good: release everyone waiting for its credit.
 
         Returns the messages that never reached its ring (still in the outbox, encoded
-        but not written, or parked for credit), for the dead letters; their callers get
-        ``ActorStopped``.
+        but not written, or parked for credit), for the dead letters. Their callers get
+        ``ActorStopped`` here, or (``fail_replies=False``) from the caller's own
+        ``fail_pending`` once it has recorded them.
         """
         with chan.lock:
             chan.closed = True
@@ -398,10 +400,11 @@ class Hub:
                 waiter.event.set()  # a blocked producer wakes and raises ActorStopped
             elif waiter.message is not None:
                 unsent.append(waiter.message)
-        for msg in unsent:
-            reply = self.pending.pop(msg[1], None) if msg[1] else None
-            if reply is not None:
-                reply.set_exception(ActorStopped(f"{reply.describe}: {why}"))
+        if fail_replies:
+            for msg in unsent:
+                reply = self.pending.pop(msg[1], None) if msg[1] else None
+                if reply is not None:
+                    reply.set_exception(ActorStopped(f"{reply.describe}: {why}"))
         return unsent
 
     @staticmethod

@@ -618,17 +618,19 @@ class Runtime:
                 return ActorCrashed(f"{reply.describe}: {about}", cause)
             return ActorStopped(f"{reply.describe}: {about}")
 
-        hub.fail_pending(cell.id, failure)
         with hub.drain_lock:
             chan = hub.outbound.pop(cell.id, None)
             inchan = hub.inbound.pop(cell.id, None)
         unsent: list[tuple[Any, ...]] = []
         if chan is not None:
-            unsent = hub.close_channel(chan, about)
+            unsent = hub.close_channel(chan, about, fail_replies=False)
             chan.close()
         if inchan is not None:
             inchan.close()
+        # dead letters first, callers second: a caller whose call just failed finds its
+        # message among the dead letters
         dead_letter_queued(cell, why, self._dead, unsent)
+        hub.fail_pending(cell.id, failure)
         for other in self._cells.values():
             if other.ctrl is not None and cell.id in other.outbound:
                 try:

@@ -79,3 +79,22 @@ def test_messages_parked_for_credit_become_dead_letters_when_their_actor_stops(t
         asyncio.run(main(s, a))
         letters = [(d.method, d.message, d.reason.split(":")[0]) for d in s.dead_letters()]
         assert ("receive", ("parked",), "not delivered") in letters
+
+
+def test_a_call_that_fails_because_its_actor_stopped_finds_its_dead_letter(tmp_path):
+    """Dead letters are recorded before the callers are failed: seen from the moment the
+    reply fails (a done-callback runs right then), the message is already a dead letter."""
+    marker = tmp_path / "hold"
+    marker.write_text("x")
+    with actorq.ActorSystem(stop_timeout=0.3) as s:
+        a = s.spawn(Gate, name="g")
+        a.set_marker(str(marker)).result()
+        a.tell("block")
+        wait_until(lambda: (tmp_path / "hold.started").exists())
+        queued = a.ask("queued")
+        seen = []
+        queued.add_done_callback(
+            lambda _r: seen.append([d.message for d in s.dead_letters()]))
+        s.stop(a)
+        wait_until(lambda: seen)
+        assert ("queued",) in seen[0]
