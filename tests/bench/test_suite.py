@@ -25,13 +25,15 @@ QUICK_SETS = {
                   "--set", "idle_window=0.2", "--set", "tells=5000", "--repeats", "2"],
     "restart": ["--repeats", "2"],
     "faults": ["--set", "duration_s=2.0", "--set", "plan=kill@0.6,stop@1.0+0.2"],
+    "graph": ["--set", "noop_tasks=500", "--set", "big_nodes=4000", "--set", "arrays=4",
+              "--set", "array_mib=1", "--set", "layers=4", "--set", "width=4"],
 }
 
 
 def test_the_registry_finds_every_suite_module():
     names = set(suites())
-    assert {"messaging", "restart", "overload", "faults"} <= names
-    # a suite added as a module (pool, graph) must get its quick run here too
+    assert {"messaging", "restart", "overload", "faults", "graph"} <= names
+    # a suite added as a module (pool) must get its quick run here too
     assert names == set(QUICK_SETS) | {"overload"}
     for suite in suites().values():
         assert suite.summary
