@@ -1,6 +1,6 @@
 """Job graphs: actorq beside ProcessPoolExecutor, multiprocessing, loky, Dask (Ray).
 
-    python benchmarks/bench_graph.py [--quick] [--set KEY=VALUE] [--results-dir DIR]
+    python benchmarks/bench_graph.py [--quick] [--set KEY=VALUE] [--out DIR]
 
 A thin entry point: the code is actorq/bench/suites/graph.py, the same as
 ``actorq bench graph``; this script writes to benchmarks/results/ by default.

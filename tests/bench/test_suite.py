@@ -27,13 +27,15 @@ QUICK_SETS = {
     "faults": ["--set", "duration_s=2.0", "--set", "plan=kill@0.6,stop@1.0+0.2"],
     "graph": ["--set", "noop_tasks=500", "--set", "big_nodes=4000", "--set", "arrays=4",
               "--set", "array_mib=1", "--set", "layers=4", "--set", "width=4"],
+    "pool": ["--set", "fault_calls=1000", "--set", "map_items=5000", "--set", "call_batches=6",
+             "--set", "calls_per_batch=100", "--set", "submit_tasks=1000"],
 }
 
 
 def test_the_registry_finds_every_suite_module():
     names = set(suites())
-    assert {"messaging", "restart", "overload", "faults", "graph"} <= names
-    # a suite added as a module (pool) must get its quick run here too
+    assert {"messaging", "restart", "overload", "faults", "graph", "pool"} <= names
+    # a suite added as a module must get its quick run here too
     assert names == set(QUICK_SETS) | {"overload"}
     for suite in suites().values():
         assert suite.summary
@@ -112,7 +114,7 @@ def test_options_merge_quick_repeats_and_params():
 
 def test_find_suite_names_the_known_ones():
     assert find_suite("faults").supports_faults
-    with pytest.raises(BenchError, match="faults, messaging"):
+    with pytest.raises(BenchError, match="faults, graph, messaging"):
         find_suite("pools")
 
 
