@@ -1,7 +1,6 @@
 """The system's machinery: actor cells, their processes, crashes and restarts.
 
-Everything here runs on the hub loop thread, except ``_start_process`` (starter thread;
-``_boot`` runs there, or on the loop for a restart that takes a warm spare)
+Everything here runs on the hub loop thread, except ``_start_process`` (starter thread)
 and what ``ActorSystem`` calls from user threads under ``_lock``. ``ActorSystem`` (in
 ``_system``) is the public facade over this class.
 
@@ -281,10 +280,6 @@ class Runtime:
             why = "its process could not be started" + self._main_module_hint()
             self._on_loop(self._finish, cell, CellState.FAILED, why)
             return
-        self._boot(cell, proc, sock, on_loop=False)
-
-    def _boot(self, cell: ActorCell, proc: Any, sock: Any, *, on_loop: bool) -> None:
-        """Send *cell*'s boot message to *proc* and watch it (starter or loop thread)."""
         cell.ctl.slots[C_STOP] = 0
         fds = [cell.efd, self._hub.efd]
         outbound = {}
@@ -312,21 +307,11 @@ class Runtime:
             control.send(sock, (Ctl.BOOT, info), fds)
         except OSError:
             pass  # it died already: its sentinel tells the loop
-        if on_loop:
-            self._watch(cell, proc, sock)
-        else:
-            self._on_loop(self._watch, cell, proc, sock)
+        self._on_loop(self._watch, cell, proc, sock)
         # Refill later: a process started now competes for the CPU with the actor that
         # is booting (a restart measured 9.9 ms p50 with an immediate refill, 8.3 ms
         # with this delay; benchmarks/bench_restart.py).
         self._on_loop(self._refill_later)
-
-    def _take_spare(self) -> tuple[Any, Any] | None:
-        try:
-            return self._spares.take()
-        except Exception:  # the starter thread tries again, and reports what fails
-            logger.debug("taking a warm spare failed", exc_info=True)
-            return None
 
     def _refill_later(self) -> None:
         if self._hub.loop is not None and not self._closing:
@@ -535,7 +520,6 @@ class Runtime:
 
     def _plan_go(self, plan: RestartPlan) -> None:
         def start_all() -> None:
-            cold = False  # once one goes to the starter thread, the rest follow (in order)
             for cell in plan.cells:
                 if self._closing or cell.state != "restarting" or cell.plan is not plan:
                     continue
@@ -545,14 +529,7 @@ class Runtime:
                 cell.state = CellState.STARTING
                 cell.ready.clear()
                 cell.exited.clear()
-                # A warm spare is booted here, on the loop: the hand-off to the starter
-                # thread (a thread wake-up and the GIL) is on every restart's path.
-                got = None if cold else self._take_spare()
-                if got is not None:
-                    self._boot(cell, *got, on_loop=True)
-                else:
-                    cold = True
-                    self._starter.submit(self._start_process, cell, cell.generation)
+                self._starter.submit(self._start_process, cell, cell.generation)
 
         assert self._hub.loop is not None
         self._hub.loop.call_later(plan.delay, start_all)
