@@ -189,12 +189,17 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any,
                **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; return a ``concurrent.futures.Future``."""
+        return self._enqueue("call", fn, args, kwargs)
+
+    def _enqueue(self, kind: str, fn: Callable[..., Any], args: Any,
+                 kwargs: dict[str, Any] | None) -> concurrent.futures.Future[Any]:
+        """Queue one task (a call, or a chunk of ``map``) and send what may go now."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self._shutdown:
                 msg = "cannot schedule new futures after shutdown"
                 raise RuntimeError(msg)
-            task = (future, ("call", self._spec(fn), args, kwargs))
+            task = (future, (kind, self._spec(fn), args, kwargs))
             _check_task(task)
             self._queue.append(task)
             self._pending[future] = None
@@ -316,19 +321,7 @@ class Executor(concurrent.futures.Executor):
 
     def _submit_chunk(self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]
                       ) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        with self._lock:
-            if self._shutdown:
-                msg = "cannot schedule new futures after shutdown"
-                raise RuntimeError(msg)
-            task = (future, ("chunk", self._spec(fn), chunk, None))
-            _check_task(task)
-            self._queue.append(task)
-            self._pending[future] = None
-            batch = self._take_locked()
-        if batch:
-            self._send(batch)
-        return future
+        return self._enqueue("chunk", fn, chunk, None)
 
     # -- shutting down ----------------------------------------------------------------------
 

@@ -1,0 +1,48 @@
+"""Many actors in one system (issue 15): 200 of them start, all answer, none leaks.
+
+The timing of a thousand is a benchmark (benchmarks/bench_scale.py), not a test: here
+only what must hold at any speed. Every actor answers with its own process id, so 200
+answers from 200 distinct live processes show that no start was lost, doubled or
+answered by the wrong process; after ``close`` every one of them is gone and no
+segment of the run is left (the autouse leak guard checks the suite-wide view too).
+"""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+
+import actorq
+from actorq._transport.shm import list_segments
+from actorq.testing import wait_until
+
+N = 200
+BOUND = 300.0  # seconds: generous, for a loaded 2-core machine; never a timing assert
+
+
+class Whoami(actorq.Actor):
+    def __init__(self, tag: int) -> None:
+        self.tag = tag
+
+    def who(self) -> tuple[int, int]:
+        return self.tag, os.getpid()
+
+
+@pytest.mark.timeout(BOUND)  # 200 process starts: the suite's 60 s is for one or two
+def test_two_hundred_actors_all_answer_and_leave_nothing() -> None:
+    with actorq.ActorSystem(call_timeout=BOUND) as system:
+        run_id = system._runtime.run_id
+        refs = [system.spawn(Whoami, i) for i in range(N)]
+        for ref in refs:
+            system.wait_ready(ref, timeout=BOUND)
+        answers = [r.result(timeout=BOUND) for r in [ref.who() for ref in refs]]
+        assert [tag for tag, _ in answers] == list(range(N))
+        pids = {pid for _, pid in answers}
+        assert len(pids) == N
+        assert pids == {system.pid_of(ref) for ref in refs}
+        assert len(system.metrics()["actors"]) == N
+        assert all(psutil.pid_exists(pid) for pid in pids)
+    wait_until(lambda: not any(psutil.pid_exists(pid) for pid in pids), timeout=60)
+    assert not [s for s in list_segments() if s.startswith(run_id)]
