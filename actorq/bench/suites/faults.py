@@ -33,15 +33,12 @@ never answered.
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import logging
 import math
-import mmap
 import multiprocessing
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +58,7 @@ from actorq.bench.faults import (
     Injector,
     fault_effects,
 )
+from actorq.bench.mapped import MappedFile
 from actorq.bench.suite import Plot, Suite, SuiteOptions, SuiteReport
 from actorq.bench.timing import BenchResult, Verdict, compare, percentile
 
@@ -80,46 +78,20 @@ ACTORQ, POOL = "actorq", "ProcessPoolExecutor"
 COLORS = {ACTORQ: "tab:blue", POOL: "tab:red"}
 
 
-def shm_dir() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") else None
-
-
-class Ledger:
+class Ledger(MappedFile):
     """Flags and per-task counts in a file mapping every worker process maps."""
 
+    SIZE = HEADER * 8 + CAPACITY * 4
+
     def __init__(self, path: str) -> None:
-        self.path = path
-        fd = os.open(path, os.O_RDWR)
-        try:
-            self._map = mmap.mmap(fd, HEADER * 8 + CAPACITY * 4)
-        finally:
-            os.close(fd)
-        self._view = memoryview(self._map)
-        self.flags = self._view[: HEADER * 8].cast("q")
-        self.counts = self._view[HEADER * 8:].cast("i")
+        super().__init__(path, self.SIZE)
+        self.flags = self.keep(self.buf[: HEADER * 8].cast("q"))
+        self.counts = self.keep(self.buf[HEADER * 8:].cast("i"))
 
     @classmethod
     def create(cls) -> Ledger:
         """Make a zero-filled mapping file and map it."""
-        fd, path = tempfile.mkstemp(prefix="actorq-bench-ledger-", dir=shm_dir())
-        try:
-            os.ftruncate(fd, HEADER * 8 + CAPACITY * 4)
-        finally:
-            os.close(fd)
-        return cls(path)
-
-    def close(self) -> None:
-        """Unmap (this process's view only)."""
-        self.flags.release()
-        self.counts.release()
-        self._view.release()
-        self._map.close()
-
-    def unlink(self) -> None:
-        """Close, then remove the file."""
-        self.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        return cls(cls.make(cls.SIZE, "bench-ledger"))
 
     def take(self, slot: int) -> bool:
         """Clear flag *slot*; return whether it was set (only its worker reads it)."""

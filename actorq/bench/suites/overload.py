@@ -56,12 +56,10 @@ import ctypes
 import importlib.util
 import itertools
 import math
-import mmap
 import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -80,6 +78,7 @@ from actorq.bench import (
     measure_interleaved,
     percentile,
 )
+from actorq.bench.mapped import MappedFile
 from actorq.bench.suite import Plot, Suite, SuiteOptions, SuiteReport
 
 MIB = 2**20
@@ -132,12 +131,7 @@ FIELDS = 3  # per record: handled_at (time.time()), latency (s), producer id
 
 
 
-def shm_dir() -> str | None:
-    """/dev/shm when usable (no disk under the records), else the default temp dir."""
-    return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-
-
-class Recorder:
+class Recorder(MappedFile):
     """Counters and per-message records of one consumer, in a file mapping.
 
     One consumer writes (``record``); any process that maps the same path reads.
@@ -146,35 +140,23 @@ class Recorder:
     """
 
     def __init__(self, path: str, capacity: int = RECORD_CAPACITY) -> None:
-        self.path = path
+        super().__init__(path, SLOTS * 8 + capacity * 8 * FIELDS)
         self.capacity = capacity
-        size = SLOTS * 8 + capacity * 8 * FIELDS
-        fd = os.open(path, os.O_RDWR)
-        try:
-            self._map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        self._view = memoryview(self._map)
-        self.slots = self._view[: SLOTS * 8].cast("q")
-        self.records = self._view[SLOTS * 8:].cast("d")
+        self.slots = self.keep(self.buf[: SLOTS * 8].cast("q"))
+        self.records = self.keep(self.buf[SLOTS * 8:].cast("d"))
         self._next: dict[int, int] = {}
 
     @classmethod
     def create(cls, capacity: int = RECORD_CAPACITY) -> Recorder:
         """Make a zero-filled mapping file and map it."""
-        fd, path = tempfile.mkstemp(prefix="actorq-overload-", suffix=".rec", dir=shm_dir())
-        try:
-            os.ftruncate(fd, SLOTS * 8 + capacity * 8 * FIELDS)
-        finally:
-            os.close(fd)
-        return cls(path, capacity)
+        return cls(cls.make(SLOTS * 8 + capacity * 8 * FIELDS, "overload.rec"), capacity)
 
     def touch(self) -> None:
         """Write every page now, so that recording later does not grow this process's RSS."""
         chunk = 1 << 20
-        for start in range(0, len(self._map), chunk):
-            end = min(start + chunk, len(self._map))
-            self._map[start:end] = bytes(end - start)
+        for start in range(0, len(self.buf), chunk):
+            end = min(start + chunk, len(self.buf))
+            self.buf[start:end] = bytes(end - start)
         self.slots[READY] = 1
 
     def record(self, producer: int, seq: int, stamp: float, keep: bool = True) -> None:
@@ -220,20 +202,6 @@ class Recorder:
     def handled_by(self, ids: Sequence[int]) -> list[int]:
         """Messages handled (or discarded) so far, per producer in *ids*."""
         return [int(self.slots[HANDLED + i]) for i in ids]
-
-    def close(self) -> None:
-        """Unmap (this process's view only)."""
-        self.slots.release()
-        self.records.release()
-        self._view.release()
-        self._map.close()
-
-    def unlink(self) -> None:
-        """Close, then remove the file."""
-        self.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
 
 @contextlib.contextmanager
 def recorder() -> Iterator[Recorder]:
