@@ -684,18 +684,6 @@ class Pool(Generic[A]):
         if member.breaker is not None:
             member.breaker.record(exc)
 
-    def _finished_ok(self, member: _Member, elapsed: float) -> None:
-        """An attempt succeeded (the common case: one lock, the circuit's fast path)."""
-        with self._lock:
-            member.in_flight -= 1
-            ewma = member.ewma
-            member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
-            member.ok += 1
-            self._stats["succeeded"] += 1
-        breaker = member.breaker
-        if breaker is not None and (breaker._state != "closed" or breaker._failures):
-            breaker.record_success()
-
     def _stats_inc(self, name: str) -> None:
         with self._lock:
             self._stats[name] += 1
