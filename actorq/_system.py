@@ -122,7 +122,8 @@ class ActorSystem:
              retry: Retry | None = None, timeout: float | None = None,
              name: str | None = None, hang_margin: float = 1.0,
              max_restarts: int = 100, within: float = 10.0, idle_timeout: float = 5.0,
-             oversubscribe: bool = False, **kwargs: Any) -> Pool[A]:
+             oversubscribe: bool = False, replace_backoff: Backoff | None = None,
+             **kwargs: Any) -> Pool[A]:
         """Start a pool of *size* actors of *cls* (``args``/``kwargs`` to each) and return it.
 
         *size*: an int, or ``(min, max)`` to scale with the load (never past the cores
@@ -131,7 +132,9 @@ class ActorSystem:
         *circuit*: a ``CircuitBreaker`` copied for each member; *retry*: a ``Retry``;
         *timeout*: each call's deadline (seconds, all attempts); a member still running a
         call *hang_margin* seconds past the timeout is killed and restarted. Members are
-        restarted after crashes by the pool's supervisor (*max_restarts* within *within*).
+        restarted after crashes by the pool's supervisor (*max_restarts* within *within*,
+        counted per member); a member it gives up on is replaced by a new one after a
+        delay drawn from *replace_backoff*, so the pool keeps its size.
         See docs/concepts.md, "Pools and resilience".
         """
         if self._runtime.closing:
@@ -143,11 +146,18 @@ class ActorSystem:
             raise TypeError(msg)
         options = hang_options(cls, timeout, hang_margin, kwargs)
         pool_name = name or f"pool-{cls.__name__}-{len(self._pools) + 1}"
-        host = SupervisorHost(self, pool_name, max_restarts=max_restarts, within=within,
-                              member_options=options)
-        new: Pool[A] = Pool(host, cls, args, kwargs, size=size, routing=routing,
-                            circuit=circuit, retry=retry, timeout=timeout, name=pool_name,
-                            idle_timeout=idle_timeout, oversubscribe=oversubscribe)
+        rt = self._runtime
+        sup = rt.supervisor_under(rt.root, "one_for_one", max_restarts, within, None,
+                                  pool_name, give_up_per_child=True)
+        host = SupervisorHost(self, sup, member_options=options)
+        try:
+            new: Pool[A] = Pool(host, cls, args, kwargs, size=size, routing=routing,
+                                circuit=circuit, retry=retry, timeout=timeout, name=pool_name,
+                                idle_timeout=idle_timeout, oversubscribe=oversubscribe,
+                                replace_backoff=replace_backoff)
+        except BaseException:
+            host.close()
+            raise
         self._pools.add(new)
         return new
 

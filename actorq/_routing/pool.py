@@ -36,8 +36,10 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
 from actorq._core.actor import handler_names, set_pool_factory
+from actorq._core.events import ActorEvent, EventKind
 from actorq._core.reply import Reply
 from actorq._errors import ActorCrashed, ActorStopped, CallTimeout, CircuitOpen
+from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry, RetryBudget
 from actorq._routing.routers import ROUTINGS, Router, key_point, make_router
@@ -52,6 +54,7 @@ logger = logging.getLogger("actorq")
 A = TypeVar("A")
 EWMA_ALPHA = 0.2
 AUTOSCALE_TICK = 0.1  # seconds between looks at the load of a (min, max) pool
+REPLACE_QUIET = 60.0  # seconds without a lost member after which replacing starts afresh
 _pool_ids = itertools.count(1)
 _call_tokens = itertools.count(1)
 
@@ -76,6 +79,23 @@ class PoolHost(Protocol):
     def close(self) -> None:
         """Stop every member and the supervisor (blocks until they are gone)."""
         ...
+
+    def running(self) -> bool:
+        """False once the host (its supervisor, its system) is stopped: no more spawns."""
+        ...
+
+    def watch(self, on_lost: Callable[[int], None]) -> None:
+        """Call ``on_lost(actor_id)`` when a member is gone for good (its supervisor gave
+        up on it); from any thread, quickly. A host that cannot tell does nothing: the
+        pool then learns it from the member's next call (``ActorStopped``)."""
+        ...
+
+
+def default_replace_backoff() -> Backoff:
+    """Delays before replacing lost members: the n-th loss in a row waits up to
+    ``min(30, 0.1 * 2**n)`` seconds (full jitter), so a member that always crashes at
+    start costs a few spawns a minute, not a spin."""
+    return Backoff(initial=0.1, maximum=30.0)
 
 
 @dataclass(frozen=True)
@@ -112,14 +132,17 @@ class PoolStatistics:
     idempotent_hits: int
     grown: int
     shrunk: int
+    lost: int
+    replaced: int
+    replacing: int
     members: list[MemberStatistics] = field(default_factory=list)
 
 
 class _Member:
     """A pool member: its ref, circuit and the pool's own figures for it."""
 
-    __slots__ = ("bound", "breaker", "calls", "ewma", "failures", "id", "in_flight", "ok",
-                 "ref", "retired", "slot")
+    __slots__ = ("bound", "breaker", "calls", "ewma", "failures", "id", "in_flight", "lost",
+                 "ok", "ref", "retired", "slot")
 
     def __init__(self, ref: ActorRef[Any], slot: int, breaker: CircuitBreaker | None) -> None:
         self.ref = ref
@@ -132,7 +155,8 @@ class _Member:
         self.calls = 0
         self.ok = 0
         self.failures: dict[str, int] = {}
-        self.retired = False
+        self.retired = False  # resized away
+        self.lost = False  # its supervisor gave up on it: out of the routing, being replaced
 
     def stats(self) -> MemberStatistics:
         b = self.breaker
@@ -290,9 +314,10 @@ class _Call:
             return
         retry = pool.retry
         delay: float | None = None
-        if isinstance(exc, ActorStopped) and (member.retired or member not in pool._members) \
-                and not pool._stopped and self.attempt < 1000:
-            delay = 0.0  # its member was resized away: not the call's fault, not budgeted
+        if isinstance(exc, ActorStopped) and not pool._stopped and self.attempt < 1000 and (
+                member.retired or member.lost or member not in pool._members
+                or pool._member_lost(member)):
+            delay = 0.0  # its member was resized away or lost: not the call's fault
         elif retry is not None:
             refused = pool._budget.refused if pool._budget is not None else 0
             delay = retry.decide(exc, self.attempt, now=time.monotonic(),
@@ -375,8 +400,11 @@ class Pool(Generic[A]):
                  routing: str, circuit: CircuitBreaker | None, retry: Retry | None,
                  timeout: float | None, name: str | None = None, idle_timeout: float = 5.0,
                  oversubscribe: bool = False, idempotency_ttl: float = 300.0,
-                 idempotency_size: int = 10_000) -> None:
+                 idempotency_size: int = 10_000, replace_backoff: Backoff | None = None) -> None:
         validate_options(size, routing, circuit, retry, timeout, idle_timeout, oversubscribe)
+        if replace_backoff is not None and not isinstance(replace_backoff, Backoff):
+            msg = f"replace_backoff must be an actorq.Backoff or None, not {replace_backoff!r}"
+            raise TypeError(msg)
         lo, hi = parse_size(size, oversubscribe)
         self.name = name or f"pool-{cls.__name__}-{next(_pool_ids)}"
         self.cls = cls
@@ -403,7 +431,7 @@ class Pool(Generic[A]):
         self._stats: dict[str, int] = dict.fromkeys(
             ("calls", "succeeded", "failed", "retries", "budget_refusals",
              "circuit_open_rejections", "expired_drops", "deadline_timeouts",
-             "idempotent_joins", "idempotent_hits", "grown", "shrunk"), 0)
+             "idempotent_joins", "idempotent_hits", "grown", "shrunk", "lost", "replaced"), 0)
         self._retired_stats: list[MemberStatistics] = []
         self._idem_ttl = idempotency_ttl
         self._idem_size = idempotency_size
@@ -412,11 +440,15 @@ class Pool(Generic[A]):
         self._busy_ticks = 0
         self._idle_since = time.monotonic()
         self._resize_lock = threading.Lock()
+        self._replace_backoff = replace_backoff or default_replace_backoff()
+        self._lost_streak = 0  # members lost in a row (no REPLACE_QUIET gap between them)
+        self._lost_at = 0.0
         try:
             self._grow(lo)
         except BaseException:
             self._host.close()
             raise
+        self._host.watch(_on_lost_weakly(self))
         if hi > lo:
             _tick_later(self)
 
@@ -522,8 +554,10 @@ class Pool(Generic[A]):
         """The pool's figures now (a frozen snapshot)."""
         with self._lock:
             members = [m.stats() for m in self._members] + list(self._retired_stats)
+            replacing = sum(1 for m in self._members if m.lost)
             return PoolStatistics(name=self.name, size=len(self._members),
-                                  routing=self.routing, members=members, **self._stats)
+                                  routing=self.routing, members=members,
+                                  replacing=replacing, **self._stats)
 
     def __enter__(self) -> Pool[A]:
         return self
@@ -640,6 +674,8 @@ class Pool(Generic[A]):
         self._finished(member, exc, elapsed)
         if isinstance(exc, CallTimeout) and exc.reason == "expired":
             self._stats_inc("expired_drops")
+        elif isinstance(exc, ActorStopped) and not member.retired:
+            self._member_lost(member)
         self._stats_inc("failed")
 
     def _pick(self, key: Any, avoid: _Member | None) -> _Member | None:
@@ -681,7 +717,7 @@ class Pool(Generic[A]):
             else:
                 kind = failure_kind(exc)
                 member.failures[kind] = member.failures.get(kind, 0) + 1
-        if member.breaker is not None:
+        if member.breaker is not None and not member.lost:  # a lost one's circuit stays open
             member.breaker.record(exc)
 
     def _stats_inc(self, name: str) -> None:
@@ -739,6 +775,66 @@ class Pool(Generic[A]):
         outer.add_done_callback(store)
 
     # -- membership ----------------------------------------------------------------------------
+
+    def _member_lost(self, member: _Member) -> bool:
+        """*member* is gone for good (its supervisor gave up on it, or it answered
+        ``ActorStopped``): take it out of the routing, open its circuit, and replace it
+        after a backoff. False if the pool or its host is stopped (nothing to replace)."""
+        if self._stopped or not self._host.running():
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if member.lost or member.retired or member not in self._members:
+                return True
+            member.lost = True
+            self._candidates = [m for m in self._members if not (m.retired or m.lost)]
+            if now - self._lost_at > REPLACE_QUIET:
+                self._lost_streak = 0
+            self._lost_at = now
+            delay = self._replace_backoff.delay(self._lost_streak)
+            self._lost_streak += 1
+            self._stats["lost"] += 1
+        if member.breaker is not None:
+            member.breaker.trip()
+        logger.warning("pool %r: member %r is gone for good; replacing it in %.3fs",
+                       self.name, member.ref.name, delay)
+        ref = weakref.ref(self)
+
+        def replace() -> None:
+            pool = ref()
+            if pool is not None:
+                pool._replace(member)
+
+        SCHEDULER.call_later(delay, replace)
+        return True
+
+    def _replace(self, member: _Member) -> None:
+        """Start a new member in *member*'s slot (scheduler thread). It keeps the slot's
+        circuit, half open: its first calls are probes."""
+        if self._stopped or not self._host.running():
+            return
+        with self._resize_lock:
+            with self._lock:
+                if member not in self._members:
+                    return  # resized away meanwhile
+            try:
+                ref = self._host.spawn_member(self.cls, self._args, dict(self._kwargs),
+                                              f"{self.name}-{member.slot}")
+            except ActorStopped:
+                return  # the host stopped meanwhile
+            except Exception:
+                logger.exception("pool %r: replacing member %r failed", self.name,
+                                 member.ref.name)
+                return
+            new = _Member(ref, member.slot, member.breaker)
+            with self._lock:
+                self._members[self._members.index(member)] = new
+                self._candidates = [m for m in self._members if not (m.retired or m.lost)]
+                self._router.resized([m.id for m in self._members])
+                self._retired_stats.append(member.stats())
+                self._stats["replaced"] += 1
+        if new.breaker is not None:
+            new.breaker.probe_now()
 
     def _grow(self, n: int) -> None:
         for _ in range(n):
@@ -815,19 +911,32 @@ class Pool(Generic[A]):
 
 
 class SupervisorHost:
-    """A pool's members under a supervisor of their own (``system.supervisor``).
+    """A pool's members under a supervisor of its own, *sup*, which gives up on one
+    member at a time (past its restart intensity) rather than failing as a whole; the
+    pool replaces a member it gave up on.
 
-    Built on the system's public surface only: ``system.supervisor(...)``,
-    ``sup.spawn(...)``, ``system.stop(ref)``, ``sup.stop()``.
+    Built on the system's public surface: ``sup.spawn(...)``, ``system.stop(ref)``,
+    ``sup.stop()``, ``system.subscribe(...)`` (``gave_up`` events name lost members).
     """
 
-    def __init__(self, system: Any, name: str, *, max_restarts: int, within: float,
-                 member_options: Any = None) -> None:
+    def __init__(self, system: Any, sup: Any, *, member_options: Any = None) -> None:
         self.system = system
         self.config: SystemConfig = system.config
         self.member_options = member_options
-        self.sup = system.supervisor(strategy="one_for_one", max_restarts=max_restarts,
-                                     within=within, name=name)
+        self.sup = sup
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def running(self) -> bool:
+        return bool(self.sup.state == "running")
+
+    def watch(self, on_lost: Callable[[int], None]) -> None:
+        sup_name = self.sup.name
+
+        def listen(event: ActorEvent) -> None:  # the system's loop thread: quick
+            if event.kind is EventKind.GAVE_UP and event.supervisor == sup_name:
+                on_lost(event.actor_id)
+
+        self._unsubscribe = self.system.subscribe(listen)
 
     def spawn_member(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
                      name: str) -> ActorRef[Any]:
@@ -840,6 +949,9 @@ class SupervisorHost:
         self.system.stop(ref)
 
     def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         try:
             self.sup.stop()
         except ActorStopped:
@@ -874,6 +986,12 @@ class ContextHost:
     def close(self) -> None:
         for ref in list(self.refs):
             self.stop_member(ref)
+
+    def running(self) -> bool:
+        return True  # the actor that made the pool is running: it is the one calling
+
+    def watch(self, on_lost: Callable[[int], None]) -> None:
+        """An actor hears of a lost child from its next call (``ActorStopped``)."""
 
 
 def context_pool(ops: Any, cls: type, args: tuple[Any, ...],
@@ -910,6 +1028,22 @@ def hang_options(cls: type, timeout: float | None, hang_margin: float,
     return dataclasses.replace(base, hang_timeout=timeout + hang_margin)
 
 
+def _on_lost_weakly(pool: Pool[Any]) -> Callable[[int], None]:
+    """``on_lost(actor_id)`` for the host to call, holding the pool weakly."""
+    ref = weakref.ref(pool)
+
+    def on_lost(actor_id: int) -> None:
+        alive = ref()
+        if alive is None:
+            return
+        with alive._lock:
+            member = next((m for m in alive._members if m.id == actor_id), None)
+        if member is not None:
+            alive._member_lost(member)
+
+    return on_lost
+
+
 def _tick_later(pool: Pool[Any]) -> None:
     """The next autoscale look, holding the pool weakly: a pool nobody holds stops."""
     ref = weakref.ref(pool)
@@ -940,6 +1074,12 @@ class _NoHost:
     def close(self) -> None:
         """Nothing to close: the members belong to the original pool."""
 
+    def running(self) -> bool:
+        return False  # a copy does not replace members (the original pool does)
+
+    def watch(self, on_lost: Callable[[int], None]) -> None:
+        """A copy does not watch."""
+
 
 def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
                   refs: list[ActorRef[Any]], routing: str, circuit: CircuitBreaker | None,
@@ -966,12 +1106,14 @@ def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
     pool._stats = dict.fromkeys(
         ("calls", "succeeded", "failed", "retries", "budget_refusals",
          "circuit_open_rejections", "expired_drops", "deadline_timeouts",
-         "idempotent_joins", "idempotent_hits", "grown", "shrunk"), 0)
+         "idempotent_joins", "idempotent_hits", "grown", "shrunk", "lost", "replaced"), 0)
     pool._retired_stats = []
     pool._idem_ttl, pool._idem_size = 300.0, 10_000
     pool._idem_running, pool._idem_done = {}, OrderedDict()
     pool._busy_ticks, pool._idle_since = 0, time.monotonic()
     pool._resize_lock = threading.Lock()
+    pool._replace_backoff = default_replace_backoff()
+    pool._lost_streak, pool._lost_at = 0, 0.0
     return pool
 
 

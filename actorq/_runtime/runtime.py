@@ -725,9 +725,10 @@ class Runtime:
 
 
     def supervisor_under(self, parent: Supervisor, strategy: str, max_restarts: int,
-                          within: float, backoff: Backoff | None,
-                         name: str | None) -> Supervisor:
-        """Create a supervisor under *parent*."""
+                         within: float, backoff: Backoff | None,
+                         name: str | None, *, give_up_per_child: bool = False) -> Supervisor:
+        """Create a supervisor under *parent* (*give_up_per_child*: past its intensity it
+        gives up on the one child instead of failing; a pool's supervisor does)."""
         self.check_open()
         with self._lock:
             if parent.state != "running":
@@ -735,7 +736,8 @@ class Runtime:
                 raise ActorStopped(msg)
             name = name or f"supervisor-{len(parent.children) + 1}"
             return Supervisor(self, name, strategy=strategy, max_restarts=max_restarts,
-                              within=within, backoff=backoff, parent=parent)
+                              within=within, backoff=backoff, parent=parent,
+                              give_up_per_child=give_up_per_child)
 
     def stop_supervisor(self, sup: Supervisor) -> None:
         """Stop *sup*'s whole subtree for good; blocks until every actor in it is gone."""
