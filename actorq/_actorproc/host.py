@@ -822,11 +822,13 @@ class Host:
         return self.hub.config
 
     def spawn_child(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
-                    name: str | None, restart: str) -> ActorRef[Any]:
-        """Spawn a child actor through the system, supervised on this actor's behalf."""
+                    name: str | None, restart: str,
+                    group: tuple[str, int, float] | None = None) -> ActorRef[Any]:
+        """Spawn a child actor through the system, supervised on this actor's behalf
+        (*group*: under its supervisor ``(name, max_restarts, within)``, e.g. a pool's)."""
         options = kwargs.pop("actor_options", None)
         blob = _serialization.dumps_code((cls, args, kwargs))
-        answer, _fds = self.request((Ctl.SPAWN, blob, name, restart, options))
+        answer, _fds = self.request((Ctl.SPAWN, blob, name, restart, options, group))
         if answer[0] == "error":
             raise answer[1]
         _kind, actor_id, child_name, handlers, cls_name = answer

@@ -103,8 +103,10 @@ class ContextOps(Protocol):
         ...
 
     def spawn_child(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
-                    name: str | None, restart: str) -> ActorRef[Any]:
-        """Spawn *cls* as a child of the current actor."""
+                    name: str | None, restart: str,
+                    group: tuple[str, int, float] | None = None) -> ActorRef[Any]:
+        """Spawn *cls* as a child of the current actor (*group*: under a supervisor of
+        its children named so, ``(name, max_restarts, within)``, made on first use)."""
         ...
 
     def time_left(self) -> float | None:

@@ -28,7 +28,9 @@ the message path): tuples whose first item is a :class:`Ctl` kind::
                      (CRASHING, traceback)               about to die of an exception
                      (CONNECT, request_id, target_id)    open a direct channel
                      (LOOKUP, request_id, name)
-                     (SPAWN, request_id, blob, name, restart, options)
+                     (SPAWN, request_id, blob, name, restart, options, group)
+                                         group: None, or (name, max_restarts, within) of a
+                                         supervisor of its children to put it under
                      (STOP_CHILD, request_id, child_id)  stop one of its children (pools)
                      (DEAD_LETTER, method, reason)       a message it could not unpickle
 

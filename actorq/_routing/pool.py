@@ -21,6 +21,8 @@ is scheduled on the routing scheduler thread.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import itertools
 import logging
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("actorq")
 
 A = TypeVar("A")
+T = TypeVar("T")
 EWMA_ALPHA = 0.2
 AUTOSCALE_TICK = 0.1  # seconds between looks at the load of a (min, max) pool
 REPLACE_QUIET = 60.0  # seconds without a lost member after which replacing starts afresh
@@ -805,7 +808,9 @@ class Pool(Generic[A]):
             if pool is not None:
                 pool._replace(member)
 
-        SCHEDULER.call_later(delay, replace)
+        # spawning may wait (for an actor's loop, for the system): off the scheduler
+        SCHEDULER.call_later(delay, lambda: threading.Thread(
+            target=replace, name="actorq-pool-replace", daemon=True).start())
         return True
 
     def _replace(self, member: _Member) -> None:
@@ -959,19 +964,50 @@ class SupervisorHost:
 
 
 class ContextHost:
-    """A pool's members as children of the actor that made it (``self.context.pool``)."""
+    """A pool's members as children of the actor that made it (``self.context.pool``),
+    under a supervisor of the pool's own (below the actor's children supervisor) with
+    the pool's restart intensity, counted per member."""
 
-    def __init__(self, ops: Any, member_options: Any = None) -> None:
+    def __init__(self, ops: Any, group: str, *, max_restarts: int, within: float,
+                 member_options: Any = None) -> None:
         self.ops = ops
         self.config: SystemConfig = ops.system_config()
         self.member_options = member_options
+        self.group = (group, max_restarts, within)
         self.refs: list[ActorRef[Any]] = []
+        # the actor's thread and loop: its requests to the system are made there only
+        self._thread = threading.get_ident()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - actors run their code on their loop
+            self._loop = None
+
+    def _on_actor_thread(self, fn: Callable[[], T]) -> T:
+        """Run *fn* on the actor's own thread (between its messages) and wait for it: the
+        actor's requests to the system (spawn, stop) are not made from two threads."""
+        if self._loop is None or threading.get_ident() == self._thread:
+            return fn()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # handed to the waiting thread
+                done.set_exception(exc)
+
+        try:
+            self._loop.call_soon_threadsafe(run)
+        except RuntimeError:  # its loop is closed: the actor is stopping
+            msg = "the actor that runs this pool is stopping"
+            raise ActorStopped(msg) from None
+        return done.result()
 
     def spawn_member(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
                      name: str) -> ActorRef[Any]:
         if self.member_options is not None and "actor_options" not in kwargs:
             kwargs["actor_options"] = self.member_options
-        ref: ActorRef[Any] = self.ops.spawn_child(cls, args, kwargs, None, "permanent")
+        ref: ActorRef[Any] = self._on_actor_thread(lambda: self.ops.spawn_child(
+            cls, args, kwargs, None, "permanent", group=self.group))
         self.refs.append(ref)
         return ref
 
@@ -979,7 +1015,7 @@ class ContextHost:
         if ref in self.refs:
             self.refs.remove(ref)
         try:
-            self.ops.stop_child(ref)
+            self._on_actor_thread(lambda: self.ops.stop_child(ref))
         except (ActorStopped, ValueError):
             pass  # gone already
 
@@ -1002,15 +1038,24 @@ def context_pool(ops: Any, cls: type, args: tuple[Any, ...],
     circuit = options.pop("circuit", None)
     retry = options.pop("retry", None)
     timeout = options.pop("timeout", None)
-    name = options.pop("name", None)
+    name = options.pop("name", None) or f"pool-{cls.__name__}-{next(_pool_ids)}"
     hang_margin = options.pop("hang_margin", 1.0)
     idle_timeout = options.pop("idle_timeout", 5.0)
     oversubscribe = options.pop("oversubscribe", False)
+    max_restarts = options.pop("max_restarts", 100)
+    within = options.pop("within", 10.0)
+    replace_backoff = options.pop("replace_backoff", None)
     validate_options(size, routing, circuit, retry, timeout, idle_timeout, oversubscribe)
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        msg = f"max_restarts must be an int >= 0, not {max_restarts!r}"
+        raise ValueError(msg)
+    check_timeout(within, "within")
     member_options = hang_options(cls, timeout, hang_margin, options)
-    return Pool(ContextHost(ops, member_options), cls, args, options, size=size,
-                routing=routing, circuit=circuit, retry=retry, timeout=timeout, name=name,
-                idle_timeout=idle_timeout, oversubscribe=oversubscribe)
+    host = ContextHost(ops, name, max_restarts=max_restarts, within=float(within),
+                       member_options=member_options)
+    return Pool(host, cls, args, options, size=size, routing=routing, circuit=circuit,
+                retry=retry, timeout=timeout, name=name, idle_timeout=idle_timeout,
+                oversubscribe=oversubscribe, replace_backoff=replace_backoff)
 
 
 def hang_options(cls: type, timeout: float | None, hang_margin: float,

@@ -401,20 +401,34 @@ class Runtime:
         return ("channel", target_id, ring_name, target.ctl.seg.name), [target.efd]
 
     def _spawn_for(self, parent: ActorCell, blob: bytes, name: str | None, restart: str,
-                   options: ActorOptions | None = None) -> tuple[Any, ...]:
-        """An actor spawns a child: it is supervised on the actor's behalf."""
+                   options: ActorOptions | None = None,
+                   group: tuple[str, int, float] | None = None) -> tuple[Any, ...]:
+        """An actor spawns a child: it is supervised on the actor's behalf, by the
+        supervisor of its children or, with *group*, by one under it (a pool's: its own
+        restart intensity, per child)."""
         try:
             cls, _args, _kwargs = _serialization.loads(blob)
 
             if parent.kids is None:
                 parent.kids = Supervisor(self, f"{parent.name}.children",
                                          give_up_per_child=True)
+            sup = parent.kids if group is None else self._group_of(parent.kids, *group)
             options = options or getattr(cls, "actor_options", None) or ActorOptions()
             ref = self._spawn_blob(blob, cls.__name__, handler_names(cls), name, restart,
-                                   parent.kids, options)
+                                   sup, options)
         except Exception as exc:
             return ("error", exc)
         return ("ref", ref.actor_id, ref.name, ref.handlers, ref.cls_name)
+
+    def _group_of(self, kids: Supervisor, name: str, max_restarts: int,
+                  within: float) -> Supervisor:
+        """The supervisor *name* under an actor's children supervisor (made on first use):
+        it gives up on one child at a time, past *max_restarts* within *within* each."""
+        for child in kids.children:
+            if isinstance(child, Supervisor) and child.name == name:
+                return child
+        return Supervisor(self, name, max_restarts=max_restarts, within=within, parent=kids,
+                          give_up_per_child=True)
 
     def _stop_for(self, parent: ActorCell, child_id: int) -> tuple[Any, ...]:
         """An actor stops one of its children (asynchronously: the answer comes at once)."""
@@ -423,6 +437,9 @@ class Runtime:
             err = ValueError(f"actor #{child_id} is not a child of {parent.describe()}")
             return ("error", err)
         parent.kids.remove(child)
+        for sup in parent.kids.children:  # or under a group of them (a pool's)
+            if isinstance(sup, Supervisor):
+                sup.remove(child)
         self.finish_group([child], f"stopped by its parent {parent.name!r}")
         return ("ok",)
 

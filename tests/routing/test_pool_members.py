@@ -62,3 +62,50 @@ def test_a_member_that_always_crashes_at_start_is_replaced_at_the_backoffs_pace(
     assert {pool.pid().result(timeout=20) for _ in range(4)} == {pids[1]}  # to the well one
     events = system.metrics()["system"]["events"]
     assert events["gave_up"] == 2
+
+
+class Boss(actorq.Actor):
+    """Runs a pool of its own children with the pool's restart policy."""
+
+    def __init__(self) -> None:
+        self.pool = self.context.pool(Member, size=2, name="crew", max_restarts=3,
+                                      within=600.0, retry=actorq.Retry(max_attempts=3))
+
+    def members(self):
+        return self.pool.members()
+
+    def pids(self, n: int) -> list[int]:
+        return sorted({self.pool.pid().result(timeout=20) for _ in range(n)})
+
+    def stats(self):
+        return self.pool.statistics()
+
+
+def test_an_actors_pool_restarts_its_members_by_the_pools_policy_and_replaces_lost_ones(
+        system):
+    events: list[actorq.ActorEvent] = []
+    system.subscribe(events.append)
+    boss = system.spawn(Boss)
+    first, second = boss.members().result(timeout=30)
+
+    def started(ref) -> int:
+        return sum(1 for e in events if e.kind == "started" and e.actor_id == ref.actor_id)
+
+    # the actor's own children supervisor gives up after 1 restart in 5 s; the pool's
+    # supervisor takes 3 (within 600 s), each counted against that member alone
+    for restarts in range(1, 5):  # the 4th crash is one too many
+        wait_until(lambda n=restarts: started(first) == n, timeout=30)
+        os.kill(first.pid().result(timeout=20), signal.SIGKILL)
+    wait_until(lambda: any(e.kind == "gave_up" and e.actor_id == first.actor_id
+                           for e in events), timeout=30)
+    decided = [(e.kind, e.supervisor) for e in events
+               if e.actor_id == first.actor_id and e.kind in ("restarted", "gave_up")]
+    assert decided == [("restarted", "crew")] * 3 + [("gave_up", "crew")]
+    # the actor's pool hears of it from its next call to the lost member (retried
+    # elsewhere) and replaces it
+    assert boss.pids(6).result(timeout=30) == [second.pid().result(timeout=20)]
+    wait_until(lambda: boss.stats().result(timeout=20).replaced == 1, timeout=30)
+    new, kept = boss.members().result(timeout=20)
+    assert kept == second
+    assert new not in (first, second)
+    assert len(boss.pids(8).result(timeout=30)) == 2  # both members take calls again
