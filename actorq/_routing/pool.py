@@ -208,12 +208,12 @@ class _Call:
 
     def wait_reply(self, reply: Reply[Any], deadline: Deadline) -> None:
         outer = self.outer
-        while not outer._done and not deadline.expired():
+        while not outer.done() and not deadline.expired():
             inner = self.inner
-            if inner is not None and not inner._done:
-                inner._hub.wait_reply(inner, deadline)  # drains the rings, as a ref call
+            if inner is not None and not inner.done():
+                inner.waiter.wait_reply(inner, deadline)  # drains the rings, as a ref call
             else:  # between attempts (a backoff): the retry will set a new inner
-                outer._wait_event(Deadline(min(deadline.at, time.monotonic() + 0.005), 0.005))
+                outer.sleep_until_done(min(deadline.remaining(), 0.005))
 
     def timeout_hint(self, reply: Reply[Any]) -> str:
         member = self.member
@@ -222,11 +222,11 @@ class _Call:
 
     def waiting_would_deadlock(self, reply: Reply[Any]) -> bool:
         inner = self.inner
-        return inner is not None and inner._hub.waiting_would_deadlock(inner)
+        return inner is not None and inner.waiter.waiting_would_deadlock(inner)
 
     def flush_dirty(self, *, wait: bool = True) -> bool:
         inner = self.inner
-        return inner._hub.flush_dirty(wait=wait) if inner is not None else True
+        return inner.waiter.flush_dirty(wait=wait) if inner is not None else True
 
     # -- attempts ------------------------------------------------------------------------------
 
@@ -249,7 +249,7 @@ class _Call:
 
     def retry(self) -> None:
         """A later attempt (scheduler thread): another member when there is one."""
-        if self.outer._done:
+        if self.outer.done():
             return
         self.attempt += 1
         pool = self.pool
@@ -287,7 +287,7 @@ class _Call:
         current = self.inner
         if member is None or (current is not None and inner is not current):
             return  # pragma: no cover - defensive (None: the call ended, e.g. its deadline)
-        exc = inner._exc
+        value, exc = inner.outcome()
         elapsed = time.perf_counter() - self.sent_at
         pool = self.pool
         if exc is None:  # the common case, inlined: one lock, the circuit's fast path
@@ -300,7 +300,7 @@ class _Call:
             breaker = member.breaker
             if breaker is not None and (breaker._state != "closed" or breaker._failures):
                 breaker.record_success()
-            self.outer.set_result(inner._value)
+            self.outer.set_result(value)
             self.args = self.kwargs = None  # type: ignore[assignment]  # see _forget
             self.inner = None
             self.outer = _FINISHED
@@ -313,7 +313,7 @@ class _Call:
         pool._finished(member, exc, elapsed)
         if isinstance(exc, CallTimeout) and exc.reason == "expired":
             pool._stats_inc("expired_drops")
-        if self.outer._done:
+        if self.outer.done():
             return
         retry = pool.retry
         delay: float | None = None
@@ -354,7 +354,7 @@ class _Call:
 
     def expire(self) -> None:
         """The call's deadline passed (scheduler thread)."""
-        if self.outer._done:
+        if self.outer.done():
             return
         waited = f"{self.pool.timeout or 0:g}s" if self.pool.timeout else "its timeout"
         err = CallTimeout(f"pool {self.pool.name!r}.{self.method}: no reply within {waited} "
@@ -632,7 +632,7 @@ class Pool(Generic[A]):
             if idem is not None:
                 self._idem_running.pop(idem, None)
             raise
-        if deadline is not None and not outer._done:
+        if deadline is not None and not outer.done():
             SCHEDULER.call_later(deadline - time.monotonic(), call.expire)
         return outer
 
@@ -665,7 +665,7 @@ class Pool(Generic[A]):
 
     def _bare_done(self, member: _Member, sent: float, inner: Reply[Any]) -> None:
         elapsed = time.perf_counter() - sent
-        exc = inner._exc
+        exc = inner.outcome()[1]
         if exc is None:
             with self._lock:
                 member.in_flight -= 1
@@ -768,7 +768,7 @@ class Pool(Generic[A]):
         def store(reply: Reply[Any]) -> None:
             with self._lock:
                 self._idem_running.pop(idem, None)
-                if reply._exc is not None:
+                if reply.outcome()[1] is not None:
                     return  # a failure is not remembered: the next call runs again
                 self._idem_done[idem] = (time.monotonic() + self._idem_ttl, reply)
                 self._idem_done.move_to_end(idem)
