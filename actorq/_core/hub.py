@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
 from actorq._core.protocol import OP_CALL, OP_DCALL, OP_REPLY, OP_TELL, method_and_args
+from actorq._core.ref import ChannelStatistics
 from actorq._core.reply import Reply, error_from_wire
 from actorq._errors import ActorStopped, Backpressure, format_remote
 from actorq._ids import next_token
@@ -120,6 +121,16 @@ class Hub:
         self.queue: deque[tuple[OpenRecord, int, tuple[Any, ...]]] = deque()
         self._outbox_fast = config.outbox_messages - 1  # tell's fast path appends below this
         self.max_inline = config.ring_size // 2 - 8  # bigger records take the spill path
+
+    def channel_statistics(self, target: int) -> ChannelStatistics:
+        """The figures of the channel to actor *target* (zeros if none is open)."""
+        chan = self.outbound.get(target)
+        if chan is None:
+            return ChannelStatistics(self.config.window, 0, 0, 0, 0.0, 0)
+        gate = chan.gate
+        queued = len(chan.outbox) + chan.encoded_count
+        return ChannelStatistics(chan.limit(), chan.ring.in_flight() + queued, gate.waiting,
+                                 gate.waits, gate.wait_seconds, gate.backpressure)
 
     # -- sending ------------------------------------------------------------------------
 

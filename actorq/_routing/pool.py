@@ -57,6 +57,8 @@ A = TypeVar("A")
 T = TypeVar("T")
 EWMA_ALPHA = 0.2
 AUTOSCALE_TICK = 0.1  # seconds between looks at the load of a (min, max) pool
+SCALE_TARGET = 1e9  # seconds: the adaptive window of an autoscaling pool's members never shrinks
+SCALE_WINDOW = 8  # default credit window of an autoscaling pool's members
 REPLACE_QUIET = 60.0  # seconds without a lost member after which replacing starts afresh
 _pool_ids = itertools.count(1)
 _call_tokens = itertools.count(1)
@@ -145,7 +147,7 @@ class _Member:
     """A pool member: its ref, circuit and the pool's own figures for it."""
 
     __slots__ = ("bound", "breaker", "calls", "ewma", "failures", "id", "in_flight", "lost",
-                 "ok", "ref", "retired", "slot")
+                 "ok", "ref", "retired", "seen_waits", "slot")
 
     def __init__(self, ref: ActorRef[Any], slot: int, breaker: CircuitBreaker | None) -> None:
         self.ref = ref
@@ -160,6 +162,7 @@ class _Member:
         self.failures: dict[str, int] = {}
         self.retired = False  # resized away
         self.lost = False  # its supervisor gave up on it: out of the routing, being replaced
+        self.seen_waits = 0  # credit waits + backpressure on its channel at the last look
 
     def stats(self) -> MemberStatistics:
         b = self.breaker
@@ -875,23 +878,39 @@ class Pool(Generic[A]):
                 self._retired_stats.append(m.stats())
 
     def _autoscale(self) -> None:
-        """Every tick (scheduler thread): grow while every member is busy, shrink after
-        ``idle_timeout`` of spare members; two busy ticks in a row before growing, so
-        that one burst does not start a process."""
-        if self._stopped or getattr(getattr(self._host, "sup", None), "state",
-                                    "running") != "running":
+        """Every tick (scheduler thread): grow while calls wait for credit, shrink after
+        ``idle_timeout`` with a member idle at every look.
+
+        What it reads is the kernel's flow control on this process's channel to each
+        member (``ref.channel_statistics()``): senders waiting for credit now, and
+        credit waits or ``Backpressure`` since the last look. Two pressed looks in a row
+        before growing (one burst does not start a process); a member without calls
+        in flight (the kernel's credits in use) at every look for ``idle_timeout``
+        before shrinking (any look without one starts the wait again)."""
+        if self._stopped or not self._host.running():
             return  # stopped, or its system closed: no more ticks
         now = time.monotonic()
         with self._lock:
+            members = list(self._candidates)
             size = len(self._members)
-            busy = sum(1 for m in self._candidates if m.in_flight > 0)
-            queued = sum(max(0, m.in_flight - 1) for m in self._candidates)
-        if busy >= size and queued > 0:
+        pressed = idle = 0
+        for m in members:
+            try:
+                st = m.ref.channel_statistics()
+            except Exception:
+                continue
+            waited = st.waits + st.backpressure
+            if st.waiting or waited > m.seen_waits:
+                pressed += 1
+            m.seen_waits = waited
+            if st.in_flight == 0:
+                idle += 1
+        if pressed:
             self._busy_ticks += 1
             self._idle_since = now
         else:
             self._busy_ticks = 0
-            if busy >= size - 1:
+            if not idle:
                 self._idle_since = now
         action: Callable[[], None] | None = None
         if self._busy_ticks >= 2 and size < self.max_size:
@@ -1045,12 +1064,15 @@ def context_pool(ops: Any, cls: type, args: tuple[Any, ...],
     max_restarts = options.pop("max_restarts", 100)
     within = options.pop("within", 10.0)
     replace_backoff = options.pop("replace_backoff", None)
+    scale_window = options.pop("scale_window", SCALE_WINDOW)
     validate_options(size, routing, circuit, retry, timeout, idle_timeout, oversubscribe)
     if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
         msg = f"max_restarts must be an int >= 0, not {max_restarts!r}"
         raise ValueError(msg)
     check_timeout(within, "within")
-    member_options = hang_options(cls, timeout, hang_margin, options)
+    lo, hi = parse_size(size, oversubscribe)
+    member_options = hang_options(cls, timeout, hang_margin, options,
+                                  scale_window if hi > lo else None)
     host = ContextHost(ops, name, max_restarts=max_restarts, within=float(within),
                        member_options=member_options)
     return Pool(host, cls, args, options, size=size, routing=routing, circuit=circuit,
@@ -1059,18 +1081,30 @@ def context_pool(ops: Any, cls: type, args: tuple[Any, ...],
 
 
 def hang_options(cls: type, timeout: float | None, hang_margin: float,
-                 kwargs: dict[str, Any]) -> Any:
-    """The members' ``ActorOptions`` when the pool has a timeout: a hang timeout of
-    *timeout* + *hang_margin*, unless the class or the caller set options of their own."""
+                 kwargs: dict[str, Any], scale_window: int | None = None) -> Any:
+    """The members' ``ActorOptions``: a hang timeout of *timeout* + *hang_margin* when
+    the pool has a timeout, and a credit window of *scale_window* messages for an
+    autoscaling pool (calls beyond it wait for credit: the signal to grow); None when
+    neither applies, or the caller passed ``actor_options``. A class's own hang timeout
+    or adaptive window is kept."""
     if not (isinstance(hang_margin, (int, float)) and hang_margin > 0):
         msg = f"hang_margin must be positive seconds, not {hang_margin!r}"
         raise ValueError(msg)
-    if timeout is None or "actor_options" in kwargs:
+    if scale_window is not None and (isinstance(scale_window, bool) or not isinstance(
+            scale_window, int) or scale_window < 1):
+        msg = f"scale_window must be an int >= 1, not {scale_window!r}"
+        raise ValueError(msg)
+    if "actor_options" in kwargs:
         return None
     base = getattr(cls, "actor_options", None) or ActorOptions()
-    if base.hang_timeout is not None:
-        return None
-    return dataclasses.replace(base, hang_timeout=timeout + hang_margin)
+    changes: dict[str, Any] = {}
+    if timeout is not None and base.hang_timeout is None:
+        changes["hang_timeout"] = timeout + hang_margin
+    if scale_window is not None and base.window_target is None:
+        # a fixed window: the adaptive one pinned (its target is never exceeded)
+        changes.update(window_target=SCALE_TARGET, window_min=scale_window,
+                       window_max=scale_window)
+    return dataclasses.replace(base, **changes) if changes else None
 
 
 def _on_lost_weakly(pool: Pool[Any]) -> Callable[[int], None]:
