@@ -21,6 +21,7 @@ import gc
 import inspect
 import logging
 import marshal
+import math
 import multiprocessing
 import os
 import select
@@ -125,7 +126,8 @@ class ActorHub(Hub):
         self.gap_ewma = 0.0  # recent idle stretches, seconds (adaptive spinning)
         self.parked_at = 0.0
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
-        self.deadline = (0, 0.0)  # (token, deadline) of the last call that carried one
+        # (kernel token, deadline, call token) of the last call that carried them (OP_DCALL)
+        self.deadline: tuple[int, float, Any] = (0, 0.0, None)
         self.expired_drops = 0  # calls dropped unrun: their deadline passed while queued
         self.stamp_start = info.hang_timeout is not None  # hang detection is on
         # the lone call serve_alone is handling (its ring, record, unlink list), and its
@@ -409,7 +411,7 @@ class ActorHub(Hub):
                     if msg[6] <= time.monotonic():
                         self.drop_expired(entry, index, msg)
                         continue
-                    self.deadline = (msg[1], msg[6])
+                    self.deadline = (msg[1], msg[6], msg[7] if len(msg) > 7 else None)
                     msg = msg[:6]
                 _op, token, reply_to, method, args, kwargs = msg
                 slots[C_TOKEN] = token  # 0: a crash then fails no caller
@@ -466,10 +468,18 @@ class ActorHub(Hub):
 
     def time_left(self) -> float | None:
         """Seconds until the deadline of the call being handled; None if it has none."""
-        token, deadline = self.deadline
-        if not token or token != self.ctl.slots[C_TOKEN]:
+        token, deadline, _carried = self.deadline
+        if not token or token != self.ctl.slots[C_TOKEN] or deadline == math.inf:
             return None
         return deadline - time.monotonic()
+
+    def call_token(self) -> Any:
+        """The token the call being handled carries (a pool call's, kept across its
+        retries); None if it carries none."""
+        token, _deadline, carried = self.deadline
+        if not token or token != self.ctl.slots[C_TOKEN]:
+            return None
+        return carried
 
     def _async_done(self, task: asyncio.Future[Any], *, entry: OpenRecord, index: int,
                     token: int, reply_to: int) -> None:
@@ -810,6 +820,10 @@ class Host:
     def time_left(self) -> float | None:
         """Seconds until the deadline of the call being handled (None: it has none)."""
         return self.hub.time_left()
+
+    def call_token(self) -> Any:
+        """The token of the call being handled (None: it carries none)."""
+        return self.hub.call_token()
 
     def stop_child(self, ref: ActorRef[Any]) -> None:
         """Ask the system to stop one of this actor's children for good (returns at once)."""

@@ -156,8 +156,10 @@ class Hub:
         return reply
 
     def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
-                      kwargs: dict[str, Any] | None, deadline: float) -> Reply[Any]:
-        """Like ``call``, the message carrying *deadline* (``time.monotonic()`` seconds).
+                      kwargs: dict[str, Any] | None, deadline: float,
+                      call_token: Any = None) -> Reply[Any]:
+        """Like ``call``, the message carrying *deadline* (``time.monotonic()`` seconds;
+        ``math.inf``: none) and, if not None, *call_token* (``context.token``).
 
         The actor drops the call without running it if the deadline has passed when its
         turn comes (the reply is a ``CallTimeout`` whose ``reason`` is ``"expired"``), and
@@ -168,10 +170,16 @@ class Hub:
             plain = False
         else:
             plain = True
+        if call_token is not None and type(call_token) not in SAFE_TYPES:
+            check_picklable(lambda: ref._describe(method), (call_token,), None)
+            plain = False
         token = next_token()
         reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
         self.pending[token] = reply
-        msg = (OP_DCALL, token, self.id, method, args, kwargs or _NO_KWARGS, float(deadline))
+        msg: tuple[Any, ...] = (OP_DCALL, token, self.id, method, args, kwargs or _NO_KWARGS,
+                                float(deadline))
+        if call_token is not None:
+            msg = (*msg, call_token)
         try:
             if not (plain and self._send_now(ref.actor_id, msg)):
                 self.send(ref, msg, nowait=False)

@@ -6,6 +6,7 @@ the same run, it calls through that process's own direct channel to the target.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -25,8 +26,9 @@ class Sender(Protocol):
         ...
 
     def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
-                      kwargs: dict[str, Any] | None, deadline: float) -> Reply[Any]:
-        """Send a call carrying *deadline* (``time.monotonic()`` seconds)."""
+                      kwargs: dict[str, Any] | None, deadline: float,
+                      call_token: Any = None) -> Reply[Any]:
+        """Send a call carrying *deadline* (``time.monotonic()`` seconds) and a token."""
         ...
 
     def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
@@ -195,6 +197,20 @@ class ActorRef(Generic[A]):
         if method != "receive":
             self._check_method(method)
         return self._get_hub().call_deadline(self, method, args, kwargs, deadline)
+
+    def call_with(self, method: str, args: tuple[Any, ...] = (),
+                  kwargs: dict[str, Any] | None = None, *, deadline: float | None = None,
+                  token: Any = None) -> Reply[Any]:
+        """Call *method* with the message carrying an absolute *deadline* (as
+        ``call_with_deadline``; None: none) and a *token* the handler reads as
+        ``self.context.token`` (None: none; plain data, a str or an int best). A pool
+        sends every attempt of a call with the same token, so that a member can do a
+        side effect once across retries."""
+        if method != "receive":
+            self._check_method(method)
+        return self._get_hub().call_deadline(self, method, args, kwargs,
+                                             math.inf if deadline is None else deadline,
+                                             token)
 
     def ask(self, message: Any) -> Reply[Any]:
         """Send *message* to the actor's ``receive`` and return a ``Reply`` with its answer."""

@@ -192,7 +192,8 @@ class _Call:
     may_deadlock = False
 
     def __init__(self, pool: Pool[Any], method: str, args: tuple[Any, ...],
-                 kwargs: dict[str, Any], key: Any, deadline: float | None) -> None:
+                 kwargs: dict[str, Any], key: Any, deadline: float | None,
+                 idem: Any = None) -> None:
         self.pool = pool
         self.config: SystemConfig = pool._config
         self.method = method
@@ -200,7 +201,8 @@ class _Call:
         self.kwargs = kwargs
         self.key = key
         self.deadline = deadline
-        self.token = next(_call_tokens)  # the same for every attempt of this call
+        # the same for every attempt of this call; it travels with each (context.token)
+        self.token = idem if idem is not None else f"{pool._token_prefix}{next(_call_tokens)}"
         self.attempt = 0
         self.inner: Reply[Any] | None = None
         self.member: _Member | None = None
@@ -272,15 +274,8 @@ class _Call:
     def _send(self, member: _Member) -> None:
         self.member = member
         self.sent_at = time.perf_counter()
-        ref = member.ref
-        if self.deadline is not None:
-            inner = ref.call_with_deadline(self.deadline, self.method, *self.args,
-                                           **self.kwargs)
-        else:
-            bound = member.bound.get(self.method)
-            if bound is None:  # ref.method, cached: the ref's own fast path
-                bound = member.bound[self.method] = getattr(ref, self.method)
-            inner = bound(*self.args, **self.kwargs)
+        inner = member.ref.call_with(self.method, self.args, self.kwargs,
+                                     deadline=self.deadline, token=self.token)
         self.inner = inner
         inner.add_done_callback(self._on_done)
 
@@ -427,6 +422,7 @@ class Pool(Generic[A]):
         self._bare = retry is None and circuit is None  # see _bare_call
         self._args, self._kwargs = args, kwargs
         self._router: Router = make_router(routing)
+        self._token_prefix = f"{self.name}/{os.getpid()}/"
         self._budget: RetryBudget | None = (retry.budget.fresh() if retry is not None
                                             and retry.budget is not None else None)
         self._lock = threading.Lock()
@@ -622,7 +618,7 @@ class Pool(Generic[A]):
                 return joined
         elif deadline is None and self._bare:
             return self._bare_call(method, args, kwargs, key)
-        call = _Call(self, method, args, kwargs, key, deadline)
+        call = _Call(self, method, args, kwargs, key, deadline, idem)
         self._stats["calls"] += 1
         if self._budget is not None:
             self._budget.record_call()
@@ -1173,6 +1169,7 @@ def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
     pool._bare = retry is None and circuit is None
     pool._args, pool._kwargs = (), {}
     pool._router = make_router(routing)
+    pool._token_prefix = f"{name}/{os.getpid()}/"
     pool._budget = retry.budget.fresh() if retry is not None and retry.budget is not None \
         else None
     pool._lock = threading.Lock()
