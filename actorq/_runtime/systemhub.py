@@ -80,7 +80,7 @@ class SystemHub(Hub):
         if not reply.done():
             self.spin_for(reply)
         while not reply.done() and not deadline.expired():
-            reply._wait_event(deadline)
+            reply.sleep_until_done(deadline.remaining())
 
     def spin_for(self, reply: Reply[Any]) -> None:
         """Poll the ring the reply comes from, from this thread, for ``spin_seconds`` x 4.
