@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PKG = Path(__file__).resolve().parents[1] / "actorq"
 BASE = {"_errors", "_config", "_clock", "_ids", "_serialization", "_metrics", "_shared"}
 LAYERS = [
@@ -158,9 +156,6 @@ def test_transport_and_process_do_not_import_each_other():
 # (done(), outcome(), waiter, sleep_until_done()). An object's own attributes
 # (``self._hub`` of the runtime) are not a reply's.
 REPLY_PRIVATE = {"_exc", "_value", "_done", "_hub", "_wait_event"}
-# still reading them, to be moved to the seam by the pool's own branch (then drop it here:
-# the strict xfail below fails once the file is clean, as a reminder)
-REPLY_PRIVATE_KNOWN = {"_routing.pool"}
 
 
 def reply_private_reads(source: str, where: str) -> list[str]:
@@ -179,14 +174,8 @@ def test_the_scan_finds_a_private_read_of_a_reply():
 def test_no_module_outside_the_kernel_reads_a_replys_private_fields():
     problems = []
     for module, path in modules().items():
-        if module.startswith("_core") or module in REPLY_PRIVATE_KNOWN:
+        if module.startswith("_core"):
             continue
         problems.extend(reply_private_reads(path.read_text(), module))
     assert not problems, problems
 
-
-@pytest.mark.xfail(strict=True, reason="_routing/pool.py moves to Reply's public seam on "
-                   "the pool branch; once it has, remove it from REPLY_PRIVATE_KNOWN")
-@pytest.mark.parametrize("module", sorted(REPLY_PRIVATE_KNOWN))
-def test_known_private_reads_of_replies_are_gone(module):
-    assert not reply_private_reads(modules()[module].read_text(), module)
