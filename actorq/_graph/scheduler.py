@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from actorq._errors import ActorCrashed, ActorStopped, CallTimeout, GraphError, rebuild
 from actorq._graph.graph import Code, Graph, Node, fill, validate
 from actorq._graph.journal import Journal
+from actorq._graph.memory import MemoryGate, check_max_memory
 from actorq._graph.pool import WorkerPool, acquire_pool
 from actorq._graph.progress import Progress, want_progress
 from actorq._graph.result import GraphResult, GraphStats, TaskStats
@@ -89,7 +90,8 @@ class Scheduler:
 
     def __init__(self, system: SystemOps, graph: Graph, *, workers: int | None,
                  journal: Any, progress: bool | None, fail_fast: bool,
-                 keep: Any = None, backoff: Backoff | None = None) -> None:
+                 keep: Any = None, backoff: Backoff | None = None,
+                 max_memory: int | None = None) -> None:
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             msg = f"workers must be a positive int (or None: every core), not {workers!r}"
             raise GraphError(msg)
@@ -107,6 +109,7 @@ class Scheduler:
         if len(self.keep) != len(keep):
             msg = "keep= must list nodes of this graph"
             raise GraphError(msg)
+        self.gate = MemoryGate(check_max_memory(max_memory))
         self.codes: dict[int, Code] = validate(graph)  # before anything runs
         self.threshold = system.config.oob_threshold
         self.prefix = system.run_id
@@ -153,7 +156,7 @@ class Scheduler:
         self.done = self.failed_count = self.running = self.delayed = 0
         self.unfinished = n
         self.stopping = False
-        self.shared_live = self.shared_peak = self.inband = 0
+        self.inband = 0
         self.counts = {"retries": 0, "crashes": 0, "timeouts": 0, "batches": 0,
                        "code_shipments": 0, "workers_lost": 0, "workers_retired": 0}
         self.peak_workers = 0
@@ -370,6 +373,9 @@ class Scheduler:
         for entry in self.timed_aside:  # tasks with a timeout wait for an idle worker
             heapq.heappush(ready, entry)
         self.timed_aside.clear()
+        gate = self.gate
+        if gate.parked:
+            gate.unpark(ready, self._digest)
         while ready:
             i = ready[0][2]
             if self.state[i] != READY:  # finished meanwhile (from the journal): stale
@@ -380,14 +386,34 @@ class Scheduler:
                 heapq.heappop(ready)
                 self._start_call(i)
                 continue
+            if gate.on and not gate.admit(i, self.codes[id(node.fn)].digest):
+                gate.park(heapq.heappop(ready))  # at the memory cap: wait for room
+                continue
             timed = node.timeout is not None
             worker = self._pick(idle=timed)
             if worker is None:
+                gate.release([i])  # not sent after all
                 if timed and self._pick(idle=False) is not None:
                     self.timed_aside.append(heapq.heappop(ready))
                     continue
                 break
             self._send(worker, self._take_batch(worker))
+        if gate.parked and not self.running and not ready:
+            gate.pick_alone(ready, self._frees)  # nothing fits and nothing runs
+            self._dispatch()
+
+    def _digest(self, i: int) -> bytes:
+        return self.codes[id(self.nodes[i].fn)].digest
+
+    def _frees(self, i: int) -> int:
+        """Bytes of large results that task *i* is the last pending consumer of."""
+        values, freed = self.values, 0
+        for dep in self.nodes[i].deps:
+            value = values[dep.index]
+            if (value is not None and value[0] == SHARED and self.consumers[dep.index] == 1
+                    and not self._kept(dep.index)):
+                freed += value[1].nbytes
+        return freed
 
     def _estimate(self, i: int) -> float | None:
         fn = self.nodes[i].fn
@@ -413,6 +439,8 @@ class Scheduler:
                 break
             e = self._estimate(j)
             if e is None or total + e > TARGET_BATCH_SECONDS:
+                break
+            if self.gate.on and not self.gate.admit(j, self._digest(j)):
                 break
             heapq.heappop(ready)
             tids.append(j)
@@ -473,6 +501,9 @@ class Scheduler:
         worker = batch.worker
         if worker.batches.pop(batch.id, None) is None:
             return
+        gate = self.gate
+        if gate.reserved:
+            gate.release(batch.tids)
         worker.load = max(0.0, worker.load - batch.est)
         worker.idle_since = time.monotonic()
         reply = batch.reply
@@ -504,6 +535,10 @@ class Scheduler:
             else:
                 if kind != SHARED:
                     self.inband += len(payload) if kind == PICKLED else 8
+                    if gate.on:
+                        gate.measure(digest, 0)
+                else:
+                    gate.measure(digest, payload.nbytes)
                 self._finish(tid, (kind, payload))
         if batch.est > 0 and measured > 0:
             worker.speed = (1 - EWMA) * worker.speed + EWMA * (measured / batch.est)
@@ -514,6 +549,7 @@ class Scheduler:
 
     def _batch_lost(self, batch: Batch, exc: BaseException) -> None:
         """The batch's reply failed as a whole: worker lost, timed out, or stopped."""
+        self.gate.release(batch.tids)
         worker = batch.worker
         worker.idle_since = time.monotonic()
         if isinstance(exc, ActorStopped) and worker in self.pool.workers:
@@ -611,8 +647,10 @@ class Scheduler:
         self.values[i] = value
         kind, payload = value
         if kind == SHARED:
-            self.shared_live += payload.nbytes
-            self.shared_peak = max(self.shared_peak, self.shared_live)
+            if not self.gate.on:
+                self.gate.start([t for w in self.pool.workers for b in w.batches.values()
+                                 for t in b.tids])
+            self.gate.add(payload.nbytes)
         if journal and self.journal is not None:
             self.journal.done(self.nodes[i].key, self.attempts[i], PICKLED,
                               self._journal_blob(kind, payload))
@@ -647,7 +685,7 @@ class Scheduler:
             return
         obj: SharedObject = value[1]
         obj.unlink()
-        self.shared_live -= obj.nbytes
+        self.gate.sub(obj.nbytes)
         self.values[d] = None
         self.released.add(d)
 
@@ -719,7 +757,7 @@ class Scheduler:
                 obj: SharedObject = value[1]
                 loaded = obj.load()
                 obj.unlink()
-                self.shared_live -= obj.nbytes
+                self.gate.sub(obj.nbytes)
                 values[i] = (VALUE, loaded)
             else:
                 values[i] = value
@@ -734,9 +772,11 @@ class Scheduler:
             attempts=sum(self.attempts), retries=self.counts["retries"],
             crashes=self.counts["crashes"], timeouts=self.counts["timeouts"],
             from_journal=len(self.from_journal), batches=self.counts["batches"],
-            shared_bytes_peak=self.shared_peak, inband_bytes=self.inband,
+            shared_bytes_peak=self.gate.peak, inband_bytes=self.inband,
             scheduler_seconds=cpu,
-            extra={k: self.counts[k] for k in ("code_shipments", "workers_retired")})
+            extra={**{k: self.counts[k] for k in ("code_shipments", "workers_retired")},
+                   "held_back": self.gate.held_back, "run_alone": self.gate.forced},
+            max_memory=self.gate.cap)
         return GraphResult(self.graph, values, self.errors, self.released, stats)
 
     def _critical_path(self, durations: list[float]) -> tuple[list[int], float]:
