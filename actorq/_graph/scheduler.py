@@ -39,8 +39,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from actorq._errors import ActorCrashed, ActorStopped, CallTimeout, GraphError, rebuild
+from actorq._graph.blobs import load as load_blob
+from actorq._graph.blobs import reference, save
 from actorq._graph.graph import Code, Graph, Node, fill, validate
-from actorq._graph.journal import Journal
+from actorq._graph.journal import BLOB, Journal
 from actorq._graph.memory import MemoryGate, check_max_memory
 from actorq._graph.pool import WorkerPool, acquire_pool
 from actorq._graph.progress import Progress, want_progress
@@ -114,6 +116,7 @@ class Scheduler:
         self.threshold = system.config.oob_threshold
         self.prefix = system.run_id
         self.journal = Journal(journal, graph.digest(), len(graph)) if journal else None
+        self.store = self.journal.store if self.journal is not None else None
         self.show_progress = want_progress(progress)
         self.events: deque[tuple[Any, ...]] = deque()
         self.wake = threading.Event()
@@ -158,7 +161,8 @@ class Scheduler:
         self.stopping = False
         self.inband = 0
         self.counts = {"retries": 0, "crashes": 0, "timeouts": 0, "batches": 0,
-                       "code_shipments": 0, "workers_lost": 0, "workers_retired": 0}
+                       "code_shipments": 0, "workers_lost": 0, "workers_retired": 0,
+                       "journal_blobs_rerun": 0}
         self.peak_workers = 0
         self.worker_ids: dict[int, Worker] = {}
 
@@ -182,24 +186,48 @@ class Scheduler:
         return rank
 
     def _resume_from_journal(self) -> None:
+        """Finish the tasks the journal has as done, before anything is dispatched.
+
+        A large result is in the blob store; it is copied back into shared memory only if
+        something still needs it (the user, or a dependent that is not done), so sinks
+        first (reverse topological order). A blob that is missing or fails its check is
+        logged and its task runs again (``stats.extra["journal_blobs_rerun"]``).
+        """
         if self.journal is None:
             return
-        finished = self.journal.finished()
-        if not finished:
+        rows = self.journal.finished()
+        if not rows:
             return
-        for node in self.nodes:
-            row = finished.get(node.key)
+        nodes = self.nodes
+        found: dict[int, tuple[int, Any]] = {}
+        for i in reversed(self.order):
+            row = rows.get(nodes[i].key)
             if row is None:
                 continue
-            attempts, _kind, payload = row
-            i = node.index
-            if len(payload) >= self.threshold:
-                value: tuple[int, Any] = (SHARED, share_pickled(payload, self.prefix))
+            attempts, kind, payload = row
+            value: tuple[int, Any]
+            if kind == BLOB:
+                if self._kept(i) or any(c not in found for c in self.dependents[i] or ()):
+                    obj = load_blob(self.journal.store, payload, self.prefix)
+                    if isinstance(obj, str):
+                        logger.warning("node %r runs again although the journal has it as "
+                                       "done: %s", nodes[i].name, obj)
+                        self.counts["journal_blobs_rerun"] += 1
+                        continue
+                    value = (SHARED, obj)
+                else:  # every dependent is done too: not loaded
+                    value = (VALUE, None)
+                    self.released.add(i)
+            elif len(payload) >= self.threshold:
+                value = (SHARED, share_pickled(payload, self.prefix))
             else:
                 value = (PICKLED, payload)
             self.attempts[i] = attempts
-            self.from_journal.add(i)
-            self._finish(i, value, journal=False)
+            found[i] = value
+        for i in self.order:
+            if i in found:
+                self.from_journal.add(i)
+                self._finish(i, found[i], journal=False)
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -490,9 +518,10 @@ class Scheduler:
     def _call_worker(self, worker: Worker, code: dict[bytes, bytes] | None,
                      wire: list[Any]) -> Reply[Any]:
         bufs: list[pickle.PickleBuffer] = []
-        blob = pickle.dumps((code, wire), protocol=5, buffer_callback=bufs.append)
+        store = self.store
+        blob = pickle.dumps((code, wire, store), protocol=5, buffer_callback=bufs.append)
         if bufs:  # large arguments: let the transport carry them out of band
-            return worker.ref.call("run", code, wire)
+            return worker.ref.call("run", code, wire, store)
         return worker.ref.call("run_packed", blob)
 
     # -- completion ---------------------------------------------------------------------
@@ -636,6 +665,8 @@ class Scheduler:
         except Exception as err:
             self._failed_attempt(i, err)
             return
+        if value[0] == SHARED and self.store is not None:
+            save(self.store, value[1])
         self._finish(i, value)
 
     # -- outcomes -----------------------------------------------------------------------
@@ -652,8 +683,12 @@ class Scheduler:
                                  for t in b.tids])
             self.gate.add(payload.nbytes)
         if journal and self.journal is not None:
-            self.journal.done(self.nodes[i].key, self.attempts[i], PICKLED,
-                              self._journal_blob(kind, payload))
+            if kind == SHARED:  # the worker put it in the blob store: journal a reference
+                self.journal.done(self.nodes[i].key, self.attempts[i], BLOB,
+                                  reference(payload))
+            else:
+                self.journal.done(self.nodes[i].key, self.attempts[i], PICKLED,
+                                  self._journal_blob(kind, payload))
         self._release_inputs(i)
         if kind == SHARED and not self.consumers[i] and not self._kept(i):
             self._release(i)
@@ -662,12 +697,10 @@ class Scheduler:
             if self.waiting[c] == 0 and self.state[c] == WAITING:
                 self._make_ready(c)
 
-    def _journal_blob(self, kind: int, payload: Any) -> bytes:
+    def _journal_blob(self, kind: int, payload: Any) -> bytes:  # a small value
         if kind == PICKLED:
             return bytes(payload)
-        if kind == VALUE:
-            return pickle.dumps(payload, protocol=5)
-        return pickle.dumps(unpack_value(kind, payload), protocol=5)  # a copy, journal only
+        return pickle.dumps(payload, protocol=5)
 
     def _kept(self, i: int) -> bool:
         return i in self.keep or not self.dependents[i]
@@ -774,7 +807,8 @@ class Scheduler:
             from_journal=len(self.from_journal), batches=self.counts["batches"],
             shared_bytes_peak=self.gate.peak, inband_bytes=self.inband,
             scheduler_seconds=cpu,
-            extra={**{k: self.counts[k] for k in ("code_shipments", "workers_retired")},
+            extra={**{k: self.counts[k] for k in ("code_shipments", "workers_retired",
+                                                  "journal_blobs_rerun")},
                    "held_back": self.gate.held_back, "run_alone": self.gate.forced},
             max_memory=self.gate.cap)
         return GraphResult(self.graph, values, self.errors, self.released, stats)
