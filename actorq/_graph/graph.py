@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actorq._errors import GraphError
+from actorq._graph.keys import Encoder, function_ident
 from actorq._serialization import SAFE_TYPES, dumps_code, quick_safe
 
 
@@ -155,6 +156,9 @@ class Graph:
     def __init__(self) -> None:
         self.nodes: list[Node] = []
         self._keys_done = 0
+        self._key_counts: dict[str, int] = {}
+        self._shapes: list[str] = []
+        self._encoder: Encoder | None = None
 
     def task(self, fn: Callable[..., Any], *args: Any, retries: int = 0,
              timeout: float | None = None, priority: int = 0, key: str | None = None,
@@ -242,28 +246,37 @@ class Graph:
         return isinstance(node, Node) and node.graph is self
 
     def _compute_keys(self) -> None:
-        """Give every node its stable key (Merkle style: a node's key covers its deps')."""
-        counts: dict[str, int] = {}
+        """Give every node its stable key and shape (see ``actorq._graph.keys``)."""
+        enc = self._encoder
+        if enc is None:
+            enc = self._encoder = Encoder()
+        counts = self._key_counts
+        shapes = self._shapes
         for node in self.nodes[self._keys_done:]:
             if node.user_key is not None:
                 node._key = node.user_key
+                shapes.append(f"user:{node.user_key}")
                 continue
             if node.fn is not None:
-                ident = f"{getattr(node.fn, '__module__', '?')}.{_describe_callable(node.fn)}"
+                ident, code = function_ident(node.fn), enc.function(node.fn)
             else:
-                ident = f"call:{getattr(node.target, 'name', '?')}.{node.method}"
-            try:
-                blob = pickle.dumps((node.args, node.kwargs), protocol=5)
-            except Exception:
-                blob = repr((node.args, node.kwargs)).encode()
-            h = hashlib.blake2b(ident.encode(), digest_size=12)
-            h.update(blob)
+                ident, code = f"call:{getattr(node.target, 'name', '?')}.{node.method}", b""
+            args = enc.encode((node.args, node.kwargs))
+            shape = hashlib.blake2b(ident.encode(), digest_size=12)
+            shape.update(args)
+            key = shape.copy()
+            key.update(code)
             for dep in node.deps + node.after_deps:
-                h.update(dep.key.encode())
-            base = h.hexdigest()
-            n = counts.get(base, 0)
-            counts[base] = n + 1
-            node._key = f"{base}.{n}" if n else base
+                shape.update(shapes[dep.index].encode())
+                key.update(dep.key.encode())
+            for h, kind in ((key, "k"), (shape, "s")):
+                base = h.hexdigest()
+                n = counts.get(kind + base, 0)
+                counts[kind + base] = n + 1
+                if kind == "k":
+                    node._key = f"{base}.{n}" if n else base
+                else:
+                    shapes.append(f"{base}.{n}" if n else base)
         self._keys_done = len(self.nodes)
         users = [n.user_key for n in self.nodes if n.user_key is not None]
         if len(users) != len(set(users)):
@@ -272,11 +285,13 @@ class Graph:
             raise GraphError(msg)
 
     def digest(self) -> str:
-        """A digest of the whole graph (every node's key and edges): the journal's check."""
+        """A digest of the graph's shape: its nodes' functions (by name), arguments, keys
+        given by the user and edges, not the functions' code. The journal's check that it
+        belongs to this graph (an edited function keeps it; its tasks' keys change)."""
         self._compute_keys()
         h = hashlib.blake2b(digest_size=16)
-        for node in self.nodes:
-            h.update(node.key.encode())
+        for shape in self._shapes:
+            h.update(shape.encode())
             h.update(b"|")
         return h.hexdigest()
 
