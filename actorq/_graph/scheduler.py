@@ -49,7 +49,6 @@ from actorq._resilience.backoff import Backoff
 from actorq._shared import SharedObject, share_pickled
 
 if TYPE_CHECKING:
-    from actorq._core.events import ActorEvent
     from actorq._core.reply import Reply
     from actorq._graph.pool import SystemOps, Worker
 
@@ -208,7 +207,8 @@ class Scheduler:
         pool, private = acquire_pool(self.system)
         self.pool = pool
         bar = Progress(len(self.nodes)) if self.show_progress else None
-        unsubscribe = self.system.subscribe(self._on_event)
+        pool.on_change = self._members_changed
+        self._sync_workers()
         try:
             self._resume_from_journal()
             for i in self.order:
@@ -216,7 +216,7 @@ class Scheduler:
                     self._make_ready(i)
             self._loop(bar)
         finally:
-            unsubscribe()
+            pool.on_change = None
             self._abandon()
             if self.journal is not None:
                 self.journal.close()
@@ -256,9 +256,16 @@ class Scheduler:
         self.events.append(item)
         self.wake.set()
 
-    def _on_event(self, event: ActorEvent) -> None:
-        if event.actor_id in self.worker_ids:
-            self._notify(("actor", event))
+    def _members_changed(self) -> None:
+        self._notify(("members",))
+
+    def _sync_workers(self) -> None:
+        """Take up the pool's members as they are now (new ones, retired ones)."""
+        now = time.monotonic()
+        self.pool.sync(now)
+        for w in self.pool.workers:
+            if self.worker_ids.setdefault(w.actor_id, w) is w and not w.batches:
+                w.load = 0.0
 
     def _drain_events(self) -> None:
         events = self.events
@@ -270,19 +277,7 @@ class Scheduler:
             elif kind == "call":
                 self._call_done(item[1], item[2], item[3])
             else:
-                self._actor_event(item[1])
-
-    def _actor_event(self, event: ActorEvent) -> None:
-        worker = self.worker_ids.get(event.actor_id)
-        if worker is None:
-            return
-        if event.kind == "started":
-            worker.penalty_until = 0.0
-            worker.up = True
-        elif event.kind == "crashed":
-            worker.known.clear()  # a fresh process has an empty function cache
-            worker.penalty_until = time.monotonic() + 0.05
-            worker.up = False
+                self._sync_workers()
 
     # -- timers -------------------------------------------------------------------------
 
@@ -329,25 +324,25 @@ class Scheduler:
     def _scale(self) -> None:
         """Grow the pool up to ``max_workers`` while tasks wait; retire long-idle workers."""
         now = time.monotonic()
-        workers = self.pool.workers
+        pool = self.pool
+        workers = pool.workers
         active = workers[: self.max_workers]
-        for w in active:
-            self.worker_ids.setdefault(w.actor_id, w)
         waiting_tasks = len(self.ready) + len(self.timed_aside)
-        if not waiting_tasks and len(active) > 1:
-            left = len(active)
-            for w in active:
-                if left > 1 and not w.batches and now - w.idle_since > IDLE_RETIRE:
-                    self.pool.retire(w)  # drained: fewer workers (at least one stays)
-                    self.counts["workers_retired"] += 1
-                    left -= 1
+        if not waiting_tasks:
+            while len(workers) > 1:  # drained: fewer workers, from the last (one stays)
+                w = workers[-1]
+                if w.batches or now - w.idle_since <= IDLE_RETIRE:
+                    break
+                pool.retire_last()
+                self.counts["workers_retired"] += 1
             return
-        if waiting_tasks and len(active) < self.max_workers:
+        if not workers and pool.failed:
+            msg = "the graph's workers could not be started (is the system closing?)"
+            raise ActorStopped(msg)
+        if len(active) < self.max_workers:
             free = sum(CREDIT - len(w.batches) for w in active)
             if free * MAX_BATCH < waiting_tasks or free < min(waiting_tasks, CREDIT):
-                grow = min(self.max_workers - len(active), max(1, waiting_tasks))
-                for w in self.pool.grow(grow, now):
-                    self.worker_ids[w.actor_id] = w
+                pool.grow_to(min(self.max_workers, len(active) + max(1, waiting_tasks)))
         self.peak_workers = max(self.peak_workers, min(len(workers), self.max_workers))
 
     def _pick(self, *, idle: bool) -> Worker | None:
@@ -464,8 +459,8 @@ class Scheduler:
         bufs: list[pickle.PickleBuffer] = []
         blob = pickle.dumps((code, wire), protocol=5, buffer_callback=bufs.append)
         if bufs:  # large arguments: let the transport carry them out of band
-            return worker.ref.call("run", code, wire)
-        return worker.ref.call("run_packed", blob)
+            return self.pool.call(worker, "run", code, wire)
+        return self.pool.call(worker, "run_packed", blob)
 
     # -- completion ---------------------------------------------------------------------
 
@@ -517,7 +512,7 @@ class Scheduler:
         worker = batch.worker
         worker.idle_since = time.monotonic()
         if isinstance(exc, ActorStopped) and worker in self.pool.workers:
-            self.pool.workers.remove(worker)  # gone for good (could not start? closing?)
+            self.pool.lost(worker)  # gone for good (could not start? closing?)
             self.counts["workers_lost"] += 1
             if self.counts["workers_lost"] > 2 * self.max_workers + 2:
                 raise exc  # workers keep failing to start: stop trying
@@ -540,9 +535,7 @@ class Scheduler:
             else:
                 self._failed_attempt(tid, exc)
         if not self.pool.workers and self.unfinished and not self.stopping:
-            self._scale()
-            if not self.pool.workers:
-                raise exc
+            self.pool.grow_to(1)
 
     def _worker_lost(self, tid: int, exc: BaseException) -> None:
         node = self.nodes[tid]
@@ -700,9 +693,10 @@ class Scheduler:
     def _abandon(self) -> None:
         """Leaving with batches in flight (fail_fast, an interrupt): replace their workers."""
         for w in list(self.pool.workers):
-            if w.batches:
+            if w.batches:  # its restarted process starts with an empty mailbox
                 w.batches.clear()
-                self.pool.retire(w, kill=True)
+                w.load = 0.0
+                self.pool.kill(w)
         for i in range(len(self.nodes)):
             value = self.values[i]
             if value is not None and value[0] == SHARED and not self._kept(i):

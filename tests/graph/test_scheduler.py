@@ -293,3 +293,24 @@ def test_two_runs_at_once_each_get_workers(system):
     r1, r2 = asyncio.run(main())
     assert r1[n1] == sum(burn(5000, i) for i in range(20))
     assert r2[n2] == sum(burn(5000, i + 100) for i in range(20))
+
+
+def test_the_workers_are_a_system_pool_kept_warm_between_runs(system):
+    def build():
+        g = actorq.Graph()
+        return g, g.task(add, *[g.task(burn, 2000, i) for i in range(40)])
+
+    g1, n1 = build()
+    first = system.run(g1, workers=1)
+    pools = system.metrics()["pools"]
+    assert "graph-workers" in pools, pools
+    stats = pools["graph-workers"]
+    assert stats["calls"] == first.stats.batches  # every batch went through the pool
+    assert stats["succeeded"] == first.stats.batches
+    members = {m["actor_id"] for m in stats["members"]}
+    assert {s.worker for s in first.stats.tasks.values()} <= members
+    g2, n2 = build()
+    second = system.run(g2, workers=1)
+    assert second[n2] == first[n1]
+    assert second.stats.extra["code_shipments"] == 0  # warm: the functions are cached
+    assert {s.worker for s in second.stats.tasks.values()} <= members
