@@ -224,7 +224,7 @@ class ActorSystem:
 
     def run(self, graph: Graph, *, workers: int | None = None, journal: str | None = None,
             progress: bool | None = None, fail_fast: bool = False,
-            keep: list[Node] | None = None) -> GraphResult:
+            keep: list[Node] | None = None, retry: Retry | None = None) -> GraphResult:
         """Run a job graph across *workers* processes (default: every core).
 
         Validates first (cycles, unpicklable functions or arguments, bad options:
@@ -235,12 +235,15 @@ class ActorSystem:
         same graph are not run again. *progress* (default: when stderr is a terminal)
         draws a live line on stderr. Large results of intermediate nodes are freed once
         their dependents have them; list nodes in *keep* to read them from the result.
+        *retry* (an ``actorq.Retry``) is the retry policy of every task that has neither
+        ``retries=`` nor ``retry=`` of its own.
         """
         if self._runtime.closing:
             msg = "the actor system is closed"
             raise ActorStopped(msg)
         return _graph_scheduler.run_graph(self, graph, workers=workers, journal=journal,
-                                          progress=progress, fail_fast=fail_fast, keep=keep)
+                                          progress=progress, fail_fast=fail_fast, keep=keep,
+                                          retry=retry)
 
     async def run_async(self, graph: Graph, **options: Any) -> GraphResult:
         """``await system.run_async(graph)``: :meth:`run` without blocking the event loop."""

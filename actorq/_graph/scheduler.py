@@ -46,6 +46,7 @@ from actorq._graph.progress import Progress, want_progress
 from actorq._graph.result import GraphResult, GraphStats, TaskStats
 from actorq._graph.worker import ERR, NEED_CODE, PICKLED, SHARED, VALUE, pack_value, unpack_value
 from actorq._resilience.backoff import Backoff
+from actorq._resilience.retry import Retry, RetryBudget
 from actorq._shared import SharedObject, share_pickled
 
 if TYPE_CHECKING:
@@ -88,7 +89,8 @@ class Scheduler:
 
     def __init__(self, system: SystemOps, graph: Graph, *, workers: int | None,
                  journal: Any, progress: bool | None, fail_fast: bool,
-                 keep: Any = None, backoff: Backoff | None = None) -> None:
+                 keep: Any = None, backoff: Backoff | None = None,
+                 retry: Retry | None = None) -> None:
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             msg = f"workers must be a positive int (or None: every core), not {workers!r}"
             raise GraphError(msg)
@@ -101,6 +103,11 @@ class Scheduler:
         self.max_workers = workers or getattr(system, "workers", None) or 1
         self.fail_fast = fail_fast
         self.backoff = backoff or RETRY_BACKOFF
+        if retry is not None and not isinstance(retry, Retry):
+            msg = f"retry must be an actorq.Retry or None, not {retry!r}"
+            raise GraphError(msg)
+        self.retry = retry  # for nodes with neither retries= nor retry=
+        self._retries_policies: dict[int, Retry] = {}
         keep = list(keep or ())
         self.keep = {n.index for n in keep if n in graph}
         if len(self.keep) != len(keep):
@@ -136,7 +143,13 @@ class Scheduler:
         self.est: dict[bytes, float] = {}  # function digest -> seconds (EWMA)
         self.ready: list[tuple[int, float, int]] = []
         self.timed_aside: list[tuple[int, float, int]] = []
+        self.budgets: dict[int, RetryBudget] = {}  # id(policy) -> this run's copy
+        if self.retry is not None and self.retry.budget is not None:
+            self.budgets[id(self.retry)] = self.retry.budget.fresh()
         for node in self.nodes:
+            if node.retry is not None and node.retry.budget is not None \
+                    and id(node.retry) not in self.budgets:
+                self.budgets[id(node.retry)] = node.retry.budget.fresh()
             parents = {d.index for d in node.deps}
             for d in parents:
                 self.consumers[d] += 1
@@ -431,6 +444,8 @@ class Scheduler:
                 wire.append((i, code.digest, node.args, node.kwargs, vals, node.nested, None))
             self.state[i] = RUNNING
             self.attempts[i] += 1
+            if self.budgets and self.attempts[i] == 1:
+                self._record_call(node)
             est += self.est.get(code.digest, 0.001)
         now = time.monotonic()
         batch = Batch(next(self._bids), worker, tids, est, now)
@@ -537,9 +552,33 @@ class Scheduler:
         if not self.pool.workers and self.unfinished and not self.stopping:
             self.pool.grow_to(1)
 
+    # -- retry policies -----------------------------------------------------------------
+
+    def _policy(self, node: Node) -> Retry | None:
+        """The node's ``retry=``; else ``retries=N`` as a Retry; else the run's ``retry=``."""
+        if node.retry is not None:
+            return node.retry
+        if node.retries:
+            policy = self._retries_policies.get(node.retries)
+            if policy is None:
+                policy = self._retries_policies[node.retries] = Retry(
+                    max_attempts=node.retries + 1, backoff=self.backoff,
+                    retry_on=(Exception,), budget=None)
+            return policy
+        return self.retry
+
+    def _record_call(self, node: Node) -> None:
+        policy = self._policy(node)
+        if policy is not None and policy.budget is not None:
+            self.budgets[id(policy)].record_call()
+
     def _worker_lost(self, tid: int, exc: BaseException) -> None:
         node = self.nodes[tid]
-        if self.attempts[tid] <= max(node.retries, CRASH_ATTEMPTS):
+        policy = self._policy(node)
+        # Not the task's fault (a batch shares its worker's fate): retried at once, on the
+        # best worker now, at least CRASH_ATTEMPTS times whatever the policy says.
+        limit = max(policy.max_attempts if policy is not None else 1, CRASH_ATTEMPTS + 1)
+        if self.attempts[tid] < limit:
             self.counts["crashes"] += 1
             self._make_ready(tid)  # at once, on whichever worker is best now
             return
@@ -550,12 +589,18 @@ class Scheduler:
 
     def _failed_attempt(self, tid: int, exc: BaseException, *, timeout: bool = False) -> None:
         node = self.nodes[tid]
-        if self.attempts[tid] <= node.retries and not self.stopping:
-            self.counts["timeouts" if timeout else "retries"] += 1
-            self.state[tid] = DELAYED
-            self.delayed += 1
-            self._later(self.backoff.delay(self.attempts[tid] - 1), "retry", tid)
-            return
+        policy = self._policy(node)
+        if policy is not None and not self.stopping:
+            budget = self.budgets.get(id(policy)) if policy.budget is not None else None
+            delay = policy.decide(exc, self.attempts[tid], now=time.monotonic(),
+                                  deadline=None, expected=self._estimate(tid) or 0.0,
+                                  budget=budget)
+            if delay is not None:
+                self.counts["timeouts" if timeout else "retries"] += 1
+                self.state[tid] = DELAYED
+                self.delayed += 1
+                self._later(delay, "retry", tid)
+                return
         self._fail(tid, exc)
 
     # -- actor-call nodes ---------------------------------------------------------------
@@ -566,6 +611,8 @@ class Scheduler:
         self.running += 1
         self.attempts[i] += 1
         attempt = self.attempts[i]
+        if self.budgets and attempt == 1:
+            self._record_call(node)
         self.t0[i] = time.monotonic()
         try:
             vals = [unpack_value(*self.values[d.index]) for d in node.deps]  # type: ignore[misc]

@@ -314,3 +314,48 @@ def test_the_workers_are_a_system_pool_kept_warm_between_runs(system):
     assert second[n2] == first[n1]
     assert second.stats.extra["code_shipments"] == 0  # warm: the functions are cached
     assert {s.worker for s in second.stats.tasks.values()} <= members
+
+
+FAST = actorq.Backoff(initial=0.001, maximum=0.01)
+
+
+def test_retry_policies_per_task_and_per_run(system, tmp_path):
+    g = actorq.Graph()
+    policy = actorq.Retry(max_attempts=3, backoff=FAST, retry_on=(RuntimeError,), budget=None)
+    ok = g.task(flaky, str(tmp_path / "a"), 2, retry=policy)  # RuntimeError is listed
+    permanent = g.task(flaky, str(tmp_path / "b"), 1,
+                       retry=actorq.Retry(max_attempts=5, backoff=FAST, budget=None))
+    by_run = g.task(flaky, str(tmp_path / "c"), 1)  # no policy of its own: the run's
+    own = g.task(flaky, str(tmp_path / "d"), 3, retries=1)  # retries= wins over the run's
+    no_budget = actorq.Retry(max_attempts=5, backoff=FAST, retry_on=(RuntimeError,),
+                             budget=actorq.RetryBudget(ratio=0.0, min_per_second=0.0))
+    refused = g.task(flaky, str(tmp_path / "e"), 1, retry=no_budget)
+    run_policy = actorq.Retry(max_attempts=2, backoff=FAST, retry_on=(RuntimeError,),
+                              budget=None)
+    result = system.run(g, retry=run_policy)
+    assert result[ok] == 2
+    assert result.stats.tasks[ok].attempts == 3
+    # a Retry retries crashes, timeouts and its retry_on types only: not this RuntimeError
+    with pytest.raises(RuntimeError, match="flaky attempt 1"):
+        result[permanent]
+    assert result.stats.tasks[permanent].attempts == 1
+    assert result[by_run] == 1
+    assert result.stats.tasks[by_run].attempts == 2
+    with pytest.raises(RuntimeError, match="flaky attempt 2"):
+        result[own]
+    assert result.stats.tasks[own].attempts == 2
+    with pytest.raises(RuntimeError, match="flaky attempt 1"):  # its budget refused
+        result[refused]
+    assert result.stats.tasks[refused].attempts == 1
+    assert result.stats.retries == 2 + 1 + 1
+
+
+def test_bad_retry_options_are_refused(system):
+    g = actorq.Graph()
+    with pytest.raises(actorq.GraphError, match="retries= or retry=, not both"):
+        g.task(inc, 1, retries=2, retry=actorq.Retry())
+    with pytest.raises(actorq.GraphError, match="retry must be an actorq.Retry"):
+        g.task(inc, 1, retry=3)
+    g.task(inc, 1)
+    with pytest.raises(actorq.GraphError, match="retry must be an actorq.Retry"):
+        system.run(g, retry="always")
