@@ -241,13 +241,27 @@ class ActorSystem:
         if self._runtime.closing:
             msg = "the actor system is closed"
             raise ActorStopped(msg)
-        return _graph_scheduler.run_graph(self, graph, workers=workers, journal=journal,
+        return _graph_scheduler.run_graph(self, graph, loop=self._loop(), workers=workers,
+                                          journal=journal,
                                           progress=progress, fail_fast=fail_fast, keep=keep,
                                           retry=retry)
 
     async def run_async(self, graph: Graph, **options: Any) -> GraphResult:
-        """``await system.run_async(graph)``: :meth:`run` without blocking the event loop."""
-        return await asyncio.to_thread(self.run, graph, **options)
+        """``await system.run_async(graph)``: :meth:`run` without blocking the event loop
+        (and without a thread: the scheduler runs on the system's loop either way)."""
+        if self._runtime.closing:
+            msg = "the actor system is closed"
+            raise ActorStopped(msg)
+        return await _graph_scheduler.run_graph_async(self, graph, loop=self._loop(),
+                                                      **options)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The system's loop (the hub's), where job graphs are scheduled."""
+        loop = self._runtime.hub.loop
+        if loop is None or loop.is_closed():
+            msg = "the actor system is closed"
+            raise ActorStopped(msg)
+        return loop
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -1,22 +1,27 @@
 """The graph scheduler: ready queue, dispatch, completion, retries, failure propagation.
 
-It runs in the thread that called ``system.run`` (for ``run_async``: a thread of the
-default executor), in the system's process. Workers' replies complete on the system's
-loop thread; their done-callbacks only append to ``events`` and set ``wake``, and every
-decision is taken here, on one thread (so the journal's SQLite connection, the timers,
-spawning and killing need no locks)::
+It runs on the system's event loop (the hub loop thread of the user's process), beside
+the replies it waits for. ``system.run`` validates and sets up on the caller's thread
+(``begin``: arrays, the pool, the journal's finished tasks), hands the run to the loop
+(``start``) and waits for it to end; ``system.run_async`` awaits the same without a
+thread. On the loop, a worker's reply callback appends to ``events`` and schedules one
+``_tick`` for the loop's next turn, so every completion that one read of the rings
+brought is handled in one round, and the batches it sends go out in one flush::
 
     ready heap (-priority, -rank, node)  ──dispatch──▶ worker with credit and the lowest
           ▲                                            expected finish (load x speed)
-          │                                                   │ run_packed(batch)
+          │                                                   │ pool.call_member(run_packed)
           │ a node's last dependency finished                 ▼
-    completion ◀── events ◀── reply.add_done_callback ◀── TaskWorker (own process)
+    completion ◀── _tick ◀── events ◀── reply callback ◀── TaskWorker (own process)
           │
           ├─ ok: value kept (small: here; large: a shared-memory handle), dependents
           │      counted down, large inputs freed once no pending dependent needs them
-          ├─ error: retry after backoff (``retries``), else fail it and its dependents
+          ├─ error: its Retry decides: again after a backoff, or fail it and its dependents
           ├─ worker lost: the batch is tried again elsewhere (one attempt counted)
           └─ timeout: the worker is killed (and restarted); retry or fail
+
+Nothing here blocks the loop: resizing the pool (which joins processes) is done by the
+pool's own thread, closing a private pool and building the result by the caller.
 
 Credit: at most ``CREDIT`` batches in flight per worker (one running, one queued in its
 mailbox so that it never waits for the scheduler), never an unbounded queue. Tiny tasks
@@ -25,6 +30,8 @@ share a batch, sized from their measured durations to about ``TARGET_BATCH_SECON
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import heapq
 import itertools
 import logging
@@ -61,6 +68,7 @@ MAX_BATCH = 2048  # tasks per batch at most (a crash re-runs at most this many, 
 CRASH_ATTEMPTS = 3  # a task whose worker died is tried again this many times at least
 EWMA = 0.3  # weight of a new duration measurement
 WAIT_SLICE = 0.05  # the scheduler wakes at least this often (timers, progress, scaling)
+STOP_WAIT = 10.0  # seconds an interrupted run may take to let go of its workers
 IDLE_RETIRE = 1.0  # a worker idle this long while nothing is ready is stopped (> 1 left)
 RETRY_BACKOFF = Backoff(initial=0.01, maximum=1.0)
 
@@ -87,8 +95,8 @@ class Batch:
 class Scheduler:
     """Runs one graph to completion (see the module docstring)."""
 
-    def __init__(self, system: SystemOps, graph: Graph, *, workers: int | None,
-                 journal: Any, progress: bool | None, fail_fast: bool,
+    def __init__(self, system: SystemOps, graph: Graph, *, workers: int | None = None,
+                 journal: Any = None, progress: bool | None = None, fail_fast: bool = False,
                  keep: Any = None, backoff: Backoff | None = None,
                  retry: Retry | None = None) -> None:
         if workers is not None and (not isinstance(workers, int) or workers < 1):
@@ -119,7 +127,6 @@ class Scheduler:
         self.journal = Journal(journal, graph.digest(), len(graph)) if journal else None
         self.show_progress = want_progress(progress)
         self.events: deque[tuple[Any, ...]] = deque()
-        self.wake = threading.Event()
         self.timers: list[tuple[float, int, str, Any]] = []
         self._seq = itertools.count()
         self._bids = itertools.count(1)
@@ -210,64 +217,141 @@ class Scheduler:
             self.from_journal.add(i)
             self._finish(i, value, journal=False)
 
-    # -- the loop -----------------------------------------------------------------------
+    # -- the run: set up on the caller's thread, run on the system's loop ----------------
 
-    def run(self) -> GraphResult:
-        """Run the graph; return its result. Blocks until every node is finished."""
-        start = time.monotonic()
+    def begin(self) -> None:
+        """The caller's thread: arrays, the pool, the journal's finished tasks (all that
+        may block or fail before anything runs), so that the loop only schedules."""
+        self.started_at = time.monotonic()
         cpu = time.thread_time()
         self._prepare()
-        pool, private = acquire_pool(self.system)
-        self.pool = pool
-        bar = Progress(len(self.nodes)) if self.show_progress else None
-        pool.on_change = self._members_changed
-        self._sync_workers()
+        self.pool, self.private = acquire_pool(self.system)
         try:
+            self.bar = Progress(len(self.nodes)) if self.show_progress else None
             self._resume_from_journal()
+        except BaseException:
+            self._release_pool()
+            raise
+        self.cpu = time.thread_time() - cpu
+
+    def start(self, loop: asyncio.AbstractEventLoop,
+              ended: concurrent.futures.Future[None]) -> None:
+        """On the system's loop: start dispatching; *ended* is set when the run is over."""
+        self.loop = loop
+        self.loop_tid = threading.get_ident()
+        self.ended = ended
+        self.tick_scheduled = False
+        self.over = False
+        self.handles: list[asyncio.TimerHandle] = []
+        self.periodic_handle: asyncio.TimerHandle | None = None
+        self.pool.on_change = self._members_changed
+        try:
+            self._sync_workers()
             for i in self.order:
                 if self.state[i] == WAITING and self.waiting[i] == 0:
                     self._make_ready(i)
-            self._loop(bar)
-        finally:
-            pool.on_change = None
-            self._abandon()
-            if self.journal is not None:
-                self.journal.close()
-            pool.lock.release()
-            if private:
-                pool.close()
-            if bar is not None:
-                bar.close(self.done, self.failed_count)
-        wall = time.monotonic() - start
-        return self._result(wall, time.thread_time() - cpu)
+        except BaseException as exc:
+            self._end(exc)
+            return
+        self._periodic()
+        self._tick()
 
-    def _loop(self, bar: Progress | None) -> None:
-        while self.unfinished:
-            self.wake.clear()
+    def interrupt(self, exc: BaseException) -> None:
+        """On the loop: stop now (the caller was interrupted or cancelled)."""
+        self.stopping = True
+        self._end(exc)
+
+    def _schedule_tick(self) -> None:
+        if not self.tick_scheduled and not self.over:
+            self.tick_scheduled = True
+            self.loop.call_soon(self._tick)
+
+    def _periodic(self) -> None:
+        """Timers, scaling and the progress line are looked at at least this often."""
+        if self.over:
+            return
+        self._schedule_tick()
+        self.periodic_handle = self.loop.call_later(WAIT_SLICE, self._periodic)
+
+    def _tick(self) -> None:
+        """One round: completions, timers, scaling, dispatch, the journal's commit."""
+        self.tick_scheduled = False
+        if self.over:
+            return
+        cpu = time.thread_time()
+        try:
             self._drain_events()
             self._fire_timers()
-            if not self.unfinished:
-                break
-            self._scale()
-            self._dispatch()
+            if self.unfinished:
+                self._scale()
+                self._dispatch()
             if self.journal is not None:
                 self.journal.commit()
-            if bar is not None:
-                bar.update(self.done, self.running, self.failed_count, self.delayed)
-            if not self.events:
-                self.wake.wait(self._wait_time())
-        if self.journal is not None:
-            self.journal.commit()
+            if self.bar is not None:
+                self.bar.update(self.done, self.running, self.failed_count, self.delayed)
+            if not self.unfinished:
+                self._end(None)
+        except BaseException as exc:  # a bug, or workers that cannot start: end the run
+            self._end(exc)
+        self.cpu += time.thread_time() - cpu
 
-    def _wait_time(self) -> float:
-        if self.timers:
-            return max(0.0, min(WAIT_SLICE, self.timers[0][0] - time.monotonic()))
-        return WAIT_SLICE
+    def _end(self, exc: BaseException | None) -> None:
+        """On the loop: the run is over (or failed): let go of workers and timers."""
+        if self.over:
+            return
+        self.over = True
+        if self.periodic_handle is not None:
+            self.periodic_handle.cancel()
+        for handle in self.handles:
+            handle.cancel()
+        self.handles.clear()
+        self.pool.on_change = None
+        try:
+            self._abandon()
+            if self.journal is not None:
+                self.journal.commit()
+        except BaseException as err:
+            exc = exc or err
+        if self.ended.done():  # cancelled by its waiter
+            return
+        if exc is not None:
+            self.ended.set_exception(exc)
+        else:
+            self.ended.set_result(None)
+
+    def finish(self, *, close_in_background: bool = False) -> GraphResult:
+        """The caller's thread, after the loop's part: clean up, build the result."""
+        cpu = time.thread_time()
+        try:
+            if self.journal is not None:
+                self.journal.close()
+        finally:
+            self._release_pool(background=close_in_background)
+            if self.bar is not None:
+                self.bar.close(self.done, self.failed_count)
+        wall = time.monotonic() - self.started_at
+        return self._result(wall, self.cpu + time.thread_time() - cpu)
+
+    def _release_pool(self, *, background: bool = False) -> None:
+        pool = self.pool
+        pool.lock.release()
+        if self.private:
+            if background:
+                threading.Thread(target=pool.close, name="actorq-graph-close",
+                                 daemon=True).start()
+            else:
+                pool.close()
 
     def _notify(self, item: tuple[Any, ...]) -> None:
-        """Any thread (usually the system's loop): hand *item* to the scheduler."""
-        self.events.append(item)
-        self.wake.set()
+        """Any thread: hand *item* to the scheduler (on the loop, in its next tick)."""
+        if threading.get_ident() == self.loop_tid:
+            self.events.append(item)
+            self._schedule_tick()
+        else:  # a reply completed by another thread's synchronous wait, or the resizer
+            try:
+                self.loop.call_soon_threadsafe(self._notify, item)
+            except RuntimeError:  # the loop is closed: the system is closing
+                pass
 
     def _members_changed(self) -> None:
         self._notify(("members",))
@@ -296,6 +380,9 @@ class Scheduler:
 
     def _later(self, delay: float, kind: str, data: Any) -> None:
         heapq.heappush(self.timers, (time.monotonic() + delay, next(self._seq), kind, data))
+        self.handles.append(self.loop.call_later(delay, self._schedule_tick))
+        if len(self.handles) > 64:
+            self.handles = [h for h in self.handles if not h.cancelled()]
 
     def _fire_timers(self) -> None:
         timers = self.timers
@@ -827,9 +914,66 @@ class _TaskTable(Mapping[Node, TaskStats]):
         return len(self._started)
 
 
-def run_graph(system: SystemOps, graph: Graph, **options: Any) -> GraphResult:
-    """``system.run(graph, ...)``: validate, then run (see ``ActorSystem.run``)."""
-    return Scheduler(system, graph, **options).run()
+def _submit(sched: Scheduler, loop: asyncio.AbstractEventLoop) -> concurrent.futures.Future[None]:
+    """Start *sched* on the system's *loop*; return the future set when the run is over."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        msg = "system.run() was called on the actor system's own loop thread"
+        raise RuntimeError(msg)
+    sched.begin()
+    ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+    try:
+        loop.call_soon_threadsafe(sched.start, loop, ended)
+    except RuntimeError:  # the loop is closed
+        sched.finish()
+        msg = "the actor system is closed"
+        raise ActorStopped(msg) from None
+    return ended
 
 
-__all__ = ["Scheduler", "WorkerPool", "run_graph"]
+def _stop(sched: Scheduler, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
+    try:
+        loop.call_soon_threadsafe(sched.interrupt, exc)
+    except RuntimeError:  # the loop is closed: nothing runs any more
+        pass
+
+
+def run_graph(system: SystemOps, graph: Graph, *, loop: asyncio.AbstractEventLoop,
+              **options: Any) -> GraphResult:
+    """``system.run(graph, ...)``: validate here, schedule on the system's *loop*, wait."""
+    sched = Scheduler(system, graph, **options)  # validates: nothing has run yet
+    ended = _submit(sched, loop)
+    try:
+        ended.result()
+    except BaseException as exc:
+        if not ended.done():  # interrupted here (Ctrl-C): stop the run, then clean up
+            _stop(sched, loop, exc)
+            concurrent.futures.wait([ended], timeout=STOP_WAIT)
+        sched.finish()
+        raise
+    return sched.finish()
+
+
+async def run_graph_async(system: SystemOps, graph: Graph, *,
+                          loop: asyncio.AbstractEventLoop, **options: Any) -> GraphResult:
+    """``await system.run_async(graph, ...)``: as :func:`run_graph`, awaiting the end."""
+    sched = Scheduler(system, graph, **options)
+    ended = _submit(sched, loop)
+    waiter = asyncio.wrap_future(ended)
+    try:
+        await asyncio.shield(waiter)
+    except BaseException as exc:
+        if not ended.done():  # cancelled: stop the run, then clean up
+            _stop(sched, loop, exc)
+            await asyncio.wait([waiter], timeout=STOP_WAIT)
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # retrieved: it is the cancellation we raise below
+        sched.finish(close_in_background=True)
+        raise
+    return sched.finish(close_in_background=True)
+
+
+__all__ = ["Scheduler", "WorkerPool", "run_graph", "run_graph_async"]

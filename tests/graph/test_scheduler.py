@@ -354,8 +354,40 @@ def test_bad_retry_options_are_refused(system):
     g = actorq.Graph()
     with pytest.raises(actorq.GraphError, match="retries= or retry=, not both"):
         g.task(inc, 1, retries=2, retry=actorq.Retry())
-    with pytest.raises(actorq.GraphError, match="retry must be an actorq.Retry"):
+    with pytest.raises(actorq.GraphError, match=r"retry must be an actorq\.Retry"):
         g.task(inc, 1, retry=3)
     g.task(inc, 1)
-    with pytest.raises(actorq.GraphError, match="retry must be an actorq.Retry"):
+    with pytest.raises(actorq.GraphError, match=r"retry must be an actorq\.Retry"):
         system.run(g, retry="always")
+
+
+def test_run_async_awaits_without_a_thread_and_cancelling_stops_the_run(system, tmp_path):
+    import threading
+
+    g = actorq.Graph()
+    n = g.task(add, g.task(inc, 1), 5)
+    slow = actorq.Graph()
+    marker = tmp_path / "started"
+    first = slow.task(_touch_then_sleep, str(marker), 60)
+    slow.task(inc, first)
+
+    async def main():
+        assert (await system.run_async(g))[n] == 7
+        # the run took no thread of the default executor (asyncio.to_thread would)
+        assert not [t for t in threading.enumerate() if t.name.startswith("asyncio_")]
+        task = asyncio.ensure_future(system.run_async(slow, workers=1))
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: actorq.testing.wait_until(marker.exists, timeout=30))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    again = system.run(g, workers=1)  # the pool was let go: a new run gets it at once
+    assert again[n] == 7
+
+
+def _touch_then_sleep(path, seconds):
+    open(path, "w").close()
+    time.sleep(seconds)
+    return seconds
