@@ -34,7 +34,7 @@ from actorq._core.actor import Actor
 from actorq._core.events import ActorEvent
 from actorq._core.ref import ActorRef
 from actorq._errors import ActorStopped
-from actorq._graph import scheduler as _graph_scheduler
+from actorq._graph import run as _graph_run
 from actorq._graph.graph import Graph, Node
 from actorq._graph.result import GraphResult
 from actorq._resilience.backoff import Backoff
@@ -241,7 +241,7 @@ class ActorSystem:
         if self._runtime.closing:
             msg = "the actor system is closed"
             raise ActorStopped(msg)
-        return _graph_scheduler.run_graph(self, graph, loop=self._loop(), workers=workers,
+        return _graph_run.run_graph(self, graph, loop=self._loop(), workers=workers,
                                           journal=journal,
                                           progress=progress, fail_fast=fail_fast, keep=keep,
                                           retry=retry)
@@ -252,7 +252,7 @@ class ActorSystem:
         if self._runtime.closing:
             msg = "the actor system is closed"
             raise ActorStopped(msg)
-        return await _graph_scheduler.run_graph_async(self, graph, loop=self._loop(),
+        return await _graph_run.run_graph_async(self, graph, loop=self._loop(),
                                                       **options)
 
     def _loop(self) -> asyncio.AbstractEventLoop:

@@ -91,6 +91,23 @@ class Worker:
         return self.ref.actor_id
 
 
+class Batch:
+    """Tasks sent to one worker in one message."""
+
+    __slots__ = ("est", "id", "reply", "sent", "tids", "timed_out", "worker")
+
+    def __init__(self, bid: int, worker: Worker, tids: list[int], est: float,
+                 sent: float) -> None:
+        self.id = bid
+        self.worker = worker
+        self.tids = tids
+        self.est = est
+        self.sent = sent
+        self.reply: Reply[Any] | None = None
+        self.timed_out = False
+
+
+
 class WorkerPool:
     """The graph's view of its ``actorq.Pool`` (see the module docstring)."""
 

@@ -39,22 +39,21 @@ import math
 import pickle
 import threading
 import time
-from array import array
 from collections import deque
-from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from actorq._errors import ActorCrashed, ActorStopped, CallTimeout, GraphError, rebuild
-from actorq._graph.graph import Code, Graph, Node, fill, validate
-from actorq._graph.journal import Journal
-from actorq._graph.pool import WorkerPool, acquire_pool
+from actorq._errors import ActorStopped, GraphError, rebuild
+from actorq._graph.failures import Recovery
+from actorq._graph.graph import Graph, fill
+from actorq._graph.pool import Batch, acquire_pool
 from actorq._graph.progress import Progress, want_progress
-from actorq._graph.result import GraphResult, GraphStats, TaskStats
-from actorq._graph.worker import ERR, NEED_CODE, PICKLED, SHARED, VALUE, pack_value, unpack_value
+from actorq._graph.report import build_result
+from actorq._graph.result import GraphResult
+from actorq._graph.state import EWMA, READY, RUNNING, WAITING
+from actorq._graph.worker import ERR, NEED_CODE, PICKLED, SHARED, pack_value, unpack_value
 from actorq._resilience.backoff import Backoff
-from actorq._resilience.retry import Retry, RetryBudget
-from actorq._shared import SharedObject, share_pickled
+from actorq._resilience.retry import Retry
 
 if TYPE_CHECKING:
     from actorq._core.reply import Reply
@@ -65,34 +64,11 @@ logger = logging.getLogger(__name__)
 CREDIT = 2  # batches in flight per worker: one running, one waiting in its mailbox
 TARGET_BATCH_SECONDS = 0.004  # tiny tasks are batched up to about this much work
 MAX_BATCH = 2048  # tasks per batch at most (a crash re-runs at most this many, <= 4 ms)
-CRASH_ATTEMPTS = 3  # a task whose worker died is tried again this many times at least
-EWMA = 0.3  # weight of a new duration measurement
 WAIT_SLICE = 0.05  # the scheduler wakes at least this often (timers, progress, scaling)
-STOP_WAIT = 10.0  # seconds an interrupted run may take to let go of its workers
 IDLE_RETIRE = 1.0  # a worker idle this long while nothing is ready is stopped (> 1 left)
-RETRY_BACKOFF = Backoff(initial=0.01, maximum=1.0)
-
-WAITING, READY, RUNNING, DONE, FAILED, DELAYED = range(6)
-_FINISHED = (DONE, FAILED)
 
 
-class Batch:
-    """Tasks sent to one worker in one message."""
-
-    __slots__ = ("est", "id", "reply", "sent", "tids", "timed_out", "worker")
-
-    def __init__(self, bid: int, worker: Worker, tids: list[int], est: float,
-                 sent: float) -> None:
-        self.id = bid
-        self.worker = worker
-        self.tids = tids
-        self.est = est
-        self.sent = sent
-        self.reply: Reply[Any] | None = None
-        self.timed_out = False
-
-
-class Scheduler:
+class Scheduler(Recovery):
     """Runs one graph to completion (see the module docstring)."""
 
     def __init__(self, system: SystemOps, graph: Graph, *, workers: int | None = None,
@@ -102,120 +78,25 @@ class Scheduler:
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             msg = f"workers must be a positive int (or None: every core), not {workers!r}"
             raise GraphError(msg)
-        if not isinstance(graph, Graph):
-            msg = f"system.run() needs an actorq.Graph, not {graph!r}"
-            raise GraphError(msg)
-        self.system = system
-        self.graph = graph
-        self.nodes = graph.nodes
-        self.max_workers = workers or getattr(system, "workers", None) or 1
-        self.fail_fast = fail_fast
-        self.backoff = backoff or RETRY_BACKOFF
         if retry is not None and not isinstance(retry, Retry):
             msg = f"retry must be an actorq.Retry or None, not {retry!r}"
             raise GraphError(msg)
-        self.retry = retry  # for nodes with neither retries= nor retry=
-        self._retries_policies: dict[int, Retry] = {}
-        keep = list(keep or ())
-        self.keep = {n.index for n in keep if n in graph}
-        if len(self.keep) != len(keep):
-            msg = "keep= must list nodes of this graph"
-            raise GraphError(msg)
-        self.codes: dict[int, Code] = validate(graph)  # before anything runs
-        self.threshold = system.config.oob_threshold
-        self.prefix = system.run_id
-        self.journal = Journal(journal, graph.digest(), len(graph)) if journal else None
+        self.system = system
+        self.max_workers = workers or getattr(system, "workers", None) or 1
+        self._init_recovery(retry, backoff)
+        super().__init__(graph, keep=keep, journal=journal, fail_fast=fail_fast,
+                         threshold=system.config.oob_threshold, prefix=system.run_id)
         self.show_progress = want_progress(progress)
         self.events: deque[tuple[Any, ...]] = deque()
-        self.timers: list[tuple[float, int, str, Any]] = []
-        self._seq = itertools.count()
         self._bids = itertools.count(1)
 
-    # -- set-up -------------------------------------------------------------------------
-
     def _prepare(self) -> None:
-        n = len(self.nodes)
-        self.state = bytearray(n)
-        self.waiting = array("i", bytes(4 * n))
-        self.dependents: list[list[int] | None] = [None] * n
-        self.consumers = array("i", bytes(4 * n))  # dependents that take the value
-        self.values: list[tuple[int, Any] | None] = [None] * n
-        self.attempts = array("i", bytes(4 * n))
-        self.t0 = array("d", bytes(8 * n))
-        self.t1 = array("d", bytes(8 * n))
-        self.where = array("i", [-1]) * n
-        self.errors: dict[int, BaseException] = {}
-        self.released: set[int] = set()
-        self.from_journal: set[int] = set()
-        self.est: dict[bytes, float] = {}  # function digest -> seconds (EWMA)
-        self.ready: list[tuple[int, float, int]] = []
+        super()._prepare()
         self.timed_aside: list[tuple[int, float, int]] = []
-        self.budgets: dict[int, RetryBudget] = {}  # id(policy) -> this run's copy
-        if self.retry is not None and self.retry.budget is not None:
-            self.budgets[id(self.retry)] = self.retry.budget.fresh()
-        for node in self.nodes:
-            if node.retry is not None and node.retry.budget is not None \
-                    and id(node.retry) not in self.budgets:
-                self.budgets[id(node.retry)] = node.retry.budget.fresh()
-            parents = {d.index for d in node.deps}
-            for d in parents:
-                self.consumers[d] += 1
-            parents.update(a.index for a in node.after_deps)
-            self.waiting[node.index] = len(parents)
-            for p in parents:
-                lst = self.dependents[p]
-                if lst is None:
-                    lst = self.dependents[p] = []
-                lst.append(node.index)
-        self.order = self._topological()
-        self.rank = self._ranks()
-        self.done = self.failed_count = self.running = self.delayed = 0
-        self.unfinished = n
-        self.stopping = False
-        self.shared_live = self.shared_peak = self.inband = 0
         self.counts = {"retries": 0, "crashes": 0, "timeouts": 0, "batches": 0,
                        "code_shipments": 0, "workers_lost": 0, "workers_retired": 0}
         self.peak_workers = 0
         self.worker_ids: dict[int, Worker] = {}
-
-    def _topological(self) -> list[int]:
-        waiting = array("i", self.waiting)
-        order = [i for i in range(len(self.nodes)) if waiting[i] == 0]
-        for i in order:  # grows while we walk it (Kahn)
-            for c in self.dependents[i] or ():
-                waiting[c] -= 1
-                if waiting[c] == 0:
-                    order.append(c)
-        return order
-
-    def _ranks(self) -> list[float]:
-        """Upward rank: the node's estimated duration plus the longest path below it."""
-        rank = [1.0] * len(self.nodes)
-        for i in reversed(self.order):
-            below = self.dependents[i]
-            if below:
-                rank[i] = 1.0 + max(rank[c] for c in below)
-        return rank
-
-    def _resume_from_journal(self) -> None:
-        if self.journal is None:
-            return
-        finished = self.journal.finished()
-        if not finished:
-            return
-        for node in self.nodes:
-            row = finished.get(node.key)
-            if row is None:
-                continue
-            attempts, _kind, payload = row
-            i = node.index
-            if len(payload) >= self.threshold:
-                value: tuple[int, Any] = (SHARED, share_pickled(payload, self.prefix))
-            else:
-                value = (PICKLED, payload)
-            self.attempts[i] = attempts
-            self.from_journal.add(i)
-            self._finish(i, value, journal=False)
 
     # -- the run: set up on the caller's thread, run on the system's loop ----------------
 
@@ -330,7 +211,8 @@ class Scheduler:
             if self.bar is not None:
                 self.bar.close(self.done, self.failed_count)
         wall = time.monotonic() - self.started_at
-        return self._result(wall, self.cpu + time.thread_time() - cpu)
+        return build_result(self, wall, self.cpu + time.thread_time() - cpu,
+                            workers=self.peak_workers, counts=self.counts)
 
     def _release_pool(self, *, background: bool = False) -> None:
         pool = self.pool
@@ -376,50 +258,7 @@ class Scheduler:
             else:
                 self._sync_workers()
 
-    # -- timers -------------------------------------------------------------------------
-
-    def _later(self, delay: float, kind: str, data: Any) -> None:
-        heapq.heappush(self.timers, (time.monotonic() + delay, next(self._seq), kind, data))
-        self.handles.append(self.loop.call_later(delay, self._schedule_tick))
-        if len(self.handles) > 64:
-            self.handles = [h for h in self.handles if not h.cancelled()]
-
-    def _fire_timers(self) -> None:
-        timers = self.timers
-        now = time.monotonic()
-        while timers and timers[0][0] <= now:
-            _at, _seq, kind, data = heapq.heappop(timers)
-            if kind == "retry":
-                if self.state[data] == DELAYED:
-                    self.delayed -= 1
-                    self._make_ready(data)
-            elif kind == "timeout":
-                self._timeout_batch(data)
-            elif kind == "call_timeout":
-                i, attempt = data
-                if self.state[i] == RUNNING and self.attempts[i] == attempt:
-                    exc = CallTimeout(f"node {self.nodes[i].name!r} got no reply within "
-                                      f"its timeout of {self.nodes[i].timeout:g}s")
-                    self.running -= 1
-                    self._failed_attempt(i, exc, timeout=True)
-
-    def _timeout_batch(self, batch: Batch) -> None:
-        worker = batch.worker
-        if batch.id not in worker.batches or batch.reply is None or batch.reply.done():
-            return
-        batch.timed_out = True
-        self.pool.kill(worker)  # its reply fails with ActorCrashed: see _batch_done
-        # Had the worker not read the task yet, the task goes to its restarted process:
-        # look again after another timeout (tasks with a timeout go to live workers only,
-        # so this is a rare race, not a loop).
-        self._later(self.nodes[batch.tids[0]].timeout or 0.0, "timeout", batch)
-
     # -- ready queue and dispatch -------------------------------------------------------
-
-    def _make_ready(self, i: int) -> None:
-        node = self.nodes[i]
-        self.state[i] = READY
-        heapq.heappush(self.ready, (-node.priority, -self.rank[i], i))
 
     def _scale(self) -> None:
         """Grow the pool up to ``max_workers`` while tasks wait; retire long-idle workers."""
@@ -483,10 +322,6 @@ class Scheduler:
                     continue
                 break
             self._send(worker, self._take_batch(worker))
-
-    def _estimate(self, i: int) -> float | None:
-        fn = self.nodes[i].fn
-        return self.est.get(self.codes[id(fn)].digest) if fn is not None else None
 
     def _take_batch(self, worker: Worker) -> list[int]:
         ready = self.ready
@@ -605,91 +440,6 @@ class Scheduler:
         if batch.est > 0 and measured > 0:
             worker.speed = (1 - EWMA) * worker.speed + EWMA * (measured / batch.est)
 
-    def _measure(self, digest: bytes, seconds: float) -> None:
-        old = self.est.get(digest)
-        self.est[digest] = seconds if old is None else (1 - EWMA) * old + EWMA * seconds
-
-    def _batch_lost(self, batch: Batch, exc: BaseException) -> None:
-        """The batch's reply failed as a whole: worker lost, timed out, or stopped."""
-        worker = batch.worker
-        worker.idle_since = time.monotonic()
-        if isinstance(exc, ActorStopped) and worker in self.pool.workers:
-            self.pool.lost(worker)  # gone for good (could not start? closing?)
-            self.counts["workers_lost"] += 1
-            if self.counts["workers_lost"] > 2 * self.max_workers + 2:
-                raise exc  # workers keep failing to start: stop trying
-        elif isinstance(exc, ActorCrashed):
-            worker.known.clear()
-            worker.penalty_until = time.monotonic() + 0.05
-        for tid in batch.tids:
-            if self.state[tid] != RUNNING:
-                continue
-            self.running -= 1
-            name = self.nodes[tid].name
-            if batch.timed_out:
-                timeout = self.nodes[tid].timeout
-                err: BaseException = CallTimeout(
-                    f"task {name!r} ran past its timeout of {timeout:g}s (attempt "
-                    f"{self.attempts[tid]}); its worker was killed and replaced")
-                self._failed_attempt(tid, err, timeout=True)
-            elif isinstance(exc, ActorCrashed | ActorStopped):
-                self._worker_lost(tid, exc)
-            else:
-                self._failed_attempt(tid, exc)
-        if not self.pool.workers and self.unfinished and not self.stopping:
-            self.pool.grow_to(1)
-
-    # -- retry policies -----------------------------------------------------------------
-
-    def _policy(self, node: Node) -> Retry | None:
-        """The node's ``retry=``; else ``retries=N`` as a Retry; else the run's ``retry=``."""
-        if node.retry is not None:
-            return node.retry
-        if node.retries:
-            policy = self._retries_policies.get(node.retries)
-            if policy is None:
-                policy = self._retries_policies[node.retries] = Retry(
-                    max_attempts=node.retries + 1, backoff=self.backoff,
-                    retry_on=(Exception,), budget=None)
-            return policy
-        return self.retry
-
-    def _record_call(self, node: Node) -> None:
-        policy = self._policy(node)
-        if policy is not None and policy.budget is not None:
-            self.budgets[id(policy)].record_call()
-
-    def _worker_lost(self, tid: int, exc: BaseException) -> None:
-        node = self.nodes[tid]
-        policy = self._policy(node)
-        # Not the task's fault (a batch shares its worker's fate): retried at once, on the
-        # best worker now, at least CRASH_ATTEMPTS times whatever the policy says.
-        limit = max(policy.max_attempts if policy is not None else 1, CRASH_ATTEMPTS + 1)
-        if self.attempts[tid] < limit:
-            self.counts["crashes"] += 1
-            self._make_ready(tid)  # at once, on whichever worker is best now
-            return
-        err = ActorCrashed(f"task {node.name!r} lost its worker {self.attempts[tid]} times "
-                           f"(last: {exc}); it is not tried again", "lost")
-        err.__cause__ = exc
-        self._fail(tid, err)
-
-    def _failed_attempt(self, tid: int, exc: BaseException, *, timeout: bool = False) -> None:
-        node = self.nodes[tid]
-        policy = self._policy(node)
-        if policy is not None and not self.stopping:
-            budget = self.budgets.get(id(policy)) if policy.budget is not None else None
-            delay = policy.decide(exc, self.attempts[tid], now=time.monotonic(),
-                                  deadline=None, expected=self._estimate(tid) or 0.0,
-                                  budget=budget)
-            if delay is not None:
-                self.counts["timeouts" if timeout else "retries"] += 1
-                self.state[tid] = DELAYED
-                self.delayed += 1
-                self._later(delay, "retry", tid)
-                return
-        self._fail(tid, exc)
-
     # -- actor-call nodes ---------------------------------------------------------------
 
     def _start_call(self, i: int) -> None:
@@ -731,99 +481,6 @@ class Scheduler:
 
     # -- outcomes -----------------------------------------------------------------------
 
-    def _finish(self, i: int, value: tuple[int, Any], *, journal: bool = True) -> None:
-        self.state[i] = DONE
-        self.done += 1
-        self.unfinished -= 1
-        self.values[i] = value
-        kind, payload = value
-        if kind == SHARED:
-            self.shared_live += payload.nbytes
-            self.shared_peak = max(self.shared_peak, self.shared_live)
-        if journal and self.journal is not None:
-            self.journal.done(self.nodes[i].key, self.attempts[i], PICKLED,
-                              self._journal_blob(kind, payload))
-        self._release_inputs(i)
-        if kind == SHARED and not self.consumers[i] and not self._kept(i):
-            self._release(i)
-        for c in self.dependents[i] or ():
-            self.waiting[c] -= 1
-            if self.waiting[c] == 0 and self.state[c] == WAITING:
-                self._make_ready(c)
-
-    def _journal_blob(self, kind: int, payload: Any) -> bytes:
-        if kind == PICKLED:
-            return bytes(payload)
-        if kind == VALUE:
-            return pickle.dumps(payload, protocol=5)
-        return pickle.dumps(unpack_value(kind, payload), protocol=5)  # a copy, journal only
-
-    def _kept(self, i: int) -> bool:
-        return i in self.keep or not self.dependents[i]
-
-    def _release_inputs(self, i: int) -> None:
-        for dep in self.nodes[i].deps:
-            d = dep.index
-            self.consumers[d] -= 1
-            if self.consumers[d] == 0 and not self._kept(d):
-                self._release(d)
-
-    def _release(self, d: int) -> None:
-        value = self.values[d]
-        if value is None or value[0] != SHARED:
-            return
-        obj: SharedObject = value[1]
-        obj.unlink()
-        self.shared_live -= obj.nbytes
-        self.values[d] = None
-        self.released.add(d)
-
-    def _fail(self, i: int, exc: BaseException) -> None:
-        """Task *i* failed for good: its dependents cannot run (or, fail_fast: stop)."""
-        self._mark_failed(i, exc)
-        if self.journal is not None:
-            try:
-                blob = pickle.dumps((exc, ""), protocol=5)
-            except Exception:
-                blob = pickle.dumps((GraphError(repr(exc)), ""), protocol=5)
-            self.journal.failed(self.nodes[i].key, self.attempts[i], blob)
-        root = self.nodes[i]
-        if self.fail_fast:
-            self._stop_all(root, exc)
-            return
-        stack = list(self.dependents[i] or ())
-        while stack:
-            c = stack.pop()
-            if self.state[c] in _FINISHED:
-                continue
-            node = self.nodes[c]
-            err = GraphError(f"node {node.name!r} did not run: it depends on {root.name!r}, "
-                             f"which failed ({type(exc).__name__}: {exc})")
-            err.__cause__ = exc
-            self._mark_failed(c, err)
-            stack.extend(self.dependents[c] or ())
-
-    def _mark_failed(self, i: int, exc: BaseException) -> None:
-        if self.state[i] == DELAYED:
-            self.delayed -= 1
-        self.state[i] = FAILED
-        self.errors[i] = exc
-        self.failed_count += 1
-        self.unfinished -= 1
-        self._release_inputs(i)
-
-    def _stop_all(self, root: Node, exc: BaseException) -> None:
-        self.stopping = True
-        for i in range(len(self.nodes)):
-            if self.state[i] not in _FINISHED:
-                if self.state[i] == RUNNING:
-                    self.running -= 1
-                err = GraphError(f"node {self.nodes[i].name!r} did not run: the run stopped "
-                                 f"at the first failure (fail_fast), of {root.name!r} "
-                                 f"({type(exc).__name__}: {exc})")
-                err.__cause__ = exc
-                self._mark_failed(i, err)
-
     def _abandon(self) -> None:
         """Leaving with batches in flight (fail_fast, an interrupt): replace their workers."""
         for w in list(self.pool.workers):
@@ -831,149 +488,6 @@ class Scheduler:
                 w.batches.clear()
                 w.load = 0.0
                 self.pool.kill(w)
-        for i in range(len(self.nodes)):
-            value = self.values[i]
-            if value is not None and value[0] == SHARED and not self._kept(i):
-                self._release(i)
+        self._release_all()
 
     # -- the result ---------------------------------------------------------------------
-
-    def _result(self, wall: float, cpu: float) -> GraphResult:
-        values: dict[int, tuple[int, Any]] = {}
-        for i, value in enumerate(self.values):
-            if value is None or self.state[i] != DONE:
-                continue
-            if value[0] == SHARED:  # map it here (zero-copy) and drop the name
-                obj: SharedObject = value[1]
-                loaded = obj.load()
-                obj.unlink()
-                self.shared_live -= obj.nbytes
-                values[i] = (VALUE, loaded)
-            else:
-                values[i] = value
-        durations = [max(0.0, self.t1[i] - self.t0[i]) for i in range(len(self.nodes))]
-        path, seconds = self._critical_path(durations)
-        busy = sum(durations[i] for i in range(len(self.nodes)) if self.where[i] >= 0)
-        workers = max(1, self.peak_workers)
-        stats = GraphStats(
-            wall=wall, workers=self.peak_workers,
-            tasks=_TaskTable(self), critical_path=[self.nodes[i] for i in path],
-            critical_path_seconds=seconds, utilisation=min(1.0, busy / (workers * wall)),
-            attempts=sum(self.attempts), retries=self.counts["retries"],
-            crashes=self.counts["crashes"], timeouts=self.counts["timeouts"],
-            from_journal=len(self.from_journal), batches=self.counts["batches"],
-            shared_bytes_peak=self.shared_peak, inband_bytes=self.inband,
-            scheduler_seconds=cpu,
-            extra={k: self.counts[k] for k in ("code_shipments", "workers_retired")})
-        return GraphResult(self.graph, values, self.errors, self.released, stats)
-
-    def _critical_path(self, durations: list[float]) -> tuple[list[int], float]:
-        if not self.order:
-            return [], 0.0
-        total = [0.0] * len(self.nodes)
-        prev = [-1] * len(self.nodes)
-        for i in self.order:
-            node = self.nodes[i]
-            best, arg = 0.0, -1
-            for p in node.deps + node.after_deps:
-                if total[p.index] > best:
-                    best, arg = total[p.index], p.index
-            total[i] = best + durations[i]
-            prev[i] = arg
-        end = max(range(len(total)), key=total.__getitem__)
-        path = []
-        while end >= 0:
-            path.append(end)
-            end = prev[end]
-        path.reverse()
-        return path, max(total)
-
-
-class _TaskTable(Mapping[Node, TaskStats]):
-    """``stats.tasks``: built from the scheduler's arrays on access (no object per task)."""
-
-    def __init__(self, sched: Scheduler) -> None:
-        self._nodes = sched.nodes
-        self._t0, self._t1, self._where = sched.t0, sched.t1, sched.where
-        self._attempts = sched.attempts
-        self._journal = sched.from_journal
-        self._started = [i for i in range(len(sched.nodes))
-                         if sched.attempts[i] or i in sched.from_journal]
-
-    def __getitem__(self, node: Node) -> TaskStats:
-        i = node.index
-        if node.graph is not self._nodes[0].graph or not (self._attempts[i] or i in self._journal):
-            raise KeyError(node)
-        return TaskStats(self._t0[i], self._t1[i], self._where[i], self._attempts[i],
-                         i in self._journal)
-
-    def __iter__(self) -> Iterator[Node]:
-        return (self._nodes[i] for i in self._started)
-
-    def __len__(self) -> int:
-        return len(self._started)
-
-
-def _submit(sched: Scheduler, loop: asyncio.AbstractEventLoop) -> concurrent.futures.Future[None]:
-    """Start *sched* on the system's *loop*; return the future set when the run is over."""
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        msg = "system.run() was called on the actor system's own loop thread"
-        raise RuntimeError(msg)
-    sched.begin()
-    ended: concurrent.futures.Future[None] = concurrent.futures.Future()
-    try:
-        loop.call_soon_threadsafe(sched.start, loop, ended)
-    except RuntimeError:  # the loop is closed
-        sched.finish()
-        msg = "the actor system is closed"
-        raise ActorStopped(msg) from None
-    return ended
-
-
-def _stop(sched: Scheduler, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
-    try:
-        loop.call_soon_threadsafe(sched.interrupt, exc)
-    except RuntimeError:  # the loop is closed: nothing runs any more
-        pass
-
-
-def run_graph(system: SystemOps, graph: Graph, *, loop: asyncio.AbstractEventLoop,
-              **options: Any) -> GraphResult:
-    """``system.run(graph, ...)``: validate here, schedule on the system's *loop*, wait."""
-    sched = Scheduler(system, graph, **options)  # validates: nothing has run yet
-    ended = _submit(sched, loop)
-    try:
-        ended.result()
-    except BaseException as exc:
-        if not ended.done():  # interrupted here (Ctrl-C): stop the run, then clean up
-            _stop(sched, loop, exc)
-            concurrent.futures.wait([ended], timeout=STOP_WAIT)
-        sched.finish()
-        raise
-    return sched.finish()
-
-
-async def run_graph_async(system: SystemOps, graph: Graph, *,
-                          loop: asyncio.AbstractEventLoop, **options: Any) -> GraphResult:
-    """``await system.run_async(graph, ...)``: as :func:`run_graph`, awaiting the end."""
-    sched = Scheduler(system, graph, **options)
-    ended = _submit(sched, loop)
-    waiter = asyncio.wrap_future(ended)
-    try:
-        await asyncio.shield(waiter)
-    except BaseException as exc:
-        if not ended.done():  # cancelled: stop the run, then clean up
-            _stop(sched, loop, exc)
-            await asyncio.wait([waiter], timeout=STOP_WAIT)
-            if waiter.done() and not waiter.cancelled():
-                waiter.exception()  # retrieved: it is the cancellation we raise below
-        sched.finish(close_in_background=True)
-        raise
-    return sched.finish(close_in_background=True)
-
-
-__all__ = ["Scheduler", "WorkerPool", "run_graph", "run_graph_async"]
