@@ -23,6 +23,7 @@ from typing import Any
 
 from actorq._errors import GraphError
 from actorq._graph.keys import Encoder, function_ident
+from actorq._resilience.retry import Retry
 from actorq._serialization import SAFE_TYPES, dumps_code, quick_safe
 
 
@@ -94,8 +95,8 @@ class Node:
     """
 
     __slots__ = ("_key", "after_deps", "args", "deps", "fn", "graph", "index", "kwargs",
-                 "method", "name", "nested", "packed", "priority", "retries", "target",
-                 "timeout", "user_key")
+                 "method", "name", "nested", "packed", "priority", "retries", "retry",
+                 "target", "timeout", "user_key")
 
     def __init__(self, graph: Graph, index: int, fn: Callable[..., Any] | None,
                  target: Any, method: str | None, name: str) -> None:
@@ -112,6 +113,7 @@ class Node:
         self.nested = False
         self.packed: bytes | None = None  # (args, kwargs) by cloudpickle, when pickle fails
         self.retries = 0
+        self.retry: Retry | None = None
         self.timeout: float | None = None
         self.priority = 0
         self.user_key: str | None = None
@@ -162,14 +164,19 @@ class Graph:
 
     def task(self, fn: Callable[..., Any], *args: Any, retries: int = 0,
              timeout: float | None = None, priority: int = 0, key: str | None = None,
-             **kwargs: Any) -> Node:
+             retry: Retry | None = None, **kwargs: Any) -> Node:
         """Add a call of ``fn(*args, **kwargs)`` to the graph and return its node.
 
         Args:
             fn: the function (any callable that pickles: by reference, or by value with
                 cloudpickle for lambdas, closures and ``__main__`` functions).
             retries: extra attempts after the task raised or timed out (a task whose
-                worker died is tried again regardless, up to ``CRASH_ATTEMPTS`` times).
+                worker died is tried again regardless, up to ``CRASH_ATTEMPTS`` times);
+                the same as ``retry=Retry(max_attempts=retries + 1,
+                retry_on=(Exception,), budget=None)`` with the graph's backoff.
+            retry: an ``actorq.Retry``: which failures are retried (crashes, timeouts
+                and its ``retry_on`` types), how often and after which backoff;
+                instead of ``retries`` (default: the run's ``retry=``, else none).
             timeout: seconds one attempt may run; past it the worker is killed and
                 replaced, and the attempt fails with ``CallTimeout``.
             priority: higher runs first among ready tasks.
@@ -185,12 +192,12 @@ class Graph:
             raise GraphError(msg)
         node = Node(self, len(self.nodes), fn, None, None,
                     key or f"{_describe_callable(fn)}#{len(self.nodes)}")
-        self._fill(node, args, kwargs, retries, timeout, priority, key)
+        self._fill(node, args, kwargs, retries, timeout, priority, key, retry)
         return node
 
     def call(self, target: Any, method: str, *args: Any, retries: int = 0,
              timeout: float | None = None, priority: int = 0, key: str | None = None,
-             **kwargs: Any) -> Node:
+             retry: Retry | None = None, **kwargs: Any) -> Node:
         """Add ``target.call(method, *args, **kwargs)`` (an actor ref or a pool) as a node.
 
         The call is made from the scheduler; the actor runs it in its own process. Same
@@ -202,14 +209,24 @@ class Graph:
             raise GraphError(msg)
         name = key or f"{getattr(target, 'name', type(target).__name__)}.{method}#{len(self.nodes)}"
         node = Node(self, len(self.nodes), None, target, method, name)
-        self._fill(node, args, kwargs, retries, timeout, priority, key)
+        self._fill(node, args, kwargs, retries, timeout, priority, key, retry)
         return node
 
     def _fill(self, node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], retries: int,
-              timeout: float | None, priority: int, key: str | None) -> None:
+              timeout: float | None, priority: int, key: str | None,
+              retry: Retry | None) -> None:
         if not isinstance(retries, int) or retries < 0:
             msg = f"node {node.name!r}: retries must be an int >= 0, not {retries!r}"
             raise GraphError(msg)
+        if retry is not None:
+            if not isinstance(retry, Retry):
+                msg = f"node {node.name!r}: retry must be an actorq.Retry, not {retry!r}"
+                raise GraphError(msg)
+            if retries:
+                msg = (f"node {node.name!r}: give retries= or retry=, not both (retries=N "
+                       "is Retry(max_attempts=N + 1, retry_on=(Exception,)))")
+                raise GraphError(msg)
+            node.retry = retry
         if timeout is not None and not timeout > 0:
             msg = f"node {node.name!r}: timeout must be positive seconds, not {timeout!r}"
             raise GraphError(msg)
