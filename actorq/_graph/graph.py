@@ -94,18 +94,18 @@ class Node:
     identity and are hashable; ``result[node]`` reads a finished run's value.
     """
 
-    __slots__ = ("_key", "after_deps", "args", "deps", "fn", "graph", "index", "kwargs",
-                 "method", "name", "nested", "packed", "priority", "retries", "retry",
+    __slots__ = ("_key", "_name", "after_deps", "args", "deps", "fn", "graph", "index",
+                 "kwargs", "method", "nested", "packed", "priority", "retries", "retry",
                  "target", "timeout", "user_key")
 
     def __init__(self, graph: Graph, index: int, fn: Callable[..., Any] | None,
-                 target: Any, method: str | None, name: str) -> None:
+                 target: Any, method: str | None, name: str | None) -> None:
         self.graph = graph
         self.index = index
         self.fn = fn
         self.target = target
         self.method = method
-        self.name = name
+        self._name = name  # None: "<function>#<index>", made when first asked for
         self.args: tuple[Any, ...] = ()
         self.kwargs: dict[str, Any] = {}
         self.deps: tuple[Node, ...] = ()
@@ -119,6 +119,13 @@ class Node:
         self.user_key: str | None = None
         self._key: str | None = None
 
+    @property
+    def name(self) -> str:
+        """Its ``key=``, or ``"<function>#<index>"`` (``"<actor>.<method>#<index>"``)."""
+        if self._name is None:
+            self._name = f"{_describe_callable(self.fn)}#{self.index}"
+        return self._name
+
     def after(self, *nodes: Node) -> Node:
         """Run this node only after *nodes* have finished (without passing their values).
 
@@ -128,6 +135,8 @@ class Node:
             if not isinstance(other, Node) or other.graph is not self.graph:
                 msg = f"node {self.name!r}.after({other!r}): not a node of the same graph"
                 raise GraphError(msg)
+            if other.index >= self.index:  # an edge to a later node: a cycle is possible
+                self.graph._forward = True
         self.after_deps = self.after_deps + tuple(nodes)
         return self
 
@@ -157,6 +166,8 @@ class Graph:
 
     def __init__(self) -> None:
         self.nodes: list[Node] = []
+        self._forward = False  # an after() edge to a later node (else acyclic by order)
+        self._plain = bytearray()  # per node: 1 if its arguments are plain scalars
         self._keys_done = 0
         self._key_counts: dict[str, int] = {}
         self._shapes: list[str] = []
@@ -190,8 +201,7 @@ class Graph:
             msg = (f"task {len(self.nodes)}: {fn!r} is not callable; g.task(fn, *args) "
                    "needs a function first")
             raise GraphError(msg)
-        node = Node(self, len(self.nodes), fn, None, None,
-                    key or f"{_describe_callable(fn)}#{len(self.nodes)}")
+        node = Node(self, len(self.nodes), fn, None, None, key)
         self._fill(node, args, kwargs, retries, timeout, priority, key, retry)
         return node
 
@@ -239,6 +249,7 @@ class Graph:
                 node.retries, node.timeout, node.priority = retries, timeout, int(priority)
                 node.user_key = key
                 self.nodes.append(node)
+                self._plain.append(1)  # validation need not look at its arguments
                 return
         deps: list[Node] = []
         seen: dict[int, int] = {}
@@ -252,6 +263,7 @@ class Graph:
         node.retries, node.timeout, node.priority = retries, timeout, int(priority)
         node.user_key = key
         self.nodes.append(node)
+        self._plain.append(0)
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -351,16 +363,23 @@ def validate(graph: Graph) -> dict[int, Code]:
     Raises ``GraphError`` naming the node: a cycle (every node on it, in order), a
     function or an argument that cannot be pickled.
     """
-    cycle = find_cycle(graph.nodes)
+    # Arguments can only name nodes that exist already (lower indexes): only an after()
+    # edge to a later node can close a cycle.
+    cycle = find_cycle(graph.nodes) if graph._forward else None
     if cycle is not None:
         path = " -> ".join(n.name for n in reversed(cycle))
         msg = f"graph has a cycle: {path}; a node cannot depend on itself, even indirectly"
         raise GraphError(msg)
     codes: dict[int, Code] = {}
+    plain = graph._plain
+    last: Any = None
     for node in graph.nodes:
-        if node.fn is not None and id(node.fn) not in codes:
-            codes[id(node.fn)] = _pickle_code(node)
-        _check_args(node)
+        fn = node.fn
+        if fn is not last and fn is not None and id(fn) not in codes:
+            codes[id(fn)] = _pickle_code(node)
+        last = fn
+        if not plain[node.index]:
+            _check_args(node)
     return codes
 
 

@@ -130,9 +130,9 @@ class Scheduler(Recovery):
         self.pool.on_change = self._members_changed
         try:
             self._sync_workers()
-            for i in self.order:
-                if self.state[i] == WAITING and self.waiting[i] == 0:
-                    self._make_ready(i)
+            state, waiting = self.state, self.waiting
+            self._make_ready_many([i for i in self.order
+                                   if state[i] == WAITING and waiting[i] == 0])
         except BaseException as exc:
             self._end(exc)
             return
@@ -361,44 +361,64 @@ class Scheduler(Recovery):
         n_workers = max(1, min(len(self.pool.workers), self.max_workers))
         cap = min(MAX_BATCH, max(1, math.ceil((len(ready) + 1) / (CREDIT * n_workers))))
         total = est
+        state, nodes, codes, ests, gate = self.state, self.nodes, self.codes, self.est, self.gate
+        heappop, append = heapq.heappop, tids.append
+        last_fn: Any = None
+        e: float | None = None
         while len(tids) < cap and ready:
             j = ready[0][2]
-            if self.state[j] != READY:
-                heapq.heappop(ready)
+            if state[j] != READY:
+                heappop(ready)
                 continue
-            node = self.nodes[j]
-            if node.fn is None or node.timeout is not None:
+            node = nodes[j]
+            fn = node.fn
+            if fn is None or node.timeout is not None:
                 break
-            e = self._estimate(j)
+            if fn is not last_fn:  # the estimate, once per run of equal functions
+                last_fn = fn
+                e = ests.get(codes[id(fn)].digest)
             if e is None or total + e > TARGET_BATCH_SECONDS:
                 break
-            if self.gate.on and not self.gate.admit(j, self._digest(j)):
+            if gate.on and not gate.admit(j, codes[id(fn)].digest):
                 break
-            heapq.heappop(ready)
-            tids.append(j)
+            heappop(ready)
+            append(j)
             total += e
         return tids
 
     def _send(self, worker: Worker, tids: list[int]) -> None:
         nodes, values, codes = self.nodes, self.values, self.codes
+        state, attempts, budgets, ests = self.state, self.attempts, self.budgets, self.est
         code_map: dict[bytes, bytes] = {}
         wire: list[tuple[Any, ...]] = []
+        append = wire.append
         est = 0.0
+        last_fn: Any = None
+        digest, e = b"", 0.0
         for i in tids:
             node = nodes[i]
-            code = codes[id(node.fn)]
-            if code.digest not in worker.known:
-                code_map[code.digest] = code.blob
-            vals = [values[d.index] for d in node.deps] if node.deps else None
-            if node.packed is not None:
-                wire.append((i, code.digest, (), {}, vals, node.nested, node.packed))
+            if node.fn is not last_fn:  # looked up once per run of equal functions
+                last_fn = node.fn
+                code = codes[id(last_fn)]
+                digest = code.digest
+                if digest not in worker.known:
+                    code_map[digest] = code.blob
+                e = ests.get(digest, 0.001)
+            if node.deps:
+                vals = [values[d.index] for d in node.deps]
+                if node.packed is not None:
+                    append((i, digest, (), {}, vals, node.nested, node.packed))
+                else:
+                    append((i, digest, node.args, node.kwargs, vals, node.nested, None))
+            elif node.packed is not None:
+                append((i, digest, (), {}, None, node.nested, node.packed))
             else:
-                wire.append((i, code.digest, node.args, node.kwargs, vals, node.nested, None))
-            self.state[i] = RUNNING
-            self.attempts[i] += 1
-            if self.budgets and self.attempts[i] == 1:
+                append((i, digest, node.args, node.kwargs, None, False, None))
+            state[i] = RUNNING
+            attempts[i] += 1
+            if budgets and attempts[i] == 1:
                 self._record_call(node)
-            est += self.est.get(code.digest, 0.001)
+            est += e
         now = time.monotonic()
         batch = Batch(next(self._bids), worker, tids, est, now)
         worker.batches[batch.id] = batch
@@ -447,23 +467,39 @@ class Scheduler(Recovery):
         if exc is not None:
             self._batch_lost(batch, exc)
             return
+        # Per outcome, only what must be per task (the hot loop of a run of tiny tasks):
+        # lookups hoisted, the function's digest looked up once per run of equal
+        # functions, durations measured once per function and batch (their mean).
         measured = 0.0
-        for tid, status, kind, payload, t0, t1 in reply.result(0):
-            self.running -= 1
-            if self.state[tid] != RUNNING:
+        state, nodes, codes, t0s, t1s, where = (self.state, self.nodes, self.codes,
+                                                self.t0, self.t1, self.where)
+        wid = worker.actor_id
+        last_fn: Any = None
+        digest = b""
+        run_sum, run_n = 0.0, 0
+        outcomes = reply.result(0)
+        self.running -= len(outcomes)
+        for tid, status, kind, payload, t0, t1 in outcomes:
+            if state[tid] != RUNNING:
                 continue
-            node = self.nodes[tid]
-            digest = self.codes[id(node.fn)].digest
+            fn = nodes[tid].fn
+            if fn is not last_fn:
+                if run_n:
+                    self._measure(digest, run_sum / run_n)
+                    run_sum, run_n = 0.0, 0
+                last_fn = fn
+                digest = codes[id(fn)].digest
             if status == NEED_CODE:
                 worker.known.discard(digest)
                 self.attempts[tid] -= 1
                 self._make_ready(tid)
                 continue
-            self._measure(digest, t1 - t0)
+            run_sum += t1 - t0
+            run_n += 1
             measured += t1 - t0
-            self.t0[tid], self.t1[tid] = t0, t1
-            self.where[tid] = worker.actor_id
-            worker.busy += t1 - t0
+            t0s[tid] = t0
+            t1s[tid] = t1
+            where[tid] = wid
             if status == ERR:
                 err, tb = pickle.loads(payload)
                 self._failed_attempt(tid, rebuild(err, tb))
@@ -475,6 +511,9 @@ class Scheduler(Recovery):
                 else:
                     gate.measure(digest, payload.nbytes)
                 self._finish(tid, (kind, payload))
+        if run_n:
+            self._measure(digest, run_sum / run_n)
+        worker.busy += measured
         if batch.est > 0 and measured > 0:
             worker.speed = (1 - EWMA) * worker.speed + EWMA * (measured / batch.est)
 

@@ -75,6 +75,8 @@ class RunState:
         self.ready: list[tuple[int, float, int]] = []
         self.est: dict[bytes, float] = {}  # function digest -> seconds (EWMA)
         for node in self.nodes:
+            if not node.deps and not node.after_deps:
+                continue  # a root: nothing to count
             parents = {d.index for d in node.deps}
             for d in parents:
                 self.consumers[d] += 1
@@ -169,6 +171,14 @@ class RunState:
 
 
     # -- the ready queue ----------------------------------------------------------------
+
+    def _make_ready_many(self, ids: list[int]) -> None:
+        """``_make_ready`` for many at once: one heapify, not a push each."""
+        nodes, rank, state, ready = self.nodes, self.rank, self.state, self.ready
+        for i in ids:
+            state[i] = READY
+            ready.append((-nodes[i].priority, -rank[i], i))
+        heapq.heapify(ready)
 
     def _make_ready(self, i: int) -> None:
         node = self.nodes[i]
