@@ -225,6 +225,17 @@ class Graph:
     def _fill(self, node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], retries: int,
               timeout: float | None, priority: int, key: str | None,
               retry: Retry | None) -> None:
+        if not kwargs and retry is None and timeout is None and type(retries) is int \
+                and retries >= 0 and type(priority) is int:
+            for arg in args:  # the common case, scalars only: no template, no checks
+                if type(arg) not in SAFE_TYPES:
+                    break
+            else:
+                node.args = args
+                node.retries, node.priority, node.user_key = retries, priority, key
+                self.nodes.append(node)
+                self._plain.append(1)  # validation need not look at its arguments
+                return
         if not isinstance(retries, int) or retries < 0:
             msg = f"node {node.name!r}: retries must be an int >= 0, not {retries!r}"
             raise GraphError(msg)

@@ -27,10 +27,9 @@ def build_result(run: RunState, wall: float, cpu: float, *, workers: int,
             values[i] = (VALUE, loaded)
         else:
             values[i] = value
-    n = len(run.nodes)
-    durations = [max(0.0, run.t1[i] - run.t0[i]) for i in range(n)]
+    durations = [b - a if b > a else 0.0 for a, b in zip(run.t0, run.t1, strict=True)]
     path, seconds = critical_path(run, durations)
-    busy = sum(durations[i] for i in range(n) if run.where[i] >= 0)
+    busy = sum(d for d, w in zip(durations, run.where, strict=True) if w >= 0)
     stats = GraphStats(
         wall=wall, workers=workers,
         tasks=_TaskTable(run), critical_path=[run.nodes[i] for i in path],
@@ -54,8 +53,12 @@ def critical_path(run: RunState, durations: list[float]) -> tuple[list[int], flo
         return [], 0.0
     total = [0.0] * len(run.nodes)
     prev = [-1] * len(run.nodes)
+    nodes = run.nodes
     for i in run.order:
-        node = run.nodes[i]
+        node = nodes[i]
+        if not node.deps and not node.after_deps:  # a root
+            total[i] = durations[i]
+            continue
         best, arg = 0.0, -1
         for p in node.deps + node.after_deps:
             if total[p.index] > best:

@@ -205,7 +205,8 @@ class RunState:
             else:
                 self.journal.done(self.nodes[i].key, self.attempts[i], PICKLED,
                                   self._journal_blob(kind, payload))
-        self._release_inputs(i)
+        if self.nodes[i].deps:
+            self._release_inputs(i)
         if kind == SHARED and not self.consumers[i] and not self._kept(i):
             self._release(i)
         for c in self.dependents[i] or ():
