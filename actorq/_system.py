@@ -34,7 +34,7 @@ from actorq._core.actor import Actor
 from actorq._core.events import ActorEvent
 from actorq._core.ref import ActorRef
 from actorq._errors import ActorStopped
-from actorq._graph import scheduler as _graph_scheduler
+from actorq._graph import run as _graph_run
 from actorq._graph.graph import Graph, Node
 from actorq._graph.result import GraphResult
 from actorq._resilience.backoff import Backoff
@@ -246,7 +246,8 @@ class ActorSystem:
 
     def run(self, graph: Graph, *, workers: int | None = None, journal: str | None = None,
             progress: bool | None = None, fail_fast: bool = False,
-            keep: list[Node] | None = None) -> GraphResult:
+            keep: list[Node] | None = None, retry: Retry | None = None,
+            max_memory: int | None = None) -> GraphResult:
         """Run a job graph across *workers* processes (default: every core).
 
         Validates first (cycles, unpicklable functions or arguments, bad options:
@@ -257,16 +258,35 @@ class ActorSystem:
         same graph are not run again. *progress* (default: when stderr is a terminal)
         draws a live line on stderr. Large results of intermediate nodes are freed once
         their dependents have them; list nodes in *keep* to read them from the result.
+        *retry* (an ``actorq.Retry``) is the retry policy of every task that has neither
+        ``retries=`` nor ``retry=`` of its own.
+        *max_memory* caps the bytes they hold at once (default: half the available
+        memory): at the cap, tasks that would add large results wait for room.
         """
         if self._runtime.closing:
             msg = "the actor system is closed"
             raise ActorStopped(msg)
-        return _graph_scheduler.run_graph(self, graph, workers=workers, journal=journal,
-                                          progress=progress, fail_fast=fail_fast, keep=keep)
+        return _graph_run.run_graph(self, graph, loop=self._loop(), workers=workers,
+                                          journal=journal,
+                                          progress=progress, fail_fast=fail_fast, keep=keep,
+                                          retry=retry, max_memory=max_memory)
 
     async def run_async(self, graph: Graph, **options: Any) -> GraphResult:
-        """``await system.run_async(graph)``: :meth:`run` without blocking the event loop."""
-        return await asyncio.to_thread(self.run, graph, **options)
+        """``await system.run_async(graph)``: :meth:`run` without blocking the event loop
+        (and without a thread: the scheduler runs on the system's loop either way)."""
+        if self._runtime.closing:
+            msg = "the actor system is closed"
+            raise ActorStopped(msg)
+        return await _graph_run.run_graph_async(self, graph, loop=self._loop(),
+                                                      **options)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The system's loop (the hub's), where job graphs are scheduled."""
+        loop = self._runtime.hub.loop
+        if loop is None or loop.is_closed():
+            msg = "the actor system is closed"
+            raise ActorStopped(msg)
+        return loop
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -1,34 +1,46 @@
-"""The graph's task workers: a supervised set of ``TaskWorker`` actors, one per system.
+"""The graph's task workers: a system pool (``system.pool``) of ``TaskWorker`` members.
 
-Workers are spawned under a supervisor of their own that always restarts them (a
-worker killed by SIGKILL, or by the scheduler for a task past its timeout, comes back
-at once: no backoff, no restart limit). The set is kept by the system between runs, so
-a second run starts with warm workers whose function caches are full; one run uses it
-at a time (a concurrent run makes a private set, closed when it ends).
+The pool layer does the supervision (a member killed by SIGKILL, or by the scheduler for
+a task past its timeout, is restarted by the pool's supervisor; no restart limit that a
+graph could reach) and the membership (``resize``). The scheduler does the routing: it
+picks the member itself (expected finish time, credit) and calls it through
+``Pool.call_member``, so the pool's statistics count the graph's batches.
+
+The pool is kept by the system between runs, so a second run starts with warm workers
+whose function caches are full; one run uses it at a time (a concurrent run makes a
+private pool, stopped when it ends). Resizing blocks (a member leaving is stopped and
+joined), so it is done by a thread of the pool's own, never by the scheduler: the
+scheduler asks for a size and picks the new members up when they are there.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actorq._graph.worker import TaskWorker
-from actorq._resilience.backoff import Backoff
 
 if TYPE_CHECKING:
     from actorq._core.events import ActorEvent
     from actorq._core.ref import ActorRef
+    from actorq._core.reply import Reply
 
 logger = logging.getLogger(__name__)
 
 # A worker that is starting (or restarting after a crash) is charged this many seconds
 # of expected work, so that dispatch prefers live workers while it comes up.
 START_PENALTY = 0.05
+# The pool's supervisor never gives up on a task worker: a graph with many timeouts kills
+# many workers, and each is replaced at once.
+MAX_RESTARTS, WITHIN = 1_000_000_000, 1.0
+_private_ids = itertools.count(1)
 
 
 class SystemOps(Protocol):
@@ -41,17 +53,14 @@ class SystemOps(Protocol):
         """The prefix of the run's shared-memory segments."""
         ...
 
-    def supervisor(self, *, strategy: str = ..., max_restarts: int = ..., within: float = ...,
-                   backoff: Backoff | None = ..., name: str | None = ...) -> Any:
-        """A new supervisor under the root."""
+    def pool(self, cls: type, *args: Any, size: int | tuple[int, int] | None = ...,
+             name: str | None = ..., max_restarts: int = ..., within: float = ...,
+             **kwargs: Any) -> Any:
+        """A new pool of *cls* actors (``actorq.Pool``)."""
         ...
 
     def pid_of(self, ref: ActorRef[Any]) -> int | None:
         """The pid of *ref*'s process."""
-        ...
-
-    def stop(self, ref: Any, timeout: float | None = None) -> None:
-        """Stop an actor or a supervisor."""
         ...
 
     def subscribe(self, listener: Callable[[ActorEvent], object]) -> Callable[[], None]:
@@ -60,7 +69,7 @@ class SystemOps(Protocol):
 
 
 class Worker:
-    """The scheduler's view of one task worker."""
+    """The scheduler's view of one pool member."""
 
     __slots__ = ("batches", "busy", "idle_since", "known", "load", "penalty_until", "ref",
                  "speed", "up")
@@ -78,34 +87,150 @@ class Worker:
 
     @property
     def actor_id(self) -> int:
-        """The worker actor's id (events name it)."""
+        """The member's actor id (events name it)."""
         return self.ref.actor_id
 
 
+class Batch:
+    """Tasks sent to one worker in one message."""
+
+    __slots__ = ("est", "id", "reply", "sent", "tids", "timed_out", "worker")
+
+    def __init__(self, bid: int, worker: Worker, tids: list[int], est: float,
+                 sent: float) -> None:
+        self.id = bid
+        self.worker = worker
+        self.tids = tids
+        self.est = est
+        self.sent = sent
+        self.reply: Reply[Any] | None = None
+        self.timed_out = False
+
+
+
 class WorkerPool:
-    """Task workers of one system (see the module docstring)."""
+    """The graph's view of its ``actorq.Pool`` (see the module docstring)."""
 
     def __init__(self, system: SystemOps, name: str) -> None:
         self.system = system
-        self.sup = system.supervisor(strategy="one_for_one", max_restarts=1_000_000_000,
-                                     within=1.0, backoff=Backoff(initial=0.0, maximum=0.0),
-                                     name=name)
-        self.workers: list[Worker] = []
+        self.pool = system.pool(TaskWorker, system.run_id, system.config.oob_threshold,
+                                size=1, name=name, max_restarts=MAX_RESTARTS, within=WITHIN)
+        self.workers: list[Worker] = []  # views of the members in use, in slot order
         self.lock = threading.Lock()  # held by the run using the pool
+        self.broken = False  # a member is gone for good: the next run makes a new pool
+        self._views: dict[int, Worker] = {}  # actor id -> view (kept across runs)
+        self._leaving: set[int] = set()  # members asked to leave (shrink pending)
+        self._dead: set[int] = set()
         self._closed = False
+        self._cond = threading.Condition()
+        self._target = 1
+        self._resizer: threading.Thread | None = None
+        self.failed = False  # resizing failed (the system is closing)
+        self.on_change: Callable[[], None] | None = None  # the run's: members changed
+        self._up: dict[int, bool] = {}  # actor id -> its process is running
+        self._unsubscribe = system.subscribe(self._on_event)
 
-    def grow(self, count: int, now: float) -> list[Worker]:
-        """Spawn *count* more workers (they take calls at once, and run them once up)."""
+    # -- membership ---------------------------------------------------------------------
+
+    def sync(self, now: float) -> list[Worker]:
+        """Bring ``workers`` up to the pool's members; return the views that are new."""
         new = []
-        for _ in range(count):
-            ref = self.sup.spawn(TaskWorker, self.system.run_id,
-                                 self.system.config.oob_threshold)
-            new.append(Worker(ref, now))
-        self.workers.extend(new)
+        workers = []
+        for ref in self.pool.members():
+            aid = ref.actor_id
+            if aid in self._leaving or aid in self._dead:
+                continue
+            view = self._views.get(aid)
+            if view is None:
+                view = self._views[aid] = Worker(ref, now)
+                if self._up.get(aid):
+                    view.up, view.penalty_until = True, 0.0
+                new.append(view)
+            workers.append(view)
+        self.workers = workers
         return new
 
+    def grow_to(self, count: int) -> None:
+        """Ask for *count* usable members (new ones appear in ``workers`` after ``sync``)."""
+        if count + len(self._dead) > self._target:
+            self._want(count + len(self._dead))
+
+    def retire_last(self) -> Worker:
+        """Take the last member out of use and ask the pool to stop it."""
+        worker = self.workers.pop()
+        self._leaving.add(worker.actor_id)
+        self._views.pop(worker.actor_id, None)
+        self._want(self._target - 1)
+        return worker
+
+    def _on_event(self, event: ActorEvent) -> None:
+        """Lifecycle events (the system's loop thread): members going up and down."""
+        if event.cls_name != TaskWorker.__name__:
+            return
+        aid = event.actor_id
+        if event.kind == "started":
+            self._up[aid] = True
+            view = self._views.get(aid)
+            if view is not None:
+                view.up = True
+                view.penalty_until = 0.0
+        elif event.kind in ("crashed", "stopped", "gave_up"):
+            self._up[aid] = False
+            view = self._views.get(aid)
+            if view is not None:
+                view.up = False
+                view.known.clear()  # a fresh process has an empty function cache
+                view.penalty_until = time.monotonic() + START_PENALTY
+
+    def lost(self, worker: Worker) -> None:
+        """*worker*'s actor is gone for good (could not start, or stopped)."""
+        self._dead.add(worker.actor_id)
+        self.broken = True
+        if worker in self.workers:
+            self.workers.remove(worker)
+
+    def _want(self, size: int) -> None:
+        with self._cond:
+            self._target = max(1, size)
+            if self._resizer is None:
+                self._resizer = threading.Thread(target=self._resize_loop,
+                                                 name="actorq-graph-resize", daemon=True)
+                self._resizer.start()
+            self._cond.notify()
+
+    def _resize_loop(self) -> None:
+        applied = self.pool.size
+        while True:
+            with self._cond:
+                while self._target == applied and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                target = self._target
+            try:
+                self.pool.resize(target)
+            except Exception:  # the system closed meanwhile
+                logger.debug("resizing the graph workers failed", exc_info=True)
+                self.failed = True
+                notify = self.on_change
+                if notify is not None:
+                    notify()
+                return
+            applied = target
+            members = {r.actor_id for r in self.pool.members()}
+            self._leaving &= members
+            notify = self.on_change
+            if notify is not None:
+                notify()
+
+    # -- calls and kills ----------------------------------------------------------------
+
+    def call(self, worker: Worker, method: str, *args: Any) -> Reply[Any]:
+        """Call *method* on *worker* (the scheduler's choice), counted by the pool."""
+        return self.pool.call_member(worker.ref, method, *args)  # type: ignore[no-any-return]
+
     def kill(self, worker: Worker) -> None:
-        """SIGKILL *worker*'s process (its supervisor starts a fresh one at once)."""
+        """SIGKILL *worker*'s process (the pool's supervisor starts a fresh one at once)."""
         pid = self.system.pid_of(worker.ref)
         if pid:
             try:
@@ -113,28 +238,16 @@ class WorkerPool:
             except ProcessLookupError:
                 pass
 
-    def retire(self, worker: Worker, *, kill: bool = False) -> None:
-        """Remove *worker* from the pool and stop it in the background."""
-        if worker in self.workers:
-            self.workers.remove(worker)
-        if kill:
-            self.kill(worker)
-        threading.Thread(target=self._stop_quietly, args=(worker.ref,),
-                         name="actorq-graph-retire", daemon=True).start()
-
-    def _stop_quietly(self, ref: ActorRef[Any]) -> None:
-        try:
-            self.system.stop(ref)
-        except Exception:  # the system closed meanwhile: nothing left to stop
-            logger.debug("retiring a graph worker failed", exc_info=True)
-
     def close(self) -> None:
-        """Stop every worker; idempotent."""
+        """Stop every worker; idempotent (blocks until they are gone)."""
         if self._closed:
             return
-        self._closed = True
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._unsubscribe()
         try:
-            self.system.stop(self.sup)
+            self.pool.stop()
         except Exception:
             logger.debug("stopping the graph workers failed", exc_info=True)
         self.workers.clear()
@@ -148,10 +261,13 @@ def acquire_pool(system: SystemOps) -> tuple[WorkerPool, bool]:
     """The system's shared pool, locked for this run; or a private one (True: close it)."""
     with _pools_lock:
         pool = _pools.get(system)
+        if pool is not None and pool.broken and pool.lock.acquire(blocking=False):
+            threading.Thread(target=pool.close, name="actorq-graph-close", daemon=True).start()
+            pool = None
         if pool is None or pool._closed:
             pool = _pools[system] = WorkerPool(system, "graph-workers")
     if pool.lock.acquire(blocking=False):
         return pool, False
-    private = WorkerPool(system, "graph-workers-private")
+    private = WorkerPool(system, f"graph-workers-private-{next(_private_ids)}")
     private.lock.acquire()
     return private, True

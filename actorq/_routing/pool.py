@@ -517,6 +517,34 @@ class Pool(Generic[A]):
         with self._lock:
             return [m.ref for m in self._members]
 
+    def call_member(self, ref: ActorRef[Any], method: str, *args: Any) -> Reply[Any]:
+        """Call *method* on the member *ref* itself: the caller routes (a scheduler of its
+        own, such as the job graph's). Counted like a routed call (in flight, latency,
+        failures in ``statistics()``); no retry, circuit or deadline. ``ValueError`` if
+        *ref* is not a member (any more), ``ActorStopped`` if the pool is stopped."""
+        self._check_open()
+        with self._lock:
+            for member in self._candidates:
+                if member.id == ref.actor_id:
+                    break
+            else:
+                msg = f"{ref!r} is not a member of pool {self.name!r}"
+                raise ValueError(msg)
+            member.in_flight += 1
+            member.calls += 1
+            self._stats["calls"] += 1
+        try:
+            inner: Reply[Any] = member.ref.call(method, *args)
+        except BaseException:
+            with self._lock:
+                member.in_flight -= 1
+                member.calls -= 1
+                self._stats["calls"] -= 1
+            raise
+        sent = time.perf_counter()
+        inner.add_done_callback(lambda r: self._bare_done(member, sent, r))
+        return inner
+
     def circuits(self) -> dict[str, str]:
         """Each member's circuit state (by member name): closed, open or half_open."""
         with self._lock:

@@ -293,3 +293,101 @@ def test_two_runs_at_once_each_get_workers(system):
     r1, r2 = asyncio.run(main())
     assert r1[n1] == sum(burn(5000, i) for i in range(20))
     assert r2[n2] == sum(burn(5000, i + 100) for i in range(20))
+
+
+def test_the_workers_are_a_system_pool_kept_warm_between_runs(system):
+    def build():
+        g = actorq.Graph()
+        return g, g.task(add, *[g.task(burn, 2000, i) for i in range(40)])
+
+    g1, n1 = build()
+    first = system.run(g1, workers=1)
+    pools = system.metrics()["pools"]
+    assert "graph-workers" in pools, pools
+    stats = pools["graph-workers"]
+    assert stats["calls"] == first.stats.batches  # every batch went through the pool
+    assert stats["succeeded"] == first.stats.batches
+    members = {m["actor_id"] for m in stats["members"]}
+    assert {s.worker for s in first.stats.tasks.values()} <= members
+    g2, n2 = build()
+    second = system.run(g2, workers=1)
+    assert second[n2] == first[n1]
+    assert second.stats.extra["code_shipments"] == 0  # warm: the functions are cached
+    assert {s.worker for s in second.stats.tasks.values()} <= members
+
+
+FAST = actorq.Backoff(initial=0.001, maximum=0.01)
+
+
+def test_retry_policies_per_task_and_per_run(system, tmp_path):
+    g = actorq.Graph()
+    policy = actorq.Retry(max_attempts=3, backoff=FAST, retry_on=(RuntimeError,), budget=None)
+    ok = g.task(flaky, str(tmp_path / "a"), 2, retry=policy)  # RuntimeError is listed
+    permanent = g.task(flaky, str(tmp_path / "b"), 1,
+                       retry=actorq.Retry(max_attempts=5, backoff=FAST, budget=None))
+    by_run = g.task(flaky, str(tmp_path / "c"), 1)  # no policy of its own: the run's
+    own = g.task(flaky, str(tmp_path / "d"), 3, retries=1)  # retries= wins over the run's
+    no_budget = actorq.Retry(max_attempts=5, backoff=FAST, retry_on=(RuntimeError,),
+                             budget=actorq.RetryBudget(ratio=0.0, min_per_second=0.0))
+    refused = g.task(flaky, str(tmp_path / "e"), 1, retry=no_budget)
+    run_policy = actorq.Retry(max_attempts=2, backoff=FAST, retry_on=(RuntimeError,),
+                              budget=None)
+    result = system.run(g, retry=run_policy)
+    assert result[ok] == 2
+    assert result.stats.tasks[ok].attempts == 3
+    # a Retry retries crashes, timeouts and its retry_on types only: not this RuntimeError
+    with pytest.raises(RuntimeError, match="flaky attempt 1"):
+        result[permanent]
+    assert result.stats.tasks[permanent].attempts == 1
+    assert result[by_run] == 1
+    assert result.stats.tasks[by_run].attempts == 2
+    with pytest.raises(RuntimeError, match="flaky attempt 2"):
+        result[own]
+    assert result.stats.tasks[own].attempts == 2
+    with pytest.raises(RuntimeError, match="flaky attempt 1"):  # its budget refused
+        result[refused]
+    assert result.stats.tasks[refused].attempts == 1
+    assert result.stats.retries == 2 + 1 + 1
+
+
+def test_bad_retry_options_are_refused(system):
+    g = actorq.Graph()
+    with pytest.raises(actorq.GraphError, match="retries= or retry=, not both"):
+        g.task(inc, 1, retries=2, retry=actorq.Retry())
+    with pytest.raises(actorq.GraphError, match=r"retry must be an actorq\.Retry"):
+        g.task(inc, 1, retry=3)
+    g.task(inc, 1)
+    with pytest.raises(actorq.GraphError, match=r"retry must be an actorq\.Retry"):
+        system.run(g, retry="always")
+
+
+def test_run_async_awaits_without_a_thread_and_cancelling_stops_the_run(system, tmp_path):
+    import threading
+
+    g = actorq.Graph()
+    n = g.task(add, g.task(inc, 1), 5)
+    slow = actorq.Graph()
+    marker = tmp_path / "started"
+    first = slow.task(_touch_then_sleep, str(marker), 60)
+    slow.task(inc, first)
+
+    async def main():
+        assert (await system.run_async(g))[n] == 7
+        # the run took no thread of the default executor (asyncio.to_thread would)
+        assert not [t for t in threading.enumerate() if t.name.startswith("asyncio_")]
+        task = asyncio.ensure_future(system.run_async(slow, workers=1))
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: actorq.testing.wait_until(marker.exists, timeout=30))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    again = system.run(g, workers=1)  # the pool was let go: a new run gets it at once
+    assert again[n] == 7
+
+
+def _touch_then_sleep(path, seconds):
+    open(path, "w").close()
+    time.sleep(seconds)
+    return seconds

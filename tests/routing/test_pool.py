@@ -388,3 +388,21 @@ def test_pool_replies_are_awaitable(system):
         return a, await plain.echo(7), await guarded.echo(8, timeout=10)
 
     assert asyncio.run(main()) == ([(i, None) for i in range(5)], (7, None), (8, None))
+
+
+def test_call_member_calls_the_chosen_member_and_counts_it(system):
+    pool = system.pool(Worker, size=2)
+    first, second = pool.members()
+    pids = {pool.call_member(m, "pid").result(10) for m in (first, second, second)}
+    assert pids == {system.pid_of(first), system.pid_of(second)}
+    stats = pool.statistics()
+    assert stats.calls == 3
+    assert [m.calls for m in stats.members] == [1, 2]
+    assert sum(m.ok for m in stats.members) == 3
+    other = system.spawn(Worker)
+    with pytest.raises(ValueError, match="not a member of pool"):
+        pool.call_member(other, "pid")
+    assert pool.statistics().calls == 3  # refused before anything was sent
+    pool.stop()
+    with pytest.raises(actorq.ActorStopped):
+        pool.call_member(first, "pid")

@@ -1,0 +1,297 @@
+"""RunState: one run's per-node state machine, without workers or a loop.
+
+What every node is (waiting, ready, running, done, failed, delayed for a retry), what it
+waits for and who waits for it, its value (small: pickled bytes; large: a handle to a
+shared-memory segment) and when that value can be freed, its attempts and times, and
+what a finished or failed node does to its dependents (counted down, or failed with a
+``GraphError`` naming the root cause) and to the journal. Arrays, not objects, per node:
+a 100k-node graph costs a few hundred bytes per node. The scheduler (``scheduler.py``)
+is a ``RunState`` that also decides when and where tasks run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import pickle
+from array import array
+from typing import Any
+
+from actorq._errors import GraphError
+from actorq._graph.blobs import load as load_blob
+from actorq._graph.blobs import reference
+from actorq._graph.graph import Code, Graph, Node, validate
+from actorq._graph.journal import BLOB, Journal
+from actorq._graph.memory import MemoryGate, check_max_memory
+from actorq._graph.worker import PICKLED, SHARED, VALUE
+from actorq._shared import SharedObject, share_pickled
+
+WAITING, READY, RUNNING, DONE, FAILED, DELAYED = range(6)
+EWMA = 0.3  # weight of a new duration measurement
+_FINISHED = (DONE, FAILED)
+logger = logging.getLogger(__name__)
+
+
+class RunState:
+    """The nodes of one run and their outcomes (see the module docstring)."""
+
+    def __init__(self, graph: Graph, *, keep: Any, journal: Any, fail_fast: bool,
+                 threshold: int, prefix: str, max_memory: int | None = None) -> None:
+        if not isinstance(graph, Graph):
+            msg = f"system.run() needs an actorq.Graph, not {graph!r}"
+            raise GraphError(msg)
+        self.graph = graph
+        self.nodes = graph.nodes
+        self.fail_fast = fail_fast
+        keep = list(keep or ())
+        self.keep = {n.index for n in keep if n in graph}
+        if len(self.keep) != len(keep):
+            msg = "keep= must list nodes of this graph"
+            raise GraphError(msg)
+        self.gate = MemoryGate(check_max_memory(max_memory))  # see memory.py
+        self.codes: dict[int, Code] = validate(graph)  # before anything runs
+        self.threshold = threshold
+        self.prefix = prefix
+        self.journal = Journal(journal, graph.digest(), len(graph)) if journal else None
+        self.store = self.journal.store if self.journal is not None else None
+        self.blobs_rerun = 0
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        n = len(self.nodes)
+        self.state = bytearray(n)
+        self.waiting = array("i", bytes(4 * n))
+        self.dependents: list[list[int] | None] = [None] * n
+        self.consumers = array("i", bytes(4 * n))  # dependents that take the value
+        self.values: list[tuple[int, Any] | None] = [None] * n
+        self.attempts = array("i", bytes(4 * n))
+        self.t0 = array("d", bytes(8 * n))
+        self.t1 = array("d", bytes(8 * n))
+        self.where = array("i", [-1]) * n
+        self.errors: dict[int, BaseException] = {}
+        self.released: set[int] = set()
+        self.from_journal: set[int] = set()
+        self.ready: list[tuple[int, float, int]] = []
+        self.est: dict[bytes, float] = {}  # function digest -> seconds (EWMA)
+        for node in self.nodes:
+            if not node.deps and not node.after_deps:
+                continue  # a root: nothing to count
+            parents = {d.index for d in node.deps}
+            for d in parents:
+                self.consumers[d] += 1
+            parents.update(a.index for a in node.after_deps)
+            self.waiting[node.index] = len(parents)
+            for p in parents:
+                lst = self.dependents[p]
+                if lst is None:
+                    lst = self.dependents[p] = []
+                lst.append(node.index)
+        self.order = self._topological()
+        self.rank = self._ranks()
+        self.done = self.failed_count = self.running = self.delayed = 0
+        self.unfinished = n
+        self.stopping = False
+        self.inband = 0
+
+    def _topological(self) -> list[int]:
+        waiting = array("i", self.waiting)
+        order = [i for i in range(len(self.nodes)) if waiting[i] == 0]
+        for i in order:  # grows while we walk it (Kahn)
+            for c in self.dependents[i] or ():
+                waiting[c] -= 1
+                if waiting[c] == 0:
+                    order.append(c)
+        return order
+
+    def _ranks(self) -> list[float]:
+        """Upward rank: the node's estimated duration plus the longest path below it."""
+        rank = [1.0] * len(self.nodes)
+        for i in reversed(self.order):
+            below = self.dependents[i]
+            if below:
+                rank[i] = 1.0 + max(rank[c] for c in below)
+        return rank
+
+
+    def _resume_from_journal(self) -> None:
+        """Finish the tasks the journal has as done, before anything is dispatched.
+
+        A large result is in the blob store; it is copied back into shared memory only if
+        something still needs it (the user, or a dependent that is not done), so sinks
+        first (reverse topological order). A blob that is missing or fails its check is
+        logged and its task runs again (``stats.extra["journal_blobs_rerun"]``).
+        """
+        if self.journal is None:
+            return
+        rows = self.journal.finished()
+        if not rows:
+            return
+        nodes = self.nodes
+        found: dict[int, tuple[int, Any]] = {}
+        for i in reversed(self.order):
+            row = rows.get(nodes[i].key)
+            if row is None:
+                continue
+            attempts, kind, payload = row
+            value: tuple[int, Any]
+            if kind == BLOB:
+                if self._kept(i) or any(c not in found for c in self.dependents[i] or ()):
+                    obj = load_blob(self.journal.store, payload, self.prefix)
+                    if isinstance(obj, str):
+                        logger.warning("node %r runs again although the journal has it as "
+                                       "done: %s", nodes[i].name, obj)
+                        self.blobs_rerun += 1
+                        continue
+                    value = (SHARED, obj)
+                else:  # every dependent is done too: not loaded
+                    value = (VALUE, None)
+                    self.released.add(i)
+            elif len(payload) >= self.threshold:
+                value = (SHARED, share_pickled(payload, self.prefix))
+            else:
+                value = (PICKLED, payload)
+            self.attempts[i] = attempts
+            found[i] = value
+        for i in self.order:
+            if i in found:
+                self.from_journal.add(i)
+                self._finish(i, found[i], journal=False)
+
+    # -- durations ----------------------------------------------------------------------
+
+    def _estimate(self, i: int) -> float | None:
+        fn = self.nodes[i].fn
+        return self.est.get(self.codes[id(fn)].digest) if fn is not None else None
+
+
+    def _measure(self, digest: bytes, seconds: float) -> None:
+        old = self.est.get(digest)
+        self.est[digest] = seconds if old is None else (1 - EWMA) * old + EWMA * seconds
+
+
+    # -- the ready queue ----------------------------------------------------------------
+
+    def _make_ready_many(self, ids: list[int]) -> None:
+        """``_make_ready`` for many at once: one heapify, not a push each."""
+        nodes, rank, state, ready = self.nodes, self.rank, self.state, self.ready
+        for i in ids:
+            state[i] = READY
+            ready.append((-nodes[i].priority, -rank[i], i))
+        heapq.heapify(ready)
+
+    def _make_ready(self, i: int) -> None:
+        node = self.nodes[i]
+        self.state[i] = READY
+        heapq.heappush(self.ready, (-node.priority, -self.rank[i], i))
+
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def _finish(self, i: int, value: tuple[int, Any], *, journal: bool = True) -> None:
+        self.state[i] = DONE
+        self.done += 1
+        self.unfinished -= 1
+        self.values[i] = value
+        kind, payload = value
+        if kind == SHARED:
+            if not self.gate.on:
+                self.gate.start(self._in_flight())
+            self.gate.add(payload.nbytes)
+        if journal and self.journal is not None:
+            if kind == SHARED:  # the worker put it in the blob store: journal a reference
+                self.journal.done(self.nodes[i].key, self.attempts[i], BLOB,
+                                  reference(payload))
+            else:
+                self.journal.done(self.nodes[i].key, self.attempts[i], PICKLED,
+                                  self._journal_blob(kind, payload))
+        if self.nodes[i].deps:
+            self._release_inputs(i)
+        if kind == SHARED and not self.consumers[i] and not self._kept(i):
+            self._release(i)
+        for c in self.dependents[i] or ():
+            self.waiting[c] -= 1
+            if self.waiting[c] == 0 and self.state[c] == WAITING:
+                self._make_ready(c)
+
+    def _journal_blob(self, kind: int, payload: Any) -> bytes:  # a small value
+        if kind == PICKLED:
+            return bytes(payload)
+        return pickle.dumps(payload, protocol=5)
+
+    def _in_flight(self) -> list[int]:
+        """The tasks sent and not back yet (the scheduler knows)."""
+        return []
+
+    def _kept(self, i: int) -> bool:
+        return i in self.keep or not self.dependents[i]
+
+    def _release_inputs(self, i: int) -> None:
+        for dep in self.nodes[i].deps:
+            d = dep.index
+            self.consumers[d] -= 1
+            if self.consumers[d] == 0 and not self._kept(d):
+                self._release(d)
+
+    def _release(self, d: int) -> None:
+        value = self.values[d]
+        if value is None or value[0] != SHARED:
+            return
+        obj: SharedObject = value[1]
+        obj.unlink()
+        self.gate.sub(obj.nbytes)
+        self.values[d] = None
+        self.released.add(d)
+
+    def _fail(self, i: int, exc: BaseException) -> None:
+        """Task *i* failed for good: its dependents cannot run (or, fail_fast: stop)."""
+        self._mark_failed(i, exc)
+        if self.journal is not None:
+            try:
+                blob = pickle.dumps((exc, ""), protocol=5)
+            except Exception:
+                blob = pickle.dumps((GraphError(repr(exc)), ""), protocol=5)
+            self.journal.failed(self.nodes[i].key, self.attempts[i], blob)
+        root = self.nodes[i]
+        if self.fail_fast:
+            self._stop_all(root, exc)
+            return
+        stack = list(self.dependents[i] or ())
+        while stack:
+            c = stack.pop()
+            if self.state[c] in _FINISHED:
+                continue
+            node = self.nodes[c]
+            err = GraphError(f"node {node.name!r} did not run: it depends on {root.name!r}, "
+                             f"which failed ({type(exc).__name__}: {exc})")
+            err.__cause__ = exc
+            self._mark_failed(c, err)
+            stack.extend(self.dependents[c] or ())
+
+    def _mark_failed(self, i: int, exc: BaseException) -> None:
+        if self.state[i] == DELAYED:
+            self.delayed -= 1
+        self.state[i] = FAILED
+        self.errors[i] = exc
+        self.failed_count += 1
+        self.unfinished -= 1
+        self._release_inputs(i)
+
+    def _stop_all(self, root: Node, exc: BaseException) -> None:
+        self.stopping = True
+        for i in range(len(self.nodes)):
+            if self.state[i] not in _FINISHED:
+                if self.state[i] == RUNNING:
+                    self.running -= 1
+                err = GraphError(f"node {self.nodes[i].name!r} did not run: the run stopped "
+                                 f"at the first failure (fail_fast), of {root.name!r} "
+                                 f"({type(exc).__name__}: {exc})")
+                err.__cause__ = exc
+                self._mark_failed(i, err)
+
+    def _release_all(self) -> None:
+        """Free every large value nobody will read (the run ended early)."""
+        for i in range(len(self.nodes)):
+            value = self.values[i]
+            if value is not None and value[0] == SHARED and not self._kept(i):
+                self._release(i)
