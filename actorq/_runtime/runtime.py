@@ -80,6 +80,7 @@ from actorq._transport.channel import (
     InChannel,
     OutChannel,
 )
+from actorq._transport.oob import forget_mapped
 from actorq._transport.oob import traffic as oob_traffic
 from actorq._transport.ring import (
     Ring,
@@ -979,6 +980,7 @@ class Runtime:
             cell.spec.close()
             os.close(cell.efd)
         hub.pool.close()
+        forget_mapped(self.run_id)
         hub.ctl.close()
         os.close(hub.efd)
         unlink_prefix(self.run_id)
