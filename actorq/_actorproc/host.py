@@ -890,4 +890,3 @@ def main(ctrl: socket.socket, lineage: Lineage) -> None:
         sys.stderr.flush()
     if code:
         os._exit(code)
-

@@ -79,6 +79,12 @@ logger = logging.getLogger(__name__)
 # An idle actor's lost wake-up watchdog backs off to one look per this many park
 # timeouts (6.4 s by default): 1000 idle actors woke 10k times a second without it.
 IDLE_BACKOFF = 64
+# Callers that issued more calls than this since one of them last waited, with more
+# than this outstanding, are pipelining (a fan-out): their calls wait in the outboxes
+# for the end of the burst (the loop's flush, or the caller's own wait), so that each
+# receiver wakes once per burst, not once per call (issue 15: 100 actors). A lone round
+# trip, sync or awaited, keeps the latency path: written and rung at once.
+BURST_PENDING = 16
 DRAIN_QUANTUM = 256  # messages per ring per round of a drain (one full burst record)
 _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without keywords
 _loads = pickle.loads
@@ -119,6 +125,7 @@ class Hub:
         self.inbound: dict[int, InChannel] = {}
         self.outbound: dict[int, OutChannel] = {}
         self.pending: dict[int, Reply[Any]] = {}
+        self.burst = 0  # calls that tried the latency path since a caller last waited
         self.gone: dict[int, str] = {}  # actor id -> why it is gone for good
         self.dirty: set[OutChannel] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -195,7 +202,9 @@ class Hub:
         fitting now; ``send`` then handles it.
         """
         chan = self.outbound.get(target)
-        if chan is None or threading.get_ident() == self.loop_thread_id:
+        self.burst += 1
+        if (chan is None or threading.get_ident() == self.loop_thread_id
+                or self.burst > BURST_PENDING < len(self.pending)):
             return False
         lock = chan.lock
         lock.acquire()  # not ``with``: once per call, and the block costs (see tell)
@@ -288,7 +297,8 @@ class Hub:
         # of the burst (throughput: one record, one publish, one doorbell).
         if len(outbox) >= self.config.outbox_messages or (
                 msg[1] and threading.get_ident() != self.loop_thread_id
-                and chan.ring.in_flight() == 0):
+                and chan.ring.in_flight() == 0
+                and not self.burst > BURST_PENDING < len(self.pending)):
             chan.flush_locked(self.encode)
             if not chan.encoded:
                 self.dirty.discard(chan)
