@@ -117,6 +117,7 @@ class ActorHub(Hub):
     """The hub of an actor process: runs handlers, and opens channels through the system."""
 
     may_deadlock = True
+    idle_backoff = True
 
     def __init__(self, host: Host, info: Boot, ctl: ControlBlock, efd: int):
         super().__init__(info.id, info.run_id, info.config, ctl, efd)
@@ -161,14 +162,16 @@ class ActorHub(Hub):
         chan = self.outbound.get(target)
         if chan is None:
             ctl = ControlBlock(Segment.attach(ctl_name))
-            chan = OutChannel(target, Segment.attach(ring_name), ctl, efd, self.config.window)
+            chan = OutChannel(target, Segment.attach(ring_name, prefault=False), ctl, efd,
+                              self.config.window)
             self.outbound[target] = chan
         return chan
 
     def attach_inbound(self, sender: int, ring_name: str, producer_efd: int) -> None:
         """Map a ring some peer writes to us (its eventfd: to ring when credit comes back)."""
         if sender not in self.inbound:
-            self.inbound[sender] = InChannel(sender, Segment.attach(ring_name), producer_efd)
+            self.inbound[sender] = InChannel(sender, Segment.attach(ring_name, prefault=False),
+                                            producer_efd)
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -712,6 +715,8 @@ class Host:
         """The doorbell rang: read and handle everything there is."""
         self.hub.clear_doorbell()
         self.hub.ctl.slots[C_WAKEUPS] += 1
+        if self.hub.watch_interval > self.hub.config.park_timeout:
+            self.hub.watch_sooner()  # busy again after a quiet stretch
         if self.hub.parked_at:
             self.hub.note_gap(time.perf_counter() - self.hub.parked_at)
             self.hub.parked_at = 0.0

@@ -80,6 +80,7 @@ C_SINCE = 11
 C_SEQ = 12
 C_HANDLED = 18
 C_STOP = 20
+C_WATCH_MS = 24  # the lost wake-up watchdog's interval now, ms (it backs off while idle)
 
 
 class Ctl(StrEnum):

@@ -75,6 +75,7 @@ class SystemHub(Hub):
             msg = (f"{reply.describe}: result() blocks this thread's running event loop until "
                    "the reply comes; in async code use `await reply`")
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        self.burst = 0  # a caller waits: the fan-out burst, if any, ends here
         if self.dirty:
             self.flush_dirty()
         if not reply.done():
