@@ -308,6 +308,8 @@ class ActorSystem:
         Blocks up to the system's ``stop_timeout`` for actors to stop, then kills them.
         """
         self._runtime.close()
+        for pool in list(self._pools):  # their timers and autoscalers end with it
+            pool.halt()
 
     def __repr__(self) -> str:
         state = "closed" if self._runtime.closing else "running"

@@ -331,7 +331,7 @@ class _Call:
                 pool._stats_inc("failed")
             return
         pool._stats_inc("retries")
-        SCHEDULER.call_later(delay, self.retry)
+        SCHEDULER.call_later(delay, self.retry, pool._timers, run_if_cancelled=True)
 
     def _succeed(self, value: Any) -> bool:
         done = self.outer.set_result(value)
@@ -423,6 +423,7 @@ class Pool(Generic[A]):
         self._args, self._kwargs = args, kwargs
         self._router: Router = make_router(routing)
         self._token_prefix = f"{self.name}/{os.getpid()}/"
+        self._timers = object()  # owns its entries on the routing scheduler (cancel)
         self._budget: RetryBudget | None = (retry.budget.fresh() if retry is not None
                                             and retry.budget is not None else None)
         self._lock = threading.Lock()
@@ -573,12 +574,21 @@ class Pool(Generic[A]):
                 self._shrink(have - n)
 
     def stop(self) -> None:
-        """Stop every member for good; later calls raise ``ActorStopped``."""
+        """Stop every member for good; later calls raise ``ActorStopped``. Its timers
+        (autoscaling, replacements, deadlines) go; a retry waiting for its backoff fails
+        with ``ActorStopped`` now."""
         if self._stopped:
             return
-        self._stopped = True
+        self.halt()
         if self._owner:
             self._host.close()
+
+    def halt(self) -> None:
+        """Stop routing (its system is closing, or ``stop``): later calls raise
+        ``ActorStopped``, its entries leave the routing scheduler (retries waiting for
+        their backoff fail now), and the autoscaler ends. The members are not touched."""
+        self._stopped = True
+        SCHEDULER.cancel(self._timers)
 
     def statistics(self) -> PoolStatistics:
         """The pool's figures now (a frozen snapshot)."""
@@ -660,7 +670,7 @@ class Pool(Generic[A]):
                 self._idem_running.pop(idem, None)
             raise
         if deadline is not None and not outer.done():
-            SCHEDULER.call_later(deadline - time.monotonic(), call.expire)
+            SCHEDULER.call_later(deadline - time.monotonic(), call.expire, self._timers)
         return outer
 
     def _bare_call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -837,7 +847,7 @@ class Pool(Generic[A]):
 
         # spawning may wait (for an actor's loop, for the system): off the scheduler
         SCHEDULER.call_later(delay, lambda: threading.Thread(
-            target=replace, name="actorq-pool-replace", daemon=True).start())
+            target=replace, name="actorq-pool-replace", daemon=True).start(), self._timers)
         return True
 
     def _replace(self, member: _Member) -> None:
@@ -1156,7 +1166,7 @@ def _tick_later(pool: Pool[Any]) -> None:
         if alive is not None:
             alive._autoscale()
 
-    SCHEDULER.call_later(AUTOSCALE_TICK, tick)
+    SCHEDULER.call_later(AUTOSCALE_TICK, tick, pool._timers)
 
 
 class _NoHost:
@@ -1198,6 +1208,7 @@ def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
     pool._args, pool._kwargs = (), {}
     pool._router = make_router(routing)
     pool._token_prefix = f"{name}/{os.getpid()}/"
+    pool._timers = object()
     pool._budget = retry.budget.fresh() if retry is not None and retry.budget is not None \
         else None
     pool._lock = threading.Lock()
