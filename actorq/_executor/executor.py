@@ -86,6 +86,21 @@ class Deferred:
     did not run because it reached ``max_tasks_per_child``: the executor sends it again."""
 
 
+class Raised:
+    """What ``run`` returns for a task that raised ``SystemExit``, ``KeyboardInterrupt``
+    or another ``BaseException`` that is not an ``Exception``: the future gets it, as
+    with ``ProcessPoolExecutor``, and the worker lives on."""
+
+    __slots__ = ("exc", "tb")
+
+    def __init__(self, exc: BaseException, tb: str) -> None:
+        self.exc = exc
+        self.tb = tb
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Raised, (self.exc, self.tb))
+
+
 class FunctionWorker(Actor):
     """A pool member that runs the functions an ``Executor`` sends it."""
 
@@ -143,7 +158,12 @@ class FunctionWorker(Actor):
         """Run one task (``("call", fn, args, kwargs)``) or one ``map`` chunk."""
         if self._left is not None and not self._take_one():
             return Deferred
-        return self._item(item)
+        try:
+            return self._item(item)
+        except Exception:
+            raise  # the handler's error, as for any call
+        except BaseException as exc:  # SystemExit and the like: the task's, not ours
+            return Raised(exc, format_remote(exc))
 
     def run_many(self, items: list[Any],
                  where: tuple[str, int, int] | None = None) -> list[Outcome]:
@@ -171,7 +191,7 @@ class FunctionWorker(Actor):
             elif outcome is None:
                 try:
                     outcome = (True, self._item(item), "")
-                except Exception as exc:
+                except BaseException as exc:  # SystemExit too: the task's, not ours
                     outcome = (False, exc, format_remote(exc))
                 if rec is not None:
                     outcome = rec.record(index, outcome)
@@ -260,6 +280,7 @@ class Executor(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._shutdown = False
         self._closed = False
+        self._closed_event = threading.Event()  # set once the workers are stopped
         self._pending: dict[concurrent.futures.Future[Any], None] = {}  # not done yet
         self._queue: deque[tuple[concurrent.futures.Future[Any], Any]] = deque()  # unsent
         self._again: deque[tuple[concurrent.futures.Future[Any], Any]] = deque()  # deferred
@@ -367,6 +388,8 @@ class Executor(concurrent.futures.Executor):
         elif len(batch) == 1:
             if result is Deferred:
                 self._defer(batch)
+            elif type(result) is Raised:
+                self._settle_one(batch[0][0], False, result.exc, result.tb)
             else:
                 self._settle_one(batch[0][0], True, result, "")
         else:
@@ -480,15 +503,20 @@ class Executor(concurrent.futures.Executor):
 
     def _close(self) -> None:
         with self._lock:
-            if self._closed:
-                return
+            closing_here = not self._closed
             self._closed = True
+        if not closing_here:  # another thread closes (shutdown(wait=False) earlier)
+            self._closed_event.wait()
+            return
         try:
             self._pool.stop()
         finally:
             ledger.remove(self._ledger)
-            if self._own_system:
-                self._system.close()
+            try:
+                if self._own_system:
+                    self._system.close()
+            finally:
+                self._closed_event.set()
 
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else f"workers={self._pool.size}"

@@ -37,10 +37,12 @@ SLOT = 4 << 20  # bytes per slot: headers and the records of one batch
 _SLOT_HEAD = struct.Struct("<QQ")  # batch number, bytes of records used
 _USED = struct.Struct("<Q")
 _HEAD = struct.Struct("<II")  # task index, length of the pickled outcome
+_NONE = b""  # the record of a task that returned None
 
 # (ok, value or exception, remote traceback text); ok None: not run (the worker's task
 # limit), to be sent again
 Outcome = tuple[bool | None, Any, str]
+_DONE_NONE: Outcome = (True, None, "")
 
 
 def create(slots: int) -> str:
@@ -94,11 +96,18 @@ class BatchRecord:
         task's own error (naming the type).
         """
         try:
-            body = pickle.dumps(outcome, protocol=5)
-        except Exception as exc:
-            what = "result" if outcome[0] else "exception"
-            err = TypeError(f"the task's {what} cannot be sent back: "
-                            f"{type(exc).__name__}: {exc}")
+            # a task returning None (side effects only, a common case): an empty record
+            body = _NONE if outcome[1] is None and outcome[0] else pickle.dumps(outcome,
+                                                                                 protocol=5)
+        except BaseException as exc:  # SystemExit from a __reduce__ too: this task's error
+            if outcome[0]:
+                err: BaseException = TypeError(
+                    f"the task's result cannot be sent back: {type(exc).__name__}: {exc}")
+            else:
+                err = RuntimeError(f"{type(outcome[1]).__name__}: {outcome[1]} (the exception "
+                                   f"itself cannot be sent back: {type(exc).__name__}: {exc})")
+            if isinstance(exc, SystemExit):
+                err = exc
             outcome = (False, err, format_remote(exc))
             body = pickle.dumps(outcome, protocol=5)
         used = self.used
@@ -119,6 +128,6 @@ def _read(ledger_map: mmap.mmap, start: int, used: int) -> dict[int, Outcome]:
     while at < end:
         index, length = _HEAD.unpack_from(ledger_map, at)
         at += _HEAD.size
-        found[index] = pickle.loads(ledger_map[at:at + length])
+        found[index] = pickle.loads(ledger_map[at:at + length]) if length else _DONE_NONE
         at += length
     return found

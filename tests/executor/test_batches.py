@@ -160,3 +160,18 @@ def test_ledger_files_are_named_as_actorq_segments():
         assert os.path.basename(path).startswith(f"aq_{os.getpid()}_")
     finally:
         ledger.remove(path)
+
+
+def test_a_task_that_returned_none_is_kept_as_an_empty_record():
+    path = ledger.create(1)
+    try:
+        m = ledger.open_map(path)
+        rec = ledger.BatchRecord(m, 0, batch=3)
+        rec.record(0, (True, None, ""))
+        rec.record(1, (False, None, ""))  # a failure is never the empty record
+        rec.record(2, (True, 0, ""))
+        done = ledger.BatchRecord(m, 0, batch=3).done
+        assert done == {0: (True, None, ""), 1: (False, None, ""), 2: (True, 0, "")}
+        m.close()
+    finally:
+        ledger.remove(path)
