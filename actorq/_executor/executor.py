@@ -22,6 +22,8 @@ import atexit
 import concurrent.futures
 import functools
 import itertools
+import mmap
+import multiprocessing
 import os
 import pickle
 import threading
@@ -38,6 +40,8 @@ import actorq
 from actorq._core.actor import Actor
 from actorq._core.reply import Reply
 from actorq._errors import format_remote, rebuild
+from actorq._executor import ledger
+from actorq._executor.ledger import Outcome
 from actorq._resilience.retry import Retry
 from actorq._serialization import check_picklable
 
@@ -69,18 +73,66 @@ def _shutdown_all() -> None:
             executor.shutdown(wait=True)
         except Exception:  # pragma: no cover - best effort at exit
             pass
+
+
 FN_CACHE = 256  # functions remembered per member and per executor
 MAX_BATCH = 512  # tasks per message at most
+RECYCLE_RESTARTS = 1_000_000  # default max_restarts of a pool whose members recycle
+_RECYCLE = "actorq.Executor: recycle"  # what a worker tells itself at its task limit
+
+
+class Deferred:
+    """Returned (as the class itself, which pickles by reference) for a task a worker
+    did not run because it reached ``max_tasks_per_child``: the executor sends it again."""
+
+
+class Raised:
+    """What ``run`` returns for a task that raised ``SystemExit``, ``KeyboardInterrupt``
+    or another ``BaseException`` that is not an ``Exception``: the future gets it, as
+    with ``ProcessPoolExecutor``, and the worker lives on."""
+
+    __slots__ = ("exc", "tb")
+
+    def __init__(self, exc: BaseException, tb: str) -> None:
+        self.exc = exc
+        self.tb = tb
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Raised, (self.exc, self.tb))
 
 
 class FunctionWorker(Actor):
     """A pool member that runs the functions an ``Executor`` sends it."""
 
     def __init__(self, initializer: Callable[..., Any] | None = None,
-                 initargs: tuple[Any, ...] = ()) -> None:
+                 initargs: tuple[Any, ...] = (), max_tasks: int | None = None) -> None:
         self._fns: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._maps: dict[str, mmap.mmap] = {}  # the ledger of each executor, mapped
+        self._left = max_tasks  # tasks this process may still run (None: no limit)
         if initializer is not None:
             initializer(*initargs)
+
+    def _take_one(self) -> bool:
+        """Count a task against ``max_tasks``; False once the limit is reached. The task
+        that reaches it asks for a recycle: a message to itself, handled after the
+        replies of what it runs now are out, that ends this process (exit code 0); its
+        supervisor starts a fresh one, which handles what is still queued for it."""
+        left = self._left
+        if left is None:
+            return True
+        if left <= 0:
+            return False
+        self._left = left - 1
+        if left == 1:
+            self.ref.tell(_RECYCLE)
+        return True
+
+    def receive(self, message: Any) -> None:
+        """Only the recycle request of ``_take_one``."""
+        if message == _RECYCLE:
+            os._exit(0)
+        msg = f"FunctionWorker got an unexpected message: {message!r}"
+        raise TypeError(msg)
 
     def _fn(self, spec: Any) -> Callable[..., Any]:
         if type(spec) is not tuple:
@@ -104,16 +156,46 @@ class FunctionWorker(Actor):
 
     def run(self, item: Any) -> Any:
         """Run one task (``("call", fn, args, kwargs)``) or one ``map`` chunk."""
-        return self._item(item)
+        if self._left is not None and not self._take_one():
+            return Deferred
+        try:
+            return self._item(item)
+        except Exception:
+            raise  # the handler's error, as for any call
+        except BaseException as exc:  # SystemExit and the like: the task's, not ours
+            return Raised(exc, format_remote(exc))
 
-    def run_many(self, items: list[Any]) -> list[tuple[bool, Any, str]]:
-        """Run a batch of tasks; each one's outcome: (ok, value or exception, traceback)."""
-        out: list[tuple[bool, Any, str]] = []
-        for item in items:
-            try:
-                out.append((True, self._item(item), ""))
-            except Exception as exc:
-                out.append((False, exc, format_remote(exc)))
+    def run_many(self, items: list[Any],
+                 where: tuple[str, int, int] | None = None) -> list[Outcome]:
+        """Run a batch of tasks; each one's outcome: (ok, value or exception, traceback).
+
+        With *where* (ledger file, slot, batch number), each outcome is also recorded in
+        the executor's ledger as its task finishes, and the tasks an earlier attempt
+        recorded (its worker died mid-batch) are not run again: their recorded outcomes
+        are returned (see ``ledger``).
+        """
+        rec = None
+        done: dict[int, Outcome] = {}
+        if where is not None:
+            path, slot, batch = where
+            ledger_map = self._maps.get(path)
+            if ledger_map is None:
+                ledger_map = self._maps[path] = ledger.open_map(path)
+            rec = ledger.BatchRecord(ledger_map, slot, batch)
+            done = rec.done
+        out: list[Outcome] = []
+        for index, item in enumerate(items):
+            outcome = done.get(index) if done else None
+            if outcome is None and self._left is not None and not self._take_one():
+                outcome = (None, None, "")  # deferred: the executor sends it again
+            elif outcome is None:
+                try:
+                    outcome = (True, self._item(item), "")
+                except BaseException as exc:  # SystemExit too: the task's, not ours
+                    outcome = (False, exc, format_remote(exc))
+                if rec is not None:
+                    outcome = rec.record(index, outcome)
+            out.append(outcome)
         return out
 
 
@@ -122,9 +204,13 @@ class Executor(concurrent.futures.Executor):
 
     Args:
         max_workers: members of the pool (default: one per core). ``(min, max)`` scales.
+        mp_context: a ``multiprocessing`` context: its start method is the workers'
+            (``ActorSystem(start_method=...)``); with *system*, it must be the system's.
+        initializer, initargs: run in each worker as it starts (as the standard library's).
+        max_tasks_per_child: a worker runs at most that many tasks (a ``map`` chunk is
+            one), then is replaced by a fresh process; nothing is lost or run twice.
         system: the ``ActorSystem`` to run on; without it the executor owns a private one,
             closed by ``shutdown()``.
-        initializer, initargs: run in each worker as it starts (as the standard library's).
         **pool_options: passed to ``system.pool`` (``routing``, ``circuit``, ``retry``,
             ``timeout``, ...). Default retry: 3 attempts on crashes and timeouts.
 
@@ -133,12 +219,14 @@ class Executor(concurrent.futures.Executor):
     never breaks. At most two messages per worker are in flight; tasks submitted
     meanwhile wait in the executor (PENDING: ``cancel()`` works, as in the standard
     library) and go out together, as one message, when one comes back. A task sent is
-    RUNNING; when a batch's worker dies, the batch is retried as a whole.
+    RUNNING; when a batch's worker dies, only the tasks of the batch that had not
+    finished are run again (the finished ones' outcomes are kept in a ledger file).
     """
 
-    def __init__(self, max_workers: int | tuple[int, int] | None = None, *,
-                 system: Any = None, initializer: Callable[..., Any] | None = None,
-                 initargs: tuple[Any, ...] = (), **pool_options: Any) -> None:
+    def __init__(self, max_workers: int | tuple[int, int] | None = None,
+                 mp_context: Any = None, initializer: Callable[..., Any] | None = None,
+                 initargs: tuple[Any, ...] = (), *, max_tasks_per_child: int | None = None,
+                 system: Any = None, **pool_options: Any) -> None:
         if max_workers is not None:
             if isinstance(max_workers, bool) or not isinstance(max_workers, (int, tuple)):
                 msg = f"max_workers must be an int, not {max_workers!r}"
@@ -154,35 +242,63 @@ class Executor(concurrent.futures.Executor):
             msg = (f"Executor() got unknown options {sorted(unknown)}; pool options are "
                    f"{sorted(POOL_OPTIONS)}")
             raise TypeError(msg)
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child,
+                                                                       int):
+                msg = "max_tasks_per_child must be an integer"
+                raise TypeError(msg)
+            if max_tasks_per_child <= 0:
+                msg = "max_tasks_per_child must be >= 1"
+                raise ValueError(msg)
+            pool_options.setdefault("max_restarts", RECYCLE_RESTARTS)
+        start_method = _start_method_of(mp_context)
+        if system is not None and start_method not in (None, system.config.start_method):
+            msg = (f"mp_context's start method {start_method!r} is not the one of the "
+                   f"system given ({system.config.start_method!r}): the workers are that "
+                   "system's actors; leave mp_context out, or pass a system started with "
+                   f"ActorSystem(start_method={start_method!r})")
+            raise ValueError(msg)
         pool_options.setdefault("retry", Retry(max_attempts=3))
         pool_options.setdefault("routing", "least_loaded")
         self._own_system = system is None
-        self._system = actorq.ActorSystem() if system is None else system
-        init = _spec_of(initializer) if initializer is not None else None
+        if system is None:
+            system = actorq.ActorSystem(start_method=start_method)
+        self._system = system
+        init = _Init(_spec_of(initializer)) if initializer is not None else None
+        self._ledger = ""
         try:
-            if init is not None:
-                self._pool = self._system.pool(FunctionWorker, _Init(init), initargs,
-                                               size=max_workers, **pool_options)
-            else:
-                self._pool = self._system.pool(FunctionWorker, size=max_workers,
-                                               **pool_options)
+            self._pool = self._system.pool(FunctionWorker, init, initargs, max_tasks_per_child,
+                                           size=max_workers, **pool_options)
+            slots = 2 * max(1, self._pool.max_size)  # messages in flight at most
+            self._ledger = ledger.create(slots)
         except BaseException:
+            if getattr(self, "_pool", None) is not None:
+                self._pool.stop()
             if self._own_system:
                 self._system.close()
             raise
         self._lock = threading.Lock()
         self._shutdown = False
         self._closed = False
+        self._closed_event = threading.Event()  # set once the workers are stopped
         self._pending: dict[concurrent.futures.Future[Any], None] = {}  # not done yet
         self._queue: deque[tuple[concurrent.futures.Future[Any], Any]] = deque()  # unsent
+        self._again: deque[tuple[concurrent.futures.Future[Any], Any]] = deque()  # deferred
         self._in_flight = 0  # messages (tasks or batches of them) sent, not answered
         self._specs: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._free_slots = deque(range(slots))
+        self._batch_ids = itertools.count(1)
         _register_at_exit(self)
 
     @property
     def pool(self) -> Any:
         """The ``Pool`` the tasks run on (statistics, circuits, members)."""
         return self._pool
+
+    @property
+    def mp_context(self) -> Any:
+        """The ``multiprocessing`` context of the workers' start method."""
+        return multiprocessing.get_context(self._system.config.start_method)
 
     # -- submitting -----------------------------------------------------------------------
 
@@ -218,6 +334,12 @@ class Executor(concurrent.futures.Executor):
         if self._in_flight >= slots:
             return []
         batch: list[Any] = []
+        again = self._again
+        while again and len(batch) < MAX_BATCH:  # deferred at a task limit: RUNNING already
+            batch.append(again.popleft())
+        if batch:
+            self._in_flight += 1
+            return batch
         queue = self._queue
         # a share of the queue, not all of it: the other workers get theirs as their
         # messages come back (balance), and what is still queued can still be cancelled
@@ -234,35 +356,62 @@ class Executor(concurrent.futures.Executor):
 
     def _send(self, batch: list[Any]) -> None:
         """One message for *batch* (one task: ``run``; more: ``run_many``)."""
+        slot = -1
         try:
             if len(batch) == 1:
                 reply = self._pool.call_with("run", (batch[0][1],))
             else:
-                reply = self._pool.call_with("run_many", ([t[1] for t in batch],))
+                try:
+                    slot = self._free_slots.popleft()
+                except IndexError:  # pragma: no cover - defensive: no ledger, then
+                    where = None
+                else:
+                    where = (self._ledger, slot, next(self._batch_ids))
+                reply = self._pool.call_with("run_many", ([t[1] for t in batch], where))
         except BaseException as exc:
+            if slot >= 0:
+                self._free_slots.append(slot)
             self._settle_all(batch, exc)
             self._sent_done()
             if not isinstance(exc, Exception):
                 raise
             return
-        reply.add_done_callback(lambda r: self._batch_done(batch, r))
+        reply.add_done_callback(lambda r: self._batch_done(batch, r, slot))
 
-    def _batch_done(self, batch: list[Any], reply: Reply[Any]) -> None:
+    def _batch_done(self, batch: list[Any], reply: Reply[Any], slot: int) -> None:
+        if slot >= 0:
+            self._free_slots.append(slot)
         result: Any
         result, exc = reply.outcome()
         if exc is not None:
             self._settle_all(batch, exc)
         elif len(batch) == 1:
-            self._settle_one(batch[0][0], True, result, "")
+            if result is Deferred:
+                self._defer(batch)
+            elif type(result) is Raised:
+                self._settle_one(batch[0][0], False, result.exc, result.tb)
+            else:
+                self._settle_one(batch[0][0], True, result, "")
         else:
+            deferred = []
             for task, (ok, value, tb) in zip(batch, result, strict=True):
-                self._settle_one(task[0], ok, value, tb)
+                if ok is None:
+                    deferred.append(task)
+                else:
+                    self._settle_one(task[0], ok, value, tb)
+            if deferred:
+                self._defer(deferred)
         self._sent_done()
+
+    def _defer(self, tasks: list[Any]) -> None:
+        """Tasks a worker did not run (its task limit): first in line to go again."""
+        with self._lock:
+            self._again.extend(tasks)
 
     def _sent_done(self) -> None:
         with self._lock:
             self._in_flight -= 1
-            batch = self._take_locked() if self._queue else []
+            batch = self._take_locked() if self._queue or self._again else []
         if batch:
             self._send(batch)
 
@@ -354,14 +503,20 @@ class Executor(concurrent.futures.Executor):
 
     def _close(self) -> None:
         with self._lock:
-            if self._closed:
-                return
+            closing_here = not self._closed
             self._closed = True
+        if not closing_here:  # another thread closes (shutdown(wait=False) earlier)
+            self._closed_event.wait()
+            return
         try:
             self._pool.stop()
         finally:
-            if self._own_system:
-                self._system.close()
+            ledger.remove(self._ledger)
+            try:
+                if self._own_system:
+                    self._system.close()
+            finally:
+                self._closed_event.set()
 
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else f"workers={self._pool.size}"
@@ -378,6 +533,19 @@ class _Init:
         spec = self.spec
         fn = cloudpickle.loads(spec[2]) if type(spec) is tuple else spec
         return fn(*args)
+
+
+def _start_method_of(mp_context: Any) -> str | None:
+    """The start method an ``mp_context`` stands for (None: the system's default)."""
+    if mp_context is None:
+        return None
+    get = getattr(mp_context, "get_start_method", None)
+    if get is None:
+        msg = (f"mp_context must be a multiprocessing context (multiprocessing.get_context"
+               f"(...)), not {mp_context!r}")
+        raise TypeError(msg)
+    method: str = get(allow_none=False)
+    return method
 
 
 def _spec_of(fn: Callable[..., Any]) -> Any:

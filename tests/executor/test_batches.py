@@ -1,0 +1,177 @@
+"""A batch whose worker is killed mid-way: the tasks it finished are not run again.
+
+Runs are counted by their side effects (a line appended to a file per run), across a
+real SIGKILL of the worker process in the middle of a batch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import actorq
+from actorq._executor import ledger
+
+
+def wait_for_file(path, limit=60.0):
+    end = time.monotonic() + limit
+    while not os.path.exists(path):  # the test creates it; bounded
+        if time.monotonic() > end:
+            raise TimeoutError(path)
+        time.sleep(0.002)
+    return os.getpid()
+
+
+def run_once(i, runs, kill_marker, kill_at):
+    """Record a run of task *i*; task *kill_at* first SIGKILLs its worker, once."""
+    if i == kill_at:
+        try:
+            os.close(os.open(kill_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+    fd = os.open(runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{i} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    return i * 10
+
+
+def run_counts(path):
+    with open(path) as f:
+        lines = [line.split() for line in f]
+    counts = {}
+    for i, _pid in lines:
+        counts[int(i)] = counts.get(int(i), 0) + 1
+    return counts, {int(pid) for _i, pid in lines}
+
+
+def test_a_worker_killed_mid_batch_does_not_rerun_the_tasks_it_finished(tmp_path):
+    gate, runs, marker = (str(tmp_path / n) for n in ("gate", "runs", "killed"))
+    with actorq.Executor(2) as ex:
+        ex.submit(int).result(timeout=60)  # both workers up
+        # four blockers take the four message slots (two per worker): what follows queues
+        blockers = [ex.submit(wait_for_file, gate) for _ in range(4)]
+        futures = [ex.submit(run_once, i, runs, marker, 3) for i in range(20)]
+        open(gate, "w").close()
+        # the first answer sends a quarter of the queue, tasks 0..4, as one batch: its
+        # worker finishes 0, 1 and 2, then task 3 kills it
+        assert [f.result(timeout=120) for f in futures] == [i * 10 for i in range(20)]
+        for b in blockers:
+            b.result(timeout=60)
+        assert os.path.exists(marker)  # the kill did happen
+        counts, pids = run_counts(runs)
+        assert counts == dict.fromkeys(range(20), 1)  # every task ran exactly once
+        stats = ex.pool.statistics()
+        assert stats.retries >= 1
+        assert len(pids) >= 2
+        path = ex._ledger
+    assert not os.path.exists(path)  # the ledger goes with the executor
+
+
+def test_a_slot_is_free_again_once_its_batch_is_answered(tmp_path):
+    with actorq.Executor(1) as ex:
+        slots = len(ex._free_slots)
+        for _ in range(3):
+            out = list(ex.map(abs, range(-300, 300)))
+            assert out == [abs(i) for i in range(-300, 300)]
+        assert len(ex._free_slots) == slots
+
+
+class NoPickle:
+    def __reduce__(self):
+        raise TypeError("NoPickle refuses pickling")
+
+
+def make_unpicklable(i):
+    return NoPickle() if i == 2 else i
+
+
+def test_an_unpicklable_result_in_a_batch_fails_only_its_task(tmp_path):
+    gate = str(tmp_path / "gate")
+    with actorq.Executor(1) as ex:
+        ex.submit(int).result(timeout=60)
+        blockers = [ex.submit(wait_for_file, gate) for _ in range(2)]
+        futures = [ex.submit(make_unpicklable, i) for i in range(6)]
+        open(gate, "w").close()
+        for i, f in enumerate(futures):
+            if i == 2:
+                with pytest.raises(TypeError, match=r"cannot be sent back.*NoPickle refuses"):
+                    f.result(timeout=60)
+            else:
+                assert f.result(timeout=60) == i
+        for b in blockers:
+            b.result(timeout=60)
+
+
+# -- the ledger itself ----------------------------------------------------------------------
+
+
+def test_a_retry_takes_the_outcomes_its_dead_attempt_recorded():
+    path = ledger.create(2)
+    try:
+        first = ledger.open_map(path)
+        rec = ledger.BatchRecord(first, 1, batch=7)
+        assert rec.done == {}
+        rec.record(0, (True, "zero", ""))
+        rec.record(2, (False, ValueError("two"), "tb"))
+        first.close()  # the worker is gone; what it wrote stays in the file
+        again = ledger.open_map(path)
+        retry = ledger.BatchRecord(again, 1, batch=7)
+        assert sorted(retry.done) == [0, 2]
+        assert retry.done[0] == (True, "zero", "")
+        assert isinstance(retry.done[2][1], ValueError)
+        retry.record(1, (True, "one", ""))  # appends after what was there
+        assert sorted(ledger.BatchRecord(again, 1, batch=7).done) == [0, 1, 2]
+        other = ledger.BatchRecord(again, 0, batch=7)  # another slot: nothing
+        assert other.done == {}
+        reused = ledger.BatchRecord(again, 1, batch=8)  # the slot's next batch starts empty
+        assert reused.done == {}
+        assert ledger.BatchRecord(again, 1, batch=8).done == {}
+        again.close()
+    finally:
+        ledger.remove(path)
+        ledger.remove(path)  # already gone: fine
+    assert not os.path.exists(path)
+
+
+def test_an_outcome_too_large_for_its_slot_is_returned_but_not_kept():
+    path = ledger.create(1)
+    try:
+        m = ledger.open_map(path)
+        rec = ledger.BatchRecord(m, 0, batch=1)
+        big = b"x" * (ledger.SLOT + 1)
+        assert rec.record(0, (True, big, "")) == (True, big, "")
+        rec.record(1, (True, "small", ""))
+        assert ledger.BatchRecord(m, 0, batch=1).done == {1: (True, "small", "")}
+        m.close()
+    finally:
+        ledger.remove(path)
+
+
+def test_ledger_files_are_named_as_actorq_segments():
+    path = ledger.create(1)
+    try:
+        assert os.path.basename(path).startswith(f"aq_{os.getpid()}_")
+    finally:
+        ledger.remove(path)
+
+
+def test_a_task_that_returned_none_is_kept_as_an_empty_record():
+    path = ledger.create(1)
+    try:
+        m = ledger.open_map(path)
+        rec = ledger.BatchRecord(m, 0, batch=3)
+        rec.record(0, (True, None, ""))
+        rec.record(1, (False, None, ""))  # a failure is never the empty record
+        rec.record(2, (True, 0, ""))
+        done = ledger.BatchRecord(m, 0, batch=3).done
+        assert done == {0: (True, None, ""), 1: (False, None, ""), 2: (True, 0, "")}
+        m.close()
+    finally:
+        ledger.remove(path)

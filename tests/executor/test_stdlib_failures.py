@@ -1,0 +1,214 @@
+"""How tasks fail, after CPython's Lib/test/test_concurrent_futures/test_deadlock.py and
+test_init.py (our own tests): where ``ProcessPoolExecutor`` breaks (``BrokenProcessPool``
+for every future), actorq fails only the task concerned and keeps working."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import time
+
+import pytest
+
+import actorq
+
+
+def append(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def count_lines(path):
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return len(f.readlines())
+
+
+def exit_via_sys(code):
+    sys.exit(code)
+
+
+def exit_process(path):
+    append(path, "ran\n")
+    os._exit(3)
+
+
+def crash_after_gate(gate, path):
+    end = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < end:  # the test opens the gate
+        time.sleep(0.002)
+    append(path, "ran\n")
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def crash_with_data(data):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def raise_unpickling():
+    raise pickle.UnpicklingError("refused to unpickle")
+
+
+class ErrorAtUnpickle:
+    def __reduce__(self):
+        return raise_unpickling, ()
+
+
+class ErrorAtPickle:
+    def __reduce__(self):
+        raise pickle.PicklingError("Error in pickle")
+
+
+class ExitAtPickle:
+    def __reduce__(self):
+        sys.exit(4)
+
+
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("this exception does not pickle")
+
+
+def make(cls):
+    return cls()
+
+
+def raise_unpicklable():
+    raise Unpicklable("bad")
+
+
+def failing_init():
+    raise ValueError("the initializer failed")
+
+
+@pytest.fixture
+def ex():
+    with actorq.Executor(2) as executor:
+        yield executor
+
+
+def test_sys_exit_in_a_task_is_that_tasks_error_and_the_worker_lives_on(ex):
+    pid = ex.submit(os.getpid).result(timeout=60)
+    with pytest.raises(SystemExit) as info:
+        ex.submit(exit_via_sys, 7).result(timeout=60)
+    assert info.value.code == 7
+    assert ex.pool.statistics().retries == 0  # not a crash
+    assert pid in {ex.submit(os.getpid).result(timeout=60) for _ in range(6)}
+
+
+def test_sys_exit_in_a_batched_task_fails_only_that_task(ex):
+    futures = [ex.submit(exit_via_sys, 1) if i == 5 else ex.submit(abs, -i)
+               for i in range(40)]
+    for i, f in enumerate(futures):
+        if i == 5:
+            with pytest.raises(SystemExit):
+                f.result(timeout=60)
+        else:
+            assert f.result(timeout=60) == i
+
+
+def test_a_task_that_ends_its_process_is_retried_then_fails_alone(tmp_path):
+    runs = str(tmp_path / "runs")
+    with actorq.Executor(2, retry=actorq.Retry(max_attempts=2)) as ex:
+        with pytest.raises(actorq.ActorCrashed, match="exited with code 3"):
+            ex.submit(exit_process, runs).result(timeout=120)
+        assert count_lines(runs) == 2  # one run per attempt, as the policy says
+        assert ex.submit(pow, 2, 5).result(timeout=60) == 32  # never broken
+
+
+def test_without_retry_a_task_that_ends_its_process_runs_once(tmp_path):
+    runs = str(tmp_path / "runs")
+    with actorq.Executor(1, retry=None) as ex:
+        with pytest.raises(actorq.ActorCrashed):
+            ex.submit(exit_process, runs).result(timeout=120)
+        assert count_lines(runs) == 1
+        assert ex.submit(pow, 2, 5).result(timeout=60) == 32
+
+
+def test_crashes_in_map_over_big_data_raise_instead_of_hanging():
+    data = "a" * (1 << 20)
+    with actorq.Executor(2, retry=None) as ex:
+        with pytest.raises(actorq.ActorCrashed):
+            list(ex.map(crash_with_data, [data] * 10))
+        assert ex.submit(len, data).result(timeout=60) == 1 << 20
+
+
+def test_a_worker_crashing_after_shutdown_started_does_not_hang_it(tmp_path):
+    gate, runs = str(tmp_path / "gate"), str(tmp_path / "runs")
+    ex = actorq.Executor(2, retry=None)
+    f = ex.submit(crash_after_gate, gate, runs)
+    ex.shutdown(wait=False)
+    open(gate, "w").close()
+    with pytest.raises(actorq.ActorCrashed):
+        f.result(timeout=120)
+    ex.shutdown(wait=True)  # returns: the crash ended the last task
+    assert count_lines(runs) == 1
+
+
+def test_a_result_that_cannot_be_pickled_fails_only_its_task(ex):
+    with pytest.raises(TypeError, match=r"could not be pickled.*Error in pickle"):
+        ex.submit(make, ErrorAtPickle).result(timeout=60)
+    assert ex.submit(abs, -3).result(timeout=60) == 3
+
+
+def wait_for_file(path):
+    end = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < end:  # the test creates it
+        time.sleep(0.002)
+
+
+def test_a_result_whose_pickling_exits_fails_only_its_batched_task(ex, tmp_path):
+    gate = str(tmp_path / "gate")
+    blockers = [ex.submit(wait_for_file, gate) for _ in range(4)]  # every message slot
+    futures = [ex.submit(make, ExitAtPickle) if i == 3 else ex.submit(abs, -i)
+               for i in range(40)]  # queued: they go out as batches
+    open(gate, "w").close()
+    for i, f in enumerate(futures):
+        if i == 3:
+            with pytest.raises(SystemExit):
+                f.result(timeout=60)
+        else:
+            assert f.result(timeout=60) == i
+    for b in blockers:
+        b.result(timeout=60)
+    assert ex.pool.statistics().retries == 0  # no worker died
+
+
+def test_an_exception_that_cannot_be_pickled_still_names_itself(ex):
+    with pytest.raises(Exception, match="Unpicklable: bad"):
+        ex.submit(raise_unpicklable).result(timeout=60)
+
+
+def test_arguments_that_fail_to_unpickle_in_the_worker_fail_that_task(ex):
+    with pytest.raises(TypeError, match=r"could not be unpickled.*refused to unpickle"):
+        ex.submit(id, ErrorAtUnpickle()).result(timeout=60)
+    assert ex.submit(abs, -2).result(timeout=60) == 2
+
+
+def test_a_result_that_fails_to_unpickle_here_fails_that_task(ex):
+    with pytest.raises(TypeError, match=r"could not be unpickled.*refused to unpickle"):
+        ex.submit(make, ErrorAtUnpickle).result(timeout=60)
+    assert ex.submit(abs, -2).result(timeout=60) == 2
+
+
+def test_arguments_that_cannot_be_pickled_are_refused_at_submit(ex):
+    with pytest.raises(TypeError, match="Error in pickle"):
+        ex.submit(id, ErrorAtPickle())
+    assert ex.submit(abs, -1).result(timeout=60) == 1  # nothing was queued
+
+
+def test_a_failing_initializer_fails_the_futures_with_its_error():
+    ex = actorq.Executor(2, initializer=failing_init)
+    try:
+        futures = [ex.submit(pow, 2, i) for i in range(5)]
+        for f in futures:
+            with pytest.raises(actorq.ActorqError, match="the initializer failed"):
+                f.result(timeout=60)
+    finally:
+        ex.shutdown(wait=True)  # returns, and stops what did start
