@@ -125,7 +125,7 @@ class WorkerPool:
         self._cond = threading.Condition()
         self._target = 1
         self._resizer: threading.Thread | None = None
-        self.failed = False  # resizing failed (the system is closing)
+        self.error: BaseException | None = None  # why resizing failed (the system closed?)
         self.on_change: Callable[[], None] | None = None  # the run's: members changed
         self._up: dict[int, bool] = {}  # actor id -> its process is running
         self._unsubscribe = system.subscribe(self._on_event)
@@ -209,9 +209,9 @@ class WorkerPool:
                 target = self._target
             try:
                 self.pool.resize(target)
-            except Exception:  # the system closed meanwhile
+            except Exception as exc:  # the system closed meanwhile, or cannot start actors
                 logger.debug("resizing the graph workers failed", exc_info=True)
-                self.failed = True
+                self.error = exc
                 notify = self.on_change
                 if notify is not None:
                     notify()

@@ -43,7 +43,7 @@ from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from actorq._errors import ActorStopped, GraphError, rebuild
+from actorq._errors import GraphError, rebuild
 from actorq._graph.failures import Recovery
 from actorq._graph.graph import Graph, fill
 from actorq._graph.pool import Batch, acquire_pool
@@ -275,9 +275,8 @@ class Scheduler(Recovery):
                 pool.retire_last()
                 self.counts["workers_retired"] += 1
             return
-        if not workers and pool.failed:
-            msg = "the graph's workers could not be started (is the system closing?)"
-            raise ActorStopped(msg)
+        if not workers and pool.error is not None:
+            raise pool.error  # e.g. an unguarded main module: no worker can start
         if len(active) < self.max_workers:
             free = sum(CREDIT - len(w.batches) for w in active)
             if free * MAX_BATCH < waiting_tasks or free < min(waiting_tasks, CREDIT):

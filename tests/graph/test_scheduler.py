@@ -391,3 +391,38 @@ def _touch_then_sleep(path, seconds):
     open(path, "w").close()
     time.sleep(seconds)
     return seconds
+
+
+UNGUARDED_GRAPH = '''
+import actorq
+
+
+def inc(x):
+    return x + 1
+
+
+with actorq.ActorSystem(start_method="forkserver") as system:  # no __main__ guard
+    g = actorq.Graph()
+    g.task(inc, 1)
+    try:
+        system.run(g)
+    except actorq.ActorqError as exc:
+        print("error:", type(exc).__name__, exc)
+'''
+
+
+def test_a_graph_in_an_unguarded_main_script_says_why_no_worker_starts(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(UNGUARDED_GRAPH))
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, PYTHONPATH=str(root)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "error: ActorCrashed" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "__main__" in proc.stdout
