@@ -426,3 +426,72 @@ def test_a_graph_in_an_unguarded_main_script_says_why_no_worker_starts(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "error: ActorCrashed" in proc.stdout, proc.stdout + proc.stderr[-3000:]
     assert "__main__" in proc.stdout
+
+
+INTERRUPTED = '''
+import os
+import signal
+import sys
+import threading
+import time
+
+import actorq
+import actorq.testing
+
+
+def touch_then_sleep(path, seconds):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return seconds
+
+
+def inc(x):
+    return x + 1
+
+
+def pid():
+    return os.getpid()
+
+
+if __name__ == "__main__":
+    marker = sys.argv[1]
+    with actorq.ActorSystem(workers=1) as system:
+        g = actorq.Graph()
+        g.task(inc, g.task(touch_then_sleep, marker, 60))
+
+        def interrupt():
+            actorq.testing.wait_until(lambda: os.path.exists(marker), timeout=60)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=interrupt, daemon=True).start()
+        started = time.monotonic()
+        try:
+            system.run(g)
+        except KeyboardInterrupt:
+            print(f"interrupted after {time.monotonic() - started:.1f}s")
+        again = actorq.Graph()
+        n = again.task(pid)
+        with open(marker) as f:
+            print("pids:", f.read(), system.run(again)[n])
+'''
+
+
+def test_ctrl_c_in_run_stops_the_run_and_the_next_run_gets_a_free_worker(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(INTERRUPTED))
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "started")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(root)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "interrupted after" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    # the sleeping worker was killed and replaced: the next run's task ran in a new process
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("pids:"))
+    old, new = line.split()[1:]
+    assert old != new
