@@ -11,6 +11,7 @@ import time
 import pytest
 
 import actorq
+import actorq.testing
 
 
 def inc(x):
@@ -267,11 +268,17 @@ def test_workers_scale_up_for_a_wide_stage_and_down_as_the_queue_drains(system):
     chain = g.task(add, *wide)
     for _ in range(12):  # a serial tail of 3 s: one worker is enough, the other retires
         chain = g.task(_sleep_then, 0.25, chain)
+    again = [g.task(burn, 20_000, i).after(chain) for i in range(40)]  # wide again
+    end = g.task(add, *again)
     result = system.run(g, workers=2)
     assert result.ok
+    assert result[end] == sum(burn(20_000, i) for i in range(40))
     stats = result.stats
     assert stats.workers == 2, stats
     assert stats.extra["workers_retired"] >= 1, stats
+    # members that left are gone from the pool; none is left behind unused
+    actorq.testing.wait_until(
+        lambda: system.metrics()["pools"]["graph-workers"]["size"] <= 2, timeout=30)
 
 
 def _sleep_then(seconds, value):
