@@ -224,7 +224,8 @@ class ActorSystem:
 
     def run(self, graph: Graph, *, workers: int | None = None, journal: str | None = None,
             progress: bool | None = None, fail_fast: bool = False,
-            keep: list[Node] | None = None, retry: Retry | None = None) -> GraphResult:
+            keep: list[Node] | None = None, retry: Retry | None = None,
+            max_memory: int | None = None) -> GraphResult:
         """Run a job graph across *workers* processes (default: every core).
 
         Validates first (cycles, unpicklable functions or arguments, bad options:
@@ -237,6 +238,8 @@ class ActorSystem:
         their dependents have them; list nodes in *keep* to read them from the result.
         *retry* (an ``actorq.Retry``) is the retry policy of every task that has neither
         ``retries=`` nor ``retry=`` of its own.
+        *max_memory* caps the bytes they hold at once (default: half the available
+        memory): at the cap, tasks that would add large results wait for room.
         """
         if self._runtime.closing:
             msg = "the actor system is closed"
@@ -244,7 +247,7 @@ class ActorSystem:
         return _graph_run.run_graph(self, graph, loop=self._loop(), workers=workers,
                                           journal=journal,
                                           progress=progress, fail_fast=fail_fast, keep=keep,
-                                          retry=retry)
+                                          retry=retry, max_memory=max_memory)
 
     async def run_async(self, graph: Graph, **options: Any) -> GraphResult:
         """``await system.run_async(graph)``: :meth:`run` without blocking the event loop

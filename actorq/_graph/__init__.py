@@ -2,7 +2,8 @@
 
 ``graph`` (Graph, Node, validation), ``scheduler`` (ready queue, dispatch, failures),
 ``worker`` (the task-worker actor), ``pool`` (its supervised set), ``journal`` (SQLite),
-``result`` (GraphResult and stats), ``progress`` (the live line on stderr).
+``result`` (GraphResult and stats), ``progress`` (the live line on stderr), ``keys``
+(stable keys), ``memory`` (the max_memory cap), ``blobs`` (the journal's blob store).
 """
 
 from __future__ import annotations

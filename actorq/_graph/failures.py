@@ -111,6 +111,7 @@ class Recovery(RunState):
 
     def _batch_lost(self, batch: Batch, exc: BaseException) -> None:
         """The batch's reply failed as a whole: worker lost, timed out, or stopped."""
+        self.gate.release(batch.tids)
         worker = batch.worker
         worker.idle_since = time.monotonic()
         if isinstance(exc, ActorStopped) and worker in self.pool.workers:

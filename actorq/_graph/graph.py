@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actorq._errors import GraphError
+from actorq._graph.keys import Encoder, function_ident
 from actorq._resilience.retry import Retry
 from actorq._serialization import SAFE_TYPES, dumps_code, quick_safe
 
@@ -93,18 +94,18 @@ class Node:
     identity and are hashable; ``result[node]`` reads a finished run's value.
     """
 
-    __slots__ = ("_key", "after_deps", "args", "deps", "fn", "graph", "index", "kwargs",
-                 "method", "name", "nested", "packed", "priority", "retries", "retry",
+    __slots__ = ("_key", "_name", "after_deps", "args", "deps", "fn", "graph", "index",
+                 "kwargs", "method", "nested", "packed", "priority", "retries", "retry",
                  "target", "timeout", "user_key")
 
     def __init__(self, graph: Graph, index: int, fn: Callable[..., Any] | None,
-                 target: Any, method: str | None, name: str) -> None:
+                 target: Any, method: str | None, name: str | None) -> None:
         self.graph = graph
         self.index = index
         self.fn = fn
         self.target = target
         self.method = method
-        self.name = name
+        self._name = name  # None: "<function>#<index>", made when first asked for
         self.args: tuple[Any, ...] = ()
         self.kwargs: dict[str, Any] = {}
         self.deps: tuple[Node, ...] = ()
@@ -118,6 +119,13 @@ class Node:
         self.user_key: str | None = None
         self._key: str | None = None
 
+    @property
+    def name(self) -> str:
+        """Its ``key=``, or ``"<function>#<index>"`` (``"<actor>.<method>#<index>"``)."""
+        if self._name is None:
+            self._name = f"{_describe_callable(self.fn)}#{self.index}"
+        return self._name
+
     def after(self, *nodes: Node) -> Node:
         """Run this node only after *nodes* have finished (without passing their values).
 
@@ -127,6 +135,8 @@ class Node:
             if not isinstance(other, Node) or other.graph is not self.graph:
                 msg = f"node {self.name!r}.after({other!r}): not a node of the same graph"
                 raise GraphError(msg)
+            if other.index >= self.index:  # an edge to a later node: a cycle is possible
+                self.graph._forward = True
         self.after_deps = self.after_deps + tuple(nodes)
         return self
 
@@ -156,7 +166,12 @@ class Graph:
 
     def __init__(self) -> None:
         self.nodes: list[Node] = []
+        self._forward = False  # an after() edge to a later node (else acyclic by order)
+        self._plain = bytearray()  # per node: 1 if its arguments are plain scalars
         self._keys_done = 0
+        self._key_counts: dict[str, int] = {}
+        self._shapes: list[str] = []
+        self._encoder: Encoder | None = None
 
     def task(self, fn: Callable[..., Any], *args: Any, retries: int = 0,
              timeout: float | None = None, priority: int = 0, key: str | None = None,
@@ -186,8 +201,7 @@ class Graph:
             msg = (f"task {len(self.nodes)}: {fn!r} is not callable; g.task(fn, *args) "
                    "needs a function first")
             raise GraphError(msg)
-        node = Node(self, len(self.nodes), fn, None, None,
-                    key or f"{_describe_callable(fn)}#{len(self.nodes)}")
+        node = Node(self, len(self.nodes), fn, None, None, key)
         self._fill(node, args, kwargs, retries, timeout, priority, key, retry)
         return node
 
@@ -211,6 +225,17 @@ class Graph:
     def _fill(self, node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], retries: int,
               timeout: float | None, priority: int, key: str | None,
               retry: Retry | None) -> None:
+        if not kwargs and retry is None and timeout is None and type(retries) is int \
+                and retries >= 0 and type(priority) is int:
+            for arg in args:  # the common case, scalars only: no template, no checks
+                if type(arg) not in SAFE_TYPES:
+                    break
+            else:
+                node.args = args
+                node.retries, node.priority, node.user_key = retries, priority, key
+                self.nodes.append(node)
+                self._plain.append(1)  # validation need not look at its arguments
+                return
         if not isinstance(retries, int) or retries < 0:
             msg = f"node {node.name!r}: retries must be an int >= 0, not {retries!r}"
             raise GraphError(msg)
@@ -235,6 +260,7 @@ class Graph:
                 node.retries, node.timeout, node.priority = retries, timeout, int(priority)
                 node.user_key = key
                 self.nodes.append(node)
+                self._plain.append(1)  # validation need not look at its arguments
                 return
         deps: list[Node] = []
         seen: dict[int, int] = {}
@@ -248,6 +274,7 @@ class Graph:
         node.retries, node.timeout, node.priority = retries, timeout, int(priority)
         node.user_key = key
         self.nodes.append(node)
+        self._plain.append(0)
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -259,28 +286,37 @@ class Graph:
         return isinstance(node, Node) and node.graph is self
 
     def _compute_keys(self) -> None:
-        """Give every node its stable key (Merkle style: a node's key covers its deps')."""
-        counts: dict[str, int] = {}
+        """Give every node its stable key and shape (see ``actorq._graph.keys``)."""
+        enc = self._encoder
+        if enc is None:
+            enc = self._encoder = Encoder()
+        counts = self._key_counts
+        shapes = self._shapes
         for node in self.nodes[self._keys_done:]:
             if node.user_key is not None:
                 node._key = node.user_key
+                shapes.append(f"user:{node.user_key}")
                 continue
             if node.fn is not None:
-                ident = f"{getattr(node.fn, '__module__', '?')}.{_describe_callable(node.fn)}"
+                ident, code = function_ident(node.fn), enc.function(node.fn)
             else:
-                ident = f"call:{getattr(node.target, 'name', '?')}.{node.method}"
-            try:
-                blob = pickle.dumps((node.args, node.kwargs), protocol=5)
-            except Exception:
-                blob = repr((node.args, node.kwargs)).encode()
-            h = hashlib.blake2b(ident.encode(), digest_size=12)
-            h.update(blob)
+                ident, code = f"call:{getattr(node.target, 'name', '?')}.{node.method}", b""
+            args = enc.encode((node.args, node.kwargs))
+            shape = hashlib.blake2b(ident.encode(), digest_size=12)
+            shape.update(args)
+            key = shape.copy()
+            key.update(code)
             for dep in node.deps + node.after_deps:
-                h.update(dep.key.encode())
-            base = h.hexdigest()
-            n = counts.get(base, 0)
-            counts[base] = n + 1
-            node._key = f"{base}.{n}" if n else base
+                shape.update(shapes[dep.index].encode())
+                key.update(dep.key.encode())
+            for h, kind in ((key, "k"), (shape, "s")):
+                base = h.hexdigest()
+                n = counts.get(kind + base, 0)
+                counts[kind + base] = n + 1
+                if kind == "k":
+                    node._key = f"{base}.{n}" if n else base
+                else:
+                    shapes.append(f"{base}.{n}" if n else base)
         self._keys_done = len(self.nodes)
         users = [n.user_key for n in self.nodes if n.user_key is not None]
         if len(users) != len(set(users)):
@@ -289,11 +325,13 @@ class Graph:
             raise GraphError(msg)
 
     def digest(self) -> str:
-        """A digest of the whole graph (every node's key and edges): the journal's check."""
+        """A digest of the graph's shape: its nodes' functions (by name), arguments, keys
+        given by the user and edges, not the functions' code. The journal's check that it
+        belongs to this graph (an edited function keeps it; its tasks' keys change)."""
         self._compute_keys()
         h = hashlib.blake2b(digest_size=16)
-        for node in self.nodes:
-            h.update(node.key.encode())
+        for shape in self._shapes:
+            h.update(shape.encode())
             h.update(b"|")
         return h.hexdigest()
 
@@ -336,16 +374,23 @@ def validate(graph: Graph) -> dict[int, Code]:
     Raises ``GraphError`` naming the node: a cycle (every node on it, in order), a
     function or an argument that cannot be pickled.
     """
-    cycle = find_cycle(graph.nodes)
+    # Arguments can only name nodes that exist already (lower indexes): only an after()
+    # edge to a later node can close a cycle.
+    cycle = find_cycle(graph.nodes) if graph._forward else None
     if cycle is not None:
         path = " -> ".join(n.name for n in reversed(cycle))
         msg = f"graph has a cycle: {path}; a node cannot depend on itself, even indirectly"
         raise GraphError(msg)
     codes: dict[int, Code] = {}
+    plain = graph._plain
+    last: Any = None
     for node in graph.nodes:
-        if node.fn is not None and id(node.fn) not in codes:
-            codes[id(node.fn)] = _pickle_code(node)
-        _check_args(node)
+        fn = node.fn
+        if fn is not last and fn is not None and id(fn) not in codes:
+            codes[id(fn)] = _pickle_code(node)
+        last = fn
+        if not plain[node.index]:
+            _check_args(node)
     return codes
 
 

@@ -6,7 +6,9 @@ Tables::
     tasks  (key TEXT PRIMARY KEY,           the node's stable key (Node.key)
             state TEXT,                     "done" | "failed"
             attempts INTEGER,
-            kind INTEGER, result BLOB,      the value, as the worker packed it (in band)
+            kind INTEGER, result BLOB,      a small value, pickled (kind 1); for a large one
+                                            (kind 3) a reference to its file in the blob
+                                            store ``<journal>.blobs/`` (see blobs.py)
             error BLOB,                     pickled (exception, traceback text)
             updated REAL)                   time.time()
 
@@ -14,7 +16,8 @@ Rows are written as tasks finish and committed once per scheduler round, so a ru
 killed with SIGKILL loses at most the round in progress: those tasks run again (their
 attempts are counted anew); every committed "done" row is skipped on the next run and
 its result returned. Opening checks everything first (writable, a journal, this graph's)
-so that a bad journal is reported before any task runs.
+so that a bad journal is reported before any task runs, and removes blob files that no
+row references (left by a run killed before its round was committed).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import time
 from typing import Any
 
 from actorq._errors import GraphError
+from actorq._graph.blobs import blob_name, store_for, sweep
 
-FORMAT = "actorq-journal-1"
+FORMAT = "actorq-journal-2"
+BLOB = 3  # the kind of a row whose result is in the blob store
 
 
 class Journal:
@@ -34,8 +39,19 @@ class Journal:
 
     def __init__(self, path: str | os.PathLike[str], digest: str, tasks: int) -> None:
         self.path = os.fspath(path)
+        self.store = store_for(self.path)
         self._db = self._open(digest, tasks)
         self._pending = 0
+        try:
+            os.makedirs(self.store, exist_ok=True)
+        except OSError as exc:
+            self._db.close()
+            msg = (f"journal {self.path!r}: its blob folder {self.store!r} cannot be "
+                   f"created ({exc}); pass a journal path in a folder you can write to")
+            raise GraphError(msg) from exc
+        refs = self._db.execute(
+            "SELECT result FROM tasks WHERE state = 'done' AND kind = ?", (BLOB,)).fetchall()
+        sweep(self.store, {blob_name(ref) for (ref,) in refs})
 
     def _open(self, digest: str, tasks: int) -> sqlite3.Connection:
         path = self.path
@@ -66,6 +82,12 @@ class Journal:
             msg = (f"journal {path!r} is not an actorq journal, or it is corrupt ({exc}); "
                    "delete it or pass another path")
             raise GraphError(msg) from exc
+        if meta and meta.get("format") == "actorq-journal-1":
+            db.close()
+            msg = (f"journal {path!r} was written by an earlier version of actorq (format "
+                   "actorq-journal-1, whose keys did not cover the functions' code); delete "
+                   "it or pass another path")
+            raise GraphError(msg)
         if meta and meta.get("format") != FORMAT:
             db.close()
             msg = (f"journal {path!r} is not an actorq journal (format "

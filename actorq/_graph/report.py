@@ -23,14 +23,13 @@ def build_result(run: RunState, wall: float, cpu: float, *, workers: int,
             obj: SharedObject = value[1]
             loaded = obj.load()
             obj.unlink()
-            run.shared_live -= obj.nbytes
+            run.gate.sub(obj.nbytes)
             values[i] = (VALUE, loaded)
         else:
             values[i] = value
-    n = len(run.nodes)
-    durations = [max(0.0, run.t1[i] - run.t0[i]) for i in range(n)]
+    durations = [b - a if b > a else 0.0 for a, b in zip(run.t0, run.t1, strict=True)]
     path, seconds = critical_path(run, durations)
-    busy = sum(durations[i] for i in range(n) if run.where[i] >= 0)
+    busy = sum(d for d, w in zip(durations, run.where, strict=True) if w >= 0)
     stats = GraphStats(
         wall=wall, workers=workers,
         tasks=_TaskTable(run), critical_path=[run.nodes[i] for i in path],
@@ -39,9 +38,12 @@ def build_result(run: RunState, wall: float, cpu: float, *, workers: int,
         attempts=sum(run.attempts), retries=counts["retries"],
         crashes=counts["crashes"], timeouts=counts["timeouts"],
         from_journal=len(run.from_journal), batches=counts["batches"],
-        shared_bytes_peak=run.shared_peak, inband_bytes=run.inband,
+        shared_bytes_peak=run.gate.peak, inband_bytes=run.inband,
         scheduler_seconds=cpu,
-        extra={k: counts[k] for k in ("code_shipments", "workers_retired")})
+        extra={**{k: counts[k] for k in ("code_shipments", "workers_retired")},
+               "held_back": run.gate.held_back, "run_alone": run.gate.forced,
+               "journal_blobs_rerun": run.blobs_rerun},
+        max_memory=run.gate.cap)
     return GraphResult(run.graph, values, run.errors, run.released, stats)
 
 
@@ -51,8 +53,12 @@ def critical_path(run: RunState, durations: list[float]) -> tuple[list[int], flo
         return [], 0.0
     total = [0.0] * len(run.nodes)
     prev = [-1] * len(run.nodes)
+    nodes = run.nodes
     for i in run.order:
-        node = run.nodes[i]
+        node = nodes[i]
+        if not node.deps and not node.after_deps:  # a root
+            total[i] = durations[i]
+            continue
         best, arg = 0.0, -1
         for p in node.deps + node.after_deps:
             if total[p.index] > best:

@@ -47,13 +47,16 @@ class GraphStats:
             the extra attempts after exceptions, after lost workers and after timeouts.
         from_journal: tasks whose result came from the journal (not run again).
         batches: messages sent to workers (tiny tasks share one).
-        shared_bytes_peak: the most bytes held at once by large intermediate results in
-            shared memory (bounded: each is freed once no pending dependent needs it).
+        shared_bytes_peak: the most bytes held at once by large results in shared
+            memory (each is freed once no pending dependent needs it; see max_memory).
         inband_bytes: bytes of small results that came back through the scheduler.
         scheduler_seconds: CPU time the scheduler took (its set-up on the caller's thread,
             its rounds on the system's loop, the result): its overhead, per run.
         extra: ``code_shipments`` (functions sent to workers: once per function and
-            worker) and ``workers_retired`` (idle workers stopped as the queue drained).
+            worker), ``workers_retired`` (idle workers stopped as the queue drained),
+            ``held_back`` (times a task waited for room under max_memory) and
+            ``run_alone`` (tasks run alone over max_memory because nothing else could).
+        max_memory: the cap on bytes held by large results that this run kept to.
     """
 
     wall: float
@@ -72,6 +75,7 @@ class GraphStats:
     inband_bytes: int
     scheduler_seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    max_memory: int = 0
 
 
 _MISSING = object()

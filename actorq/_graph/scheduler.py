@@ -44,6 +44,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from actorq._errors import GraphError, rebuild
+from actorq._graph.blobs import save
 from actorq._graph.failures import Recovery
 from actorq._graph.graph import Graph, fill
 from actorq._graph.pool import Batch, acquire_pool
@@ -74,7 +75,7 @@ class Scheduler(Recovery):
     def __init__(self, system: SystemOps, graph: Graph, *, workers: int | None = None,
                  journal: Any = None, progress: bool | None = None, fail_fast: bool = False,
                  keep: Any = None, backoff: Backoff | None = None,
-                 retry: Retry | None = None) -> None:
+                 retry: Retry | None = None, max_memory: int | None = None) -> None:
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             msg = f"workers must be a positive int (or None: every core), not {workers!r}"
             raise GraphError(msg)
@@ -85,7 +86,8 @@ class Scheduler(Recovery):
         self.max_workers = workers or getattr(system, "workers", None) or 1
         self._init_recovery(retry, backoff)
         super().__init__(graph, keep=keep, journal=journal, fail_fast=fail_fast,
-                         threshold=system.config.oob_threshold, prefix=system.run_id)
+                         threshold=system.config.oob_threshold, prefix=system.run_id,
+                         max_memory=max_memory)
         self.show_progress = want_progress(progress)
         self.events: deque[tuple[Any, ...]] = deque()
         self._bids = itertools.count(1)
@@ -128,9 +130,9 @@ class Scheduler(Recovery):
         self.pool.on_change = self._members_changed
         try:
             self._sync_workers()
-            for i in self.order:
-                if self.state[i] == WAITING and self.waiting[i] == 0:
-                    self._make_ready(i)
+            state, waiting = self.state, self.waiting
+            self._make_ready_many([i for i in self.order
+                                   if state[i] == WAITING and waiting[i] == 0])
         except BaseException as exc:
             self._end(exc)
             return
@@ -304,6 +306,9 @@ class Scheduler(Recovery):
         for entry in self.timed_aside:  # tasks with a timeout wait for an idle worker
             heapq.heappush(ready, entry)
         self.timed_aside.clear()
+        gate = self.gate
+        if gate.parked:
+            gate.unpark(ready, self._digest)
         while ready:
             i = ready[0][2]
             if self.state[i] != READY:  # finished meanwhile (from the journal): stale
@@ -314,15 +319,38 @@ class Scheduler(Recovery):
                 heapq.heappop(ready)
                 self._start_call(i)
                 continue
+            if gate.on and not gate.admit(i, self.codes[id(node.fn)].digest):
+                gate.park(heapq.heappop(ready))  # at the memory cap: wait for room
+                continue
             timed = node.timeout is not None
             worker = self._pick(idle=timed)
             if worker is None:
+                gate.release([i])  # not sent after all
                 if timed and self._pick(idle=False) is not None:
                     self.timed_aside.append(heapq.heappop(ready))
                     continue
                 break
             if not self._send(worker, self._take_batch(worker)):
                 break  # the pool's membership changed: look again in the next round
+        if gate.parked and not self.running and not ready:
+            gate.pick_alone(ready, self._frees)  # nothing fits and nothing runs
+            self._dispatch()
+
+    def _digest(self, i: int) -> bytes:
+        return self.codes[id(self.nodes[i].fn)].digest
+
+    def _frees(self, i: int) -> int:
+        """Bytes of large results that task *i* is the last pending consumer of."""
+        values, freed = self.values, 0
+        for dep in self.nodes[i].deps:
+            value = values[dep.index]
+            if (value is not None and value[0] == SHARED and self.consumers[dep.index] == 1
+                    and not self._kept(dep.index)):
+                freed += value[1].nbytes
+        return freed
+
+    def _in_flight(self) -> list[int]:
+        return [t for w in self.pool.workers for b in w.batches.values() for t in b.tids]
 
     def _take_batch(self, worker: Worker) -> list[int]:
         ready = self.ready
@@ -334,43 +362,65 @@ class Scheduler(Recovery):
         n_workers = max(1, min(len(self.pool.workers), self.max_workers))
         cap = min(MAX_BATCH, max(1, math.ceil((len(ready) + 1) / (CREDIT * n_workers))))
         total = est
+        state, nodes, codes, ests, gate = self.state, self.nodes, self.codes, self.est, self.gate
+        heappop, append = heapq.heappop, tids.append
+        last_fn: Any = None
+        e: float | None = None
         while len(tids) < cap and ready:
             j = ready[0][2]
-            if self.state[j] != READY:
-                heapq.heappop(ready)
+            if state[j] != READY:
+                heappop(ready)
                 continue
-            node = self.nodes[j]
-            if node.fn is None or node.timeout is not None:
+            node = nodes[j]
+            fn = node.fn
+            if fn is None or node.timeout is not None:
                 break
-            e = self._estimate(j)
+            if fn is not last_fn:  # the estimate, once per run of equal functions
+                last_fn = fn
+                e = ests.get(codes[id(fn)].digest)
             if e is None or total + e > TARGET_BATCH_SECONDS:
                 break
-            heapq.heappop(ready)
-            tids.append(j)
+            if gate.on and not gate.admit(j, codes[id(fn)].digest):
+                break
+            heappop(ready)
+            append(j)
             total += e
         return tids
 
     def _send(self, worker: Worker, tids: list[int]) -> bool:
         """Send *tids* to *worker* as one batch; False if it could not take it."""
         nodes, values, codes = self.nodes, self.values, self.codes
+        state, attempts, budgets, ests = self.state, self.attempts, self.budgets, self.est
         code_map: dict[bytes, bytes] = {}
         wire: list[tuple[Any, ...]] = []
+        append = wire.append
         est = 0.0
+        last_fn: Any = None
+        digest, e = b"", 0.0
         for i in tids:
             node = nodes[i]
-            code = codes[id(node.fn)]
-            if code.digest not in worker.known:
-                code_map[code.digest] = code.blob
-            vals = [values[d.index] for d in node.deps] if node.deps else None
-            if node.packed is not None:
-                wire.append((i, code.digest, (), {}, vals, node.nested, node.packed))
+            if node.fn is not last_fn:  # looked up once per run of equal functions
+                last_fn = node.fn
+                code = codes[id(last_fn)]
+                digest = code.digest
+                if digest not in worker.known:
+                    code_map[digest] = code.blob
+                e = ests.get(digest, 0.001)
+            if node.deps:
+                vals = [values[d.index] for d in node.deps]
+                if node.packed is not None:
+                    append((i, digest, (), {}, vals, node.nested, node.packed))
+                else:
+                    append((i, digest, node.args, node.kwargs, vals, node.nested, None))
+            elif node.packed is not None:
+                append((i, digest, (), {}, None, node.nested, node.packed))
             else:
-                wire.append((i, code.digest, node.args, node.kwargs, vals, node.nested, None))
-            self.state[i] = RUNNING
-            self.attempts[i] += 1
-            if self.budgets and self.attempts[i] == 1:
+                append((i, digest, node.args, node.kwargs, None, False, None))
+            state[i] = RUNNING
+            attempts[i] += 1
+            if budgets and attempts[i] == 1:
                 self._record_call(node)
-            est += self.est.get(code.digest, 0.001)
+            est += e
         now = time.monotonic()
         batch = Batch(next(self._bids), worker, tids, est, now)
         worker.batches[batch.id] = batch
@@ -396,6 +446,7 @@ class Scheduler(Recovery):
 
     def _not_sent(self, batch: Batch) -> None:
         """*batch* never left (its worker had just left the pool): ready again, uncounted."""
+        self.gate.release(batch.tids)
         self.counts["batches"] -= 1
         batch.worker.known.clear()
         for i in batch.tids:
@@ -410,9 +461,10 @@ class Scheduler(Recovery):
     def _call_worker(self, worker: Worker, code: dict[bytes, bytes] | None,
                      wire: list[Any]) -> Reply[Any]:
         bufs: list[pickle.PickleBuffer] = []
-        blob = pickle.dumps((code, wire), protocol=5, buffer_callback=bufs.append)
+        store = self.store
+        blob = pickle.dumps((code, wire, store), protocol=5, buffer_callback=bufs.append)
         if bufs:  # large arguments: let the transport carry them out of band
-            return self.pool.call(worker, "run", code, wire)
+            return self.pool.call(worker, "run", code, wire, store)
         return self.pool.call(worker, "run_packed", blob)
 
     # -- completion ---------------------------------------------------------------------
@@ -421,6 +473,9 @@ class Scheduler(Recovery):
         worker = batch.worker
         if worker.batches.pop(batch.id, None) is None:
             return
+        gate = self.gate
+        if gate.reserved:
+            gate.release(batch.tids)
         # exactly 0 when idle (no float residue): idle workers tie, and the first wins,
         # so that the last ones drain and can be given back to the pool
         worker.load = max(0.0, worker.load - batch.est) if worker.batches else 0.0
@@ -431,30 +486,53 @@ class Scheduler(Recovery):
         if exc is not None:
             self._batch_lost(batch, exc)
             return
+        # Per outcome, only what must be per task (the hot loop of a run of tiny tasks):
+        # lookups hoisted, the function's digest looked up once per run of equal
+        # functions, durations measured once per function and batch (their mean).
         measured = 0.0
-        for tid, status, kind, payload, t0, t1 in reply.result(0):
-            self.running -= 1
-            if self.state[tid] != RUNNING:
+        state, nodes, codes, t0s, t1s, where = (self.state, self.nodes, self.codes,
+                                                self.t0, self.t1, self.where)
+        wid = worker.actor_id
+        last_fn: Any = None
+        digest = b""
+        run_sum, run_n = 0.0, 0
+        outcomes = reply.result(0)
+        self.running -= len(outcomes)
+        for tid, status, kind, payload, t0, t1 in outcomes:
+            if state[tid] != RUNNING:
                 continue
-            node = self.nodes[tid]
-            digest = self.codes[id(node.fn)].digest
+            fn = nodes[tid].fn
+            if fn is not last_fn:
+                if run_n:
+                    self._measure(digest, run_sum / run_n)
+                    run_sum, run_n = 0.0, 0
+                last_fn = fn
+                digest = codes[id(fn)].digest
             if status == NEED_CODE:
                 worker.known.discard(digest)
                 self.attempts[tid] -= 1
                 self._make_ready(tid)
                 continue
-            self._measure(digest, t1 - t0)
+            run_sum += t1 - t0
+            run_n += 1
             measured += t1 - t0
-            self.t0[tid], self.t1[tid] = t0, t1
-            self.where[tid] = worker.actor_id
-            worker.busy += t1 - t0
+            t0s[tid] = t0
+            t1s[tid] = t1
+            where[tid] = wid
             if status == ERR:
                 err, tb = pickle.loads(payload)
                 self._failed_attempt(tid, rebuild(err, tb))
             else:
                 if kind != SHARED:
                     self.inband += len(payload) if kind == PICKLED else 8
+                    if gate.on:
+                        gate.measure(digest, 0)
+                else:
+                    gate.measure(digest, payload.nbytes)
                 self._finish(tid, (kind, payload))
+        if run_n:
+            self._measure(digest, run_sum / run_n)
+        worker.busy += measured
         if batch.est > 0 and measured > 0:
             worker.speed = (1 - EWMA) * worker.speed + EWMA * (measured / batch.est)
 
@@ -495,6 +573,8 @@ class Scheduler(Recovery):
         except Exception as err:
             self._failed_attempt(i, err)
             return
+        if value[0] == SHARED and self.store is not None:
+            save(self.store, value[1])
         self._finish(i, value)
 
     # -- outcomes -----------------------------------------------------------------------

@@ -12,26 +12,31 @@ is a ``RunState`` that also decides when and where tasks run.
 from __future__ import annotations
 
 import heapq
+import logging
 import pickle
 from array import array
 from typing import Any
 
 from actorq._errors import GraphError
+from actorq._graph.blobs import load as load_blob
+from actorq._graph.blobs import reference
 from actorq._graph.graph import Code, Graph, Node, validate
-from actorq._graph.journal import Journal
-from actorq._graph.worker import PICKLED, SHARED, VALUE, unpack_value
+from actorq._graph.journal import BLOB, Journal
+from actorq._graph.memory import MemoryGate, check_max_memory
+from actorq._graph.worker import PICKLED, SHARED, VALUE
 from actorq._shared import SharedObject, share_pickled
 
 WAITING, READY, RUNNING, DONE, FAILED, DELAYED = range(6)
 EWMA = 0.3  # weight of a new duration measurement
 _FINISHED = (DONE, FAILED)
+logger = logging.getLogger(__name__)
 
 
 class RunState:
     """The nodes of one run and their outcomes (see the module docstring)."""
 
     def __init__(self, graph: Graph, *, keep: Any, journal: Any, fail_fast: bool,
-                 threshold: int, prefix: str) -> None:
+                 threshold: int, prefix: str, max_memory: int | None = None) -> None:
         if not isinstance(graph, Graph):
             msg = f"system.run() needs an actorq.Graph, not {graph!r}"
             raise GraphError(msg)
@@ -43,10 +48,13 @@ class RunState:
         if len(self.keep) != len(keep):
             msg = "keep= must list nodes of this graph"
             raise GraphError(msg)
+        self.gate = MemoryGate(check_max_memory(max_memory))  # see memory.py
         self.codes: dict[int, Code] = validate(graph)  # before anything runs
         self.threshold = threshold
         self.prefix = prefix
         self.journal = Journal(journal, graph.digest(), len(graph)) if journal else None
+        self.store = self.journal.store if self.journal is not None else None
+        self.blobs_rerun = 0
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -67,6 +75,8 @@ class RunState:
         self.ready: list[tuple[int, float, int]] = []
         self.est: dict[bytes, float] = {}  # function digest -> seconds (EWMA)
         for node in self.nodes:
+            if not node.deps and not node.after_deps:
+                continue  # a root: nothing to count
             parents = {d.index for d in node.deps}
             for d in parents:
                 self.consumers[d] += 1
@@ -82,7 +92,7 @@ class RunState:
         self.done = self.failed_count = self.running = self.delayed = 0
         self.unfinished = n
         self.stopping = False
-        self.shared_live = self.shared_peak = self.inband = 0
+        self.inband = 0
 
     def _topological(self) -> list[int]:
         waiting = array("i", self.waiting)
@@ -105,25 +115,48 @@ class RunState:
 
 
     def _resume_from_journal(self) -> None:
+        """Finish the tasks the journal has as done, before anything is dispatched.
+
+        A large result is in the blob store; it is copied back into shared memory only if
+        something still needs it (the user, or a dependent that is not done), so sinks
+        first (reverse topological order). A blob that is missing or fails its check is
+        logged and its task runs again (``stats.extra["journal_blobs_rerun"]``).
+        """
         if self.journal is None:
             return
-        finished = self.journal.finished()
-        if not finished:
+        rows = self.journal.finished()
+        if not rows:
             return
-        for node in self.nodes:
-            row = finished.get(node.key)
+        nodes = self.nodes
+        found: dict[int, tuple[int, Any]] = {}
+        for i in reversed(self.order):
+            row = rows.get(nodes[i].key)
             if row is None:
                 continue
-            attempts, _kind, payload = row
-            i = node.index
-            if len(payload) >= self.threshold:
-                value: tuple[int, Any] = (SHARED, share_pickled(payload, self.prefix))
+            attempts, kind, payload = row
+            value: tuple[int, Any]
+            if kind == BLOB:
+                if self._kept(i) or any(c not in found for c in self.dependents[i] or ()):
+                    obj = load_blob(self.journal.store, payload, self.prefix)
+                    if isinstance(obj, str):
+                        logger.warning("node %r runs again although the journal has it as "
+                                       "done: %s", nodes[i].name, obj)
+                        self.blobs_rerun += 1
+                        continue
+                    value = (SHARED, obj)
+                else:  # every dependent is done too: not loaded
+                    value = (VALUE, None)
+                    self.released.add(i)
+            elif len(payload) >= self.threshold:
+                value = (SHARED, share_pickled(payload, self.prefix))
             else:
                 value = (PICKLED, payload)
             self.attempts[i] = attempts
-            self.from_journal.add(i)
-            self._finish(i, value, journal=False)
-
+            found[i] = value
+        for i in self.order:
+            if i in found:
+                self.from_journal.add(i)
+                self._finish(i, found[i], journal=False)
 
     # -- durations ----------------------------------------------------------------------
 
@@ -138,6 +171,14 @@ class RunState:
 
 
     # -- the ready queue ----------------------------------------------------------------
+
+    def _make_ready_many(self, ids: list[int]) -> None:
+        """``_make_ready`` for many at once: one heapify, not a push each."""
+        nodes, rank, state, ready = self.nodes, self.rank, self.state, self.ready
+        for i in ids:
+            state[i] = READY
+            ready.append((-nodes[i].priority, -rank[i], i))
+        heapq.heapify(ready)
 
     def _make_ready(self, i: int) -> None:
         node = self.nodes[i]
@@ -154,12 +195,18 @@ class RunState:
         self.values[i] = value
         kind, payload = value
         if kind == SHARED:
-            self.shared_live += payload.nbytes
-            self.shared_peak = max(self.shared_peak, self.shared_live)
+            if not self.gate.on:
+                self.gate.start(self._in_flight())
+            self.gate.add(payload.nbytes)
         if journal and self.journal is not None:
-            self.journal.done(self.nodes[i].key, self.attempts[i], PICKLED,
-                              self._journal_blob(kind, payload))
-        self._release_inputs(i)
+            if kind == SHARED:  # the worker put it in the blob store: journal a reference
+                self.journal.done(self.nodes[i].key, self.attempts[i], BLOB,
+                                  reference(payload))
+            else:
+                self.journal.done(self.nodes[i].key, self.attempts[i], PICKLED,
+                                  self._journal_blob(kind, payload))
+        if self.nodes[i].deps:
+            self._release_inputs(i)
         if kind == SHARED and not self.consumers[i] and not self._kept(i):
             self._release(i)
         for c in self.dependents[i] or ():
@@ -167,12 +214,14 @@ class RunState:
             if self.waiting[c] == 0 and self.state[c] == WAITING:
                 self._make_ready(c)
 
-    def _journal_blob(self, kind: int, payload: Any) -> bytes:
+    def _journal_blob(self, kind: int, payload: Any) -> bytes:  # a small value
         if kind == PICKLED:
             return bytes(payload)
-        if kind == VALUE:
-            return pickle.dumps(payload, protocol=5)
-        return pickle.dumps(unpack_value(kind, payload), protocol=5)  # a copy, journal only
+        return pickle.dumps(payload, protocol=5)
+
+    def _in_flight(self) -> list[int]:
+        """The tasks sent and not back yet (the scheduler knows)."""
+        return []
 
     def _kept(self, i: int) -> bool:
         return i in self.keep or not self.dependents[i]
@@ -190,7 +239,7 @@ class RunState:
             return
         obj: SharedObject = value[1]
         obj.unlink()
-        self.shared_live -= obj.nbytes
+        self.gate.sub(obj.nbytes)
         self.values[d] = None
         self.released.add(d)
 

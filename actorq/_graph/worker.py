@@ -1,6 +1,6 @@
 """The task worker: an actor that runs batches of graph tasks in its own process.
 
-One call, ``run(code, tasks)``, carries a batch (several tiny tasks, or one big one) and
+One call, ``run(code, tasks, store)``, carries a batch (several tiny tasks, or one big one) and
 returns one list of outcomes, so scheduling costs one message round trip per batch, not
 per task. Wire records (plain tuples, cheapest to pickle)::
 
@@ -10,6 +10,7 @@ per task. Wire records (plain tuples, cheapest to pickle)::
     outcome  (tid, status, kind, payload, t_start, t_end)
                status OK: (kind, payload) is the value; ERR: payload pickles (exc, tb)
                NEED_CODE: this worker does not know the digest (it was restarted)
+    store    the journal's blob folder, or None: a large result is also copied there
 
 A value is sent back as it is when it is a scalar; otherwise it is pickled here once;
 large ones (out-of-band buffers or pickle past the threshold) go to a shared-memory
@@ -24,6 +25,7 @@ from typing import Any
 
 from actorq._core.actor import Actor
 from actorq._errors import GraphError, format_remote
+from actorq._graph.blobs import save
 from actorq._graph.graph import fill
 from actorq._serialization import SAFE_TYPES, loads
 from actorq._shared import SharedObject, share_pickled
@@ -80,7 +82,8 @@ class TaskWorker(Actor):
         self._threshold = threshold
         self._fns: dict[bytes, Any] = {}
 
-    def run(self, code: dict[bytes, bytes] | None, tasks: list[tuple[Any, ...]]) -> list[Any]:
+    def run(self, code: dict[bytes, bytes] | None, tasks: list[tuple[Any, ...]],
+            store: str | None = None) -> list[Any]:
         """Run a batch of tasks in order; return one outcome per task (module docstring)."""
         fns = self._fns
         if code:
@@ -103,6 +106,8 @@ class TaskWorker(Actor):
                         args, kwargs = fill(args, vals), fill(kwargs, vals)
                 value = fn(*args, **kwargs)
                 kind, payload = pack_value(value, self._prefix, self._threshold)
+                if kind == SHARED and store is not None:
+                    save(store, payload)  # the journal's copy: the scheduler never sees it
             except Exception as exc:
                 out.append((tid, ERR, 0, pack_error(exc), t0, _monotonic()))
                 continue
@@ -110,9 +115,9 @@ class TaskWorker(Actor):
         return out
 
     def run_packed(self, blob: bytes) -> list[Any]:
-        """``run`` with (code, tasks) pickled by the scheduler (no check pickling on send)."""
-        code, tasks = loads(blob)
-        return self.run(code, tasks)
+        """``run`` with (code, tasks, store) pickled by the scheduler (no check pickling)."""
+        code, tasks, store = loads(blob)
+        return self.run(code, tasks, store)
 
     def ping(self) -> int:
         """Answer at once (the scheduler waits for a new worker's first reply)."""

@@ -8,12 +8,15 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import actorq
+from actorq._graph.blobs import blob_name
 from actorq.testing import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,34 +86,44 @@ def test_journal_of_another_graph_is_refused(system, tmp_path):
 
 SCRIPT = textwrap.dedent('''
     import sys, time
+    import numpy as np
     import actorq
 
-    def step(path, i):
+    def step(path, i, large):
         time.sleep(0.05)
         with open(path, "a") as f:
             f.write(f"t{i}\\n")
+        if large:  # 2 MiB: kept in shared memory, journaled in the blob store
+            return np.full(256 * 1024, i * 3, dtype=np.int64)
         return i * 3
 
     def total(*xs):
-        return sum(xs)
+        return int(sum(int(np.sum(x)) for x in xs))
 
     if __name__ == "__main__":
-        effects, journal = sys.argv[1], sys.argv[2]
+        effects, journal, large = sys.argv[1], sys.argv[2], sys.argv[3] == "large"
         g = actorq.Graph()
-        parts = [g.task(step, effects, i, key=f"t{i}") for i in range(40)]
+        parts = [g.task(step, effects, i, large, key=f"t{i}") for i in range(40)]
         end = g.task(total, *parts, key="total")
         with actorq.ActorSystem() as system:
+            before = system.metrics()["system"]
             result = system.run(g, workers=2, journal=journal)
-            print("total", result[end], "from_journal", result.stats.from_journal, flush=True)
+            after = system.metrics()["system"]
+            moved = sum(after[k] - before[k] for k in ("oob_bytes_sent", "oob_bytes_received"))
+            print("total", result[end], "from_journal", result.stats.from_journal,
+                  "moved", moved, "inband", result.stats.inband_bytes, flush=True)
 ''')
 
+LARGE = 256 * 1024  # elements of one large result
 
-def test_resume_after_sigkill_of_the_whole_program(tmp_path):
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_resume_after_sigkill_of_the_whole_program(tmp_path, size):
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     effects, journal = tmp_path / "effects", tmp_path / "run.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(script), str(effects), str(journal)]
+    cmd = [sys.executable, str(script), str(effects), str(journal), size]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -127,9 +140,104 @@ def test_resume_after_sigkill_of_the_whole_program(tmp_path):
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
-    assert f"total {sum(i * 3 for i in range(40))}" in again.stdout
-    assert f"from_journal {len(done)}" in again.stdout
+    want = sum(i * 3 for i in range(40)) * (LARGE if size == "large" else 1)
+    assert f"total {want} from_journal {len(done)} moved 0 " in again.stdout
     runs = effects.read_text().split()
     for key in done:  # journaled as done: never run again
         assert runs.count(key) == 1, key
     assert set(runs) == {f"t{i}" for i in range(40)}  # every task ran, at least once
+    with closing(sqlite3.connect(journal)) as db:
+        rows = db.execute("SELECT kind, length(result) FROM tasks WHERE state = 'done'").fetchall()
+    assert len(rows) == 41
+    assert max(length for _kind, length in rows) < 1024  # no large result in SQLite
+    blobs = sorted(os.listdir(f"{journal}.blobs"))
+    if size == "large":  # one file per large result, the orphans of the killed run swept
+        assert len(blobs) == 40
+        assert all(os.path.getsize(f"{journal}.blobs/{b}") > 2 * 1024 * 1024 for b in blobs)
+    else:
+        assert blobs == []
+
+
+def make_array(path, i, mib):
+    with open(path, "a") as f:
+        f.write(f"x{i}\n")
+    return np.random.default_rng(i).random(mib * 1024 * 1024 // 8)
+
+
+def checksum(a):
+    return float(a.sum())
+
+
+def arrays(effects, n=4, mib=8, sums=True):
+    g = actorq.Graph()
+    xs = [g.task(make_array, effects, i, mib, key=f"x{i}") for i in range(n)]
+    ss = [g.task(checksum, x, key=f"s{i}") for i, x in enumerate(xs)] if sums else []
+    return g, xs, ss
+
+
+def blob_files(journal):
+    return sorted(os.listdir(f"{journal}.blobs"))
+
+
+def test_large_results_go_to_the_blob_store_not_through_the_scheduler(system, tmp_path):
+    effects, journal = str(tmp_path / "effects"), str(tmp_path / "run.db")
+    g, _xs, ss = arrays(effects)
+    before = system.metrics()["system"]
+    tracemalloc.start()
+    try:
+        first = system.run(g, workers=2, journal=journal)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    after = system.metrics()["system"]
+    want = [float(np.random.default_rng(i).random(1024 * 1024).sum()) for i in range(4)]
+    assert [first[s] for s in ss] == pytest.approx(want)
+    # 32 MiB were journaled, and none of it went through the scheduler's process
+    assert sum(after[k] - before[k] for k in ("oob_bytes_sent", "oob_bytes_received")) == 0
+    assert peak < 4 * 1024 * 1024
+    assert first.stats.inband_bytes < 64 * 1024
+    assert len(blob_files(journal)) == 4
+    with closing(sqlite3.connect(journal)) as db:
+        assert db.execute("SELECT max(length(result)) FROM tasks").fetchone()[0] < 1024
+
+    g2, _xs2, ss2 = arrays(effects)
+    second = system.run(g2, workers=2, journal=journal)
+    assert [second[s] for s in ss2] == [first[s] for s in ss]
+    assert second.stats.from_journal == 8
+    assert second.stats.shared_bytes_peak == 0  # the sums are done: no blob was loaded
+    assert sorted(Path(effects).read_text().split()) == ["x0", "x1", "x2", "x3"]
+
+
+def test_a_missing_or_corrupt_blob_runs_its_task_again(system, tmp_path):
+    effects, journal = str(tmp_path / "effects"), str(tmp_path / "run.db")
+    g, xs, _ = arrays(effects, n=3, mib=1, sums=False)  # sinks: their values are needed
+    first = system.run(g, journal=journal)
+    with closing(sqlite3.connect(journal)) as db:
+        refs = dict(db.execute("SELECT key, result FROM tasks"))
+    os.unlink(f"{journal}.blobs/{blob_name(refs['x0'])}")
+    corrupt = f"{journal}.blobs/{blob_name(refs['x1'])}"
+    with open(corrupt, "r+b") as f:
+        f.seek(4096)
+        byte = f.read(1)
+        f.seek(4096)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    g2, xs2, _ = arrays(effects, n=3, mib=1, sums=False)
+    second = system.run(g2, journal=journal)
+    for a, b in zip(xs, xs2, strict=True):
+        np.testing.assert_array_equal(second[b], first[a])
+    assert second.stats.extra["journal_blobs_rerun"] == 2
+    assert second.stats.from_journal == 1
+    assert sorted(Path(effects).read_text().split()) == ["x0", "x0", "x1", "x1", "x2"]
+    assert len(blob_files(journal)) == 3  # the bad ones replaced, not accumulated
+
+
+def test_a_journal_of_the_earlier_format_is_refused_with_the_reason(system, tmp_path):
+    journal = tmp_path / "run.db"
+    with closing(sqlite3.connect(journal)) as db:
+        db.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT)")
+        db.execute("INSERT INTO meta VALUES ('format', 'actorq-journal-1')")
+        db.commit()
+    g, _ = build(str(tmp_path / "e"), n=2)
+    with pytest.raises(actorq.GraphError, match=r"earlier version of actorq.*delete it"):
+        system.run(g, journal=str(journal))
