@@ -502,3 +502,34 @@ def test_ctrl_c_in_run_stops_the_run_and_the_next_run_gets_a_free_worker(tmp_pat
     line = next(x for x in proc.stdout.splitlines() if x.startswith("pids:"))
     old, new = line.split()[1:]
     assert old != new
+
+
+def _slow(x):
+    time.sleep(0.2)
+    return x
+
+
+def test_closing_the_system_under_a_run_ends_the_run(tmp_path):
+    import threading
+
+    for use_async in (False, True):
+        system = actorq.ActorSystem(workers=2)
+        try:
+            g = actorq.Graph()
+            first = g.task(_touch_then_sleep, str(tmp_path / f"go{use_async}"), 0.2)
+            for i in range(40):
+                g.task(_slow, i).after(first)
+
+            def close_when_started(marker=tmp_path / f"go{use_async}", system=system):
+                actorq.testing.wait_until(marker.exists, timeout=60)
+                system.close()
+
+            closer = threading.Thread(target=close_when_started)
+            closer.start()
+            run = (lambda g=g, system=system: asyncio.run(system.run_async(g))) if use_async \
+                else (lambda g=g, system=system: system.run(g))
+            with pytest.raises(actorq.ActorStopped):
+                run()
+            closer.join(60)
+        finally:
+            system.close()
