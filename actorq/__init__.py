@@ -10,7 +10,7 @@ import logging
 from actorq._config import SystemConfig
 from actorq._core.actor import Actor, ActorContext, ActorOptions
 from actorq._core.events import ActorEvent, EventKind
-from actorq._core.ref import ActorRef
+from actorq._core.ref import ActorRef, ChannelStatistics
 from actorq._core.reply import Reply
 from actorq._core.waiting import as_completed, wait
 from actorq._errors import (
@@ -49,6 +49,7 @@ __all__ = [
     "Backoff",
     "Backpressure",
     "CallTimeout",
+    "ChannelStatistics",
     "CircuitBreaker",
     "CircuitOpen",
     "DeadLetter",

@@ -40,7 +40,14 @@ from actorq._graph.result import GraphResult
 from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry
-from actorq._routing.pool import Pool, SupervisorHost, hang_options, validate_options
+from actorq._routing.pool import (
+    SCALE_WINDOW,
+    Pool,
+    SupervisorHost,
+    hang_options,
+    parse_size,
+    validate_options,
+)
 from actorq._runtime.runtime import LIVE_RUNTIMES, Runtime
 from actorq._supervision.deadletters import DeadLetter
 from actorq._supervision.supervisor import Supervisor
@@ -122,16 +129,22 @@ class ActorSystem:
              retry: Retry | None = None, timeout: float | None = None,
              name: str | None = None, hang_margin: float = 1.0,
              max_restarts: int = 100, within: float = 10.0, idle_timeout: float = 5.0,
-             oversubscribe: bool = False, **kwargs: Any) -> Pool[A]:
+             oversubscribe: bool = False, replace_backoff: Backoff | None = None,
+             scale_window: int = SCALE_WINDOW, **kwargs: Any) -> Pool[A]:
         """Start a pool of *size* actors of *cls* (``args``/``kwargs`` to each) and return it.
 
         *size*: an int, or ``(min, max)`` to scale with the load (never past the cores
-        unless *oversubscribe*); default: one per core. *routing*: ``"round_robin"``,
-        ``"least_loaded"``, ``"fastest"`` or ``"hash"`` (each call then needs ``key=``).
+        unless *oversubscribe*): it grows while calls wait for credit on its channels to
+        the members, whose credit window is then *scale_window* messages, and shrinks
+        after *idle_timeout* seconds with a member idle; default: one per core.
+        *routing*: ``"round_robin"``, ``"least_loaded"``, ``"fastest"`` or ``"hash"``
+        (each call then needs ``key=``).
         *circuit*: a ``CircuitBreaker`` copied for each member; *retry*: a ``Retry``;
         *timeout*: each call's deadline (seconds, all attempts); a member still running a
         call *hang_margin* seconds past the timeout is killed and restarted. Members are
-        restarted after crashes by the pool's supervisor (*max_restarts* within *within*).
+        restarted after crashes by the pool's supervisor (*max_restarts* within *within*,
+        counted per member); a member it gives up on is replaced by a new one after a
+        delay drawn from *replace_backoff*, so the pool keeps its size.
         See docs/concepts.md, "Pools and resilience".
         """
         if self._runtime.closing:
@@ -141,13 +154,22 @@ class ActorSystem:
         if not (isinstance(cls, type) and issubclass(cls, Actor)):
             msg = f"pool() needs a subclass of actorq.Actor, not {cls!r}"
             raise TypeError(msg)
-        options = hang_options(cls, timeout, hang_margin, kwargs)
+        lo, hi = parse_size(size, oversubscribe)
+        options = hang_options(cls, timeout, hang_margin, kwargs,
+                               scale_window if hi > lo else None)
         pool_name = name or f"pool-{cls.__name__}-{len(self._pools) + 1}"
-        host = SupervisorHost(self, pool_name, max_restarts=max_restarts, within=within,
-                              member_options=options)
-        new: Pool[A] = Pool(host, cls, args, kwargs, size=size, routing=routing,
-                            circuit=circuit, retry=retry, timeout=timeout, name=pool_name,
-                            idle_timeout=idle_timeout, oversubscribe=oversubscribe)
+        rt = self._runtime
+        sup = rt.supervisor_under(rt.root, "one_for_one", max_restarts, within, None,
+                                  pool_name, give_up_per_child=True)
+        host = SupervisorHost(self, sup, member_options=options)
+        try:
+            new: Pool[A] = Pool(host, cls, args, kwargs, size=size, routing=routing,
+                                circuit=circuit, retry=retry, timeout=timeout, name=pool_name,
+                                idle_timeout=idle_timeout, oversubscribe=oversubscribe,
+                                replace_backoff=replace_backoff)
+        except BaseException:
+            host.close()
+            raise
         self._pools.add(new)
         return new
 

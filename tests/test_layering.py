@@ -150,3 +150,32 @@ def test_transport_and_process_do_not_import_each_other():
     for sub, other in (("_transport", "_process"), ("_process", "_transport")):
         for path in (PKG / sub).glob("*.py"):
             assert not any(d.startswith(other) for d in imports_of(path)), path
+
+
+# Reply's private fields: outside the kernel, replies are read through their public seam
+# (done(), outcome(), waiter, sleep_until_done()). An object's own attributes
+# (``self._hub`` of the runtime) are not a reply's.
+REPLY_PRIVATE = {"_exc", "_value", "_done", "_hub", "_wait_event"}
+
+
+def reply_private_reads(source: str, where: str) -> list[str]:
+    """``obj._exc`` and the like in *source*, where ``obj`` is not ``self``."""
+    return [f"{where}:{node.lineno} {ast.unparse(node)}"
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Attribute) and node.attr in REPLY_PRIVATE
+            and not (isinstance(node.value, ast.Name) and node.value.id == "self")]
+
+
+def test_the_scan_finds_a_private_read_of_a_reply():
+    source = "def f(reply, other):\n    return reply._exc, self._hub, other.inner._done\n"
+    assert reply_private_reads(source, "m.py") == ["m.py:2 reply._exc", "m.py:2 other.inner._done"]
+
+
+def test_no_module_outside_the_kernel_reads_a_replys_private_fields():
+    problems = []
+    for module, path in modules().items():
+        if module.startswith("_core"):
+            continue
+        problems.extend(reply_private_reads(path.read_text(), module))
+    assert not problems, problems
+

@@ -21,6 +21,7 @@ import gc
 import inspect
 import logging
 import marshal
+import math
 import multiprocessing
 import os
 import select
@@ -116,6 +117,7 @@ class ActorHub(Hub):
     """The hub of an actor process: runs handlers, and opens channels through the system."""
 
     may_deadlock = True
+    idle_backoff = True
 
     def __init__(self, host: Host, info: Boot, ctl: ControlBlock, efd: int):
         super().__init__(info.id, info.run_id, info.config, ctl, efd)
@@ -125,7 +127,8 @@ class ActorHub(Hub):
         self.gap_ewma = 0.0  # recent idle stretches, seconds (adaptive spinning)
         self.parked_at = 0.0
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
-        self.deadline = (0, 0.0)  # (token, deadline) of the last call that carried one
+        # (kernel token, deadline, call token) of the last call that carried them (OP_DCALL)
+        self.deadline: tuple[int, float, Any] = (0, 0.0, None)
         self.expired_drops = 0  # calls dropped unrun: their deadline passed while queued
         self.stamp_start = info.hang_timeout is not None  # hang detection is on
         # the lone call serve_alone is handling (its ring, record, unlink list), and its
@@ -159,14 +162,16 @@ class ActorHub(Hub):
         chan = self.outbound.get(target)
         if chan is None:
             ctl = ControlBlock(Segment.attach(ctl_name))
-            chan = OutChannel(target, Segment.attach(ring_name), ctl, efd, self.config.window)
+            chan = OutChannel(target, Segment.attach(ring_name, prefault=False), ctl, efd,
+                              self.config.window)
             self.outbound[target] = chan
         return chan
 
     def attach_inbound(self, sender: int, ring_name: str, producer_efd: int) -> None:
         """Map a ring some peer writes to us (its eventfd: to ring when credit comes back)."""
         if sender not in self.inbound:
-            self.inbound[sender] = InChannel(sender, Segment.attach(ring_name), producer_efd)
+            self.inbound[sender] = InChannel(sender, Segment.attach(ring_name, prefault=False),
+                                            producer_efd)
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -409,7 +414,7 @@ class ActorHub(Hub):
                     if msg[6] <= time.monotonic():
                         self.drop_expired(entry, index, msg)
                         continue
-                    self.deadline = (msg[1], msg[6])
+                    self.deadline = (msg[1], msg[6], msg[7] if len(msg) > 7 else None)
                     msg = msg[:6]
                 _op, token, reply_to, method, args, kwargs = msg
                 slots[C_TOKEN] = token  # 0: a crash then fails no caller
@@ -466,10 +471,18 @@ class ActorHub(Hub):
 
     def time_left(self) -> float | None:
         """Seconds until the deadline of the call being handled; None if it has none."""
-        token, deadline = self.deadline
-        if not token or token != self.ctl.slots[C_TOKEN]:
+        token, deadline, _carried = self.deadline
+        if not token or token != self.ctl.slots[C_TOKEN] or deadline == math.inf:
             return None
         return deadline - time.monotonic()
+
+    def call_token(self) -> Any:
+        """The token the call being handled carries (a pool call's, kept across its
+        retries); None if it carries none."""
+        token, _deadline, carried = self.deadline
+        if not token or token != self.ctl.slots[C_TOKEN]:
+            return None
+        return carried
 
     def _async_done(self, task: asyncio.Future[Any], *, entry: OpenRecord, index: int,
                     token: int, reply_to: int) -> None:
@@ -702,6 +715,8 @@ class Host:
         """The doorbell rang: read and handle everything there is."""
         self.hub.clear_doorbell()
         self.hub.ctl.slots[C_WAKEUPS] += 1
+        if self.hub.watch_interval > self.hub.config.park_timeout:
+            self.hub.watch_sooner()  # busy again after a quiet stretch
         if self.hub.parked_at:
             self.hub.note_gap(time.perf_counter() - self.hub.parked_at)
             self.hub.parked_at = 0.0
@@ -811,6 +826,10 @@ class Host:
         """Seconds until the deadline of the call being handled (None: it has none)."""
         return self.hub.time_left()
 
+    def call_token(self) -> Any:
+        """The token of the call being handled (None: it carries none)."""
+        return self.hub.call_token()
+
     def stop_child(self, ref: ActorRef[Any]) -> None:
         """Ask the system to stop one of this actor's children for good (returns at once)."""
         answer, _fds = self.request((Ctl.STOP_CHILD, ref.actor_id))
@@ -822,11 +841,13 @@ class Host:
         return self.hub.config
 
     def spawn_child(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
-                    name: str | None, restart: str) -> ActorRef[Any]:
-        """Spawn a child actor through the system, supervised on this actor's behalf."""
+                    name: str | None, restart: str,
+                    group: tuple[str, int, float] | None = None) -> ActorRef[Any]:
+        """Spawn a child actor through the system, supervised on this actor's behalf
+        (*group*: under its supervisor ``(name, max_restarts, within)``, e.g. a pool's)."""
         options = kwargs.pop("actor_options", None)
         blob = _serialization.dumps_code((cls, args, kwargs))
-        answer, _fds = self.request((Ctl.SPAWN, blob, name, restart, options))
+        answer, _fds = self.request((Ctl.SPAWN, blob, name, restart, options, group))
         if answer[0] == "error":
             raise answer[1]
         _kind, actor_id, child_name, handlers, cls_name = answer

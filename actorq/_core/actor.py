@@ -103,12 +103,18 @@ class ContextOps(Protocol):
         ...
 
     def spawn_child(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
-                    name: str | None, restart: str) -> ActorRef[Any]:
-        """Spawn *cls* as a child of the current actor."""
+                    name: str | None, restart: str,
+                    group: tuple[str, int, float] | None = None) -> ActorRef[Any]:
+        """Spawn *cls* as a child of the current actor (*group*: under a supervisor of
+        its children named so, ``(name, max_restarts, within)``, made on first use)."""
         ...
 
     def time_left(self) -> float | None:
         """Seconds until the deadline of the call being handled; None without one."""
+        ...
+
+    def call_token(self) -> Any:
+        """The token the call being handled carries; None without one."""
         ...
 
     def stop_child(self, ref: ActorRef[Any]) -> None:
@@ -153,6 +159,15 @@ class ActorContext:
         passed), or None if the call carries none (``timeout=`` of a pool call, or
         ``ref.call_with_deadline``). Use it to give up early or to size inner timeouts."""
         return self._ops.time_left()
+
+    @property
+    def token(self) -> Any:
+        """The token of the call being handled, the same for every attempt of it: a
+        pool call's ``idempotency_key`` when the caller gave one, else a string unique to
+        the call. None for a call that carries none (a plain ref call, or a call of a
+        pool without retry, circuit or timeout, which is never retried). A member uses
+        it to do a side effect once across retries (see ``docs/concepts.md``)."""
+        return self._ops.call_token()
 
     def pool(self, cls: type, *args: Any, **options: Any) -> Any:
         """Start a pool of children of this actor (see ``ActorSystem.pool``; same options).

@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
-from actorq._core.protocol import OP_CALL, OP_DCALL, OP_REPLY, OP_TELL, method_and_args
+from actorq._core.protocol import (
+    C_WATCH_MS,
+    OP_CALL,
+    OP_DCALL,
+    OP_REPLY,
+    OP_TELL,
+    method_and_args,
+)
+from actorq._core.ref import ChannelStatistics
 from actorq._core.reply import Reply, error_from_wire
 from actorq._errors import ActorStopped, Backpressure, format_remote
 from actorq._ids import next_token
@@ -69,6 +77,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# An idle actor's lost wake-up watchdog backs off to one look per this many park
+# timeouts (6.4 s by default): 1000 idle actors woke 10k times a second without it.
+IDLE_BACKOFF = 64
+# Callers that issued more calls than this since one of them last waited, with more
+# than this outstanding, are pipelining (a fan-out): their calls wait in the outboxes
+# for the end of the burst (the loop's flush, or the caller's own wait), so that each
+# receiver wakes once per burst, not once per call (issue 15: 100 actors). A lone round
+# trip, sync or awaited, keeps the latency path: written and rung at once.
+BURST_PENDING = 16
 DRAIN_QUANTUM = 256  # messages per ring per round of a drain (one full burst record)
 _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without keywords
 _loads = pickle.loads
@@ -95,6 +112,7 @@ class Hub:
     """The channels of one process. Subclasses: ``SystemHub``, ``ActorHub``."""
 
     may_deadlock = False  # True where waiting on a reply can be a self-wait (actors)
+    idle_backoff = False  # True: an idle hub's watchdog looks less often (actors)
 
     def __init__(self, hub_id: int, run_id: str, config: SystemConfig, ctl: ControlBlock,
                  efd: int) -> None:
@@ -108,6 +126,7 @@ class Hub:
         self.inbound: dict[int, InChannel] = {}
         self.outbound: dict[int, OutChannel] = {}
         self.pending: dict[int, Reply[Any]] = {}
+        self.burst = 0  # calls that tried the latency path since a caller last waited
         self.gone: dict[int, str] = {}  # actor id -> why it is gone for good
         self.dirty: set[OutChannel] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -120,6 +139,21 @@ class Hub:
         self.queue: deque[tuple[OpenRecord, int, tuple[Any, ...]]] = deque()
         self._outbox_fast = config.outbox_messages - 1  # tell's fast path appends below this
         self.max_inline = config.ring_size // 2 - 8  # bigger records take the spill path
+        # the lost wake-up watchdog (``watchdog``): its next look, and how far it backed off
+        self.watch_handle: asyncio.TimerHandle | None = None
+        self.watch_interval = config.park_timeout
+        self.watch_seen = -1  # the wake-up count at its last look
+        self.watch_args: tuple[Any, ...] = ()
+
+    def channel_statistics(self, target: int) -> ChannelStatistics:
+        """The figures of the channel to actor *target* (zeros if none is open)."""
+        chan = self.outbound.get(target)
+        if chan is None:
+            return ChannelStatistics(self.config.window, 0, 0, 0, 0.0, 0)
+        gate = chan.gate
+        queued = len(chan.outbox) + chan.encoded_count
+        return ChannelStatistics(chan.limit(), chan.ring.in_flight() + queued, gate.waiting,
+                                 gate.waits, gate.wait_seconds, gate.backpressure)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -145,8 +179,10 @@ class Hub:
         return reply
 
     def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
-                      kwargs: dict[str, Any] | None, deadline: float) -> Reply[Any]:
-        """Like ``call``, the message carrying *deadline* (``time.monotonic()`` seconds).
+                      kwargs: dict[str, Any] | None, deadline: float,
+                      call_token: Any = None) -> Reply[Any]:
+        """Like ``call``, the message carrying *deadline* (``time.monotonic()`` seconds;
+        ``math.inf``: none) and, if not None, *call_token* (``context.token``).
 
         The actor drops the call without running it if the deadline has passed when its
         turn comes (the reply is a ``CallTimeout`` whose ``reason`` is ``"expired"``), and
@@ -157,10 +193,16 @@ class Hub:
             plain = False
         else:
             plain = True
+        if call_token is not None and type(call_token) not in SAFE_TYPES:
+            check_picklable(lambda: ref._describe(method), (call_token,), None)
+            plain = False
         token = next_token()
         reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
         self.pending[token] = reply
-        msg = (OP_DCALL, token, self.id, method, args, kwargs or _NO_KWARGS, float(deadline))
+        msg: tuple[Any, ...] = (OP_DCALL, token, self.id, method, args, kwargs or _NO_KWARGS,
+                                float(deadline))
+        if call_token is not None:
+            msg = (*msg, call_token)
         try:
             if not (plain and self._send_now(ref.actor_id, msg)):
                 self.send(ref, msg, nowait=False)
@@ -179,7 +221,9 @@ class Hub:
         fitting now; ``send`` then handles it.
         """
         chan = self.outbound.get(target)
-        if chan is None or threading.get_ident() == self.loop_thread_id:
+        self.burst += 1
+        if (chan is None or threading.get_ident() == self.loop_thread_id
+                or self.burst > BURST_PENDING < len(self.pending)):
             return False
         lock = chan.lock
         lock.acquire()  # not ``with``: once per call, and the block costs (see tell)
@@ -272,7 +316,8 @@ class Hub:
         # of the burst (throughput: one record, one publish, one doorbell).
         if len(outbox) >= self.config.outbox_messages or (
                 msg[1] and threading.get_ident() != self.loop_thread_id
-                and chan.ring.in_flight() == 0):
+                and chan.ring.in_flight() == 0
+                and not self.burst > BURST_PENDING < len(self.pending)):
             chan.flush_locked(self.encode)
             if not chan.encoded:
                 self.dirty.discard(chan)
@@ -767,19 +812,51 @@ class Hub:
         suspicious only if it is still there, untouched by any wake-up, at a second look
         shortly after (a producer may be between publishing and ringing at the first
         look). Then it is counted in ``lost_wakeups`` and served.
+
+        With ``idle_backoff`` (actors), a hub that stayed parked with no wake-up since
+        the last look is looked at half as often each time, down to once every
+        ``IDLE_BACKOFF`` x ``park_timeout``: a thousand idle actors then cost next to no
+        CPU, and a lost wake-up is still found, within that bound. The first wake-up
+        after a quiet stretch (``watch_sooner``) brings the next look back to
+        ``park_timeout``.
         """
+        self.watch_handle = None
         if not active() or self.loop is None:
             return
+        slots = self.ctl.slots
+        wakeups = slots[C_WAKEUPS]
         if self._parked_with_data(busy()):
-            wakeups = self.ctl.slots[C_WAKEUPS]
 
             def second_look() -> None:
                 if self.ctl.slots[C_WAKEUPS] == wakeups and self._parked_with_data(busy()):
                     self.ctl.slots[C_LOST] += 1
                     serve()
+                    self.watch_sooner()
 
             self.loop.call_later(0.01, second_look)
-        self.loop.call_later(self.config.park_timeout, self.watchdog, busy, serve, active)
+        base = self.config.park_timeout
+        interval = base
+        if self.idle_backoff and wakeups == self.watch_seen and slots[C_PARKED] & 1:
+            interval = min(self.watch_interval * 2, base * IDLE_BACKOFF)
+        self.watch_seen = wakeups
+        if interval != self.watch_interval:
+            self.watch_interval = interval
+            slots[C_WATCH_MS] = round(interval * 1e3)
+        self.watch_args = (busy, serve, active)
+        self.watch_handle = self.loop.call_later(interval, self.watchdog, busy, serve, active)
+
+    def watch_sooner(self) -> None:
+        """A wake-up after a quiet stretch: the watchdog looks again after ``park_timeout``
+        (not after the long interval it had backed off to). Loop thread."""
+        handle = self.watch_handle
+        if handle is None or self.loop is None:
+            return
+        handle.cancel()
+        self.watch_interval = self.config.park_timeout
+        self.ctl.slots[C_WATCH_MS] = round(self.watch_interval * 1e3)
+        self.watch_seen = -1  # the next look does not back off
+        self.watch_handle = self.loop.call_later(self.watch_interval, self.watchdog,
+                                                 *self.watch_args)
 
     def _parked_with_data(self, busy: bool) -> bool:
         if busy or not self.ctl.slots[C_PARKED] & 1 or not self.has_unread():

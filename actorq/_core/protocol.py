@@ -8,10 +8,12 @@ message: ``_transport/oob.py``). Tuples, the cheapest to pickle; ``msg[0]`` is t
     (OP_CALL,  token, reply_to, method, args, kwargs)   reply_to: the caller's hub id
     (OP_TELL,  0, message)                              a tell: ``receive(message)``
     (OP_REPLY, token, ok, value_or_exception, traceback_text)
-    (OP_DCALL, token, reply_to, method, args, kwargs, deadline)
+    (OP_DCALL, token, reply_to, method, args, kwargs, deadline[, call_token])
                         a call carrying its deadline (``time.monotonic()`` seconds: the
-                        same clock in every process of the host); the actor drops it
-                        unrun if the deadline passed while it was queued (issue 10)
+                        same clock in every process of the host; ``inf``: none); the
+                        actor drops it unrun if the deadline passed while it was queued
+                        (issue 10). ``call_token`` (optional): a pool call's token, the
+                        same for each of its attempts (``context.token``)
 
 Hub ids: ``SYSTEM_ID`` (0) is the user's process; an actor's hub id is its actor id.
 
@@ -28,7 +30,9 @@ the message path): tuples whose first item is a :class:`Ctl` kind::
                      (CRASHING, traceback)               about to die of an exception
                      (CONNECT, request_id, target_id)    open a direct channel
                      (LOOKUP, request_id, name)
-                     (SPAWN, request_id, blob, name, restart, options)
+                     (SPAWN, request_id, blob, name, restart, options, group)
+                                         group: None, or (name, max_restarts, within) of a
+                                         supervisor of its children to put it under
                      (STOP_CHILD, request_id, child_id)  stop one of its children (pools)
                      (DEAD_LETTER, method, reason)       a message it could not unpickle
 
@@ -76,6 +80,7 @@ C_SINCE = 11
 C_SEQ = 12
 C_HANDLED = 18
 C_STOP = 20
+C_WATCH_MS = 24  # the lost wake-up watchdog's interval now, ms (it backs off while idle)
 
 
 class Ctl(StrEnum):

@@ -6,6 +6,8 @@ the same run, it calls through that process's own direct channel to the target.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from actorq._core.reply import Reply
@@ -24,14 +26,44 @@ class Sender(Protocol):
         ...
 
     def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
-                      kwargs: dict[str, Any] | None, deadline: float) -> Reply[Any]:
-        """Send a call carrying *deadline* (``time.monotonic()`` seconds)."""
+                      kwargs: dict[str, Any] | None, deadline: float,
+                      call_token: Any = None) -> Reply[Any]:
+        """Send a call carrying *deadline* (``time.monotonic()`` seconds) and a token."""
         ...
 
     def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
         """Send *message* to *ref*'s actor's ``receive``."""
         ...
 
+    def channel_statistics(self, target: int) -> ChannelStatistics:
+        """The figures of this process's channel to actor *target*."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStatistics:
+    """This process's channel to one actor, as the kernel's flow control sees it
+    (``ref.channel_statistics()``). All zeros for a channel not opened yet.
+
+    Attributes:
+        window: the credit window now (the receiver's adaptive one if it is smaller).
+        in_flight: messages sent on it and not handled yet (the credits in use), plus
+            those still buffered in this process.
+        waiting: senders waiting for credit right now (threads, or parked sends).
+        waits: times a sender had to wait for credit, since the channel opened.
+        wait_seconds: the time they waited, in all.
+        backpressure: ``Backpressure`` errors raised to senders on it.
+    """
+
+    window: int
+    in_flight: int
+    waiting: int
+    waits: int
+    wait_seconds: float
+    backpressure: int
+
+
+ChannelStatistics.__module__ = "actorq"
 
 _hubs: dict[str, Sender] = {}
 
@@ -166,6 +198,20 @@ class ActorRef(Generic[A]):
             self._check_method(method)
         return self._get_hub().call_deadline(self, method, args, kwargs, deadline)
 
+    def call_with(self, method: str, args: tuple[Any, ...] = (),
+                  kwargs: dict[str, Any] | None = None, *, deadline: float | None = None,
+                  token: Any = None) -> Reply[Any]:
+        """Call *method* with the message carrying an absolute *deadline* (as
+        ``call_with_deadline``; None: none) and a *token* the handler reads as
+        ``self.context.token`` (None: none; plain data, a str or an int best). A pool
+        sends every attempt of a call with the same token, so that a member can do a
+        side effect once across retries."""
+        if method != "receive":
+            self._check_method(method)
+        return self._get_hub().call_deadline(self, method, args, kwargs,
+                                             math.inf if deadline is None else deadline,
+                                             token)
+
     def ask(self, message: Any) -> Reply[Any]:
         """Send *message* to the actor's ``receive`` and return a ``Reply`` with its answer."""
         return self._get_hub().call(self, "receive", (message,), None)
@@ -177,6 +223,12 @@ class ActorRef(Generic[A]):
         ``Backpressure``; on a running event loop it never waits.
         """
         (self._hub or self._get_hub()).tell(self, message, nowait=False)
+
+    def channel_statistics(self) -> ChannelStatistics:
+        """The flow-control figures of this process's channel to the actor: credits in
+        use, the window, senders waiting for credit now and so far, ``Backpressure``
+        errors. Read without locks (a snapshot; cheap). A pool grows on these."""
+        return self._get_hub().channel_statistics(self.actor_id)
 
     def tell_nowait(self, message: Any) -> None:
         """Like ``tell`` but never waits: raises ``Backpressure`` if the mailbox has no credit."""

@@ -68,7 +68,7 @@ class _Detached:
         self.config = config
 
     def wait_reply(self, reply: Reply[Any], deadline: Deadline) -> None:
-        reply._wait_event(deadline)
+        reply.sleep_until_done(deadline.remaining())
 
     def timeout_hint(self, reply: Reply[Any]) -> str:
         return ""
@@ -89,7 +89,8 @@ class Reply(Generic[T]):
     Use ``await reply``, ``reply.result(timeout)``, ``reply.done()`` or
     ``reply.add_done_callback(fn)``. Layers that compose calls (a pool retrying on
     another member) make their own with ``Reply.pending(...)`` and complete it with
-    ``set_result``/``set_exception``.
+    ``set_result``/``set_exception``; they read a finished attempt with ``outcome()``
+    and wait through it with its ``waiter`` (see ``waiter``).
     """
 
     __slots__ = (
@@ -122,13 +123,18 @@ class Reply(Generic[T]):
 
     @classmethod
     def pending(cls, description: str = "a pending result", *,
-                config: SystemConfig | None = None) -> Reply[Any]:
+                config: SystemConfig | None = None,
+                waiter: ReplyWaiter | None = None) -> Reply[Any]:
         """Return a new reply that its creator completes with ``set_result``/``set_exception``.
 
         *description* names it in error messages (``CallTimeout``); *config* gives the
-        default timeout of ``result()`` (the system's ``call_timeout``).
+        default timeout of ``result()`` (the system's ``call_timeout``). *waiter*, if
+        given, is what ``result()`` and ``await`` wait through (a ``ReplyWaiter``: a
+        composite waiting through its current attempt's ``waiter``); its ``config`` then
+        gives the timeout. Without one, waiting just sleeps until the reply is completed.
         """
-        waiter = _DEFAULT_DETACHED if config is None else _Detached(config)
+        if waiter is None:
+            waiter = _DEFAULT_DETACHED if config is None else _Detached(config)
         return cls(waiter, None, 0, description)
 
     @property
@@ -136,6 +142,44 @@ class Reply(Generic[T]):
         """``"Counter 'c'.incr"``, for error messages (formatted only when one is needed)."""
         ref = self._ref
         return ref._describe(self._method) if ref is not None else self._method
+
+    @property
+    def waiter(self) -> ReplyWaiter:
+        """Whoever delivers this reply (the hub of its process, or a composite's waiter).
+
+        A reply that spans several attempts (``Reply.pending``) has its own waiter, which
+        waits through the current attempt's: ``inner.waiter.wait_reply(inner, deadline)``
+        reads the rings that attempt's answer comes on, as ``inner.result()`` would;
+        ``inner.waiter.flush_dirty()`` sends what is buffered; and
+        ``inner.waiter.waiting_would_deadlock(inner)`` says whether waiting here can end.
+        """
+        return self._hub
+
+    def outcome(self) -> tuple[T | None, BaseException | None]:
+        """``(value, None)`` if the call succeeded, ``(None, exc)`` if it failed.
+
+        Never waits and never raises the call's error (for a done-callback, or code that
+        checked ``done()``). Raises ``RuntimeError`` if the reply is not done yet.
+        """
+        if not self._done:
+            msg = f"{self.describe}: outcome() of a reply that is not done yet"
+            raise RuntimeError(msg)
+        return self._value, self._exc
+
+    def sleep_until_done(self, timeout: float | None = None) -> bool:
+        """Sleep until the reply is done or *timeout* seconds pass; return ``done()``.
+
+        Unlike ``result()`` it does not help deliver the reply (no flush, no reading of
+        rings): it is the last step of a waiter's ``wait_reply``, for a reply that
+        someone else completes (another thread, a timer, the hub loop).
+        """
+        if not self._done:
+            event = self._event
+            if event is None:
+                event = self._event = threading.Event()
+            if not self._done:
+                event.wait(timeout)
+        return self._done
 
     # -- completion -----------------------------------------------------------------------
 
@@ -273,11 +317,8 @@ class Reply(Generic[T]):
             raise DeadlockError(msg)
 
     def _wait_event(self, deadline: Deadline) -> None:
-        event = self._event
-        if event is None:
-            event = self._event = threading.Event()
-        if not self._done:
-            event.wait(deadline.remaining())
+        # kept for _routing/pool.py until it moves to sleep_until_done (its helper's step)
+        self.sleep_until_done(deadline.remaining())
 
     def __await__(self) -> Generator[Any, None, T]:
         if not self._done:

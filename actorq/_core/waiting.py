@@ -33,9 +33,9 @@ def _completions(replies: list[Reply[Any]], timeout: float | None) -> Iterator[R
     for reply in replies:
         reply.add_done_callback(done.put)  # at once for those already done
     deadline = Deadline.after(timeout) if timeout is not None else None
-    in_actor = any(reply._hub.may_deadlock for reply in replies)
+    in_actor = any(reply.waiter.may_deadlock for reply in replies)
     if not in_actor:
-        for hub in {id(reply._hub): reply._hub for reply in replies}.values():
+        for hub in {id(reply.waiter): reply.waiter for reply in replies}.values():
             hub.flush_dirty()  # calls still buffered go out now
     left = len(replies)
     while left:
@@ -47,7 +47,7 @@ def _completions(replies: list[Reply[Any]], timeout: float | None) -> Iterator[R
                     return
                 first = next(r for r in replies if not r.done())
                 wait = _SLICE if deadline is None else min(_SLICE, deadline.remaining())
-                first._hub.wait_reply(first, Deadline.after(wait))
+                first.waiter.wait_reply(first, Deadline.after(wait))
                 continue
         else:
             try:
@@ -105,6 +105,6 @@ def wait(replies: Iterable[Reply[T]], timeout: float | None = None,
     for reply in _completions(unique, timeout):
         done.add(reply)
         if return_when == FIRST_COMPLETED or (
-                return_when == FIRST_EXCEPTION and reply._exc is not None):
+                return_when == FIRST_EXCEPTION and reply.outcome()[1] is not None):
             break
     return done, {r for r in unique if r not in done}

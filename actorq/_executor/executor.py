@@ -248,13 +248,14 @@ class Executor(concurrent.futures.Executor):
         reply.add_done_callback(lambda r: self._batch_done(batch, r))
 
     def _batch_done(self, batch: list[Any], reply: Reply[Any]) -> None:
-        exc = reply._exc
+        result: Any
+        result, exc = reply.outcome()
         if exc is not None:
             self._settle_all(batch, exc)
         elif len(batch) == 1:
-            self._settle_one(batch[0][0], True, reply._value, "")
+            self._settle_one(batch[0][0], True, result, "")
         else:
-            for task, (ok, value, tb) in zip(batch, reply._value, strict=True):
+            for task, (ok, value, tb) in zip(batch, result, strict=True):
                 self._settle_one(task[0], ok, value, tb)
         self._sent_done()
 

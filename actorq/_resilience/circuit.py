@@ -164,6 +164,23 @@ class CircuitBreaker:
                     self._open()
             # already open: a late outcome of a call sent before it opened; nothing to do
 
+    def trip(self) -> None:
+        """The target is gone (a pool member its supervisor gave up on): open now,
+        whatever the count, until ``probe_now`` or the reset timeout."""
+        with self._lock:
+            if self._state != OPEN:
+                self._open()
+            else:
+                self._opened_at = self.clock()
+
+    def probe_now(self) -> None:
+        """A new target took the place of the old one (a replacement member): half open
+        at once, so that the next calls probe it instead of waiting for the reset timeout."""
+        with self._lock:
+            if self._state == OPEN:
+                self._probes = 0
+                self._move(HALF_OPEN)
+
     # -- internals (lock held) ------------------------------------------------------------------
 
     def _tick(self) -> None:

@@ -21,6 +21,8 @@ is scheduled on the routing scheduler thread.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import itertools
 import logging
@@ -36,8 +38,10 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
 from actorq._core.actor import handler_names, set_pool_factory
+from actorq._core.events import ActorEvent, EventKind
 from actorq._core.reply import Reply
 from actorq._errors import ActorCrashed, ActorStopped, CallTimeout, CircuitOpen
+from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry, RetryBudget
 from actorq._routing.routers import ROUTINGS, Router, key_point, make_router
@@ -50,8 +54,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("actorq")
 
 A = TypeVar("A")
+T = TypeVar("T")
 EWMA_ALPHA = 0.2
 AUTOSCALE_TICK = 0.1  # seconds between looks at the load of a (min, max) pool
+SCALE_TARGET = 1e9  # seconds: the adaptive window of an autoscaling pool's members never shrinks
+SCALE_WINDOW = 8  # default credit window of an autoscaling pool's members
+REPLACE_QUIET = 60.0  # seconds without a lost member after which replacing starts afresh
 _pool_ids = itertools.count(1)
 _call_tokens = itertools.count(1)
 
@@ -76,6 +84,23 @@ class PoolHost(Protocol):
     def close(self) -> None:
         """Stop every member and the supervisor (blocks until they are gone)."""
         ...
+
+    def running(self) -> bool:
+        """False once the host (its supervisor, its system) is stopped: no more spawns."""
+        ...
+
+    def watch(self, on_lost: Callable[[int], None]) -> None:
+        """Call ``on_lost(actor_id)`` when a member is gone for good (its supervisor gave
+        up on it); from any thread, quickly. A host that cannot tell does nothing: the
+        pool then learns it from the member's next call (``ActorStopped``)."""
+        ...
+
+
+def default_replace_backoff() -> Backoff:
+    """Delays before replacing lost members: the n-th loss in a row waits up to
+    ``min(30, 0.1 * 2**n)`` seconds (full jitter), so a member that always crashes at
+    start costs a few spawns a minute, not a spin."""
+    return Backoff(initial=0.1, maximum=30.0)
 
 
 @dataclass(frozen=True)
@@ -112,14 +137,17 @@ class PoolStatistics:
     idempotent_hits: int
     grown: int
     shrunk: int
+    lost: int
+    replaced: int
+    replacing: int
     members: list[MemberStatistics] = field(default_factory=list)
 
 
 class _Member:
     """A pool member: its ref, circuit and the pool's own figures for it."""
 
-    __slots__ = ("bound", "breaker", "calls", "ewma", "failures", "id", "in_flight", "ok",
-                 "ref", "retired", "slot")
+    __slots__ = ("bound", "breaker", "calls", "ewma", "failures", "id", "in_flight", "lost",
+                 "ok", "ref", "retired", "seen_waits", "slot")
 
     def __init__(self, ref: ActorRef[Any], slot: int, breaker: CircuitBreaker | None) -> None:
         self.ref = ref
@@ -132,7 +160,9 @@ class _Member:
         self.calls = 0
         self.ok = 0
         self.failures: dict[str, int] = {}
-        self.retired = False
+        self.retired = False  # resized away
+        self.lost = False  # its supervisor gave up on it: out of the routing, being replaced
+        self.seen_waits = 0  # credit waits + backpressure on its channel at the last look
 
     def stats(self) -> MemberStatistics:
         b = self.breaker
@@ -162,7 +192,8 @@ class _Call:
     may_deadlock = False
 
     def __init__(self, pool: Pool[Any], method: str, args: tuple[Any, ...],
-                 kwargs: dict[str, Any], key: Any, deadline: float | None) -> None:
+                 kwargs: dict[str, Any], key: Any, deadline: float | None,
+                 idem: Any = None) -> None:
         self.pool = pool
         self.config: SystemConfig = pool._config
         self.method = method
@@ -170,7 +201,8 @@ class _Call:
         self.kwargs = kwargs
         self.key = key
         self.deadline = deadline
-        self.token = next(_call_tokens)  # the same for every attempt of this call
+        # the same for every attempt of this call; it travels with each (context.token)
+        self.token = idem if idem is not None else f"{pool._token_prefix}{next(_call_tokens)}"
         self.attempt = 0
         self.inner: Reply[Any] | None = None
         self.member: _Member | None = None
@@ -181,12 +213,12 @@ class _Call:
 
     def wait_reply(self, reply: Reply[Any], deadline: Deadline) -> None:
         outer = self.outer
-        while not outer._done and not deadline.expired():
+        while not outer.done() and not deadline.expired():
             inner = self.inner
-            if inner is not None and not inner._done:
-                inner._hub.wait_reply(inner, deadline)  # drains the rings, as a ref call
+            if inner is not None and not inner.done():
+                inner.waiter.wait_reply(inner, deadline)  # drains the rings, as a ref call
             else:  # between attempts (a backoff): the retry will set a new inner
-                outer._wait_event(Deadline(min(deadline.at, time.monotonic() + 0.005), 0.005))
+                outer.sleep_until_done(min(deadline.remaining(), 0.005))
 
     def timeout_hint(self, reply: Reply[Any]) -> str:
         member = self.member
@@ -195,11 +227,11 @@ class _Call:
 
     def waiting_would_deadlock(self, reply: Reply[Any]) -> bool:
         inner = self.inner
-        return inner is not None and inner._hub.waiting_would_deadlock(inner)
+        return inner is not None and inner.waiter.waiting_would_deadlock(inner)
 
     def flush_dirty(self, *, wait: bool = True) -> bool:
         inner = self.inner
-        return inner._hub.flush_dirty(wait=wait) if inner is not None else True
+        return inner.waiter.flush_dirty(wait=wait) if inner is not None else True
 
     # -- attempts ------------------------------------------------------------------------------
 
@@ -222,7 +254,7 @@ class _Call:
 
     def retry(self) -> None:
         """A later attempt (scheduler thread): another member when there is one."""
-        if self.outer._done:
+        if self.outer.done():
             return
         self.attempt += 1
         pool = self.pool
@@ -242,15 +274,8 @@ class _Call:
     def _send(self, member: _Member) -> None:
         self.member = member
         self.sent_at = time.perf_counter()
-        ref = member.ref
-        if self.deadline is not None:
-            inner = ref.call_with_deadline(self.deadline, self.method, *self.args,
-                                           **self.kwargs)
-        else:
-            bound = member.bound.get(self.method)
-            if bound is None:  # ref.method, cached: the ref's own fast path
-                bound = member.bound[self.method] = getattr(ref, self.method)
-            inner = bound(*self.args, **self.kwargs)
+        inner = member.ref.call_with(self.method, self.args, self.kwargs,
+                                     deadline=self.deadline, token=self.token)
         self.inner = inner
         inner.add_done_callback(self._on_done)
 
@@ -260,7 +285,7 @@ class _Call:
         current = self.inner
         if member is None or (current is not None and inner is not current):
             return  # pragma: no cover - defensive (None: the call ended, e.g. its deadline)
-        exc = inner._exc
+        value, exc = inner.outcome()
         elapsed = time.perf_counter() - self.sent_at
         pool = self.pool
         if exc is None:  # the common case, inlined: one lock, the circuit's fast path
@@ -273,7 +298,7 @@ class _Call:
             breaker = member.breaker
             if breaker is not None and (breaker._state != "closed" or breaker._failures):
                 breaker.record_success()
-            self.outer.set_result(inner._value)
+            self.outer.set_result(value)
             self.args = self.kwargs = None  # type: ignore[assignment]  # see _forget
             self.inner = None
             self.outer = _FINISHED
@@ -286,13 +311,14 @@ class _Call:
         pool._finished(member, exc, elapsed)
         if isinstance(exc, CallTimeout) and exc.reason == "expired":
             pool._stats_inc("expired_drops")
-        if self.outer._done:
+        if self.outer.done():
             return
         retry = pool.retry
         delay: float | None = None
-        if isinstance(exc, ActorStopped) and (member.retired or member not in pool._members) \
-                and not pool._stopped and self.attempt < 1000:
-            delay = 0.0  # its member was resized away: not the call's fault, not budgeted
+        if isinstance(exc, ActorStopped) and not pool._stopped and self.attempt < 1000 and (
+                member.retired or member.lost or member not in pool._members
+                or pool._member_lost(member)):
+            delay = 0.0  # its member was resized away or lost: not the call's fault
         elif retry is not None:
             refused = pool._budget.refused if pool._budget is not None else 0
             delay = retry.decide(exc, self.attempt, now=time.monotonic(),
@@ -326,7 +352,7 @@ class _Call:
 
     def expire(self) -> None:
         """The call's deadline passed (scheduler thread)."""
-        if self.outer._done:
+        if self.outer.done():
             return
         waited = f"{self.pool.timeout or 0:g}s" if self.pool.timeout else "its timeout"
         err = CallTimeout(f"pool {self.pool.name!r}.{self.method}: no reply within {waited} "
@@ -375,8 +401,11 @@ class Pool(Generic[A]):
                  routing: str, circuit: CircuitBreaker | None, retry: Retry | None,
                  timeout: float | None, name: str | None = None, idle_timeout: float = 5.0,
                  oversubscribe: bool = False, idempotency_ttl: float = 300.0,
-                 idempotency_size: int = 10_000) -> None:
+                 idempotency_size: int = 10_000, replace_backoff: Backoff | None = None) -> None:
         validate_options(size, routing, circuit, retry, timeout, idle_timeout, oversubscribe)
+        if replace_backoff is not None and not isinstance(replace_backoff, Backoff):
+            msg = f"replace_backoff must be an actorq.Backoff or None, not {replace_backoff!r}"
+            raise TypeError(msg)
         lo, hi = parse_size(size, oversubscribe)
         self.name = name or f"pool-{cls.__name__}-{next(_pool_ids)}"
         self.cls = cls
@@ -393,6 +422,7 @@ class Pool(Generic[A]):
         self._bare = retry is None and circuit is None  # see _bare_call
         self._args, self._kwargs = args, kwargs
         self._router: Router = make_router(routing)
+        self._token_prefix = f"{self.name}/{os.getpid()}/"
         self._budget: RetryBudget | None = (retry.budget.fresh() if retry is not None
                                             and retry.budget is not None else None)
         self._lock = threading.Lock()
@@ -403,7 +433,7 @@ class Pool(Generic[A]):
         self._stats: dict[str, int] = dict.fromkeys(
             ("calls", "succeeded", "failed", "retries", "budget_refusals",
              "circuit_open_rejections", "expired_drops", "deadline_timeouts",
-             "idempotent_joins", "idempotent_hits", "grown", "shrunk"), 0)
+             "idempotent_joins", "idempotent_hits", "grown", "shrunk", "lost", "replaced"), 0)
         self._retired_stats: list[MemberStatistics] = []
         self._idem_ttl = idempotency_ttl
         self._idem_size = idempotency_size
@@ -412,11 +442,15 @@ class Pool(Generic[A]):
         self._busy_ticks = 0
         self._idle_since = time.monotonic()
         self._resize_lock = threading.Lock()
+        self._replace_backoff = replace_backoff or default_replace_backoff()
+        self._lost_streak = 0  # members lost in a row (no REPLACE_QUIET gap between them)
+        self._lost_at = 0.0
         try:
             self._grow(lo)
         except BaseException:
             self._host.close()
             raise
+        self._host.watch(_on_lost_weakly(self))
         if hi > lo:
             _tick_later(self)
 
@@ -550,8 +584,10 @@ class Pool(Generic[A]):
         """The pool's figures now (a frozen snapshot)."""
         with self._lock:
             members = [m.stats() for m in self._members] + list(self._retired_stats)
+            replacing = sum(1 for m in self._members if m.lost)
             return PoolStatistics(name=self.name, size=len(self._members),
-                                  routing=self.routing, members=members, **self._stats)
+                                  routing=self.routing, members=members,
+                                  replacing=replacing, **self._stats)
 
     def __enter__(self) -> Pool[A]:
         return self
@@ -610,7 +646,7 @@ class Pool(Generic[A]):
                 return joined
         elif deadline is None and self._bare:
             return self._bare_call(method, args, kwargs, key)
-        call = _Call(self, method, args, kwargs, key, deadline)
+        call = _Call(self, method, args, kwargs, key, deadline, idem)
         self._stats["calls"] += 1
         if self._budget is not None:
             self._budget.record_call()
@@ -623,7 +659,7 @@ class Pool(Generic[A]):
             if idem is not None:
                 self._idem_running.pop(idem, None)
             raise
-        if deadline is not None and not outer._done:
+        if deadline is not None and not outer.done():
             SCHEDULER.call_later(deadline - time.monotonic(), call.expire)
         return outer
 
@@ -656,7 +692,7 @@ class Pool(Generic[A]):
 
     def _bare_done(self, member: _Member, sent: float, inner: Reply[Any]) -> None:
         elapsed = time.perf_counter() - sent
-        exc = inner._exc
+        exc = inner.outcome()[1]
         if exc is None:
             with self._lock:
                 member.in_flight -= 1
@@ -668,6 +704,8 @@ class Pool(Generic[A]):
         self._finished(member, exc, elapsed)
         if isinstance(exc, CallTimeout) and exc.reason == "expired":
             self._stats_inc("expired_drops")
+        elif isinstance(exc, ActorStopped) and not member.retired:
+            self._member_lost(member)
         self._stats_inc("failed")
 
     def _pick(self, key: Any, avoid: _Member | None) -> _Member | None:
@@ -709,7 +747,7 @@ class Pool(Generic[A]):
             else:
                 kind = failure_kind(exc)
                 member.failures[kind] = member.failures.get(kind, 0) + 1
-        if member.breaker is not None:
+        if member.breaker is not None and not member.lost:  # a lost one's circuit stays open
             member.breaker.record(exc)
 
     def _stats_inc(self, name: str) -> None:
@@ -757,7 +795,7 @@ class Pool(Generic[A]):
         def store(reply: Reply[Any]) -> None:
             with self._lock:
                 self._idem_running.pop(idem, None)
-                if reply._exc is not None:
+                if reply.outcome()[1] is not None:
                     return  # a failure is not remembered: the next call runs again
                 self._idem_done[idem] = (time.monotonic() + self._idem_ttl, reply)
                 self._idem_done.move_to_end(idem)
@@ -767,6 +805,68 @@ class Pool(Generic[A]):
         outer.add_done_callback(store)
 
     # -- membership ----------------------------------------------------------------------------
+
+    def _member_lost(self, member: _Member) -> bool:
+        """*member* is gone for good (its supervisor gave up on it, or it answered
+        ``ActorStopped``): take it out of the routing, open its circuit, and replace it
+        after a backoff. False if the pool or its host is stopped (nothing to replace)."""
+        if self._stopped or not self._host.running():
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if member.lost or member.retired or member not in self._members:
+                return True
+            member.lost = True
+            self._candidates = [m for m in self._members if not (m.retired or m.lost)]
+            if now - self._lost_at > REPLACE_QUIET:
+                self._lost_streak = 0
+            self._lost_at = now
+            delay = self._replace_backoff.delay(self._lost_streak)
+            self._lost_streak += 1
+            self._stats["lost"] += 1
+        if member.breaker is not None:
+            member.breaker.trip()
+        logger.warning("pool %r: member %r is gone for good; replacing it in %.3fs",
+                       self.name, member.ref.name, delay)
+        ref = weakref.ref(self)
+
+        def replace() -> None:
+            pool = ref()
+            if pool is not None:
+                pool._replace(member)
+
+        # spawning may wait (for an actor's loop, for the system): off the scheduler
+        SCHEDULER.call_later(delay, lambda: threading.Thread(
+            target=replace, name="actorq-pool-replace", daemon=True).start())
+        return True
+
+    def _replace(self, member: _Member) -> None:
+        """Start a new member in *member*'s slot (scheduler thread). It keeps the slot's
+        circuit, half open: its first calls are probes."""
+        if self._stopped or not self._host.running():
+            return
+        with self._resize_lock:
+            with self._lock:
+                if member not in self._members:
+                    return  # resized away meanwhile
+            try:
+                ref = self._host.spawn_member(self.cls, self._args, dict(self._kwargs),
+                                              f"{self.name}-{member.slot}")
+            except ActorStopped:
+                return  # the host stopped meanwhile
+            except Exception:
+                logger.exception("pool %r: replacing member %r failed", self.name,
+                                 member.ref.name)
+                return
+            new = _Member(ref, member.slot, member.breaker)
+            with self._lock:
+                self._members[self._members.index(member)] = new
+                self._candidates = [m for m in self._members if not (m.retired or m.lost)]
+                self._router.resized([m.id for m in self._members])
+                self._retired_stats.append(member.stats())
+                self._stats["replaced"] += 1
+        if new.breaker is not None:
+            new.breaker.probe_now()
 
     def _grow(self, n: int) -> None:
         for _ in range(n):
@@ -802,23 +902,39 @@ class Pool(Generic[A]):
                 self._retired_stats.append(m.stats())
 
     def _autoscale(self) -> None:
-        """Every tick (scheduler thread): grow while every member is busy, shrink after
-        ``idle_timeout`` of spare members; two busy ticks in a row before growing, so
-        that one burst does not start a process."""
-        if self._stopped or getattr(getattr(self._host, "sup", None), "state",
-                                    "running") != "running":
+        """Every tick (scheduler thread): grow while calls wait for credit, shrink after
+        ``idle_timeout`` with a member idle at every look.
+
+        What it reads is the kernel's flow control on this process's channel to each
+        member (``ref.channel_statistics()``): senders waiting for credit now, and
+        credit waits or ``Backpressure`` since the last look. Two pressed looks in a row
+        before growing (one burst does not start a process); a member without calls
+        in flight (the kernel's credits in use) at every look for ``idle_timeout``
+        before shrinking (any look without one starts the wait again)."""
+        if self._stopped or not self._host.running():
             return  # stopped, or its system closed: no more ticks
         now = time.monotonic()
         with self._lock:
+            members = list(self._candidates)
             size = len(self._members)
-            busy = sum(1 for m in self._candidates if m.in_flight > 0)
-            queued = sum(max(0, m.in_flight - 1) for m in self._candidates)
-        if busy >= size and queued > 0:
+        pressed = idle = 0
+        for m in members:
+            try:
+                st = m.ref.channel_statistics()
+            except Exception:
+                continue
+            waited = st.waits + st.backpressure
+            if st.waiting or waited > m.seen_waits:
+                pressed += 1
+            m.seen_waits = waited
+            if st.in_flight == 0:
+                idle += 1
+        if pressed:
             self._busy_ticks += 1
             self._idle_since = now
         else:
             self._busy_ticks = 0
-            if busy >= size - 1:
+            if not idle:
                 self._idle_since = now
         action: Callable[[], None] | None = None
         if self._busy_ticks >= 2 and size < self.max_size:
@@ -843,19 +959,32 @@ class Pool(Generic[A]):
 
 
 class SupervisorHost:
-    """A pool's members under a supervisor of their own (``system.supervisor``).
+    """A pool's members under a supervisor of its own, *sup*, which gives up on one
+    member at a time (past its restart intensity) rather than failing as a whole; the
+    pool replaces a member it gave up on.
 
-    Built on the system's public surface only: ``system.supervisor(...)``,
-    ``sup.spawn(...)``, ``system.stop(ref)``, ``sup.stop()``.
+    Built on the system's public surface: ``sup.spawn(...)``, ``system.stop(ref)``,
+    ``sup.stop()``, ``system.subscribe(...)`` (``gave_up`` events name lost members).
     """
 
-    def __init__(self, system: Any, name: str, *, max_restarts: int, within: float,
-                 member_options: Any = None) -> None:
+    def __init__(self, system: Any, sup: Any, *, member_options: Any = None) -> None:
         self.system = system
         self.config: SystemConfig = system.config
         self.member_options = member_options
-        self.sup = system.supervisor(strategy="one_for_one", max_restarts=max_restarts,
-                                     within=within, name=name)
+        self.sup = sup
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def running(self) -> bool:
+        return bool(self.sup.state == "running")
+
+    def watch(self, on_lost: Callable[[int], None]) -> None:
+        sup_name = self.sup.name
+
+        def listen(event: ActorEvent) -> None:  # the system's loop thread: quick
+            if event.kind is EventKind.GAVE_UP and event.supervisor == sup_name:
+                on_lost(event.actor_id)
+
+        self._unsubscribe = self.system.subscribe(listen)
 
     def spawn_member(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
                      name: str) -> ActorRef[Any]:
@@ -868,6 +997,9 @@ class SupervisorHost:
         self.system.stop(ref)
 
     def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         try:
             self.sup.stop()
         except ActorStopped:
@@ -875,19 +1007,50 @@ class SupervisorHost:
 
 
 class ContextHost:
-    """A pool's members as children of the actor that made it (``self.context.pool``)."""
+    """A pool's members as children of the actor that made it (``self.context.pool``),
+    under a supervisor of the pool's own (below the actor's children supervisor) with
+    the pool's restart intensity, counted per member."""
 
-    def __init__(self, ops: Any, member_options: Any = None) -> None:
+    def __init__(self, ops: Any, group: str, *, max_restarts: int, within: float,
+                 member_options: Any = None) -> None:
         self.ops = ops
         self.config: SystemConfig = ops.system_config()
         self.member_options = member_options
+        self.group = (group, max_restarts, within)
         self.refs: list[ActorRef[Any]] = []
+        # the actor's thread and loop: its requests to the system are made there only
+        self._thread = threading.get_ident()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - actors run their code on their loop
+            self._loop = None
+
+    def _on_actor_thread(self, fn: Callable[[], T]) -> T:
+        """Run *fn* on the actor's own thread (between its messages) and wait for it: the
+        actor's requests to the system (spawn, stop) are not made from two threads."""
+        if self._loop is None or threading.get_ident() == self._thread:
+            return fn()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # handed to the waiting thread
+                done.set_exception(exc)
+
+        try:
+            self._loop.call_soon_threadsafe(run)
+        except RuntimeError:  # its loop is closed: the actor is stopping
+            msg = "the actor that runs this pool is stopping"
+            raise ActorStopped(msg) from None
+        return done.result()
 
     def spawn_member(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
                      name: str) -> ActorRef[Any]:
         if self.member_options is not None and "actor_options" not in kwargs:
             kwargs["actor_options"] = self.member_options
-        ref: ActorRef[Any] = self.ops.spawn_child(cls, args, kwargs, None, "permanent")
+        ref: ActorRef[Any] = self._on_actor_thread(lambda: self.ops.spawn_child(
+            cls, args, kwargs, None, "permanent", group=self.group))
         self.refs.append(ref)
         return ref
 
@@ -895,13 +1058,19 @@ class ContextHost:
         if ref in self.refs:
             self.refs.remove(ref)
         try:
-            self.ops.stop_child(ref)
+            self._on_actor_thread(lambda: self.ops.stop_child(ref))
         except (ActorStopped, ValueError):
             pass  # gone already
 
     def close(self) -> None:
         for ref in list(self.refs):
             self.stop_member(ref)
+
+    def running(self) -> bool:
+        return True  # the actor that made the pool is running: it is the one calling
+
+    def watch(self, on_lost: Callable[[int], None]) -> None:
+        """An actor hears of a lost child from its next call (``ActorStopped``)."""
 
 
 def context_pool(ops: Any, cls: type, args: tuple[Any, ...],
@@ -912,30 +1081,70 @@ def context_pool(ops: Any, cls: type, args: tuple[Any, ...],
     circuit = options.pop("circuit", None)
     retry = options.pop("retry", None)
     timeout = options.pop("timeout", None)
-    name = options.pop("name", None)
+    name = options.pop("name", None) or f"pool-{cls.__name__}-{next(_pool_ids)}"
     hang_margin = options.pop("hang_margin", 1.0)
     idle_timeout = options.pop("idle_timeout", 5.0)
     oversubscribe = options.pop("oversubscribe", False)
+    max_restarts = options.pop("max_restarts", 100)
+    within = options.pop("within", 10.0)
+    replace_backoff = options.pop("replace_backoff", None)
+    scale_window = options.pop("scale_window", SCALE_WINDOW)
     validate_options(size, routing, circuit, retry, timeout, idle_timeout, oversubscribe)
-    member_options = hang_options(cls, timeout, hang_margin, options)
-    return Pool(ContextHost(ops, member_options), cls, args, options, size=size,
-                routing=routing, circuit=circuit, retry=retry, timeout=timeout, name=name,
-                idle_timeout=idle_timeout, oversubscribe=oversubscribe)
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        msg = f"max_restarts must be an int >= 0, not {max_restarts!r}"
+        raise ValueError(msg)
+    check_timeout(within, "within")
+    lo, hi = parse_size(size, oversubscribe)
+    member_options = hang_options(cls, timeout, hang_margin, options,
+                                  scale_window if hi > lo else None)
+    host = ContextHost(ops, name, max_restarts=max_restarts, within=float(within),
+                       member_options=member_options)
+    return Pool(host, cls, args, options, size=size, routing=routing, circuit=circuit,
+                retry=retry, timeout=timeout, name=name, idle_timeout=idle_timeout,
+                oversubscribe=oversubscribe, replace_backoff=replace_backoff)
 
 
 def hang_options(cls: type, timeout: float | None, hang_margin: float,
-                 kwargs: dict[str, Any]) -> Any:
-    """The members' ``ActorOptions`` when the pool has a timeout: a hang timeout of
-    *timeout* + *hang_margin*, unless the class or the caller set options of their own."""
+                 kwargs: dict[str, Any], scale_window: int | None = None) -> Any:
+    """The members' ``ActorOptions``: a hang timeout of *timeout* + *hang_margin* when
+    the pool has a timeout, and a credit window of *scale_window* messages for an
+    autoscaling pool (calls beyond it wait for credit: the signal to grow); None when
+    neither applies, or the caller passed ``actor_options``. A class's own hang timeout
+    or adaptive window is kept."""
     if not (isinstance(hang_margin, (int, float)) and hang_margin > 0):
         msg = f"hang_margin must be positive seconds, not {hang_margin!r}"
         raise ValueError(msg)
-    if timeout is None or "actor_options" in kwargs:
+    if scale_window is not None and (isinstance(scale_window, bool) or not isinstance(
+            scale_window, int) or scale_window < 1):
+        msg = f"scale_window must be an int >= 1, not {scale_window!r}"
+        raise ValueError(msg)
+    if "actor_options" in kwargs:
         return None
     base = getattr(cls, "actor_options", None) or ActorOptions()
-    if base.hang_timeout is not None:
-        return None
-    return dataclasses.replace(base, hang_timeout=timeout + hang_margin)
+    changes: dict[str, Any] = {}
+    if timeout is not None and base.hang_timeout is None:
+        changes["hang_timeout"] = timeout + hang_margin
+    if scale_window is not None and base.window_target is None:
+        # a fixed window: the adaptive one pinned (its target is never exceeded)
+        changes.update(window_target=SCALE_TARGET, window_min=scale_window,
+                       window_max=scale_window)
+    return dataclasses.replace(base, **changes) if changes else None
+
+
+def _on_lost_weakly(pool: Pool[Any]) -> Callable[[int], None]:
+    """``on_lost(actor_id)`` for the host to call, holding the pool weakly."""
+    ref = weakref.ref(pool)
+
+    def on_lost(actor_id: int) -> None:
+        alive = ref()
+        if alive is None:
+            return
+        with alive._lock:
+            member = next((m for m in alive._members if m.id == actor_id), None)
+        if member is not None:
+            alive._member_lost(member)
+
+    return on_lost
 
 
 def _tick_later(pool: Pool[Any]) -> None:
@@ -968,6 +1177,12 @@ class _NoHost:
     def close(self) -> None:
         """Nothing to close: the members belong to the original pool."""
 
+    def running(self) -> bool:
+        return False  # a copy does not replace members (the original pool does)
+
+    def watch(self, on_lost: Callable[[int], None]) -> None:
+        """A copy does not watch."""
+
 
 def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
                   refs: list[ActorRef[Any]], routing: str, circuit: CircuitBreaker | None,
@@ -982,6 +1197,7 @@ def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
     pool._bare = retry is None and circuit is None
     pool._args, pool._kwargs = (), {}
     pool._router = make_router(routing)
+    pool._token_prefix = f"{name}/{os.getpid()}/"
     pool._budget = retry.budget.fresh() if retry is not None and retry.budget is not None \
         else None
     pool._lock = threading.Lock()
@@ -994,12 +1210,14 @@ def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
     pool._stats = dict.fromkeys(
         ("calls", "succeeded", "failed", "retries", "budget_refusals",
          "circuit_open_rejections", "expired_drops", "deadline_timeouts",
-         "idempotent_joins", "idempotent_hits", "grown", "shrunk"), 0)
+         "idempotent_joins", "idempotent_hits", "grown", "shrunk", "lost", "replaced"), 0)
     pool._retired_stats = []
     pool._idem_ttl, pool._idem_size = 300.0, 10_000
     pool._idem_running, pool._idem_done = {}, OrderedDict()
     pool._busy_ticks, pool._idle_since = 0, time.monotonic()
     pool._resize_lock = threading.Lock()
+    pool._replace_backoff = default_replace_backoff()
+    pool._lost_streak, pool._lost_at = 0, 0.0
     return pool
 
 

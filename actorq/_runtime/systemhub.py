@@ -75,12 +75,13 @@ class SystemHub(Hub):
             msg = (f"{reply.describe}: result() blocks this thread's running event loop until "
                    "the reply comes; in async code use `await reply`")
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        self.burst = 0  # a caller waits: the fan-out burst, if any, ends here
         if self.dirty:
             self.flush_dirty()
         if not reply.done():
             self.spin_for(reply)
         while not reply.done() and not deadline.expired():
-            reply._wait_event(deadline)
+            reply.sleep_until_done(deadline.remaining())
 
     def spin_for(self, reply: Reply[Any]) -> None:
         """Poll the ring the reply comes from, from this thread, for ``spin_seconds`` x 4.

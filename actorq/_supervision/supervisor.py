@@ -74,7 +74,7 @@ class SupervisorOps(Protocol):
 
     def supervisor_under(self, parent: Supervisor, strategy: str, max_restarts: int,
                          within: float, backoff: Backoff | None,
-                         name: str | None) -> Supervisor:
+                         name: str | None, *, give_up_per_child: bool = False) -> Supervisor:
         """Create a supervisor under *parent*."""
         ...
 

@@ -9,28 +9,37 @@ Out-of-band buffers (numpy arrays, bytearrays of at least ``oob_threshold`` byte
 copied once into a shared-memory *block* and mapped, not copied, by the receiver: the
 array it decodes views the block. A fresh segment per array would cost as much as
 pickling in band (the kernel allocates and zeroes every page: ≈ 9 ms for 8 MiB here), so
-blocks are pooled and reused by the sending process. A block's first page holds two flags
-that only its receiver clears::
+blocks are pooled and reused by the sending process; and mapping a block costs its
+receiver a page fault per page (≈ 0.8 ms for 8 MiB with MAP_POPULATE), so a receiver
+maps each block once and keeps it mapped (``_block``, up to ``MAP_BYTES``). What an
+array decoded over a block holds is a view of its own (a ctypes array over the shared
+mapping), so that its lifetime is still known per message. A block's first page holds
+two flags that only its receiver clears::
 
-    [0] viewed       1 until the receiver's last view of the data is gone (weakref.finalize
-                     on the mapping the decoded array keeps alive)
+    [0] viewed       1 from the send, then the receiver's pid once it decoded the record,
+                     0 once its last view of the data is gone (weakref.finalize on the
+                     view every array decoded over the block keeps alive)
     [8] uncommitted  1 until the record that carried it is committed (a record redelivered
                      after a crash must find the same bytes)
     data from offset 4096 (page aligned, so that it can be mapped on its own)
 
-The sender reuses a block only when both flags are 0. A pool that is full (every block
-still viewed, or the byte bound reached) falls back to a fresh segment, which the
-receiver unlinks at commit; so does the spill path, for a record over half the ring.
+The sender reuses a block only when both flags are 0, or when the record was committed
+and the process named in ``viewed`` is gone (a receiver killed while it held the array:
+its finalizer never ran). A pool that is full (every block still viewed, or the byte
+bound reached) falls back to a fresh segment, which the receiver unlinks at commit; so
+does the spill path, for a record over half the ring.
 """
 
 from __future__ import annotations
 
+import ctypes
 import marshal
 import mmap
 import os
 import pickle
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +78,24 @@ class _Block:
     def free(self) -> bool:
         return self.flags[0] == 0 and self.flags[1] == 0
 
+    def reclaim(self) -> bool:
+        """Free the block if its record was committed and its receiver died holding it."""
+        viewer = self.flags[0]
+        if viewer <= 1 or self.flags[1] != 0 or _alive(viewer):
+            return False
+        self.flags[0] = 0
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, not ours to signal
+    return True
+
 
 class BlockPool:
     """The reusable out-of-band blocks of one sending process."""
@@ -102,6 +129,8 @@ class BlockPool:
             return best
         capacity = max(MIN_BLOCK, 1 << (size - 1).bit_length())
         if self._bytes + capacity > self._max:
+            if best is None and sum(block.reclaim() for block in self._blocks):
+                return self._take(size)  # blocks of dead receivers are free now
             return best  # an oversized free block beats a fresh segment
         block = _Block(Segment.create(self._namer("b"), BLOCK_HEADER + capacity))
         self._blocks.append(block)
@@ -151,31 +180,87 @@ def encode_batch(msgs: list[Any], *, oob_threshold: int, max_inline: int, namer:
 
 # -- receiving ------------------------------------------------------------------------------
 
-_headers: dict[str, memoryview] = {}  # block name -> its flags, mapped once per process
-_headers_lock = threading.Lock()
+class _Mapped:
+    """One pooled block mapped by a receiver, kept mapped for the blocks that follow."""
+
+    __slots__ = ("flags", "mm", "view_type")
+
+    def __init__(self, mm: mmap.mmap) -> None:
+        self.mm = mm
+        self.flags = memoryview(mm)[:16].cast("Q")
+        # The type of a view of the whole data area: one per block capacity (ctypes keeps
+        # array types for good, so never one per message size).
+        self.view_type = ctypes.c_char * (len(mm) - BLOCK_HEADER)
 
 
-def _fresh_headers_lock() -> None:
+# Pooled blocks this process has mapped, least recently used first, up to MAP_BYTES of
+# them: a block's sender reuses it message after message, so mapping it once (and
+# faulting its pages in once) is what makes the receiving side cost nothing per array.
+_mapped: OrderedDict[str, _Mapped] = OrderedDict()
+_mapped_bytes = 0
+_mapped_lock = threading.Lock()
+MAP_BYTES = POOL_BYTES
+
+
+def _fresh_mapped_lock() -> None:
     """In a child made by fork: the lock may have been held by a parent thread that the
     child does not have (see ``channel._fresh_fence_lock``)."""
-    global _headers_lock
-    _headers_lock = threading.Lock()
+    global _mapped_lock
+    _mapped_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_fresh_headers_lock)
+os.register_at_fork(after_in_child=_fresh_mapped_lock)
+
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
-def _flags_of(name: str) -> memoryview:
-    with _headers_lock:
-        flags = _headers.get(name)
-        if flags is None:
-            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
-            try:
-                mm = mmap.mmap(fd, BLOCK_HEADER, flags=mmap.MAP_SHARED)
-            finally:
-                os.close(fd)
-            flags = _headers[name] = memoryview(mm)[:16].cast("Q")
-        return flags
+def _block(name: str) -> _Mapped:
+    """The block *name*, mapped: from the cache, or now (its pages faulted in once)."""
+    global _mapped_bytes
+    with _mapped_lock:
+        block = _mapped.get(name)
+        if block is not None:
+            _mapped.move_to_end(name)
+            return block
+        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        finally:
+            os.close(fd)
+        block = _mapped[name] = _Mapped(mm)
+        _mapped_bytes += size
+        _forget_mapped(name)
+        return block
+
+
+def _forget_mapped(keep: str) -> None:
+    """Drop the blocks whose name is gone (their sender's system closed, or swept) and,
+    over MAP_BYTES, the least recently used. A dropped block stays mapped until the last
+    view of it is gone (each view holds the mapping), then it is unmapped."""
+    global _mapped_bytes
+    for name in [n for n in _mapped if n != keep
+                 and not os.path.exists(os.path.join(SHM_DIR, n))]:
+        _mapped_bytes -= len(_mapped.pop(name).mm)
+    while _mapped_bytes > MAP_BYTES and len(_mapped) > 1:
+        _name, block = _mapped.popitem(last=False)
+        _mapped_bytes -= len(block.mm)
+
+
+def mapped_blocks(prefix: str = "") -> int:
+    """How many pooled blocks (named with *prefix*) this process keeps mapped."""
+    return sum(name.startswith(prefix) for name in _mapped)
+
+
+def forget_mapped(prefix: str) -> None:
+    """Stop keeping the blocks named with *prefix* mapped (a run whose system closes:
+    its segments are unlinked, and a mapping kept would keep their memory). Arrays
+    still viewing one keep it mapped until they are gone."""
+    global _mapped_bytes
+    with _mapped_lock:
+        for name in [n for n in _mapped if n.startswith(prefix)]:
+            _mapped_bytes -= len(_mapped.pop(name).mm)
 
 
 def _clear(flags: memoryview, index: int) -> None:
@@ -236,13 +321,18 @@ def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True,
             after_commit.append(name)
             buffers.append(memoryview(_map(name, 0, size))[:size])
             continue
-        mm = _map(name, 0, BLOCK_HEADER + size)
+        block = _block(name)
+        # A view of the block that is its own object (the mapping is shared with the
+        # messages that follow): every array unpickled over it holds it, so its
+        # finalizer runs when the last of them is gone.
+        view = block.view_type.from_buffer(block.mm, BLOCK_HEADER)
         if track:
-            flags = _flags_of(name)
-            weakref.finalize(mm, _clear, flags, 0)  # the last view is gone: viewed = 0
+            flags = block.flags
+            flags[0] = _pid[0]  # the viewer, for the sender to reclaim the block if it dies
+            weakref.finalize(view, _clear, flags, 0)  # the last view is gone: viewed = 0
             after_commit.append(lambda f=flags: _clear(f, 1))  # committed: uncommitted = 0
-        buffers.append(memoryview(mm)[BLOCK_HEADER : BLOCK_HEADER + size])
-        del mm
+        buffers.append(memoryview(view).cast("B")[:size])
+        del view
     try:
         return pickle.loads(body, buffers=buffers)  # type: ignore[no-any-return]
     except Exception:

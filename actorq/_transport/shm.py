@@ -47,31 +47,42 @@ class Segment:
         self._closed = False
 
     @classmethod
-    def create(cls, name: str, size: int, *, prefault: bool = True) -> Segment:
+    def create(cls, name: str, size: int, *, prefault: bool | int = True) -> Segment:
         """Create the segment *name* of *size* bytes (fails if it exists).
 
-        With *prefault*, every page is touched now, so the first messages do not pay
-        page faults (docs/internals.md, "measured facts").
+        With *prefault* ``True``, every page is touched now, so the first messages do not
+        pay page faults (docs/internals.md, "measured facts"); with a number of bytes,
+        only the pages of that many bytes from the start are (a ring: where its first
+        messages go; the rest is allocated when first written, so a thousand mostly idle
+        actors do not each cost their rings' full size up front).
         """
         fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, size)
-            flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if prefault else 0)
+            flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if prefault is True else 0)
             mm = mmap.mmap(fd, size, flags=flags)
         except BaseException:
             os.close(fd)
             _unlink_name(name)
             raise
         os.close(fd)
+        if prefault is not True and prefault:
+            touch(mm, min(int(prefault), size))
         return cls(name, mm)
 
     @classmethod
-    def attach(cls, name: str) -> Segment:
-        """Map the existing segment *name* (raises ``FileNotFoundError`` if it is gone)."""
+    def attach(cls, name: str, *, prefault: bool = True) -> Segment:
+        """Map the existing segment *name* (raises ``FileNotFoundError`` if it is gone).
+
+        With *prefault*, every page is mapped now (and allocated, if its creator had
+        not touched it yet): pass ``False`` for a segment created with a partial
+        prefault, whose untouched pages should stay unallocated.
+        """
         fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
         try:
             size = os.fstat(fd).st_size
-            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if prefault else 0)
+            mm = mmap.mmap(fd, size, flags=flags)
         finally:
             os.close(fd)
         return cls(name, mm)
@@ -95,6 +106,13 @@ class Segment:
 
     def __repr__(self) -> str:
         return f"Segment({self.name!r}, size={self.size})"
+
+
+def touch(mm: mmap.mmap, size: int) -> None:
+    """Write a zero to every page of the first *size* bytes of *mm* (allocates them)."""
+    page = mmap.PAGESIZE
+    for offset in range(0, size, page):
+        mm[offset] = 0
 
 
 def _unlink_name(name: str) -> bool:

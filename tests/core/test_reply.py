@@ -149,3 +149,116 @@ def test_one_reply_spans_several_attempts(system):
     attempt(0)
     assert outer.result(timeout=20) == "third time"
     assert len(attempts) == 3
+
+
+# -- the waiting seam: outcome(), sleep_until_done(), waiter --------------------------------
+
+
+def test_outcome_reads_a_done_reply_without_waiting_or_raising():
+    ok = actorq.Reply.pending("ok")
+    ok.set_result(3)
+    assert ok.outcome() == (3, None)
+    bad = actorq.Reply.pending("bad")
+    err = KeyError("k")
+    bad.set_exception(err)
+    value, exc = bad.outcome()  # the call's error is returned, not raised
+    assert value is None
+    assert exc is err
+
+
+def test_outcome_of_a_pending_reply_is_refused_naming_it():
+    r = actorq.Reply.pending("still running")
+    with pytest.raises(RuntimeError, match="still running"):
+        r.outcome()
+    assert not r.done()  # refusing changed nothing
+    r.set_result(1)
+    assert r.outcome() == (1, None)
+
+
+def test_sleep_until_done_wakes_when_another_thread_completes():
+    r = actorq.Reply.pending("slept on")
+    assert r.sleep_until_done(0.01) is False  # nobody completes it: the timeout passes
+    woke = []
+    sleeper = threading.Thread(target=lambda: woke.append(r.sleep_until_done(20)))
+    sleeper.start()
+    r.set_result("x")
+    sleeper.join(20)
+    assert woke == [True]
+    assert r.sleep_until_done(0) is True  # done: returns at once
+
+
+def test_replies_of_one_process_share_its_hub_as_waiter(system):
+    ref = system.spawn(Echo)
+    a, b = ref.echo(1), ref.echo(2)
+    assert a.waiter is b.waiter
+    assert a.waiter.waiting_would_deadlock(a) is False  # a user thread may wait
+    assert a.result(20) == 1
+    assert b.result(20) == 2
+
+
+class _Composite:
+    """A waiter built on the public seam only: waits through the current attempt."""
+
+    may_deadlock = False
+
+    def __init__(self, config):
+        self.config = config
+        self.inner = None
+        self.outer = None
+        self.helped = 0
+
+    def wait_reply(self, reply, deadline):
+        while not self.outer.done() and not deadline.expired():
+            inner = self.inner
+            if inner is not None and not inner.done():
+                self.helped += 1
+                inner.waiter.wait_reply(inner, deadline)  # reads the rings, as result() does
+            else:
+                self.outer.sleep_until_done(min(deadline.remaining(), 0.005))
+
+    def timeout_hint(self, reply):
+        return " (composite)"
+
+    def waiting_would_deadlock(self, reply):
+        inner = self.inner
+        return inner is not None and inner.waiter.waiting_would_deadlock(inner)
+
+    def flush_dirty(self, *, wait=True):
+        inner = self.inner
+        return inner.waiter.flush_dirty(wait=wait) if inner is not None else True
+
+
+def test_a_composite_reply_waits_through_its_current_attempts_waiter(system):
+    ref = system.spawn(Echo)
+    ref.echo(0).result(20)
+    composite = _Composite(system.config)
+    outer = actorq.Reply.pending("composite echo", waiter=composite)
+    composite.outer = outer
+    assert outer.waiter is composite
+
+    def attempt(n):
+        inner = ref.boom() if n == 0 else ref.echo("second")
+        composite.inner = inner
+
+        def on_done(r):
+            value, exc = r.outcome()
+            if exc is not None and n == 0:
+                attempt(1)
+            elif exc is not None:
+                outer.set_exception(exc)
+            else:
+                outer.set_result(value)
+
+        inner.add_done_callback(on_done)
+
+    attempt(0)
+    assert outer.result(timeout=20) == "second"
+    assert outer.outcome() == ("second", None)
+
+
+def test_a_composite_reply_times_out_with_its_waiters_hint(system):
+    composite = _Composite(system.config)
+    outer = actorq.Reply.pending("never answered", waiter=composite)
+    composite.outer = outer
+    with pytest.raises(actorq.CallTimeout, match=r"never answered.*\(composite\)"):
+        outer.result(timeout=0.05)

@@ -165,3 +165,18 @@ def test_cancel_gives_back_a_probe_slot():
     cb.cancel()
     assert cb.state == "half_open"
     assert cb.allow()
+
+
+def test_trip_opens_at_once_and_probe_now_half_opens_for_a_new_target():
+    now = [0.0]
+    cb = actorq.CircuitBreaker(failure_threshold=5, reset_timeout=60.0, clock=lambda: now[0])
+    cb.trip()
+    assert cb.state == "open"
+    assert not cb.allow()
+    cb.probe_now()
+    assert cb.state == "half_open"
+    assert cb.allow()
+    assert not cb.allow()
+    cb.record_success()
+    assert cb.state == "closed"
+    assert cb.transitions == {"closed->open": 1, "open->half_open": 1, "half_open->closed": 1}

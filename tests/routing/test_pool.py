@@ -227,19 +227,35 @@ def test_resize_under_load_loses_no_call(system, tmp_path):
     assert len(system.metrics()["pools"][pool.name]["members"]) == 4 + 0  # 1 live + 3 gone
 
 
-def test_a_min_max_pool_grows_under_load_and_shrinks_when_idle(system, tmp_path):
-    pool = system.pool(Worker, size=(1, 2), oversubscribe=True, idle_timeout=0.5)
+def test_a_min_max_pool_grows_while_calls_wait_for_credit_and_shrinks_when_idle(
+        system, tmp_path):
+    # scale_window=1: the member's credit window is one call; the callers behind it wait
+    # for credit in the kernel's flow control, which is what the pool grows on
+    pool = system.pool(Worker, size=(1, 2), oversubscribe=True, idle_timeout=0.5,
+                       scale_window=1)
     assert pool.size == 1
+    first = pool.members()[0]
+    # (a channel opened before its member is up takes credit by the system's window
+    # once: the member's own window is known from its boot on)
+    system.wait_ready(first)
     gate = str(tmp_path / "gate")
-    replies = [pool.slow(gate) for _ in range(6)]
+    results: list[int] = []
+    callers = [threading.Thread(target=lambda: results.append(
+        pool.slow(gate).result(timeout=60))) for _ in range(4)]
+    for t in callers:
+        t.start()
+    wait_until(lambda: first.channel_statistics().waiting > 0, timeout=20,
+               message="callers wait for credit")
     wait_until(lambda: pool.size == 2, timeout=20, message="grew to 2")
+    assert first.channel_statistics().window == 1
     Path(gate).touch()
-    for r in replies:
-        r.result(timeout=30)
+    for t in callers:
+        t.join(timeout=60)
+    assert len(results) == 4
+    assert first.channel_statistics().waits >= 1  # as the kernel counted them
     wait_until(lambda: pool.size == 1, timeout=20, message="shrank to 1")
     stats = pool.statistics()
-    assert stats.grown >= 1
-    assert stats.shrunk >= 1
+    assert (stats.grown, stats.shrunk) == (1, 1)
 
 
 class Caller(actorq.Actor):

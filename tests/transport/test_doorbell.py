@@ -12,6 +12,8 @@ import threading
 import pytest
 
 import actorq
+from actorq._core.hub import IDLE_BACKOFF
+from actorq._core.protocol import C_WATCH_MS
 from actorq._ids import new_run_prefix
 from actorq._transport.channel import C_PARKED, C_WAKEUPS, CTL_SIZE, ControlBlock, OutChannel
 from actorq._transport.ring import H_READER, H_TAIL, Ring
@@ -133,4 +135,25 @@ def test_a_lost_wake_up_is_counted_by_the_watchdog_and_served() -> None:
         assert ref.echo(1).result(timeout=20) == 1  # the watchdog found it and served it
         assert s.metrics()["actors"][ref.name]["lost_wakeups"] == 1
         assert ref.echo(2).result() == 2  # the next park is rung as usual
+        assert s.metrics()["actors"][ref.name]["lost_wakeups"] == 1
+
+
+def test_an_idle_actors_watchdog_backs_off_and_still_finds_a_lost_wake_up() -> None:
+    # An idle actor's watchdog looks less and less often (1000 idle actors otherwise
+    # woke 10k times a second); backed off all the way, it must still find a lost one.
+    base = 0.01
+    with actorq.ActorSystem(call_timeout=20.0, park_timeout=base) as s:
+        ref = s.spawn(Echo)
+        assert ref.echo(0).result() == 0
+        cell = s._runtime._cells[ref.actor_id]
+        slots = cell.ctl.slots
+        longest = round(base * IDLE_BACKOFF * 1e3)
+        wait_until(lambda: slots[C_WATCH_MS] == longest and slots[C_PARKED] & 1, timeout=20,
+                   message="the idle actor's watchdog backed off to its longest interval")
+        chan = s._runtime.hub.outbound[ref.actor_id]
+        chan.last_rung = slots[C_PARKED]  # this park's doorbell "was rung" and got lost
+        assert ref.echo(1).result(timeout=20) == 1  # found by the backed-off watchdog
+        assert s.metrics()["actors"][ref.name]["lost_wakeups"] == 1
+        for i in range(2, 20):  # and rung as usual afterwards
+            assert ref.echo(i).result() == i
         assert s.metrics()["actors"][ref.name]["lost_wakeups"] == 1

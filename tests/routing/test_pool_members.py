@@ -1,0 +1,111 @@
+"""A pool keeps its members: replacing those their supervisor gave up on, with real
+SIGKILLs and members that crash as they start."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import actorq
+from actorq.testing import wait_until
+
+
+class Member(actorq.Actor):
+    def __init__(self, poison: str = "") -> None:
+        if poison and os.path.exists(poison):  # dies as it starts, each time
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def slot_of(pool, ref) -> int:
+    return pool.members().index(ref)
+
+
+def test_a_member_its_supervisor_gave_up_on_is_replaced_and_the_pool_keeps_its_size(system):
+    pool = system.pool(Member, size=2, max_restarts=0, routing="round_robin",
+                       circuit=actorq.CircuitBreaker(failure_threshold=5, reset_timeout=60.0))
+    first, second = pool.members()
+    os.kill(first.pid().result(timeout=20), signal.SIGKILL)  # max_restarts=0: given up
+    wait_until(lambda: pool.statistics().replaced == 1, timeout=30)
+    stats = pool.statistics()
+    assert (stats.size, stats.lost, stats.replacing) == (2, 1, 0)
+    new, kept = pool.members()
+    assert kept == second
+    assert new != first
+    slot = next(m for m in stats.members if m.actor_id == new.actor_id)
+    assert slot.circuit == "half_open"  # the slot's circuit: its first calls probe it
+    assert slot.circuit_transitions == {"closed->open": 1, "open->half_open": 1}
+    assert any(m.actor_id == first.actor_id for m in stats.members)  # kept, for the figures
+    pids = {pool.pid().result(timeout=20) for _ in range(6)}
+    assert new.pid().result(timeout=20) in pids  # it takes calls
+    assert pool.circuits()[new.name] == "closed"  # the probe closed it
+    assert system.metrics()["pools"][pool.name]["replaced"] == 1
+
+
+def test_a_member_that_always_crashes_at_start_is_replaced_at_the_backoffs_pace(
+        system, tmp_path):
+    poison = str(tmp_path / "poison")
+    # jitter "none": the first replacement after 10 ms, the next one after 1000 s
+    pace = actorq.Backoff(initial=0.01, multiplier=100_000.0, maximum=3600.0, jitter="none")
+    pool = system.pool(Member, poison, size=2, max_restarts=0, replace_backoff=pace,
+                       circuit=actorq.CircuitBreaker(failure_threshold=5, reset_timeout=60.0))
+    first, second = pool.members()
+    pids = [first.pid().result(timeout=20), second.pid().result(timeout=20)]  # both up
+    open(poison, "w").close()  # from now on a new member dies as it starts
+    os.kill(pids[0], signal.SIGKILL)
+    wait_until(lambda: pool.statistics().lost == 2, timeout=30)  # its replacement died too
+    stats = pool.statistics()
+    assert (stats.replaced, stats.replacing, stats.size) == (1, 1, 2)  # no spin: waiting
+    assert pool.circuits()[pool.members()[0].name] == "open"
+    assert {pool.pid().result(timeout=20) for _ in range(4)} == {pids[1]}  # to the well one
+    events = system.metrics()["system"]["events"]
+    assert events["gave_up"] == 2
+
+
+class Boss(actorq.Actor):
+    """Runs a pool of its own children with the pool's restart policy."""
+
+    def __init__(self) -> None:
+        self.pool = self.context.pool(Member, size=2, name="crew", max_restarts=3,
+                                      within=600.0, retry=actorq.Retry(max_attempts=3))
+
+    def members(self):
+        return self.pool.members()
+
+    def pids(self, n: int) -> list[int]:
+        return sorted({self.pool.pid().result(timeout=20) for _ in range(n)})
+
+    def stats(self):
+        return self.pool.statistics()
+
+
+def test_an_actors_pool_restarts_its_members_by_the_pools_policy_and_replaces_lost_ones(
+        system):
+    events: list[actorq.ActorEvent] = []
+    system.subscribe(events.append)
+    boss = system.spawn(Boss)
+    first, second = boss.members().result(timeout=30)
+
+    def started(ref) -> int:
+        return sum(1 for e in events if e.kind == "started" and e.actor_id == ref.actor_id)
+
+    # the actor's own children supervisor gives up after 1 restart in 5 s; the pool's
+    # supervisor takes 3 (within 600 s), each counted against that member alone
+    for restarts in range(1, 5):  # the 4th crash is one too many
+        wait_until(lambda n=restarts: started(first) == n, timeout=30)
+        os.kill(first.pid().result(timeout=20), signal.SIGKILL)
+    wait_until(lambda: any(e.kind == "gave_up" and e.actor_id == first.actor_id
+                           for e in events), timeout=30)
+    decided = [(e.kind, e.supervisor) for e in events
+               if e.actor_id == first.actor_id and e.kind in ("restarted", "gave_up")]
+    assert decided == [("restarted", "crew")] * 3 + [("gave_up", "crew")]
+    # the actor's pool hears of it from its next call to the lost member (retried
+    # elsewhere) and replaces it
+    assert boss.pids(6).result(timeout=30) == [second.pid().result(timeout=20)]
+    wait_until(lambda: boss.stats().result(timeout=20).replaced == 1, timeout=30)
+    new, kept = boss.members().result(timeout=20)
+    assert kept == second
+    assert new not in (first, second)
+    assert len(boss.pids(8).result(timeout=30)) == 2  # both members take calls again
