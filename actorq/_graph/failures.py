@@ -138,7 +138,7 @@ class Recovery(RunState):
             else:
                 self._failed_attempt(tid, exc)
         if not self.pool.workers and self.unfinished and not self.stopping:
-            self.pool.grow_to(1)
+            self.pool.grow_to(1, time.monotonic())
 
 
     # -- retry policies -----------------------------------------------------------------

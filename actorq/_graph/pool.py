@@ -125,7 +125,7 @@ class WorkerPool:
         self._cond = threading.Condition()
         self._target = 1
         self._resizer: threading.Thread | None = None
-        self.failed = False  # resizing failed (the system is closing)
+        self.error: BaseException | None = None  # why resizing failed (the system closed?)
         self.on_change: Callable[[], None] | None = None  # the run's: members changed
         self._up: dict[int, bool] = {}  # actor id -> its process is running
         self._unsubscribe = system.subscribe(self._on_event)
@@ -150,8 +150,15 @@ class WorkerPool:
         self.workers = workers
         return new
 
-    def grow_to(self, count: int) -> None:
-        """Ask for *count* usable members (new ones appear in ``workers`` after ``sync``)."""
+    def grow_to(self, count: int, now: float) -> None:
+        """Ask for *count* usable members: members asked to leave come back first (unless
+        the pool has stopped them meanwhile), new ones appear in ``workers`` later."""
+        with self._cond:
+            if self._leaving and len(self.workers) < count:
+                back = set(list(self._leaving)[: count - len(self.workers)])
+                self._leaving -= back
+                self._target += len(back)
+        self.sync(now)
         if count + len(self._dead) > self._target:
             self._want(count + len(self._dead))
 
@@ -159,7 +166,6 @@ class WorkerPool:
         """Take the last member out of use and ask the pool to stop it."""
         worker = self.workers.pop()
         self._leaving.add(worker.actor_id)
-        self._views.pop(worker.actor_id, None)
         self._want(self._target - 1)
         return worker
 
@@ -209,9 +215,9 @@ class WorkerPool:
                 target = self._target
             try:
                 self.pool.resize(target)
-            except Exception:  # the system closed meanwhile
+            except Exception as exc:  # the system closed meanwhile, or cannot start actors
                 logger.debug("resizing the graph workers failed", exc_info=True)
-                self.failed = True
+                self.error = exc
                 notify = self.on_change
                 if notify is not None:
                     notify()

@@ -50,7 +50,8 @@ class GraphStats:
         shared_bytes_peak: the most bytes held at once by large results in shared
             memory (each is freed once no pending dependent needs it; see max_memory).
         inband_bytes: bytes of small results that came back through the scheduler.
-        scheduler_seconds: CPU time of the scheduling thread (overhead, per run).
+        scheduler_seconds: CPU time the scheduler took (its set-up on the caller's thread,
+            its rounds on the system's loop, the result): its overhead, per run.
         extra: ``code_shipments`` (functions sent to workers: once per function and
             worker), ``workers_retired`` (idle workers stopped as the queue drained),
             ``held_back`` (times a task waited for room under max_memory) and

@@ -19,6 +19,7 @@ from actorq._graph.result import GraphResult
 from actorq._graph.scheduler import Scheduler
 
 STOP_WAIT = 10.0  # seconds an interrupted run may take to let go of its workers
+LOOK_AGAIN = 0.25  # seconds between looks at whether the system's loop still runs
 
 
 def _submit(sched: Scheduler, loop: asyncio.AbstractEventLoop) -> concurrent.futures.Future[None]:
@@ -41,6 +42,18 @@ def _submit(sched: Scheduler, loop: asyncio.AbstractEventLoop) -> concurrent.fut
     return ended
 
 
+def _check_loop(ended: concurrent.futures.Future[None],
+                loop: asyncio.AbstractEventLoop) -> None:
+    """The system was closed under the run (its loop stopped): end the run here."""
+    if ended.done() or (loop.is_running() and not loop.is_closed()):
+        return
+    msg = "the actor system was closed while the graph was running"
+    try:
+        ended.set_exception(ActorStopped(msg))
+    except concurrent.futures.InvalidStateError:  # the loop ended it just now
+        pass
+
+
 def _stop(sched: Scheduler, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
     try:
         loop.call_soon_threadsafe(sched.interrupt, exc)
@@ -54,6 +67,8 @@ def run_graph(system: SystemOps, graph: Graph, *, loop: asyncio.AbstractEventLoo
     sched = Scheduler(system, graph, **options)  # validates: nothing has run yet
     ended = _submit(sched, loop)
     try:
+        while not concurrent.futures.wait([ended], timeout=LOOK_AGAIN).done:
+            _check_loop(ended, loop)
         ended.result()
     except BaseException as exc:
         if not ended.done():  # interrupted here (Ctrl-C): stop the run, then clean up
@@ -71,6 +86,9 @@ async def run_graph_async(system: SystemOps, graph: Graph, *,
     ended = _submit(sched, loop)
     waiter = asyncio.wrap_future(ended)
     try:
+        while not ended.done():
+            await asyncio.wait([waiter], timeout=LOOK_AGAIN)  # never cancels it
+            _check_loop(ended, loop)
         await asyncio.shield(waiter)
     except BaseException as exc:
         if not ended.done():  # cancelled: stop the run, then clean up

@@ -43,7 +43,7 @@ from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from actorq._errors import ActorStopped, GraphError, rebuild
+from actorq._errors import GraphError, rebuild
 from actorq._graph.blobs import save
 from actorq._graph.failures import Recovery
 from actorq._graph.graph import Graph, fill
@@ -277,13 +277,13 @@ class Scheduler(Recovery):
                 pool.retire_last()
                 self.counts["workers_retired"] += 1
             return
-        if not workers and pool.failed:
-            msg = "the graph's workers could not be started (is the system closing?)"
-            raise ActorStopped(msg)
+        if not workers and pool.error is not None:
+            raise pool.error  # e.g. an unguarded main module: no worker can start
         if len(active) < self.max_workers:
             free = sum(CREDIT - len(w.batches) for w in active)
             if free * MAX_BATCH < waiting_tasks or free < min(waiting_tasks, CREDIT):
-                pool.grow_to(min(self.max_workers, len(active) + max(1, waiting_tasks)))
+                pool.grow_to(min(self.max_workers, len(active) + max(1, waiting_tasks)), now)
+                self._sync_workers()
         self.peak_workers = max(self.peak_workers, min(len(workers), self.max_workers))
 
     def _pick(self, *, idle: bool) -> Worker | None:
@@ -330,7 +330,8 @@ class Scheduler(Recovery):
                     self.timed_aside.append(heapq.heappop(ready))
                     continue
                 break
-            self._send(worker, self._take_batch(worker))
+            if not self._send(worker, self._take_batch(worker)):
+                break  # the pool's membership changed: look again in the next round
         if gate.parked and not self.running and not ready:
             gate.pick_alone(ready, self._frees)  # nothing fits and nothing runs
             self._dispatch()
@@ -386,7 +387,8 @@ class Scheduler(Recovery):
             total += e
         return tids
 
-    def _send(self, worker: Worker, tids: list[int]) -> None:
+    def _send(self, worker: Worker, tids: list[int]) -> bool:
+        """Send *tids* to *worker* as one batch; False if it could not take it."""
         nodes, values, codes = self.nodes, self.values, self.codes
         state, attempts, budgets, ests = self.state, self.attempts, self.budgets, self.est
         code_map: dict[bytes, bytes] = {}
@@ -431,12 +433,27 @@ class Scheduler(Recovery):
             batch.reply = self._call_worker(worker, code_map or None, wire)
         except Exception as exc:  # not sendable (validated: should not happen), or stopped
             worker.batches.pop(batch.id, None)
-            worker.load -= est
+            worker.load = max(0.0, worker.load - est) if worker.batches else 0.0
+            if isinstance(exc, ValueError):  # call_member: not a member (any more)
+                self._not_sent(batch)  # the pool let it go meanwhile: not an attempt
+                return False
             self._batch_lost(batch, exc)
-            return
+            return True
         if len(tids) == 1 and nodes[tids[0]].timeout is not None:
             self._later(nodes[tids[0]].timeout or 0.0, "timeout", batch)
         batch.reply.add_done_callback(partial(self._batch_callback, batch))
+        return True
+
+    def _not_sent(self, batch: Batch) -> None:
+        """*batch* never left (its worker had just left the pool): ready again, uncounted."""
+        self.gate.release(batch.tids)
+        self.counts["batches"] -= 1
+        batch.worker.known.clear()
+        for i in batch.tids:
+            self.attempts[i] -= 1
+            self.running -= 1
+            self._make_ready(i)
+        self._sync_workers()
 
     def _batch_callback(self, batch: Batch, _reply: Reply[Any]) -> None:
         self._notify(("batch", batch))
@@ -459,7 +476,9 @@ class Scheduler(Recovery):
         gate = self.gate
         if gate.reserved:
             gate.release(batch.tids)
-        worker.load = max(0.0, worker.load - batch.est)
+        # exactly 0 when idle (no float residue): idle workers tie, and the first wins,
+        # so that the last ones drain and can be given back to the pool
+        worker.load = max(0.0, worker.load - batch.est) if worker.batches else 0.0
         worker.idle_since = time.monotonic()
         reply = batch.reply
         assert reply is not None

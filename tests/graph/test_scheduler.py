@@ -11,6 +11,7 @@ import time
 import pytest
 
 import actorq
+import actorq.testing
 
 
 def inc(x):
@@ -267,11 +268,17 @@ def test_workers_scale_up_for_a_wide_stage_and_down_as_the_queue_drains(system):
     chain = g.task(add, *wide)
     for _ in range(12):  # a serial tail of 3 s: one worker is enough, the other retires
         chain = g.task(_sleep_then, 0.25, chain)
+    again = [g.task(burn, 20_000, i).after(chain) for i in range(40)]  # wide again
+    end = g.task(add, *again)
     result = system.run(g, workers=2)
     assert result.ok
+    assert result[end] == sum(burn(20_000, i) for i in range(40))
     stats = result.stats
     assert stats.workers == 2, stats
     assert stats.extra["workers_retired"] >= 1, stats
+    # members that left are gone from the pool; none is left behind unused
+    actorq.testing.wait_until(
+        lambda: system.metrics()["pools"]["graph-workers"]["size"] <= 2, timeout=30)
 
 
 def _sleep_then(seconds, value):
@@ -391,3 +398,138 @@ def _touch_then_sleep(path, seconds):
     open(path, "w").close()
     time.sleep(seconds)
     return seconds
+
+
+UNGUARDED_GRAPH = '''
+import actorq
+
+
+def inc(x):
+    return x + 1
+
+
+with actorq.ActorSystem(start_method="forkserver") as system:  # no __main__ guard
+    g = actorq.Graph()
+    g.task(inc, 1)
+    try:
+        system.run(g)
+    except actorq.ActorqError as exc:
+        print("error:", type(exc).__name__, exc)
+'''
+
+
+def test_a_graph_in_an_unguarded_main_script_says_why_no_worker_starts(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(UNGUARDED_GRAPH))
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, PYTHONPATH=str(root)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "error: ActorCrashed" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "__main__" in proc.stdout
+
+
+INTERRUPTED = '''
+import os
+import signal
+import sys
+import threading
+import time
+
+import actorq
+import actorq.testing
+
+
+def touch_then_sleep(path, seconds):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return seconds
+
+
+def inc(x):
+    return x + 1
+
+
+def pid():
+    return os.getpid()
+
+
+if __name__ == "__main__":
+    marker = sys.argv[1]
+    with actorq.ActorSystem(workers=1) as system:
+        g = actorq.Graph()
+        g.task(inc, g.task(touch_then_sleep, marker, 60))
+
+        def interrupt():
+            actorq.testing.wait_until(lambda: os.path.exists(marker), timeout=60)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=interrupt, daemon=True).start()
+        started = time.monotonic()
+        try:
+            system.run(g)
+        except KeyboardInterrupt:
+            print(f"interrupted after {time.monotonic() - started:.1f}s")
+        again = actorq.Graph()
+        n = again.task(pid)
+        with open(marker) as f:
+            print("pids:", f.read(), system.run(again)[n])
+'''
+
+
+def test_ctrl_c_in_run_stops_the_run_and_the_next_run_gets_a_free_worker(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(INTERRUPTED))
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "started")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(root)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "interrupted after" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    # the sleeping worker was killed and replaced: the next run's task ran in a new process
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("pids:"))
+    old, new = line.split()[1:]
+    assert old != new
+
+
+def _slow(x):
+    time.sleep(0.2)
+    return x
+
+
+def test_closing_the_system_under_a_run_ends_the_run(tmp_path):
+    import threading
+
+    for use_async in (False, True):
+        system = actorq.ActorSystem(workers=2)
+        try:
+            g = actorq.Graph()
+            first = g.task(_touch_then_sleep, str(tmp_path / f"go{use_async}"), 0.2)
+            for i in range(40):
+                g.task(_slow, i).after(first)
+
+            def close_when_started(marker=tmp_path / f"go{use_async}", system=system):
+                actorq.testing.wait_until(marker.exists, timeout=60)
+                system.close()
+
+            closer = threading.Thread(target=close_when_started)
+            closer.start()
+            run = (lambda g=g, system=system: asyncio.run(system.run_async(g))) if use_async \
+                else (lambda g=g, system=system: system.run(g))
+            with pytest.raises(actorq.ActorStopped):
+                run()
+            closer.join(60)
+        finally:
+            system.close()
