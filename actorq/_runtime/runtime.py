@@ -53,7 +53,7 @@ from actorq._errors import ActorCrashed, ActorStopped, NoSuchActor, StartTimeout
 from actorq._ids import new_run_prefix
 from actorq._process.reap import kill_if_child, kill_tree
 from actorq._process.spares import WarmPool
-from actorq._process.spawn import get_context
+from actorq._process.spawn import fork_server_unguarded, get_context
 from actorq._resilience.backoff import Backoff
 from actorq._runtime.cells import DEAD_STATES, ActorCell, CellState, RestartPlan
 from actorq._runtime.crashes import attribute_crash, crash_words, dead_letter_queued
@@ -287,6 +287,9 @@ class Runtime:
             got = self._spares.take()
             proc, sock = got if got is not None else self._spares.start_one()
         except Exception:
+            if self.config.start_method == "forkserver" and fork_server_unguarded():
+                self._on_loop(self._main_unguarded, cell)  # the fork server said why
+                return
             logger.exception("could not start a process for %s", cell.describe())
             why = "its process could not be started" + self._main_module_hint()
             self._on_loop(self._finish, cell, CellState.FAILED, why)
