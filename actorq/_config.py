@@ -63,7 +63,8 @@ class SystemConfig:
             spins that long only while recent gaps between bursts were shorter; a
             synchronous caller waiting for a reply spins four times that).
         park_timeout: a parked consumer re-checks its rings after this long, as a
-            safety net; a wake-up found this way is counted as ``lost_wakeups``.
+            safety net; a wake-up found this way is counted as ``lost_wakeups``. An
+            idle actor's re-check backs off to 100 times this while nothing comes.
         outbox_messages: a burst is flushed as one record once it holds this many
             messages (or at the end of the loop iteration, or before a wait).
         max_parked: messages sent from a running event loop may wait ("park") for

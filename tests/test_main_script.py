@@ -249,3 +249,39 @@ def test_an_actor_class_under_the_main_guard_works_and_says_where_to_move_it(
     assert "pong" in proc.stdout
     assert "Hidden is not defined when" in proc.stderr
     assert "define Hidden at the top level of a module" in proc.stderr
+
+
+COUNTED = '''
+import os
+import sys
+
+import actorq
+
+with open(sys.argv[1], "a") as marks:  # every import of this script leaves a line
+    marks.write(f"{__name__} {os.getpid()}\\n")
+
+
+class Where(actorq.Actor):
+    def pid(self):
+        return os.getpid()
+
+
+if __name__ == "__main__":
+    with actorq.ActorSystem(start_method="forkserver", call_timeout=60) as system:
+        refs = [system.spawn(Where) for _ in range(3)]
+        pids = {ref.pid().result() for ref in refs}
+        assert len(pids) == 3, pids
+    print("counted: ok")
+'''
+
+
+def test_the_fork_server_imports_the_main_script_once_for_every_actor(tmp_path: Path) -> None:
+    """Under forkserver the script is imported once more (in the fork server), not once
+    per actor: its imports and top-level work are not repeated in each process."""
+    marks = tmp_path / "marks.txt"
+    proc = run_script(tmp_path, COUNTED, str(marks))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "counted: ok" in proc.stdout
+    names = [line.split()[0] for line in marks.read_text().splitlines()]
+    assert names.count("__main__") == 1
+    assert names.count("__mp_main__") == 1, names  # the fork server's, shared by 3 actors

@@ -19,10 +19,12 @@ import asyncio
 import functools
 import gc
 import inspect
+import json
 import logging
 import marshal
 import math
 import multiprocessing
+import multiprocessing.spawn
 import os
 import select
 import signal
@@ -65,7 +67,7 @@ from actorq._errors import (
     format_remote,
     raised_at,
 )
-from actorq._process import deathsig
+from actorq._process import deathsig, spawn
 from actorq._process.deathsig import Lineage
 from actorq._serialization import SAFE_TYPES
 from actorq._transport import control
@@ -99,18 +101,41 @@ TIME_SLICE = 0.01
 EXIT_FAILED_START = 3
 EXIT_SYSTEM_GONE = 4
 EXIT_UNCAUGHT = 5
-EXIT_MAIN_UNGUARDED = 6  # the user's main script, imported again here, made a system
+EXIT_MAIN_UNGUARDED = spawn.EXIT_MAIN_UNGUARDED  # the main script, imported here, made a system
 
 
 def exit_if_importing_main() -> None:
     """Called by ``ActorSystem()``. In an actor process that is importing the user's main
-    script again (forkserver and spawn do, before the actor boots), a system created at
+    script again (spawn does, before the actor boots; forkserver once, in the fork
+    server itself, to preload it), a system created at
     import time means the script has no ``if __name__ == "__main__":`` guard: exit at once,
     quietly, with ``EXIT_MAIN_UNGUARDED``. The system says it once, in the user's process
     (a traceback from every child, and restarts of a failure that repeats, only hid it)."""
     proc = multiprocessing.current_process()
-    if getattr(proc, "_inheriting", False) and proc.name.startswith("actorq:"):
+    if getattr(proc, "_inheriting", False) and (
+            proc.name.startswith("actorq:") or proc.name == "MainProcess"):
+        # "MainProcess": the fork server, importing the main script to preload it
+        # (actorq._process.spawn); the system reads its exit status
         os._exit(EXIT_MAIN_UNGUARDED)
+
+
+def preload_main() -> None:
+    """In the fork server, at its preload: import the user's main script once, as
+    ``__mp_main__``, so that the processes it forks need not (``actorq._process.spawn``).
+    A script that fails to import here is left to each child, as before."""
+    given = os.environ.pop(spawn.PRELOAD_MAIN_ENV, None)
+    if not given:
+        return
+    path, argv = json.loads(given)
+    proc = multiprocessing.current_process()
+    proc._inheriting = True  # type: ignore[attr-defined]  # as multiprocessing's preload
+    sys.argv = argv  # each child gets the user's argv too (multiprocessing's prepare)
+    try:
+        multiprocessing.spawn.import_main_path(path)
+    except BaseException:  # each child imports it again, and says why
+        pass
+    finally:
+        del proc._inheriting  # type: ignore[attr-defined]
 
 
 class ActorHub(Hub):
@@ -906,3 +931,6 @@ def main(ctrl: socket.socket, lineage: Lineage) -> None:
         sys.stderr.flush()
     if code:
         os._exit(code)
+
+
+preload_main()  # a no-op but in the fork server, while it starts

@@ -1,16 +1,34 @@
-"""Start-method contexts: forkserver (with actorq preloaded), fork, spawn."""
+"""Start-method contexts: forkserver (with actorq and the main script preloaded), fork, spawn.
+
+The fork server imports the user's main script (as ``__mp_main__``) once, when it
+starts, and every process it forks has it; without that, each one ran the script again
+(with its imports: a script importing ``argparse``, ``json``, ``statistics`` and
+``psutil`` made each actor ≈ 1.8 MiB bigger, and slower to start). multiprocessing's own
+``"__main__"`` preload does not do it on Python 3.11 (the fork server is never given the
+script's path), so the path (and ``sys.argv``) go to the fork server in
+``PRELOAD_MAIN_ENV``, set only
+while it is being started, and ``actorq._actorproc.host`` imports it there
+(``host.preload_main``). A script that creates an ``ActorSystem`` at import time makes
+the fork server exit with ``EXIT_MAIN_UNGUARDED`` (``host.exit_if_importing_main``);
+``fork_server_unguarded`` tells the system so.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
+import os
+import sys
 import threading
 
 logger = logging.getLogger("actorq")
 
 PRELOAD = ["actorq._actorproc.host"]
+PRELOAD_MAIN_ENV = "ACTORQ_PRELOAD_MAIN"
+EXIT_MAIN_UNGUARDED = 6  # as host.EXIT_MAIN_UNGUARDED (this layer does not import it)
 _lock = threading.Lock()
 _configured = False
 
@@ -39,4 +57,38 @@ def get_context(method: str) -> multiprocessing.context.BaseContext:
                         "before other forkserver users, or call "
                         "multiprocessing.set_forkserver_preload(%r) first", PRELOAD)
                 ctx.set_forkserver_preload(PRELOAD)
+                if getattr(server, "_forkserver_pid", None) is None:
+                    _start_fork_server()
     return ctx
+
+
+def _start_fork_server() -> None:
+    """Start the fork server now, telling it which main script to preload (if any)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if (getattr(main, "__spec__", None) is not None or not isinstance(path, str)
+            or not path.endswith(".py") or not os.path.isfile(path)):
+        # python -m, -c, an interactive session: children prepare as multiprocessing does
+        multiprocessing.forkserver.ensure_running()
+        return
+    # the script as the user started it: its path and its argv (read at import time)
+    os.environ[PRELOAD_MAIN_ENV] = json.dumps([os.path.abspath(path), sys.argv])
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        os.environ.pop(PRELOAD_MAIN_ENV, None)
+
+
+def fork_server_unguarded() -> bool:
+    """True if the fork server exited because the main script creates an actor system
+    when imported (read without reaping it: multiprocessing reaps its own fork server)."""
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None:
+        return False
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return (info is not None and info.si_code == os.CLD_EXITED
+            and info.si_status == EXIT_MAIN_UNGUARDED)

@@ -46,3 +46,18 @@ def test_two_hundred_actors_all_answer_and_leave_nothing() -> None:
         assert all(psutil.pid_exists(pid) for pid in pids)
     wait_until(lambda: not any(psutil.pid_exists(pid) for pid in pids), timeout=60)
     assert not [s for s in list_segments() if s.startswith(run_id)]
+
+
+def test_a_burst_of_starts_closed_midway_leaves_no_process() -> None:
+    # A burst launches processes ahead of the starter thread (forkserver); closing the
+    # system while some are launched but not yet booted must stop those too.
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    with actorq.ActorSystem() as system:
+        run_id = system._runtime.run_id
+        refs = [system.spawn(Whoami, i) for i in range(30)]
+        assert refs[0].who().result(timeout=BOUND)[0] == 0
+    wait_until(lambda: not [p for p in me.children(recursive=True)
+                            if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE],
+               timeout=60, message="every process of the burst stopped")
+    assert not [s for s in list_segments() if s.startswith(run_id)]
