@@ -64,7 +64,7 @@ from actorq._errors import (
     format_remote,
     raised_at,
 )
-from actorq._process import deathsig
+from actorq._process import deathsig, lifelock
 from actorq._process.deathsig import Lineage
 from actorq._serialization import SAFE_TYPES
 from actorq._transport import control
@@ -78,7 +78,7 @@ from actorq._transport.channel import (
     OutChannel,
 )
 from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_TAIL
-from actorq._transport.shm import Segment
+from actorq._transport.shm import SHM_DIR, Segment
 
 logger = logging.getLogger(__name__)
 
@@ -654,6 +654,9 @@ class Host:
         self.loop = asyncio.get_running_loop()
         self.done = self.loop.create_future()
         self.boot()
+        # held by this (the main) thread until the process dies: the system's early
+        # notice of that death (_process/lifelock.py)
+        self.life = lifelock.hold(os.path.join(SHM_DIR, self.info.ctl))
         hub = self.hub
         hub.loop = self.loop
         hub.loop_thread_id = _thread_id()

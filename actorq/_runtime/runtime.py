@@ -51,6 +51,7 @@ from actorq._core.ref import ActorRef, register_hub, unregister_hub
 from actorq._core.reply import Reply
 from actorq._errors import ActorCrashed, ActorStopped, NoSuchActor, StartTimeout
 from actorq._ids import new_run_prefix
+from actorq._process import lifelock
 from actorq._process.reap import kill_if_child, kill_tree
 from actorq._process.spares import WarmPool
 from actorq._process.spawn import get_context
@@ -85,7 +86,7 @@ from actorq._transport.oob import traffic as oob_traffic
 from actorq._transport.ring import (
     Ring,
 )
-from actorq._transport.shm import Segment, sweep, unlink_prefix
+from actorq._transport.shm import SHM_DIR, Segment, sweep, unlink_prefix
 
 logger = logging.getLogger("actorq")
 
@@ -124,6 +125,9 @@ class Runtime:
         self.root = Supervisor(self, "root", max_restarts=config.root_max_restarts,
                                within=config.root_within, give_up_per_child=True)
         self._spares = WarmPool(self._ctx, _host.main, config.warm_spares)
+        # the early death notice (lifelock.py); the sentinel stays the authority
+        self._life = lifelock.Watcher(self._on_life_lost)
+        self._dying: list[Any] = []  # processes handled as dead, not reaped yet
         self._starter = concurrent.futures.ThreadPoolExecutor(1, "actorq-starter")
         self._starter.submit(self._spares.refill)
         self._loop_ready = threading.Event()
@@ -240,6 +244,7 @@ class Runtime:
         spec = Segment.create(prefix + "spec", max(len(blob), 1), prefault=False)
         spec.buf[: len(blob)] = blob
         ctl = ControlBlock(Segment.create(prefix + "ctl", CTL_SIZE))
+        lifelock.init(ctl.seg.buf)
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         cell = ActorCell(actor_id, name, cls_name, handlers, restart, options, spec,
                          len(blob), ctl, efd, supervisor)
@@ -356,6 +361,7 @@ class Runtime:
         kind = msg[0]
         if kind == Ctl.READY:
             cell.pid = msg[1]
+            self._life.watch(cell.id, os.path.join(SHM_DIR, cell.ctl.seg.name), cell.pid)
             if cell.state == "starting":
                 cell.state = CellState.RUNNING
             cell.ready.set()
@@ -429,22 +435,65 @@ class Runtime:
 
     # -- deaths (loop thread) -------------------------------------------------------------
 
+    def _on_life_lost(self, key: object, pid: int, status: int) -> None:
+        """Watcher thread: the process *pid* of actor *key* is exiting (lifelock.py)."""
+        loop = self._hub.loop
+        if loop is None or self._closed:
+            return
+        cell = self._cells.get(cast(int, key))
+        if cell is not None:
+            try:
+                loop.call_soon_threadsafe(self._on_early_exit, cell, pid, status)
+            except RuntimeError:  # the loop is closed: closing
+                pass
+
+    def _on_early_exit(self, cell: ActorCell, pid: int, status: int) -> None:
+        """The process is exiting (it runs no code any more) but is not torn down and
+        reported yet: handle its death now, reap it when its sentinel fires."""
+        proc = cell.proc
+        if proc is None or proc.pid != pid or cell.ctrl is None:
+            return
+        self._died(cell, proc, cell.ctrl, lifelock.exitcode_of(status))
+
     def _on_exit(self, cell: ActorCell, proc: Any, sock: Any) -> None:
         loop = self._hub.loop
         assert loop is not None
         loop.remove_reader(proc.sentinel)
-        self._on_ctrl(cell, sock)  # a last "failed"/"crashing" message may be waiting
-        loop.remove_reader(sock)
-        sock.close()
+        if cell.proc is not proc:  # handled already, on its early death notice
+            self._reap_dying(proc)
+            return
+        self._died(cell, proc, sock, None)
+
+    def _reap_dying(self, proc: Any) -> None:
+        if proc in self._dying:
+            self._dying.remove(proc)
         proc.join(1.0)
-        code = proc.exitcode
-        if code is None:
-            # No exit status: another part of this process reaped it (os.wait(), a
-            # SIGCHLD handler), or it closed its end of the sentinel and lives on. Kill
-            # it if it is still our child; the Process object cannot be closed.
+        if proc.exitcode is None:
             kill_if_child(proc.pid)
         else:
             proc.close()
+
+    def _died(self, cell: ActorCell, proc: Any, sock: Any, code: int | None) -> None:
+        """*cell*'s process *proc* died: with *code* None, its sentinel fired (reap it
+        now); else it is exiting with that exit code, and is reaped later."""
+        loop = self._hub.loop
+        assert loop is not None
+        self._life.forget(cell.id)
+        self._on_ctrl(cell, sock)  # a last "failed"/"crashing" message may be waiting
+        loop.remove_reader(sock)
+        sock.close()
+        if code is not None:
+            self._dying.append(proc)  # its sentinel reader stays: _on_exit reaps it
+        else:
+            proc.join(1.0)
+            code = proc.exitcode
+            if code is None:
+                # No exit status: another part of this process reaped it (os.wait(), a
+                # SIGCHLD handler), or it closed its end of the sentinel and lives on.
+                # Kill it if it is still our child; the Process object cannot be closed.
+                kill_if_child(proc.pid)
+            else:
+                proc.close()
         cell.proc = cell.ctrl = None
         with self._hub.drain_lock:
             self._hub.drain()  # replies it published before dying
@@ -915,8 +964,11 @@ class Runtime:
     def _teardown(self, cells: list[ActorCell]) -> None:
         self._spares.close()
         self._stop_loop()
+        self._life.close()
         for cell in cells:
             self._reap(cell)
+        for proc in list(self._dying):
+            self._reap_dying(proc)
         self._starter.shutdown(wait=True)
         for reply in list(self._hub.pending.values()):
             reply.set_exception(ActorStopped(f"{reply.describe}: the actor system was closed"))
