@@ -637,15 +637,16 @@ class Host:
             spec.close()
         self.cls_name = cls.__name__
         obj = cls.__new__(cls)
-        obj._actorq_ref = ActorRef(self.hub, info.run_id, info.id, self.name,
-                                   handler_names(cls), cls.__name__)
+        names = handler_names(cls)  # ≈ 60 µs (inspect.getmembers): once per boot
+        obj._actorq_ref = ActorRef(self.hub, info.run_id, info.id, self.name, names,
+                                   cls.__name__)
         obj._actorq_context = ActorContext(self, self.name, info.restarts)
         self.hub.run_sync(obj.__init__, *args, **kwargs)
         started = self.hub.run_sync(obj.on_start)
         if inspect.isawaitable(started):
             await started
         self.instance = obj
-        self.handlers = {name: getattr(obj, name) for name in handler_names(cls)}
+        self.handlers = {name: getattr(obj, name) for name in names}
         self.handlers["receive"] = obj.receive
         tune_gc(self.hub.config.actor_gc_gen0)
 
