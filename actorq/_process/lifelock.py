@@ -58,8 +58,14 @@ _FUTEX2_PRIVATE = 128
 _OR_WAITERS = ((2 | 8) << 28) | (31 << 12)
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+_syscall_c = _libc.syscall
+_syscall_c.restype = ctypes.c_long
+
+
+def _syscall(*args: int) -> int:
+    """syscall(2) with every argument a C long (ctypes would pass a bare int as a C int,
+    truncating addresses)."""
+    return int(_syscall_c(*(ctypes.c_long(a) for a in args)))
 
 
 def _available() -> bool:
@@ -202,8 +208,8 @@ class Watcher:
 
     def _ring(self) -> None:
         self._bell.value += 1
-        _syscall(_SYS_FUTEX, ctypes.byref(self._bell), _FUTEX_WAKE | _FUTEX_PRIVATE, 1,
-                 None, None, 0)
+        _syscall(_SYS_FUTEX, ctypes.addressof(self._bell), _FUTEX_WAKE | _FUTEX_PRIVATE, 1,
+                 0, 0, 0)
 
     def _run(self) -> None:
         entries: dict[object, _Entry] = {}
@@ -243,7 +249,7 @@ class Watcher:
                     continue  # not locked yet (or not by it): nothing to wait for
                 if not word & FUTEX_WAITERS:  # ask the kernel to wake us (atomic OR)
                     addr = ctypes.addressof(entry.word)
-                    _syscall(_SYS_FUTEX, addr, _FUTEX_WAKE_OP, 0, None, addr, _OR_WAITERS)
+                    _syscall(_SYS_FUTEX, addr, _FUTEX_WAKE_OP, 0, 0, addr, _OR_WAITERS)
                 slot = waitv[n]
                 slot.val = entry.pid | FUTEX_WAITERS
                 slot.uaddr = ctypes.addressof(entry.word)
@@ -251,7 +257,7 @@ class Watcher:
                 n += 1
             bell = waitv[n]
             bell.val, bell.uaddr, bell.flags = seen, bell_addr, _FUTEX2_SIZE_U32 | _FUTEX2_PRIVATE
-            rc = _syscall(_SYS_FUTEX_WAITV, waitv, n + 1, 0, None, 0)
+            rc = _syscall(_SYS_FUTEX_WAITV, ctypes.addressof(waitv), n + 1, 0, 0, 0)
             if rc < 0 and ctypes.get_errno() not in (errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT):
                 raise OSError(ctypes.get_errno(), "futex_waitv failed")
 
