@@ -175,6 +175,7 @@ class Watcher:
         self._bell = ctypes.c_uint32(0)
         self._closed = False
         self._thread: threading.Thread | None = None
+        self.armed = 0  # processes the thread waits on now (the kernel will wake it)
 
     def watch(self, key: object, path: str, pid: int) -> None:
         """Start watching *pid* (replaces what was watched under *key*)."""
@@ -255,6 +256,7 @@ class Watcher:
                 slot.uaddr = ctypes.addressof(entry.word)
                 slot.flags = _FUTEX2_SIZE_U32
                 n += 1
+            self.armed = n
             bell = waitv[n]
             bell.val, bell.uaddr, bell.flags = seen, bell_addr, _FUTEX2_SIZE_U32 | _FUTEX2_PRIVATE
             rc = _syscall(_SYS_FUTEX_WAITV, ctypes.addressof(waitv), n + 1, 0, 0, 0)

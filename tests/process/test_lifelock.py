@@ -59,6 +59,7 @@ def test_the_watcher_hears_of_a_death_with_its_exit_status(block, how, status, e
     try:
         assert go.ready.wait(20)
         watcher.watch("a", block, child.pid)
+        wait_until(lambda: watcher.armed == 1)
         assert heard.empty()  # alive: nothing to hear
         if how == "kill":
             os.kill(child.pid, signal.SIGKILL)
@@ -87,6 +88,7 @@ def test_a_forgotten_process_is_not_reported(block):
         watcher.watch("a", block, child.pid)
         watcher.forget("a")
         watcher.watch("b", block, child.pid)  # the same lock under another key
+        wait_until(lambda: watcher.armed == 1)
         os.kill(child.pid, signal.SIGKILL)
         assert heard.get(timeout=20)[0] == "b"
         child.join(20)
@@ -107,6 +109,7 @@ def test_a_new_holder_takes_the_lock_its_dead_predecessor_held(block):
             child.start()
             assert go.ready.wait(20)
             watcher.watch("a", block, child.pid)
+            wait_until(lambda: watcher.armed == 1)
             os.kill(child.pid, signal.SIGKILL)
             assert heard.get(timeout=20) == ("a", child.pid, signal.SIGKILL)
             child.join(20)
@@ -126,7 +129,7 @@ def test_a_killed_actor_is_restarted_on_the_early_notice_and_reaped(system):
                                                     runtime._on_life_lost(key, pid, st))
     ref = system.spawn(Pid)
     pid = ref.pid().result()
-    wait_until(lambda: runtime._life._thread is not None)
+    wait_until(lambda: runtime._life.armed == 1)  # its lock is waited on
     os.kill(pid, signal.SIGKILL)
     assert ref.pid().result() != pid  # queued meanwhile, answered by the new process
     assert early == [pid]
