@@ -155,6 +155,24 @@ def exit_status(pid: int) -> int | None:
     return int(fields[-1])
 
 
+def yield_cpu(pid: int) -> None:
+    """Lower the exiting process *pid* to the lowest priority, every thread of it.
+
+    What is left of its exit is the kernel tearing its address space down, ≈ 2 ms of CPU
+    for an actor here: on a busy machine that would be taken from the process booting in
+    its place, which then answers no earlier than if the death had been heard late.
+    """
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
+        except OSError:
+            pass
+
+
 def exitcode_of(status: int) -> int:
     """A wait status as ``multiprocessing`` writes an exit code (-signal, or the code)."""
     return -(status & 0x7F) if status & 0x7F else (status >> 8) & 0xFF
@@ -271,6 +289,7 @@ class Watcher:
         if status is None:
             # released but not exiting (exec), or already reaped: leave it to the sentinel
             return True
+        yield_cpu(entry.pid)
         try:
             self._on_death(key, entry.pid, status)
         except Exception:

@@ -122,16 +122,17 @@ class Pid(actorq.Actor):
         return os.getpid()
 
 
-def test_a_killed_actor_is_restarted_on_the_early_notice_and_reaped(system):
-    runtime = system._runtime
-    early = []
-    runtime._life._on_death = lambda key, pid, st: (early.append(pid),
-                                                    runtime._on_life_lost(key, pid, st))
-    ref = system.spawn(Pid)
-    pid = ref.pid().result()
-    wait_until(lambda: runtime._life.armed == 1)  # its lock is waited on
-    os.kill(pid, signal.SIGKILL)
-    assert ref.pid().result() != pid  # queued meanwhile, answered by the new process
-    assert early == [pid]
-    assert system.metrics()["actors"][ref.name]["restarts"] == 1
-    wait_until(lambda: not runtime._dying)  # reaped once its sentinel fired
+@pytest.mark.parametrize("start_method", ["forkserver", "fork"])
+def test_a_killed_actor_is_restarted_and_reaped_whichever_notice_comes_first(start_method):
+    # The early notice usually wins; under load the sentinel may (the watcher thread
+    # had no CPU before the process was reaped): the outcome must be the same.
+    with actorq.ActorSystem(start_method=start_method, call_timeout=20.0) as system:
+        runtime = system._runtime
+        ref = system.spawn(Pid)
+        for restarts in (1, 2):
+            pid = ref.pid().result()
+            wait_until(lambda: runtime._life.armed == 1)  # its lock is waited on
+            os.kill(pid, signal.SIGKILL)
+            assert ref.pid().result() != pid  # queued meanwhile, answered by the new one
+            assert system.metrics()["actors"][ref.name]["restarts"] == restarts
+            wait_until(lambda: not runtime._dying)  # reaped once its sentinel fired
