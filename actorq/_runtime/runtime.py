@@ -361,7 +361,10 @@ class Runtime:
         kind = msg[0]
         if kind == Ctl.READY:
             cell.pid = msg[1]
-            self._life.watch(cell.id, os.path.join(SHM_DIR, cell.ctl.seg.name), cell.pid)
+            # not at once: the watcher thread, woken now, would take the GIL from the
+            # loop just as the new process's first answers arrive
+            assert self._hub.loop is not None
+            self._hub.loop.call_later(WATCH_AFTER, self._watch_life, cell, cell.pid)
             if cell.state == "starting":
                 cell.state = CellState.RUNNING
             cell.ready.set()
@@ -434,6 +437,10 @@ class Runtime:
         return ("ok",)
 
     # -- deaths (loop thread) -------------------------------------------------------------
+
+    def _watch_life(self, cell: ActorCell, pid: int) -> None:
+        if cell.proc is not None and cell.pid == pid and not self._closing:
+            self._life.watch(cell.id, os.path.join(SHM_DIR, cell.ctl.seg.name), pid)
 
     def _on_life_lost(self, key: object, pid: int, status: int) -> None:
         """Watcher thread: the process *pid* of actor *key* is exiting (lifelock.py)."""
@@ -1019,6 +1026,7 @@ class Runtime:
         unlink_prefix(self.run_id)
 
 
+WATCH_AFTER = 0.02  # seconds after READY its early death notice is armed (lifelock)
 LIVE_RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()  # open, not closed yet
 NOTICE_AFTER = 0.5  # seconds close() waits for actors before it says that it waits
 
