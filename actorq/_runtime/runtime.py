@@ -471,10 +471,10 @@ class Runtime:
             return
         self._died(cell, proc, sock, None)
 
-    def _reap_dying(self, proc: Any) -> None:
+    def _reap_dying(self, proc: Any, timeout: float = 1.0) -> None:
         if proc in self._dying:
             self._dying.remove(proc)
-        proc.join(1.0)
+        proc.join(timeout)
         if proc.exitcode is None:
             kill_if_child(proc.pid)
         else:
@@ -974,8 +974,8 @@ class Runtime:
         self._life.close()
         for cell in cells:
             self._reap(cell)
-        for proc in list(self._dying):
-            self._reap_dying(proc)
+        for proc in list(self._dying):  # still torn down by the kernel (lifelock)
+            self._reap_dying(proc, self.config.stop_timeout)
         self._starter.shutdown(wait=True)
         for reply in list(self._hub.pending.values()):
             reply.set_exception(ActorStopped(f"{reply.describe}: the actor system was closed"))
