@@ -71,7 +71,7 @@ def _syscall(*args: int) -> int:
 def _available() -> bool:
     return all(hasattr(_libc, name) for name in (
         "pthread_mutexattr_setrobust", "pthread_mutexattr_setpshared", "pthread_mutex_init",
-        "pthread_mutex_lock", "pthread_mutex_consistent"))
+        "pthread_mutex_trylock", "pthread_mutex_consistent"))
 
 
 AVAILABLE = _available() and os.uname().sysname == "Linux"
@@ -103,7 +103,9 @@ class Held:
         finally:
             os.close(fd)
         self._mutex = (ctypes.c_char * MUTEX_BYTES).from_buffer(self._mm, OFFSET)
-        rc = _libc.pthread_mutex_lock(self._mutex)
+        # trylock: a predecessor still alive (it should not be) must not hang this boot;
+        # this process then just goes without the early notice
+        rc = _libc.pthread_mutex_trylock(self._mutex)
         if rc == errno.EOWNERDEAD:  # the previous instance died holding it: ours now
             _libc.pthread_mutex_consistent(self._mutex)
         elif rc != 0:

@@ -136,3 +136,19 @@ def test_a_killed_actor_is_restarted_and_reaped_whichever_notice_comes_first(sta
             assert ref.pid().result() != pid  # queued meanwhile, answered by the new one
             assert system.metrics()["actors"][ref.name]["restarts"] == restarts
             wait_until(lambda: not runtime._dying)  # reaped once its sentinel fired
+
+
+def test_a_lock_still_held_by_a_live_process_does_not_hang_the_next_one(block):
+    ctx = multiprocessing.get_context("fork")
+    go = Go(ctx)
+    child = ctx.Process(target=_holder, args=(block, go, "kill"))
+    child.start()
+    try:
+        assert go.ready.wait(20)
+        assert lifelock.hold(block) is not None  # returns at once, without the lock
+        with open(block, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mm:
+            word = int.from_bytes(mm[lifelock.OFFSET:lifelock.OFFSET + 4], "little")
+        assert word & lifelock.FUTEX_TID_MASK == child.pid  # still the child's
+    finally:
+        child.kill()
+        child.join(20)
