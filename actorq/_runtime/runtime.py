@@ -460,6 +460,10 @@ class Runtime:
         proc = cell.proc
         if proc is None or proc.pid != pid or cell.ctrl is None:
             return
+        if cell.state != "running" or self._closing:
+            # a stop (or a group restart) it was asked for: stop() and close() return once
+            # the process is gone, files and sockets closed, so wait for the sentinel
+            return
         self._died(cell, proc, cell.ctrl, lifelock.exitcode_of(status))
 
     def _on_exit(self, cell: ActorCell, proc: Any, sock: Any) -> None:
