@@ -67,7 +67,7 @@ from actorq._errors import (
     format_remote,
     raised_at,
 )
-from actorq._process import deathsig, spawn
+from actorq._process import deathsig, lifelock, spawn
 from actorq._process.deathsig import Lineage
 from actorq._serialization import SAFE_TYPES
 from actorq._transport import control
@@ -81,7 +81,7 @@ from actorq._transport.channel import (
     OutChannel,
 )
 from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_TAIL
-from actorq._transport.shm import Segment
+from actorq._transport.shm import SHM_DIR, Segment
 
 logger = logging.getLogger(__name__)
 
@@ -675,15 +675,16 @@ class Host:
             spec.close()
         self.cls_name = cls.__name__
         obj = cls.__new__(cls)
-        obj._actorq_ref = ActorRef(self.hub, info.run_id, info.id, self.name,
-                                   handler_names(cls), cls.__name__)
+        names = handler_names(cls)  # ≈ 60 µs (inspect.getmembers): once per boot
+        obj._actorq_ref = ActorRef(self.hub, info.run_id, info.id, self.name, names,
+                                   cls.__name__)
         obj._actorq_context = ActorContext(self, self.name, info.restarts)
         self.hub.run_sync(obj.__init__, *args, **kwargs)
         started = self.hub.run_sync(obj.on_start)
         if inspect.isawaitable(started):
             await started
         self.instance = obj
-        self.handlers = {name: getattr(obj, name) for name in handler_names(cls)}
+        self.handlers = {name: getattr(obj, name) for name in names}
         self.handlers["receive"] = obj.receive
         tune_gc(self.hub.config.actor_gc_gen0)
 
@@ -692,6 +693,9 @@ class Host:
         self.loop = asyncio.get_running_loop()
         self.done = self.loop.create_future()
         self.boot()
+        # held by this (the main) thread until the process dies: the system's early
+        # notice of that death (_process/lifelock.py)
+        self.life = lifelock.hold(os.path.join(SHM_DIR, self.info.ctl))
         hub = self.hub
         hub.loop = self.loop
         hub.loop_thread_id = _thread_id()

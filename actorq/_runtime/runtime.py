@@ -52,6 +52,7 @@ from actorq._core.ref import ActorRef, register_hub, unregister_hub
 from actorq._core.reply import Reply
 from actorq._errors import ActorCrashed, ActorStopped, NoSuchActor, StartTimeout
 from actorq._ids import new_run_prefix
+from actorq._process import lifelock
 from actorq._process.reap import kill_if_child, kill_tree
 from actorq._process.spares import QUIT, WarmPool
 from actorq._process.spawn import fork_server_unguarded, get_context
@@ -86,7 +87,7 @@ from actorq._transport.oob import traffic as oob_traffic
 from actorq._transport.ring import (
     Ring,
 )
-from actorq._transport.shm import Segment, sweep, unlink_prefix
+from actorq._transport.shm import SHM_DIR, Segment, sweep, unlink_prefix
 
 logger = logging.getLogger("actorq")
 
@@ -134,6 +135,9 @@ class Runtime:
         self.root = Supervisor(self, "root", max_restarts=config.root_max_restarts,
                                within=config.root_within, give_up_per_child=True)
         self._spares = WarmPool(self._ctx, _host.main, config.warm_spares)
+        # the early death notice (lifelock.py); the sentinel stays the authority
+        self._life = lifelock.Watcher(self._on_life_lost)
+        self._dying: list[Any] = []  # processes handled as dead, not reaped yet
         self._starter = concurrent.futures.ThreadPoolExecutor(1, "actorq-starter")
         # Starts queued behind each other (a burst of spawns) launch their processes in
         # parallel, ahead of the starter thread, which boots them in order (a process is
@@ -263,6 +267,7 @@ class Runtime:
         spec = Segment.create(prefix + "spec", max(len(blob), 1), prefault=False)
         spec.buf[: len(blob)] = blob
         ctl = ControlBlock(Segment.create(prefix + "ctl", CTL_SIZE))
+        lifelock.init(ctl.seg.buf)
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         cell = ActorCell(actor_id, name, cls_name, handlers, restart, options, spec,
                          len(blob), ctl, efd, supervisor)
@@ -438,6 +443,10 @@ class Runtime:
         kind = msg[0]
         if kind == Ctl.READY:
             cell.pid = msg[1]
+            # not at once: the watcher thread, woken now, would take the GIL from the
+            # loop just as the new process's first answers arrive
+            assert self._hub.loop is not None
+            self._hub.loop.call_later(WATCH_AFTER, self._watch_life, cell, cell.pid)
             if cell.state == "starting":
                 cell.state = CellState.RUNNING
             cell.ready.set()
@@ -528,22 +537,73 @@ class Runtime:
 
     # -- deaths (loop thread) -------------------------------------------------------------
 
+    def _watch_life(self, cell: ActorCell, pid: int) -> None:
+        if cell.proc is not None and cell.pid == pid and not self._closing:
+            self._life.watch(cell.id, os.path.join(SHM_DIR, cell.ctl.seg.name), pid)
+
+    def _on_life_lost(self, key: object, pid: int, status: int) -> None:
+        """Watcher thread: the process *pid* of actor *key* is exiting (lifelock.py)."""
+        loop = self._hub.loop
+        if loop is None or self._closed:
+            return
+        cell = self._cells.get(cast(int, key))
+        if cell is not None:
+            try:
+                loop.call_soon_threadsafe(self._on_early_exit, cell, pid, status)
+            except RuntimeError:  # the loop is closed: closing
+                pass
+
+    def _on_early_exit(self, cell: ActorCell, pid: int, status: int) -> None:
+        """The process is exiting (it runs no code any more) but is not torn down and
+        reported yet: handle its death now, reap it when its sentinel fires."""
+        proc = cell.proc
+        if proc is None or proc.pid != pid or cell.ctrl is None:
+            return
+        if cell.state != "running" or self._closing:
+            # a stop (or a group restart) it was asked for: stop() and close() return once
+            # the process is gone, files and sockets closed, so wait for the sentinel
+            return
+        self._died(cell, proc, cell.ctrl, lifelock.exitcode_of(status))
+
     def _on_exit(self, cell: ActorCell, proc: Any, sock: Any) -> None:
         loop = self._hub.loop
         assert loop is not None
         loop.remove_reader(proc.sentinel)
-        self._on_ctrl(cell, sock)  # a last "failed"/"crashing" message may be waiting
-        loop.remove_reader(sock)
-        sock.close()
-        proc.join(1.0)
-        code = proc.exitcode
-        if code is None:
-            # No exit status: another part of this process reaped it (os.wait(), a
-            # SIGCHLD handler), or it closed its end of the sentinel and lives on. Kill
-            # it if it is still our child; the Process object cannot be closed.
+        if cell.proc is not proc:  # handled already, on its early death notice
+            self._reap_dying(proc)
+            return
+        self._died(cell, proc, sock, None)
+
+    def _reap_dying(self, proc: Any, timeout: float = 1.0) -> None:
+        if proc in self._dying:
+            self._dying.remove(proc)
+        proc.join(timeout)
+        if proc.exitcode is None:
             kill_if_child(proc.pid)
         else:
             proc.close()
+
+    def _died(self, cell: ActorCell, proc: Any, sock: Any, code: int | None) -> None:
+        """*cell*'s process *proc* died: with *code* None, its sentinel fired (reap it
+        now); else it is exiting with that exit code, and is reaped later."""
+        loop = self._hub.loop
+        assert loop is not None
+        self._life.forget(cell.id)
+        self._on_ctrl(cell, sock)  # a last "failed"/"crashing" message may be waiting
+        loop.remove_reader(sock)
+        sock.close()
+        if code is not None:
+            self._dying.append(proc)  # its sentinel reader stays: _on_exit reaps it
+        else:
+            proc.join(1.0)
+            code = proc.exitcode
+            if code is None:
+                # No exit status: another part of this process reaped it (os.wait(), a
+                # SIGCHLD handler), or it closed its end of the sentinel and lives on.
+                # Kill it if it is still our child; the Process object cannot be closed.
+                kill_if_child(proc.pid)
+            else:
+                proc.close()
         cell.proc = cell.ctrl = None
         with self._hub.drain_lock:
             self._hub.drain()  # replies it published before dying
@@ -1027,8 +1087,11 @@ class Runtime:
     def _teardown(self, cells: list[ActorCell]) -> None:
         self._spares.close()
         self._stop_loop()
+        self._life.close()
         for cell in cells:
             self._reap(cell)
+        for proc in list(self._dying):  # still torn down by the kernel (lifelock)
+            self._reap_dying(proc, self.config.stop_timeout)
         self._starter.shutdown(wait=True)
         self._stop_launched()
         for reply in list(self._hub.pending.values()):
@@ -1080,6 +1143,7 @@ class Runtime:
         unlink_prefix(self.run_id)
 
 
+WATCH_AFTER = 0.02  # seconds after READY its early death notice is armed (lifelock)
 LIVE_RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()  # open, not closed yet
 NOTICE_AFTER = 0.5  # seconds close() waits for actors before it says that it waits
 

@@ -33,6 +33,7 @@ does the spill path, for a record over half the ring.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import marshal
 import mmap
 import os
@@ -200,6 +201,7 @@ _mapped: OrderedDict[str, _Mapped] = OrderedDict()
 _mapped_bytes = 0
 _mapped_lock = threading.Lock()
 MAP_BYTES = POOL_BYTES
+FORGET_CHECKS = 16  # cached blocks checked for a removed name each time one is added
 
 
 def _fresh_mapped_lock() -> None:
@@ -236,11 +238,13 @@ def _block(name: str) -> _Mapped:
 
 
 def _forget_mapped(keep: str) -> None:
-    """Drop the blocks whose name is gone (their sender's system closed, or swept) and,
-    over MAP_BYTES, the least recently used. A dropped block stays mapped until the last
-    view of it is gone (each view holds the mapping), then it is unmapped."""
+    """Drop the blocks whose name is gone (their sender's system closed, or swept; among
+    the FORGET_CHECKS least recently used) and, over MAP_BYTES, the least recently used.
+    A dropped block stays mapped until the last view of it is gone (each view holds the
+    mapping), then it is unmapped."""
     global _mapped_bytes
-    for name in [n for n in _mapped if n != keep
+    oldest = list(itertools.islice(_mapped, FORGET_CHECKS))  # a few per new block: bounded
+    for name in [n for n in oldest if n != keep
                  and not os.path.exists(os.path.join(SHM_DIR, n))]:
         _mapped_bytes -= len(_mapped.pop(name).mm)
     while _mapped_bytes > MAP_BYTES and len(_mapped) > 1:
