@@ -131,6 +131,7 @@ class OutChannel:
         "last_rung",
         "lock",
         "outbox",
+        "plain",
         "ring",
         "seg",
         "target_id",
@@ -146,6 +147,10 @@ class OutChannel:
         self.window = window
         self.lock = threading.Lock()
         self.outbox: list[Any] = []
+        # how many of the outbox's messages are known to be plain data (scalars, small
+        # tuples of them): all of them, and the burst is marshalled, not pickled. Only
+        # appends that know add to it; whoever empties the outbox zeroes it.
+        self.plain = 0
         self.encoded: deque[tuple[bytes, int]] = deque()  # encoded, not yet written (ring full)
         self.encoded_count = 0
         self.flush_scheduled = False
@@ -183,13 +188,16 @@ class OutChannel:
     def flush_locked(self, encode: Any) -> bool:
         """Write the outbox as record(s); True if everything reached the ring.
 
-        Caller holds ``lock``. *encode* turns a list of messages into a payload and the
-        number of messages it holds (fewer if some could not be pickled). What does not
-        fit stays encoded, in order, for the next flush.
+        Caller holds ``lock``. *encode* turns a list of messages (and whether all of them
+        are plain data) into a payload and the number of messages it holds (fewer if some
+        could not be pickled). What does not fit stays encoded, in order, for the next
+        flush.
         """
         if self.outbox:
             msgs, self.outbox = self.outbox, []
-            payload, count = encode(msgs)
+            plain = self.plain == len(msgs)
+            self.plain = 0
+            payload, count = encode(msgs, plain)
             if count:
                 self.encoded.append((payload, count))
                 self.encoded_count += count
@@ -305,9 +313,15 @@ class InChannel:
 
 
 class OpenRecord:
-    """A record read but not committed: which of its messages are handled."""
+    """A record read but not committed: which of its messages are handled.
 
-    __slots__ = ("busy", "chan", "done", "hdr", "prefix", "rec", "t_read", "unlink")
+    A receiver that queues the record's messages to be handled in order (an actor) keeps
+    them here too: ``msgs``, and ``next``, the index of the first one not yet taken up
+    (the queue holds records, not messages: nothing is built per message to queue it).
+    """
+
+    __slots__ = ("busy", "chan", "done", "hdr", "msgs", "next", "prefix", "queued", "rec",
+                 "t_read", "unlink")
 
     def __init__(self, chan: InChannel, rec: Record, unlink: list[str], skip: int) -> None:
         self.chan = chan
@@ -318,6 +332,9 @@ class OpenRecord:
         self.prefix = skip
         self.done = [True] * skip + [False] * (rec.count - skip)
         self.t_read = 0.0  # perf_counter() when read (adaptive window samples)
+        self.msgs: list[Any] = []
+        self.next = skip
+        self.queued = 0  # messages counted in the receiver's backlog while queued
 
     def done_one(self, index: int) -> None:
         """Mark message *index* handled; publish progress or commit.
