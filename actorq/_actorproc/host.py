@@ -347,14 +347,15 @@ class ActorHub(Hub):
         task.add_done_callback(functools.partial(self._async_done, entry=entry, index=index,
                                                  token=token, reply_to=reply_to))
 
-    def dispatch_all(self, msgs: list[Any], entry: OpenRecord) -> None:
+    def dispatch_all(self, msgs: Any, entry: OpenRecord) -> None:
         """Replies resolve at once; the record's calls and tells wait their turn in the queue.
 
         Overrides ``Hub.dispatch_all``: the record itself is queued (``pump`` takes its
         messages in order), so nothing is built or queued per message; only a record
-        that holds replies (one C-speed scan tells) is walked here.
+        that holds replies (one C-speed scan tells; a marshalled burst, a tuple, holds
+        none) is walked here.
         """
-        if OP_REPLY in map(_op_of, msgs):
+        if type(msgs) is list and OP_REPLY in map(_op_of, msgs):
             done = entry.done
             for index, msg in enumerate(msgs):
                 if msg[0] == OP_REPLY and not done[index]:
@@ -395,11 +396,25 @@ class ActorHub(Hub):
                 msgs, done, hdr, busy = entry.msgs, entry.done, entry.hdr, entry.busy
                 count = len(msgs)
                 index = entry.next
+                # The ring's handled count moves only when this record (the head: all
+                # before it are handled, so committed) is committed, after its last message.
+                seq = hdr[H_HANDLED]
+                # C_BUSY (and ``busy``) stay set from one tell to the next (one store per
+                # run, not two per message): between two, C_SEQ names a message already
+                # handled, which a crash there attributes to nobody (crashes.committed),
+                # as if C_BUSY were 0. Both are cleared whenever the run ends.
+                marked = False
+                # only the head record publishes its progress (OpenRecord.done_one), so
+                # cur_rec, once it names this record, stays so until it is committed
+                published = hdr[H_CUR_REC] == entry.rec.pos
                 while index < count:
                     # asked to stop: seen between messages, even when busy
                     if slots[C_STOP] or host.stopping:
                         host.stopping = True
                         entry.next = index
+                        if marked:
+                            slots[C_BUSY] = 0
+                            self.busy = False
                         return
                     if self.dirty:
                         self.flush_dirty()  # earlier replies out before the next handler runs
@@ -411,13 +426,14 @@ class ActorHub(Hub):
                         if stamp:
                             slots[C_SINCE] = time.monotonic_ns()
                         # C_TOKEN is already 0: every message clears it once its reply is out
-                        slots[C_SEQ] = hdr[H_HANDLED] + index
-                        slots[C_BUSY] = busy  # crash attribution slot
-                        self.busy = True
+                        slots[C_SEQ] = seq + index
+                        if not marked:
+                            slots[C_BUSY] = busy  # crash attribution slot
+                            self.busy = marked = True
                         try:
                             result = receive(msg[2])
                         except Exception as exc:
-                            self.busy = False
+                            self.busy = marked = False  # finish() clears C_BUSY
                             entry.next = index = index + 1
                             self.finish(entry, index - 1, 0, 0, False, exc, format_remote(exc))
                             continue
@@ -425,27 +441,30 @@ class ActorHub(Hub):
                             entry.next = index + 1
                             self.hold(result, entry, index, 0, 0)
                             return
-                        self.busy = False
-                        handled += 1
                         if aimd is not None and aimd.observe(time.perf_counter() - entry.t_read):
                             slots[C_WINDOW] = aimd.window
-                        # entry.done_one(index), inlined for the in-order case
-                        done[index] = True
-                        if index == entry.prefix:
-                            prefix = index + 1
+                        handled += 1
+                        index += 1
+                        # entry.done_one(index - 1), inlined for the in-order case (always,
+                        # here; ``done`` is not set: nothing looks behind the prefix)
+                        if index - 1 == entry.prefix:
+                            prefix = index
                             while prefix < count and done[prefix]:
                                 prefix += 1
                             entry.prefix = prefix
                             if prefix < count:
-                                hdr[H_CUR_SUB] = prefix
-                                pos = entry.rec.pos
-                                if hdr[H_CUR_REC] != pos:
-                                    hdr[H_CUR_REC] = pos
+                                hdr[H_CUR_SUB] = prefix  # cur_sub first, then cur_rec
+                                if not published:
+                                    hdr[H_CUR_REC] = entry.rec.pos
+                                    published = True
                             else:
                                 entry.chan.commit_ready()
-                        slots[C_BUSY] = 0  # after the commit (see C_SEQ)
-                        index += 1
+                        else:  # pragma: no cover - out of order: a handled prefix has a gap
+                            entry.done_one(index - 1)
                         continue
+                    if marked:  # a call: it sets and clears C_BUSY itself
+                        slots[C_BUSY] = 0
+                        self.busy = marked = False
                     entry.next = index = index + 1  # taken up (a handler may return here)
                     if msg[0] == OP_DCALL:  # a call with a deadline (plain calls: one compare)
                         if msg[6] <= time.monotonic():
@@ -457,6 +476,9 @@ class ActorHub(Hub):
                         handled += 1
                     if self.busy:
                         return  # an async handler holds the actor
+                if marked:
+                    slots[C_BUSY] = 0  # after the commit (see C_SEQ)
+                    self.busy = False
                 entry.next = count
                 queue.popleft()
                 self.queued -= entry.queued

@@ -76,6 +76,13 @@ _marshal = marshal.dumps  # plain data only: a lone call or reply (oob.load_payl
 _unmarshal = marshal.loads
 
 
+def _check_tell(ref: ActorRef[Any], message: Any) -> int:
+    """A told message that is not plain data: raise now if it cannot be pickled; return 0
+    (not plain). Out of ``Hub.tell`` so that its lambda makes no closure cells there."""
+    check_picklable(lambda: ref._describe("receive"), (message,), None)
+    return 0
+
+
 class BadMessage:
     """Stands in for the method name of a call or tell that did not unpickle here: the
     actor finds no handler under it, and fails the call with ``error()`` instead."""
@@ -213,12 +220,10 @@ class Hub:
             if kind is tuple and len(message) <= 16:
                 for item in message:
                     if type(item) not in SAFE_TYPES:
-                        check_picklable(lambda: ref._describe("receive"), (message,), None)
-                        plain = 0
+                        plain = _check_tell(ref, message)
                         break
             else:
-                check_picklable(lambda: ref._describe("receive"), (message,), None)
-                plain = 0
+                plain = _check_tell(ref, message)
         msg = (OP_TELL, 0, message)
         chan = self.outbound.get(ref.actor_id)
         if chan is not None:
@@ -538,18 +543,26 @@ class Hub:
     def encode(self, msgs: list[Any], plain: bool = False) -> tuple[bytes, int]:
         """Pickle a burst as one record; return it and how many messages it holds.
 
-        A burst of *plain* data only (every message checked at its call site: scalars,
-        small tuples and lists of them; ``OutChannel.plain``) is marshalled instead:
-        about half the cost of pickling on both sides (``oob.load_payload`` tells the two
-        apart), and no big buffer can be among it. A message that cannot be pickled is
+        *msgs* is the caller's to give away: it may be emptied.
+
+        A burst of *plain* data only (calls and tells whose data was checked at their
+        call site: scalars, small tuples and lists of them; ``OutChannel.plain``) is
+        marshalled instead, as a tuple: about half the cost of pickling on both sides
+        (``oob.load_payload`` tells the two apart), no big buffer can be among it, and
+        its receiver skips looking for replies. A message that cannot be pickled is
         replaced (an error reply) or dropped (``unpicklable``), so the count may be lower
         than ``len(msgs)``: the record's header must say how many it really holds, or its
         receiver would wait forever for the missing ones before committing it.
         """
-        if plain:
-            body = _marshal(msgs)
+        if plain:  # a tuple: the receiver knows at once that no reply is among them
+            burst = tuple(msgs)
+            # *msgs* is emptied so that each message is referenced once: marshal keeps a
+            # table of the objects referenced more than once (+300 instructions a message)
+            msgs.clear()
+            body = _marshal(burst)
             if len(body) <= self.max_inline:
-                return body, len(msgs)
+                return body, len(burst)
+            msgs = list(burst)
         cfg = self.config
         try:
             return encode_batch(msgs, oob_threshold=cfg.oob_threshold,
@@ -631,19 +644,23 @@ class Hub:
     def _take_record(self, chan: InChannel, rec: Any, now: float) -> int:
         """Decode one record and dispatch its messages; return how many it held."""
         unlink: list[str] = []
+        msgs: Any
         try:
             payload = rec.payload  # oob.load_payload, inlined: a pickle, or marshalled
-            try:
-                msgs = _loads(payload) if payload[0] == PICKLE_PROTO else _unmarshal(payload)
-            except Exception:
-                if payload[0] != PICKLE_PROTO:
-                    raise
-                msgs = salvage_loads(payload)  # a message in it does not unpickle here
-            if type(msgs) is not list:  # out of band buffers, spilled, or salvaged
-                if type(msgs) is not Salvaged:
-                    msgs = decode_loaded(msgs, unlink, salvage=True)
-                if type(msgs) is Salvaged:
-                    msgs = self.sort_out(chan, msgs)
+            if payload[0] != PICKLE_PROTO:
+                # plain data, marshalled: a lone message (a list), or a burst of calls
+                # and tells (a tuple: no reply among them; ``encode``)
+                msgs = _unmarshal(payload)
+            else:
+                try:
+                    msgs = _loads(payload)
+                except Exception:
+                    msgs = salvage_loads(payload)  # a message in it does not unpickle here
+                if type(msgs) is not list:  # out of band buffers, spilled, or salvaged
+                    if type(msgs) is not Salvaged:
+                        msgs = decode_loaded(msgs, unlink, salvage=True)
+                    if type(msgs) is Salvaged:
+                        msgs = self.sort_out(chan, msgs)
         except Exception:
             logger.exception("dropped a record from hub %d that could not be "
                              "unpickled", chan.sender_id)
@@ -651,7 +668,7 @@ class Hub:
             rec = rec._replace(count=0)
         finally:
             rec.payload.release()
-        if msgs and not chan.open_records and (
+        if msgs and not chan.open_records and type(msgs) is list and (
                 msgs[0][0] == OP_REPLY if len(msgs) == 1
                 else all(msg[0] == OP_REPLY for msg in msgs)):
             # Only replies, nothing open before it: resolve them all and commit the record

@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from actorq._transport.credit import CreditGate
@@ -278,6 +279,8 @@ class InChannel:
             if entry.unlink:
                 run_after_commit(entry.unlink)
         if committed:
+            if records and records[0].prefix:  # the new head's progress, kept till now
+                records[0].publish()
             self.credit_returned()
 
     def commit_now(self, rec: Record, unlink: list[Any]) -> None:
@@ -332,7 +335,7 @@ class OpenRecord:
         self.prefix = skip
         self.done = [True] * skip + [False] * (rec.count - skip)
         self.t_read = 0.0  # perf_counter() when read (adaptive window samples)
-        self.msgs: list[Any] = []
+        self.msgs: Sequence[Any] = ()  # a list, or a tuple (a marshalled burst)
         self.next = skip
         self.queued = 0  # messages counted in the receiver's backlog while queued
 
@@ -341,7 +344,10 @@ class OpenRecord:
 
         Per message on the hot path, so ``Ring.mark_progress`` is inlined: ``cur_sub``
         first, then ``cur_rec`` (a crash in between re-delivers one message rather than
-        skipping any).
+        skipping any). Only the head record (the first open one) publishes: the slots
+        describe the record at the ring's head, and a later record whose reply was
+        resolved early (read while a handler waited) must not overwrite them; it
+        publishes once it becomes the head (``InChannel.commit_ready``).
         """
         done = self.done
         done[index] = True
@@ -354,10 +360,17 @@ class OpenRecord:
             prefix += 1
         self.prefix = prefix
         if prefix < count:
-            hdr = self.chan.ring.hdr
-            hdr[H_CUR_SUB] = prefix
-            pos = self.rec.pos
-            if hdr[H_CUR_REC] != pos:
-                hdr[H_CUR_REC] = pos
+            records = self.chan.open_records
+            if not records or records[0] is self:
+                self.publish()
         else:
             self.chan.commit_ready()
+
+    def publish(self) -> None:
+        """Write this (head) record's handled prefix to the ring: ``cur_sub``, then
+        ``cur_rec``."""
+        hdr = self.hdr
+        hdr[H_CUR_SUB] = self.prefix
+        pos = self.rec.pos
+        if hdr[H_CUR_REC] != pos:
+            hdr[H_CUR_REC] = pos
