@@ -129,6 +129,7 @@ class Hub:
         self.queue: deque[OpenRecord] = deque()
         self.queued = 0
         self._outbox_fast = config.outbox_messages - 1  # tell's fast path appends below this
+        self.unsettled = False  # the last settling flush skipped a growing outbox
         self.max_inline = config.ring_size // 2 - 8  # bigger records take the spill path
 
     # -- sending ------------------------------------------------------------------------
@@ -489,6 +490,7 @@ class Hub:
 
     def mark_dirty(self, chan: OutChannel) -> None:
         """*chan*'s outbox has messages: flush it by the end of this loop iteration."""
+        chan.seen = len(chan.outbox)  # the settling look compares with this (flush_dirty)
         self.dirty.add(chan)
         self.schedule_flush()
 
@@ -507,15 +509,26 @@ class Hub:
 
     def _flush_tick(self) -> None:
         self.flush_scheduled = False
-        self.flush_or_retry()
+        if self.dirty:
+            # Yield the GIL first: the thread that scheduled this released it only to wake
+            # us (call_soon_threadsafe writes to a pipe), and is likely mid-burst; it goes
+            # on until it waits or is switched out, and the burst has grown by then.
+            time.sleep(0)
+        self.flush_or_retry(settle=True)
 
-    def flush_or_retry(self) -> None:
-        """Loop thread: flush; if a ring was full, or a channel busy, try again shortly."""
-        if not self.flush_dirty(wait=False) and self.loop is not None and not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_later(0.0005, self._flush_tick)
+    def flush_or_retry(self, *, settle: bool = False) -> None:
+        """Loop thread: flush; if a ring was full, or a channel busy, try again shortly.
 
-    def flush_dirty(self, *, wait: bool = True) -> bool:
+        With *settle* (the flush a send scheduled, ``_flush_tick``), an outbox that grew
+        since the last look is left to the next loop iteration (see ``flush_dirty``).
+        """
+        if self.flush_dirty(wait=False, settle=settle) or self.loop is None or (
+                self.flush_scheduled):
+            return
+        self.flush_scheduled = True
+        self.loop.call_later(0.0005, self._flush_tick)
+
+    def flush_dirty(self, *, wait: bool = True, settle: bool = False) -> bool:
         """Write every non-empty outbox to its ring; True if all of it got in.
 
         Without *wait* (the loop's own end-of-iteration flush, ``flush_or_retry``), a
@@ -524,14 +537,31 @@ class Hub:
         back and forth between the two at every burst. The channel stays dirty and
         ``flush_or_retry`` comes back to it shortly. Flushes that must be complete
         before going on (before a handler runs, before a wait) wait.
+
+        With *settle*, an outbox that grew since it was marked dirty or last looked at
+        (``OutChannel.seen``) is skipped the same way (``unsettled`` says so), and looked
+        at again about a millisecond later: a thread streaming tells would otherwise have
+        the loop thread take the GIL and flush a handful of messages at a time (measured:
+        a flush every 5-13 tells, the loop woken as often, at a third of the rate); it
+        flushes its full bursts itself. A lone tell, or a burst that ended before the
+        loop looked, goes out at once, as before.
         """
         complete = True
+        self.unsettled = False
         for chan in list(self.dirty):
+            if settle:
+                size = len(chan.outbox)
+                if size != chan.seen:
+                    chan.seen = size
+                    self.unsettled = True
+                    complete = False
+                    continue
             lock = chan.lock
             if not lock.acquire(blocking=wait):
                 complete = False
                 continue
             try:
+                chan.seen = 0
                 if chan.flush_locked(self.encode):
                     self.dirty.discard(chan)
                 else:

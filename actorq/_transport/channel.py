@@ -134,6 +134,7 @@ class OutChannel:
         "outbox",
         "plain",
         "ring",
+        "seen",
         "seg",
         "target_id",
         "window",
@@ -152,6 +153,7 @@ class OutChannel:
         # tuples of them): all of them, and the burst is marshalled, not pickled. Only
         # appends that know add to it; whoever empties the outbox zeroes it.
         self.plain = 0
+        self.seen = 0  # outbox length at the owner loop's last settling look (Hub.flush_dirty)
         self.encoded: deque[tuple[bytes, int]] = deque()  # encoded, not yet written (ring full)
         self.encoded_count = 0
         self.flush_scheduled = False
