@@ -208,7 +208,7 @@ class Hub:
             lock.release()
         return True
 
-    def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
+    def tell(self, ref: ActorRef[Any], message: Any, nowait: bool) -> None:
         """Send *message* to *ref*'s ``receive`` without a reply.
 
         The hot path of one-way traffic: a message with credit in hand and a burst
@@ -217,14 +217,16 @@ class Hub:
         """
         kind = type(message)
         plain = 1  # plain data (OutChannel.plain): a scalar, or a small tuple of scalars
-        if kind not in SAFE_TYPES:  # a plain loop: cheaper than issuperset(map(type, ...))
-            if kind is tuple and len(message) <= 16:
-                for item in message:
+        if kind is tuple:  # the most common message: tested first (a set lookup less)
+            if len(message) <= 16:
+                for item in message:  # a plain loop: cheaper than issuperset(map(type, ...))
                     if type(item) not in SAFE_TYPES:
                         plain = _check_tell(ref, message)
                         break
             else:
                 plain = _check_tell(ref, message)
+        elif kind not in SAFE_TYPES:
+            plain = _check_tell(ref, message)
         msg = (OP_TELL, 0, message)
         chan = self.outbound.get(ref.actor_id)
         if chan is not None:
