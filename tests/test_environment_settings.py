@@ -48,7 +48,7 @@ _SCRIPT = textwrap.dedent(
                 open(self.gate + ".started", "w").close()
             while self.gate and os.path.exists(self.gate):
                 time.sleep(0.0005)
-            self.most = max(self.most, len(self.ref._hub.queue))  # read ahead, waiting
+            self.most = max(self.most, self.ref._hub.queued)  # read ahead, waiting
 
         def most_queued(self):
             return self.most

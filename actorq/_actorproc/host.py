@@ -25,6 +25,7 @@ import marshal
 import math
 import multiprocessing
 import multiprocessing.spawn
+import operator
 import os
 import select
 import signal
@@ -90,6 +91,7 @@ logger = logging.getLogger(__name__)
 READ_AHEAD = int(os.environ.get("ACTORQ_READ_AHEAD", 1024))
 
 _marshal = marshal.dumps
+_op_of = operator.itemgetter(0)  # a wire message's op
 
 # Result types that are never awaitable (checked before the costlier inspect.isawaitable).
 _PLAIN = frozenset({type(None), int, float, str, bytes, bool, tuple, list, dict, set,
@@ -375,112 +377,185 @@ class ActorHub(Hub):
         task.add_done_callback(functools.partial(self._async_done, entry=entry, index=index,
                                                  token=token, reply_to=reply_to))
 
-    def dispatch_all(self, msgs: list[Any], entry: OpenRecord) -> None:
-        """Replies resolve at once; calls and tells wait their turn in the queue.
+    def dispatch_all(self, msgs: Any, entry: OpenRecord) -> None:
+        """Replies resolve at once; the record's calls and tells wait their turn in the queue.
 
-        Overrides ``Hub.dispatch_all`` with the per-message step inlined (it runs once
-        per message), so ``Hub.dispatch`` is never reached in an actor."""
-        done = entry.done
-        append = self.queue.append
-        for index, msg in enumerate(msgs):
-            if done[index]:
-                continue
-            if msg[0] == OP_REPLY:
-                self.resolve(msg)
-                entry.done_one(index)
-            else:
-                append((entry, index, msg))
+        Overrides ``Hub.dispatch_all``: the record itself is queued (``pump`` takes its
+        messages in order), so nothing is built or queued per message; only a record
+        that holds replies (one C-speed scan tells; a marshalled burst, a tuple, holds
+        none) is walked here.
+        """
+        if type(msgs) is list and OP_REPLY in map(_op_of, msgs):
+            done = entry.done
+            for index, msg in enumerate(msgs):
+                if msg[0] == OP_REPLY and not done[index]:
+                    self.resolve(msg)
+                    entry.done_one(index)  # may commit the record: all of it was replies
+            if entry.prefix >= len(msgs):
+                return
+        entry.msgs = msgs
+        entry.next = entry.prefix  # what a predecessor handled is skipped
+        entry.queued = len(msgs) - entry.prefix
+        self.queued += entry.queued
+        self.queue.append(entry)
 
     def pump(self) -> None:
-        """Handle queued calls in order until one is async (it holds the actor) or none remain.
+        """Handle queued messages in order until one is async (it holds the actor), a stop
+        is asked, or none remain.
 
-        This is the hot path of every message, so ``handle`` is inlined here.
+        This is the hot path of every message, so ``handle`` and (for tells) the
+        progress step of ``OpenRecord.done_one`` are inlined here, and a record's messages
+        are taken up one after the other without leaving this loop. Per message, in this
+        order: ``C_SEQ`` and ``C_BUSY`` (crash attribution) set, the handler run, the
+        progress published (``cur_sub``, then ``cur_rec``; the record committed after its
+        last message), ``C_BUSY`` cleared; so a crash at any point attributes and
+        redelivers exactly one message (tests/faults).
         """
         queue = self.queue
         slots = self.ctl.slots
-        handlers = self.host.handlers
-        receive = handlers.get("receive", self._no_receive)
         host = self.host
+        handlers = host.handlers
+        receive = handlers.get("receive", self._no_receive)
+        stamp = self.stamp_start
+        aimd = self.aimd
         handled = 0
         self.sync_depth += 1
         try:
             while queue and not self.busy and not host.stopping:
-                if slots[C_STOP]:  # asked to stop: seen between messages, even when busy
-                    host.stopping = True
-                    break
-                if self.dirty:
-                    self.flush_dirty()  # earlier replies out before the next handler runs
-                entry, index, msg = queue.popleft()
-                if msg[0] == OP_TELL:  # most of one-way traffic: its own, shorter path
-                    if self.stamp_start:
-                        slots[C_SINCE] = time.monotonic_ns()
-                    # C_TOKEN is already 0: every message clears it once its reply is out
-                    slots[C_SEQ] = entry.hdr[H_HANDLED] + index
-                    slots[C_BUSY] = entry.busy  # crash attribution slot
-                    self.busy = True
-                    try:
-                        result = receive(msg[2])
-                    except Exception as exc:
-                        self.busy = False
-                        self.finish(entry, index, 0, 0, False, exc, format_remote(exc))
-                        continue
-                    if result is not None and inspect.isawaitable(result):
-                        self.hold(result, entry, index, 0, 0)
+                entry = queue[0]
+                msgs, done, hdr, busy = entry.msgs, entry.done, entry.hdr, entry.busy
+                count = len(msgs)
+                index = entry.next
+                # The ring's handled count moves only when this record (the head: all
+                # before it are handled, so committed) is committed, after its last message.
+                seq = hdr[H_HANDLED]
+                # C_BUSY (and ``busy``) stay set from one tell to the next (one store per
+                # run, not two per message): between two, C_SEQ names a message already
+                # handled, which a crash there attributes to nobody (crashes.committed),
+                # as if C_BUSY were 0. Both are cleared whenever the run ends.
+                marked = False
+                # only the head record publishes its progress (OpenRecord.done_one), so
+                # cur_rec, once it names this record, stays so until it is committed
+                published = hdr[H_CUR_REC] == entry.rec.pos
+                while index < count:
+                    # asked to stop: seen between messages, even when busy
+                    if slots[C_STOP] or host.stopping:
+                        host.stopping = True
+                        entry.next = index
+                        if marked:
+                            slots[C_BUSY] = 0
+                            self.busy = False
                         return
-                    self.busy = False
-                    handled += 1
-                    if self.aimd is not None and self.aimd.observe(
-                            time.perf_counter() - entry.t_read):
-                        slots[C_WINDOW] = self.aimd.window
-                    entry.done_one(index)
-                    slots[C_BUSY] = 0  # after the commit (see C_SEQ)
-                    continue
-                if msg[0] == OP_DCALL:  # a call with a deadline (plain calls: one compare)
-                    if msg[6] <= time.monotonic():
-                        self.drop_expired(entry, index, msg)
+                    if self.dirty:
+                        self.flush_dirty()  # earlier replies out before the next handler runs
+                    if done[index]:  # a reply, resolved when read
+                        index += 1
                         continue
-                    self.deadline = (msg[1], msg[6], msg[7] if len(msg) > 7 else None)
-                    msg = msg[:6]
-                _op, token, reply_to, method, args, kwargs = msg
-                slots[C_TOKEN] = token  # 0: a crash then fails no caller
-                if token:
-                    slots[C_REPLY_TO] = reply_to + 1
-                if self.stamp_start:
-                    slots[C_SINCE] = time.monotonic_ns()
-                slots[C_SEQ] = entry.hdr[H_HANDLED] + index
-                slots[C_BUSY] = entry.busy  # crash attribution slot
-                fn = handlers.get(method)
-                if fn is None:
-                    err: Exception
-                    if type(method) is BadMessage:  # it did not unpickle here (sort_out)
-                        err = method.error()
-                    else:
-                        err = AttributeError(f"{host.describe()} has no handler {method!r}")
-                    self.finish(entry, index, token, reply_to, False, err, "")
-                    continue
-                self.busy = True
-                try:
-                    result = fn(*args, **kwargs)
-                except Exception as exc:
+                    msg = msgs[index]
+                    if msg[0] == OP_TELL:  # most of one-way traffic: its own, shorter path
+                        if stamp:
+                            slots[C_SINCE] = time.monotonic_ns()
+                        # C_TOKEN is already 0: every message clears it once its reply is out
+                        slots[C_SEQ] = seq + index
+                        if not marked:
+                            slots[C_BUSY] = busy  # crash attribution slot
+                            self.busy = marked = True
+                        try:
+                            result = receive(msg[2])
+                        except Exception as exc:
+                            self.busy = marked = False  # finish() clears C_BUSY
+                            entry.next = index = index + 1
+                            self.finish(entry, index - 1, 0, 0, False, exc, format_remote(exc))
+                            continue
+                        if result is not None and inspect.isawaitable(result):
+                            entry.next = index + 1
+                            self.hold(result, entry, index, 0, 0)
+                            return
+                        if aimd is not None and aimd.observe(time.perf_counter() - entry.t_read):
+                            slots[C_WINDOW] = aimd.window
+                        handled += 1
+                        index += 1
+                        # entry.done_one(index - 1), inlined for the in-order case (always,
+                        # here; ``done`` is not set: nothing looks behind the prefix)
+                        if index - 1 == entry.prefix:
+                            prefix = index
+                            while prefix < count and done[prefix]:
+                                prefix += 1
+                            entry.prefix = prefix
+                            if prefix < count:
+                                hdr[H_CUR_SUB] = prefix  # cur_sub first, then cur_rec
+                                if not published:
+                                    hdr[H_CUR_REC] = entry.rec.pos
+                                    published = True
+                            else:
+                                entry.chan.commit_ready()
+                        else:  # pragma: no cover - out of order: a handled prefix has a gap
+                            entry.done_one(index - 1)
+                        continue
+                    if marked:  # a call: it sets and clears C_BUSY itself
+                        slots[C_BUSY] = 0
+                        self.busy = marked = False
+                    entry.next = index = index + 1  # taken up (a handler may return here)
+                    if msg[0] == OP_DCALL:  # a call with a deadline (plain calls: one compare)
+                        if msg[6] <= time.monotonic():
+                            self.drop_expired(entry, index - 1, msg)
+                            continue
+                        self.deadline = (msg[1], msg[6], msg[7] if len(msg) > 7 else None)
+                        msg = msg[:6]
+                    if self.handle_call(entry, index - 1, msg, handlers):
+                        handled += 1
+                    if self.busy:
+                        return  # an async handler holds the actor
+                if marked:
+                    slots[C_BUSY] = 0  # after the commit (see C_SEQ)
                     self.busy = False
-                    self.finish(entry, index, token, reply_to, False, exc, format_remote(exc))
-                    continue
-                if type(result) not in _PLAIN and inspect.isawaitable(result):
-                    self.hold(result, entry, index, token, reply_to)
-                    return
-                self.busy = False
-                handled += 1
-                if self.aimd is not None and self.aimd.observe(
-                        time.perf_counter() - entry.t_read):
-                    slots[C_WINDOW] = self.aimd.window
-                entry.done_one(index)  # committed: its credit is back before the reply is
-                slots[C_BUSY] = 0  # after the commit (see C_SEQ)
-                if token:
-                    self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
-                    slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
+                entry.next = count
+                queue.popleft()
+                self.queued -= entry.queued
         finally:
             self.sync_depth -= 1
             slots[C_HANDLED] += handled
+
+    def handle_call(self, entry: OpenRecord, index: int, msg: tuple[Any, ...],
+                    handlers: dict[str, Any]) -> bool:
+        """Run one call (``pump``); True if it ran to completion and was committed."""
+        slots = self.ctl.slots
+        _op, token, reply_to, method, args, kwargs = msg
+        slots[C_TOKEN] = token  # 0: a crash then fails no caller
+        if token:
+            slots[C_REPLY_TO] = reply_to + 1
+        if self.stamp_start:
+            slots[C_SINCE] = time.monotonic_ns()
+        slots[C_SEQ] = entry.hdr[H_HANDLED] + index
+        slots[C_BUSY] = entry.busy  # crash attribution slot
+        fn = handlers.get(method)
+        if fn is None:
+            err: Exception
+            if type(method) is BadMessage:  # it did not unpickle here (sort_out)
+                err = method.error()
+            else:
+                err = AttributeError(f"{self.host.describe()} has no handler {method!r}")
+            self.finish(entry, index, token, reply_to, False, err, "")
+            return False
+        self.busy = True
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            self.busy = False
+            self.finish(entry, index, token, reply_to, False, exc, format_remote(exc))
+            return False
+        if type(result) not in _PLAIN and inspect.isawaitable(result):
+            self.hold(result, entry, index, token, reply_to)
+            return False
+        self.busy = False
+        if self.aimd is not None and self.aimd.observe(time.perf_counter() - entry.t_read):
+            slots[C_WINDOW] = self.aimd.window
+        entry.done_one(index)  # committed: its credit is back before the reply is
+        slots[C_BUSY] = 0  # after the commit (see C_SEQ)
+        if token:
+            self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
+            slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
+        return True
 
     def drop_expired(self, entry: OpenRecord, index: int, msg: tuple[Any, ...]) -> None:
         """A call whose deadline passed while it was queued: not run; its caller gets

@@ -31,8 +31,9 @@ class Sender(Protocol):
         """Send a call carrying *deadline* (``time.monotonic()`` seconds) and a token."""
         ...
 
-    def tell(self, ref: ActorRef[Any], message: Any, *, nowait: bool) -> None:
-        """Send *message* to *ref*'s actor's ``receive``."""
+    def tell(self, ref: ActorRef[Any], message: Any, nowait: bool) -> None:
+        """Send *message* to *ref*'s actor's ``receive`` (*nowait*: raise ``Backpressure``
+        rather than wait for credit)."""
         ...
 
     def channel_statistics(self, target: int) -> ChannelStatistics:
@@ -222,7 +223,7 @@ class ActorRef(Generic[A]):
         In synchronous code, waits for mailbox credit up to the send timeout, then raises
         ``Backpressure``; on a running event loop it never waits.
         """
-        (self._hub or self._get_hub()).tell(self, message, nowait=False)
+        (self._hub or self._get_hub()).tell(self, message, False)  # positional: cheaper
 
     def channel_statistics(self) -> ChannelStatistics:
         """The flow-control figures of this process's channel to the actor: credits in
@@ -232,7 +233,7 @@ class ActorRef(Generic[A]):
 
     def tell_nowait(self, message: Any) -> None:
         """Like ``tell`` but never waits: raises ``Backpressure`` if the mailbox has no credit."""
-        (self._hub or self._get_hub()).tell(self, message, nowait=True)
+        (self._hub or self._get_hub()).tell(self, message, True)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_ref, (self.run_id, self.actor_id, self.name, self.handlers,

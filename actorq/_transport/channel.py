@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from actorq._transport.credit import CreditGate
@@ -131,7 +132,9 @@ class OutChannel:
         "last_rung",
         "lock",
         "outbox",
+        "plain",
         "ring",
+        "seen",
         "seg",
         "target_id",
         "window",
@@ -146,6 +149,11 @@ class OutChannel:
         self.window = window
         self.lock = threading.Lock()
         self.outbox: list[Any] = []
+        # how many of the outbox's messages are known to be plain data (scalars, small
+        # tuples of them): all of them, and the burst is marshalled, not pickled. Only
+        # appends that know add to it; whoever empties the outbox zeroes it.
+        self.plain = 0
+        self.seen = 0  # outbox length at the owner loop's last settling look (Hub.flush_dirty)
         self.encoded: deque[tuple[bytes, int]] = deque()  # encoded, not yet written (ring full)
         self.encoded_count = 0
         self.flush_scheduled = False
@@ -183,13 +191,16 @@ class OutChannel:
     def flush_locked(self, encode: Any) -> bool:
         """Write the outbox as record(s); True if everything reached the ring.
 
-        Caller holds ``lock``. *encode* turns a list of messages into a payload and the
-        number of messages it holds (fewer if some could not be pickled). What does not
-        fit stays encoded, in order, for the next flush.
+        Caller holds ``lock``. *encode* turns a list of messages (and whether all of them
+        are plain data) into a payload and the number of messages it holds (fewer if some
+        could not be pickled). What does not fit stays encoded, in order, for the next
+        flush.
         """
         if self.outbox:
             msgs, self.outbox = self.outbox, []
-            payload, count = encode(msgs)
+            plain = self.plain == len(msgs)
+            self.plain = 0
+            payload, count = encode(msgs, plain)
             if count:
                 self.encoded.append((payload, count))
                 self.encoded_count += count
@@ -270,6 +281,8 @@ class InChannel:
             if entry.unlink:
                 run_after_commit(entry.unlink)
         if committed:
+            if records and records[0].prefix:  # the new head's progress, kept till now
+                records[0].publish()
             self.credit_returned()
 
     def commit_now(self, rec: Record, unlink: list[Any]) -> None:
@@ -305,9 +318,15 @@ class InChannel:
 
 
 class OpenRecord:
-    """A record read but not committed: which of its messages are handled."""
+    """A record read but not committed: which of its messages are handled.
 
-    __slots__ = ("busy", "chan", "done", "hdr", "prefix", "rec", "t_read", "unlink")
+    A receiver that queues the record's messages to be handled in order (an actor) keeps
+    them here too: ``msgs``, and ``next``, the index of the first one not yet taken up
+    (the queue holds records, not messages: nothing is built per message to queue it).
+    """
+
+    __slots__ = ("busy", "chan", "done", "hdr", "msgs", "next", "prefix", "queued", "rec",
+                 "t_read", "unlink")
 
     def __init__(self, chan: InChannel, rec: Record, unlink: list[str], skip: int) -> None:
         self.chan = chan
@@ -318,13 +337,19 @@ class OpenRecord:
         self.prefix = skip
         self.done = [True] * skip + [False] * (rec.count - skip)
         self.t_read = 0.0  # perf_counter() when read (adaptive window samples)
+        self.msgs: Sequence[Any] = ()  # a list, or a tuple (a marshalled burst)
+        self.next = skip
+        self.queued = 0  # messages counted in the receiver's backlog while queued
 
     def done_one(self, index: int) -> None:
         """Mark message *index* handled; publish progress or commit.
 
         Per message on the hot path, so ``Ring.mark_progress`` is inlined: ``cur_sub``
         first, then ``cur_rec`` (a crash in between re-delivers one message rather than
-        skipping any).
+        skipping any). Only the head record (the first open one) publishes: the slots
+        describe the record at the ring's head, and a later record whose reply was
+        resolved early (read while a handler waited) must not overwrite them; it
+        publishes once it becomes the head (``InChannel.commit_ready``).
         """
         done = self.done
         done[index] = True
@@ -337,10 +362,17 @@ class OpenRecord:
             prefix += 1
         self.prefix = prefix
         if prefix < count:
-            hdr = self.chan.ring.hdr
-            hdr[H_CUR_SUB] = prefix
-            pos = self.rec.pos
-            if hdr[H_CUR_REC] != pos:
-                hdr[H_CUR_REC] = pos
+            records = self.chan.open_records
+            if not records or records[0] is self:
+                self.publish()
         else:
             self.chan.commit_ready()
+
+    def publish(self) -> None:
+        """Write this (head) record's handled prefix to the ring: ``cur_sub``, then
+        ``cur_rec``."""
+        hdr = self.hdr
+        hdr[H_CUR_SUB] = self.prefix
+        pos = self.rec.pos
+        if hdr[H_CUR_REC] != pos:
+            hdr[H_CUR_REC] = pos

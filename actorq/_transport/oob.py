@@ -311,6 +311,8 @@ def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True,
     """``decode_batch`` for a payload already unpickled once (*obj*)."""
     if isinstance(obj, list):  # a list, or a Salvaged one
         return obj
+    if obj[0] != _SPILL_TAG and obj[0] != _OOB_TAG:  # a marshalled burst (Hub.encode)
+        return list(obj)
     if obj[0] == _SPILL_TAG:
         name, size = obj[1]
         after_commit.append(name)

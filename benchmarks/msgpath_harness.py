@@ -1,0 +1,232 @@
+"""The message path in one process, for instruction counts (callgrind) and profiles.
+
+    python benchmarks/msgpath_harness.py {tell,tell-sender,call} N
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p \\
+        python benchmarks/msgpath_harness.py tell 20000
+    python benchmarks/msgpath_harness.py --count tell     # runs callgrind itself, twice
+
+Drives the real sending code (``Hub.tell``/``Hub.call``, the outbox, ``encode``, the
+ring) and the real receiving code (``ActorHub.drain``/``pump``, commit, the reply) over
+real shared-memory rings, in one thread, so that an instruction count is repeatable on a
+busy machine (wall-clock figures are not: see docs/benchmarks.md). What it leaves out:
+the other process (a second core), the loop thread of the user's process (its flushes
+are done here by the sending thread at the end of each burst, which is what a busy
+sender's loop iteration amounts to) and doorbells (nobody is parked).
+
+Modes:
+    tell         N tells in bursts of ``BURST``, each burst then drained and handled
+    tell-sender  the same tells; the receiver only commits records unread (the
+                 sender's share alone)
+    call         N sequential calls, each answered (``serve_alone``) and resolved
+
+``--count MODE...`` runs callgrind on two sizes (2,000 and 12,000 messages; 200 and
+1,200 calls) and prints the difference per message.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from actorq._actorproc.host import READ_AHEAD, ActorHub, Host
+from actorq._config import SystemConfig
+from actorq._core.hub import Hub
+from actorq._core.protocol import Boot
+from actorq._core.ref import ActorRef
+from actorq._ids import new_run_prefix
+from actorq._transport.channel import CTL_SIZE, ControlBlock, InChannel, OutChannel
+from actorq._transport.ring import H_HANDLED, H_HEAD, H_SENT, H_TAIL, Ring
+from actorq._transport.shm import Segment, unlink_prefix
+
+BURST = 1000  # tells between two drains of the receiver (below the credit window)
+ACTOR_ID = 1
+
+
+class Sink:
+    """The handlers of the harness's actor."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def receive(self, message: Any) -> None:
+        self.received += 1
+
+    def echo(self, x: Any) -> Any:
+        return x
+
+
+class SenderHub(Hub):
+    """A sending hub with no loop thread (its flushes are explicit)."""
+
+    def may_block(self) -> bool:
+        return True
+
+    def open_channel(self, ref: ActorRef[Any]) -> OutChannel:  # pragma: no cover
+        raise AssertionError(ref)
+
+
+class Harness:
+    """Two hubs joined by two rings: the user's side and one actor's side."""
+
+    def __init__(self) -> None:
+        self.prefix = new_run_prefix()
+        config = SystemConfig()
+        self.config = config
+        segs = []
+
+        def seg(kind: str, size: int) -> Segment:
+            s = Segment.create(self.prefix + kind, size)
+            segs.append(s)
+            return s
+
+        self.segs = segs
+        to_actor, from_actor = seg("ra", Ring.size_for(config.ring_size)), seg(
+            "rs", Ring.size_for(config.ring_size))
+        for s in (to_actor, from_actor):
+            Ring(s.buf, init=True).release()
+        sys_ctl, actor_ctl = seg("c0", CTL_SIZE), seg("c1", CTL_SIZE)
+        self.efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
+        self.sender = SenderHub(0, self.prefix, config, ControlBlock(sys_ctl), self.efds[0])
+        self.sender.outbound[ACTOR_ID] = OutChannel(
+            ACTOR_ID, Segment.attach(to_actor.name), ControlBlock(Segment.attach(actor_ctl.name)),
+            self.efds[1], config.window)
+        self.sender.inbound[ACTOR_ID] = InChannel(ACTOR_ID, Segment.attach(from_actor.name))
+        self.sock = socket.socketpair()
+        host = Host(self.sock[0])
+        host.name = host.cls_name = "sink"
+        info = Boot(ACTOR_ID, "sink", self.prefix, config, actor_ctl.name, "", 0, {}, {}, 0,
+                    None, None, 1, None, 1)
+        self.receiver = ActorHub(host, info, ControlBlock(Segment.attach(actor_ctl.name)),
+                                 self.efds[1])
+        host.hub = self.receiver
+        self.sink = Sink()
+        host.handlers = {"receive": self.sink.receive, "echo": self.sink.echo}
+        self.receiver.inbound[0] = InChannel(0, Segment.attach(to_actor.name), self.efds[0])
+        self.receiver.outbound[0] = OutChannel(
+            0, Segment.attach(from_actor.name), ControlBlock(Segment.attach(sys_ctl.name)),
+            self.efds[0], config.window)
+        self.ref: ActorRef[Any] = ActorRef(self.sender, self.prefix, ACTOR_ID, "sink",
+                                           frozenset({"echo"}), "Sink")
+
+    def receive_all(self) -> None:
+        hub = self.receiver
+        while hub.has_unread() or hub.queue:
+            hub.drain(READ_AHEAD)
+            hub.pump()
+            hub.flush_dirty()
+
+    def skip_all(self) -> None:
+        """Commit every published record unread (the tell-sender mode)."""
+        ring = self.receiver.inbound[0].ring
+        hdr = ring.hdr
+        hdr[H_HANDLED] = hdr[H_SENT]
+        hdr[H_HEAD] = hdr[H_TAIL]
+
+    def tells(self, n: int, *, read: bool = True) -> None:
+        tell = self.ref.tell
+        sender = self.sender
+        done = 0
+        while done < n:
+            k = min(BURST, n - done)
+            for i in range(done, done + k):
+                tell(("small", i, 1.5))
+            sender.flush_dirty()
+            done += k
+            if read:
+                self.receive_all()
+            else:
+                self.skip_all()
+        if read and self.sink.received != n:
+            msg = f"the sink got {self.sink.received} of {n} tells"
+            raise RuntimeError(msg)
+
+    def calls(self, n: int) -> None:
+        echo = self.ref.echo
+        sender, receiver = self.sender, self.receiver
+        chan = sender.inbound[ACTOR_ID]
+        for i in range(n):
+            reply = echo(i)
+            receiver.drain(READ_AHEAD)
+            if receiver.queue:
+                receiver.pump()
+            receiver.flush_dirty()
+            while not reply.done():
+                rec = chan.read_next()
+                if rec is None:
+                    msg = "no reply"
+                    raise RuntimeError(msg)
+                sender._take_record(chan, rec, 0.0)
+            if reply.result() != i:
+                msg = "wrong echo"
+                raise RuntimeError(msg)
+
+    def close(self) -> None:
+        for hub in (self.sender, self.receiver):
+            for chan in [*hub.outbound.values(), *hub.inbound.values()]:
+                chan.close()
+                if isinstance(chan, OutChannel):
+                    chan.ctl.close()
+            hub.ctl.close()
+            hub.pool.close()
+        for s in self.segs:
+            s.close()
+        unlink_prefix(self.prefix)
+        for fd in self.efds:
+            os.close(fd)
+        for s in self.sock:
+            s.close()
+
+
+def run(mode: str, n: int) -> None:
+    """Run *mode* N times; the work itself runs inside ``operator.call``, a C function
+    nothing else here calls: ``--toggle-collect=_operator_call`` counts only the work."""
+    h = Harness()
+    try:
+        if mode == "tell":
+            operator.call(h.tells, n)
+        elif mode == "tell-sender":
+            operator.call(h.tells, n, read=False)
+        elif mode == "call":
+            operator.call(h.calls, n)
+        else:
+            msg = f"unknown mode {mode!r}: tell, tell-sender or call"
+            raise SystemExit(msg)
+    finally:
+        h.close()
+
+
+def callgrind_total(mode: str, n: int) -> int:
+    """Instructions the work of *mode* took (``run``: only inside ``operator.call``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                        "--toggle-collect=_operator_call", sys.executable, __file__, mode,
+                        str(n)], check=True, capture_output=True)
+        with open(out) as f:
+            text = f.read()
+    found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+    if found is None:
+        msg = "no total in the callgrind output"
+        raise RuntimeError(msg)
+    return int(found.group(1))
+
+
+def count(mode: str) -> float:
+    """Instructions per message in *mode* (the difference of two runs: the set-up and
+    the first, unrepresentative messages cancel out)."""
+    small, large = (200, 1200) if mode == "call" else (2000, 12000)
+    return (callgrind_total(mode, large) - callgrind_total(mode, small)) / (large - small)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--count":
+        for m in sys.argv[2:] or ["tell", "tell-sender", "call"]:
+            print(f"{m:12s} {count(m):10.0f} instructions per message", flush=True)
+    else:
+        run(sys.argv[1], int(sys.argv[2]))

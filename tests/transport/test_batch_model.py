@@ -1,0 +1,271 @@
+"""Coalesced bursts against a model: order, credits, Backpressure, crashes mid-batch.
+
+The real sending code (``Hub.tell``/``Hub.call``, the outbox, plain bursts marshalled and
+mixed ones pickled) and the real receiving code (``ActorHub.drain``/``pump``, commit
+after handle) run in this process over real shared-memory rings; a crash is the handler
+raising ``Crash`` (a ``BaseException``: ``pump`` lets it through, as a dying process
+would leave everything), after which the system's own crash attribution
+(``_runtime.crashes.attribute_crash``) reads the slots and a successor hub maps the same
+rings, as a restarted actor does. Hypothesis chooses the bursts (their sizes, plain or
+pickled messages, tells and calls), where the handler crashes (inside a handler, or
+between two messages), whether the crashed message is redelivered, and the window.
+
+What must hold, as without batching (issue 15):
+- every message is handled exactly once, in the order it was sent, except one that a
+  crash made poison (not redelivered): that one is a dead letter, and its caller failed;
+- the crash is attributed to the message whose handler was running, and to nothing when
+  it came between two messages;
+- ``tell_nowait`` raises ``Backpressure`` exactly when ``window`` messages are in flight,
+  and sends nothing then; once everything is handled, every credit is back.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from actorq._actorproc.host import READ_AHEAD, ActorHub, Host
+from actorq._config import SystemConfig
+from actorq._core.hub import Hub
+from actorq._core.protocol import C_BUSY, Boot
+from actorq._core.ref import ActorRef
+from actorq._errors import Backpressure
+from actorq._ids import new_run_prefix
+from actorq._runtime.crashes import attribute_crash
+from actorq._supervision.deadletters import DeadLetters
+from actorq._transport.channel import CTL_SIZE, ControlBlock, InChannel, OutChannel
+from actorq._transport.ring import Ring
+from actorq._transport.shm import Segment, unlink_prefix
+
+ACTOR = 1
+
+
+class Crash(BaseException):
+    """The actor's process dies here (``pump`` catches ``Exception`` only)."""
+
+
+class Sender(Hub):
+    """The user's side, without a loop thread (flushes are explicit)."""
+
+    def may_block(self) -> bool:
+        return True
+
+    def open_channel(self, ref: ActorRef[Any]) -> OutChannel:  # pragma: no cover
+        raise AssertionError(ref)
+
+
+class CrashingHub(ActorHub):
+    """An actor hub that can die while flushing between two messages."""
+
+    crash_on_flush = False
+
+    def flush_dirty(self, *, wait: bool = True, settle: bool = False) -> bool:
+        if self.crash_on_flush:
+            self.crash_on_flush = False
+            raise Crash
+        return super().flush_dirty(wait=wait, settle=settle)
+
+
+class World:
+    """A sender and an actor joined by two rings; the actor can crash and be replaced."""
+
+    def __init__(self, window: int, plan: dict[int, str]) -> None:
+        self.prefix = new_run_prefix()
+        self.config = SystemConfig(ring_size=1 << 16, window=window, outbox_messages=64)
+        self.segs: list[Segment] = []
+        ring_size = Ring.size_for(self.config.ring_size)
+        self.to_actor, self.from_actor = self._seg("ra", ring_size), self._seg("rs", ring_size)
+        for seg in (self.to_actor, self.from_actor):
+            Ring(seg.buf, init=True).release()
+        self.sys_ctl, self.actor_ctl = self._seg("c0", CTL_SIZE), self._seg("c1", CTL_SIZE)
+        self.efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
+        self.sender = Sender(0, self.prefix, self.config, ControlBlock(self._attach(self.sys_ctl)),
+                             self.efds[0])
+        self.sender.outbound[ACTOR] = OutChannel(
+            ACTOR, self._attach(self.to_actor), ControlBlock(self._attach(self.actor_ctl)),
+            self.efds[1], window)
+        self.sender.inbound[ACTOR] = InChannel(ACTOR, self._attach(self.from_actor))
+        self.ref: ActorRef[Any] = ActorRef(self.sender, self.prefix, ACTOR, "a",
+                                           frozenset({"work"}), "A")
+        self.plan = plan  # message id -> "handler" or "between": crash there, once
+        self.log: list[int] = []  # message ids, in the order their handlers completed
+        self.crashes: list[tuple[str, Any]] = []  # what attribute_crash blamed
+        self.failed: list[int] = []  # tokens of calls failed by a crash
+        self.dead = DeadLetters()
+        self.redeliver = True
+        self.cell = SimpleNamespace(ctl=None, inbound={0: self.to_actor}, poison_key=None,
+                                    poison_count=0, name="a", options=None)
+        self.actor: CrashingHub | None = None
+        self.actors: list[CrashingHub] = []  # every actor hub, the dead ones too
+        self.socks: list[socket.socket] = []
+        self.start_actor()
+
+    def _seg(self, kind: str, size: int) -> Segment:
+        seg = Segment.create(self.prefix + kind, size, prefault=False)
+        self.segs.append(seg)
+        return seg
+
+    def _attach(self, seg: Segment) -> Segment:
+        other = Segment.attach(seg.name)
+        self.segs.append(other)
+        return other
+
+    def start_actor(self) -> None:
+        """A new actor process: maps the rings its predecessor left."""
+        pair = socket.socketpair()
+        self.socks += pair
+        host = Host(pair[0])
+        host.name = host.cls_name = "a"
+        info = Boot(ACTOR, "a", self.prefix, self.config, self.actor_ctl.name, "", 0, {}, {},
+                    0, None, None, 1, None, 1)
+        ctl = ControlBlock(self._attach(self.actor_ctl))
+        hub = CrashingHub(host, info, ctl, self.efds[1])
+        host.hub = hub
+        host.handlers = {"receive": self.handle, "work": self.handle}
+        hub.inbound[0] = InChannel(0, self._attach(self.to_actor), self.efds[0])
+        hub.outbound[0] = OutChannel(0, self._attach(self.from_actor),
+                                     ControlBlock(self._attach(self.sys_ctl)), self.efds[0],
+                                     self.config.window)
+        self.actor = hub
+        self.actors.append(hub)
+        self.cell.ctl = ctl
+
+    def handle(self, message: Any) -> int:
+        ident = message["id"] if type(message) is dict else message[1]
+        where = self.plan.pop(ident, None)
+        if where == "handler":
+            raise Crash
+        self.log.append(ident)
+        if where == "between":  # dies after this handler, before the next message
+            assert self.actor is not None
+            self.actor.crash_on_flush = True
+            self.actor.dirty.add(self.actor.outbound[0])
+        return ident
+
+    def run_actor(self) -> None:
+        """Let the actor handle everything there is; on a crash, attribute it and restart."""
+        while True:
+            hub = self.actor
+            assert hub is not None
+            try:
+                while hub.has_unread() or hub.queue:
+                    hub.drain(READ_AHEAD)
+                    hub.pump()
+                    hub.flush_dirty()
+                return
+            except Crash:
+                self.after_crash()
+
+    def after_crash(self) -> None:
+        slots = self.cell.ctl.slots
+        busy = slots[C_BUSY]
+        self.cell.options = SimpleNamespace(redeliver=self.redeliver, poison_after=1 if not
+                                            self.redeliver else 1000)
+        before = self.dead.total
+        attribute_crash(self.cell, "crashed", "killed", self.dead,
+                        lambda _caller, token, _text, _cause: self.failed.append(token))
+        letter = self.dead.snapshot()[-1] if self.dead.total > before else None
+        self.crashes.append(("busy" if busy else "idle", letter.message if letter else None))
+        self.start_actor()  # the dead hub's views are simply dropped, as with a process
+
+    def replies(self) -> None:
+        """Read the sender's inbound ring: resolve every reply there."""
+        chan = self.sender.inbound[ACTOR]
+        while (rec := chan.read_next()) is not None:
+            self.sender._take_record(chan, rec, 0.0)
+
+    def close(self) -> None:
+        for hub in (self.sender, *self.actors):
+            for chan in [*hub.outbound.values(), *hub.inbound.values()]:
+                chan.close()
+                if isinstance(chan, OutChannel):
+                    chan.ctl.close()
+            hub.ctl.close()
+            hub.pool.close()
+        for seg in self.segs:
+            seg.close()
+        unlink_prefix(self.prefix)
+        for fd in self.efds:
+            os.close(fd)
+        for sock in self.socks:
+            sock.close()
+
+
+message = st.tuples(st.sampled_from(["tell", "call"]), st.booleans())  # (kind, plain)
+bursts = st.lists(st.lists(message, min_size=1, max_size=40), min_size=1, max_size=6)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])  # examples: the profile (conftest)
+@given(data=st.data(), bursts=bursts, window=st.integers(4, 64), redeliver=st.booleans())
+def test_bursts_keep_order_credits_and_crash_semantics(data: st.DataObject, bursts: Any,
+                                                       window: int, redeliver: bool) -> None:
+    total = sum(len(b) for b in bursts)
+    crash_at = data.draw(st.none() | st.integers(0, total - 1), label="crash_at")
+    where = data.draw(st.sampled_from(["handler", "between"]), label="where")
+    world = World(window, {} if crash_at is None else {crash_at: where})
+    world.redeliver = redeliver
+    try:
+        sent: list[int] = []  # ids that reached the sender's outbox, in order
+        calls: dict[int, Any] = {}  # id -> Reply
+        in_flight = 0
+        ident = 0
+        for burst in bursts:
+            for kind, plain in burst:
+                msg: Any = ("m", ident) if plain else {"id": ident, "pickled": [ident]}
+                if in_flight >= window:
+                    # no credit: tell_nowait raises and sends nothing
+                    with pytest.raises(Backpressure):
+                        world.ref.tell_nowait(msg)
+                elif kind == "tell":
+                    world.ref.tell_nowait(msg)
+                    sent.append(ident)
+                    in_flight += 1
+                else:
+                    calls[ident] = world.ref.call("work", msg)
+                    sent.append(ident)
+                    in_flight += 1
+                chan = world.sender.outbound[ACTOR]
+                assert chan.ring.in_flight() + len(chan.outbox) + chan.encoded_count <= window
+                ident += 1
+            world.sender.flush_dirty()  # the end of a burst: one record (or a few)
+            world.run_actor()
+            world.replies()
+            in_flight = 0  # all handled: every credit came back
+
+        crashed = [] if crash_at is None or crash_at not in sent else [crash_at]
+        poisoned = [i for i in crashed if where == "handler" and not redeliver]
+        # every message once, in order, but the one a crash made poison
+        assert world.log == [i for i in sent if i not in poisoned]
+        if crashed:
+            kind, letter = world.crashes[0]
+            if where == "handler":  # blamed on the message whose handler ran
+                assert kind == "busy"
+                if poisoned:
+                    assert letter is not None
+                    blamed = letter[0]
+                    blamed = blamed["id"] if type(blamed) is dict else blamed[1]
+                    assert blamed == crash_at
+                else:
+                    assert letter is None  # left at the head, delivered again
+            else:  # between two messages: nobody is blamed, nothing is redelivered
+                assert letter is None
+        assert len(world.crashes) == len(crashed)
+        # calls: answered, or failed by the crash that made them poison
+        for i, reply in calls.items():
+            if i in poisoned:
+                assert reply.token in world.failed
+            else:
+                assert reply.done()
+                assert reply.result(0) == i
+        # every credit is back
+        chan = world.sender.outbound[ACTOR]
+        assert chan.ring.in_flight() == 0
+        assert chan.credit() == window
+    finally:
+        world.close()
