@@ -203,7 +203,12 @@ def test_arguments_that_cannot_be_pickled_are_refused_at_submit(ex):
     assert ex.submit(abs, -1).result(timeout=60) == 1  # nothing was queued
 
 
-@pytest.mark.xfail(strict=True, reason="known regression from merging pool member replacement (#10): the pool replaces members that fail to start, so futures get CircuitOpen 'no member can take the call' instead of the initializer's error; to fix next session")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known regression from merging pool member replacement (#10): the pool "
+    "replaces members that fail to start, so futures get CircuitOpen 'no member can take "
+    "the call' instead of the initializer's error; to fix next",
+)
 def test_a_failing_initializer_fails_the_futures_with_its_error():
     ex = actorq.Executor(2, initializer=failing_init)
     try:
