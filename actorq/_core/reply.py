@@ -316,10 +316,6 @@ class Reply(Generic[T]):
             )
             raise DeadlockError(msg)
 
-    def _wait_event(self, deadline: Deadline) -> None:
-        # kept for _routing/pool.py until it moves to sleep_until_done (its helper's step)
-        self.sleep_until_done(deadline.remaining())
-
     def __await__(self) -> Generator[Any, None, T]:
         if not self._done:
             self._check_deadlock()
