@@ -537,10 +537,7 @@ class Pool(Generic[A]):
         try:
             inner: Reply[Any] = member.ref.call(method, *args)
         except BaseException:
-            with self._lock:
-                member.in_flight -= 1
-                member.calls -= 1
-                self._stats["calls"] -= 1
+            self._uncount(member)
             raise
         sent = time.perf_counter()
         inner.add_done_callback(lambda r: self._bare_done(member, sent, r))
@@ -691,14 +688,18 @@ class Pool(Generic[A]):
                 bound = member.bound[method] = getattr(member.ref, method)
             inner: Reply[Any] = bound(*args, **kwargs)
         except BaseException:
-            with self._lock:
-                member.in_flight -= 1
-                member.calls -= 1
-                self._stats["calls"] -= 1
+            self._uncount(member)
             raise
         sent = time.perf_counter()
         inner.add_done_callback(lambda r: self._bare_done(member, sent, r))
         return inner
+
+    def _uncount(self, member: _Member) -> None:
+        """Take back the counts of a bare call that could not be sent."""
+        with self._lock:
+            member.in_flight -= 1
+            member.calls -= 1
+            self._stats["calls"] -= 1
 
     def _bare_done(self, member: _Member, sent: float, inner: Reply[Any]) -> None:
         elapsed = time.perf_counter() - sent
