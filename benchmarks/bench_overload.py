@@ -2,8 +2,9 @@
 
     python benchmarks/bench_overload.py [--quick] [--repeats N] [--results-dir DIR]
 
-A thin entry point: the code is actorq/bench/suites/overload.py, the same as
-``actorq bench overload``; this script writes to benchmarks/results/ by default.
+A thin entry point: the code is the package actorq/bench/suites/overload/ (the method is
+in its __init__ docstring), the same as ``actorq bench overload``; this script writes to
+benchmarks/results/ by default.
 """
 
 import sys

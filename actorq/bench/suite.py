@@ -1,9 +1,9 @@
 """Suites: named benchmarks shipped in the package, their options, report and registry.
 
-A suite is a module in ``actorq/bench/suites/`` that defines ``SUITE = Suite(...)``;
-the registry finds every such module, so a new suite (``pool``, ``graph``) is one new
-file. :func:`run_suite` validates the request (suite name, output folder) before
-anything runs, runs the suite and writes its report::
+A suite is a module (or a package, like ``overload``) in ``actorq/bench/suites/`` that
+defines ``SUITE = Suite(...)``; the registry finds every such module, so a new suite
+(``pool``, ``graph``) is one new file. :func:`run_suite` validates the request (suite
+name, output folder) before anything runs, runs the suite and writes its report::
 
     run_suite("messaging", quick=True, out="results/")
         -> SUITE.run(SuiteOptions)            the suite measures, interleaving its peers
