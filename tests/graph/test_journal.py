@@ -241,3 +241,141 @@ def test_a_journal_of_the_earlier_format_is_refused_with_the_reason(system, tmp_
     g, _ = build(str(tmp_path / "e"), n=2)
     with pytest.raises(actorq.GraphError, match=r"earlier version of actorq.*delete it"):
         system.run(g, journal=str(journal))
+
+
+BURST = textwrap.dedent('''
+    import sys, time
+    import actorq
+
+    def tick(path, i):
+        time.sleep(0.001)
+        with open(path, "a") as f:
+            f.write(f"b{i}\\n")
+        return i
+
+    def total(*xs):
+        return sum(xs)
+
+    if __name__ == "__main__":
+        effects, journal, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        g = actorq.Graph()
+        parts = [g.task(tick, effects, i, key=f"b{i}") for i in range(n)]
+        end = g.task(total, *parts, key="total")
+        with actorq.ActorSystem() as system:
+            result = system.run(g, workers=2, journal=journal)
+            extra = result.stats.extra
+            print("total", result[end], "from_journal", result.stats.from_journal,
+                  "rows", extra["journal_rows"], "unclean", extra["journal_unclean"],
+                  flush=True)
+''')
+
+
+def test_sigkill_during_a_burst_of_commits_loses_only_uncommitted_rows(tmp_path):
+    """Tiny tasks finish by the hundred per second, so the writer thread commits while
+    the program is killed: every task either comes back from the journal or runs
+    again, and none runs more often than that."""
+    n = 3000
+    script = tmp_path / "burst.py"
+    script.write_text(BURST)
+    effects, journal = tmp_path / "effects", tmp_path / "run.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(script), str(effects), str(journal), str(n)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: effects.exists() and len(effects.read_text().split()) >= n // 5,
+                   timeout=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    with closing(sqlite3.connect(journal)) as db:
+        done = {k for (k,) in db.execute("SELECT key FROM tasks WHERE state = 'done'")}
+        assert db.execute("SELECT v FROM meta WHERE k = 'open'").fetchone() is not None
+    before = effects.read_text().split()
+    assert 0 < len(done) < n
+    assert done <= set(before)  # only what ran was journaled
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    # the rows of this run are all committed before it reports them (n - resumed + total)
+    assert (f"total {sum(range(n))} from_journal {len(done)} "
+            f"rows {n + 1 - len(done)} unclean True") in again.stdout
+    runs = effects.read_text().split()
+    assert len(runs) - len(before) == n - len(done)  # the second run ran exactly the rest
+    counts = {f"b{i}": 0 for i in range(n)}
+    for key in runs:
+        counts[key] += 1
+    for key, count in counts.items():
+        # journaled: ran once, before the kill; not journaled: ran now, and perhaps also
+        # before the kill (finished, but its row was not committed yet): never more
+        assert count == 1 if key in done else 1 <= count <= 2, (key, count)
+    lost = sum(1 for key in set(before) - done)  # finished before the kill, re-ran
+    assert lost == sum(1 for key, c in counts.items() if c == 2)
+    with closing(sqlite3.connect(journal)) as db:
+        assert db.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0] \
+            == n + 1
+        assert db.execute("SELECT v FROM meta WHERE k = 'open'").fetchone() is None
+
+
+def _writers():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "actorq-graph-journal"]
+
+
+def _boom(x):
+    raise ValueError(f"boom {x}")
+
+
+def _touch_then_sleep(path, seconds):
+    import time
+
+    open(path, "w").close()
+    time.sleep(seconds)
+    return seconds
+
+
+def _open_mark(journal):
+    with closing(sqlite3.connect(journal)) as db:
+        return db.execute("SELECT v FROM meta WHERE k = 'open'").fetchone()
+
+
+def test_the_writer_thread_ends_with_the_run_also_on_failure_and_cancel(system, tmp_path):
+    import asyncio
+
+    journal = str(tmp_path / "run.db")
+    g, _end = build(str(tmp_path / "e"), n=30)
+    result = system.run(g, journal=journal)
+    assert result.stats.extra["journal_rows"] == 31  # all committed before it returned
+    assert not result.stats.extra["journal_unclean"]
+    assert not _writers()
+    assert _open_mark(journal) is None
+
+    failing = actorq.Graph()
+    roots = [failing.task(record, str(tmp_path / "f"), i, key=f"f{i}") for i in range(5)]
+    failing.task(_boom, roots[0], key="boom")
+    out = system.run(failing, journal=str(tmp_path / "fail.db"), fail_fast=True)
+    assert not out.ok
+    assert not _writers()
+    assert _open_mark(str(tmp_path / "fail.db")) is None
+
+    slow = actorq.Graph()
+    marker = tmp_path / "started"
+    done_first = slow.task(record, str(tmp_path / "s"), 1, key="first")
+    held = slow.task(_touch_then_sleep, str(marker), 60, key="held")
+    slow.task(total, done_first, held, key="end")
+    cancelled = str(tmp_path / "cancel.db")
+
+    async def main():
+        task = asyncio.ensure_future(system.run_async(slow, workers=2, journal=cancelled))
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: wait_until(marker.exists, timeout=30))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert not _writers()
+    assert _open_mark(cancelled) is None
+    with closing(sqlite3.connect(cancelled)) as db:  # what finished before was written
+        assert {k for (k,) in db.execute("SELECT key FROM tasks")} <= {"first"}
