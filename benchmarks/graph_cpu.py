@@ -10,6 +10,11 @@ scheduler's own CPU per task (``stats.scheduler_seconds``). Timing on a shared m
 is noisy; instruction counts are not: run ``--runs 0`` and ``--runs 2`` under callgrind
 (with the interpreter's real binary, not a pyenv shim) and halve the difference of the
 two totals for the instructions of one 10k-task run, start-up cancelled out.
+
+The run is the graph suite's no-op part (``actorq bench graph --set parts=noop``:
+``run_noop_graph`` in actorq/bench/suites/graph.py), so what is profiled here is what
+that suite measures against its peers; this script only adds the CPU figures, the
+profile and a loop for callgrind.
 """
 
 from __future__ import annotations
@@ -22,22 +27,10 @@ import threading
 import time
 
 import actorq
+from actorq.bench.suites.graph import FULL
+from actorq.bench.suites.graph import run_noop_graph as run_once
 
-N = 10_000
-
-
-def noop(x: int) -> int:
-    return x
-
-
-def run_once(system: actorq.ActorSystem, n: int) -> actorq.GraphResult:
-    g = actorq.Graph()
-    nodes = [g.task(noop, i) for i in range(n)]
-    result = system.run(g, workers=2)
-    if result[nodes[-1]] != n - 1:
-        msg = "wrong result"
-        raise SystemExit(msg)
-    return result
+N: int = FULL["noop_tasks"]
 
 
 def timed(system: actorq.ActorSystem, repeats: int) -> None:
