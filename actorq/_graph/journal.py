@@ -114,6 +114,13 @@ class Journal:
             msg = f"journal {path!r} cannot be opened: {exc}"
             raise GraphError(msg) from exc
         try:
+            tables = {t for (t,) in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+            if tables and "meta" not in tables:  # someone else's database: leave it be
+                db.close()
+                msg = (f"journal {path!r} is a SQLite database but not an actorq journal "
+                       f"(its tables: {', '.join(sorted(tables))}); pass another path")
+                raise GraphError(msg)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")

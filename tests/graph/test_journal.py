@@ -379,3 +379,57 @@ def test_the_writer_thread_ends_with_the_run_also_on_failure_and_cancel(system, 
     assert _open_mark(cancelled) is None
     with closing(sqlite3.connect(cancelled)) as db:  # what finished before was written
         assert {k for (k,) in db.execute("SELECT key FROM tasks")} <= {"first"}
+
+
+def test_bad_journals_are_refused_before_anything_runs_and_left_alone(system, tmp_path):
+    """A directory, another program's SQLite database, a damaged journal and another
+    graph's journal: each a clear GraphError before any worker starts or task runs,
+    and nothing of ours written into the file (the leak guard checks processes and
+    segments)."""
+    from actorq._graph.journal import Journal
+
+    marker = tmp_path / "ran"
+    g = actorq.Graph()
+    g.task(record, str(marker), 1, key="t")
+    before = set(system.metrics()["actors"])
+
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    other_app = tmp_path / "app.db"
+    with closing(sqlite3.connect(other_app)) as db:
+        db.execute("CREATE TABLE users (id INTEGER, name TEXT)")
+        db.commit()
+    damaged = tmp_path / "damaged.db"
+    j = Journal(damaged, g.digest(), len(g))
+    j.done("t", 1, 1, b"x" * 5000)
+    j.close()
+    data = bytearray(damaged.read_bytes())
+    data[100:] = bytes((i * 7) & 0xFF for i in range(100, len(data)))  # past the header
+    damaged.write_bytes(bytes(data))
+    foreign = tmp_path / "foreign.db"
+    Journal(foreign, "the digest of another graph", 7).close()
+
+    blocked = tmp_path / "blocked.db"
+    (tmp_path / "blocked.db.blobs").write_text("a file where the blob folder would go")
+
+    cases = [(folder, "cannot be opened"),
+             (blocked, r"its blob folder .*blocked\.db\.blobs' cannot be created"),
+             (other_app, r"a SQLite database but not an actorq journal \(its tables: users\)"),
+             (damaged, r"not an actorq journal, or it is corrupt \(database disk image"),
+             (foreign, r"belongs to a different graph \(7 tasks")]
+    for path, message in cases:
+        with pytest.raises(actorq.GraphError, match=message):
+            system.run(g, journal=str(path))
+        assert not _writers(), path
+    assert not marker.exists()  # no task ran
+    assert set(system.metrics()["actors"]) == before  # no worker was started
+    assert not (tmp_path / "app.db.blobs").exists()
+    assert not (tmp_path / "a-folder.blobs").exists()
+    with closing(sqlite3.connect(other_app)) as db:  # the other program's file untouched
+        names = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+        assert names == {"users"}
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    with closing(sqlite3.connect(foreign)) as db:
+        assert db.execute("SELECT v FROM meta WHERE k = 'graph'").fetchone()[0] \
+            == "the digest of another graph"
+        assert db.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
