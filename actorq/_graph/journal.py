@@ -206,7 +206,7 @@ class Journal:
                     db.executemany(_FAILED_SQL, [r for ok, r in rows if not ok])
                     db.execute("COMMIT")
                     self.committed += len(rows)
-                except (sqlite3.Error, OSError) as exc:
+                except Exception as exc:  # disk full, a removed file, a bad value
                     logger.error("journal %r: writing %d rows failed: %s", self.path,
                                  len(rows), exc)
                     self.error = exc

@@ -167,10 +167,12 @@ class Encoder:
         if isinstance(value, staticmethod | classmethod):
             value = value.__func__
         if type(value) is types.FunctionType:
+            if not is_user_module(value.__module__):
+                return b"lib:" + function_ident(value).encode()
             return self.function(value)
         if isinstance(value, property):
-            return b"".join(self.function(f) if type(f) is types.FunctionType else b"-"
-                            for f in (value.fget, value.fset, value.fdel))
+            return b"".join(self._member(f) or b"-" for f in (value.fget, value.fset,
+                                                               value.fdel))
         if _scalar(value) is not None or type(value) in (tuple, frozenset):
             return self.encode(value)
         return None

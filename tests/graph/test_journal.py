@@ -433,3 +433,47 @@ def test_bad_journals_are_refused_before_anything_runs_and_left_alone(system, tm
         assert db.execute("SELECT v FROM meta WHERE k = 'graph'").fetchone()[0] \
             == "the digest of another graph"
         assert db.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+
+
+FULL_DISK = textwrap.dedent('''
+    import resource, signal, sys
+    import actorq
+
+    def blob(i):
+        return bytes([i % 256]) * 20_000  # small (in SQLite, not the blob store)
+
+    if __name__ == "__main__":
+        if sys.argv[2] == "limited":  # files may not grow past 3 MiB: the journal fills up
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, resource.RLIM_INFINITY))
+        g = actorq.Graph()
+        nodes = [g.task(blob, i) for i in range(400)]
+        with actorq.ActorSystem() as system:
+            try:
+                r = system.run(g, workers=2, journal=sys.argv[1])
+            except actorq.GraphError as exc:
+                print("GraphError:", exc)
+            else:
+                ok = all(r[n] == blob(i) for i, n in enumerate(nodes))
+                print("ok", ok, "from_journal", r.stats.from_journal)
+''')
+
+
+def test_a_journal_that_cannot_be_written_during_the_run_ends_it_with_an_error(tmp_path):
+    script, journal = tmp_path / "full.py", tmp_path / "run.db"
+    script.write_text(FULL_DISK)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(mode):
+        done = subprocess.run([sys.executable, str(script), str(journal), mode], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    out = run("limited")
+    assert f"GraphError: journal {str(journal)!r} could not be written" in out
+    with closing(sqlite3.connect(journal)) as db:  # what was committed is intact
+        committed = db.execute("SELECT count(*) FROM tasks").fetchone()[0]
+    assert committed < 400
+    out = run("unlimited")  # resumed: the committed rows are skipped, the rest runs
+    assert f"ok True from_journal {committed}" in out
