@@ -2,6 +2,7 @@
 
     python benchmarks/graph_cpu.py [REPEATS]            # times and CPU per task
     python benchmarks/graph_cpu.py --profile            # cProfile of both threads
+    python benchmarks/graph_cpu.py --journal [REPEATS]  # each run with a fresh journal
     valgrind --tool=callgrind python benchmarks/graph_cpu.py --runs N
 
 The first form prints, per repeat, tasks/s, the CPU time of the whole user process per
@@ -21,16 +22,27 @@ from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
+import shutil
 import sys
+import tempfile
 import threading
 import time
 
 import actorq
-from actorq.bench.suites.graph import FULL
-from actorq.bench.suites.graph import run_noop_graph as run_once
+from actorq.bench.suites.graph import FULL, run_noop_graph
 
 N: int = FULL["noop_tasks"]
+JOURNALS: list[str] = []  # --journal: a folder for one fresh journal file per run
+
+
+def run_once(system: actorq.ActorSystem, n: int) -> actorq.GraphResult:
+    if not JOURNALS:
+        return run_noop_graph(system, n)
+    path = os.path.join(JOURNALS[0], f"run-{len(JOURNALS)}.db")
+    JOURNALS.append(path)
+    return run_noop_graph(system, n, journal=path)
 
 
 def timed(system: actorq.ActorSystem, repeats: int) -> None:
@@ -76,15 +88,26 @@ def profiled(system: actorq.ActorSystem) -> None:
 
 
 def main(argv: list[str]) -> None:
-    with actorq.ActorSystem() as system:
-        run_once(system, 2000)  # workers up, caches warm
-        if argv[:1] == ["--profile"]:
-            profiled(system)
-        elif argv[:1] == ["--runs"]:
-            for _ in range(int(argv[1])):
-                run_once(system, N)
-        else:
-            timed(system, int(argv[0]) if argv else 7)
+    if argv[:1] == ["--journal"]:
+        argv = argv[1:]
+        JOURNALS.append(tempfile.mkdtemp(prefix="graph-cpu-"))
+    try:
+        with actorq.ActorSystem() as system:
+            run(system, argv)
+    finally:
+        if JOURNALS:
+            shutil.rmtree(JOURNALS[0], ignore_errors=True)
+
+
+def run(system: actorq.ActorSystem, argv: list[str]) -> None:
+    run_once(system, 2000)  # workers up, caches warm
+    if argv[:1] == ["--profile"]:
+        profiled(system)
+    elif argv[:1] == ["--runs"]:
+        for _ in range(int(argv[1])):
+            run_once(system, N)
+    else:
+        timed(system, int(argv[0]) if argv else 7)
 
 
 if __name__ == "__main__":
