@@ -264,7 +264,8 @@ class ActorSystem:
         draws a live line on stderr. Large results of intermediate nodes are freed once
         their dependents have them; list nodes in *keep* to read them from the result.
         *retry* (an ``actorq.Retry``) is the retry policy of every task that has neither
-        ``retries=`` nor ``retry=`` of its own.
+        ``retries=`` nor ``retry=`` of its own, and its backoff that of ``retries=N``.
+        (A lost worker is restarted at once; the tasks it had are tried again.)
         *max_memory* caps the bytes they hold at once (default: half the available
         memory): at the cap, tasks that would add large results wait for room.
         """

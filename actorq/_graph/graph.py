@@ -199,8 +199,10 @@ class Graph:
             timeout: seconds one attempt may run; past it the worker is killed and
                 replaced, and the attempt fails with ``CallTimeout``.
             priority: higher runs first among ready tasks.
-            key: a stable name for the journal (default: derived from the function's
-                module and name and the arguments).
+            key: a stable name for the journal (default: a digest of the function's
+                module, name and code, the helpers and classes it uses from the user's
+                modules, the arguments and the dependencies' keys; see
+                ``actorq._graph.keys``).
 
         Raises ``GraphError`` at once for a non-callable *fn*, a node of another graph
         among the arguments, or a bad option.
