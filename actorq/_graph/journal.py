@@ -45,6 +45,7 @@ journal is reported before any task runs, and removes blob files that no row ref
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import queue
@@ -75,6 +76,8 @@ class Journal:
         self._queue: queue.Queue[list[tuple[bool, tuple[Any, ...]]] | None] = queue.Queue(
             MAX_QUEUED)
         self._writer: threading.Thread | None = None
+        self._stopping = False  # the writer was told to end (the sentinel is queued)
+        self._writer_ended: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._closed = False
         self.error: BaseException | None = None  # why the writer failed
         self.committed = 0  # rows whose transaction committed (written by the writer)
@@ -177,7 +180,7 @@ class Journal:
         if self.error is not None:
             msg = f"journal {self.path!r} could not be written: {self.error}"
             raise GraphError(msg) from self.error
-        if not self._rows or self._closed:
+        if not self._rows or self._stopping:
             return
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, daemon=True,
@@ -186,7 +189,28 @@ class Journal:
         rows, self._rows = self._rows, []
         self._queue.put(rows)
 
+    def drain(self) -> concurrent.futures.Future[None]:
+        """Hand over the last rows and tell the writer to end; the future is set once it
+        has written everything (``run_async`` awaits it instead of blocking in close)."""
+        if not self._stopping:
+            try:
+                self.commit()
+            except GraphError:
+                pass  # close() reports it
+            self._stopping = True
+            if self._writer is None:
+                self._writer_ended.set_result(None)
+            else:
+                self._queue.put(None)
+        return self._writer_ended
+
     def _write_loop(self) -> None:
+        try:
+            self._write_all()
+        finally:
+            self._writer_ended.set_result(None)
+
+    def _write_all(self) -> None:
         """The writer thread: everything queued, one transaction, until the sentinel."""
         db, get = self._db, self._queue.get
         while True:
@@ -224,14 +248,10 @@ class Journal:
         Raises ``GraphError`` if rows could not be written."""
         if self._closed:
             return
-        try:
-            self.commit()
-        except GraphError:
-            pass  # reported below, once the connection is closed
+        self.drain()
         self._closed = True
         try:
             if self._writer is not None:
-                self._queue.put(None)
                 self._writer.join()
             if self.error is None:
                 self._db.execute("DELETE FROM meta WHERE k = 'open'")

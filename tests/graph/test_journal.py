@@ -367,6 +367,10 @@ def test_the_writer_thread_ends_with_the_run_also_on_failure_and_cancel(system, 
     cancelled = str(tmp_path / "cancel.db")
 
     async def main():
+        g2, _end2 = build(str(tmp_path / "e2"), n=30)
+        done = await system.run_async(g2, journal=str(tmp_path / "async.db"))
+        assert done.stats.extra["journal_rows"] == 31  # awaited, every row committed
+        assert not _writers()
         task = asyncio.ensure_future(system.run_async(slow, workers=2, journal=cancelled))
         await asyncio.get_running_loop().run_in_executor(
             None, lambda: wait_until(marker.exists, timeout=30))
