@@ -130,7 +130,8 @@ class ActorSystem:
              name: str | None = None, hang_margin: float = 1.0,
              max_restarts: int = 100, within: float = 10.0, idle_timeout: float = 5.0,
              oversubscribe: bool = False, replace_backoff: Backoff | None = None,
-             scale_window: int = SCALE_WINDOW, **kwargs: Any) -> Pool[A]:
+             scale_window: int = SCALE_WINDOW, restart_backoff: Backoff | None = None,
+             **kwargs: Any) -> Pool[A]:
         """Start a pool of *size* actors of *cls* (``args``/``kwargs`` to each) and return it.
 
         *size*: an int, or ``(min, max)`` to scale with the load (never past the cores
@@ -143,14 +144,18 @@ class ActorSystem:
         *timeout*: each call's deadline (seconds, all attempts); a member still running a
         call *hang_margin* seconds past the timeout is killed and restarted. Members are
         restarted after crashes by the pool's supervisor (*max_restarts* within *within*,
-        counted per member); a member it gives up on is replaced by a new one after a
-        delay drawn from *replace_backoff*, so the pool keeps its size.
+        counted per member), after a delay drawn from *restart_backoff* (default:
+        ``Backoff()``, as for any supervisor); a member it gives up on is replaced by a
+        new one after a delay drawn from *replace_backoff*, so the pool keeps its size.
         See docs/concepts.md, "Pools and resilience".
         """
         if self._runtime.closing:
             msg = "the actor system is closed"
             raise ActorStopped(msg)
         validate_options(size, routing, circuit, retry, timeout, idle_timeout, oversubscribe)
+        if restart_backoff is not None and not isinstance(restart_backoff, Backoff):
+            msg = f"restart_backoff must be an actorq.Backoff or None, not {restart_backoff!r}"
+            raise TypeError(msg)
         if not (isinstance(cls, type) and issubclass(cls, Actor)):
             msg = f"pool() needs a subclass of actorq.Actor, not {cls!r}"
             raise TypeError(msg)
@@ -159,8 +164,8 @@ class ActorSystem:
                                scale_window if hi > lo else None)
         pool_name = name or f"pool-{cls.__name__}-{len(self._pools) + 1}"
         rt = self._runtime
-        sup = rt.supervisor_under(rt.root, "one_for_one", max_restarts, within, None,
-                                  pool_name, give_up_per_child=True)
+        sup = rt.supervisor_under(rt.root, "one_for_one", max_restarts, within,
+                                  restart_backoff, pool_name, give_up_per_child=True)
         host = SupervisorHost(self, sup, member_options=options)
         try:
             new: Pool[A] = Pool(host, cls, args, kwargs, size=size, routing=routing,
@@ -259,7 +264,8 @@ class ActorSystem:
         draws a live line on stderr. Large results of intermediate nodes are freed once
         their dependents have them; list nodes in *keep* to read them from the result.
         *retry* (an ``actorq.Retry``) is the retry policy of every task that has neither
-        ``retries=`` nor ``retry=`` of its own.
+        ``retries=`` nor ``retry=`` of its own, and its backoff that of ``retries=N``.
+        (A lost worker is restarted at once; the tasks it had are tried again.)
         *max_memory* caps the bytes they hold at once (default: half the available
         memory): at the cap, tasks that would add large results wait for room.
         """

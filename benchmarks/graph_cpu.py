@@ -2,6 +2,7 @@
 
     python benchmarks/graph_cpu.py [REPEATS]            # times and CPU per task
     python benchmarks/graph_cpu.py --profile            # cProfile of both threads
+    python benchmarks/graph_cpu.py --journal [REPEATS]  # each run with a fresh journal
     valgrind --tool=callgrind python benchmarks/graph_cpu.py --runs N
 
 The first form prints, per repeat, tasks/s, the CPU time of the whole user process per
@@ -10,34 +11,38 @@ scheduler's own CPU per task (``stats.scheduler_seconds``). Timing on a shared m
 is noisy; instruction counts are not: run ``--runs 0`` and ``--runs 2`` under callgrind
 (with the interpreter's real binary, not a pyenv shim) and halve the difference of the
 two totals for the instructions of one 10k-task run, start-up cancelled out.
+
+The run is the graph suite's no-op part (``actorq bench graph --set parts=noop``:
+``run_noop_graph`` in actorq/bench/suites/graph.py), so what is profiled here is what
+that suite measures against its peers; this script only adds the CPU figures, the
+profile and a loop for callgrind.
 """
 
 from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
+import shutil
 import sys
+import tempfile
 import threading
 import time
 
 import actorq
+from actorq.bench.suites.graph import FULL, run_noop_graph
 
-N = 10_000
-
-
-def noop(x: int) -> int:
-    return x
+N: int = FULL["noop_tasks"]
+JOURNALS: list[str] = []  # --journal: a folder for one fresh journal file per run
 
 
 def run_once(system: actorq.ActorSystem, n: int) -> actorq.GraphResult:
-    g = actorq.Graph()
-    nodes = [g.task(noop, i) for i in range(n)]
-    result = system.run(g, workers=2)
-    if result[nodes[-1]] != n - 1:
-        msg = "wrong result"
-        raise SystemExit(msg)
-    return result
+    if not JOURNALS:
+        return run_noop_graph(system, n)
+    path = os.path.join(JOURNALS[0], f"run-{len(JOURNALS)}.db")
+    JOURNALS.append(path)
+    return run_noop_graph(system, n, journal=path)
 
 
 def timed(system: actorq.ActorSystem, repeats: int) -> None:
@@ -83,15 +88,26 @@ def profiled(system: actorq.ActorSystem) -> None:
 
 
 def main(argv: list[str]) -> None:
-    with actorq.ActorSystem() as system:
-        run_once(system, 2000)  # workers up, caches warm
-        if argv[:1] == ["--profile"]:
-            profiled(system)
-        elif argv[:1] == ["--runs"]:
-            for _ in range(int(argv[1])):
-                run_once(system, N)
-        else:
-            timed(system, int(argv[0]) if argv else 7)
+    if argv[:1] == ["--journal"]:
+        argv = argv[1:]
+        JOURNALS.append(tempfile.mkdtemp(prefix="graph-cpu-"))
+    try:
+        with actorq.ActorSystem() as system:
+            run(system, argv)
+    finally:
+        if JOURNALS:
+            shutil.rmtree(JOURNALS[0], ignore_errors=True)
+
+
+def run(system: actorq.ActorSystem, argv: list[str]) -> None:
+    run_once(system, 2000)  # workers up, caches warm
+    if argv[:1] == ["--profile"]:
+        profiled(system)
+    elif argv[:1] == ["--runs"]:
+        for _ in range(int(argv[1])):
+            run_once(system, N)
+    else:
+        timed(system, int(argv[0]) if argv else 7)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ An attempt fails in one of three ways, and each is counted (``stats.retries``,
   retry_on=(Exception,), budget=None)``, else the run's ``retry=``): again after the
   policy's backoff, or the task fails for good (``RunState._fail``);
 - its worker was lost (SIGKILL, segfault): not the task's fault, since the whole batch
-  shared the worker's fate: it is made ready again at once, at least ``CRASH_ATTEMPTS``
-  times whatever its policy;
+  shared the worker's fate: it is made ready again at once (the worker itself is
+  restarted at once, see pool.py), at least ``CRASH_ATTEMPTS`` times whatever its
+  policy; a task that loses its worker again waits its policy's backoff first (it may
+  be what kills them), counted as a crash all the same;
 - it ran past its ``timeout=``: the worker is killed (the pool's supervisor restarts it)
   and the ``CallTimeout`` is a transient failure for the policy.
 
@@ -54,7 +56,9 @@ class Recovery(RunState):
         raise NotImplementedError
 
     def _init_recovery(self, retry: Retry | None, backoff: Backoff | None) -> None:
-        self.backoff = backoff or RETRY_BACKOFF
+        # the backoff of retries=N: the run's Retry's if it has one
+        self.backoff = backoff or (retry.backoff if retry is not None else RETRY_BACKOFF)
+        self.losses: dict[int, int] = {}  # task -> workers it lost (only tasks that did)
         self.retry = retry  # for nodes with neither retries= nor retry=
         self._retries_policies: dict[int, Retry] = {}
         self.timers: list[tuple[float, int, str, Any]] = []
@@ -169,7 +173,14 @@ class Recovery(RunState):
         limit = max(policy.max_attempts if policy is not None else 1, CRASH_ATTEMPTS + 1)
         if self.attempts[tid] < limit:
             self.counts["crashes"] += 1
-            self._make_ready(tid)  # at once, on whichever worker is best now
+            losses = self.losses[tid] = self.losses.get(tid, 0) + 1
+            if losses == 1:
+                self._make_ready(tid)  # at once, on whichever worker is best now
+                return
+            backoff = policy.backoff if policy is not None else self.backoff
+            self.state[tid] = DELAYED  # again: it may be the task that kills them
+            self.delayed += 1
+            self._later(backoff.delay(losses - 2), "retry", tid)
             return
         err = ActorCrashed(f"task {node.name!r} lost its worker {self.attempts[tid]} times "
                            f"(last: {exc}); it is not tried again", "lost")

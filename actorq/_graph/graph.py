@@ -162,9 +162,17 @@ class Graph:
     ``g.task(fn, *args, **kwargs)`` adds a function call, ``g.call(ref, "method", *args)``
     an actor call. Both return a :class:`Node`; nodes given as arguments (anywhere in
     lists, tuples, dicts and sets) become edges.
+
+    *salt* (a str, optional) goes into every derived task key (not into ``key=``s given
+    by hand, nor into the graph's shape): change it, e.g. to a library's version, to make
+    every task of a journaled graph run again; the journal is still this graph's.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, salt: str | None = None) -> None:
+        if salt is not None and not isinstance(salt, str):
+            msg = f"salt must be a str or None, not {salt!r}"
+            raise GraphError(msg)
+        self.salt = salt
         self.nodes: list[Node] = []
         self._forward = False  # an after() edge to a later node (else acyclic by order)
         self._plain = bytearray()  # per node: 1 if its arguments are plain scalars
@@ -191,8 +199,10 @@ class Graph:
             timeout: seconds one attempt may run; past it the worker is killed and
                 replaced, and the attempt fails with ``CallTimeout``.
             priority: higher runs first among ready tasks.
-            key: a stable name for the journal (default: derived from the function's
-                module and name and the arguments).
+            key: a stable name for the journal (default: a digest of the function's
+                module, name and code, the helpers and classes it uses from the user's
+                modules, the arguments and the dependencies' keys; see
+                ``actorq._graph.keys``).
 
         Raises ``GraphError`` at once for a non-callable *fn*, a node of another graph
         among the arguments, or a bad option.
@@ -306,6 +316,8 @@ class Graph:
             shape.update(args)
             key = shape.copy()
             key.update(code)
+            if self.salt is not None:
+                key.update(b"salt:" + self.salt.encode())
             for dep in node.deps + node.after_deps:
                 shape.update(shapes[dep.index].encode())
                 key.update(dep.key.encode())

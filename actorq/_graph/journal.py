@@ -2,7 +2,8 @@
 
 Tables::
 
-    meta   (k TEXT PRIMARY KEY, v TEXT)     format, graph digest, task count, created
+    meta   (k TEXT PRIMARY KEY, v TEXT)     format, graph digest, task count, created,
+                                            "open" while a run uses it
     tasks  (key TEXT PRIMARY KEY,           the node's stable key (Node.key)
             state TEXT,                     "done" | "failed"
             attempts INTEGER,
@@ -12,18 +13,44 @@ Tables::
             error BLOB,                     pickled (exception, traceback text)
             updated REAL)                   time.time()
 
-Rows are written as tasks finish and committed once per scheduler round, so a run
-killed with SIGKILL loses at most the round in progress: those tasks run again (their
-attempts are counted anew); every committed "done" row is skipped on the next run and
-its result returned. Opening checks everything first (writable, a journal, this graph's)
-so that a bad journal is reported before any task runs, and removes blob files that no
-row references (left by a run killed before its round was committed).
+Writes are off the scheduler's loop: the scheduler collects the rows of one round
+(``done``/``failed``: a list append) and hands them over at the end of the round
+(``commit``: one put on a bounded queue); the run's writer thread writes everything
+queued in one transaction and commits it. If the disk is slower than the run, the
+queue fills and the scheduler waits for room (``MAX_QUEUED`` rounds): memory stays
+bounded, and so does what a crash can lose.
+
+The contract:
+
+* **SIGKILL of the whole program** loses only rows not yet committed: the tasks that
+  finished in the last rounds (at most ``MAX_QUEUED`` rounds plus the transaction being
+  written). They run again on the next run, with their attempts counted anew; nothing
+  committed is lost (WAL, ``synchronous=NORMAL``: a commit survives the process being
+  killed; only a power cut or OS crash may lose the last commits). The next run sees
+  that the previous one did not end cleanly (``stats.extra["journal_unclean"]``) and
+  logs a warning saying so.
+* **Nothing is reported as journaled before it is**: ``committed`` counts rows whose
+  transaction has committed (``stats.extra["journal_rows"]``), updated by the writer
+  after the commit returned; :meth:`close` drains the queue and joins the writer, so
+  ``system.run`` returns only once every row of the run is durable.
+* A write that fails (disk full, the file removed, ...) ends the run with a
+  ``GraphError`` naming the journal at the scheduler's next round, not silently.
+* The writer thread ends with the run, also when it fails or is cancelled
+  (``finish`` closes the journal on every path).
+
+Opening checks everything first (writable, a journal, this graph's) so that a bad
+journal is reported before any task runs, and removes blob files that no row references
+(left by a run killed before its rows were committed).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 import os
+import queue
 import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -32,6 +59,10 @@ from actorq._graph.blobs import blob_name, store_for, sweep
 
 FORMAT = "actorq-journal-2"
 BLOB = 3  # the kind of a row whose result is in the blob store
+MAX_QUEUED = 64  # rounds of rows handed to the writer and not yet written, at most
+_DONE_SQL = "INSERT OR REPLACE INTO tasks VALUES (?, 'done', ?, ?, ?, NULL, ?)"
+_FAILED_SQL = "INSERT OR REPLACE INTO tasks VALUES (?, 'failed', ?, 0, NULL, ?, ?)"
+logger = logging.getLogger(__name__)
 
 
 class Journal:
@@ -41,7 +72,15 @@ class Journal:
         self.path = os.fspath(path)
         self.store = store_for(self.path)
         self._db = self._open(digest, tasks)
-        self._pending = 0
+        self._rows: list[tuple[bool, tuple[Any, ...]]] = []  # this round's, not handed over
+        self._queue: queue.Queue[list[tuple[bool, tuple[Any, ...]]] | None] = queue.Queue(
+            MAX_QUEUED)
+        self._writer: threading.Thread | None = None
+        self._stopping = False  # the writer was told to end (the sentinel is queued)
+        self._writer_ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._closed = False
+        self.error: BaseException | None = None  # why the writer failed
+        self.committed = 0  # rows whose transaction committed (written by the writer)
         try:
             os.makedirs(self.store, exist_ok=True)
         except OSError as exc:
@@ -52,6 +91,17 @@ class Journal:
         refs = self._db.execute(
             "SELECT result FROM tasks WHERE state = 'done' AND kind = ?", (BLOB,)).fetchall()
         sweep(self.store, {blob_name(ref) for (ref,) in refs})
+        if self.unclean:
+            logger.warning("journal %r: the run started %s did not end cleanly (killed?); "
+                           "the tasks it finished without committing them run again",
+                           self.path, self.unclean)
+        try:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('open', ?)",
+                             (time.strftime("%Y-%m-%d %H:%M:%S"),))
+        except sqlite3.Error as exc:
+            self._db.close()
+            msg = f"journal {self.path!r} cannot be written: {exc}"
+            raise GraphError(msg) from exc
 
     def _open(self, digest: str, tasks: int) -> sqlite3.Connection:
         path = self.path
@@ -67,12 +117,20 @@ class Journal:
             msg = f"journal {path!r} cannot be opened: {exc}"
             raise GraphError(msg) from exc
         try:
+            tables = {t for (t,) in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+            if tables and "meta" not in tables:  # someone else's database: leave it be
+                db.close()
+                msg = (f"journal {path!r} is a SQLite database but not an actorq journal "
+                       f"(its tables: {', '.join(sorted(tables))}); pass another path")
+                raise GraphError(msg)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
             db.execute("CREATE TABLE IF NOT EXISTS tasks (key TEXT PRIMARY KEY, state TEXT, "
                        "attempts INTEGER, kind INTEGER, result BLOB, error BLOB, updated REAL)")
             meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
+            self.unclean: str | None = meta.get("open")  # the last run did not end cleanly
             if not meta:
                 db.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("format", FORMAT), ("graph", digest), ("tasks", str(tasks)),
@@ -108,32 +166,99 @@ class Journal:
             "SELECT key, attempts, kind, result FROM tasks WHERE state = 'done'").fetchall()
         return {key: (attempts, kind, payload) for key, attempts, kind, payload in rows}
 
-    def _begin(self) -> None:
-        if not self._pending:
-            self._db.execute("BEGIN")
-        self._pending += 1
-
     def done(self, key: str, attempts: int, kind: int, payload: Any) -> None:
-        """Journal a finished task (committed at the next :meth:`commit`)."""
-        self._begin()
-        self._db.execute("INSERT OR REPLACE INTO tasks VALUES (?, 'done', ?, ?, ?, NULL, ?)",
-                         (key, attempts, kind, payload, time.time()))
+        """Journal a finished task (handed to the writer at the next :meth:`commit`)."""
+        self._rows.append((True, (key, attempts, kind, payload, time.time())))
 
     def failed(self, key: str, attempts: int, error: bytes) -> None:
         """Journal a task that failed for good (it runs again on the next run)."""
-        self._begin()
-        self._db.execute("INSERT OR REPLACE INTO tasks VALUES (?, 'failed', ?, 0, NULL, ?, ?)",
-                         (key, attempts, error, time.time()))
+        self._rows.append((False, (key, attempts, error, time.time())))
 
     def commit(self) -> None:
-        """Make what was journaled since the last commit durable."""
-        if self._pending:
-            self._db.execute("COMMIT")
-            self._pending = 0
+        """End of a round: hand its rows to the writer (waits while ``MAX_QUEUED`` rounds
+        are unwritten); raise ``GraphError`` if the writer failed."""
+        if self.error is not None:
+            msg = f"journal {self.path!r} could not be written: {self.error}"
+            raise GraphError(msg) from self.error
+        if not self._rows or self._stopping:
+            return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                            name="actorq-graph-journal")
+            self._writer.start()
+        rows, self._rows = self._rows, []
+        self._queue.put(rows)
+
+    def drain(self) -> concurrent.futures.Future[None]:
+        """Hand over the last rows and tell the writer to end; the future is set once it
+        has written everything (``run_async`` awaits it instead of blocking in close)."""
+        if not self._stopping:
+            try:
+                self.commit()
+            except GraphError:
+                pass  # close() reports it
+            self._stopping = True
+            if self._writer is None:
+                self._writer_ended.set_result(None)
+            else:
+                self._queue.put(None)
+        return self._writer_ended
+
+    def _write_loop(self) -> None:
+        try:
+            self._write_all()
+        finally:
+            self._writer_ended.set_result(None)
+
+    def _write_all(self) -> None:
+        """The writer thread: everything queued, one transaction, until the sentinel."""
+        db, get = self._db, self._queue.get
+        while True:
+            item = get()
+            batches = [item]
+            while item is not None:  # take what else is queued: one commit for all
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batches.append(item)
+            rows = [r for b in batches if b is not None for r in b]
+            if rows and self.error is None:
+                try:
+                    db.execute("BEGIN")
+                    db.executemany(_DONE_SQL, [r for ok, r in rows if ok])
+                    db.executemany(_FAILED_SQL, [r for ok, r in rows if not ok])
+                    db.execute("COMMIT")
+                    self.committed += len(rows)
+                except Exception as exc:  # disk full, a removed file, a bad value
+                    logger.error("journal %r: writing %d rows failed: %s", self.path,
+                                 len(rows), exc)
+                    self.error = exc
+                    if db.in_transaction:
+                        try:
+                            db.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
+            if batches[-1] is None:
+                return
 
     def close(self) -> None:
-        """Commit and close; idempotent."""
+        """Write what is left, stop the writer, mark the run ended, close; idempotent.
+
+        Raises ``GraphError`` if rows could not be written."""
+        if self._closed:
+            return
+        self.drain()
+        self._closed = True
         try:
-            self.commit()
+            if self._writer is not None:
+                self._writer.join()
+            if self.error is None:
+                self._db.execute("DELETE FROM meta WHERE k = 'open'")
+        except sqlite3.Error as exc:
+            self.error = self.error or exc
         finally:
             self._db.close()
+        if self.error is not None:
+            msg = f"journal {self.path!r} could not be written: {self.error}"
+            raise GraphError(msg) from self.error

@@ -2,7 +2,12 @@
 
 The pool layer does the supervision (a member killed by SIGKILL, or by the scheduler for
 a task past its timeout, is restarted by the pool's supervisor; no restart limit that a
-graph could reach) and the membership (``resize``). The scheduler does the routing: it
+graph could reach) and the membership (``resize``). A worker is restarted at once
+(``RESTART_BACKOFF``: the system's warm spare process takes over when one is ready), not
+after a backoff: a lost worker is not a transient condition that waiting would cure, and
+the tasks it had carry their own retry policy. Only a worker that dies again within
+``WITHIN`` seconds of its restart waits (10 ms, doubling, at most 1 s), so that a worker
+that cannot live does not spin. The scheduler does the routing: it
 picks the member itself (expected finish time, credit) and calls it through
 ``Pool.call_member``, so the pool's statistics count the graph's batches.
 
@@ -23,9 +28,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actorq._graph.worker import TaskWorker
+from actorq._resilience.backoff import Backoff
 
 if TYPE_CHECKING:
     from actorq._core.events import ActorEvent
@@ -40,6 +47,19 @@ START_PENALTY = 0.05
 # The pool's supervisor never gives up on a task worker: a graph with many timeouts kills
 # many workers, and each is replaced at once.
 MAX_RESTARTS, WITHIN = 1_000_000_000, 1.0
+
+
+@dataclass(frozen=True)
+class RestartAtOnce(Backoff):
+    """The graph workers' restart delays: none for the first restart within ``WITHIN``
+    seconds (the supervisor counts per member), then this ``Backoff`` from its start."""
+
+    def delay(self, attempt: int) -> float:
+        """0 for *attempt* 0; else ``Backoff.delay(attempt - 1)``."""
+        return 0.0 if attempt == 0 else super().delay(attempt - 1)
+
+
+RESTART_BACKOFF = RestartAtOnce(initial=0.01, maximum=1.0)
 _private_ids = itertools.count(1)
 
 
@@ -55,7 +75,7 @@ class SystemOps(Protocol):
 
     def pool(self, cls: type, *args: Any, size: int | tuple[int, int] | None = ...,
              name: str | None = ..., max_restarts: int = ..., within: float = ...,
-             **kwargs: Any) -> Any:
+             restart_backoff: Backoff | None = ..., **kwargs: Any) -> Any:
         """A new pool of *cls* actors (``actorq.Pool``)."""
         ...
 
@@ -114,7 +134,8 @@ class WorkerPool:
     def __init__(self, system: SystemOps, name: str) -> None:
         self.system = system
         self.pool = system.pool(TaskWorker, system.run_id, system.config.oob_threshold,
-                                size=1, name=name, max_restarts=MAX_RESTARTS, within=WITHIN)
+                                size=1, name=name, max_restarts=MAX_RESTARTS, within=WITHIN,
+                                restart_backoff=RESTART_BACKOFF)
         self.workers: list[Worker] = []  # views of the members in use, in slot order
         self.lock = threading.Lock()  # held by the run using the pool
         self.broken = False  # a member is gone for good: the next run makes a new pool

@@ -42,7 +42,9 @@ def build_result(run: RunState, wall: float, cpu: float, *, workers: int,
         scheduler_seconds=cpu,
         extra={**{k: counts[k] for k in ("code_shipments", "workers_retired")},
                "held_back": run.gate.held_back, "run_alone": run.gate.forced,
-               "journal_blobs_rerun": run.blobs_rerun},
+               "journal_blobs_rerun": run.blobs_rerun,
+               "journal_rows": run.journal.committed if run.journal is not None else 0,
+               "journal_unclean": bool(run.journal is not None and run.journal.unclean)},
         max_memory=run.gate.cap)
     return GraphResult(run.graph, values, run.errors, run.released, stats)
 

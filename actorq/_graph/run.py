@@ -96,8 +96,20 @@ async def run_graph_async(system: SystemOps, graph: Graph, *,
             await asyncio.wait([waiter], timeout=STOP_WAIT)
             if waiter.done() and not waiter.cancelled():
                 waiter.exception()  # retrieved: it is the cancellation we raise below
-        sched.finish(close_in_background=True)
+        await _finish_async(sched)
         raise
+    return await _finish_async(sched)
+
+
+async def _finish_async(sched: Scheduler) -> GraphResult:
+    """``sched.finish`` without blocking the caller's loop on the journal's last writes."""
+    journal = sched.journal
+    if journal is not None:
+        try:
+            await asyncio.wrap_future(journal.drain())
+        except BaseException:  # cancelled (again) meanwhile: finish here, blocking
+            sched.finish(close_in_background=True)
+            raise
     return sched.finish(close_in_background=True)
 
 

@@ -114,6 +114,8 @@ class Scheduler(Recovery):
             self._resume_from_journal()
         except BaseException:
             self._release_pool()
+            if self.journal is not None:
+                self.journal.close()
             raise
         self.cpu = time.thread_time() - cpu
 

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import actorq
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,3 +187,219 @@ def test_editing_a_function_reruns_its_tasks_on_resume(tmp_path):
     out, ran = run("return i * 3")  # step edited: its tasks and the total run again
     assert out == ["total", "24", "from_journal", "4"]
     assert ran == sorted([f"step{i}" for i in range(4)] + ["total"])
+
+
+def make_module(name, src):
+    """A module *name* (not imported from a file, so it counts as the user's)."""
+    import types
+
+    mod = types.ModuleType(name)
+    exec(compile(textwrap.dedent(src), f"<{name}>", "exec"), mod.__dict__)
+    return mod
+
+
+HELPERS = """
+    FACTOR = 2
+
+    def scale(x):
+        return x * FACTOR
+
+    def triple(x):
+        return 3 * x
+
+    class Base:
+        def offset(self):
+            return 1
+
+    class Adder(Base):
+        K = 5
+
+        def add(self, x):
+            return x + self.K + self.offset()
+
+        @staticmethod
+        def zero():
+            return 0
+
+        @property
+        def k(self):
+            return self.K
+"""
+
+USER = """
+    import json
+    import numpy as np
+
+    def job(x):
+        return scale(x) + Adder().add(x) + hm.triple(x) + int(np.sum([x])) + len(json.dumps(x))
+"""
+
+
+def job_with(helpers_src):
+    hm = make_module("helpmod", helpers_src)
+    space = {"__name__": "jobmod", "hm": hm, "scale": hm.scale, "Adder": hm.Adder}
+    exec(compile(textwrap.dedent(USER), "<jobmod>", "exec"), space)
+    return space["job"]
+
+
+def test_helpers_and_classes_of_other_user_modules_are_part_of_the_key():
+    key, shape = key_of(job_with(HELPERS), 1)
+    assert key_of(job_with(HELPERS), 1) == (key, shape)  # deterministic
+    edits = {
+        "function": HELPERS.replace("return x * FACTOR", "return x * FACTOR + 1"),
+        "its constant": HELPERS.replace("FACTOR = 2", "FACTOR = 4"),
+        "through the module": HELPERS.replace("return 3 * x", "return 4 * x"),
+        "method": HELPERS.replace("x + self.K", "x - self.K"),
+        "class constant": HELPERS.replace("K = 5", "K = 6"),
+        "base class": HELPERS.replace("return 1", "return 2"),
+        "staticmethod": HELPERS.replace("return 0", "return 9"),
+        "property": HELPERS.replace("return self.K", "return -self.K"),
+    }
+    for what, src in edits.items():
+        edited, edited_shape = key_of(job_with(src), 1)
+        assert edited != key, what
+        assert edited_shape == shape, what
+
+
+def test_libraries_are_not_followed_and_the_walk_is_bounded():
+    from actorq._graph import keys
+
+    assert keys.is_user_module("jobmod")  # built with exec: the user's
+    assert keys.is_user_module(__name__)  # a file outside site-packages
+    for lib in ("json", "os.path", "numpy", "numpy.linalg", "actorq._graph.keys", "sys"):
+        assert not keys.is_user_module(lib), lib
+    # a chain of helpers far longer than MAX_CHAIN: keyed, deterministically
+    src = "def f0(x):\n    return x\n" + "".join(
+        f"def f{i}(x):\n    return f{i - 1}(x) + 1\n" for i in range(1, 300))
+    chain = make_module("chainmod", src)
+    k1, k2 = key_of(chain.f299, 1)[0], key_of(make_module("chainmod", src).f299, 1)[0]
+    assert k1 == k2
+    near = make_module("chainmod", src.replace("return f298(x) + 1", "return f298(x) + 2"))
+    assert key_of(near.f299, 1)[0] != k1  # within the bound: followed
+
+
+class Scorer:
+    """A callable object of a user class."""
+
+    def __init__(self, w):
+        self.w = w
+
+    def __call__(self, x):
+        return self.w * x
+
+
+def test_a_callable_object_is_keyed_by_its_state_and_its_class_code():
+    assert key_of(Scorer(2), 1)[0] == key_of(Scorer(2), 1)[0]
+    assert key_of(Scorer(2), 1)[0] != key_of(Scorer(3), 1)[0]
+    mod = make_module("scoremod", "class S:\n    def __call__(self, x):\n        return x\n")
+    mod2 = make_module("scoremod", "class S:\n    def __call__(self, x):\n        return -x\n")
+    from actorq._graph.keys import Encoder
+
+    assert Encoder().function(mod.S()) != Encoder().function(mod2.S())
+
+
+HELPER_FILE = textwrap.dedent('''
+    FACTOR = 2
+
+    def scale(i):
+        return i * FACTOR
+
+    class Adder:
+        def add(self, i):
+            return i + 100
+''')
+
+TWO_MODULES = textwrap.dedent('''
+    import sys
+    import actorq
+    from helpers import Adder, scale
+
+    def note(path, text):
+        with open(path, "a") as f:
+            f.write(text + "\\n")
+
+    def step(path, i):
+        note(path, f"step{i}")
+        return scale(i)
+
+    def plus(path, i):
+        note(path, f"plus{i}")
+        return Adder().add(i)
+
+    def other(path, i):
+        note(path, f"other{i}")
+        return i
+
+    def total(path, *xs):
+        note(path, "total")
+        return sum(xs)
+
+    if __name__ == "__main__":
+        effects, journal = sys.argv[1], sys.argv[2]
+        g = actorq.Graph()
+        parts = [g.task(fn, effects, i) for fn in (step, plus, other) for i in range(3)]
+        end = g.task(total, effects, *parts)
+        with actorq.ActorSystem() as system:
+            result = system.run(g, workers=2, journal=journal)
+            print("total", result[end], "from_journal", result.stats.from_journal)
+''')
+
+
+def test_editing_a_helper_in_another_module_reruns_its_tasks_on_resume(tmp_path):
+    effects, journal = tmp_path / "effects", tmp_path / "run.db"
+    (tmp_path / "job.py").write_text(TWO_MODULES)
+    helpers = tmp_path / "helpers.py"
+    # no .pyc: an edit within the same second, of the same size, must be seen
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def run(src):
+        helpers.write_text(src)
+        done = subprocess.run([sys.executable, str(tmp_path / "job.py"), str(effects),
+                               str(journal)], env=env, capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        ran = effects.read_text().split() if effects.exists() else []
+        effects.write_text("")
+        return done.stdout.split(), sorted(ran)
+
+    base = 6 + 303 + 3  # scale: 0+2+4, plus: 100+101+102, other: 0+1+2
+    out, ran = run(HELPER_FILE)
+    assert out == ["total", str(base), "from_journal", "0"]
+    assert len(ran) == 10
+    out, ran = run(HELPER_FILE)  # unchanged: nothing runs
+    assert out == ["total", str(base), "from_journal", "10"]
+    assert ran == []
+    out, ran = run(HELPER_FILE.replace("FACTOR = 2", "FACTOR = 3"))  # scale's constant
+    assert out == ["total", str(base + 3), "from_journal", "6"]
+    assert ran == sorted([f"step{i}" for i in range(3)] + ["total"])
+    out, ran = run(HELPER_FILE.replace("FACTOR = 2", "FACTOR = 3")
+                   .replace("i + 100", "i + 200"))  # a method of the helper class
+    assert out == ["total", str(base + 3 + 300), "from_journal", "6"]
+    assert ran == sorted([f"plus{i}" for i in range(3)] + ["total"])
+
+
+def _square(x):
+    return x * x
+
+
+def test_a_salt_reruns_every_derived_task_with_the_same_journal(system, tmp_path):
+    journal = str(tmp_path / "run.db")
+
+    def build(salt):
+        g = actorq.Graph(salt=salt)
+        xs = [g.task(_square, i) for i in range(5)]
+        pinned = g.task(_square, 7, key="pinned")  # a key given by hand: not salted
+        return g, g.task(_total, *xs, pinned)
+
+    g1, end1 = build("numpy-1")
+    assert system.run(g1, journal=journal)[end1] == 30 + 49
+    g2, _end2 = build("numpy-1")
+    assert system.run(g2, journal=journal).stats.from_journal == 7
+    g3, end3 = build("numpy-2")
+    assert g3.digest() == g1.digest()  # the same graph: the journal is reused ...
+    assert end3.key != end1.key
+    third = system.run(g3, journal=journal)
+    assert third[end3] == 79
+    assert third.stats.from_journal == 1  # ... and only the pinned task is skipped
+    with pytest.raises(actorq.GraphError, match="salt must be a str"):
+        actorq.Graph(salt=2)
