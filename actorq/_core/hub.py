@@ -732,14 +732,18 @@ class Hub:
             else:
                 try:
                     msgs = _loads(payload)
-                except Exception:
+                except BaseException as exc:  # SystemExit too (sys.exit() in a __reduce__)
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
                     msgs = salvage_loads(payload)  # a message in it does not unpickle here
                 if type(msgs) is not list:  # out of band buffers, spilled, or salvaged
                     if type(msgs) is not Salvaged:
                         msgs = decode_loaded(msgs, unlink, salvage=True)
                     if type(msgs) is Salvaged:
                         msgs = self.sort_out(chan, msgs)
-        except Exception:
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             logger.exception("dropped a record from hub %d that could not be "
                              "unpickled", chan.sender_id)
             msgs = []
@@ -790,9 +794,10 @@ class Hub:
             self.record_dead(what, text)
             return (OP_REPLY, msg[1], False, TypeError(text), msg[4] if not msg[2] else "")
         method, args = method_and_args(msg)
-        kwargs = msg[5] if msg[0] == OP_CALL else {}
+        call = msg[0] == OP_CALL or msg[0] == OP_DCALL  # the same fields up to kwargs
+        kwargs = msg[5] if call else {}
         label = "the message"
-        if msg[0] == OP_CALL:
+        if call:
             label = next((f"argument {i}" for i, a in enumerate(args)
                           if find_unloadable(a) is not None), None) or next(
                 (f"keyword argument {k!r}" for k, v in kwargs.items()
@@ -802,7 +807,7 @@ class Hub:
                 f"(pid {os.getpid()}), so the {'call' if msg[1] else 'message'} was not "
                 f"handled: {bad.describe()}")
         self.record_dead(method, text)
-        return (OP_CALL, msg[1], msg[2] if msg[0] == OP_CALL else 0,
+        return (OP_CALL, msg[1], msg[2] if call else 0,
                 BadMessage(method, text), (), _NO_KWARGS)
 
     def describe_self(self) -> str:

@@ -75,6 +75,15 @@ class Unpicklable(Exception):
         raise TypeError("this exception does not pickle")
 
 
+def exit_at_unpickle():
+    sys.exit("unpickling exits")
+
+
+class ExitAtUnpickle:
+    def __reduce__(self):
+        return exit_at_unpickle, ()
+
+
 def make(cls):
     return cls()
 
@@ -195,6 +204,23 @@ def test_a_result_that_fails_to_unpickle_here_fails_that_task(ex):
     with pytest.raises(TypeError, match=r"could not be unpickled.*refused to unpickle"):
         ex.submit(make, ErrorAtUnpickle).result(timeout=60)
     assert ex.submit(abs, -2).result(timeout=60) == 2
+
+
+def test_arguments_whose_unpickling_exits_fail_that_task_and_the_worker_serves_on():
+    with actorq.Executor(1) as ex:
+        pid = ex.submit(os.getpid).result(timeout=60)
+        with pytest.raises(TypeError, match=r"argument.*could not be unpickled.*"
+                           r"SystemExit: unpickling exits"):
+            ex.submit(id, ExitAtUnpickle()).result(timeout=60)
+        assert ex.submit(os.getpid).result(timeout=60) == pid  # the same process
+        assert ex.pool.statistics().retries == 0
+
+
+def test_a_result_whose_unpickling_exits_here_fails_that_task(ex):
+    with pytest.raises(TypeError, match=r"return value.*could not be unpickled.*"
+                       r"SystemExit: unpickling exits"):
+        ex.submit(make, ExitAtUnpickle).result(timeout=60)
+    assert ex.submit(abs, -2).result(timeout=60) == 2  # the system's loop goes on
 
 
 def test_arguments_that_cannot_be_pickled_are_refused_at_submit(ex):
