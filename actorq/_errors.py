@@ -7,6 +7,7 @@ was calling the crashed one, say).
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import traceback
 
@@ -58,6 +59,13 @@ class StartTimeout(ActorqError, TimeoutError):
 
 class CircuitOpen(ActorqError):
     """Every candidate's circuit is open: the call fails fast."""
+
+
+class InitializerFailed(ActorqError, concurrent.futures.BrokenExecutor):
+    """An ``Executor``'s initializer raised in a worker: the executor is broken (as
+    ``ProcessPoolExecutor`` is, with ``BrokenProcessPool``). Every task not finished
+    fails with it, and so does every later ``submit``; ``__cause__`` is the
+    initializer's exception (its own ``__cause__``: the worker's traceback)."""
 
 
 class GraphError(ActorqError):
@@ -139,6 +147,7 @@ PUBLIC = (
     CircuitOpen,
     GraphError,
     DeadlockError,
+    InitializerFailed,
     RemoteTraceback,
 )
 for _cls in PUBLIC:

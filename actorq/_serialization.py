@@ -138,7 +138,9 @@ def _check_one(what: str, label: str, value: Any) -> None:
         return
     try:
         pickle.dumps(value, protocol=5, buffer_callback=lambda _buf: False)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit from a __reduce__ too: a bad argument
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         way_out = "pass plain data, or give the type __reduce__/__getstate__"
         if "local object" in str(exc) or "attribute lookup" in str(exc):
             way_out = ("define it at the top level of a module (or of the main script, "

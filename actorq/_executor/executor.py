@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import itertools
+import logging
 import mmap
 import multiprocessing
 import os
@@ -39,7 +41,7 @@ import cloudpickle
 import actorq
 from actorq._core.actor import Actor
 from actorq._core.reply import Reply
-from actorq._errors import format_remote, rebuild
+from actorq._errors import InitializerFailed, format_remote, rebuild
 from actorq._executor import ledger
 from actorq._executor.ledger import Outcome
 from actorq._resilience.retry import Retry
@@ -101,6 +103,22 @@ class Raised:
         return (Raised, (self.exc, self.tb))
 
 
+class InitFailed:
+    """What a worker whose initializer raised answers every task with: the executor
+    breaks (``InitializerFailed``), as ``ProcessPoolExecutor`` does. The worker does not
+    fail to start (its supervisor would start it again and again, and the pool's
+    retries would end in ``CircuitOpen``): the error is the initializer's, permanent."""
+
+    __slots__ = ("exc", "tb")
+
+    def __init__(self, exc: BaseException, tb: str) -> None:
+        self.exc = exc
+        self.tb = tb
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (InitFailed, (self.exc, self.tb))
+
+
 class FunctionWorker(Actor):
     """A pool member that runs the functions an ``Executor`` sends it."""
 
@@ -109,8 +127,12 @@ class FunctionWorker(Actor):
         self._fns: OrderedDict[int, Callable[..., Any]] = OrderedDict()
         self._maps: dict[str, mmap.mmap] = {}  # the ledger of each executor, mapped
         self._left = max_tasks  # tasks this process may still run (None: no limit)
+        self._init_failed: InitFailed | None = None
         if initializer is not None:
-            initializer(*initargs)
+            try:
+                initializer(*initargs)
+            except BaseException as exc:  # SystemExit too, as the standard library's
+                self._init_failed = _init_failed(exc)
 
     def _take_one(self) -> bool:
         """Count a task against ``max_tasks``; False once the limit is reached. The task
@@ -156,6 +178,8 @@ class FunctionWorker(Actor):
 
     def run(self, item: Any) -> Any:
         """Run one task (``("call", fn, args, kwargs)``) or one ``map`` chunk."""
+        if self._init_failed is not None:
+            return self._init_failed
         if self._left is not None and not self._take_one():
             return Deferred
         try:
@@ -166,7 +190,7 @@ class FunctionWorker(Actor):
             return Raised(exc, format_remote(exc))
 
     def run_many(self, items: list[Any],
-                 where: tuple[str, int, int] | None = None) -> list[Outcome]:
+                 where: tuple[str, int, int] | None = None) -> list[Outcome] | InitFailed:
         """Run a batch of tasks; each one's outcome: (ok, value or exception, traceback).
 
         With *where* (ledger file, slot, batch number), each outcome is also recorded in
@@ -174,6 +198,8 @@ class FunctionWorker(Actor):
         recorded (its worker died mid-batch) are not run again: their recorded outcomes
         are returned (see ``ledger``).
         """
+        if self._init_failed is not None:
+            return self._init_failed
         rec = None
         done: dict[int, Outcome] = {}
         if where is not None:
@@ -288,6 +314,7 @@ class Executor(concurrent.futures.Executor):
         self._specs: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._free_slots = deque(range(slots))
         self._batch_ids = itertools.count(1)
+        self._broken: BaseException | None = None  # the initializer's error, once raised
         _register_at_exit(self)
 
     @property
@@ -312,11 +339,21 @@ class Executor(concurrent.futures.Executor):
         """Queue one task (a call, or a chunk of ``map``) and send what may go now."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
+            if self._broken is not None:
+                raise self._broken_error()
             if self._shutdown:
                 msg = "cannot schedule new futures after shutdown"
                 raise RuntimeError(msg)
-            task = (future, (kind, self._spec(fn), args, kwargs))
-            _check_task(task)
+            try:
+                task = (future, (kind, self._spec(fn), args, kwargs))
+                _check_task(task)
+            except TypeError as exc:
+                if exc.__cause__ is None:  # not callable: at once
+                    raise
+                # does not pickle: the future fails, as with ProcessPoolExecutor; nothing
+                # is queued or sent, the executor goes on
+                future.set_exception(_unsendable(exc))
+                return future
             self._queue.append(task)
             self._pending[future] = None
             batch = self._take_locked()
@@ -331,7 +368,7 @@ class Executor(concurrent.futures.Executor):
         as earlier messages come back). Cancelled tasks are dropped here, never sent;
         the others turn RUNNING."""
         slots = 2 * max(1, self._pool.size)
-        if self._in_flight >= slots:
+        if self._in_flight >= slots or self._broken is not None:
             return []
         batch: list[Any] = []
         again = self._again
@@ -383,7 +420,10 @@ class Executor(concurrent.futures.Executor):
             self._free_slots.append(slot)
         result: Any
         result, exc = reply.outcome()
-        if exc is not None:
+        if type(result) is InitFailed:
+            self._break(result)
+            self._settle_all(batch, None)
+        elif exc is not None:
             self._settle_all(batch, exc)
         elif len(batch) == 1:
             if result is Deferred:
@@ -415,9 +455,34 @@ class Executor(concurrent.futures.Executor):
         if batch:
             self._send(batch)
 
-    def _settle_all(self, batch: list[Any], exc: BaseException) -> None:
+    def _settle_all(self, batch: list[Any], exc: BaseException | None) -> None:
+        """Fail every task of *batch* with *exc* (None: the executor is broken)."""
         for task in batch:
-            self._settle_one(task[0], False, exc, "")
+            self._settle_one(task[0], False, exc or self._broken_error(), "")
+
+    def _break(self, failed: InitFailed) -> None:
+        """A worker's initializer raised: the executor is broken, as the standard
+        library's is. What is still queued fails now, and so will every later submit."""
+        with self._lock:
+            if self._broken is not None:
+                return
+            self._broken = rebuild(failed.exc, failed.tb)
+            unsent = list(self._again) + list(self._queue)
+            self._again.clear()
+            self._queue.clear()
+        for future, _item in unsent:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled
+                self._settle_one(future, False, self._broken_error(), "")
+
+    def _broken_error(self) -> InitializerFailed:
+        cause = self._broken
+        assert cause is not None
+        err = InitializerFailed(
+            f"a worker's initializer raised {type(cause).__name__}: {cause}; this "
+            "actorq.Executor is broken (as ProcessPoolExecutor is, with "
+            "BrokenProcessPool): shut it down and make a new one")
+        err.__cause__ = cause
+        return err
 
     def _settle_one(self, future: concurrent.futures.Future[Any], ok: bool, value: Any,
                     tb: str) -> None:
@@ -523,6 +588,20 @@ class Executor(concurrent.futures.Executor):
         return f"<actorq.Executor {state}>"
 
 
+def _init_failed(exc: BaseException) -> InitFailed:
+    """The answer of a worker whose initializer raised *exc* (logged here, as the
+    standard library logs it); an exception that does not pickle travels as text."""
+    logging.getLogger("actorq").critical("actorq.Executor: exception in initializer:",
+                                         exc_info=exc)
+    tb = format_remote(exc)
+    try:
+        pickle.dumps(exc, protocol=5)
+    except BaseException as err:
+        exc = RuntimeError(f"{type(exc).__name__}: {exc} (the exception itself cannot be "
+                           f"sent back: {type(err).__name__}: {err})")
+    return InitFailed(exc, tb)
+
+
 class _Init:
     """An initializer spec that pickles as itself (runs ``FunctionWorker``'s initializer)."""
 
@@ -594,7 +673,19 @@ def _result(future: concurrent.futures.Future[Any], end: float | None) -> Any:
 Executor.__module__ = "actorq"
 
 
+def _unsendable(exc: TypeError) -> BaseException:
+    """The error of a task whose function or arguments do not pickle: the pickling
+    error itself (the type ``ProcessPoolExecutor``'s future raises), with a note naming
+    the argument (*exc*'s message); *exc* itself if the pickling raised a
+    ``BaseException`` that is not an ``Exception`` (a ``sys.exit()`` in ``__reduce__``)."""
+    cause = exc.__cause__
+    if not isinstance(cause, Exception):
+        return exc
+    cause.add_note(f"actorq.Executor: {exc}")
+    return cause
+
+
 def _check_task(task: tuple[Any, Any]) -> None:
-    """``TypeError`` at ``submit`` for arguments that cannot be pickled (nothing queued)."""
+    """``TypeError`` (from the pickling error) for arguments that cannot be pickled."""
     _kind, _spec, args, kwargs = task[1]
     check_picklable("Executor.submit", args if _kind == "call" else tuple(args), kwargs)
