@@ -207,7 +207,7 @@ class FunctionWorker(Actor):
             ledger_map = self._maps.get(path)
             if ledger_map is None:
                 ledger_map = self._maps[path] = ledger.open_map(path)
-            rec = ledger.BatchRecord(ledger_map, slot, batch)
+            rec = ledger.BatchRecord(ledger_map, slot, batch, path)
             done = rec.done
         out: list[Outcome] = []
         for index, item in enumerate(items):
@@ -297,7 +297,10 @@ class Executor(concurrent.futures.Executor):
                                            size=max_workers, **pool_options)
             slots = 2 * max(1, self._pool.max_size)  # messages in flight at most
             self._ledger = ledger.create(slots)
+            self._ledger_map = ledger.open_map(self._ledger)  # to find spilled outcomes
         except BaseException:
+            if self._ledger:
+                ledger.remove(self._ledger)
             if getattr(self, "_pool", None) is not None:
                 self._pool.stop()
             if self._own_system:
@@ -417,6 +420,8 @@ class Executor(concurrent.futures.Executor):
 
     def _batch_done(self, batch: list[Any], reply: Reply[Any], slot: int) -> None:
         if slot >= 0:
+            if not self._closed:  # else: the ledger is gone with its files
+                ledger.take_spills(self._ledger_map, self._ledger, slot)
             self._free_slots.append(slot)
         result: Any
         result, exc = reply.outcome()
@@ -577,6 +582,7 @@ class Executor(concurrent.futures.Executor):
             self._pool.stop()
         finally:
             ledger.remove(self._ledger)
+            self._ledger_map.close()
             try:
                 if self._own_system:
                     self._system.close()
