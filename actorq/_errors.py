@@ -68,6 +68,19 @@ class InitializerFailed(ActorqError, concurrent.futures.BrokenExecutor):
     initializer's exception (its own ``__cause__``: the worker's traceback)."""
 
 
+class DecodeError(ActorqError, TypeError):
+    """A message could not be unpickled in the process it reached: a call's arguments
+    or a tell (``kind="message"``: it was not handled) or a reply (``kind="reply"``:
+    the handler ran, its result is lost). The message names the part and the error."""
+
+    def __init__(self, message: str, kind: str = "message") -> None:
+        super().__init__(message, kind)
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class GraphError(ActorqError):
     """A job graph is malformed (a cycle, an unpicklable argument, ...)."""
 
@@ -145,6 +158,7 @@ PUBLIC = (
     CallTimeout,
     StartTimeout,
     CircuitOpen,
+    DecodeError,
     GraphError,
     DeadlockError,
     InitializerFailed,

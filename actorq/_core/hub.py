@@ -37,7 +37,7 @@ from actorq._core.protocol import (
 )
 from actorq._core.ref import ChannelStatistics
 from actorq._core.reply import Reply, error_from_wire
-from actorq._errors import ActorStopped, Backpressure, format_remote
+from actorq._errors import ActorStopped, Backpressure, DecodeError, format_remote
 from actorq._ids import next_token
 from actorq._serialization import (
     SAFE_TYPES,
@@ -113,7 +113,7 @@ class BadMessage:
 
     def error(self) -> TypeError:
         """What the caller gets."""
-        return TypeError(self.text)
+        return DecodeError(self.text, "message")
 
 
 class Hub:
@@ -792,7 +792,8 @@ class Hub:
             label = "the return value" if msg[2] else "the exception raised"
             text = f"{label} of {what} could not be unpickled in {where}: {bad.describe()}"
             self.record_dead(what, text)
-            return (OP_REPLY, msg[1], False, TypeError(text), msg[4] if not msg[2] else "")
+            return (OP_REPLY, msg[1], False, DecodeError(text, "reply"),
+                    msg[4] if not msg[2] else "")
         method, args = method_and_args(msg)
         call = msg[0] == OP_CALL or msg[0] == OP_DCALL  # the same fields up to kwargs
         kwargs = msg[5] if call else {}

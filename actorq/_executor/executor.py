@@ -41,7 +41,7 @@ import cloudpickle
 import actorq
 from actorq._core.actor import Actor
 from actorq._core.reply import Reply
-from actorq._errors import InitializerFailed, format_remote, rebuild
+from actorq._errors import DecodeError, InitializerFailed, format_remote, rebuild
 from actorq._executor import ledger
 from actorq._executor.ledger import Outcome
 from actorq._resilience.retry import Retry
@@ -51,6 +51,7 @@ _fn_ids = itertools.count(1)
 _REUSED = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
            functools.partial)  # callables worth caching in the members
 _BY_REF = object()  # in the spec cache: the function travels as itself
+_ALONE = object()  # a batch's tasks go again, one per message (Executor._undecoded)
 #: the options of ``system.pool`` an Executor passes on
 POOL_OPTIONS = frozenset({"routing", "circuit", "retry", "timeout", "name", "hang_margin",
                           "max_restarts", "within", "idle_timeout", "oversubscribe"})
@@ -313,6 +314,7 @@ class Executor(concurrent.futures.Executor):
         self._pending: dict[concurrent.futures.Future[Any], None] = {}  # not done yet
         self._queue: deque[tuple[concurrent.futures.Future[Any], Any]] = deque()  # unsent
         self._again: deque[tuple[concurrent.futures.Future[Any], Any]] = deque()  # deferred
+        self._alone: deque[tuple[concurrent.futures.Future[Any], Any]] = deque()  # _undecoded
         self._in_flight = 0  # messages (tasks or batches of them) sent, not answered
         self._specs: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._free_slots = deque(range(slots))
@@ -373,6 +375,9 @@ class Executor(concurrent.futures.Executor):
         slots = 2 * max(1, self._pool.size)
         if self._in_flight >= slots or self._broken is not None:
             return []
+        if self._alone:  # tasks of a batch that did not unpickle in its worker
+            self._in_flight += 1
+            return [self._alone.popleft()]
         batch: list[Any] = []
         again = self._again
         while again and len(batch) < MAX_BATCH:  # deferred at a task limit: RUNNING already
@@ -419,13 +424,17 @@ class Executor(concurrent.futures.Executor):
         reply.add_done_callback(lambda r: self._batch_done(batch, r, slot))
 
     def _batch_done(self, batch: list[Any], reply: Reply[Any], slot: int) -> None:
+        result: Any
+        result, exc = reply.outcome()
         if slot >= 0:
+            if type(exc) is DecodeError and not self._closed:
+                result, exc = self._undecoded(batch, exc, slot)
             if not self._closed:  # else: the ledger is gone with its files
                 ledger.take_spills(self._ledger_map, self._ledger, slot)
             self._free_slots.append(slot)
-        result: Any
-        result, exc = reply.outcome()
-        if type(result) is InitFailed:
+        if result is _ALONE:
+            pass  # its tasks go again, one per message
+        elif type(result) is InitFailed:
             self._break(result)
             self._settle_all(batch, None)
         elif exc is not None:
@@ -448,6 +457,24 @@ class Executor(concurrent.futures.Executor):
                 self._defer(deferred)
         self._sent_done()
 
+    def _undecoded(self, batch: list[Any], exc: DecodeError,
+                   slot: int) -> tuple[Any, BaseException | None]:
+        """A batch's message or reply did not unpickle where it arrived, because of one
+        task's argument or result: fail only that task. Arguments: the batch was not run;
+        its tasks go again, each alone. Result: the batch ran; each task's outcome is
+        taken from the ledger (one that does not unpickle here gets *exc*)."""
+        if exc.kind == "message":
+            with self._lock:
+                self._alone.extend(batch)
+            return _ALONE, None
+        found = ledger.read_slot(self._ledger_map, self._ledger, slot)
+        outcomes = []
+        for index in range(len(batch)):
+            outcome = found.get(index)
+            outcomes.append(outcome if outcome is not None and outcome[0] is not None
+                            else (False, exc, ""))
+        return outcomes, None
+
     def _defer(self, tasks: list[Any]) -> None:
         """Tasks a worker did not run (its task limit): first in line to go again."""
         with self._lock:
@@ -456,7 +483,7 @@ class Executor(concurrent.futures.Executor):
     def _sent_done(self) -> None:
         with self._lock:
             self._in_flight -= 1
-            batch = self._take_locked() if self._queue or self._again else []
+            batch = self._take_locked() if self._queue or self._again or self._alone else []
         if batch:
             self._send(batch)
 
@@ -472,7 +499,8 @@ class Executor(concurrent.futures.Executor):
             if self._broken is not None:
                 return
             self._broken = rebuild(failed.exc, failed.tb)
-            unsent = list(self._again) + list(self._queue)
+            unsent = list(self._alone) + list(self._again) + list(self._queue)
+            self._alone.clear()
             self._again.clear()
             self._queue.clear()
         for future, _item in unsent:

@@ -99,6 +99,14 @@ def open_map(path: str) -> mmap.mmap:
         os.close(fd)
 
 
+def read_slot(ledger_map: mmap.mmap, path: str, slot: int) -> dict[int, Outcome]:
+    """The outcomes recorded in *slot* for its batch (by task index): the executor's
+    copy, for a batch whose reply did not unpickle as a whole."""
+    batch, used, _spills = _SLOT_HEAD.unpack_from(ledger_map, slot * SLOT)
+    return _read(ledger_map, slot * SLOT + _SLOT_HEAD.size, used,
+                 lambda index: spill_path(path, slot, batch, index))
+
+
 class BatchRecord:
     """One batch's slot, as its worker sees it (*path*: the ledger file, for spills)."""
 

@@ -114,6 +114,86 @@ def test_a_slot_is_free_again_once_its_batch_is_answered(tmp_path):
         assert len(ex._free_slots) == slots
 
 
+def refuse_here(pid):
+    if os.getpid() != pid:
+        raise ValueError(f"refuses to unpickle outside process {pid}")
+    return OnlyIn(pid)
+
+
+class OnlyIn:
+    """Pickles anywhere; unpickles only in the process *pid*."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def __reduce__(self):
+        return refuse_here, (self.pid,)
+
+
+def run_counted(i, runs, value=None):
+    run_once(i, runs, "", -1)
+    return value if value is not None else i
+
+
+def only_in_this_worker(i, runs):
+    run_once(i, runs, "", -1)
+    return OnlyIn(os.getpid())  # the executor's process cannot rebuild it
+
+
+def queue_behind_blockers(ex, gate, submit):
+    """Four blockers take the four message slots of a 2-worker executor, so what
+    *submit* submits queues and goes out in batches once the gate opens."""
+    blockers = [ex.submit(wait_for_file, gate) for _ in range(4)]
+    futures = submit()
+    open(gate, "w").close()
+    return blockers, futures
+
+
+def test_an_argument_that_fails_to_unpickle_in_a_batch_fails_only_its_task(tmp_path):
+    """The batch's message did not unpickle in the worker (nothing of it ran): its
+    tasks go again one per message; only the bad one fails, each of the others runs
+    once."""
+    gate, runs = str(tmp_path / "gate"), str(tmp_path / "runs")
+    with actorq.Executor(2) as ex:
+        ex.submit(int).result(timeout=60)
+        blockers, futures = queue_behind_blockers(ex, gate, lambda: [
+            ex.submit(run_counted, i, runs, OnlyIn(os.getpid()) if i == 5 else None)
+            for i in range(40)])
+        for i, f in enumerate(futures):
+            if i == 5:
+                with pytest.raises(actorq.DecodeError, match=r"argument 0 of FunctionWorker"
+                                   r".*could not be unpickled.*refuses to unpickle"):
+                    f.result(timeout=60)
+            else:
+                assert f.result(timeout=60) == i
+        for b in blockers:
+            b.result(timeout=60)
+        counts, _pids = run_counts(runs)
+        assert counts == {i: 1 for i in range(40) if i != 5}
+
+
+def test_a_result_that_fails_to_unpickle_in_a_batch_fails_only_its_task(tmp_path):
+    """The batch ran, its reply did not unpickle here: the others' outcomes are taken
+    from the ledger (not run again); only the bad one fails."""
+    gate, runs = str(tmp_path / "gate"), str(tmp_path / "runs")
+    with actorq.Executor(2) as ex:
+        ex.submit(int).result(timeout=60)
+        blockers, futures = queue_behind_blockers(ex, gate, lambda: [
+            ex.submit(only_in_this_worker, i, runs) if i == 7 else
+            ex.submit(run_counted, i, runs) for i in range(40)])
+        for i, f in enumerate(futures):
+            if i == 7:
+                with pytest.raises(actorq.DecodeError, match=r"return value.*could not be "
+                                   r"unpickled.*refuses to unpickle"):
+                    f.result(timeout=60)
+            else:
+                assert f.result(timeout=60) == i
+        for b in blockers:
+            b.result(timeout=60)
+        counts, _pids = run_counts(runs)
+        assert counts == dict.fromkeys(range(40), 1)  # nothing ran twice
+
+
 class NoPickle:
     def __reduce__(self):
         raise TypeError("NoPickle refuses pickling")
