@@ -112,6 +112,12 @@ class RemoteTraceback(ActorqError):
         super().__init__(tb_text)
         self.tb_text = tb_text
 
+    @property
+    def tb(self) -> str:
+        """``tb_text``, under the name ``concurrent.futures``' own remote traceback uses
+        (code written for ``ProcessPoolExecutor`` reads ``exc.__cause__.tb``)."""
+        return self.tb_text
+
     def __str__(self) -> str:
         return "\n\n" + self.tb_text
 
