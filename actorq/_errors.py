@@ -7,6 +7,7 @@ was calling the crashed one, say).
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import traceback
 
@@ -60,6 +61,26 @@ class CircuitOpen(ActorqError):
     """Every candidate's circuit is open: the call fails fast."""
 
 
+class InitializerFailed(ActorqError, concurrent.futures.BrokenExecutor):
+    """An ``Executor``'s initializer raised in a worker: the executor is broken (as
+    ``ProcessPoolExecutor`` is, with ``BrokenProcessPool``). Every task not finished
+    fails with it, and so does every later ``submit``; ``__cause__`` is the
+    initializer's exception (its own ``__cause__``: the worker's traceback)."""
+
+
+class DecodeError(ActorqError, TypeError):
+    """A message could not be unpickled in the process it reached: a call's arguments
+    or a tell (``kind="message"``: it was not handled) or a reply (``kind="reply"``:
+    the handler ran, its result is lost). The message names the part and the error."""
+
+    def __init__(self, message: str, kind: str = "message") -> None:
+        super().__init__(message, kind)
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class GraphError(ActorqError):
     """A job graph is malformed (a cycle, an unpicklable argument, ...)."""
 
@@ -90,6 +111,12 @@ class RemoteTraceback(ActorqError):
     def __init__(self, tb_text: str) -> None:
         super().__init__(tb_text)
         self.tb_text = tb_text
+
+    @property
+    def tb(self) -> str:
+        """``tb_text``, under the name ``concurrent.futures``' own remote traceback uses
+        (code written for ``ProcessPoolExecutor`` reads ``exc.__cause__.tb``)."""
+        return self.tb_text
 
     def __str__(self) -> str:
         return "\n\n" + self.tb_text
@@ -137,8 +164,10 @@ PUBLIC = (
     CallTimeout,
     StartTimeout,
     CircuitOpen,
+    DecodeError,
     GraphError,
     DeadlockError,
+    InitializerFailed,
     RemoteTraceback,
 )
 for _cls in PUBLIC:

@@ -138,7 +138,9 @@ def _check_one(what: str, label: str, value: Any) -> None:
         return
     try:
         pickle.dumps(value, protocol=5, buffer_callback=lambda _buf: False)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit from a __reduce__ too: a bad argument
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         way_out = "pass plain data, or give the type __reduce__/__getstate__"
         if "local object" in str(exc) or "attribute lookup" in str(exc):
             way_out = ("define it at the top level of a module (or of the main script, "
@@ -197,7 +199,9 @@ class _Salvager(_PyUnpickler):  # type: ignore[misc]
     def find_class(self, module: str, name: str) -> Any:
         try:
             return super().find_class(module, name)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from an import too: this object's
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             return Unloadable(exc, f"{module}.{name}")
 
     def _load_reduce(self) -> None:
@@ -227,7 +231,9 @@ class _Salvager(_PyUnpickler):  # type: ignore[misc]
         def run(self: _Salvager) -> None:
             try:
                 op(self)
-            except Exception as exc:
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
                 if type(self.stack[-1]) is not Unloadable:  # else: keep the first reason
                     self.stack[-1] = Unloadable(exc)
 
@@ -245,7 +251,9 @@ class _Salvager(_PyUnpickler):  # type: ignore[misc]
             self.append = items.append
             try:
                 op(self)
-            except Exception as exc:
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
                 self.stack[-1] = Unloadable(exc)
 
         return run
@@ -265,7 +273,9 @@ def _attempt(func: Any, args: tuple[Any, ...]) -> Any:
         return func
     try:
         return func(*args)
-    except Exception as exc:
+    except BaseException as exc:  # sys.exit() in a __reduce__'s callable too
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         return Unloadable(exc, getattr(func, "__module__", "") + "." +
                           getattr(func, "__qualname__", "")
                           if isinstance(func, type) else "")
@@ -276,7 +286,9 @@ def salvage_loads(data: bytes | memoryview, buffers: Any = None) -> Any:
     back as ``Salvaged``, with ``Unloadable`` where something could not be rebuilt.
 
     The slow path of a batch of messages one of which does not unpickle here: the others
-    must still be handled (``find_unloadable`` tells which is which).
+    must still be handled (``find_unloadable`` tells which is which). What raises while
+    an object is rebuilt, ``SystemExit`` (a ``sys.exit()`` in a ``__reduce__``) or any
+    other ``BaseException`` but ``KeyboardInterrupt``, makes that object ``Unloadable``.
     """
     obj = _Salvager(io.BytesIO(data), buffers=buffers).load()
     return Salvaged(obj) if type(obj) is list else obj

@@ -133,3 +133,51 @@ def test_bad_messages_fail_alone_in_mixed_batches() -> None:
             assert all("could not be unpickled" in letter.reason for letter in letters)
 
         check()
+
+
+def _exit_elsewhere(pid: int) -> ExitElsewhere:
+    if os.getpid() != pid:
+        sys.exit(f"unpickled in process {os.getpid()}")
+    return ExitElsewhere(pid)
+
+
+class ExitElsewhere:
+    """Pickles anywhere; unpickling it in another process calls ``sys.exit()``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_exit_elsewhere, (self.pid,))
+
+
+class Exiter(Sink):
+    def give_exit(self) -> ExitElsewhere:
+        return ExitElsewhere(os.getpid())
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_unpickling_that_calls_sys_exit_fails_only_that_message() -> None:
+    """``SystemExit`` raised while a message is decoded (a ``sys.exit()`` in what a
+    ``__reduce__`` calls) fails that one call or reply, naming it; the actor and the
+    system's loop go on serving (it used to hang the call, or stop the loop)."""
+    with actorq.ActorSystem(call_timeout=60.0) as system:
+        actor = system.spawn(Exiter, name="exiter")
+        pid = actor.pid().result(timeout=RESULT_TIMEOUT)
+        replies = [actor.take(i, ExitElsewhere(os.getpid()) if i == 2 else i)
+                   for i in range(5)]  # one burst: the bad call shares a record
+        for i, reply in enumerate(replies):
+            if i == 2:
+                with pytest.raises(TypeError, match=r"argument 1 of Exiter 'exiter'\.take "
+                                   r"could not be unpickled.*SystemExit: unpickled in"):
+                    reply.result(timeout=RESULT_TIMEOUT)
+            else:
+                assert reply.result(timeout=RESULT_TIMEOUT) == i
+        with pytest.raises(TypeError, match=r"return value of Exiter 'exiter'\.give_exit "
+                           r"could not be unpickled.*SystemExit: unpickled in"):
+            actor.give_exit().result(timeout=RESULT_TIMEOUT)
+        assert actor.drain().result(timeout=RESULT_TIMEOUT) == [0, 1, 3, 4]
+        assert actor.pid().result(timeout=RESULT_TIMEOUT) == pid  # the same process
+        assert len([d for d in system.dead_letters() if "SystemExit" in d.reason]) == 2

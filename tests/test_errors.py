@@ -80,3 +80,15 @@ def test_wait_ready_times_out_with_start_timeout():
         with pytest.raises(actorq.StartTimeout, match="slow") as info:
             s.wait_ready(ref, timeout=0.05)
         assert isinstance(info.value, TimeoutError)
+
+
+def test_decode_error_keeps_its_kind_and_is_a_type_error():
+    back = pickle.loads(pickle.dumps(actorq.DecodeError("x", "reply")))
+    assert back.kind == "reply"
+    assert isinstance(back, TypeError)
+
+
+def test_initializer_failed_is_a_broken_executor():
+    import concurrent.futures
+
+    assert issubclass(actorq.InitializerFailed, concurrent.futures.BrokenExecutor)

@@ -37,7 +37,7 @@ from actorq._core.protocol import (
 )
 from actorq._core.ref import ChannelStatistics
 from actorq._core.reply import Reply, error_from_wire
-from actorq._errors import ActorStopped, Backpressure, format_remote
+from actorq._errors import ActorStopped, Backpressure, DecodeError, format_remote
 from actorq._ids import next_token
 from actorq._serialization import (
     SAFE_TYPES,
@@ -113,7 +113,7 @@ class BadMessage:
 
     def error(self) -> TypeError:
         """What the caller gets."""
-        return TypeError(self.text)
+        return DecodeError(self.text, "message")
 
 
 class Hub:
@@ -732,14 +732,18 @@ class Hub:
             else:
                 try:
                     msgs = _loads(payload)
-                except Exception:
+                except BaseException as exc:  # SystemExit too (sys.exit() in a __reduce__)
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
                     msgs = salvage_loads(payload)  # a message in it does not unpickle here
                 if type(msgs) is not list:  # out of band buffers, spilled, or salvaged
                     if type(msgs) is not Salvaged:
                         msgs = decode_loaded(msgs, unlink, salvage=True)
                     if type(msgs) is Salvaged:
                         msgs = self.sort_out(chan, msgs)
-        except Exception:
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             logger.exception("dropped a record from hub %d that could not be "
                              "unpickled", chan.sender_id)
             msgs = []
@@ -788,11 +792,13 @@ class Hub:
             label = "the return value" if msg[2] else "the exception raised"
             text = f"{label} of {what} could not be unpickled in {where}: {bad.describe()}"
             self.record_dead(what, text)
-            return (OP_REPLY, msg[1], False, TypeError(text), msg[4] if not msg[2] else "")
+            return (OP_REPLY, msg[1], False, DecodeError(text, "reply"),
+                    msg[4] if not msg[2] else "")
         method, args = method_and_args(msg)
-        kwargs = msg[5] if msg[0] == OP_CALL else {}
+        call = msg[0] == OP_CALL or msg[0] == OP_DCALL  # the same fields up to kwargs
+        kwargs = msg[5] if call else {}
         label = "the message"
-        if msg[0] == OP_CALL:
+        if call:
             label = next((f"argument {i}" for i, a in enumerate(args)
                           if find_unloadable(a) is not None), None) or next(
                 (f"keyword argument {k!r}" for k, v in kwargs.items()
@@ -802,7 +808,7 @@ class Hub:
                 f"(pid {os.getpid()}), so the {'call' if msg[1] else 'message'} was not "
                 f"handled: {bad.describe()}")
         self.record_dead(method, text)
-        return (OP_CALL, msg[1], msg[2] if msg[0] == OP_CALL else 0,
+        return (OP_CALL, msg[1], msg[2] if call else 0,
                 BadMessage(method, text), (), _NO_KWARGS)
 
     def describe_self(self) -> str:

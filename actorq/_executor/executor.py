@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import itertools
+import logging
 import mmap
 import multiprocessing
 import os
@@ -39,7 +41,7 @@ import cloudpickle
 import actorq
 from actorq._core.actor import Actor
 from actorq._core.reply import Reply
-from actorq._errors import format_remote, rebuild
+from actorq._errors import DecodeError, InitializerFailed, format_remote, rebuild
 from actorq._executor import ledger
 from actorq._executor.ledger import Outcome
 from actorq._resilience.retry import Retry
@@ -49,6 +51,7 @@ _fn_ids = itertools.count(1)
 _REUSED = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
            functools.partial)  # callables worth caching in the members
 _BY_REF = object()  # in the spec cache: the function travels as itself
+_ALONE = object()  # a batch's tasks go again, one per message (Executor._undecoded)
 #: the options of ``system.pool`` an Executor passes on
 POOL_OPTIONS = frozenset({"routing", "circuit", "retry", "timeout", "name", "hang_margin",
                           "max_restarts", "within", "idle_timeout", "oversubscribe"})
@@ -101,6 +104,22 @@ class Raised:
         return (Raised, (self.exc, self.tb))
 
 
+class InitFailed:
+    """What a worker whose initializer raised answers every task with: the executor
+    breaks (``InitializerFailed``), as ``ProcessPoolExecutor`` does. The worker does not
+    fail to start (its supervisor would start it again and again, and the pool's
+    retries would end in ``CircuitOpen``): the error is the initializer's, permanent."""
+
+    __slots__ = ("exc", "tb")
+
+    def __init__(self, exc: BaseException, tb: str) -> None:
+        self.exc = exc
+        self.tb = tb
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (InitFailed, (self.exc, self.tb))
+
+
 class FunctionWorker(Actor):
     """A pool member that runs the functions an ``Executor`` sends it."""
 
@@ -109,8 +128,12 @@ class FunctionWorker(Actor):
         self._fns: OrderedDict[int, Callable[..., Any]] = OrderedDict()
         self._maps: dict[str, mmap.mmap] = {}  # the ledger of each executor, mapped
         self._left = max_tasks  # tasks this process may still run (None: no limit)
+        self._init_failed: InitFailed | None = None
         if initializer is not None:
-            initializer(*initargs)
+            try:
+                initializer(*initargs)
+            except BaseException as exc:  # SystemExit too, as the standard library's
+                self._init_failed = _init_failed(exc)
 
     def _take_one(self) -> bool:
         """Count a task against ``max_tasks``; False once the limit is reached. The task
@@ -156,6 +179,8 @@ class FunctionWorker(Actor):
 
     def run(self, item: Any) -> Any:
         """Run one task (``("call", fn, args, kwargs)``) or one ``map`` chunk."""
+        if self._init_failed is not None:
+            return self._init_failed
         if self._left is not None and not self._take_one():
             return Deferred
         try:
@@ -166,7 +191,7 @@ class FunctionWorker(Actor):
             return Raised(exc, format_remote(exc))
 
     def run_many(self, items: list[Any],
-                 where: tuple[str, int, int] | None = None) -> list[Outcome]:
+                 where: tuple[str, int, int] | None = None) -> list[Outcome] | InitFailed:
         """Run a batch of tasks; each one's outcome: (ok, value or exception, traceback).
 
         With *where* (ledger file, slot, batch number), each outcome is also recorded in
@@ -174,6 +199,8 @@ class FunctionWorker(Actor):
         recorded (its worker died mid-batch) are not run again: their recorded outcomes
         are returned (see ``ledger``).
         """
+        if self._init_failed is not None:
+            return self._init_failed
         rec = None
         done: dict[int, Outcome] = {}
         if where is not None:
@@ -181,7 +208,7 @@ class FunctionWorker(Actor):
             ledger_map = self._maps.get(path)
             if ledger_map is None:
                 ledger_map = self._maps[path] = ledger.open_map(path)
-            rec = ledger.BatchRecord(ledger_map, slot, batch)
+            rec = ledger.BatchRecord(ledger_map, slot, batch, path)
             done = rec.done
         out: list[Outcome] = []
         for index, item in enumerate(items):
@@ -271,7 +298,10 @@ class Executor(concurrent.futures.Executor):
                                            size=max_workers, **pool_options)
             slots = 2 * max(1, self._pool.max_size)  # messages in flight at most
             self._ledger = ledger.create(slots)
+            self._ledger_map = ledger.open_map(self._ledger)  # to find spilled outcomes
         except BaseException:
+            if self._ledger:
+                ledger.remove(self._ledger)
             if getattr(self, "_pool", None) is not None:
                 self._pool.stop()
             if self._own_system:
@@ -284,10 +314,12 @@ class Executor(concurrent.futures.Executor):
         self._pending: dict[concurrent.futures.Future[Any], None] = {}  # not done yet
         self._queue: deque[tuple[concurrent.futures.Future[Any], Any]] = deque()  # unsent
         self._again: deque[tuple[concurrent.futures.Future[Any], Any]] = deque()  # deferred
+        self._alone: deque[tuple[concurrent.futures.Future[Any], Any]] = deque()  # _undecoded
         self._in_flight = 0  # messages (tasks or batches of them) sent, not answered
         self._specs: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._free_slots = deque(range(slots))
         self._batch_ids = itertools.count(1)
+        self._broken: BaseException | None = None  # the initializer's error, once raised
         _register_at_exit(self)
 
     @property
@@ -312,11 +344,21 @@ class Executor(concurrent.futures.Executor):
         """Queue one task (a call, or a chunk of ``map``) and send what may go now."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
+            if self._broken is not None:
+                raise self._broken_error()
             if self._shutdown:
                 msg = "cannot schedule new futures after shutdown"
                 raise RuntimeError(msg)
-            task = (future, (kind, self._spec(fn), args, kwargs))
-            _check_task(task)
+            try:
+                task = (future, (kind, self._spec(fn), args, kwargs))
+                _check_task(task)
+            except TypeError as exc:
+                if exc.__cause__ is None:  # not callable: at once
+                    raise
+                # does not pickle: the future fails, as with ProcessPoolExecutor; nothing
+                # is queued or sent, the executor goes on
+                future.set_exception(_unsendable(exc))
+                return future
             self._queue.append(task)
             self._pending[future] = None
             batch = self._take_locked()
@@ -331,8 +373,11 @@ class Executor(concurrent.futures.Executor):
         as earlier messages come back). Cancelled tasks are dropped here, never sent;
         the others turn RUNNING."""
         slots = 2 * max(1, self._pool.size)
-        if self._in_flight >= slots:
+        if self._in_flight >= slots or self._broken is not None:
             return []
+        if self._alone:  # tasks of a batch that did not unpickle in its worker
+            self._in_flight += 1
+            return [self._alone.popleft()]
         batch: list[Any] = []
         again = self._again
         while again and len(batch) < MAX_BATCH:  # deferred at a task limit: RUNNING already
@@ -379,11 +424,20 @@ class Executor(concurrent.futures.Executor):
         reply.add_done_callback(lambda r: self._batch_done(batch, r, slot))
 
     def _batch_done(self, batch: list[Any], reply: Reply[Any], slot: int) -> None:
-        if slot >= 0:
-            self._free_slots.append(slot)
         result: Any
         result, exc = reply.outcome()
-        if exc is not None:
+        if slot >= 0:
+            if type(exc) is DecodeError and not self._closed:
+                result, exc = self._undecoded(batch, exc, slot)
+            if not self._closed:  # else: the ledger is gone with its files
+                ledger.take_spills(self._ledger_map, self._ledger, slot)
+            self._free_slots.append(slot)
+        if result is _ALONE:
+            pass  # its tasks go again, one per message
+        elif type(result) is InitFailed:
+            self._break(result)
+            self._settle_all(batch, None)
+        elif exc is not None:
             self._settle_all(batch, exc)
         elif len(batch) == 1:
             if result is Deferred:
@@ -403,6 +457,24 @@ class Executor(concurrent.futures.Executor):
                 self._defer(deferred)
         self._sent_done()
 
+    def _undecoded(self, batch: list[Any], exc: DecodeError,
+                   slot: int) -> tuple[Any, BaseException | None]:
+        """A batch's message or reply did not unpickle where it arrived, because of one
+        task's argument or result: fail only that task. Arguments: the batch was not run;
+        its tasks go again, each alone. Result: the batch ran; each task's outcome is
+        taken from the ledger (one that does not unpickle here gets *exc*)."""
+        if exc.kind == "message":
+            with self._lock:
+                self._alone.extend(batch)
+            return _ALONE, None
+        found = ledger.read_slot(self._ledger_map, self._ledger, slot)
+        outcomes = []
+        for index in range(len(batch)):
+            outcome = found.get(index)
+            outcomes.append(outcome if outcome is not None and outcome[0] is not None
+                            else (False, exc, ""))
+        return outcomes, None
+
     def _defer(self, tasks: list[Any]) -> None:
         """Tasks a worker did not run (its task limit): first in line to go again."""
         with self._lock:
@@ -411,13 +483,39 @@ class Executor(concurrent.futures.Executor):
     def _sent_done(self) -> None:
         with self._lock:
             self._in_flight -= 1
-            batch = self._take_locked() if self._queue or self._again else []
+            batch = self._take_locked() if self._queue or self._again or self._alone else []
         if batch:
             self._send(batch)
 
-    def _settle_all(self, batch: list[Any], exc: BaseException) -> None:
+    def _settle_all(self, batch: list[Any], exc: BaseException | None) -> None:
+        """Fail every task of *batch* with *exc* (None: the executor is broken)."""
         for task in batch:
-            self._settle_one(task[0], False, exc, "")
+            self._settle_one(task[0], False, exc or self._broken_error(), "")
+
+    def _break(self, failed: InitFailed) -> None:
+        """A worker's initializer raised: the executor is broken, as the standard
+        library's is. What is still queued fails now, and so will every later submit."""
+        with self._lock:
+            if self._broken is not None:
+                return
+            self._broken = rebuild(failed.exc, failed.tb)
+            unsent = list(self._alone) + list(self._again) + list(self._queue)
+            self._alone.clear()
+            self._again.clear()
+            self._queue.clear()
+        for future, _item in unsent:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled
+                self._settle_one(future, False, self._broken_error(), "")
+
+    def _broken_error(self) -> InitializerFailed:
+        cause = self._broken
+        assert cause is not None
+        err = InitializerFailed(
+            f"a worker's initializer raised {type(cause).__name__}: {cause}; this "
+            "actorq.Executor is broken (as ProcessPoolExecutor is, with "
+            "BrokenProcessPool): shut it down and make a new one")
+        err.__cause__ = cause
+        return err
 
     def _settle_one(self, future: concurrent.futures.Future[Any], ok: bool, value: Any,
                     tb: str) -> None:
@@ -512,6 +610,7 @@ class Executor(concurrent.futures.Executor):
             self._pool.stop()
         finally:
             ledger.remove(self._ledger)
+            self._ledger_map.close()
             try:
                 if self._own_system:
                     self._system.close()
@@ -521,6 +620,20 @@ class Executor(concurrent.futures.Executor):
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else f"workers={self._pool.size}"
         return f"<actorq.Executor {state}>"
+
+
+def _init_failed(exc: BaseException) -> InitFailed:
+    """The answer of a worker whose initializer raised *exc* (logged here, as the
+    standard library logs it); an exception that does not pickle travels as text."""
+    logging.getLogger("actorq").critical("actorq.Executor: exception in initializer:",
+                                         exc_info=exc)
+    tb = format_remote(exc)
+    try:
+        pickle.dumps(exc, protocol=5)
+    except BaseException as err:
+        exc = RuntimeError(f"{type(exc).__name__}: {exc} (the exception itself cannot be "
+                           f"sent back: {type(err).__name__}: {err})")
+    return InitFailed(exc, tb)
 
 
 class _Init:
@@ -594,7 +707,19 @@ def _result(future: concurrent.futures.Future[Any], end: float | None) -> Any:
 Executor.__module__ = "actorq"
 
 
+def _unsendable(exc: TypeError) -> BaseException:
+    """The error of a task whose function or arguments do not pickle: the pickling
+    error itself (the type ``ProcessPoolExecutor``'s future raises), with a note naming
+    the argument (*exc*'s message); *exc* itself if the pickling raised a
+    ``BaseException`` that is not an ``Exception`` (a ``sys.exit()`` in ``__reduce__``)."""
+    cause = exc.__cause__
+    if not isinstance(cause, Exception):
+        return exc
+    cause.add_note(f"actorq.Executor: {exc}")
+    return cause
+
+
 def _check_task(task: tuple[Any, Any]) -> None:
-    """``TypeError`` at ``submit`` for arguments that cannot be pickled (nothing queued)."""
+    """``TypeError`` (from the pickling error) for arguments that cannot be pickled."""
     _kind, _spec, args, kwargs = task[1]
     check_picklable("Executor.submit", args if _kind == "call" else tuple(args), kwargs)

@@ -12,21 +12,29 @@ If the worker is killed mid-batch, the pool retries the same message on another 
 which finds its batch number in the slot's header: it takes the outcomes recorded there
 and runs only the tasks missing. So a task that finished is never run again; the task
 that was running when the worker died runs again (at-least-once, as a single task's
-retry). An outcome too large for what is left of the slot is not recorded (its task
-would run again after a crash). The slot is free again once the batch's reply arrives.
+retry). The slot is free again once the batch's reply arrives.
 
-The file is named like actorq's segments (``aq_<pid>_<start>_<run>_``): the leak guard
-sees one left behind, and a new system sweeps the file of a dead executor.
+A large outcome (over ``SPILL_AT``, or more than what is left of the slot) is written to
+a file of its own beside the ledger, ``<ledger>_<slot>_<batch>_<index>``, and its record
+in the slot only says so (the header counts the batch's spilled files); a retry reads it
+from there. The executor removes a batch's spilled files when the batch's reply arrives
+(``take_spills``), and every file of the ledger when it closes (``remove``).
+
+The files are named like actorq's segments (``aq_<pid>_<start>_<run>_``, the executor's
+process): the leak guard sees one left behind, and a new system sweeps the files of a
+dead executor.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import mmap
 import os
 import pickle
 import struct
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from actorq._errors import format_remote
@@ -34,10 +42,12 @@ from actorq._ids import new_run_prefix
 from actorq._shared import SHM_DIR
 
 SLOT = 4 << 20  # bytes per slot: headers and the records of one batch
-_SLOT_HEAD = struct.Struct("<QQ")  # batch number, bytes of records used
+SPILL_AT = 1 << 20  # a pickled outcome larger than this goes to a file of its own
+_SLOT_HEAD = struct.Struct("<QQQ")  # batch number, bytes of records used, files spilled
 _USED = struct.Struct("<Q")
 _HEAD = struct.Struct("<II")  # task index, length of the pickled outcome
 _NONE = b""  # the record of a task that returned None
+_SPILLED = 0xFFFFFFFF  # the length of a record whose outcome is in its spill file
 
 # (ok, value or exception, remote traceback text); ok None: not run (the worker's task
 # limit), to be sent again
@@ -58,9 +68,26 @@ def create(slots: int) -> str:
 
 
 def remove(path: str) -> None:
-    """Remove the ledger file (the executor closes); fine if it is already gone."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    """Remove the ledger file and every spilled file of it (the executor closes); fine
+    if they are gone already."""
+    for name in [path, *glob.glob(glob.escape(path) + "_*")]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def spill_path(path: str, slot: int, batch: int, index: int) -> str:
+    """Where a large outcome of task *index* of *batch* in *slot* is kept."""
+    return f"{path}_{slot}_{batch}_{index}"
+
+
+def take_spills(ledger_map: mmap.mmap, path: str, slot: int) -> None:
+    """The batch in *slot* is answered: remove the files it spilled (if any; one read of
+    the slot's header otherwise)."""
+    batch, _used, spills = _SLOT_HEAD.unpack_from(ledger_map, slot * SLOT)
+    if spills:
+        for name in glob.glob(glob.escape(f"{path}_{slot}_{batch}_") + "*"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
 
 def open_map(path: str) -> mmap.mmap:
@@ -72,22 +99,33 @@ def open_map(path: str) -> mmap.mmap:
         os.close(fd)
 
 
+def read_slot(ledger_map: mmap.mmap, path: str, slot: int) -> dict[int, Outcome]:
+    """The outcomes recorded in *slot* for its batch (by task index): the executor's
+    copy, for a batch whose reply did not unpickle as a whole."""
+    batch, used, _spills = _SLOT_HEAD.unpack_from(ledger_map, slot * SLOT)
+    return _read(ledger_map, slot * SLOT + _SLOT_HEAD.size, used,
+                 lambda index: spill_path(path, slot, batch, index))
+
+
 class BatchRecord:
-    """One batch's slot, as its worker sees it."""
+    """One batch's slot, as its worker sees it (*path*: the ledger file, for spills)."""
 
-    __slots__ = ("base", "done", "map", "used")
+    __slots__ = ("base", "batch", "done", "map", "path", "slot", "spills", "used")
 
-    def __init__(self, ledger_map: mmap.mmap, slot: int, batch: int) -> None:
+    def __init__(self, ledger_map: mmap.mmap, slot: int, batch: int, path: str = "") -> None:
         self.map = ledger_map
         self.base = slot * SLOT
-        recorded, used = _SLOT_HEAD.unpack_from(ledger_map, self.base)
+        self.slot, self.batch, self.path = slot, batch, path
+        recorded, used, spills = _SLOT_HEAD.unpack_from(ledger_map, self.base)
         if recorded == batch:  # an earlier attempt died mid-batch: what it finished
-            self.done = _read(ledger_map, self.base + _SLOT_HEAD.size, used)
+            self.done = _read(ledger_map, self.base + _SLOT_HEAD.size, used,
+                              lambda index: spill_path(path, slot, batch, index))
             self.used = used
+            self.spills = spills
         else:
             self.done = {}
-            self.used = 0
-            _SLOT_HEAD.pack_into(ledger_map, self.base, batch, 0)
+            self.used = self.spills = 0
+            _SLOT_HEAD.pack_into(ledger_map, self.base, batch, 0, 0)
 
     def record(self, index: int, outcome: Outcome) -> Outcome:
         """Append *outcome* of task *index*; return what the reply should carry.
@@ -112,22 +150,55 @@ class BatchRecord:
             body = pickle.dumps(outcome, protocol=5)
         used = self.used
         end = used + _HEAD.size + len(body)
-        if _SLOT_HEAD.size + end > SLOT:
-            return outcome  # too large to keep here: runs again after a crash
         at = self.base + _SLOT_HEAD.size + used
-        _HEAD.pack_into(self.map, at, index, len(body))
-        self.map[at + _HEAD.size:at + _HEAD.size + len(body)] = body
+        if len(body) > SPILL_AT or _SLOT_HEAD.size + end > SLOT:
+            if not self.path or _SLOT_HEAD.size + used + _HEAD.size > SLOT:
+                return outcome  # nowhere to keep it: runs again after a crash
+            self._spill(index, body)
+            _HEAD.pack_into(self.map, at, index, _SPILLED)
+            end = used + _HEAD.size
+        else:
+            _HEAD.pack_into(self.map, at, index, len(body))
+            self.map[at + _HEAD.size:at + _HEAD.size + len(body)] = body
         _USED.pack_into(self.map, self.base + 8, end)  # the record is whole: publish it
         self.used = end
         return outcome
 
+    def _spill(self, index: int, body: bytes) -> None:
+        """Write a large outcome to its own file; counted in the slot's header first, so
+        that the executor looks for it even if this process dies while writing."""
+        self.spills += 1
+        _USED.pack_into(self.map, self.base + 16, self.spills)
+        name = spill_path(self.path, self.slot, self.batch, index)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with memoryview(body) as view:
+                written = 0
+                while written < len(view):
+                    written += os.write(fd, view[written:])
+        finally:
+            os.close(fd)
 
-def _read(ledger_map: mmap.mmap, start: int, used: int) -> dict[int, Outcome]:
+
+def _read(ledger_map: mmap.mmap, start: int, used: int,
+          spilled: Callable[[int], str]) -> dict[int, Outcome]:
+    """The outcomes recorded; one that cannot be read back (its file gone, or its
+    unpickling raises here) is left out: its task runs again."""
     found: dict[int, Outcome] = {}
     at, end = start, start + used
     while at < end:
         index, length = _HEAD.unpack_from(ledger_map, at)
         at += _HEAD.size
-        found[index] = pickle.loads(ledger_map[at:at + length]) if length else _DONE_NONE
-        at += length
+        body = at
+        at += 0 if length == _SPILLED else length
+        try:
+            if length == _SPILLED:
+                with open(spilled(index), "rb") as f:
+                    found[index] = pickle.loads(f.read())
+            else:
+                found[index] = (pickle.loads(ledger_map[body:at]) if length
+                                else _DONE_NONE)
+        except BaseException as exc:  # sys.exit() in a __reduce__ too
+            if isinstance(exc, KeyboardInterrupt):
+                raise
     return found

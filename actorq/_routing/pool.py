@@ -252,8 +252,9 @@ class _Call:
         except Exception as exc:
             self._attempt_failed(member, exc)
 
-    def retry(self) -> None:
-        """A later attempt (scheduler thread): another member when there is one."""
+    def retry(self, last: BaseException | None = None) -> None:
+        """A later attempt (scheduler thread): another member when there is one. *last*:
+        the previous attempt's error (the cause of a ``CircuitOpen``)."""
         if self.outer.done():
             return
         self.attempt += 1
@@ -264,7 +265,7 @@ class _Call:
         member = pool._pick(self.key, self.member)
         if member is None:
             pool._stats_inc("circuit_open_rejections")
-            self._fail(pool._circuit_open_error(self.method))
+            self._fail(pool._circuit_open_error(self.method, last))
             return
         try:
             self._send(member)
@@ -331,7 +332,8 @@ class _Call:
                 pool._stats_inc("failed")
             return
         pool._stats_inc("retries")
-        SCHEDULER.call_later(delay, self.retry, pool._timers, run_if_cancelled=True)
+        SCHEDULER.call_later(delay, lambda: self.retry(exc), pool._timers,
+                             run_if_cancelled=True)
 
     def _succeed(self, value: Any) -> bool:
         done = self.outer.set_result(value)
@@ -765,17 +767,24 @@ class Pool(Generic[A]):
         with self._lock:
             self._stats[name] += 1
 
-    def _circuit_open_error(self, method: str) -> CircuitOpen:
+    def _circuit_open_error(self, method: str, last: BaseException | None = None
+                            ) -> CircuitOpen:
         with self._lock:
             breakers = [m.breaker for m in self._candidates if m.breaker is not None]
         if not breakers:
             msg = f"pool {self.name!r}.{method}: no member can take the call"
-            return CircuitOpen(msg)
+            if last is not None:  # a retry found none: say why the last attempt failed
+                msg += f" (its last attempt: {type(last).__name__}: {last})"
+            err = CircuitOpen(msg)
+            err.__cause__ = last
+            return err
         due = min(b.next_probe_at() for b in breakers)
         wait = max(0.0, due - breakers[0].clock())
         msg = (f"pool {self.name!r}.{method}: the circuit of every member "
                f"({len(breakers)}) is open; the next probe is due in {wait:.2f}s")
-        return CircuitOpen(msg)
+        err = CircuitOpen(msg)
+        err.__cause__ = last
+        return err
 
     # -- idempotency ---------------------------------------------------------------------------
 

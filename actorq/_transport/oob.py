@@ -292,8 +292,8 @@ def decode_batch(payload: memoryview, after_commit: list[Any], *, track: bool = 
     """
     try:
         obj = load_payload(payload)
-    except Exception:
-        if not salvage or payload[0] != PICKLE_PROTO:
+    except BaseException as exc:  # sys.exit() in a __reduce__ too: salvaged
+        if not salvage or payload[0] != PICKLE_PROTO or isinstance(exc, KeyboardInterrupt):
             raise
         obj = salvage_loads(payload)
     return decode_loaded(obj, after_commit, track=track, salvage=salvage)
@@ -341,8 +341,8 @@ def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True,
         del view
     try:
         return pickle.loads(body, buffers=buffers)  # type: ignore[no-any-return]
-    except Exception:
-        if not salvage:
+    except BaseException as exc:  # sys.exit() in a __reduce__ too: salvaged
+        if not salvage or isinstance(exc, KeyboardInterrupt):
             raise
         return salvage_loads(body, buffers)  # type: ignore[no-any-return]
 

@@ -6,6 +6,7 @@ real SIGKILL of the worker process in the middle of a batch.
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import time
@@ -42,6 +43,16 @@ def run_once(i, runs, kill_marker, kill_at):
     return i * 10
 
 
+def run_once_big(i, runs, kill_marker, kill_at):
+    """``run_once``; tasks 0..2 return outcomes that would not fit together in a slot."""
+    run_once(i, runs, kill_marker, kill_at)
+    return big_outcome(i)
+
+
+def big_outcome(i):
+    return bytes([i]) * (ledger.SLOT // 2 + 1) if i < 3 else i
+
+
 def run_counts(path):
     with open(path) as f:
         lines = [line.split() for line in f]
@@ -74,6 +85,26 @@ def test_a_worker_killed_mid_batch_does_not_rerun_the_tasks_it_finished(tmp_path
     assert not os.path.exists(path)  # the ledger goes with the executor
 
 
+def test_large_outcomes_of_a_killed_batch_are_not_rerun_and_their_files_go(tmp_path):
+    """The finished tasks' outcomes are over ``SPILL_AT``: kept in files beside the
+    ledger, read by the retry, removed once the batch is answered."""
+    gate, runs, marker = (str(tmp_path / n) for n in ("gate", "runs", "killed"))
+    with actorq.Executor(2) as ex:
+        ex.submit(int).result(timeout=60)
+        blockers = [ex.submit(wait_for_file, gate) for _ in range(4)]
+        futures = [ex.submit(run_once_big, i, runs, marker, 3) for i in range(20)]
+        open(gate, "w").close()
+        for i, f in enumerate(futures):
+            assert f.result(timeout=120) == big_outcome(i)
+        for b in blockers:
+            b.result(timeout=60)
+        assert os.path.exists(marker)
+        counts, _pids = run_counts(runs)
+        assert counts == dict.fromkeys(range(20), 1)  # tasks 0..2 (spilled) not rerun
+        assert ex.pool.statistics().retries >= 1
+        assert glob.glob(glob.escape(ex._ledger) + "_*") == []  # taken with the replies
+
+
 def test_a_slot_is_free_again_once_its_batch_is_answered(tmp_path):
     with actorq.Executor(1) as ex:
         slots = len(ex._free_slots)
@@ -81,6 +112,86 @@ def test_a_slot_is_free_again_once_its_batch_is_answered(tmp_path):
             out = list(ex.map(abs, range(-300, 300)))
             assert out == [abs(i) for i in range(-300, 300)]
         assert len(ex._free_slots) == slots
+
+
+def refuse_here(pid):
+    if os.getpid() != pid:
+        raise ValueError(f"refuses to unpickle outside process {pid}")
+    return OnlyIn(pid)
+
+
+class OnlyIn:
+    """Pickles anywhere; unpickles only in the process *pid*."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def __reduce__(self):
+        return refuse_here, (self.pid,)
+
+
+def run_counted(i, runs, value=None):
+    run_once(i, runs, "", -1)
+    return value if value is not None else i
+
+
+def only_in_this_worker(i, runs):
+    run_once(i, runs, "", -1)
+    return OnlyIn(os.getpid())  # the executor's process cannot rebuild it
+
+
+def queue_behind_blockers(ex, gate, submit):
+    """Four blockers take the four message slots of a 2-worker executor, so what
+    *submit* submits queues and goes out in batches once the gate opens."""
+    blockers = [ex.submit(wait_for_file, gate) for _ in range(4)]
+    futures = submit()
+    open(gate, "w").close()
+    return blockers, futures
+
+
+def test_an_argument_that_fails_to_unpickle_in_a_batch_fails_only_its_task(tmp_path):
+    """The batch's message did not unpickle in the worker (nothing of it ran): its
+    tasks go again one per message; only the bad one fails, each of the others runs
+    once."""
+    gate, runs = str(tmp_path / "gate"), str(tmp_path / "runs")
+    with actorq.Executor(2) as ex:
+        ex.submit(int).result(timeout=60)
+        blockers, futures = queue_behind_blockers(ex, gate, lambda: [
+            ex.submit(run_counted, i, runs, OnlyIn(os.getpid()) if i == 5 else None)
+            for i in range(40)])
+        for i, f in enumerate(futures):
+            if i == 5:
+                with pytest.raises(actorq.DecodeError, match=r"argument 0 of FunctionWorker"
+                                   r".*could not be unpickled.*refuses to unpickle"):
+                    f.result(timeout=60)
+            else:
+                assert f.result(timeout=60) == i
+        for b in blockers:
+            b.result(timeout=60)
+        counts, _pids = run_counts(runs)
+        assert counts == {i: 1 for i in range(40) if i != 5}
+
+
+def test_a_result_that_fails_to_unpickle_in_a_batch_fails_only_its_task(tmp_path):
+    """The batch ran, its reply did not unpickle here: the others' outcomes are taken
+    from the ledger (not run again); only the bad one fails."""
+    gate, runs = str(tmp_path / "gate"), str(tmp_path / "runs")
+    with actorq.Executor(2) as ex:
+        ex.submit(int).result(timeout=60)
+        blockers, futures = queue_behind_blockers(ex, gate, lambda: [
+            ex.submit(only_in_this_worker, i, runs) if i == 7 else
+            ex.submit(run_counted, i, runs) for i in range(40)])
+        for i, f in enumerate(futures):
+            if i == 7:
+                with pytest.raises(actorq.DecodeError, match=r"return value.*could not be "
+                                   r"unpickled.*refuses to unpickle"):
+                    f.result(timeout=60)
+            else:
+                assert f.result(timeout=60) == i
+        for b in blockers:
+            b.result(timeout=60)
+        counts, _pids = run_counts(runs)
+        assert counts == dict.fromkeys(range(40), 1)  # nothing ran twice
 
 
 class NoPickle:
@@ -152,6 +263,31 @@ def test_an_outcome_too_large_for_its_slot_is_returned_but_not_kept():
         m.close()
     finally:
         ledger.remove(path)
+
+
+def test_a_large_outcome_is_spilled_to_a_file_read_by_the_retry_and_removed():
+    path = ledger.create(2)
+    try:
+        m = ledger.open_map(path)
+        rec = ledger.BatchRecord(m, 1, batch=4, path=path)
+        big = (True, b"y" * (ledger.SPILL_AT + 1), "")
+        assert rec.record(0, big) == big
+        rec.record(1, (True, "small", ""))
+        spilled = ledger.spill_path(path, 1, 4, 0)
+        assert os.path.getsize(spilled) > ledger.SPILL_AT
+        assert ledger.BatchRecord(m, 1, batch=4, path=path).done == {
+            0: big, 1: (True, "small", "")}  # what a retry finds
+        os.unlink(spilled)  # a file that went missing: its task just runs again
+        assert ledger.BatchRecord(m, 1, batch=4, path=path).done == {1: (True, "small", "")}
+        again = ledger.BatchRecord(m, 1, batch=4, path=path)
+        again.record(0, big)  # the retry spills it anew
+        ledger.take_spills(m, path, 1)  # the batch is answered: its files go
+        assert not os.path.exists(spilled)
+        ledger.BatchRecord(m, 0, batch=5, path=path).record(2, big)
+        m.close()
+    finally:
+        ledger.remove(path)  # the ledger and every file left beside it
+    assert glob.glob(glob.escape(path) + "*") == []
 
 
 def test_ledger_files_are_named_as_actorq_segments():

@@ -161,6 +161,8 @@ def test_remote_exceptions_keep_their_type_and_traceback(ex):
     with pytest.raises(ValueError, match="boom") as info:
         ex.submit(fail, "boom").result(timeout=30)
     assert "in fail" in str(info.value.__cause__)
+    assert info.value.args == ("boom",)
+    assert "in fail" in info.value.__cause__.tb  # the stdlib's _RemoteTraceback name
 
 
 def test_lambdas_and_closures_run(ex):

@@ -4,15 +4,18 @@ for every future), actorq fails only the task concerned and keeps working."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pickle
 import signal
 import sys
+import threading
 import time
 
 import pytest
 
 import actorq
+from actorq.testing import wait_until
 
 
 def append(path, text):
@@ -75,6 +78,15 @@ class Unpicklable(Exception):
         raise TypeError("this exception does not pickle")
 
 
+def exit_at_unpickle():
+    sys.exit("unpickling exits")
+
+
+class ExitAtUnpickle:
+    def __reduce__(self):
+        return exit_at_unpickle, ()
+
+
 def make(cls):
     return cls()
 
@@ -83,7 +95,8 @@ def raise_unpicklable():
     raise Unpicklable("bad")
 
 
-def failing_init():
+def failing_init_counted(path):
+    append(path, "init\n")
     raise ValueError("the initializer failed")
 
 
@@ -197,24 +210,85 @@ def test_a_result_that_fails_to_unpickle_here_fails_that_task(ex):
     assert ex.submit(abs, -2).result(timeout=60) == 2
 
 
-def test_arguments_that_cannot_be_pickled_are_refused_at_submit(ex):
-    with pytest.raises(TypeError, match="Error in pickle"):
-        ex.submit(id, ErrorAtPickle())
-    assert ex.submit(abs, -1).result(timeout=60) == 1  # nothing was queued
+def test_arguments_whose_unpickling_exits_fail_that_task_and_the_worker_serves_on():
+    with actorq.Executor(1) as ex:
+        pid = ex.submit(os.getpid).result(timeout=60)
+        with pytest.raises(TypeError, match=r"argument.*could not be unpickled.*"
+                           r"SystemExit: unpickling exits"):
+            ex.submit(id, ExitAtUnpickle()).result(timeout=60)
+        assert ex.submit(os.getpid).result(timeout=60) == pid  # the same process
+        assert ex.pool.statistics().retries == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known regression from merging pool member replacement (#10): the pool "
-    "replaces members that fail to start, so futures get CircuitOpen 'no member can take "
-    "the call' instead of the initializer's error; to fix next",
-)
-def test_a_failing_initializer_fails_the_futures_with_its_error():
-    ex = actorq.Executor(2, initializer=failing_init)
+def test_a_result_whose_unpickling_exits_here_fails_that_task(ex):
+    with pytest.raises(TypeError, match=r"return value.*could not be unpickled.*"
+                       r"SystemExit: unpickling exits"):
+        ex.submit(make, ExitAtUnpickle).result(timeout=60)
+    assert ex.submit(abs, -2).result(timeout=60) == 2  # the system's loop goes on
+
+
+def test_arguments_that_cannot_be_pickled_fail_the_future_as_in_the_stdlib(ex):
+    """CPython's test_deadlock.py test_error_at_task_pickle: ``submit`` returns, the
+    future raises the pickling error (its own type); here it also names the argument,
+    nothing is sent and the executor goes on."""
+    calls = ex.pool.statistics().calls
+    future = ex.submit(id, 1, ErrorAtPickle())
+    with pytest.raises(pickle.PicklingError, match="Error in pickle") as info:
+        future.result(timeout=60)
+    note = " ".join(getattr(info.value, "__notes__", []))
+    assert "argument 1" in note
+    assert "ErrorAtPickle" in note
+    assert ex.pool.statistics().calls == calls  # nothing was sent
+    with pytest.raises(pickle.PicklingError):
+        list(ex.map(id, [1, ErrorAtPickle(), 3]))  # the others run
+    with pytest.raises(pickle.PicklingError):
+        list(ex.map(id, [1, ErrorAtPickle(), 3], chunksize=2))
+    assert ex.submit(abs, -1).result(timeout=60) == 1
+
+
+def test_arguments_whose_pickling_exits_fail_the_future_naming_them(ex):
+    future = ex.submit(id, x=ExitAtPickle())
+    with pytest.raises(TypeError, match=r"keyword argument 'x'.*ExitAtPickle") as info:
+        future.result(timeout=60)
+    assert type(info.value.__cause__) is SystemExit
+    assert ex.submit(abs, -1).result(timeout=60) == 1
+
+
+def test_a_function_that_cannot_be_pickled_fails_the_future(ex):
+    lock = threading.Lock()
+    future = ex.submit(lambda: lock)  # cloudpickle cannot take the lock it closes over
+    with pytest.raises(TypeError, match="lock") as info:
+        future.result(timeout=60)
+    assert "cannot send" in " ".join(info.value.__notes__)
+    with pytest.raises(TypeError, match="is not callable"):
+        ex.submit(5)  # not a function at all: at once
+    assert ex.submit(abs, -1).result(timeout=60) == 1
+
+
+def test_a_failing_initializer_breaks_the_executor_with_its_error(tmp_path):
+    """As ``ProcessPoolExecutor`` (BrokenProcessPool), after CPython's test_init.py: every
+    future fails, then every submit; here with ``InitializerFailed`` (a
+    ``BrokenExecutor``), naming and chaining the initializer's error, not a crash loop."""
+    runs = str(tmp_path / "runs")
+    ex = actorq.Executor(2, initializer=failing_init_counted, initargs=(runs,))
     try:
         futures = [ex.submit(pow, 2, i) for i in range(5)]
         for f in futures:
-            with pytest.raises(actorq.ActorqError, match="the initializer failed"):
+            with pytest.raises(actorq.InitializerFailed,
+                               match="initializer raised ValueError: the initializer "
+                               "failed") as info:
                 f.result(timeout=60)
+            assert isinstance(info.value, concurrent.futures.BrokenExecutor)
+            assert isinstance(info.value, actorq.ActorqError)
+            cause = info.value.__cause__
+            assert type(cause) is ValueError
+            assert str(cause) == "the initializer failed"
+            assert "failing_init_counted" in cause.__cause__.tb_text  # the worker's
+        with pytest.raises(actorq.InitializerFailed):
+            ex.submit(pow, 2, 3)  # broken: refused at once, as the standard library's
+        with pytest.raises(actorq.InitializerFailed):
+            ex.map(abs, [1, 2])
+        wait_until(lambda: count_lines(runs) >= 2, timeout=60)
     finally:
-        ex.shutdown(wait=True)  # returns, and stops what did start
+        ex.shutdown(wait=True)  # returns, and stops the workers
+    assert count_lines(runs) == 2  # one start per worker: no restarts, no retries

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 import actorq
 from actorq.testing import wait_until
 
@@ -109,3 +111,22 @@ def test_an_actors_pool_restarts_its_members_by_the_pools_policy_and_replaces_lo
     assert kept == second
     assert new not in (first, second)
     assert len(boss.pids(8).result(timeout=30)) == 2  # both members take calls again
+
+
+class NoSetup(actorq.Actor):
+    def __init__(self) -> None:
+        raise ValueError("no setup here")
+
+    def work(self) -> int:
+        return 1
+
+
+def test_when_no_member_can_start_the_circuit_open_error_names_why(system):
+    """Members whose constructor raises are replaced, not retried forever; a call ends
+    in ``CircuitOpen`` that names its last attempt's error and chains it."""
+    pool = system.pool(NoSetup, size=2, retry=actorq.Retry(max_attempts=3))
+    with pytest.raises(actorq.CircuitOpen, match=r"no member can take the call \(its last "
+                       r"attempt: .*failed to start: ValueError: no setup here\)") as info:
+        pool.work().result(timeout=60)
+    assert isinstance(info.value.__cause__, actorq.ActorqError)
+    assert "no setup here" in str(info.value.__cause__)
