@@ -758,7 +758,7 @@ class Hub:
             chan.commit_now(rec, unlink)
             return len(msgs)
         if len(msgs) == 1 and not chan.open_records and self.serve_alone(chan, rec, unlink,
-                                                                          msgs[0]):
+                                                                          msgs):
             return 1
         entry = chan.open(rec, unlink)
         entry.t_read = now
@@ -813,8 +813,9 @@ class Hub:
         """Keep a dead letter for a message that failed here (see ``sort_out``)."""
 
     def serve_alone(self, chan: InChannel, rec: Any, unlink: list[Any],
-                    msg: tuple[Any, ...]) -> bool:
-        """Handle a lone message at once, if it may be; True if it was (and is committed).
+                    msgs: Any) -> bool:
+        """Handle the lone message of *msgs* at once, if it may be; True if it was (and
+        is committed; a list *msgs* may then have been emptied).
 
         Only actors handle calls (``ActorHub``); here nothing ever is.
         """
