@@ -147,6 +147,58 @@ class BlockPool:
             self._blocks.clear()
 
 
+class Orphans:
+    """The pooled blocks of a run's processes that are gone, freed once nothing needs them.
+
+    A process's blocks live as long as it does (its pool reuses them); when it is gone
+    (crashed, killed, stopped), ``process_gone`` unlinks every block of it whose record
+    was committed: a receiver that still views one keeps its mapping (an unlinked
+    segment lives on while mapped; its memory is freed with the last mapping). A block
+    whose record is not committed yet (still queued in a live receiver's ring, or to be
+    delivered again) is needed by name: it stays pending, and ``sweep`` unlinks it once
+    its receiver committed the record. Runs on the system's loop thread.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.pending: set[str] = set()
+
+    def process_gone(self, pid: int) -> bool:
+        """Free the blocks of the run's process *pid*; True if some must wait (``sweep``)."""
+        mark = f"{self.prefix}b{pid}_"
+        try:
+            names = [n for n in os.listdir(SHM_DIR) if n.startswith(mark)]
+        except FileNotFoundError:
+            names = []
+        self.pending.update(names)
+        return self.sweep()
+
+    def sweep(self) -> bool:
+        """Unlink the pending blocks whose record is committed; True if some remain."""
+        for name in list(self.pending):
+            if _committed_or_gone(name):
+                self.pending.discard(name)
+                with _mapped_lock:  # this process no longer keeps it mapped either
+                    _forget_names([name])
+                try:
+                    os.unlink(os.path.join(SHM_DIR, name))
+                except FileNotFoundError:
+                    pass
+        return bool(self.pending)
+
+
+def _committed_or_gone(name: str) -> bool:
+    """Is the block *name* gone, or its ``uncommitted`` flag 0 (no record needs it)?"""
+    try:
+        with open(os.path.join(SHM_DIR, name), "rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        return True
+    if len(head) < 16:  # created, not sized yet: its process died in Segment.create
+        return True
+    return int.from_bytes(head[8:16], "little") == 0
+
+
 def _to_fresh_segment(raw: memoryview, namer: Namer) -> tuple[str, int]:
     size = raw.nbytes
     seg = Segment.create(namer("o"), max(size, 1))
@@ -244,12 +296,20 @@ def _forget_mapped(keep: str) -> None:
     mapping), then it is unmapped."""
     global _mapped_bytes
     oldest = list(itertools.islice(_mapped, FORGET_CHECKS))  # a few per new block: bounded
-    for name in [n for n in oldest if n != keep
-                 and not os.path.exists(os.path.join(SHM_DIR, n))]:
-        _mapped_bytes -= len(_mapped.pop(name).mm)
+    _forget_names([n for n in oldest if n != keep
+                   and not os.path.exists(os.path.join(SHM_DIR, n))])
     while _mapped_bytes > MAP_BYTES and len(_mapped) > 1:
         _name, block = _mapped.popitem(last=False)
         _mapped_bytes -= len(block.mm)
+
+
+def _forget_names(names: list[str]) -> None:
+    """Stop keeping the blocks *names* mapped (with ``_mapped_lock`` held)."""
+    global _mapped_bytes
+    for name in names:
+        block = _mapped.pop(name, None)
+        if block is not None:
+            _mapped_bytes -= len(block.mm)
 
 
 def mapped_blocks(prefix: str = "") -> int:
