@@ -22,6 +22,7 @@ from actorq._errors import (
     CircuitOpen,
     DeadlockError,
     GraphError,
+    MessageTooLarge,
     RemoteTraceback,
     StartTimeout,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "GraphError",
     "GraphResult",
     "GraphStats",
+    "MessageTooLarge",
     "Node",
     "RemoteTraceback",
     "Reply",

@@ -44,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from actorq._errors import MessageTooLarge
 from actorq._serialization import salvage_loads
 from actorq._transport.shm import SHM_DIR, Segment
 
@@ -119,6 +120,14 @@ class BlockPool:
             block.flags[1] = 1
         block.seg.buf[BLOCK_HEADER : BLOCK_HEADER + size] = raw.cast("B")
         return block.seg.name, size, True
+
+    def release(self, name: str) -> None:
+        """Free the block *name* again: what was copied into it is not sent after all."""
+        with self._lock:
+            for block in self._blocks:
+                if block.seg.name == name:
+                    block.flags[1] = 0
+                    block.flags[0] = 0
 
     def _take(self, size: int) -> _Block | None:
         best = None
@@ -221,14 +230,56 @@ def encode_batch(msgs: list[Any], *, oob_threshold: int, max_inline: int, namer:
         return True
 
     body = pickle.dumps(msgs, protocol=5, buffer_callback=take_large)
-    if bufs:
-        _traffic[0] += sum(b.raw().nbytes for b in bufs)
-        specs = [pool.put(b.raw()) if pool is not None
-                 else (*_to_fresh_segment(b.raw(), namer), False) for b in bufs]
-        body = pickle.dumps((_OOB_TAG, specs, body), 5)
-    if len(body) > max_inline:
-        body = pickle.dumps((_SPILL_TAG, _to_fresh_segment(memoryview(body), namer)), 5)
+    specs: list[tuple[str, int, bool]] = []
+    try:
+        if bufs:
+            for buf in bufs:
+                raw = buf.raw()
+                specs.append(pool.put(raw) if pool is not None
+                             else (*_to_fresh_segment(raw, namer), False))
+            _traffic[0] += sum(size for _name, size, _pooled in specs)
+            body = pickle.dumps((_OOB_TAG, specs, body), 5)
+        if len(body) > max_inline:
+            body = pickle.dumps((_SPILL_TAG, _to_fresh_segment(memoryview(body), namer)), 5)
+    except OSError as exc:  # no room in /dev/shm (or over a file size limit)
+        release_specs(specs, pool)
+        sizes = [b.raw().nbytes for b in bufs]
+        what = (f"{len(sizes)} large buffer(s) of {sum(sizes)} bytes (the largest "
+                f"{max(sizes)})" if len(specs) < len(bufs) else f"{len(body)} bytes")
+        msg = (f"{len(msgs)} message(s) holding {what} could not be put in shared memory "
+               f"({SHM_DIR}): {exc.strerror or exc}; not sent")
+        raise MessageTooLarge(msg) from exc
     return body
+
+
+def release_specs(specs: list[tuple[str, int, bool]], pool: BlockPool | None) -> None:
+    """Take back the blocks and segments of a record that is not sent after all."""
+    for name, _size, pooled in specs:
+        if pooled and pool is not None:
+            pool.release(name)
+        else:
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+            except FileNotFoundError:
+                pass
+
+
+def release_payload(payload: bytes, pool: BlockPool | None) -> None:
+    """Take back what ``encode_batch`` placed in shared memory for *payload*, a record
+    that is not sent after all (its spill, its blocks and segments)."""
+    if not payload or payload[0] != PICKLE_PROTO:
+        return  # marshalled: nothing out of band
+    obj = pickle.loads(payload)
+    if isinstance(obj, list):
+        return
+    if obj[0] == _SPILL_TAG:
+        name, size = obj[1]
+        with open(os.path.join(SHM_DIR, name), "rb") as f:
+            inner = f.read(size)
+        os.unlink(os.path.join(SHM_DIR, name))
+        release_payload(inner, pool)
+    elif obj[0] == _OOB_TAG:
+        release_specs(obj[1], pool)
 
 
 # -- receiving ------------------------------------------------------------------------------
