@@ -33,6 +33,7 @@ does the spill path, for a record over half the ring.
 from __future__ import annotations
 
 import ctypes
+import errno
 import itertools
 import marshal
 import mmap
@@ -52,6 +53,8 @@ BLOCK_HEADER = 4096
 MIN_BLOCK = 64 * 1024
 POOL_BYTES = int(os.environ.get("ACTORQ_OOB_POOL_BYTES", 512 * 1024 * 1024))
 
+# No room in /dev/shm, over a file size limit (RLIMIT_FSIZE), no memory to map it.
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.ENOMEM)
 PICKLE_PROTO = pickle.PROTO[0]  # 0x80: the first byte of every pickle we write
 _OOB_TAG = "\x00aq-oob"
 _SPILL_TAG = "\x00aq-spill"
@@ -241,8 +244,10 @@ def encode_batch(msgs: list[Any], *, oob_threshold: int, max_inline: int, namer:
             body = pickle.dumps((_OOB_TAG, specs, body), 5)
         if len(body) > max_inline:
             body = pickle.dumps((_SPILL_TAG, _to_fresh_segment(memoryview(body), namer)), 5)
-    except OSError as exc:  # no room in /dev/shm (or over a file size limit)
+    except OSError as exc:
         release_specs(specs, pool)
+        if exc.errno not in _NO_ROOM:
+            raise
         sizes = [b.raw().nbytes for b in bufs]
         what = (f"{len(sizes)} large buffer(s) of {sum(sizes)} bytes (the largest "
                 f"{max(sizes)})" if len(specs) < len(bufs) else f"{len(body)} bytes")
