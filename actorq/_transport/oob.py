@@ -107,6 +107,10 @@ class BlockPool:
 
     def __init__(self, namer: Namer, max_bytes: int = POOL_BYTES) -> None:
         self._namer = namer
+        # Blocks are named ``<run prefix>b<pid>_<k>``, k = 0, 1, 2... in this process,
+        # so that the system finds a dead process's blocks by name (``Orphans``).
+        self._prefix: str | None = getattr(namer, "prefix", None)
+        self._next = 0
         self._blocks: list[_Block] = []
         self._bytes = 0
         self._max = max_bytes
@@ -145,10 +149,21 @@ class BlockPool:
             if best is None and sum(block.reclaim() for block in self._blocks):
                 return self._take(size)  # blocks of dead receivers are free now
             return best  # an oversized free block beats a fresh segment
-        block = _Block(Segment.create(self._namer("b"), BLOCK_HEADER + capacity))
+        block = _Block(self._create(BLOCK_HEADER + capacity))
         self._blocks.append(block)
         self._bytes += capacity
         return block
+
+    def _create(self, size: int) -> Segment:
+        if self._prefix is None:
+            return Segment.create(self._namer("b"), size)
+        while True:
+            name = f"{self._prefix}b{os.getpid()}_{self._next}"
+            self._next += 1
+            try:
+                return Segment.create(name, size)
+            except FileExistsError:  # a process gone with this pid left it: next one
+                continue
 
     def close(self) -> None:
         """Unmap every block (they are unlinked with the run's prefix)."""
@@ -176,14 +191,16 @@ class Orphans:
         self.pending: set[str] = set()
 
     def process_gone(self, pid: int) -> bool:
-        """Free the blocks of the run's process *pid*; True if some must wait (``sweep``)."""
-        mark = f"{self.prefix}b{pid}_"
-        try:
-            names = [n for n in os.listdir(SHM_DIR) if n.startswith(mark)]
-        except FileNotFoundError:
-            names = []
-        self.pending.update(names)
-        return self.sweep()
+        """Free the blocks of the run's process *pid*; True if some must wait (``sweep``).
+
+        Its blocks are numbered from 0 without a gap (``BlockPool``), so they are found
+        by name, not by listing /dev/shm (which holds thousands of names with a thousand
+        actors)."""
+        k = 0
+        while os.path.exists(os.path.join(SHM_DIR, name := f"{self.prefix}b{pid}_{k}")):
+            self.pending.add(name)
+            k += 1
+        return self.sweep() if self.pending else False
 
     def sweep(self) -> bool:
         """Unlink the pending blocks whose record is committed; True if some remain."""
