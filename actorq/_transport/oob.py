@@ -28,6 +28,11 @@ and the process named in ``viewed`` is gone (a receiver killed while it held the
 its finalizer never ran). A pool that is full (every block still viewed, or the byte
 bound reached) falls back to a fresh segment, which the receiver unlinks at commit; so
 does the spill path, for a record over half the ring.
+
+A process's blocks are named ``<run prefix>b<pid>_<k>``, k = 0, 1, 2...; when the process
+is gone, the system unlinks each one whose record was committed, and the rest once it
+is (``Orphans``). A record that cannot be placed in shared memory (no room in /dev/shm)
+gives back what it took and raises ``MessageTooLarge``.
 """
 
 from __future__ import annotations
