@@ -24,6 +24,7 @@ from actorq._errors import (
     DecodeError,
     GraphError,
     InitializerFailed,
+    MessageTooLarge,
     RemoteTraceback,
     StartTimeout,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "GraphResult",
     "GraphStats",
     "InitializerFailed",
+    "MessageTooLarge",
     "Node",
     "RemoteTraceback",
     "Reply",

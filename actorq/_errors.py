@@ -20,6 +20,12 @@ class Backpressure(ActorqError):
     """The target's mailbox has no credit left (``tell_nowait``, or a send timeout)."""
 
 
+class MessageTooLarge(ActorqError, ValueError):
+    """A message's large buffers (or its spilled record) did not fit in shared memory
+    (``/dev/shm`` full, or over a file size limit): that message was not sent (a call's
+    reply raises this, a tell is dropped and logged); the rest of its burst was."""
+
+
 class ActorCrashed(ActorqError):
     """The actor's process died while handling this call, or before replying.
 
@@ -159,6 +165,7 @@ def rebuild(exc: BaseException, tb_text: str) -> BaseException:
 PUBLIC = (
     ActorqError,
     Backpressure,
+    MessageTooLarge,
     ActorCrashed,
     ActorStopped,
     CallTimeout,

@@ -295,7 +295,7 @@ class ActorHub(Hub):
     # -- handling -----------------------------------------------------------------------
 
     def serve_alone(self, chan: InChannel, rec: Any, unlink: list[Any],
-                    msg: tuple[Any, ...]) -> bool:
+                    msgs: Any) -> bool:
         """The latency path: a record of one call, read while idle, is handled right here.
 
         What ``pump`` would do for it, without queueing it or tracking the record: the
@@ -304,7 +304,13 @@ class ActorHub(Hub):
         handler running, a stop asked, a message a predecessor already handled, adaptive
         windows or hang detection on) leaves it to the general path. A handler that turns
         out to be async, or raises, gets its record tracked then, as in ``pump``.
+
+        The call's arguments are let go of before its reply goes out (a list *msgs* is
+        emptied): an array that viewed an out-of-band block frees the block then, so
+        that the caller's next array reuses the same block (warm in the cache), not
+        another one.
         """
+        msg = msgs[0]
         if (msg[0] != OP_CALL or self.queue or self.busy or self.host.stopping
                 or self.aimd is not None or self.stamp_start):
             return False
@@ -314,6 +320,9 @@ class ActorHub(Hub):
         hdr = chan.ring.hdr  # skip_count(rec.pos) != 0, inlined: a predecessor handled it
         if fn is None or slots[C_STOP] or (hdr[H_CUR_REC] == rec.pos and hdr[H_CUR_SUB]):
             return False
+        if type(msgs) is list:  # (a marshalled tuple holds plain data: no buffers)
+            msgs.clear()
+        del msg
         if self.dirty:
             self.flush_dirty()  # earlier replies out before the next handler runs
         slots[C_TOKEN] = token
@@ -328,11 +337,13 @@ class ActorHub(Hub):
             result = fn(*args, **kwargs)
         except Exception as exc:
             self.busy = False
+            del args, kwargs
             self.finish(self._end_alone() or chan.open(rec, unlink), 0, token, reply_to,
                         False, exc, format_remote(exc))
             return True
         finally:
             self.sync_depth -= 1
+        del args, kwargs
         entry = self._end_alone()
         if type(result) not in _PLAIN and inspect.isawaitable(result):
             self.hold(result, entry or chan.open(rec, unlink), 0, token, reply_to)

@@ -37,7 +37,7 @@ from actorq._core.protocol import (
 )
 from actorq._core.ref import ChannelStatistics
 from actorq._core.reply import Reply, error_from_wire
-from actorq._errors import ActorStopped, Backpressure, DecodeError, format_remote
+from actorq._errors import ActorStopped, Backpressure, DecodeError, MessageTooLarge, format_remote
 from actorq._ids import next_token
 from actorq._serialization import (
     SAFE_TYPES,
@@ -66,6 +66,7 @@ from actorq._transport.oob import (
     decode_batch,
     decode_loaded,
     encode_batch,
+    release_payload,
     run_after_commit,
 )
 from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_SENT, H_TAIL
@@ -646,31 +647,55 @@ class Hub:
             return encode_batch(msgs, oob_threshold=cfg.oob_threshold,
                                 max_inline=self.max_inline, namer=self.namer,
                                 pool=self.pool), len(msgs)
-        except Exception:
-            good = [m for m in (self._encodable(m) for m in msgs) if m is not None]
-            return encode_batch(good, oob_threshold=cfg.oob_threshold,
-                                max_inline=self.max_inline, namer=self.namer,
-                                pool=self.pool), len(good)
+        except Exception as exc:
+            # one message that does not pickle, or does not fit in shared memory: it
+            # fails alone (``unpicklable``), the rest of the burst goes
+            alone = isinstance(exc, MessageTooLarge)
+            good = [m for m in (self._encodable(m, alone) for m in msgs) if m is not None]
+            try:
+                return encode_batch(good, oob_threshold=cfg.oob_threshold,
+                                    max_inline=self.max_inline, namer=self.namer,
+                                    pool=self.pool), len(good)
+            except MessageTooLarge as too_large:  # each fits alone, not all together
+                left = [m for m in (self.unpicklable(m, too_large) for m in good)
+                        if m is not None]  # error replies: small
+                return encode_batch(left, oob_threshold=cfg.oob_threshold,
+                                    max_inline=self.max_inline, namer=self.namer,
+                                    pool=self.pool), len(left)
 
-    def _encodable(self, msg: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    def _encodable(self, msg: tuple[Any, ...], alone: bool = False) -> tuple[Any, ...] | None:
+        """*msg* if it can be sent, else what ``unpicklable`` makes of it. With *alone*
+        (shared memory ran out), whether it fits in shared memory on its own is tried."""
         try:
-            pickle.dumps(msg, protocol=5, buffer_callback=lambda _b: False)
+            if alone:
+                cfg = self.config
+                release_payload(encode_batch([msg], oob_threshold=cfg.oob_threshold,
+                                             max_inline=self.max_inline, namer=self.namer,
+                                             pool=self.pool), self.pool)
+            else:
+                pickle.dumps(msg, protocol=5, buffer_callback=lambda _b: False)
         except Exception as exc:
             return self.unpicklable(msg, exc)
         return msg
 
     def unpicklable(self, msg: tuple[Any, ...], exc: BaseException) -> tuple[Any, ...] | None:
         """Deal with a message that failed to pickle at flush time; maybe replace it."""
+        too_large = isinstance(exc, MessageTooLarge)
         if msg[1] and msg[0] in (OP_CALL, OP_DCALL):
             reply = self.pending.pop(msg[1], None)
             if reply is not None:
-                err = TypeError(f"{reply.describe}: a message could not be pickled: {exc}")
-                reply.set_exception(err)
+                reply.set_exception(
+                    MessageTooLarge(f"{reply.describe}: {exc}") if too_large else
+                    TypeError(f"{reply.describe}: a message could not be pickled: {exc}"))
                 return None
         if msg[0] == OP_REPLY:
+            if too_large:
+                return (OP_REPLY, msg[1], False,
+                        MessageTooLarge(f"the handler's return value: {exc}"), "")
             err = TypeError(f"the handler's return value could not be pickled: {exc}")
             return (OP_REPLY, msg[1], False, err, format_remote(exc))
-        logger.error("dropped a message that could not be pickled: %s", exc)
+        logger.error("dropped a message that could not be %s: %s",
+                     "put in shared memory" if too_large else "pickled", exc)
         return None
 
     # -- receiving ----------------------------------------------------------------------
@@ -762,7 +787,7 @@ class Hub:
             chan.commit_now(rec, unlink)
             return len(msgs)
         if len(msgs) == 1 and not chan.open_records and self.serve_alone(chan, rec, unlink,
-                                                                          msgs[0]):
+                                                                          msgs):
             return 1
         entry = chan.open(rec, unlink)
         entry.t_read = now
@@ -819,8 +844,9 @@ class Hub:
         """Keep a dead letter for a message that failed here (see ``sort_out``)."""
 
     def serve_alone(self, chan: InChannel, rec: Any, unlink: list[Any],
-                    msg: tuple[Any, ...]) -> bool:
-        """Handle a lone message at once, if it may be; True if it was (and is committed).
+                    msgs: Any) -> bool:
+        """Handle the lone message of *msgs* at once, if it may be; True if it was (and
+        is committed; a list *msgs* may then have been emptied).
 
         Only actors handle calls (``ActorHub``); here nothing ever is.
         """

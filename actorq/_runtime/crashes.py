@@ -84,18 +84,22 @@ def _take_head(cell: ActorCell, sender: int) -> tuple[str, Any, bool]:
     rec = ring.read_at(ring.head())
     if rec is not None:
         index = ring.skip_count(rec.pos)
-        method, message = peek_message(rec.payload, index)
-        rec.payload.release()
         key = (sender, rec.pos, index)
         cell.poison_count = cell.poison_count + 1 if cell.poison_key == key else 1
         cell.poison_key = key
         opts = cell.options
         poisoned = not opts.redeliver or cell.poison_count >= opts.poison_after
-        if poisoned:
-            if index + 1 >= rec.count:
-                ring.commit(rec.end, rec.count)
-            else:
-                ring.mark_progress(rec.pos, index + 1)
+        # A record committed past here is read by nobody again: what its commit must do
+        # (unlink its fresh and spilled segments, release its pooled blocks) is done here.
+        last = poisoned and index + 1 >= rec.count
+        after_commit: list[Any] = []
+        method, message = peek_message(rec.payload, index, after_commit if last else None)
+        rec.payload.release()
+        if last:
+            ring.commit(rec.end, rec.count)
+            run_after_commit(after_commit)
+        elif poisoned:
+            ring.mark_progress(rec.pos, index + 1)
     ring.release()
     return method, message, poisoned
 
@@ -117,11 +121,18 @@ def committed(cell: ActorCell, sender: int, seq: int) -> bool:
         ring.release()
 
 
-def peek_message(payload: memoryview, index: int) -> tuple[str, Any]:
-    """The method and arguments of message *index* of a record ("?" if unreadable)."""
-    unlink: list[str] = []
+def peek_message(payload: memoryview, index: int,
+                 after_commit: list[Any] | None = None) -> tuple[str, Any]:
+    """The method and arguments of message *index* of a record ("?" if unreadable).
+
+    With *after_commit*, the record is about to be committed by the caller: its blocks
+    are tracked as this process's and what the commit must do goes there
+    (``oob.decode_batch``); without, nothing is.
+    """
+    track = after_commit is not None
+    unlink: list[Any] = after_commit if after_commit is not None else []
     try:
-        msgs = decode_batch(payload, unlink, track=False, salvage=True)
+        msgs = decode_batch(payload, unlink, track=track, salvage=True)
         return method_and_args(msgs[index])
     except Exception:
         return "?", None

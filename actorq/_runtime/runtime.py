@@ -82,7 +82,7 @@ from actorq._transport.channel import (
     InChannel,
     OutChannel,
 )
-from actorq._transport.oob import forget_mapped
+from actorq._transport.oob import Orphans, forget_mapped
 from actorq._transport.oob import traffic as oob_traffic
 from actorq._transport.ring import (
     Ring,
@@ -93,6 +93,7 @@ logger = logging.getLogger("actorq")
 
 A = TypeVar("A", bound=Actor)
 SPARE_REFILL_DELAY = 0.05
+ORPHAN_SWEEP_INTERVAL = 0.05  # seconds between looks at blocks of dead processes
 LAUNCH_AHEAD = 4  # processes launched at once for a burst of starts (forkserver)
 # Bytes of a new ring touched up front (its header and where its first messages go);
 # the rest is allocated when first written. Touching all of both 1 MiB rings cost
@@ -132,6 +133,8 @@ class Runtime:
         self._hub = SystemHub(self.run_id, config, ControlBlock(ctl_seg), efd, self._state_of)
         register_hub(self.run_id, self._hub)
         self._hub.on_dead = lambda what, why: self._dead.add("(caller)", what, why)
+        self._orphans = Orphans(self.run_id)  # out-of-band blocks of processes gone
+        self._orphans_due = False  # a sweep of the blocks that must wait is scheduled
         self.root = Supervisor(self, "root", max_restarts=config.root_max_restarts,
                                within=config.root_within, give_up_per_child=True)
         self._spares = WarmPool(self._ctx, _host.main, config.warm_spares)
@@ -607,6 +610,8 @@ class Runtime:
         cell.proc = cell.ctrl = None
         with self._hub.drain_lock:
             self._hub.drain()  # replies it published before dying
+        if cell.pid and not self._closing and self._orphans.process_gone(cell.pid):
+            self._sweep_orphans_later()
         cell.exited.set()
         if cell.kids is not None:  # its children die with it (it supervised them)
             self._stop_kids(cell, f"their parent {cell.describe()} stopped")
@@ -645,6 +650,20 @@ class Runtime:
             why = f"{words} and was not restarted (restart={cell.restart!r})"
             self._finish(cell, CellState.STOPPED, why, cause=cause)
             cell.supervisor.remove(cell)
+
+    def _sweep_orphans_later(self) -> None:
+        """Loop thread: blocks of a process gone wait for their record's commit; look
+        again in a while (only while some wait: an idle system wakes no more often)."""
+        if self._orphans_due or self._hub.loop is None:
+            return
+        self._orphans_due = True
+
+        def again() -> None:
+            self._orphans_due = False
+            if not self._closing and self._orphans.sweep():
+                self._sweep_orphans_later()
+
+        self._hub.loop.call_later(ORPHAN_SWEEP_INTERVAL, again)
 
     def _main_unguarded(self, cell: ActorCell) -> None:
         """An actor process found the main script creating a system at import time."""

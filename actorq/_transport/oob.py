@@ -28,11 +28,17 @@ and the process named in ``viewed`` is gone (a receiver killed while it held the
 its finalizer never ran). A pool that is full (every block still viewed, or the byte
 bound reached) falls back to a fresh segment, which the receiver unlinks at commit; so
 does the spill path, for a record over half the ring.
+
+A process's blocks are named ``<run prefix>b<pid>_<k>``, k = 0, 1, 2...; when the process
+is gone, the system unlinks each one whose record was committed, and the rest once it
+is (``Orphans``). A record that cannot be placed in shared memory (no room in /dev/shm)
+gives back what it took and raises ``MessageTooLarge``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import itertools
 import marshal
 import mmap
@@ -44,6 +50,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from actorq._errors import MessageTooLarge
 from actorq._serialization import salvage_loads
 from actorq._transport.shm import SHM_DIR, Segment
 
@@ -51,6 +58,8 @@ BLOCK_HEADER = 4096
 MIN_BLOCK = 64 * 1024
 POOL_BYTES = int(os.environ.get("ACTORQ_OOB_POOL_BYTES", 512 * 1024 * 1024))
 
+# No room in /dev/shm, over a file size limit (RLIMIT_FSIZE), no memory to map it.
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.ENOMEM)
 PICKLE_PROTO = pickle.PROTO[0]  # 0x80: the first byte of every pickle we write
 _OOB_TAG = "\x00aq-oob"
 _SPILL_TAG = "\x00aq-spill"
@@ -103,6 +112,10 @@ class BlockPool:
 
     def __init__(self, namer: Namer, max_bytes: int = POOL_BYTES) -> None:
         self._namer = namer
+        # Blocks are named ``<run prefix>b<pid>_<k>``, k = 0, 1, 2... in this process,
+        # so that the system finds a dead process's blocks by name (``Orphans``).
+        self._prefix: str | None = getattr(namer, "prefix", None)
+        self._next = 0
         self._blocks: list[_Block] = []
         self._bytes = 0
         self._max = max_bytes
@@ -120,6 +133,14 @@ class BlockPool:
         block.seg.buf[BLOCK_HEADER : BLOCK_HEADER + size] = raw.cast("B")
         return block.seg.name, size, True
 
+    def release(self, name: str) -> None:
+        """Free the block *name* again: what was copied into it is not sent after all."""
+        with self._lock:
+            for block in self._blocks:
+                if block.seg.name == name:
+                    block.flags[1] = 0
+                    block.flags[0] = 0
+
     def _take(self, size: int) -> _Block | None:
         best = None
         for block in self._blocks:
@@ -133,10 +154,21 @@ class BlockPool:
             if best is None and sum(block.reclaim() for block in self._blocks):
                 return self._take(size)  # blocks of dead receivers are free now
             return best  # an oversized free block beats a fresh segment
-        block = _Block(Segment.create(self._namer("b"), BLOCK_HEADER + capacity))
+        block = _Block(self._create(BLOCK_HEADER + capacity))
         self._blocks.append(block)
         self._bytes += capacity
         return block
+
+    def _create(self, size: int) -> Segment:
+        if self._prefix is None:
+            return Segment.create(self._namer("b"), size)
+        while True:
+            name = f"{self._prefix}b{os.getpid()}_{self._next}"
+            self._next += 1
+            try:
+                return Segment.create(name, size)
+            except FileExistsError:  # a process gone with this pid left it: next one
+                continue
 
     def close(self) -> None:
         """Unmap every block (they are unlinked with the run's prefix)."""
@@ -145,6 +177,60 @@ class BlockPool:
                 block.flags.release()
                 block.seg.close()
             self._blocks.clear()
+
+
+class Orphans:
+    """The pooled blocks of a run's processes that are gone, freed once nothing needs them.
+
+    A process's blocks live as long as it does (its pool reuses them); when it is gone
+    (crashed, killed, stopped), ``process_gone`` unlinks every block of it whose record
+    was committed: a receiver that still views one keeps its mapping (an unlinked
+    segment lives on while mapped; its memory is freed with the last mapping). A block
+    whose record is not committed yet (still queued in a live receiver's ring, or to be
+    delivered again) is needed by name: it stays pending, and ``sweep`` unlinks it once
+    its receiver committed the record. Runs on the system's loop thread.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.pending: set[str] = set()
+
+    def process_gone(self, pid: int) -> bool:
+        """Free the blocks of the run's process *pid*; True if some must wait (``sweep``).
+
+        Its blocks are numbered from 0 without a gap (``BlockPool``), so they are found
+        by name, not by listing /dev/shm (which holds thousands of names with a thousand
+        actors)."""
+        k = 0
+        while os.path.exists(os.path.join(SHM_DIR, name := f"{self.prefix}b{pid}_{k}")):
+            self.pending.add(name)
+            k += 1
+        return self.sweep() if self.pending else False
+
+    def sweep(self) -> bool:
+        """Unlink the pending blocks whose record is committed; True if some remain."""
+        for name in list(self.pending):
+            if _committed_or_gone(name):
+                self.pending.discard(name)
+                with _mapped_lock:  # this process no longer keeps it mapped either
+                    _forget_names([name])
+                try:
+                    os.unlink(os.path.join(SHM_DIR, name))
+                except FileNotFoundError:
+                    pass
+        return bool(self.pending)
+
+
+def _committed_or_gone(name: str) -> bool:
+    """Is the block *name* gone, or its ``uncommitted`` flag 0 (no record needs it)?"""
+    try:
+        with open(os.path.join(SHM_DIR, name), "rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        return True
+    if len(head) < 16:  # created, not sized yet: its process died in Segment.create
+        return True
+    return int.from_bytes(head[8:16], "little") == 0
 
 
 def _to_fresh_segment(raw: memoryview, namer: Namer) -> tuple[str, int]:
@@ -169,14 +255,58 @@ def encode_batch(msgs: list[Any], *, oob_threshold: int, max_inline: int, namer:
         return True
 
     body = pickle.dumps(msgs, protocol=5, buffer_callback=take_large)
-    if bufs:
-        _traffic[0] += sum(b.raw().nbytes for b in bufs)
-        specs = [pool.put(b.raw()) if pool is not None
-                 else (*_to_fresh_segment(b.raw(), namer), False) for b in bufs]
-        body = pickle.dumps((_OOB_TAG, specs, body), 5)
-    if len(body) > max_inline:
-        body = pickle.dumps((_SPILL_TAG, _to_fresh_segment(memoryview(body), namer)), 5)
+    specs: list[tuple[str, int, bool]] = []
+    try:
+        if bufs:
+            for buf in bufs:
+                raw = buf.raw()
+                specs.append(pool.put(raw) if pool is not None
+                             else (*_to_fresh_segment(raw, namer), False))
+            _traffic[0] += sum(size for _name, size, _pooled in specs)
+            body = pickle.dumps((_OOB_TAG, specs, body), 5)
+        if len(body) > max_inline:
+            body = pickle.dumps((_SPILL_TAG, _to_fresh_segment(memoryview(body), namer)), 5)
+    except OSError as exc:
+        release_specs(specs, pool)
+        if exc.errno not in _NO_ROOM:
+            raise
+        sizes = [b.raw().nbytes for b in bufs]
+        what = (f"{len(sizes)} large buffer(s) of {sum(sizes)} bytes (the largest "
+                f"{max(sizes)})" if len(specs) < len(bufs) else f"{len(body)} bytes")
+        msg = (f"{len(msgs)} message(s) holding {what} could not be put in shared memory "
+               f"({SHM_DIR}): {exc.strerror or exc}; not sent")
+        raise MessageTooLarge(msg) from exc
     return body
+
+
+def release_specs(specs: list[tuple[str, int, bool]], pool: BlockPool | None) -> None:
+    """Take back the blocks and segments of a record that is not sent after all."""
+    for name, _size, pooled in specs:
+        if pooled and pool is not None:
+            pool.release(name)
+        else:
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+            except FileNotFoundError:
+                pass
+
+
+def release_payload(payload: bytes, pool: BlockPool | None) -> None:
+    """Take back what ``encode_batch`` placed in shared memory for *payload*, a record
+    that is not sent after all (its spill, its blocks and segments)."""
+    if not payload or payload[0] != PICKLE_PROTO:
+        return  # marshalled: nothing out of band
+    obj = pickle.loads(payload)
+    if isinstance(obj, list):
+        return
+    if obj[0] == _SPILL_TAG:
+        name, size = obj[1]
+        with open(os.path.join(SHM_DIR, name), "rb") as f:
+            inner = f.read(size)
+        os.unlink(os.path.join(SHM_DIR, name))
+        release_payload(inner, pool)
+    elif obj[0] == _OOB_TAG:
+        release_specs(obj[1], pool)
 
 
 # -- receiving ------------------------------------------------------------------------------
@@ -244,12 +374,20 @@ def _forget_mapped(keep: str) -> None:
     mapping), then it is unmapped."""
     global _mapped_bytes
     oldest = list(itertools.islice(_mapped, FORGET_CHECKS))  # a few per new block: bounded
-    for name in [n for n in oldest if n != keep
-                 and not os.path.exists(os.path.join(SHM_DIR, n))]:
-        _mapped_bytes -= len(_mapped.pop(name).mm)
+    _forget_names([n for n in oldest if n != keep
+                   and not os.path.exists(os.path.join(SHM_DIR, n))])
     while _mapped_bytes > MAP_BYTES and len(_mapped) > 1:
         _name, block = _mapped.popitem(last=False)
         _mapped_bytes -= len(block.mm)
+
+
+def _forget_names(names: list[str]) -> None:
+    """Stop keeping the blocks *names* mapped (with ``_mapped_lock`` held)."""
+    global _mapped_bytes
+    for name in names:
+        block = _mapped.pop(name, None)
+        if block is not None:
+            _mapped_bytes -= len(block.mm)
 
 
 def mapped_blocks(prefix: str = "") -> int:

@@ -59,6 +59,10 @@ class Segment:
         fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, size)
+            if prefault is True:
+                # Its pages are allocated now, or ENOSPC is raised here: a full /dev/shm
+                # would otherwise end the first write to a missing page with SIGBUS.
+                os.posix_fallocate(fd, 0, size)
             flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if prefault is True else 0)
             mm = mmap.mmap(fd, size, flags=flags)
         except BaseException:
