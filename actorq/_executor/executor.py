@@ -320,6 +320,12 @@ class Executor(concurrent.futures.Executor):
         self._free_slots = deque(range(slots))
         self._batch_ids = itertools.count(1)
         self._broken: BaseException | None = None  # the initializer's error, once raised
+        # dropped without shutdown(): its workers, ledger and private system go once the
+        # last task is done and the executor is collected (as the standard library's)
+        self._finalizer = weakref.finalize(
+            self, _collected, self._pool, self._ledger, self._ledger_map,
+            self._system if self._own_system else None)
+        self._finalizer.atexit = False  # at exit: _shutdown_all, for executors still alive
         _register_at_exit(self)
 
     @property
@@ -606,6 +612,7 @@ class Executor(concurrent.futures.Executor):
         if not closing_here:  # another thread closes (shutdown(wait=False) earlier)
             self._closed_event.wait()
             return
+        self._finalizer.detach()
         try:
             self._pool.stop()
         finally:
@@ -620,6 +627,24 @@ class Executor(concurrent.futures.Executor):
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else f"workers={self._pool.size}"
         return f"<actorq.Executor {state}>"
+
+
+def _collected(pool: Any, path: str, ledger_map: mmap.mmap, system: Any) -> None:
+    """An executor was garbage-collected without ``shutdown()`` (its tasks are done: each
+    one in flight keeps it alive): release what it held, on a thread of its own (the
+    collection may happen on the system's loop thread, which closing waits for)."""
+    threading.Thread(target=_release, args=(pool, path, ledger_map, system),
+                     name="actorq-executor-collected", daemon=True).start()
+
+
+def _release(pool: Any, path: str, ledger_map: mmap.mmap, system: Any) -> None:
+    try:
+        pool.stop()
+    finally:
+        ledger.remove(path)
+        ledger_map.close()
+        if system is not None:
+            system.close()
 
 
 def _init_failed(exc: BaseException) -> InitFailed:

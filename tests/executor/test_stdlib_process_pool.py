@@ -4,12 +4,15 @@ tests; runs are counted by side effects in files)."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
+import time
 
 import pytest
 
 import actorq
+from actorq.testing import wait_until
 
 FLAG = "as imported"
 
@@ -135,3 +138,56 @@ def test_mp_context_other_than_the_given_systems_is_refused(system):
     same = multiprocessing.get_context(system.config.start_method)
     with actorq.Executor(1, mp_context=same, system=system) as ex:
         assert ex.submit(mul, 6, 7).result(timeout=60) == 42
+
+
+# -- references -------------------------------------------------------------------------
+
+
+class Tracked:
+    """Creates its file when it is freed (in whichever process holds it)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __del__(self):
+        open(self.path, "w").close()
+
+
+def slow_identity(i, gate):
+    wait_for(gate)
+    return i
+
+
+def wait_for(path):
+    end = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < end:  # the test creates it
+        time.sleep(0.002)
+
+
+def test_a_tasks_arguments_are_freed_in_the_worker_after_it(tmp_path):
+    """CPython's test_ressources_gced_in_workers: the worker keeps no argument alive."""
+    freed = str(tmp_path / "freed")
+    with actorq.Executor(1) as ex:
+        assert ex.submit(id, Tracked(freed)).result(timeout=60)
+        wait_until(lambda: os.path.exists(freed), timeout=30)  # in the worker's process
+
+
+def test_an_executor_dropped_unshut_finishes_its_work_then_releases_everything(tmp_path):
+    """CPython's stranded-worker tests (gh-152967): the executor object is dropped with
+    work in flight and queued, without shutdown; every future still resolves, and then
+    its workers, ledger file and private system go (the leak guard checks them too)."""
+    gate = str(tmp_path / "gate")
+    ex = actorq.Executor(1)
+    futures = [ex.submit(slow_identity, i, gate) for i in range(6)]  # 2 sent, 4 queued
+    system, path = ex._system, ex._ledger
+    del ex
+    gc.collect()
+    open(gate, "w").close()
+    assert [f.result(timeout=60) for f in futures] == list(range(6))
+    del futures
+
+    def released():
+        gc.collect()
+        return "closed" in repr(system) and not os.path.exists(path)
+
+    wait_until(released, timeout=60)
