@@ -140,6 +140,27 @@ def preload_main() -> None:
         del proc._inheriting  # type: ignore[attr-defined]
 
 
+def adopt_parent_path() -> None:
+    """In the fork server, at its preload: take the user's process's ``sys.path``, and put
+    back the variables it was started with (``actorq._process.spawn``); warn if actorq
+    came from elsewhere than the user's (``python -E`` ignores the variables)."""
+    given = os.environ.pop(spawn.PARENT_PATH_ENV, None)
+    if not given:
+        return
+    data = json.loads(given)
+    sys.path[:] = data["sys_path"]
+    for name, value in data["env"].items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    here = spawn.actorq_root()
+    if os.path.realpath(here) != os.path.realpath(data["root"]):
+        # (nobody configured logging in the fork server: straight to stderr)
+        sys.stderr.write(f"actorq: the fork server imported actorq from {here}, the "
+                         f"program from {data['root']}: actors run the fork server's copy\n")
+
+
 class ActorHub(Hub):
     """The hub of an actor process: runs handlers, and opens channels through the system."""
 
@@ -1012,4 +1033,5 @@ def main(ctrl: socket.socket, lineage: Lineage) -> None:
         os._exit(code)
 
 
-preload_main()  # a no-op but in the fork server, while it starts
+adopt_parent_path()  # no-ops but in the fork server, while it starts
+preload_main()
