@@ -141,13 +141,13 @@ def preload_main() -> None:
         del proc._inheriting  # type: ignore[attr-defined]
 
 
-def adopt_parent_path() -> None:
+def adopt_parent_path() -> bool:
     """In the fork server, at its preload: take the user's process's ``sys.path``, and put
     back the variables it was started with (``actorq._process.spawn``); warn if actorq
     came from elsewhere than the user's (``python -E`` ignores the variables)."""
     given = os.environ.pop(spawn.PARENT_PATH_ENV, None)
     if not given:
-        return
+        return False
     data = json.loads(given)
     sys.path[:] = data["sys_path"]
     for name, value in data["env"].items():
@@ -160,6 +160,7 @@ def adopt_parent_path() -> None:
         # (nobody configured logging in the fork server: straight to stderr)
         sys.stderr.write(f"actorq: the fork server imported actorq from {here}, the "
                          f"program from {data['root']}: actors run the fork server's copy\n")
+    return True
 
 
 class ActorHub(Hub):
@@ -734,7 +735,8 @@ def tune_gc(gen0: int) -> None:
     hundred thousand. Frozen objects are still freed when their count drops to zero;
     only cycles among them are never collected.
     """
-    gc.freeze()
+    if not os.environ.get("NOFREEZE"):
+        gc.freeze()
     if gen0:
         _old, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(gen0, gen1, gen2)
@@ -1095,5 +1097,5 @@ def main(ctrl: socket.socket, lineage: Lineage) -> None:
         os._exit(code)
 
 
-adopt_parent_path()  # no-ops but in the fork server, while it starts
-preload_main()
+if adopt_parent_path():  # in the fork server, while it starts (as actorq starts it)
+    preload_main()
