@@ -8,8 +8,9 @@ clock every process shares) relative to the kill, p10 / p50 / p90 over the resta
 
 - notice: the early death notice (``_process/lifelock.py``) reaches the system;
 - handled: the system handles the death (attribution, supervisor: a restart);
-- start_process: the starter thread takes a spare; boot_sent: the loop sees the
-  boot message sent;
+- start_process: a spare is taken (by the loop thread itself when the spare was
+  prepared for this actor: then one GO message starts it; else by the starter thread,
+  with a full boot message); boot_sent: the loop watches the new process;
 - constructed: the new instance's constructor ran (the actor reports the time);
 - answered: the call issued right after the kill returned, from the new process;
 - sentinel: the kernel's report (forkserver: relayed by the fork server) reaped it.

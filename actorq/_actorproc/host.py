@@ -16,6 +16,7 @@ handler starts, so a later crash never swallows an earlier reply.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import inspect
@@ -140,6 +141,28 @@ def preload_main() -> None:
         del proc._inheriting  # type: ignore[attr-defined]
 
 
+def adopt_parent_path() -> bool:
+    """In the fork server, at its preload: take the user's process's ``sys.path``, and put
+    back the variables it was started with (``actorq._process.spawn``); warn if actorq
+    came from elsewhere than the user's (``python -E`` ignores the variables)."""
+    given = os.environ.pop(spawn.PARENT_PATH_ENV, None)
+    if not given:
+        return False
+    data = json.loads(given)
+    sys.path[:] = data["sys_path"]
+    for name, value in data["env"].items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    here = spawn.actorq_root()
+    if os.path.realpath(here) != os.path.realpath(data["root"]):
+        # (nobody configured logging in the fork server: straight to stderr)
+        sys.stderr.write(f"actorq: the fork server imported actorq from {here}, the "
+                         f"program from {data['root']}: actors run the fork server's copy\n")
+    return True
+
+
 class ActorHub(Hub):
     """The hub of an actor process: runs handlers, and opens channels through the system."""
 
@@ -168,9 +191,34 @@ class ActorHub(Hub):
             self.aimd = AIMDWindow(target=target, minimum=info.window_min,
                                    maximum=info.window_max or self.config.window,
                                    increase=info.window_step)
-            ctl.slots[C_WINDOW] = self.aimd.window
-        else:
-            ctl.slots[C_WINDOW] = 0
+
+    def take_over(self) -> None:
+        """Start where the dead predecessor stopped: read every inbound ring from its
+        head (what was committed), and publish our window. Done at boot, not before: a
+        spare prepared ahead (``Host.prepare``) must not touch what the live actor owns."""
+        for chan in self.inbound.values():
+            chan.cursor = chan.ring.head()
+        self.ctl.slots[C_WINDOW] = self.aimd.window if self.aimd is not None else 0
+
+    def release(self) -> None:
+        """Unmap every ring and the control block, close the doorbells (a spare prepared
+        for another actor than the one it boots as)."""
+        fds = {self.efd}
+        for chan in self.outbound.values():
+            chan.close()
+            chan.ctl.close()
+            fds.add(chan.efd)
+        for inchan in self.inbound.values():
+            inchan.close()
+            fds.add(inchan.producer_efd)
+        self.outbound.clear()
+        self.inbound.clear()
+        self.ctl.close()
+        for fd in fds - {-1}:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     # -- channels through the system ----------------------------------------------------
 
@@ -698,7 +746,8 @@ def tune_gc(gen0: int) -> None:
     hundred thousand. Frozen objects are still freed when their count drops to zero;
     only cycles among them are never collected.
     """
-    gc.freeze()
+    if not os.environ.get("NOFREEZE"):
+        gc.freeze()
     if gen0:
         _old, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(gen0, gen1, gen2)
@@ -726,6 +775,8 @@ class Host:
         self.done: asyncio.Future[None]
         self._answers: dict[int, tuple[Any, list[int]]] = {}
         self._req = 0
+        self.info: Boot
+        self.spec: tuple[Any, tuple[Any, ...], dict[str, Any], frozenset[str]] | None = None
 
     def describe(self) -> str:
         """``"Counter 'c'"``."""
@@ -734,12 +785,40 @@ class Host:
     # -- boot ---------------------------------------------------------------------------
 
     def boot(self) -> None:
-        """Read the start message and map the control block and rings."""
-        got = control.recv(self.ctrl)
-        if got is None:
-            os._exit(EXIT_SYSTEM_GONE)
-        (kind, info), fds = got
-        assert kind == Ctl.BOOT, kind
+        """Read the start message and map the control block and rings.
+
+        A spare may first be told to prepare (``Ctl.PREPARE``, a boot message ahead of
+        time, for the actor most likely to restart next): it maps everything and imports
+        the class now, and takes over on ``Ctl.GO``, when that actor died; told to boot
+        as another actor instead, it lets its preparation go.
+        """
+        prepared = False
+        while True:
+            got = control.recv(self.ctrl)
+            if got is None:
+                os._exit(EXIT_SYSTEM_GONE)
+            msg, fds = got
+            kind = msg[0]
+            if kind == Ctl.GO and prepared:
+                self.info = dataclasses.replace(self.info, restarts=msg[1])
+                break
+            if prepared:
+                self.hub.release()
+                self.spec = None
+                prepared = False
+            assert kind in (Ctl.BOOT, Ctl.PREPARE), kind
+            self.attach(msg[1], fds)
+            if kind == Ctl.BOOT:
+                break
+            try:
+                self.spec = self.read_spec()
+            except Exception:  # read again at boot, where a failure is reported
+                self.spec = None
+            prepared = True
+        self.hub.take_over()
+
+    def attach(self, info: Boot, fds: list[int]) -> None:
+        """Map the control block and the rings of the actor *info* describes."""
         self.name = info.name
         self.info = info
         multiprocessing.current_process().name = f"actorq:{self.name}"
@@ -751,17 +830,23 @@ class Host:
         for target, (ring_name, ctl_name, fd_index) in info.outbound.items():
             self.hub.attach_outbound(target, ring_name, ctl_name, fds[fd_index])
 
-    async def start_actor(self) -> None:
-        """Build the actor (constructor, then ``on_start``) in this process."""
+    def read_spec(self) -> tuple[Any, tuple[Any, ...], dict[str, Any], frozenset[str]]:
+        """The actor's class (imported), its arguments, and its handler names."""
         info = self.info
         spec = Segment.attach(info.spec)
         try:
             cls, args, kwargs = _serialization.loads(spec.buf[: info.spec_size])
         finally:
             spec.close()
+        return cls, args, kwargs, handler_names(cls)  # ≈ 60 µs (inspect.getmembers)
+
+    async def start_actor(self) -> None:
+        """Build the actor (constructor, then ``on_start``) in this process."""
+        info = self.info
+        cls, args, kwargs, names = self.spec or self.read_spec()
+        self.spec = None
         self.cls_name = cls.__name__
         obj = cls.__new__(cls)
-        names = handler_names(cls)  # ≈ 60 µs (inspect.getmembers): once per boot
         obj._actorq_ref = ActorRef(self.hub, info.run_id, info.id, self.name, names,
                                    cls.__name__)
         obj._actorq_context = ActorContext(self, self.name, info.restarts)
@@ -1023,4 +1108,5 @@ def main(ctrl: socket.socket, lineage: Lineage) -> None:
         os._exit(code)
 
 
-preload_main()  # a no-op but in the fork server, while it starts
+if adopt_parent_path():  # in the fork server, while it starts (as actorq starts it)
+    preload_main()

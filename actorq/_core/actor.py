@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -22,12 +23,30 @@ def is_handler_name(name: str) -> bool:
 
 
 def handler_names(cls: type) -> frozenset[str]:
-    """Return the names of *cls*'s handlers: its public methods, hooks excluded."""
+    """Return the names of *cls*'s handlers: its public methods, hooks excluded.
+
+    Remembered per class (``inspect.getmembers`` cost ≈ 0.7 ms a spawn, a third of the
+    user process's share of starting an actor), and read again if the class or a base
+    gained or lost attributes since.
+    """
+    shape = tuple(len(c.__dict__) for c in cls.__mro__)
+    known = _HANDLERS.get(cls)
+    if known is not None and known[0] == shape:
+        return known[1]
     names = set()
     for name, value in inspect.getmembers(cls):
         if is_handler_name(name) and callable(value) and name not in _BASE_ATTRS:
             names.add(name)
-    return frozenset(names)
+    found = frozenset(names)
+    try:
+        _HANDLERS[cls] = (shape, found)
+    except TypeError:  # not weakly referenceable
+        pass
+    return found
+
+
+_HANDLERS: weakref.WeakKeyDictionary[type, tuple[tuple[int, ...], frozenset[str]]] = (
+    weakref.WeakKeyDictionary())
 
 
 @dataclass(frozen=True)

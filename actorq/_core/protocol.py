@@ -21,6 +21,9 @@ Control messages (over each actor's Unix socket, ``_transport/control.py``; rare
 the message path): tuples whose first item is a :class:`Ctl` kind::
 
     system → actor   (BOOT, Boot)               fds: its doorbell, the system's, peers'
+                     (PREPARE, Boot)   to a warm spare: map all, import the class, then
+                                       wait for GO (or a BOOT, for another actor)
+                     (GO, restarts)    the actor it prepared for died: take over now
                      (INBOUND, sender_id, ring_name)     fds: the sender's doorbell
                      (GONE, actor_id, why)
                      (STOP,)
@@ -87,6 +90,8 @@ class Ctl(StrEnum):
     """Kinds of control messages (the table above)."""
 
     BOOT = "boot"
+    PREPARE = "prepare"
+    GO = "go"
     INBOUND = "inbound"
     GONE = "gone"
     STOP = "stop"

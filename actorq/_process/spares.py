@@ -3,6 +3,11 @@
 A forkserver start costs ≈ 26 ms here; a restart that takes a spare costs what the boot
 message and the constructor cost. Spares are refilled in the background (by the caller's
 starter thread) and stopped with the pool: closing a spare's socket makes it exit.
+
+A spare may be *prepared* for one actor (``prepare``): told ahead what it would be told
+at boot, it maps that actor's memory and imports its class, and then needs one short
+message to take over. Its *tag* says for which; ``take(want)`` prefers a spare prepared
+for *want*, else an unprepared one, else any (the caller then boots it in full).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class WarmPool:
         self.size = size
         self._name = name
         self._spares: deque[tuple[Any, socket.socket]] = deque()
+        self._tags: dict[socket.socket, Any] = {}  # what a spare was prepared for
         self._lock = threading.Lock()
         self.closed = False
 
@@ -61,16 +67,52 @@ class WarmPool:
         multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
         return proc, mine
 
-    def take(self) -> tuple[Any, socket.socket] | None:
-        """Return a live spare, or None (dead spares are discarded)."""
+    def take(self, want: Any = None, *, only_prepared: bool = False
+             ) -> tuple[Any, socket.socket, Any] | None:
+        """Return a live spare and its tag, or None (dead spares are discarded).
+
+        A spare prepared for *want* first, then an unprepared one, then any; with
+        *only_prepared*, a spare prepared for *want* or none.
+        """
         while True:
             with self._lock:
                 if not self._spares:
                     return None
-                proc, sock = self._spares.popleft()
+                ranked = sorted(range(len(self._spares)), key=lambda i: (
+                    self._tags.get(self._spares[i][1]) != want or want is None,
+                    self._spares[i][1] in self._tags))
+                i = ranked[0]
+                proc, sock = self._spares[i]
+                tag = self._tags.get(sock)
+                if only_prepared and (want is None or tag != want):
+                    return None
+                del self._spares[i]
+                self._tags.pop(sock, None)
             if proc.is_alive():
-                return proc, sock
+                return proc, sock, tag
             self._discard(proc, sock)
+
+    def prepare(self, prep: Callable[[Any, socket.socket], Any]) -> bool:
+        """Prepare an unprepared spare: ``tag = prep(proc, sock)`` (None: nothing was
+        sent). True if one was. Call it from one thread at a time."""
+        with self._lock:
+            free = [s for s in self._spares if s[1] not in self._tags]
+        if not free:
+            return False
+        proc, sock = free[0]
+        tag = prep(proc, sock)
+        if tag is None:
+            return False
+        with self._lock:
+            if (proc, sock) in self._spares:
+                self._tags[sock] = tag
+                return True
+        return False
+
+    def tags(self) -> list[Any]:
+        """The tags of the spares prepared now."""
+        with self._lock:
+            return list(self._tags.values())
 
     def refill(self) -> None:
         """Start spares until there are ``size`` of them."""
@@ -91,6 +133,7 @@ class WarmPool:
         with self._lock:
             self.closed = True
             spares, self._spares = list(self._spares), deque()
+            self._tags.clear()
         self._stop(spares, timeout)
 
     @staticmethod

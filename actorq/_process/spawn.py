@@ -11,6 +11,15 @@ while it is being started, and ``actorq._actorproc.host`` imports it there
 (``host.preload_main``). A script that creates an ``ActorSystem`` at import time makes
 the fork server exit with ``EXIT_MAIN_UNGUARDED`` (``host.exit_if_importing_main``);
 ``fork_server_unguarded`` tells the system so.
+
+The fork server imports the same actorq as this process, and looks up modules on this
+process's ``sys.path``. multiprocessing starts it with ``python -c``, which puts the
+current directory first on its path (and Python 3.11's fork server ignores the
+``sys_path`` it is given): from inside another checkout of actorq, the fork server, and
+every actor, ran that checkout's code. So it is started with ``PYTHONSAFEPATH`` (no
+current directory) and the directory of this process's actorq first on ``PYTHONPATH``;
+``host.adopt_parent_path`` then sets its ``sys.path`` to ours (``PARENT_PATH_ENV``) and
+puts both variables back as they were.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ logger = logging.getLogger("actorq")
 
 PRELOAD = ["actorq._actorproc.host"]
 PRELOAD_MAIN_ENV = "ACTORQ_PRELOAD_MAIN"
+PARENT_PATH_ENV = "ACTORQ_PARENT_PATH"
 EXIT_MAIN_UNGUARDED = 6  # as host.EXIT_MAIN_UNGUARDED (this layer does not import it)
 _lock = threading.Lock()
 _configured = False
@@ -63,20 +73,43 @@ def get_context(method: str) -> multiprocessing.context.BaseContext:
 
 
 def _start_fork_server() -> None:
-    """Start the fork server now, telling it which main script to preload (if any)."""
+    """Start the fork server now, with this process's actorq and ``sys.path``, telling it
+    which main script to preload (if any)."""
+    env = parent_path_env()
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if (getattr(main, "__spec__", None) is not None or not isinstance(path, str)
+    if not (getattr(main, "__spec__", None) is not None or not isinstance(path, str)
             or not path.endswith(".py") or not os.path.isfile(path)):
-        # python -m, -c, an interactive session: children prepare as multiprocessing does
-        multiprocessing.forkserver.ensure_running()
-        return
-    # the script as the user started it: its path and its argv (read at import time)
-    os.environ[PRELOAD_MAIN_ENV] = json.dumps([os.path.abspath(path), sys.argv])
+        # the script as the user started it: its path and its argv (read at import time)
+        # (python -m, -c, an interactive session: children prepare as multiprocessing does)
+        env[PRELOAD_MAIN_ENV] = json.dumps([os.path.abspath(path), sys.argv])
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
-        os.environ.pop(PRELOAD_MAIN_ENV, None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def actorq_root() -> str:
+    """The directory this process imported the actorq package from."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parent_path_env() -> dict[str, str]:
+    """The environment the fork server starts with: actorq's directory first on its path,
+    not the current directory, and what ``host.adopt_parent_path`` needs to undo it."""
+    root = actorq_root()
+    old = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    pythonpath = os.pathsep.join(p for p in (root, old["PYTHONPATH"]) if p)
+    given = {"sys_path": [p for p in sys.path if isinstance(p, str)], "root": root,
+             "env": old}
+    return {PARENT_PATH_ENV: json.dumps(given), "PYTHONPATH": pythonpath,
+            "PYTHONSAFEPATH": "1"}
 
 
 def fork_server_unguarded() -> bool:

@@ -141,6 +141,7 @@ class Runtime:
         # the early death notice (lifelock.py); the sentinel stays the authority
         self._life = lifelock.Watcher(self._on_life_lost)
         self._dying: list[Any] = []  # processes handled as dead, not reaped yet
+        self._likely: ActorCell | None = None  # the actor that restarted last
         self._starter = concurrent.futures.ThreadPoolExecutor(1, "actorq-starter")
         # Starts queued behind each other (a burst of spawns) launch their processes in
         # parallel, ahead of the starter thread, which boots them in order (a process is
@@ -152,7 +153,7 @@ class Runtime:
         self._launching = 0  # launches in flight or not yet taken (starter thread only)
         self._submitted = 0  # starts submitted (under _lock) ...
         self._begun = 0  # ... and begun by the starter thread
-        self._starter.submit(self._spares.refill)
+        self._starter.submit(self._refill)
         self._loop_ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, name="actorq-hub", daemon=True)
         self._thread.start()
@@ -301,25 +302,62 @@ class Runtime:
 
     # -- processes (starter thread) -------------------------------------------------------
 
-    def _start_process(self, cell: ActorCell, generation: int) -> None:
-        """Start *cell*'s process (a warm spare if there is one) and send its boot message."""
-        self._begun += 1
+    def _start_process(self, cell: ActorCell, generation: int, *, inline: bool = False) -> bool:
+        """Start *cell*'s process (a warm spare if there is one) and send its boot message.
+
+        On the starter thread; or *inline*, on the loop thread, only with a spare prepared
+        for this very actor (``_prepare_spare``: then the start is one short message, sent
+        without a hop to another thread); False if there was none.
+        """
+        if not inline:
+            self._begun += 1
         if self._closing or cell.state != "starting" or cell.generation != generation:
-            return
+            return True
         try:
-            got = self._spares.take()
+            got = self._spares.take(cell.id, only_prepared=inline)
             if got is None:
-                got = self._launch_for_burst()
-            proc, sock = got if got is not None else self._spares.start_one()
+                if inline:
+                    return False
+                launched = self._launch_for_burst()
+                proc, sock = launched if launched is not None else self._spares.start_one()
+                tag = None
+            else:
+                proc, sock, tag = got
         except Exception:
             if self.config.start_method == "forkserver" and fork_server_unguarded():
                 self._on_loop(self._main_unguarded, cell)  # the fork server said why
-                return
+                return True
             logger.exception("could not start a process for %s", cell.describe())
             why = "its process could not be started" + self._main_module_hint()
             self._on_loop(self._finish, cell, CellState.FAILED, why)
-            return
+            return True
+        if cell.restarts:
+            self._likely = cell  # it restarted: the next spare is prepared for it
         cell.ctl.slots[C_STOP] = 0
+        info, fds = self._boot_for(cell)
+        msg: tuple[Any, ...] = (Ctl.BOOT, info)
+        if (tag is not None and tag[0] == cell.id and tag[2] == fds
+                and tag[1] == dataclasses.replace(info, restarts=tag[1].restarts)):
+            msg, fds = (Ctl.GO, cell.restarts), []  # it has mapped all that, as it is now
+        cell.proc, cell.ctrl = proc, sock
+        cell.pid = proc.pid  # known now (before it can answer); confirmed by "ready"
+        try:
+            control.send(sock, msg, fds)
+        except OSError:
+            pass  # it died already: its sentinel tells the loop
+        if inline:
+            self._watch(cell, proc, sock)
+            self._refill_later()
+        else:
+            self._on_loop(self._watch, cell, proc, sock)
+            # Refill later: a process started now competes for the CPU with the actor
+            # that is booting (a restart measured 9.9 ms p50 with an immediate refill,
+            # 8.3 ms with this delay; benchmarks/bench_restart.py).
+            self._on_loop(self._refill_later)
+        return True
+
+    def _boot_for(self, cell: ActorCell) -> tuple[Boot, list[int]]:
+        """*cell*'s boot message as of now, and the fds that go with it."""
         fds = [cell.efd, self._hub.efd]
         outbound = {}
         for target, ring_name in cell.outbound.items():
@@ -340,17 +378,30 @@ class Runtime:
                     cell.spec.name, cell.spec_size, inbound, outbound, cell.restarts,
                     opts.hang_timeout, opts.window_target, opts.window_min, opts.window_max,
                     opts.window_step)
-        cell.proc, cell.ctrl = proc, sock
-        cell.pid = proc.pid  # known now (before it can answer); confirmed by "ready"
-        try:
-            control.send(sock, (Ctl.BOOT, info), fds)
-        except OSError:
-            pass  # it died already: its sentinel tells the loop
-        self._on_loop(self._watch, cell, proc, sock)
-        # Refill later: a process started now competes for the CPU with the actor that
-        # is booting (a restart measured 9.9 ms p50 with an immediate refill, 8.3 ms
-        # with this delay; benchmarks/bench_restart.py).
-        self._on_loop(self._refill_later)
+        return info, fds
+
+    def _refill(self) -> None:
+        """Starter thread: start spares up to their number, then prepare one of them for
+        the actor that restarted last (its next restart is then one message: GO)."""
+        self._spares.refill()
+        self._prepare_spare()
+
+    def _prepare_spare(self) -> None:
+        cell = self._likely
+        if (cell is None or self._closing or cell.state != "running"
+                or cell.options.window_target is not None  # its window is the live one's
+                or any(tag[0] == cell.id for tag in self._spares.tags())):
+            return
+
+        def prepare(_proc: Any, sock: Any) -> Any:
+            info, fds = self._boot_for(cell)
+            try:
+                control.send(sock, (Ctl.PREPARE, info), fds)
+            except OSError:
+                return None
+            return (cell.id, info, fds)
+
+        self._spares.prepare(prepare)
 
     def _launch_for_burst(self) -> tuple[Any, Any] | None:
         """Starter thread: a process launched ahead for this start, or None (no burst).
@@ -412,7 +463,7 @@ class Runtime:
     def _submit_refill(self) -> None:
         if not self._closing and self._unguarded is None:
             try:
-                self._starter.submit(self._spares.refill)
+                self._starter.submit(self._refill)
             except RuntimeError:  # the starter is shut down: closing
                 pass
 
@@ -452,6 +503,11 @@ class Runtime:
             self._hub.loop.call_later(WATCH_AFTER, self._watch_life, cell, cell.pid)
             if cell.state == "starting":
                 cell.state = CellState.RUNNING
+            if cell is self._likely and not self._closing:  # running: prepare a spare now
+                try:
+                    self._starter.submit(self._prepare_spare)
+                except RuntimeError:  # the starter is shut down: closing
+                    pass
             cell.ready.set()
             self._publish(EventKind.STARTED, cell)
             logger.debug("%s started (pid %s, restarts %d)", cell.describe(), cell.pid,
@@ -721,12 +777,17 @@ class Runtime:
                 cell.state = CellState.STARTING
                 cell.ready.clear()
                 cell.exited.clear()
+                if self._start_process(cell, cell.generation, inline=True):
+                    continue  # a spare prepared for it took over, from this thread
                 with self._lock:
                     self._submitted += 1
                 self._starter.submit(self._start_process, cell, cell.generation)
 
         assert self._hub.loop is not None
-        self._hub.loop.call_later(plan.delay, start_all)
+        if plan.delay > 0:
+            self._hub.loop.call_later(plan.delay, start_all)
+        else:
+            start_all()
 
     def finish_group(self, cells: list[ActorCell], why: str) -> None:
         """Stop *cells* for good, in reverse start order (SupervisorOps)."""

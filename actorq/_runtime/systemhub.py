@@ -37,6 +37,10 @@ from actorq._transport.ring import H_READER, H_TAIL
 _running_loop = asyncio._get_running_loop
 
 
+POLITE_AFTER = 100e-6  # seconds a caller spins before it yields at each turn (spin_for)
+sched_yield = os.sched_yield
+
+
 class SystemHub(Hub):
     """The user process's hub: its loop runs in a background thread."""
 
@@ -107,7 +111,9 @@ class SystemHub(Hub):
             self.ring_spinners[target] = self.ring_spinners.get(target, 0) + 1
         try:
             clock = time.perf_counter
-            end = clock() + self.config.spin_seconds * 4
+            now = clock()
+            end = now + self.config.spin_seconds * 4
+            polite = now + POLITE_AFTER
             while not reply.done():
                 # Data, and nobody else reading: take one record (if the reply was not in
                 # it, the next turn reads on). Otherwise the clock: a spin that found the
@@ -119,8 +125,15 @@ class SystemHub(Hub):
                             self._take_record(chan, rec, 0.0)
                     finally:
                         self.drain_lock.release()
-                elif clock() > end:
-                    break
+                else:
+                    now = clock()
+                    if now > end:
+                        break
+                    if now > polite:
+                        # A slow answer: give this thread's GIL and CPU to whoever waits
+                        # for them (the early death notice of the actor we wait on, the
+                        # dying process itself), not only at the end of the spin.
+                        sched_yield()
         except ValueError:  # the ring was released: its actor is gone (the reply failed)
             pass
         finally:

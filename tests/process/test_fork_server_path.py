@@ -1,0 +1,54 @@
+"""The fork server runs the program's actorq, not a checkout in the current directory.
+
+multiprocessing starts the fork server with ``python -c``, which looks up modules in the
+current directory first: run from inside another checkout of actorq (two checkouts side by
+side), the fork server, and every actor forked from it, imported that checkout's code.
+Fresh interpreters, so that the fork server is the program's own (not the suite's).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import actorq
+
+PROGRAM = textwrap.dedent(
+    """
+    import sys
+    import actorq
+
+    class Where(actorq.Actor):
+        def where(self):
+            import actorq as inside
+            return inside.__file__, sys.path
+
+    if __name__ == "__main__":
+        with actorq.ActorSystem(start_method="forkserver") as s:
+            file, path = s.spawn(Where).where().result(timeout=60)
+            print("PARENT", actorq.__file__)
+            print("ACTOR", file)
+            print("PATH", path == sys.path)
+    """
+)
+
+
+def test_the_fork_server_imports_the_programs_actorq_not_the_current_directorys(tmp_path):
+    other = tmp_path / "other-checkout"  # the current directory: a different actorq
+    (other / "actorq").mkdir(parents=True)
+    (other / "actorq" / "__init__.py").write_text(
+        "raise ImportError('the actorq of the other checkout was imported')\n")
+    script = tmp_path / "prog" / "prog.py"
+    script.parent.mkdir()
+    script.write_text(PROGRAM)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(actorq.__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, cwd=other, env=env)
+    assert run.returncode == 0, run.stderr
+    lines = dict(line.split(" ", 1) for line in run.stdout.splitlines())
+    assert lines["ACTOR"] == lines["PARENT"] == actorq.__file__
+    assert lines["PATH"] == "True"  # actors look modules up where the program does
+    assert "other checkout" not in run.stderr
