@@ -250,7 +250,19 @@ def children():
         new_child = p.child_ref().result(timeout=20)
         assert new_child != child
         assert new_child.add(1).result(timeout=20) == 1
+        # The old child was asked to stop when its parent died; that stop is graceful and
+        # asynchronous (a restart with a warm spare can be quicker), so it may answer for
+        # a moment. Once it is gone, calling it raises ActorStopped.
+        wait_until(lambda: stopped(child), timeout=20, message="the old child's stop")
         raises(actorq.ActorStopped, lambda: child.add(1))
+
+
+def stopped(ref):
+    try:
+        ref.add(1).result(timeout=20)
+    except actorq.ActorStopped:
+        return True
+    return False
 
 
 if __name__ == "__main__":  # needed: actor processes re-import this module
