@@ -549,7 +549,8 @@ class Hub:
             return
         self.flush_scheduled = True
         if threading.get_ident() == self.loop_thread_id:
-            self.loop.call_soon(self._flush_tick)
+            # the loop's own sends (a scheduler running on it): nothing to yield to
+            self.loop.call_soon(self.flush_own)
         else:
             try:
                 self.loop.call_soon_threadsafe(self._flush_tick)
@@ -563,6 +564,11 @@ class Hub:
             # us (call_soon_threadsafe writes to a pipe), and is likely mid-burst; it goes
             # on until it waits or is switched out, and the burst has grown by then.
             time.sleep(0)
+        self.flush_or_retry(settle=True)
+
+    def flush_own(self) -> None:
+        """The flush that the loop thread's own sends scheduled: at once, no yield."""
+        self.flush_scheduled = False
         self.flush_or_retry(settle=True)
 
     def flush_or_retry(self, *, settle: bool = False) -> None:

@@ -23,9 +23,12 @@ brought is handled in one round, and the batches it sends go out in one flush::
 Nothing here blocks the loop: resizing the pool (which joins processes) is done by the
 pool's own thread, closing a private pool and building the result by the caller.
 
-Credit: at most ``CREDIT`` batches in flight per worker (one running, one queued in its
-mailbox so that it never waits for the scheduler), never an unbounded queue. Tiny tasks
-share a batch, sized from their measured durations to about ``TARGET_BATCH_SECONDS``.
+Credit: at most ``CREDIT`` batches in flight per worker (one running, two queued in its
+mailbox, so that it never waits for the scheduler even when a reply takes a few
+milliseconds to reach the loop of a loaded machine), never an unbounded queue. Short tasks
+share a batch (tiny ones by the thousand, ones of a few ms in twos), sized from their
+measured durations to about ``TARGET_BATCH_SECONDS``, as long as the ready queue is
+deep enough to give every worker ``SPREAD`` batches: a short queue is spread thin.
 """
 
 from __future__ import annotations
@@ -62,9 +65,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CREDIT = 2  # batches in flight per worker: one running, one waiting in its mailbox
-TARGET_BATCH_SECONDS = 0.004  # tiny tasks are batched up to about this much work
-MAX_BATCH = 2048  # tasks per batch at most (a crash re-runs at most this many, <= 4 ms)
+CREDIT = 3  # batches in flight per worker: one running, two waiting in its mailbox
+SPREAD = 2  # a short ready queue is split over this many batches per worker
+# Tasks share a batch up to about this much work, while the ready queue is deep enough
+# to give every worker SPREAD batches: tiny tasks by the thousand, tasks of a few ms in
+# twos (one message, one reply and one wake-up of this process per batch, not per task:
+# on a 2-core machine this process's CPU is taken from the workers).
+TARGET_BATCH_SECONDS = 0.012
+MAX_BATCH = 2048  # tasks per batch at most (a crash re-runs at most this many, <= 12 ms)
 WAIT_SLICE = 0.05  # the scheduler wakes at least this often (timers, progress, scaling)
 IDLE_RETIRE = 1.0  # a worker idle this long while nothing is ready is stopped (> 1 left)
 
@@ -288,13 +296,13 @@ class Scheduler(Recovery):
                 self._sync_workers()
         self.peak_workers = max(self.peak_workers, min(len(workers), self.max_workers))
 
-    def _pick(self, *, idle: bool) -> Worker | None:
+    def _pick(self, *, idle: bool, credit: int = CREDIT) -> Worker | None:
         now = time.monotonic()
         best = None
         best_finish = math.inf
         for w in self.pool.workers[: self.max_workers]:
             n = len(w.batches)
-            if n >= CREDIT or (idle and (n or not w.up)):
+            if n >= credit or (idle and (n or not w.up)):
                 continue
             finish = w.load * w.speed + max(0.0, w.penalty_until - now)
             if finish < best_finish:
@@ -325,7 +333,10 @@ class Scheduler(Recovery):
                 gate.park(heapq.heappop(ready))  # at the memory cap: wait for room
                 continue
             timed = node.timeout is not None
-            worker = self._pick(idle=timed)
+            # a function not measured yet: one batch queued per worker, not two (its
+            # results' sizes are not known either: the memory gate cannot weigh them)
+            worker = self._pick(idle=timed, credit=CREDIT if self._estimate(i) is not None
+                                else CREDIT - 1)
             if worker is None:
                 gate.release([i])  # not sent after all
                 if timed and self._pick(idle=False) is not None:
@@ -362,7 +373,7 @@ class Scheduler(Recovery):
         if est is None or self.nodes[first].timeout is not None:
             return tids
         n_workers = max(1, min(len(self.pool.workers), self.max_workers))
-        cap = min(MAX_BATCH, max(1, math.ceil((len(ready) + 1) / (CREDIT * n_workers))))
+        cap = min(MAX_BATCH, max(1, math.ceil((len(ready) + 1) / (SPREAD * n_workers))))
         total = est
         state, nodes, codes, ests, gate = self.state, self.nodes, self.codes, self.est, self.gate
         heappop, append = heapq.heappop, tids.append

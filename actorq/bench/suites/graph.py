@@ -96,22 +96,22 @@ def total(a: Array) -> float:
 def calibrate(seconds: float) -> int:
     """The ``n`` for which ``spin(n)`` burns about *seconds* of CPU here.
 
-    Timed in CPU time of this process, the fastest of three tries: wall time taken while
-    other processes run (a peer's pool starting, the machine's other load) made ``n`` several
-    times too small, and the DAG's tasks far shorter than the 5 ms they are named for.
-    """
+    Timed with this thread's CPU clock, not the wall clock: on a loaded machine the wall
+    clock also counts the time other processes had the core, and the tasks would come out
+    several times shorter than asked (the DAG's ratios then measure per-task overhead of
+    1 ms tasks, not 5 ms ones). The fastest of three measurements is taken."""
     n = 20_000
     while True:
-        dt = min(_cpu_seconds(spin, n) for _ in range(3))
+        dt = min(_cpu_of(n) for _ in range(3))
         if dt > 0.02:
             return max(1, int(n * seconds / dt))
         n *= 2
 
 
-def _cpu_seconds(fn: Callable[[int], object], n: int) -> float:
-    t = time.process_time()
-    fn(n)
-    return time.process_time() - t
+def _cpu_of(n: int) -> float:
+    t = time.thread_time()
+    spin(n)
+    return time.thread_time() - t
 
 
 def ray_missing() -> str:
@@ -225,26 +225,18 @@ def _skip(name: str, reason: str | None, unit: str, group: str,
 
 # -- 1. no-op tasks -------------------------------------------------------------------------
 
-def run_noop_graph(system: actorq.ActorSystem, n: int,
-                   journal: str | None = None) -> actorq.GraphResult:
-    """actorq's no-op run: a graph of *n* ``noop`` tasks on two workers, its result
-    checked (also ``benchmarks/graph_cpu.py``'s unit of work, to profile)."""
-    g = actorq.Graph()
-    nodes = [g.task(noop, i) for i in range(n)]
-    r = system.run(g, workers=2, journal=journal)
-    if r[nodes[-1]] != n - 1:
-        msg = "actorq: wrong result"
-        raise BenchError(msg)
-    return r
-
-
 def bench_noop(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[str, Any],
                chosen: set[str]) -> tuple[list[BenchResult], list[Verdict]]:
     n, group = p["noop_tasks"], "1. no-op tasks"
     n_dask = max(200, n // 5)
 
     def ours() -> None:
-        run_noop_graph(system, n)
+        g = actorq.Graph()
+        nodes = [g.task(noop, i) for i in range(n)]
+        r = system.run(g, workers=2)
+        if r[nodes[-1]] != n - 1:
+            msg = "actorq: wrong result"
+            raise BenchError(msg)
 
     def by_submit(ex: Any) -> Callable[[], None]:
         def run() -> None:
