@@ -67,7 +67,11 @@ def summarize(run: Mapping[str, Any], rate_ref: float, p: Mapping[str, Any]) -> 
     complete = books["worked"] >= books["sent"]
     # per producer: its share of what was handled during the overload, its latencies
     ids = [*run["layout"]["thread_ids"], *run["layout"]["proc_ids"]]
-    first = next((r for r in series if r["t"] >= warm - 1e-9), series[0])["by_producer"]
+    # counted from the last sample taken by the end of the warm-up (not the first one after
+    # it: under heavy load the sampler may take its next sample only at the very end, and
+    # every share came out 0)
+    first = next((r for r in reversed(series) if r["t"] <= warm + 1e-9),
+                 series[0])["by_producer"]
     during = [b - a for a, b in zip(first, series[-1]["by_producer"], strict=True)]
     total = sum(during) or 1
     per_producer = {}
