@@ -254,40 +254,65 @@ class Hub:
         return True
 
     def tell(self, ref: ActorRef[Any], message: Any, nowait: bool) -> None:
-        """Send *message* to *ref*'s ``receive`` without a reply.
+        """Send *message* to *ref*'s ``receive`` without a reply (``bind_tell``, once)."""
+        self.bind_tell(ref, nowait)(message)
+
+    def bind_tell(self, ref: ActorRef[Any], nowait: bool) -> Callable[[Any], None]:
+        """``ref.tell`` (*nowait*: ``ref.tell_nowait``) for one ref, bound once: what a
+        tell looks up is held by the function (no attribute of the ref, the hub or a
+        module is read per message; ``ActorRef.tell`` keeps it on the ref).
 
         The hot path of one-way traffic: a message with credit in hand and a burst
-        under way is one lock, one append (the benchmark in benchmarks/bench_transport.py
-        measures it); everything else goes through ``send``.
+        under way is one lock, one append (benchmarks/msgpath_harness.py counts it);
+        everything else goes through ``send``. A message is plain data (marshalled at
+        flush, ``encode``) if it is a scalar or a tuple of up to 16 scalars: the common
+        scalar types are tested by identity (``is``: a set lookup costs 5 times more).
         """
-        kind = type(message)
-        plain = 1  # plain data (OutChannel.plain): a scalar, or a small tuple of scalars
-        if kind is tuple:  # the most common message: tested first (a set lookup less)
-            if len(message) <= 16:
-                for item in message:  # a plain loop: cheaper than issuperset(map(type, ...))
-                    if type(item) not in SAFE_TYPES:
-                        plain = _check_tell(ref, message)
-                        break
-            else:
-                plain = _check_tell(ref, message)
-        elif kind not in SAFE_TYPES:
-            plain = _check_tell(ref, message)
-        msg = (OP_TELL, 0, message)
-        chan = self.outbound.get(ref.actor_id)
-        if chan is not None:
-            # acquire/release rather than ``with``: nothing in between can raise, and
-            # this runs once per tell (a with block measured 5 % of a tell here). Credit
-            # in hand means nobody waits in line (``send`` keeps ``credits`` at 0 then).
-            lock = chan.lock
-            lock.acquire()
-            if chan.credits > 0 and 0 < len(chan.outbox) < self._outbox_fast:
-                chan.credits -= 1
-                chan.outbox.append(msg)
-                chan.plain += plain
+        outbound = self.outbound
+        target = ref.actor_id
+        send = self.send
+        fast = self._outbox_fast
+        safe = SAFE_TYPES
+        # the slow path's ref: a twin, so that the ref does not hold itself through
+        # this function (a cycle only the garbage collector would free)
+        twin = ref._twin()
+
+        def tell(message: Any) -> None:
+            kind = type(message)
+            plain = 1  # plain data (OutChannel.plain): a scalar, or a small tuple of scalars
+            if kind is tuple:  # the most common message: tested first
+                if len(message) <= 16:
+                    for item in message:  # a plain loop: cheaper than all(map(...))
+                        kind = type(item)
+                        if (kind is not str and kind is not int and kind is not float
+                                and kind not in safe):
+                            plain = _check_tell(twin, message)
+                            break
+                else:
+                    plain = _check_tell(twin, message)
+            elif (kind is not str and kind is not int and kind is not float
+                  and kind not in safe):
+                plain = _check_tell(twin, message)
+            msg = (OP_TELL, 0, message)
+            chan = outbound.get(target)
+            if chan is not None:
+                # acquire/release rather than ``with``: nothing in between can raise, and
+                # this runs once per tell (a with block measured 5 % of a tell here).
+                # Credit in hand means nobody waits in line (``send`` keeps ``credits``
+                # at 0 then).
+                lock = chan.lock
+                lock.acquire()
+                if chan.credits > 0 and 0 < len(chan.outbox) < fast:
+                    chan.credits -= 1
+                    chan.outbox.append(msg)
+                    chan.plain += plain
+                    lock.release()
+                    return
                 lock.release()
-                return
-            lock.release()
-        self.send(ref, msg, nowait=nowait, plain=plain)
+            send(twin, msg, nowait=nowait, plain=plain)
+
+        tell.__name__ = tell.__qualname__ = "tell_nowait" if nowait else "tell"
+        return tell
 
     def send(self, ref: ActorRef[Any], msg: tuple[Any, ...], *, nowait: bool,
              plain: int = 0) -> None:
