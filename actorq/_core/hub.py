@@ -293,23 +293,23 @@ class Hub:
             elif (kind is not str and kind is not int and kind is not float
                   and kind not in safe):
                 plain = _check_tell(twin, message)
-            msg = (OP_TELL, 0, message)
             chan = outbound.get(target)
             if chan is not None:
                 # acquire/release rather than ``with``: nothing in between can raise, and
                 # this runs once per tell (a with block measured 5 % of a tell here).
                 # Credit in hand means nobody waits in line (``send`` keeps ``credits``
-                # at 0 then).
+                # at 0 then). A burst of tells under way (``bare``) takes the message
+                # as it is: no wire tuple is built (``encode``).
                 lock = chan.lock
                 lock.acquire()
-                if chan.credits > 0 and 0 < len(chan.outbox) < fast:
+                if chan.credits > 0 and chan.bare and len(chan.outbox) < fast:
                     chan.credits -= 1
-                    chan.outbox.append(msg)
+                    chan.outbox.append(message)
                     chan.plain += plain
                     lock.release()
                     return
                 lock.release()
-            send(twin, msg, nowait=nowait, plain=plain)
+            send(twin, (OP_TELL, 0, message), nowait=nowait, plain=plain)
 
         tell.__name__ = tell.__qualname__ = "tell_nowait" if nowait else "tell"
         return tell
@@ -358,7 +358,13 @@ class Hub:
     def _append_locked(self, chan: OutChannel, msg: tuple[Any, ...]) -> bool:
         """Append under ``chan.lock``; True if the caller must mark the channel dirty."""
         outbox = chan.outbox
-        outbox.append(msg)
+        if msg[0] == OP_TELL and (chan.bare or not outbox):
+            outbox.append(msg[2])  # a burst of tells: bare (OutChannel.bare)
+            chan.bare = True
+        else:
+            if chan.bare:
+                outbox = self.wrap_bare(chan)
+            outbox.append(msg)
         # Off the loop, a call to an idle receiver goes out at once (latency: no loop
         # wake-up); tells, and calls to a busy receiver, wait in the outbox for the rest
         # of the burst (throughput: one record, one publish, one doorbell).
@@ -372,6 +378,15 @@ class Hub:
                 return False
             return True
         return len(outbox) == 1
+
+    @staticmethod
+    def wrap_bare(chan: OutChannel) -> list[Any]:
+        """Put the bare told messages of *chan*'s outbox back in their wire tuples (before
+        anything else is appended to it); return the outbox. Caller holds its lock."""
+        if chan.bare:
+            chan.outbox = [(OP_TELL, 0, m) for m in chan.outbox]
+            chan.bare = False
+        return chan.outbox
 
     def _join_line_locked(self, chan: OutChannel, ref: ActorRef[Any], msg: tuple[Any, ...],
                           nowait: bool) -> Waiter | None:
@@ -503,7 +518,7 @@ class Hub:
     @staticmethod
     def _unsent(chan: OutChannel) -> list[tuple[Any, ...]]:
         """Take what never reached *chan*'s ring (caller holds its lock)."""
-        msgs: list[tuple[Any, ...]] = list(chan.outbox)
+        msgs: list[tuple[Any, ...]] = list(Hub.wrap_bare(chan))
         chan.outbox = []
         chan.plain = 0
         while chan.encoded:
@@ -643,7 +658,8 @@ class Hub:
                 lock.release()
         return complete
 
-    def encode(self, msgs: list[Any], plain: bool = False) -> tuple[bytes, int]:
+    def encode(self, msgs: list[Any], plain: bool = False,
+               bare: bool = False) -> tuple[bytes, int]:
         """Pickle a burst as one record; return it and how many messages it holds.
 
         *msgs* is the caller's to give away: it may be emptied.
@@ -652,7 +668,9 @@ class Hub:
         call site: scalars, small tuples and lists of them; ``OutChannel.plain``) is
         marshalled instead, as a tuple: about half the cost of pickling on both sides
         (``oob.load_payload`` tells the two apart), no big buffer can be among it, and
-        its receiver skips looking for replies. A message that cannot be pickled is
+        its receiver skips looking for replies. A burst of tells only, *bare* (the told
+        messages themselves, ``OutChannel.bare``), is marshalled as ``(OP_TELL,
+        messages)``: no wire tuple per message on either side. A message that cannot be pickled is
         replaced (an error reply) or dropped (``unpicklable``), so the count may be lower
         than ``len(msgs)``: the record's header must say how many it really holds, or its
         receiver would wait forever for the missing ones before committing it.
@@ -662,10 +680,12 @@ class Hub:
             # *msgs* is emptied so that each message is referenced once: marshal keeps a
             # table of the objects referenced more than once (+300 instructions a message)
             msgs.clear()
-            body = _marshal(burst)
+            body = _marshal((OP_TELL, burst) if bare else burst)
             if len(body) <= self.max_inline:
                 return body, len(burst)
             msgs = list(burst)
+        if bare:
+            msgs = [(OP_TELL, 0, m) for m in msgs]
         cfg = self.config
         try:
             return encode_batch(msgs, oob_threshold=cfg.oob_threshold,
@@ -748,12 +768,16 @@ class Hub:
         """Decode one record and dispatch its messages; return how many it held."""
         unlink: list[str] = []
         msgs: Any
+        tells = False
         try:
             payload = rec.payload  # oob.load_payload, inlined: a pickle, or marshalled
             if payload[0] != PICKLE_PROTO:
-                # plain data, marshalled: a lone message (a list), or a burst of calls
-                # and tells (a tuple: no reply among them; ``encode``)
+                # plain data, marshalled: a lone message (a list), a burst of calls and
+                # tells (a tuple: no reply among them), or of tells only, bare
+                # ((OP_TELL, messages)) (``encode``)
                 msgs = _unmarshal(payload)
+                if msgs and type(msgs[0]) is int:
+                    msgs, tells = msgs[1], True
             else:
                 try:
                     msgs = _loads(payload)
@@ -771,6 +795,11 @@ class Hub:
             rec = rec._replace(count=0)
         finally:
             rec.payload.release()
+        if tells:
+            entry = chan.open(rec, unlink)
+            entry.t_read = now
+            self.dispatch_tells(msgs, entry)
+            return len(msgs)
         if msgs and not chan.open_records and type(msgs) is list and (
                 msgs[0][0] == OP_REPLY if len(msgs) == 1
                 else all(msg[0] == OP_REPLY for msg in msgs)):
@@ -844,6 +873,11 @@ class Hub:
         Only actors handle calls (``ActorHub``); here nothing ever is.
         """
         return False
+
+    def dispatch_tells(self, msgs: tuple[Any, ...], entry: OpenRecord) -> None:
+        """Dispatch a record of told messages only, bare (``encode``); ``ActorHub`` queues
+        it as it is."""
+        self.dispatch_all([(OP_TELL, 0, m) for m in msgs], entry)
 
     def dispatch_all(self, msgs: list[Any], entry: OpenRecord) -> None:
         """Dispatch the messages of a record that are not handled yet."""
