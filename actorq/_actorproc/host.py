@@ -42,7 +42,7 @@ import uvloop
 from actorq import _serialization
 from actorq._clock import Deadline
 from actorq._core.actor import ActorContext, handler_names
-from actorq._core.hub import SPIN_PREEMPTED, BadMessage, Hub
+from actorq._core.hub import BadMessage, Hub
 from actorq._core.protocol import (
     C_BUSY,
     C_HANDLED,
@@ -278,17 +278,13 @@ class ActorHub(Hub):
                 if hdr[H_TAIL] != chan.cursor:
                     self.note_gap(now - start)
                     return True
-                last, now = now, clock()
-                if now - last > SPIN_PREEMPTED:
-                    break  # off the CPU meanwhile: park (hub.SPIN_PREEMPTED)
+                now = clock()
         else:
             while now < end:
                 if self.has_unread() or (stop is not None and stop()):
                     self.note_gap(now - start)
                     return True
-                last, now = now, clock()
-                if now - last > SPIN_PREEMPTED:
-                    break
+                now = clock()
         self.parked_at = now
         return False
 

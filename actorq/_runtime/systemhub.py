@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from actorq._config import SystemConfig
-from actorq._core.hub import SPIN_PREEMPTED, Hub
+from actorq._core.hub import Hub
 from actorq._core.protocol import OP_REPLY, SYSTEM_ID
 from actorq._core.ref import ActorRef
 from actorq._core.reply import Reply
@@ -107,8 +107,7 @@ class SystemHub(Hub):
             self.ring_spinners[target] = self.ring_spinners.get(target, 0) + 1
         try:
             clock = time.perf_counter
-            last = clock()
-            end = last + self.config.spin_seconds * 4
+            end = clock() + self.config.spin_seconds * 4
             while not reply.done():
                 # Data, and nobody else reading: take one record (if the reply was not in
                 # it, the next turn reads on). Otherwise the clock: a spin that found the
@@ -120,12 +119,8 @@ class SystemHub(Hub):
                             self._take_record(chan, rec, 0.0)
                     finally:
                         self.drain_lock.release()
-                    last = clock()
-                else:
-                    now = clock()
-                    if now > end or now - last > SPIN_PREEMPTED:
-                        break  # time is up, or we were off the CPU (hub.SPIN_PREEMPTED)
-                    last = now
+                elif clock() > end:
+                    break
         except ValueError:  # the ring was released: its actor is gone (the reply failed)
             pass
         finally:
