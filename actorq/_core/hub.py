@@ -87,12 +87,6 @@ IDLE_BACKOFF = 100
 # receiver wakes once per burst, not once per call (issue 15: 100 actors). A lone round
 # trip, sync or awaited, keeps the latency path: written and rung at once.
 BURST_PENDING = 16
-# A spinner (an actor before it parks, a caller waiting for its reply) that finds this
-# long passed between two looks at its ring was off the CPU meanwhile: the cores are
-# contended, and spinning on takes them from the peer it waits for (and, under Linux's
-# fair scheduler, earns the spinner a longer wait for a core next time: the round
-# trip's tail under load). It parks instead.
-SPIN_PREEMPTED = 50e-6
 DRAIN_QUANTUM = 256  # messages per ring per round of a drain (one full burst record)
 _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without keywords
 _loads = pickle.loads
