@@ -458,6 +458,16 @@ class ActorHub(Hub):
         self.queued += entry.queued
         self.queue.append(entry)
 
+    def dispatch_tells(self, msgs: tuple[Any, ...], entry: OpenRecord) -> None:
+        """A record of told messages only, bare (``Hub.encode``): queued as it is; ``pump``
+        hands each message to ``receive`` without a wire tuple to look into."""
+        entry.tells = True
+        entry.msgs = msgs
+        entry.next = entry.prefix  # what a predecessor handled is skipped
+        entry.queued = len(msgs) - entry.prefix
+        self.queued += entry.queued
+        self.queue.append(entry)
+
     def pump(self) -> None:
         """Handle queued messages in order until one is async (it holds the actor), a stop
         is asked, or none remain.
@@ -483,6 +493,7 @@ class ActorHub(Hub):
             while queue and not self.busy and not host.stopping:
                 entry = queue[0]
                 msgs, done, hdr, busy = entry.msgs, entry.done, entry.hdr, entry.busy
+                tells = entry.tells  # bare told messages (dispatch_tells)
                 count = len(msgs)
                 index = entry.next
                 # The ring's handled count moves only when this record (the head: all
@@ -511,7 +522,7 @@ class ActorHub(Hub):
                         index += 1
                         continue
                     msg = msgs[index]
-                    if msg[0] == OP_TELL:  # most of one-way traffic: its own, shorter path
+                    if tells or msg[0] == OP_TELL:  # one-way traffic: its own, shorter path
                         if stamp:
                             slots[C_SINCE] = time.monotonic_ns()
                         # C_TOKEN is already 0: every message clears it once its reply is out
@@ -520,7 +531,7 @@ class ActorHub(Hub):
                             slots[C_BUSY] = busy  # crash attribution slot
                             self.busy = marked = True
                         try:
-                            result = receive(msg[2])
+                            result = receive(msg if tells else msg[2])
                         except Exception as exc:
                             self.busy = marked = False  # finish() clears C_BUSY
                             entry.next = index = index + 1
@@ -713,7 +724,7 @@ class ActorHub(Hub):
                 chan.encoded.append((body, count))
                 chan.encoded_count += count
             else:
-                chan.outbox.append(msg)
+                self.wrap_bare(chan).append(msg)
         self.dirty.add(chan)
 
     def describe_self(self) -> str:

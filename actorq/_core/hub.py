@@ -255,40 +255,68 @@ class Hub:
         return True
 
     def tell(self, ref: ActorRef[Any], message: Any, nowait: bool) -> None:
-        """Send *message* to *ref*'s ``receive`` without a reply.
+        """Send *message* to *ref*'s ``receive`` without a reply (``bind_tell``, once)."""
+        self.bind_tell(ref, nowait)(message)
+
+    def bind_tell(self, ref: ActorRef[Any], nowait: bool) -> Callable[[Any], None]:
+        """``ref.tell`` (*nowait*: ``ref.tell_nowait``) for one ref, bound once: what a
+        tell looks up is held by the function (no attribute of the ref, the hub or a
+        module is read per message; ``ActorRef.tell`` keeps it on the ref).
 
         The hot path of one-way traffic: a message with credit in hand and a burst
-        under way is one lock, one append (the benchmark in benchmarks/bench_transport.py
-        measures it); everything else goes through ``send``.
+        under way is one lock, one append (benchmarks/msgpath_harness.py counts it);
+        everything else goes through ``send``. A message is plain data (marshalled at
+        flush, ``encode``) if it is a scalar or a tuple of up to 16 scalars: the common
+        scalar types are tested by identity (``is``: a set lookup costs 5 times more).
         """
-        kind = type(message)
-        plain = 1  # plain data (OutChannel.plain): a scalar, or a small tuple of scalars
-        if kind is tuple:  # the most common message: tested first (a set lookup less)
-            if len(message) <= 16:
-                for item in message:  # a plain loop: cheaper than issuperset(map(type, ...))
-                    if type(item) not in SAFE_TYPES:
-                        plain = _check_tell(ref, message)
-                        break
-            else:
-                plain = _check_tell(ref, message)
-        elif kind not in SAFE_TYPES:
-            plain = _check_tell(ref, message)
-        msg = (OP_TELL, 0, message)
-        chan = self.outbound.get(ref.actor_id)
-        if chan is not None:
-            # acquire/release rather than ``with``: nothing in between can raise, and
-            # this runs once per tell (a with block measured 5 % of a tell here). Credit
-            # in hand means nobody waits in line (``send`` keeps ``credits`` at 0 then).
-            lock = chan.lock
-            lock.acquire()
-            if chan.credits > 0 and 0 < len(chan.outbox) < self._outbox_fast:
-                chan.credits -= 1
-                chan.outbox.append(msg)
-                chan.plain += plain
+        outbound = self.outbound
+        target = ref.actor_id
+        send = self.send
+        fast = self._outbox_fast
+        safe = SAFE_TYPES
+        # the slow path's ref: a twin, so that the ref does not hold itself through
+        # this function (a cycle only the garbage collector would free)
+        twin = ref._twin()
+
+        def tell(message: Any) -> None:
+            kind = type(message)
+            plain = 1  # plain data (OutChannel.plain): a scalar, or a small tuple of scalars
+            if kind is tuple:  # the most common message: tested first
+                if len(message) <= 16:
+                    for item in message:  # a plain loop: cheaper than all(map(...))
+                        kind = type(item)
+                        if (kind is not str and kind is not int and kind is not float
+                                and kind not in safe):
+                            plain = _check_tell(twin, message)
+                            break
+                else:
+                    plain = _check_tell(twin, message)
+            elif (kind is not str and kind is not int and kind is not float
+                  and kind not in safe):
+                plain = _check_tell(twin, message)
+            try:
+                chan = outbound[target]  # a subscript: cheaper than .get() (a method call)
+            except KeyError:
+                chan = None
+            if chan is not None:
+                # acquire/release rather than ``with``: nothing in between can raise, and
+                # this runs once per tell (a with block measured 5 % of a tell here).
+                # Credit in hand means nobody waits in line (``send`` keeps ``credits``
+                # at 0 then). A burst of tells under way (``bare``) takes the message
+                # as it is: no wire tuple is built (``encode``).
+                lock = chan.lock
+                lock.acquire()
+                if chan.credits > 0 and chan.bare and len(chan.outbox) < fast:
+                    chan.credits -= 1
+                    chan.outbox.append(message)
+                    chan.plain += plain
+                    lock.release()
+                    return
                 lock.release()
-                return
-            lock.release()
-        self.send(ref, msg, nowait=nowait, plain=plain)
+            send(twin, (OP_TELL, 0, message), nowait=nowait, plain=plain)
+
+        tell.__name__ = tell.__qualname__ = "tell_nowait" if nowait else "tell"
+        return tell
 
     def send(self, ref: ActorRef[Any], msg: tuple[Any, ...], *, nowait: bool,
              plain: int = 0) -> None:
@@ -334,7 +362,13 @@ class Hub:
     def _append_locked(self, chan: OutChannel, msg: tuple[Any, ...]) -> bool:
         """Append under ``chan.lock``; True if the caller must mark the channel dirty."""
         outbox = chan.outbox
-        outbox.append(msg)
+        if msg[0] == OP_TELL and (chan.bare or not outbox):
+            outbox.append(msg[2])  # a burst of tells: bare (OutChannel.bare)
+            chan.bare = True
+        else:
+            if chan.bare:
+                outbox = self.wrap_bare(chan)
+            outbox.append(msg)
         # Off the loop, a call to an idle receiver goes out at once (latency: no loop
         # wake-up); tells, and calls to a busy receiver, wait in the outbox for the rest
         # of the burst (throughput: one record, one publish, one doorbell).
@@ -348,6 +382,15 @@ class Hub:
                 return False
             return True
         return len(outbox) == 1
+
+    @staticmethod
+    def wrap_bare(chan: OutChannel) -> list[Any]:
+        """Put the bare told messages of *chan*'s outbox back in their wire tuples (before
+        anything else is appended to it); return the outbox. Caller holds its lock."""
+        if chan.bare:
+            chan.outbox = [(OP_TELL, 0, m) for m in chan.outbox]
+            chan.bare = False
+        return chan.outbox
 
     def _join_line_locked(self, chan: OutChannel, ref: ActorRef[Any], msg: tuple[Any, ...],
                           nowait: bool) -> Waiter | None:
@@ -479,7 +522,7 @@ class Hub:
     @staticmethod
     def _unsent(chan: OutChannel) -> list[tuple[Any, ...]]:
         """Take what never reached *chan*'s ring (caller holds its lock)."""
-        msgs: list[tuple[Any, ...]] = list(chan.outbox)
+        msgs: list[tuple[Any, ...]] = list(Hub.wrap_bare(chan))
         chan.outbox = []
         chan.plain = 0
         while chan.encoded:
@@ -625,7 +668,8 @@ class Hub:
                 lock.release()
         return complete
 
-    def encode(self, msgs: list[Any], plain: bool = False) -> tuple[bytes, int]:
+    def encode(self, msgs: list[Any], plain: bool = False,
+               bare: bool = False) -> tuple[bytes, int]:
         """Pickle a burst as one record; return it and how many messages it holds.
 
         *msgs* is the caller's to give away: it may be emptied.
@@ -634,7 +678,9 @@ class Hub:
         call site: scalars, small tuples and lists of them; ``OutChannel.plain``) is
         marshalled instead, as a tuple: about half the cost of pickling on both sides
         (``oob.load_payload`` tells the two apart), no big buffer can be among it, and
-        its receiver skips looking for replies. A message that cannot be pickled is
+        its receiver skips looking for replies. A burst of tells only, *bare* (the told
+        messages themselves, ``OutChannel.bare``), is marshalled as ``(OP_TELL,
+        messages)``: no wire tuple per message on either side. A message that cannot be pickled is
         replaced (an error reply) or dropped (``unpicklable``), so the count may be lower
         than ``len(msgs)``: the record's header must say how many it really holds, or its
         receiver would wait forever for the missing ones before committing it.
@@ -644,10 +690,12 @@ class Hub:
             # *msgs* is emptied so that each message is referenced once: marshal keeps a
             # table of the objects referenced more than once (+300 instructions a message)
             msgs.clear()
-            body = _marshal(burst)
+            body = _marshal((OP_TELL, burst) if bare else burst)
             if len(body) <= self.max_inline:
                 return body, len(burst)
             msgs = list(burst)
+        if bare:
+            msgs = [(OP_TELL, 0, m) for m in msgs]
         cfg = self.config
         try:
             return encode_batch(msgs, oob_threshold=cfg.oob_threshold,
@@ -754,12 +802,16 @@ class Hub:
         """Decode one record and dispatch its messages; return how many it held."""
         unlink: list[str] = []
         msgs: Any
+        tells = False
         try:
             payload = rec.payload  # oob.load_payload, inlined: a pickle, or marshalled
             if payload[0] != PICKLE_PROTO:
-                # plain data, marshalled: a lone message (a list), or a burst of calls
-                # and tells (a tuple: no reply among them; ``encode``)
+                # plain data, marshalled: a lone message (a list), a burst of calls and
+                # tells (a tuple: no reply among them), or of tells only, bare
+                # ((OP_TELL, messages)) (``encode``)
                 msgs = _unmarshal(payload)
+                if msgs and type(msgs[0]) is int:
+                    msgs, tells = msgs[1], True
             else:
                 try:
                     msgs = _loads(payload)
@@ -781,6 +833,11 @@ class Hub:
             rec = rec._replace(count=0)
         finally:
             rec.payload.release()
+        if tells:
+            entry = chan.open(rec, unlink)
+            entry.t_read = now
+            self.dispatch_tells(msgs, entry)
+            return len(msgs)
         if msgs and not chan.open_records and type(msgs) is list and (
                 msgs[0][0] == OP_REPLY if len(msgs) == 1
                 else all(msg[0] == OP_REPLY for msg in msgs)):
@@ -857,6 +914,11 @@ class Hub:
         Only actors handle calls (``ActorHub``); here nothing ever is.
         """
         return False
+
+    def dispatch_tells(self, msgs: tuple[Any, ...], entry: OpenRecord) -> None:
+        """Dispatch a record of told messages only, bare (``encode``); ``ActorHub`` queues
+        it as it is."""
+        self.dispatch_all([(OP_TELL, 0, m) for m in msgs], entry)
 
     def dispatch_all(self, msgs: list[Any], entry: OpenRecord) -> None:
         """Dispatch the messages of a record that are not handled yet."""

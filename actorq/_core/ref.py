@@ -6,7 +6,9 @@ the same run, it calls through that process's own direct channel to the target.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -34,6 +36,10 @@ class Sender(Protocol):
     def tell(self, ref: ActorRef[Any], message: Any, nowait: bool) -> None:
         """Send *message* to *ref*'s actor's ``receive`` (*nowait*: raise ``Backpressure``
         rather than wait for credit)."""
+        ...
+
+    def bind_tell(self, ref: ActorRef[Any], nowait: bool) -> Callable[[Any], None]:
+        """``tell`` for *ref*, bound once (what ``ref.tell`` is after its first use)."""
         ...
 
     def channel_statistics(self, target: int) -> ChannelStatistics:
@@ -86,6 +92,37 @@ def _rebuild_ref(run_id: str, actor_id: int, name: str, handlers: frozenset[str]
     return ref
 
 
+class _BoundTell:
+    """``ActorRef.tell`` and ``tell_nowait``: the first lookup on a ref gets the hub's
+    function for it (``Sender.bind_tell``) and keeps it in the ref's ``__dict__``, where
+    every later lookup finds it first (this descriptor has no ``__set__``). A tell then
+    runs no code of the ref and reads none of its attributes: each such read costs more
+    here than elsewhere (``__getattr__`` puts every lookup on the slow path)."""
+
+    def __init__(self, nowait: bool, doc: str) -> None:
+        self.nowait = nowait
+        self.__doc__ = doc
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, ref: ActorRef[Any] | None, owner: type | None = None) -> Any:
+        if ref is None:
+            return self  # on the class: for help()
+        hub = ref._hub or _hubs.get(ref.run_id)
+        if hub is None:  # not attached (yet): look again at the call, raise there
+            return functools.partial(_tell_unattached, ref, self.nowait)
+        ref._hub = hub
+        fn = hub.bind_tell(ref, self.nowait)
+        ref.__dict__[self.name] = fn
+        return fn
+
+
+def _tell_unattached(ref: ActorRef[Any], nowait: bool, message: Any) -> None:
+    ref._get_hub().bind_tell(ref, nowait)(message)
+
+
 class ActorRef(Generic[A]):
     """A reference to an actor: ``ref.method(...)``, ``call``, ``tell``, ``ask``, ``tell_nowait``.
 
@@ -97,8 +134,10 @@ class ActorRef(Generic[A]):
     reached with ``ref.call("name", ...)``.
     """
 
-    __slots__ = ("_hub", "_methods", "_priority", "actor_id", "cls_name", "handlers", "name",
-                 "run_id")
+    # __dict__: ``tell`` and ``tell_nowait``, once looked up, are the hub's functions bound
+    # to this ref, found there before the class's attributes (``_BoundTell``)
+    __slots__ = ("__dict__", "_hub", "_methods", "_priority", "actor_id", "cls_name",
+                 "handlers", "name", "run_id")
 
     def __init__(self, hub: Sender | None, run_id: str, actor_id: int, name: str,
                  handlers: frozenset[str], cls_name: str) -> None:
@@ -133,6 +172,10 @@ class ActorRef(Generic[A]):
                                     self.handlers, self.cls_name)
         ref._priority = int(priority)
         return ref
+
+    def _twin(self) -> ActorRef[A]:
+        """A ref equal to this one, with its priority (not its bound functions)."""
+        return self.with_priority(self._priority)
 
     def _get_hub(self) -> Sender:
         hub = self._hub
@@ -217,23 +260,19 @@ class ActorRef(Generic[A]):
         """Send *message* to the actor's ``receive`` and return a ``Reply`` with its answer."""
         return self._get_hub().call(self, "receive", (message,), None)
 
-    def tell(self, message: Any) -> None:
-        """Send *message* to the actor's ``receive``; no reply.
-
-        In synchronous code, waits for mailbox credit up to the send timeout, then raises
-        ``Backpressure``; on a running event loop it never waits.
-        """
-        (self._hub or self._get_hub()).tell(self, message, False)  # positional: cheaper
-
     def channel_statistics(self) -> ChannelStatistics:
         """The flow-control figures of this process's channel to the actor: credits in
         use, the window, senders waiting for credit now and so far, ``Backpressure``
         errors. Read without locks (a snapshot; cheap). A pool grows on these."""
         return self._get_hub().channel_statistics(self.actor_id)
 
-    def tell_nowait(self, message: Any) -> None:
-        """Like ``tell`` but never waits: raises ``Backpressure`` if the mailbox has no credit."""
-        (self._hub or self._get_hub()).tell(self, message, True)
+    tell = _BoundTell(False, """Send *message* to the actor's ``receive``; no reply.
+
+        In synchronous code, waits for mailbox credit up to the send timeout, then raises
+        ``Backpressure``; on a running event loop it never waits.
+        """)
+    tell_nowait = _BoundTell(True, """Like ``tell`` but never waits: raises ``Backpressure``
+        if the mailbox has no credit.""")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_ref, (self.run_id, self.actor_id, self.name, self.handlers,

@@ -194,5 +194,5 @@ class SystemHub(Hub):
         if chan is None:
             return
         with chan.lock:
-            chan.outbox.append((OP_REPLY, token, False, exc, ""))
+            self.wrap_bare(chan).append((OP_REPLY, token, False, exc, ""))
         self.mark_dirty(chan)

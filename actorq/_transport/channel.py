@@ -121,6 +121,7 @@ class OutChannel:
     """
 
     __slots__ = (
+        "bare",
         "closed",
         "credits",
         "ctl",
@@ -153,6 +154,10 @@ class OutChannel:
         # tuples of them): all of them, and the burst is marshalled, not pickled. Only
         # appends that know add to it; whoever empties the outbox zeroes it.
         self.plain = 0
+        # True: the outbox holds told messages only, bare (not in their wire tuples): a
+        # burst of tells is marshalled as (op, messages) (``Hub.encode``). Whoever appends
+        # anything else first wraps them (``Hub.wrap_bare``); whoever empties it clears it.
+        self.bare = False
         self.seen = 0  # outbox length at the owner loop's last settling look (Hub.flush_dirty)
         self.encoded: deque[tuple[bytes, int]] = deque()  # encoded, not yet written (ring full)
         self.encoded_count = 0
@@ -191,16 +196,16 @@ class OutChannel:
     def flush_locked(self, encode: Any) -> bool:
         """Write the outbox as record(s); True if everything reached the ring.
 
-        Caller holds ``lock``. *encode* turns a list of messages (and whether all of them
-        are plain data) into a payload and the number of messages it holds (fewer if some
-        could not be pickled). What does not fit stays encoded, in order, for the next
-        flush.
+        Caller holds ``lock``. *encode* turns a list of messages (whether all of them are
+        plain data, and whether they are bare told messages: ``bare``) into a payload and
+        the number of messages it holds (fewer if some could not be pickled). What does
+        not fit stays encoded, in order, for the next flush.
         """
         if self.outbox:
             msgs, self.outbox = self.outbox, []
             plain = self.plain == len(msgs)
-            self.plain = 0
-            payload, count = encode(msgs, plain)
+            bare, self.plain, self.bare = self.bare, 0, False
+            payload, count = encode(msgs, plain, bare)
             if count:
                 self.encoded.append((payload, count))
                 self.encoded_count += count
@@ -326,7 +331,7 @@ class OpenRecord:
     """
 
     __slots__ = ("busy", "chan", "done", "hdr", "msgs", "next", "prefix", "queued", "rec",
-                 "t_read", "unlink")
+                 "t_read", "tells", "unlink")
 
     def __init__(self, chan: InChannel, rec: Record, unlink: list[str], skip: int) -> None:
         self.chan = chan
@@ -338,6 +343,7 @@ class OpenRecord:
         self.done = [True] * skip + [False] * (rec.count - skip)
         self.t_read = 0.0  # perf_counter() when read (adaptive window samples)
         self.msgs: Sequence[Any] = ()  # a list, or a tuple (a marshalled burst)
+        self.tells = False  # True: ``msgs`` are told messages, bare (not wire tuples)
         self.next = skip
         self.queued = 0  # messages counted in the receiver's backlog while queued
 

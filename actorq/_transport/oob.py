@@ -449,7 +449,10 @@ def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True,
     """``decode_batch`` for a payload already unpickled once (*obj*)."""
     if isinstance(obj, list):  # a list, or a Salvaged one
         return obj
-    if obj[0] != _SPILL_TAG and obj[0] != _OOB_TAG:  # a marshalled burst (Hub.encode)
+    op = obj[0]
+    if type(op) is int:  # a marshalled burst of one op, bare: (op, messages) (Hub.encode)
+        return [(op, 0, m) for m in obj[1]]
+    if op != _SPILL_TAG and op != _OOB_TAG:  # a marshalled burst (Hub.encode)
         return list(obj)
     if obj[0] == _SPILL_TAG:
         name, size = obj[1]

@@ -21,6 +21,7 @@ What must hold, as without batching (issue 15):
 
 from __future__ import annotations
 
+import marshal
 import os
 import socket
 from types import SimpleNamespace
@@ -33,7 +34,7 @@ from hypothesis import strategies as st
 from actorq._actorproc.host import READ_AHEAD, ActorHub, Host
 from actorq._config import SystemConfig
 from actorq._core.hub import Hub
-from actorq._core.protocol import C_BUSY, Boot
+from actorq._core.protocol import C_BUSY, OP_CALL, OP_TELL, Boot
 from actorq._core.ref import ActorRef
 from actorq._errors import Backpressure
 from actorq._ids import new_run_prefix
@@ -267,5 +268,59 @@ def test_bursts_keep_order_credits_and_crash_semantics(data: st.DataObject, burs
         chan = world.sender.outbound[ACTOR]
         assert chan.ring.in_flight() == 0
         assert chan.credit() == window
+    finally:
+        world.close()
+
+
+def test_plain_tells_travel_bare_and_a_crash_among_them_is_redelivered() -> None:
+    """A burst of plain tells is one record of the told messages themselves, (OP_TELL,
+    messages), not wire tuples; a crash in its sixth handler blames that message, which
+    is delivered again, and the rest of the burst follows it in order."""
+    world = World(64, {5: "handler"})
+    try:
+        for i in range(10):
+            world.ref.tell(("m", i))
+        chan = world.sender.outbound[ACTOR]
+        assert chan.bare
+        assert chan.outbox == [("m", i) for i in range(10)]
+        world.sender.flush_dirty()
+        assert not chan.bare
+        assert not chan.outbox
+        inbound = world.actor.inbound[0]  # type: ignore[union-attr]
+        rec = inbound.ring.read_at(inbound.cursor)
+        assert rec is not None
+        try:
+            assert marshal.loads(rec.payload) == (OP_TELL, tuple(("m", i) for i in range(10)))
+        finally:
+            rec.payload.release()
+        world.run_actor()
+        assert world.log == list(range(10))
+        assert world.crashes == [("busy", None)]
+        assert chan.ring.in_flight() == 0
+    finally:
+        world.close()
+
+
+def test_a_call_after_bare_tells_wraps_them_and_keeps_the_order() -> None:
+    """Tells, then a call, then a tell to the same busy actor in one burst: the bare
+    tells are put back in their wire tuples before the call joins them; all arrive in
+    order."""
+    world = World(64, {})
+    try:
+        world.ref.tell(("m", 0))
+        world.sender.flush_dirty()  # in flight: the call below waits for the burst
+        world.ref.tell(("m", 1))
+        world.ref.tell(("m", 2))
+        chan = world.sender.outbound[ACTOR]
+        assert chan.bare
+        reply = world.ref.call("work", ("m", 3))
+        world.ref.tell(("m", 4))
+        assert not chan.bare
+        assert [m[0] for m in chan.outbox] == [OP_TELL, OP_TELL, OP_CALL, OP_TELL]
+        world.sender.flush_dirty()
+        world.run_actor()
+        world.replies()
+        assert world.log == [0, 1, 2, 3, 4]
+        assert reply.result(0) == 3
     finally:
         world.close()
