@@ -39,7 +39,7 @@ class _Call:
     may_deadlock = False
 
     def __init__(self, pool: MemberSet, method: str, args: tuple[Any, ...],
-                 kwargs: dict[str, Any], key: Any, deadline: float | None,
+                 kwargs: dict[str, Any] | None, key: Any, deadline: float | None,
                  idem: Any = None) -> None:
         self.pool = pool
         self.config: SystemConfig = pool._config
@@ -59,13 +59,15 @@ class _Call:
     # -- ReplyWaiter: a sync waiter on the outer reply helps the current attempt -------------
 
     def wait_reply(self, reply: Reply[Any], deadline: Deadline) -> None:
-        outer = self.outer
-        while not outer.done() and not deadline.expired():
+        outer = self.outer  # kept: self.outer is let go once the call is over
+        while True:
             inner = self.inner
             if inner is not None and not inner.done():
                 inner.waiter.wait_reply(inner, deadline)  # drains the rings, as a ref call
-            else:  # between attempts (a backoff): the retry will set a new inner
+            elif not outer.done():  # between attempts (a backoff): a retry sets a new inner
                 outer.sleep_until_done(min(deadline.remaining(), 0.005))
+            if outer.done() or deadline.expired():
+                return
 
     def timeout_hint(self, reply: Reply[Any]) -> str:
         member = self.member
@@ -91,13 +93,19 @@ class _Call:
             pool._stats_inc("circuit_open_rejections")
             self._fail(pool._circuit_open_error(self.method))
             return
+        self.member = member  # _send, inlined: the first attempt is the hot path
+        self.sent_at = time.perf_counter()
         try:
-            self._send(member)
+            inner = member.ref.call_with(self.method, self.args, self.kwargs,
+                                         deadline=self.deadline, token=self.token)
         except (TypeError, AttributeError):
             pool._release(member)
             raise  # bad input: nothing was sent
         except Exception as exc:
             self._attempt_failed(member, exc)
+            return
+        self.inner = inner
+        inner.add_done_callback(self._on_done)
 
     def retry(self) -> None:
         """A later attempt (scheduler thread): another member when there is one."""
@@ -145,6 +153,7 @@ class _Call:
             breaker = member.breaker
             if breaker is not None and (breaker._state != "closed" or breaker._failures):
                 breaker.record_success()
+                pool._circuits_changed()
             self.outer.set_result(value)
             self.args = self.kwargs = None  # type: ignore[assignment]  # see _forget
             self.inner = None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from actorq._config import SystemConfig
 from actorq._core.reply import Reply
-from actorq._errors import ActorStopped, CircuitOpen
+from actorq._errors import ActorStopped, CallTimeout, CircuitOpen
 from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry, RetryBudget
@@ -108,6 +108,11 @@ class MemberSet:
     _replace_backoff: Backoff
     _lost_streak: int
     _lost_at: float
+    # every member's circuit is closed (or there are none): the router sees them all.
+    # Only the pool moves its breakers into and out of "closed" (record, trip), and it
+    # refreshes this after each (``_circuits_changed``); open -> half open is by time,
+    # between two states that are not closed.
+    _closed: bool
 
     def resize(self, n: int) -> None:
         """Grow or shrink to *n* members now (members leaving finish their current call;
@@ -141,11 +146,36 @@ class MemberSet:
             raise RuntimeError(msg)
 
 
+    def _uncount(self, member: PoolMember) -> None:
+        """Take back the counts of a bare call that could not be sent."""
+        with self._lock:
+            member.in_flight -= 1
+            member.calls -= 1
+            self._stats["calls"] -= 1
+
+    def _bare_done(self, member: PoolMember, sent: float, inner: Reply[Any]) -> None:
+        elapsed = time.perf_counter() - sent
+        exc = inner.outcome()[1]
+        if exc is None:
+            with self._lock:
+                member.in_flight -= 1
+                ewma = member.ewma
+                member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
+                member.ok += 1
+                self._stats["succeeded"] += 1
+            return
+        self._finished(member, exc, elapsed)
+        if isinstance(exc, CallTimeout) and exc.reason == "expired":
+            self._stats_inc("expired_drops")
+        elif isinstance(exc, ActorStopped) and not member.retired:
+            self._member_lost(member)
+        self._stats_inc("failed")
+
     def _pick(self, key: Any, avoid: PoolMember | None) -> PoolMember | None:
         """Choose a member whose circuit lets the call through; count it in flight."""
         with self._lock:
             candidates = self._candidates
-            if self.circuit is not None and not all_closed(candidates):
+            if not self._closed:  # some circuit is not closed: ask each (one read if not)
                 candidates = [m for m in candidates
                               if m.breaker is not None and m.breaker.available()]
             if avoid is not None and len(candidates) > 1 and not self._router.needs_key:
@@ -182,6 +212,11 @@ class MemberSet:
                 member.failures[kind] = member.failures.get(kind, 0) + 1
         if member.breaker is not None and not member.lost:  # a lost one's circuit stays open
             member.breaker.record(exc)
+            self._circuits_changed()
+
+    def _circuits_changed(self) -> None:
+        """A breaker may have left or entered "closed": refresh ``_closed``."""
+        self._closed = all_closed(self._candidates)
 
     def _stats_inc(self, name: str) -> None:
         with self._lock:
@@ -221,6 +256,7 @@ class MemberSet:
             self._stats["lost"] += 1
         if member.breaker is not None:
             member.breaker.trip()
+            self._circuits_changed()
         logger.warning("pool %r: member %r is gone for good; replacing it in %.3fs",
                        self.name, member.ref.name, delay)
         ref = weakref.ref(self)

@@ -23,11 +23,12 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from actorq._core.actor import handler_names, set_pool_factory
 from actorq._core.reply import Reply
-from actorq._errors import ActorStopped, CallTimeout
 from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry
@@ -36,7 +37,6 @@ from actorq._routing.calls import _Call
 from actorq._routing.hosts import ContextHost, NoHost, PoolHost, SupervisorHost
 from actorq._routing.idempotency import Idempotency
 from actorq._routing.members import (
-    EWMA_ALPHA,
     PoolMember,
     default_replace_backoff,
     on_lost_weakly,
@@ -63,6 +63,7 @@ __all__ = ["SCALE_WINDOW", "MemberStatistics", "Pool", "PoolStatistics", "Superv
            "context_pool", "hang_options", "parse_size", "validate_options"]
 
 A = TypeVar("A")
+Route = Callable[["Pool[Any]", str, tuple[Any, ...]], Reply[Any]]
 _pool_ids = itertools.count(1)
 
 
@@ -85,7 +86,8 @@ class _Bound:
             timeout = kwargs.pop("timeout", None)
             idem = kwargs.pop("idempotency_key", None)
             return self.pool._submit(self.method, args, kwargs, key, timeout, idem)
-        return self.pool._submit(self.method, args, kwargs, None, None, None)
+        pool = self.pool
+        return pool._route(pool, self.method, args)  # the pool's own path, chosen once
 
 
 class Pool(Idempotency, Autoscaler, Generic[A]):
@@ -122,8 +124,10 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
         self._host = host
         self._config = host.config
         self._bare = retry is None and circuit is None  # see _bare_call
+        self._closed = True
         self._args, self._kwargs = args, kwargs
         self._router = make_router(routing)
+        self._route = self._choose_route()
         self._token_prefix = f"{self.name}/{os.getpid()}/"
         self._timers = object()  # owns its entries on the routing scheduler (cancel)
         self._budget = (retry.budget.fresh() if retry is not None
@@ -238,8 +242,7 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
         except BaseException:
             self._uncount(member)
             raise
-        sent = time.perf_counter()
-        inner.add_done_callback(lambda r: self._bare_done(member, sent, r))
+        inner.add_done_callback(partial(self._bare_done, member, time.perf_counter()))
         return inner
 
     def circuits(self) -> dict[str, str]:
@@ -268,6 +271,7 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
         ``ActorStopped``, its entries leave the routing scheduler (retries waiting for
         their backoff fail now), and the autoscaler ends. The members are not touched."""
         self._stopped = True
+        self._route = Pool._route_checked  # which raises ActorStopped now
         SCHEDULER.cancel(self._timers)
 
     def statistics(self) -> PoolStatistics:
@@ -302,6 +306,36 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
             msg = f"pool {self.name!r} routes by hash: pass key= with each call"
             raise ValueError(msg)
         key_point(key)  # TypeError for a key that cannot be hashed
+
+    # A call without keywords (``pool.method(x)``) takes the pool's route, chosen once at
+    # construction from its options: the checks that cannot fail for this pool are skipped.
+
+    def _choose_route(self) -> Route:
+        """The function (not a bound method: no pool -> pool cycle) calls take."""
+        if self._router.needs_key:
+            return Pool._route_checked  # raises: a hash pool needs key=
+        if self.timeout is not None:
+            return Pool._route_checked  # a deadline per call
+        if self._bare:
+            return Pool._route_bare
+        return Pool._route_call
+
+    def _route_checked(self, method: str, args: tuple[Any, ...]) -> Reply[Any]:
+        return self._submit(method, args, {}, None, None, None)
+
+    def _route_bare(self, method: str, args: tuple[Any, ...]) -> Reply[Any]:
+        return self._bare_call(method, args, None, None)
+
+    def _route_call(self, method: str, args: tuple[Any, ...]) -> Reply[Any]:
+        """A pool with a retry or a circuit, no timeout: a ``_Call``, no deadline timer."""
+        call = _Call(self, method, args, None, None, None)
+        self._stats["calls"] += 1
+        budget = self._budget
+        if budget is not None:
+            budget.record_call()
+        outer = call.outer  # read first: a call over before start returns lets go of it
+        call.start()
+        return outer
 
     def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], key: Any,
                 timeout: float | None, idem: Any) -> Reply[Any]:
@@ -338,7 +372,7 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
             SCHEDULER.call_later(deadline - time.monotonic(), call.expire, self._timers)
         return outer
 
-    def _bare_call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+    def _bare_call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
                    key: Any) -> Reply[Any]:
         """A pool without retry, circuit or deadline: the member's own reply is the
         call's reply; only the routing and the bookkeeping are added."""
@@ -354,38 +388,13 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
             bound = member.bound.get(method)
             if bound is None:  # ref.method, cached: the ref's own fast path
                 bound = member.bound[method] = getattr(member.ref, method)
-            inner: Reply[Any] = bound(*args, **kwargs)
+            inner: Reply[Any] = bound(*args, **kwargs) if kwargs else bound(*args)
         except BaseException:
             self._uncount(member)
             raise
-        sent = time.perf_counter()
-        inner.add_done_callback(lambda r: self._bare_done(member, sent, r))
+        # partial, not a lambda: no Python frame between the reply and _bare_done
+        inner.add_done_callback(partial(self._bare_done, member, time.perf_counter()))
         return inner
-
-    def _uncount(self, member: PoolMember) -> None:
-        """Take back the counts of a bare call that could not be sent."""
-        with self._lock:
-            member.in_flight -= 1
-            member.calls -= 1
-            self._stats["calls"] -= 1
-
-    def _bare_done(self, member: PoolMember, sent: float, inner: Reply[Any]) -> None:
-        elapsed = time.perf_counter() - sent
-        exc = inner.outcome()[1]
-        if exc is None:
-            with self._lock:
-                member.in_flight -= 1
-                ewma = member.ewma
-                member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
-                member.ok += 1
-                self._stats["succeeded"] += 1
-            return
-        self._finished(member, exc, elapsed)
-        if isinstance(exc, CallTimeout) and exc.reason == "expired":
-            self._stats_inc("expired_drops")
-        elif isinstance(exc, ActorStopped) and not member.retired:
-            self._member_lost(member)
-        self._stats_inc("failed")
 
 
 def context_pool(ops: Any, cls: type, args: tuple[Any, ...],
@@ -431,8 +440,10 @@ def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
     pool._host = NoHost()
     pool._config = pool._host.config
     pool._bare = retry is None and circuit is None
+    pool._closed = True
     pool._args, pool._kwargs = (), {}
     pool._router = make_router(routing)
+    pool._route = pool._choose_route()
     pool._token_prefix = f"{name}/{os.getpid()}/"
     pool._timers = object()
     pool._budget = retry.budget.fresh() if retry is not None and retry.budget is not None \
