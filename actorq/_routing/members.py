@@ -115,8 +115,10 @@ class MemberSet:
     _closed: bool
 
     def resize(self, n: int) -> None:
-        """Grow or shrink to *n* members now (members leaving finish their current call;
-        calls still queued for them are retried on the others). A ``(min, max)`` pool
+        """Grow or shrink to *n* members now. Shrinking retires the least busy members,
+        wherever they sit: lost ones (being replaced) first, then idle ones, then those
+        with the fewest calls in flight; leaving members finish the calls they have
+        (calls still queued for them are retried on the others). A ``(min, max)`` pool
         keeps scaling within its bounds afterwards."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             msg = f"a pool's size must be an int >= 1, not {n!r}"
@@ -128,7 +130,36 @@ class MemberSet:
             if n > have:
                 self._grow(n - have)
             elif n < have:
-                self._shrink(have - n)
+                self._shrink(self._least_busy(have - n))
+
+    def retire(self, ref: ActorRef[Any]) -> None:
+        """Take the member *ref* out of the pool: no new calls go to it, the calls it has
+        finish, then it is stopped; the pool is one smaller (for a caller that routes
+        itself, such as the job graph, and knows which member it no longer needs).
+
+        ``ValueError`` if *ref* is not a member or is the last one, ``ActorStopped`` if
+        the pool is stopped. Blocks until the member is gone."""
+        self._check_owner("retire")
+        self._check_open()
+        with self._resize_lock:
+            with self._lock:
+                member = next((m for m in self._members if m.id == ref.actor_id), None)
+                size = len(self._members)
+            if member is None:
+                msg = f"{ref!r} is not a member of pool {self.name!r}"
+                raise ValueError(msg)
+            if size == 1:
+                msg = f"{ref!r} is the last member of pool {self.name!r}: stop the pool instead"
+                raise ValueError(msg)
+            self._shrink([member])
+
+    def _least_busy(self, n: int) -> list[PoolMember]:
+        """The *n* members a shrink retires: lost ones first (no process to wait for),
+        then the fewest calls in flight (idle ones before busy ones), the last slots on a
+        tie (as a pool shrank before it chose)."""
+        with self._lock:
+            order = sorted(self._members, key=lambda m: (not m.lost, m.in_flight, -m.slot))
+        return order[:n]
 
     def _describe(self, method: str | None = None) -> str:
         """``"pool 'name'.method"``, for error messages (the outer replies' ``describe``)."""
@@ -292,8 +323,7 @@ class MemberSet:
             new = PoolMember(ref, member.slot, member.breaker)
             with self._lock:
                 self._members[self._members.index(member)] = new
-                self._candidates = [m for m in self._members if not (m.retired or m.lost)]
-                self._router.resized([m.id for m in self._members])
+                self._routing_changed()
                 self._retired_stats.append(member.stats())
                 self._stats["replaced"] += 1
         if new.breaker is not None:
@@ -301,26 +331,25 @@ class MemberSet:
 
     def _grow(self, n: int) -> None:
         for _ in range(n):
-            with self._lock:
-                slot = len(self._members)
+            with self._lock:  # the first free slot: a shrink may have left a gap
+                used = {m.slot for m in self._members}
+                slot = next(i for i in range(len(used) + 1) if i not in used)
             ref = self._host.spawn_member(self.cls, self._args, dict(self._kwargs),
                                           f"{self.name}-{slot}")
             breaker = self.circuit.fresh() if self.circuit is not None else None
             with self._lock:
                 self._members.append(PoolMember(ref, slot, breaker))
-                self._candidates = [m for m in self._members if not m.retired]
-                self._router.resized([m.id for m in self._members])
+                self._members.sort(key=lambda m: m.slot)
+                self._routing_changed()
         if self._members and n and len(self._members) > self.min_size:
             self._stats_inc("grown")
 
-    def _shrink(self, n: int) -> None:
+    def _shrink(self, leaving: list[PoolMember]) -> None:
         with self._lock:
-            leaving = self._members[-n:]
             for m in leaving:
                 m.retired = True
-            self._members = self._members[:-n]
-            self._candidates = [m for m in self._members if not m.retired]
-            self._router.resized([m.id for m in self._members])
+            self._members = [m for m in self._members if not m.retired]
+            self._routing_changed()
             self._stats["shrunk"] += 1
         # Calls already sent to them are let finish first (no new ones come: they are
         # out of the routing), bounded by the stop timeout; then they are stopped.
@@ -328,10 +357,18 @@ class MemberSet:
         while any(m.in_flight for m in leaving) and time.monotonic() < end:
             time.sleep(0.005)
         for m in leaving:
-            self._host.stop_member(m.ref)
+            try:
+                self._host.stop_member(m.ref)
+            except ActorStopped:
+                if not m.lost:
+                    raise  # a lost member is gone already: nothing to stop
             with self._lock:
                 self._retired_stats.append(m.stats())
 
+    def _routing_changed(self) -> None:
+        """The members changed (under the lock): the router and the candidates follow."""
+        self._candidates = [m for m in self._members if not (m.retired or m.lost)]
+        self._router.resized([m.id for m in self._members], [m.slot for m in self._members])
 
 def on_lost_weakly(pool: MemberSet) -> Callable[[int], None]:
     """``on_lost(actor_id)`` for the host to call, holding the pool weakly."""

@@ -452,7 +452,7 @@ def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
     pool._members = [PoolMember(r, i, circuit.fresh() if circuit is not None else None)
                      for i, r in enumerate(refs)]
     pool._candidates = list(pool._members)
-    pool._router.resized([m.id for m in pool._members])
+    pool._router.resized([m.id for m in pool._members], [m.slot for m in pool._members])
     pool._stopped = False
     pool._owner = False
     pool._stats = dict.fromkeys(STAT_NAMES, 0)

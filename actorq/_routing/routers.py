@@ -53,8 +53,9 @@ class Router:
         """Return the member of *candidates* that gets the call."""
         raise NotImplementedError
 
-    def resized(self, member_ids: Sequence[int]) -> None:
-        """The pool's members are now *member_ids* (only ``hash`` keeps state on it)."""
+    def resized(self, member_ids: Sequence[int], slots: Sequence[int] | None = None) -> None:
+        """The pool's members are now *member_ids*, in *slots* (their places; default
+        ``0..n-1``). Only ``hash`` keeps state on it."""
 
 
 class RoundRobin(Router):
@@ -158,11 +159,13 @@ class ConsistentHash(Router):
         self._points: list[int] = []
         self._owners: list[int] = []
 
-    def resized(self, member_ids: Sequence[int]) -> None:
+    def resized(self, member_ids: Sequence[int], slots: Sequence[int] | None = None) -> None:
         # placed by member *slot* (not actor id): a restarted or replaced member keeps
-        # its place, and the same pool in another process builds the same ring
+        # its place, and the same pool in another process builds the same ring; a
+        # member retired from the middle takes only its own keys with it
+        places = range(len(member_ids)) if slots is None else slots
         ring = sorted((key_point(f"member-{slot}-{v}"), slot)
-                      for slot in range(len(member_ids)) for v in range(self.vnodes))
+                      for slot in places for v in range(self.vnodes))
         self._points = [p for p, _ in ring]
         self._owners = [s for _, s in ring]
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
+
+import pytest
 
 import actorq
 from actorq.testing import wait_until
@@ -109,3 +113,55 @@ def test_an_actors_pool_restarts_its_members_by_the_pools_policy_and_replaces_lo
     assert kept == second
     assert new not in (first, second)
     assert len(boss.pids(8).result(timeout=30)) == 2  # both members take calls again
+
+
+class Sleeper(actorq.Actor):
+    def hold(self, release: str) -> int:
+        """Busy until *release* exists (bounded), then return the pid."""
+        end = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < end:
+            time.sleep(0.01)
+        return os.getpid()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_shrinking_retires_the_idle_members_wherever_they_sit(system, tmp_path):
+    pool = system.pool(Sleeper, size=4, routing="round_robin")
+    a, b, c, d = pool.members()
+    release = str(tmp_path / "release")
+    busy = [pool.call_member(a, "hold", release), pool.call_member(c, "hold", release)]
+    pool.resize(2)  # b and d are idle: they go, not the last two slots (c has a call)
+    assert pool.members() == [a, c]
+    Path(release).touch()
+    assert {r.result(timeout=30) for r in busy} == {a.pid().result(timeout=20),
+                                                   c.pid().result(timeout=20)}
+    stats = pool.statistics()
+    assert (stats.size, stats.shrunk) == (2, 1)
+    assert {m.actor_id for m in stats.members} >= {b.actor_id, d.actor_id}  # kept, for figures
+    for gone in (b, d):
+        with pytest.raises(actorq.ActorStopped):
+            gone.pid().result(timeout=20)
+    pool.resize(3)  # the first free slot (b's) is taken again; members stay in slot order
+    first, new, third = pool.members()
+    assert (first, third) == (a, c)
+    assert new not in (a, b, c, d)
+
+
+def test_retire_takes_out_the_member_named_and_refuses_the_last_one(system):
+    pool = system.pool(Sleeper, size=3, routing="least_loaded")
+    a, b, c = pool.members()
+    pool.retire(b)
+    assert pool.members() == [a, c]
+    assert {pool.pid().result(timeout=20) for _ in range(6)} == {
+        a.pid().result(timeout=20), c.pid().result(timeout=20)}
+    with pytest.raises(ValueError, match="not a member"):
+        pool.retire(b)
+    pool.retire(c)
+    with pytest.raises(ValueError, match="last member"):
+        pool.retire(a)
+    assert pool.members() == [a]
+    pool.stop()
+    with pytest.raises(actorq.ActorStopped):
+        pool.retire(a)
