@@ -22,7 +22,6 @@ from pathlib import Path
 
 import actorq
 
-
 MODES = ("ref", "default", "retry", "circuit_retry", "least_loaded", "fastest", "hash")
 
 

@@ -165,3 +165,37 @@ def test_retire_takes_out_the_member_named_and_refuses_the_last_one(system):
     pool.stop()
     with pytest.raises(actorq.ActorStopped):
         pool.retire(a)
+
+
+class Held(actorq.Actor):
+    def __init__(self, release: str) -> None:
+        self.release = release
+
+    def receive(self, message: object) -> None:
+        """Busy until *release* exists (bounded): the messages behind it wait."""
+        end = time.monotonic() + 60
+        while not os.path.exists(self.release) and time.monotonic() < end:
+            time.sleep(0.01)
+
+
+def test_a_channel_opened_before_its_member_boots_gets_the_members_own_window(tmp_path):
+    """The members of a (min, max) pool have a credit window of ``scale_window``; a
+    channel opened before a member's process is up (right after the pool starts) must
+    not cache credit from the system's default window (8192), or the first burst passes
+    flow control unchecked and the autoscaler never sees anyone wait for credit."""
+    release = tmp_path / "release"
+    with actorq.ActorSystem(send_timeout=0.5, warm_spares=0) as system:
+        pool = system.pool(Held, str(release), size=(1, 2), scale_window=4)
+        member = pool.members()[0]
+        for i in range(4):  # the window's worth (the first one holds the member)
+            member.tell(i)
+
+        def flood() -> None:
+            for i in range(100):
+                member.tell(i)
+
+        with pytest.raises(actorq.Backpressure):
+            flood()
+        assert member.channel_statistics().window == 4
+        release.touch()
+        pool.stop()
