@@ -3,7 +3,8 @@
 Run under callgrind twice per mode with different call counts; the difference divided by
 the difference of counts is the per-call cost in the calling process, free of start-up::
 
-    for n in 200 1200; do for mode in ref default retry circuit_retry; do
+    for n in 200 1200; do
+      for mode in ref default retry circuit_retry least_loaded fastest hash; do
       valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$mode.$n \\
         python benchmarks/callgrind_pool_call.py $mode $n; done; done
     python benchmarks/callgrind_pool_call.py --report /tmp/cg 200 1200
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import actorq
 
+MODES = ("ref", "default", "retry", "circuit_retry", "least_loaded", "fastest", "hash")
+
 
 class Echo(actorq.Actor):
     def echo(self, x):
@@ -31,9 +34,17 @@ def run(mode: str, n: int) -> None:
     with actorq.ActorSystem(spin_seconds=0.0, call_timeout=600.0, warm_spares=0) as system:
         options = {"default": {}, "retry": {"retry": actorq.Retry()},
                    "circuit_retry": {"circuit": actorq.CircuitBreaker(),
-                                     "retry": actorq.Retry()}, "ref": {}}[mode]
+                                     "retry": actorq.Retry()}, "ref": {},
+                   "least_loaded": {"routing": "least_loaded"},
+                   "fastest": {"routing": "fastest"}, "hash": {"routing": "hash"}}[mode]
         pool = system.pool(Echo, size=1, **options)
         target = pool.members()[0] if mode == "ref" else pool
+        if mode == "hash":  # a key per call (its hashing is part of the cost)
+            for i in range(50):
+                pool.echo(i, key=i).result()
+            for i in range(n):
+                pool.echo(i, key=i).result()
+            return
         for i in range(50):  # warm: channels open, caches filled
             target.echo(i).result()
         for i in range(n):
@@ -50,7 +61,7 @@ def total(path: Path) -> int:
 
 def report(prefix: str, lo: int, hi: int) -> None:
     per = {}
-    for mode in ("ref", "default", "retry", "circuit_retry"):
+    for mode in MODES:
         a, b = Path(f"{prefix}.{mode}.{lo}"), Path(f"{prefix}.{mode}.{hi}")
         if a.exists() and b.exists():
             per[mode] = (total(b) - total(a)) / (hi - lo)

@@ -183,12 +183,11 @@ class WorkerPool:
         if count + len(self._dead) > self._target:
             self._want(count + len(self._dead))
 
-    def retire_last(self) -> Worker:
-        """Take the last member out of use and ask the pool to stop it."""
-        worker = self.workers.pop()
+    def retire(self, worker: Worker) -> None:
+        """Take *worker* out of use and ask the pool to retire that very member."""
+        self.workers.remove(worker)
         self._leaving.add(worker.actor_id)
         self._want(self._target - 1)
-        return worker
 
     def _on_event(self, event: ActorEvent) -> None:
         """Lifecycle events (the system's loop thread): members going up and down."""
@@ -234,8 +233,12 @@ class WorkerPool:
                 if self._closed:
                     return
                 target = self._target
+                leaving = [self._views[aid].ref
+                           for aid in self._leaving][: max(0, applied - target)]
             try:
-                self.pool.resize(target)
+                for ref in leaving:  # the members taken out of use, wherever they sit
+                    self._retire_member(ref)
+                self.pool.resize(target)  # grows, or shrinks by what is left (least busy)
             except Exception as exc:  # the system closed meanwhile, or cannot start actors
                 logger.debug("resizing the graph workers failed", exc_info=True)
                 self.error = exc
@@ -249,6 +252,12 @@ class WorkerPool:
             notify = self.on_change
             if notify is not None:
                 notify()
+
+    def _retire_member(self, ref: ActorRef[Any]) -> None:
+        try:
+            self.pool.retire(ref)
+        except ValueError:
+            pass  # not a member any more (replaced), or the last one: resize decides
 
     # -- calls and kills ----------------------------------------------------------------
 

@@ -280,11 +280,12 @@ class Scheduler(Recovery):
         active = workers[: self.max_workers]
         waiting_tasks = len(self.ready) + len(self.timed_aside)
         if not waiting_tasks:
-            while len(workers) > 1:  # drained: fewer workers, from the last (one stays)
-                w = workers[-1]
-                if w.batches or now - w.idle_since <= IDLE_RETIRE:
+            for w in reversed(list(workers)):  # drained: fewer workers, idle ones (one stays)
+                if len(workers) <= 1:
                     break
-                pool.retire_last()
+                if w.batches or now - w.idle_since <= IDLE_RETIRE:
+                    continue
+                pool.retire(w)
                 self.counts["workers_retired"] += 1
             return
         if not workers and pool.error is not None:

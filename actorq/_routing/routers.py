@@ -53,8 +53,9 @@ class Router:
         """Return the member of *candidates* that gets the call."""
         raise NotImplementedError
 
-    def resized(self, member_ids: Sequence[int]) -> None:
-        """The pool's members are now *member_ids* (only ``hash`` keeps state on it)."""
+    def resized(self, member_ids: Sequence[int], slots: Sequence[int] | None = None) -> None:
+        """The pool's members are now *member_ids*, in *slots* (their places; default
+        ``0..n-1``). Only ``hash`` keeps state on it."""
 
 
 class RoundRobin(Router):
@@ -118,6 +119,19 @@ def key_point(key: Any) -> int:
 
     Raises ``TypeError`` for a key that cannot be hashed (nothing is sent then).
     """
+    kind = type(key)  # the common keys first, exactly: no ABC check, no second hash()
+    if kind is str:
+        data = b"s" + key.encode("utf-8", "surrogatepass")
+    elif kind is int:
+        data = b"i" + str(key).encode()
+    elif kind is bytes:
+        data = b"b" + key
+    else:
+        data = _key_bytes(key)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def _key_bytes(key: Any) -> bytes:
     if not isinstance(key, Hashable):
         msg = f"a hash pool's key must be hashable, not {type(key).__name__}"
         raise TypeError(msg)
@@ -137,7 +151,7 @@ def key_point(key: Any) -> int:
             data = b"p" + pickle.dumps(key, protocol=4)
         except Exception:
             data = b"h" + str(hash(key)).encode()
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+    return data
 
 
 class ConsistentHash(Router):
@@ -157,14 +171,18 @@ class ConsistentHash(Router):
         self.vnodes = vnodes
         self._points: list[int] = []
         self._owners: list[int] = []
+        self._slots = 0  # members on the ring
 
-    def resized(self, member_ids: Sequence[int]) -> None:
+    def resized(self, member_ids: Sequence[int], slots: Sequence[int] | None = None) -> None:
         # placed by member *slot* (not actor id): a restarted or replaced member keeps
-        # its place, and the same pool in another process builds the same ring
+        # its place, and the same pool in another process builds the same ring; a
+        # member retired from the middle takes only its own keys with it
+        places = range(len(member_ids)) if slots is None else slots
         ring = sorted((key_point(f"member-{slot}-{v}"), slot)
-                      for slot in range(len(member_ids)) for v in range(self.vnodes))
+                      for slot in places for v in range(self.vnodes))
         self._points = [p for p, _ in ring]
         self._owners = [s for _, s in ring]
+        self._slots = len(set(places))
 
     def slot_for(self, key: Any, allowed: set[int] | None = None) -> int:
         """The member slot *key* maps to (the first one in *allowed* clockwise)."""
@@ -182,6 +200,11 @@ class ConsistentHash(Router):
         raise LookupError(msg)
 
     def choose(self, candidates: Sequence[Any], key: Any = None) -> Any:
+        if len(candidates) == self._slots:  # every member may take it: no set to build
+            slot = self.slot_for(key)
+            for m in candidates:
+                if m.slot == slot:
+                    return m
         by_slot = {m.slot: m for m in candidates}
         return by_slot[self.slot_for(key, set(by_slot))]
 

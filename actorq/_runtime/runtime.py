@@ -76,7 +76,9 @@ from actorq._supervision.policy import (
 )
 from actorq._supervision.supervisor import Supervisor
 from actorq._transport import control
+from actorq._transport.aimd import AIMDWindow
 from actorq._transport.channel import (
+    C_WINDOW,
     CTL_SIZE,
     ControlBlock,
     InChannel,
@@ -267,11 +269,20 @@ class Runtime:
     def _new_cell(self, actor_id: int, name: str, cls_name: str, handlers: frozenset[str],
                   restart: RestartType, options: ActorOptions, blob: bytes,
                   supervisor: Supervisor) -> ActorCell:
+        window = 0  # not adaptive: senders use their own (the system's) window
+        if options.window_target is not None:
+            # The actor's own starting window, as its process will set it at boot: a
+            # channel opened before then (its first senders) must not take credit from
+            # the system's default window and cache it (issue #10).
+            window = AIMDWindow(target=options.window_target, minimum=options.window_min,
+                                maximum=options.window_max or self.config.window,
+                                increase=options.window_step).window
         prefix = f"{self.run_id}a{actor_id}_"
         spec = Segment.create(prefix + "spec", max(len(blob), 1), prefault=False)
         spec.buf[: len(blob)] = blob
         ctl = ControlBlock(Segment.create(prefix + "ctl", CTL_SIZE))
         lifelock.init(ctl.seg.buf)
+        ctl.slots[C_WINDOW] = window
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         cell = ActorCell(actor_id, name, cls_name, handlers, restart, options, spec,
                          len(blob), ctl, efd, supervisor)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +132,88 @@ def test_when_no_member_can_start_the_circuit_open_error_names_why(system):
         pool.work().result(timeout=60)
     assert isinstance(info.value.__cause__, actorq.ActorqError)
     assert "no setup here" in str(info.value.__cause__)
+
+class Sleeper(actorq.Actor):
+    def hold(self, release: str) -> int:
+        """Busy until *release* exists (bounded), then return the pid."""
+        end = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < end:
+            time.sleep(0.01)
+        return os.getpid()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_shrinking_retires_the_idle_members_wherever_they_sit(system, tmp_path):
+    pool = system.pool(Sleeper, size=4, routing="round_robin")
+    a, b, c, d = pool.members()
+    release = str(tmp_path / "release")
+    busy = [pool.call_member(a, "hold", release), pool.call_member(c, "hold", release)]
+    pool.resize(2)  # b and d are idle: they go, not the last two slots (c has a call)
+    assert pool.members() == [a, c]
+    Path(release).touch()
+    assert {r.result(timeout=30) for r in busy} == {a.pid().result(timeout=20),
+                                                   c.pid().result(timeout=20)}
+    stats = pool.statistics()
+    assert (stats.size, stats.shrunk) == (2, 1)
+    assert {m.actor_id for m in stats.members} >= {b.actor_id, d.actor_id}  # kept, for figures
+    for gone in (b, d):
+        with pytest.raises(actorq.ActorStopped):
+            gone.pid().result(timeout=20)
+    pool.resize(3)  # the first free slot (b's) is taken again; members stay in slot order
+    first, new, third = pool.members()
+    assert (first, third) == (a, c)
+    assert new not in (a, b, c, d)
+
+
+def test_retire_takes_out_the_member_named_and_refuses_the_last_one(system):
+    pool = system.pool(Sleeper, size=3, routing="least_loaded")
+    a, b, c = pool.members()
+    pool.retire(b)
+    assert pool.members() == [a, c]
+    assert {pool.pid().result(timeout=20) for _ in range(6)} == {
+        a.pid().result(timeout=20), c.pid().result(timeout=20)}
+    with pytest.raises(ValueError, match="not a member"):
+        pool.retire(b)
+    pool.retire(c)
+    with pytest.raises(ValueError, match="last member"):
+        pool.retire(a)
+    assert pool.members() == [a]
+    pool.stop()
+    with pytest.raises(actorq.ActorStopped):
+        pool.retire(a)
+
+
+class Held(actorq.Actor):
+    def __init__(self, release: str) -> None:
+        self.release = release
+
+    def receive(self, message: object) -> None:
+        """Busy until *release* exists (bounded): the messages behind it wait."""
+        end = time.monotonic() + 60
+        while not os.path.exists(self.release) and time.monotonic() < end:
+            time.sleep(0.01)
+
+
+def test_a_channel_opened_before_its_member_boots_gets_the_members_own_window(tmp_path):
+    """The members of a (min, max) pool have a credit window of ``scale_window``; a
+    channel opened before a member's process is up (right after the pool starts) must
+    not cache credit from the system's default window (8192), or the first burst passes
+    flow control unchecked and the autoscaler never sees anyone wait for credit."""
+    release = tmp_path / "release"
+    with actorq.ActorSystem(send_timeout=0.5, warm_spares=0) as system:
+        pool = system.pool(Held, str(release), size=(1, 2), scale_window=4)
+        member = pool.members()[0]
+        for i in range(4):  # the window's worth (the first one holds the member)
+            member.tell(i)
+
+        def flood() -> None:
+            for i in range(100):
+                member.tell(i)
+
+        with pytest.raises(actorq.Backpressure):
+            flood()
+        assert member.channel_statistics().window == 4
+        release.touch()
+        pool.stop()

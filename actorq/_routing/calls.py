@@ -1,0 +1,225 @@
+"""One pool call across its attempts: pick, send, and on failure retry or give up.
+
+One pool call::
+
+    pool.process(x) ─▶ _Call ─ attempt 1: pick a member (router, circuits) ─▶ ref.call
+                         │                       ◀── its reply's done callback
+                         ├─ success → the outer Reply gets the value
+                         └─ failure → Retry.decide: give up (the outer Reply raises)
+                                      or, after a backoff, attempt 2 (another member)
+
+The outer ``Reply`` spans every attempt; a synchronous waiter on it helps the current
+attempt's reply along exactly as it would a direct call's (``_Call.wait_reply``), so a
+pool call costs what a ref call costs plus the routing. Callbacks never wait: a retry
+is scheduled on the routing scheduler thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from functools import partial
+from typing import Any
+
+from actorq._clock import Deadline
+from actorq._config import SystemConfig
+from actorq._core.reply import Reply
+from actorq._errors import ActorStopped, CallTimeout
+from actorq._routing.members import EWMA_ALPHA, MemberSet, PoolMember
+from actorq._routing.scheduler import SCHEDULER
+
+_call_tokens = itertools.count(1)
+
+
+class _Call:
+    """One pool call, across its attempts. Also the outer reply's waiter (``ReplyWaiter``)."""
+
+    __slots__ = ("args", "attempt", "config", "deadline", "inner", "key", "kwargs", "member",
+                 "method", "outer", "pool", "sent_at", "token")
+
+    may_deadlock = False
+
+    def __init__(self, pool: MemberSet, method: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any] | None, key: Any, deadline: float | None,
+                 idem: Any = None) -> None:
+        self.pool = pool
+        self.config: SystemConfig = pool._config
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+        self.key = key
+        self.deadline = deadline
+        # the same for every attempt of this call; it travels with each (context.token)
+        self.token = idem if idem is not None else f"{pool._token_prefix}{next(_call_tokens)}"
+        self.attempt = 0
+        self.inner: Reply[Any] | None = None
+        self.member: PoolMember | None = None
+        self.sent_at = 0.0
+        self.outer: Reply[Any] = Reply(self, pool, 0, method)  # described lazily
+
+    # -- ReplyWaiter: a sync waiter on the outer reply helps the current attempt -------------
+
+    def wait_reply(self, reply: Reply[Any], deadline: Deadline) -> None:
+        outer = self.outer  # kept: self.outer is let go once the call is over
+        while True:
+            inner = self.inner
+            if inner is not None and not inner.done():
+                inner.waiter.wait_reply(inner, deadline)  # drains the rings, as a ref call
+            elif not outer.done():  # between attempts (a backoff): a retry sets a new inner
+                outer.sleep_until_done(min(deadline.remaining(), 0.005))
+            if outer.done() or deadline.expired():
+                return
+
+    def timeout_hint(self, reply: Reply[Any]) -> str:
+        member = self.member
+        where = f" (attempt {self.attempt}, on {member.ref.name!r})" if member else ""
+        return where
+
+    def waiting_would_deadlock(self, reply: Reply[Any]) -> bool:
+        inner = self.inner
+        return inner is not None and inner.waiter.waiting_would_deadlock(inner)
+
+    def flush_dirty(self, *, wait: bool = True) -> bool:
+        inner = self.inner
+        return inner.waiter.flush_dirty(wait=wait) if inner is not None else True
+
+    # -- attempts ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """The first attempt, on the caller's thread: bad input raises here."""
+        self.attempt = 1
+        pool = self.pool
+        member = pool._pick(self.key, None)
+        if member is None:
+            pool._stats_inc("circuit_open_rejections")
+            self._fail(pool._circuit_open_error(self.method))
+            return
+        self.member = member  # _send, inlined: the first attempt is the hot path
+        self.sent_at = time.perf_counter()
+        try:
+            inner = member.ref.call_with(self.method, self.args, self.kwargs,
+                                         deadline=self.deadline, token=self.token)
+        except (TypeError, AttributeError):
+            pool._release(member)
+            raise  # bad input: nothing was sent
+        except Exception as exc:
+            self._attempt_failed(member, exc)
+            return
+        self.inner = inner
+        inner.add_done_callback(self._on_done)
+
+    def retry(self, last: BaseException | None = None) -> None:
+        """A later attempt (scheduler thread): another member when there is one. *last*:
+        the previous attempt's error (the cause of a ``CircuitOpen``)."""
+        if self.outer.done():
+            return
+        self.attempt += 1
+        pool = self.pool
+        if pool._stopped:
+            self._fail(ActorStopped(f"pool {pool.name!r} was stopped"))
+            return
+        member = pool._pick(self.key, self.member)
+        if member is None:
+            pool._stats_inc("circuit_open_rejections")
+            self._fail(pool._circuit_open_error(self.method, last))
+            return
+        try:
+            self._send(member)
+        except Exception as exc:
+            self._attempt_failed(member, exc)
+
+    def _send(self, member: PoolMember) -> None:
+        self.member = member
+        self.sent_at = time.perf_counter()
+        inner = member.ref.call_with(self.method, self.args, self.kwargs,
+                                     deadline=self.deadline, token=self.token)
+        self.inner = inner
+        inner.add_done_callback(self._on_done)
+
+    def _on_done(self, inner: Reply[Any]) -> None:
+        """An attempt ended (hub loop thread, or a waiter's): finish, or schedule a retry."""
+        member = self.member
+        current = self.inner
+        if member is None or (current is not None and inner is not current):
+            return  # pragma: no cover - defensive (None: the call ended, e.g. its deadline)
+        value, exc = inner.outcome()
+        elapsed = time.perf_counter() - self.sent_at
+        pool = self.pool
+        if exc is None:  # the common case, inlined: one lock, the circuit's fast path
+            with pool._lock:
+                member.in_flight -= 1
+                ewma = member.ewma
+                member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
+                member.ok += 1
+                pool._stats["succeeded"] += 1
+            breaker = member.breaker
+            if breaker is not None and (breaker._state != "closed" or breaker._failures):
+                breaker.record_success()
+                pool._circuits_changed()
+            self.outer.set_result(value)
+            self.args = self.kwargs = None  # type: ignore[assignment]  # see _forget
+            self.inner = None
+            self.outer = _FINISHED
+            return
+        self._attempt_failed(member, exc, elapsed)
+
+    def _attempt_failed(self, member: PoolMember, exc: BaseException,
+                        elapsed: float | None = None) -> None:
+        pool = self.pool
+        pool._finished(member, exc, elapsed)
+        if isinstance(exc, CallTimeout) and exc.reason == "expired":
+            pool._stats_inc("expired_drops")
+        if self.outer.done():
+            return
+        retry = pool.retry
+        delay: float | None = None
+        if isinstance(exc, ActorStopped) and not pool._stopped and self.attempt < 1000 and (
+                member.retired or member.lost or member not in pool._members
+                or pool._member_lost(member)):
+            delay = 0.0  # its member was resized away or lost: not the call's fault
+        elif retry is not None:
+            refused = pool._budget.refused if pool._budget is not None else 0
+            delay = retry.decide(exc, self.attempt, now=time.monotonic(),
+                                 deadline=self.deadline, expected=member.ewma,
+                                 budget=pool._budget)
+            if pool._budget is not None and pool._budget.refused > refused:
+                pool._stats_inc("budget_refusals")
+        if delay is None:
+            if self._fail(exc):
+                pool._stats_inc("failed")
+            return
+        pool._stats_inc("retries")
+        SCHEDULER.call_later(delay, partial(self.retry, exc), pool._timers,
+                             run_if_cancelled=True)
+
+    def _succeed(self, value: Any) -> bool:
+        done = self.outer.set_result(value)
+        self._forget()
+        return done
+
+    def _fail(self, exc: BaseException) -> bool:
+        done = self.outer.set_exception(exc)
+        self._forget()
+        return done
+
+    def _forget(self) -> None:
+        """The call is over: drop the user's objects and the outer reply now (the outer
+        reply and its call refer to each other, and a cycle waits for the collector)."""
+        self.args = self.kwargs = None  # type: ignore[assignment]
+        self.inner = None
+        self.outer = _FINISHED
+
+    def expire(self) -> None:
+        """The call's deadline passed (scheduler thread)."""
+        if self.outer.done():
+            return
+        waited = f"{self.pool.timeout or 0:g}s" if self.pool.timeout else "its timeout"
+        err = CallTimeout(f"pool {self.pool.name!r}.{self.method}: no reply within {waited} "
+                          f"(attempt {self.attempt})")
+        if self._fail(err):
+            self.pool._stats_inc("deadline_timeouts")
+            self.pool._stats_inc("failed")
+
+
+_FINISHED: Reply[Any] = Reply.pending("a finished pool call")
+_FINISHED.set_result(None)
