@@ -23,9 +23,11 @@ Four parts (``--set parts=noop,dag,arrays,scale``), every peer measured in the s
    time per task (µs) and the memory per node, against Dask's synchronous scheduler on
    the same graph shape (a fifth of the nodes: its per-task time is all overhead).
 
-Peers are chosen with ``--set peers=ppe,mp,loky,dask,distributed``; one whose library
-is not installed is reported as skipped. Ray is reported as not installed unless
-``import ray`` works.
+Peers are chosen with ``--set peers=ppe,mp,loky,dask,distributed,ray``; one whose library
+is not installed is reported as skipped. Ray runs as a local cluster of 2 CPUs started
+once for the run (``ray.init(num_cpus=2)``): tasks by ``ray.remote``, dependencies as
+object refs, large arrays through its object store; like Dask distributed, its no-op run
+is a fifth of the tasks.
 """
 
 from __future__ import annotations
@@ -54,12 +56,13 @@ from actorq.bench.timing import BenchResult, Case, Verdict, compare, measure, me
 FULL: dict[str, Any] = {"repeats": 3, "noop_tasks": 10_000, "layers": 20, "width": 20,
                         "task_ms": 5.0, "arrays": 32, "array_mib": 8, "big_nodes": 100_000,
                         "parts": "noop,dag,arrays,scale",
-                        "peers": "ppe,mp,loky,dask,distributed"}
+                        "peers": "ppe,mp,loky,dask,distributed,ray"}
 QUICK: dict[str, Any] = {**FULL, "repeats": 2, "noop_tasks": 1000, "layers": 6, "width": 6,
                          "arrays": 8, "array_mib": 2, "big_nodes": 10_000,
                          "peers": "ppe,mp,loky,dask"}
 PARTS = ("noop", "dag", "arrays", "scale")
-PEERS = {"ppe": None, "mp": None, "loky": "loky", "dask": "dask", "distributed": "distributed"}
+PEERS = {"ppe": None, "mp": None, "loky": "loky", "dask": "dask", "distributed": "distributed",
+         "ray": "ray"}
 
 Array = npt.NDArray[np.float64]
 
@@ -112,10 +115,6 @@ def _cpu_of(n: int) -> float:
     t = time.thread_time()
     spin(n)
     return time.thread_time() - t
-
-
-def ray_missing() -> str:
-    return "not measured" if importlib.util.find_spec("ray") else "ray is not installed here"
 
 
 def peer_missing(key: str, chosen: set[str]) -> str | None:
@@ -214,6 +213,13 @@ def open_pools(chosen: set[str]) -> Iterator[dict[str, Any]]:
             pools["client"] = stack.enter_context(distributed.Client(cluster))
         if peer_missing("dask", chosen) is None:
             pools["dask"] = importlib.import_module("dask")
+        if peer_missing("ray", chosen) is None:
+            ray = importlib.import_module("ray")
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                     log_to_driver=False)
+            stack.callback(ray.shutdown)
+            pools["ray"] = ray
+            ray.get([ray.remote(noop).remote(i) for i in range(4)])
         yield pools
 
 
@@ -252,6 +258,13 @@ def bench_noop(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[
             msg = "mp.Pool: wrong result"
             raise BenchError(msg)
 
+    def ray_noop() -> None:
+        ray = pools["ray"]
+        remote = ray.remote(noop)
+        if ray.get([remote.remote(i) for i in range(n_dask)])[-1] != n_dask - 1:
+            msg = "Ray: wrong result"
+            raise BenchError(msg)
+
     def dask_dist() -> None:
         client = pools["client"]
         futs = [client.submit(noop, i, pure=False) for i in range(n_dask)]
@@ -265,9 +278,11 @@ def bench_noop(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[
              ("mp", Case("mp.Pool.apply_async", mp_pool, work=n, **kw)),
              ("loky", Case("loky submit", by_submit(pools.get("loky")), work=n, **kw)),
              ("distributed", Case("Dask distributed submit", dask_dist, work=n_dask,
-                                  note=f"{n_dask} tasks", **kw))]
+                                  note=f"{n_dask} tasks", **kw)),
+             ("ray", Case("Ray remote tasks", ray_noop, work=n_dask, note=f"{n_dask} tasks",
+                          **kw))]
     cases = [Case("actorq system.run", ours, work=n, **kw)]
-    skipped = [_skip("Ray", ray_missing(), "tasks/s", group, True)]
+    skipped: list[BenchResult] = []
     for key, case in peers:
         why = peer_missing(key, chosen)
         if why is None:
@@ -331,14 +346,24 @@ def bench_dag(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[s
     def dask_mp() -> None:
         dask.compute(*dask_graph(), scheduler="processes", num_workers=2)
 
+    def ray_dag() -> None:
+        ray = pools["ray"]
+        remote = ray.remote(spin)
+        layer = [remote.remote(n_spin) for _ in range(width)]
+        for _ in range(layers - 1):
+            layer = [remote.remote(n_spin, layer[i], layer[(i + 1) % width])
+                     for i in range(width)]
+        ray.get(layer)
+
     kw: dict[str, Any] = {"unit": "s", "group": group}
     cases = [Case("actorq system.run", ours, **kw)]
-    skipped = [_skip("Ray", ray_missing(), "s", group)]
+    skipped: list[BenchResult] = []
     for key, case in [("mp", Case("two bare processes (no deps)", bare, **kw)),
                       ("ppe", Case("PPE layer by layer", by_layer("ppe"), **kw)),
                       ("loky", Case("loky layer by layer", by_layer("loky"), **kw)),
                       ("distributed", Case("Dask distributed", dask_dist, **kw)),
-                      ("dask", Case("Dask processes", dask_mp, **kw))]:
+                      ("dask", Case("Dask processes", dask_mp, **kw)),
+                      ("ray", Case("Ray", ray_dag, **kw))]:
         why = peer_missing(key, chosen)
         if why is None:
             cases.append(case)
@@ -378,9 +403,18 @@ def bench_arrays(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mappin
                      for i in range(0, len(level), 2)]
         return dask.delayed(total)(level[0])
 
+    def ray_arrays() -> float:
+        ray = pools["ray"]
+        add = ray.remote(plus)
+        level = [ray.remote(make).remote(i, mib) for i in range(count)]
+        while len(level) > 1:
+            level = [add.remote(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+        return float(ray.get(ray.remote(total).remote(level[0])))
+
     cases: dict[str, Callable[[], float]] = {"actorq system.run": ours}
-    skipped = [_skip("Ray", ray_missing(), "s", group + ": wall")]
+    skipped: list[BenchResult] = []
     for key, name, fn in [
+            ("ray", "Ray", ray_arrays),
             ("dask", "Dask processes",
              lambda: dask_graph().compute(scheduler="processes", num_workers=2)),
             ("distributed", "Dask distributed",

@@ -313,7 +313,7 @@ def ray_block(n: int, warmup: int = 1, settle: float = 0.15) -> dict[str, Any]:
     block = new_block()
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        handle = ray.remote(max_restarts=-1)(PlainTarget).remote()
+        handle: Any = ray.remote(max_restarts=-1)(PlainTarget).remote()
         pid = ray.get(handle.pid.remote(), timeout=REPLY_TIMEOUT)
         for i in range(warmup + n):
             time.sleep(settle)

@@ -114,7 +114,7 @@ def test_results_verdicts_and_fast_path(bench: ModuleType, run: dict[str, Any]) 
     assert f"{bench.FIXED}: throughput under overload / unloaded R" in names
     assert "fast path: |ON / OFF - 1|" in names
     once = [c for c in run["verdicts"] if c.name.endswith("not handled exactly once")]
-    assert len(once) == 3
+    assert len(once) == (4 if reason is None else 3)  # Ray's case when it ran
     assert all(c.value == 0 and c.met for c in once)
 
 

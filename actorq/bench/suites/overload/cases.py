@@ -168,7 +168,7 @@ def ray_overload(p: Mapping[str, Any], rate_ref: float) -> dict[str, Any]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with recorder() as rec:
-            handle = ray.remote(RayConsumer).options(
+            handle: Any = ray.remote(RayConsumer).options(
                 max_pending_calls=p["ray_max_pending"]).remote(rec.path, cost)
             consumer_pid = ray.get(handle.pid.remote(), timeout=REPLY_TIMEOUT)
             me = os.getpid()
