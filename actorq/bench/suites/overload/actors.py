@@ -12,8 +12,10 @@ import actorq
 from actorq.bench.suites.overload.record import Recorder, burn, paced_send
 
 
-class Consumer(actorq.Actor):
-    """Burns *cost* seconds of CPU per told message; records it in the shared file."""
+class RayConsumer:
+    """Burns *cost* seconds of CPU per told message; records it in the shared file.
+
+    A plain class: Ray's consumer as it is; actorq's (``Consumer``) is the same work."""
 
     def __init__(self, path: str, cost: float) -> None:
         self.recorder = Recorder(path)
@@ -27,6 +29,10 @@ class Consumer(actorq.Actor):
 
     def pid(self) -> int:
         return os.getpid()
+
+
+class Consumer(RayConsumer, actorq.Actor):
+    """actorq's consumer: the same work and records as ``RayConsumer``."""
 
 
 class Producer(actorq.Actor):
@@ -58,20 +64,3 @@ class Sink(actorq.Actor):
         """How many messages arrived since the last count; start again."""
         n, self.received = self.received, 0
         return n
-
-
-class RayConsumer:
-    """Ray's consumer: the same work and records as ``Consumer``."""
-
-    def __init__(self, path: str, cost: float) -> None:
-        self.recorder = Recorder(path)
-        self.recorder.touch()
-        self.cost = cost
-
-    def receive(self, message: tuple[int, int, float]) -> None:
-        producer, seq, stamp = message
-        burn(self.cost)
-        self.recorder.record(producer, seq, stamp)
-
-    def pid(self) -> int:
-        return os.getpid()
