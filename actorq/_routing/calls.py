@@ -25,7 +25,7 @@ from actorq._clock import Deadline
 from actorq._config import SystemConfig
 from actorq._core.reply import Reply
 from actorq._errors import ActorStopped, CallTimeout
-from actorq._routing.members import EWMA_ALPHA, MemberSet, PoolMember
+from actorq._routing.members import MemberSet, PoolMember
 from actorq._routing.scheduler import SCHEDULER
 
 _call_tokens = itertools.count(1)
@@ -147,10 +147,7 @@ class _Call:
         pool = self.pool
         if exc is None:  # the common case, inlined: one lock, the circuit's fast path
             with pool._lock:
-                member.in_flight -= 1
-                ewma = member.ewma
-                member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
-                member.ok += 1
+                member.answered(elapsed)
                 pool._stats["succeeded"] += 1
             breaker = member.breaker
             if breaker is not None and (breaker._state != "closed" or breaker._failures):

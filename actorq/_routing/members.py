@@ -64,6 +64,17 @@ class PoolMember:
         self.lost = False  # its supervisor gave up on it: out of the routing, being replaced
         self.seen_waits = 0  # credit waits + backpressure on its channel at the last look
 
+    def took(self, elapsed: float) -> None:
+        """Fold a call's *elapsed* seconds into the latency EWMA (under the pool's lock)."""
+        ewma = self.ewma
+        self.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
+
+    def answered(self, elapsed: float) -> None:
+        """A call it took ended well after *elapsed* seconds (under the pool's lock)."""
+        self.in_flight -= 1
+        self.took(elapsed)
+        self.ok += 1
+
     def stats(self) -> MemberStatistics:
         b = self.breaker
         return MemberStatistics(self.ref.name, self.id, self.calls, self.ok,
@@ -189,10 +200,7 @@ class MemberSet:
         exc = inner.outcome()[1]
         if exc is None:
             with self._lock:
-                member.in_flight -= 1
-                ewma = member.ewma
-                member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
-                member.ok += 1
+                member.answered(elapsed)
                 self._stats["succeeded"] += 1
             return
         self._finished(member, exc, elapsed)
@@ -234,8 +242,7 @@ class MemberSet:
         with self._lock:
             member.in_flight -= 1
             if elapsed is not None and (exc is None or not isinstance(exc, ActorStopped)):
-                member.ewma = elapsed if member.ewma == 0.0 else (
-                    member.ewma + EWMA_ALPHA * (elapsed - member.ewma))
+                member.took(elapsed)
             if exc is None:
                 member.ok += 1
             else:
