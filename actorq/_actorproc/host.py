@@ -230,15 +230,28 @@ class ActorHub(Hub):
             msg = f"{ref._describe()} is stopped: {answer[2]}"
             raise ActorStopped(msg)
         _kind, target, ring_name, ctl_name = answer
-        return self.attach_outbound(target, ring_name, ctl_name, fds[0])
+        try:
+            return self.attach_outbound(target, ring_name, ctl_name, fds[0])
+        except FileNotFoundError:
+            # its segments were unlinked between the answer and now: the system is
+            # closing, or forgot the target (stopped for good, past ``stopped_kept``)
+            os.close(fds[0])
+            why = "its mailbox is gone (the system is closing or forgot it)"
+            self.gone[ref.actor_id] = why
+            msg = f"{ref._describe()} is stopped: {why}"
+            raise ActorStopped(msg) from None
 
     def attach_outbound(self, target: int, ring_name: str, ctl_name: str, efd: int) -> OutChannel:
         """Map the ring to *target* and remember it."""
         chan = self.outbound.get(target)
         if chan is None:
             ctl = ControlBlock(Segment.attach(ctl_name))
-            chan = OutChannel(target, Segment.attach(ring_name, prefault=False), ctl, efd,
-                              self.config.window)
+            try:
+                ring = Segment.attach(ring_name, prefault=False)
+            except FileNotFoundError:
+                ctl.close()
+                raise
+            chan = OutChannel(target, ring, ctl, efd, self.config.window)
             self.outbound[target] = chan
         return chan
 
@@ -839,7 +852,12 @@ class Host:
         for sender, (ring_name, fd_index) in info.inbound.items():
             self.hub.attach_inbound(sender, ring_name, fds[fd_index])
         for target, (ring_name, ctl_name, fd_index) in info.outbound.items():
-            self.hub.attach_outbound(target, ring_name, ctl_name, fds[fd_index])
+            try:
+                self.hub.attach_outbound(target, ring_name, ctl_name, fds[fd_index])
+            except FileNotFoundError:
+                # the target was forgotten meanwhile: the first send asks the system
+                # again and hears that it is gone
+                os.close(fds[fd_index])
 
     def read_spec(self) -> tuple[Any, tuple[Any, ...], dict[str, Any], frozenset[str]]:
         """The actor's class (imported), its arguments, and its handler names."""

@@ -429,3 +429,27 @@ def test_plain_call_with_keywords_and_nan_round_trips(system):
     assert x != x  # NaN
     assert kw == {"flag": True, "n": 3}
     assert type(kw["flag"]) is bool
+
+
+class _Teller(actorq.Actor):
+    def tell_to(self, ref: actorq.ActorRef) -> str:
+        try:
+            ref.tell("hello")
+        except actorq.ActorStopped as exc:
+            return f"ActorStopped: {exc}"
+        return "sent"
+
+
+def test_a_target_whose_mailbox_vanished_before_the_channel_opened_is_stopped(system):
+    """The system answers a channel request with the target's segment names; if they are
+    unlinked before the asking actor maps them (the system closing, or the target forgotten
+    past stopped_kept), the sender hears ActorStopped, not FileNotFoundError, and serves on."""
+    target = system.spawn(Counter)
+    teller = system.spawn(_Teller)
+    assert target.incr().result(timeout=30) == 1  # booted: its process mapped the block
+    os.unlink(f"/dev/shm/{system.run_id}a{target.actor_id}_ctl")
+    said = teller.tell_to(target).result(timeout=30)
+    assert said.startswith("ActorStopped:")
+    assert "mailbox is gone" in said
+    # the teller's own mailbox still works, and it remembers the target as gone
+    assert teller.tell_to(target).result(timeout=30).startswith("ActorStopped:")
