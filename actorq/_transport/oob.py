@@ -161,7 +161,7 @@ class BlockPool:
 
     def _create(self, size: int) -> Segment:
         if self._prefix is None:
-            return Segment.create(self._namer("b"), size)
+            return _create_named(self._namer, "b", size)
         while True:
             name = f"{self._prefix}b{os.getpid()}_{self._next}"
             self._next += 1
@@ -233,9 +233,19 @@ def _committed_or_gone(name: str) -> bool:
     return int.from_bytes(head[8:16], "little") == 0
 
 
+def _create_named(namer: Namer, kind: str, size: int) -> Segment:
+    """A new segment under *namer*'s next free name: a process gone with this pid (the
+    kernel reuses pids) may have left one of the names this process would give."""
+    while True:
+        try:
+            return Segment.create(namer(kind), size)
+        except FileExistsError:
+            continue
+
+
 def _to_fresh_segment(raw: memoryview, namer: Namer) -> tuple[str, int]:
     size = raw.nbytes
-    seg = Segment.create(namer("o"), max(size, 1))
+    seg = _create_named(namer, "o", max(size, 1))
     try:
         seg.buf[:size] = raw.cast("B")
     finally:

@@ -272,3 +272,28 @@ def test_a_block_held_by_a_receiver_that_was_killed_is_reused():
     finally:
         pool.close()
         unlink_prefix(prefix)
+
+
+def test_a_segment_left_under_a_reused_pid_does_not_block_the_next_sends():
+    """Fresh segment names are ``<prefix>o<pid>_<k>``: a process gone with this pid may
+    have left ``..._0`` behind (killed between creating and sending it). The next spill
+    takes the next free name and the message arrives intact; the leftover is untouched."""
+    from actorq._transport.channel import SegmentNamer
+    from actorq._transport.oob import decode_batch, encode_batch, run_after_commit
+    from actorq._transport.shm import Segment
+
+    prefix = f"aq_test_reuse{os.getpid()}_"
+    leftover = Segment.create(SegmentNamer(prefix)("o"), 4096)  # the dead process's
+    try:
+        message = ("big", bytes(range(256)) * 1024)
+        payload = encode_batch([message], oob_threshold=1 << 30, max_inline=1024,
+                               namer=SegmentNamer(prefix))
+        after: list = []
+        assert decode_batch(memoryview(payload), after) == [message]
+        assert after  # the spill segment, to unlink once committed
+        assert leftover.name not in after
+        run_after_commit(after)
+        assert os.path.exists(os.path.join(SHM_DIR, leftover.name))
+    finally:
+        leftover.close()
+        leftover.unlink()
