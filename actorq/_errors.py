@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import pickle
 import traceback
 
 
@@ -85,6 +86,17 @@ class DecodeError(ActorqError, TypeError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class EncodeError(ActorqError, pickle.PicklingError, TypeError):
+    """A value could not be pickled to be sent to another process: a handler's return
+    value (its caller gets this), a call's arguments, an ``Executor`` task's result.
+    A ``pickle.PicklingError`` (what ``ProcessPoolExecutor``'s future raises for a result
+    that does not pickle) and a ``TypeError`` (what pickling an unpicklable object
+    raises); ``__cause__`` is the pickling error (or its remote traceback)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class GraphError(ActorqError):
@@ -172,6 +184,7 @@ PUBLIC = (
     StartTimeout,
     CircuitOpen,
     DecodeError,
+    EncodeError,
     GraphError,
     DeadlockError,
     InitializerFailed,

@@ -136,8 +136,17 @@ def check_picklable(what: str | Callable[[], str], args: tuple[Any, ...],
 def _check_one(what: str, label: str, value: Any) -> None:
     if type(value) in _SAFE:
         return
+    dumps_checked(what, label, value, None)
+
+
+def dumps_checked(what: str, label: str, value: Any,
+                  buffers: list[pickle.PickleBuffer] | None) -> bytes:
+    """*value* pickled (protocol 5), its large buffers left out of band (appended to
+    *buffers*, or left out if None); or the clear ``TypeError`` of ``check_picklable``
+    naming *label* of *what*, from the pickling error."""
     try:
-        pickle.dumps(value, protocol=5, buffer_callback=lambda _buf: False)
+        return pickle.dumps(value, protocol=5, buffer_callback=(
+            (lambda _buf: False) if buffers is None else buffers.append))
     except BaseException as exc:  # SystemExit from a __reduce__ too: a bad argument
         if isinstance(exc, KeyboardInterrupt):
             raise

@@ -88,6 +88,14 @@ def test_decode_error_keeps_its_kind_and_is_a_type_error():
     assert isinstance(back, TypeError)
 
 
+def test_encode_error_is_a_pickling_error_and_a_type_error():
+    back = pickle.loads(pickle.dumps(actorq.EncodeError("the return value of f()")))
+    assert str(back) == "the return value of f()"
+    assert isinstance(back, pickle.PicklingError)
+    assert isinstance(back, TypeError)
+    assert isinstance(back, actorq.ActorqError)
+
+
 def test_initializer_failed_is_a_broken_executor():
     import concurrent.futures
 

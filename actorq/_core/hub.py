@@ -37,7 +37,14 @@ from actorq._core.protocol import (
 )
 from actorq._core.ref import ChannelStatistics
 from actorq._core.reply import Reply, error_from_wire
-from actorq._errors import ActorStopped, Backpressure, DecodeError, MessageTooLarge, format_remote
+from actorq._errors import (
+    ActorStopped,
+    Backpressure,
+    DecodeError,
+    EncodeError,
+    MessageTooLarge,
+    format_remote,
+)
 from actorq._ids import next_token
 from actorq._serialization import (
     SAFE_TYPES,
@@ -740,13 +747,13 @@ class Hub:
             if reply is not None:
                 reply.set_exception(
                     MessageTooLarge(f"{reply.describe}: {exc}") if too_large else
-                    TypeError(f"{reply.describe}: a message could not be pickled: {exc}"))
+                    EncodeError(f"{reply.describe}: a message could not be pickled: {exc}"))
                 return None
         if msg[0] == OP_REPLY:
             if too_large:
                 return (OP_REPLY, msg[1], False,
                         MessageTooLarge(f"the handler's return value: {exc}"), "")
-            err = TypeError(f"the handler's return value could not be pickled: {exc}")
+            err = EncodeError(f"the handler's return value could not be pickled: {exc}")
             return (OP_REPLY, msg[1], False, err, format_remote(exc))
         logger.error("dropped a message that could not be %s: %s",
                      "put in shared memory" if too_large else "pickled", exc)

@@ -41,17 +41,27 @@ import cloudpickle
 import actorq
 from actorq._core.actor import Actor
 from actorq._core.reply import Reply
-from actorq._errors import DecodeError, InitializerFailed, format_remote, rebuild
+from actorq._errors import (
+    ActorCrashed,
+    DecodeError,
+    EncodeError,
+    InitializerFailed,
+    format_remote,
+    rebuild,
+)
 from actorq._executor import ledger
-from actorq._executor.ledger import Outcome
+from actorq._executor.ledger import DECODING, ENCODING, Outcome, Step
 from actorq._resilience.retry import Retry
-from actorq._serialization import check_picklable
+from actorq._serialization import SAFE_TYPES as SAFE
+from actorq._serialization import dumps_checked, quick_safe
 
 _fn_ids = itertools.count(1)
 _REUSED = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
            functools.partial)  # callables worth caching in the members
 _BY_REF = object()  # in the spec cache: the function travels as itself
 _ALONE = object()  # a batch's tasks go again, one per message (Executor._undecoded)
+_PLAIN = ("call", "chunk")  # task kinds whose arguments travel as themselves; "pcall" and
+# "pchunk": those that need pickling are ``Packed`` at submit, unpickled by the worker
 #: the options of ``system.pool`` an Executor passes on
 POOL_OPTIONS = frozenset({"routing", "circuit", "retry", "timeout", "name", "hang_margin",
                           "max_restarts", "within", "idle_timeout", "oversubscribe"})
@@ -120,6 +130,94 @@ class InitFailed:
         return (InitFailed, (self.exc, self.tb))
 
 
+class Packed:
+    """An argument pickled by the executor at ``submit`` (once: the pickling that checks
+    it), unpickled by the worker in the task itself, not by the message's decoding.
+
+    So a worker killed while it rebuilds the argument (a segfault or an ``os._exit`` in a
+    ``__setstate__``) is seen to be killed by that argument: the step is in the batch's
+    ledger slot (``ledger.DECODING``), and the task fails alone with ``DecodeError``
+    (CPython's ``test_crash_at_task_unpickle``; ``ProcessPoolExecutor`` breaks). Large
+    buffers (arrays) stay out of band: the message carries them as buffers.
+    """
+
+    __slots__ = ("blob", "buffers", "what")
+
+    def __init__(self, blob: bytes, buffers: Any, what: str) -> None:
+        self.blob = blob
+        self.buffers = buffers  # None, or the out-of-band buffers of the pickle
+        self.what = what  # "argument 1 (Point)", for errors
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Packed, (self.blob, self.buffers, self.what))
+
+    def load(self) -> Any:
+        """The argument, rebuilt."""
+        return pickle.loads(self.blob, buffers=self.buffers)
+
+
+def _packed(value: Any, label: str) -> Any:
+    """*value* as it travels: itself if it is plain data, else ``Packed`` (or the
+    ``TypeError`` naming it, from the pickling error, if it does not pickle)."""
+    if type(value) in SAFE:
+        return value
+    if (type(value) is tuple or type(value) is list) and quick_safe((value,)):
+        return value
+    buffers: list[pickle.PickleBuffer] = []
+    blob = dumps_checked("Executor.submit", label, value, buffers)
+    return Packed(blob, buffers or None, f"{label} ({type(value).__qualname__})")
+
+
+def _pack(kind: str, args: Any, kwargs: dict[str, Any] | None) -> tuple[str, Any, Any]:
+    """A task's kind and arguments as they travel: what needs pickling is ``Packed``
+    now (``TypeError`` from the pickling error if something does not pickle)."""
+    if kind == "call":
+        if quick_safe(args) and (not kwargs or quick_safe(kwargs.values())):
+            return kind, args, kwargs
+        args = tuple([_packed(a, f"argument {i}") for i, a in enumerate(args)])
+        if kwargs:
+            kwargs = {k: _packed(v, f"keyword argument {k!r}") for k, v in kwargs.items()}
+        return "pcall", args, kwargs
+    if quick_safe(args):  # a chunk of ``map``: a list of argument tuples
+        return kind, args, kwargs
+    return "pchunk", [_packed(a, f"item {i} of a map chunk") for i, a in enumerate(args)], None
+
+
+def _packed_parts(item: Any) -> list[Packed]:
+    """The ``Packed`` arguments of a task, in the order the worker unpickles them."""
+    kind, _spec, args, kwargs = item
+    parts = [a for a in args if type(a) is Packed]
+    if kind == "pcall" and kwargs:
+        parts += [v for v in kwargs.values() if type(v) is Packed]
+    return parts
+
+
+def _fn_name(spec: Any) -> str:
+    """The name of a task's function, for errors."""
+    if type(spec) is tuple:
+        return str(spec[3])
+    return str(getattr(spec, "__qualname__", None) or type(spec).__qualname__)
+
+
+def _killed_by(item: Any, step: Step) -> BaseException:
+    """The error of a task whose data killed its worker in *step* (see ``ledger``): an
+    argument as it was unpickled, or the return value as it was pickled."""
+    name = _fn_name(item[1])
+    if step.kind == DECODING:
+        parts = _packed_parts(item)
+        what = (parts[step.ordinal].what if step.ordinal < len(parts)
+                else "an argument")
+        return DecodeError(
+            f"{what} of {name}() killed worker process {step.pid} while it was unpickled "
+            "there (a crash, a signal or an os._exit in its __setstate__/__reduce__); the "
+            "task was not run, and is not sent again (it would kill another worker)",
+            "message")
+    return EncodeError(
+        f"the return value of {name}() killed worker process {step.pid} while it was "
+        "pickled there, to be sent back (a crash, a signal or an os._exit in its "
+        "__reduce__); the task ran once and is not run again")
+
+
 class FunctionWorker(Actor):
     """A pool member that runs the functions an ``Executor`` sends it."""
 
@@ -160,7 +258,7 @@ class FunctionWorker(Actor):
     def _fn(self, spec: Any) -> Callable[..., Any]:
         if type(spec) is not tuple:
             return spec  # type: ignore[no-any-return]
-        _tag, fn_id, blob = spec
+        fn_id, blob = spec[1], spec[2]
         if not fn_id:  # a one-off callable (a joblib batch, say): not worth keeping
             return cloudpickle.loads(blob)  # type: ignore[no-any-return]
         fn = self._fns.get(fn_id)
@@ -170,25 +268,91 @@ class FunctionWorker(Actor):
                 self._fns.popitem(last=False)
         return fn
 
-    def _item(self, item: Any) -> Any:
+    def _item(self, item: Any, rec: ledger.BatchRecord | None = None, index: int = 0) -> Any:
         kind, spec, args, kwargs = item
         fn = self._fn(spec)
+        if kind == "call":
+            return fn(*args, **kwargs)
         if kind == "chunk":
             return [fn(*a) for a in args]
-        return fn(*args, **kwargs)
+        args, kwargs = self._unpack(item, rec, index)
+        if kind == "pcall":
+            return fn(*args, **kwargs)
+        return [fn(*a) for a in args]
 
-    def run(self, item: Any) -> Any:
-        """Run one task (``("call", fn, args, kwargs)``) or one ``map`` chunk."""
+    def _unpack(self, item: Any, rec: ledger.BatchRecord | None,
+                index: int) -> tuple[list[Any], Any]:
+        """Rebuild a task's ``Packed`` arguments, each one's step in the ledger first (so
+        that a worker killed by one is known to be); one that raises (``SystemExit``
+        too) fails the task with ``DecodeError`` naming it."""
+        _kind, spec, args, kwargs = item
+        args = list(args)
+        ordinal = 0
+        for i, a in enumerate(args):
+            if type(a) is Packed:
+                args[i] = self._load(a, spec, rec, index, ordinal)
+                ordinal += 1
+        if kwargs:
+            kwargs = dict(kwargs)
+            for k, v in kwargs.items():
+                if type(v) is Packed:
+                    kwargs[k] = self._load(v, spec, rec, index, ordinal)
+                    ordinal += 1
+        if rec is not None:
+            rec.clear_step()  # the task runs now
+        return args, kwargs or {}
+
+    @staticmethod
+    def _load(packed: Packed, spec: Any, rec: ledger.BatchRecord | None, index: int,
+              ordinal: int) -> Any:
+        if rec is not None:
+            rec.step(DECODING, index, ordinal)
+        try:
+            return packed.load()
+        except BaseException as exc:  # sys.exit() in a __reduce__ too: the argument's
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            msg = (f"{packed.what} of {_fn_name(spec)}() could not be unpickled in the "
+                   f"worker (pid {os.getpid()}), so the task was not run: "
+                   f"{type(exc).__name__}: {exc}")
+            raise DecodeError(msg, "message") from exc
+
+    def _record(self, where: tuple[str, int, int]) -> ledger.BatchRecord:
+        """The ledger slot of a message (file, slot, batch number), as this worker sees it."""
+        path, slot, batch = where
+        ledger_map = self._maps.get(path)
+        if ledger_map is None:
+            ledger_map = self._maps[path] = ledger.open_map(path)
+        return ledger.BatchRecord(ledger_map, slot, batch, path)
+
+    def run(self, item: Any, where: tuple[str, int, int] | None = None) -> Any:
+        """Run one task (``("call", fn, args, kwargs)``) or one ``map`` chunk.
+
+        With *where* (a ledger slot), the slot says when the return value is being
+        pickled (by the runtime, after this returns): if that kills the process, the
+        retry finds it there and fails the task with ``EncodeError`` instead of running
+        it again (see ``ledger``).
+        """
         if self._init_failed is not None:
             return self._init_failed
+        rec = None
+        if where is not None:
+            rec = self._record(where)
+            if rec.crashed is not None:  # its return value killed the last worker
+                raise _killed_by(item, rec.crashed)
         if self._left is not None and not self._take_one():
             return Deferred
         try:
-            return self._item(item)
+            result = self._item(item)
         except Exception:
+            if rec is not None:
+                rec.step(ENCODING, 0)
             raise  # the handler's error, as for any call
         except BaseException as exc:  # SystemExit and the like: the task's, not ours
-            return Raised(exc, format_remote(exc))
+            result = Raised(exc, format_remote(exc))
+        if rec is not None:
+            rec.step(ENCODING, 0)
+        return result
 
     def run_many(self, items: list[Any],
                  where: tuple[str, int, int] | None = None) -> list[Outcome] | InitFailed:
@@ -203,21 +367,22 @@ class FunctionWorker(Actor):
             return self._init_failed
         rec = None
         done: dict[int, Outcome] = {}
+        crashed = None
         if where is not None:
-            path, slot, batch = where
-            ledger_map = self._maps.get(path)
-            if ledger_map is None:
-                ledger_map = self._maps[path] = ledger.open_map(path)
-            rec = ledger.BatchRecord(ledger_map, slot, batch, path)
+            rec = self._record(where)
             done = rec.done
+            crashed = rec.crashed
         out: list[Outcome] = []
         for index, item in enumerate(items):
             outcome = done.get(index) if done else None
-            if outcome is None and self._left is not None and not self._take_one():
+            if crashed is not None and index == crashed.task and rec is not None:
+                # an earlier attempt's worker was killed by this task's data: fail it
+                outcome = rec.record(index, (False, _killed_by(item, crashed), ""))
+            elif outcome is None and self._left is not None and not self._take_one():
                 outcome = (None, None, "")  # deferred: the executor sends it again
             elif outcome is None:
                 try:
-                    outcome = (True, self._item(item), "")
+                    outcome = (True, self._item(item, rec, index), "")
                 except BaseException as exc:  # SystemExit too: the task's, not ours
                     outcome = (False, exc, format_remote(exc))
                 if rec is not None:
@@ -356,15 +521,14 @@ class Executor(concurrent.futures.Executor):
                 msg = "cannot schedule new futures after shutdown"
                 raise RuntimeError(msg)
             try:
-                task = (future, (kind, self._spec(fn), args, kwargs))
-                _check_task(task)
+                spec = self._spec(fn)
+                kind, args, kwargs = _pack(kind, args, kwargs)
             except TypeError as exc:
-                if exc.__cause__ is None:  # not callable: at once
-                    raise
-                # does not pickle: the future fails, as with ProcessPoolExecutor; nothing
-                # is queued or sent, the executor goes on
+                # not callable, or does not pickle: the future fails, as with
+                # ProcessPoolExecutor; nothing is queued or sent, the executor goes on
                 future.set_exception(_unsendable(exc))
                 return future
+            task = (future, (kind, spec, args, kwargs))
             self._queue.append(task)
             self._pending[future] = None
             batch = self._take_locked()
@@ -406,18 +570,21 @@ class Executor(concurrent.futures.Executor):
         return batch
 
     def _send(self, batch: list[Any]) -> None:
-        """One message for *batch* (one task: ``run``; more: ``run_many``)."""
-        slot = -1
+        """One message for *batch* (one task of plain arguments: ``run``; else
+        ``run_many``, with a slot of the ledger)."""
+        slot = batch_no = -1
+        many = len(batch) > 1 or batch[0][1][0] not in _PLAIN
         try:
-            if len(batch) == 1:
-                reply = self._pool.call_with("run", (batch[0][1],))
+            try:
+                slot = self._free_slots.popleft()
+            except IndexError:  # pragma: no cover - defensive: no ledger, then
+                where = None
             else:
-                try:
-                    slot = self._free_slots.popleft()
-                except IndexError:  # pragma: no cover - defensive: no ledger, then
-                    where = None
-                else:
-                    where = (self._ledger, slot, next(self._batch_ids))
+                batch_no = next(self._batch_ids)
+                where = (self._ledger, slot, batch_no)
+            if not many:
+                reply = self._pool.call_with("run", (batch[0][1], where))
+            else:
                 reply = self._pool.call_with("run_many", ([t[1] for t in batch], where))
         except BaseException as exc:
             if slot >= 0:
@@ -427,14 +594,20 @@ class Executor(concurrent.futures.Executor):
             if not isinstance(exc, Exception):
                 raise
             return
-        reply.add_done_callback(lambda r: self._batch_done(batch, r, slot))
+        reply.add_done_callback(lambda r: self._batch_done(batch, r, slot, batch_no, many))
 
-    def _batch_done(self, batch: list[Any], reply: Reply[Any], slot: int) -> None:
+    def _batch_done(self, batch: list[Any], reply: Reply[Any], slot: int, batch_no: int,
+                    many: bool) -> None:
         result: Any
         result, exc = reply.outcome()
         if slot >= 0:
-            if type(exc) is DecodeError and not self._closed:
-                result, exc = self._undecoded(batch, exc, slot)
+            if exc is not None and not self._closed:
+                if type(exc) is DecodeError and many:
+                    result, exc = self._undecoded(batch, exc, slot, batch_no)
+                elif isinstance(exc, ActorCrashed) or isinstance(exc.__cause__,
+                                                                 ActorCrashed):
+                    result, exc = self._crashed(batch, exc, slot, batch_no)
+                    many = True  # a list of outcomes
             if not self._closed:  # else: the ledger is gone with its files
                 ledger.take_spills(self._ledger_map, self._ledger, slot)
             self._free_slots.append(slot)
@@ -444,8 +617,10 @@ class Executor(concurrent.futures.Executor):
             self._break(result)
             self._settle_all(batch, None)
         elif exc is not None:
+            if type(exc) is EncodeError and not many:
+                _name_encode_error(exc, batch[0][1])
             self._settle_all(batch, exc)
-        elif len(batch) == 1:
+        elif not many:
             if result is Deferred:
                 self._defer(batch)
             elif type(result) is Raised:
@@ -458,13 +633,15 @@ class Executor(concurrent.futures.Executor):
                 if ok is None:
                     deferred.append(task)
                 else:
+                    if not ok and type(value) is EncodeError:
+                        _name_encode_error(value, task[1])
                     self._settle_one(task[0], ok, value, tb)
             if deferred:
                 self._defer(deferred)
         self._sent_done()
 
-    def _undecoded(self, batch: list[Any], exc: DecodeError,
-                   slot: int) -> tuple[Any, BaseException | None]:
+    def _undecoded(self, batch: list[Any], exc: DecodeError, slot: int,
+                   batch_no: int) -> tuple[Any, BaseException | None]:
         """A batch's message or reply did not unpickle where it arrived, because of one
         task's argument or result: fail only that task. Arguments: the batch was not run;
         its tasks go again, each alone. Result: the batch ran; each task's outcome is
@@ -473,12 +650,35 @@ class Executor(concurrent.futures.Executor):
             with self._lock:
                 self._alone.extend(batch)
             return _ALONE, None
-        found = ledger.read_slot(self._ledger_map, self._ledger, slot)
+        found = ledger.read_slot(self._ledger_map, self._ledger, slot, batch_no)
         outcomes = []
         for index in range(len(batch)):
             outcome = found.get(index)
             outcomes.append(outcome if outcome is not None and outcome[0] is not None
                             else (False, exc, ""))
+        return outcomes, None
+
+    def _crashed(self, batch: list[Any], exc: BaseException, slot: int,
+                 batch_no: int) -> tuple[Any, BaseException | None]:
+        """A batch's worker died and the pool gave up on it (its retries are spent, or
+        there are none): fail only the task the crash belongs to, take what finished
+        from the ledger, and send the tasks not run yet again. The task fails with
+        ``DecodeError`` or ``EncodeError`` if its data killed the worker (the slot's
+        step, see ``ledger``), else with *exc*: it was running."""
+        found = ledger.read_slot(self._ledger_map, self._ledger, slot, batch_no)
+        step = ledger.crash_step(self._ledger_map, slot, found, batch_no)
+        outcomes: list[Outcome] = []
+        culprit = step.task if step is not None else None  # None: the first not finished
+        for index, task in enumerate(batch):
+            outcome = found.get(index)
+            if outcome is not None and outcome[0] is not None:
+                outcomes.append(outcome)
+            elif culprit is None or index == culprit:
+                error = exc if step is None else _killed_by(task[1], step)
+                outcomes.append((False, error, ""))
+                culprit = -1  # found: the tasks after it go again
+            else:
+                outcomes.append((None, None, ""))  # not run: sent again
         return outcomes, None
 
     def _defer(self, tasks: list[Any]) -> None:
@@ -538,7 +738,9 @@ class Executor(concurrent.futures.Executor):
         """How *fn* travels: itself if it pickles by reference, else a cloudpickled blob
         made once (and unpickled once per member)."""
         if not callable(fn):
-            msg = f"{fn!r} is not callable"
+            # as the standard library's future raises it (its worker calls fn)
+            msg = (f"'{type(fn).__name__}' object is not callable (given to "
+                   "actorq.Executor as the function to run; nothing was sent)")
             raise TypeError(msg)
         try:
             spec = self._specs.get(fn)
@@ -698,9 +900,10 @@ def _spec_of(fn: Callable[..., Any]) -> Any:
     except Exception as exc:
         msg = f"cannot send {fn!r} to a worker process: {exc}"
         raise TypeError(msg) from exc
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     if not isinstance(fn, _REUSED):
-        return ("cp", 0, blob)  # not a function: likely used once, so not cached by members
-    return ("cp", next(_fn_ids) ^ (os.getpid() << 32), blob)
+        return ("cp", 0, blob, name)  # not a function: likely used once, so not cached
+    return ("cp", next(_fn_ids) ^ (os.getpid() << 32), blob, name)
 
 
 def _results(futures: list[concurrent.futures.Future[Any]], end: float | None,
@@ -744,7 +947,11 @@ def _unsendable(exc: TypeError) -> BaseException:
     return cause
 
 
-def _check_task(task: tuple[Any, Any]) -> None:
-    """``TypeError`` (from the pickling error) for arguments that cannot be pickled."""
-    _kind, _spec, args, kwargs = task[1]
-    check_picklable("Executor.submit", args if _kind == "call" else tuple(args), kwargs)
+def _name_encode_error(exc: EncodeError, item: Any) -> None:
+    """Name the task's function in the error of a return value that did not pickle."""
+    text = str(exc)
+    if text.startswith("the return value of "):  # named already (``_killed_by``)
+        return
+    detail = text.partition("could not be pickled: ")[2] or text
+    exc.args = (f"the return value of {_fn_name(item[1])}() could not be pickled in its "
+                f"worker, to be sent back: {detail}",)

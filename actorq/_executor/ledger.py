@@ -14,6 +14,14 @@ and runs only the tasks missing. So a task that finished is never run again; the
 that was running when the worker died runs again (at-least-once, as a single task's
 retry). The slot is free again once the batch's reply arrives.
 
+The header's *step* word says what the worker was doing to which task: unpickling an
+argument (``DECODING``, with the argument's ordinal) or pickling an outcome
+(``ENCODING``), with the worker's pid. A worker that dies in one of these steps was
+killed by the task's data, not by its run (a segfault or an ``os._exit`` in a
+``__setstate__``/``__reduce__``): whoever reads the slot next (the retry, or the
+executor once the pool gave up) fails that task alone instead of running it again,
+which would kill another worker the same way (``crash_step``).
+
 A large outcome (over ``SPILL_AT``, or more than what is left of the slot) is written to
 a file of its own beside the ledger, ``<ledger>_<slot>_<batch>_<index>``, and its record
 in the slot only says so (the header counts the batch's spilled files); a retry reads it
@@ -35,16 +43,20 @@ import pickle
 import struct
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-from actorq._errors import format_remote
+from actorq._errors import EncodeError, format_remote
 from actorq._ids import new_run_prefix
 from actorq._shared import SHM_DIR
 
 SLOT = 4 << 20  # bytes per slot: headers and the records of one batch
 SPILL_AT = 1 << 20  # a pickled outcome larger than this goes to a file of its own
-_SLOT_HEAD = struct.Struct("<QQQ")  # batch number, bytes of records used, files spilled
+_SLOT_HEAD = struct.Struct("<QQQQ")  # batch number, bytes of records used, files spilled,
+#                                    step (pid << 32 | kind << 28 | ordinal << 16 | task + 1)
 _USED = struct.Struct("<Q")
+_STEP_AT = 24  # the step word, in the slot's header
+DECODING, ENCODING = 1, 2  # steps: unpickling an argument, pickling an outcome
+MAX_ORDINAL = 0xFFF  # an argument past this ordinal is named by its task only
 _HEAD = struct.Struct("<II")  # task index, length of the pickled outcome
 _NONE = b""  # the record of a task that returned None
 _SPILLED = 0xFFFFFFFF  # the length of a record whose outcome is in its spill file
@@ -83,7 +95,7 @@ def spill_path(path: str, slot: int, batch: int, index: int) -> str:
 def take_spills(ledger_map: mmap.mmap, path: str, slot: int) -> None:
     """The batch in *slot* is answered: remove the files it spilled (if any; one read of
     the slot's header otherwise)."""
-    batch, _used, spills = _SLOT_HEAD.unpack_from(ledger_map, slot * SLOT)
+    batch, _used, spills, _step = _SLOT_HEAD.unpack_from(ledger_map, slot * SLOT)
     if spills:
         for name in glob.glob(glob.escape(f"{path}_{slot}_{batch}_") + "*"):
             with contextlib.suppress(FileNotFoundError):
@@ -99,10 +111,36 @@ def open_map(path: str) -> mmap.mmap:
         os.close(fd)
 
 
-def read_slot(ledger_map: mmap.mmap, path: str, slot: int) -> dict[int, Outcome]:
-    """The outcomes recorded in *slot* for its batch (by task index): the executor's
-    copy, for a batch whose reply did not unpickle as a whole."""
-    batch, used, _spills = _SLOT_HEAD.unpack_from(ledger_map, slot * SLOT)
+class Step(NamedTuple):
+    """What a worker was doing to a task of its batch when it was last seen (``step``)."""
+
+    kind: int  # DECODING or ENCODING
+    task: int  # index in the batch
+    ordinal: int  # DECODING: which packed argument of the task (``MAX_ORDINAL``: unknown)
+    pid: int  # the worker
+
+
+def crash_step(ledger_map: mmap.mmap, slot: int, done: dict[int, Outcome],
+               batch: int) -> Step | None:
+    """The step the last worker of *batch* in *slot* was in, if it died in it: a task
+    whose argument was being unpickled, or whose outcome was being pickled, and that
+    has no outcome in *done* (None: it died running a task, or between tasks)."""
+    recorded, _used, _spills, word = _SLOT_HEAD.unpack_from(ledger_map, slot * SLOT)
+    if recorded != batch or not word:
+        return None
+    step = Step((word >> 28) & 0xF, (word & 0xFFFF) - 1, (word >> 16) & MAX_ORDINAL,
+                word >> 32)
+    return None if step.task < 0 or step.task in done else step
+
+
+def read_slot(ledger_map: mmap.mmap, path: str, slot: int, batch: int) -> dict[int, Outcome]:
+    """The outcomes recorded in *slot* for *batch* (by task index; none if the slot's
+    last batch is another one, which this batch's worker never reached): the
+    executor's copy, for a batch whose reply did not unpickle as a whole, or whose
+    worker died."""
+    recorded, used, _spills, _step = _SLOT_HEAD.unpack_from(ledger_map, slot * SLOT)
+    if recorded != batch:
+        return {}
     return _read(ledger_map, slot * SLOT + _SLOT_HEAD.size, used,
                  lambda index: spill_path(path, slot, batch, index))
 
@@ -110,22 +148,37 @@ def read_slot(ledger_map: mmap.mmap, path: str, slot: int) -> dict[int, Outcome]
 class BatchRecord:
     """One batch's slot, as its worker sees it (*path*: the ledger file, for spills)."""
 
-    __slots__ = ("base", "batch", "done", "map", "path", "slot", "spills", "used")
+    __slots__ = ("base", "batch", "crashed", "done", "map", "path", "pid", "slot", "spills",
+                 "used")
 
     def __init__(self, ledger_map: mmap.mmap, slot: int, batch: int, path: str = "") -> None:
         self.map = ledger_map
         self.base = slot * SLOT
         self.slot, self.batch, self.path = slot, batch, path
-        recorded, used, spills = _SLOT_HEAD.unpack_from(ledger_map, self.base)
+        self.pid = os.getpid() << 32
+        recorded, used, spills, _step = _SLOT_HEAD.unpack_from(ledger_map, self.base)
+        #: the step an earlier attempt of this batch died in (``crash_step``), if any
+        self.crashed: Step | None = None
         if recorded == batch:  # an earlier attempt died mid-batch: what it finished
             self.done = _read(ledger_map, self.base + _SLOT_HEAD.size, used,
                               lambda index: spill_path(path, slot, batch, index))
             self.used = used
             self.spills = spills
+            self.crashed = crash_step(ledger_map, slot, self.done, batch)
         else:
             self.done = {}
             self.used = self.spills = 0
-            _SLOT_HEAD.pack_into(ledger_map, self.base, batch, 0, 0)
+            _SLOT_HEAD.pack_into(ledger_map, self.base, batch, 0, 0, 0)
+
+    def step(self, kind: int, index: int, ordinal: int = 0) -> None:
+        """Say that this worker now unpickles argument *ordinal* of task *index*
+        (``DECODING``) or pickles its outcome (``ENCODING``)."""
+        _USED.pack_into(self.map, self.base + _STEP_AT,
+                        self.pid | kind << 28 | min(ordinal, MAX_ORDINAL) << 16 | index + 1)
+
+    def clear_step(self) -> None:
+        """The step is over (the task runs now)."""
+        _USED.pack_into(self.map, self.base + _STEP_AT, 0)
 
     def record(self, index: int, outcome: Outcome) -> Outcome:
         """Append *outcome* of task *index*; return what the reply should carry.
@@ -133,14 +186,16 @@ class BatchRecord:
         An outcome that cannot be pickled would also fail the whole reply: it becomes the
         task's own error (naming the type).
         """
+        _USED.pack_into(self.map, self.base + _STEP_AT, self.pid | ENCODING << 28 | index + 1)
         try:
             # a task returning None (side effects only, a common case): an empty record
             body = _NONE if outcome[1] is None and outcome[0] else pickle.dumps(outcome,
                                                                                  protocol=5)
         except BaseException as exc:  # SystemExit from a __reduce__ too: this task's error
             if outcome[0]:
-                err: BaseException = TypeError(
-                    f"the task's result cannot be sent back: {type(exc).__name__}: {exc}")
+                err: BaseException = EncodeError(
+                    f"the task's return value could not be pickled: {type(exc).__name__}: "
+                    f"{exc}")
             else:
                 err = RuntimeError(f"{type(outcome[1]).__name__}: {outcome[1]} (the exception "
                                    f"itself cannot be sent back: {type(exc).__name__}: {exc})")
@@ -153,6 +208,7 @@ class BatchRecord:
         at = self.base + _SLOT_HEAD.size + used
         if len(body) > SPILL_AT or _SLOT_HEAD.size + end > SLOT:
             if not self.path or _SLOT_HEAD.size + used + _HEAD.size > SLOT:
+                self.clear_step()
                 return outcome  # nowhere to keep it: runs again after a crash
             self._spill(index, body)
             _HEAD.pack_into(self.map, at, index, _SPILLED)

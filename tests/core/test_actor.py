@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import threading
 
 import pytest
@@ -166,8 +167,10 @@ def test_unpicklable_constructor_argument_is_rejected_at_spawn(system):
 
 def test_unpicklable_return_value_becomes_an_error(system):
     c = system.spawn(Counter)
-    with pytest.raises(TypeError, match="could not be pickled"):
+    with pytest.raises(TypeError, match="could not be pickled") as info:
         c.unpicklable_result().result()
+    assert isinstance(info.value, actorq.EncodeError)  # an ActorqError
+    assert isinstance(info.value, pickle.PicklingError)  # what pickle users catch
     assert c.incr().result() == 1
 
 

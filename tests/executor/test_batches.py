@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
 import signal
 import time
 
@@ -150,9 +151,9 @@ def queue_behind_blockers(ex, gate, submit):
 
 
 def test_an_argument_that_fails_to_unpickle_in_a_batch_fails_only_its_task(tmp_path):
-    """The batch's message did not unpickle in the worker (nothing of it ran): its
-    tasks go again one per message; only the bad one fails, each of the others runs
-    once."""
+    """An argument that needs pickling travels pickled by the executor and is rebuilt
+    by the worker in its task: only that task fails (naming the argument, its type and
+    the function), each of the others runs once."""
     gate, runs = str(tmp_path / "gate"), str(tmp_path / "runs")
     with actorq.Executor(2) as ex:
         ex.submit(int).result(timeout=60)
@@ -161,8 +162,9 @@ def test_an_argument_that_fails_to_unpickle_in_a_batch_fails_only_its_task(tmp_p
             for i in range(40)])
         for i, f in enumerate(futures):
             if i == 5:
-                with pytest.raises(actorq.DecodeError, match=r"argument 0 of FunctionWorker"
-                                   r".*could not be unpickled.*refuses to unpickle"):
+                with pytest.raises(actorq.DecodeError, match=r"argument 2 \(OnlyIn\) of "
+                                   r"run_counted\(\) could not be unpickled in the worker "
+                                   r".*refuses to unpickle"):
                     f.result(timeout=60)
             else:
                 assert f.result(timeout=60) == i
@@ -212,8 +214,12 @@ def test_an_unpicklable_result_in_a_batch_fails_only_its_task(tmp_path):
         open(gate, "w").close()
         for i, f in enumerate(futures):
             if i == 2:
-                with pytest.raises(TypeError, match=r"cannot be sent back.*NoPickle refuses"):
+                with pytest.raises(pickle.PicklingError, match=r"return value of "
+                                   r"make_unpicklable\(\) could not be pickled.*NoPickle "
+                                   r"refuses") as info:
                     f.result(timeout=60)
+                assert isinstance(info.value, actorq.EncodeError)
+                assert isinstance(info.value, TypeError)  # as before, and as pickle raises
             else:
                 assert f.result(timeout=60) == i
         for b in blockers:
