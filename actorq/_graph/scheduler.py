@@ -217,7 +217,7 @@ class Scheduler(Recovery):
         cpu = time.thread_time()
         try:
             if self.journal is not None:
-                self.journal.close()
+                self.journal.close(complete=not self.unfinished)
         finally:
             self._release_pool(background=close_in_background)
             if self.bar is not None:
@@ -435,6 +435,8 @@ class Scheduler(Recovery):
             if budgets and attempts[i] == 1:
                 self._record_call(node)
             est += e
+        if self.journal is not None:  # before it can run (see journal.py); raises GraphError
+            self.journal.started([nodes[i].key for i in tids])
         now = time.monotonic()
         batch = Batch(next(self._bids), worker, tids, est, now)
         worker.batches[batch.id] = batch
@@ -560,6 +562,8 @@ class Scheduler(Recovery):
         attempt = self.attempts[i]
         if self.budgets and attempt == 1:
             self._record_call(node)
+        if self.journal is not None:
+            self.journal.started([node.key])
         self.t0[i] = time.monotonic()
         try:
             vals = [unpack_value(*self.values[d.index]) for d in node.deps]  # type: ignore[misc]

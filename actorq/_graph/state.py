@@ -72,6 +72,9 @@ class RunState:
         self.errors: dict[int, BaseException] = {}
         self.released: set[int] = set()
         self.from_journal: set[int] = set()
+        # task -> attempts that earlier runs started and did not finish (killed): counted
+        # in its stats and journal row, not against this run's retry budget
+        self.prior: dict[int, int] = {}
         self.ready: list[tuple[int, float, int]] = []
         self.est: dict[bytes, float] = {}  # function digest -> seconds (EWMA)
         for node in self.nodes:
@@ -125,9 +128,13 @@ class RunState:
         if self.journal is None:
             return
         rows = self.journal.finished()
+        nodes = self.nodes
+        starts = self.journal.prior
+        if starts:
+            self.prior = {i: starts[node.key] for i, node in enumerate(nodes)
+                          if node.key in starts and node.key not in rows}
         if not rows:
             return
-        nodes = self.nodes
         found: dict[int, tuple[int, Any]] = {}
         for i in reversed(self.order):
             row = rows.get(nodes[i].key)
@@ -199,11 +206,12 @@ class RunState:
                 self.gate.start(self._in_flight())
             self.gate.add(payload.nbytes)
         if journal and self.journal is not None:
+            attempts = self.attempts[i] + self.prior.get(i, 0) if self.prior else \
+                self.attempts[i]
             if kind == SHARED:  # the worker put it in the blob store: journal a reference
-                self.journal.done(self.nodes[i].key, self.attempts[i], BLOB,
-                                  reference(payload))
+                self.journal.done(self.nodes[i].key, attempts, BLOB, reference(payload))
             else:
-                self.journal.done(self.nodes[i].key, self.attempts[i], PICKLED,
+                self.journal.done(self.nodes[i].key, attempts, PICKLED,
                                   self._journal_blob(kind, payload))
         if self.nodes[i].deps:
             self._release_inputs(i)
@@ -251,7 +259,8 @@ class RunState:
                 blob = pickle.dumps((exc, ""), protocol=5)
             except Exception:
                 blob = pickle.dumps((GraphError(repr(exc)), ""), protocol=5)
-            self.journal.failed(self.nodes[i].key, self.attempts[i], blob)
+            self.journal.failed(self.nodes[i].key, self.attempts[i] + self.prior.get(i, 0),
+                                blob)
         root = self.nodes[i]
         if self.fail_fast:
             self._stop_all(root, exc)
