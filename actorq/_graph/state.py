@@ -28,6 +28,11 @@ from actorq._shared import SharedObject, share_pickled
 
 WAITING, READY, RUNNING, DONE, FAILED, DELAYED = range(6)
 EWMA = 0.3  # weight of a new duration measurement
+# Batches are sized by a task's CPU time, which a loaded machine does not stretch (its
+# wall time may be several times longer while the worker waits for a core); a task that
+# mostly waits (sleeps, I/O) counts at least this fraction of its wall time, so that a
+# batch of them stays within a few TARGET_BATCH_SECONDS of wall time.
+STRETCH = 4.0
 _FINISHED = (DONE, FAILED)
 logger = logging.getLogger(__name__)
 
@@ -77,6 +82,9 @@ class RunState:
         self.prior: dict[int, int] = {}
         self.ready: list[tuple[int, float, int]] = []
         self.est: dict[bytes, float] = {}  # function digest -> seconds (EWMA)
+        # function digest -> seconds of work per task (EWMA): what batches are sized by;
+        # its CPU time, or a STRETCH-th of its wall time if more (a task that sleeps)
+        self.est_cpu: dict[bytes, float] = {}
         for node in self.nodes:
             if not node.deps and not node.after_deps:
                 continue  # a root: nothing to count
@@ -172,9 +180,13 @@ class RunState:
         return self.est.get(self.codes[id(fn)].digest) if fn is not None else None
 
 
-    def _measure(self, digest: bytes, seconds: float) -> None:
+    def _measure(self, digest: bytes, seconds: float, cpu: float | None = None) -> None:
         old = self.est.get(digest)
         self.est[digest] = seconds if old is None else (1 - EWMA) * old + EWMA * seconds
+        if cpu is not None:
+            cpu = max(cpu, seconds / STRETCH)
+            old = self.est_cpu.get(digest)
+            self.est_cpu[digest] = cpu if old is None else (1 - EWMA) * old + EWMA * cpu
 
 
     # -- the ready queue ----------------------------------------------------------------
