@@ -85,19 +85,24 @@ class RunState:
         # function digest -> seconds of work per task (EWMA): what batches are sized by;
         # its CPU time, or a STRETCH-th of its wall time if more (a task that sleeps)
         self.est_cpu: dict[bytes, float] = {}
-        for node in self.nodes:
-            if not node.deps and not node.after_deps:
+        consumers, waiting, dependents = self.consumers, self.waiting, self.dependents
+        for node in self.nodes:  # per node: plain loops, the attributes looked up once
+            deps, after = node.deps, node.after_deps
+            if not deps and not after:
                 continue  # a root: nothing to count
-            parents = {d.index for d in node.deps}
+            parents = {d.index for d in deps}
             for d in parents:
-                self.consumers[d] += 1
-            parents.update(a.index for a in node.after_deps)
-            self.waiting[node.index] = len(parents)
+                consumers[d] += 1
+            if after:
+                parents.update(a.index for a in after)
+            index = node.index
+            waiting[index] = len(parents)
             for p in parents:
-                lst = self.dependents[p]
+                lst = dependents[p]
                 if lst is None:
-                    lst = self.dependents[p] = []
-                lst.append(node.index)
+                    dependents[p] = [index]
+                else:
+                    lst.append(index)
         self.order = self._topological()
         self.rank = self._ranks()
         self.done = self.failed_count = self.running = self.delayed = 0
@@ -118,10 +123,11 @@ class RunState:
     def _ranks(self) -> list[float]:
         """Upward rank: the node's estimated duration plus the longest path below it."""
         rank = [1.0] * len(self.nodes)
+        dependents, at = self.dependents, rank.__getitem__
         for i in reversed(self.order):
-            below = self.dependents[i]
+            below = dependents[i]
             if below:
-                rank[i] = 1.0 + max(rank[c] for c in below)
+                rank[i] = 1.0 + max(map(at, below))
         return rank
 
 
