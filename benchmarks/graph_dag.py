@@ -4,15 +4,16 @@
     valgrind --tool=callgrind python benchmarks/graph_dag.py --runs N
 
 The first form runs the benchmark's DAG (400 tasks x 5 ms of CPU, two dependencies
-each, ``actorq bench graph``'s part 2) and the bare-process reference alternately and
-prints, per repeat: both wall times and their ratio, the CPU of the user's process
-(getrusage), the batches sent, and each worker's idle gaps between two of its tasks
-(from ``stats.tasks``), split into gaps where the next task had already been sent
-(the worker had it queued) and *starved* ones, where it was sent only after the
-previous task ended (the worker waited for the scheduler). Then the medians and the
-load average. Instruction counts of the user's process are repeatable where times are
-not: run ``--runs 0`` and ``--runs 2`` under callgrind (with the interpreter's real
-binary, not a pyenv shim) and divide the difference of the totals by 800.
+each, ``actorq bench graph``'s part 2) and the bare-process reference alternately (every
+other repeat the bare processes first) and prints, per repeat: both wall times and
+their ratio, the CPU of the user's process (getrusage), the batches sent, and each
+worker's idle gaps between two of its tasks (from ``stats.tasks``), split into gaps
+where the next task had already been sent (the worker had it queued) and *starved*
+ones, where it was sent only after the previous task ended (the worker waited for the
+scheduler). Then the medians and the load average. Instruction counts of the user's
+process are repeatable where times are not: run ``--runs 0`` and ``--runs 2`` under
+callgrind (with the interpreter's real binary, not a pyenv shim) and divide the
+difference of the totals by 800.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def _gaps(result: actorq.GraphResult) -> tuple[list[float], list[float]]:
     return queued, starved
 
 
+def _bare(pool: Any, n_spin: int) -> float:
+    t0 = time.perf_counter()
+    pool.starmap(spin_many, [(n_spin, LAYERS * WIDTH // 2)] * 2, chunksize=1)
+    return time.perf_counter() - t0
+
+
 def _q(xs: list[float]) -> str:
     if not xs:
         return "n=0"
@@ -90,12 +97,13 @@ def main(argv: list[str]) -> None:
         for rep in range(repeats + 1):
             _sent.clear()
             graph = layered_graph(n_spin, LAYERS, WIDTH)
+            if rep % 2:  # every other repeat the bare processes go first
+                bare = _bare(pool, n_spin)
             c0, t0 = _cpu(), time.perf_counter()
             result = system.run(graph, workers=2)
             wall, cpu = time.perf_counter() - t0, _cpu() - c0
-            t0 = time.perf_counter()
-            pool.starmap(spin_many, [(n_spin, LAYERS * WIDTH // 2)] * 2, chunksize=1)
-            bare = time.perf_counter() - t0
+            if not rep % 2:
+                bare = _bare(pool, n_spin)
             if not rep:
                 continue  # warm-up
             queued, starved = _gaps(result)

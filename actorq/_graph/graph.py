@@ -419,6 +419,13 @@ def _pickle_code(node: Node) -> Code:
 
 def _check_args(node: Node) -> None:
     args, kwargs = node.args, node.kwargs
+    if not kwargs:  # the common case: scalars and dependencies (Dep) only
+        for value in args:
+            kind = type(value)
+            if kind not in SAFE_TYPES and kind is not Dep:
+                break
+        else:
+            return
     if quick_safe(args) and (not kwargs or quick_safe(kwargs.values())):
         return
     items: Iterable[tuple[str, Any]] = [

@@ -38,20 +38,39 @@ The contract:
 * The writer thread ends with the run, also when it fails or is cancelled
   (``finish`` closes the journal on every path).
 
-Opening checks everything first (writable, a journal, this graph's) so that a bad
-journal is reported before any task runs, and removes blob files that no row references
-(left by a run killed before its rows were committed).
+**One run at a time.** A run holds an exclusive lock (``flock``) on ``<journal>.lock``
+from opening to closing; a second run given the same journal while the first is alive,
+in this process or another, is refused with a ``GraphError`` naming the holder's pid,
+before anything is touched. The kernel drops the lock of a killed process, so a
+SIGKILLed run never blocks the next one (its pid stays in the file, the lock does not).
+
+**Attempts across an interruption.** Before a batch is sent, its tasks' keys are
+appended to ``<journal>.starts`` (one ``os.write`` on the scheduler's thread, no
+transaction: it survives SIGKILL of the program as soon as it returns). A run that ends
+with every task finished removes the file; a run that was killed (or stopped early)
+leaves it, and the next run counts, per task not journaled as done, the attempts that
+earlier runs started (``prior``): its stats report them (``TaskStats.interrupted``,
+included in ``attempts``), and its journal rows carry the total. The file keeps growing
+over successive interrupted runs, so the counts add up.
+
+Opening checks everything first (writable, not in use, a journal, this graph's) so that
+a bad journal is reported before any task runs, and removes blob files that no row
+references (left by a run killed before its rows were committed).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fcntl
 import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from actorq._errors import GraphError
@@ -71,7 +90,14 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str], digest: str, tasks: int) -> None:
         self.path = os.fspath(path)
         self.store = store_for(self.path)
-        self._db = self._open(digest, tasks)
+        self._starts_fd = -1
+        self._check_writable()
+        self._lock_fd = self._lock()  # before reading anything: the holder may be writing
+        try:
+            self._db = self._open(digest, tasks)
+        except BaseException:
+            self._unlock()
+            raise
         self._rows: list[tuple[bool, tuple[Any, ...]]] = []  # this round's, not handed over
         self._queue: queue.Queue[list[tuple[bool, tuple[Any, ...]]] | None] = queue.Queue(
             MAX_QUEUED)
@@ -85,6 +111,7 @@ class Journal:
             os.makedirs(self.store, exist_ok=True)
         except OSError as exc:
             self._db.close()
+            self._unlock()
             msg = (f"journal {self.path!r}: its blob folder {self.store!r} cannot be "
                    f"created ({exc}); pass a journal path in a folder you can write to")
             raise GraphError(msg) from exc
@@ -96,14 +123,28 @@ class Journal:
                            "the tasks it finished without committing them run again",
                            self.path, self.unclean)
         try:
+            self.prior = self._read_starts()
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('open', ?)",
                              (time.strftime("%Y-%m-%d %H:%M:%S"),))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             self._db.close()
+            self._unlock()
             msg = f"journal {self.path!r} cannot be written: {exc}"
             raise GraphError(msg) from exc
 
-    def _open(self, digest: str, tasks: int) -> sqlite3.Connection:
+    # -- one run at a time ----------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> str:
+        """The file a run locks while it uses this journal."""
+        return self.path + ".lock"
+
+    @property
+    def starts_path(self) -> str:
+        """The file of task starts (attempts across an interruption)."""
+        return self.path + ".starts"
+
+    def _check_writable(self) -> None:
         path = self.path
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or (
@@ -111,6 +152,81 @@ class Journal:
             msg = (f"journal {path!r} cannot be written (its folder {folder!r} is missing "
                    "or not writable); pass a path you can write to")
             raise GraphError(msg)
+
+    def _lock(self) -> int:
+        """Lock ``<journal>.lock`` for this run, or raise ``GraphError`` naming the run
+        that holds it. The file of a run that just ended may be removed between our
+        open and our lock: then we locked a file nobody else can see, so try again."""
+        lock_path = self.lock_path
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+                os.close(fd)
+                pid = holder[0] if holder else "unknown"
+                since = " ".join(holder[1:3]) if len(holder) >= 3 else "a moment ago"
+                msg = (f"journal {self.path!r} is in use by another run that is still "
+                       f"going (pid {pid}, started {since}): two runs cannot share one "
+                       "journal at the same time; wait for that run to end, or pass "
+                       "another journal path")
+                raise GraphError(msg) from None
+            except OSError as exc:  # no locks on this file system
+                os.close(fd)
+                msg = (f"journal {self.path!r} cannot be locked for this run ({exc}); "
+                       "pass a journal path on a local file system")
+                raise GraphError(msg) from exc
+            try:
+                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        return fd
+
+    def _unlock(self) -> None:
+        """Let go of the lock (the file removed first, while still held: see _lock)."""
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            if os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(self.lock_path)
+        os.close(fd)
+
+    # -- attempts across an interruption --------------------------------------------------
+
+    def _read_starts(self) -> Counter[str]:
+        """Key -> attempts started by earlier runs that did not finish (empty if the
+        last run finished every task: it removed the file)."""
+        try:
+            with open(self.starts_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return Counter()
+        lines = data.split(b"\n")
+        lines.pop()  # "" after the last newline, or a line cut short by a kill
+        return Counter(line.decode("unicode_escape") for line in lines)
+
+    def started(self, keys: Iterable[str]) -> None:
+        """Record that attempts of these tasks start now: written before they are sent,
+        so that a kill of the program right after still finds them on the next run."""
+        data = b"".join(k.encode("unicode_escape") + b"\n" for k in keys)
+        try:
+            if self._starts_fd < 0:  # created by the first start, not by opening
+                self._starts_fd = os.open(self.starts_path,
+                                          os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(self._starts_fd, data)
+        except OSError as exc:
+            msg = f"journal {self.path!r}: its starts file cannot be written ({exc})"
+            raise GraphError(msg) from exc
+
+    def _open(self, digest: str, tasks: int) -> sqlite3.Connection:
+        path = self.path
         try:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -242,8 +358,9 @@ class Journal:
             if batches[-1] is None:
                 return
 
-    def close(self) -> None:
+    def close(self, *, complete: bool = False) -> None:
         """Write what is left, stop the writer, mark the run ended, close; idempotent.
+        *complete*: every task finished (done or failed), so the starts are forgotten.
 
         Raises ``GraphError`` if rows could not be written."""
         if self._closed:
@@ -254,11 +371,18 @@ class Journal:
             if self._writer is not None:
                 self._writer.join()
             if self.error is None:
+                if complete:  # every task done or failed: no attempt was cut off
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.starts_path)
                 self._db.execute("DELETE FROM meta WHERE k = 'open'")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             self.error = self.error or exc
         finally:
+            if self._starts_fd >= 0:
+                os.close(self._starts_fd)
+                self._starts_fd = -1
             self._db.close()
+            self._unlock()
         if self.error is not None:
             msg = f"journal {self.path!r} could not be written: {self.error}"
             raise GraphError(msg) from self.error

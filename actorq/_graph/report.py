@@ -35,14 +35,14 @@ def build_result(run: RunState, wall: float, cpu: float, *, workers: int,
         tasks=_TaskTable(run), critical_path=[run.nodes[i] for i in path],
         critical_path_seconds=seconds,
         utilisation=min(1.0, busy / (max(1, workers) * wall)) if wall > 0 else 0.0,
-        attempts=sum(run.attempts), retries=counts["retries"],
+        attempts=sum(run.attempts) + sum(run.prior.values()), retries=counts["retries"],
         crashes=counts["crashes"], timeouts=counts["timeouts"],
         from_journal=len(run.from_journal), batches=counts["batches"],
         shared_bytes_peak=run.gate.peak, inband_bytes=run.inband,
         scheduler_seconds=cpu,
         extra={**{k: counts[k] for k in ("code_shipments", "workers_retired")},
                "held_back": run.gate.held_back, "run_alone": run.gate.forced,
-               "journal_blobs_rerun": run.blobs_rerun,
+               "journal_blobs_rerun": run.blobs_rerun, "interrupted": len(run.prior),
                "journal_rows": run.journal.committed if run.journal is not None else 0,
                "journal_unclean": bool(run.journal is not None and run.journal.unclean)},
         max_memory=run.gate.cap)
@@ -84,15 +84,18 @@ class _TaskTable(Mapping[Node, TaskStats]):
         self._t0, self._t1, self._where = sched.t0, sched.t1, sched.where
         self._attempts = sched.attempts
         self._journal = sched.from_journal
+        self._prior = sched.prior
         self._started = [i for i in range(len(sched.nodes))
-                         if sched.attempts[i] or i in sched.from_journal]
+                         if sched.attempts[i] or i in sched.from_journal or i in sched.prior]
 
     def __getitem__(self, node: Node) -> TaskStats:
         i = node.index
-        if node.graph is not self._nodes[0].graph or not (self._attempts[i] or i in self._journal):
+        prior = self._prior.get(i, 0)
+        if node.graph is not self._nodes[0].graph or not (
+                self._attempts[i] or prior or i in self._journal):
             raise KeyError(node)
-        return TaskStats(self._t0[i], self._t1[i], self._where[i], self._attempts[i],
-                         i in self._journal)
+        return TaskStats(self._t0[i], self._t1[i], self._where[i], self._attempts[i] + prior,
+                         i in self._journal, prior)
 
     def __iter__(self) -> Iterator[Node]:
         return (self._nodes[i] for i in self._started)

@@ -18,13 +18,17 @@ if TYPE_CHECKING:
 class TaskStats:
     """One task's run: when it started and ended (``time.monotonic()`` of this host),
     on which worker (-1: not run by a worker: an actor call, or from the journal),
-    how many attempts it took, and whether its result came from the journal."""
+    how many attempts it took, whether its result came from the journal, and how many
+    of those attempts were started by earlier runs with the same journal that ended
+    before the task was done (``interrupted``: the program was killed or stopped; the
+    task ran again in this run). ``attempts`` includes them."""
 
     start: float
     end: float
     worker: int
     attempts: int
     from_journal: bool = False
+    interrupted: int = 0
 
     @property
     def duration(self) -> float:
@@ -55,7 +59,10 @@ class GraphStats:
         extra: ``code_shipments`` (functions sent to workers: once per function and
             worker), ``workers_retired`` (idle workers stopped as the queue drained),
             ``held_back`` (times a task waited for room under max_memory) and
-            ``run_alone`` (tasks run alone over max_memory because nothing else could).
+            ``run_alone`` (tasks run alone over max_memory because nothing else could),
+            ``interrupted`` (tasks run again because an earlier run with this journal
+            started them and ended before they were done: killed or stopped; their
+            earlier attempts are in ``attempts``, per task in ``TaskStats.interrupted``).
         max_memory: the cap on bytes held by large results that this run kept to.
     """
 

@@ -27,7 +27,8 @@ Credit: at most ``CREDIT`` batches in flight per worker (one running, two queued
 mailbox, so that it never waits for the scheduler even when a reply takes a few
 milliseconds to reach the loop of a loaded machine), never an unbounded queue. Short tasks
 share a batch (tiny ones by the thousand, ones of a few ms in twos), sized from their
-measured durations to about ``TARGET_BATCH_SECONDS``, as long as the ready queue is
+measured CPU time (the worker reports the batch's; a loaded machine stretches wall
+time, not the work) to about ``TARGET_BATCH_SECONDS``, as long as the ready queue is
 deep enough to give every worker ``SPREAD`` batches: a short queue is spread thin.
 """
 
@@ -67,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 CREDIT = 3  # batches in flight per worker: one running, two waiting in its mailbox
 SPREAD = 2  # a short ready queue is split over this many batches per worker
-# Tasks share a batch up to about this much work, while the ready queue is deep enough
+# Tasks share a batch up to about this much work (CPU seconds), while the ready queue is deep enough
 # to give every worker SPREAD batches: tiny tasks by the thousand, tasks of a few ms in
 # twos (one message, one reply and one wake-up of this process per batch, not per task:
 # on a 2-core machine this process's CPU is taken from the workers).
@@ -217,7 +218,7 @@ class Scheduler(Recovery):
         cpu = time.thread_time()
         try:
             if self.journal is not None:
-                self.journal.close()
+                self.journal.close(complete=not self.unfinished)
         finally:
             self._release_pool(background=close_in_background)
             if self.bar is not None:
@@ -370,13 +371,15 @@ class Scheduler(Recovery):
         ready = self.ready
         first = heapq.heappop(ready)[2]
         tids = [first]
-        est = self._estimate(first)
+        fn = self.nodes[first].fn
+        est = self.est_cpu.get(self.codes[id(fn)].digest) if fn is not None else None
         if est is None or self.nodes[first].timeout is not None:
             return tids
         n_workers = max(1, min(len(self.pool.workers), self.max_workers))
         cap = min(MAX_BATCH, max(1, math.ceil((len(ready) + 1) / (SPREAD * n_workers))))
         total = est
-        state, nodes, codes, ests, gate = self.state, self.nodes, self.codes, self.est, self.gate
+        state, nodes, codes, ests, gate = (self.state, self.nodes, self.codes, self.est_cpu,
+                                           self.gate)
         heappop, append = heapq.heappop, tids.append
         last_fn: Any = None
         e: float | None = None
@@ -435,6 +438,8 @@ class Scheduler(Recovery):
             if budgets and attempts[i] == 1:
                 self._record_call(node)
             est += e
+        if self.journal is not None:  # before it can run (see journal.py); raises GraphError
+            self.journal.started([nodes[i].key for i in tids])
         now = time.monotonic()
         batch = Batch(next(self._bids), worker, tids, est, now)
         worker.batches[batch.id] = batch
@@ -510,7 +515,8 @@ class Scheduler(Recovery):
         last_fn: Any = None
         digest = b""
         run_sum, run_n = 0.0, 0
-        outcomes = reply.result(0)
+        means: list[tuple[bytes, float]] = []  # per run of equal functions: mean seconds
+        cpu, outcomes = reply.result(0)
         self.running -= len(outcomes)
         for tid, status, kind, payload, t0, t1 in outcomes:
             if state[tid] != RUNNING:
@@ -518,7 +524,7 @@ class Scheduler(Recovery):
             fn = nodes[tid].fn
             if fn is not last_fn:
                 if run_n:
-                    self._measure(digest, run_sum / run_n)
+                    means.append((digest, run_sum / run_n))
                     run_sum, run_n = 0.0, 0
                 last_fn = fn
                 digest = codes[id(fn)].digest
@@ -545,7 +551,12 @@ class Scheduler(Recovery):
                     gate.measure(digest, payload.nbytes)
                 self._finish(tid, (kind, payload))
         if run_n:
-            self._measure(digest, run_sum / run_n)
+            means.append((digest, run_sum / run_n))
+        # the share of the batch's wall time that was CPU in the worker (< 1 when the
+        # machine is loaded and the worker waited for a core): batches are sized by CPU
+        share = min(1.0, cpu / measured) if measured > 0 else 1.0
+        for d, mean in means:
+            self._measure(d, mean, mean * share)
         worker.busy += measured
         if batch.est > 0 and measured > 0:
             worker.speed = (1 - EWMA) * worker.speed + EWMA * (measured / batch.est)
@@ -560,6 +571,8 @@ class Scheduler(Recovery):
         attempt = self.attempts[i]
         if self.budgets and attempt == 1:
             self._record_call(node)
+        if self.journal is not None:
+            self.journal.started([node.key])
         self.t0[i] = time.monotonic()
         try:
             vals = [unpack_value(*self.values[d.index]) for d in node.deps]  # type: ignore[misc]

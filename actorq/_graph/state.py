@@ -28,6 +28,11 @@ from actorq._shared import SharedObject, share_pickled
 
 WAITING, READY, RUNNING, DONE, FAILED, DELAYED = range(6)
 EWMA = 0.3  # weight of a new duration measurement
+# Batches are sized by a task's CPU time, which a loaded machine does not stretch (its
+# wall time may be several times longer while the worker waits for a core); a task that
+# mostly waits (sleeps, I/O) counts at least this fraction of its wall time, so that a
+# batch of them stays within a few TARGET_BATCH_SECONDS of wall time.
+STRETCH = 4.0
 _FINISHED = (DONE, FAILED)
 logger = logging.getLogger(__name__)
 
@@ -72,21 +77,32 @@ class RunState:
         self.errors: dict[int, BaseException] = {}
         self.released: set[int] = set()
         self.from_journal: set[int] = set()
+        # task -> attempts that earlier runs started and did not finish (killed): counted
+        # in its stats and journal row, not against this run's retry budget
+        self.prior: dict[int, int] = {}
         self.ready: list[tuple[int, float, int]] = []
         self.est: dict[bytes, float] = {}  # function digest -> seconds (EWMA)
-        for node in self.nodes:
-            if not node.deps and not node.after_deps:
+        # function digest -> seconds of work per task (EWMA): what batches are sized by;
+        # its CPU time, or a STRETCH-th of its wall time if more (a task that sleeps)
+        self.est_cpu: dict[bytes, float] = {}
+        consumers, waiting, dependents = self.consumers, self.waiting, self.dependents
+        for node in self.nodes:  # per node: plain loops, the attributes looked up once
+            deps, after = node.deps, node.after_deps
+            if not deps and not after:
                 continue  # a root: nothing to count
-            parents = {d.index for d in node.deps}
+            parents = {d.index for d in deps}
             for d in parents:
-                self.consumers[d] += 1
-            parents.update(a.index for a in node.after_deps)
-            self.waiting[node.index] = len(parents)
+                consumers[d] += 1
+            if after:
+                parents.update(a.index for a in after)
+            index = node.index
+            waiting[index] = len(parents)
             for p in parents:
-                lst = self.dependents[p]
+                lst = dependents[p]
                 if lst is None:
-                    lst = self.dependents[p] = []
-                lst.append(node.index)
+                    dependents[p] = [index]
+                else:
+                    lst.append(index)
         self.order = self._topological()
         self.rank = self._ranks()
         self.done = self.failed_count = self.running = self.delayed = 0
@@ -107,10 +123,11 @@ class RunState:
     def _ranks(self) -> list[float]:
         """Upward rank: the node's estimated duration plus the longest path below it."""
         rank = [1.0] * len(self.nodes)
+        dependents, at = self.dependents, rank.__getitem__
         for i in reversed(self.order):
-            below = self.dependents[i]
+            below = dependents[i]
             if below:
-                rank[i] = 1.0 + max(rank[c] for c in below)
+                rank[i] = 1.0 + max(map(at, below))
         return rank
 
 
@@ -125,9 +142,13 @@ class RunState:
         if self.journal is None:
             return
         rows = self.journal.finished()
+        nodes = self.nodes
+        starts = self.journal.prior
+        if starts:
+            self.prior = {i: starts[node.key] for i, node in enumerate(nodes)
+                          if node.key in starts and node.key not in rows}
         if not rows:
             return
-        nodes = self.nodes
         found: dict[int, tuple[int, Any]] = {}
         for i in reversed(self.order):
             row = rows.get(nodes[i].key)
@@ -165,9 +186,13 @@ class RunState:
         return self.est.get(self.codes[id(fn)].digest) if fn is not None else None
 
 
-    def _measure(self, digest: bytes, seconds: float) -> None:
+    def _measure(self, digest: bytes, seconds: float, cpu: float | None = None) -> None:
         old = self.est.get(digest)
         self.est[digest] = seconds if old is None else (1 - EWMA) * old + EWMA * seconds
+        if cpu is not None:
+            cpu = max(cpu, seconds / STRETCH)
+            old = self.est_cpu.get(digest)
+            self.est_cpu[digest] = cpu if old is None else (1 - EWMA) * old + EWMA * cpu
 
 
     # -- the ready queue ----------------------------------------------------------------
@@ -199,11 +224,12 @@ class RunState:
                 self.gate.start(self._in_flight())
             self.gate.add(payload.nbytes)
         if journal and self.journal is not None:
+            attempts = self.attempts[i] + self.prior.get(i, 0) if self.prior else \
+                self.attempts[i]
             if kind == SHARED:  # the worker put it in the blob store: journal a reference
-                self.journal.done(self.nodes[i].key, self.attempts[i], BLOB,
-                                  reference(payload))
+                self.journal.done(self.nodes[i].key, attempts, BLOB, reference(payload))
             else:
-                self.journal.done(self.nodes[i].key, self.attempts[i], PICKLED,
+                self.journal.done(self.nodes[i].key, attempts, PICKLED,
                                   self._journal_blob(kind, payload))
         if self.nodes[i].deps:
             self._release_inputs(i)
@@ -251,7 +277,8 @@ class RunState:
                 blob = pickle.dumps((exc, ""), protocol=5)
             except Exception:
                 blob = pickle.dumps((GraphError(repr(exc)), ""), protocol=5)
-            self.journal.failed(self.nodes[i].key, self.attempts[i], blob)
+            self.journal.failed(self.nodes[i].key, self.attempts[i] + self.prior.get(i, 0),
+                                blob)
         root = self.nodes[i]
         if self.fail_fast:
             self._stop_all(root, exc)

@@ -1,8 +1,10 @@
 """The task worker: an actor that runs batches of graph tasks in its own process.
 
 One call, ``run(code, tasks, store)``, carries a batch (several tiny tasks, or one big one) and
-returns one list of outcomes, so scheduling costs one message round trip per batch, not
-per task. Wire records (plain tuples, cheapest to pickle)::
+returns the batch's CPU time in the worker and one list of outcomes, so scheduling costs
+one message round trip per batch, not per task. The CPU time lets the scheduler size
+batches by the work in them, not by wall time that a loaded machine stretches. Wire
+records (plain tuples, cheapest to pickle)::
 
     code     {digest: cloudpickled function} for functions this worker has not had yet
     task     (tid, digest, args, kwargs, values, nested, packed)
@@ -34,6 +36,7 @@ VALUE, PICKLED, SHARED = 0, 1, 2
 OK, ERR, NEED_CODE = 0, 1, 2
 
 _monotonic = time.monotonic
+_thread_time = time.thread_time
 
 
 def pack_value(value: Any, run_prefix: str, threshold: int) -> tuple[int, Any]:
@@ -83,8 +86,10 @@ class TaskWorker(Actor):
         self._fns: dict[bytes, Any] = {}
 
     def run(self, code: dict[bytes, bytes] | None, tasks: list[tuple[Any, ...]],
-            store: str | None = None) -> list[Any]:
-        """Run a batch of tasks in order; return one outcome per task (module docstring)."""
+            store: str | None = None) -> tuple[float, list[Any]]:
+        """Run a batch of tasks in order; return the CPU seconds the batch took in this
+        thread and one outcome per task (module docstring)."""
+        cpu = _thread_time()
         fns = self._fns
         if code:
             for digest, blob in code.items():
@@ -112,9 +117,9 @@ class TaskWorker(Actor):
                 out.append((tid, ERR, 0, pack_error(exc), t0, _monotonic()))
                 continue
             out.append((tid, OK, kind, payload, t0, _monotonic()))
-        return out
+        return _thread_time() - cpu, out
 
-    def run_packed(self, blob: bytes) -> list[Any]:
+    def run_packed(self, blob: bytes) -> tuple[float, list[Any]]:
         """``run`` with (code, tasks, store) pickled by the scheduler (no check pickling)."""
         code, tasks, store = loads(blob)
         return self.run(code, tasks, store)

@@ -225,8 +225,10 @@ def measure_interleaved(cases: Sequence[Case], *, repeats: int = 5, warmup: int 
     """Run *cases* side by side, one repeat of each in turn, and return their results.
 
     Every case runs *warmup* times unrecorded (in turn), then *repeats* rounds in which
-    each case runs once. Blocks for as long as the cases take; an exception raised by a
-    case propagates at once.
+    each case runs once, every other round in reverse order (a, b, c / c, b, a / ...), so
+    that no case always runs right after the same other one (whose processes may still
+    be winding down) or always first. Blocks for as long as the cases take; an exception
+    raised by a case propagates at once.
 
     Args:
         cases: the benchmarks; their names (and metric keys) must not collide.
@@ -247,8 +249,9 @@ def measure_interleaved(cases: Sequence[Case], *, repeats: int = 5, warmup: int 
     collected: list[dict[str, list[float]]] = [{} for _ in cases]
     starts: list[list[float]] = [[] for _ in cases]
     origin = timer()
-    for _ in range(repeats):
-        for case, store, began in zip(cases, collected, starts, strict=True):
+    rows = list(zip(cases, collected, starts, strict=True))
+    for round_ in range(repeats):
+        for case, store, began in rows if round_ % 2 == 0 else reversed(rows):
             began.append(timer() - origin)
             _record(case, store, case.run_once(timer))
     return [case.result(key, samples, began)

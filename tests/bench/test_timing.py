@@ -170,7 +170,7 @@ def test_interleaved_runs_cases_in_turn_after_warmup():
     order = []
     cases = [Case("a", order.append, ("a",)), Case("b", order.append, ("b",))]
     results = measure_interleaved(cases, repeats=3, warmup=1)
-    assert order == ["a", "b"] * 4
+    assert order == ["a", "b"] * 2 + ["b", "a"] + ["a", "b"]  # every other round reversed
     assert [r.name for r in results] == ["a", "b"]
     assert all(len(r.samples) == 3 for r in results)
 

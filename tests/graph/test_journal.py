@@ -429,6 +429,7 @@ def test_bad_journals_are_refused_before_anything_runs_and_left_alone(system, tm
     assert set(system.metrics()["actors"]) == before  # no worker was started
     assert not (tmp_path / "app.db.blobs").exists()
     assert not (tmp_path / "a-folder.blobs").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".lock")]  # let go
     with closing(sqlite3.connect(other_app)) as db:  # the other program's file untouched
         names = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
         assert names == {"users"}

@@ -262,6 +262,23 @@ def test_functions_are_shipped_once_per_worker_and_tiny_tasks_batched(system):
     assert result.stats.batches < len(g) / 20
 
 
+def wait_a_little(i):
+    time.sleep(0.012)  # the task's wall time, not its work: 12 ms, almost no CPU
+    return i
+
+
+def test_batches_are_sized_by_the_work_not_by_the_wall_time(system):
+    """A task whose wall time is stretched (here by waiting; on a loaded machine by
+    waiting for a core) is sized by its CPU time, or a STRETCH-th of its wall time:
+    12 ms tasks that wait share batches; sized by wall time they went one by one."""
+    g = actorq.Graph()
+    nodes = [g.task(wait_a_little, i) for i in range(32)]
+    result = system.run(g, workers=2)
+    assert [result[n] for n in nodes] == list(range(32))
+    assert result.stats.batches < len(g)  # they shared messages
+    assert result.stats.attempts == len(g)
+
+
 def test_workers_scale_up_for_a_wide_stage_and_down_as_the_queue_drains(system):
     g = actorq.Graph()
     wide = [g.task(burn, 20_000, i) for i in range(40)]
