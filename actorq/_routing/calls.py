@@ -150,7 +150,7 @@ class _Call:
                 member.answered(elapsed)
                 pool._stats["succeeded"] += 1
             breaker = member.breaker
-            if breaker is not None and (breaker._state != "closed" or breaker._failures):
+            if breaker is not None and not breaker.settled:  # else nothing to record
                 breaker.record_success()
                 pool._circuits_changed()
             self.outer.set_result(value)

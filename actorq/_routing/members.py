@@ -223,7 +223,7 @@ class MemberSet:
                 return None
             member: PoolMember = self._router.choose(candidates, key)
             breaker = member.breaker
-            if breaker is not None and breaker._state != "closed" and not breaker.allow():
+            if breaker is not None and not breaker.closed and not breaker.allow():
                 return None  # pragma: no cover - raced for the last half-open probe
             member.in_flight += 1
             member.calls += 1
@@ -401,9 +401,10 @@ def on_lost_weakly(pool: MemberSet) -> Callable[[int], None]:
 
 
 def all_closed(members: list[PoolMember]) -> bool:
-    """True if every member's circuit is closed (read without locks: a closed circuit
-    lets every call through, and one that is opening is seen at the next call)."""
+    """True if every member's circuit is closed (``breaker.closed``, a snapshot read
+    without locks: a closed circuit lets every call through, and one that is opening is
+    seen at the next call)."""
     for m in members:  # noqa: SIM110 - a plain loop: no generator per call
-        if m.breaker is not None and m.breaker._state != "closed":
+        if m.breaker is not None and not m.breaker.closed:
             return False
     return True
