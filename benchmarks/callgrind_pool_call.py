@@ -1,77 +1,127 @@
-"""Caller-side instructions per call: a pool call against a direct ref call (callgrind).
+"""The caller's instructions per call: a pool call against a direct ref call (callgrind).
 
-Run under callgrind twice per mode with different call counts; the difference divided by
-the difference of counts is the per-call cost in the calling process, free of start-up::
+    python benchmarks/callgrind_pool_call.py --count [MODE...]   # runs callgrind itself
+    python benchmarks/callgrind_pool_call.py MODE N              # N calls, once
 
-    for n in 200 1200; do
-      for mode in ref default retry circuit_retry least_loaded fastest hash; do
-      valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$mode.$n \\
-        python benchmarks/callgrind_pool_call.py $mode $n; done; done
-    python benchmarks/callgrind_pool_call.py --report /tmp/cg 200 1200
+Deterministic: the pool and its one member are driven in one thread over real
+shared-memory rings (``msgpath_harness.Harness``), with the real user-process hub
+(``SystemHub``: its ``wait_reply`` and ``spin_for`` read the reply, as a synchronous
+caller does) and no loop thread. Each call is::
 
-Only the calling process runs under valgrind (the member runs natively). The system's
-``spin_seconds=0`` makes a waiter park at once instead of spinning on its reply ring,
-so the count does not depend on how long the member takes.
+    reply = target.echo(i)      # counted: the call, routing, the send
+    <the member reads the call, runs echo, writes the reply>    # not counted
+    reply.result()              # counted: the wait, reading the reply, done-callbacks
+
+The counted parts run inside ``operator.call`` (a C function nothing else calls here),
+and callgrind collects only there (``--toggle-collect=_operator_call``): what is counted
+is exactly the calling thread's share of a call, which in the running system is split
+between the caller and the hub's loop thread in proportions that change run to run (the
+reason counts of a whole process were not repeatable). Two runs, of 200 and 1,200 calls;
+their difference per call removes the set-up and the first calls.
+
+Modes: ref (the member's ref), default (a pool with no retry, no circuit), retry,
+circuit_retry, least_loaded, fastest, hash (``key=`` per call), timeout (a pool with a
+deadline per call).
 """
 
 from __future__ import annotations
 
+import operator
+import os
 import re
+import subprocess
 import sys
-from pathlib import Path
+import tempfile
+from typing import Any
+
+from msgpath_harness import READ_AHEAD, Harness
 
 import actorq
+from actorq._routing.pool import _rebuild_pool
+from actorq._runtime.systemhub import SystemHub
 
-MODES = ("ref", "default", "retry", "circuit_retry", "least_loaded", "fastest", "hash")
+MODES = ("ref", "default", "retry", "circuit_retry", "least_loaded", "fastest", "hash",
+         "timeout")
+SIZES = (200, 1200)
 
 
-class Echo(actorq.Actor):
-    def echo(self, x):
-        return x
+def make_system_hub(prefix: str, config: Any, ctl: Any, efd: int) -> SystemHub:
+    """The user process's hub, without its loop thread."""
+    return SystemHub(prefix, config, ctl, efd, lambda actor_id: None)
+
+
+def target_of(h: Harness, mode: str) -> Any:
+    """The ref, or a pool whose one member is the harness's actor."""
+    if mode == "ref":
+        return h.ref
+    options: dict[str, Any] = {
+        "default": {}, "least_loaded": {"routing": "least_loaded"},
+        "fastest": {"routing": "fastest"}, "hash": {"routing": "hash"},
+        "retry": {"retry": actorq.Retry()},
+        "circuit_retry": {"circuit": actorq.CircuitBreaker(), "retry": actorq.Retry()},
+        "timeout": {"timeout": 600.0}}[mode]
+    return _rebuild_pool("bench", "Sink", h.ref.handlers, [h.ref],
+                         options.get("routing", "round_robin"), options.get("circuit"),
+                         options.get("retry"), options.get("timeout"))
+
+
+def calls(h: Harness, target: Any, n: int, start: int, keyed: bool) -> None:
+    call = operator.call
+    echo = target.echo
+    receiver = h.receiver
+    for i in range(start, start + n):
+        reply = call(echo, i, key=i) if keyed else call(echo, i)
+        receiver.drain(READ_AHEAD)  # the member's side: not counted
+        if receiver.queue:
+            receiver.pump()
+        receiver.flush_dirty()
+        value = call(reply.result, 10.0)
+        if value != i:
+            msg = f"call {i} answered {value!r}"
+            raise RuntimeError(msg)
 
 
 def run(mode: str, n: int) -> None:
-    with actorq.ActorSystem(spin_seconds=0.0, call_timeout=600.0, warm_spares=0) as system:
-        options = {"default": {}, "retry": {"retry": actorq.Retry()},
-                   "circuit_retry": {"circuit": actorq.CircuitBreaker(),
-                                     "retry": actorq.Retry()}, "ref": {},
-                   "least_loaded": {"routing": "least_loaded"},
-                   "fastest": {"routing": "fastest"}, "hash": {"routing": "hash"}}[mode]
-        pool = system.pool(Echo, size=1, **options)
-        target = pool.members()[0] if mode == "ref" else pool
-        if mode == "hash":  # a key per call (its hashing is part of the cost)
-            for i in range(50):
-                pool.echo(i, key=i).result()
-            for i in range(n):
-                pool.echo(i, key=i).result()
-            return
-        for i in range(50):  # warm: channels open, caches filled
-            target.echo(i).result()
-        for i in range(n):
-            target.echo(i).result()
+    h = Harness(make_system_hub)
+    try:
+        target = target_of(h, mode)
+        keyed = mode == "hash"
+        calls(h, target, 50, 0, keyed)  # warm: caches filled, the member's methods bound
+        calls(h, target, n, 50, keyed)
+        if mode != "ref":
+            target.halt()
+    finally:
+        h.close()
 
 
-def total(path: Path) -> int:
-    for line in path.read_text().splitlines():
-        m = re.match(r"(?:summary|totals): (\d+)", line)
-        if m:
-            return int(m.group(1))
-    raise ValueError(path)
+def callgrind_total(mode: str, n: int) -> int:
+    """Instructions the counted parts of *n* calls took."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                        "--toggle-collect=_operator_call", sys.executable, __file__, mode,
+                        str(n)], check=True, capture_output=True)
+        with open(out) as f:
+            text = f.read()
+    found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+    if found is None:
+        msg = "no total in the callgrind output"
+        raise RuntimeError(msg)
+    return int(found.group(1))
 
 
-def report(prefix: str, lo: int, hi: int) -> None:
-    per = {}
-    for mode in MODES:
-        a, b = Path(f"{prefix}.{mode}.{lo}"), Path(f"{prefix}.{mode}.{hi}")
-        if a.exists() and b.exists():
-            per[mode] = (total(b) - total(a)) / (hi - lo)
-    for mode, ins in per.items():
-        ratio = ins / per["ref"] if "ref" in per else float("nan")
-        print(f"{mode:14s} {ins:10.0f} instructions/call  {ratio:.3f}x ref")
+def count(mode: str) -> float:
+    """The caller's instructions per call in *mode*."""
+    small, large = SIZES
+    return (callgrind_total(mode, large) - callgrind_total(mode, small)) / (large - small)
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--report":
-        report(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    if sys.argv[1] == "--count":
+        ref = count("ref")
+        print(f"{'ref':14s} {ref:8.0f} instructions/call  1.000x ref", flush=True)
+        for m in sys.argv[2:] or MODES[1:]:
+            ins = count(m)
+            print(f"{m:14s} {ins:8.0f} instructions/call  {ins / ref:.3f}x ref", flush=True)
     else:
         run(sys.argv[1], int(sys.argv[2]))

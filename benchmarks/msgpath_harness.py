@@ -74,7 +74,9 @@ class SenderHub(Hub):
 class Harness:
     """Two hubs joined by two rings: the user's side and one actor's side."""
 
-    def __init__(self) -> None:
+    def __init__(self, make_sender: Any = None) -> None:
+        """*make_sender(prefix, config, ctl, efd)*: the user's side hub (default: a
+        ``SenderHub``)."""
         self.prefix = new_run_prefix()
         config = SystemConfig()
         self.config = config
@@ -92,7 +94,11 @@ class Harness:
             Ring(s.buf, init=True).release()
         sys_ctl, actor_ctl = seg("c0", CTL_SIZE), seg("c1", CTL_SIZE)
         self.efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
-        self.sender = SenderHub(0, self.prefix, config, ControlBlock(sys_ctl), self.efds[0])
+        if make_sender is None:
+            self.sender: Hub = SenderHub(0, self.prefix, config, ControlBlock(sys_ctl),
+                                         self.efds[0])
+        else:
+            self.sender = make_sender(self.prefix, config, ControlBlock(sys_ctl), self.efds[0])
         self.sender.outbound[ACTOR_ID] = OutChannel(
             ACTOR_ID, Segment.attach(to_actor.name), ControlBlock(Segment.attach(actor_ctl.name)),
             self.efds[1], config.window)

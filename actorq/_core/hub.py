@@ -200,15 +200,18 @@ class Hub:
 
     def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
                       kwargs: dict[str, Any] | None, deadline: float,
-                      call_token: Any = None) -> Reply[Any]:
+                      call_token: Any = None, on_outcome: Any = None) -> Reply[Any]:
         """Like ``call``, the message carrying *deadline* (``time.monotonic()`` seconds;
         ``math.inf``: none) and, if not None, *call_token* (``context.token``).
 
         The actor drops the call without running it if the deadline has passed when its
         turn comes (the reply is a ``CallTimeout`` whose ``reason`` is ``"expired"``), and
-        its handler can read the time left (``context.time_left()``).
+        its handler can read the time left (``context.time_left()``). *on_outcome*: the
+        reply's hook, set before the call can be answered (``ActorRef.call_with``).
         """
-        if not (quick_safe(args) and (not kwargs or quick_safe(kwargs.values()))):
+        if not kwargs and len(args) == 1 and type(args[0]) in SAFE_TYPES:
+            plain = True  # one scalar argument, as in ``call``
+        elif not (quick_safe(args) and (not kwargs or quick_safe(kwargs.values()))):
             check_picklable(lambda: ref._describe(method), args, kwargs)
             plain = False
         else:
@@ -218,6 +221,8 @@ class Hub:
             plain = False
         token = next_token()
         reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
+        if on_outcome is not None:
+            reply._hook = on_outcome
         self.pending[token] = reply
         msg: tuple[Any, ...] = (OP_DCALL, token, self.id, method, args, kwargs or _NO_KWARGS,
                                 float(deadline))

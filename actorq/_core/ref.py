@@ -29,8 +29,9 @@ class Sender(Protocol):
 
     def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
                       kwargs: dict[str, Any] | None, deadline: float,
-                      call_token: Any = None) -> Reply[Any]:
-        """Send a call carrying *deadline* (``time.monotonic()`` seconds) and a token."""
+                      call_token: Any = None, on_outcome: Any = None) -> Reply[Any]:
+        """Send a call carrying *deadline* (``time.monotonic()`` seconds) and a token;
+        *on_outcome*: the reply's hook (``ActorRef.call_with``)."""
         ...
 
     def tell(self, ref: ActorRef[Any], message: Any, nowait: bool) -> None:
@@ -244,17 +245,28 @@ class ActorRef(Generic[A]):
 
     def call_with(self, method: str, args: tuple[Any, ...] = (),
                   kwargs: dict[str, Any] | None = None, *, deadline: float | None = None,
-                  token: Any = None) -> Reply[Any]:
+                  token: Any = None,
+                  on_outcome: Callable[[Reply[Any], Any, BaseException | None], bool]
+                  | None = None) -> Reply[Any]:
         """Call *method* with the message carrying an absolute *deadline* (as
         ``call_with_deadline``; None: none) and a *token* the handler reads as
         ``self.context.token`` (None: none; plain data, a str or an int best). A pool
         sends every attempt of a call with the same token, so that a member can do a
-        side effect once across retries."""
-        if method != "receive":
-            self._check_method(method)
-        return self._get_hub().call_deadline(self, method, args, kwargs,
-                                             math.inf if deadline is None else deadline,
-                                             token)
+        side effect once across retries.
+
+        *on_outcome(reply, value, exc)*, if given, runs once when the call's outcome
+        arrives, before it is published (before ``done()`` turns True, waiters wake and
+        callbacks run), on the thread that completes the reply: quick, never blocking.
+        It returns False to publish the outcome, or True to take the reply over: it then
+        stays pending until its taker completes it (``set_result``/``set_exception``,
+        e.g. with a retry's outcome), or the hook completed it itself. A pool retries a
+        failed call this way without a second reply for calls that succeed. An
+        exception it raises is logged and the outcome published."""
+        if method != "receive" and method not in self.handlers:
+            self._check_method(method)  # raises
+        return (self._hub or self._get_hub()).call_deadline(
+            self, method, args, kwargs, math.inf if deadline is None else deadline, token,
+            on_outcome)
 
     def ask(self, message: Any) -> Reply[Any]:
         """Send *message* to the actor's ``receive`` and return a ``Reply`` with its answer."""

@@ -98,6 +98,7 @@ class Reply(Generic[T]):
         "_done",
         "_event",
         "_exc",
+        "_hook",
         "_hub",
         "_method",
         "_ref",
@@ -117,6 +118,7 @@ class Reply(Generic[T]):
         self._value: Any = None
         self._exc: BaseException | None = None
         self._event: threading.Event | None = None
+        self._hook: Callable[[Reply[T], Any, BaseException | None], bool] | None = None
         # () until someone awaits or adds a callback: most replies are waited for with
         # result(), or not at all. Entries: (loop, future) of an awaiter, or a callable.
         self._callbacks: list[Any] | tuple[()] = ()
@@ -190,6 +192,8 @@ class Reply(Generic[T]):
         """
         if self._done:
             return False
+        if self._hook is not None and self._take_over(value):
+            return False
         self._value = value
         self._done = True
         event = self._event
@@ -198,6 +202,21 @@ class Reply(Generic[T]):
         if self._callbacks:
             self._run_callbacks()
         return True
+
+    def _take_over(self, value: Any) -> bool:
+        """Ask the hook (``ActorRef.call_with(on_outcome=)``) first: True if it took the
+        reply over (it stays pending, or the hook completed it itself)."""
+        hook, self._hook = self._hook, None
+        exc, self._exc = self._exc, None  # cleared first: a taker may complete it at once
+        try:
+            taken = hook(self, value, exc)  # type: ignore[misc]
+        except Exception:
+            logger.exception("the on_outcome hook of %r raised", self)
+            taken = False
+        if taken or self._done:
+            return True
+        self._exc = exc
+        return False
 
     def set_exception(self, exc: BaseException) -> bool:
         """Complete the reply with *exc* (raised by ``result()``); False if already done."""
@@ -215,7 +234,11 @@ class Reply(Generic[T]):
         exception it raises is logged and otherwise ignored.
         """
         if not self._done:
-            self._register(fn)
+            with _callbacks_lock:  # _register, written out: once per pool call
+                callbacks = self._callbacks
+                if not isinstance(callbacks, list):
+                    callbacks = self._callbacks = []
+                callbacks.append(fn)
             if self._done:  # completed while we registered: its completer may have missed it
                 self._run_callbacks()
             return
@@ -240,7 +263,10 @@ class Reply(Generic[T]):
         running: Any = None
         for entry in callbacks:
             if type(entry) is not tuple:
-                self._call(entry)
+                try:  # _call, written out: a frame less per callback
+                    entry(self)
+                except Exception:
+                    logger.exception("a done-callback of %r raised", self)
                 continue
             loop, fut = entry
             if loop.is_closed():

@@ -15,7 +15,8 @@ count.
 
 Pure: no threads, no I/O; the clock is injected, so tests drive it. A lock makes every
 method atomic, because a pool completes calls on the system's loop thread while users
-call from theirs.
+call from theirs. Two attributes, ``closed`` and ``settled``, are racy snapshots kept
+beside the state for a caller's hot path to read without the lock (a pool's, per call).
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ class CircuitBreaker:
         self._probes = 0  # probe calls in flight while half open
         #: how many times each transition happened: ``"closed->open"`` etc.
         self.transitions: dict[str, int] = {}
+        #: A racy snapshot, read without the lock: True while the state is closed (no
+        #: open -> half open due by time is seen here; ``state`` and ``allow`` see it).
+        #: Written only under the lock, with the state; read it as a hint (a call that
+        #: reads a stale True is let through, as it would have been a moment earlier).
+        self.closed = True
+        #: A racy snapshot, read without the lock: True while closed with no failure
+        #: counted, so that ``record_success`` would change nothing (a caller may skip it).
+        self.settled = True
 
     def fresh(self) -> CircuitBreaker:
         """A new breaker with the same settings and no history (one per pool member)."""
@@ -151,6 +160,7 @@ class CircuitBreaker:
                 self._probes = max(0, self._probes - 1)
                 self._move(CLOSED)
             self._failures = 0
+            self.settled = self._state == CLOSED
 
     def record_failure(self) -> None:
         """The target failed (crash, timeout, or a ``failure_on`` type)."""
@@ -160,6 +170,7 @@ class CircuitBreaker:
                 self._open()
             elif self._state == CLOSED:
                 self._failures += 1
+                self.settled = False
                 if self._failures >= self.failure_threshold:
                     self._open()
             # already open: a late outcome of a call sent before it opened; nothing to do
@@ -197,6 +208,8 @@ class CircuitBreaker:
         key = f"{self._state}->{state}"
         self.transitions[key] = self.transitions.get(key, 0) + 1
         self._state = state
+        self.closed = state == CLOSED
+        self.settled = self.closed and self._failures == 0
 
     def __getstate__(self) -> dict[str, Any]:
         # pickles as its settings (a pool shipped to an actor starts with fresh circuits)

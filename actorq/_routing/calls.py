@@ -41,7 +41,7 @@ class _Call:
 
     def __init__(self, pool: MemberSet, method: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any] | None, key: Any, deadline: float | None,
-                 idem: Any = None) -> None:
+                 idem: Any = None, outer: Reply[Any] | None = None) -> None:
         self.pool = pool
         self.config: SystemConfig = pool._config
         self.method = method
@@ -55,7 +55,8 @@ class _Call:
         self.inner: Reply[Any] | None = None
         self.member: PoolMember | None = None
         self.sent_at = 0.0
-        self.outer: Reply[Any] = Reply(self, pool, 0, method)  # described lazily
+        # the reply its caller holds: a new one, or the first attempt's own (first_outcome)
+        self.outer: Reply[Any] = outer if outer is not None else Reply(self, pool, 0, method)
 
     # -- ReplyWaiter: a sync waiter on the outer reply helps the current attempt -------------
 
@@ -150,7 +151,7 @@ class _Call:
                 member.answered(elapsed)
                 pool._stats["succeeded"] += 1
             breaker = member.breaker
-            if breaker is not None and (breaker._state != "closed" or breaker._failures):
+            if breaker is not None and not breaker.settled:  # else nothing to record
                 breaker.record_success()
                 pool._circuits_changed()
             self.outer.set_result(value)
@@ -216,6 +217,63 @@ class _Call:
         if self._fail(err):
             self.pool._stats_inc("deadline_timeouts")
             self.pool._stats_inc("failed")
+
+
+def first_outcome(pool: MemberSet, member: PoolMember, method: str, args: tuple[Any, ...],
+                  kwargs: dict[str, Any] | None, key: Any, token: str, sent: float,
+                  reply: Reply[Any], value: Any, exc: BaseException | None) -> bool:
+    """The first attempt's outcome (its reply's ``on_outcome`` hook, bound by ``partial``
+    in ``send_first``), before its caller sees it. A success is counted and published:
+    the caller holds the member's own reply, and no ``_Call`` was made. A failure makes
+    the ``_Call`` now, which takes the reply over (True): a retry completes it later, or
+    giving up completes it at once with the error."""
+    elapsed = time.perf_counter() - sent
+    if exc is None:
+        with pool._lock:
+            member.answered(elapsed)
+            pool._stats["succeeded"] += 1
+        breaker = member.breaker
+        if breaker is not None and not breaker.settled:  # else nothing to record
+            breaker.record_success()
+            pool._circuits_changed()
+        return False
+    call = _Call(pool, method, args, kwargs, key, None, token, reply)
+    call.attempt = 1
+    call.member = member
+    call._attempt_failed(member, exc, elapsed)
+    return True
+
+
+def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
+               kwargs: dict[str, Any] | None, key: Any) -> Reply[Any]:
+    """A call of a pool with a retry or a circuit and no deadline: the first attempt
+    goes out as a plain call whose reply is the caller's (its token travels with it);
+    the retry machinery is made only if it fails (``first_outcome``)."""
+    pool._stats["calls"] += 1
+    budget = pool._budget
+    if budget is not None:
+        budget.record_call()
+    member = pool._pick(key, None)
+    token = f"{pool._token_prefix}{next(_call_tokens)}"
+    if member is None:  # every circuit open: a reply that fails with CircuitOpen
+        call = _Call(pool, method, args, kwargs, key, None, token)
+        outer = call.outer
+        call.start()
+        return outer
+    try:
+        return member.ref.call_with(method, args, kwargs, token=token, on_outcome=partial(
+            first_outcome, pool, member, method, args, kwargs, key, token,
+            time.perf_counter()))
+    except (TypeError, AttributeError):
+        pool._release(member)
+        raise  # bad input: nothing was sent
+    except Exception as exc:  # not sent (the member is gone): retried by policy
+        call = _Call(pool, method, args, kwargs, key, None, token)
+        call.attempt = 1
+        call.member = member
+        outer = call.outer
+        call._attempt_failed(member, exc)
+        return outer
 
 
 _FINISHED: Reply[Any] = Reply.pending("a finished pool call")

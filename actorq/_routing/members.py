@@ -47,7 +47,7 @@ class PoolMember:
     """A pool member: its ref, circuit and the pool's own figures for it."""
 
     __slots__ = ("bound", "breaker", "calls", "ewma", "failures", "id", "in_flight", "lost",
-                 "ok", "ref", "retired", "seen_waits", "slot")
+                 "ref", "retired", "seen_waits", "slot")
 
     def __init__(self, ref: ActorRef[Any], slot: int, breaker: CircuitBreaker | None) -> None:
         self.ref = ref
@@ -57,8 +57,7 @@ class PoolMember:
         self.breaker = breaker
         self.in_flight = 0
         self.ewma = 0.0
-        self.calls = 0
-        self.ok = 0
+        self.calls = 0  # sent to it: ok + failures + in flight
         self.failures: dict[str, int] = {}
         self.retired = False  # resized away
         self.lost = False  # its supervisor gave up on it: out of the routing, being replaced
@@ -70,10 +69,17 @@ class PoolMember:
         self.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
 
     def answered(self, elapsed: float) -> None:
-        """A call it took ended well after *elapsed* seconds (under the pool's lock)."""
+        """A call it took ended well after *elapsed* seconds (under the pool's lock).
+        Once per pool call: ``took``'s arithmetic is written out here (a frame less)."""
         self.in_flight -= 1
-        self.took(elapsed)
-        self.ok += 1
+        ewma = self.ewma
+        self.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
+
+    @property
+    def ok(self) -> int:
+        """Calls it answered well: every call sent to it ends once, well or failed, and
+        is in flight until then (counted from the others, not once more per call)."""
+        return self.calls - self.in_flight - sum(self.failures.values())
 
     def stats(self) -> MemberStatistics:
         b = self.breaker
@@ -223,7 +229,7 @@ class MemberSet:
                 return None
             member: PoolMember = self._router.choose(candidates, key)
             breaker = member.breaker
-            if breaker is not None and breaker._state != "closed" and not breaker.allow():
+            if breaker is not None and not breaker.closed and not breaker.allow():
                 return None  # pragma: no cover - raced for the last half-open probe
             member.in_flight += 1
             member.calls += 1
@@ -243,9 +249,7 @@ class MemberSet:
             member.in_flight -= 1
             if elapsed is not None and (exc is None or not isinstance(exc, ActorStopped)):
                 member.took(elapsed)
-            if exc is None:
-                member.ok += 1
-            else:
+            if exc is not None:
                 kind = failure_kind(exc)
                 member.failures[kind] = member.failures.get(kind, 0) + 1
         if member.breaker is not None and not member.lost:  # a lost one's circuit stays open
@@ -401,9 +405,10 @@ def on_lost_weakly(pool: MemberSet) -> Callable[[int], None]:
 
 
 def all_closed(members: list[PoolMember]) -> bool:
-    """True if every member's circuit is closed (read without locks: a closed circuit
-    lets every call through, and one that is opening is seen at the next call)."""
+    """True if every member's circuit is closed (``breaker.closed``, a snapshot read
+    without locks: a closed circuit lets every call through, and one that is opening is
+    seen at the next call)."""
     for m in members:  # noqa: SIM110 - a plain loop: no generator per call
-        if m.breaker is not None and m.breaker._state != "closed":
+        if m.breaker is not None and not m.breaker.closed:
             return False
     return True

@@ -33,7 +33,7 @@ from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry
 from actorq._routing.autoscale import Autoscaler, tick_later
-from actorq._routing.calls import _Call
+from actorq._routing.calls import _Call, send_first
 from actorq._routing.hosts import ContextHost, NoHost, PoolHost, SupervisorHost
 from actorq._routing.idempotency import Idempotency
 from actorq._routing.members import (
@@ -71,23 +71,20 @@ _POOL_ATTRS = frozenset({"name", "cls", "cls_name", "handlers", "routing", "circ
                          "timeout", "min_size", "max_size", "idle_timeout", "size"})
 
 
-class _Bound:
-    """``pool.method``: calls *method* through the pool."""
+def _bind(pool: Pool[Any], method: str) -> Callable[..., Reply[Any]]:
+    """``pool.method``: calls *method* through the pool. A closure, as a ref's methods
+    are: called straight, without the ``__call__`` lookup an object's call takes."""
 
-    __slots__ = ("method", "pool")
-
-    def __init__(self, pool: Pool[Any], method: str) -> None:
-        self.pool = pool
-        self.method = method
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Reply[Any]:
+    def bound(*args: Any, **kwargs: Any) -> Reply[Any]:
         if kwargs:
             key = kwargs.pop("key", None)
             timeout = kwargs.pop("timeout", None)
             idem = kwargs.pop("idempotency_key", None)
-            return self.pool._submit(self.method, args, kwargs, key, timeout, idem)
-        pool = self.pool
-        return pool._route(pool, self.method, args)  # the pool's own path, chosen once
+            return pool._submit(method, args, kwargs, key, timeout, idem)
+        return pool._route(pool, method, args)  # the pool's own path, chosen once
+
+    bound.__name__ = bound.__qualname__ = method
+    return bound
 
 
 class Pool(Idempotency, Autoscaler, Generic[A]):
@@ -164,7 +161,7 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
         if method.startswith("_"):
             raise AttributeError(method)
         self._check_method(method)
-        bound = _Bound(self, method)
+        bound = _bind(self, method)
         if method not in _POOL_ATTRS:
             self.__dict__[method] = bound  # next time found without __getattr__
         return bound
@@ -317,25 +314,16 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
         if self.timeout is not None:
             return Pool._route_checked  # a deadline per call
         if self._bare:
-            return Pool._route_bare
+            return Pool._bare_call
         return Pool._route_call
 
     def _route_checked(self, method: str, args: tuple[Any, ...]) -> Reply[Any]:
         return self._submit(method, args, {}, None, None, None)
 
-    def _route_bare(self, method: str, args: tuple[Any, ...]) -> Reply[Any]:
-        return self._bare_call(method, args, None, None)
-
     def _route_call(self, method: str, args: tuple[Any, ...]) -> Reply[Any]:
-        """A pool with a retry or a circuit, no timeout: a ``_Call``, no deadline timer."""
-        call = _Call(self, method, args, None, None, None)
-        self._stats["calls"] += 1
-        budget = self._budget
-        if budget is not None:
-            budget.record_call()
-        outer = call.outer  # read first: a call over before start returns lets go of it
-        call.start()
-        return outer
+        """A pool with a retry or a circuit, no timeout: the first attempt is a plain
+        call (``send_first``); a ``_Call`` is made only if it fails."""
+        return send_first(self, method, args, None, None)
 
     def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], key: Any,
                 timeout: float | None, idem: Any) -> Reply[Any]:
@@ -353,8 +341,10 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
             joined = self._idem_lookup(idem)
             if joined is not None:
                 return joined
-        elif deadline is None and self._bare:
-            return self._bare_call(method, args, kwargs, key)
+        elif deadline is None:
+            if self._bare:
+                return self._bare_call(method, args, kwargs, key)
+            return send_first(self, method, args, kwargs, key)
         call = _Call(self, method, args, kwargs, key, deadline, idem)
         self._stats["calls"] += 1
         if self._budget is not None:
@@ -372,8 +362,8 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
             SCHEDULER.call_later(deadline - time.monotonic(), call.expire, self._timers)
         return outer
 
-    def _bare_call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
-                   key: Any) -> Reply[Any]:
+    def _bare_call(self, method: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any] | None = None, key: Any = None) -> Reply[Any]:
         """A pool without retry, circuit or deadline: the member's own reply is the
         call's reply; only the routing and the bookkeeping are added."""
         with self._lock:

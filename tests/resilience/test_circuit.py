@@ -54,12 +54,20 @@ class Model:
             else:
                 self.fails = 0
 
+    def trip(self, now: float) -> None:
+        self.state, self.opened, self.fails = "open", now, 0
+
+    def probe_now(self) -> None:
+        if self.state == "open":
+            self.state, self.inflight = "half_open", 0
+
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("allow"), st.none()),
     st.tuples(st.just("ok"), st.none()),
     st.tuples(st.just("fail"), st.sampled_from(["crash", "timeout", "value", "listed"])),
     st.tuples(st.just("sleep"), st.floats(0.0, 3.0)),
+    st.tuples(st.sampled_from(["trip", "probe_now"]), st.none()),
 ), max_size=80)
 
 
@@ -82,8 +90,18 @@ def test_circuit_matches_the_model(threshold, reset, probes, steps):
             exc = errors[arg]
             cb.record(exc)
             model.outcome(arg != "value", clock.now)  # a plain ValueError is the caller's
+        elif op == "trip":
+            cb.trip()
+            model.trip(clock.now)
+        elif op == "probe_now":
+            cb.probe_now()
+            model.probe_now()
         else:
             clock.now += arg
+        # the lock-free snapshots a pool reads per call (before ``state`` ticks: an open
+        # circuit that is due is not closed either way)
+        assert cb.closed == (model.state == "closed")
+        assert cb.settled == (model.state == "closed" and model.fails == 0)
         model.tick(clock.now)
         assert cb.state == model.state
         if model.state == "open":
