@@ -130,7 +130,7 @@ class InitFailed:
         return (InitFailed, (self.exc, self.tb))
 
 
-class Packed:
+class Packed(tuple):  # type: ignore[type-arg]  # (pickle, out-of-band buffers, type name)
     """An argument pickled by the executor at ``submit`` (once: the pickling that checks
     it), unpickled by the worker in the task itself, not by the message's decoding.
 
@@ -138,34 +138,34 @@ class Packed:
     ``__setstate__``) is seen to be killed by that argument: the step is in the batch's
     ledger slot (``ledger.DECODING``), and the task fails alone with ``DecodeError``
     (CPython's ``test_crash_at_task_unpickle``; ``ProcessPoolExecutor`` breaks). Large
-    buffers (arrays) stay out of band: the message carries them as buffers.
+    buffers (arrays) stay out of band: the message carries them as buffers. A tuple
+    (its pickle, the buffers or None, the type's name), so that it pickles and
+    unpickles in C.
     """
 
-    __slots__ = ("blob", "buffers", "what")
-
-    def __init__(self, blob: bytes, buffers: Any, what: str) -> None:
-        self.blob = blob
-        self.buffers = buffers  # None, or the out-of-band buffers of the pickle
-        self.what = what  # "argument 1 (Point)", for errors
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Packed, (self.blob, self.buffers, self.what))
+    __slots__ = ()
 
     def load(self) -> Any:
         """The argument, rebuilt."""
-        return pickle.loads(self.blob, buffers=self.buffers)
+        return pickle.loads(self[0], buffers=self[1])
 
 
-def _packed(value: Any, label: str) -> Any:
+def _packed(value: Any, label: Callable[[], str]) -> Any:
     """*value* as it travels: itself if it is plain data, else ``Packed`` (or the
-    ``TypeError`` naming it, from the pickling error, if it does not pickle)."""
-    if type(value) in SAFE:
-        return value
-    if (type(value) is tuple or type(value) is list) and quick_safe((value,)):
+    ``TypeError`` naming it (*label*), from the pickling error, if it does not pickle)."""
+    t = type(value)
+    if t in SAFE or ((t is tuple or t is list) and quick_safe((value,))):
         return value
     buffers: list[pickle.PickleBuffer] = []
-    blob = dumps_checked("Executor.submit", label, value, buffers)
-    return Packed(blob, buffers or None, f"{label} ({type(value).__qualname__})")
+    try:
+        blob = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except BaseException as exc:  # SystemExit from a __reduce__ too: a bad argument
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        dumps_checked("Executor.submit", label(), value, None)  # the error, naming it
+        msg = f"{label()} of Executor.submit cannot be pickled: {exc!r}"  # pragma: no cover
+        raise TypeError(msg) from exc  # pragma: no cover - it pickled the second time
+    return Packed((blob, buffers or None, t.__qualname__))
 
 
 def _pack(kind: str, args: Any, kwargs: dict[str, Any] | None) -> tuple[str, Any, Any]:
@@ -174,21 +174,28 @@ def _pack(kind: str, args: Any, kwargs: dict[str, Any] | None) -> tuple[str, Any
     if kind == "call":
         if quick_safe(args) and (not kwargs or quick_safe(kwargs.values())):
             return kind, args, kwargs
-        args = tuple([_packed(a, f"argument {i}") for i, a in enumerate(args)])
+        args = tuple([_packed(a, lambda i=i: f"argument {i}")  # type: ignore[misc]
+                      for i, a in enumerate(args)])
         if kwargs:
-            kwargs = {k: _packed(v, f"keyword argument {k!r}") for k, v in kwargs.items()}
+            kwargs = {k: _packed(v, lambda k=k: f"keyword argument {k!r}")  # type: ignore[misc]
+                      for k, v in kwargs.items()}
         return "pcall", args, kwargs
     if quick_safe(args):  # a chunk of ``map``: a list of argument tuples
         return kind, args, kwargs
-    return "pchunk", [_packed(a, f"item {i} of a map chunk") for i, a in enumerate(args)], None
+    return "pchunk", [_packed(a, lambda i=i: f"item {i} of a map chunk")  # type: ignore[misc]
+                      for i, a in enumerate(args)], None
 
 
-def _packed_parts(item: Any) -> list[Packed]:
-    """The ``Packed`` arguments of a task, in the order the worker unpickles them."""
+def _packed_parts(item: Any) -> list[str]:
+    """The ``Packed`` arguments of a task, in the order the worker unpickles them, as
+    errors name them: "argument 1 (Point)"."""
     kind, _spec, args, kwargs = item
-    parts = [a for a in args if type(a) is Packed]
+    label = "argument" if kind == "pcall" else "item {} of a map chunk"
+    parts = [f"{label} {i} ({a[2]})" if kind == "pcall" else f"{label.format(i)} ({a[2]})"
+             for i, a in enumerate(args) if type(a) is Packed]
     if kind == "pcall" and kwargs:
-        parts += [v for v in kwargs.values() if type(v) is Packed]
+        parts += [f"keyword argument {k!r} ({v[2]})" for k, v in kwargs.items()
+                  if type(v) is Packed]
     return parts
 
 
@@ -205,8 +212,7 @@ def _killed_by(item: Any, step: Step) -> BaseException:
     name = _fn_name(item[1])
     if step.kind == DECODING:
         parts = _packed_parts(item)
-        what = (parts[step.ordinal].what if step.ordinal < len(parts)
-                else "an argument")
+        what = parts[step.ordinal] if step.ordinal < len(parts) else "an argument"
         return DecodeError(
             f"{what} of {name}() killed worker process {step.pid} while it was unpickled "
             "there (a crash, a signal or an os._exit in its __setstate__/__reduce__); the "
@@ -285,25 +291,25 @@ class FunctionWorker(Actor):
         """Rebuild a task's ``Packed`` arguments, each one's step in the ledger first (so
         that a worker killed by one is known to be); one that raises (``SystemExit``
         too) fails the task with ``DecodeError`` naming it."""
-        _kind, spec, args, kwargs = item
+        _kind, _spec, args, kwargs = item
         args = list(args)
         ordinal = 0
         for i, a in enumerate(args):
             if type(a) is Packed:
-                args[i] = self._load(a, spec, rec, index, ordinal)
+                args[i] = self._load(a, item, rec, index, ordinal)
                 ordinal += 1
         if kwargs:
             kwargs = dict(kwargs)
             for k, v in kwargs.items():
                 if type(v) is Packed:
-                    kwargs[k] = self._load(v, spec, rec, index, ordinal)
+                    kwargs[k] = self._load(v, item, rec, index, ordinal)
                     ordinal += 1
         if rec is not None:
             rec.clear_step()  # the task runs now
         return args, kwargs or {}
 
     @staticmethod
-    def _load(packed: Packed, spec: Any, rec: ledger.BatchRecord | None, index: int,
+    def _load(packed: Packed, item: Any, rec: ledger.BatchRecord | None, index: int,
               ordinal: int) -> Any:
         if rec is not None:
             rec.step(DECODING, index, ordinal)
@@ -312,8 +318,8 @@ class FunctionWorker(Actor):
         except BaseException as exc:  # sys.exit() in a __reduce__ too: the argument's
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            msg = (f"{packed.what} of {_fn_name(spec)}() could not be unpickled in the "
-                   f"worker (pid {os.getpid()}), so the task was not run: "
+            msg = (f"{_packed_parts(item)[ordinal]} of {_fn_name(item[1])}() could not be "
+                   f"unpickled in the worker (pid {os.getpid()}), so the task was not run: "
                    f"{type(exc).__name__}: {exc}")
             raise DecodeError(msg, "message") from exc
 
