@@ -46,15 +46,17 @@ _CONTAINERS = (list, tuple, dict, set, frozenset)
 
 
 def _template(obj: Any, deps: list[Node], seen: dict[int, int], graph: Graph,
-              owner: str) -> tuple[Any, bool]:
-    """Return (template, changed): *obj* with every Node replaced by a Dep."""
+              owner: Node) -> tuple[Any, bool]:
+    """Return (template, changed): *obj* with every Node replaced by a Dep (*owner*: the
+    node whose arguments these are, named in the error)."""
     kind = type(obj)
     if kind in SAFE_TYPES:
         return obj, False
     if isinstance(obj, Node):
         if obj.graph is not graph:
-            msg = (f"{owner}: argument {obj.name!r} is a node of another graph; a graph can "
-                   "only use its own nodes (build the whole computation in one Graph)")
+            msg = (f"node {owner.name!r}: argument {obj.name!r} is a node of another graph; "
+                   "a graph can only use its own nodes (build the whole computation in one "
+                   "Graph)")
             raise GraphError(msg)
         index = seen.get(obj.index)
         if index is None:
@@ -274,10 +276,34 @@ class Graph:
                 return
         deps: list[Node] = []
         seen: dict[int, int] = {}
-        owner = f"node {node.name!r}"
-        targs, changed = _template(args, deps, seen, self, owner)
-        tkwargs, changed_kw = _template(kwargs, deps, seen, self, owner) if kwargs else ({},
-                                                                                       False)
+        if not kwargs:  # the common case, flat: scalars and this graph's nodes
+            flat: list[Any] = []
+            for arg in args:
+                kind = type(arg)
+                if kind is Node and arg.graph is self:
+                    index = seen.get(arg.index)
+                    if index is None:
+                        index = seen[arg.index] = len(deps)
+                        deps.append(arg)
+                    flat.append(Dep(index))
+                elif kind in SAFE_TYPES:
+                    flat.append(arg)
+                else:
+                    break
+            else:  # every one a scalar or a node (at least one: scalars alone returned above)
+                node.args, node.kwargs = tuple(flat), {}
+                node.deps = tuple(deps)
+                node.nested = True
+                node.retries, node.timeout, node.priority = retries, timeout, int(priority)
+                node.user_key = key
+                self.nodes.append(node)
+                self._plain.append(0)
+                return
+            deps.clear()
+            seen.clear()
+        targs, changed = _template(args, deps, seen, self, node)
+        tkwargs, changed_kw = _template(kwargs, deps, seen, self, node) if kwargs else ({},
+                                                                                      False)
         node.args, node.kwargs = targs, tkwargs
         node.deps = tuple(deps)
         node.nested = changed or changed_kw

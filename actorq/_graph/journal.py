@@ -123,6 +123,9 @@ class Journal:
                            "the tasks it finished without committing them run again",
                            self.path, self.unclean)
         try:
+            if self.created:  # left by a journal that was deleted: not this one's
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.starts_path)
             self.prior = self._read_starts()
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('open', ?)",
                              (time.strftime("%Y-%m-%d %H:%M:%S"),))
@@ -247,6 +250,7 @@ class Journal:
                        "attempts INTEGER, kind INTEGER, result BLOB, error BLOB, updated REAL)")
             meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
             self.unclean: str | None = meta.get("open")  # the last run did not end cleanly
+            self.created = not meta  # a new journal: files beside it are not its own
             if not meta:
                 db.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("format", FORMAT), ("graph", digest), ("tasks", str(tasks)),

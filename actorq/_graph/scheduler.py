@@ -68,10 +68,10 @@ logger = logging.getLogger(__name__)
 
 CREDIT = 3  # batches in flight per worker: one running, two waiting in its mailbox
 SPREAD = 2  # a short ready queue is split over this many batches per worker
-# Tasks share a batch up to about this much work (CPU seconds), while the ready queue is deep enough
-# to give every worker SPREAD batches: tiny tasks by the thousand, tasks of a few ms in
-# twos (one message, one reply and one wake-up of this process per batch, not per task:
-# on a 2-core machine this process's CPU is taken from the workers).
+# Tasks share a batch up to about this much work (CPU seconds), while the ready queue
+# is deep enough to give every worker SPREAD batches: tiny tasks by the thousand, tasks
+# of a few ms in twos (one message, one reply and one wake-up of this process per
+# batch, not per task: on a 2-core machine this process's CPU is taken from the workers).
 TARGET_BATCH_SECONDS = 0.012
 MAX_BATCH = 2048  # tasks per batch at most (a crash re-runs at most this many, <= 12 ms)
 WAIT_SLICE = 0.05  # the scheduler wakes at least this often (timers, progress, scaling)

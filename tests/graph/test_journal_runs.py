@@ -193,3 +193,22 @@ def test_the_lock_is_per_open_journal_also_within_one_process(tmp_path):
         first.close()
     assert not os.path.exists(f"{path}.lock")
     Journal(path, "digest", 3).close()
+
+
+def test_a_starts_file_left_beside_a_deleted_journal_is_not_counted(tmp_path):
+    """Deleting run.db after a killed run starts afresh: the old starts do not count."""
+    path = tmp_path / "run.db"
+    first = Journal(path, "digest", 3)
+    first.started(["t0", "t1"])
+    first.close()  # not complete: the starts stay
+    again = Journal(path, "digest", 3)
+    assert again.prior == {"t0": 1, "t1": 1}  # the same journal: counted
+    again.close()
+    path.unlink()
+    fresh = Journal(path, "digest", 3)
+    try:
+        assert not fresh.prior
+        assert not os.path.exists(f"{path}.starts")
+    finally:
+        fresh.close()
+

@@ -1,0 +1,33 @@
+"""The graph suite's DAG part: the ≥ 97 % target is measured apart from the peers.
+
+A tiny run (a 2 x 2 DAG, one repeat); no timing is asserted, only which cases were
+measured together and which verdicts come out of them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+
+from actorq.bench.suite import SuiteOptions
+from actorq.bench.suites.graph import run_graph
+
+
+def test_the_dag_target_is_measured_without_the_other_peers_alive():
+    params = {"parts": "dag", "peers": "mp,ppe", "layers": 2, "width": 2, "task_ms": 0.5,
+              "repeats": 1}
+    report = run_graph(SuiteOptions(quick=True, params=params, ))
+    groups: dict[str, set[str]] = {}
+    for r in report.results:
+        if r.skipped is None:
+            groups.setdefault(r.group, set()).add(r.name)
+    target = [g for g in groups if "with the peers alive" not in g]
+    beside = [g for g in groups if "with the peers alive" in g]
+    assert len(target) == len(beside) == 1
+    # the target phase: actorq and the bare processes only, interleaved
+    assert groups[target[0]] == {"actorq system.run", "two bare processes (no deps)"}
+    # the peers' phase: actorq measured again beside them, the bare processes not
+    assert groups[beside[0]] == {"actorq system.run", "PPE layer by layer"}
+    verdicts = {v.name: v for v in report.verdicts}
+    assert verdicts["DAG: actorq speed / bare processes' speed"].target == 0.97
+    assert "DAG: actorq speed / PPE layer by layer" in verdicts
+    assert not multiprocessing.active_children()  # every peer's pool was stopped
