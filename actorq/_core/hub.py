@@ -178,8 +178,10 @@ class Hub:
     # -- sending ------------------------------------------------------------------------
 
     def call(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
-             kwargs: dict[str, Any] | None) -> Reply[Any]:
-        """Send a call to *ref* and return its ``Reply`` (see ``ActorRef.call``)."""
+             kwargs: dict[str, Any] | None, on_outcome: Any = None) -> Reply[Any]:
+        """Send a call to *ref* and return its ``Reply`` (see ``ActorRef.call``);
+        *on_outcome*: the reply's hook, set before the call can be answered
+        (``ActorRef.call_with``)."""
         if not kwargs and len(args) == 1 and type(args[0]) in SAFE_TYPES:
             plain = True  # the most common call: one scalar argument
         else:
@@ -188,6 +190,8 @@ class Hub:
             check_picklable(lambda: ref._describe(method), args, kwargs)
         token = next_token()
         reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
+        if on_outcome is not None:
+            reply._hook = on_outcome
         self.pending[token] = reply
         msg = (OP_CALL, token, self.id, method, args, kwargs or _NO_KWARGS)
         try:

@@ -23,8 +23,8 @@ class Sender(Protocol):
     """What a ref sends through: the hub of the process it is used in."""
 
     def call(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
-             kwargs: dict[str, Any] | None) -> Reply[Any]:
-        """Send a call to *ref*'s actor and return its reply."""
+             kwargs: dict[str, Any] | None, on_outcome: Any = None) -> Reply[Any]:
+        """Send a call to *ref*'s actor and return its reply (*on_outcome*: its hook)."""
         ...
 
     def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
@@ -264,6 +264,8 @@ class ActorRef(Generic[A]):
         exception it raises is logged and the outcome published."""
         if method != "receive" and method not in self.handlers:
             self._check_method(method)  # raises
+        if deadline is None and token is None:  # a plain call: the shorter message
+            return (self._hub or self._get_hub()).call(self, method, args, kwargs, on_outcome)
         return (self._hub or self._get_hub()).call_deadline(
             self, method, args, kwargs, math.inf if deadline is None else deadline, token,
             on_outcome)

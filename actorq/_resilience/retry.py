@@ -61,8 +61,8 @@ class RetryBudget:
         """A new budget with the same settings and no history (one per pool)."""
         return RetryBudget(self.ratio, self.window, self.min_per_second, self.clock)
 
-    def record_call(self) -> None:
-        """A first attempt was made (it earns ``ratio`` of a retry)."""
+    def record_call(self, n: int = 1) -> None:
+        """A first attempt was made (it earns ``ratio`` of a retry); *n*: that many."""
         now = self.clock()
         slot = int(now / self._width)
         i = slot % BUCKETS
@@ -73,7 +73,7 @@ class RetryBudget:
                 if self._bucket_start[i] != start:
                     self._bucket_start[i] = start
                     buckets[i] = 0
-        buckets[i] += 1  # a lost increment under a race only lowers the budget a little
+        buckets[i] += n  # a lost increment under a race only lowers the budget a little
 
     def calls_in_window(self) -> int:
         """First attempts counted over the last window (to the bucket)."""

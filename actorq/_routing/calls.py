@@ -176,6 +176,7 @@ class _Call:
                 or pool._member_lost(member)):
             delay = 0.0  # its member was resized away or lost: not the call's fault
         elif retry is not None:
+            pool._budget_sync()  # the calls made since it was last told count now
             refused = pool._budget.refused if pool._budget is not None else 0
             delay = retry.decide(exc, self.attempt, now=time.monotonic(),
                                  deadline=self.deadline, expected=member.ewma,
@@ -245,14 +246,12 @@ def first_outcome(pool: MemberSet, member: PoolMember, method: str, args: tuple[
 
 
 def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
-               kwargs: dict[str, Any] | None, key: Any) -> Reply[Any]:
+               kwargs: dict[str, Any] | None = None, key: Any = None) -> Reply[Any]:
     """A call of a pool with a retry or a circuit and no deadline: the first attempt
     goes out as a plain call whose reply is the caller's (its token travels with it);
-    the retry machinery is made only if it fails (``first_outcome``)."""
-    pool._stats["calls"] += 1
-    budget = pool._budget
-    if budget is not None:
-        budget.record_call()
+    the retry machinery is made only if it fails (``first_outcome``). Also the route
+    of such a pool (``pool.method(x)`` calls it straight)."""
+    pool._count_call()
     member = pool._pick(key, None)
     token = f"{pool._token_prefix}{next(_call_tokens)}"
     if member is None:  # every circuit open: a reply that fails with CircuitOpen

@@ -46,12 +46,11 @@ def default_replace_backoff() -> Backoff:
 class PoolMember:
     """A pool member: its ref, circuit and the pool's own figures for it."""
 
-    __slots__ = ("bound", "breaker", "calls", "ewma", "failures", "id", "in_flight", "lost",
+    __slots__ = ("breaker", "calls", "ewma", "failures", "id", "in_flight", "lost",
                  "ref", "retired", "seen_waits", "slot")
 
     def __init__(self, ref: ActorRef[Any], slot: int, breaker: CircuitBreaker | None) -> None:
         self.ref = ref
-        self.bound: dict[str, Any] = {}  # method -> ref.method
         self.id = ref.actor_id
         self.slot = slot
         self.breaker = breaker
@@ -108,6 +107,7 @@ class MemberSet:
     _token_prefix: str
     _timers: object
     _budget: RetryBudget | None
+    _budget_told: int  # calls the retry budget has been told of (``_count_call``)
     _lock: threading.Lock
     _members: list[PoolMember]
     _candidates: list[PoolMember]
@@ -201,14 +201,8 @@ class MemberSet:
             member.calls -= 1
             self._stats["calls"] -= 1
 
-    def _bare_done(self, member: PoolMember, sent: float, inner: Reply[Any]) -> None:
-        elapsed = time.perf_counter() - sent
-        exc = inner.outcome()[1]
-        if exc is None:
-            with self._lock:
-                member.answered(elapsed)
-                self._stats["succeeded"] += 1
-            return
+    def _bare_failed(self, member: PoolMember, exc: BaseException, elapsed: float) -> None:
+        """A call without retry failed (``bare_outcome``, ``call_member``)."""
         self._finished(member, exc, elapsed)
         if isinstance(exc, CallTimeout) and exc.reason == "expired":
             self._stats_inc("expired_drops")
@@ -259,6 +253,28 @@ class MemberSet:
     def _circuits_changed(self) -> None:
         """A breaker may have left or entered "closed": refresh ``_closed``."""
         self._closed = all_closed(self._candidates)
+
+    def _count_call(self) -> None:
+        """A call (its first attempt) is made. The retry budget is told of calls 16 at a
+        time (and before each retry decision, ``_budget_sync``), not once per call: a
+        pool call costs one count, and the budget sees every call by the time it decides
+        (dated at most 15 calls late)."""
+        stats = self._stats
+        calls = stats["calls"] = stats["calls"] + 1
+        if not calls & 15 and self._budget is not None:
+            self._budget_sync()
+
+    def _budget_sync(self) -> None:
+        """Tell the retry budget of the calls made since it was last told."""
+        budget = self._budget
+        if budget is None:
+            return
+        with self._lock:
+            calls = self._stats["calls"]
+            n = calls - self._budget_told
+            self._budget_told = calls
+        if n > 0:
+            budget.record_call(n)
 
     def _stats_inc(self, name: str) -> None:
         with self._lock:
@@ -387,6 +403,20 @@ class MemberSet:
         """The members changed (under the lock): the router and the candidates follow."""
         self._candidates = [m for m in self._members if not (m.retired or m.lost)]
         self._router.resized([m.id for m in self._members], [m.slot for m in self._members])
+
+def bare_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[Any],
+                 value: Any, exc: BaseException | None) -> bool:
+    """The outcome of a call without retry or circuit (its reply's ``on_outcome`` hook,
+    bound by ``partial``), counted before its caller sees it; always published."""
+    elapsed = time.perf_counter() - sent
+    if exc is None:
+        with pool._lock:
+            member.answered(elapsed)
+            pool._stats["succeeded"] += 1
+        return False
+    pool._bare_failed(member, exc, elapsed)
+    return False
+
 
 def on_lost_weakly(pool: MemberSet) -> Callable[[int], None]:
     """``on_lost(actor_id)`` for the host to call, holding the pool weakly."""

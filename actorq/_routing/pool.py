@@ -38,6 +38,7 @@ from actorq._routing.hosts import ContextHost, NoHost, PoolHost, SupervisorHost
 from actorq._routing.idempotency import Idempotency
 from actorq._routing.members import (
     PoolMember,
+    bare_outcome,
     default_replace_backoff,
     on_lost_weakly,
 )
@@ -129,6 +130,7 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
         self._timers = object()  # owns its entries on the routing scheduler (cancel)
         self._budget = (retry.budget.fresh() if retry is not None
                                             and retry.budget is not None else None)
+        self._budget_told = 0
         self._lock = threading.Lock()
         self._members = []
         self._candidates = []  # members that are not retired
@@ -235,12 +237,11 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
             member.calls += 1
             self._stats["calls"] += 1
         try:
-            inner: Reply[Any] = member.ref.call(method, *args)
+            return member.ref.call_with(method, args, on_outcome=partial(
+                bare_outcome, self, member, time.perf_counter()))
         except BaseException:
             self._uncount(member)
             raise
-        inner.add_done_callback(partial(self._bare_done, member, time.perf_counter()))
-        return inner
 
     def circuits(self) -> dict[str, str]:
         """Each member's circuit state (by member name): closed, open or half_open."""
@@ -315,15 +316,10 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
             return Pool._route_checked  # a deadline per call
         if self._bare:
             return Pool._bare_call
-        return Pool._route_call
+        return send_first  # a retry or a circuit, no timeout: a _Call only on a failure
 
     def _route_checked(self, method: str, args: tuple[Any, ...]) -> Reply[Any]:
         return self._submit(method, args, {}, None, None, None)
-
-    def _route_call(self, method: str, args: tuple[Any, ...]) -> Reply[Any]:
-        """A pool with a retry or a circuit, no timeout: the first attempt is a plain
-        call (``send_first``); a ``_Call`` is made only if it fails."""
-        return send_first(self, method, args, None, None)
 
     def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], key: Any,
                 timeout: float | None, idem: Any) -> Reply[Any]:
@@ -346,9 +342,7 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
                 return self._bare_call(method, args, kwargs, key)
             return send_first(self, method, args, kwargs, key)
         call = _Call(self, method, args, kwargs, key, deadline, idem)
-        self._stats["calls"] += 1
-        if self._budget is not None:
-            self._budget.record_call()
+        self._count_call()
         if idem is not None:
             self._idem_register(idem, call.outer)
         outer = call.outer
@@ -374,17 +368,12 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
             member.in_flight += 1
             member.calls += 1
             self._stats["calls"] += 1
-        try:
-            bound = member.bound.get(method)
-            if bound is None:  # ref.method, cached: the ref's own fast path
-                bound = member.bound[method] = getattr(member.ref, method)
-            inner: Reply[Any] = bound(*args, **kwargs) if kwargs else bound(*args)
+        try:  # the member's own reply; bare_outcome counts its outcome before it is seen
+            return member.ref.call_with(method, args, kwargs, on_outcome=partial(
+                bare_outcome, self, member, time.perf_counter()))
         except BaseException:
             self._uncount(member)
             raise
-        # partial, not a lambda: no Python frame between the reply and _bare_done
-        inner.add_done_callback(partial(self._bare_done, member, time.perf_counter()))
-        return inner
 
 
 def context_pool(ops: Any, cls: type, args: tuple[Any, ...],
@@ -438,6 +427,7 @@ def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
     pool._timers = object()
     pool._budget = retry.budget.fresh() if retry is not None and retry.budget is not None \
         else None
+    pool._budget_told = 0
     pool._lock = threading.Lock()
     pool._members = [PoolMember(r, i, circuit.fresh() if circuit is not None else None)
                      for i, r in enumerate(refs)]

@@ -262,3 +262,50 @@ def test_a_composite_reply_times_out_with_its_waiters_hint(system):
     composite.outer = outer
     with pytest.raises(actorq.CallTimeout, match=r"never answered.*\(composite\)"):
         outer.result(timeout=0.05)
+
+
+def test_an_on_outcome_hook_sees_the_outcome_before_anyone_and_can_publish_it(system):
+    ref = system.spawn(Echo)
+    seen = []
+
+    def hook(reply, value, exc):
+        seen.append((value, type(exc).__name__ if exc else None, reply.done()))
+        return False  # publish as it came
+
+    assert ref.call_with("echo", (7,), on_outcome=hook).result(timeout=20) == 7
+    with pytest.raises(KeyError, match="boom"):
+        ref.call_with("boom", on_outcome=hook).result(timeout=20)
+    # it ran once per call, with the reply not done yet (nobody had seen the outcome)
+    assert seen == [(7, None, False), (None, "KeyError", False)]
+
+
+def test_an_on_outcome_hook_takes_a_failure_over_and_completes_it_later(system):
+    ref = system.spawn(Echo)
+    taken = []
+
+    def hook(reply, value, exc):
+        if exc is None:
+            return False
+        taken.append(reply)
+        return True  # it stays pending: we complete it with another attempt's outcome
+
+    reply = ref.call_with("boom", on_outcome=hook)
+    wait_until(lambda: taken, timeout=20)
+    assert not reply.done()  # the KeyError was held back
+    again = ref.echo("second attempt")
+    again.add_done_callback(lambda r: reply.set_result(r.outcome()[0]))
+    assert reply.result(timeout=20) == "second attempt"
+    assert reply.exception(timeout=1) is None  # the held-back error is gone
+    assert not reply.set_exception(ValueError("late"))  # completed once
+
+
+def test_a_raising_on_outcome_hook_is_logged_and_the_outcome_published(system, caplog):
+    ref = system.spawn(Echo)
+
+    def hook(reply, value, exc):
+        raise RuntimeError("hook bug")
+
+    assert ref.call_with("echo", ("x",), on_outcome=hook).result(timeout=20) == "x"
+    with pytest.raises(KeyError, match="boom"):
+        ref.call_with("boom", on_outcome=hook).result(timeout=20)
+    assert caplog.text.count("on_outcome hook") == 2
