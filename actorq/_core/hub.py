@@ -270,7 +270,9 @@ class Hub:
         lock, one length compared with ``room``, one append
         (benchmarks/msgpath_harness.py counts it); everything else goes through
         ``send``. A message is plain data (marshalled at flush, ``encode``) if it is a
-        scalar or a tuple of up to 16 scalars (``SAFE_TYPES``, tested by exact type).
+        scalar or a tuple of scalars (``SAFE_TYPES``, tested by exact type). Its length
+        is not bounded here (``len`` and a compare cost 4 % of a tell): a burst too big
+        to marshal inline is pickled (``encode``), big buffers out of band.
         """
         outbound = self.outbound
         target = ref.actor_id
@@ -283,8 +285,6 @@ class Hub:
         def tell(message: Any) -> None:
             kind = type(message)
             if kind is tuple:  # the most common message: tested first
-                if len(message) > 16:
-                    return _tell_checked(send, twin, message, nowait)
                 for item in message:  # a plain loop: cheaper than all(map(...))
                     if type(item) not in safe:
                         return _tell_checked(send, twin, message, nowait)

@@ -371,3 +371,23 @@ def test_threads_telling_at_once_spend_the_window_exactly() -> None:
         world.ref.tell_nowait(("m", (3, 0)))  # the credit is usable again
     finally:
         world.close()
+
+
+def test_a_long_tuple_of_scalars_told_in_a_burst_arrives_whole() -> None:
+    """Plain data has no length bound: a told tuple of 20,000 ints among small tells is
+    marshalled with them, found too big for the ring (64 KiB here), and pickled with a
+    spill segment instead; every message arrives, in order, the long one whole."""
+    world = World(64, {})
+    try:
+        long = ("m", 1, *range(20_000))
+        world.ref.tell(("m", 0))
+        world.ref.tell(long)
+        world.ref.tell(("m", 2))
+        got: list[Any] = []
+        world.actor.host.handlers["receive"] = got.append  # type: ignore[union-attr]
+        world.sender.flush_dirty()
+        world.run_actor()
+        assert got == [("m", 0), long, ("m", 2)]
+        assert world.sender.outbound[ACTOR].ring.in_flight() == 0
+    finally:
+        world.close()
