@@ -102,11 +102,13 @@ _marshal = marshal.dumps  # plain data only: a lone call or reply (oob.load_payl
 _unmarshal = marshal.loads
 
 
-def _check_tell(ref: ActorRef[Any], message: Any) -> int:
-    """A told message that is not plain data: raise now if it cannot be pickled; return 0
-    (not plain). Out of ``Hub.tell`` so that its lambda makes no closure cells there."""
+def _tell_checked(send: Callable[..., None], ref: ActorRef[Any], message: Any,
+                  nowait: bool) -> None:
+    """Tell a message that is not plain data: raise now if it cannot be pickled, else
+    send it (pickled at flush). Out of ``Hub.bind_tell`` so that its lambda makes no
+    closure cells there."""
     check_picklable(lambda: ref._describe("receive"), (message,), None)
-    return 0
+    send(ref, (OP_TELL, 0, message), nowait=nowait, plain=0)
 
 
 class BadMessage:
@@ -156,7 +158,7 @@ class Hub:
         # messages they held when queued (the read-ahead bound, ``drain(limit)``)
         self.queue: deque[OpenRecord] = deque()
         self.queued = 0
-        self._outbox_fast = config.outbox_messages - 1  # tell's fast path appends below this
+        self._outbox_fast = config.outbox_messages - 1  # tell's fast path fills up to this
         self.unsettled = False  # the last settling flush skipped a growing outbox
         self.max_inline = config.ring_size // 2 - 8  # bigger records take the spill path
         # the lost wake-up watchdog (``watchdog``): its next look, and how far it backed off
@@ -279,57 +281,55 @@ class Hub:
         tell looks up is held by the function (no attribute of the ref, the hub or a
         module is read per message; ``ActorRef.tell`` keeps it on the ref).
 
-        The hot path of one-way traffic: a message with credit in hand and a burst
-        under way is one lock, one append (benchmarks/msgpath_harness.py counts it);
-        everything else goes through ``send``. A message is plain data (marshalled at
-        flush, ``encode``) if it is a scalar or a tuple of up to 16 scalars: the common
-        scalar types are tested by identity (``is``: a set lookup costs 5 times more).
+        The hot path of one-way traffic: a message of plain data, while a burst of
+        tells is under way with credit set aside for it (``OutChannel.reserve``), is one
+        lock, one length compared with ``room``, one append
+        (benchmarks/msgpath_harness.py counts it); everything else goes through
+        ``send``. A message is plain data (marshalled at flush, ``encode``) if it is a
+        scalar or a tuple of scalars (``SAFE_TYPES``, tested by exact type). Its length
+        is not bounded here (``len`` and a compare cost 4 % of a tell): a burst too big
+        to marshal inline is pickled (``encode``), big buffers out of band.
         """
         outbound = self.outbound
         target = ref.actor_id
         send = self.send
-        fast = self._outbox_fast
         safe = SAFE_TYPES
         # the slow path's ref: a twin, so that the ref does not hold itself through
         # this function (a cycle only the garbage collector would free)
         twin = ref._twin()
+        # The channel, held here between two trips through the slow path (a dict
+        # subscript per tell was 4 % of it). A channel dropped meanwhile (its target gone
+        # for good) is closed with no room: the slow path finds it gone and raises
+        # ``ActorStopped``.
+        cached = outbound.get(target)
 
         def tell(message: Any) -> None:
+            nonlocal cached
             kind = type(message)
-            plain = 1  # plain data (OutChannel.plain): a scalar, or a small tuple of scalars
             if kind is tuple:  # the most common message: tested first
-                if len(message) <= 16:
-                    for item in message:  # a plain loop: cheaper than all(map(...))
-                        kind = type(item)
-                        if (kind is not str and kind is not int and kind is not float
-                                and kind not in safe):
-                            plain = _check_tell(twin, message)
-                            break
-                else:
-                    plain = _check_tell(twin, message)
-            elif (kind is not str and kind is not int and kind is not float
-                  and kind not in safe):
-                plain = _check_tell(twin, message)
-            try:
-                chan = outbound[target]  # a subscript: cheaper than .get() (a method call)
-            except KeyError:
-                chan = None
+                for item in message:  # a plain loop: cheaper than all(map(...))
+                    if type(item) not in safe:
+                        return _tell_checked(send, twin, message, nowait)
+            elif kind not in safe:
+                return _tell_checked(send, twin, message, nowait)
+            chan = cached
+            if chan is None:
+                chan = cached = outbound.get(target)  # opened since (by ``send``)
             if chan is not None:
                 # acquire/release rather than ``with``: nothing in between can raise, and
-                # this runs once per tell (a with block measured 5 % of a tell here).
-                # Credit in hand means nobody waits in line (``send`` keeps ``credits``
-                # at 0 then). A burst of tells under way (``bare``) takes the message
-                # as it is: no wire tuple is built (``encode``).
+                # this runs once per tell (a with block measured 5 % of a tell here). The
+                # credit was spent when it was set aside, and the outbox is a burst of
+                # bare tells while there is room (``send`` ends it first).
                 lock = chan.lock
                 lock.acquire()
-                if chan.credits > 0 and chan.bare and len(chan.outbox) < fast:
-                    chan.credits -= 1
-                    chan.outbox.append(message)
-                    chan.plain += plain
+                outbox = chan.outbox
+                if len(outbox) < chan.room:
+                    outbox.append(message)
                     lock.release()
-                    return
+                    return None
                 lock.release()
-            send(twin, (OP_TELL, 0, message), nowait=nowait, plain=plain)
+                cached = None  # looked up again after the slow path, once per burst
+            return send(twin, (OP_TELL, 0, message), nowait=nowait, plain=1)
 
         tell.__name__ = tell.__qualname__ = "tell_nowait" if nowait else "tell"
         return tell
@@ -355,6 +355,7 @@ class Hub:
             chan = self.open_channel(ref)
         gate = chan.gate
         with chan.lock:
+            chan.unreserve()  # the credit set aside for bare tells counts again
             if chan.credits > 0:  # fast path: a cached lower bound, nobody in line
                 chan.credits -= 1
                 chan.plain += plain
@@ -376,7 +377,12 @@ class Hub:
         self.mark_dirty(chan)
 
     def _append_locked(self, chan: OutChannel, msg: tuple[Any, ...]) -> bool:
-        """Append under ``chan.lock``; True if the caller must mark the channel dirty."""
+        """Append under ``chan.lock``; True if the caller must mark the channel dirty.
+
+        A burst of bare tells that goes on sets credit aside for the next ones (up to a
+        full burst): ``bind_tell``'s fast path appends them without this.
+        """
+        chan.unreserve()
         outbox = chan.outbox
         if msg[0] == OP_TELL and (chan.bare or not outbox):
             outbox.append(msg[2])  # a burst of tells: bare (OutChannel.bare)
@@ -397,6 +403,8 @@ class Hub:
                 self.dirty.discard(chan)
                 return False
             return True
+        if chan.bare:
+            chan.reserve(self._outbox_fast)
         return len(outbox) == 1
 
     @staticmethod
@@ -404,6 +412,7 @@ class Hub:
         """Put the bare told messages of *chan*'s outbox back in their wire tuples (before
         anything else is appended to it); return the outbox. Caller holds its lock."""
         if chan.bare:
+            chan.unreserve()
             chan.outbox = [(OP_TELL, 0, m) for m in chan.outbox]
             chan.bare = False
         return chan.outbox

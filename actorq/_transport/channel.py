@@ -128,6 +128,7 @@ class OutChannel:
         "efd",
         "encoded",
         "encoded_count",
+        "fast_from",
         "flush_scheduled",
         "gate",
         "last_rung",
@@ -135,6 +136,7 @@ class OutChannel:
         "outbox",
         "plain",
         "ring",
+        "room",
         "seen",
         "seg",
         "target_id",
@@ -164,8 +166,39 @@ class OutChannel:
         self.flush_scheduled = False
         self.last_rung = 0
         self.credits = 0  # a lower bound of credit(), spent locally, refreshed at 0
+        # Credit set aside for a burst of bare tells (``reserve``): ``Hub.bind_tell``'s
+        # fast path appends a plain message while the outbox is shorter than ``room``,
+        # and touches nothing else; ``fast_from`` is the outbox's length when it began.
+        self.room = 0
+        self.fast_from = 0
         self.gate = CreditGate(window)
         self.closed = False
+
+    def reserve(self, limit: int) -> None:
+        """Set credit aside for the fast path's tells: up to *limit* messages in the outbox.
+
+        Caller holds ``lock``; the outbox is a burst of bare tells (``bare``) and nothing
+        is reserved yet (``unreserve``). The credit moves from ``credits`` to ``room``:
+        every message still spends one, and a producer that finds no room takes the
+        slow path (``Hub.send``), which gives back what is unused first, so that it sees
+        exactly the credit it would have seen without the reservation.
+        """
+        size = len(self.outbox)
+        take = min(self.credits, limit - size)
+        if take > 0:
+            self.credits -= take
+            self.room = size + take
+            self.fast_from = size
+
+    def unreserve(self) -> None:
+        """End the reservation (caller holds ``lock``): the unused credit goes back to
+        ``credits``, and the tells appended meanwhile (plain data, all of them) are
+        counted in ``plain``. Before anything else changes the outbox."""
+        if self.room:
+            size = len(self.outbox)
+            self.credits += self.room - size
+            self.plain += size - self.fast_from
+            self.room = 0
 
     def limit(self) -> int:
         """The window now: ours, or the receiver's adaptive one if that is smaller."""
@@ -176,7 +209,8 @@ class OutChannel:
         """Messages this process may still send before the receiver handles some.
 
         Reads the receiver's ``handled`` counter from shared memory: the credit return.
-        Senders cache a lower bound of it in ``credits`` and call this only at zero.
+        Senders cache a lower bound of it in ``credits`` and call this only at zero
+        (after ending any reservation, ``unreserve``: its unused credit is not counted).
         """
         queued = len(self.outbox) + self.encoded_count
         return self.gate.free(self.ring.in_flight(), queued, self.limit())
@@ -202,6 +236,7 @@ class OutChannel:
         not fit stays encoded, in order, for the next flush.
         """
         if self.outbox:
+            self.unreserve()
             msgs, self.outbox = self.outbox, []
             plain = self.plain == len(msgs)
             bare, self.plain, self.bare = self.bare, 0, False

@@ -24,6 +24,8 @@ from __future__ import annotations
 import marshal
 import os
 import socket
+import sys
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -322,5 +324,70 @@ def test_a_call_after_bare_tells_wraps_them_and_keeps_the_order() -> None:
         world.replies()
         assert world.log == [0, 1, 2, 3, 4]
         assert reply.result(0) == 3
+    finally:
+        world.close()
+
+
+def test_threads_telling_at_once_spend_the_window_exactly() -> None:
+    """Three threads tell_nowait into one window at once (thread switches forced every
+    microsecond): the credit set aside for a burst (``OutChannel.reserve``) is shared,
+    so exactly ``window`` tells are taken, the rest raise Backpressure, each thread's
+    tells arrive in its order, and every credit comes back."""
+    window = 50  # below a burst (outbox_messages=64): the window, not the burst, binds
+    world = World(window, {})
+    taken: dict[int, list[int]] = {k: [] for k in range(3)}
+    refused = [0]
+
+    def produce(k: int) -> None:
+        for i in range(100):
+            try:
+                world.ref.tell_nowait(("m", (k, i)))
+            except Backpressure:
+                refused[0] += 1
+            else:
+                taken[k].append(i)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=produce, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads)
+    finally:
+        sys.setswitchinterval(switch)
+    try:
+        assert sum(len(v) for v in taken.values()) == window
+        assert refused[0] == 300 - window
+        world.sender.flush_dirty()
+        world.run_actor()
+        for k, sent in taken.items():
+            assert [i for kk, i in world.log if kk == k] == sent  # type: ignore[misc]
+        chan = world.sender.outbound[ACTOR]
+        assert chan.ring.in_flight() == 0
+        assert chan.credit() == window
+        world.ref.tell_nowait(("m", (3, 0)))  # the credit is usable again
+    finally:
+        world.close()
+
+
+def test_a_long_tuple_of_scalars_told_in_a_burst_arrives_whole() -> None:
+    """Plain data has no length bound: a told tuple of 20,000 ints among small tells is
+    marshalled with them, found too big for the ring (64 KiB here), and pickled with a
+    spill segment instead; every message arrives, in order, the long one whole."""
+    world = World(64, {})
+    try:
+        long = ("m", 1, *range(20_000))
+        world.ref.tell(("m", 0))
+        world.ref.tell(long)
+        world.ref.tell(("m", 2))
+        got: list[Any] = []
+        world.actor.host.handlers["receive"] = got.append  # type: ignore[union-attr]
+        world.sender.flush_dirty()
+        world.run_actor()
+        assert got == [("m", 0), long, ("m", 2)]
+        assert world.sender.outbound[ACTOR].ring.in_flight() == 0
     finally:
         world.close()
