@@ -514,7 +514,10 @@ class Runtime:
             self._hub.loop.call_later(WATCH_AFTER, self._watch_life, cell, cell.pid)
             if cell.state == "starting":
                 cell.state = CellState.RUNNING
-            if cell is self._likely and not self._closing:  # running: prepare a spare now
+            # running: prepare a spare for it now, if one is free (after a restart with
+            # one spare there is none: the refill prepares the next; waking the starter
+            # thread for nothing would take the GIL just as the first answers arrive)
+            if cell is self._likely and not self._closing and self._spares.unprepared():
                 try:
                     self._starter.submit(self._prepare_spare)
                 except RuntimeError:  # the starter is shut down: closing
@@ -658,7 +661,8 @@ class Runtime:
         now); else it is exiting with that exit code, and is reaped later."""
         loop = self._hub.loop
         assert loop is not None
-        self._life.forget(cell.id)
+        if code is None:  # on an early notice the watcher has let it go already
+            self._life.forget(cell.id)
         self._on_ctrl(cell, sock)  # a last "failed"/"crashing" message may be waiting
         loop.remove_reader(sock)
         sock.close()

@@ -113,3 +113,60 @@ def test_a_mailbox_changed_since_the_preparation_is_booted_in_full(tmp_path: Pat
         assert caller.pid_of(ref).result(timeout=BOUND) == pid  # a new ring into it
         new = _kill_and_wait_new(ref, pid)
         assert caller.pid_of(ref).result(timeout=BOUND) == new  # its new ring is mapped
+
+
+def test_a_restart_onto_its_prepared_spare_needs_no_start_on_the_starter_thread(
+        tmp_path: Path) -> None:
+    # The spare prepared for the actor is taken by the loop thread that handles the death
+    # (one GO message); a start handed to the starter thread is counted in `_submitted`.
+    with actorq.ActorSystem() as system:
+        ref = _supervisor(system).spawn(Noter, str(tmp_path / "notes"))
+        pid = _kill_and_wait_new(ref, ref.pid().result(timeout=BOUND))
+        wait_until(lambda: _prepared_for(system, ref), timeout=BOUND,
+                   message="a spare prepared for the actor that restarted")
+        spare = next(p.pid for p, _sock in system._runtime._spares._spares)
+        submitted = system._runtime._submitted
+        assert _kill_and_wait_new(ref, pid) == spare
+        assert system._runtime._submitted == submitted
+        ref.note(1)
+        assert ref.restarts().result(timeout=BOUND) == 2
+    assert (tmp_path / "notes").read_text().split() == ["1"]
+
+
+def test_the_spare_pool_hands_out_a_spare_by_the_key_it_was_prepared_for() -> None:
+    from actorq._actorproc import host as _host
+    from actorq._process.spares import QUIT, WarmPool
+    from actorq._process.spawn import get_context
+
+    pool = WarmPool(get_context("forkserver"), _host.main, 3)
+    taken = []
+    try:
+        pool.refill()
+        order = [proc.pid for proc, _sock in pool._spares]
+        # tags are tuples keyed by their first item (nothing is sent to these spares)
+        assert pool.prepare(lambda _proc, _sock: (5, "for five"))
+        assert pool.prepare(lambda _proc, _sock: (7, "for seven"))
+        assert pool.unprepared() == 1
+        assert pool.take(8, only_prepared=True) is None  # none prepared for 8
+        assert pool.take(None, only_prepared=True) is None
+        got = pool.take(7, only_prepared=True)
+        assert got is not None
+        taken.append(got)
+        assert (got[0].pid, got[2]) == (order[1], (7, "for seven"))
+        got = pool.take(9)  # none for 9: the unprepared one before a prepared one
+        assert got is not None
+        taken.append(got)
+        assert (got[0].pid, got[2]) == (order[2], None)
+        got = pool.take(9)  # then any
+        assert got is not None
+        taken.append(got)
+        assert (got[0].pid, got[2]) == (order[0], (5, "for five"))
+        assert pool.take(5) is None
+        assert pool.tags() == []
+    finally:
+        pool.close()
+        for proc, sock, _tag in taken:
+            sock.send(QUIT)
+            sock.close()
+            proc.join(BOUND)
+            proc.close()
