@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing.process
+import select
 import socket
 import threading
 from collections import deque
@@ -89,7 +90,7 @@ class WarmPool:
                     return None
                 del self._spares[i]
                 self._tags.pop(sock, None)
-            if proc.is_alive():
+            if _alive(proc):
                 return proc, sock, tag
             self._discard(proc, sock)
 
@@ -170,3 +171,15 @@ class WarmPool:
         proc.join(0.1)
         if proc.exitcode is not None:
             proc.close()
+
+
+def _alive(proc: Any) -> bool:
+    """``proc.is_alive()`` without its selector (≈ 40 µs under forkserver, on the path of
+    every restart): has its sentinel (end-of-file, or the fork server's report) not
+    turned readable yet?"""
+    try:
+        poller = select.poll()
+        poller.register(proc.sentinel, select.POLLIN)
+        return not poller.poll(0)
+    except (OSError, ValueError):  # closed, or never started
+        return False

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
+import pytest
+
 import actorq
+from actorq._process import lifelock
 from actorq.testing import wait_until
 
 BOUND = 60.0
@@ -128,6 +132,10 @@ def test_a_restart_onto_its_prepared_spare_needs_no_start_on_the_starter_thread(
         submitted = system._runtime._submitted
         assert _kill_and_wait_new(ref, pid) == spare
         assert system._runtime._submitted == submitted
+        # it locked the life lock it had mapped ahead: its own death is noticed early too
+        ctl = system._runtime._cells[ref.actor_id].ctl.seg.buf
+        word = int.from_bytes(ctl[lifelock.OFFSET:lifelock.OFFSET + 4], sys.byteorder)
+        assert word & lifelock.FUTEX_TID_MASK == spare
         ref.note(1)
         assert ref.restarts().result(timeout=BOUND) == 2
     assert (tmp_path / "notes").read_text().split() == ["1"]
@@ -170,3 +178,30 @@ def test_the_spare_pool_hands_out_a_spare_by_the_key_it_was_prepared_for() -> No
             sock.close()
             proc.join(BOUND)
             proc.close()
+
+
+@pytest.mark.parametrize("method", ["forkserver", "fork"])
+def test_a_spare_killed_while_it_waits_is_passed_over(method: str) -> None:
+    from actorq._actorproc import host as _host
+    from actorq._process.spares import WarmPool
+    from actorq._process.spawn import get_context
+
+    pool = WarmPool(get_context(method), _host.main, 2)
+    try:
+        pool.refill()
+        (victim, _), (other, _) = list(pool._spares)
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_until(lambda: not victim.is_alive(), timeout=BOUND,
+                   message="the killed spare is seen dead")
+        got = pool.take()
+        assert got is not None
+        assert got[0] is other  # the dead one was discarded, not handed out
+        with pytest.raises(ValueError, match="closed"):
+            victim.sentinel  # noqa: B018 (reaped and closed by the pool)
+        got[1].close()
+        got[0].join(BOUND)  # end-of-file: it exits
+        assert got[0].exitcode == _host.EXIT_SYSTEM_GONE
+        got[0].close()
+        assert pool.take() is None
+    finally:
+        pool.close()
