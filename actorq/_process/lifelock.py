@@ -33,6 +33,7 @@ import errno
 import logging
 import mmap
 import os
+import sys
 import threading
 from collections.abc import Callable
 
@@ -46,6 +47,11 @@ FUTEX_OWNER_DIED = 0x40000000
 FUTEX_TID_MASK = 0x3FFFFFFF
 PF_EXITING = 0x4
 MAX_WATCHED = 127  # futex_waitv takes 128 futexes; one is the watcher's own bell
+# The mutex's futex word read through a control block's 8-byte slots (``ControlBlock``):
+# ``slots[LIFE_SLOT] & SLOT_OWNER_DIED`` is set from the moment its holder died until the
+# next instance locks it (a caller waiting on that actor then stops spinning).
+LIFE_SLOT = OFFSET // 8
+SLOT_OWNER_DIED = FUTEX_OWNER_DIED << (32 if sys.byteorder == "big" else 0)
 
 _SYS_FUTEX = 202
 _SYS_FUTEX_WAITV = 449

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,39 @@ def test_a_spare_killed_while_it_waits_is_passed_over(method: str) -> None:
         assert pool.take() is None
     finally:
         pool.close()
+
+
+def test_a_caller_stops_spinning_on_an_actor_whose_process_died() -> None:
+    # While an actor's process is dead (its restart held back here), a caller waiting on
+    # it must not spin on its ring: the GIL it would keep re-taking is what the death
+    # notice and the restart wait for. With a spin of minutes, only that stop lets the
+    # caller reach its sleep (where the reply's event is made) within the bound.
+    with actorq.ActorSystem(spin_seconds=60.0) as system:
+        sup = system.supervisor(max_restarts=10, within=60.0,
+                                backoff=actorq.Backoff(initial=600.0, jitter="none"))
+        ref = sup.spawn(Noter, os.devnull)
+        pid = ref.pid().result(timeout=BOUND)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: system.pid_of(ref) is None, timeout=BOUND,
+                   message="the death is handled (the restart waits for its backoff)")
+        hub = system._runtime.hub
+        reply = ref.pid()  # waits in its ring for the next instance
+        outcome: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                reply.result(timeout=BOUND * 2)
+            except actorq.ActorqError as exc:
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        try:
+            wait_until(lambda: reply._event is not None, timeout=BOUND,
+                       message="the caller sleeps instead of spinning")
+            assert ref.actor_id not in hub.ring_spinners
+        finally:
+            system.close()  # fails the call: its actor never came back
+            waiter.join(BOUND)
+    assert not waiter.is_alive()
+    assert isinstance(outcome[0], actorq.ActorStopped)
