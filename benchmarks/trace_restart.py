@@ -20,7 +20,8 @@ With ``--slowest N``, the N slowest restarts are printed step by step, and with 
 handled the death), ``prepared`` (1: such a spare was waiting at the kill), ``gc`` (ms
 this process spent collecting garbage between the kill and the answer), ``run`` /
 ``wait`` (ms the new process's main thread ran / waited on a run queue for a CPU over
-the same span, from ``/proc/<pid>/schedstat``), and the refill after the previous
+the same span, from ``/proc/<pid>/schedstat``), ``faults`` (its minor page faults over
+that span), and the refill after the previous
 restart: when a spare was started and when it was prepared, in ms *before* the kill.
 
 The marks wrap private methods of ``actorq._runtime.runtime.Runtime``: a debugging
@@ -49,7 +50,8 @@ REFILL: dict[str, float] = {}  # the refill after a restart: a spare started, pr
 GC_MS = [0.0, 0.0]  # this process's garbage collections: ms in all, start of the current
 ORDER = ("notice", "handled", "start_process", "boot_sent", "constructed", "answered",
          "sentinel")
-DETAIL = ("inline", "prepared", "gc", "run", "wait", "spare_started", "spare_prepared")
+DETAIL = ("inline", "prepared", "gc", "run", "wait", "faults", "spare_started",
+          "spare_prepared")
 
 
 class Traced(actorq.Actor):
@@ -119,13 +121,23 @@ def schedstat(pid: int) -> tuple[float, float]:
     return int(ran) / 1e6, int(waited) / 1e6
 
 
+def minflt(pid: int) -> float:
+    """Minor page faults of the process *pid* so far."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return float(f.read().rsplit(b")", 1)[1].split()[7])
+    except (OSError, IndexError):
+        return math.nan
+
+
 def restart_once(system: actorq.ActorSystem, ref: actorq.ActorRef[Traced],
                  pid: int) -> tuple[int, dict[str, float]]:
     """Kill *pid*; return the new pid and the row of this restart (ms)."""
     runtime = system._runtime
     prepared = any(tag[0] == ref.actor_id for tag in runtime._spares.tags())
     refill = dict(REFILL)
-    before = {proc.pid: schedstat(proc.pid) for proc, _sock in runtime._spares._spares}
+    before = {proc.pid: (*schedstat(proc.pid), minflt(proc.pid))
+              for proc, _sock in runtime._spares._spares}
     MARKS.clear()
     REFILL.clear()
     FLAGS.clear()
@@ -136,6 +148,7 @@ def restart_once(system: actorq.ActorSystem, ref: actorq.ActorRef[Traced],
     answered = clock()
     gc_ms = GC_MS[0]
     ran, waited = schedstat(new)
+    faults = minflt(new)
     born = ref.born_at().result(timeout=30)
     if new == pid:
         msg = "the killed process answered"
@@ -144,7 +157,8 @@ def restart_once(system: actorq.ActorSystem, ref: actorq.ActorRef[Traced],
     row |= {"answered": (answered - start) * 1e3, "constructed": (born - start) * 1e3,
             "prepared": prepared, "inline": FLAGS.get("inline", False), "gc": gc_ms}
     if new in before:
-        row |= {"run": ran - before[new][0], "wait": waited - before[new][1]}
+        row |= {"run": ran - before[new][0], "wait": waited - before[new][1],
+                "faults": faults - before[new][2]}
     row |= {k: (start - v) * 1e3 for k, v in refill.items()}
     return new, row
 

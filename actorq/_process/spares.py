@@ -117,6 +117,11 @@ class WarmPool:
                 return True
         return False
 
+    def missing(self) -> int:
+        """How many spares ``refill`` would start now."""
+        with self._lock:
+            return 0 if self.closed else max(0, self.size - len(self._spares))
+
     def unprepared(self) -> int:
         """How many spares are not prepared for any actor now."""
         with self._lock:

@@ -95,6 +95,10 @@ logger = logging.getLogger("actorq")
 
 A = TypeVar("A", bound=Actor)
 SPARE_REFILL_DELAY = 0.05
+# After a restart, the next spare is started this long after the new instance is up (its
+# first answers go out first), not only SPARE_REFILL_DELAY after its start: on a loaded
+# machine a start takes 100 ms or more, and the actor's next crash found no spare.
+REFILL_AFTER_READY = 0.005
 ORPHAN_SWEEP_INTERVAL = 0.05  # seconds between looks at blocks of dead processes
 LAUNCH_AHEAD = 4  # processes launched at once for a burst of starts (forkserver)
 # Bytes of a new ring touched up front (its header and where its first messages go);
@@ -522,6 +526,8 @@ class Runtime:
                     self._starter.submit(self._prepare_spare)
                 except RuntimeError:  # the starter is shut down: closing
                     pass
+            if cell.restarts and not self._closing and self._spares.missing():
+                self._hub.loop.call_later(REFILL_AFTER_READY, self._submit_refill)
             cell.ready.set()
             self._publish(EventKind.STARTED, cell)
             logger.debug("%s started (pid %s, restarts %d)", cell.describe(), cell.pid,
