@@ -15,6 +15,15 @@ clock every process shares) relative to the kill, p10 / p50 / p90 over the resta
 - answered: the call issued right after the kill returned, from the new process;
 - sentinel: the kernel's report (forkserver: relayed by the fork server) reaped it.
 
+With ``--slowest N``, the N slowest restarts are printed step by step, and with each:
+``inline`` (1: the spare prepared for the actor was taken by the loop thread that
+handled the death), ``prepared`` (1: such a spare was waiting at the kill), ``gc`` (ms
+this process spent collecting garbage between the kill and the answer), ``run`` /
+``wait`` (ms the new process's main thread ran / waited on a run queue for a CPU over
+the same span, from ``/proc/<pid>/schedstat``), ``faults`` (its minor page faults over
+that span), and the refill after the previous
+restart: when a spare was started and when it was prepared, in ms *before* the kill.
+
 The marks wrap private methods of ``actorq._runtime.runtime.Runtime``: a debugging
 aid for this code base, not an API.
 """
@@ -22,6 +31,8 @@ aid for this code base, not an API.
 from __future__ import annotations
 
 import argparse
+import gc
+import math
 import os
 import signal
 import statistics
@@ -33,9 +44,14 @@ import actorq
 from actorq._runtime import runtime as rt
 
 clock = time.perf_counter
-MARKS: dict[str, float] = {}
+MARKS: dict[str, float] = {}  # step -> when it happened (the clock)
+FLAGS: dict[str, bool] = {}
+REFILL: dict[str, float] = {}  # the refill after a restart: a spare started, prepared
+GC_MS = [0.0, 0.0]  # this process's garbage collections: ms in all, start of the current
 ORDER = ("notice", "handled", "start_process", "boot_sent", "constructed", "answered",
          "sentinel")
+DETAIL = ("inline", "prepared", "gc", "run", "wait", "faults", "spare_started",
+          "spare_prepared")
 
 
 class Traced(actorq.Actor):
@@ -59,15 +75,109 @@ def mark(name: str, key: str) -> None:
     setattr(rt.Runtime, name, wrapped)
 
 
+def mark_refill() -> None:
+    """Note when the pool starts and prepares a spare, and whether a restart took its
+    spare inline (from the loop thread)."""
+    pool = rt.WarmPool
+    start_one, prepare = pool.start_one, pool.prepare
+
+    def started(self: Any) -> Any:
+        got = start_one(self)
+        REFILL["spare_started"] = clock()
+        return got
+
+    def prepared(self: Any, prep: Any) -> bool:
+        done = prepare(self, prep)
+        if done:
+            REFILL["spare_prepared"] = clock()
+        return done
+
+    pool.start_one, pool.prepare = started, prepared  # type: ignore[method-assign]
+    original = rt.Runtime._start_process
+
+    def start(self: Any, *args: Any, **kwargs: Any) -> bool:
+        done = original(self, *args, **kwargs)
+        if kwargs.get("inline"):
+            FLAGS.setdefault("inline", done)
+        return done
+
+    rt.Runtime._start_process = start  # type: ignore[method-assign]
+
+
+def time_gc(phase: str, _info: dict[str, Any]) -> None:
+    if phase == "start":
+        GC_MS[1] = clock()
+    else:
+        GC_MS[0] += (clock() - GC_MS[1]) * 1e3
+
+
+def schedstat(pid: int) -> tuple[float, float]:
+    """ms the main thread of *pid* ran, and waited on a run queue, so far."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            ran, waited = f.read().split()[:2]
+    except OSError:
+        return math.nan, math.nan
+    return int(ran) / 1e6, int(waited) / 1e6
+
+
+def minflt(pid: int) -> float:
+    """Minor page faults of the process *pid* so far."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return float(f.read().rsplit(b")", 1)[1].split()[7])
+    except (OSError, IndexError):
+        return math.nan
+
+
+def restart_once(system: actorq.ActorSystem, ref: actorq.ActorRef[Traced],
+                 pid: int) -> tuple[int, dict[str, float]]:
+    """Kill *pid*; return the new pid and the row of this restart (ms)."""
+    runtime = system._runtime
+    prepared = any(tag[0] == ref.actor_id for tag in runtime._spares.tags())
+    refill = dict(REFILL)
+    before = {proc.pid: (*schedstat(proc.pid), minflt(proc.pid))
+              for proc, _sock in runtime._spares._spares}
+    MARKS.clear()
+    REFILL.clear()
+    FLAGS.clear()
+    GC_MS[0] = 0.0
+    start = clock()
+    os.kill(pid, signal.SIGKILL)
+    new = ref.pid().result(timeout=30)
+    answered = clock()
+    gc_ms = GC_MS[0]
+    ran, waited = schedstat(new)
+    faults = minflt(new)
+    born = ref.born_at().result(timeout=30)
+    if new == pid:
+        msg = "the killed process answered"
+        raise RuntimeError(msg)
+    row = {k: (v - start) * 1e3 for k, v in MARKS.items()}
+    row |= {"answered": (answered - start) * 1e3, "constructed": (born - start) * 1e3,
+            "prepared": prepared, "inline": FLAGS.get("inline", False), "gc": gc_ms}
+    if new in before:
+        row |= {"run": ran - before[new][0], "wait": waited - before[new][1],
+                "faults": faults - before[new][2]}
+    row |= {k: (start - v) * 1e3 for k, v in refill.items()}
+    return new, row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--restarts", type=int, default=30)
     parser.add_argument("--start-method", default="forkserver")
+    parser.add_argument("--settle", type=float, default=0.15,
+                        help="seconds between a restart and the next kill")
+    parser.add_argument("--slowest", type=int, default=0,
+                        help="print the N slowest restarts step by step")
     args = parser.parse_args()
     for name, key in (("_on_life_lost", "notice"), ("_died", "handled"),
                       ("_start_process", "start_process"), ("_watch", "boot_sent"),
                       ("_reap_dying", "sentinel")):
         mark(name, key)
+    mark_refill()
+    gc.callbacks.append(time_gc)
     rows = []
     with actorq.ActorSystem(start_method=args.start_method, root_max_restarts=10**6) as s:
         sup = s.supervisor(max_restarts=10**6, within=1.0,
@@ -75,27 +185,22 @@ def main() -> None:
         ref = sup.spawn(Traced, name="traced")
         pid = ref.pid().result()
         for i in range(args.restarts + 1):
-            time.sleep(0.15)  # the spare is started again meanwhile
-            MARKS.clear()
-            start = clock()
-            os.kill(pid, signal.SIGKILL)
-            new = ref.pid().result(timeout=30)
-            answered = clock()
-            born = ref.born_at().result(timeout=30)
-            if new == pid:
-                msg = "the killed process answered"
-                raise RuntimeError(msg)
-            pid = new
+            time.sleep(args.settle)  # the spare is started again meanwhile
+            pid, row = restart_once(s, ref, pid)
             if i:  # the first restart is a warm-up
-                row = {k: (v - start) * 1e3 for k, v in MARKS.items()}
-                rows.append(row | {"answered": (answered - start) * 1e3,
-                                   "constructed": (born - start) * 1e3})
+                rows.append(row)
     for key in ORDER:
         col = sorted(row[key] for row in rows if key in row)
         if col:
             print(f"{key:14s} p10 {col[len(col) // 10]:6.2f}  p50 {statistics.median(col):6.2f}"
                   f"  p90 {col[9 * len(col) // 10]:6.2f} ms  ({len(col)} of {len(rows)})")
     print(f"load average {os.getloadavg()[0]:.1f}")
+    if args.slowest:
+        cols = (*ORDER[:-1], *DETAIL)
+        print("slowest restarts, ms after the kill (the refill's: ms before it)")
+        print(" ".join(f"{c[:10]:>10s}" for c in cols))
+        for row in sorted(rows, key=lambda r: -r["answered"])[:args.slowest]:
+            print(" ".join(f"{row.get(c, math.nan):10.2f}" for c in cols))
 
 
 if __name__ == "__main__":

@@ -801,6 +801,7 @@ class Host:
         self._req = 0
         self.info: Boot
         self.spec: tuple[Any, tuple[Any, ...], dict[str, Any], frozenset[str]] | None = None
+        self.life: lifelock.Held | None = None  # its life lock, mapped by attach()
 
     def describe(self) -> str:
         """``"Counter 'c'"``."""
@@ -828,6 +829,8 @@ class Host:
                 break
             if prepared:
                 self.hub.release()
+                if self.life is not None:
+                    self.life.close()
                 self.spec = None
                 prepared = False
             assert kind in (Ctl.BOOT, Ctl.PREPARE), kind
@@ -847,6 +850,7 @@ class Host:
         self.info = info
         multiprocessing.current_process().name = f"actorq:{self.name}"
         ctl = ControlBlock(Segment.attach(info.ctl))
+        self.life = lifelock.mapped(os.path.join(SHM_DIR, info.ctl))
         self.hub = ActorHub(self, info, ctl, fds[0])
         register_hub(info.run_id, self.hub)
         for sender, (ring_name, fd_index) in info.inbound.items():
@@ -894,8 +898,9 @@ class Host:
         self.done = self.loop.create_future()
         self.boot()
         # held by this (the main) thread until the process dies: the system's early
-        # notice of that death (_process/lifelock.py)
-        self.life = lifelock.hold(os.path.join(SHM_DIR, self.info.ctl))
+        # notice of that death (_process/lifelock.py); mapped already (attach)
+        if self.life is not None:
+            self.life.lock()
         hub = self.hub
         hub.loop = self.loop
         hub.loop_thread_id = _thread_id()

@@ -33,6 +33,7 @@ import errno
 import logging
 import mmap
 import os
+import sys
 import threading
 from collections.abc import Callable
 
@@ -46,6 +47,11 @@ FUTEX_OWNER_DIED = 0x40000000
 FUTEX_TID_MASK = 0x3FFFFFFF
 PF_EXITING = 0x4
 MAX_WATCHED = 127  # futex_waitv takes 128 futexes; one is the watcher's own bell
+# The mutex's futex word read through a control block's 8-byte slots (``ControlBlock``):
+# ``slots[LIFE_SLOT] & SLOT_OWNER_DIED`` is set from the moment its holder died until the
+# next instance locks it (a caller waiting on that actor then stops spinning).
+LIFE_SLOT = OFFSET // 8
+SLOT_OWNER_DIED = FUTEX_OWNER_DIED << (32 if sys.byteorder == "big" else 0)
 
 _SYS_FUTEX = 202
 _SYS_FUTEX_WAITV = 449
@@ -94,7 +100,13 @@ def init(buf: memoryview) -> None:
 
 
 class Held:
-    """The mutex, locked by this process's calling thread for as long as it lives."""
+    """The mutex of one control block, mapped now and locked by ``lock`` (from the
+    thread that is to hold it for as long as the process lives).
+
+    A warm spare prepared for an actor maps it ahead (an ``mmap`` of a file the dying
+    predecessor is still unmapping can wait for that teardown); the restart then only
+    locks it.
+    """
 
     def __init__(self, path: str) -> None:
         fd = os.open(path, os.O_RDWR)
@@ -103,6 +115,10 @@ class Held:
         finally:
             os.close(fd)
         self._mutex = (ctypes.c_char * MUTEX_BYTES).from_buffer(self._mm, OFFSET)
+        self.locked = False
+
+    def lock(self) -> None:
+        """Lock it from the calling thread, never to unlock it."""
         # trylock: a predecessor still alive (it should not be) must not hang this boot;
         # this process then just goes without the early notice
         rc = _libc.pthread_mutex_trylock(self._mutex)
@@ -110,16 +126,32 @@ class Held:
             _libc.pthread_mutex_consistent(self._mutex)
         elif rc != 0:
             logger.debug("life lock not taken: %s", os.strerror(rc))
+            return
+        self.locked = True
+
+    def close(self) -> None:
+        """Unmap it (only if not locked: a locked mutex stays mapped until exit)."""
+        if not self.locked:
+            del self._mutex
+            self._mm.close()
 
 
-def hold(path: str) -> Held | None:
-    """Lock the mutex of the control block at *path* (call from the main thread, once)."""
+def mapped(path: str) -> Held | None:
+    """Map the mutex of the control block at *path*, to ``lock`` it later."""
     if not AVAILABLE:
         return None
     try:
         return Held(path)
     except OSError:
         return None
+
+
+def hold(path: str) -> Held | None:
+    """Lock the mutex of the control block at *path* (call from the main thread, once)."""
+    held = mapped(path)
+    if held is not None:
+        held.lock()
+    return held
 
 
 class _FutexWaitv(ctypes.Structure):

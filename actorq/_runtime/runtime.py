@@ -95,6 +95,10 @@ logger = logging.getLogger("actorq")
 
 A = TypeVar("A", bound=Actor)
 SPARE_REFILL_DELAY = 0.05
+# After a restart, the next spare is started this long after the new instance is up (its
+# first answers go out first), not only SPARE_REFILL_DELAY after its start: on a loaded
+# machine a start takes 100 ms or more, and the actor's next crash found no spare.
+REFILL_AFTER_READY = 0.005
 ORPHAN_SWEEP_INTERVAL = 0.05  # seconds between looks at blocks of dead processes
 LAUNCH_AHEAD = 4  # processes launched at once for a burst of starts (forkserver)
 # Bytes of a new ring touched up front (its header and where its first messages go);
@@ -514,11 +518,16 @@ class Runtime:
             self._hub.loop.call_later(WATCH_AFTER, self._watch_life, cell, cell.pid)
             if cell.state == "starting":
                 cell.state = CellState.RUNNING
-            if cell is self._likely and not self._closing:  # running: prepare a spare now
+            # running: prepare a spare for it now, if one is free (after a restart with
+            # one spare there is none: the refill prepares the next; waking the starter
+            # thread for nothing would take the GIL just as the first answers arrive)
+            if cell is self._likely and not self._closing and self._spares.unprepared():
                 try:
                     self._starter.submit(self._prepare_spare)
                 except RuntimeError:  # the starter is shut down: closing
                     pass
+            if cell.restarts and not self._closing and self._spares.missing():
+                self._hub.loop.call_later(REFILL_AFTER_READY, self._submit_refill)
             cell.ready.set()
             self._publish(EventKind.STARTED, cell)
             logger.debug("%s started (pid %s, restarts %d)", cell.describe(), cell.pid,
@@ -658,7 +667,8 @@ class Runtime:
         now); else it is exiting with that exit code, and is reaped later."""
         loop = self._hub.loop
         assert loop is not None
-        self._life.forget(cell.id)
+        if code is None:  # on an early notice the watcher has let it go already
+            self._life.forget(cell.id)
         self._on_ctrl(cell, sock)  # a last "failed"/"crashing" message may be waiting
         loop.remove_reader(sock)
         sock.close()

@@ -24,6 +24,7 @@ from actorq._core.protocol import OP_REPLY, SYSTEM_ID
 from actorq._core.ref import ActorRef
 from actorq._core.reply import Reply
 from actorq._errors import ActorStopped
+from actorq._process.lifelock import LIFE_SLOT, SLOT_OWNER_DIED
 from actorq._transport.channel import (
     C_WAKEUPS,
     ControlBlock,
@@ -102,6 +103,8 @@ class SystemHub(Hub):
         chan = self.inbound.get(target)
         if chan is None:
             return
+        out = self.outbound.get(target)
+        life = out.ctl.slots if out is not None else None  # its life lock (lifelock.py)
         with self.spin_lock:
             try:
                 hdr = chan.ring.hdr
@@ -130,9 +133,13 @@ class SystemHub(Hub):
                     if now > end:
                         break
                     if now > polite:
-                        # A slow answer: give this thread's GIL and CPU to whoever waits
-                        # for them (the early death notice of the actor we wait on, the
-                        # dying process itself), not only at the end of the spin.
+                        # A slow answer. Its process died (or has not taken over yet):
+                        # the answer comes from the next one, through the loop thread;
+                        # the GIL we would keep re-taking here is what the death notice
+                        # and the restart wait for. Else give this thread's GIL and CPU
+                        # to whoever waits for them, not only at the end of the spin.
+                        if life is not None and life[LIFE_SLOT] & SLOT_OWNER_DIED:
+                            break
                         sched_yield()
         except ValueError:  # the ring was released: its actor is gone (the reply failed)
             pass

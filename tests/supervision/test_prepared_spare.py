@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
 from pathlib import Path
 
+import pytest
+
 import actorq
+from actorq._process import lifelock
 from actorq.testing import wait_until
 
 BOUND = 60.0
@@ -113,3 +118,127 @@ def test_a_mailbox_changed_since_the_preparation_is_booted_in_full(tmp_path: Pat
         assert caller.pid_of(ref).result(timeout=BOUND) == pid  # a new ring into it
         new = _kill_and_wait_new(ref, pid)
         assert caller.pid_of(ref).result(timeout=BOUND) == new  # its new ring is mapped
+
+
+def test_a_restart_onto_its_prepared_spare_needs_no_start_on_the_starter_thread(
+        tmp_path: Path) -> None:
+    # The spare prepared for the actor is taken by the loop thread that handles the death
+    # (one GO message); a start handed to the starter thread is counted in `_submitted`.
+    with actorq.ActorSystem() as system:
+        ref = _supervisor(system).spawn(Noter, str(tmp_path / "notes"))
+        pid = _kill_and_wait_new(ref, ref.pid().result(timeout=BOUND))
+        wait_until(lambda: _prepared_for(system, ref), timeout=BOUND,
+                   message="a spare prepared for the actor that restarted")
+        spare = next(p.pid for p, _sock in system._runtime._spares._spares)
+        submitted = system._runtime._submitted
+        assert _kill_and_wait_new(ref, pid) == spare
+        assert system._runtime._submitted == submitted
+        # it locked the life lock it had mapped ahead: its own death is noticed early too
+        ctl = system._runtime._cells[ref.actor_id].ctl.seg.buf
+        word = int.from_bytes(ctl[lifelock.OFFSET:lifelock.OFFSET + 4], sys.byteorder)
+        assert word & lifelock.FUTEX_TID_MASK == spare
+        ref.note(1)
+        assert ref.restarts().result(timeout=BOUND) == 2
+    assert (tmp_path / "notes").read_text().split() == ["1"]
+
+
+def test_the_spare_pool_hands_out_a_spare_by_the_key_it_was_prepared_for() -> None:
+    from actorq._actorproc import host as _host
+    from actorq._process.spares import QUIT, WarmPool
+    from actorq._process.spawn import get_context
+
+    pool = WarmPool(get_context("forkserver"), _host.main, 3)
+    taken = []
+    try:
+        pool.refill()
+        order = [proc.pid for proc, _sock in pool._spares]
+        # tags are tuples keyed by their first item (nothing is sent to these spares)
+        assert pool.prepare(lambda _proc, _sock: (5, "for five"))
+        assert pool.prepare(lambda _proc, _sock: (7, "for seven"))
+        assert pool.unprepared() == 1
+        assert pool.take(8, only_prepared=True) is None  # none prepared for 8
+        assert pool.take(None, only_prepared=True) is None
+        got = pool.take(7, only_prepared=True)
+        assert got is not None
+        taken.append(got)
+        assert (got[0].pid, got[2]) == (order[1], (7, "for seven"))
+        got = pool.take(9)  # none for 9: the unprepared one before a prepared one
+        assert got is not None
+        taken.append(got)
+        assert (got[0].pid, got[2]) == (order[2], None)
+        got = pool.take(9)  # then any
+        assert got is not None
+        taken.append(got)
+        assert (got[0].pid, got[2]) == (order[0], (5, "for five"))
+        assert pool.take(5) is None
+        assert pool.tags() == []
+    finally:
+        pool.close()
+        for proc, sock, _tag in taken:
+            sock.send(QUIT)
+            sock.close()
+            proc.join(BOUND)
+            proc.close()
+
+
+@pytest.mark.parametrize("method", ["forkserver", "fork"])
+def test_a_spare_killed_while_it_waits_is_passed_over(method: str) -> None:
+    from actorq._actorproc import host as _host
+    from actorq._process.spares import WarmPool
+    from actorq._process.spawn import get_context
+
+    pool = WarmPool(get_context(method), _host.main, 2)
+    try:
+        pool.refill()
+        (victim, _), (other, _) = list(pool._spares)
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_until(lambda: not victim.is_alive(), timeout=BOUND,
+                   message="the killed spare is seen dead")
+        got = pool.take()
+        assert got is not None
+        assert got[0] is other  # the dead one was discarded, not handed out
+        with pytest.raises(ValueError, match="closed"):
+            victim.sentinel  # noqa: B018 (reaped and closed by the pool)
+        got[1].close()
+        got[0].join(BOUND)  # end-of-file: it exits
+        assert got[0].exitcode == _host.EXIT_SYSTEM_GONE
+        got[0].close()
+        assert pool.take() is None
+    finally:
+        pool.close()
+
+
+def test_a_caller_stops_spinning_on_an_actor_whose_process_died() -> None:
+    # While an actor's process is dead (its restart held back here), a caller waiting on
+    # it must not spin on its ring: the GIL it would keep re-taking is what the death
+    # notice and the restart wait for. With a spin of minutes, only that stop lets the
+    # caller reach its sleep (where the reply's event is made) within the bound.
+    with actorq.ActorSystem(spin_seconds=60.0) as system:
+        sup = system.supervisor(max_restarts=10, within=60.0,
+                                backoff=actorq.Backoff(initial=600.0, jitter="none"))
+        ref = sup.spawn(Noter, os.devnull)
+        pid = ref.pid().result(timeout=BOUND)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: system.pid_of(ref) is None, timeout=BOUND,
+                   message="the death is handled (the restart waits for its backoff)")
+        hub = system._runtime.hub
+        reply = ref.pid()  # waits in its ring for the next instance
+        outcome: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                reply.result(timeout=BOUND * 2)
+            except actorq.ActorqError as exc:
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        try:
+            wait_until(lambda: reply._event is not None, timeout=BOUND,
+                       message="the caller sleeps instead of spinning")
+            assert ref.actor_id not in hub.ring_spinners
+        finally:
+            system.close()  # fails the call: its actor never came back
+            waiter.join(BOUND)
+    assert not waiter.is_alive()
+    assert isinstance(outcome[0], actorq.ActorStopped)
