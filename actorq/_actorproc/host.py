@@ -336,8 +336,8 @@ class ActorHub(Hub):
         start = clock()
         end = start + budget
         now = start
-        if self.held is not None:
-            now = self.wait_for_reader(end, stop)
+        if self.held is not None and not self.wait_for_reader(end, stop):
+            end = 0.0  # the caller is late: do not spin on (see wait_for_reader)
         chans = tuple(self.inbound.values())  # no ring is added while we spin (the loop
         if len(chans) == 1 and stop is None:  # adds them, and this is the loop)
             chan = chans[0]
@@ -356,27 +356,32 @@ class ActorHub(Hub):
         self.parked_at = now
         return False
 
-    def wait_for_reader(self, end: float, stop: Any) -> float:
+    def wait_for_reader(self, end: float, stop: Any) -> bool:
         """The first part of a spin while a reply's doorbell is held back: until its
         caller reads it (or spins on its ring), data comes, the grace or the spin ends;
-        the doorbell is rung then unless the reply was read. Returns the clock."""
+        the doorbell is rung then unless the reply was read.
+
+        False if the caller did not come within the grace: it is most likely off the
+        CPU, possibly this one (a woken actor often runs where its caller ran), so the
+        spin ends here and the actor parks rather than keep the CPU from it.
+        """
         chan, past, due = self.held  # type: ignore[misc]
         clock = time.perf_counter
         now = clock()
         try:
             hdr = chan.ring.hdr
-            while now < end and now < due:
+            while now < due:
                 if hdr[H_HEAD] >= past or hdr[H_READER] == READER_SPINNING:
                     self.held = None  # read, or it will be: the spinner sees it
-                    return now
-                if self.has_unread() or (stop is not None and stop()):
+                    return True
+                if now >= end or self.has_unread() or (stop is not None and stop()):
                     break
                 now = clock()
         except ValueError:  # pragma: no cover - the channel was closed (its peer is gone)
             self.held = None
-            return now
+            return True
         self.ring_held()
-        return now
+        return now < due
 
     def hold_doorbell(self, chan: OutChannel) -> None:
         """A lone call's reply was just written and its caller said it would spin on it
