@@ -114,7 +114,7 @@ TIME_SLICE = 0.01
 # How long the reply to a lone call may hold back its doorbell (seconds) when its caller
 # said it would spin on it (``READER_EXPECTED``): the caller comes within a few µs and
 # reads it itself; rung unread after this (or before the actor does anything else).
-REPLY_GRACE = 50e-6
+REPLY_GRACE = 15e-6
 
 EXIT_FAILED_START = 3
 EXIT_SYSTEM_GONE = 4
