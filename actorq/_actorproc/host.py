@@ -477,7 +477,7 @@ class ActorHub(Hub):
             entry.done_one(0)
         slots[C_BUSY] = 0  # after the commit: a crash in between must not redeliver it
         if token:
-            self.send_reply(reply_to, (OP_REPLY, token, True, result, ""), hold=True)
+            self.send_reply(reply_to, (OP_REPLY, token, True, result, ""), True)  # hold
             slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
         return True
 
@@ -697,7 +697,7 @@ class ActorHub(Hub):
         entry.done_one(index)  # committed: its credit is back before the reply is
         slots[C_BUSY] = 0  # after the commit (see C_SEQ)
         if token:
-            self.send_reply(reply_to, (OP_REPLY, token, True, result, ""), hold=True)
+            self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
             slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
         return True
 
