@@ -1,6 +1,6 @@
 """The message path in one process, for instruction counts (callgrind) and profiles.
 
-    python benchmarks/msgpath_harness.py {tell,tell-sender,call} N
+    python benchmarks/msgpath_harness.py {tell,tell-sender,call,call-held} N
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p \\
         python benchmarks/msgpath_harness.py tell 20000
     python benchmarks/msgpath_harness.py --count tell     # runs callgrind itself, twice
@@ -18,6 +18,9 @@ Modes:
     tell-sender  the same tells; the receiver only commits records unread (the
                  sender's share alone)
     call         N sequential calls, each answered (``serve_alone``) and resolved
+    call-held    the same, the caller saying it will spin on the reply's ring (as the
+                 user's process does): the actor answers first here, so every reply
+                 holds its doorbell (``ActorHub.hold_doorbell``), read before the next
 
 ``--count MODE...`` runs callgrind on two sizes (2,000 and 12,000 messages; 200 and
 1,200 calls) and prints the difference per message.
@@ -200,8 +203,11 @@ def run(mode: str, n: int) -> None:
             operator.call(h.tells, n, read=False)
         elif mode == "call":
             operator.call(h.calls, n)
+        elif mode == "call-held":
+            h.sender.expects_readers = True
+            operator.call(h.calls, n)
         else:
-            msg = f"unknown mode {mode!r}: tell, tell-sender or call"
+            msg = f"unknown mode {mode!r}: tell, tell-sender, call or call-held"
             raise SystemExit(msg)
     finally:
         h.close()
@@ -226,7 +232,7 @@ def callgrind_total(mode: str, n: int) -> int:
 def count(mode: str) -> float:
     """Instructions per message in *mode* (the difference of two runs: the set-up and
     the first, unrepresentative messages cancel out)."""
-    small, large = (200, 1200) if mode == "call" else (2000, 12000)
+    small, large = (200, 1200) if mode.startswith("call") else (2000, 12000)
     return (callgrind_total(mode, large) - callgrind_total(mode, small)) / (large - small)
 
 

@@ -47,6 +47,8 @@ from actorq._core.hub import BadMessage, Hub
 from actorq._core.protocol import (
     C_BUSY,
     C_HANDLED,
+    C_HELD,
+    C_HELD_RUNG,
     C_REPLY_TO,
     C_SEQ,
     C_SINCE,
@@ -82,7 +84,16 @@ from actorq._transport.channel import (
     OpenRecord,
     OutChannel,
 )
-from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_TAIL
+from actorq._transport.ring import (
+    H_CUR_REC,
+    H_CUR_SUB,
+    H_HANDLED,
+    H_HEAD,
+    H_READER,
+    H_TAIL,
+    READER_EXPECTED,
+    READER_SPINNING,
+)
 from actorq._transport.shm import SHM_DIR, Segment
 
 logger = logging.getLogger(__name__)
@@ -100,6 +111,10 @@ _PLAIN = frozenset({type(None), int, float, str, bytes, bool, tuple, list, dict,
 
 # A busy actor returns to its loop at least this often (seconds).
 TIME_SLICE = 0.01
+# How long the reply to a lone call may hold back its doorbell (seconds) when its caller
+# said it would spin on it (``READER_EXPECTED``): the caller comes within a few µs and
+# reads it itself; rung unread after this (or before the actor does anything else).
+REPLY_GRACE = 15e-6
 
 EXIT_FAILED_START = 3
 EXIT_SYSTEM_GONE = 4
@@ -185,6 +200,9 @@ class ActorHub(Hub):
         # entry once track_alone() had to open it
         self.alone: tuple[InChannel, Any, list[Any]] | None = None
         self.alone_entry: OpenRecord | None = None
+        # a reply whose doorbell is held back for its caller (``hold_doorbell``): its
+        # channel, the ring's tail just past it, and when to ring after all
+        self.held: tuple[OutChannel, int, float] | None = None
         self.aimd: AIMDWindow | None = None
         target = info.window_target
         if target is not None:
@@ -331,6 +349,8 @@ class ActorHub(Hub):
         start = clock()
         end = start + budget
         now = start
+        if self.held is not None and not self.wait_for_reader(end, stop):
+            end = 0.0  # the caller is late: do not spin on (see wait_for_reader)
         chans = tuple(self.inbound.values())  # no ring is added while we spin (the loop
         if len(chans) == 1 and stop is None:  # adds them, and this is the loop)
             chan = chans[0]
@@ -348,6 +368,56 @@ class ActorHub(Hub):
                 now = clock()
         self.parked_at = now
         return False
+
+    def wait_for_reader(self, end: float, stop: Any) -> bool:
+        """The first part of a spin while a reply's doorbell is held back: until its
+        caller reads it (or spins on its ring), data comes, the grace or the spin ends;
+        the doorbell is rung then unless the reply was read.
+
+        False if the caller did not come within the grace: it is most likely off the
+        CPU, possibly this one (a woken actor often runs where its caller ran), so the
+        spin ends here and the actor parks rather than keep the CPU from it.
+        """
+        chan, past, due = self.held  # type: ignore[misc]
+        clock = time.perf_counter
+        now = clock()
+        try:
+            hdr = chan.ring.hdr
+            while now < due:
+                if hdr[H_HEAD] >= past or hdr[H_READER] == READER_SPINNING:
+                    self.held = None  # read, or it will be: the spinner sees it
+                    return True
+                if now >= end or self.has_unread() or (stop is not None and stop()):
+                    break
+                now = clock()
+        except ValueError:  # pragma: no cover - the channel was closed (its peer is gone)
+            self.held = None
+            return True
+        self.ring_held()
+        return now < due
+
+    def hold_doorbell(self, chan: OutChannel) -> None:
+        """A lone call's reply was just written and its caller said it would spin on it
+        (``READER_EXPECTED``): ring its doorbell only if the caller does not read it
+        within ``REPLY_GRACE``, or before this actor does anything else. Otherwise the
+        caller's loop thread would wake for a reply its spinning thread reads anyway,
+        and then wait for that thread's GIL (issue 15: the round-trip tail)."""
+        if self.held is not None:  # pragma: no cover - rung before any other handler
+            self.ring_held()
+        self.held = (chan, chan.ring.hdr[H_TAIL], time.perf_counter() + REPLY_GRACE)
+        self.ctl.slots[C_HELD] += 1
+
+    def ring_held(self) -> None:
+        """Ring the doorbell held back for a reply, unless its caller read it already."""
+        chan, past, _due = self.held  # type: ignore[misc]
+        self.held = None
+        try:
+            hdr = chan.ring.hdr
+            if hdr[H_HEAD] < past and hdr[H_READER] != READER_SPINNING:
+                self.ctl.slots[C_HELD_RUNG] += 1
+                chan.ring_doorbell()
+        except ValueError:  # pragma: no cover - the channel was closed (its peer is gone)
+            pass
 
     def note_gap(self, seconds: float) -> None:
         """Feed the spin heuristic with the time the last idle stretch lasted."""
@@ -375,6 +445,8 @@ class ActorHub(Hub):
         if (msg[0] != OP_CALL or self.queue or self.busy or self.host.stopping
                 or self.aimd is not None or self.stamp_start):
             return False
+        if self.held is not None:  # the previous reply's caller has not read it yet
+            self.ring_held()
         _op, token, reply_to, method, args, kwargs = msg
         fn = self.host.handlers.get(method)
         slots = self.ctl.slots
@@ -418,7 +490,7 @@ class ActorHub(Hub):
             entry.done_one(0)
         slots[C_BUSY] = 0  # after the commit: a crash in between must not redeliver it
         if token:
-            self.send_reply(reply_to, (OP_REPLY, token, True, result, ""))
+            self.send_reply(reply_to, (OP_REPLY, token, True, result, ""), True)  # hold
             slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
         return True
 
@@ -493,6 +565,8 @@ class ActorHub(Hub):
         last message), ``C_BUSY`` cleared; so a crash at any point attributes and
         redelivers exactly one message (tests/faults).
         """
+        if self.held is not None:  # rung before a handler runs (it may take long)
+            self.ring_held()
         queue = self.queue
         slots = self.ctl.slots
         host = self.host
@@ -712,8 +786,12 @@ class ActorHub(Hub):
                          self.host.describe(), seen + 1, kind[0], kind[1],
                          str(exc)[:200])
 
-    def send_reply(self, reply_to: int, msg: tuple[Any, ...]) -> None:
-        """Append a reply to the caller's channel (opened through the system if new)."""
+    def send_reply(self, reply_to: int, msg: tuple[Any, ...], hold: bool = False) -> None:
+        """Append a reply to the caller's channel (opened through the system if new).
+
+        *hold*: a lone call's reply (``serve_alone``), written at once, may hold its
+        doorbell back for a caller that said it would spin on it (``hold_doorbell``).
+        """
         chan = self.outbound.get(reply_to)
         if chan is None:
             try:
@@ -732,7 +810,10 @@ class ActorHub(Hub):
                 else:  # an unpicklable value becomes an error reply
                     body, count = self.encode([msg])
                 if chan.ring.try_write(body, count):
-                    chan.ring_doorbell()
+                    if hold and chan.ring.hdr[H_READER] == READER_EXPECTED:
+                        self.hold_doorbell(chan)
+                    else:
+                        chan.ring_doorbell()
                     return
                 chan.encoded.append((body, count))
                 chan.encoded_count += count
@@ -965,6 +1046,8 @@ class Host:
             if time.perf_counter() > slice_end:
                 # A busy actor still gives the loop a turn now and then: control messages
                 # (a new sender's ring, stop), timers and other callbacks must run.
+                if hub.held is not None:
+                    hub.ring_held()
                 self.loop.call_soon(self.run_batch)
                 return
             if hub.waiting_chans:
@@ -975,6 +1058,8 @@ class Host:
             if hub.dirty:
                 hub.flush_or_retry()
             if self.stopping:
+                if hub.held is not None:
+                    hub.ring_held()
                 if not hub.busy and not self.done.done():
                     self.done.set_result(None)
                 return

@@ -14,6 +14,7 @@ the time. ``msg[1]`` is the token in every form (0: nobody waits).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import marshal
 import os
@@ -76,11 +77,17 @@ from actorq._transport.oob import (
     release_payload,
     run_after_commit,
 )
-from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_SENT, H_TAIL
+from actorq._transport.ring import (
+    H_CUR_REC,
+    H_CUR_SUB,
+    H_HANDLED,
+    H_READER,
+    H_SENT,
+    H_TAIL,
+    READER_EXPECTED,
+)
 
 if TYPE_CHECKING:
-    import asyncio
-
     from actorq._core.ref import ActorRef
 
 logger = logging.getLogger(__name__)
@@ -100,6 +107,7 @@ _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without k
 _loads = pickle.loads
 _marshal = marshal.dumps  # plain data only: a lone call or reply (oob.load_payload)
 _unmarshal = marshal.loads
+_running_loop = asyncio._get_running_loop  # this thread's running loop or None, no raise
 
 
 def _tell_checked(send: Callable[..., None], ref: ActorRef[Any], message: Any,
@@ -131,6 +139,9 @@ class Hub:
 
     may_deadlock = False  # True where waiting on a reply can be a self-wait (actors)
     idle_backoff = False  # True: an idle hub's watchdog looks less often (actors)
+    # True: a thread that sends a lone call spins on the reply's ring next, and says so
+    # beforehand (``READER_EXPECTED``: the user's process; an actor waits differently)
+    expects_readers = False
 
     def __init__(self, hub_id: int, run_id: str, config: SystemConfig, ctl: ControlBlock,
                  efd: int) -> None:
@@ -264,7 +275,22 @@ class Hub:
                     or hdr[H_SENT] != hdr[H_HANDLED]):
                 return False
             body = _marshal([msg])  # plain data: marshal is faster than pickle both ways
-            if len(body) > self.max_inline or not chan.ring.try_write(body, 1):
+            if len(body) > self.max_inline:
+                return False
+            if self.expects_readers and len(self.pending) == 1 and _running_loop() is None:
+                # A lone call from a thread without an event loop: its caller is about to
+                # spin on the reply's ring (``wait_reply``). Say so before the call is out,
+                # so that a quick reply does not wake the loop thread, which would then
+                # wait for the spinning caller's GIL (a hand-off that costs a later call
+                # ~100 µs: issue 15's round-trip tail). The actor holds the reply's
+                # doorbell back a moment (``ActorHub.owe_doorbell``), never for good.
+                try:
+                    back = self.inbound[target].ring.hdr
+                    if not back[H_READER]:
+                        back[H_READER] = READER_EXPECTED
+                except (KeyError, ValueError):  # no reply ring (yet), or released
+                    pass
+            if not chan.ring.try_write(body, 1):
                 return False
             chan.credits -= 1
             chan.ring_doorbell()
@@ -870,6 +896,10 @@ class Hub:
             # at once (the common case for callers; no per-message bookkeeping).
             hdr = chan.ring.hdr  # Ring.skip_count, inlined: once per reply record
             skip = hdr[H_CUR_SUB] if hdr[H_CUR_REC] == rec.pos else 0
+            if hdr[H_READER] == READER_EXPECTED:
+                # the caller that said it would spin did not (yet): the hint is spent.
+                # Cleared before the reply wakes it, so that its next hint stays.
+                hdr[H_READER] = 0
             for msg in msgs[skip:] if skip else msgs:
                 self.resolve(msg)
             chan.commit_now(rec, unlink)

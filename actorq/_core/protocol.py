@@ -60,6 +60,9 @@ them after a death to learn which message killed it (``_runtime.runtime``)::
                      C_BUSY set, comparing C_SEQ with the ring tells whether it was.
     [18] C_HANDLED   messages handled, all channels
     [20] C_STOP      written by the system: stop after the current message
+    [25] C_HELD      replies whose doorbell was held back for a caller that said it
+                     would spin on them (``READER_EXPECTED``; issue 15)
+    [26] C_HELD_RUNG of those, rung after all: not read within ``REPLY_GRACE``
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ C_SEQ = 12
 C_HANDLED = 18
 C_STOP = 20
 C_WATCH_MS = 24  # the lost wake-up watchdog's interval now, ms (it backs off while idle)
+C_HELD = 25  # replies whose doorbell waited for their spinning caller
+C_HELD_RUNG = 26  # of those, rung after all
 
 
 class Ctl(StrEnum):

@@ -31,7 +31,7 @@ from actorq._transport.channel import (
     InChannel,
     fence,
 )
-from actorq._transport.ring import H_READER, H_TAIL
+from actorq._transport.ring import H_READER, H_TAIL, READER_SPINNING
 
 # The running loop of this thread, or None (no exception raised when there is none: this
 # is asked on every synchronous wait)
@@ -48,6 +48,7 @@ class SystemHub(Hub):
     # its watchdog backs off while idle too: with 1000 actors a look (every inbound
     # ring) cost ≈ 2 % of a core at 10 a second
     idle_backoff = True
+    expects_readers = True  # a sync caller spins on its reply's ring (spin_for)
 
     def __init__(self, run_id: str, config: SystemConfig, ctl: ControlBlock, efd: int,
                  state_of: Callable[[int], str | None]) -> None:
@@ -108,7 +109,7 @@ class SystemHub(Hub):
         with self.spin_lock:
             try:
                 hdr = chan.ring.hdr
-                hdr[H_READER] = 1
+                hdr[H_READER] = READER_SPINNING
             except ValueError:  # the ring was released: its actor is gone
                 return
             self.ring_spinners[target] = self.ring_spinners.get(target, 0) + 1

@@ -41,6 +41,7 @@ from actorq._transport.ring import (
     H_WAITING,
     H_WAITS,
     H_WANT,
+    READER_SPINNING,
     Record,
     Ring,
 )
@@ -262,7 +263,8 @@ class OutChannel:
         _fence_lock.acquire()  # fence(), inlined: once per record written
         _fence_lock.release()
         parked = self.ctl.slots[C_PARKED]
-        if parked & 1 and parked != self.last_rung and not self.ring.hdr[H_READER]:
+        if parked & 1 and parked != self.last_rung and (
+                self.ring.hdr[H_READER] != READER_SPINNING):
             self.last_rung = parked
             os.eventfd_write(self.efd, 1)
 

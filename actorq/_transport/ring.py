@@ -7,8 +7,11 @@ docs/internals.md: a u64 straddling a cache line tears under concurrent reads)::
                               [8] handled   messages handled (the credit return)
                               [16] cur_rec  position of the record being handled
                               [24] cur_sub  messages of that record already handled
-                              [32] reader   non-zero while a thread of the consumer
-                                            spins on this ring: no doorbell needed
+                              [32] reader   1 (READER_SPINNING) while a thread of the
+                                            consumer spins on this ring: no doorbell
+                                            needed; 2 (READER_EXPECTED): a caller that
+                                            just sent a lone call will spin here soon
+                                            (the reply's doorbell may wait briefly)
     line 1 (producer writes)  [64] tail     bytes published, monotonic
                               [72] sent     messages published
                               [80] want     1 while producers wait for credit (doorbell me)
@@ -43,6 +46,9 @@ REC_HEADER = 8
 H_HEAD, H_HANDLED, H_CUR_REC, H_CUR_SUB, H_READER = 0, 1, 2, 3, 4
 H_TAIL, H_SENT, H_WANT, H_WAITING, H_WAITS, H_WAIT_NS, H_BACKPRESSURE = 8, 9, 10, 11, 12, 13, 14
 H_CAPACITY, H_MAGIC = 16, 17
+# values of ``H_READER``
+READER_SPINNING = 1  # a thread of the consumer polls this ring: never ring for it
+READER_EXPECTED = 2  # one is about to: a reply's doorbell may wait for it a moment
 
 
 def record_size(length: int) -> int:

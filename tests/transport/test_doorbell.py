@@ -6,17 +6,21 @@ hand-off of a reply that the spinning caller marked but could not read.
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import os
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 import actorq
 from actorq._core.hub import IDLE_BACKOFF
-from actorq._core.protocol import C_WATCH_MS
+from actorq._core.protocol import C_HELD, C_HELD_RUNG, C_WATCH_MS
 from actorq._ids import new_run_prefix
 from actorq._transport.channel import C_PARKED, C_WAKEUPS, CTL_SIZE, ControlBlock, OutChannel
-from actorq._transport.ring import H_READER, H_TAIL, Ring
+from actorq._transport.ring import H_READER, H_TAIL, READER_EXPECTED, Ring
 from actorq._transport.shm import Segment
 from actorq.testing import wait_until
 
@@ -57,6 +61,10 @@ def test_a_parked_consumer_is_rung_once_per_park_and_not_for_a_ring_it_reads() -
         consumer.hdr[H_READER] = 0
         publish()
         assert _rang(efd)
+        ctl.slots[C_PARKED] = 5
+        consumer.hdr[H_READER] = READER_EXPECTED  # a caller said it would come: not there yet
+        publish()
+        assert _rang(efd)  # the rule rings; holding it back is the replying actor's choice
     finally:
         consumer.release()
         ctl.close()
@@ -119,6 +127,118 @@ def test_no_reader_mark_is_left_behind(n: int) -> None:
         for ref in refs:
             assert s._runtime.hub.inbound[ref.actor_id].ring.hdr[H_READER] == 0
         assert s._runtime.hub.ring_spinners == {}
+
+
+def _harness() -> Any:
+    """The in-process pair of hubs of benchmarks/msgpath_harness.py (real rings, one
+    thread): the order of the two sides' steps is the test's to choose."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "msgpath_harness.py"
+    spec = importlib.util.spec_from_file_location("msgpath_harness", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Harness()
+
+
+def test_a_held_reply_doorbell_rings_only_if_its_caller_does_not_read_it_first() -> None:
+    # Issue 15, the round-trip tail: a synchronous caller says, before its lone call goes
+    # out, that it will spin on the reply's ring (READER_EXPECTED). An actor that answers
+    # before the caller got there holds the reply's doorbell back: the caller reads the
+    # reply itself, and its loop thread is not woken (only to wait for the spinning
+    # caller's GIL). Rung after all when the caller does not come within the grace, or
+    # before the actor handles anything else.
+    h = _harness()
+    try:
+        sender, actor = h.sender, h.receiver
+        sender.expects_readers = True  # as the user's process (SystemHub)
+        back = sender.inbound[1]  # the ring replies come on
+        efd = h.efds[0]  # the caller's doorbell
+        slots = actor.ctl.slots
+
+        def answer(i: int) -> Any:
+            sender.ctl.slots[C_PARKED] += 2  # the caller's loop thread: parked anew
+            reply = h.ref.echo(i)
+            assert back.ring.hdr[H_READER] == READER_EXPECTED  # said before it went out
+            actor.drain()  # the actor answers at once: before the caller spins
+            assert actor.held is not None
+            assert not _rang(efd)
+            return reply
+
+        h.calls(1)  # the first call refreshes the sender's credit (the general path)
+        sender.ctl.slots[C_PARKED] = 1
+        # 1. The caller comes and reads the reply: nothing is rung.
+        reply = answer(1)
+        sender._take_record(back, back.read_next(), 0.0)
+        assert reply.result() == 1
+        assert back.ring.hdr[H_READER] == 0
+        assert not actor.spin()  # nothing more comes; the actor sees the reply was read
+        assert actor.held is None
+        assert not _rang(efd)
+        assert (slots[C_HELD], slots[C_HELD_RUNG]) == (1, 0)
+        # 2. The caller does not come: rung once the grace has passed.
+        reply = answer(2)
+        assert not actor.spin()
+        assert actor.held is None
+        assert _rang(efd)
+        assert (slots[C_HELD], slots[C_HELD_RUNG]) == (2, 1)
+        sender._take_record(back, back.read_next(), 0.0)
+        assert reply.result() == 2
+        # 3. Something else comes first: rung before its handler runs.
+        reply = answer(3)
+        h.ref.tell("next")
+        sender.flush_dirty()
+        actor.drain()
+        actor.pump()
+        assert h.sink.received == 1
+        assert actor.held is None
+        assert _rang(efd)
+        assert (slots[C_HELD], slots[C_HELD_RUNG]) == (3, 2)
+        sender._take_record(back, back.read_next(), 0.0)
+        assert reply.result() == 3
+    finally:
+        h.close()
+
+
+def test_a_lone_sync_call_leaves_no_hint_behind() -> None:
+    with actorq.ActorSystem() as s:
+        ref = s.spawn(Echo)
+        for i in range(50):
+            assert ref.echo(i).result() == i
+        assert s._runtime.hub.inbound[ref.actor_id].ring.hdr[H_READER] == 0
+        assert s.metrics()["system"]["lost_wakeups"] == 0
+
+
+def test_a_held_doorbell_is_rung_when_the_caller_does_not_come_to_read() -> None:
+    # actorq.wait() sleeps until the loop thread delivers: the reply the actor held back
+    # for it must be rung after all (else only the watchdog would find it, late).
+    with actorq.ActorSystem(call_timeout=20.0) as s:
+        ref = s.spawn(Echo)
+        assert ref.echo(0).result() == 0
+        slots = s._runtime._cells[ref.actor_id].ctl.slots
+        held, rung = slots[C_HELD], slots[C_HELD_RUNG]
+        for i in range(3):
+            done, pending = actorq.wait([ref.echo(i)], timeout=20)
+            assert not pending
+            assert [r.result() for r in done] == [i]
+        assert slots[C_HELD] - held == 3
+        assert slots[C_HELD_RUNG] - rung >= 1  # nobody came: rung (unless a timer read it)
+        assert s.metrics()["system"]["lost_wakeups"] == 0
+
+
+def test_an_awaited_calls_reply_is_not_held() -> None:
+    # A caller on an event loop awaits; nobody spins: its reply rings at once.
+    with actorq.ActorSystem() as s:
+        ref = s.spawn(Echo)
+        assert ref.echo(0).result() == 0
+        slots = s._runtime._cells[ref.actor_id].ctl.slots
+        held = slots[C_HELD]
+
+        async def main() -> list[int]:
+            return [await ref.echo(i) for i in range(5)]
+
+        assert asyncio.run(main()) == list(range(5))
+        assert slots[C_HELD] == held
 
 
 def test_a_lost_wake_up_is_counted_by_the_watchdog_and_served() -> None:
