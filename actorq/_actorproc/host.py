@@ -52,6 +52,7 @@ from actorq._core.protocol import (
     C_SINCE,
     C_STOP,
     C_TOKEN,
+    C_WATCH_MS,
     OP_CALL,
     OP_DCALL,
     OP_REPLY,
@@ -168,6 +169,7 @@ class ActorHub(Hub):
 
     may_deadlock = True
     idle_backoff = True
+    swept = True  # the system's idle sweep (_runtime/idle.py) watches it once idle
 
     def __init__(self, host: Host, info: Boot, ctl: ControlBlock, efd: int):
         super().__init__(info.id, info.run_id, info.config, ctl, efd)
@@ -889,6 +891,7 @@ class Host:
             return EXIT_FAILED_START
         self.loop.add_reader(hub.efd, self.on_wake)
         self.loop.add_reader(self.ctrl, self.on_ctrl)
+        hub.ctl.slots[C_WATCH_MS] = round(hub.config.park_timeout * 1e3)  # watching
         self.loop.call_later(hub.config.park_timeout, hub.watchdog, lambda: hub.busy,
                              self.serve_lost, lambda: not self.done.done())
         control.send(self.ctrl, (Ctl.READY, os.getpid()))
@@ -1005,6 +1008,8 @@ class Host:
             self.hub.fail_pending(target, lambda r: ActorStopped(f"{r.describe}: {reason}"))
         elif kind == Ctl.ANSWER:
             self._answers[msg[1]] = (msg[2], fds)
+        elif kind == Ctl.WATCH:  # the system's idle sweep: the watchdog looks again now
+            self.hub.watch_sooner()
         else:  # pragma: no cover
             logger.warning("unknown control message %r", kind)
 
