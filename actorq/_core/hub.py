@@ -987,13 +987,13 @@ class Hub:
 
         With ``idle_backoff`` (actors), a hub that stayed parked with no wake-up since
         the last look is looked at half as often each time, down to once every
-        ``IDLE_BACKOFF`` x ``park_timeout``. A ``swept`` hub (an actor) still parked and
-        idle at a look that far from the last one stops looking (``C_WATCH_MS`` 0): the
-        system's idle sweep (``_runtime/idle.py``) looks at the rings of every such actor
-        at that pace, in one pass of its own, and asks one with data waiting to look
-        again (``watch_sooner``); idle actors then cost no wake-ups, however many there
-        are. The first wake-up after a quiet stretch (``watch_sooner``) brings the next
-        look back to ``park_timeout``.
+        ``IDLE_BACKOFF`` x ``park_timeout``. A ``swept`` hub (an actor) stops looking
+        instead of backing off that far (``C_WATCH_MS`` 0): the system's idle sweep
+        (``_runtime/idle.py``) looks at the rings of every such actor at that pace, in
+        one pass of its own, and asks one with data waiting to look again
+        (``watch_sooner``); idle actors then cost no wake-ups, however many there are.
+        The first wake-up after a quiet stretch (``watch_sooner``) brings the next look
+        back to ``park_timeout``.
         """
         self.watch_handle = None
         if not active() or self.loop is None:
@@ -1015,11 +1015,10 @@ class Hub:
         interval = base
         self.watch_args = (busy, serve, active)
         if self.idle_backoff and quiet:
-            longest = base * IDLE_BACKOFF
-            if self.swept and self.watch_interval >= longest:
+            interval = min(self.watch_interval * 2, base * IDLE_BACKOFF)
+            if self.swept and interval == base * IDLE_BACKOFF:
                 slots[C_WATCH_MS] = 0  # stopped: the system's idle sweep watches it now
                 return
-            interval = min(self.watch_interval * 2, longest)
         self.watch_seen = wakeups
         self.watch_interval = interval
         slots[C_WATCH_MS] = round(interval * 1e3)  # 0 only once stopped

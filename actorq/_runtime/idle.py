@@ -1,9 +1,9 @@
 """The system's idle sweep: lost wake-ups of idle actors found without waking them.
 
 An actor's own watchdog (``Hub.watchdog``) looks for a lost wake-up every ``park_timeout``
-while the actor works, less and less often while it idles, and stops once a look
-``IDLE_BACKOFF`` x ``park_timeout`` after the last one still finds it parked and idle
-(its ``C_WATCH_MS`` slot then reads 0). From then on this sweep stands in for it: every
+while the actor works, less and less often while it idles, and stops where it would
+back off to one look every ``IDLE_BACKOFF`` x ``park_timeout`` (its ``C_WATCH_MS`` slot
+then reads 0). From then on this sweep stands in for it: every
 ``IDLE_BACKOFF`` x ``park_timeout`` (10 s by default), one pass on the system's loop
 thread over the running actors whose watchdog stopped reads, from shared memory, the
 parked mark in each one's control block and the head and tail of each of its inbound
