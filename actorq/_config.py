@@ -64,7 +64,8 @@ class SystemConfig:
             synchronous caller waiting for a reply spins four times that).
         park_timeout: a parked consumer re-checks its rings after this long, as a
             safety net; a wake-up found this way is counted as ``lost_wakeups``. An
-            idle actor's re-check backs off to 100 times this while nothing comes.
+            idle actor's re-check backs off while nothing comes, and stops where it
+            would reach 100 times this; the system then re-checks it at that pace.
         outbox_messages: a burst is flushed as one record once it holds this many
             messages (or at the end of the loop iteration, or before a wait).
         max_parked: messages sent from a running event loop may wait ("park") for

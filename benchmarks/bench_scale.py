@@ -7,7 +7,11 @@ default configuration (forkserver, one warm spare), one after the other:
 
 - spawn: N ``system.spawn(Echo)`` calls (``time.perf_counter``), then ``wait_ready`` on
   every ref: the wall time from the first spawn until the last actor is ready (the
-  issue 15 target: 1000 in at most 10 s on the 2-core development box);
+  issue 15 target: 1000 in at most 10 s on the 2-core development box); and the CPU
+  the starts cost, per actor, which the load of other processes changes far less than
+  the wall time: the user's process and the fork server over the same span, and each
+  actor process from its fork until it was ready (read right after, so it is that plus
+  a few ms of idling);
 - answer: one call to every actor, all answered (checked, not only timed);
 - USS per actor: ``psutil``'s unique set size of every actor process (sampled: at most
   50), median, in MiB; the rings are shared memory and are not in it;
@@ -75,6 +79,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / 1e9
 
 
+def fork_server_pid() -> int | None:
+    """The multiprocessing fork server's pid (it forks every actor), if it runs."""
+    import multiprocessing.forkserver
+
+    return getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+
+
 def fan_rate(refs: list[Any], calls: int) -> float:
     """Calls/s of *calls* pipelined calls round-robin over *refs* (all checked)."""
     t0 = time.perf_counter()
@@ -105,12 +116,18 @@ def one_size(n: int) -> dict[str, Any]:
     """Start *n* actors in a fresh system; time it, call each once, measure memory/idle."""
     row: dict[str, Any] = {"n": n, "load_average_before": list(os.getloadavg())}
     with actorq.ActorSystem() as system:
+        server = fork_server_pid()
+        me = os.getpid()
+        own = [me] + ([server] if server else [])
+        u0, f0 = cpu_seconds([me]), cpu_seconds(own[1:])
         t0 = time.perf_counter()
         refs = [system.spawn(Echo) for _ in range(n)]
         t1 = time.perf_counter()
         for ref in refs:
             system.wait_ready(ref, timeout=READY_TIMEOUT)
         t2 = time.perf_counter()
+        u1, f1 = cpu_seconds([me]), cpu_seconds(own[1:])
+        kids = cpu_seconds([pid for ref in refs if (pid := system.pid_of(ref)) is not None])
         replies = [ref.echo(i) for i, ref in enumerate(refs)]
         answered = sum(r.result(timeout=READY_TIMEOUT) == i for i, r in enumerate(replies))
         t3 = time.perf_counter()
@@ -123,7 +140,6 @@ def one_size(n: int) -> dict[str, Any]:
                 uss.append(p.memory_full_info().uss / 2**20)
             except psutil.Error:
                 pass
-        me = os.getpid()
         time.sleep(IDLE_SETTLE)  # measuring idle: nothing to wait for but time
         # this process reads /proc for every actor (≈ 0.1 ms each): its own clock is read
         # last before the window and first after it, so that the reading is not counted
@@ -136,6 +152,8 @@ def one_size(n: int) -> dict[str, Any]:
         row.update(
             spawn_calls_s=t1 - t0, all_ready_s=t2 - t0, per_actor_ms=(t2 - t0) / n * 1e3,
             answered=answered, call_all_s=t3 - t2,
+            start_cpu_ms_user=(u1 - u0) / n * 1e3, start_cpu_ms_fork_server=(f1 - f0) / n * 1e3,
+            start_cpu_ms_actor=kids / n * 1e3,
             uss_mib_median=statistics.median(uss) if uss else None, uss_samples=len(uss),
             system_uss_mib=psutil.Process().memory_full_info().uss / 2**20,
             idle_cpu_cores=(c1 - c0) / (w1 - w0),
@@ -154,15 +172,18 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = ["# actorq scale benchmark", "", "## Machine and run", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += ["", "## Results", "",
-              "| N | spawn calls (s) | all ready (s) | per actor (ms) | answered | "
+              "| N | spawn calls (s) | all ready (s) | per actor (ms) | "
+              "start CPU per actor: user / fork server / actor (ms) | answered | "
               "USS per actor (MiB, median) | system USS (MiB) | idle CPU (cores) | "
               "of which the user's process | load before → idle |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         uss = "-" if r["uss_mib_median"] is None else f"{r['uss_mib_median']:.2f}"
         lines.append(
             f"| {r['n']} | {r['spawn_calls_s']:.2f} | {r['all_ready_s']:.2f} | "
-            f"{r['per_actor_ms']:.1f} | {r['answered']}/{r['n']} | {uss} | "
+            f"{r['per_actor_ms']:.1f} | {r['start_cpu_ms_user']:.1f} / "
+            f"{r['start_cpu_ms_fork_server']:.1f} / {r['start_cpu_ms_actor']:.1f} | "
+            f"{r['answered']}/{r['n']} | {uss} | "
             f"{r['system_uss_mib']:.0f} | {r['idle_cpu_cores']:.4f} | "
             f"{r['idle_cpu_user_process_cores']:.4f} | "
             f"{r['load_average_before'][0]:.1f} → {r['idle_load_average'][0]:.1f} |")
@@ -206,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes
              else [100, 400] if args.quick else [100, 400, 1000])
     started = time.time()
+    with actorq.ActorSystem() as warm:  # the fork server starts (and imports) once: not timed
+        warm.wait_ready(warm.spawn(Echo), timeout=READY_TIMEOUT)
     rows = []
     for n in sizes:
         rows.append(one_size(n))

@@ -143,6 +143,8 @@ class Hub:
     # beforehand (``READER_EXPECTED``: the user's process; an actor waits differently)
     expects_readers = False
 
+    swept = False  # True: the system's idle sweep watches it (actors): backed off, it stops
+
     def __init__(self, hub_id: int, run_id: str, config: SystemConfig, ctl: ControlBlock,
                  efd: int) -> None:
         self.id = hub_id
@@ -1041,17 +1043,22 @@ class Hub:
 
         With ``idle_backoff`` (actors), a hub that stayed parked with no wake-up since
         the last look is looked at half as often each time, down to once every
-        ``IDLE_BACKOFF`` x ``park_timeout``: a thousand idle actors then cost next to no
-        CPU, and a lost wake-up is still found, within that bound. The first wake-up
-        after a quiet stretch (``watch_sooner``) brings the next look back to
-        ``park_timeout``.
+        ``IDLE_BACKOFF`` x ``park_timeout``. A ``swept`` hub (an actor) stops looking
+        instead of backing off that far (``C_WATCH_MS`` 0): the system's idle sweep
+        (``_runtime/idle.py``) looks at the rings of every such actor at that pace, in
+        one pass of its own, and asks one with data waiting to look again
+        (``watch_sooner``); idle actors then cost no wake-ups, however many there are.
+        The first wake-up after a quiet stretch (``watch_sooner``) brings the next look
+        back to ``park_timeout``.
         """
         self.watch_handle = None
         if not active() or self.loop is None:
             return
         slots = self.ctl.slots
         wakeups = slots[C_WAKEUPS]
+        quiet = wakeups == self.watch_seen and slots[C_PARKED] & 1
         if self._parked_with_data(busy()):
+            quiet = False
 
             def second_look() -> None:
                 if self.ctl.slots[C_WAKEUPS] == wakeups and self._parked_with_data(busy()):
@@ -1062,22 +1069,26 @@ class Hub:
             self.loop.call_later(0.01, second_look)
         base = self.config.park_timeout
         interval = base
-        if self.idle_backoff and wakeups == self.watch_seen and slots[C_PARKED] & 1:
-            interval = min(self.watch_interval * 2, base * IDLE_BACKOFF)
-        self.watch_seen = wakeups
-        if interval != self.watch_interval:
-            self.watch_interval = interval
-            slots[C_WATCH_MS] = round(interval * 1e3)
         self.watch_args = (busy, serve, active)
+        if self.idle_backoff and quiet:
+            interval = min(self.watch_interval * 2, base * IDLE_BACKOFF)
+            if self.swept and interval == base * IDLE_BACKOFF:
+                slots[C_WATCH_MS] = 0  # stopped: the system's idle sweep watches it now
+                return
+        self.watch_seen = wakeups
+        self.watch_interval = interval
+        slots[C_WATCH_MS] = round(interval * 1e3)  # 0 only once stopped
         self.watch_handle = self.loop.call_later(interval, self.watchdog, busy, serve, active)
 
     def watch_sooner(self) -> None:
-        """A wake-up after a quiet stretch: the watchdog looks again after ``park_timeout``
-        (not after the long interval it had backed off to). Loop thread."""
+        """A wake-up after a quiet stretch, or the system's idle sweep asking: the
+        watchdog looks again after ``park_timeout`` (not after the long interval it had
+        backed off to; started again if it had stopped). Loop thread."""
         handle = self.watch_handle
-        if handle is None or self.loop is None:
-            return
-        handle.cancel()
+        if self.loop is None or not self.watch_args:
+            return  # not started yet
+        if handle is not None:
+            handle.cancel()
         self.watch_interval = self.config.park_timeout
         self.ctl.slots[C_WATCH_MS] = round(self.watch_interval * 1e3)
         self.watch_seen = -1  # the next look does not back off

@@ -28,6 +28,8 @@ the message path): tuples whose first item is a :class:`Ctl` kind::
                      (GONE, actor_id, why)
                      (STOP,)
                      (ANSWER, request_id, answer)        answers CONNECT/LOOKUP/SPAWN
+                     (WATCH,)          the idle sweep saw data on a parked actor's ring
+                                       whose watchdog had stopped: look again now
     actor → system   (READY, pid)
                      (FAILED, exception, traceback)      the constructor or on_start raised
                      (CRASHING, traceback)               about to die of an exception
@@ -109,6 +111,7 @@ class Ctl(StrEnum):
     SPAWN = "spawn"
     STOP_CHILD = "stop_child"
     DEAD_LETTER = "dead_letter"
+    WATCH = "watch"
 
 
 @dataclass(frozen=True, slots=True)

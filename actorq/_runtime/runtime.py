@@ -59,6 +59,7 @@ from actorq._process.spawn import fork_server_unguarded, get_context
 from actorq._resilience.backoff import Backoff
 from actorq._runtime.cells import DEAD_STATES, ActorCell, CellState, RestartPlan
 from actorq._runtime.crashes import attribute_crash, crash_words, dead_letter_queued
+from actorq._runtime.idle import IdleSweep
 from actorq._runtime.stats import (
     ActorStatistics,
     SystemStatistics,
@@ -160,6 +161,7 @@ class Runtime:
         self._submitted = 0  # starts submitted (under _lock) ...
         self._begun = 0  # ... and begun by the starter thread
         self._starter.submit(self._refill)
+        self._idle = IdleSweep(self._cells.values, config.park_timeout)
         self._loop_ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, name="actorq-hub", daemon=True)
         self._thread.start()
@@ -197,6 +199,7 @@ class Runtime:
         hub.park()
         loop.call_later(self.config.park_timeout, hub.watchdog, lambda: bool(hub.ring_spinners),
                         hub.on_wake, lambda: not self._closing)
+        self._idle.start(loop)  # lost wake-ups of idle actors (their own watchdog stops)
         self._loop_ready.set()
         try:
             loop.run_forever()
