@@ -142,7 +142,6 @@ class Hub:
     # True: a thread that sends a lone call spins on the reply's ring next, and says so
     # beforehand (``READER_EXPECTED``: the user's process; an actor waits differently)
     expects_readers = False
-
     swept = False  # True: the system's idle sweep watches it (actors): backed off, it stops
 
     def __init__(self, hub_id: int, run_id: str, config: SystemConfig, ctl: ControlBlock,
