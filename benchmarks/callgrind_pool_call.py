@@ -27,14 +27,11 @@ deadline per call).
 from __future__ import annotations
 
 import operator
-import os
-import re
-import subprocess
 import sys
-import tempfile
 from typing import Any
 
 from msgpath_harness import READ_AHEAD, Harness
+from msgpath_harness import callgrind_total as harness_total
 
 import actorq
 from actorq._routing.pool import _rebuild_pool
@@ -96,18 +93,7 @@ def run(mode: str, n: int) -> None:
 
 def callgrind_total(mode: str, n: int) -> int:
     """Instructions the counted parts of *n* calls took."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "cg.out")
-        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                        "--toggle-collect=_operator_call", sys.executable, __file__, mode,
-                        str(n)], check=True, capture_output=True)
-        with open(out) as f:
-            text = f.read()
-    found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-    if found is None:
-        msg = "no total in the callgrind output"
-        raise RuntimeError(msg)
-    return int(found.group(1))
+    return harness_total(mode, n, script=__file__)
 
 
 def count(mode: str) -> float:

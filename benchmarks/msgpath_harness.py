@@ -213,12 +213,13 @@ def run(mode: str, n: int) -> None:
         h.close()
 
 
-def callgrind_total(mode: str, n: int) -> int:
-    """Instructions the work of *mode* took (``run``: only inside ``operator.call``)."""
+def callgrind_total(mode: str, n: int, script: str = __file__) -> int:
+    """Instructions the work of *mode* took in ``python script mode n`` (counted only
+    inside ``operator.call``)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                        "--toggle-collect=_operator_call", sys.executable, __file__, mode,
+                        "--toggle-collect=_operator_call", sys.executable, script, mode,
                         str(n)], check=True, capture_output=True)
         with open(out) as f:
             text = f.read()
