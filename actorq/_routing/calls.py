@@ -146,14 +146,8 @@ class _Call:
         value, exc = inner.outcome()
         elapsed = time.perf_counter() - self.sent_at
         pool = self.pool
-        if exc is None:  # the common case, inlined: one lock, the circuit's fast path
-            with pool._lock:
-                member.answered(elapsed)
-                pool._stats["succeeded"] += 1
-            breaker = member.breaker
-            if breaker is not None and not breaker.settled:  # else nothing to record
-                breaker.record_success()
-                pool._circuits_changed()
+        if exc is None:  # the common case
+            _succeeded(pool, member, elapsed)
             self.outer.set_result(value)
             self.args = self.kwargs = None  # type: ignore[assignment]  # see _forget
             self.inner = None
@@ -220,6 +214,17 @@ class _Call:
             self.pool._stats_inc("failed")
 
 
+def _succeeded(pool: MemberSet, member: PoolMember, elapsed: float) -> None:
+    """Count an attempt that succeeded: one lock, then the circuit's fast path."""
+    with pool._lock:
+        member.answered(elapsed)
+        pool._stats["succeeded"] += 1
+    breaker = member.breaker
+    if breaker is not None and not breaker.settled:  # else nothing to record
+        breaker.record_success()
+        pool._circuits_changed()
+
+
 def first_outcome(pool: MemberSet, member: PoolMember, method: str, args: tuple[Any, ...],
                   kwargs: dict[str, Any] | None, key: Any, token: str, sent: float,
                   reply: Reply[Any], value: Any, exc: BaseException | None) -> bool:
@@ -230,13 +235,7 @@ def first_outcome(pool: MemberSet, member: PoolMember, method: str, args: tuple[
     giving up completes it at once with the error."""
     elapsed = time.perf_counter() - sent
     if exc is None:
-        with pool._lock:
-            member.answered(elapsed)
-            pool._stats["succeeded"] += 1
-        breaker = member.breaker
-        if breaker is not None and not breaker.settled:  # else nothing to record
-            breaker.record_success()
-            pool._circuits_changed()
+        _succeeded(pool, member, elapsed)
         return False
     call = _Call(pool, method, args, kwargs, key, None, token, reply)
     call.attempt = 1
