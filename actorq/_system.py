@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from actorq._actorproc import host as _host
+from actorq._actorproc import preload as _preload
 from actorq._config import SystemConfig
 from actorq._core.actor import Actor
 from actorq._core.events import ActorEvent
@@ -72,7 +72,7 @@ class ActorSystem:
 
     def __init__(self, *, workers: int | None = None, start_method: str | None = None,
                  **options: Any) -> None:
-        _host.exit_if_importing_main()
+        _preload.exit_if_importing_main()
         config = SystemConfig()
         if start_method is not None:
             options["start_method"] = start_method

@@ -37,7 +37,8 @@ import sys
 import tempfile
 from typing import Any
 
-from actorq._actorproc.host import READ_AHEAD, ActorHub, Host
+from actorq._actorproc.actorhub import READ_AHEAD, ActorHub
+from actorq._actorproc.host import Host
 from actorq._config import SystemConfig
 from actorq._core.hub import Hub
 from actorq._core.protocol import Boot

@@ -5,7 +5,7 @@ outbound rings (with their outboxes), its doorbell eventfd and control block, an
 replies it is waiting for. The system process and every actor process each run one;
 what differs (how a channel to a new peer is opened, what is done with a call, how a
 synchronous wait is served) is in the subclasses ``SystemHub`` (``_runtime/systemhub.py``)
-and ``ActorHub`` (``_actorproc/host.py``).
+and ``ActorHub`` (``_actorproc/actorhub.py``).
 
 Wire records are lists of small tuples, laid out in ``_core/protocol.py``. A tell has its
 own short form: half the bytes of the general one, and it pickles and unpickles in half

@@ -8,8 +8,8 @@ starts, and every process it forks has it; without that, each one ran the script
 script's path), so the path (and ``sys.argv``) go to the fork server in
 ``PRELOAD_MAIN_ENV``, set only
 while it is being started, and ``actorq._actorproc.host`` imports it there
-(``host.preload_main``). A script that creates an ``ActorSystem`` at import time makes
-the fork server exit with ``EXIT_MAIN_UNGUARDED`` (``host.exit_if_importing_main``);
+(``preload.preload_main``). A script that creates an ``ActorSystem`` at import time makes
+the fork server exit with ``EXIT_MAIN_UNGUARDED`` (``preload.exit_if_importing_main``);
 ``fork_server_unguarded`` tells the system so.
 
 The fork server imports the same actorq as this process, and looks up modules on this
@@ -18,7 +18,7 @@ current directory first on its path (and Python 3.11's fork server ignores the
 ``sys_path`` it is given): from inside another checkout of actorq, the fork server, and
 every actor, ran that checkout's code. So it is started with ``PYTHONSAFEPATH`` (no
 current directory) and the directory of this process's actorq first on ``PYTHONPATH``;
-``host.adopt_parent_path`` then sets its ``sys.path`` to ours (``PARENT_PATH_ENV``) and
+``preload.adopt_parent_path`` then sets its ``sys.path`` to ours (``PARENT_PATH_ENV``) and
 puts both variables back as they were.
 """
 
@@ -102,7 +102,7 @@ def actorq_root() -> str:
 
 def parent_path_env() -> dict[str, str]:
     """The environment the fork server starts with: actorq's directory first on its path,
-    not the current directory, and what ``host.adopt_parent_path`` needs to undo it."""
+    not the current directory, and what ``preload.adopt_parent_path`` needs to undo it."""
     root = actorq_root()
     old = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONSAFEPATH")}
     pythonpath = os.pathsep.join(p for p in (root, old["PYTHONPATH"]) if p)

@@ -33,7 +33,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actorq._actorproc.host import READ_AHEAD, ActorHub, Host
+from actorq._actorproc.actorhub import READ_AHEAD, ActorHub
+from actorq._actorproc.host import Host
 from actorq._config import SystemConfig
 from actorq._core.hub import Hub
 from actorq._core.protocol import C_BUSY, OP_CALL, OP_TELL, Boot

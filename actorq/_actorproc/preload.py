@@ -1,0 +1,70 @@
+"""The fork server's preload, and the guard against a main script without
+``if __name__ == "__main__":`` (``actorq._process.spawn`` explains why the fork server
+imports the user's script once).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import multiprocessing.spawn
+import os
+import sys
+
+from actorq._process import spawn
+
+
+def exit_if_importing_main() -> None:
+    """Called by ``ActorSystem()``. In an actor process that is importing the user's main
+    script again (spawn does, before the actor boots; forkserver once, in the fork
+    server itself, to preload it), a system created at
+    import time means the script has no ``if __name__ == "__main__":`` guard: exit at once,
+    quietly, with ``EXIT_MAIN_UNGUARDED``. The system says it once, in the user's process
+    (a traceback from every child, and restarts of a failure that repeats, only hid it)."""
+    proc = multiprocessing.current_process()
+    if getattr(proc, "_inheriting", False) and (
+            proc.name.startswith("actorq:") or proc.name == "MainProcess"):
+        # "MainProcess": the fork server, importing the main script to preload it
+        # (actorq._process.spawn); the system reads its exit status
+        os._exit(spawn.EXIT_MAIN_UNGUARDED)
+
+
+def preload_main() -> None:
+    """In the fork server, at its preload: import the user's main script once, as
+    ``__mp_main__``, so that the processes it forks need not (``actorq._process.spawn``).
+    A script that fails to import here is left to each child, as before."""
+    given = os.environ.pop(spawn.PRELOAD_MAIN_ENV, None)
+    if not given:
+        return
+    path, argv = json.loads(given)
+    proc = multiprocessing.current_process()
+    proc._inheriting = True  # type: ignore[attr-defined]  # as multiprocessing's preload
+    sys.argv = argv  # each child gets the user's argv too (multiprocessing's prepare)
+    try:
+        multiprocessing.spawn.import_main_path(path)
+    except BaseException:  # each child imports it again, and says why
+        pass
+    finally:
+        del proc._inheriting  # type: ignore[attr-defined]
+
+
+def adopt_parent_path() -> bool:
+    """In the fork server, at its preload: take the user's process's ``sys.path``, and put
+    back the variables it was started with (``actorq._process.spawn``); warn if actorq
+    came from elsewhere than the user's (``python -E`` ignores the variables)."""
+    given = os.environ.pop(spawn.PARENT_PATH_ENV, None)
+    if not given:
+        return False
+    data = json.loads(given)
+    sys.path[:] = data["sys_path"]
+    for name, value in data["env"].items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    here = spawn.actorq_root()
+    if os.path.realpath(here) != os.path.realpath(data["root"]):
+        # (nobody configured logging in the fork server: straight to stderr)
+        sys.stderr.write(f"actorq: the fork server imported actorq from {here}, the "
+                         f"program from {data['root']}: actors run the fork server's copy\n")
+    return True
