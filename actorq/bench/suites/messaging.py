@@ -48,6 +48,7 @@ from actorq.bench import (
 )
 from actorq.bench.peers import FasterFifoSink, PipeEcho, PipeSink, QueueSink, faster_fifo_missing
 from actorq.bench.suite import Plot, Suite, SuiteOptions, SuiteReport
+from actorq.bench.suites.counting import CountingSink
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,19 +80,8 @@ class Idle(actorq.Actor):
         return os.getpid()
 
 
-class Sink(actorq.Actor):
-    """Counts what it is told; echoes; reports array sizes and its own pid."""
-
-    def __init__(self) -> None:
-        self.received = 0
-
-    def receive(self, message: Any) -> None:
-        self.received += 1
-
-    def count(self) -> int:
-        """Return how many messages arrived since the last count, and start again."""
-        n, self.received = self.received, 0
-        return n
+class Sink(CountingSink):
+    """Counts what it is told (``CountingSink``); echoes; reports array sizes and its pid."""
 
     def echo(self, x: Any) -> Any:
         return x

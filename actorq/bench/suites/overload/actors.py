@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 import actorq
+from actorq.bench.suites.counting import CountingSink
 from actorq.bench.suites.overload.record import Recorder, burn, paced_send
 
 
@@ -51,16 +51,5 @@ class Producer(actorq.Actor):
         return os.getpid()
 
 
-class Sink(actorq.Actor):
+class Sink(CountingSink):
     """Counts what it is told (the fast-path benchmark)."""
-
-    def __init__(self) -> None:
-        self.received = 0
-
-    def receive(self, message: Any) -> None:
-        self.received += 1
-
-    def count(self) -> int:
-        """How many messages arrived since the last count; start again."""
-        n, self.received = self.received, 0
-        return n
