@@ -24,8 +24,8 @@ the same span, from ``/proc/<pid>/schedstat``), ``faults`` (its minor page fault
 that span), and the refill after the previous
 restart: when a spare was started and when it was prepared, in ms *before* the kill.
 
-The marks wrap private methods of ``actorq._runtime.runtime.Runtime``: a debugging
-aid for this code base, not an API.
+The marks wrap methods of the runtime's parts (``actorq._runtime``: ``Deaths``,
+``Launcher``, ``Runtime``): a debugging aid for this code base, not an API.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ from collections.abc import Callable
 from typing import Any
 
 import actorq
-from actorq._runtime import runtime as rt
+from actorq._process.spares import WarmPool
+from actorq._runtime.deaths import Deaths
+from actorq._runtime.launch import Launcher
+from actorq._runtime.runtime import Runtime
 
 clock = time.perf_counter
 MARKS: dict[str, float] = {}  # step -> when it happened (the clock)
@@ -65,20 +68,20 @@ class Traced(actorq.Actor):
         return self.born
 
 
-def mark(name: str, key: str) -> None:
-    original: Callable[..., Any] = getattr(rt.Runtime, name)
+def mark(cls: type, name: str, key: str) -> None:
+    original: Callable[..., Any] = getattr(cls, name)
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         MARKS.setdefault(key, clock())
         return original(*args, **kwargs)
 
-    setattr(rt.Runtime, name, wrapped)
+    setattr(cls, name, wrapped)
 
 
 def mark_refill() -> None:
     """Note when the pool starts and prepares a spare, and whether a restart took its
     spare inline (from the loop thread)."""
-    pool = rt.WarmPool
+    pool = WarmPool
     start_one, prepare = pool.start_one, pool.prepare
 
     def started(self: Any) -> Any:
@@ -93,7 +96,7 @@ def mark_refill() -> None:
         return done
 
     pool.start_one, pool.prepare = started, prepared  # type: ignore[method-assign]
-    original = rt.Runtime._start_process
+    original = Launcher.start_process
 
     def start(self: Any, *args: Any, **kwargs: Any) -> bool:
         done = original(self, *args, **kwargs)
@@ -101,7 +104,7 @@ def mark_refill() -> None:
             FLAGS.setdefault("inline", done)
         return done
 
-    rt.Runtime._start_process = start  # type: ignore[method-assign]
+    Launcher.start_process = start  # type: ignore[method-assign]
 
 
 def time_gc(phase: str, _info: dict[str, Any]) -> None:
@@ -134,10 +137,10 @@ def restart_once(system: actorq.ActorSystem, ref: actorq.ActorRef[Traced],
                  pid: int) -> tuple[int, dict[str, float]]:
     """Kill *pid*; return the new pid and the row of this restart (ms)."""
     runtime = system._runtime
-    prepared = any(tag[0] == ref.actor_id for tag in runtime._spares.tags())
+    prepared = any(tag[0] == ref.actor_id for tag in runtime._launch.spares.tags())
     refill = dict(REFILL)
     before = {proc.pid: (*schedstat(proc.pid), minflt(proc.pid))
-              for proc, _sock in runtime._spares._spares}
+              for proc, _sock in runtime._launch.spares._spares}
     MARKS.clear()
     REFILL.clear()
     FLAGS.clear()
@@ -172,10 +175,10 @@ def main() -> None:
     parser.add_argument("--slowest", type=int, default=0,
                         help="print the N slowest restarts step by step")
     args = parser.parse_args()
-    for name, key in (("_on_life_lost", "notice"), ("_died", "handled"),
-                      ("_start_process", "start_process"), ("_watch", "boot_sent"),
-                      ("_reap_dying", "sentinel")):
-        mark(name, key)
+    for cls, name, key in ((Deaths, "on_life_lost", "notice"), (Deaths, "_died", "handled"),
+                           (Launcher, "start_process", "start_process"),
+                           (Runtime, "_watch", "boot_sent"), (Deaths, "reap_dying", "sentinel")):
+        mark(cls, name, key)
     mark_refill()
     gc.callbacks.append(time_gc)
     rows = []

@@ -8,11 +8,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from actorq._config import SystemConfig
 from actorq._core.actor import ActorOptions
 from actorq._supervision.policy import RestartType
 from actorq._supervision.supervisor import Supervisor
 from actorq._transport.channel import ControlBlock
+from actorq._transport.ring import Ring
 from actorq._transport.shm import Segment
+
+# Bytes of a new ring touched up front (its header and where its first messages go);
+# the rest is allocated when first written. Touching all of both 1 MiB rings cost
+# ≈ 1.7 ms per spawn, and 2 GiB of memory for a thousand idle actors.
+RING_PREFAULT = 64 * 1024
 
 
 class CellState(StrEnum):
@@ -80,3 +87,10 @@ class RestartPlan:
     cells: list[ActorCell]
     delay: float
     waiting: set[int] = field(default_factory=set)
+
+
+def new_ring(config: SystemConfig, name: str) -> Segment:
+    """Create the shared-memory segment of a new, empty ring called *name*."""
+    seg = Segment.create(name, Ring.size_for(config.ring_size), prefault=RING_PREFAULT)
+    Ring(seg.buf, init=True).release()
+    return seg

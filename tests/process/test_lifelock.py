@@ -131,11 +131,11 @@ def test_a_killed_actor_is_restarted_and_reaped_whichever_notice_comes_first(sta
         ref = system.spawn(Pid)
         for restarts in (1, 2):
             pid = ref.pid().result()
-            wait_until(lambda: runtime._life.armed == 1)  # its lock is waited on
+            wait_until(lambda: runtime._deaths.life.armed == 1)  # its lock is waited on
             os.kill(pid, signal.SIGKILL)
             assert ref.pid().result() != pid  # queued meanwhile, answered by the new one
             assert system.metrics()["actors"][ref.name]["restarts"] == restarts
-            wait_until(lambda: not runtime._dying)  # reaped once its sentinel fired
+            wait_until(lambda: not runtime._deaths.dying)  # reaped once its sentinel fired
 
 
 def test_a_lock_still_held_by_a_live_process_does_not_hang_the_next_one(block):

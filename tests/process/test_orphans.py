@@ -74,7 +74,7 @@ OWNER = textwrap.dedent(
         if scenario == "slow":
             busy = s.spawn(Busy)  # boots only after its start-up delay
             # the spares exist (forked) and sit in their start-up delay
-            while len(s._runtime._spares._spares) < 1:
+            while len(s._runtime._launch.spares._spares) < 1:
                 time.sleep(0.01)
             print(json.dumps({"run_id": s.run_id, "busy": [], **helpers()}), flush=True)
         else:
@@ -86,7 +86,7 @@ OWNER = textwrap.dedent(
                 busy.tell(0.5)
             while s.metrics()["actors"][busy.name]["handled"] < 1:
                 time.sleep(0.01)  # the pid() call is handled, spin is next
-            while len(s._runtime._spares._spares) < 2:
+            while len(s._runtime._launch.spares._spares) < 2:
                 time.sleep(0.01)
             info = {"run_id": s.run_id, "busy": pids, **helpers()}
             if scenario == "held":

@@ -66,7 +66,7 @@ def _pid_or_none(ref: actorq.ActorRef[Noter]) -> int | None:
 
 
 def _prepared_for(system: actorq.ActorSystem, ref: actorq.ActorRef[Noter]) -> bool:
-    return any(tag[0] == ref.actor_id for tag in system._runtime._spares.tags())
+    return any(tag[0] == ref.actor_id for tag in system._runtime._launch.spares.tags())
 
 
 def test_a_prepared_spare_takes_over_where_the_dead_instance_stopped(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_a_prepared_spare_takes_over_where_the_dead_instance_stopped(tmp_path: P
         pid = _kill_and_wait_new(ref, ref.pid().result(timeout=BOUND))
         wait_until(lambda: _prepared_for(system, ref), timeout=BOUND,
                    message="a spare prepared for the actor that restarted")
-        spare = next(p.pid for p, _sock in system._runtime._spares._spares)
+        spare = next(p.pid for p, _sock in system._runtime._launch.spares._spares)
         # handled by the live instance after the spare was prepared: the spare must not
         # read them again when it takes over
         for i in range(20):
@@ -99,7 +99,7 @@ def test_a_spare_prepared_for_one_actor_boots_as_another(tmp_path: Path) -> None
         a_pid = _kill_and_wait_new(a, a.pid().result(timeout=BOUND))
         wait_until(lambda: _prepared_for(system, a), timeout=BOUND,
                    message="a spare prepared for a")
-        spare = next(p.pid for p, _sock in system._runtime._spares._spares)
+        spare = next(p.pid for p, _sock in system._runtime._launch.spares._spares)
         b_new = _kill_and_wait_new(b, b.pid().result(timeout=BOUND))
         assert b_new == spare
         b.note(1)
@@ -129,10 +129,10 @@ def test_a_restart_onto_its_prepared_spare_needs_no_start_on_the_starter_thread(
         pid = _kill_and_wait_new(ref, ref.pid().result(timeout=BOUND))
         wait_until(lambda: _prepared_for(system, ref), timeout=BOUND,
                    message="a spare prepared for the actor that restarted")
-        spare = next(p.pid for p, _sock in system._runtime._spares._spares)
-        submitted = system._runtime._submitted
+        spare = next(p.pid for p, _sock in system._runtime._launch.spares._spares)
+        submitted = system._runtime._launch.submitted
         assert _kill_and_wait_new(ref, pid) == spare
-        assert system._runtime._submitted == submitted
+        assert system._runtime._launch.submitted == submitted
         # it locked the life lock it had mapped ahead: its own death is noticed early too
         ctl = system._runtime._cells[ref.actor_id].ctl.seg.buf
         word = int.from_bytes(ctl[lifelock.OFFSET:lifelock.OFFSET + 4], sys.byteorder)
