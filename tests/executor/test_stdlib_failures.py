@@ -10,12 +10,12 @@ import pickle
 import signal
 import sys
 import threading
-import time
 
 import pytest
 
 import actorq
 from actorq.testing import wait_until
+from tests.executor.helpers import queue_behind_blockers, wait_for_file
 
 
 def append(path, text):
@@ -43,9 +43,7 @@ def exit_process(path):
 
 
 def crash_after_gate(gate, path):
-    end = time.monotonic() + 60
-    while not os.path.exists(gate) and time.monotonic() < end:  # the test opens the gate
-        time.sleep(0.002)
+    wait_for_file(gate)  # the test opens the gate
     append(path, "ran\n")
     os.kill(os.getpid(), signal.SIGSEGV)
 
@@ -187,18 +185,11 @@ def test_a_result_that_cannot_be_pickled_fails_only_its_task(ex):
     assert ex.submit(abs, -3).result(timeout=60) == 3
 
 
-def wait_for_file(path):
-    end = time.monotonic() + 60
-    while not os.path.exists(path) and time.monotonic() < end:  # the test creates it
-        time.sleep(0.002)
-
-
 def test_a_result_whose_pickling_exits_fails_only_its_batched_task(ex, tmp_path):
     gate = str(tmp_path / "gate")
-    blockers = [ex.submit(wait_for_file, gate) for _ in range(4)]  # every message slot
-    futures = [ex.submit(make, ExitAtPickle) if i == 3 else ex.submit(abs, -i)
-               for i in range(40)]  # queued: they go out as batches
-    open(gate, "w").close()
+    blockers, futures = queue_behind_blockers(ex, gate, lambda: [
+        ex.submit(make, ExitAtPickle) if i == 3 else ex.submit(abs, -i)
+        for i in range(40)])  # queued: they go out as batches
     for i, f in enumerate(futures):
         if i == 3:
             with pytest.raises(SystemExit):
