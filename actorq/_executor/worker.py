@@ -24,6 +24,7 @@ from actorq._errors import DecodeError, format_remote
 from actorq._executor import ledger
 from actorq._executor.ledger import DECODING, ENCODING, Outcome
 from actorq._executor.packing import Packed, fn_name, killed_by, packed_parts
+from actorq._executor.sendback import unsendable_exception
 
 FN_CACHE = 256  # functions remembered per member and per executor
 _RECYCLE = "actorq.Executor: recycle"  # what a worker tells itself at its task limit
@@ -37,7 +38,8 @@ class Deferred:
 class Raised:
     """What ``run`` returns for a task that raised ``SystemExit``, ``KeyboardInterrupt``
     or another ``BaseException`` that is not an ``Exception``: the future gets it, as
-    with ``ProcessPoolExecutor``, and the worker lives on."""
+    with ``ProcessPoolExecutor``, and the worker lives on. Also for an exception that
+    cannot be pickled: what goes back instead (``sendback``)."""
 
     __slots__ = ("exc", "tb")
 
@@ -191,9 +193,13 @@ class FunctionWorker(Actor):
             return Deferred
         try:
             result = self._item(item)
-        except Exception:
+        except Exception as exc:
             if rec is not None:
                 rec.step(ENCODING, 0)
+            try:
+                pickle.dumps(exc, protocol=5)
+            except BaseException as err:  # sys.exit() in a __reduce__ too
+                return Raised(*unsendable_exception(exc, format_remote(exc), err))
             raise  # the handler's error, as for any call
         except BaseException as exc:  # SystemExit and the like: the task's, not ours
             result = Raised(exc, format_remote(exc))
