@@ -21,50 +21,45 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
-import functools
 import itertools
-import logging
 import mmap
 import multiprocessing
-import os
-import pickle
 import threading
 import time
-import types
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import cloudpickle
-
 import actorq
-from actorq._core.actor import Actor
 from actorq._core.reply import Reply
 from actorq._errors import (
     ActorCrashed,
     DecodeError,
     EncodeError,
     InitializerFailed,
-    format_remote,
     rebuild,
 )
 from actorq._executor import ledger
-from actorq._executor.ledger import DECODING, ENCODING, Outcome, Step
+from actorq._executor.ledger import Outcome
+from actorq._executor.packing import (
+    PLAIN,
+    killed_by,
+    name_encode_error,
+    pack,
+    spec_of,
+    unsendable,
+)
+from actorq._executor.worker import Deferred, FunctionWorker, Init, InitFailed, Raised
 from actorq._resilience.retry import Retry
-from actorq._serialization import SAFE_TYPES as SAFE
-from actorq._serialization import dumps_checked, quick_safe
 
-_fn_ids = itertools.count(1)
-_REUSED = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
-           functools.partial)  # callables worth caching in the members
 _BY_REF = object()  # in the spec cache: the function travels as itself
 _ALONE = object()  # a batch's tasks go again, one per message (Executor._undecoded)
-_PLAIN = ("call", "chunk")  # task kinds whose arguments travel as themselves; "pcall" and
-# "pchunk": those that need pickling are ``Packed`` at submit, unpickled by the worker
 #: the options of ``system.pool`` an Executor passes on
 POOL_OPTIONS = frozenset({"routing", "circuit", "retry", "timeout", "name", "hang_margin",
                           "max_restarts", "within", "idle_timeout", "oversubscribe"})
+MAX_BATCH = 512  # tasks per message at most
+RECYCLE_RESTARTS = 1_000_000  # default max_restarts of a pool whose members recycle
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 _at_exit_registered = False
 
@@ -86,315 +81,6 @@ def _shutdown_all() -> None:
             executor.shutdown(wait=True)
         except Exception:  # pragma: no cover - best effort at exit
             pass
-
-
-FN_CACHE = 256  # functions remembered per member and per executor
-MAX_BATCH = 512  # tasks per message at most
-RECYCLE_RESTARTS = 1_000_000  # default max_restarts of a pool whose members recycle
-_RECYCLE = "actorq.Executor: recycle"  # what a worker tells itself at its task limit
-
-
-class Deferred:
-    """Returned (as the class itself, which pickles by reference) for a task a worker
-    did not run because it reached ``max_tasks_per_child``: the executor sends it again."""
-
-
-class Raised:
-    """What ``run`` returns for a task that raised ``SystemExit``, ``KeyboardInterrupt``
-    or another ``BaseException`` that is not an ``Exception``: the future gets it, as
-    with ``ProcessPoolExecutor``, and the worker lives on."""
-
-    __slots__ = ("exc", "tb")
-
-    def __init__(self, exc: BaseException, tb: str) -> None:
-        self.exc = exc
-        self.tb = tb
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Raised, (self.exc, self.tb))
-
-
-class InitFailed:
-    """What a worker whose initializer raised answers every task with: the executor
-    breaks (``InitializerFailed``), as ``ProcessPoolExecutor`` does. The worker does not
-    fail to start (its supervisor would start it again and again, and the pool's
-    retries would end in ``CircuitOpen``): the error is the initializer's, permanent."""
-
-    __slots__ = ("exc", "tb")
-
-    def __init__(self, exc: BaseException, tb: str) -> None:
-        self.exc = exc
-        self.tb = tb
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (InitFailed, (self.exc, self.tb))
-
-
-class Packed(tuple):  # type: ignore[type-arg]  # (pickle, out-of-band buffers, type name)
-    """An argument pickled by the executor at ``submit`` (once: the pickling that checks
-    it), unpickled by the worker in the task itself, not by the message's decoding.
-
-    So a worker killed while it rebuilds the argument (a segfault or an ``os._exit`` in a
-    ``__setstate__``) is seen to be killed by that argument: the step is in the batch's
-    ledger slot (``ledger.DECODING``), and the task fails alone with ``DecodeError``
-    (CPython's ``test_crash_at_task_unpickle``; ``ProcessPoolExecutor`` breaks). Large
-    buffers (arrays) stay out of band: the message carries them as buffers. A tuple
-    (its pickle, the buffers or None, the type's name), so that it pickles and
-    unpickles in C.
-    """
-
-    __slots__ = ()
-
-    def load(self) -> Any:
-        """The argument, rebuilt."""
-        return pickle.loads(self[0], buffers=self[1])
-
-
-def _packed(value: Any, label: Callable[[], str]) -> Any:
-    """*value* as it travels: itself if it is plain data, else ``Packed`` (or the
-    ``TypeError`` naming it (*label*), from the pickling error, if it does not pickle)."""
-    t = type(value)
-    if t in SAFE or ((t is tuple or t is list) and quick_safe((value,))):
-        return value
-    buffers: list[pickle.PickleBuffer] = []
-    try:
-        blob = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    except BaseException as exc:  # SystemExit from a __reduce__ too: a bad argument
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        dumps_checked("Executor.submit", label(), value, None)  # the error, naming it
-        msg = f"{label()} of Executor.submit cannot be pickled: {exc!r}"  # pragma: no cover
-        raise TypeError(msg) from exc  # pragma: no cover - it pickled the second time
-    return Packed((blob, buffers or None, t.__qualname__))
-
-
-def _pack(kind: str, args: Any, kwargs: dict[str, Any] | None) -> tuple[str, Any, Any]:
-    """A task's kind and arguments as they travel: what needs pickling is ``Packed``
-    now (``TypeError`` from the pickling error if something does not pickle)."""
-    if kind == "call":
-        if quick_safe(args) and (not kwargs or quick_safe(kwargs.values())):
-            return kind, args, kwargs
-        args = tuple([_packed(a, lambda i=i: f"argument {i}")  # type: ignore[misc]
-                      for i, a in enumerate(args)])
-        if kwargs:
-            kwargs = {k: _packed(v, lambda k=k: f"keyword argument {k!r}")  # type: ignore[misc]
-                      for k, v in kwargs.items()}
-        return "pcall", args, kwargs
-    if quick_safe(args):  # a chunk of ``map``: a list of argument tuples
-        return kind, args, kwargs
-    return "pchunk", [_packed(a, lambda i=i: f"item {i} of a map chunk")  # type: ignore[misc]
-                      for i, a in enumerate(args)], None
-
-
-def _packed_parts(item: Any) -> list[str]:
-    """The ``Packed`` arguments of a task, in the order the worker unpickles them, as
-    errors name them: "argument 1 (Point)"."""
-    kind, _spec, args, kwargs = item
-    label = "argument" if kind == "pcall" else "item {} of a map chunk"
-    parts = [f"{label} {i} ({a[2]})" if kind == "pcall" else f"{label.format(i)} ({a[2]})"
-             for i, a in enumerate(args) if type(a) is Packed]
-    if kind == "pcall" and kwargs:
-        parts += [f"keyword argument {k!r} ({v[2]})" for k, v in kwargs.items()
-                  if type(v) is Packed]
-    return parts
-
-
-def _fn_name(spec: Any) -> str:
-    """The name of a task's function, for errors."""
-    if type(spec) is tuple:
-        return str(spec[3])
-    return str(getattr(spec, "__qualname__", None) or type(spec).__qualname__)
-
-
-def _killed_by(item: Any, step: Step) -> BaseException:
-    """The error of a task whose data killed its worker in *step* (see ``ledger``): an
-    argument as it was unpickled, or the return value as it was pickled."""
-    name = _fn_name(item[1])
-    if step.kind == DECODING:
-        parts = _packed_parts(item)
-        what = parts[step.ordinal] if step.ordinal < len(parts) else "an argument"
-        return DecodeError(
-            f"{what} of {name}() killed worker process {step.pid} while it was unpickled "
-            "there (a crash, a signal or an os._exit in its __setstate__/__reduce__); the "
-            "task was not run, and is not sent again (it would kill another worker)",
-            "message")
-    return EncodeError(
-        f"the return value of {name}() killed worker process {step.pid} while it was "
-        "pickled there, to be sent back (a crash, a signal or an os._exit in its "
-        "__reduce__); the task ran once and is not run again")
-
-
-class FunctionWorker(Actor):
-    """A pool member that runs the functions an ``Executor`` sends it."""
-
-    def __init__(self, initializer: Callable[..., Any] | None = None,
-                 initargs: tuple[Any, ...] = (), max_tasks: int | None = None) -> None:
-        self._fns: OrderedDict[int, Callable[..., Any]] = OrderedDict()
-        self._maps: dict[str, mmap.mmap] = {}  # the ledger of each executor, mapped
-        self._left = max_tasks  # tasks this process may still run (None: no limit)
-        self._init_failed: InitFailed | None = None
-        if initializer is not None:
-            try:
-                initializer(*initargs)
-            except BaseException as exc:  # SystemExit too, as the standard library's
-                self._init_failed = _init_failed(exc)
-
-    def _take_one(self) -> bool:
-        """Count a task against ``max_tasks``; False once the limit is reached. The task
-        that reaches it asks for a recycle: a message to itself, handled after the
-        replies of what it runs now are out, that ends this process (exit code 0); its
-        supervisor starts a fresh one, which handles what is still queued for it."""
-        left = self._left
-        if left is None:
-            return True
-        if left <= 0:
-            return False
-        self._left = left - 1
-        if left == 1:
-            self.ref.tell(_RECYCLE)
-        return True
-
-    def receive(self, message: Any) -> None:
-        """Only the recycle request of ``_take_one``."""
-        if message == _RECYCLE:
-            os._exit(0)
-        msg = f"FunctionWorker got an unexpected message: {message!r}"
-        raise TypeError(msg)
-
-    def _fn(self, spec: Any) -> Callable[..., Any]:
-        if type(spec) is not tuple:
-            return spec  # type: ignore[no-any-return]
-        fn_id, blob = spec[1], spec[2]
-        if not fn_id:  # a one-off callable (a joblib batch, say): not worth keeping
-            return cloudpickle.loads(blob)  # type: ignore[no-any-return]
-        fn = self._fns.get(fn_id)
-        if fn is None:
-            fn = self._fns[fn_id] = cloudpickle.loads(blob)
-            if len(self._fns) > FN_CACHE:
-                self._fns.popitem(last=False)
-        return fn
-
-    def _item(self, item: Any, rec: ledger.BatchRecord | None = None, index: int = 0) -> Any:
-        kind, spec, args, kwargs = item
-        fn = self._fn(spec)
-        if kind == "call":
-            return fn(*args, **kwargs)
-        if kind == "chunk":
-            return [fn(*a) for a in args]
-        args, kwargs = self._unpack(item, rec, index)
-        if kind == "pcall":
-            return fn(*args, **kwargs)
-        return [fn(*a) for a in args]
-
-    def _unpack(self, item: Any, rec: ledger.BatchRecord | None,
-                index: int) -> tuple[list[Any], Any]:
-        """Rebuild a task's ``Packed`` arguments, each one's step in the ledger first (so
-        that a worker killed by one is known to be); one that raises (``SystemExit``
-        too) fails the task with ``DecodeError`` naming it."""
-        _kind, _spec, args, kwargs = item
-        args = list(args)
-        ordinal = 0
-        for i, a in enumerate(args):
-            if type(a) is Packed:
-                args[i] = self._load(a, item, rec, index, ordinal)
-                ordinal += 1
-        if kwargs:
-            kwargs = dict(kwargs)
-            for k, v in kwargs.items():
-                if type(v) is Packed:
-                    kwargs[k] = self._load(v, item, rec, index, ordinal)
-                    ordinal += 1
-        if rec is not None:
-            rec.clear_step()  # the task runs now
-        return args, kwargs or {}
-
-    @staticmethod
-    def _load(packed: Packed, item: Any, rec: ledger.BatchRecord | None, index: int,
-              ordinal: int) -> Any:
-        if rec is not None:
-            rec.step(DECODING, index, ordinal)
-        try:
-            return packed.load()
-        except BaseException as exc:  # sys.exit() in a __reduce__ too: the argument's
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            msg = (f"{_packed_parts(item)[ordinal]} of {_fn_name(item[1])}() could not be "
-                   f"unpickled in the worker (pid {os.getpid()}), so the task was not run: "
-                   f"{type(exc).__name__}: {exc}")
-            raise DecodeError(msg, "message") from exc
-
-    def _record(self, where: tuple[str, int, int]) -> ledger.BatchRecord:
-        """The ledger slot of a message (file, slot, batch number), as this worker sees it."""
-        path, slot, batch = where
-        ledger_map = self._maps.get(path)
-        if ledger_map is None:
-            ledger_map = self._maps[path] = ledger.open_map(path)
-        return ledger.BatchRecord(ledger_map, slot, batch, path)
-
-    def run(self, item: Any, where: tuple[str, int, int] | None = None) -> Any:
-        """Run one task (``("call", fn, args, kwargs)``) or one ``map`` chunk.
-
-        With *where* (a ledger slot), the slot says when the return value is being
-        pickled (by the runtime, after this returns): if that kills the process, the
-        retry finds it there and fails the task with ``EncodeError`` instead of running
-        it again (see ``ledger``).
-        """
-        if self._init_failed is not None:
-            return self._init_failed
-        rec = None
-        if where is not None:
-            rec = self._record(where)
-            if rec.crashed is not None:  # its return value killed the last worker
-                raise _killed_by(item, rec.crashed)
-        if self._left is not None and not self._take_one():
-            return Deferred
-        try:
-            result = self._item(item)
-        except Exception:
-            if rec is not None:
-                rec.step(ENCODING, 0)
-            raise  # the handler's error, as for any call
-        except BaseException as exc:  # SystemExit and the like: the task's, not ours
-            result = Raised(exc, format_remote(exc))
-        if rec is not None:
-            rec.step(ENCODING, 0)
-        return result
-
-    def run_many(self, items: list[Any],
-                 where: tuple[str, int, int] | None = None) -> list[Outcome] | InitFailed:
-        """Run a batch of tasks; each one's outcome: (ok, value or exception, traceback).
-
-        With *where* (ledger file, slot, batch number), each outcome is also recorded in
-        the executor's ledger as its task finishes, and the tasks an earlier attempt
-        recorded (its worker died mid-batch) are not run again: their recorded outcomes
-        are returned (see ``ledger``).
-        """
-        if self._init_failed is not None:
-            return self._init_failed
-        rec = None
-        done: dict[int, Outcome] = {}
-        crashed = None
-        if where is not None:
-            rec = self._record(where)
-            done = rec.done
-            crashed = rec.crashed
-        out: list[Outcome] = []
-        for index, item in enumerate(items):
-            outcome = done.get(index) if done else None
-            if crashed is not None and index == crashed.task and rec is not None:
-                # an earlier attempt's worker was killed by this task's data: fail it
-                outcome = rec.record(index, (False, _killed_by(item, crashed), ""))
-            elif outcome is None and self._left is not None and not self._take_one():
-                outcome = (None, None, "")  # deferred: the executor sends it again
-            elif outcome is None:
-                try:
-                    outcome = (True, self._item(item, rec, index), "")
-                except BaseException as exc:  # SystemExit too: the task's, not ours
-                    outcome = (False, exc, format_remote(exc))
-                if rec is not None:
-                    outcome = rec.record(index, outcome)
-            out.append(outcome)
-        return out
 
 
 class Executor(concurrent.futures.Executor):
@@ -462,7 +148,7 @@ class Executor(concurrent.futures.Executor):
         if system is None:
             system = actorq.ActorSystem(start_method=start_method)
         self._system = system
-        init = _Init(_spec_of(initializer)) if initializer is not None else None
+        init = Init(spec_of(initializer)) if initializer is not None else None
         self._ledger = ""
         try:
             self._pool = self._system.pool(FunctionWorker, init, initargs, max_tasks_per_child,
@@ -528,11 +214,11 @@ class Executor(concurrent.futures.Executor):
                 raise RuntimeError(msg)
             try:
                 spec = self._spec(fn)
-                kind, args, kwargs = _pack(kind, args, kwargs)
+                kind, args, kwargs = pack(kind, args, kwargs)
             except TypeError as exc:
                 # not callable, or does not pickle: the future fails, as with
                 # ProcessPoolExecutor; nothing is queued or sent, the executor goes on
-                future.set_exception(_unsendable(exc))
+                future.set_exception(unsendable(exc))
                 return future
             task = (future, (kind, spec, args, kwargs))
             self._queue.append(task)
@@ -579,7 +265,7 @@ class Executor(concurrent.futures.Executor):
         """One message for *batch* (one task of plain arguments: ``run``; else
         ``run_many``, with a slot of the ledger)."""
         slot = batch_no = -1
-        many = len(batch) > 1 or batch[0][1][0] not in _PLAIN
+        many = len(batch) > 1 or batch[0][1][0] not in PLAIN
         try:
             try:
                 slot = self._free_slots.popleft()
@@ -624,7 +310,7 @@ class Executor(concurrent.futures.Executor):
             self._settle_all(batch, None)
         elif exc is not None:
             if type(exc) is EncodeError and not many:
-                _name_encode_error(exc, batch[0][1])
+                name_encode_error(exc, batch[0][1])
             self._settle_all(batch, exc)
         elif not many:
             if result is Deferred:
@@ -640,7 +326,7 @@ class Executor(concurrent.futures.Executor):
                     deferred.append(task)
                 else:
                     if not ok and type(value) is EncodeError:
-                        _name_encode_error(value, task[1])
+                        name_encode_error(value, task[1])
                     self._settle_one(task[0], ok, value, tb)
             if deferred:
                 self._defer(deferred)
@@ -680,7 +366,7 @@ class Executor(concurrent.futures.Executor):
             if outcome is not None and outcome[0] is not None:
                 outcomes.append(outcome)
             elif culprit is None or index == culprit:
-                error = exc if step is None else _killed_by(task[1], step)
+                error = exc if step is None else killed_by(task[1], step)
                 outcomes.append((False, error, ""))
                 culprit = -1  # found: the tasks after it go again
             else:
@@ -751,10 +437,10 @@ class Executor(concurrent.futures.Executor):
         try:
             spec = self._specs.get(fn)
         except TypeError:  # not weakly referenceable, or unhashable: no cache
-            return _spec_of(fn)
+            return spec_of(fn)
         if spec is not None:
             return fn if spec is _BY_REF else spec
-        spec = _spec_of(fn)
+        spec = spec_of(fn)
         # weak keys, and no strong reference to fn in the value: the cache never keeps a
         # function (or the object of a bound method) alive
         self._specs[fn] = _BY_REF if spec is fn else spec
@@ -855,32 +541,6 @@ def _release(pool: Any, path: str, ledger_map: mmap.mmap, system: Any) -> None:
             system.close()
 
 
-def _init_failed(exc: BaseException) -> InitFailed:
-    """The answer of a worker whose initializer raised *exc* (logged here, as the
-    standard library logs it); an exception that does not pickle travels as text."""
-    logging.getLogger("actorq").critical("actorq.Executor: exception in initializer:",
-                                         exc_info=exc)
-    tb = format_remote(exc)
-    try:
-        pickle.dumps(exc, protocol=5)
-    except BaseException as err:
-        exc = RuntimeError(f"{type(exc).__name__}: {exc} (the exception itself cannot be "
-                           f"sent back: {type(err).__name__}: {err})")
-    return InitFailed(exc, tb)
-
-
-class _Init:
-    """An initializer spec that pickles as itself (runs ``FunctionWorker``'s initializer)."""
-
-    def __init__(self, spec: Any) -> None:
-        self.spec = spec
-
-    def __call__(self, *args: Any) -> Any:
-        spec = self.spec
-        fn = cloudpickle.loads(spec[2]) if type(spec) is tuple else spec
-        return fn(*args)
-
-
 def _start_method_of(mp_context: Any) -> str | None:
     """The start method an ``mp_context`` stands for (None: the system's default)."""
     if mp_context is None:
@@ -892,24 +552,6 @@ def _start_method_of(mp_context: Any) -> str | None:
         raise TypeError(msg)
     method: str = get(allow_none=False)
     return method
-
-
-def _spec_of(fn: Callable[..., Any]) -> Any:
-    try:
-        by_ref = pickle.dumps(fn, protocol=5)
-        if len(by_ref) < 512 and b"__main__" not in by_ref:
-            return fn
-    except Exception:
-        pass
-    try:
-        blob = cloudpickle.dumps(fn, protocol=5)
-    except Exception as exc:
-        msg = f"cannot send {fn!r} to a worker process: {exc}"
-        raise TypeError(msg) from exc
-    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    if not isinstance(fn, _REUSED):
-        return ("cp", 0, blob, name)  # not a function: likely used once, so not cached
-    return ("cp", next(_fn_ids) ^ (os.getpid() << 32), blob, name)
 
 
 def _results(futures: list[concurrent.futures.Future[Any]], end: float | None,
@@ -939,25 +581,3 @@ def _result(future: concurrent.futures.Future[Any], end: float | None) -> Any:
 
 
 Executor.__module__ = "actorq"
-
-
-def _unsendable(exc: TypeError) -> BaseException:
-    """The error of a task whose function or arguments do not pickle: the pickling
-    error itself (the type ``ProcessPoolExecutor``'s future raises), with a note naming
-    the argument (*exc*'s message); *exc* itself if the pickling raised a
-    ``BaseException`` that is not an ``Exception`` (a ``sys.exit()`` in ``__reduce__``)."""
-    cause = exc.__cause__
-    if not isinstance(cause, Exception):
-        return exc
-    cause.add_note(f"actorq.Executor: {exc}")
-    return cause
-
-
-def _name_encode_error(exc: EncodeError, item: Any) -> None:
-    """Name the task's function in the error of a return value that did not pickle."""
-    text = str(exc)
-    if text.startswith("the return value of "):  # named already (``_killed_by``)
-        return
-    detail = text.partition("could not be pickled: ")[2] or text
-    exc.args = (f"the return value of {_fn_name(item[1])}() could not be pickled in its "
-                f"worker, to be sent back: {detail}",)

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from actorq._errors import EncodeError, format_remote
+from actorq._executor.sendback import unsendable_exception
 from actorq._ids import new_run_prefix
 from actorq._shared import SHM_DIR
 
@@ -192,16 +193,14 @@ class BatchRecord:
             body = _NONE if outcome[1] is None and outcome[0] else pickle.dumps(outcome,
                                                                                  protocol=5)
         except BaseException as exc:  # SystemExit from a __reduce__ too: this task's error
-            if outcome[0]:
-                err: BaseException = EncodeError(
-                    f"the task's return value could not be pickled: {type(exc).__name__}: "
-                    f"{exc}")
+            if not outcome[0]:  # an exception that does not pickle
+                outcome = (False, *unsendable_exception(outcome[1], outcome[2], exc))
+            elif isinstance(exc, SystemExit):
+                outcome = (False, exc, format_remote(exc))
             else:
-                err = RuntimeError(f"{type(outcome[1]).__name__}: {outcome[1]} (the exception "
-                                   f"itself cannot be sent back: {type(exc).__name__}: {exc})")
-            if isinstance(exc, SystemExit):
-                err = exc
-            outcome = (False, err, format_remote(exc))
+                outcome = (False, EncodeError(
+                    f"the task's return value could not be pickled: {type(exc).__name__}: "
+                    f"{exc}"), format_remote(exc))
             body = pickle.dumps(outcome, protocol=5)
         used = self.used
         end = used + _HEAD.size + len(body)

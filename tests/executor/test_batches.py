@@ -10,21 +10,19 @@ import glob
 import os
 import pickle
 import signal
-import time
 
 import pytest
 
 import actorq
 from actorq._executor import ledger
-
-
-def wait_for_file(path, limit=60.0):
-    end = time.monotonic() + limit
-    while not os.path.exists(path):  # the test creates it; bounded
-        if time.monotonic() > end:
-            raise TimeoutError(path)
-        time.sleep(0.002)
-    return os.getpid()
+from tests.executor.helpers import (
+    queue_behind_blockers,
+    record_run,
+    run_counted,
+    run_counts,
+    run_pids,
+    wait_for_file,
+)
 
 
 def run_once(i, runs, kill_marker, kill_at):
@@ -36,11 +34,7 @@ def run_once(i, runs, kill_marker, kill_at):
             pass
         else:
             os.kill(os.getpid(), signal.SIGKILL)
-    fd = os.open(runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, f"{i} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
+    record_run(i, runs)
     return i * 10
 
 
@@ -52,15 +46,6 @@ def run_once_big(i, runs, kill_marker, kill_at):
 
 def big_outcome(i):
     return bytes([i]) * (ledger.SLOT // 2 + 1) if i < 3 else i
-
-
-def run_counts(path):
-    with open(path) as f:
-        lines = [line.split() for line in f]
-    counts = {}
-    for i, _pid in lines:
-        counts[int(i)] = counts.get(int(i), 0) + 1
-    return counts, {int(pid) for _i, pid in lines}
 
 
 def test_a_worker_killed_mid_batch_does_not_rerun_the_tasks_it_finished(tmp_path):
@@ -77,7 +62,7 @@ def test_a_worker_killed_mid_batch_does_not_rerun_the_tasks_it_finished(tmp_path
         for b in blockers:
             b.result(timeout=60)
         assert os.path.exists(marker)  # the kill did happen
-        counts, pids = run_counts(runs)
+        counts, pids = run_counts(runs), run_pids(runs)
         assert counts == dict.fromkeys(range(20), 1)  # every task ran exactly once
         stats = ex.pool.statistics()
         assert stats.retries >= 1
@@ -100,7 +85,7 @@ def test_large_outcomes_of_a_killed_batch_are_not_rerun_and_their_files_go(tmp_p
         for b in blockers:
             b.result(timeout=60)
         assert os.path.exists(marker)
-        counts, _pids = run_counts(runs)
+        counts = run_counts(runs)
         assert counts == dict.fromkeys(range(20), 1)  # tasks 0..2 (spilled) not rerun
         assert ex.pool.statistics().retries >= 1
         assert glob.glob(glob.escape(ex._ledger) + "_*") == []  # taken with the replies
@@ -131,23 +116,9 @@ class OnlyIn:
         return refuse_here, (self.pid,)
 
 
-def run_counted(i, runs, value=None):
-    run_once(i, runs, "", -1)
-    return value if value is not None else i
-
-
 def only_in_this_worker(i, runs):
-    run_once(i, runs, "", -1)
+    record_run(i, runs)
     return OnlyIn(os.getpid())  # the executor's process cannot rebuild it
-
-
-def queue_behind_blockers(ex, gate, submit):
-    """Four blockers take the four message slots of a 2-worker executor, so what
-    *submit* submits queues and goes out in batches once the gate opens."""
-    blockers = [ex.submit(wait_for_file, gate) for _ in range(4)]
-    futures = submit()
-    open(gate, "w").close()
-    return blockers, futures
 
 
 def test_an_argument_that_fails_to_unpickle_in_a_batch_fails_only_its_task(tmp_path):
@@ -170,7 +141,7 @@ def test_an_argument_that_fails_to_unpickle_in_a_batch_fails_only_its_task(tmp_p
                 assert f.result(timeout=60) == i
         for b in blockers:
             b.result(timeout=60)
-        counts, _pids = run_counts(runs)
+        counts = run_counts(runs)
         assert counts == {i: 1 for i in range(40) if i != 5}
 
 
@@ -192,7 +163,7 @@ def test_a_result_that_fails_to_unpickle_in_a_batch_fails_only_its_task(tmp_path
                 assert f.result(timeout=60) == i
         for b in blockers:
             b.result(timeout=60)
-        counts, _pids = run_counts(runs)
+        counts = run_counts(runs)
         assert counts == dict.fromkeys(range(40), 1)  # nothing ran twice
 
 

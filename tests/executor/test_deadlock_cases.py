@@ -13,44 +13,13 @@ import faulthandler
 import os
 import pickle
 import sys
-import time
-from collections import Counter
 
 import numpy as np
 import pytest
 
 import actorq
 from actorq._executor import ledger
-
-
-def run_counted(i, runs, value=None):
-    """Task *i*: one line in *runs* per run; returns *value* (or *i*)."""
-    fd = os.open(runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, f"{i}\n".encode())
-    finally:
-        os.close(fd)
-    return i if value is None else value
-
-
-def run_counts(runs):
-    with open(runs) as f:
-        return Counter(int(line) for line in f)
-
-
-def wait_for(gate):
-    end = time.monotonic() + 60
-    while not os.path.exists(gate) and time.monotonic() < end:  # the test creates it
-        time.sleep(0.002)
-
-
-def behind_blockers(ex, gate, submit):
-    """Two workers, four message slots: four blockers take them, so what *submit*
-    submits queues and goes out in batches once the gate opens."""
-    blockers = [ex.submit(wait_for, gate) for _ in range(4)]
-    futures = submit()
-    open(gate, "w").close()
-    return blockers, futures
+from tests.executor.helpers import queue_behind_blockers, run_counted, run_counts
 
 
 def crash():
@@ -187,7 +156,7 @@ def test_an_argument_whose_unpickling_kills_the_worker_fails_only_its_task(
     options = {} if retry == "default" else {"retry": None}
     with actorq.Executor(2, **options) as ex:
         ex.submit(int).result(timeout=60)
-        blockers, futures = behind_blockers(ex, gate, lambda: [
+        blockers, futures = queue_behind_blockers(ex, gate, lambda: [
             ex.submit(run_counted, i, runs, bad() if i == 5 else None) for i in range(40)])
         for i, f in enumerate(futures):
             if i == 5:
@@ -229,7 +198,7 @@ def test_a_result_whose_pickling_kills_the_worker_runs_once_and_fails_alone(tmp_
     gate, runs = str(tmp_path / "gate"), str(tmp_path / "runs")
     with actorq.Executor(2) as ex:
         ex.submit(int).result(timeout=60)
-        blockers, futures = behind_blockers(ex, gate, lambda: [
+        blockers, futures = queue_behind_blockers(ex, gate, lambda: [
             ex.submit(counted_instance, CrashAtPickle, runs) if i == 7 else
             ex.submit(run_counted, i, runs) for i in range(40)])
         for i, f in enumerate(futures):

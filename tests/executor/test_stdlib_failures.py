@@ -10,12 +10,12 @@ import pickle
 import signal
 import sys
 import threading
-import time
 
 import pytest
 
 import actorq
 from actorq.testing import wait_until
+from tests.executor.helpers import queue_behind_blockers, wait_for_file
 
 
 def append(path, text):
@@ -43,9 +43,7 @@ def exit_process(path):
 
 
 def crash_after_gate(gate, path):
-    end = time.monotonic() + 60
-    while not os.path.exists(gate) and time.monotonic() < end:  # the test opens the gate
-        time.sleep(0.002)
+    wait_for_file(gate)  # the test opens the gate
     append(path, "ran\n")
     os.kill(os.getpid(), signal.SIGSEGV)
 
@@ -187,18 +185,11 @@ def test_a_result_that_cannot_be_pickled_fails_only_its_task(ex):
     assert ex.submit(abs, -3).result(timeout=60) == 3
 
 
-def wait_for_file(path):
-    end = time.monotonic() + 60
-    while not os.path.exists(path) and time.monotonic() < end:  # the test creates it
-        time.sleep(0.002)
-
-
 def test_a_result_whose_pickling_exits_fails_only_its_batched_task(ex, tmp_path):
     gate = str(tmp_path / "gate")
-    blockers = [ex.submit(wait_for_file, gate) for _ in range(4)]  # every message slot
-    futures = [ex.submit(make, ExitAtPickle) if i == 3 else ex.submit(abs, -i)
-               for i in range(40)]  # queued: they go out as batches
-    open(gate, "w").close()
+    blockers, futures = queue_behind_blockers(ex, gate, lambda: [
+        ex.submit(make, ExitAtPickle) if i == 3 else ex.submit(abs, -i)
+        for i in range(40)])  # queued: they go out as batches
     for i, f in enumerate(futures):
         if i == 3:
             with pytest.raises(SystemExit):
@@ -210,9 +201,40 @@ def test_a_result_whose_pickling_exits_fails_only_its_batched_task(ex, tmp_path)
     assert ex.pool.statistics().retries == 0  # no worker died
 
 
-def test_an_exception_that_cannot_be_pickled_still_names_itself(ex):
-    with pytest.raises(Exception, match="Unpicklable: bad"):
+def check_unpicklable_exception_error(info):
+    """As ``ProcessPoolExecutor`` (``_sendback_result``): the future raises the pickling
+    error, with the remote traceback as its ``__cause__``; here that traceback shows
+    the task's own exception too, and a note names it."""
+    assert type(info.value) is TypeError  # what Unpicklable.__reduce__ raised
+    assert str(info.value) == "this exception does not pickle"
+    assert any("the task raised Unpicklable: bad, which cannot be pickled" in note
+               for note in info.value.__notes__)
+    cause = info.value.__cause__
+    assert isinstance(cause, actorq.RemoteTraceback)
+    assert "raise_unpicklable" in str(cause)  # the task's frame
+    assert "Unpicklable: bad" in str(cause)
+    assert "could not be pickled to be sent back" in str(cause)
+
+
+def test_an_exception_that_cannot_be_pickled_comes_back_as_the_pickling_error(ex):
+    with pytest.raises(TypeError, match="Unpicklable: bad") as info:  # (in its note)
         ex.submit(raise_unpicklable).result(timeout=60)
+    check_unpicklable_exception_error(info)
+    assert ex.submit(abs, -1).result(timeout=60) == 1
+
+
+def test_an_unpicklable_exception_in_a_batch_fails_only_its_task(ex, tmp_path):
+    blockers, futures = queue_behind_blockers(ex, str(tmp_path / "gate"), lambda: [
+        ex.submit(raise_unpicklable) if i == 4 else ex.submit(abs, -i) for i in range(20)])
+    for i, f in enumerate(futures):
+        if i == 4:
+            with pytest.raises(TypeError) as info:
+                f.result(timeout=60)
+            check_unpicklable_exception_error(info)
+        else:
+            assert f.result(timeout=60) == i
+    for b in blockers:
+        b.result(timeout=60)
 
 
 def test_arguments_that_fail_to_unpickle_in_the_worker_fail_that_task(ex):

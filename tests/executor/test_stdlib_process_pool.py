@@ -7,12 +7,12 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-import time
 
 import pytest
 
 import actorq
 from actorq.testing import wait_until
+from tests.executor.helpers import run_counted, wait_for_file
 
 FLAG = "as imported"
 
@@ -23,15 +23,6 @@ def read_flag():
 
 def mul(x, y):
     return x * y
-
-
-def log_run(i, path):
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, f"{i} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-    return i
 
 
 _initialised = None
@@ -69,8 +60,8 @@ def test_a_backlog_past_the_task_limit_is_all_done(workers, limit, tasks):
 def test_recycling_loses_and_duplicates_nothing_and_keeps_the_limit(tmp_path):
     runs = str(tmp_path / "runs")
     with actorq.Executor(2, max_tasks_per_child=3) as ex:
-        futures = [ex.submit(log_run, i, runs) for i in range(30)]
-        futures += list(map(ex.submit, [log_run] * 10, range(30, 40), [runs] * 10))
+        futures = [ex.submit(run_counted, i, runs) for i in range(30)]
+        futures += list(map(ex.submit, [run_counted] * 10, range(30, 40), [runs] * 10))
         assert [f.result(timeout=120) for f in futures] == list(range(40))
         chunked = list(ex.map(mul, range(50), range(50), chunksize=7))
         assert chunked == [i * i for i in range(50)]
@@ -154,14 +145,8 @@ class Tracked:
 
 
 def slow_identity(i, gate):
-    wait_for(gate)
+    wait_for_file(gate)
     return i
-
-
-def wait_for(path):
-    end = time.monotonic() + 60
-    while not os.path.exists(path) and time.monotonic() < end:  # the test creates it
-        time.sleep(0.002)
 
 
 def test_a_tasks_arguments_are_freed_in_the_worker_after_it(tmp_path):
