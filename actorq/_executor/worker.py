@@ -22,8 +22,8 @@ import cloudpickle
 from actorq._core.actor import Actor
 from actorq._errors import DecodeError, format_remote
 from actorq._executor import ledger
-from actorq._executor.ledger import DECODING, ENCODING, Outcome
-from actorq._executor.packing import Packed, fn_name, killed_by, packed_parts
+from actorq._executor.ledger import DECODING, ENCODING, LOADING, Outcome
+from actorq._executor.packing import Packed, culprits, fn_name, killed_by, packed_parts
 from actorq._executor.sendback import unsendable_exception
 
 FN_CACHE = 256  # functions remembered per member and per executor
@@ -104,22 +104,42 @@ class FunctionWorker(Actor):
         msg = f"FunctionWorker got an unexpected message: {message!r}"
         raise TypeError(msg)
 
-    def _fn(self, spec: Any) -> Callable[..., Any]:
+    def _fn(self, spec: Any, rec: ledger.BatchRecord | None, index: int) -> Callable[..., Any]:
         if type(spec) is not tuple:
             return spec  # type: ignore[no-any-return]
-        fn_id, blob = spec[1], spec[2]
+        fn_id = spec[1]
         if not fn_id:  # a one-off callable (a joblib batch, say): not worth keeping
-            return cloudpickle.loads(blob)  # type: ignore[no-any-return]
+            return self._load_fn(spec, rec, index)
         fn = self._fns.get(fn_id)
         if fn is None:
-            fn = self._fns[fn_id] = cloudpickle.loads(blob)
+            fn = self._fns[fn_id] = self._load_fn(spec, rec, index)
             if len(self._fns) > FN_CACHE:
                 self._fns.popitem(last=False)
         return fn
 
+    @staticmethod
+    def _load_fn(spec: Any, rec: ledger.BatchRecord | None, index: int) -> Callable[..., Any]:
+        """Unpickle a task's function, its step in the ledger first (so that a worker
+        killed by its module's import is known to be); one that raises (``SystemExit``
+        too) fails the task with ``DecodeError`` naming it and its module."""
+        if rec is not None:
+            rec.step(LOADING, index)
+        try:
+            fn: Callable[..., Any] = pickle.loads(spec[2])
+        except BaseException as exc:  # sys.exit() in the module too: the function's
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            msg = (f"function {fn_name(spec)}() of module {spec[4]!r} could not be "
+                   f"unpickled in the worker (pid {os.getpid()}), so the task was not run: "
+                   f"{type(exc).__name__}: {exc}")
+            raise DecodeError(msg, "message") from exc
+        if rec is not None:
+            rec.clear_step()
+        return fn
+
     def _item(self, item: Any, rec: ledger.BatchRecord | None = None, index: int = 0) -> Any:
         kind, spec, args, kwargs = item
-        fn = self._fn(spec)
+        fn = self._fn(spec, rec, index)
         if kind == "call":
             return fn(*args, **kwargs)
         if kind == "chunk":
@@ -192,7 +212,7 @@ class FunctionWorker(Actor):
         if self._left is not None and not self._take_one():
             return Deferred
         try:
-            result = self._item(item)
+            result = self._item(item, rec)
         except Exception as exc:
             if rec is not None:
                 rec.step(ENCODING, 0)
@@ -226,9 +246,10 @@ class FunctionWorker(Actor):
             done = rec.done
             crashed = rec.crashed
         out: list[Outcome] = []
+        blamed = culprits(items, crashed) if crashed is not None else ()
         for index, item in enumerate(items):
             outcome = done.get(index) if done else None
-            if crashed is not None and index == crashed.task and rec is not None:
+            if outcome is None and crashed is not None and index in blamed and rec:
                 # an earlier attempt's worker was killed by this task's data: fail it
                 outcome = rec.record(index, (False, killed_by(item, crashed), ""))
             elif outcome is None and self._left is not None and not self._take_one():
