@@ -60,8 +60,10 @@ def _packed(value: Any, label: Callable[[], str]) -> Any:
     """*value* as it travels: itself if it is plain data, else ``Packed`` (or the
     ``TypeError`` naming it (*label*), from the pickling error, if it does not pickle)."""
     t = type(value)
-    if t in SAFE or ((t is tuple or t is list) and quick_safe((value,))):
+    if t in SAFE or (t is tuple and quick_safe((value,))):
         return value
+    if t is list and quick_safe((value,)):
+        return list(value)  # a copy: the task sees it as it was at submit (``pack``)
     buffers: list[pickle.PickleBuffer] = []
     try:
         blob = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
@@ -79,6 +81,13 @@ def pack(kind: str, args: Any, kwargs: dict[str, Any] | None) -> tuple[str, Any,
     now (``TypeError`` from the pickling error if something does not pickle)."""
     if kind == "call":
         if quick_safe(args) and (not kwargs or quick_safe(kwargs.values())):
+            # plain data travels as itself, pickled with its message (maybe later): a
+            # list among it is copied now, so that the task sees every argument as it
+            # was at submit (the others are pickled now)
+            if list in map(type, args):
+                args = tuple([list(a) if type(a) is list else a for a in args])
+            if kwargs and list in map(type, kwargs.values()):
+                kwargs = {k: list(v) if type(v) is list else v for k, v in kwargs.items()}
             return kind, args, kwargs
         args = tuple([_packed(a, lambda i=i: f"argument {i}")  # type: ignore[misc]
                       for i, a in enumerate(args)])
