@@ -164,3 +164,25 @@ def test_a_second_death_in_another_step_does_not_blame_the_first():
         m.close()
     finally:
         ledger.remove(path)
+
+
+def test_a_function_whose_module_import_raises_fails_each_task_with_the_error():
+    """The import raises instead of killing: nothing to attribute; each task fails with
+    ``DecodeError`` naming the function, its module and the import's error, no worker
+    dies, and the function is not remembered as bad (its module may import later)."""
+    from tests.executor.import_raises_in_workers import never_runs_either
+
+    error = (r"function never_runs_either\(\) of module "
+             r"'tests.executor.import_raises_in_workers' could not be unpickled in the "
+             r"worker \(pid \d+\), so the task was not run: ImportError: this library is "
+             "not installed")
+    with actorq.Executor(2) as ex:
+        for _ in range(2):
+            with pytest.raises(actorq.DecodeError, match=error) as info:
+                ex.submit(never_runs_either, 1).result(timeout=60)
+            assert isinstance(info.value.__cause__, actorq.RemoteTraceback)
+        with pytest.raises(actorq.DecodeError, match=error):
+            list(ex.map(never_runs_either, [1, 2, 3], chunksize=2))
+        assert ex.submit(abs, -2).result(timeout=60) == 2
+        assert crashes(ex) == 0
+        assert not ex._poisoned
