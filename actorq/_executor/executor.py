@@ -10,10 +10,13 @@
 
 A member killed mid-task is restarted by the pool's supervisor and the task retried on
 another member by the pool's retry policy: the executor never breaks
-(``BrokenProcessPool`` has no counterpart here). Functions that pickle by reference
-(module-level functions) travel as such; others (lambdas, closures, functions of
-``__main__`` under forkserver) are pickled once with cloudpickle and unpickled once per
-member (a cache keyed by an id).
+(``BrokenProcessPool`` has no counterpart here). Functions are pickled once by the
+executor (by reference, or with cloudpickle for lambdas, closures and functions of
+``__main__`` under forkserver) and unpickled once per member, inside the first task that
+needs them there (a cache keyed by an id); arguments that are not plain data are pickled
+at ``submit`` and unpickled inside their task (``packing``). So the death of a worker
+while it unpickles a task's data is seen in the ledger, and a second such death blames
+the data (``ledger``).
 """
 
 from __future__ import annotations
@@ -44,17 +47,19 @@ from actorq._executor import ledger
 from actorq._executor.ledger import Outcome
 from actorq._executor.packing import (
     PLAIN,
+    culprits,
     killed_by,
     name_encode_error,
     pack,
+    poisoned_fn,
+    spec_id,
     spec_of,
     unsendable,
 )
 from actorq._executor.worker import Deferred, FunctionWorker, Init, InitFailed, Raised
 from actorq._resilience.retry import Retry
 
-_BY_REF = object()  # in the spec cache: the function travels as itself
-_ALONE = object()  # a batch's tasks go again, one per message (Executor._undecoded)
+_ALONE = object()  # tasks go again, one per message (Executor._undecoded, _crashed)
 #: the options of ``system.pool`` an Executor passes on
 POOL_OPTIONS = frozenset({"routing", "circuit", "retry", "timeout", "name", "hang_margin",
                           "max_restarts", "within", "idle_timeout", "oversubscribe"})
@@ -177,6 +182,11 @@ class Executor(concurrent.futures.Executor):
         self._free_slots = deque(range(slots))
         self._batch_ids = itertools.count(1)
         self._broken: BaseException | None = None  # the initializer's error, once raised
+        # a task sent again alone after a worker died once while unpickling its argument
+        # or function: that step (``ledger.set_suspect``)
+        self._suspects: dict[concurrent.futures.Future[Any], int] = {}
+        # functions whose unpickling killed workers (by id): their tasks fail unsent
+        self._poisoned: dict[int, DecodeError] = {}
         # dropped without shutdown(): its workers, ledger and private system go once the
         # last task is done and the executor is collected (as the standard library's)
         self._finalizer = weakref.finalize(
@@ -264,6 +274,15 @@ class Executor(concurrent.futures.Executor):
     def _send(self, batch: list[Any]) -> None:
         """One message for *batch* (one task of plain arguments: ``run``; else
         ``run_many``, with a slot of the ledger)."""
+        while self._poisoned:
+            batch = self._drop_poisoned(batch)
+            if batch:
+                break
+            with self._lock:  # nothing left to send: as if it came back
+                self._in_flight -= 1
+                batch = self._take_locked() if self._queue or self._again or self._alone else []
+            if not batch:
+                return
         slot = batch_no = -1
         many = len(batch) > 1 or batch[0][1][0] not in PLAIN
         try:
@@ -274,6 +293,8 @@ class Executor(concurrent.futures.Executor):
             else:
                 batch_no = next(self._batch_ids)
                 where = (self._ledger, slot, batch_no)
+                ledger.set_suspect(self._ledger_map, slot,
+                                   self._suspects.pop(batch[0][0], 0) if self._suspects else 0)
             if not many:
                 reply = self._pool.call_with("run", (batch[0][1], where))
             else:
@@ -323,7 +344,8 @@ class Executor(concurrent.futures.Executor):
             deferred = []
             for task, (ok, value, tb) in zip(batch, result, strict=True):
                 if ok is None:
-                    deferred.append(task)
+                    if value is not _ALONE:  # else: queued to go alone (_crashed)
+                        deferred.append(task)
                 else:
                     if not ok and type(value) is EncodeError:
                         name_encode_error(value, task[1])
@@ -356,22 +378,43 @@ class Executor(concurrent.futures.Executor):
         there are none): fail only the task the crash belongs to, take what finished
         from the ledger, and send the tasks not run yet again. The task fails with
         ``DecodeError`` or ``EncodeError`` if its data killed the worker (the slot's
-        step, see ``ledger``), else with *exc*: it was running."""
+        step, see ``ledger``: blamed), else with *exc*: it was running. A task whose
+        argument or function was being unpickled, a first time, was not run: it goes
+        again, alone, that step its suspect (a second death there blames it)."""
         found = ledger.read_slot(self._ledger_map, self._ledger, slot, batch_no)
         step = ledger.crash_step(self._ledger_map, slot, found, batch_no)
+        blamed = culprits([t[1] for t in batch], step) if step and step.blamed else ()
+        running = step is None  # it died running the first task not finished
         outcomes: list[Outcome] = []
-        culprit = step.task if step is not None else None  # None: the first not finished
         for index, task in enumerate(batch):
             outcome = found.get(index)
             if outcome is not None and outcome[0] is not None:
                 outcomes.append(outcome)
-            elif culprit is None or index == culprit:
-                error = exc if step is None else killed_by(task[1], step)
-                outcomes.append((False, error, ""))
-                culprit = -1  # found: the tasks after it go again
+            elif running:
+                outcomes.append((False, exc, ""))
+                running = False  # the tasks after it go again
+            elif step is not None and index in blamed:
+                outcomes.append((False, killed_by(task[1], step), ""))
+            elif step is not None and index == step.task:  # a suspect
+                with self._lock:
+                    self._alone.append(task)
+                    self._suspects[task[0]] = step.word(task=0)
+                outcomes.append((None, _ALONE, ""))
             else:
                 outcomes.append((None, None, ""))  # not run: sent again
         return outcomes, None
+
+    def _drop_poisoned(self, batch: list[Any]) -> list[Any]:
+        """Fail the tasks of *batch* whose function's unpickling killed workers; return
+        the others."""
+        keep = []
+        for task in batch:
+            error = self._poisoned.get(spec_id(task[1][1]))
+            if error is None:
+                keep.append(task)
+            else:
+                self._settle_one(task[0], False, DecodeError(str(error), "message"), "")
+        return keep
 
     def _defer(self, tasks: list[Any]) -> None:
         """Tasks a worker did not run (its task limit): first in line to go again."""
@@ -423,12 +466,14 @@ class Executor(concurrent.futures.Executor):
             return
         if ok:
             future.set_result(value)
-        else:
-            future.set_exception(rebuild(value, tb) if tb else value)
+            return
+        if type(value) is DecodeError and (fn_id := poisoned_fn(value)):
+            self._poisoned[fn_id] = value  # its other tasks fail as they come to be sent
+        future.set_exception(rebuild(value, tb) if tb else value)
 
     def _spec(self, fn: Callable[..., Any]) -> Any:
-        """How *fn* travels: itself if it pickles by reference, else a cloudpickled blob
-        made once (and unpickled once per member)."""
+        """How *fn* travels (``packing.spec_of``): a function, a class or a cloudpickled
+        callable is pickled once (and unpickled once per member, inside its first task)."""
         if not callable(fn):
             # as the standard library's future raises it (its worker calls fn)
             msg = (f"'{type(fn).__name__}' object is not callable (given to "
@@ -439,11 +484,12 @@ class Executor(concurrent.futures.Executor):
         except TypeError:  # not weakly referenceable, or unhashable: no cache
             return spec_of(fn)
         if spec is not None:
-            return fn if spec is _BY_REF else spec
+            return spec
         spec = spec_of(fn)
-        # weak keys, and no strong reference to fn in the value: the cache never keeps a
-        # function (or the object of a bound method) alive
-        self._specs[fn] = _BY_REF if spec is fn else spec
+        if type(spec) is tuple and spec[0] != "val":  # "val": pickled per submit
+            # weak keys, and no strong reference to fn in the value: the cache never
+            # keeps a function (or the object of a bound method) alive
+            self._specs[fn] = spec
         return spec
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],

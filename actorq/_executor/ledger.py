@@ -15,12 +15,21 @@ that was running when the worker died runs again (at-least-once, as a single tas
 retry). The slot is free again once the batch's reply arrives.
 
 The header's *step* word says what the worker was doing to which task: unpickling an
-argument (``DECODING``, with the argument's ordinal) or pickling an outcome
-(``ENCODING``), with the worker's pid. A worker that dies in one of these steps was
-killed by the task's data, not by its run (a segfault or an ``os._exit`` in a
-``__setstate__``/``__reduce__``): whoever reads the slot next (the retry, or the
-executor once the pool gave up) fails that task alone instead of running it again,
-which would kill another worker the same way (``crash_step``).
+argument (``DECODING``, with the argument's ordinal), unpickling the task's function
+(``LOADING``: importing its module, on a worker's first task of that function) or
+pickling an outcome (``ENCODING``), with the worker's pid. A worker that dies in one of
+these steps may have been killed by the task's data, not by its run (a segfault or an
+``os._exit`` in a ``__setstate__``/``__reduce__``, or in a module's import): whoever
+reads the slot next (the retry, or the executor once the pool gave up) then fails that
+task instead of running it again, which would kill another worker the same way
+(``crash_step``). An outcome's pickling happens after the task ran, so a death there
+blames the outcome at once (running the task again to tell would repeat its side
+effects). An unpickling happens before the task runs, so a first death there only makes
+the step a *suspect*: something else (the OOM killer, a ``SIGKILL``) may have hit the
+worker at that moment. The retry moves the step to the header's *suspect* word and
+unpickles again; a second death in the same step (same task, same part, another worker)
+blames the data. The executor writes the suspect word when it sends a message: 0, or the
+step of a task it sends again after a first death with no retry left (``set_suspect``).
 
 A large outcome (over ``SPILL_AT``, or more than what is left of the slot) is written to
 a file of its own beside the ledger, ``<ledger>_<slot>_<batch>_<index>``, and its record
@@ -56,7 +65,11 @@ _SLOT_HEAD = struct.Struct("<QQQQ")  # batch number, bytes of records used, file
 #                                    step (pid << 32 | kind << 28 | ordinal << 16 | task + 1)
 _USED = struct.Struct("<Q")
 _STEP_AT = 24  # the step word, in the slot's header
-DECODING, ENCODING = 1, 2  # steps: unpickling an argument, pickling an outcome
+_SUSPECT_AT = 32  # the suspect word: a step an earlier worker died in, once (or 0)
+_RECORDS_AT = 40  # the outcome records, after the header
+_SAME_STEP = 0xFFFFFFFF  # the bits of a step word that name the step, not the worker
+# steps: unpickling an argument, pickling an outcome, unpickling the task's function
+DECODING, ENCODING, LOADING = 1, 2, 3
 MAX_ORDINAL = 0xFFF  # an argument past this ordinal is named by its task only
 _HEAD = struct.Struct("<II")  # task index, length of the pickled outcome
 _NONE = b""  # the record of a task that returned None
@@ -115,22 +128,52 @@ def open_map(path: str) -> mmap.mmap:
 class Step(NamedTuple):
     """What a worker was doing to a task of its batch when it was last seen (``step``)."""
 
-    kind: int  # DECODING or ENCODING
+    kind: int  # DECODING, ENCODING or LOADING
     task: int  # index in the batch
     ordinal: int  # DECODING: which packed argument of the task (``MAX_ORDINAL``: unknown)
     pid: int  # the worker
+    earlier: int = 0  # the pid of an earlier worker that died in the same step, if any
+
+    @property
+    def blamed(self) -> bool:
+        """The task's data killed the worker: its outcome's pickling, or an unpickling
+        that killed two workers (one death there may have been something else's)."""
+        return self.kind == ENCODING or self.earlier != 0
+
+    def word(self, task: int | None = None) -> int:
+        """The step's header word (for task *task* instead: the same step, sent again)."""
+        return step_word(self.kind, self.task if task is None else task, self.ordinal,
+                         self.pid)
+
+
+def step_word(kind: int, task: int, ordinal: int, pid: int) -> int:
+    """The header word of a step (as ``BatchRecord.step`` writes it)."""
+    return pid << 32 | kind << 28 | min(ordinal, MAX_ORDINAL) << 16 | task + 1
+
+
+def set_suspect(ledger_map: mmap.mmap, slot: int, word: int) -> None:
+    """Before a message goes out in *slot*: the step an earlier worker died in for its
+    task (``Step.word``), or 0."""
+    _USED.pack_into(ledger_map, slot * SLOT + _SUSPECT_AT, word)
 
 
 def crash_step(ledger_map: mmap.mmap, slot: int, done: dict[int, Outcome],
                batch: int) -> Step | None:
     """The step the last worker of *batch* in *slot* was in, if it died in it: a task
-    whose argument was being unpickled, or whose outcome was being pickled, and that
-    has no outcome in *done* (None: it died running a task, or between tasks)."""
-    recorded, _used, _spills, word = _SLOT_HEAD.unpack_from(ledger_map, slot * SLOT)
+    whose argument or function was being unpickled, or whose outcome was being
+    pickled, and that has no outcome in *done* (None: it died running a task, or
+    between tasks). ``Step.earlier`` names the worker that died in the same step
+    before it (the suspect word), if one did."""
+    base = slot * SLOT
+    recorded, _used, _spills, word = _SLOT_HEAD.unpack_from(ledger_map, base)
     if recorded != batch or not word:
         return None
+    suspect = _USED.unpack_from(ledger_map, base + _SUSPECT_AT)[0]
+    earlier = 0
+    if suspect & _SAME_STEP == word & _SAME_STEP and suspect >> 32 != word >> 32:
+        earlier = suspect >> 32
     step = Step((word >> 28) & 0xF, (word & 0xFFFF) - 1, (word >> 16) & MAX_ORDINAL,
-                word >> 32)
+                word >> 32, earlier)
     return None if step.task < 0 or step.task in done else step
 
 
@@ -142,7 +185,7 @@ def read_slot(ledger_map: mmap.mmap, path: str, slot: int, batch: int) -> dict[i
     recorded, used, _spills, _step = _SLOT_HEAD.unpack_from(ledger_map, slot * SLOT)
     if recorded != batch:
         return {}
-    return _read(ledger_map, slot * SLOT + _SLOT_HEAD.size, used,
+    return _read(ledger_map, slot * SLOT + _RECORDS_AT, used,
                  lambda index: spill_path(path, slot, batch, index))
 
 
@@ -161,11 +204,17 @@ class BatchRecord:
         #: the step an earlier attempt of this batch died in (``crash_step``), if any
         self.crashed: Step | None = None
         if recorded == batch:  # an earlier attempt died mid-batch: what it finished
-            self.done = _read(ledger_map, self.base + _SLOT_HEAD.size, used,
+            self.done = _read(ledger_map, self.base + _RECORDS_AT, used,
                               lambda index: spill_path(path, slot, batch, index))
             self.used = used
             self.spills = spills
             self.crashed = crash_step(ledger_map, slot, self.done, batch)
+            if self.crashed is not None and not self.crashed.blamed:
+                # a first death while unpickling: a suspect; unpickle again (a second
+                # death in this step, on this worker, blames the data)
+                _USED.pack_into(ledger_map, self.base + _SUSPECT_AT, self.crashed.word())
+                self.clear_step()
+                self.crashed = None
         else:
             self.done = {}
             self.used = self.spills = 0
@@ -173,7 +222,8 @@ class BatchRecord:
 
     def step(self, kind: int, index: int, ordinal: int = 0) -> None:
         """Say that this worker now unpickles argument *ordinal* of task *index*
-        (``DECODING``) or pickles its outcome (``ENCODING``)."""
+        (``DECODING``), or its function (``LOADING``), or pickles its outcome
+        (``ENCODING``)."""
         _USED.pack_into(self.map, self.base + _STEP_AT,
                         self.pid | kind << 28 | min(ordinal, MAX_ORDINAL) << 16 | index + 1)
 
@@ -204,9 +254,9 @@ class BatchRecord:
             body = pickle.dumps(outcome, protocol=5)
         used = self.used
         end = used + _HEAD.size + len(body)
-        at = self.base + _SLOT_HEAD.size + used
-        if len(body) > SPILL_AT or _SLOT_HEAD.size + end > SLOT:
-            if not self.path or _SLOT_HEAD.size + used + _HEAD.size > SLOT:
+        at = self.base + _RECORDS_AT + used
+        if len(body) > SPILL_AT or _RECORDS_AT + end > SLOT:
+            if not self.path or _RECORDS_AT + used + _HEAD.size > SLOT:
                 self.clear_step()
                 return outcome  # nowhere to keep it: runs again after a crash
             self._spill(index, body)

@@ -22,8 +22,8 @@ import cloudpickle
 from actorq._core.actor import Actor
 from actorq._errors import DecodeError, format_remote
 from actorq._executor import ledger
-from actorq._executor.ledger import DECODING, ENCODING, Outcome
-from actorq._executor.packing import Packed, fn_name, killed_by, packed_parts
+from actorq._executor.ledger import DECODING, ENCODING, LOADING, Outcome
+from actorq._executor.packing import Packed, culprits, fn_name, killed_by, packed_parts
 from actorq._executor.sendback import unsendable_exception
 
 FN_CACHE = 256  # functions remembered per member and per executor
@@ -35,36 +35,36 @@ class Deferred:
     did not run because it reached ``max_tasks_per_child``: the executor sends it again."""
 
 
-class Raised:
+class _Answer:
+    """An exception and its remote traceback text, answered by a worker in place of a
+    result (each subclass says what it means to the executor)."""
+
+    __slots__ = ("exc", "tb")
+
+    def __init__(self, exc: BaseException, tb: str) -> None:
+        self.exc = exc
+        self.tb = tb
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.exc, self.tb))
+
+
+class Raised(_Answer):
     """What ``run`` returns for a task that raised ``SystemExit``, ``KeyboardInterrupt``
     or another ``BaseException`` that is not an ``Exception``: the future gets it, as
     with ``ProcessPoolExecutor``, and the worker lives on. Also for an exception that
     cannot be pickled: what goes back instead (``sendback``)."""
 
-    __slots__ = ("exc", "tb")
-
-    def __init__(self, exc: BaseException, tb: str) -> None:
-        self.exc = exc
-        self.tb = tb
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Raised, (self.exc, self.tb))
+    __slots__ = ()
 
 
-class InitFailed:
+class InitFailed(_Answer):
     """What a worker whose initializer raised answers every task with: the executor
     breaks (``InitializerFailed``), as ``ProcessPoolExecutor`` does. The worker does not
     fail to start (its supervisor would start it again and again, and the pool's
     retries would end in ``CircuitOpen``): the error is the initializer's, permanent."""
 
-    __slots__ = ("exc", "tb")
-
-    def __init__(self, exc: BaseException, tb: str) -> None:
-        self.exc = exc
-        self.tb = tb
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (InitFailed, (self.exc, self.tb))
+    __slots__ = ()
 
 
 class FunctionWorker(Actor):
@@ -104,22 +104,34 @@ class FunctionWorker(Actor):
         msg = f"FunctionWorker got an unexpected message: {message!r}"
         raise TypeError(msg)
 
-    def _fn(self, spec: Any) -> Callable[..., Any]:
+    def _fn(self, spec: Any, rec: ledger.BatchRecord | None, index: int) -> Callable[..., Any]:
         if type(spec) is not tuple:
             return spec  # type: ignore[no-any-return]
-        fn_id, blob = spec[1], spec[2]
+        fn_id = spec[1]
         if not fn_id:  # a one-off callable (a joblib batch, say): not worth keeping
-            return cloudpickle.loads(blob)  # type: ignore[no-any-return]
+            return self._load_fn(spec, rec, index)
         fn = self._fns.get(fn_id)
         if fn is None:
-            fn = self._fns[fn_id] = cloudpickle.loads(blob)
+            fn = self._fns[fn_id] = self._load_fn(spec, rec, index)
             if len(self._fns) > FN_CACHE:
                 self._fns.popitem(last=False)
         return fn
 
+    @staticmethod
+    def _load_fn(spec: Any, rec: ledger.BatchRecord | None, index: int) -> Callable[..., Any]:
+        """Unpickle a task's function, its step in the ledger first (so that a worker
+        killed by its module's import is known to be); one that raises (``SystemExit``
+        too) fails the task with ``DecodeError`` naming it and its module."""
+        fn: Callable[..., Any] = _unpickled(
+            rec, LOADING, index, 0, lambda: pickle.loads(spec[2]),
+            lambda: f"function {fn_name(spec)}() of module {spec[4]!r}")
+        if rec is not None:
+            rec.clear_step()
+        return fn
+
     def _item(self, item: Any, rec: ledger.BatchRecord | None = None, index: int = 0) -> Any:
         kind, spec, args, kwargs = item
-        fn = self._fn(spec)
+        fn = self._fn(spec, rec, index)
         if kind == "call":
             return fn(*args, **kwargs)
         if kind == "chunk":
@@ -154,17 +166,8 @@ class FunctionWorker(Actor):
     @staticmethod
     def _load(packed: Packed, item: Any, rec: ledger.BatchRecord | None, index: int,
               ordinal: int) -> Any:
-        if rec is not None:
-            rec.step(DECODING, index, ordinal)
-        try:
-            return packed.load()
-        except BaseException as exc:  # sys.exit() in a __reduce__ too: the argument's
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            msg = (f"{packed_parts(item)[ordinal]} of {fn_name(item[1])}() could not be "
-                   f"unpickled in the worker (pid {os.getpid()}), so the task was not run: "
-                   f"{type(exc).__name__}: {exc}")
-            raise DecodeError(msg, "message") from exc
+        return _unpickled(rec, DECODING, index, ordinal, packed.load,
+                          lambda: f"{packed_parts(item)[ordinal]} of {fn_name(item[1])}()")
 
     def _record(self, where: tuple[str, int, int]) -> ledger.BatchRecord:
         """The ledger slot of a message (file, slot, batch number), as this worker sees it."""
@@ -192,7 +195,7 @@ class FunctionWorker(Actor):
         if self._left is not None and not self._take_one():
             return Deferred
         try:
-            result = self._item(item)
+            result = self._item(item, rec)
         except Exception as exc:
             if rec is not None:
                 rec.step(ENCODING, 0)
@@ -226,9 +229,10 @@ class FunctionWorker(Actor):
             done = rec.done
             crashed = rec.crashed
         out: list[Outcome] = []
+        blamed = culprits(items, crashed) if crashed is not None else ()
         for index, item in enumerate(items):
             outcome = done.get(index) if done else None
-            if crashed is not None and index == crashed.task and rec is not None:
+            if outcome is None and crashed is not None and index in blamed and rec:
                 # an earlier attempt's worker was killed by this task's data: fail it
                 outcome = rec.record(index, (False, killed_by(item, crashed), ""))
             elif outcome is None and self._left is not None and not self._take_one():
@@ -242,6 +246,23 @@ class FunctionWorker(Actor):
                     outcome = rec.record(index, outcome)
             out.append(outcome)
         return out
+
+
+def _unpickled(rec: ledger.BatchRecord | None, kind: int, index: int, ordinal: int,
+               load: Callable[[], Any], what: Callable[[], str]) -> Any:
+    """*load()* (an unpickling), its step in the ledger first (so that a worker killed by
+    it is known to be); one that raises (``SystemExit`` too: the data's) fails the task
+    with ``DecodeError`` naming *what()* was unpickled."""
+    if rec is not None:
+        rec.step(kind, index, ordinal)
+    try:
+        return load()
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        msg = (f"{what()} could not be unpickled in the worker (pid {os.getpid()}), so the "
+               f"task was not run: {type(exc).__name__}: {exc}")
+        raise DecodeError(msg, "message") from exc
 
 
 def init_failed(exc: BaseException) -> InitFailed:

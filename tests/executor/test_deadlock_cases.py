@@ -12,6 +12,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import pickle
+import re
 import sys
 
 import numpy as np
@@ -101,8 +102,8 @@ CASES = [
     ("error_at_task_unpickle", id, (ErrorAtUnpickle(),), actorq.DecodeError,
      r"argument 0 \(ErrorAtUnpickle\) of id\(\) could not be unpickled.*refused"),
     ("crash_at_task_unpickle", id, (CrashAtUnpickle(),), actorq.DecodeError,
-     r"argument 0 \(CrashAtUnpickle\) of id\(\) killed worker process \d+ while it was "
-     "unpickled"),
+     r"argument 0 \(CrashAtUnpickle\) of id\(\) killed worker processes \d+ and \d+ while "
+     "it was unpickled"),
     ("crash_during_func_exec_on_worker", crash, (), actorq.ActorCrashed, "SIGSEGV"),
     ("exit_during_func_exec_on_worker", exit_via_sys, (), SystemExit, None),
     ("error_during_func_exec_on_worker", raise_error, (RuntimeError,), RuntimeError,
@@ -142,16 +143,25 @@ def test_crash_big_data_resolves_every_future():
 # -- a crash at unpickling in a batch: only its task fails ---------------------------------
 
 
+def killed_pids(error):
+    """The two workers an argument's unpickling killed, as its error names them."""
+    found = re.search(r"killed worker processes (\d+) and (\d+)", str(error))
+    assert found is not None, str(error)
+    return int(found[1]), int(found[2])
+
+
 @pytest.mark.parametrize("retry", ["default", None])
 @pytest.mark.parametrize("bad", [CrashAtUnpickle, ExitProcessAtUnpickle])
 def test_an_argument_whose_unpickling_kills_the_worker_fails_only_its_task(
         tmp_path, retry, bad):
     """The worker dies while it rebuilds task 5's argument, in the middle of a batch.
     With the pool's retry, the retry finds the step in the batch's ledger slot and
-    fails task 5 without rebuilding it again; without retries, the executor reads the
-    slot itself and sends the tasks not run yet again. Either way: task 5 fails with
-    ``DecodeError`` naming its argument and function, every other task runs once, and
-    a single worker died for it."""
+    rebuilds the argument once more (the first death may have been the OOM killer's),
+    which kills a second worker: the next attempt fails task 5 without rebuilding it
+    again. Without retries, the executor reads the slot itself, sends task 5 again
+    alone (with that step as its suspect) and the tasks not run yet again, batched.
+    Either way: task 5 fails with ``DecodeError`` naming its argument, its function and
+    both workers, every other task runs once, and two workers died for it."""
     gate, runs = str(tmp_path / "gate"), str(tmp_path / "runs")
     options = {} if retry == "default" else {"retry": None}
     with actorq.Executor(2, **options) as ex:
@@ -162,9 +172,12 @@ def test_an_argument_whose_unpickling_kills_the_worker_fails_only_its_task(
             if i == 5:
                 with pytest.raises(actorq.DecodeError, match=(
                         rf"argument 2 \({bad.__name__}\) of run_counted\(\) killed worker "
-                        r"process \d+ while it was unpickled there.*not run")) as info:
+                        r"processes (\d+) and (\d+) while it was unpickled there.*not run")
+                                   ) as info:
                     f.result(timeout=120)
                 assert info.value.kind == "message"
+                first, second = killed_pids(info.value)
+                assert first != second
             else:
                 assert f.result(timeout=120) == i
         for b in blockers:
@@ -172,23 +185,26 @@ def test_an_argument_whose_unpickling_kills_the_worker_fails_only_its_task(
         assert run_counts(runs) == {i: 1 for i in range(40) if i != 5}  # none twice
         crashes = sum(n for m in ex.pool.statistics().members
                       for kind, n in m.failures.items() if kind.startswith("crash"))
-        assert crashes == 1  # the culprit was not sent again to kill another worker
+        assert crashes == 2  # killed twice to be blamed, and not sent again after
         assert ex.submit(abs, -7).result(timeout=60) == 7
 
 
 def test_a_single_task_whose_argument_kills_the_worker_on_unpickle_fails_at_once():
     """CPython's test_crash_at_task_unpickle: ``ProcessPoolExecutor`` raises
     ``BrokenProcessPool`` and is unusable; here the future fails with ``DecodeError``
-    and the executor (its other worker, and the dead one's replacement) goes on."""
+    naming the two workers it killed (the second attempt tells it from an outside kill)
+    and the executor (its workers' replacements) goes on."""
     with actorq.Executor(2) as ex:
         pids = {ex.submit(os.getpid).result(timeout=60) for _ in range(4)}
-        with pytest.raises(actorq.DecodeError, match=r"killed worker process \d+") as info:
+        with pytest.raises(actorq.DecodeError,
+                           match=r"killed worker processes \d+ and \d+") as info:
             ex.submit(id, CrashAtUnpickle()).result(timeout=120)
         assert isinstance(info.value, actorq.ActorqError)
-        dead = int(str(info.value).split("killed worker process ")[1].split()[0])
-        assert dead in pids  # one of the workers, named
+        dead = set(killed_pids(info.value))
+        assert len(dead) == 2
+        assert dead & pids  # the first one killed was a worker of before, named
         assert [ex.submit(abs, -i).result(timeout=60) for i in range(6)] == list(range(6))
-        assert dead not in {ex.submit(os.getpid).result(timeout=60) for _ in range(6)}
+        assert not dead & {ex.submit(os.getpid).result(timeout=60) for _ in range(6)}
 
 
 def test_a_result_whose_pickling_kills_the_worker_runs_once_and_fails_alone(tmp_path):
@@ -264,19 +280,27 @@ def test_the_step_a_worker_died_in_is_read_back_until_its_task_has_an_outcome():
         first = ledger.open_map(path)
         rec = ledger.BatchRecord(first, 1, batch=9)
         rec.record(0, (True, "zero", ""))
+        rec.pid = 1111 << 32  # (as worker 1111 would write it)
         rec.step(ledger.DECODING, 1, ordinal=3)  # the worker dies here
         first.close()
         again = ledger.open_map(path)
-        retry = ledger.BatchRecord(again, 1, batch=9)
-        assert retry.crashed == ledger.Step(ledger.DECODING, 1, 3, os.getpid())
-        assert ledger.crash_step(again, 1, retry.done, batch=8) is None  # another batch
+        seen = ledger.crash_step(again, 1, {0: (True, "zero", "")}, batch=9)
+        assert seen == ledger.Step(ledger.DECODING, 1, 3, 1111)
+        assert not seen.blamed  # a first death while unpickling: a suspect only
+        assert ledger.crash_step(again, 1, {}, batch=8) is None  # another batch
+        retry = ledger.BatchRecord(again, 1, batch=9)  # takes the suspect, unpickles again
+        assert retry.crashed is None
+        retry.step(ledger.DECODING, 1, ordinal=3)  # and dies in the same step
+        second = ledger.BatchRecord(again, 1, batch=9)
+        assert second.crashed == ledger.Step(ledger.DECODING, 1, 3, os.getpid(), 1111)
+        assert second.crashed.blamed
         retry.record(1, (False, ValueError("its error"), ""))
         assert ledger.BatchRecord(again, 1, batch=9).crashed is None  # it has one now
         retry.step(ledger.DECODING, 2)
         retry.clear_step()  # decoded: the task runs; a death now is the run's
         assert ledger.BatchRecord(again, 1, batch=9).crashed is None
         retry.step(ledger.DECODING, 2, ordinal=ledger.MAX_ORDINAL + 5)
-        assert ledger.BatchRecord(again, 1, batch=9).crashed.ordinal == ledger.MAX_ORDINAL
+        assert ledger.crash_step(again, 1, {}, batch=9).ordinal == ledger.MAX_ORDINAL
         fresh = ledger.BatchRecord(again, 1, batch=10)  # the slot's next batch
         assert fresh.crashed is None
         assert ledger.read_slot(again, path, 1, 9) == {}  # batch 9's records are gone
