@@ -5,21 +5,82 @@
 The same actor, array and peer as ``actorq bench messaging``'s "8 MiB numpy array"
 (``Sink.nbytes`` against ``PipeSink``: ``Connection.send`` of the array, pickled in
 band), measured alone so that it takes seconds: ``--per-repeat`` sequential transfers
-per repeat, the two sides interleaved repeat by repeat, and the ratio of each repeat
-pair. Prints ms per array on each side and the ratio's median and range.
+per repeat, the two sides interleaved repeat by repeat (every other round in reverse
+order), and the ratio of each repeat pair. Prints ms per array on each side (each
+repeat's mean, sorted; and the median of every single transfer), the ratio's median and
+range, and what explains the spread (issue 15):
+
+- the floor: the one copy actorq makes, an 8 MiB copy into an already mapped and
+  faulted shared-memory buffer, timed in this process between the repeats;
+- minor page faults per transfer of the caller and of the receiving process (the actor,
+  the Pipe's peer), from ``/proc/<pid>/stat``: a transfer that maps or touches fresh
+  memory shows as ~2,048 faults per 8 MiB.
 """
 
 from __future__ import annotations
 
 import argparse
+import mmap
+import os
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 import actorq
 from actorq.bench.peers import PipeSink
 from actorq.bench.suites import messaging
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of process *pid* so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+class Side:
+    """One side of the comparison: per-transfer times and page faults."""
+
+    def __init__(self, name: str, transfer: Callable[[], object], pids: list[int]) -> None:
+        self.name = name
+        self.transfer = transfer
+        self.pids = pids  # [the caller, the receiving process]
+        self.means: list[float] = []  # ms per array, one per repeat
+        self.each: list[float] = []  # ms, every transfer
+        self.faults = [0] * len(pids)
+        self.count = 0
+
+    def repeat(self, k: int) -> None:
+        before = [minor_faults(pid) for pid in self.pids]
+        clock = time.perf_counter
+        start = clock()
+        for _ in range(k):
+            t = clock()
+            self.transfer()
+            self.each.append((clock() - t) * 1e3)
+        self.means.append((clock() - start) / k * 1e3)
+        for i, pid in enumerate(self.pids):
+            self.faults[i] += minor_faults(pid) - before[i]
+        self.count += k
+
+    def report(self) -> str:
+        each = sorted(self.each)
+        faults = ", ".join(f"{f / self.count:.2f}" for f in self.faults)
+        return (f"{self.name:6s} ms/array: {' '.join(f'{x:.2f}' for x in sorted(self.means))}"
+                f"\n       each transfer: p10 {each[len(each) // 10]:.2f}, median "
+                f"{statistics.median(each):.2f}, p90 {each[len(each) * 9 // 10]:.2f} ms; "
+                f"minor faults per transfer (caller, receiver): {faults}")
+
+
+def copy_floor(dst: np.ndarray, arr: np.ndarray, k: int) -> list[float]:
+    """ms per copy of *arr* into *dst* (mapped shared memory): actorq's one copy."""
+    times = []
+    for _ in range(k):
+        t = time.perf_counter()
+        messaging.bare_copies(dst, arr, 1)
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
 
 
 def main() -> None:
@@ -29,23 +90,30 @@ def main() -> None:
     args = parser.parse_args()
     k = args.per_repeat
     arr = np.arange(messaging.ARRAY_BYTES // 8, dtype=np.float64)
+    me = os.getpid()
+    floor: list[float] = []
+    dst = np.frombuffer(mmap.mmap(-1, arr.nbytes, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS),
+                        dtype=arr.dtype)
+    dst[:] = 0  # faulted in, as actorq's pooled block is
     with actorq.ActorSystem() as system:
         ref = system.spawn(messaging.Sink, name="arrays")
+        actor_pid = ref.pid().result(timeout=messaging.REPLY_TIMEOUT)
         with PipeSink() as pipe:
             messaging.pipe_arrays(pipe, arr, 2)  # warm-up: blocks, mappings, the peer
             messaging.actorq_arrays(ref, arr, 2)
-            ours, theirs = [], []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                messaging.actorq_arrays(ref, arr, k)
-                middle = time.perf_counter()
-                messaging.pipe_arrays(pipe, arr, k)
-                end = time.perf_counter()
-                ours.append((middle - start) / k * 1e3)
-                theirs.append((end - middle) / k * 1e3)
-    ratios = sorted(p / a for a, p in zip(ours, theirs, strict=True))
-    print("actorq ms/array:", " ".join(f"{x:.2f}" for x in sorted(ours)))
-    print("Pipe   ms/array:", " ".join(f"{x:.2f}" for x in sorted(theirs)))
+            ours = Side("actorq", lambda: messaging.actorq_arrays(ref, arr, 1),
+                        [me, actor_pid])
+            theirs = Side("Pipe", lambda: messaging.pipe_arrays(pipe, arr, 1),
+                          [me, pipe._proc.pid])
+            for i in range(args.repeats):
+                for side in (ours, theirs) if i % 2 == 0 else (theirs, ours):
+                    side.repeat(k)
+                floor.extend(copy_floor(dst, arr, 3))
+    ratios = sorted(p / a for a, p in zip(ours.means, theirs.means, strict=True))
+    print(ours.report())
+    print(theirs.report())
+    print(f"one 8 MiB copy into mapped shared memory: median {statistics.median(floor):.2f} "
+          f"ms (min {min(floor):.2f}, max {max(floor):.2f})")
     print(f"Pipe / actorq: median {statistics.median(ratios):.1f}x "
           f"(range {ratios[0]:.1f} .. {ratios[-1]:.1f}), {args.repeats} repeat pairs")
 

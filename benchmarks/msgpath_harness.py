@@ -1,6 +1,6 @@
 """The message path in one process, for instruction counts (callgrind) and profiles.
 
-    python benchmarks/msgpath_harness.py {tell,tell-sender,call,call-held} N
+    python benchmarks/msgpath_harness.py {tell,tell-sender,call,call-held,array} N
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p \\
         python benchmarks/msgpath_harness.py tell 20000
     python benchmarks/msgpath_harness.py --count tell     # runs callgrind itself, twice
@@ -21,9 +21,11 @@ Modes:
     call-held    the same, the caller saying it will spin on the reply's ring (as the
                  user's process does): the actor answers first here, so every reply
                  holds its doorbell (``ActorHub.hold_doorbell``), read before the next
+    array        N sequential calls of ``nbytes(a)``, ``a`` a numpy array of ``ARRAY_BYTES``
+                 (8 MiB: out of band, through the sender's pooled block)
 
 ``--count MODE...`` runs callgrind on two sizes (2,000 and 12,000 messages; 200 and
-1,200 calls) and prints the difference per message.
+1,200 calls; 20 and 120 arrays) and prints the difference per message.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from actorq._transport.ring import H_HANDLED, H_HEAD, H_SENT, H_TAIL, Ring
 from actorq._transport.shm import Segment, unlink_prefix
 
 BURST = 1000  # tells between two drains of the receiver (below the credit window)
+ARRAY_BYTES = 8 * 1024 * 1024  # the messaging suite's array (actorq.bench.suites.messaging)
 ACTOR_ID = 1
 
 
@@ -63,6 +66,9 @@ class Sink:
 
     def echo(self, x: Any) -> Any:
         return x
+
+    def nbytes(self, arr: Any) -> int:
+        return int(arr[:4].sum() * 0) + int(arr.nbytes)  # reads it, as the suite's Sink
 
 
 class SenderHub(Hub):
@@ -116,13 +122,14 @@ class Harness:
                                  self.efds[1])
         host.hub = self.receiver
         self.sink = Sink()
-        host.handlers = {"receive": self.sink.receive, "echo": self.sink.echo}
+        host.handlers = {"receive": self.sink.receive, "echo": self.sink.echo,
+                         "nbytes": self.sink.nbytes}
         self.receiver.inbound[0] = InChannel(0, Segment.attach(to_actor.name), self.efds[0])
         self.receiver.outbound[0] = OutChannel(
             0, Segment.attach(from_actor.name), ControlBlock(Segment.attach(sys_ctl.name)),
             self.efds[0], config.window)
         self.ref: ActorRef[Any] = ActorRef(self.sender, self.prefix, ACTOR_ID, "sink",
-                                           frozenset({"echo"}), "Sink")
+                                           frozenset({"echo", "nbytes"}), "Sink")
 
     def receive_all(self) -> None:
         hub = self.receiver
@@ -156,12 +163,14 @@ class Harness:
             msg = f"the sink got {self.sink.received} of {n} tells"
             raise RuntimeError(msg)
 
-    def calls(self, n: int) -> None:
-        echo = self.ref.echo
+    def calls(self, n: int, arr: Any = None) -> None:
+        """N calls answered one by one: ``echo(i)``, or ``nbytes(arr)`` given *arr*."""
+        call = self.ref.echo if arr is None else self.ref.nbytes
+        want = None if arr is None else arr.nbytes
         sender, receiver = self.sender, self.receiver
         chan = sender.inbound[ACTOR_ID]
         for i in range(n):
-            reply = echo(i)
+            reply = call(i if arr is None else arr)
             receiver.drain(READ_AHEAD)
             if receiver.queue:
                 receiver.pump()
@@ -172,8 +181,8 @@ class Harness:
                     msg = "no reply"
                     raise RuntimeError(msg)
                 sender._take_record(chan, rec, 0.0)
-            if reply.result() != i:
-                msg = "wrong echo"
+            if reply.result() != (i if want is None else want):
+                msg = "wrong answer"
                 raise RuntimeError(msg)
 
     def close(self) -> None:
@@ -207,8 +216,12 @@ def run(mode: str, n: int) -> None:
         elif mode == "call-held":
             h.sender.expects_readers = True
             operator.call(h.calls, n)
+        elif mode == "array":
+            import numpy as np  # only here: the other modes run without numpy
+
+            operator.call(h.calls, n, np.arange(ARRAY_BYTES // 8, dtype=np.float64))
         else:
-            msg = f"unknown mode {mode!r}: tell, tell-sender, call or call-held"
+            msg = f"unknown mode {mode!r}: tell, tell-sender, call, call-held or array"
             raise SystemExit(msg)
     finally:
         h.close()
@@ -234,7 +247,8 @@ def callgrind_total(mode: str, n: int, script: str = __file__) -> int:
 def count(mode: str) -> float:
     """Instructions per message in *mode* (the difference of two runs: the set-up and
     the first, unrepresentative messages cancel out)."""
-    small, large = (200, 1200) if mode.startswith("call") else (2000, 12000)
+    small, large = {"call": (200, 1200), "call-held": (200, 1200),
+                    "array": (20, 120)}.get(mode, (2000, 12000))
     return (callgrind_total(mode, large) - callgrind_total(mode, small)) / (large - small)
 
 

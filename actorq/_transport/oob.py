@@ -17,8 +17,9 @@ mapping), so that its lifetime is still known per message. A block's first page 
 two flags that only its receiver clears::
 
     [0] viewed       1 from the send, then the receiver's pid once it decoded the record,
-                     0 once its last view of the data is gone (weakref.finalize on the
-                     view every array decoded over the block keeps alive)
+                     0 once its last view of the data is gone (a weak reference with a
+                     callback to the view every array decoded over the block keeps
+                     alive: ``_watched``)
     [8] uncommitted  1 until the record that carried it is committed (a record redelivered
                      after a crash must find the same bytes)
     data from offset 4096 (page aligned, so that it can be mapped on its own)
@@ -419,6 +420,22 @@ def _clear(flags: memoryview, index: int) -> None:
     flags[index] = 0
 
 
+# The views of pooled blocks that arrays decoded here keep alive, each with its block's
+# flags: when a view is gone, its callback clears ``viewed``. A weak reference with a
+# callback, kept here, costs less than a ``weakref.finalize`` (a Python-level object made
+# and called per array): 1,195,092 -> 1,188,118 instructions per 8 MiB array call, both
+# sides (benchmarks/msgpath_harness.py --count array). At most one per block is alive: its
+# sender reuses a block only once ``viewed`` is 0 again. Keyed by the reference's id (a
+# ctypes view is not hashable, so neither is a weak reference to it).
+_watched: dict[int, tuple[weakref.ref[Any], memoryview]] = {}
+
+
+def _unwatch(ref: weakref.ref[Any]) -> None:
+    entry = _watched.pop(id(ref), None)
+    if entry is not None:
+        entry[1][0] = 0  # the last view is gone: viewed = 0
+
+
 def _map(name: str, offset: int, size: int) -> mmap.mmap:
     fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
     try:
@@ -481,12 +498,13 @@ def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True,
         block = _block(name)
         # A view of the block that is its own object (the mapping is shared with the
         # messages that follow): every array unpickled over it holds it, so its
-        # finalizer runs when the last of them is gone.
+        # callback runs when the last of them is gone.
         view = block.view_type.from_buffer(block.mm, BLOCK_HEADER)
         if track:
             flags = block.flags
             flags[0] = _pid[0]  # the viewer, for the sender to reclaim the block if it dies
-            weakref.finalize(view, _clear, flags, 0)  # the last view is gone: viewed = 0
+            watch = weakref.ref(view, _unwatch)
+            _watched[id(watch)] = (watch, flags)
             after_commit.append(lambda f=flags: _clear(f, 1))  # committed: uncommitted = 0
         buffers.append(memoryview(view).cast("B")[:size])
         del view

@@ -125,6 +125,32 @@ def test_arrays_sent_one_after_another_reuse_one_block(system):
     assert len(system._runtime.hub.pool._blocks) == 1
 
 
+def test_sender_takes_no_page_faults_per_array_once_its_block_is_warm(system):
+    # The one copy goes into a pooled block that is already faulted in: a fresh segment
+    # (or a temporary in-band pickle) per array would fault in 2048 pages per 8 MiB.
+    s = system.spawn(Sink)
+    arr = np.arange(1 << 20, dtype=np.float64)
+    for _ in range(3):
+        assert s.describe(arr).result()["backed_by_mmap"] is True
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        assert s.describe(arr).result()["sum"] == float(arr.sum())
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 500
+
+
+def test_plain_arrays_pass_the_call_site_check_and_object_arrays_are_still_checked(system):
+    # An array of a dtype without Python objects is known to pickle without pickling it
+    # (_serialization._plain_array); one holding objects is still pickled to find out.
+    s = system.spawn(Sink)
+    rec = np.zeros(100_000, dtype=[("a", "f8"), ("b", "i4")])
+    rec["b"] = np.arange(100_000)
+    back = s.echo(rec).result()
+    np.testing.assert_array_equal(back, rec)
+    with pytest.raises(TypeError, match=r"argument 0 of Sink .*echo.*not picklable"):
+        s.echo(np.array([signal.getsignal, lambda: 1], dtype=object))
+    assert s.echo(np.arange(3)).result().tolist() == [0, 1, 2]  # nothing broke
+
+
 class Reader(actorq.Actor):
     """Reads every byte of what it gets; counts its own page faults."""
 
