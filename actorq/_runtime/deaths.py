@@ -147,10 +147,9 @@ class Deaths:
             else:
                 proc.close()
         cell.proc = cell.ctrl = None
-        with self._s.hub.drain_lock:
-            self._s.hub.drain()  # replies it published before dying
-        if cell.pid and not self._s.closing and self._orphans.process_gone(cell.pid):
-            self._sweep_orphans_later()
+        self._s.hub.drain_from(cell.id)  # replies it published before dying
+        if cell.pid and not self._s.closing:  # after the restart: not on its path
+            loop.call_soon(self._process_gone, cell.pid)
         cell.exited.set()
         if cell.kids is not None:  # its children die with it (it supervised them)
             self._stop.stop_kids(cell, f"their parent {cell.describe()} stopped")
@@ -170,7 +169,6 @@ class Deaths:
         self._s.publish(EventKind.CRASHED, cell, cause, text)
         if cell.state == "starting" and cell.failed_start is None and code == 1:
             text += self._launch.main_module_hint()  # died before it could even boot
-        logger.warning("%s", text)
         if cause == "start" and cell.failed_start is not None:
             exc, tb = cell.failed_start
             text = f"{cell.describe()} failed to start: {type(exc).__name__}: {exc}"
@@ -182,13 +180,23 @@ class Deaths:
         else:
             attribute_crash(cell, text, cause, self._s.dead, self._fail_caller)
         if should_restart(cell.restart, cause, code, cell.options):
+            # the supervisor's line (a restart, or why not) says it, with the crash: one
+            # line, written after the restart is under way (issue 15)
+            if cell.supervisor.state != "running":
+                logger.warning("%s", text)  # it decides nothing: say it here
             cell.state = CellState.RESTARTING
             cell.supervisor.child_failed(cell, text)
         else:
+            logger.warning("%s", text)
             words = crash_words(cell, cause, code)
             why = f"{words} and was not restarted (restart={cell.restart!r})"
             self._stop.finish(cell, CellState.STOPPED, why, cause=cause)
             cell.supervisor.remove(cell)
+
+    def _process_gone(self, pid: int) -> None:
+        """Loop thread: free the out-of-band blocks of the dead process *pid*."""
+        if not self._s.closing and self._orphans.process_gone(pid):
+            self._sweep_orphans_later()
 
     def _sweep_orphans_later(self) -> None:
         """Loop thread: blocks of a process gone wait for their record's commit; look

@@ -178,6 +178,18 @@ class SystemHub(Hub):
             else:  # someone else is reading; make sure the loop looks at this ring
                 os.eventfd_write(self.efd, 1)
 
+    def drain_from(self, actor_id: int) -> None:
+        """Read what the actor *actor_id* published to this process, and only that (its
+        process died: its last replies are taken before its crash is attributed; the
+        other rings are read when they ring, as always)."""
+        with self.drain_lock:
+            chan = self.inbound.get(actor_id)
+            if chan is None:
+                return
+            now = time.perf_counter()
+            while (rec := chan.read_next()) is not None:
+                self._take_record(chan, rec, now)
+
     def on_wake(self) -> None:
         """Loop thread: the doorbell rang."""
         self.clear_doorbell()

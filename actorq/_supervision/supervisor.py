@@ -176,12 +176,14 @@ class Supervisor:
         delay = self.backoff.delay(len(history) - 1)
         group = self._group(child)
         self.restarts += 1
-        logger.warning("supervisor %r: %s; restarting %d actor(s) (%s) in %.3fs",
-                       self.name, why, len(group), self.strategy, delay)
         self._ops.supervisor_event("restarted", self, child, why)
         if isinstance(child, Supervisor):
             child.reset()
         self._ops.restart_group(group, delay)
+        # said once the restart is under way: a restart onto a prepared spare sends it
+        # its GO before this line is formatted and written (issue 15)
+        logger.warning("supervisor %r: %s; restarting %d actor(s) (%s) in %.3fs",
+                       self.name, why, len(group), self.strategy, delay)
 
     def _group(self, child: Any) -> list[Any]:
         if self.strategy == "one_for_one" or child not in self.children:

@@ -282,3 +282,24 @@ def test_stopping_a_supervisor_stops_children_in_reverse_order(tmp_path):
         for r in refs:
             with pytest.raises(actorq.ActorStopped):
                 r.pid()
+
+
+def test_a_crash_is_logged_once_in_the_restart_line_or_alone_when_not_restarted(caplog):
+    # The restart decision's line carries the crash (written once the restart is under
+    # way, issue 15); an actor that is not restarted has its crash logged by itself.
+    with caplog.at_level("WARNING", logger="actorq"), actorq.ActorSystem() as s:
+        sup = s.supervisor(backoff=FAST, max_restarts=10)
+        kept = sup.spawn(Worker, name="kept")
+        gone = sup.spawn(Worker, name="gone", restart="temporary")
+        pid = kept.pid().result()
+        os.kill(pid, signal.SIGKILL)
+        new_pid(kept, pid)
+        gone_pid = gone.pid().result()
+        os.kill(gone_pid, signal.SIGKILL)
+        wait_until(lambda: s.metrics()["actors"]["gone"]["state"] == "stopped", timeout=20)
+    lines = [r.getMessage() for r in caplog.records]
+    kept_lines = [m for m in lines if f"(pid {pid}) was killed by SIGKILL" in m]
+    assert len(kept_lines) == 1
+    assert "restarting 1 actor(s) (one_for_one)" in kept_lines[0]
+    assert [m for m in lines if f"(pid {gone_pid}) was killed by SIGKILL" in m] == [
+        f"Worker 'gone' (pid {gone_pid}) was killed by SIGKILL"]
