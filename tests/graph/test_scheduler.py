@@ -550,3 +550,24 @@ def test_closing_the_system_under_a_run_ends_the_run(tmp_path):
             closer.join(60)
         finally:
             system.close()
+
+
+def test_a_batch_is_rounded_to_its_target_not_cut_at_it():
+    """Tasks of a few ms share a batch of about TARGET_BATCH_SECONDS: it may pass the
+    target by up to half a task, so that a slightly longer measurement (a loaded
+    machine) does not halve the batches (before: 12 ms cut, 6.1 ms tasks went alone)."""
+    from actorq._graph.scheduler import CREDIT, TARGET_BATCH_SECONDS, batch_fits
+
+    def size(est):
+        total, n = est, 1
+        while batch_fits(total, est):
+            total, n = total + est, n + 1
+        return n
+
+    assert pytest.approx(0.02) == TARGET_BATCH_SECONDS
+    assert size(0.005) == size(0.0051) == 4  # 5 ms tasks in fours, a little over too
+    assert size(0.0061) == 3
+    assert size(0.0105) == 2  # over half the target: still two
+    assert size(0.0135) == 1  # two would be 27 ms: alone
+    assert size(1e-5) > 1000  # tiny tasks by the thousand (MAX_BATCH caps them)
+    assert CREDIT == 2  # one batch running and one queued per worker
