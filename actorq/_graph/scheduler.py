@@ -532,7 +532,7 @@ class Scheduler(Recovery):
         digest = b""
         run_sum, run_n = 0.0, 0
         means: list[tuple[bytes, float]] = []  # per run of equal functions: mean seconds
-        cpu, outcomes = reply.result(0)
+        cpu, queued, outcomes = reply.result(0)
         self.running -= len(outcomes)
         for tid, status, kind, payload, t0, t1 in outcomes:
             if state[tid] != RUNNING:
@@ -568,11 +568,13 @@ class Scheduler(Recovery):
                 self._finish(tid, (kind, payload))
         if run_n:
             means.append((digest, run_sum / run_n))
-        # the share of the batch's wall time that was CPU in the worker (< 1 when the
-        # machine is loaded and the worker waited for a core): batches are sized by CPU
+        # the shares of the batch's wall time that were CPU in the worker, and that it
+        # was not waiting for a core (< 1 on a loaded machine): batches are sized by
+        # the work (worker.py), not by the wall time that the machine's load stretches
         share = min(1.0, cpu / measured) if measured > 0 else 1.0
+        active = max(share, 1.0 - queued / measured) if measured > 0 else 1.0
         for d, mean in means:
-            self._measure(d, mean, mean * share)
+            self._measure(d, mean, mean * share, mean * active)
         worker.busy += measured
         if batch.est > 0 and measured > 0:
             worker.speed = (1 - EWMA) * worker.speed + EWMA * (measured / batch.est)

@@ -571,3 +571,23 @@ def test_a_batch_is_rounded_to_its_target_not_cut_at_it():
     assert size(0.0135) == 1  # two would be 27 ms: alone
     assert size(1e-5) > 1000  # tiny tasks by the thousand (MAX_BATCH caps them)
     assert CREDIT == 2  # one batch running and one queued per worker
+
+
+def test_a_tasks_wait_for_a_core_does_not_count_as_its_work():
+    """On a loaded machine a CPU-bound task's wall time is stretched by waiting for a
+    core: its batch size goes by its CPU time (and a STRETCH-th of its wall time less
+    that wait), not a STRETCH-th of the whole wall time (which halved the batches)."""
+    from actorq._graph.state import STRETCH, RunState
+
+    g = actorq.Graph()
+    g.task(inc, 1)
+    state = RunState(g, keep=None, journal=None, fail_fast=False, threshold=1 << 16,
+                     prefix="t")
+    state._prepare()
+    wall, cpu = 0.04, 0.005  # 35 ms of the 40 waiting for a core
+    state._measure(b"loaded", wall, cpu, active=0.0055)
+    assert state.est_cpu[b"loaded"] == cpu
+    state._measure(b"unknown", wall, cpu)  # no wait known: a quarter of the wall time
+    assert state.est_cpu[b"unknown"] == wall / STRETCH
+    state._measure(b"sleeps", wall, 0.001, active=wall)  # it waited itself (sleep, I/O)
+    assert state.est_cpu[b"sleeps"] == wall / STRETCH
