@@ -94,10 +94,14 @@ def total(a: Array) -> float:
     return float(a.sum())
 
 
-def peer_missing(key: str, chosen: set[str]) -> str | None:
-    """Why the peer *key* is not measured in this run, or None."""
+def peer_missing(key: str, chosen: set[str],
+                 failed: Mapping[str, str] | None = None) -> str | None:
+    """Why the peer *key* is not measured in this run, or None. *failed*: the peers
+    whose cluster did not start (``open_pools``), with why."""
     if key not in chosen:
         return "not selected (--set peers=...)"
+    if failed and key in failed:
+        return f"{key} did not start ({failed[key]}): peer not measured"
     module = PEERS[key]
     if module is not None and importlib.util.find_spec(module) is None:
         return f"{module} is not installed (pip install {module}): peer not measured"
@@ -167,9 +171,12 @@ class PeakMemory:
 
 @contextlib.contextmanager
 def open_pools(chosen: set[str]) -> Iterator[dict[str, Any]]:
-    """Start and warm every chosen, installed pool; stop them all after."""
+    """Start and warm every chosen, installed pool; stop them all after. A cluster that
+    does not start (Ray or Dask's, timing out on a loaded machine) is left out and
+    named in ``pools["failed"]``, not an error of the whole run."""
     ctx = multiprocessing.get_context("fork")
-    pools: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    pools: dict[str, Any] = {"failed": failed}
     with contextlib.ExitStack() as stack:
         if peer_missing("ppe", chosen) is None:
             pools["ppe"] = stack.enter_context(
@@ -185,19 +192,34 @@ def open_pools(chosen: set[str]) -> Iterator[dict[str, Any]]:
             list(pools["loky"].map(noop, range(4)))
         if peer_missing("distributed", chosen) is None:
             distributed = importlib.import_module("distributed")
-            cluster = stack.enter_context(distributed.LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None))
-            pools["client"] = stack.enter_context(distributed.Client(cluster))
+            try:
+                cluster = stack.enter_context(distributed.LocalCluster(
+                    n_workers=2, threads_per_worker=1, processes=True,
+                    dashboard_address=None))
+                pools["client"] = stack.enter_context(distributed.Client(cluster))
+            except Exception as exc:
+                failed["distributed"] = _why(exc)
         if peer_missing("dask", chosen) is None:
             pools["dask"] = importlib.import_module("dask")
         if peer_missing("ray", chosen) is None:
             ray = importlib.import_module("ray")
-            ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-                     log_to_driver=False)
-            stack.callback(ray.shutdown)
-            pools["ray"] = ray
-            ray.get([ray.remote(noop).remote(i) for i in range(4)])
+            try:
+                ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                         log_to_driver=False)
+            except Exception as exc:
+                failed["ray"] = _why(exc)
+                ray.shutdown()  # whatever it started
+            else:
+                stack.callback(ray.shutdown)
+                pools["ray"] = ray
+                ray.get([ray.remote(noop).remote(i) for i in range(4)])
         yield pools
+
+
+def _why(exc: BaseException) -> str:
+    """An exception, on one short line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160] if text else ''}"
 
 
 def _skip(name: str, reason: str | None, unit: str, group: str,
@@ -261,7 +283,7 @@ def bench_noop(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[
     cases = [Case("actorq system.run", ours, work=n, **kw)]
     skipped: list[BenchResult] = []
     for key, case in peers:
-        why = peer_missing(key, chosen)
+        why = peer_missing(key, chosen, pools.get("failed"))
         if why is None:
             cases.append(case)
         else:
@@ -353,7 +375,7 @@ def bench_dag(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[s
         ("dask", Case("Dask processes", dask_mp, **kw)),
         ("ray", Case("Ray", ray_dag, **kw))]
     for key, case in peers:
-        why = peer_missing(key, chosen)
+        why = peer_missing(key, chosen, pools.get("failed"))
         if why is None:
             cases.append(case)
         else:
@@ -417,14 +439,15 @@ def bench_arrays(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mappin
 
     cases: dict[str, Callable[[], float]] = {"actorq system.run": ours}
     skipped: list[BenchResult] = []
+    failed = pools.get("failed")
     for key, name, fn in [
             ("ray", "Ray", ray_arrays),
             ("dask", "Dask processes",
              lambda: dask_graph().compute(scheduler="processes", num_workers=2)),
             ("distributed", "Dask distributed",
              lambda: dask_graph().compute(scheduler=pools["client"]))]:
-        why = peer_missing(key, chosen) or (peer_missing("dask", chosen)
-                                             if key == "distributed" else None)
+        why = peer_missing(key, chosen, failed) or (peer_missing("dask", chosen, failed)
+                                                    if key == "distributed" else None)
         if why is None:
             cases[name] = fn
         else:
@@ -501,7 +524,7 @@ def bench_scale(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping
            BenchResult("actorq scheduler memory per pending node", "B", (run_peak / n,),
                        group=group, note="tracemalloc peak of the run above the graph")]
     n_dask = n // 5
-    why = peer_missing("dask", chosen)
+    why = peer_missing("dask", chosen, pools.get("failed"))
     if why is not None:
         return [ours, ours_wall, *mem, _skip("Dask sync scheduler per task", why, "µs", group)], []
     dask: Any = pools["dask"]
