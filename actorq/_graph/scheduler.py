@@ -26,7 +26,7 @@ pool's own thread, closing a private pool and building the result by the caller.
 Credit: at most ``CREDIT`` batches in flight per worker (one running, one queued in its
 mailbox, so that it does not wait for the scheduler even when a reply takes a few
 milliseconds to reach the loop of a loaded machine), never an unbounded queue. Short tasks
-share a batch (tiny ones by the thousand, ones of 5 ms in fours), sized from their
+share a batch (tiny ones by the thousand, ones of 5 ms in threes and fours), sized from their
 measured CPU time (the worker reports the batch's; a loaded machine stretches wall
 time, not the work) to about ``TARGET_BATCH_SECONDS``, as long as the ready queue is
 deep enough to give every worker ``SPREAD`` batches: a short queue is spread thin.
