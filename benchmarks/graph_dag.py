@@ -1,19 +1,34 @@
 """Where the layered DAG's wall time goes: per run, against two bare processes.
 
-    python benchmarks/graph_dag.py [REPEATS]           # interleaved with the bare processes
-    valgrind --tool=callgrind python benchmarks/graph_dag.py --runs N
+    python benchmarks/graph_dag.py [REPEATS] [--spin N]   # interleaved with the bare processes
+    valgrind --tool=callgrind python benchmarks/graph_dag.py --runs N --spin N
 
 The first form runs the benchmark's DAG (400 tasks x 5 ms of CPU, two dependencies
-each, ``actorq bench graph``'s part 2) and the bare-process reference alternately (every
-other repeat the bare processes first) and prints, per repeat: both wall times and
-their ratio, the CPU of the user's process (getrusage), the batches sent, and each
-worker's idle gaps between two of its tasks (from ``stats.tasks``), split into gaps
-where the next task had already been sent (the worker had it queued) and *starved*
-ones, where it was sent only after the previous task ended (the worker waited for the
-scheduler). Then the medians and the load average. Instruction counts of the user's
-process are repeatable where times are not: run ``--runs 0`` and ``--runs 2`` under
-callgrind (with the interpreter's real binary, not a pyenv shim) and divide the
-difference of the totals by 800.
+each, ``actorq bench graph``'s part 2, the same task function and calibration:
+``actorq.bench.cpuwork``) and the bare-process reference alternately (every other
+repeat the bare processes first) and prints, per repeat:
+
+- both wall times and their speed ratio, and the CPU each task measured (``spin``
+  returns it), in actorq's workers and in the bare processes;
+- the CPU of the user's process (getrusage), per task, and the batches sent;
+- ``start``: from ``system.run`` to the first task's start (validation, set-up, the
+  first dispatch: both workers idle); ``tail``: from the end of the last task to the
+  return of ``system.run``;
+- per worker, from its ``/proc/<pid>/schedstat``: ``wait``, the time it was runnable
+  but off the CPU (another process had the core: the user's process, the other worker,
+  anything else on the machine), and ``idle``, the time it was neither running nor
+  runnable (waiting for work or a reply: what the scheduler can cut); and its CPU
+  outside the tasks (``over``: the messages of its batches);
+- each worker's gaps between two of its tasks, split into ``queued`` ones (the next
+  task had already been sent) and ``starved`` ones (sent only after the previous one
+  ended).
+
+Then the medians and the load average. ``--spin N`` fixes the task's loop count (the
+suite prints the one it calibrated), so that two programs run the same tasks.
+Instruction counts of the user's process are repeatable where times are not: run
+``--runs 0 --spin N`` and ``--runs 2 --spin N`` under callgrind (with the interpreter's
+real binary, not a pyenv shim; ``--spin``: a calibration under valgrind would make the
+tasks 50 times too short) and divide the difference of the totals by 800.
 """
 
 from __future__ import annotations
@@ -28,10 +43,13 @@ import time
 from typing import Any
 
 import actorq
+from actorq._graph import pool as _graph_pool
 from actorq._graph import scheduler as _scheduler
-from actorq.bench.suites.graph import calibrate, layered_graph, noop, spin_many
+from actorq.bench.cpuwork import calibrate, cpu_per_task, spin_many
+from actorq.bench.suites.graph import layered_graph, noop
 
 LAYERS, WIDTH = 20, 20
+TASKS = LAYERS * WIDTH
 _sent: dict[int, float] = {}
 
 
@@ -53,6 +71,25 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _worker_pids(system: actorq.ActorSystem) -> list[int]:
+    pool = _graph_pool._pools.get(system)
+    pids = [system.pid_of(w.ref) for w in pool.workers] if pool is not None else []
+    return [p for p in pids if p]
+
+
+def _schedstat(pids: list[int]) -> dict[int, tuple[float, float]]:
+    """Per pid: (seconds on the CPU, seconds runnable but waiting for it)."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                run, wait, _ = f.read().split()
+        except OSError:
+            continue
+        out[pid] = (int(run) / 1e9, int(wait) / 1e9)
+    return out
+
+
 def _gaps(result: actorq.GraphResult) -> tuple[list[float], list[float]]:
     per: dict[int, list[tuple[float, float, int]]] = {}
     for node, ts in result.stats.tasks.items():
@@ -65,10 +102,10 @@ def _gaps(result: actorq.GraphResult) -> tuple[list[float], list[float]]:
     return queued, starved
 
 
-def _bare(pool: Any, n_spin: int) -> float:
+def _bare(pool: Any, n_spin: int) -> tuple[float, float]:
     t0 = time.perf_counter()
-    pool.starmap(spin_many, [(n_spin, LAYERS * WIDTH // 2)] * 2, chunksize=1)
-    return time.perf_counter() - t0
+    cpu = pool.starmap(spin_many, [(n_spin, TASKS // 2)] * 2, chunksize=1)
+    return time.perf_counter() - t0, sum(cpu) / TASKS
 
 
 def _q(xs: list[float]) -> str:
@@ -79,16 +116,51 @@ def _q(xs: list[float]) -> str:
             f"p90={xs[int(len(xs) * 0.9)] * 1e3:.2f} sum={sum(xs) * 1e3:.0f} ms")
 
 
+def _ours(system: actorq.ActorSystem, n_spin: int) -> dict[str, Any]:
+    graph = layered_graph(n_spin, LAYERS, WIDTH)
+    pids = _worker_pids(system)
+    s0 = _schedstat(pids)
+    c0, t0, m0 = _cpu(), time.perf_counter(), time.monotonic()
+    result = system.run(graph, workers=2)
+    wall, cpu, m1 = time.perf_counter() - t0, _cpu() - c0, time.monotonic()
+    s1 = _schedstat(pids)
+    tasks = result.stats.tasks.values()
+    task_cpu = [result[node] for node in graph.nodes]
+    workers = []
+    for pid in pids:
+        if pid in s0 and pid in s1:
+            run, wait = (s1[pid][k] - s0[pid][k] for k in (0, 1))
+            workers.append((run, wait, max(0.0, wall - run - wait)))
+    over = sum(w[0] for w in workers) - sum(task_cpu)
+    return {"wall": wall, "cpu": cpu, "batches": result.stats.batches, "workers": workers,
+            "task_cpu": cpu_per_task(task_cpu), "over": over,
+            "start": min(ts.start for ts in tasks) - m0,
+            "tail": m1 - max(ts.end for ts in tasks), "gaps": _gaps(result)}
+
+
+def _line(r: dict[str, Any], bare: float, bare_cpu: float) -> str:
+    queued, starved = r["gaps"]
+    ws = "; ".join(f"wait {w * 1e3:.0f} idle {i * 1e3:.0f}" for _, w, i in r["workers"])
+    return (f"actorq {r['wall']:.3f} s, bare {bare:.3f} s, speed ratio {bare / r['wall']:.3f}; "
+            f"task CPU {r['task_cpu'] * 1e3:.2f} ms (bare {bare_cpu * 1e3:.2f}); "
+            f"user CPU {r['cpu'] * 1e3:.0f} ms ({r['cpu'] / TASKS * 1e6:.0f} µs/task); "
+            f"batches {r['batches']}; start {r['start'] * 1e3:.1f} ms, tail "
+            f"{r['tail'] * 1e3:.1f} ms; workers: {ws} ms, CPU outside tasks "
+            f"{r['over'] * 1e3:.0f} ms; gaps queued {_q(queued)}; starved {_q(starved)}")
+
+
 def main(argv: list[str]) -> None:
-    runs = int(argv[argv.index("--runs") + 1]) if "--runs" in argv else None
-    n_spin = calibrate(0.005)
-    if runs is not None:  # under callgrind: no bare processes, no printing per task
+    n_spin = int(argv[argv.index("--spin") + 1]) if "--spin" in argv else calibrate(0.005)
+    if "--runs" in argv:  # under callgrind: no bare processes, no printing per task
+        runs = int(argv[argv.index("--runs") + 1])
         with actorq.ActorSystem() as system:
             system.run(layered_graph(n_spin, LAYERS, WIDTH), workers=2)  # warm
             for _ in range(runs):
                 system.run(layered_graph(n_spin, LAYERS, WIDTH), workers=2)
         return
-    repeats = int(argv[0]) if argv else 5
+    repeats = int(argv[0]) if argv and argv[0].isdigit() else 5
+    print(f"spin({n_spin}): 5 ms of CPU as calibrated; load {os.getloadavg()[0]:.1f}",
+          flush=True)
     _record_sends()
     ctx = multiprocessing.get_context("fork")
     rows = []
@@ -96,25 +168,21 @@ def main(argv: list[str]) -> None:
         pool.map(noop, range(4))
         for rep in range(repeats + 1):
             _sent.clear()
-            graph = layered_graph(n_spin, LAYERS, WIDTH)
             if rep % 2:  # every other repeat the bare processes go first
-                bare = _bare(pool, n_spin)
-            c0, t0 = _cpu(), time.perf_counter()
-            result = system.run(graph, workers=2)
-            wall, cpu = time.perf_counter() - t0, _cpu() - c0
+                bare, bare_cpu = _bare(pool, n_spin)
+            r = _ours(system, n_spin)
             if not rep % 2:
-                bare = _bare(pool, n_spin)
+                bare, bare_cpu = _bare(pool, n_spin)
             if not rep:
                 continue  # warm-up
-            queued, starved = _gaps(result)
-            rows.append((bare / wall, cpu))
-            print(f"actorq {wall:.3f} s, bare {bare:.3f} s, speed ratio {bare / wall:.3f}; "
-                  f"user process CPU {cpu * 1e3:.0f} ms; batches {result.stats.batches}; "
-                  f"gaps queued {_q(queued)}; starved {_q(starved)}", flush=True)
-    ratios = sorted(r for r, _ in rows)
+            rows.append((bare / r["wall"], r["cpu"], r["task_cpu"], bare_cpu))
+            print(_line(r, bare, bare_cpu), flush=True)
+    ratios = sorted(row[0] for row in rows)
     print(f"speed ratio median {statistics.median(ratios):.3f} "
           f"({ratios[0]:.3f} .. {ratios[-1]:.3f}); user CPU per task "
-          f"{statistics.median(c for _, c in rows) / (LAYERS * WIDTH) * 1e6:.0f} µs; "
+          f"{statistics.median(row[1] for row in rows) / TASKS * 1e6:.0f} µs; task CPU "
+          f"{statistics.median(row[2] for row in rows) * 1e3:.2f} ms (bare "
+          f"{statistics.median(row[3] for row in rows) * 1e3:.2f}); "
           f"load {os.getloadavg()[0]:.1f}")
 
 

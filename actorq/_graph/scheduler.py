@@ -23,13 +23,20 @@ brought is handled in one round, and the batches it sends go out in one flush::
 Nothing here blocks the loop: resizing the pool (which joins processes) is done by the
 pool's own thread, closing a private pool and building the result by the caller.
 
-Credit: at most ``CREDIT`` batches in flight per worker (one running, two queued in its
-mailbox, so that it never waits for the scheduler even when a reply takes a few
+Credit: at most ``CREDIT`` batches in flight per worker (one running, one queued in its
+mailbox, so that it does not wait for the scheduler even when a reply takes a few
 milliseconds to reach the loop of a loaded machine), never an unbounded queue. Short tasks
-share a batch (tiny ones by the thousand, ones of a few ms in twos), sized from their
+share a batch (tiny ones by the thousand, ones of 5 ms in threes and fours), sized from their
 measured CPU time (the worker reports the batch's; a loaded machine stretches wall
 time, not the work) to about ``TARGET_BATCH_SECONDS``, as long as the ready queue is
 deep enough to give every worker ``SPREAD`` batches: a short queue is spread thin.
+Each batch costs this process a wake-up, a reply and a dispatch (≈ 0.3-0.4 ms of CPU,
+and about as much in the worker), and on a machine with as many cores as workers that
+CPU is taken from the workers: fewer, fuller batches are what keeps a graph of 5 ms
+tasks near the speed of bare processes (docs/benchmarks.md, the layered DAG). A third
+batch in flight (as before) drained the ready queue into the mailboxes as soon as it
+filled, so batches stayed small (2 tasks of 5 ms: 190-400 batches per 400 tasks,
+against 140 now).
 """
 
 from __future__ import annotations
@@ -66,16 +73,28 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CREDIT = 3  # batches in flight per worker: one running, two waiting in its mailbox
+CREDIT = 2  # batches in flight per worker: one running, one waiting in its mailbox
 SPREAD = 2  # a short ready queue is split over this many batches per worker
 # Tasks share a batch up to about this much work (CPU seconds), while the ready queue
 # is deep enough to give every worker SPREAD batches: tiny tasks by the thousand, tasks
-# of a few ms in twos (one message, one reply and one wake-up of this process per
-# batch, not per task: on a 2-core machine this process's CPU is taken from the workers).
-TARGET_BATCH_SECONDS = 0.012
-MAX_BATCH = 2048  # tasks per batch at most (a crash re-runs at most this many, <= 12 ms)
+# of 5 ms in fours (one message, one reply and one wake-up of this process per batch,
+# not per task: on a 2-core machine this process's CPU is taken from the workers).
+# Longer: fewer batches, but a crash re-runs more and dependents wait longer for the
+# results of a batch (all come back at its end); the queued batch also covers the
+# scheduler's reply latency on a loaded machine (up to ~10 ms measured at load 40).
+TARGET_BATCH_SECONDS = 0.02
+MAX_BATCH = 2048  # tasks per batch at most (a crash re-runs at most this many, <= 20 ms)
 WAIT_SLICE = 0.05  # the scheduler wakes at least this often (timers, progress, scaling)
 IDLE_RETIRE = 1.0  # a worker idle this long while nothing is ready is stopped (> 1 left)
+
+
+def batch_fits(total: float, est: float) -> bool:
+    """Whether a task of *est* seconds joins a batch of *total* seconds so far: rounded,
+    not cut at ``TARGET_BATCH_SECONDS`` (a batch may pass it by up to half a task), so
+    that tasks a little over a fraction of it still share (5.1 ms ones go in fours, not
+    threes; 10.5 ms ones in twos, not alone) and a loaded machine's slight stretch of
+    the measured CPU time does not halve the batches."""
+    return total + est / 2 <= TARGET_BATCH_SECONDS
 
 
 class Scheduler(Recovery):
@@ -335,10 +354,7 @@ class Scheduler(Recovery):
                 gate.park(heapq.heappop(ready))  # at the memory cap: wait for room
                 continue
             timed = node.timeout is not None
-            # a function not measured yet: one batch queued per worker, not two (its
-            # results' sizes are not known either: the memory gate cannot weigh them)
-            worker = self._pick(idle=timed, credit=CREDIT if self._estimate(i) is not None
-                                else CREDIT - 1)
+            worker = self._pick(idle=timed)
             if worker is None:
                 gate.release([i])  # not sent after all
                 if timed and self._pick(idle=False) is not None:
@@ -395,7 +411,7 @@ class Scheduler(Recovery):
             if fn is not last_fn:  # the estimate, once per run of equal functions
                 last_fn = fn
                 e = ests.get(codes[id(fn)].digest)
-            if e is None or total + e > TARGET_BATCH_SECONDS:
+            if e is None or not batch_fits(total, e):
                 break
             if gate.on and not gate.admit(j, codes[id(fn)].digest):
                 break
@@ -516,7 +532,7 @@ class Scheduler(Recovery):
         digest = b""
         run_sum, run_n = 0.0, 0
         means: list[tuple[bytes, float]] = []  # per run of equal functions: mean seconds
-        cpu, outcomes = reply.result(0)
+        cpu, queued, outcomes = reply.result(0)
         self.running -= len(outcomes)
         for tid, status, kind, payload, t0, t1 in outcomes:
             if state[tid] != RUNNING:
@@ -552,11 +568,13 @@ class Scheduler(Recovery):
                 self._finish(tid, (kind, payload))
         if run_n:
             means.append((digest, run_sum / run_n))
-        # the share of the batch's wall time that was CPU in the worker (< 1 when the
-        # machine is loaded and the worker waited for a core): batches are sized by CPU
+        # the shares of the batch's wall time that were CPU in the worker, and that it
+        # was not waiting for a core (< 1 on a loaded machine): batches are sized by
+        # the work (worker.py), not by the wall time that the machine's load stretches
         share = min(1.0, cpu / measured) if measured > 0 else 1.0
+        active = max(share, 1.0 - queued / measured) if measured > 0 else 1.0
         for d, mean in means:
-            self._measure(d, mean, mean * share)
+            self._measure(d, mean, mean * share, mean * active)
         worker.busy += measured
         if batch.est > 0 and measured > 0:
             worker.speed = (1 - EWMA) * worker.speed + EWMA * (measured / batch.est)

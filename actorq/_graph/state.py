@@ -30,8 +30,9 @@ WAITING, READY, RUNNING, DONE, FAILED, DELAYED = range(6)
 EWMA = 0.3  # weight of a new duration measurement
 # Batches are sized by a task's CPU time, which a loaded machine does not stretch (its
 # wall time may be several times longer while the worker waits for a core); a task that
-# mostly waits (sleeps, I/O) counts at least this fraction of its wall time, so that a
-# batch of them stays within a few TARGET_BATCH_SECONDS of wall time.
+# mostly waits (sleeps, I/O) counts at least this fraction of its wall time less its
+# wait for a core, so that a batch of them stays within a few TARGET_BATCH_SECONDS of
+# wall time (and a CPU-bound task on a loaded machine counts its CPU time only).
 STRETCH = 4.0
 _FINISHED = (DONE, FAILED)
 logger = logging.getLogger(__name__)
@@ -186,11 +187,14 @@ class RunState:
         return self.est.get(self.codes[id(fn)].digest) if fn is not None else None
 
 
-    def _measure(self, digest: bytes, seconds: float, cpu: float | None = None) -> None:
+    def _measure(self, digest: bytes, seconds: float, cpu: float | None = None,
+                 active: float | None = None) -> None:
+        """Fold a task's measured *seconds* (wall), *cpu* and *active* time (wall less
+        its wait for a core; default: all of it) into its function's estimates."""
         old = self.est.get(digest)
         self.est[digest] = seconds if old is None else (1 - EWMA) * old + EWMA * seconds
         if cpu is not None:
-            cpu = max(cpu, seconds / STRETCH)
+            cpu = max(cpu, (seconds if active is None else active) / STRETCH)
             old = self.est_cpu.get(digest)
             self.est_cpu[digest] = cpu if old is None else (1 - EWMA) * old + EWMA * cpu
 

@@ -550,3 +550,44 @@ def test_closing_the_system_under_a_run_ends_the_run(tmp_path):
             closer.join(60)
         finally:
             system.close()
+
+
+def test_a_batch_is_rounded_to_its_target_not_cut_at_it():
+    """Tasks of a few ms share a batch of about TARGET_BATCH_SECONDS: it may pass the
+    target by up to half a task, so that a slightly longer measurement (a loaded
+    machine) does not halve the batches (before: 12 ms cut, 6.1 ms tasks went alone)."""
+    from actorq._graph.scheduler import CREDIT, TARGET_BATCH_SECONDS, batch_fits
+
+    def size(est):
+        total, n = est, 1
+        while batch_fits(total, est):
+            total, n = total + est, n + 1
+        return n
+
+    assert pytest.approx(0.02) == TARGET_BATCH_SECONDS
+    assert size(0.005) == size(0.0051) == 4  # 5 ms tasks in fours, a little over too
+    assert size(0.0061) == 3
+    assert size(0.0105) == 2  # over half the target: still two
+    assert size(0.0135) == 1  # two would be 27 ms: alone
+    assert size(1e-5) > 1000  # tiny tasks by the thousand (MAX_BATCH caps them)
+    assert CREDIT == 2  # one batch running and one queued per worker
+
+
+def test_a_tasks_wait_for_a_core_does_not_count_as_its_work():
+    """On a loaded machine a CPU-bound task's wall time is stretched by waiting for a
+    core: its batch size goes by its CPU time (and a STRETCH-th of its wall time less
+    that wait), not a STRETCH-th of the whole wall time (which halved the batches)."""
+    from actorq._graph.state import STRETCH, RunState
+
+    g = actorq.Graph()
+    g.task(inc, 1)
+    state = RunState(g, keep=None, journal=None, fail_fast=False, threshold=1 << 16,
+                     prefix="t")
+    state._prepare()
+    wall, cpu = 0.04, 0.005  # 35 ms of the 40 waiting for a core
+    state._measure(b"loaded", wall, cpu, active=0.0055)
+    assert state.est_cpu[b"loaded"] == cpu
+    state._measure(b"unknown", wall, cpu)  # no wait known: a quarter of the wall time
+    assert state.est_cpu[b"unknown"] == wall / STRETCH
+    state._measure(b"sleeps", wall, 0.001, active=wall)  # it waited itself (sleep, I/O)
+    assert state.est_cpu[b"sleeps"] == wall / STRETCH

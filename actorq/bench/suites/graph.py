@@ -11,7 +11,10 @@ Four parts (``--set parts=noop,dag,arrays,scale``), every peer measured in the s
    of the tasks: it is two orders of magnitude slower). Every pool is started and warmed
    first.
 2. a layered DAG: ``layers`` x ``width`` tasks of ``task_ms`` of CPU, each depending on
-   two of the layer before; wall time. The reference is two bare processes doing the
+   two of the layer before; wall time. A task is ``spin(n)`` (``actorq.bench.cpuwork``),
+   ``n`` calibrated once on the CPU clock to ``task_ms`` (or given: ``--set spin=N``,
+   e.g. the one another run used: the report's parameters hold it); the results note
+   the CPU the tasks measured. The reference is two bare processes doing the
    same CPU work with no dependencies (``mp.Pool.starmap``, one chunk each): the goal is
    at least 97 % of its speed, measured (actorq and the bare processes interleaved) while
    no other peer is alive. Then, in a second group with those peers started: a
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import multiprocessing
@@ -53,11 +57,13 @@ import psutil
 
 import actorq
 from actorq._errors import BenchError
+from actorq.bench.cpuwork import calibrate, cpu_per_task, spin, spin_many
 from actorq.bench.suite import Suite, SuiteOptions, SuiteReport
 from actorq.bench.timing import BenchResult, Case, Verdict, compare, measure, measure_interleaved
 
 FULL: dict[str, Any] = {"repeats": 3, "noop_tasks": 10_000, "layers": 20, "width": 20,
-                        "task_ms": 5.0, "arrays": 32, "array_mib": 8, "big_nodes": 100_000,
+                        "task_ms": 5.0, "spin": 0, "arrays": 32, "array_mib": 8,
+                        "big_nodes": 100_000,
                         "parts": "noop,dag,arrays,scale",
                         "peers": "ppe,mp,loky,dask,distributed,ray"}
 QUICK: dict[str, Any] = {**FULL, "repeats": 2, "noop_tasks": 1000, "layers": 6, "width": 6,
@@ -76,17 +82,6 @@ def noop(x: int) -> int:
     return x
 
 
-def spin(n: int, *deps: int) -> int:
-    acc = 0
-    for i in range(n):
-        acc += i * i % 7
-    return acc + len(deps)
-
-
-def spin_many(n: int, count: int) -> int:
-    return sum(spin(n) for _ in range(count))
-
-
 def make(seed: int, mib: int) -> Array:
     return np.random.default_rng(seed).random(mib * 1024 * 1024 // 8)
 
@@ -99,31 +94,14 @@ def total(a: Array) -> float:
     return float(a.sum())
 
 
-def calibrate(seconds: float) -> int:
-    """The ``n`` for which ``spin(n)`` burns about *seconds* of CPU here.
-
-    Timed with this thread's CPU clock, not the wall clock: on a loaded machine the wall
-    clock also counts the time other processes had the core, and the tasks would come out
-    several times shorter than asked (the DAG's ratios then measure per-task overhead of
-    1 ms tasks, not 5 ms ones). The fastest of three measurements is taken."""
-    n = 20_000
-    while True:
-        dt = min(_cpu_of(n) for _ in range(3))
-        if dt > 0.02:
-            return max(1, int(n * seconds / dt))
-        n *= 2
-
-
-def _cpu_of(n: int) -> float:
-    t = time.thread_time()
-    spin(n)
-    return time.thread_time() - t
-
-
-def peer_missing(key: str, chosen: set[str]) -> str | None:
-    """Why the peer *key* is not measured in this run, or None."""
+def peer_missing(key: str, chosen: set[str],
+                 failed: Mapping[str, str] | None = None) -> str | None:
+    """Why the peer *key* is not measured in this run, or None. *failed*: the peers
+    whose cluster did not start (``open_pools``), with why."""
     if key not in chosen:
         return "not selected (--set peers=...)"
+    if failed and key in failed:
+        return f"{key} did not start ({failed[key]}): peer not measured"
     module = PEERS[key]
     if module is not None and importlib.util.find_spec(module) is None:
         return f"{module} is not installed (pip install {module}): peer not measured"
@@ -193,9 +171,12 @@ class PeakMemory:
 
 @contextlib.contextmanager
 def open_pools(chosen: set[str]) -> Iterator[dict[str, Any]]:
-    """Start and warm every chosen, installed pool; stop them all after."""
+    """Start and warm every chosen, installed pool; stop them all after. A cluster that
+    does not start (Ray or Dask's, timing out on a loaded machine) is left out and
+    named in ``pools["failed"]``, not an error of the whole run."""
     ctx = multiprocessing.get_context("fork")
-    pools: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    pools: dict[str, Any] = {"failed": failed}
     with contextlib.ExitStack() as stack:
         if peer_missing("ppe", chosen) is None:
             pools["ppe"] = stack.enter_context(
@@ -211,19 +192,34 @@ def open_pools(chosen: set[str]) -> Iterator[dict[str, Any]]:
             list(pools["loky"].map(noop, range(4)))
         if peer_missing("distributed", chosen) is None:
             distributed = importlib.import_module("distributed")
-            cluster = stack.enter_context(distributed.LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None))
-            pools["client"] = stack.enter_context(distributed.Client(cluster))
+            try:
+                cluster = stack.enter_context(distributed.LocalCluster(
+                    n_workers=2, threads_per_worker=1, processes=True,
+                    dashboard_address=None))
+                pools["client"] = stack.enter_context(distributed.Client(cluster))
+            except Exception as exc:
+                failed["distributed"] = _why(exc)
         if peer_missing("dask", chosen) is None:
             pools["dask"] = importlib.import_module("dask")
         if peer_missing("ray", chosen) is None:
             ray = importlib.import_module("ray")
-            ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-                     log_to_driver=False)
-            stack.callback(ray.shutdown)
-            pools["ray"] = ray
-            ray.get([ray.remote(noop).remote(i) for i in range(4)])
+            try:
+                ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                         log_to_driver=False)
+            except Exception as exc:
+                failed["ray"] = _why(exc)
+                ray.shutdown()  # whatever it started
+            else:
+                stack.callback(ray.shutdown)
+                pools["ray"] = ray
+                ray.get([ray.remote(noop).remote(i) for i in range(4)])
         yield pools
+
+
+def _why(exc: BaseException) -> str:
+    """An exception, on one short line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160] if text else ''}"
 
 
 def _skip(name: str, reason: str | None, unit: str, group: str,
@@ -287,7 +283,7 @@ def bench_noop(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[
     cases = [Case("actorq system.run", ours, work=n, **kw)]
     skipped: list[BenchResult] = []
     for key, case in peers:
-        why = peer_missing(key, chosen)
+        why = peer_missing(key, chosen, pools.get("failed"))
         if why is None:
             cases.append(case)
         else:
@@ -313,17 +309,22 @@ def bench_dag(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[s
               chosen: set[str]) -> tuple[list[BenchResult], list[Verdict]]:
     layers, width = p["layers"], p["width"]
     group = f"2. layered DAG, {layers * width} x {p['task_ms']:g} ms"
-    n_spin = calibrate(p["task_ms"] / 1e3)
+    n_spin = p["spin"]  # run_graph calibrated it (once for both phases), or --set spin=
     dask: Any = pools.get("dask")
+    task_cpu: dict[str, list[float]] = {"ours": [], "bare": []}  # CPU per task, per run
 
     def ours() -> None:
-        if not system.run(layered_graph(n_spin, layers, width), workers=2).ok:
+        g = layered_graph(n_spin, layers, width)
+        r = system.run(g, workers=2)
+        if not r.ok:
             msg = "actorq: the DAG failed"
             raise BenchError(msg)
+        task_cpu["ours"].append(cpu_per_task(r[node] for node in g.nodes))
 
     def bare() -> None:
         half = layers * width // 2
-        pools["mp"].starmap(spin_many, [(n_spin, half)] * 2, chunksize=1)
+        cpu = pools["mp"].starmap(spin_many, [(n_spin, half)] * 2, chunksize=1)
+        task_cpu["bare"].append(sum(cpu) / (2 * half))
 
     def by_layer(key: str) -> Callable[[], None]:
         def run() -> None:
@@ -374,7 +375,7 @@ def bench_dag(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[s
         ("dask", Case("Dask processes", dask_mp, **kw)),
         ("ray", Case("Ray", ray_dag, **kw))]
     for key, case in peers:
-        why = peer_missing(key, chosen)
+        why = peer_missing(key, chosen, pools.get("failed"))
         if why is None:
             cases.append(case)
         else:
@@ -382,6 +383,9 @@ def bench_dag(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[s
     if len(cases) == 1 and not target:
         return skipped, []  # no peer to compare with
     out = measure_interleaved(cases, repeats=p["repeats"], warmup=1)
+    out = [_with_task_cpu(r, task_cpu.get({"actorq system.run": "ours",
+                                           "two bare processes (no deps)": "bare"}
+                                          .get(r.name, ""), []), n_spin) for r in out]
     verdicts = []
     for peer in out[1:]:
         if peer.name == "two bare processes (no deps)":
@@ -390,6 +394,16 @@ def bench_dag(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[s
         else:
             verdicts.append(compare(peer, out[0], name=f"DAG: actorq speed / {peer.name}"))
     return out + skipped, verdicts
+
+
+def _with_task_cpu(result: BenchResult, cpu: list[float], n_spin: int) -> BenchResult:
+    """*result* noting the CPU its tasks measured (``spin`` returns it), median per run."""
+    if not cpu:
+        return result
+    cpu = sorted(cpu)
+    note = (f"spin({n_spin}); CPU per task {cpu[len(cpu) // 2] * 1e3:.2f} ms (runs "
+            f"{cpu[0] * 1e3:.2f} .. {cpu[-1] * 1e3:.2f})")
+    return dataclasses.replace(result, note=f"{result.note}; {note}" if result.note else note)
 
 
 # -- 3. large arrays ------------------------------------------------------------------------
@@ -425,14 +439,15 @@ def bench_arrays(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mappin
 
     cases: dict[str, Callable[[], float]] = {"actorq system.run": ours}
     skipped: list[BenchResult] = []
+    failed = pools.get("failed")
     for key, name, fn in [
             ("ray", "Ray", ray_arrays),
             ("dask", "Dask processes",
              lambda: dask_graph().compute(scheduler="processes", num_workers=2)),
             ("distributed", "Dask distributed",
              lambda: dask_graph().compute(scheduler=pools["client"]))]:
-        why = peer_missing(key, chosen) or (peer_missing("dask", chosen)
-                                             if key == "distributed" else None)
+        why = peer_missing(key, chosen, failed) or (peer_missing("dask", chosen, failed)
+                                                    if key == "distributed" else None)
         if why is None:
             cases[name] = fn
         else:
@@ -509,7 +524,7 @@ def bench_scale(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping
            BenchResult("actorq scheduler memory per pending node", "B", (run_peak / n,),
                        group=group, note="tracemalloc peak of the run above the graph")]
     n_dask = n // 5
-    why = peer_missing("dask", chosen)
+    why = peer_missing("dask", chosen, pools.get("failed"))
     if why is not None:
         return [ours, ours_wall, *mem, _skip("Dask sync scheduler per task", why, "µs", group)], []
     dask: Any = pools["dask"]
@@ -557,6 +572,8 @@ def run_graph(options: SuiteOptions) -> SuiteReport:
         if p[key] < 1:
             msg = f"parameter {key}={p[key]}: at least 1"
             raise BenchError(msg)
+    if "dag" in parts and p["spin"] < 1:
+        p["spin"] = calibrate(p["task_ms"] / 1e3)  # recorded in the report's parameters
     results: list[BenchResult] = []
     verdicts: list[Verdict] = []
     options.say(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")

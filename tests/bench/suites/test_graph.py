@@ -31,3 +31,25 @@ def test_the_dag_target_is_measured_without_the_other_peers_alive():
     assert verdicts["DAG: actorq speed / bare processes' speed"].target == 0.97
     assert "DAG: actorq speed / PPE layer by layer" in verdicts
     assert not multiprocessing.active_children()  # every peer's pool was stopped
+
+
+def test_the_dag_notes_the_cpu_its_tasks_measured_and_takes_a_given_spin_count():
+    params = {"parts": "dag", "peers": "mp", "layers": 2, "width": 2, "spin": 1000,
+              "repeats": 1}
+    report = run_graph(SuiteOptions(quick=True, params=params))
+    notes = {r.name: r.note for r in report.results if r.skipped is None}
+    for name in ("actorq system.run", "two bare processes (no deps)"):
+        assert "spin(1000); CPU per task" in notes[name], notes
+    assert report.meta["parameters"]["spin"] == 1000  # the count other runs can reuse
+
+
+def test_a_peer_whose_cluster_did_not_start_is_skipped_with_the_reason():
+    from actorq.bench.suites.graph import peer_missing
+
+    failed = {"ray": "Exception: The current node timed out during startup."}
+    why = peer_missing("ray", {"ray", "mp"}, failed)
+    assert why is not None
+    assert "did not start" in why
+    assert "timed out during startup" in why
+    assert peer_missing("mp", {"ray", "mp"}, failed) is None
+    assert peer_missing("ray", {"mp"}, failed) == "not selected (--set peers=...)"
