@@ -70,3 +70,10 @@ def cpu_per_task(cpu_seconds: Iterable[float]) -> float:
     """The mean of the CPU seconds that ``spin`` tasks returned (0.0 for none)."""
     values = list(cpu_seconds)
     return sum(values) / len(values) if values else 0.0
+
+
+def burn(seconds: float) -> None:
+    """Spend *seconds* of this thread's CPU time (not wall time: preemption is not work)."""
+    end = _thread_time() + seconds
+    while _thread_time() < end:
+        pass

@@ -50,6 +50,7 @@ from typing import Any
 import cloudpickle
 
 import actorq
+from actorq.bench.cpuwork import burn
 from actorq.bench.faults import (
     CallRecord,
     FaultEvent,
@@ -99,13 +100,6 @@ class Ledger(MappedFile):
             self.flags[slot] = 0
             return True
         return False
-
-
-def burn(seconds: float) -> None:
-    """Spend *seconds* of this thread's CPU time."""
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
 
 
 def overrun(limit: int) -> None:

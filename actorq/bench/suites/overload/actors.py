@@ -8,8 +8,9 @@ import os
 import time
 
 import actorq
+from actorq.bench.cpuwork import burn
 from actorq.bench.suites.counting import CountingSink
-from actorq.bench.suites.overload.record import Recorder, burn, paced_send
+from actorq.bench.suites.overload.record import Recorder, paced_send
 
 
 class RayConsumer:

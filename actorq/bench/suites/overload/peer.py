@@ -11,8 +11,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from actorq.bench.cpuwork import burn
 from actorq.bench.suites.overload.params import JOIN_TIMEOUT, REPLY_TIMEOUT
-from actorq.bench.suites.overload.record import READY, SENT, Recorder, burn, paced_send, wait_for
+from actorq.bench.suites.overload.record import READY, SENT, Recorder, paced_send, wait_for
 
 PR_SET_PDEATHSIG = 1
 

@@ -107,13 +107,6 @@ def recorder() -> Iterator[Recorder]:
         rec.unlink()
 
 
-def burn(seconds: float) -> None:
-    """Spend *seconds* of this thread's CPU time (not wall time: preemption is not work)."""
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
-
-
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll *condition* every 2 ms; return the seconds it took; TimeoutError past *timeout*."""
     start = time.monotonic()
