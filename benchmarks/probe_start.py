@@ -21,7 +21,7 @@ import sys
 import actorq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_scale import READY_TIMEOUT, cpu_seconds, fork_server_pid
+from bench_scale import READY_TIMEOUT, cpu_seconds, fork_server_pid, minflt
 
 
 class Idle(actorq.Actor):
@@ -29,15 +29,6 @@ class Idle(actorq.Actor):
 
     def ping(self) -> int:
         return os.getpid()
-
-
-def minflt(pid: int) -> int | None:
-    """Minor page faults of *pid* since it was forked (None: it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[7])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def spread(values: list[float]) -> str:
