@@ -49,13 +49,14 @@ from actorq._process import spawn
 class LeanStart:
     """What a lean child unpickles instead of a ``Process``: its target and arguments."""
 
-    __slots__ = ("args", "name", "target")
+    __slots__ = ("args", "daemon", "name", "target")
 
     def __init__(self, target: Callable[..., object], args: tuple[Any, ...],
-                 name: str) -> None:
+                 name: str, daemon: bool) -> None:
         self.target = target
         self.args = args
         self.name = name
+        self.daemon = daemon
 
     def _bootstrap(self, parent_sentinel: int | None = None) -> int:
         """Run the target in this (new) process; return its exit code.
@@ -67,6 +68,8 @@ class LeanStart:
         if parent_sentinel is not None:
             os.close(parent_sentinel)  # nobody here asks for the parent process
         try:
+            # (a daemonic process may not start processes of its own, as before)
+            multiprocessing.current_process().daemon = self.daemon
             multiprocessing.context._force_start_method("forkserver")
             util._finalizer_registry.clear()  # type: ignore[attr-defined]
             util._run_after_forkers()  # type: ignore[attr-defined]
@@ -149,5 +152,6 @@ class LeanProcess(multiprocessing.context.ForkServerProcess):
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled only by popen_forkserver, for the child (a Process does not pickle
         # otherwise: its authkey refuses to)
-        return (LeanStart, (self._target, self._args, self.name))  # type: ignore[attr-defined]
+        return (LeanStart,
+                (self._target, self._args, self.name, self.daemon))  # type: ignore[attr-defined]
 

@@ -32,6 +32,7 @@ with open(PATH, "w") as f:
         repr(EXTRA in sys.path),
         multiprocessing.get_start_method(),
         repr([t.name for t in threading.enumerate()]),
+        repr(multiprocessing.current_process().daemon),
     ]))
 """
 
@@ -58,13 +59,14 @@ def test_a_lean_child_runs_with_the_parents_authkey_cwd_and_path(tmp_path, monke
     monkeypatch.setattr(sys, "path", [*sys.path, extra])
     code = f"PATH = {str(out)!r}\nEXTRA = {extra!r}\n" + CHILD
     assert _run(code) == 0
-    authkey, name, cwd, has_extra, method, threads = out.read_text().splitlines()
+    authkey, name, cwd, has_extra, method, threads, daemon = out.read_text().splitlines()
     assert authkey == multiprocessing.current_process().authkey.hex()
     assert name == "actorq:lean-test"
     assert cwd == str(tmp_path)
     assert has_extra == "True"
     assert method == "forkserver"  # a process it starts goes through a fork server too
     assert threads == "['MainThread']"  # the fork server's owner watch stayed there
+    assert daemon == "True"  # as the Process was made: it may not start processes
     assert (tmp_path / "out.txt.final").read_text() == "finalized"  # ran at its exit
 
 
