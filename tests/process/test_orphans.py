@@ -138,6 +138,17 @@ def _pipes(pid: int) -> set[str]:
     return out
 
 
+def _kill_all(proc: subprocess.Popen[str], family: dict[int, psutil.Process]) -> None:
+    """Kill the owner program and every process collected from its family."""
+    for p in family.values():
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    proc.kill()
+    proc.communicate()
+
+
 def _kill_owner_and_check(proc, info, expect: int, spared: tuple[str, ...] = ()) -> None:
     owner = psutil.Process(proc.pid)
     # every descendant, collected before the kill: spares, the fork server, actors,
@@ -175,13 +186,7 @@ def _kill_owner_and_check(proc, info, expect: int, spared: tuple[str, ...] = ())
                         pass
             pytest.fail(f"processes outlived their owner: {survivors}")
     finally:
-        for p in family.values():  # never leave one behind, whatever happened
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        proc.kill()
-        proc.communicate()
+        _kill_all(proc, family)  # never leave one behind, whatever happened
     sweep()  # the owner is dead: its segments are swept
     assert list_segments(info["run_id"]) == []
 
@@ -306,10 +311,4 @@ def test_actors_die_with_a_killed_fork_server_and_are_restarted_leaving_nothing(
                    message="every process of the program gone after it ended")
         assert list_segments(info["run_id"]) == []  # unlinked by the program itself
     finally:
-        for p in family.values():
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        proc.kill()
-        proc.communicate()
+        _kill_all(proc, family)
