@@ -34,6 +34,8 @@ import signal
 import threading
 from dataclasses import dataclass
 
+from actorq._process import spawn
+
 PR_SET_PDEATHSIG = 1
 # looked up once, at import (in the fork server, which preloads this module): a CDLL made
 # in each new process cost it ≈ 0.4 ms and 35 copy-on-write page faults (issue 15)
@@ -63,9 +65,8 @@ def lineage_for(method: str, close_fd: int = -1) -> Lineage:
     me = os.getpid()
     if method != "forkserver":
         return Lineage(me, me, close_fd if method == "fork" else -1)
-    multiprocessing.forkserver.ensure_running()  # a no-op once it runs
-    server = getattr(multiprocessing.forkserver, "_forkserver", None)
-    return Lineage(me, getattr(server, "_forkserver_pid", None) or me)
+    spawn.ensure_fork_server()  # a no-op once it runs
+    return Lineage(me, spawn.fork_server_pid() or me)
 
 
 def set_pdeathsig(parent: int, sig: int = signal.SIGKILL) -> None:

@@ -127,6 +127,16 @@ def parent_path_env() -> dict[str, str]:
             "PYTHONSAFEPATH": "1"}
 
 
+def ensure_fork_server() -> None:
+    """Make sure the fork server runs. One that died (killed, say) is started again the
+    way ``get_context`` starts it (``restart_dead_fork_server``): multiprocessing would
+    start it without actorq's path, main script and owner watch."""
+    pid = fork_server_pid()
+    if pid is not None and _exits_within(pid, 0):
+        restart_dead_fork_server(0)
+    multiprocessing.forkserver.ensure_running()  # a no-op once it runs
+
+
 def restart_dead_fork_server(timeout: float) -> bool:
     """After a start failed on the fork server: if it died (or dies within *timeout*: a
     fork server being killed may still take a request and drop it), start a new one as

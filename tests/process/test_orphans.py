@@ -255,13 +255,16 @@ def test_a_fork_started_spare_sees_end_of_file_when_the_system_end_closes():
 
 SERVER_KILLED = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os, sys, threading
     import multiprocessing.forkserver
     import actorq
 
     class Idle(actorq.Actor):
         def pid(self):
             return os.getpid()
+
+        def threads(self):
+            return [t.name for t in threading.enumerate()]
 
     if __name__ == "__main__":
         with actorq.ActorSystem(start_method="forkserver", warm_spares=1) as s:
@@ -273,7 +276,9 @@ SERVER_KILLED = textwrap.dedent(
             sys.stdin.readline()  # the test killed the fork server
             again = [r.pid().result(timeout=60) for r in refs]  # restarted, answering
             crashes = [s.metrics()["actors"][r.name]["restarts"] for r in refs]
-            print(json.dumps({"pids": again, "restarts": crashes}), flush=True)
+            threads = refs[0].threads().result(timeout=60)
+            print(json.dumps({"pids": again, "restarts": crashes, "threads": threads}),
+                  flush=True)
     """
 )
 
@@ -305,6 +310,8 @@ def test_actors_die_with_a_killed_fork_server_and_are_restarted_leaving_nothing(
         after = json.loads(line)
         assert not set(after["pids"]) & set(info["pids"])  # new processes answered
         assert all(n >= 1 for n in after["restarts"]), after
+        # the new fork server was started as actorq starts one: it watches the owner
+        assert "actorq-owner-watch" not in after["threads"]
         family = {p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)}
         assert proc.wait(60) == 0, proc.stderr.read()
         wait_until(lambda: all(_gone(p) for p in family.values()), timeout=20,
