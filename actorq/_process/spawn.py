@@ -167,7 +167,9 @@ def _exits_within(pid: int, timeout: float) -> bool:
     except ProcessLookupError:
         return True
     try:
-        return bool(select.select([pidfd], [], [], timeout)[0])
+        poller = select.poll()  # (not select(): a system with many actors has fds > 1023)
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(timeout * 1e3))
     finally:
         os.close(pidfd)
 
