@@ -24,6 +24,7 @@ import logging
 import pickle
 import sys
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -35,6 +36,14 @@ SAFE_TYPES = _SAFE = frozenset({int, float, str, bytes, bool, type(None), comple
 MAIN_MODULES = ("__main__", "__mp_main__")
 
 
+# The by-value fallback of each of the main script's classes and functions, pickled once:
+# cloudpickle took ≈ 0.5-1 ms of the user's process for a small actor class at every
+# spawn (issue 15: a thousand spawns of one class). A child uses the copy only when it
+# cannot find the class by name; a class changed after its first spawn keeps its first
+# copy there.
+_BY_VALUE: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+
+
 class _CodePickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle, except that top-level classes and functions of the main script go by
     name (with their by-value pickle as a fallback): see the module docstring."""
@@ -43,8 +52,22 @@ class _CodePickler(cloudpickle.Pickler):  # type: ignore[misc]
         if isinstance(obj, (type, types.FunctionType)):
             qualname = main_qualname(obj)
             if qualname is not None:
-                return _from_main, (qualname, cloudpickle.dumps(obj, protocol=5))
+                return _from_main, (qualname, _by_value(obj))
         return super().reducer_override(obj)
+
+
+def _by_value(obj: Any) -> bytes:
+    """*obj* pickled by value (cached: ``_BY_VALUE``)."""
+    try:
+        return _BY_VALUE[obj]
+    except (KeyError, TypeError):
+        pass
+    blob: bytes = cloudpickle.dumps(obj, protocol=5)
+    try:
+        _BY_VALUE[obj] = blob
+    except TypeError:  # not weakly referenceable: not cached
+        pass
+    return blob
 
 
 def main_qualname(obj: Any) -> str | None:

@@ -11,7 +11,8 @@ default configuration (forkserver, one warm spare), one after the other:
   the starts cost, per actor, which the load of other processes changes far less than
   the wall time: the user's process and the fork server over the same span, and each
   actor process from its fork until it was ready (read right after, so it is that plus
-  a few ms of idling);
+  a few ms of idling); and the median actor's minor page faults over the same span
+  (copy-on-write pages of the fork server it wrote, and fresh ones);
 - answer: one call to every actor, all answered (checked, not only timed);
 - USS per actor: ``psutil``'s unique set size of every actor process (sampled: at most
   50), median, in MiB; the rings are shared memory and are not in it;
@@ -79,6 +80,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / 1e9
 
 
+def minflt(pid: int) -> int | None:
+    """Minor page faults of *pid* since it was forked (None: it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[7])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def fork_server_pid() -> int | None:
     """The multiprocessing fork server's pid (it forks every actor), if it runs."""
     import multiprocessing.forkserver
@@ -127,7 +137,9 @@ def one_size(n: int) -> dict[str, Any]:
             system.wait_ready(ref, timeout=READY_TIMEOUT)
         t2 = time.perf_counter()
         u1, f1 = cpu_seconds([me]), cpu_seconds(own[1:])
-        kids = cpu_seconds([pid for ref in refs if (pid := system.pid_of(ref)) is not None])
+        kid_pids = [pid for ref in refs if (pid := system.pid_of(ref)) is not None]
+        kids = cpu_seconds(kid_pids)
+        faults = [f for pid in kid_pids if (f := minflt(pid)) is not None]
         replies = [ref.echo(i) for i, ref in enumerate(refs)]
         answered = sum(r.result(timeout=READY_TIMEOUT) == i for i, r in enumerate(replies))
         t3 = time.perf_counter()
@@ -154,6 +166,7 @@ def one_size(n: int) -> dict[str, Any]:
             answered=answered, call_all_s=t3 - t2,
             start_cpu_ms_user=(u1 - u0) / n * 1e3, start_cpu_ms_fork_server=(f1 - f0) / n * 1e3,
             start_cpu_ms_actor=kids / n * 1e3,
+            start_faults_actor=statistics.median(faults) if faults else None,
             uss_mib_median=statistics.median(uss) if uss else None, uss_samples=len(uss),
             system_uss_mib=psutil.Process().memory_full_info().uss / 2**20,
             idle_cpu_cores=(c1 - c0) / (w1 - w0),
@@ -173,16 +186,18 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += ["", "## Results", "",
               "| N | spawn calls (s) | all ready (s) | per actor (ms) | "
-              "start CPU per actor: user / fork server / actor (ms) | answered | "
+              "start CPU per actor: user / fork server / actor (ms) | "
+              "actor faults to ready | answered | "
               "USS per actor (MiB, median) | system USS (MiB) | idle CPU (cores) | "
               "of which the user's process | load before → idle |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         uss = "-" if r["uss_mib_median"] is None else f"{r['uss_mib_median']:.2f}"
         lines.append(
             f"| {r['n']} | {r['spawn_calls_s']:.2f} | {r['all_ready_s']:.2f} | "
             f"{r['per_actor_ms']:.1f} | {r['start_cpu_ms_user']:.1f} / "
             f"{r['start_cpu_ms_fork_server']:.1f} / {r['start_cpu_ms_actor']:.1f} | "
+            f"{r.get('start_faults_actor') or '-'} | "
             f"{r['answered']}/{r['n']} | {uss} | "
             f"{r['system_uss_mib']:.0f} | {r['idle_cpu_cores']:.4f} | "
             f"{r['idle_cpu_user_process_cores']:.4f} | "

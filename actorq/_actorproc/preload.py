@@ -11,7 +11,7 @@ import multiprocessing.spawn
 import os
 import sys
 
-from actorq._process import spawn
+from actorq._process import deathsig, spawn
 
 
 def exit_if_importing_main() -> None:
@@ -51,11 +51,14 @@ def preload_main() -> None:
 def adopt_parent_path() -> bool:
     """In the fork server, at its preload: take the user's process's ``sys.path``, and put
     back the variables it was started with (``actorq._process.spawn``); warn if actorq
-    came from elsewhere than the user's (``python -E`` ignores the variables)."""
+    came from elsewhere than the user's (``python -E`` ignores the variables). Watch
+    the process that started it: the fork server exits when it dies
+    (``deathsig.serve_owner``)."""
     given = os.environ.pop(spawn.PARENT_PATH_ENV, None)
     if not given:
         return False
     data = json.loads(given)
+    deathsig.serve_owner(data["owner"])
     sys.path[:] = data["sys_path"]
     for name, value in data["env"].items():
         if value is None:

@@ -10,8 +10,13 @@ Who is the parent of a new process depends on the start method:
   write end the owner holds, and every process it forks inherits a copy of that end
   (``multiprocessing.forkserver``); so each of our processes closes its copy at once
   (``forget_forkserver``), else one busy actor alone keeps the fork server, and with it
-  itself, alive after the owner died. A watcher thread on a pidfd of the owner is the
-  second line (it needs the GIL to exit: a handler that holds the GIL in C delays it).
+  itself, alive after the owner died. The second line is a watcher thread on a pidfd of
+  the owner, in the fork server (``serve_owner``): it exits the fork server when the
+  owner dies, and the kernel then kills every process it forked. One thread for all of
+  them: a thread in each actor cost it ≈ 90 copy-on-write page faults and ≈ 0.9 ms of
+  CPU at every start (issue 15). A process whose fork server does not watch its owner
+  (one actorq did not start) watches it itself (it needs the GIL to exit: a handler that
+  holds the GIL in C delays it).
 
 The parent's pid is read *before* the fork and passed in (``Lineage``): read in the child,
 a parent that died before the prctl took effect looks like the new parent (init or a
@@ -29,11 +34,16 @@ import signal
 import threading
 from dataclasses import dataclass
 
+from actorq._process import spawn
+
 PR_SET_PDEATHSIG = 1
 # looked up once, at import (in the fork server, which preloads this module): a CDLL made
 # in each new process cost it ≈ 0.4 ms and 35 copy-on-write page faults (issue 15)
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
 EXIT_ORPHANED = 4  # as the actor's EXIT_SYSTEM_GONE: the system it belonged to is gone
+# In the fork server: the pid of the process whose death makes it exit (serve_owner);
+# the processes it forks inherit the value, and need no watcher of their own for it.
+SERVER_OWNER: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +65,8 @@ def lineage_for(method: str, close_fd: int = -1) -> Lineage:
     me = os.getpid()
     if method != "forkserver":
         return Lineage(me, me, close_fd if method == "fork" else -1)
-    multiprocessing.forkserver.ensure_running()  # a no-op once it runs
-    server = getattr(multiprocessing.forkserver, "_forkserver", None)
-    return Lineage(me, getattr(server, "_forkserver_pid", None) or me)
+    spawn.ensure_fork_server()  # a no-op once it runs
+    return Lineage(me, spawn.fork_server_pid() or me)
 
 
 def set_pdeathsig(parent: int, sig: int = signal.SIGKILL) -> None:
@@ -93,20 +102,38 @@ def forget_forkserver() -> None:
         pass
 
 
-def watch_owner(owner: int) -> None:
-    """Exit this process as soon as *owner* dies (a daemon thread polls a pidfd)."""
+def watch_owner(owner: int) -> bool:
+    """Exit this process as soon as *owner* dies (a daemon thread polls a pidfd).
+
+    False if it cannot be watched (no pidfd here, Linux < 5.3: the fork server and the
+    socket remain).
+    """
     try:
         pidfd = os.pidfd_open(owner)
     except ProcessLookupError:
         os._exit(EXIT_ORPHANED)
-    except OSError:  # no pidfd here (Linux < 5.3): the fork server and the socket remain
-        return
+    except OSError:
+        return False
 
     def watch() -> None:
         select.select([pidfd], [], [])
         os._exit(EXIT_ORPHANED)
 
     threading.Thread(target=watch, name="actorq-owner-watch", daemon=True).start()
+    return True
+
+
+def serve_owner(owner: int) -> None:
+    """In the fork server, as it starts: exit when *owner* dies, for every process it
+    will fork (they die with it: ``set_pdeathsig``).
+
+    The thread is started before the fork server takes its first request and only ever
+    waits in ``select`` (holding no lock, not the GIL) or exits the process: forking
+    beside it is safe.
+    """
+    global SERVER_OWNER
+    if watch_owner(owner):
+        SERVER_OWNER = owner
 
 
 def arm(lineage: Lineage) -> None:
@@ -118,5 +145,5 @@ def arm(lineage: Lineage) -> None:
         except OSError:
             pass
     forget_forkserver()
-    if lineage.parent != lineage.owner:
+    if lineage.parent != lineage.owner and lineage.owner != SERVER_OWNER:
         watch_owner(lineage.owner)

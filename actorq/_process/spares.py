@@ -23,10 +23,15 @@ from collections.abc import Callable
 from typing import Any
 
 from actorq._process.deathsig import Lineage, lineage_for
+from actorq._process.lean import LeanProcess
+from actorq._process.spawn import restart_dead_fork_server
 
 logger = logging.getLogger(__name__)
 
 QUIT = b"quit"  # a spare that reads this instead of its start message exits
+# How long a start that failed on the fork server waits for it to be gone before it
+# gives up (a SIGKILLed fork server is gone within milliseconds; this bounds a wedged one)
+FORK_SERVER_GONE_WAIT = 5.0
 
 
 class WarmPool:
@@ -49,12 +54,28 @@ class WarmPool:
         self.closed = False
 
     def start_one(self) -> tuple[Any, socket.socket]:
-        """Start a process now; return it with the system end of its socket."""
+        """Start a process now; return it with the system end of its socket.
+
+        Under forkserver, a start that failed because the fork server died (killed, say)
+        is tried once more, with a new fork server (``spawn.restart_dead_fork_server``).
+        """
+        try:
+            return self._start_one()
+        except (EOFError, OSError):
+            if not (self._ctx.get_start_method() == "forkserver"
+                    and restart_dead_fork_server(FORK_SERVER_GONE_WAIT)):
+                raise
+        return self._start_one()
+
+    def _start_one(self) -> tuple[Any, socket.socket]:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            lineage = lineage_for(self._ctx.get_start_method(), mine.fileno())
-            proc = self._ctx.Process(target=self._target, args=(theirs, lineage),
-                                     name=self._name, daemon=True)
+            method = self._ctx.get_start_method()
+            lineage = lineage_for(method, mine.fileno())
+            # under forkserver, without multiprocessing's per-child bootstrap (lean.py)
+            make = LeanProcess if method == "forkserver" else self._ctx.Process
+            proc = make(target=self._target, args=(theirs, lineage), name=self._name,
+                        daemon=True)
             proc.start()
         except BaseException:
             mine.close()

@@ -30,8 +30,10 @@ import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
 import os
+import select
 import sys
 import threading
+from typing import Any
 
 logger = logging.getLogger("actorq")
 
@@ -41,6 +43,10 @@ PARENT_PATH_ENV = "ACTORQ_PARENT_PATH"
 EXIT_MAIN_UNGUARDED = 6  # as host.EXIT_MAIN_UNGUARDED (this layer does not import it)
 _lock = threading.Lock()
 _configured = False
+# what the fork server was given when this process started it (``sys_path``, and
+# ``sys_argv`` if it preloads the main script): a child started the lean way
+# (``lean.py``) is sent these only if they changed since
+FORK_SERVER_GIVEN: dict[str, Any] = {}
 
 
 def get_context(method: str) -> multiprocessing.context.BaseContext:
@@ -83,16 +89,24 @@ def _start_fork_server() -> None:
         # the script as the user started it: its path and its argv (read at import time)
         # (python -m, -c, an interactive session: children prepare as multiprocessing does)
         env[PRELOAD_MAIN_ENV] = json.dumps([os.path.abspath(path), sys.argv])
+        FORK_SERVER_GIVEN["sys_argv"] = list(sys.argv)
+    FORK_SERVER_GIVEN["sys_path"] = json.loads(env[PARENT_PATH_ENV])["sys_path"]
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
         multiprocessing.forkserver.ensure_running()
+        FORK_SERVER_GIVEN["pid"] = fork_server_pid()
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def fork_server_pid() -> int | None:
+    """The pid of this interpreter's multiprocessing fork server (None: not started)."""
+    return getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
 
 
 def actorq_root() -> str:
@@ -102,14 +116,62 @@ def actorq_root() -> str:
 
 def parent_path_env() -> dict[str, str]:
     """The environment the fork server starts with: actorq's directory first on its path,
-    not the current directory, and what ``preload.adopt_parent_path`` needs to undo it."""
+    not the current directory, what ``preload.adopt_parent_path`` needs to undo it, and
+    the pid of this process (the fork server exits when it dies)."""
     root = actorq_root()
     old = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONSAFEPATH")}
     pythonpath = os.pathsep.join(p for p in (root, old["PYTHONPATH"]) if p)
     given = {"sys_path": [p for p in sys.path if isinstance(p, str)], "root": root,
-             "env": old}
+             "env": old, "owner": os.getpid()}
     return {PARENT_PATH_ENV: json.dumps(given), "PYTHONPATH": pythonpath,
             "PYTHONSAFEPATH": "1"}
+
+
+def ensure_fork_server() -> None:
+    """Make sure the fork server runs. One that died (killed, say) is started again the
+    way ``get_context`` starts it (``restart_dead_fork_server``): multiprocessing would
+    start it without actorq's path, main script and owner watch."""
+    pid = fork_server_pid()
+    if pid is not None and _exits_within(pid, 0):
+        restart_dead_fork_server(0)
+    multiprocessing.forkserver.ensure_running()  # a no-op once it runs
+
+
+def restart_dead_fork_server(timeout: float) -> bool:
+    """After a start failed on the fork server: if it died (or dies within *timeout*: a
+    fork server being killed may still take a request and drop it), start a new one as
+    ``get_context`` does, and return True (the caller may try again). False if it is
+    alive, or exited because the main script creates a system at import time (its
+    status is left for ``fork_server_unguarded``).
+
+    Without this a process started while the fork server was being killed failed its
+    start for good; and multiprocessing, left to start the next one itself, would start
+    it without actorq's path, main script and owner watch.
+    """
+    with _lock:
+        pid = fork_server_pid()
+        if pid is not None:
+            if not _exits_within(pid, timeout):
+                return False
+            if fork_server_unguarded():
+                return False
+        logger.warning("the fork server (pid %s) is gone: starting a new one", pid)
+        _start_fork_server()  # (multiprocessing reaps the old one first)
+        return True
+
+
+def _exits_within(pid: int, timeout: float) -> bool:
+    """Wait up to *timeout* for our child *pid* to exit (without reaping it)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        poller = select.poll()  # (not select(): a system with many actors has fds > 1023)
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(timeout * 1e3))
+    finally:
+        os.close(pidfd)
 
 
 def fork_server_unguarded() -> bool:

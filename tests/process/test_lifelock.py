@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing
 import os
@@ -152,3 +153,55 @@ def test_a_lock_still_held_by_a_live_process_does_not_hang_the_next_one(block):
     finally:
         child.kill()
         child.join(20)
+
+
+@pytest.fixture
+def six_blocks():
+    with contextlib.ExitStack() as stack:
+        files = []
+        for _ in range(6):
+            f = stack.enter_context(tempfile.NamedTemporaryFile(
+                dir="/dev/shm", prefix="lifelock-test-"))
+            f.truncate(4096)
+            f.flush()
+            with mmap.mmap(f.fileno(), 4096) as mm:
+                lifelock.init(memoryview(mm))
+            files.append(f.name)
+        yield files
+
+
+def test_deaths_among_many_watched_are_each_heard_once_as_others_come_and_go(six_blocks):
+    # Slots move when a lock is let go (the last one takes its place): every death is
+    # still heard, with its own key and pid, and a forgotten one is not.
+    ctx = multiprocessing.get_context("fork")
+    files = six_blocks
+    heard: queue.Queue[tuple[object, int, int]] = queue.Queue()
+    watcher = lifelock.Watcher(lambda key, pid, st: heard.put((key, pid, st)))
+    kids = []
+    try:
+        for f in files:
+            go = Go(ctx)
+            child = ctx.Process(target=_holder, args=(f, go, "kill"))
+            child.start()
+            assert go.ready.wait(20)
+            kids.append(child)
+        for i, (f, child) in enumerate(zip(files, kids, strict=True)):
+            watcher.watch(i, f, child.pid)
+        wait_until(lambda: watcher.armed == 6)
+        for i in (1, 4):  # one in the middle, then one that moved
+            os.kill(kids[i].pid, signal.SIGKILL)
+            assert heard.get(timeout=20) == (i, kids[i].pid, signal.SIGKILL)
+        watcher.forget(0)
+        wait_until(lambda: watcher.armed == 3)
+        os.kill(kids[0].pid, signal.SIGKILL)  # forgotten: not reported
+        for i in (5, 2, 3):
+            os.kill(kids[i].pid, signal.SIGKILL)
+            assert heard.get(timeout=20) == (i, kids[i].pid, signal.SIGKILL)
+        wait_until(lambda: watcher.armed == 0)
+        assert heard.empty()
+    finally:
+        watcher.close()
+        for child in kids:
+            if child.is_alive():
+                child.kill()
+            child.join(20)

@@ -138,6 +138,17 @@ def _pipes(pid: int) -> set[str]:
     return out
 
 
+def _kill_all(proc: subprocess.Popen[str], family: dict[int, psutil.Process]) -> None:
+    """Kill the owner program and every process collected from its family."""
+    for p in family.values():
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    proc.kill()
+    proc.communicate()
+
+
 def _kill_owner_and_check(proc, info, expect: int, spared: tuple[str, ...] = ()) -> None:
     owner = psutil.Process(proc.pid)
     # every descendant, collected before the kill: spares, the fork server, actors,
@@ -175,13 +186,7 @@ def _kill_owner_and_check(proc, info, expect: int, spared: tuple[str, ...] = ())
                         pass
             pytest.fail(f"processes outlived their owner: {survivors}")
     finally:
-        for p in family.values():  # never leave one behind, whatever happened
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        proc.kill()
-        proc.communicate()
+        _kill_all(proc, family)  # never leave one behind, whatever happened
     sweep()  # the owner is dead: its segments are swept
     assert list_segments(info["run_id"]) == []
 
@@ -201,11 +206,11 @@ def test_a_busy_actor_and_its_backlog_die_with_their_owner(tmp_path, method):
 def test_actors_die_with_their_owner_while_its_own_fork_child_keeps_the_fork_server(
         tmp_path):
     # The user's program forked a child of its own: it holds the fork server's pipe, so
-    # the fork server lives on (multiprocessing's, and the user's business); every actor
-    # and spare watches the owner itself and dies all the same.
+    # the fork server never reads its end-of-file. The fork server watches the owner
+    # itself (deathsig.serve_owner: one thread for all, none in each actor), exits, and
+    # every actor and spare dies with it.
     proc, info = _run_owner(tmp_path, "forkserver", "held", delay=0.0)
-    _kill_owner_and_check(proc, info, expect=6,
-                          spared=("user_child", "forkserver", "tracker"))
+    _kill_owner_and_check(proc, info, expect=6, spared=("user_child", "tracker"))
 
 
 def test_a_child_whose_parent_is_not_the_one_read_before_the_fork_exits():
@@ -246,3 +251,71 @@ def test_a_fork_started_spare_sees_end_of_file_when_the_system_end_closes():
             proc.kill()
             proc.join(5)
         proc.close()
+
+
+SERVER_KILLED = textwrap.dedent(
+    """
+    import json, os, sys, threading
+    import multiprocessing.forkserver
+    import actorq
+
+    class Idle(actorq.Actor):
+        def pid(self):
+            return os.getpid()
+
+        def threads(self):
+            return [t.name for t in threading.enumerate()]
+
+    if __name__ == "__main__":
+        with actorq.ActorSystem(start_method="forkserver", warm_spares=1) as s:
+            refs = [s.spawn(Idle) for _ in range(3)]
+            pids = [r.pid().result(timeout=60) for r in refs]
+            server = multiprocessing.forkserver._forkserver._forkserver_pid
+            print(json.dumps({"run_id": s.run_id, "pids": pids, "forkserver": server}),
+                  flush=True)
+            sys.stdin.readline()  # the test killed the fork server
+            again = [r.pid().result(timeout=60) for r in refs]  # restarted, answering
+            crashes = [s.metrics()["actors"][r.name]["restarts"] for r in refs]
+            threads = refs[0].threads().result(timeout=60)
+            print(json.dumps({"pids": again, "restarts": crashes, "threads": threads}),
+                  flush=True)
+    """
+)
+
+
+def test_actors_die_with_a_killed_fork_server_and_are_restarted_leaving_nothing(tmp_path):
+    # SIGKILL the fork server: every process it forked dies with it (PR_SET_PDEATHSIG),
+    # the system attributes the deaths and restarts the actors (multiprocessing starts
+    # a new fork server), and once the program ends nothing of it is left.
+    script = tmp_path / "owner.py"
+    script.write_text(SERVER_KILLED)
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    family: dict[int, psutil.Process] = {}
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail(f"the owner program did not start: {proc.communicate()[1]}")
+        info = json.loads(line)
+        first = {pid: psutil.Process(pid) for pid in info["pids"]}
+        os.kill(info["forkserver"], signal.SIGKILL)
+        wait_until(lambda: all(_gone(p) for p in first.values()), timeout=20,
+                   message="the actors died with their fork server")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail(f"the owner program failed: {proc.communicate()[1]}")
+        after = json.loads(line)
+        assert not set(after["pids"]) & set(info["pids"])  # new processes answered
+        assert all(n >= 1 for n in after["restarts"]), after
+        # the new fork server was started as actorq starts one: it watches the owner
+        assert "actorq-owner-watch" not in after["threads"]
+        family = {p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)}
+        assert proc.wait(60) == 0, proc.stderr.read()
+        wait_until(lambda: all(_gone(p) for p in family.values()), timeout=20,
+                   message="every process of the program gone after it ended")
+        assert list_segments(info["run_id"]) == []  # unlinked by the program itself
+    finally:
+        _kill_all(proc, family)

@@ -1,0 +1,97 @@
+"""The lean start under the fork server (``actorq/_process/lean.py``): a child started
+without multiprocessing's per-child bootstrap still runs its target with the parent's
+authkey, working directory and ``sys.path``, reports its exit code and its exceptions as
+multiprocessing does, and runs its finalizers at exit.
+
+The targets are builtins (``exec`` of a small program), so that the fork server's child
+can unpickle them whatever this test module is called.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+
+import actorq
+from actorq._process.lean import LeanProcess
+from actorq._process.spawn import get_context
+
+CHILD = """
+import multiprocessing, multiprocessing.util, os, sys, threading
+def done(path):
+    with open(path + ".final", "w") as f:
+        f.write("finalized")
+multiprocessing.util.Finalize(None, done, (PATH,), exitpriority=1)
+with open(PATH, "w") as f:
+    f.write("\\n".join([
+        multiprocessing.current_process().authkey.hex(),
+        multiprocessing.current_process().name,
+        os.getcwd(),
+        repr(EXTRA in sys.path),
+        multiprocessing.get_start_method(),
+        repr([t.name for t in threading.enumerate()]),
+        repr(multiprocessing.current_process().daemon),
+    ]))
+"""
+
+
+def _run(code: str, name: str = "actorq:lean-test") -> int:
+    get_context("forkserver")  # the fork server this suite started, actorq preloaded
+    proc = LeanProcess(target=exec, args=(code, {}), name=name, daemon=True)
+    proc.start()
+    try:
+        proc.join(60)
+        assert proc.exitcode is not None, "the child did not finish in 60 s"
+        return proc.exitcode
+    finally:
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join(5)
+        proc.close()
+
+
+def test_a_lean_child_runs_with_the_parents_authkey_cwd_and_path(tmp_path, monkeypatch):
+    out = tmp_path / "out.txt"
+    extra = str(tmp_path / "extra-path-entry")
+    monkeypatch.chdir(tmp_path)  # after the fork server started: the child follows
+    monkeypatch.setattr(sys, "path", [*sys.path, extra])
+    code = f"PATH = {str(out)!r}\nEXTRA = {extra!r}\n" + CHILD
+    assert _run(code) == 0
+    authkey, name, cwd, has_extra, method, threads, daemon = out.read_text().splitlines()
+    assert authkey == multiprocessing.current_process().authkey.hex()
+    assert name == "actorq:lean-test"
+    assert cwd == str(tmp_path)
+    assert has_extra == "True"
+    assert method == "forkserver"  # a process it starts goes through a fork server too
+    assert threads == "['MainThread']"  # the fork server's owner watch stayed there
+    assert daemon == "True"  # as the Process was made: it may not start processes
+    assert (tmp_path / "out.txt.final").read_text() == "finalized"  # ran at its exit
+
+
+def test_a_lean_childs_exit_code_and_exception_are_reported():
+    assert _run("import sys; sys.exit(3)") == 3
+    assert _run("import sys; sys.exit()") == 0
+    assert _run("raise ValueError('boom')") == 1  # multiprocessing's code for an exception
+    assert _run("import os, signal; os.kill(os.getpid(), signal.SIGKILL)") == -9
+
+
+class WhoAmI(actorq.Actor):
+    def threads(self) -> list[str]:
+        return [t.name for t in threading.enumerate()]
+
+    def ppid(self) -> int:
+        return os.getppid()
+
+
+def test_an_actor_started_the_lean_way_has_no_owner_watch_thread_of_its_own():
+    # the fork server actorq started watches the owner for all of them (deathsig.py)
+    import multiprocessing.forkserver
+
+    with actorq.ActorSystem(start_method="forkserver") as system:
+        ref = system.spawn(WhoAmI)
+        threads = ref.threads().result(timeout=60)
+        assert "actorq-owner-watch" not in threads
+        server = multiprocessing.forkserver._forkserver._forkserver_pid
+        assert ref.ppid().result(timeout=60) == server
