@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +46,8 @@ def default_replace_backoff() -> Backoff:
 class PoolMember:
     """A pool member: its ref, circuit and the pool's own figures for it."""
 
-    __slots__ = ("breaker", "calls", "ewma", "failures", "id", "in_flight", "lost",
-                 "ref", "retired", "seen_waits", "slot")
+    __slots__ = ("breaker", "calls", "ewma", "failures", "id", "in_flight", "lost", "ref",
+                 "retired", "seen_waits", "slot")
 
     def __init__(self, ref: ActorRef[Any], slot: int, breaker: CircuitBreaker | None) -> None:
         self.ref = ref
@@ -89,7 +89,16 @@ class PoolMember:
 
 
 class MemberSet:
-    """A pool's members and the state its parts share (set up by ``Pool``)."""
+    """A pool's members and the state its parts share (set up by ``PoolCore``)."""
+
+    # the state below, as slots: attribute reads on the call path are the cheapest kind
+    __slots__ = ("_args", "_budget", "_budget_told", "_busy_ticks", "_candidates", "_closed",
+                 "_config", "_due", "_due_at", "_expiring", "_host", "_idem_done",
+                 "_idem_running", "_idem_size", "_idem_ttl",
+                 "_idle_since", "_kwargs", "_lock", "_lost_at", "_lost_streak", "_members",
+                 "_owner", "_replace_backoff", "_resize_lock", "_retired_stats", "_router",
+                 "_stats", "_stopped", "_timers", "_token_prefix", "circuit", "cls",
+                 "idle_timeout", "max_size", "min_size", "name", "retry", "timeout")
 
     name: str
     cls: Any
@@ -125,6 +134,11 @@ class MemberSet:
     _replace_backoff: Backoff
     _lost_streak: int
     _lost_at: float
+    # calls with a deadline, oldest first, and when the sweep's timer is set for
+    # (deadlines.py); the CallTimeout its sweep is failing a reply with, now (or None)
+    _due: deque[tuple[float, Reply[Any], str, float]]
+    _due_at: float
+    _expiring: BaseException | None
     # every member's circuit is closed (or there are none): the router sees them all.
     # Only the pool moves its breakers into and out of "closed" (record, trip), and it
     # refreshes this after each (``_circuits_changed``); open -> half open is by time,
