@@ -30,7 +30,7 @@ from actorq._routing.idempotency import Idempotency
 from actorq._routing.members import PoolMember, bare_outcome, default_replace_backoff
 from actorq._routing.metrics import STAT_NAMES, PoolStatistics
 from actorq._routing.options import check_timeout
-from actorq._routing.routers import key_point, make_router
+from actorq._routing.routers import PLAIN_KEYS, key_point, make_router
 from actorq._routing.scheduler import SCHEDULER
 
 if TYPE_CHECKING:
@@ -178,7 +178,8 @@ class PoolCore(Idempotency, Autoscaler):
         if key is None:
             msg = f"pool {self.name!r} routes by hash: pass key= with each call"
             raise ValueError(msg)
-        key_point(key)  # TypeError for a key that cannot be hashed
+        if type(key) not in PLAIN_KEYS:  # those always hash
+            key_point(key)  # TypeError for a key that cannot be hashed
 
     # A call without keywords (``pool.method(x)``) takes the pool's route, chosen once at
     # construction from its options: the checks that cannot fail for this pool are skipped.
