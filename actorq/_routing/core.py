@@ -24,7 +24,7 @@ from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry
 from actorq._routing.autoscale import Autoscaler
-from actorq._routing.calls import _Call, send_first
+from actorq._routing.calls import _Call, first_outcome, send_first
 from actorq._routing.hosts import PoolHost
 from actorq._routing.idempotency import Idempotency
 from actorq._routing.members import PoolMember, bare_outcome, default_replace_backoff
@@ -236,7 +236,8 @@ class PoolCore(Idempotency, Autoscaler):
     def _bare_call(self, method: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any] | None = None, key: Any = None) -> Reply[Any]:
         """A pool without retry, circuit or deadline: the member's own reply is the
-        call's reply; only the routing and the bookkeeping are added."""
+        call's reply; only the routing and the bookkeeping are added. No token travels
+        with it (it is not retried, but for its member being gone: see below)."""
         with self._lock:
             candidates = self._candidates
             if not candidates:
@@ -245,9 +246,14 @@ class PoolCore(Idempotency, Autoscaler):
             member.in_flight += 1
             member.calls += 1
             self._stats["calls"] += 1
-        try:  # the member's own reply; bare_outcome counts its outcome before it is seen
-            return member.ref.call_with(method, args, kwargs, on_outcome=partial(
-                bare_outcome, self, member, time.perf_counter()))
+        # the member's own reply: first_outcome counts its outcome before it is seen, and
+        # sends it again if its member was resized away or lost (ActorStopped): a _Call
+        # then, made only for such a call
+        try:
+            return (member.hub or member.attach()).call(  # ``ref.call_with``, checked
+                member.ref, method, args, kwargs,
+                partial(first_outcome, self, member, method, args, kwargs, key, None, None,
+                        time.perf_counter()))
         except BaseException:
             self._uncount(member)
             raise

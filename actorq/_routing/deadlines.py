@@ -40,7 +40,8 @@ def watch(pool: MemberSet, entry: Due) -> None:
     deadline = entry[0]
     with pool._lock:
         due = pool._due
-        _prune(due)  # the calls answered since
+        while due and due[0][1].done():  # the calls answered since (_prune, inlined)
+            due.popleft()
         alone = bool(due) and due[-1][0] > deadline  # out of order: a timer of its own
         arm = not alone and deadline < pool._due_at
         if not alone:
