@@ -21,7 +21,8 @@ their difference per call removes the set-up and the first calls.
 
 Modes: ref (the member's ref), default (a pool with no retry, no circuit), retry,
 circuit_retry, least_loaded, fastest, hash (``key=`` per call), timeout (a pool with a
-deadline per call).
+deadline per call), ref_token (the member's ref, each call carrying a token as a pool's
+first attempt does: ``call_with(token=...)``, the kernel's share of a retry pool's cost).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from actorq._routing.pool import _rebuild_pool
 from actorq._runtime.systemhub import SystemHub
 
 MODES = ("ref", "default", "retry", "circuit_retry", "least_loaded", "fastest", "hash",
-         "timeout")
+         "timeout", "ref_token")
 SIZES = (200, 1200)
 
 
@@ -47,10 +48,24 @@ def make_system_hub(prefix: str, config: Any, ctl: Any, efd: int) -> SystemHub:
     return SystemHub(prefix, config, ctl, efd, lambda actor_id: None)
 
 
+class TokenRef:
+    """``echo`` through ``ref.call_with`` with a token, as a pool's first attempt sends."""
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+        self.n = 0
+
+    def echo(self, x: Any) -> Any:
+        self.n += 1
+        return self.ref.call_with("echo", (x,), token=f"bench/1234/{self.n}")
+
+
 def target_of(h: Harness, mode: str) -> Any:
     """The ref, or a pool whose one member is the harness's actor."""
     if mode == "ref":
         return h.ref
+    if mode == "ref_token":
+        return TokenRef(h.ref)
     options: dict[str, Any] = {
         "default": {}, "least_loaded": {"routing": "least_loaded"},
         "fastest": {"routing": "fastest"}, "hash": {"routing": "hash"},
@@ -85,7 +100,7 @@ def run(mode: str, n: int) -> None:
         keyed = mode == "hash"
         calls(h, target, 50, 0, keyed)  # warm: caches filled, the member's methods bound
         calls(h, target, n, 50, keyed)
-        if mode != "ref":
+        if hasattr(target, "halt"):
             target.halt()
     finally:
         h.close()

@@ -191,6 +191,8 @@ class Reply(Generic[T]):
         Wakes every waiter and runs the done-callbacks on this thread. Never blocks.
         """
         if self._done:
+            if self._hook is not None:  # armed by on_late_outcome: the call's own answer
+                self._late(value, None)
             return False
         if self._hook is not None and self._take_over(value):
             return False
@@ -218,9 +220,29 @@ class Reply(Generic[T]):
         self._exc = exc
         return False
 
+    def on_late_outcome(self, hook: Callable[[Reply[T], Any, BaseException | None], object]
+                        ) -> None:
+        """Run ``hook(reply, value, exc)`` once, for the call's own outcome, if it comes
+        after this reply was completed by someone else (a pool's deadline failed it while
+        the member still runs the call: the pool counts the member's answer then).
+
+        Only from an ``on_outcome`` hook (``ActorRef.call_with``) that publishes the
+        reply it was given (returns False). Never waits; an exception *hook* raises is
+        logged."""
+        self._hook = hook  # type: ignore[assignment]  # set_result: run if already done
+
+    def _late(self, value: Any, exc: BaseException | None) -> None:
+        hook, self._hook = self._hook, None
+        try:
+            hook(self, value, exc)  # type: ignore[misc]
+        except Exception:
+            logger.exception("the late-outcome hook of %r raised", self)
+
     def set_exception(self, exc: BaseException) -> bool:
         """Complete the reply with *exc* (raised by ``result()``); False if already done."""
         if self._done:
+            if self._hook is not None:  # armed by on_late_outcome: the call's own answer
+                self._late(None, exc)
             return False
         self._exc = exc
         # the value stays None; set_result does the rest (the success path stays one call)

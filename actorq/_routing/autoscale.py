@@ -18,6 +18,8 @@ AUTOSCALE_TICK = 0.1  # seconds between looks at the load of a (min, max) pool
 class Autoscaler(MemberSet):
     """The autoscaling of a pool (its ticks run on the routing scheduler)."""
 
+    __slots__ = ()  # MemberSet has the slots
+
     def _autoscale(self) -> None:
         """Every tick (scheduler thread): grow while calls wait for credit, shrink after
         ``idle_timeout`` with a member idle at every look.

@@ -17,6 +17,7 @@ is scheduled on the routing scheduler thread.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from functools import partial
 from typing import Any
@@ -25,7 +26,8 @@ from actorq._clock import Deadline
 from actorq._config import SystemConfig
 from actorq._core.reply import Reply
 from actorq._errors import ActorStopped, CallTimeout
-from actorq._routing.members import MemberSet, PoolMember
+from actorq._routing.deadlines import watch
+from actorq._routing.members import MemberSet, PoolMember, succeeded
 from actorq._routing.scheduler import SCHEDULER
 
 _call_tokens = itertools.count(1)
@@ -147,7 +149,7 @@ class _Call:
         elapsed = time.perf_counter() - self.sent_at
         pool = self.pool
         if exc is None:  # the common case
-            _succeeded(pool, member, elapsed)
+            succeeded(pool, member, elapsed)
             self.outer.set_result(value)
             self.args = self.kwargs = None  # type: ignore[assignment]  # see _forget
             self.inner = None
@@ -214,64 +216,80 @@ class _Call:
             self.pool._stats_inc("failed")
 
 
-def _succeeded(pool: MemberSet, member: PoolMember, elapsed: float) -> None:
-    """Count an attempt that succeeded: one lock, then the circuit's fast path."""
-    with pool._lock:
-        member.answered(elapsed)
-        pool._stats["succeeded"] += 1
-    breaker = member.breaker
-    if breaker is not None and not breaker.settled:  # else nothing to record
-        breaker.record_success()
-        pool._circuits_changed()
-
-
 def first_outcome(pool: MemberSet, member: PoolMember, method: str, args: tuple[Any, ...],
-                  kwargs: dict[str, Any] | None, key: Any, token: str, sent: float,
-                  reply: Reply[Any], value: Any, exc: BaseException | None) -> bool:
+                  kwargs: dict[str, Any] | None, key: Any, token: str | None,
+                  deadline: float | None, sent: float, reply: Reply[Any], value: Any,
+                  exc: BaseException | None) -> bool:
     """The first attempt's outcome (its reply's ``on_outcome`` hook, bound by ``partial``
-    in ``send_first``), before its caller sees it. A success is counted and published:
+    in ``send_first`` and ``PoolCore._bare_call``), before its caller sees it. A success
+    is counted and published:
     the caller holds the member's own reply, and no ``_Call`` was made. A failure makes
     the ``_Call`` now, which takes the reply over (True): a retry completes it later, or
-    giving up completes it at once with the error."""
+    giving up completes it at once with the error. The call's deadline failing it
+    (``deadlines.expire``) is published, and the member's answer counted when it comes."""
     elapsed = time.perf_counter() - sent
     if exc is None:
-        _succeeded(pool, member, elapsed)
+        succeeded(pool, member, elapsed)
         return False
-    call = _Call(pool, method, args, kwargs, key, None, token, reply)
+    if exc is pool._expiring:  # not the member's answer: that one is still to come
+        reply.on_late_outcome(partial(late_outcome, pool, member, sent))
+        return False
+    call = _Call(pool, method, args, kwargs, key, deadline, token, reply)
     call.attempt = 1
     call.member = member
     call._attempt_failed(member, exc, elapsed)
     return True
 
 
+def late_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[Any],
+                 value: Any, exc: BaseException | None) -> None:
+    """A member's answer to a call its deadline failed already: counted for the member
+    (latency, failures, circuit), as a retry's would be; the caller has had its error."""
+    elapsed = time.perf_counter() - sent
+    if exc is None:
+        succeeded(pool, member, elapsed)
+        return
+    pool._finished(member, exc, elapsed)
+    if isinstance(exc, CallTimeout) and exc.reason == "expired":
+        pool._stats_inc("expired_drops")
+
+
 def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
-               kwargs: dict[str, Any] | None = None, key: Any = None) -> Reply[Any]:
-    """A call of a pool with a retry or a circuit and no deadline: the first attempt
-    goes out as a plain call whose reply is the caller's (its token travels with it);
-    the retry machinery is made only if it fails (``first_outcome``). Also the route
-    of such a pool (``pool.method(x)`` calls it straight)."""
-    pool._count_call()
-    member = pool._pick(key, None)
+               kwargs: dict[str, Any] | None = None, key: Any = None,
+               timeout: float | None = None) -> Reply[Any]:
+    """A call of a pool with a retry, a circuit or a deadline (*timeout* seconds from
+    now; None: the pool's): the first attempt goes out as a plain call whose reply is
+    the caller's (its token and deadline travel with it); the retry machinery is made
+    only if it fails (``first_outcome``), and the deadline is watched by the pool's
+    queue (``deadlines.watch``). Also the route of such a pool (``pool.method(x)``
+    calls it straight)."""
+    if timeout is None:
+        timeout = pool.timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    member = pool._pick(key, None, first=True)
     token = f"{pool._token_prefix}{next(_call_tokens)}"
     if member is None:  # every circuit open: a reply that fails with CircuitOpen
-        call = _Call(pool, method, args, kwargs, key, None, token)
+        call = _Call(pool, method, args, kwargs, key, deadline, token)
         outer = call.outer
         call.start()
         return outer
-    try:
-        return member.ref.call_with(method, args, kwargs, token=token, on_outcome=partial(
-            first_outcome, pool, member, method, args, kwargs, key, token,
-            time.perf_counter()))
+    try:  # ``ref.call_with``, its method checked by the pool already
+        reply = (member.hub or member.attach()).call_deadline(
+            member.ref, method, args, kwargs, math.inf if deadline is None else deadline,
+            token, partial(first_outcome, pool, member, method, args, kwargs, key, token,
+                           deadline, time.perf_counter()))
     except (TypeError, AttributeError):
         pool._release(member)
         raise  # bad input: nothing was sent
     except Exception as exc:  # not sent (the member is gone): retried by policy
-        call = _Call(pool, method, args, kwargs, key, None, token)
+        call = _Call(pool, method, args, kwargs, key, deadline, token)
         call.attempt = 1
         call.member = member
-        outer = call.outer
+        reply = call.outer
         call._attempt_failed(member, exc)
-        return outer
+    if deadline is not None and timeout is not None and not reply.done():
+        watch(pool, (deadline, reply, method, timeout))
+    return reply
 
 
 _FINISHED: Reply[Any] = Reply.pending("a finished pool call")

@@ -13,6 +13,8 @@ from actorq._routing.members import MemberSet
 class Idempotency(MemberSet):
     """The idempotency-key table of a pool."""
 
+    __slots__ = ()  # MemberSet has the slots
+
     def _idem_lookup(self, idem: Any) -> Reply[Any] | None:
         try:
             hash(idem)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from actorq._routing.routers import Router
 from actorq._routing.scheduler import SCHEDULER
 
 if TYPE_CHECKING:
-    from actorq._core.ref import ActorRef
+    from actorq._core.ref import ActorRef, Sender
 
 logger = logging.getLogger("actorq")
 
@@ -46,7 +46,7 @@ def default_replace_backoff() -> Backoff:
 class PoolMember:
     """A pool member: its ref, circuit and the pool's own figures for it."""
 
-    __slots__ = ("breaker", "calls", "ewma", "failures", "id", "in_flight", "lost",
+    __slots__ = ("breaker", "calls", "ewma", "failures", "hub", "id", "in_flight", "lost",
                  "ref", "retired", "seen_waits", "slot")
 
     def __init__(self, ref: ActorRef[Any], slot: int, breaker: CircuitBreaker | None) -> None:
@@ -61,16 +61,17 @@ class PoolMember:
         self.retired = False  # resized away
         self.lost = False  # its supervisor gave up on it: out of the routing, being replaced
         self.seen_waits = 0  # credit waits + backpressure on its channel at the last look
+        # what its ref sends through (its process's hub), once known (``attach``): the
+        # pool sends a routed call there itself, its method checked already
+        self.hub: Sender | None = None
+
+    def attach(self) -> Sender:
+        """The hub its ref sends through (``ActorStopped`` if its system is not here)."""
+        hub = self.hub = self.ref._get_hub()
+        return hub
 
     def took(self, elapsed: float) -> None:
         """Fold a call's *elapsed* seconds into the latency EWMA (under the pool's lock)."""
-        ewma = self.ewma
-        self.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
-
-    def answered(self, elapsed: float) -> None:
-        """A call it took ended well after *elapsed* seconds (under the pool's lock).
-        Once per pool call: ``took``'s arithmetic is written out here (a frame less)."""
-        self.in_flight -= 1
         ewma = self.ewma
         self.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
 
@@ -89,7 +90,16 @@ class PoolMember:
 
 
 class MemberSet:
-    """A pool's members and the state its parts share (set up by ``Pool``)."""
+    """A pool's members and the state its parts share (set up by ``PoolCore``)."""
+
+    # the state below, as slots: attribute reads on the call path are the cheapest kind
+    __slots__ = ("_args", "_budget", "_budget_told", "_busy_ticks", "_candidates", "_closed",
+                 "_config", "_due", "_due_at", "_expiring", "_host", "_idem_done",
+                 "_idem_running", "_idem_size", "_idem_ttl",
+                 "_idle_since", "_kwargs", "_lock", "_lost_at", "_lost_streak", "_members",
+                 "_owner", "_replace_backoff", "_resize_lock", "_retired_stats", "_router",
+                 "_stats", "_stopped", "_timers", "_token_prefix", "circuit", "cls",
+                 "idle_timeout", "max_size", "min_size", "name", "retry", "timeout")
 
     name: str
     cls: Any
@@ -125,6 +135,11 @@ class MemberSet:
     _replace_backoff: Backoff
     _lost_streak: int
     _lost_at: float
+    # calls with a deadline, oldest first, and when the sweep's timer is set for
+    # (deadlines.py); the CallTimeout its sweep is failing a reply with, now (or None)
+    _due: deque[tuple[float, Reply[Any], str, float]]
+    _due_at: float
+    _expiring: BaseException | None
     # every member's circuit is closed (or there are none): the router sees them all.
     # Only the pool moves its breakers into and out of "closed" (record, trip), and it
     # refreshes this after each (``_circuits_changed``); open -> half open is by time,
@@ -210,24 +225,34 @@ class MemberSet:
             self._member_lost(member)
         self._stats_inc("failed")
 
-    def _pick(self, key: Any, avoid: PoolMember | None) -> PoolMember | None:
-        """Choose a member whose circuit lets the call through; count it in flight."""
+    def _pick(self, key: Any, avoid: PoolMember | None, *, first: bool = False
+              ) -> PoolMember | None:
+        """Choose a member whose circuit lets the call through; count it in flight.
+        *first*: a call's first attempt, which is counted as a call, picked or not
+        (as ``_count_call`` does, under the same lock)."""
+        sync = False
         with self._lock:
+            if first:
+                calls = self._stats["calls"] = self._stats["calls"] + 1
+                sync = not calls & 15 and self._budget is not None
             candidates = self._candidates
             if not self._closed:  # some circuit is not closed: ask each (one read if not)
                 candidates = [m for m in candidates
                               if m.breaker is not None and m.breaker.available()]
             if avoid is not None and len(candidates) > 1 and not self._router.needs_key:
                 candidates = [m for m in candidates if m is not avoid] or candidates
-            if not candidates:
-                return None
-            member: PoolMember = self._router.choose(candidates, key)
-            breaker = member.breaker
-            if breaker is not None and not breaker.closed and not breaker.allow():
-                return None  # pragma: no cover - raced for the last half-open probe
-            member.in_flight += 1
-            member.calls += 1
-            return member
+            member: PoolMember | None = None
+            if candidates:
+                member = self._router.choose(candidates, key)
+                breaker = member.breaker
+                if breaker is not None and not breaker.closed and not breaker.allow():
+                    member = None  # pragma: no cover - raced for the last half-open probe
+                else:
+                    member.in_flight += 1
+                    member.calls += 1
+        if sync:
+            self._budget_sync()
+        return member
 
     def _release(self, member: PoolMember) -> None:
         """A member was picked but nothing came of it (bad input, or a tell): undo."""
@@ -259,8 +284,8 @@ class MemberSet:
         time (and before each retry decision, ``_budget_sync``), not once per call: a
         pool call costs one count, and the budget sees every call by the time it decides
         (dated at most 15 calls late)."""
-        stats = self._stats
-        calls = stats["calls"] = stats["calls"] + 1
+        with self._lock:
+            calls = self._stats["calls"] = self._stats["calls"] + 1
         if not calls & 15 and self._budget is not None:
             self._budget_sync()
 
@@ -410,12 +435,25 @@ def bare_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[
     bound by ``partial``), counted before its caller sees it; always published."""
     elapsed = time.perf_counter() - sent
     if exc is None:
-        with pool._lock:
-            member.answered(elapsed)
-            pool._stats["succeeded"] += 1
-        return False
-    pool._bare_failed(member, exc, elapsed)
+        succeeded(pool, member, elapsed)
+    else:
+        pool._bare_failed(member, exc, elapsed)
     return False
+
+
+def succeeded(pool: MemberSet, member: PoolMember, elapsed: float) -> None:
+    """Count a call (an attempt) that *member* answered well after *elapsed* seconds:
+    one lock, then its circuit's fast path. Once per pool call: ``took``'s arithmetic
+    is written out here (a frame less)."""
+    with pool._lock:
+        member.in_flight -= 1
+        ewma = member.ewma
+        member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
+        pool._stats["succeeded"] += 1
+    breaker = member.breaker
+    if breaker is not None and not breaker.settled:  # else nothing to record
+        breaker.record_success()
+        pool._circuits_changed()
 
 
 def on_lost_weakly(pool: MemberSet) -> Callable[[int], None]:

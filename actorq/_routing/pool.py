@@ -13,18 +13,14 @@ The pool is built in layers, each module on the ones before it::
     members      MemberSet: picking a member, its counts, grow/shrink/lost/replaced
     calls        one call across its attempts (retries, deadlines)
     idempotency  idempotency keys          autoscale   (min, max) pools
-    pool         Pool: the ref-like surface, the bare fast path
+    core         PoolCore: the state and the call paths, the bare fast path
+    pool         Pool: the ref-like surface (``pool.method`` closures call the core)
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from actorq._core.actor import handler_names, set_pool_factory
@@ -32,21 +28,11 @@ from actorq._core.reply import Reply
 from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry
-from actorq._routing.autoscale import Autoscaler, tick_later
-from actorq._routing.calls import _Call, send_first
+from actorq._routing.autoscale import tick_later
+from actorq._routing.core import PoolCore
 from actorq._routing.hosts import ContextHost, NoHost, PoolHost, SupervisorHost
-from actorq._routing.idempotency import Idempotency
-from actorq._routing.members import (
-    PoolMember,
-    bare_outcome,
-    default_replace_backoff,
-    on_lost_weakly,
-)
-from actorq._routing.metrics import (
-    STAT_NAMES,
-    MemberStatistics,
-    PoolStatistics,
-)
+from actorq._routing.members import on_lost_weakly
+from actorq._routing.metrics import MemberStatistics, PoolStatistics
 from actorq._routing.options import (
     SCALE_WINDOW,
     check_timeout,
@@ -54,8 +40,6 @@ from actorq._routing.options import (
     parse_size,
     validate_options,
 )
-from actorq._routing.routers import key_point, make_router
-from actorq._routing.scheduler import SCHEDULER
 
 if TYPE_CHECKING:
     from actorq._core.ref import ActorRef
@@ -64,7 +48,6 @@ __all__ = ["SCALE_WINDOW", "MemberStatistics", "Pool", "PoolStatistics", "Superv
            "context_pool", "hang_options", "parse_size", "validate_options"]
 
 A = TypeVar("A")
-Route = Callable[["Pool[Any]", str, tuple[Any, ...]], Reply[Any]]
 _pool_ids = itertools.count(1)
 
 
@@ -72,23 +55,25 @@ _POOL_ATTRS = frozenset({"name", "cls", "cls_name", "handlers", "routing", "circ
                          "timeout", "min_size", "max_size", "idle_timeout", "size"})
 
 
-def _bind(pool: Pool[Any], method: str) -> Callable[..., Reply[Any]]:
+def _bind(pool: Pool[Any], core: PoolCore, method: str) -> Callable[..., Reply[Any]]:
     """``pool.method``: calls *method* through the pool. A closure, as a ref's methods
-    are: called straight, without the ``__call__`` lookup an object's call takes."""
+    are: called straight, without the ``__call__`` lookup an object's call takes, and
+    reading only *core* (see core.py: no attribute of *pool* on the way)."""
 
     def bound(*args: Any, **kwargs: Any) -> Reply[Any]:
         if kwargs:
             key = kwargs.pop("key", None)
             timeout = kwargs.pop("timeout", None)
             idem = kwargs.pop("idempotency_key", None)
-            return pool._submit(method, args, kwargs, key, timeout, idem)
-        return pool._route(pool, method, args)  # the pool's own path, chosen once
+            return core.submit(method, args, kwargs, key, timeout, idem)
+        return core._route(core, method, args)  # the pool's own path, chosen once
 
     bound.__name__ = bound.__qualname__ = method
+    bound.pool = pool  # type: ignore[attr-defined]  # held while its methods are
     return bound
 
 
-class Pool(Idempotency, Autoscaler, Generic[A]):
+class Pool(Generic[A]):
     """A group of actors of one class, called like one ref; create with ``system.pool``.
 
     ``pool.method(*args, **kwargs)`` and ``pool.call("method", ...)`` return a ``Reply``;
@@ -97,6 +82,19 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
     attempts included) and ``idempotency_key=`` (see ``docs/concepts.md``). Pass a
     handler keyword with one of those names through ``call_with(method, args, kwargs)``.
     """
+
+    # the pool's options, as given (read-only; the pool's state is its core's)
+    name: str
+    cls: type | None
+    cls_name: str
+    handlers: frozenset[str]
+    routing: str
+    circuit: CircuitBreaker | None
+    retry: Retry | None
+    timeout: float | None
+    min_size: int
+    max_size: int
+    idle_timeout: float
 
     def __init__(self, host: PoolHost, cls: type, args: tuple[Any, ...],
                  kwargs: dict[str, Any], *, size: int | tuple[int, int] | None,
@@ -109,71 +107,37 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
             msg = f"replace_backoff must be an actorq.Backoff or None, not {replace_backoff!r}"
             raise TypeError(msg)
         lo, hi = parse_size(size, oversubscribe)
-        self.name = name or f"pool-{cls.__name__}-{next(_pool_ids)}"
-        self.cls = cls
-        self.cls_name = cls.__name__
-        self.handlers = handler_names(cls)
-        self.routing = routing
-        self.circuit = circuit
-        self.retry = retry
-        self.timeout = timeout
-        self.min_size, self.max_size = lo, hi
-        self.idle_timeout = idle_timeout
-        self._host = host
-        self._config = host.config
-        self._bare = retry is None and circuit is None  # see _bare_call
-        self._closed = True
-        self._args, self._kwargs = args, kwargs
-        self._router = make_router(routing)
-        self._route = self._choose_route()
-        self._token_prefix = f"{self.name}/{os.getpid()}/"
-        self._timers = object()  # owns its entries on the routing scheduler (cancel)
-        self._budget = (retry.budget.fresh() if retry is not None
-                                            and retry.budget is not None else None)
-        self._budget_told = 0
-        self._lock = threading.Lock()
-        self._members = []
-        self._candidates = []  # members that are not retired
-        self._stopped = False
-        self._owner = True
-        self._stats = dict.fromkeys(STAT_NAMES, 0)
-        self._retired_stats = []
-        self._idem_ttl = idempotency_ttl
-        self._idem_size = idempotency_size
-        self._idem_running = {}
-        self._idem_done = OrderedDict()
-        self._busy_ticks = 0
-        self._idle_since = time.monotonic()
-        self._resize_lock = threading.Lock()
-        self._replace_backoff = replace_backoff or default_replace_backoff()
-        self._lost_streak = 0  # members lost in a row (no REPLACE_QUIET gap between them)
-        self._lost_at = 0.0
+        core = PoolCore(host, name or f"pool-{cls.__name__}-{next(_pool_ids)}", cls,
+                        cls.__name__, handler_names(cls), args, kwargs, routing=routing,
+                        circuit=circuit, retry=retry, timeout=timeout, sizes=(lo, hi),
+                        idle_timeout=idle_timeout, idempotency_ttl=idempotency_ttl,
+                        idempotency_size=idempotency_size, replace_backoff=replace_backoff)
         try:
-            self._grow(lo)
+            core._grow(lo)
         except BaseException:
-            self._host.close()
+            host.close()
             raise
-        self._host.watch(on_lost_weakly(self))
+        host.watch(on_lost_weakly(core))
         if hi > lo:
-            tick_later(self)
+            tick_later(core)
+        self._attach(core)
+
+    def _attach(self, core: PoolCore) -> None:
+        self._core = core
+        for attr in _POOL_ATTRS - {"size"}:
+            self.__dict__[attr] = getattr(core, attr)
 
     # -- the ref-like surface -----------------------------------------------------------------
 
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
-        self._check_method(method)
-        bound = _bind(self, method)
+        core = self._core
+        core.check_method(method)
+        bound = _bind(self, core, method)
         if method not in _POOL_ATTRS:
             self.__dict__[method] = bound  # next time found without __getattr__
         return bound
-
-    def _check_method(self, method: str) -> None:
-        if method not in self.handlers and method != "receive":
-            known = ", ".join(sorted(self.handlers)) or "none"
-            msg = f"pool {self.name!r} ({self.cls_name}) has no handler {method!r} (its " \
-                  f"public methods: {known})"
-            raise AttributeError(msg)
 
     def call(self, method: str, *args: Any, key: Any = None, timeout: float | None = None,
              idempotency_key: Any = None, **kwargs: Any) -> Reply[Any]:
@@ -186,100 +150,77 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
         member's circuit is open, ``CallTimeout`` past the deadline, and the last
         attempt's error when the retry policy gives up.
         """
-        self._check_method(method)
-        return self._submit(method, args, kwargs, key, timeout, idempotency_key)
+        core = self._core
+        core.check_method(method)
+        return core.submit(method, args, kwargs, key, timeout, idempotency_key)
 
     def call_with(self, method: str, args: tuple[Any, ...] = (),
                   kwargs: dict[str, Any] | None = None, *, key: Any = None,
                   timeout: float | None = None, idempotency_key: Any = None) -> Reply[Any]:
         """Like ``call``, with the handler's arguments given as a tuple and a dict."""
-        self._check_method(method)
-        return self._submit(method, tuple(args), dict(kwargs or {}), key, timeout,
-                            idempotency_key)
+        core = self._core
+        core.check_method(method)
+        return core.submit(method, tuple(args), dict(kwargs or {}), key, timeout,
+                           idempotency_key)
 
     def ask(self, message: Any, *, key: Any = None, timeout: float | None = None) -> Reply[Any]:
         """Send *message* to one member's ``receive``; return a ``Reply`` with its answer."""
-        return self._submit("receive", (message,), {}, key, timeout, None)
+        return self._core.submit("receive", (message,), {}, key, timeout, None)
 
     def tell(self, message: Any, *, key: Any = None) -> None:
         """Send *message* to one member's ``receive``; no reply, no retry (fire and forget)."""
-        self._check_open()
-        if self._router.needs_key:
-            self._check_key(key)
-        member = self._pick(key, None)
-        if member is None:
-            msg = "receive"
-            raise self._circuit_open_error(msg)
-        try:
-            member.ref.tell(message)
-        finally:
-            self._release(member)
+        self._core.tell(message, key)
 
     def members(self) -> list[ActorRef[Any]]:
         """The members' refs, in slot order."""
-        with self._lock:
-            return [m.ref for m in self._members]
+        return self._core.member_refs()
 
     def call_member(self, ref: ActorRef[Any], method: str, *args: Any) -> Reply[Any]:
         """Call *method* on the member *ref* itself: the caller routes (a scheduler of its
         own, such as the job graph's). Counted like a routed call (in flight, latency,
         failures in ``statistics()``); no retry, circuit or deadline. ``ValueError`` if
         *ref* is not a member (any more), ``ActorStopped`` if the pool is stopped."""
-        self._check_open()
-        with self._lock:
-            for member in self._candidates:
-                if member.id == ref.actor_id:
-                    break
-            else:
-                msg = f"{ref!r} is not a member of pool {self.name!r}"
-                raise ValueError(msg)
-            member.in_flight += 1
-            member.calls += 1
-            self._stats["calls"] += 1
-        try:
-            return member.ref.call_with(method, args, on_outcome=partial(
-                bare_outcome, self, member, time.perf_counter()))
-        except BaseException:
-            self._uncount(member)
-            raise
+        return self._core.call_member(ref, method, args)
 
     def circuits(self) -> dict[str, str]:
         """Each member's circuit state (by member name): closed, open or half_open."""
-        with self._lock:
-            return {m.ref.name: (m.breaker.state if m.breaker is not None else "closed")
-                    for m in self._members}
+        return self._core.circuits()
 
     @property
     def size(self) -> int:
         """How many members the pool has now."""
-        return len(self._members)
+        return len(self._core._members)
+
+    def resize(self, n: int) -> None:
+        """Grow or shrink to *n* members now (see ``docs/api.md``, "Pool"): shrinking
+        retires the least busy members, which finish the calls they have."""
+        self._core.resize(n)
+
+    def retire(self, ref: ActorRef[Any]) -> None:
+        """Take the member *ref* out: no new calls, it finishes its calls, then stops.
+        ``ValueError`` if it is not a member or is the last one; blocks until it is gone."""
+        self._core.retire(ref)
 
     def stop(self) -> None:
         """Stop every member for good; later calls raise ``ActorStopped``. Its timers
         (autoscaling, replacements, deadlines) go; a retry waiting for its backoff fails
         with ``ActorStopped`` now."""
-        if self._stopped:
+        core = self._core
+        if core._stopped:
             return
-        self.halt()
-        if self._owner:
-            self._host.close()
+        core.halt()
+        if core._owner:
+            core._host.close()
 
     def halt(self) -> None:
         """Stop routing (its system is closing, or ``stop``): later calls raise
         ``ActorStopped``, its entries leave the routing scheduler (retries waiting for
         their backoff fail now), and the autoscaler ends. The members are not touched."""
-        self._stopped = True
-        self._route = Pool._route_checked  # which raises ActorStopped now
-        SCHEDULER.cancel(self._timers)
+        self._core.halt()
 
     def statistics(self) -> PoolStatistics:
         """The pool's figures now (a frozen snapshot)."""
-        with self._lock:
-            members = [m.stats() for m in self._members] + list(self._retired_stats)
-            replacing = sum(1 for m in self._members if m.lost)
-            return PoolStatistics(name=self.name, size=len(self._members),
-                                  routing=self.routing, members=members,
-                                  replacing=replacing, **self._stats)
+        return self._core.statistics()
 
     def __enter__(self) -> Pool[A]:
         return self
@@ -288,92 +229,14 @@ class Pool(Idempotency, Autoscaler, Generic[A]):
         self.stop()
 
     def __repr__(self) -> str:
-        state = "stopped" if self._stopped else f"size={len(self._members)}"
+        core = self._core
+        state = "stopped" if core._stopped else f"size={len(core._members)}"
         return f"<Pool {self.name!r} {self.cls_name} {self.routing} {state}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        with self._lock:
-            refs = [m.ref for m in self._members]
-        return (_rebuild_pool, (self.name, self.cls_name, self.handlers, refs, self.routing,
-                                self.circuit, self.retry, self.timeout))
-
-    # -- calls ---------------------------------------------------------------------------------
-
-    def _check_key(self, key: Any) -> None:
-        if key is None:
-            msg = f"pool {self.name!r} routes by hash: pass key= with each call"
-            raise ValueError(msg)
-        key_point(key)  # TypeError for a key that cannot be hashed
-
-    # A call without keywords (``pool.method(x)``) takes the pool's route, chosen once at
-    # construction from its options: the checks that cannot fail for this pool are skipped.
-
-    def _choose_route(self) -> Route:
-        """The function (not a bound method: no pool -> pool cycle) calls take."""
-        if self._router.needs_key:
-            return Pool._route_checked  # raises: a hash pool needs key=
-        if self.timeout is not None:
-            return Pool._route_checked  # a deadline per call
-        if self._bare:
-            return Pool._bare_call
-        return send_first  # a retry or a circuit, no timeout: a _Call only on a failure
-
-    def _route_checked(self, method: str, args: tuple[Any, ...]) -> Reply[Any]:
-        return self._submit(method, args, {}, None, None, None)
-
-    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], key: Any,
-                timeout: float | None, idem: Any) -> Reply[Any]:
-        if self._stopped:
-            self._check_open()
-        if self._router.needs_key:
-            self._check_key(key)
-        if timeout is None:
-            timeout = self.timeout
-            deadline = None if timeout is None else time.monotonic() + timeout
-        else:
-            check_timeout(timeout, "timeout")
-            deadline = time.monotonic() + timeout
-        if idem is not None:
-            joined = self._idem_lookup(idem)
-            if joined is not None:
-                return joined
-        elif deadline is None:
-            if self._bare:
-                return self._bare_call(method, args, kwargs, key)
-            return send_first(self, method, args, kwargs, key)
-        call = _Call(self, method, args, kwargs, key, deadline, idem)
-        self._count_call()
-        if idem is not None:
-            self._idem_register(idem, call.outer)
-        outer = call.outer
-        try:
-            call.start()
-        except BaseException:
-            if idem is not None:
-                self._idem_running.pop(idem, None)
-            raise
-        if deadline is not None and not outer.done():
-            SCHEDULER.call_later(deadline - time.monotonic(), call.expire, self._timers)
-        return outer
-
-    def _bare_call(self, method: str, args: tuple[Any, ...],
-                   kwargs: dict[str, Any] | None = None, key: Any = None) -> Reply[Any]:
-        """A pool without retry, circuit or deadline: the member's own reply is the
-        call's reply; only the routing and the bookkeeping are added."""
-        with self._lock:
-            candidates = self._candidates
-            if not candidates:
-                raise self._circuit_open_error(method)
-            member: PoolMember = self._router.choose(candidates, key)
-            member.in_flight += 1
-            member.calls += 1
-            self._stats["calls"] += 1
-        try:  # the member's own reply; bare_outcome counts its outcome before it is seen
-            return member.ref.call_with(method, args, kwargs, on_outcome=partial(
-                bare_outcome, self, member, time.perf_counter()))
-        except BaseException:
-            self._uncount(member)
-            raise
+        return (_rebuild_pool, (self.name, self.cls_name, self.handlers,
+                                self._core.member_refs(), self.routing, self.circuit,
+                                self.retry, self.timeout))
 
 
 def context_pool(ops: Any, cls: type, args: tuple[Any, ...],
@@ -412,39 +275,13 @@ def _rebuild_pool(name: str, cls_name: str, handlers: frozenset[str],
                   refs: list[ActorRef[Any]], routing: str, circuit: CircuitBreaker | None,
                   retry: Retry | None, timeout: float | None) -> Pool[Any]:
     """A pool unpickled in another process: the same members, its own circuits and figures."""
+    core = PoolCore(NoHost(), name, None, cls_name, handlers, (), {}, routing=routing,
+                    circuit=circuit, retry=retry, timeout=timeout,
+                    sizes=(len(refs), len(refs)), owner=False)
+    core.adopt(refs)
     pool: Pool[Any] = Pool.__new__(Pool)
-    pool.__dict__.update(name=name, cls=None, cls_name=cls_name, handlers=handlers,
-                         routing=routing, circuit=circuit, retry=retry, timeout=timeout,
-                         min_size=len(refs), max_size=len(refs), idle_timeout=5.0)
-    pool._host = NoHost()
-    pool._config = pool._host.config
-    pool._bare = retry is None and circuit is None
-    pool._closed = True
-    pool._args, pool._kwargs = (), {}
-    pool._router = make_router(routing)
-    pool._route = pool._choose_route()
-    pool._token_prefix = f"{name}/{os.getpid()}/"
-    pool._timers = object()
-    pool._budget = retry.budget.fresh() if retry is not None and retry.budget is not None \
-        else None
-    pool._budget_told = 0
-    pool._lock = threading.Lock()
-    pool._members = [PoolMember(r, i, circuit.fresh() if circuit is not None else None)
-                     for i, r in enumerate(refs)]
-    pool._candidates = list(pool._members)
-    pool._router.resized([m.id for m in pool._members], [m.slot for m in pool._members])
-    pool._stopped = False
-    pool._owner = False
-    pool._stats = dict.fromkeys(STAT_NAMES, 0)
-    pool._retired_stats = []
-    pool._idem_ttl, pool._idem_size = 300.0, 10_000
-    pool._idem_running, pool._idem_done = {}, OrderedDict()
-    pool._busy_ticks, pool._idle_since = 0, time.monotonic()
-    pool._resize_lock = threading.Lock()
-    pool._replace_backoff = default_replace_backoff()
-    pool._lost_streak, pool._lost_at = 0, 0.0
+    pool._attach(core)
     return pool
-
 
 
 set_pool_factory(context_pool)

@@ -25,6 +25,13 @@ from typing import Any, Protocol
 
 ROUTINGS = ("round_robin", "least_loaded", "fastest", "hash")
 VNODES = 128  # virtual nodes per member on the hash ring
+# Keys of these exact types always hash, and two equal ones are the same key on the ring
+# (1 and True, or 1 and 1.0, are equal dict keys but not the same ring key: other types
+# are not cached). A cache of their slots spares a call its blake2b and its bisect
+# (benchmarks/callgrind_pool_call.py, hash); this many keys at most, then it starts
+# afresh (a few MB at most; a resize empties it).
+PLAIN_KEYS = frozenset({str, int, bytes})
+SLOT_CACHE_KEYS = 65_536
 
 
 class Member(Protocol):
@@ -172,6 +179,7 @@ class ConsistentHash(Router):
         self._points: list[int] = []
         self._owners: list[int] = []
         self._slots = 0  # members on the ring
+        self._cache: dict[Any, int] = {}  # plain key -> its slot on this ring
 
     def resized(self, member_ids: Sequence[int], slots: Sequence[int] | None = None) -> None:
         # placed by member *slot* (not actor id): a restarted or replaced member keeps
@@ -183,13 +191,21 @@ class ConsistentHash(Router):
         self._points = [p for p, _ in ring]
         self._owners = [s for _, s in ring]
         self._slots = len(set(places))
+        self._cache = {}  # a new ring: its slots for keys (slot_for)
 
     def slot_for(self, key: Any, allowed: set[int] | None = None) -> int:
         """The member slot *key* maps to (the first one in *allowed* clockwise)."""
-        point = key_point(key)
+        if allowed is None and type(key) in PLAIN_KEYS:
+            cache = self._cache
+            slot = cache.get(key)
+            if slot is None:
+                if len(cache) >= SLOT_CACHE_KEYS:
+                    cache.clear()
+                slot = cache[key] = self._owners[self._index(key)]
+            return slot
         points, owners = self._points, self._owners
         n = len(points)
-        i = bisect.bisect_left(points, point) % n
+        i = self._index(key)
         if allowed is None:
             return owners[i]
         for step in range(n):
@@ -198,6 +214,10 @@ class ConsistentHash(Router):
                 return slot
         msg = "no member may take the call"
         raise LookupError(msg)
+
+    def _index(self, key: Any) -> int:
+        """The index on the ring of the first virtual node clockwise from *key*."""
+        return bisect.bisect_left(self._points, key_point(key)) % len(self._points)
 
     def choose(self, candidates: Sequence[Any], key: Any = None) -> Any:
         if len(candidates) == self._slots:  # every member may take it: no set to build

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,10 @@ class Echo(actorq.Actor):
 
     def boom(self):
         raise KeyError("boom")
+
+    def wait(self, gate):
+        wait_until(lambda: os.path.exists(gate), timeout=30)
+        return "answer"
 
 
 def test_a_pending_reply_is_completed_once():
@@ -309,3 +315,27 @@ def test_a_raising_on_outcome_hook_is_logged_and_the_outcome_published(system, c
     with pytest.raises(KeyError, match="boom"):
         ref.call_with("boom", on_outcome=hook).result(timeout=20)
     assert caplog.text.count("on_outcome hook") == 2
+
+
+def test_a_hook_that_publishes_an_early_failure_still_sees_the_late_answer(system, tmp_path):
+    # what a pool's deadline does: fail the caller's reply now, and count the member's
+    # answer when it comes (Reply.on_late_outcome, armed from the on_outcome hook)
+    ref = system.spawn(Echo)
+    gate = str(tmp_path / "gate")
+    early = actorq.CallTimeout("the caller's deadline passed")
+    late = []
+
+    def hook(reply, value, exc):
+        if exc is early:
+            reply.on_late_outcome(lambda r, v, e: late.append((r is reply, v, e)))
+        return False
+
+    reply = ref.call_with("wait", (gate,), on_outcome=hook)
+    assert reply.set_exception(early)
+    assert reply.exception(timeout=1) is early
+    assert late == []
+    Path(gate).touch()
+    wait_until(lambda: late, timeout=20, message="the late answer")
+    assert late == [(True, "answer", None)]
+    assert reply.exception(timeout=1) is early  # the caller's outcome stays
+    assert ref.echo(1).result(timeout=20) == 1

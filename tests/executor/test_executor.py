@@ -221,7 +221,8 @@ def test_shutdown_no_wait_still_finishes_the_work():
     e.shutdown(wait=False)
     assert list(res) == [abs(v) for v in range(-5, 5)]
     pool = e.pool
-    actorq.testing.wait_until(lambda: pool._host.system.metrics()["system"]["closed"], timeout=30)
+    actorq.testing.wait_until(lambda: pool._core._host.system.metrics()["system"]["closed"],
+                              timeout=30)
 
 
 SCRIPT_PRELUDE = """if 1:

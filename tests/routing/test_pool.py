@@ -284,6 +284,10 @@ class Timed(actorq.Actor):
         wait_until(lambda: os.path.exists(gate), timeout=30)
         return os.getpid()
 
+    def entered(self, gate: str) -> int:
+        Path(gate + ".entered").touch()
+        return self.slow(gate)
+
     def hang(self) -> None:
         threading.Event().wait()
 
@@ -311,6 +315,43 @@ def test_a_call_whose_deadline_passed_while_queued_is_dropped_unrun(system, tmp_
     busy.result(timeout=20)
     wait_until(lambda: pool.statistics().expired_drops == 1, timeout=20)
     assert not os.path.exists(mark)  # never ran
+    assert pool.statistics().deadline_timeouts == 1
+
+
+def test_a_late_answer_fails_the_caller_at_the_deadline_and_counts_for_its_member(
+        system, tmp_path):
+    # a circuit that one failure opens: the deadline alone is not the member's failure;
+    # its answer, when it comes, is counted as the member's outcome
+    pool = system.pool(Timed, size=1, timeout=3.0, hang_margin=60.0,
+                       circuit=actorq.CircuitBreaker(failure_threshold=1, reset_timeout=60.0))
+    system.wait_ready(pool.members()[0])  # (a loaded machine may take seconds to boot it)
+    gate = str(tmp_path / "gate")
+    late = pool.entered(gate)
+    wait_until(lambda: os.path.exists(gate + ".entered"), timeout=20)  # running, not queued
+    with pytest.raises(actorq.CallTimeout, match=r"\.entered: no reply within 3s"):
+        late.result(timeout=30)
+    st = pool.statistics()
+    assert (st.deadline_timeouts, st.failed, st.members[0].in_flight) == (1, 1, 1)
+    Path(gate).touch()
+    wait_until(lambda: pool.statistics().members[0].in_flight == 0, timeout=20,
+               message="the late answer counted")
+    member = pool.statistics().members[0]
+    assert (member.calls, member.ok, member.failures) == (1, 1, {})
+    assert list(pool.circuits().values()) == ["closed"]
+    assert isinstance(late.exception(timeout=1), actorq.CallTimeout)  # the caller's, kept
+    assert pool.pid().result(timeout=20) == pool.slow(gate).result(timeout=20)
+
+
+def test_a_shorter_deadline_after_a_longer_one_still_fails_on_time(system, tmp_path):
+    pool = system.pool(Timed, size=2)
+    gate = str(tmp_path / "gate")
+    slow = pool.slow(gate, timeout=60.0)
+    short = pool.slow(gate, timeout=0.3)
+    with pytest.raises(actorq.CallTimeout, match=r"no reply within 0\.3s"):
+        short.result(timeout=20)  # the pool's deadline, not result()'s 20 s
+    assert not slow.done()
+    Path(gate).touch()
+    assert slow.result(timeout=20) > 0
     assert pool.statistics().deadline_timeouts == 1
 
 

@@ -167,6 +167,25 @@ def test_shrinking_retires_the_idle_members_wherever_they_sit(system, tmp_path):
     assert new not in (a, b, c, d)
 
 
+def test_a_call_queued_on_a_member_resized_away_is_sent_to_another(tmp_path):
+    # a pool without retry: the member retired keeps its first call past the stop
+    # timeout and is stopped with a second one queued; that call goes to the other
+    # member (docs/concepts.md, resizes), it does not fail with ActorStopped
+    with actorq.ActorSystem(stop_timeout=0.5) as system:
+        pool = system.pool(Sleeper, size=2, routing="round_robin")
+        a, b = pool.members()
+        system.wait_ready(a)
+        system.wait_ready(b)
+        release = str(tmp_path / "release")
+        calls = [pool.hold(release) for _ in range(4)]  # in turn: b, a, b, a
+        wait_until(lambda: pool.statistics().members[1].in_flight == 2, timeout=20)
+        pool.retire(b)  # returns once b is gone: its queued call was not run by it
+        Path(release).touch()
+        a_pid = a.pid().result(timeout=20)
+        assert [r.result(timeout=30) for r in calls[1:]] == [a_pid, a_pid, a_pid]
+        assert pool.statistics().members[0].calls >= 3
+
+
 def test_retire_takes_out_the_member_named_and_refuses_the_last_one(system):
     pool = system.pool(Sleeper, size=3, routing="least_loaded")
     a, b, c = pool.members()

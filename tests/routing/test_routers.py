@@ -102,3 +102,21 @@ def test_hash_routes_around_an_unavailable_member_and_back():
         if slot != 2:
             assert got == slot  # keys of the other members stay where they were
     assert {k: r.choose(ms, k).slot for k in homes} == homes
+
+
+def test_cached_slots_are_the_ring_s_and_a_resize_forgets_them():
+    r = ConsistentHash()
+    r.resized(list(range(5)))
+    everyone = set(range(5))
+    keys = [*(f"k{i}" for i in range(300)), *range(300), *(b"b%d" % i for i in range(300))]
+    first = [r.slot_for(k) for k in keys]  # plain keys: computed, then cached
+    assert [r.slot_for(k) for k in keys] == first
+    # the uncached way (a set of allowed slots) agrees
+    assert [r.slot_for(k, everyone) for k in keys] == first
+    # equal keys that are not the same key on the ring are not mixed up by the cache
+    for k in (True, 1.0, 7.0, False):
+        assert r.slot_for(k) == r.slot_for(k, everyone)
+    moved = ConsistentHash()
+    moved.resized(list(range(6)))
+    r.resized(list(range(6)))  # grown: the cached slots are the old ring's
+    assert [r.slot_for(k) for k in keys] == [moved.slot_for(k, set(range(6))) for k in keys]
