@@ -15,6 +15,8 @@ What must hold, as without batching (issue 15):
   crash made poison (not redelivered): that one is a dead letter, and its caller failed;
 - the crash is attributed to the message whose handler was running, and to nothing when
   it came between two messages;
+- a handler that raises an ``Exception`` fails its own message only (a call's caller
+  gets the exception), and the rest of the batch is handled;
 - ``tell_nowait`` raises ``Backpressure`` exactly when ``window`` messages are in flight,
   and sends nothing then; once everything is handled, every credit is back.
 """
@@ -146,6 +148,8 @@ class World:
         where = self.plan.pop(ident, None)
         if where == "handler":
             raise Crash
+        if where == "error":  # an ordinary exception: this message fails, alone
+            raise ValueError(ident)
         self.log.append(ident)
         if where == "between":  # dies after this handler, before the next message
             assert self.actor is not None
@@ -212,7 +216,7 @@ def test_bursts_keep_order_credits_and_crash_semantics(data: st.DataObject, burs
                                                        window: int, redeliver: bool) -> None:
     total = sum(len(b) for b in bursts)
     crash_at = data.draw(st.none() | st.integers(0, total - 1), label="crash_at")
-    where = data.draw(st.sampled_from(["handler", "between"]), label="where")
+    where = data.draw(st.sampled_from(["handler", "between", "error"]), label="where")
     world = World(window, {} if crash_at is None else {crash_at: where})
     world.redeliver = redeliver
     try:
@@ -243,10 +247,12 @@ def test_bursts_keep_order_credits_and_crash_semantics(data: st.DataObject, burs
             world.replies()
             in_flight = 0  # all handled: every credit came back
 
-        crashed = [] if crash_at is None or crash_at not in sent else [crash_at]
+        hit = [] if crash_at is None or crash_at not in sent else [crash_at]
+        failed = hit if where == "error" else []  # raised: failed alone, not a crash
+        crashed = [] if where == "error" else hit
         poisoned = [i for i in crashed if where == "handler" and not redeliver]
-        # every message once, in order, but the one a crash made poison
-        assert world.log == [i for i in sent if i not in poisoned]
+        # every message once, in order, but the one a crash made poison or that raised
+        assert world.log == [i for i in sent if i not in poisoned and i not in failed]
         if crashed:
             kind, letter = world.crashes[0]
             if where == "handler":  # blamed on the message whose handler ran
@@ -265,6 +271,10 @@ def test_bursts_keep_order_credits_and_crash_semantics(data: st.DataObject, burs
         for i, reply in calls.items():
             if i in poisoned:
                 assert reply.token in world.failed
+            elif i in failed:
+                assert reply.done()
+                with pytest.raises(ValueError):
+                    reply.result(0)
             else:
                 assert reply.done()
                 assert reply.result(0) == i
