@@ -273,7 +273,7 @@ def test_bursts_keep_order_credits_and_crash_semantics(data: st.DataObject, burs
                 assert reply.token in world.failed
             elif i in failed:
                 assert reply.done()
-                with pytest.raises(ValueError):
+                with pytest.raises(ValueError, match=f"^{i}$"):
                     reply.result(0)
             else:
                 assert reply.done()
