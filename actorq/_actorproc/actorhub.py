@@ -509,6 +509,7 @@ class ActorHub(Hub):
         receive = handlers.get("receive", self._no_receive)
         stamp = self.stamp_start
         aimd = self.aimd
+        plain = not stamp and aimd is None  # no per-message timing: run_tells may run
         handled = 0
         self.sync_depth += 1
         try:
@@ -518,6 +519,12 @@ class ActorHub(Hub):
                 tells = entry.tells  # bare told messages (dispatch_tells)
                 count = len(msgs)
                 index = entry.next
+                if tells and plain and index == entry.prefix:
+                    if not self.run_tells(entry, receive):
+                        return
+                    queue.popleft()
+                    self.queued -= entry.queued
+                    continue
                 # The ring's handled count moves only when this record (the head: all
                 # before it are handled, so committed) is committed, after its last message.
                 seq = hdr[H_HANDLED]
@@ -559,7 +566,8 @@ class ActorHub(Hub):
                             entry.next = index = index + 1
                             self.finish(entry, index - 1, 0, 0, False, exc, format_remote(exc))
                             continue
-                        if result is not None and inspect.isawaitable(result):
+                        if result is not None and type(result) not in _PLAIN and (
+                                inspect.isawaitable(result)):
                             entry.next = index + 1
                             self.hold(result, entry, index, 0, 0)
                             return
@@ -607,6 +615,74 @@ class ActorHub(Hub):
         finally:
             self.sync_depth -= 1
             slots[C_HANDLED] += handled
+
+    def run_tells(self, entry: OpenRecord, receive: Any) -> bool:
+        """Handle the rest of a record of bare told messages (``dispatch_tells``), from
+        its handled prefix on, in ``pump``'s order of steps, with nothing per message but
+        those steps: True once it is committed, False if pumping must stop (a stop was
+        asked, or an async handler holds the actor; ``entry.next`` says where it stopped).
+
+        ``pump``'s general loop, reduced to what a record of tells needs when the actor
+        has no hang timeout and no adaptive window (no clock read per message): no
+        ``done`` flag can be set past the prefix of such a record (its messages are taken
+        in order, a failed one included), so the prefix is the index itself. Per
+        message: the stop and dirty-outbox looks, ``C_SEQ``, the handler, ``cur_sub``.
+        """
+        slots, host, dirty = self.ctl.slots, self.host, self.dirty
+        msgs, hdr = entry.msgs, entry.hdr
+        count = len(msgs)
+        index = start = entry.next
+        seq = hdr[H_HANDLED]
+        pos = entry.rec.pos
+        published = hdr[H_CUR_REC] == pos  # see pump
+        marked = False  # C_BUSY (and ``busy``) set, kept from one tell to the next (pump)
+        failed = held = 0
+        try:
+            while index < count:
+                if slots[C_STOP] or host.stopping:  # seen between messages, even when busy
+                    host.stopping = True
+                    entry.next = index
+                    if marked:
+                        slots[C_BUSY] = 0
+                        self.busy = False
+                    return False
+                if dirty:
+                    self.flush_dirty()  # earlier replies out before the next handler runs
+                slots[C_SEQ] = seq + index
+                if not marked:
+                    slots[C_BUSY] = entry.busy  # crash attribution slot
+                    self.busy = marked = True
+                try:
+                    result = receive(msgs[index])
+                except Exception as exc:
+                    self.busy = marked = False  # finish() clears C_BUSY
+                    entry.next = index = index + 1
+                    failed += 1
+                    self.finish(entry, index - 1, 0, 0, False, exc, format_remote(exc))
+                    continue
+                index += 1
+                # a plain value returned costs no isawaitable() (≈ 3k instructions)
+                if result is not None and type(result) not in _PLAIN and (
+                        inspect.isawaitable(result)):
+                    entry.next = index
+                    held = 1
+                    self.hold(result, entry, index - 1, 0, 0)
+                    return False  # busy and C_BUSY stay set until it is done
+                entry.prefix = index  # OpenRecord.done_one, inlined (see pump)
+                if index < count:
+                    hdr[H_CUR_SUB] = index  # cur_sub first, then cur_rec
+                    if not published:
+                        hdr[H_CUR_REC] = pos
+                        published = True
+                else:
+                    entry.chan.commit_ready()
+            if marked:
+                slots[C_BUSY] = 0  # after the commit (see C_SEQ in pump)
+                self.busy = False
+            entry.next = count
+            return True
+        finally:
+            slots[C_HANDLED] += index - start - failed - held
 
     def handle_call(self, entry: OpenRecord, index: int, msg: tuple[Any, ...],
                     handlers: dict[str, Any]) -> bool:

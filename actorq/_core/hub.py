@@ -60,6 +60,7 @@ from actorq._transport.channel import (
     C_LOST,
     C_PARKED,
     C_WAKEUPS,
+    NO_TICKETS,
     ControlBlock,
     InChannel,
     OpenRecord,
@@ -310,7 +311,7 @@ class Hub:
 
         The hot path of one-way traffic: a message of plain data, while a burst of
         tells is under way with credit set aside for it (``OutChannel.reserve``), is one
-        lock, one length compared with ``room``, one append
+        ticket taken and one append, without the channel's lock
         (benchmarks/msgpath_harness.py counts it); everything else goes through
         ``send``. A message is plain data (marshalled at flush, ``encode``) if it is a
         scalar or a tuple of scalars (``SAFE_TYPES``, tested by exact type). Its length
@@ -324,14 +325,15 @@ class Hub:
         # the slow path's ref: a twin, so that the ref does not hold itself through
         # this function (a cycle only the garbage collector would free)
         twin = ref._twin()
-        # The channel, held here between two trips through the slow path (a dict
-        # subscript per tell was 4 % of it). A channel dropped meanwhile (its target gone
-        # for good) is closed with no room: the slow path finds it gone and raises
-        # ``ActorStopped``.
-        cached = outbound.get(target)
+        # The tickets of the channel's reservation (``OutChannel.reserve``), held here
+        # between two trips through the slow path (the channel is not looked up per tell).
+        # A channel dropped meanwhile (its target gone for good) has its tickets taken
+        # when it is closed: the slow path finds it gone and raises ``ActorStopped``.
+        chan = outbound.get(target)
+        tickets = chan.tickets if chan is not None else NO_TICKETS
 
         def tell(message: Any) -> None:
-            nonlocal cached
+            nonlocal tickets
             kind = type(message)
             if kind is tuple:  # the most common message: tested first
                 for item in message:  # a plain loop: cheaper than all(map(...))
@@ -339,24 +341,16 @@ class Hub:
                         return _tell_checked(send, twin, message, nowait)
             elif kind not in safe:
                 return _tell_checked(send, twin, message, nowait)
-            chan = cached
-            if chan is None:
-                chan = cached = outbound.get(target)  # opened since (by ``send``)
-            if chan is not None:
-                # acquire/release rather than ``with``: nothing in between can raise, and
-                # this runs once per tell (a with block measured 5 % of a tell here). The
-                # credit was spent when it was set aside, and the outbox is a burst of
-                # bare tells while there is room (``send`` ends it first).
-                lock = chan.lock
-                lock.acquire()
-                outbox = chan.outbox
-                if len(outbox) < chan.room:
-                    outbox.append(message)
-                    lock.release()
-                    return None
-                lock.release()
-                cached = None  # looked up again after the slow path, once per burst
-            return send(twin, (OP_TELL, 0, message), nowait=nowait, plain=1)
+            # A ticket (the outbox) while the burst has credit set aside: its credit was
+            # spent when it was set aside, and the outbox is a burst of bare tells.
+            box = next(tickets, None)
+            if box is not None:
+                box.append(message)
+                return None
+            send(twin, (OP_TELL, 0, message), nowait=nowait, plain=1)
+            chan = outbound.get(target)  # looked up again after the slow path only
+            tickets = chan.tickets if chan is not None else NO_TICKETS
+            return None
 
         tell.__name__ = tell.__qualname__ = "tell_nowait" if nowait else "tell"
         return tell

@@ -23,7 +23,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +58,20 @@ C_PARKED = 0  # odd: parked (waiting on its eventfd); producers ring once per va
 C_WAKEUPS = 16  # doorbell wake-ups
 C_LOST = 17  # park timeouts that found data: lost wake-ups, must stay 0
 C_WINDOW = 19  # the receiver's adaptive credit window (0: not adaptive, use the sender's)
+
+# The tell fast path's tickets (``OutChannel.reserve``) count on the GIL: taking the
+# rest of them at once (``unreserve``) is one C call that no other thread can enter.
+# Without a GIL (free-threaded builds) no tickets are handed out: every tell takes the
+# channel's lock.
+GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
+# How much of its own CPU time the end of a reservation spends waiting for a teller
+# that took a ticket and has not appended its message yet (``OutChannel.settle``). Such
+# a teller waits for the GIL, which ``time.sleep(0)`` hands over, and appends within
+# microseconds; only one that an exception interrupted between the two steps (its tell
+# raised: a KeyboardInterrupt, say) never comes. CPU time, not wall time: a process
+# stopped or starved meanwhile stops the clock too, so a live teller is never given up.
+SETTLE_CPU = 0.25
+NO_TICKETS: Any = iter(())  # an exhausted reservation: ``next(NO_TICKETS, None)`` is None
 
 _fence_lock = threading.Lock()
 
@@ -141,6 +157,7 @@ class OutChannel:
         "seen",
         "seg",
         "target_id",
+        "tickets",
         "window",
     )
 
@@ -167,11 +184,13 @@ class OutChannel:
         self.flush_scheduled = False
         self.last_rung = 0
         self.credits = 0  # a lower bound of credit(), spent locally, refreshed at 0
-        # Credit set aside for a burst of bare tells (``reserve``): ``Hub.bind_tell``'s
-        # fast path appends a plain message while the outbox is shorter than ``room``,
-        # and touches nothing else; ``fast_from`` is the outbox's length when it began.
+        # Credit set aside for a burst of bare tells (``reserve``): ``room`` tickets, each
+        # the outbox itself, that ``Hub.bind_tell``'s fast path takes one at a time
+        # (``next(tickets, None)``) and appends a plain message to, touching nothing
+        # else; ``fast_from`` is the outbox's length when the reservation began.
         self.room = 0
         self.fast_from = 0
+        self.tickets: Any = NO_TICKETS
         self.gate = CreditGate(window)
         self.closed = False
 
@@ -179,27 +198,58 @@ class OutChannel:
         """Set credit aside for the fast path's tells: up to *limit* messages in the outbox.
 
         Caller holds ``lock``; the outbox is a burst of bare tells (``bare``) and nothing
-        is reserved yet (``unreserve``). The credit moves from ``credits`` to ``room``:
-        every message still spends one, and a producer that finds no room takes the
-        slow path (``Hub.send``), which gives back what is unused first, so that it sees
-        exactly the credit it would have seen without the reservation.
+        is reserved yet (``unreserve``). The credit moves from ``credits`` to ``room``
+        tickets: every message still spends one, and a producer that finds none left
+        takes the slow path (``Hub.send``), which gives back what is unused first, so
+        that it sees exactly the credit it would have seen without the reservation.
+
+        A ticket is the outbox list itself: taking one (``next``) and appending to it are
+        two steps without the lock (the fast path costs a fifth of a locked one: the
+        lock's acquire parses its arguments; benchmarks/msgpath_harness.py), so whoever
+        ends the reservation waits for a teller caught between the two (``settle``).
         """
         size = len(self.outbox)
         take = min(self.credits, limit - size)
-        if take > 0:
+        if take > 0 and GIL:
             self.credits -= take
-            self.room = size + take
+            self.room = take
             self.fast_from = size
+            self.tickets = iter([self.outbox] * take)
 
     def unreserve(self) -> None:
         """End the reservation (caller holds ``lock``): the unused credit goes back to
-        ``credits``, and the tells appended meanwhile (plain data, all of them) are
-        counted in ``plain``. Before anything else changes the outbox."""
+        ``credits``, and the tells appended with the tickets taken (plain data, all of
+        them) are counted in ``plain``. Before anything else changes the outbox: it
+        returns once every ticket taken has its message in the outbox (``settle``)."""
         if self.room:
-            size = len(self.outbox)
-            self.credits += self.room - size
-            self.plain += size - self.fast_from
+            # one C call under the GIL: the tickets left are taken at once, none after
+            left = len([*self.tickets])
+            self.tickets = NO_TICKETS
+            taken = self.room - left
             self.room = 0
+            self.credits += left
+            self.plain += taken
+            owed = self.fast_from + taken
+            if len(self.outbox) < owed:
+                self.settle(owed)
+
+    def settle(self, owed: int) -> None:
+        """Wait until the outbox holds *owed* messages: a teller of another thread took a
+        ticket and waits for the GIL to append (caller holds ``lock``)."""
+        give_up = time.thread_time() + SETTLE_CPU
+        while len(self.outbox) < owed:
+            if time.thread_time() > give_up:
+                # interrupted between its ticket and its append (its tell raised, or a
+                # signal handler of its own thread is the one waiting here): its credit
+                # comes back, and a late append goes to a list nobody reads
+                missing = owed - len(self.outbox)
+                self.credits += missing
+                self.plain -= missing
+                self.outbox = list(self.outbox)
+                logger.warning("%d told message(s) to actor %d never reached the outbox "
+                               "(their tell was interrupted)", missing, self.target_id)
+                return
+            time.sleep(0)  # hand the GIL over: the waiting teller appends
 
     def limit(self) -> int:
         """The window now: ours, or the receiver's adaptive one if that is smaller."""

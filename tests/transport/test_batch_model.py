@@ -15,6 +15,8 @@ What must hold, as without batching (issue 15):
   crash made poison (not redelivered): that one is a dead letter, and its caller failed;
 - the crash is attributed to the message whose handler was running, and to nothing when
   it came between two messages;
+- a handler that raises an ``Exception`` fails its own message only (a call's caller
+  gets the exception), and the rest of the batch is handled;
 - ``tell_nowait`` raises ``Backpressure`` exactly when ``window`` messages are in flight,
   and sends nothing then; once everything is handled, every credit is back.
 """
@@ -46,6 +48,7 @@ from actorq._supervision.deadletters import DeadLetters
 from actorq._transport.channel import CTL_SIZE, ControlBlock, InChannel, OutChannel
 from actorq._transport.ring import Ring
 from actorq._transport.shm import Segment, unlink_prefix
+from actorq.testing import wait_until
 
 ACTOR = 1
 
@@ -145,6 +148,8 @@ class World:
         where = self.plan.pop(ident, None)
         if where == "handler":
             raise Crash
+        if where == "error":  # an ordinary exception: this message fails, alone
+            raise ValueError(ident)
         self.log.append(ident)
         if where == "between":  # dies after this handler, before the next message
             assert self.actor is not None
@@ -211,7 +216,7 @@ def test_bursts_keep_order_credits_and_crash_semantics(data: st.DataObject, burs
                                                        window: int, redeliver: bool) -> None:
     total = sum(len(b) for b in bursts)
     crash_at = data.draw(st.none() | st.integers(0, total - 1), label="crash_at")
-    where = data.draw(st.sampled_from(["handler", "between"]), label="where")
+    where = data.draw(st.sampled_from(["handler", "between", "error"]), label="where")
     world = World(window, {} if crash_at is None else {crash_at: where})
     world.redeliver = redeliver
     try:
@@ -242,10 +247,12 @@ def test_bursts_keep_order_credits_and_crash_semantics(data: st.DataObject, burs
             world.replies()
             in_flight = 0  # all handled: every credit came back
 
-        crashed = [] if crash_at is None or crash_at not in sent else [crash_at]
+        hit = [] if crash_at is None or crash_at not in sent else [crash_at]
+        failed = hit if where == "error" else []  # raised: failed alone, not a crash
+        crashed = [] if where == "error" else hit
         poisoned = [i for i in crashed if where == "handler" and not redeliver]
-        # every message once, in order, but the one a crash made poison
-        assert world.log == [i for i in sent if i not in poisoned]
+        # every message once, in order, but the one a crash made poison or that raised
+        assert world.log == [i for i in sent if i not in poisoned and i not in failed]
         if crashed:
             kind, letter = world.crashes[0]
             if where == "handler":  # blamed on the message whose handler ran
@@ -264,6 +271,10 @@ def test_bursts_keep_order_credits_and_crash_semantics(data: st.DataObject, burs
         for i, reply in calls.items():
             if i in poisoned:
                 assert reply.token in world.failed
+            elif i in failed:
+                assert reply.done()
+                with pytest.raises(ValueError, match=f"^{i}$"):
+                    reply.result(0)
             else:
                 assert reply.done()
                 assert reply.result(0) == i
@@ -342,7 +353,7 @@ def test_threads_telling_at_once_spend_the_window_exactly() -> None:
     def produce(k: int) -> None:
         for i in range(100):
             try:
-                world.ref.tell_nowait(("m", (k, i)))
+                world.ref.tell_nowait(("m", k * 1000 + i))  # plain data: the fast path
             except Backpressure:
                 refused[0] += 1
             else:
@@ -365,11 +376,11 @@ def test_threads_telling_at_once_spend_the_window_exactly() -> None:
         world.sender.flush_dirty()
         world.run_actor()
         for k, sent in taken.items():
-            assert [i for kk, i in world.log if kk == k] == sent  # type: ignore[misc]
+            assert [i % 1000 for i in world.log if i // 1000 == k] == sent
         chan = world.sender.outbound[ACTOR]
         assert chan.ring.in_flight() == 0
         assert chan.credit() == window
-        world.ref.tell_nowait(("m", (3, 0)))  # the credit is usable again
+        world.ref.tell_nowait(("m", 3000))  # the credit is usable again
     finally:
         world.close()
 
@@ -390,5 +401,91 @@ def test_a_long_tuple_of_scalars_told_in_a_burst_arrives_whole() -> None:
         world.run_actor()
         assert got == [("m", 0), long, ("m", 2)]
         assert world.sender.outbound[ACTOR].ring.in_flight() == 0
+    finally:
+        world.close()
+
+
+def test_flushes_racing_the_fast_path_lose_nothing() -> None:
+    """Two threads tell while a third flushes the outbox over and over and a fourth
+    handles what arrives (thread switches forced every microsecond): a flush that ends a
+    burst's reservation while a teller holds a ticket but has not appended yet waits for
+    it (``OutChannel.settle``), so every message arrives once, each thread's in its
+    order, and every credit comes back."""
+    window, count = 2000, 5000
+    world = World(window, {})
+    done = threading.Event()
+
+    def produce(k: int) -> None:
+        for i in range(count):
+            world.ref.tell(("m", k * count + i))  # plain data: the fast path
+
+    def flush() -> None:  # as the loop thread does, between the tellers' own flushes
+        while not done.wait(0.00002):
+            world.sender.flush_dirty(wait=False)
+            world.sender.flush_dirty()
+
+    def consume() -> None:
+        while not done.is_set() or world.actor.has_unread():  # type: ignore[union-attr]
+            world.run_actor()
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        helpers = [threading.Thread(target=flush), threading.Thread(target=consume)]
+        threads = [threading.Thread(target=produce, args=(k,)) for k in range(2)]
+        for t in [*helpers, *threads]:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        world.sender.flush_dirty()
+        done.set()
+        for t in helpers:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in [*threads, *helpers])
+    finally:
+        sys.setswitchinterval(switch)
+    try:
+        world.run_actor()
+        for k in range(2):
+            assert [i % count for i in world.log if i // count == k] == list(range(count))
+        assert len(world.log) == 2 * count
+        chan = world.sender.outbound[ACTOR]
+        assert chan.ring.in_flight() == 0
+        assert chan.credit() == window
+    finally:
+        world.close()
+
+
+def test_a_flush_waits_for_a_teller_between_its_ticket_and_its_append() -> None:
+    """A teller that took its ticket (``next(chan.tickets)``, as ``bind_tell``'s fast
+    path does) and has not appended yet, when another thread flushes: the flush ends the
+    reservation, waits for the append (``OutChannel.settle``), and sends it in its place.
+    A ticket whose append never comes (its tell was interrupted) is given back after
+    ``SETTLE_CPU``: its credit returns, and a late append goes nowhere."""
+    world = World(64, {})
+    try:
+        chan = world.sender.outbound[ACTOR]
+        for i in range(3):
+            world.ref.tell(("m", i))  # the first goes the slow path and sets credit aside
+        box = next(chan.tickets)  # the fourth tell, caught between its two steps
+        flusher = threading.Thread(target=world.sender.flush_dirty)
+        flusher.start()
+        wait_until(lambda: chan.room == 0, timeout=30)  # the reservation is over...
+        assert flusher.is_alive()  # ...and the flush waits for the append
+        box.append(("m", 3))
+        flusher.join(timeout=30)
+        assert not flusher.is_alive()
+        assert not chan.outbox
+        world.run_actor()
+        assert world.log == [0, 1, 2, 3]
+
+        world.ref.tell(("m", 4))
+        box = next(chan.tickets)  # this one never appends
+        assert world.sender.flush_dirty()  # after SETTLE_CPU
+        box.append(("m", 5))  # too late: nobody reads that list any more
+        world.run_actor()
+        assert world.log == [0, 1, 2, 3, 4]
+        assert chan.ring.in_flight() == 0
+        assert chan.credit() == 64
     finally:
         world.close()
