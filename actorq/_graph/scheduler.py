@@ -33,7 +33,7 @@ deep enough to give every worker ``SPREAD`` batches: a short queue is spread thi
 Each batch costs this process a wake-up, a reply and a dispatch (≈ 0.3-0.4 ms of CPU,
 and about as much in the worker), and on a machine with as many cores as workers that
 CPU is taken from the workers: fewer, fuller batches are what keeps a graph of 5 ms
-tasks near the speed of bare processes (docs/benchmarks.md, the layered DAG). A third
+tasks near the speed of bare processes (docs/benchmark-history.md, the layered DAG). A third
 batch in flight (as before) drained the ready queue into the mailboxes as soon as it
 filled, so batches stayed small (2 tasks of 5 ms: 190-400 batches per 400 tasks,
 against 140 now).
