@@ -317,13 +317,13 @@ class Scheduler(Recovery):
                 self._sync_workers()
         self.peak_workers = max(self.peak_workers, min(len(workers), self.max_workers))
 
-    def _pick(self, *, idle: bool, credit: int = CREDIT) -> Worker | None:
+    def _pick(self, *, idle: bool) -> Worker | None:
         now = time.monotonic()
         best = None
         best_finish = math.inf
         for w in self.pool.workers[: self.max_workers]:
             n = len(w.batches)
-            if n >= credit or (idle and (n or not w.up)):
+            if n >= CREDIT or (idle and (n or not w.up)):
                 continue
             finish = w.load * w.speed + max(0.0, w.penalty_until - now)
             if finish < best_finish:
