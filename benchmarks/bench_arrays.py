@@ -20,7 +20,6 @@ range, and what explains the spread (issue 15):
 from __future__ import annotations
 
 import argparse
-import mmap
 import os
 import statistics
 import time
@@ -92,9 +91,7 @@ def main() -> None:
     arr = np.arange(messaging.ARRAY_BYTES // 8, dtype=np.float64)
     me = os.getpid()
     floor: list[float] = []
-    dst = np.frombuffer(mmap.mmap(-1, arr.nbytes, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS),
-                        dtype=arr.dtype)
-    dst[:] = 0  # faulted in, as actorq's pooled block is
+    dst = messaging.copy_target(arr)  # faulted in, as actorq's pooled block is
     with actorq.ActorSystem() as system:
         ref = system.spawn(messaging.Sink, name="arrays")
         actor_pid = ref.pid().result(timeout=messaging.REPLY_TIMEOUT)

@@ -145,6 +145,18 @@ def actorq_arrays(ref: actorq.ActorRef[Sink], arr: np.ndarray, k: int) -> None:
             raise RuntimeError(msg)
 
 
+def copy_target(arr: np.ndarray) -> np.ndarray:
+    """An array like *arr* over anonymous shared memory, faulted in once, as a pooled
+    block is (unmapped when the last array over it goes: no name to unlink): where
+    ``bare_copies`` copies to."""
+    import numpy as np  # loaded by now: the caller made *arr*
+
+    dst = np.frombuffer(mmap.mmap(-1, arr.nbytes, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS),
+                        dtype=arr.dtype)
+    dst[:] = 0
+    return dst
+
+
 def bare_copies(dst: np.ndarray, arr: np.ndarray, k: int) -> None:
     """Copy *arr* into *dst* (mapped shared memory, faulted in) *k* times: the floor."""
     import numpy as np  # loaded by now: the caller made the arrays
@@ -259,11 +271,7 @@ def bench_arrays(system: actorq.ActorSystem, p: dict[str, Any]) -> list[BenchRes
     note = f"{k} sequential transfers per repeat, reply = nbytes"
     ref = system.spawn(Sink, name="arrays")
     ref.nbytes(arr).result(timeout=REPLY_TIMEOUT)
-    # anonymous shared memory, unmapped when the last array over it goes (no name to
-    # unlink); faulted in once, as a pooled block is
-    dst = np.frombuffer(mmap.mmap(-1, arr.nbytes, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS),
-                        dtype=arr.dtype)
-    dst[:] = 0
+    dst = copy_target(arr)
     with PipeSink() as pipe:
         work = k * arr.nbytes / 1e9
         cases = [Case("actorq call(array)", actorq_arrays, (ref, arr, k), unit="GB/s",
