@@ -60,7 +60,7 @@ from actorq._errors import (
     StartTimeout,
     format_remote,
 )
-from actorq._process import deathsig, lifelock, spawn
+from actorq._process import deathsig, lean, lifelock, spawn
 from actorq._process.deathsig import Lineage
 from actorq._transport import control
 from actorq._transport.channel import (
@@ -460,4 +460,5 @@ def main(ctrl: socket.socket, lineage: Lineage) -> None:
 
 
 if adopt_parent_path():  # in the fork server, while it starts (as actorq starts it)
+    lean.serve_lean_requests()
     preload_main()

@@ -26,6 +26,16 @@ A ``LeanProcess`` sends less and runs less:
 
 On the parent's side a ``LeanProcess`` is a ``ForkServerProcess`` like any other
 (``pid``, ``sentinel``, ``exitcode``, ``join``, ``kill``).
+
+The fork server that actorq starts also serves its requests in less
+(``serve_lean_requests``, installed at its preload): multiprocessing's child reads its
+pipe through a buffered file, unpickles the preparation data and the process in two
+loads, keeps a duplicate of the pipe as the parent sentinel, and closes the write end of
+every other live child's status pipe one by one (a thousand ``close`` calls in the
+thousandth actor). A lean request is ``LEAN_REQUEST``, a length and one pickle of both;
+the child reads it with two ``os.read`` calls and closes runs of those pipes with
+``os.closerange``. A request from multiprocessing's own ``Popen`` (another user of the
+fork server in this interpreter) is served as multiprocessing serves it.
 """
 
 from __future__ import annotations
@@ -34,16 +44,26 @@ import io
 import multiprocessing.context
 import multiprocessing.forkserver
 import multiprocessing.popen_forkserver
+import multiprocessing.process
+import multiprocessing.resource_tracker
 import multiprocessing.spawn
 import multiprocessing.util
 import os
+import signal
+import socket
+import struct
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from actorq._process import spawn
+
+# A lean request starts with this byte; multiprocessing's own requests are a pickle
+# stream, which starts with the PROTO opcode (b"\x80").
+LEAN_REQUEST = b"L"
+_HEAD = struct.Struct("=cI")  # LEAN_REQUEST, then the length of the pickle that follows
 
 
 class LeanStart:
@@ -116,8 +136,15 @@ def preparation(name: str) -> dict[str, Any]:
     return data
 
 
+def serves_lean() -> bool:
+    """Is the fork server running now the one actorq started (``serve_lean_requests``
+    installed at its preload)?"""
+    return spawn.FORK_SERVER_GIVEN.get("pid") == spawn.fork_server_pid()
+
+
 class LeanPopen(multiprocessing.popen_forkserver.Popen):
-    """``popen_forkserver.Popen`` sending ``preparation()`` instead of the full data."""
+    """``popen_forkserver.Popen`` sending ``preparation()`` instead of the full data, as
+    one lean request when the fork server serves them."""
 
     def _launch(self, process_obj: Any) -> None:
         # popen_forkserver.Popen._launch (Python 3.11), with only the data changed
@@ -126,8 +153,14 @@ class LeanPopen(multiprocessing.popen_forkserver.Popen):
         buf = io.BytesIO()
         multiprocessing.context.set_spawning_popen(self)
         try:
-            reduction.dump(preparation(process_obj.name), buf)
-            reduction.dump(process_obj, buf)
+            if serves_lean():
+                buf.write(_HEAD.pack(LEAN_REQUEST, 0))
+                reduction.dump((preparation(process_obj.name), process_obj), buf)
+                buf.seek(0)
+                buf.write(_HEAD.pack(LEAN_REQUEST, len(buf.getbuffer()) - _HEAD.size))
+            else:
+                reduction.dump(preparation(process_obj.name), buf)
+                reduction.dump(process_obj, buf)
         finally:
             multiprocessing.context.set_spawning_popen(None)
         self.sentinel, w = forkserver.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
@@ -152,6 +185,136 @@ class LeanProcess(multiprocessing.context.ForkServerProcess):
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled only by popen_forkserver, for the child (a Process does not pickle
         # otherwise: its authkey refuses to)
-        return (LeanStart,
-                (self._target, self._args, self.name, self.daemon))  # type: ignore[attr-defined]
+        args = tuple(InheritedSocket(a) if isinstance(a, socket.socket) else a
+                     for a in self._args)  # type: ignore[attr-defined]
+        return (LeanStart, (self._target, args, self.name, self.daemon))  # type: ignore[attr-defined]
 
+
+class InheritedSocket:
+    """A socket argument of a lean child, pickled as the index of its fd among those the
+    fork server hands the child, and its family and type as plain numbers.
+
+    multiprocessing pickles a socket with its family and type as enums: rebuilding
+    them (``socket.AddressFamily(1)``, the enum machinery's first run in the child)
+    was ≈ 25 of the ≈ 1,200 pages an actor's start copies (issue 15).
+    """
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        popen: Any = multiprocessing.context.get_spawning_popen()
+        index = popen.duplicate_for_child(self.sock.fileno())
+        s = self.sock
+        return (_socket_in_child, (index, int(s.family), int(s.type), s.proto))
+
+
+def _socket_in_child(index: int, family: int, kind: int, proto: int) -> socket.socket:
+    """In the child: the socket whose fd came *index*-th from the fork server."""
+    fds: Any = multiprocessing.forkserver.get_inherited_fds()
+    return socket.socket(family, kind, proto, fileno=fds[index])
+
+
+def serve_lean_requests() -> None:
+    """In the fork server, at its preload: serve each request with ``serve_one``."""
+    multiprocessing.forkserver._serve_one = serve_one  # type: ignore[attr-defined]
+
+
+def serve_one(child_r: int, fds: list[int], unused_fds: list[int],
+              handlers: dict[int, Any]) -> int:
+    """In the fork server's new child: run what the request on *child_r* asks; return
+    the exit code. ``multiprocessing.forkserver._serve_one`` (Python 3.11) with the
+    lean request (module docstring) read and run in less."""
+    signal.set_wakeup_fd(-1)
+    for sig, val in handlers.items():
+        signal.signal(sig, val)
+    close_all(unused_fds)
+    # (the fds the fork server received for this child, as multiprocessing sets them)
+    server: Any = multiprocessing.forkserver._forkserver
+    tracker: Any = multiprocessing.resource_tracker._resource_tracker
+    server._forkserver_alive_fd, tracker._fd, *server._inherited_fds = fds
+    head = _read_exactly(child_r, _HEAD.size)
+    if head[:1] != LEAN_REQUEST:
+        return _serve_pickled(head, child_r)
+    data = _read_exactly(child_r, _HEAD.unpack(head)[1])
+    os.close(child_r)  # (nobody here asks for the parent process)
+    reduction = multiprocessing.context.reduction  # type: ignore[attr-defined]
+    process = multiprocessing.process.current_process()
+    process._inheriting = True  # type: ignore[attr-defined]
+    try:
+        prepared, start = reduction.pickle.loads(data)
+        multiprocessing.spawn.prepare(prepared)
+    finally:
+        del process._inheriting  # type: ignore[attr-defined]
+    return int(start._bootstrap())
+
+
+def close_all(fds: Iterable[int]) -> None:
+    """Close *fds*: each run of consecutive numbers with one ``closerange`` call."""
+    ordered = sorted(fds)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        if i == j:
+            os.close(ordered[i])
+        else:
+            os.closerange(ordered[i], ordered[j] + 1)
+        i = j + 1
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    """*n* bytes from the pipe *fd* (EOFError if it ends first)."""
+    got = os.read(fd, n)
+    while len(got) < n:
+        more = os.read(fd, n - len(got))
+        if not more:
+            msg = f"the request pipe ended after {len(got)} of {n} bytes"
+            raise EOFError(msg)
+        got += more
+    return got
+
+
+class _Replayed(io.RawIOBase):
+    """The pipe *fd* read from its start again: *head*, read already, then the rest."""
+
+    def __init__(self, head: bytes, fd: int) -> None:
+        super().__init__()
+        self._head = head
+        self._fd = fd
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return os.readv(self._fd, [b])
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def _serve_pickled(head: bytes, child_r: int) -> int:
+    """multiprocessing's own request (its ``_serve_one`` and ``spawn._main``, 3.11), of
+    which *head* is read already."""
+    reduction = multiprocessing.context.reduction  # type: ignore[attr-defined]
+    parent_sentinel = os.dup(child_r)
+    process = multiprocessing.process.current_process()
+    with io.BufferedReader(_Replayed(head, child_r)) as from_parent:
+        process._inheriting = True  # type: ignore[attr-defined]
+        try:
+            preparation_data = reduction.pickle.load(from_parent)
+            multiprocessing.spawn.prepare(preparation_data)
+            obj = reduction.pickle.load(from_parent)
+        finally:
+            del process._inheriting  # type: ignore[attr-defined]
+    return int(obj._bootstrap(parent_sentinel))

@@ -14,8 +14,10 @@ import os
 import sys
 import threading
 
+import pytest
+
 import actorq
-from actorq._process.lean import LeanProcess
+from actorq._process.lean import LeanProcess, close_all
 from actorq._process.spawn import get_context
 
 CHILD = """
@@ -95,3 +97,41 @@ def test_an_actor_started_the_lean_way_has_no_owner_watch_thread_of_its_own():
         assert "actorq-owner-watch" not in threads
         server = multiprocessing.forkserver._forkserver._forkserver_pid
         assert ref.ppid().result(timeout=60) == server
+
+
+def test_multiprocessings_own_forkserver_process_is_served_as_before(tmp_path):
+    # another user of this interpreter's fork server: its requests are multiprocessing's
+    # two pickles, not actorq's lean request (lean.serve_one reads its first bytes)
+    ctx = get_context("forkserver")
+    out = tmp_path / "out.txt"
+    code = f"open({str(out)!r}, 'w').write('ran')"
+    proc = ctx.Process(target=exec, args=(code, {}), daemon=True)
+    proc.start()
+    try:
+        proc.join(60)
+        assert proc.exitcode == 0
+    finally:
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join(5)
+    assert out.read_text() == "ran"
+    proc = ctx.Process(target=sys.exit, args=(7,), daemon=True)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 7
+
+
+def test_close_all_closes_runs_and_single_fds_and_nothing_else():
+    pipes = [os.pipe() for _ in range(6)]
+    fds = sorted(fd for pair in pipes for fd in pair)
+    keep = fds[3]  # a gap in the middle of a run
+    try:
+        close_all([fd for fd in fds if fd != keep])
+        for fd in fds:
+            if fd == keep:
+                os.fstat(fd)  # still open
+            else:
+                with pytest.raises(OSError, match="Bad file descriptor"):
+                    os.fstat(fd)
+    finally:
+        os.close(keep)
