@@ -251,6 +251,30 @@ def serve_one(child_r: int, fds: list[int], unused_fds: list[int],
     return int(start._bootstrap())
 
 
+def rehearse_request(target: Callable[..., object], times: int) -> None:
+    """In the fork server, before it serves: read a lean request for *target* as a
+    child does, *times* times, with this process's own name, authkey and working
+    directory (``actorq._actorproc.warmup`` says why; nothing here changes)."""
+    reduction = multiprocessing.context.reduction  # type: ignore[attr-defined]
+    process = multiprocessing.process.current_process()
+    prepared = {"name": process.name, "authkey": bytes(process.authkey), "dir": os.getcwd()}
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main is not None:
+        prepared["init_main_from_path"] = main
+    start = LeanStart(target, (), process.name, process.daemon)
+    data = bytes(reduction.ForkingPickler.dumps((prepared, start)))
+    system_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        for _ in range(times):
+            got, _start = reduction.pickle.loads(data)
+            multiprocessing.spawn.prepare(got)
+            socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0,
+                          fileno=os.dup(child_end.fileno())).close()
+    finally:
+        system_end.close()
+        child_end.close()
+
+
 def close_all(fds: Iterable[int]) -> None:
     """Close *fds*: each run of consecutive numbers with one ``closerange`` call."""
     ordered = sorted(fds)
