@@ -467,6 +467,6 @@ if adopt_parent_path():  # in the fork server, while it starts (as actorq starts
     asyncio.get_event_loop_policy()
     preload_main()
     try:
-        warmup.rehearse(main)
+        warmup.rehearse(main, Host)
     except Exception:  # an optimisation only: the actors start as well without it
         logger.debug("the fork server's rehearsal failed", exc_info=True)

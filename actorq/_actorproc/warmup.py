@@ -10,27 +10,44 @@ Python 3.11 rewrites a function's bytecode in place (specialization) over its fi
 calls. Done here once, the actors inherit them done.
 
 Only what leaves nothing behind that a child must not inherit is rehearsed: no thread,
-no event loop, no shared memory, and every fd opened here is closed again.
+no event loop, no shared memory (the control block and rings of the rehearsed actor are
+anonymous memory, unmapped after), and every fd opened here is closed again.
 """
 
 from __future__ import annotations
 
 import inspect
+import mmap
 import os
+import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 
+from actorq._actorproc.actorhub import ActorHub
 from actorq._config import SystemConfig
-from actorq._core.actor import Actor, handler_names
+from actorq._core.actor import Actor, ActorContext, handler_names
 from actorq._core.protocol import Boot, Ctl
+from actorq._core.ref import ActorRef
 from actorq._process import lean
 from actorq._transport import control
+from actorq._transport.channel import CTL_SIZE, ControlBlock, InChannel, OutChannel
+from actorq._transport.ring import Ring
+from actorq._transport.shm import Segment
 
 REHEARSALS = 20  # enough calls for 3.11 to specialize the code on the path
 
 
-def rehearse(main: Callable[..., object]) -> None:
-    """Run the parts of an actor's start (with *main*, its process target) that are
-    safe to run in the fork server."""
+class Rehearsed(Actor):
+    """The actor a rehearsal builds (never started)."""
+
+    def ping(self) -> int:
+        """A handler, as every actor has."""
+        return 0
+
+
+def rehearse(main: Callable[..., object], host_cls: Callable[[socket.socket], Any]) -> None:
+    """Run the parts of an actor's start (*main*, its process target, and the
+    ``Host`` it makes, *host_cls*) that are safe to run in the fork server."""
     config = SystemConfig()
     boot = Boot(0, "rehearsal", "rehearsal", config, "ctl", "spec", 0, {0: ("in", 1)},
                 {0: ("out", "ctl", 2)}, 0, None, None, 1, None, 1)
@@ -43,6 +60,7 @@ def rehearse(main: Callable[..., object]) -> None:
             control.send(actor_end, (Ctl.READY, os.getpid()))
             control.recv(system_end)
             inspect.isawaitable(None)  # on_start's and a handler's usual result
+            build(host_cls(actor_end), boot)
             for cls in classes:
                 try:
                     handler_names(cls)
@@ -52,6 +70,40 @@ def rehearse(main: Callable[..., object]) -> None:
         system_end.close()
         actor_end.close()
     lean.rehearse_request(main, REHEARSALS)
+
+
+def build(host: Any, boot: Boot) -> None:
+    """What ``Host.attach`` and ``Host.start_actor`` build for *boot*, over anonymous
+    memory, then let go: the hub, its channels and a ``Rehearsed`` actor."""
+    hub = ActorHub(host, boot, ControlBlock(_anonymous("ctl", CTL_SIZE)), -1)
+    try:
+        hub.inbound[0] = InChannel(0, _ring("in"))
+        hub.outbound[1] = OutChannel(1, _ring("out"),
+                                     ControlBlock(_anonymous("peer", CTL_SIZE)), -1,
+                                     boot.config.window)
+        names = handler_names(Rehearsed)
+        obj: Any = Rehearsed.__new__(Rehearsed)
+        obj._actorq_ref = ActorRef(hub, boot.run_id, boot.id, boot.name, names,
+                                   Rehearsed.__name__)
+        obj._actorq_context = ActorContext(host, boot.name, boot.restarts)
+        hub.run_sync(obj.__init__)
+        inspect.isawaitable(hub.run_sync(obj.on_start))
+        handlers = {name: getattr(obj, name) for name in names}
+        handlers["receive"] = obj.receive
+    finally:
+        hub.release()
+
+
+def _anonymous(name: str, size: int) -> Segment:
+    """A ``Segment`` over anonymous memory (no file in /dev/shm)."""
+    return Segment(f"rehearsal-{name}", mmap.mmap(-1, size))
+
+
+def _ring(name: str) -> Segment:
+    """An empty ring over anonymous memory."""
+    seg = _anonymous(name, Ring.size_for(4096))
+    Ring(seg.buf, init=True).release()
+    return seg
 
 
 def actor_classes(base: type = Actor) -> Iterator[type]:

@@ -135,18 +135,3 @@ def test_close_all_closes_runs_and_single_fds_and_nothing_else():
                     os.fstat(fd)
     finally:
         os.close(keep)
-
-
-def _open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def test_the_fork_servers_rehearsal_leaves_no_fd_thread_or_loop_behind():
-    from actorq._actorproc import host, warmup
-
-    fds, threads = _open_fds(), threading.active_count()
-    warmup.rehearse(host.main)
-    assert _open_fds() == fds
-    assert threading.active_count() == threads
-    assert WhoAmI in set(warmup.actor_classes())  # its handlers are remembered now
-    assert multiprocessing.current_process().name == "MainProcess"  # unchanged
