@@ -41,3 +41,19 @@ def test_an_actor_started_after_the_rehearsal_serves_as_before():
     with actorq.ActorSystem(start_method="forkserver") as system:
         ref = system.spawn(Counter)
         assert ref.add(2).result(timeout=60) == 2
+
+
+class Handlers(actorq.Actor):
+    def stderr_handlers(self) -> int:
+        import logging
+
+        return sum(1 for h in logging.getLogger("actorq").handlers
+                   if isinstance(h, logging.StreamHandler)
+                   and getattr(h.formatter, "_fmt", "").startswith("actorq["))
+
+
+def test_an_actor_logs_warnings_to_stderr_through_one_handler():
+    # made in the fork server at its preload, inherited, not added again by the actor
+    with actorq.ActorSystem(start_method="forkserver") as system:
+        ref = system.spawn(Handlers)
+        assert ref.stderr_handlers().result(timeout=60) == 1
