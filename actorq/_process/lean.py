@@ -137,9 +137,15 @@ def preparation(name: str) -> dict[str, Any]:
 
 
 def serves_lean() -> bool:
-    """Is the fork server running now the one actorq started (``serve_lean_requests``
-    installed at its preload)?"""
-    return spawn.FORK_SERVER_GIVEN.get("pid") == spawn.fork_server_pid()
+    """Is the fork server running now the one actorq started, with this actorq
+    (``serve_lean_requests`` installed at its preload)?
+
+    Under ``python -E`` (or ``-I``) the fork server ignores the ``PYTHONPATH`` that puts
+    this actorq first (``spawn``) and may run another copy, which may not read lean
+    requests: it is sent multiprocessing's own.
+    """
+    return (not sys.flags.ignore_environment
+            and spawn.FORK_SERVER_GIVEN.get("pid") == spawn.fork_server_pid())
 
 
 class LeanPopen(multiprocessing.popen_forkserver.Popen):
@@ -185,8 +191,10 @@ class LeanProcess(multiprocessing.context.ForkServerProcess):
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled only by popen_forkserver, for the child (a Process does not pickle
         # otherwise: its authkey refuses to)
-        args = tuple(InheritedSocket(a) if isinstance(a, socket.socket) else a
-                     for a in self._args)  # type: ignore[attr-defined]
+        args = self._args  # type: ignore[attr-defined]
+        if serves_lean():  # (a fork server running another copy of actorq may lack it)
+            args = tuple(InheritedSocket(a) if isinstance(a, socket.socket) else a
+                         for a in args)
         return (LeanStart, (self._target, args, self.name, self.daemon))  # type: ignore[attr-defined]
 
 

@@ -52,3 +52,17 @@ def test_the_fork_server_imports_the_programs_actorq_not_the_current_directorys(
     assert lines["ACTOR"] == lines["PARENT"] == actorq.__file__
     assert lines["PATH"] == "True"  # actors look modules up where the program does
     assert "other checkout" not in run.stderr
+
+
+def test_under_python_dash_e_actors_start_whichever_actorq_the_fork_server_runs(tmp_path):
+    # -E: the fork server ignores PYTHONPATH, so it may import another (installed) copy
+    # of actorq, which may not read actorq's lean requests: they are not sent then
+    root = os.path.dirname(os.path.dirname(os.path.abspath(actorq.__file__)))
+    script = tmp_path / "prog.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {root!r})\n" + PROGRAM)
+    run = subprocess.run([sys.executable, "-E", str(script)], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = dict(line.split(" ", 1) for line in run.stdout.splitlines())
+    assert lines["PARENT"] == actorq.__file__
+    assert lines["ACTOR"].endswith(os.path.join("actorq", "__init__.py"))
