@@ -35,11 +35,11 @@ it. A receiver that finds ``copying`` set waits for it to clear before it unpick
 record (``_wait_copied``); if the sender dies first, the record is dropped, as if it had
 never been sent (its sender never returned from sending it).
 
-The sender reuses a block only when viewed and uncommitted are 0, or when the record was committed
-and the process named in ``viewed`` is gone (a receiver killed while it held the array:
-its finalizer never ran). A pool that is full (every block still viewed, or the byte
-bound reached) falls back to a fresh segment, which the receiver unlinks at commit; so
-does the spill path, for a record over half the ring.
+The sender reuses a block only when viewed and uncommitted are 0, or when the record
+was committed and the process named in ``viewed`` is gone (a receiver killed while it
+held the array: its finalizer never ran). A pool that is full (every block still
+viewed, or the byte bound reached) falls back to a fresh segment, which the receiver
+unlinks at commit; so does the spill path, for a record over half the ring.
 
 A process's blocks are named ``<run prefix>b<pid>_<k>``, k = 0, 1, 2...; when the process
 is gone, the system unlinks each one whose record was committed, and the rest once it
