@@ -1,0 +1,145 @@
+"""The floor of an out-of-band send: ways to copy 8 MiB into faulted-in shared memory.
+
+    python benchmarks/bench_copy.py [--rounds 40] [--mib 8]
+
+Issue 15 asks whether one core saturates this machine's memory bandwidth (Ray copies
+large objects into its store with several threads, ``memcopy_threads``; numpy's
+``copyto`` releases the GIL for large copies). Compares, interleaved round by round
+(every other round in reverse order), three copies each per round:
+
+- one thread: ``ctypes.memmove``, ``numpy.copyto``, a ``memoryview`` slice assignment
+  (what ``oob.BlockPool.put`` does);
+- two and three threads, each copying its part with ``ctypes.memmove`` (which
+  releases the GIL), the helpers persistent and woken by an event, as a copy thread
+  built into actorq would be.
+
+Prints GB/s: the median and the p10 .. p90 of all copies. On a loaded machine the
+threads rarely run at the same time; the last line keeps only the two-thread copies
+whose halves overlapped in time by at least 90 % (each half timed inside its thread):
+what two threads give when they really do run together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import mmap
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+clock = time.perf_counter
+
+
+class Helper:
+    """A persistent copy thread: copies (dst, src, n) when woken; times its copy."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.done = threading.Event()
+        self.job = (0, 0, 0)
+        self.span = (0.0, 0.0)
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self) -> None:
+        while True:
+            self.go.wait()
+            self.go.clear()
+            dst, src, n = self.job
+            start = clock()
+            ctypes.memmove(dst, src, n)
+            self.span = (start, clock())
+            self.done.set()
+
+    def start(self, dst: int, src: int, n: int) -> None:
+        self.job = (dst, src, n)
+        self.done.clear()
+        self.go.set()
+
+
+def cases(nbytes: int) -> tuple[dict[str, Callable[[], object]], list[float], Callable[[], bool]]:
+    """The copies to compare, the overlapped two-thread times, and a check of the data."""
+    src = np.arange(nbytes // 8, dtype=np.float64)
+    mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+    dst = np.frombuffer(mm, dtype=np.uint8)
+    dst[:] = 1  # faulted in, as a pooled block is
+    dview, sview = memoryview(mm), memoryview(src).cast("B")
+    daddr, saddr = ctypes.addressof(ctypes.c_char.from_buffer(mm)), src.ctypes.data
+    helpers = [Helper(), Helper()]
+    overlapped: list[float] = []
+
+    def parts(k: int) -> None:
+        step = nbytes // k
+        for i, helper in enumerate(helpers[:k - 1], 1):
+            helper.start(daddr + i * step, saddr + i * step,
+                         nbytes - i * step if i == k - 1 else step)
+        start = clock()
+        ctypes.memmove(daddr, saddr, step)
+        end = clock()
+        for helper in helpers[:k - 1]:
+            helper.done.wait()
+        if k == 2:
+            other = helpers[0].span
+            if min(end, other[1]) - max(start, other[0]) >= 0.9 * max(
+                    end - start, other[1] - other[0]):
+                overlapped.append(max(end, other[1]) - min(start, other[0]))
+
+    def check() -> bool:
+        return bool((dst.view(np.float64) == src).all())
+
+    return {
+        "1 thread, ctypes.memmove": lambda: ctypes.memmove(daddr, saddr, nbytes),
+        "1 thread, numpy.copyto": lambda: np.copyto(dst, sview),
+        "1 thread, memoryview slice": lambda: dview.__setitem__(slice(None), sview),
+        "2 threads, halves": lambda: parts(2),
+        "3 threads, thirds": lambda: parts(3),
+    }, overlapped, check
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--mib", type=int, default=8)
+    args = parser.parse_args()
+    nbytes = args.mib << 20
+    copies, overlapped, check = cases(nbytes)
+    times: dict[str, list[float]] = {name: [] for name in copies}
+    for copy in copies.values():
+        copy()
+    loads = []
+    for i in range(args.rounds):
+        order = list(copies.items())
+        for name, copy in order if i % 2 == 0 else order[::-1]:
+            for _ in range(3):
+                start = clock()
+                copy()
+                times[name].append(clock() - start)
+        loads.append(os.getloadavg()[0])
+    if not check():
+        msg = "the copies did not copy"
+        raise RuntimeError(msg)
+
+    def gbs(seconds: float) -> float:
+        return nbytes / seconds / 1e9
+
+    print(f"{args.mib} MiB into faulted-in shared memory, {args.rounds} rounds x 3, "
+          f"load {min(loads):.1f} .. {max(loads):.1f}; GB/s median (p10 .. p90)")
+    for name, each in times.items():
+        each.sort()
+        print(f"  {name:28s} {gbs(statistics.median(each)):5.2f} "
+              f"({gbs(each[len(each) * 9 // 10]):.2f} .. {gbs(each[len(each) // 10]):.2f})")
+    if overlapped:
+        overlapped.sort()
+        print(f"  2 threads, halves overlapping >= 90 % ({len(overlapped)} of "
+              f"{len(times['2 threads, halves'])}): {gbs(statistics.median(overlapped)):.2f} "
+              f"(best {gbs(overlapped[0]):.2f})")
+    else:
+        print("  2 threads, halves: never ran at the same time")
+
+
+if __name__ == "__main__":
+    main()
