@@ -1,6 +1,6 @@
 """8 MiB numpy arrays: actorq against a Pipe, and nothing else (the messaging suite's case).
 
-    python benchmarks/bench_arrays.py [--per-repeat 10] [--repeats 7] [--compare-late]
+    python benchmarks/bench_arrays.py [--per-repeat 10] [--repeats 7]
 
 The same actor, array and peer as ``actorq bench messaging``'s "8 MiB numpy array"
 (``Sink.nbytes`` against ``PipeSink``: ``Connection.send`` of the array, pickled in
@@ -15,10 +15,6 @@ range, and what explains the spread (issue 15):
 - minor page faults per transfer of the caller and of the receiving process (the actor,
   the Pipe's peer), from ``/proc/<pid>/stat``: a transfer that maps or touches fresh
   memory shows as ~2,048 faults per 8 MiB.
-
-With ``--compare-late``, a third side interleaved with the others: actorq with
-``oob.LATE_BYTES = 0`` (the whole array copied before the record goes out, the actor's
-wake-up after it), against the default (the last 2 MiB copied while the actor wakes up).
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ from collections.abc import Callable
 import numpy as np
 
 import actorq
-from actorq._transport import oob
 from actorq.bench.peers import PipeSink
 from actorq.bench.suites import messaging
 
@@ -46,11 +41,9 @@ def minor_faults(pid: int) -> int:
 class Side:
     """One side of the comparison: per-transfer times and page faults."""
 
-    def __init__(self, name: str, transfer: Callable[[], object], pids: list[int],
-                 late_bytes: int = oob.LATE_BYTES) -> None:
+    def __init__(self, name: str, transfer: Callable[[], object], pids: list[int]) -> None:
         self.name = name
         self.transfer = transfer
-        self.late_bytes = late_bytes  # oob.LATE_BYTES while this side runs
         self.pids = pids  # [the caller, the receiving process]
         self.means: list[float] = []  # ms per array, one per repeat
         self.each: list[float] = []  # ms, every transfer
@@ -58,7 +51,6 @@ class Side:
         self.count = 0
 
     def repeat(self, k: int) -> None:
-        oob.LATE_BYTES = self.late_bytes  # read by each send (this process's pool)
         before = [minor_faults(pid) for pid in self.pids]
         clock = time.perf_counter
         start = clock()
@@ -74,7 +66,7 @@ class Side:
     def report(self) -> str:
         each = sorted(self.each)
         faults = ", ".join(f"{f / self.count:.2f}" for f in self.faults)
-        return (f"{self.name:8s} ms/array: {' '.join(f'{x:.2f}' for x in sorted(self.means))}"
+        return (f"{self.name:6s} ms/array: {' '.join(f'{x:.2f}' for x in sorted(self.means))}"
                 f"\n       each transfer: p10 {each[len(each) // 10]:.2f}, median "
                 f"{statistics.median(each):.2f}, p90 {each[len(each) * 9 // 10]:.2f} ms; "
                 f"minor faults per transfer (caller, receiver): {faults}")
@@ -94,8 +86,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-repeat", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--compare-late", action="store_true",
-                        help="also run actorq with oob.LATE_BYTES = 0, interleaved")
     args = parser.parse_args()
     k = args.per_repeat
     arr = np.arange(messaging.ARRAY_BYTES // 8, dtype=np.float64)
@@ -112,24 +102,17 @@ def main() -> None:
                         [me, actor_pid])
             theirs = Side("Pipe", lambda: messaging.pipe_arrays(pipe, arr, 1),
                           [me, pipe._proc.pid])
-            sides = [ours, theirs]
-            if args.compare_late:
-                sides.append(Side("late=0", ours.transfer, ours.pids, late_bytes=0))
             for i in range(args.repeats):
-                for side in sides if i % 2 == 0 else sides[::-1]:
+                for side in (ours, theirs) if i % 2 == 0 else (theirs, ours):
                     side.repeat(k)
                 floor.extend(copy_floor(dst, arr, 3))
     ratios = sorted(p / a for a, p in zip(ours.means, theirs.means, strict=True))
-    for side in sides:
-        print(side.report())
+    print(ours.report())
+    print(theirs.report())
     print(f"one 8 MiB copy into mapped shared memory: median {statistics.median(floor):.2f} "
           f"ms (min {min(floor):.2f}, max {max(floor):.2f})")
     print(f"Pipe / actorq: median {statistics.median(ratios):.1f}x "
           f"(range {ratios[0]:.1f} .. {ratios[-1]:.1f}), {args.repeats} repeat pairs")
-    if args.compare_late:
-        late = sorted(z / a for a, z in zip(ours.means, sides[2].means, strict=True))
-        print(f"late=0 / actorq (time per array): median {statistics.median(late):.3f} "
-              f"(range {late[0]:.3f} .. {late[-1]:.3f})")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,6 @@ Data flow (one direction; replies use the reverse channel)::
          │  record > half the ring  → spill segment, the ring carries its name
          ▼
     Ring.try_write ──▶ publish tail ──▶ fence ──▶ receiver parked? ring its eventfd once
-         │                                                │
-         ▼                                                │
-    copy the ends of large out-of-band buffers            │ (it wakes meanwhile, and
-    (oob.LATE_BYTES), clear their ``copying`` flag         │  waits for the flag)
                                                           │
     receiver: eventfd readable (or spinning) ──▶ read records ahead of head ──▶ handle
               ──▶ commit head, count handled (the credit comes back to the producer)
@@ -35,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from actorq._transport.credit import CreditGate
-from actorq._transport.oob import finish_late, run_after_commit, start_late
+from actorq._transport.oob import run_after_commit
 from actorq._transport.ring import (
     H_BACKPRESSURE,
     H_CUR_REC,
@@ -290,32 +286,25 @@ class OutChannel:
         the number of messages it holds (fewer if some could not be pickled). What does
         not fit stays encoded, in order, for the next flush.
         """
-        late = None
-        try:
-            if self.outbox:
-                self.unreserve()
-                msgs, self.outbox = self.outbox, []
-                plain = self.plain == len(msgs)
-                bare, self.plain, self.bare = self.bare, 0, False
-                if not plain:  # pickled: large buffers are copied in part once it is out
-                    late = start_late()
-                payload, count = encode(msgs, plain, bare)
-                if count:
-                    self.encoded.append((payload, count))
-                    self.encoded_count += count
-            wrote = False
-            while self.encoded:
-                payload, count = self.encoded[0]
-                if not self.ring.try_write(payload, count):
-                    break
-                self.encoded.popleft()
-                self.encoded_count -= count
-                wrote = True
-            if wrote:
-                self.ring_doorbell()
-        finally:
-            if late is not None:  # the receiver wakes up while this runs (oob.LATE_BYTES)
-                finish_late(late)
+        if self.outbox:
+            self.unreserve()
+            msgs, self.outbox = self.outbox, []
+            plain = self.plain == len(msgs)
+            bare, self.plain, self.bare = self.bare, 0, False
+            payload, count = encode(msgs, plain, bare)
+            if count:
+                self.encoded.append((payload, count))
+                self.encoded_count += count
+        wrote = False
+        while self.encoded:
+            payload, count = self.encoded[0]
+            if not self.ring.try_write(payload, count):
+                break
+            self.encoded.popleft()
+            self.encoded_count -= count
+            wrote = True
+        if wrote:
+            self.ring_doorbell()
         return not self.encoded
 
     def ring_doorbell(self) -> None:

@@ -15,7 +15,7 @@ receiver a page fault per page (≈ 0.8 ms for 8 MiB with MAP_POPULATE), so a re
 maps each block once and keeps it mapped (``_block``, up to ``MAP_BYTES``). What an
 array decoded over a block holds is a view of its own (a ctypes array over the shared
 mapping), so that its lifetime is still known per message. A block's first page holds
-three flags; the receiver clears the first two, the sender the third::
+two flags that only its receiver clears::
 
     [0] viewed       1 from the send, then the receiver's pid once it decoded the record,
                      0 once its last view of the data is gone (a weak reference with a
@@ -23,23 +23,13 @@ three flags; the receiver clears the first two, the sender the third::
                      alive: ``_watched``)
     [8] uncommitted  1 until the record that carried it is committed (a record redelivered
                      after a crash must find the same bytes)
-    [16] copying     the sender's pid while the end of the data is still being copied
-                     (the record may be out already: see below), 0 once all of it is there
     data from offset 4096 (page aligned, so that it can be mapped on its own)
 
-A channel's flush copies the last ``LATE_BYTES`` of each pooled buffer after it has
-published the record and rung the receiver's doorbell (``start_late``/``finish_late``):
-waking a parked receiver takes about as long as copying those bytes, so the wake-up (and
-the receiver's reading of the record) overlaps the end of the copy instead of following
-it. A receiver that finds ``copying`` set waits for it to clear before it unpickles the
-record (``_wait_copied``); if the sender dies first, the record is dropped, as if it had
-never been sent (its sender never returned from sending it).
-
-The sender reuses a block only when viewed and uncommitted are 0, or when the record
-was committed and the process named in ``viewed`` is gone (a receiver killed while it
-held the array: its finalizer never ran). A pool that is full (every block still
-viewed, or the byte bound reached) falls back to a fresh segment, which the receiver
-unlinks at commit; so does the spill path, for a record over half the ring.
+The sender reuses a block only when both flags are 0, or when the record was committed
+and the process named in ``viewed`` is gone (a receiver killed while it held the array:
+its finalizer never ran). A pool that is full (every block still viewed, or the byte
+bound reached) falls back to a fresh segment, which the receiver unlinks at commit; so
+does the spill path, for a record over half the ring.
 
 A process's blocks are named ``<run prefix>b<pid>_<k>``, k = 0, 1, 2...; when the process
 is gone, the system unlinks each one whose record was committed, and the rest once it
@@ -57,26 +47,18 @@ import mmap
 import os
 import pickle
 import threading
-import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from actorq._errors import DecodeError, MessageTooLarge
+from actorq._errors import MessageTooLarge
 from actorq._serialization import salvage_loads
 from actorq._transport.shm import SHM_DIR, Segment
 
 BLOCK_HEADER = 4096
 MIN_BLOCK = 64 * 1024
 POOL_BYTES = int(os.environ.get("ACTORQ_OOB_POOL_BYTES", 512 * 1024 * 1024))
-# Bytes at the end of each pooled buffer copied after its record is out (see the module
-# docstring): about what this machine copies while a parked receiver wakes up and reads
-# the record (≈ 0.15-0.3 ms; 2 MiB at ≈ 5 GB/s ≈ 0.4 ms). More makes the receiver wait
-# (spinning) for the copy; 0 copies everything before the record goes out, as before.
-LATE_BYTES = int(os.environ.get("ACTORQ_OOB_LATE_BYTES", 2 * 1024 * 1024))
-HEADER_FLAGS = 3  # u64 flags at the start of a block: viewed, uncommitted, copying
-WRITER_CHECK = 0.001  # seconds between two looks at whether a copying sender is alive
 
 # No room in /dev/shm, over a file size limit (RLIMIT_FSIZE), no memory to map it.
 _NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.ENOMEM)
@@ -103,7 +85,7 @@ class _Block:
     def __init__(self, seg: Segment) -> None:
         self.seg = seg
         self.capacity = seg.size - BLOCK_HEADER
-        self.flags = seg.buf[:HEADER_FLAGS * 8].cast("Q")
+        self.flags = seg.buf[:16].cast("Q")
 
     def free(self) -> bool:
         return self.flags[0] == 0 and self.flags[1] == 0
@@ -142,10 +124,7 @@ class BlockPool:
         self._lock = threading.Lock()
 
     def put(self, raw: memoryview) -> tuple[str, int, bool]:
-        """Copy *raw* into a free block (or a fresh segment); return (name, size, pooled).
-
-        During a channel's flush (``start_late``) the last ``LATE_BYTES`` are left for
-        ``finish_late``, once the record is out."""
+        """Copy *raw* into a free block (or a fresh segment); return (name, size, pooled)."""
         size = raw.nbytes
         with self._lock:
             block = self._take(size)
@@ -153,13 +132,7 @@ class BlockPool:
                 return (*_to_fresh_segment(raw, self._namer), False)
             block.flags[0] = 1
             block.flags[1] = 1
-        data = raw.cast("B")
-        late = _late.copies
-        split = max(0, size - LATE_BYTES) if late is not None else size
-        if split < size:
-            block.flags[2] = _pid[0]  # copying: before the record can be out
-            late.append((block, data, split))  # type: ignore[union-attr]
-        block.seg.buf[BLOCK_HEADER : BLOCK_HEADER + split] = data[:split]
+        block.seg.buf[BLOCK_HEADER : BLOCK_HEADER + size] = raw.cast("B")
         return block.seg.name, size, True
 
     def release(self, name: str) -> None:
@@ -167,7 +140,6 @@ class BlockPool:
         with self._lock:
             for block in self._blocks:
                 if block.seg.name == name:
-                    _drop_late(block)
                     block.flags[1] = 0
                     block.flags[0] = 0
 
@@ -207,48 +179,6 @@ class BlockPool:
                 block.flags.release()
                 block.seg.close()
             self._blocks.clear()
-
-
-# The late copies (see the module docstring) of the flush running on this thread:
-# ``copies`` is a list while a channel's flush encodes its record, else None.
-class _Late(threading.local):
-    copies: list[Any] | None = None  # the class attribute: every thread starts with None
-
-
-_late = _Late()
-
-
-def start_late() -> list[Any]:
-    """Encodings on this thread from now on leave the ends of their pooled buffers to
-    copy (``finish_late``, which the caller must call, also when encoding raised)."""
-    copies: list[Any] = []
-    _late.copies = copies
-    return copies
-
-
-def finish_late(copies: list[Any]) -> None:
-    """Copy the ends left by the encodings since ``start_late``; clear ``copying``."""
-    _late.copies = None
-    if not copies:
-        return
-    for block, data, split in copies:
-        block.seg.buf[BLOCK_HEADER + split : BLOCK_HEADER + data.nbytes] = data[split:]
-    _fence.acquire()  # a full fence: the data is stored before ``copying`` reads 0
-    _fence.release()
-    for block, _data, _split in copies:
-        block.flags[2] = 0
-    copies.clear()
-
-
-def _drop_late(block: _Block) -> None:
-    """Forget this thread's late copy into *block* (its record is not sent after all)."""
-    copies = _late.copies
-    if copies:
-        copies[:] = [c for c in copies if c[0] is not block]
-    block.flags[2] = 0
-
-
-_fence = threading.Lock()
 
 
 class Orphans:
@@ -400,7 +330,7 @@ class _Mapped:
 
     def __init__(self, mm: mmap.mmap) -> None:
         self.mm = mm
-        self.flags = memoryview(mm)[:HEADER_FLAGS * 8].cast("Q")
+        self.flags = memoryview(mm)[:16].cast("Q")
         # The type of a view of the whole data area: one per block capacity (ctypes keeps
         # array types for good, so never one per message size).
         self.view_type = ctypes.c_char * (len(mm) - BLOCK_HEADER)
@@ -567,8 +497,6 @@ def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True,
             buffers.append(memoryview(_map(name, 0, size))[:size])
             continue
         block = _block(name)
-        if block.flags[2]:  # its sender is still copying the end (``finish_late``)
-            _wait_copied(block.flags, name, after_commit if track else None)
         # A view of the block that is its own object (the mapping is shared with the
         # messages that follow): every array unpickled over it holds it, so its
         # callback runs when the last of them is gone.
@@ -587,28 +515,6 @@ def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True,
         if not salvage or isinstance(exc, KeyboardInterrupt):
             raise
         return salvage_loads(body, buffers)  # type: ignore[no-any-return]
-
-
-def _wait_copied(flags: memoryview, name: str, after_commit: list[Any] | None) -> None:
-    """Wait until the sender of the block *name* has copied all of its data (``copying``
-    is 0); raise ``DecodeError`` if it died first (the record is then dropped, and its
-    commit frees the block). Bounded by one copy of at most ``LATE_BYTES``, unless the
-    sender is stopped (SIGSTOP): a live sender's record is never given up on."""
-    clock = time.monotonic
-    check = clock() + WRITER_CHECK
-    while writer := flags[2]:
-        os.sched_yield()  # the sender may need this CPU to finish
-        if clock() > check:
-            if not _alive(writer):
-                break
-            check = clock() + WRITER_CHECK
-    else:
-        return
-    if after_commit is not None:
-        after_commit.append(lambda f=flags: _clear(f, 1))  # committed: uncommitted = 0
-    msg = (f"the sender (pid {writer}) of an out-of-band buffer in {name} died while "
-           "copying it; its record is dropped, as never sent")
-    raise DecodeError(msg)
 
 
 def run_after_commit(actions: list[Any]) -> None:
