@@ -1,6 +1,6 @@
 """8 MiB numpy arrays: actorq against a Pipe, and nothing else (the messaging suite's case).
 
-    python benchmarks/bench_arrays.py [--per-repeat 10] [--repeats 7]
+    python benchmarks/bench_arrays.py [--per-repeat 10] [--repeats 7] [--steps]
 
 The same actor, array and peer as ``actorq bench messaging``'s "8 MiB numpy array"
 (``Sink.nbytes`` against ``PipeSink``: ``Connection.send`` of the array, pickled in
@@ -15,6 +15,12 @@ range, and what explains the spread (issue 15):
 - minor page faults per transfer of the caller and of the receiving process (the actor,
   the Pipe's peer), from ``/proc/<pid>/stat``: a transfer that maps or touches fresh
   memory shows as ~2,048 faults per 8 MiB.
+
+With ``--steps``, a third side interleaved with the others splits actorq's time: from the
+call to its handler's first line (the call path, the copy, the actor's wake-up and
+decoding; ``time.perf_counter`` is CLOCK_MONOTONIC, the same clock in every process),
+and from there to the reply in the caller's hands (the handler, the reply, the caller's
+wait). Its actor is a ``Stamper``, a ``Sink`` whose handler returns that timestamp.
 """
 
 from __future__ import annotations
@@ -72,6 +78,43 @@ class Side:
                 f"minor faults per transfer (caller, receiver): {faults}")
 
 
+class Stamper(messaging.Sink):
+    """The suite's sink, with a handler that says when it started."""
+
+    def stamp(self, arr: np.ndarray) -> float:
+        started = time.perf_counter()
+        return started if float(arr[-1]) == arr.size - 1 else -1.0  # the end is there
+
+
+class Steps:
+    """actorq's transfer split at the handler's start (``--steps``)."""
+
+    def __init__(self, ref: actorq.ActorRef[Stamper], arr: np.ndarray) -> None:
+        self.ref, self.arr = ref, arr
+        self.to_handler: list[float] = []  # ms
+        self.after: list[float] = []  # ms
+
+    def repeat(self, k: int) -> None:
+        for _ in range(k):
+            start = time.perf_counter()
+            started = self.ref.stamp(self.arr).result(timeout=messaging.REPLY_TIMEOUT)
+            end = time.perf_counter()
+            if started < 0:
+                msg = "the actor did not see the array's last element"
+                raise RuntimeError(msg)
+            self.to_handler.append((started - start) * 1e3)
+            self.after.append((end - started) * 1e3)
+
+    def report(self) -> str:
+        def spread(xs: list[float]) -> str:
+            xs = sorted(xs)
+            return (f"p10 {xs[len(xs) // 10]:.2f}, median {statistics.median(xs):.2f}, "
+                    f"p90 {xs[len(xs) * 9 // 10]:.2f} ms")
+
+        return (f"steps  call -> handler started: {spread(self.to_handler)}\n"
+                f"       handler started -> reply back: {spread(self.after)}")
+
+
 def copy_floor(dst: np.ndarray, arr: np.ndarray, k: int) -> list[float]:
     """ms per copy of *arr* into *dst* (mapped shared memory): actorq's one copy."""
     times = []
@@ -86,6 +129,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-repeat", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", action="store_true",
+                        help="also split actorq's time at the handler's start")
     args = parser.parse_args()
     k = args.per_repeat
     arr = np.arange(messaging.ARRAY_BYTES // 8, dtype=np.float64)
@@ -93,7 +138,7 @@ def main() -> None:
     floor: list[float] = []
     dst = messaging.copy_target(arr)  # faulted in, as actorq's pooled block is
     with actorq.ActorSystem() as system:
-        ref = system.spawn(messaging.Sink, name="arrays")
+        ref = system.spawn(Stamper if args.steps else messaging.Sink, name="arrays")
         actor_pid = ref.pid().result(timeout=messaging.REPLY_TIMEOUT)
         with PipeSink() as pipe:
             messaging.pipe_arrays(pipe, arr, 2)  # warm-up: blocks, mappings, the peer
@@ -102,13 +147,16 @@ def main() -> None:
                         [me, actor_pid])
             theirs = Side("Pipe", lambda: messaging.pipe_arrays(pipe, arr, 1),
                           [me, pipe._proc.pid])
+            sides: list[Side | Steps] = [ours, theirs]
+            if args.steps:
+                sides.append(Steps(ref, arr))
             for i in range(args.repeats):
-                for side in (ours, theirs) if i % 2 == 0 else (theirs, ours):
+                for side in sides if i % 2 == 0 else sides[::-1]:
                     side.repeat(k)
                 floor.extend(copy_floor(dst, arr, 3))
     ratios = sorted(p / a for a, p in zip(ours.means, theirs.means, strict=True))
-    print(ours.report())
-    print(theirs.report())
+    for side in sides:
+        print(side.report())
     print(f"one 8 MiB copy into mapped shared memory: median {statistics.median(floor):.2f} "
           f"ms (min {min(floor):.2f}, max {max(floor):.2f})")
     print(f"Pipe / actorq: median {statistics.median(ratios):.1f}x "

@@ -5,9 +5,10 @@ them) may instead be marshalled, which is faster both ways; ``load_payload`` tel
 two apart by the first byte (a pickle starts with its PROTO opcode, 0x80; a marshalled
 list with ``[``).
 
-Out-of-band buffers (numpy arrays, bytearrays of at least ``oob_threshold`` bytes) are
-copied once into a shared-memory *block* and mapped, not copied, by the receiver: the
-array it decodes views the block. A fresh segment per array would cost as much as
+Out-of-band buffers (of numpy arrays and ``pickle.PickleBuffer`` objects, at least
+``oob_threshold`` bytes; a bytearray pickles in band) are copied once into a
+shared-memory *block* and mapped, not copied, by the receiver: the array it decodes
+views the block. A fresh segment per array would cost as much as
 pickling in band (the kernel allocates and zeroes every page: ≈ 9 ms for 8 MiB here), so
 blocks are pooled and reused by the sending process; and mapping a block costs its
 receiver a page fault per page (≈ 0.8 ms for 8 MiB with MAP_POPULATE), so a receiver
