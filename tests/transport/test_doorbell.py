@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import actorq
-from actorq._core.hub import IDLE_BACKOFF
+from actorq._core.parking import IDLE_BACKOFF
 from actorq._core.protocol import C_HELD, C_HELD_RUNG, C_WATCH_MS
 from actorq._ids import new_run_prefix
 from actorq._transport.channel import C_PARKED, C_WAKEUPS, CTL_SIZE, ControlBlock, OutChannel
