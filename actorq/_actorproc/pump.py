@@ -87,6 +87,12 @@ class Pump(Handling):
                         continue
                     msg = msgs[index]
                     if tells or msg[0] == OP_TELL:  # one-way traffic: its own, shorter path
+                        # run_tells has these steps for a record of bare tells when the
+                        # actor times nothing: change one, change the other. A copy, not
+                        # a shared helper: that would cost a call per told message, and
+                        # this one also stamps C_SINCE, feeds the adaptive window, skips
+                        # replies resolved when read and takes tells among calls
+                        # (tests/transport/test_batch_model.py runs both loops).
                         if stamp:
                             slots[C_SINCE] = time.monotonic_ns()
                         # C_TOKEN is already 0: every message clears it once its reply is out
@@ -162,6 +168,12 @@ class Pump(Handling):
         ``done`` flag can be set past the prefix of such a record (its messages are taken
         in order, a failed one included), so the prefix is the index itself. Per
         message: the stop and dirty-outbox looks, ``C_SEQ``, the handler, ``cur_sub``.
+
+        A copy of ``pump``'s tell branch, not a helper both call: a helper would cost a
+        Python call per told message, the hot path of one-way traffic. A change to the
+        steps of one is a change to the other; tests/transport/test_batch_model.py runs
+        every scenario through both (``timed``: a hang timeout sends bare tells through
+        ``pump``'s loop).
         """
         slots, host, dirty = self.ctl.slots, self.host, self.dirty
         msgs, hdr = entry.msgs, entry.hdr
