@@ -28,7 +28,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from actorq._core.hub import IDLE_BACKOFF
+from actorq._core.parking import IDLE_BACKOFF
 from actorq._core.protocol import C_BUSY, C_WATCH_MS, Ctl
 from actorq._runtime.cells import ActorCell, CellState
 from actorq._transport import control

@@ -170,9 +170,8 @@ class SystemHub(Hub):
         if stranded:
             if self.drain_lock.acquire(blocking=False):
                 try:  # still ours to read? (its actor's removal unmaps it under this lock)
-                    while self.inbound.get(target) is chan and (
-                            rec := chan.read_next()) is not None:
-                        self._take_record(chan, rec, 0.0)
+                    if self.inbound.get(target) is chan:
+                        self.read_to_end(chan, 0.0)
                 finally:
                     self.drain_lock.release()
             else:  # someone else is reading; make sure the loop looks at this ring
@@ -184,11 +183,19 @@ class SystemHub(Hub):
         other rings are read when they ring, as always)."""
         with self.drain_lock:
             chan = self.inbound.get(actor_id)
-            if chan is None:
-                return
-            now = time.perf_counter()
-            while (rec := chan.read_next()) is not None:
-                self._take_record(chan, rec, now)
+            if chan is not None:
+                self.read_to_end(chan, time.perf_counter())
+
+    def read_to_end(self, chan: InChannel, now: float) -> None:
+        """Read *chan* to its end, dispatching each record; the caller holds ``drain_lock``
+        and knows *chan* is still ours (its actor's removal unmaps it under that lock).
+
+        ``drain_from`` (a death) and ``_stop_spinning`` (a reply nobody rang for) read one
+        ring this way, off the hot path. ``Hub.drain`` reads a lone ring to its end too,
+        inline: that is every wake-up's path, and it stops at a read-ahead limit.
+        """
+        while (rec := chan.read_next()) is not None:
+            self._take_record(chan, rec, now)
 
     def on_wake(self) -> None:
         """Loop thread: the doorbell rang."""

@@ -39,7 +39,7 @@ from actorq._actorproc.actorhub import READ_AHEAD, ActorHub
 from actorq._actorproc.host import Host
 from actorq._config import SystemConfig
 from actorq._core.hub import Hub
-from actorq._core.protocol import C_BUSY, OP_CALL, OP_TELL, Boot
+from actorq._core.protocol import C_BUSY, C_SINCE, OP_CALL, OP_TELL, Boot
 from actorq._core.ref import ActorRef
 from actorq._errors import Backpressure
 from actorq._ids import new_run_prefix
@@ -82,8 +82,11 @@ class CrashingHub(ActorHub):
 class World:
     """A sender and an actor joined by two rings; the actor can crash and be replaced."""
 
-    def __init__(self, window: int, plan: dict[int, str]) -> None:
+    def __init__(self, window: int, plan: dict[int, str], *, timed: bool = False) -> None:
         self.prefix = new_run_prefix()
+        # timed: the actor has a hang timeout, so it stamps each message's start, and its
+        # records of bare tells go through pump's general loop instead of run_tells
+        self.hang_timeout = 60.0 if timed else None
         self.config = SystemConfig(ring_size=1 << 16, window=window, outbox_messages=64)
         self.segs: list[Segment] = []
         ring_size = Ring.size_for(self.config.ring_size)
@@ -130,7 +133,7 @@ class World:
         host = Host(pair[0])
         host.name = host.cls_name = "a"
         info = Boot(ACTOR, "a", self.prefix, self.config, self.actor_ctl.name, "", 0, {}, {},
-                    0, None, None, 1, None, 1)
+                    0, self.hang_timeout, None, 1, None, 1)
         ctl = ControlBlock(self._attach(self.actor_ctl))
         hub = CrashingHub(host, info, ctl, self.efds[1])
         host.hub = hub
@@ -211,13 +214,16 @@ bursts = st.lists(st.lists(message, min_size=1, max_size=40), min_size=1, max_si
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])  # examples: the profile (conftest)
-@given(data=st.data(), bursts=bursts, window=st.integers(4, 64), redeliver=st.booleans())
+@given(data=st.data(), bursts=bursts, window=st.integers(4, 64), redeliver=st.booleans(),
+       timed=st.booleans())
 def test_bursts_keep_order_credits_and_crash_semantics(data: st.DataObject, bursts: Any,
-                                                       window: int, redeliver: bool) -> None:
+                                                       window: int, redeliver: bool,
+                                                       timed: bool) -> None:
+    # timed: bare tells through pump's general loop, not run_tells (the two must agree)
     total = sum(len(b) for b in bursts)
     crash_at = data.draw(st.none() | st.integers(0, total - 1), label="crash_at")
     where = data.draw(st.sampled_from(["handler", "between", "error"]), label="where")
-    world = World(window, {} if crash_at is None else {crash_at: where})
+    world = World(window, {} if crash_at is None else {crash_at: where}, timed=timed)
     world.redeliver = redeliver
     try:
         sent: list[int] = []  # ids that reached the sender's outbox, in order
@@ -286,11 +292,14 @@ def test_bursts_keep_order_credits_and_crash_semantics(data: st.DataObject, burs
         world.close()
 
 
-def test_plain_tells_travel_bare_and_a_crash_among_them_is_redelivered() -> None:
+@pytest.mark.parametrize("timed", [False, True], ids=["run_tells", "pump"])
+def test_plain_tells_travel_bare_and_a_crash_among_them_is_redelivered(timed: bool) -> None:
     """A burst of plain tells is one record of the told messages themselves, (OP_TELL,
     messages), not wire tuples; a crash in its sixth handler blames that message, which
-    is delivered again, and the rest of the burst follows it in order."""
-    world = World(64, {5: "handler"})
+    is delivered again, and the rest of the burst follows it in order. Both loops that
+    handle such a record do so: ``run_tells``, and ``pump``'s own when the actor stamps
+    each message's start (a hang timeout: ``C_SINCE``, which run_tells never sets)."""
+    world = World(64, {5: "handler"}, timed=timed)
     try:
         for i in range(10):
             world.ref.tell(("m", i))
@@ -311,6 +320,7 @@ def test_plain_tells_travel_bare_and_a_crash_among_them_is_redelivered() -> None
         assert world.log == list(range(10))
         assert world.crashes == [("busy", None)]
         assert chan.ring.in_flight() == 0
+        assert bool(world.cell.ctl.slots[C_SINCE]) == timed  # which loop handled them
     finally:
         world.close()
 

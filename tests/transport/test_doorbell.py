@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 import actorq
-from actorq._core.hub import IDLE_BACKOFF
+from actorq._core.parking import IDLE_BACKOFF
 from actorq._core.protocol import C_HELD, C_HELD_RUNG, C_WATCH_MS
 from actorq._ids import new_run_prefix
+from actorq._runtime.systemhub import SystemHub
 from actorq._transport.channel import C_PARKED, C_WAKEUPS, CTL_SIZE, ControlBlock, OutChannel
-from actorq._transport.ring import H_READER, H_TAIL, READER_EXPECTED, Ring
+from actorq._transport.ring import H_READER, H_TAIL, READER_EXPECTED, READER_SPINNING, Ring
 from actorq._transport.shm import Segment
 from actorq.testing import wait_until
 
@@ -129,16 +130,67 @@ def test_no_reader_mark_is_left_behind(n: int) -> None:
         assert s._runtime.hub.ring_spinners == {}
 
 
-def _harness() -> Any:
+def _harness(make_sender: Any = None) -> Any:
     """The in-process pair of hubs of benchmarks/msgpath_harness.py (real rings, one
-    thread): the order of the two sides' steps is the test's to choose."""
+    thread): the order of the two sides' steps is the test's to choose. *make_sender*:
+    the user's side hub (``Harness``)."""
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "msgpath_harness.py"
     spec = importlib.util.spec_from_file_location("msgpath_harness", path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.Harness()
+    return module.Harness(make_sender)
+
+
+def test_a_death_and_a_spinner_that_stopped_read_the_ring_to_its_end() -> None:
+    # SystemHub.read_to_end, from its two callers: drain_from (an actor died: what it
+    # published is read before its crash is attributed) and _stop_spinning (a caller's
+    # spin ended with records nobody rang for). Each reads every record on the ring,
+    # and nothing once the ring is no longer the hub's.
+    h = _harness(lambda prefix, config, ctl, efd: SystemHub(prefix, config, ctl, efd,
+                                                            lambda _actor: None))
+    try:
+        hub, actor = h.sender, h.receiver
+        back = hub.inbound[1]  # the ring replies come on
+        h.calls(1)  # the first call refreshes the sender's credit (the general path)
+
+        def answered(first: int) -> list[Any]:
+            replies = [h.ref.echo(i) for i in range(first, first + 3)]
+            hub.flush_dirty()
+            actor.drain()
+            actor.pump()
+            actor.flush_dirty()
+            assert back.ring.hdr[H_TAIL] != back.cursor  # published, unread
+            assert not any(r.done() for r in replies)
+            return replies
+
+        replies = answered(10)
+        hub.drain_from(1)
+        assert [r.result(0) for r in replies] == [10, 11, 12]
+        assert back.ring.hdr[H_TAIL] == back.cursor
+
+        replies = answered(20)
+        back.ring.hdr[H_READER] = READER_SPINNING  # as spin_for leaves it, one spinner
+        hub.ring_spinners[1] = 1
+        hub._stop_spinning(back, 1)
+        assert [r.result(0) for r in replies] == [20, 21, 22]
+        assert back.ring.hdr[H_READER] == 0
+        assert hub.ring_spinners == {}
+
+        replies = answered(30)  # the actor is removed: its ring is read by nobody here
+        del hub.inbound[1]
+        try:
+            hub.drain_from(1)
+            back.ring.hdr[H_READER] = READER_SPINNING
+            hub.ring_spinners[1] = 1
+            hub._stop_spinning(back, 1)
+            assert not any(r.done() for r in replies)
+            assert back.ring.hdr[H_TAIL] != back.cursor
+        finally:
+            hub.inbound[1] = back
+    finally:
+        h.close()
 
 
 def test_a_held_reply_doorbell_rings_only_if_its_caller_does_not_read_it_first() -> None:

@@ -1,0 +1,113 @@
+"""How a reply leaves an actor: written to its caller's ring at once when it can be, and
+its doorbell held back a moment for a caller that said it would spin on it.
+"""
+
+from __future__ import annotations
+
+import marshal
+import time
+from typing import Any
+
+from actorq._actorproc.actorstate import ActorHubState
+from actorq._core.protocol import C_HELD, C_HELD_RUNG
+from actorq._core.ref import ActorRef
+from actorq._errors import ActorStopped
+from actorq._serialization import SAFE_TYPES
+from actorq._transport.channel import OutChannel
+from actorq._transport.ring import H_HEAD, H_READER, H_TAIL, READER_EXPECTED, READER_SPINNING
+
+_marshal = marshal.dumps
+
+# How long the reply to a lone call may hold back its doorbell (seconds) when its caller
+# said it would spin on it (``READER_EXPECTED``): the caller comes within a few µs and
+# reads it itself; rung unread after this (or before the actor does anything else).
+REPLY_GRACE = 15e-6
+
+
+class Replies(ActorHubState):
+    """The replies of an actor and their held doorbells (a part of ``ActorHub``)."""
+
+    def send_reply(self, reply_to: int, msg: tuple[Any, ...], hold: bool = False) -> None:
+        """Append a reply to the caller's channel (opened through the system if new).
+
+        *hold*: a lone call's reply (``serve_alone``), written at once, may hold its
+        doorbell back for a caller that said it would spin on it (``hold_doorbell``).
+        """
+        chan = self.outbound.get(reply_to)
+        if chan is None:
+            try:
+                chan = self.open_channel(ActorRef(self, self.run_id, reply_to, "caller",
+                                                  frozenset(), "actor"))
+            except ActorStopped:
+                return  # the caller is gone: nobody is waiting for this reply
+        with chan.lock:
+            if not chan.outbox and not chan.encoded:
+                # The common case: written now, as its own record (the caller may be
+                # spinning on it); the call itself was committed just before.
+                if type(msg[3]) in SAFE_TYPES:  # plain data: marshalled (oob.load_payload)
+                    body, count = _marshal([msg]), 1
+                    if len(body) > self.max_inline:
+                        body, count = self.encode([msg])
+                else:  # an unpicklable value becomes an error reply
+                    body, count = self.encode([msg])
+                if chan.ring.try_write(body, count):
+                    if hold and chan.ring.hdr[H_READER] == READER_EXPECTED:
+                        self.hold_doorbell(chan)
+                    else:
+                        chan.ring_doorbell()
+                    return
+                chan.encoded.append((body, count))
+                chan.encoded_count += count
+            else:
+                self.wrap_bare(chan).append(msg)
+        self.dirty.add(chan)
+
+    def hold_doorbell(self, chan: OutChannel) -> None:
+        """A lone call's reply was just written and its caller said it would spin on it
+        (``READER_EXPECTED``): ring its doorbell only if the caller does not read it
+        within ``REPLY_GRACE``, or before this actor does anything else. Otherwise the
+        caller's loop thread would wake for a reply its spinning thread reads anyway,
+        and then wait for that thread's GIL (issue 15: the round-trip tail)."""
+        if self.held is not None:  # pragma: no cover - rung before any other handler
+            self.ring_held()
+        self.held = (chan, chan.ring.hdr[H_TAIL], time.perf_counter() + REPLY_GRACE)
+        self.ctl.slots[C_HELD] += 1
+
+    def ring_held(self) -> None:
+        """Ring the doorbell held back for a reply, unless its caller read it already."""
+        chan, past, _due = self.held  # type: ignore[misc]
+        self.held = None
+        try:
+            hdr = chan.ring.hdr
+            if hdr[H_HEAD] < past and hdr[H_READER] != READER_SPINNING:
+                self.ctl.slots[C_HELD_RUNG] += 1
+                chan.ring_doorbell()
+        except ValueError:  # pragma: no cover - the channel was closed (its peer is gone)
+            pass
+
+    def wait_for_reader(self, end: float, stop: Any) -> bool:
+        """The first part of a spin while a reply's doorbell is held back: until its
+        caller reads it (or spins on its ring), data comes, the grace or the spin ends;
+        the doorbell is rung then unless the reply was read.
+
+        False if the caller did not come within the grace: it is most likely off the
+        CPU, possibly this one (a woken actor often runs where its caller ran), so the
+        spin ends here and the actor parks rather than keep the CPU from it.
+        """
+        chan, past, due = self.held  # type: ignore[misc]
+        clock = time.perf_counter
+        now = clock()
+        try:
+            hdr = chan.ring.hdr
+            while now < due:
+                if hdr[H_HEAD] >= past or hdr[H_READER] == READER_SPINNING:
+                    self.held = None  # read, or it will be: the spinner sees it
+                    return True
+                if now >= end or self.has_unread() or (stop is not None and stop()):
+                    break
+                now = clock()
+        except ValueError:  # pragma: no cover - the channel was closed (its peer is gone)
+            self.held = None
+            return True
+        self.ring_held()
+        return now < due

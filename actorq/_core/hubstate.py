@@ -1,0 +1,93 @@
+"""What every part of a hub shares: its state, its flags, and its subclasses' hooks.
+
+``Hub`` (``_core/hub.py``) is put together from the parts that work on this state, one
+class and module each, every one a ``HubState``: ``sending.py``, ``creditline.py``,
+``outbox.py``, ``receiving.py`` and ``parking.py`` (the map is in ``hub.py``). A part
+uses only this state, these hooks and the parts it derives from, so each can be read,
+and type-checked, on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from actorq._clock import Deadline
+from actorq._config import SystemConfig
+from actorq._core.reply import Reply
+from actorq._transport.channel import ControlBlock, InChannel, OpenRecord, OutChannel, SegmentNamer
+from actorq._transport.oob import BlockPool
+
+if TYPE_CHECKING:
+    from actorq._core.ref import ActorRef
+
+_NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: for messages without keywords
+
+
+class HubState:
+    """The state of one process's channels, and the hooks that ``SystemHub`` and
+    ``ActorHub`` fill in (the parts of ``Hub`` call them)."""
+
+    may_deadlock = False  # True where waiting on a reply can be a self-wait (actors)
+    idle_backoff = False  # True: an idle hub's watchdog looks less often (actors)
+    # True: a thread that sends a lone call spins on the reply's ring next, and says so
+    # beforehand (``READER_EXPECTED``: the user's process; an actor waits differently)
+    expects_readers = False
+    swept = False  # True: the system's idle sweep watches it (actors): backed off, it stops
+
+    def __init__(self, hub_id: int, run_id: str, config: SystemConfig, ctl: ControlBlock,
+                 efd: int) -> None:
+        self.id = hub_id
+        self.run_id = run_id
+        self.config = config
+        self.ctl = ctl
+        self.efd = efd
+        self.namer = SegmentNamer(run_id)
+        self.pool = BlockPool(self.namer)  # reused blocks for out-of-band buffers
+        self.inbound: dict[int, InChannel] = {}
+        self.outbound: dict[int, OutChannel] = {}
+        self.pending: dict[int, Reply[Any]] = {}
+        self.burst = 0  # calls that tried the latency path since a caller last waited
+        self.gone: dict[int, str] = {}  # actor id -> why it is gone for good
+        self.dirty: set[OutChannel] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread_id: int | None = None
+        self.flush_scheduled = False
+        self.drain_lock = threading.Lock()
+        self.waiting_chans: set[OutChannel] = set()  # channels with producers in line
+        self._rr = 0  # where the next drain starts
+        # records whose calls and tells wait to be handled, in order (only actors handle
+        # calls; each record knows the next of its messages to take up), and how many
+        # messages they held when queued (the read-ahead bound, ``drain(limit)``)
+        self.queue: deque[OpenRecord] = deque()
+        self.queued = 0
+        self._outbox_fast = config.outbox_messages - 1  # tell's fast path fills up to this
+        self.unsettled = False  # the last settling flush skipped a growing outbox
+        self.max_inline = config.ring_size // 2 - 8  # bigger records take the spill path
+        # the lost wake-up watchdog (``watchdog``): its next look, and how far it backed off
+        self.watch_handle: asyncio.TimerHandle | None = None
+        self.watch_interval = config.park_timeout
+        self.watch_seen = -1  # the wake-up count at its last look
+        self.watch_args: tuple[Any, ...] = ()
+
+    def open_channel(self, ref: ActorRef[Any]) -> OutChannel:
+        """Return a channel to *ref*'s actor, creating it if needed."""
+        raise NotImplementedError
+
+    def may_block(self) -> bool:
+        """True if the current thread may wait (not on a running event loop)."""
+        raise NotImplementedError
+
+    def wait_reply(self, reply: Reply[Any], deadline: Deadline) -> None:
+        """Block until *reply* is done or *deadline* passes."""
+        raise NotImplementedError
+
+    def waiting_would_deadlock(self, reply: Reply[Any]) -> bool:
+        """True if waiting on *reply* here can never end."""
+        return False
+
+    def timeout_hint(self, reply: Reply[Any]) -> str:
+        """Extra words for a ``CallTimeout`` about *reply*."""
+        return ""
