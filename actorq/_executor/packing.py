@@ -197,9 +197,10 @@ def killed_by(item: Any, step: Step) -> BaseException:
             "__setstate__/__reduce__: two workers, each time in that step); the task was "
             "not run, and is not sent again (it would kill another worker)", "message")
     return EncodeError(
-        f"the return value of {name}() killed worker process {step.pid} while it was "
-        "pickled there, to be sent back (a crash, a signal or an os._exit in its "
-        "__reduce__); the task ran once and is not run again")
+        f"the return value of {name}() killed worker processes {step.earlier} and "
+        f"{step.pid} while it was pickled there, to be sent back (a crash, a signal or an "
+        "os._exit in its __reduce__: two workers, each time in that step); the task ran "
+        "twice and is not run again")
 
 
 def unsendable(exc: TypeError) -> BaseException:
