@@ -144,8 +144,9 @@ class ActorSystem:
         *timeout*: each call's deadline (seconds, all attempts); a member still running a
         call *hang_margin* seconds past the timeout is killed and restarted. Members are
         restarted after crashes by the pool's supervisor (*max_restarts* within *within*,
-        counted per member), after a delay drawn from *restart_backoff* (default:
-        ``Backoff()``, as for any supervisor); a member it gives up on is replaced by a
+        counted per member), after a delay drawn from *restart_backoff* (default, as
+        for any supervisor: the first restart within the window at once, the next ones
+        after ``Backoff()``'s delays); a member it gives up on is replaced by a
         new one after a delay drawn from *replace_backoff*, so the pool keeps its size.
         See docs/concepts.md, "Pools and resilience".
         """

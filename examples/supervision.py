@@ -19,8 +19,9 @@ import time
 import actorq
 from actorq.testing import wait_until
 
-# Short restart delays, so that the demo runs quickly (the default is Backoff(), whose
-# first delay is drawn from [0, 10 ms] and which grows to at most 1 s).
+# Short restart delays, so that the demo runs quickly (by default the first restart
+# within the window is at once, and the next ones wait Backoff()'s delays: drawn from
+# [0, 10 ms] first, growing to at most 1 s).
 FAST = actorq.Backoff(initial=0.001, maximum=0.01)
 
 

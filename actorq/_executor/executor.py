@@ -44,7 +44,7 @@ from actorq._errors import (
     rebuild,
 )
 from actorq._executor import ledger
-from actorq._executor.ledger import Outcome
+from actorq._executor.ledger import ENCODING, Outcome
 from actorq._executor.packing import (
     PLAIN,
     culprits,
@@ -56,6 +56,7 @@ from actorq._executor.packing import (
     spec_of,
     unsendable,
 )
+from actorq._executor.sendback import UNSENDABLE_NOTE
 from actorq._executor.worker import Deferred, FunctionWorker, Init, InitFailed, Raised
 from actorq._resilience.retry import Retry
 
@@ -378,9 +379,10 @@ class Executor(concurrent.futures.Executor):
         there are none): fail only the task the crash belongs to, take what finished
         from the ledger, and send the tasks not run yet again. The task fails with
         ``DecodeError`` or ``EncodeError`` if its data killed the worker (the slot's
-        step, see ``ledger``: blamed), else with *exc*: it was running. A task whose
-        argument or function was being unpickled, a first time, was not run: it goes
-        again, alone, that step its suspect (a second death there blames it)."""
+        step, see ``ledger``: blamed), else with *exc*: it was running, or its outcome
+        was being pickled a first time. A task whose argument or function was being
+        unpickled, a first time, was not run: it goes again, alone, that step its
+        suspect (a second death there blames it)."""
         found = ledger.read_slot(self._ledger_map, self._ledger, slot, batch_no)
         step = ledger.crash_step(self._ledger_map, slot, found, batch_no)
         blamed = culprits([t[1] for t in batch], step) if step and step.blamed else ()
@@ -395,6 +397,10 @@ class Executor(concurrent.futures.Executor):
                 running = False  # the tasks after it go again
             elif step is not None and index in blamed:
                 outcomes.append((False, killed_by(task[1], step), ""))
+            elif step is not None and index == step.task and step.kind == ENCODING:
+                # it ran, and its worker died while its outcome was pickled, a first
+                # time: as a death while it ran (the retries are spent, or none)
+                outcomes.append((False, exc, ""))
             elif step is not None and index == step.task:  # a suspect
                 with self._lock:
                     self._alone.append(task)
@@ -451,9 +457,12 @@ class Executor(concurrent.futures.Executor):
     def _broken_error(self) -> InitializerFailed:
         cause = self._broken
         assert cause is not None
+        what = f"a worker's initializer raised {type(cause).__name__}: {cause}"
+        for note in getattr(cause, "__notes__", ()):  # its exception did not pickle
+            if note.startswith(f"{UNSENDABLE_NOTE}the initializer "):
+                what = f"{note.removeprefix(UNSENDABLE_NOTE)}: {type(cause).__name__}: {cause}"
         err = InitializerFailed(
-            f"a worker's initializer raised {type(cause).__name__}: {cause}; this "
-            "actorq.Executor is broken (as ProcessPoolExecutor is, with "
+            f"{what}; this actorq.Executor is broken (as ProcessPoolExecutor is, with "
             "BrokenProcessPool): shut it down and make a new one")
         err.__cause__ = cause
         return err

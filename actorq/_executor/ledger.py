@@ -22,14 +22,14 @@ these steps may have been killed by the task's data, not by its run (a segfault 
 ``os._exit`` in a ``__setstate__``/``__reduce__``, or in a module's import): whoever
 reads the slot next (the retry, or the executor once the pool gave up) then fails that
 task instead of running it again, which would kill another worker the same way
-(``crash_step``). An outcome's pickling happens after the task ran, so a death there
-blames the outcome at once (running the task again to tell would repeat its side
-effects). An unpickling happens before the task runs, so a first death there only makes
-the step a *suspect*: something else (the OOM killer, a ``SIGKILL``) may have hit the
-worker at that moment. The retry moves the step to the header's *suspect* word and
-unpickles again; a second death in the same step (same task, same part, another worker)
-blames the data. The executor writes the suspect word when it sends a message: 0, or the
-step of a task it sends again after a first death with no retry left (``set_suspect``).
+(``crash_step``). A first death in a step only makes the step a *suspect*: something
+else (the OOM killer, a ``SIGKILL``) may have hit the worker at that moment. The retry
+moves the step to the header's *suspect* word and does it again: unpickles again (the
+task had not run), or runs the task again and pickles its outcome again (it ran: it runs
+again, as a task whose worker died while it ran does; the executor is at-least-once); a
+second death in the same step (same task, same part, another worker) blames the data.
+The executor writes the suspect word when it sends a message: 0, or the step of a task
+it sends again after a first death with no retry left (``set_suspect``).
 
 A large outcome (over ``SPILL_AT``, or more than what is left of the slot) is written to
 a file of its own beside the ledger, ``<ledger>_<slot>_<batch>_<index>``, and its record
@@ -136,9 +136,9 @@ class Step(NamedTuple):
 
     @property
     def blamed(self) -> bool:
-        """The task's data killed the worker: its outcome's pickling, or an unpickling
-        that killed two workers (one death there may have been something else's)."""
-        return self.kind == ENCODING or self.earlier != 0
+        """The task's data killed the worker: two workers died in this step (one death
+        there may have been something else's: the OOM killer, a ``SIGKILL``)."""
+        return self.earlier != 0
 
     def word(self, task: int | None = None) -> int:
         """The step's header word (for task *task* instead: the same step, sent again)."""

@@ -15,6 +15,8 @@ import pickle
 
 from actorq._errors import EncodeError, format_remote
 
+UNSENDABLE_NOTE = "actorq.Executor: "  # how the note on a pickling error sent back starts
+
 
 def _text(exc: BaseException) -> str:
     try:
@@ -23,10 +25,11 @@ def _text(exc: BaseException) -> str:
         return f"{type(exc).__qualname__} (its str() raises)"
 
 
-def unsendable_exception(exc: BaseException, tb: str,
-                         err: BaseException) -> tuple[BaseException, str]:
-    """The error to send back, and its remote traceback text, for the task's exception
-    *exc* (remote traceback *tb*) whose pickling raised *err*.
+def unsendable_exception(exc: BaseException, tb: str, err: BaseException,
+                         who: str = "the task") -> tuple[BaseException, str]:
+    """The error to send back, and its remote traceback text, for the exception *exc*
+    (remote traceback *tb*) of *who* (the task, or the initializer) whose pickling
+    raised *err*.
 
     *err* itself (a ``SystemExit`` from a ``__reduce__`` too, as the standard library
     sends it), noted; an ``EncodeError`` naming both if *err* does not pickle either.
@@ -38,10 +41,10 @@ def unsendable_exception(exc: BaseException, tb: str,
         return err, text
     what = _text(exc)
     try:
-        err.add_note(f"actorq.Executor: the task raised {what}, which cannot be pickled "
-                     "to be sent back (its traceback is in __cause__)")
+        err.add_note(f"{UNSENDABLE_NOTE}{who} raised {what}, which cannot be pickled to "
+                     "be sent back (its traceback is in __cause__)")
         pickle.dumps(err, protocol=5)
     except Exception:
-        err = EncodeError(f"the task raised {what}, which cannot be pickled to be sent "
-                          f"back: {_text(err)}")
+        err = EncodeError(f"{who} raised {what}, which cannot be pickled to be sent back: "
+                          f"{_text(err)}")
     return err, text

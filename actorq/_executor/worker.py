@@ -80,7 +80,7 @@ class FunctionWorker(Actor):
             try:
                 initializer(*initargs)
             except BaseException as exc:  # SystemExit too, as the standard library's
-                self._init_failed = init_failed(exc)
+                self._init_failed = init_failed(exc, initializer)
 
     def _take_one(self) -> bool:
         """Count a task against ``max_tasks``; False once the limit is reached. The task
@@ -182,15 +182,15 @@ class FunctionWorker(Actor):
 
         With *where* (a ledger slot), the slot says when the return value is being
         pickled (by the runtime, after this returns): if that kills the process, the
-        retry finds it there and fails the task with ``EncodeError`` instead of running
-        it again (see ``ledger``).
+        retry finds it there and runs the task again, a suspect; if that kills a second
+        worker, the next one fails the task with ``EncodeError`` (see ``ledger``).
         """
         if self._init_failed is not None:
             return self._init_failed
         rec = None
         if where is not None:
             rec = self._record(where)
-            if rec.crashed is not None:  # its return value killed the last worker
+            if rec.crashed is not None:  # its return value killed the last two workers
                 raise killed_by(item, rec.crashed)
         if self._left is not None and not self._take_one():
             return Deferred
@@ -265,17 +265,19 @@ def _unpickled(rec: ledger.BatchRecord | None, kind: int, index: int, ordinal: i
         raise DecodeError(msg, "message") from exc
 
 
-def init_failed(exc: BaseException) -> InitFailed:
-    """The answer of a worker whose initializer raised *exc* (logged here, as the
-    standard library logs it); an exception that does not pickle travels as text."""
+def init_failed(exc: BaseException, initializer: Callable[..., Any]) -> InitFailed:
+    """The answer of a worker whose *initializer* raised *exc* (logged here, as the
+    standard library logs it). An exception that does not pickle is sent as its
+    pickling error, noted with the initializer's name and *exc*, as a task's is
+    (``sendback``)."""
     logging.getLogger("actorq").critical("actorq.Executor: exception in initializer:",
                                          exc_info=exc)
     tb = format_remote(exc)
     try:
         pickle.dumps(exc, protocol=5)
     except BaseException as err:
-        exc = RuntimeError(f"{type(exc).__name__}: {exc} (the exception itself cannot be "
-                           f"sent back: {type(err).__name__}: {err})")
+        name = fn_name(initializer.spec if isinstance(initializer, Init) else initializer)
+        exc, tb = unsendable_exception(exc, tb, err, f"the initializer {name}()")
     return InitFailed(exc, tb)
 
 

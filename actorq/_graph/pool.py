@@ -28,11 +28,10 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actorq._graph.worker import TaskWorker
-from actorq._resilience.backoff import Backoff
+from actorq._resilience.backoff import Backoff, RestartAtOnce
 
 if TYPE_CHECKING:
     from actorq._core.events import ActorEvent
@@ -48,17 +47,7 @@ START_PENALTY = 0.05
 # many workers, and each is replaced at once.
 MAX_RESTARTS, WITHIN = 1_000_000_000, 1.0
 
-
-@dataclass(frozen=True)
-class RestartAtOnce(Backoff):
-    """The graph workers' restart delays: none for the first restart within ``WITHIN``
-    seconds (the supervisor counts per member), then this ``Backoff`` from its start."""
-
-    def delay(self, attempt: int) -> float:
-        """0 for *attempt* 0; else ``Backoff.delay(attempt - 1)``."""
-        return 0.0 if attempt == 0 else super().delay(attempt - 1)
-
-
+# the same as a supervisor's default (backoff=None), said here where it matters most
 RESTART_BACKOFF = RestartAtOnce(initial=0.01, maximum=1.0)
 _private_ids = itertools.count(1)
 

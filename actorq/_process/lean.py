@@ -41,6 +41,7 @@ fork server in this interpreter) is served as multiprocessing serves it.
 from __future__ import annotations
 
 import io
+import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.forkserver
 import multiprocessing.popen_forkserver
@@ -64,6 +65,9 @@ from actorq._process import spawn
 # stream, which starts with the PROTO opcode (b"\x80").
 LEAN_REQUEST = b"L"
 _HEAD = struct.Struct("=cI")  # LEAN_REQUEST, then the length of the pickle that follows
+# How long a child whose fork server died may take to die with it (it is being sent its
+# SIGKILL: microseconds; this bounds the wait on a child that lives on)
+SERVER_GONE_WAIT = 5.0
 
 
 class LeanStart:
@@ -149,8 +153,12 @@ def serves_lean() -> bool:
 
 
 class LeanPopen(multiprocessing.popen_forkserver.Popen):
-    """``popen_forkserver.Popen`` sending ``preparation()`` instead of the full data, as
-    one lean request when the fork server serves them."""
+    """``popen_forkserver.Popen`` sending ``preparation()`` instead of the full data (as
+    one lean request when the fork server serves them), and reading a status the dead
+    fork server could not send as the child's real one."""
+
+    server: int | None = None  # the fork server's pid when it started the child
+    server_death: str | None = None  # "its fork server (pid N) was killed by SIGKILL"
 
     def _launch(self, process_obj: Any) -> None:
         # popen_forkserver.Popen._launch (Python 3.11), with only the data changed
@@ -178,6 +186,53 @@ class LeanPopen(multiprocessing.popen_forkserver.Popen):
         with open(w, "wb", closefd=True) as f:
             f.write(buf.getbuffer())
         self.pid = forkserver.read_signed(self.sentinel)
+        self.server = spawn.fork_server_pid()  # who reports its exit status
+
+    def poll(self, flag: int = os.WNOHANG) -> int | None:
+        """``popen_forkserver.Popen.poll``, but a status the fork server could not send
+        because it died is the child's real one: killed by its death signal."""
+        if self.returncode is None:
+            if not multiprocessing.connection.wait(
+                    [self.sentinel], 0 if flag == os.WNOHANG else None):
+                return None
+            try:
+                self.returncode = multiprocessing.forkserver.read_signed(self.sentinel)
+            except (OSError, EOFError):
+                self.returncode = self._died_with_server()
+        return self.returncode
+
+    def _died_with_server(self) -> int:
+        """End-of-file and no status: the fork server died (multiprocessing says 255,
+        "exited with code 255"). Its children die with it, by ``SIGKILL`` (the
+        PR_SET_PDEATHSIG ``deathsig.arm`` sets first thing): the kernel sends it as the
+        fork server exits, *after* closing its files, so the child may still be
+        running now; wait for it (bounded) so that the caller never handles as dead a
+        process that runs on. ``server_death`` then says what happened to the server."""
+        server = self.server
+        if server is None or not spawn._exits_within(server, SERVER_GONE_WAIT):
+            return 255  # the fork server lives: not that (as multiprocessing says)
+        self.server_death = f"its fork server (pid {server}) {_server_end(server)}"
+        if not spawn._exits_within(self.pid, SERVER_GONE_WAIT):
+            return 255  # it outlived its fork server: a death signal not armed
+        return -signal.SIGKILL
+
+
+def _server_end(pid: int) -> str:
+    """How the fork server *pid* (this process's child, exited) ended: "was killed by
+    SIGKILL", "exited with code 1", or "died" if it was reaped already."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        info = None
+    if info is None:
+        return "died"
+    if info.si_code == os.CLD_EXITED:
+        return f"exited with code {info.si_status}"
+    try:
+        name = signal.Signals(info.si_status).name
+    except ValueError:
+        name = f"signal {info.si_status}"
+    return f"was killed by {name}"
 
 
 class LeanProcess(multiprocessing.context.ForkServerProcess):
@@ -187,6 +242,12 @@ class LeanProcess(multiprocessing.context.ForkServerProcess):
     @staticmethod
     def _Popen(process_obj: Any) -> LeanPopen:
         return LeanPopen(process_obj)
+
+    @property
+    def fork_server_death(self) -> str | None:
+        """What ended it, if it died with its fork server ("its fork server (pid N) was
+        killed by SIGKILL"), once its exit status is read; else None."""
+        return getattr(self._popen, "server_death", None)  # type: ignore[attr-defined]
 
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled only by popen_forkserver, for the child (a Process does not pickle

@@ -201,8 +201,18 @@ class WarmPool:
 
 def _alive(proc: Any) -> bool:
     """``proc.is_alive()`` without its selector (≈ 40 µs under forkserver, on the path of
-    every restart): has its sentinel (end-of-file, or the fork server's report) not
-    turned readable yet?"""
+    every restart): is its exit status not read yet, and has its sentinel (end-of-file,
+    or the fork server's report) not turned readable yet?
+
+    The status first: once something read it (``is_alive()``, ``exitcode``, ``join``),
+    the sentinel says nothing reliable. The fork server writes the status, then closes
+    its end: between the two, the status read, the sentinel is neither readable nor at
+    end-of-file (a spare handed out dead under load); and a pipe's write end inherited
+    by another process keeps it from end-of-file for good.
+    """
+    popen = getattr(proc, "_popen", None)  # (multiprocessing's, set by start())
+    if popen is None or popen.returncode is not None:
+        return False
     try:
         poller = select.poll()
         poller.register(proc.sentinel, select.POLLIN)

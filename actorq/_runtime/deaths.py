@@ -134,11 +134,13 @@ class Deaths:
         self._on_ctrl(cell, sock)  # a last "failed"/"crashing" message may be waiting
         loop.remove_reader(sock)
         sock.close()
+        server_death = None  # its fork server died, and it with it (lean.LeanProcess)
         if code is not None:
             self.dying.append(proc)  # its sentinel reader stays: on_exit reaps it
         else:
             proc.join(1.0)
             code = proc.exitcode
+            server_death = getattr(proc, "fork_server_death", None)
             if code is None:
                 # No exit status: another part of this process reaped it (os.wait(), a
                 # SIGCHLD handler), or it closed its end of the sentinel and lives on.
@@ -165,7 +167,10 @@ class Deaths:
         cause = classify_exit(code, cell.killed_for, cell.reported)
         cell.killed_for = cell.reported = None
         cell.crashes[cause] += 1
-        text = f"{cell.describe()} (pid {cell.pid}) {crash_words(cell, cause, code)}"
+        words = crash_words(cell, cause, code)
+        if server_death is not None:
+            words += f": {server_death}"
+        text = f"{cell.describe()} (pid {cell.pid}) {words}"
         self._s.publish(EventKind.CRASHED, cell, cause, text)
         if cell.state == "starting" and cell.failed_start is None and code == 1:
             text += self._launch.main_module_hint()  # died before it could even boot
@@ -188,7 +193,6 @@ class Deaths:
             cell.supervisor.child_failed(cell, text)
         else:
             logger.warning("%s", text)
-            words = crash_words(cell, cause, code)
             why = f"{words} and was not restarted (restart={cell.restart!r})"
             self._stop.finish(cell, CellState.STOPPED, why, cause=cause)
             cell.supervisor.remove(cell)

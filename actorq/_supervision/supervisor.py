@@ -13,7 +13,8 @@ carried out through :class:`SupervisorOps`, which the system injects::
         └─ no → strategy picks the group: one_for_one [child], one_for_all [all],
                 rest_for_one [child and those started after it]; the live ones are
                 stopped (reverse start order), then all start again in start order
-                after a backoff delay (exponential, full jitter).
+                after a backoff delay (exponential, full jitter; by default none
+                before the first restart within the window).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from actorq._core.actor import Actor
-from actorq._resilience.backoff import Backoff
+from actorq._resilience.backoff import Backoff, RestartAtOnce
 from actorq._supervision.policy import STRATEGIES, SupervisorDecision
 
 if TYPE_CHECKING:
@@ -118,7 +119,8 @@ class Supervisor:
         self.strategy = strategy
         self.max_restarts = max_restarts
         self.within = within
-        self.backoff = backoff if backoff is not None else Backoff()
+        # (the first restart within the window at once: backoff.py says why)
+        self.backoff = backoff if backoff is not None else RestartAtOnce()
         self.parent = parent
         self.give_up_per_child = give_up_per_child
         self.clock = clock

@@ -19,7 +19,7 @@ import pytest
 import actorq
 from actorq._executor import ledger
 from actorq.testing import wait_until
-from tests.executor.helpers import run_counted, run_counts, wait_for_file
+from tests.executor.helpers import record_run, run_counted, run_counts, wait_for_file
 
 
 def killing_function():
@@ -78,6 +78,59 @@ def test_a_worker_killed_from_outside_while_it_unpickles_an_argument_is_retried(
         assert run_counts(runs) == {7: 1}
         assert victim != os.getpid()
         assert crashes(ex) == 1  # only the outside kill: the worker that rebuilt it lives
+        assert ex.submit(abs, -5).result(timeout=60) == 5
+
+
+class BlockAtPickle:
+    """A result whose pickling, in the first worker, announces its pid and waits to be
+    killed by the test; later ones pickle it (as the string "pickled")."""
+
+    def __init__(self, announce, killed, never):
+        self.paths = (announce, killed, never)
+
+    def __reduce__(self):
+        announce, killed, never = self.paths
+        if not os.path.exists(killed):
+            with open(announce + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.rename(announce + ".tmp", announce)
+            wait_for_file(never, limit=120)
+            raise AssertionError("not killed: the test did not see this worker")
+        return str, ("pickled",)
+
+
+def counted_blocker(i, runs, announce, killed, never):
+    record_run(i, runs)
+    return BlockAtPickle(announce, killed, never)
+
+
+@pytest.mark.parametrize("retry", ["default", None])
+def test_a_worker_killed_from_outside_while_it_pickles_a_result_is_not_blamed_on_it(
+        tmp_path, retry):
+    """The first worker is SIGKILLed by the test exactly while it pickles the task's
+    result: that is no proof that the result kills workers (one death is a suspect).
+    With the pool's retry the task runs again, as after a death while it ran, and its
+    result comes back; without retries it fails as such a death does (``ActorCrashed``),
+    not with ``EncodeError``."""
+    announce, killed, never, runs = (str(tmp_path / n)
+                                     for n in ("announce", "killed", "never", "runs"))
+    options = {} if retry == "default" else {"retry": None}
+    with actorq.Executor(2, **options) as ex:
+        ex.submit(abs, 0).result(timeout=60)
+        future = ex.submit(counted_blocker, 7, runs, announce, killed, never)
+        wait_until(lambda: os.path.exists(announce), timeout=120)
+        with open(announce) as f:
+            victim = int(f.read())
+        open(killed, "w").close()  # before the kill: the retry pickles the result
+        os.kill(victim, signal.SIGKILL)
+        if retry == "default":
+            assert future.result(timeout=120) == "pickled"
+            assert run_counts(runs) == {7: 2}  # at-least-once: it ran again
+        else:
+            with pytest.raises(actorq.ActorCrashed, match="SIGKILL"):
+                future.result(timeout=120)
+            assert run_counts(runs) == {7: 1}
+        assert crashes(ex) == 1  # only the outside kill
         assert ex.submit(abs, -5).result(timeout=60) == 5
 
 
@@ -159,8 +212,10 @@ def test_a_second_death_in_another_step_does_not_blame_the_first():
         rec.pid = 5555 << 32
         rec.step(ledger.DECODING, 0, 1)  # sent again alone, and another worker died
         assert ledger.crash_step(m, 0, {}, batch=3).earlier == 4444
-        rec.step(ledger.ENCODING, 0)  # an outcome's pickling: blamed at once
-        assert ledger.crash_step(m, 0, {}, batch=3).blamed
+        rec.step(ledger.ENCODING, 0)  # an outcome's pickling: a suspect too, first
+        assert not ledger.crash_step(m, 0, {}, batch=3).blamed
+        ledger.set_suspect(m, 0, ledger.step_word(ledger.ENCODING, 0, 0, 4444))
+        assert ledger.crash_step(m, 0, {}, batch=3).earlier == 4444  # then blamed
         m.close()
     finally:
         ledger.remove(path)

@@ -106,6 +106,10 @@ def failing_init_counted(path):
     raise ValueError("the initializer failed")
 
 
+def init_raising_unpicklable():
+    raise Unpicklable("bad init")
+
+
 @pytest.fixture
 def ex():
     with actorq.Executor(2) as executor:
@@ -329,3 +333,25 @@ def test_a_failing_initializer_breaks_the_executor_with_its_error(tmp_path):
     finally:
         ex.shutdown(wait=True)  # returns, and stops the workers
     assert count_lines(runs) == 2  # one start per worker: no restarts, no retries
+
+
+def test_an_initializer_whose_exception_cannot_be_pickled_gives_the_pickling_error():
+    """As a task's exception that does not pickle (``_sendback_result``): the executor
+    breaks with the pickling error as the cause, noted with the initializer's name and
+    its exception (no ``RuntimeError`` of our own); the remote traceback shows both."""
+    ex = actorq.Executor(1, initializer=init_raising_unpicklable)
+    try:
+        with pytest.raises(actorq.InitializerFailed,
+                           match=r"the initializer init_raising_unpicklable\(\) raised "
+                           "Unpicklable: bad init, which cannot be pickled") as info:
+            ex.submit(abs, 1).result(timeout=60)
+        cause = info.value.__cause__
+        assert type(cause) is TypeError  # what Unpicklable.__reduce__ raised
+        assert str(cause) == "this exception does not pickle"
+        assert any("the initializer init_raising_unpicklable() raised Unpicklable: bad init"
+                   in note for note in cause.__notes__)
+        remote = str(cause.__cause__)
+        assert "init_raising_unpicklable" in remote  # the initializer's frame
+        assert "could not be pickled to be sent back" in remote
+    finally:
+        ex.shutdown(wait=True)

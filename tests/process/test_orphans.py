@@ -255,7 +255,7 @@ def test_a_fork_started_spare_sees_end_of_file_when_the_system_end_closes():
 
 SERVER_KILLED = textwrap.dedent(
     """
-    import json, os, sys, threading
+    import json, logging, os, sys, threading
     import multiprocessing.forkserver
     import actorq
 
@@ -266,7 +266,17 @@ SERVER_KILLED = textwrap.dedent(
         def threads(self):
             return [t.name for t in threading.enumerate()]
 
+    class Said(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
     if __name__ == "__main__":
+        said = Said()
+        logging.getLogger("actorq").addHandler(said)
         with actorq.ActorSystem(start_method="forkserver", warm_spares=1) as s:
             refs = [s.spawn(Idle) for _ in range(3)]
             pids = [r.pid().result(timeout=60) for r in refs]
@@ -277,8 +287,8 @@ SERVER_KILLED = textwrap.dedent(
             again = [r.pid().result(timeout=60) for r in refs]  # restarted, answering
             crashes = [s.metrics()["actors"][r.name]["restarts"] for r in refs]
             threads = refs[0].threads().result(timeout=60)
-            print(json.dumps({"pids": again, "restarts": crashes, "threads": threads}),
-                  flush=True)
+            print(json.dumps({"pids": again, "restarts": crashes, "threads": threads,
+                              "said": said.lines}), flush=True)
     """
 )
 
@@ -310,6 +320,16 @@ def test_actors_die_with_a_killed_fork_server_and_are_restarted_leaving_nothing(
         after = json.loads(line)
         assert not set(after["pids"]) & set(info["pids"])  # new processes answered
         assert all(n >= 1 for n in after["restarts"]), after
+        # each death is reported as what it was, not as multiprocessing's "exit code
+        # 255" for a status the dead fork server could not send: seen on its sentinel,
+        # the fork server is named; seen first by its life lock, the signal
+        crashes = [line for line in after["said"] if "restarting" in line]
+        assert len(crashes) == 3, after["said"]
+        server = f"its fork server (pid {info['forkserver']}) was killed by SIGKILL"
+        for line in crashes:
+            assert "was killed by SIGKILL" in line, line
+            assert "255" not in line, line
+            assert "fork server" not in line or server in line, line
         # the new fork server was started as actorq starts one: it watches the owner
         assert "actorq-owner-watch" not in after["threads"]
         family = {p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)}
@@ -319,3 +339,50 @@ def test_actors_die_with_a_killed_fork_server_and_are_restarted_leaving_nothing(
         assert list_segments(info["run_id"]) == []  # unlinked by the program itself
     finally:
         _kill_all(proc, family)
+
+
+SERVER_KILLED_UNDER_A_CHILD = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from actorq._process.lean import LeanProcess
+    from actorq._process.spawn import fork_server_pid, get_context
+
+    ARMED = (
+        "import time\\n"
+        "from actorq._process import deathsig\\n"
+        "deathsig.set_pdeathsig(PARENT)\\n"
+        "open(MARK, 'w').close()\\n"
+        "time.sleep(600)\\n"
+    )
+
+    if __name__ == "__main__":
+        get_context("forkserver")
+        server = fork_server_pid()
+        mark = sys.argv[1]
+        code = f"PARENT = {server}\\nMARK = {mark!r}\\n" + ARMED
+        proc = LeanProcess(target=exec, args=(code, {}), daemon=True)
+        proc.start()
+        while not os.path.exists(mark):  # its death signal is armed
+            proc.join(0.01)
+        os.kill(server, signal.SIGKILL)
+        proc.join(60)
+        print(json.dumps({"server": server, "code": proc.exitcode,
+                          "why": proc.fork_server_death}), flush=True)
+        proc.close()
+    """
+)
+
+
+def test_a_child_of_a_killed_fork_server_is_reported_killed_by_its_signal(tmp_path):
+    # The fork server reports its children's exit statuses; killed, it reports none, and
+    # multiprocessing's popen says 255 ("exited with code 255"). The child was killed by
+    # its death signal (SIGKILL) as the fork server exited: that, and the fork server's
+    # own end, are what the lean process reports.
+    script = tmp_path / "owner.py"
+    script.write_text(SERVER_KILLED_UNDER_A_CHILD)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "armed")],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["code"] == -signal.SIGKILL
+    assert info["why"] == f"its fork server (pid {info['server']}) was killed by SIGKILL"

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import actorq
+from actorq._resilience.backoff import RestartAtOnce
 
 
 def test_caps_grow_exponentially_and_stop_at_maximum():
@@ -46,3 +47,10 @@ def test_no_jitter_is_the_cap():
 def test_bad_backoff_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         actorq.Backoff(**kwargs)
+
+
+@given(attempt=st.integers(1, 5000), seed=st.integers(0, 2**32))
+def test_restart_at_once_waits_nothing_first_then_the_backoff_from_its_start(attempt, seed):
+    b = RestartAtOnce(initial=0.05, maximum=3.0, rng=random.Random(seed))
+    assert b.delay(0) == 0.0
+    assert 0.0 <= b.delay(attempt) <= b.cap(attempt - 1)

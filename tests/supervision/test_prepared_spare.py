@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 import actorq
 from actorq._process import lifelock
+from actorq._process.deathsig import Lineage
 from actorq.testing import wait_until
 
 BOUND = 60.0
@@ -204,6 +207,45 @@ def test_a_spare_killed_while_it_waits_is_passed_over(method: str) -> None:
         assert got[0].exitcode == _host.EXIT_SYSTEM_GONE
         got[0].close()
         assert pool.take() is None
+    finally:
+        pool.close()
+
+
+def spare_whose_child_outlives_it(sock: socket.socket, lineage: Lineage) -> None:
+    """A spare target that forks a process of its own first: under fork, that process
+    inherits the spare's end of its sentinel pipe and keeps it open after the spare died
+    (it lives until the pool closes its end of the spare's socket)."""
+    os.close(lineage.close_fd)  # the system's end, inherited: EOF must come from there
+    if os.fork() == 0:
+        try:
+            sock.recv(1)
+        finally:
+            os._exit(0)
+    sock.recv(1)
+    os._exit(4)
+
+
+def test_a_spare_whose_status_was_read_is_dead_whatever_its_sentinel_says() -> None:
+    # Its exit status read (here by is_alive()), a dead spare's sentinel may still be
+    # neither readable nor at end-of-file: under forkserver while the fork server, having
+    # written the status, has not closed its end yet (the race that made the test above
+    # fail under load, handing out the dead spare); here, for good, because the spare's
+    # own child holds the pipe's write end. The pool must believe the status.
+    from actorq._process.spares import WarmPool
+    from actorq._process.spawn import get_context
+
+    pool = WarmPool(get_context("fork"), spare_whose_child_outlives_it, 1)
+    try:
+        pool.refill()
+        ((victim, _),) = list(pool._spares)
+        wait_until(lambda: psutil.Process(victim.pid).children(), timeout=BOUND,
+                   message="the spare has forked its child")
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_until(lambda: not victim.is_alive(), timeout=BOUND,
+                   message="the killed spare is seen dead")
+        assert pool.take() is None  # not handed out: discarded, its socket closed
+        with pytest.raises(ValueError, match="closed"):
+            victim.sentinel  # noqa: B018 (reaped and closed by the pool)
     finally:
         pool.close()
 

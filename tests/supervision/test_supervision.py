@@ -303,3 +303,18 @@ def test_a_crash_is_logged_once_in_the_restart_line_or_alone_when_not_restarted(
     assert "restarting 1 actor(s) (one_for_one)" in kept_lines[0]
     assert [m for m in lines if f"(pid {gone_pid}) was killed by SIGKILL" in m] == [
         f"Worker 'gone' (pid {gone_pid}) was killed by SIGKILL"]
+
+
+def test_a_default_supervisor_restarts_a_first_crash_at_once_and_backs_off_after(caplog):
+    # backoff=None: the first restart within the window without delay (a default
+    # Backoff() added 0-10 ms to it), the next ones after Backoff()'s delays
+    with caplog.at_level("WARNING", logger="actorq"), actorq.ActorSystem() as s:
+        sup = s.supervisor(max_restarts=2)
+        assert {sup.backoff.delay(0) for _ in range(100)} == {0.0}
+        assert 0.0 < sup.backoff.delay(1) <= 0.01
+        ref = sup.spawn(Worker)
+        pid = ref.pid().result()
+        os.kill(pid, signal.SIGKILL)
+        new_pid(ref, pid)
+    [line] = [r.getMessage() for r in caplog.records if f"(pid {pid})" in r.getMessage()]
+    assert line.endswith("restarting 1 actor(s) (one_for_one) in 0.000s"), line

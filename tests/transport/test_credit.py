@@ -135,6 +135,9 @@ TestCreditModel = CreditModel.TestCase
 TestCreditModel.settings = settings(
     max_examples=2000 if SOAK else 200, stateful_step_count=100 if SOAK else 50,
     deadline=None)
+# Pure CPU (~9 s here): a bound of its own, as test_ring.py's machine (which says why);
+# the soak version runs ten times the examples, twice the steps.
+TestCreditModel.pytestmark = [pytest.mark.timeout(6000 if SOAK else 600)]
 
 
 def test_barging_is_refused_but_higher_priority_passes():

@@ -245,9 +245,20 @@ class RingMachine(RuleBasedStateMachine):
 
     # -- invariants ---------------------------------------------------------------------
 
+    # One invariant that runs every check: Hypothesis's own cost per invariant and step
+    # (a verbosity check and a call through its machinery) was more than the checks' own
+    # (7 % of its CPU time: the machine came near its bound on a loaded host).
     @precondition(lambda self: self.ready)
     @invariant()
-    def accounting(self) -> None:
+    def consistent_with_the_model(self) -> None:
+        self._accounting()
+        self._credits()
+        self._emptiness()
+        self._progress_marks()
+        self._fixed_header()
+
+
+    def _accounting(self) -> None:
         used = self.consumer.used_bytes()
         assert used == self.m_tail - self.m_head
         assert used == self.producer.used_bytes()
@@ -258,24 +269,18 @@ class RingMachine(RuleBasedStateMachine):
         assert self.producer.free_bytes() == self.capacity - used
         assert self.consumer.head() == self.m_head
 
-    @precondition(lambda self: self.ready)
-    @invariant()
-    def credits(self) -> None:
+    def _credits(self) -> None:
         in_flight = sum(r.count for r in self.model)
         assert self.consumer.in_flight() == in_flight
         assert self.producer.in_flight() == in_flight
 
-    @precondition(lambda self: self.ready)
-    @invariant()
-    def emptiness(self) -> None:
+    def _emptiness(self) -> None:
         assert self.consumer.has_data() == bool(self.model)
         assert self.producer.has_data() == bool(self.model)
         if not self.model:
             assert self.consumer.read_at(self.consumer.head()) is None
 
-    @precondition(lambda self: self.ready)
-    @invariant()
-    def progress_marks(self) -> None:
+    def _progress_marks(self) -> None:
         cur_rec, cur_sub = self.mark
         if self.model:
             pos = self.model[0].pos
@@ -285,9 +290,7 @@ class RingMachine(RuleBasedStateMachine):
             assert self.consumer.skip_count(r.pos) == (cur_sub if r.pos == cur_rec else 0)
             assert r.pos != cur_rec or cur_sub == 0
 
-    @precondition(lambda self: self.ready)
-    @invariant()
-    def fixed_header(self) -> None:
+    def _fixed_header(self) -> None:
         assert self.consumer.hdr[H_MAGIC] == MAGIC
         assert self.consumer.hdr[H_CAPACITY] == self.capacity
 
@@ -304,6 +307,13 @@ RingMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestRingMachine = RingMachine.TestCase
+# Its own bound, not the suite's 60 s: it is pure CPU in this process (no
+# process, no IPC, nothing that waits), ~13 s of it here, nearly all in Hypothesis's
+# engine, so its wall time is that times how loaded the machine is: 50-60 s on this
+# 2-core host at load 30-90, near the suite's bound. 600 s lets it be 40x slower than
+# quiet and still catches a loop that never ends. Its examples and steps are its
+# strength: kept.
+TestRingMachine.pytestmark = [pytest.mark.timeout(600)]
 
 
 # -- plain tests -----------------------------------------------------------------------
