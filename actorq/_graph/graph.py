@@ -96,9 +96,9 @@ class Node:
     identity and are hashable; ``result[node]`` reads a finished run's value.
     """
 
-    __slots__ = ("_key", "_name", "after_deps", "args", "deps", "fn", "graph", "index",
-                 "kwargs", "method", "nested", "packed", "priority", "retries", "retry",
-                 "target", "timeout", "user_key")
+    __slots__ = ("_key", "_name", "after_deps", "args", "deps", "flat", "fn", "graph",
+                 "index", "kwargs", "method", "nested", "packed", "priority", "retries",
+                 "retry", "target", "timeout", "user_key")
 
     def __init__(self, graph: Graph, index: int, fn: Callable[..., Any] | None,
                  target: Any, method: str | None, name: str | None) -> None:
@@ -113,6 +113,7 @@ class Node:
         self.deps: tuple[Node, ...] = ()
         self.after_deps: tuple[Node, ...] = ()
         self.nested = False
+        self.flat = False  # args: scalars and top-level Deps only, no kwargs (fill_flat)
         self.packed: bytes | None = None  # (args, kwargs) by cloudpickle, when pickle fails
         self.retries = 0
         self.retry: Retry | None = None
@@ -293,7 +294,7 @@ class Graph:
             else:  # every one a scalar or a node (at least one: scalars alone returned above)
                 node.args, node.kwargs = tuple(flat), {}
                 node.deps = tuple(deps)
-                node.nested = True
+                node.nested = node.flat = True
                 node.retries, node.timeout, node.priority = retries, timeout, int(priority)
                 node.user_key = key
                 self.nodes.append(node)

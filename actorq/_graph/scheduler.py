@@ -66,7 +66,15 @@ from actorq._graph.progress import Progress, want_progress
 from actorq._graph.report import build_result
 from actorq._graph.result import GraphResult
 from actorq._graph.state import EWMA, READY, RUNNING, WAITING
-from actorq._graph.worker import ERR, NEED_CODE, PICKLED, SHARED, pack_value, unpack_value
+from actorq._graph.worker import (
+    ERR,
+    NEED_CODE,
+    PICKLED,
+    SHARED,
+    fill_flat,
+    pack_value,
+    unpack_value,
+)
 from actorq._resilience.backoff import Backoff
 from actorq._resilience.retry import Retry
 
@@ -451,7 +459,10 @@ class Scheduler(Recovery):
                 e = ests.get(digest, 0.001)
             if node.deps:
                 vals = [values[d.index] for d in node.deps]
-                if node.packed is not None:
+                flat = fill_flat(node.args, vals) if node.flat else None
+                if flat is not None:  # plain args: no placeholder to pickle, none to fill
+                    append((i, digest, flat, node.kwargs, None, False, None))
+                elif node.packed is not None:
                     append((i, digest, (), {}, vals, node.nested, node.packed))
                 else:
                     append((i, digest, node.args, node.kwargs, vals, node.nested, None))
