@@ -368,7 +368,8 @@ class Scheduler(Recovery):
             timed = node.timeout is not None
             worker = self._pick(idle=timed)
             if worker is None:
-                gate.release([i])  # not sent after all
+                if gate.reserved:
+                    gate.release([i])  # not sent after all
                 if timed and self._pick(idle=False) is not None:
                     self.timed_aside.append(heapq.heappop(ready))
                     continue
