@@ -86,7 +86,7 @@ logger = logging.getLogger(__name__)
 
 CREDIT = 2  # batches in flight per worker: one running, one waiting in its mailbox
 # Tasks share a batch up to about this much work (CPU seconds), while the ready queue
-# is deep enough to give every free credit slot a batch (_free_slots): tiny tasks by
+# is deep enough to give every free credit slot a batch (_slots): tiny tasks by
 # the thousand, tasks of 5 ms in fours (one message, one reply and one wake-up of this
 # process per batch, not per task: on a 2-core machine this process's CPU is taken from
 # the workers).
@@ -396,10 +396,19 @@ class Scheduler(Recovery):
     def _in_flight(self) -> list[int]:
         return [t for w in self.pool.workers for b in w.batches.values() for t in b.tids]
 
-    def _free_slots(self) -> int:
-        """Batches the workers could take now (this one's included), counting workers
-        the pool has yet to start: what a short ready queue is shared among."""
+    def _slots(self, ready: int, est: float) -> int:
+        """What a short ready queue of *ready* tasks (of about *est* seconds each) is
+        shared among: the batches the workers could take now (this one's included, and
+        those of workers the pool has yet to start), while more tasks are to come; near
+        the end (no task waits for a dependency any more, or what is left to send would
+        fill only the batches in flight) every slot, busy or not, so that the last
+        tasks go in small batches to whichever worker is free first, and the workers
+        end together."""
         active = self.pool.workers[: self.max_workers]
+        slots = CREDIT * max(1, len(active))
+        left = self.unfinished - self.running  # not sent yet (ready, waiting, delayed)
+        if left <= ready or left * est <= slots * TARGET_BATCH_SECONDS:
+            return slots
         free = sum(CREDIT - len(w.batches) for w in active)
         return max(1, free + CREDIT * (self.max_workers - len(active)))
 
@@ -411,7 +420,8 @@ class Scheduler(Recovery):
         est = self.est_cpu.get(self.codes[id(fn)].digest) if fn is not None else None
         if est is None or self.nodes[first].timeout is not None:
             return tids
-        cap = min(MAX_BATCH, max(1, math.ceil((len(ready) + 1) / self._free_slots())))
+        waiting = len(ready) + 1
+        cap = min(MAX_BATCH, max(1, math.ceil(waiting / self._slots(waiting, est))))
         total = est
         state, nodes, codes, ests, gate = (self.state, self.nodes, self.codes, self.est_cpu,
                                            self.gate)
