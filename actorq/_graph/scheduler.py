@@ -31,8 +31,9 @@ measured CPU time (the worker reports the batch's; a loaded machine stretches wa
 time, not the work) to about ``TARGET_BATCH_SECONDS``, as long as the ready queue is
 deep enough to give every free credit slot a batch: a short queue is shared among the
 slots free now (a worker that still has a batch queued needs no share yet, so the tasks a
-returning batch made ready go out together, not halved), and the durations measured in
-earlier runs on the same pool size the first batches of the next.
+returning batch made ready go out together, not halved; near the end of the run, every
+slot, so that the workers end together), and the durations measured in earlier runs on
+the same pool size the first batches of the next.
 Each batch costs this process a wake-up, a reply and a dispatch (≈ 0.3-0.4 ms of CPU,
 and about as much in the worker), and on a machine with as many cores as workers that
 CPU is taken from the workers: fewer, fuller batches are what keeps a graph of 5 ms
