@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 from actorq._errors import GraphError, rebuild
 from actorq._graph.blobs import save
 from actorq._graph.failures import Recovery
-from actorq._graph.graph import Graph, fill
+from actorq._graph.graph import FLAT, Graph, fill
 from actorq._graph.pool import Batch, acquire_pool
 from actorq._graph.progress import Progress, want_progress
 from actorq._graph.report import build_result
@@ -471,7 +471,7 @@ class Scheduler(Recovery):
                 e = ests.get(digest, 0.001)
             if node.deps:
                 vals = [values[d.index] for d in node.deps]
-                flat = fill_flat(node.args, vals) if node.flat else None
+                flat = fill_flat(node.args, vals) if node.nested == FLAT else None
                 if flat is not None:  # plain args: no placeholder to pickle, none to fill
                     append((i, digest, flat, node.kwargs, None, False, None))
                 elif node.packed is not None:

@@ -96,9 +96,10 @@ def pack_value(value: Any, run_prefix: str, threshold: int) -> tuple[int, Any]:
 
 
 def fill_flat(args: tuple[Any, ...], values: list[Any]) -> tuple[Any, ...] | None:
-    """The scheduler's side of a flat template (``Node.flat``: scalars and top-level Deps,
-    no keywords): *args* with every Dep replaced by its value, if every (kind, payload)
-    of *values* is a scalar sent as is (``VALUE``); else None (the worker fills it)."""
+    """The scheduler's side of a flat template (``Node.nested == FLAT``: scalars and
+    top-level Deps, no keywords): *args* with every Dep replaced by its value, if every
+    (kind, payload) of *values* is a scalar sent as is (``VALUE``); else None (the
+    worker fills it)."""
     for value in values:
         if value[0] != VALUE:
             return None

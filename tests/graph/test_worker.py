@@ -7,7 +7,7 @@ import threading
 
 import actorq
 from actorq._graph import worker
-from actorq._graph.graph import Dep
+from actorq._graph.graph import FLAT, Dep
 from actorq._graph.worker import PICKLED, VALUE, RunQueueClock, fill_flat
 
 
@@ -60,8 +60,8 @@ def test_flat_arguments_reach_the_task_filled_whatever_their_values_kind(system)
     a, b = g.task(_total, 1.0), g.task(_pair, 2.0)  # a scalar, and a list (pickled)
     plain = g.task(_total, a, 3.0, a)  # every value a scalar: filled by the scheduler
     mixed = g.task(_received, a, "s", b)  # one pickled value: filled by the worker
-    assert plain.flat
-    assert mixed.flat
+    assert plain.nested == FLAT
+    assert mixed.nested == FLAT
     after = g.task(_total, 1.0, plain)
     result = system.run(g, workers=1)
     assert result.ok
