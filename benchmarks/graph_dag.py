@@ -28,7 +28,9 @@ suite prints the one it calibrated), so that two programs run the same tasks.
 Instruction counts of the user's process are repeatable where times are not: run
 ``--runs 0 --spin N`` and ``--runs 2 --spin N`` under callgrind (with the interpreter's
 real binary, not a pyenv shim; ``--spin``: a calibration under valgrind would make the
-tasks 50 times too short) and divide the difference of the totals by 800.
+tasks 50 times too short) and divide the difference of the totals by 800. ``--runs``
+prints the batches of each run (instructions per batch), and does without
+``os.pidfd_open``, which valgrind 3.19 does not know (no actor process would start).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any
 import actorq
 from actorq._graph import pool as _graph_pool
 from actorq._graph import scheduler as _scheduler
+from actorq._process import spawn as _spawn
 from actorq.bench.cpuwork import calibrate, cpu_per_task, spin_many
 from actorq.bench.suites.graph import layered_graph, noop
 
@@ -94,7 +97,8 @@ def _gaps(result: actorq.GraphResult) -> tuple[list[float], list[float]]:
     per: dict[int, list[tuple[float, float, int]]] = {}
     for node, ts in result.stats.tasks.items():
         per.setdefault(ts.worker, []).append((ts.start, ts.end, node.index))
-    queued, starved = [], []
+    queued: list[float] = []
+    starved: list[float] = []
     for tasks in per.values():
         tasks.sort()
         for (_, end, _), (start, _, nxt) in itertools.pairwise(tasks):
@@ -153,10 +157,13 @@ def main(argv: list[str]) -> None:
     n_spin = int(argv[argv.index("--spin") + 1]) if "--spin" in argv else calibrate(0.005)
     if "--runs" in argv:  # under callgrind: no bare processes, no printing per task
         runs = int(argv[argv.index("--runs") + 1])
+        # valgrind answers pidfd_open with ENOSYS: take the fork server as alive
+        _spawn._exits_within = lambda pid, timeout: False
         with actorq.ActorSystem() as system:
             system.run(layered_graph(n_spin, LAYERS, WIDTH), workers=2)  # warm
-            for _ in range(runs):
-                system.run(layered_graph(n_spin, LAYERS, WIDTH), workers=2)
+            batches = [system.run(layered_graph(n_spin, LAYERS, WIDTH), workers=2)
+                       .stats.batches for _ in range(runs)]
+        print(f"batches per run: {batches}")
         return
     repeats = int(argv[0]) if argv and argv[0].isdigit() else 5
     print(f"spin({n_spin}): 5 ms of CPU as calibrated; load {os.getloadavg()[0]:.1f}",

@@ -43,6 +43,7 @@ class Dep:
 
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+FLAT = 2  # Node.nested of a flat template: scalars and top-level Deps, no keywords
 
 
 def _template(obj: Any, deps: list[Node], seen: dict[int, int], graph: Graph,
@@ -112,7 +113,9 @@ class Node:
         self.kwargs: dict[str, Any] = {}
         self.deps: tuple[Node, ...] = ()
         self.after_deps: tuple[Node, ...] = ()
-        self.nested = False
+        # its arguments hold Deps: 0 no, 1 a template (filled by ``fill``), FLAT one of
+        # scalars and top-level Deps only, no keywords (``worker.fill_flat`` too)
+        self.nested = 0
         self.packed: bytes | None = None  # (args, kwargs) by cloudpickle, when pickle fails
         self.retries = 0
         self.retry: Retry | None = None
@@ -293,7 +296,7 @@ class Graph:
             else:  # every one a scalar or a node (at least one: scalars alone returned above)
                 node.args, node.kwargs = tuple(flat), {}
                 node.deps = tuple(deps)
-                node.nested = True
+                node.nested = FLAT
                 node.retries, node.timeout, node.priority = retries, timeout, int(priority)
                 node.user_key = key
                 self.nodes.append(node)
@@ -306,7 +309,7 @@ class Graph:
                                                                                       False)
         node.args, node.kwargs = targs, tkwargs
         node.deps = tuple(deps)
-        node.nested = changed or changed_kw
+        node.nested = int(changed or changed_kw)
         node.retries, node.timeout, node.priority = retries, timeout, int(priority)
         node.user_key = key
         self.nodes.append(node)

@@ -138,6 +138,10 @@ class WorkerPool:
         self.error: BaseException | None = None  # why resizing failed (the system closed?)
         self.on_change: Callable[[], None] | None = None  # the run's: members changed
         self._up: dict[int, bool] = {}  # actor id -> its process is running
+        # function digest -> seconds per task (wall, work), kept from run to run: a
+        # later run's first batches are sized like the last ones, not sent one task each
+        self.est: dict[bytes, float] = {}
+        self.est_cpu: dict[bytes, float] = {}
         self._unsubscribe = system.subscribe(self._on_event)
 
     # -- membership ---------------------------------------------------------------------

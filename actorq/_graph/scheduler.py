@@ -29,14 +29,18 @@ milliseconds to reach the loop of a loaded machine), never an unbounded queue. S
 share a batch (tiny ones by the thousand, ones of 5 ms in threes and fours), sized from their
 measured CPU time (the worker reports the batch's; a loaded machine stretches wall
 time, not the work) to about ``TARGET_BATCH_SECONDS``, as long as the ready queue is
-deep enough to give every worker ``SPREAD`` batches: a short queue is spread thin.
+deep enough to give every free credit slot a batch: a short queue is shared among the
+slots free now (a worker that still has a batch queued needs no share yet, so the tasks a
+returning batch made ready go out together, not halved; near the end of the run, every
+slot, so that the workers end together), and the durations measured in earlier runs on
+the same pool size the first batches of the next.
 Each batch costs this process a wake-up, a reply and a dispatch (≈ 0.3-0.4 ms of CPU,
 and about as much in the worker), and on a machine with as many cores as workers that
 CPU is taken from the workers: fewer, fuller batches are what keeps a graph of 5 ms
 tasks near the speed of bare processes (docs/benchmark-history.md, the layered DAG). A third
 batch in flight (as before) drained the ready queue into the mailboxes as soon as it
 filled, so batches stayed small (2 tasks of 5 ms: 190-400 batches per 400 tasks,
-against 140 now).
+against 140 with the queue split per worker and ~100 shared among free slots).
 """
 
 from __future__ import annotations
@@ -57,13 +61,21 @@ from typing import TYPE_CHECKING, Any
 from actorq._errors import GraphError, rebuild
 from actorq._graph.blobs import save
 from actorq._graph.failures import Recovery
-from actorq._graph.graph import Graph, fill
+from actorq._graph.graph import FLAT, Graph, fill
 from actorq._graph.pool import Batch, acquire_pool
 from actorq._graph.progress import Progress, want_progress
 from actorq._graph.report import build_result
 from actorq._graph.result import GraphResult
 from actorq._graph.state import EWMA, READY, RUNNING, WAITING
-from actorq._graph.worker import ERR, NEED_CODE, PICKLED, SHARED, pack_value, unpack_value
+from actorq._graph.worker import (
+    ERR,
+    NEED_CODE,
+    PICKLED,
+    SHARED,
+    fill_flat,
+    pack_value,
+    unpack_value,
+)
 from actorq._resilience.backoff import Backoff
 from actorq._resilience.retry import Retry
 
@@ -74,11 +86,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CREDIT = 2  # batches in flight per worker: one running, one waiting in its mailbox
-SPREAD = 2  # a short ready queue is split over this many batches per worker
 # Tasks share a batch up to about this much work (CPU seconds), while the ready queue
-# is deep enough to give every worker SPREAD batches: tiny tasks by the thousand, tasks
-# of 5 ms in fours (one message, one reply and one wake-up of this process per batch,
-# not per task: on a 2-core machine this process's CPU is taken from the workers).
+# is deep enough to give every free credit slot a batch (_slots): tiny tasks by
+# the thousand, tasks of 5 ms in fours (one message, one reply and one wake-up of this
+# process per batch, not per task: on a 2-core machine this process's CPU is taken from
+# the workers).
 # Longer: fewer batches, but a crash re-runs more and dependents wait longer for the
 # results of a batch (all come back at its end); the queued batch also covers the
 # scheduler's reply latency on a loaded machine (up to ~10 ms measured at load 40).
@@ -137,6 +149,7 @@ class Scheduler(Recovery):
         cpu = time.thread_time()
         self._prepare()
         self.pool, self.private = acquire_pool(self.system)
+        self.est, self.est_cpu = self.pool.est, self.pool.est_cpu  # earlier runs' durations
         try:
             self.bar = Progress(len(self.nodes)) if self.show_progress else None
             self._resume_from_journal()
@@ -356,7 +369,8 @@ class Scheduler(Recovery):
             timed = node.timeout is not None
             worker = self._pick(idle=timed)
             if worker is None:
-                gate.release([i])  # not sent after all
+                if gate.reserved:
+                    gate.release([i])  # not sent after all
                 if timed and self._pick(idle=False) is not None:
                     self.timed_aside.append(heapq.heappop(ready))
                     continue
@@ -383,6 +397,22 @@ class Scheduler(Recovery):
     def _in_flight(self) -> list[int]:
         return [t for w in self.pool.workers for b in w.batches.values() for t in b.tids]
 
+    def _slots(self, ready: int, est: float) -> int:
+        """What a short ready queue of *ready* tasks (of about *est* seconds each) is
+        shared among: the batches the workers could take now (this one's included, and
+        those of workers the pool has yet to start), while more tasks are to come; near
+        the end (no task waits for a dependency any more, or what is left to send would
+        fill only the batches in flight) every slot, busy or not, so that the last
+        tasks go in small batches to whichever worker is free first, and the workers
+        end together."""
+        active = self.pool.workers[: self.max_workers]
+        slots = CREDIT * max(1, len(active))
+        left = self.unfinished - self.running  # not sent yet (ready, waiting, delayed)
+        if left <= ready or left * est <= slots * TARGET_BATCH_SECONDS:
+            return slots
+        free = sum(CREDIT - len(w.batches) for w in active)
+        return max(1, free + CREDIT * (self.max_workers - len(active)))
+
     def _take_batch(self, worker: Worker) -> list[int]:
         ready = self.ready
         first = heapq.heappop(ready)[2]
@@ -391,8 +421,8 @@ class Scheduler(Recovery):
         est = self.est_cpu.get(self.codes[id(fn)].digest) if fn is not None else None
         if est is None or self.nodes[first].timeout is not None:
             return tids
-        n_workers = max(1, min(len(self.pool.workers), self.max_workers))
-        cap = min(MAX_BATCH, max(1, math.ceil((len(ready) + 1) / (SPREAD * n_workers))))
+        waiting = len(ready) + 1
+        cap = min(MAX_BATCH, max(1, math.ceil(waiting / self._slots(waiting, est))))
         total = est
         state, nodes, codes, ests, gate = (self.state, self.nodes, self.codes, self.est_cpu,
                                            self.gate)
@@ -441,7 +471,10 @@ class Scheduler(Recovery):
                 e = ests.get(digest, 0.001)
             if node.deps:
                 vals = [values[d.index] for d in node.deps]
-                if node.packed is not None:
+                flat = fill_flat(node.args, vals) if node.nested == FLAT else None
+                if flat is not None:  # plain args: no placeholder to pickle, none to fill
+                    append((i, digest, flat, node.kwargs, None, False, None))
+                elif node.packed is not None:
                     append((i, digest, (), {}, vals, node.nested, node.packed))
                 else:
                     append((i, digest, node.args, node.kwargs, vals, node.nested, None))

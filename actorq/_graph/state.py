@@ -239,10 +239,15 @@ class RunState:
             self._release_inputs(i)
         if kind == SHARED and not self.consumers[i] and not self._kept(i):
             self._release(i)
-        for c in self.dependents[i] or ():
-            self.waiting[c] -= 1
-            if self.waiting[c] == 0 and self.state[c] == WAITING:
-                self._make_ready(c)
+        dependents = self.dependents[i]
+        if dependents:  # counted down; those with nothing left to wait for are ready
+            waiting, state, nodes, rank = self.waiting, self.state, self.nodes, self.rank
+            for c in dependents:
+                left = waiting[c] - 1
+                waiting[c] = left
+                if not left and state[c] == WAITING:
+                    state[c] = READY  # _make_ready, inlined (once per task)
+                    heapq.heappush(self.ready, (-nodes[c].priority, -rank[c], c))
 
     def _journal_blob(self, kind: int, payload: Any) -> bytes:  # a small value
         if kind == PICKLED:
@@ -257,11 +262,15 @@ class RunState:
         return i in self.keep or not self.dependents[i]
 
     def _release_inputs(self, i: int) -> None:
+        consumers, values = self.consumers, self.values
         for dep in self.nodes[i].deps:
             d = dep.index
-            self.consumers[d] -= 1
-            if self.consumers[d] == 0 and not self._kept(d):
-                self._release(d)
+            left = consumers[d] - 1
+            consumers[d] = left
+            if not left:
+                value = values[d]
+                if value is not None and value[0] == SHARED and not self._kept(d):
+                    self._release(d)
 
     def _release(self, d: int) -> None:
         value = self.values[d]

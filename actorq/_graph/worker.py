@@ -33,7 +33,7 @@ from typing import Any
 from actorq._core.actor import Actor
 from actorq._errors import GraphError, format_remote
 from actorq._graph.blobs import save
-from actorq._graph.graph import fill
+from actorq._graph.graph import Dep, fill
 from actorq._serialization import SAFE_TYPES, loads
 from actorq._shared import SharedObject, share_pickled
 
@@ -93,6 +93,17 @@ def pack_value(value: Any, run_prefix: str, threshold: int) -> tuple[int, Any]:
     if len(body) >= threshold:
         return SHARED, share_pickled(body, run_prefix)
     return PICKLED, body
+
+
+def fill_flat(args: tuple[Any, ...], values: list[Any]) -> tuple[Any, ...] | None:
+    """The scheduler's side of a flat template (``Node.nested == FLAT``: scalars and
+    top-level Deps, no keywords): *args* with every Dep replaced by its value, if every
+    (kind, payload) of *values* is a scalar sent as is (``VALUE``); else None (the
+    worker fills it)."""
+    for value in values:
+        if value[0] != VALUE:
+            return None
+    return tuple([values[a.index][1] if type(a) is Dep else a for a in args])
 
 
 def unpack_value(kind: int, payload: Any) -> Any:

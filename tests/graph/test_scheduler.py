@@ -279,6 +279,21 @@ def test_batches_are_sized_by_the_work_not_by_the_wall_time(system):
     assert result.stats.attempts == len(g)
 
 
+def test_a_later_run_sizes_its_first_batches_by_the_durations_measured_before(system):
+    """Durations carry over between runs on the system's workers: a repeated graph's
+    first batches share tasks. Three tasks on one worker: two batches (two tasks, then
+    one, in its two credit slots); unmeasured, they went one each (three batches)."""
+    first = actorq.Graph()
+    for i in range(50):
+        first.task(inc, i)
+    assert system.run(first, workers=1).ok
+    again = actorq.Graph()
+    nodes = [again.task(inc, i) for i in range(3)]
+    result = system.run(again, workers=1)
+    assert [result[n] for n in nodes] == [1, 2, 3]
+    assert result.stats.batches == 2
+
+
 def test_workers_scale_up_for_a_wide_stage_and_down_as_the_queue_drains(system):
     g = actorq.Graph()
     wide = [g.task(burn, 20_000, i) for i in range(40)]

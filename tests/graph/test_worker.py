@@ -1,11 +1,14 @@
-"""The task worker's side (_graph/worker.py): its clock of the time spent waiting for a core."""
+"""The task worker's side (_graph/worker.py): its clock of the time spent waiting for a core,
+and the wire form of a task's arguments."""
 
 from __future__ import annotations
 
 import threading
 
+import actorq
 from actorq._graph import worker
-from actorq._graph.worker import RunQueueClock
+from actorq._graph.graph import FLAT, Dep
+from actorq._graph.worker import PICKLED, VALUE, RunQueueClock, fill_flat
 
 
 def test_the_run_queue_clock_reads_this_threads_wait_and_follows_the_thread():
@@ -31,3 +34,37 @@ def test_without_schedstat_the_wait_is_zero(monkeypatch):
     assert clock() == 0.0
     assert clock() == 0.0
     clock.close()
+
+
+def test_a_flat_template_is_filled_by_the_scheduler_only_with_plain_scalars():
+    args = (7, Dep(1), "x", Dep(0), Dep(1))
+    assert fill_flat(args, [(VALUE, 1.5), (VALUE, None)]) == (7, None, "x", 1.5, None)
+    # a pickled value stays for the worker to load (and fill): not sent half-filled
+    assert fill_flat(args, [(VALUE, 1.5), (PICKLED, b"...")]) is None
+
+
+def _total(*xs: float) -> float:
+    return sum(xs)
+
+
+def _pair(x: float) -> list[float]:
+    return [x, x]
+
+
+def _received(*xs: object) -> list[object]:
+    return list(xs)
+
+
+def test_flat_arguments_reach_the_task_filled_whatever_their_values_kind(system):
+    g = actorq.Graph()
+    a, b = g.task(_total, 1.0), g.task(_pair, 2.0)  # a scalar, and a list (pickled)
+    plain = g.task(_total, a, 3.0, a)  # every value a scalar: filled by the scheduler
+    mixed = g.task(_received, a, "s", b)  # one pickled value: filled by the worker
+    assert plain.nested == FLAT
+    assert mixed.nested == FLAT
+    after = g.task(_total, 1.0, plain)
+    result = system.run(g, workers=1)
+    assert result.ok
+    assert result[plain] == 5.0
+    assert result[after] == 6.0
+    assert result[mixed] == [1.0, "s", [2.0, 2.0]]

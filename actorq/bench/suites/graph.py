@@ -230,18 +230,26 @@ def _skip(name: str, reason: str | None, unit: str, group: str,
 
 # -- 1. no-op tasks -------------------------------------------------------------------------
 
+def run_noop_graph(system: actorq.ActorSystem, n: int,
+                   journal: str | None = None) -> actorq.GraphResult:
+    """Part 1's run: *n* independent no-op tasks on two workers (also profiled by
+    ``benchmarks/graph_cpu.py``); BenchError if a result is wrong."""
+    g = actorq.Graph()
+    nodes = [g.task(noop, i) for i in range(n)]
+    r = system.run(g, workers=2, journal=journal)
+    if r[nodes[-1]] != n - 1:
+        msg = "actorq: wrong result"
+        raise BenchError(msg)
+    return r
+
+
 def bench_noop(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[str, Any],
                chosen: set[str]) -> tuple[list[BenchResult], list[Verdict]]:
     n, group = p["noop_tasks"], "1. no-op tasks"
     n_dask = max(200, n // 5)
 
     def ours() -> None:
-        g = actorq.Graph()
-        nodes = [g.task(noop, i) for i in range(n)]
-        r = system.run(g, workers=2)
-        if r[nodes[-1]] != n - 1:
-            msg = "actorq: wrong result"
-            raise BenchError(msg)
+        run_noop_graph(system, n)
 
     def by_submit(ex: Any) -> Callable[[], None]:
         def run() -> None:
