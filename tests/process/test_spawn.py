@@ -58,3 +58,30 @@ def test_a_fork_server_started_first_by_another_library_still_runs_actors(tmp_pa
     assert "multiprocessing.forkserver" in parent
     assert "actorq._actorproc.host" not in parent  # not preloaded: each actor imports actorq
     assert "the multiprocessing fork server was started before actorq could preload" in run.stderr
+
+
+def test_a_childs_exit_is_seen_without_pidfd_open_as_with_it() -> None:
+    """Where ``pidfd_open`` is missing (kernels before 5.3; valgrind answers ENOSYS),
+    ``_exits_within`` falls back to ``waitid(WNOWAIT)``: a live child is not taken for
+    exited, an exited one is, and neither is reaped by the look."""
+    import os
+
+    from actorq._process import spawn
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        assert spawn._exits_within_by_waitid(child.pid, 0) is False
+        assert spawn._exits_within_by_waitid(child.pid, 0.05) is False
+        assert spawn._exits_within(child.pid, 0) is False
+        assert child.stdin is not None
+        child.stdin.close()  # the child reads end-of-file and exits
+        assert spawn._exits_within_by_waitid(child.pid, 60) is True
+        assert spawn._exits_within(child.pid, 0) is True
+        # not reaped by either look: its status is still there for its owner
+        assert os.waitpid(child.pid, 0)[0] == child.pid
+        child.returncode = 0
+    finally:
+        if child.returncode is None:
+            child.kill()
+            child.wait()
