@@ -211,28 +211,10 @@ class LeanPopen(multiprocessing.popen_forkserver.Popen):
         server = self.server
         if server is None or not spawn._exits_within(server, SERVER_GONE_WAIT):
             return 255  # the fork server lives: not that (as multiprocessing says)
-        self.server_death = f"its fork server (pid {server}) {_server_end(server)}"
+        self.server_death = f"its fork server (pid {server}) {spawn.fork_server_end(server)}"
         if not spawn._exits_within(self.pid, SERVER_GONE_WAIT):
             return 255  # it outlived its fork server: a death signal not armed
         return -signal.SIGKILL
-
-
-def _server_end(pid: int) -> str:
-    """How the fork server *pid* (this process's child, exited) ended: "was killed by
-    SIGKILL", "exited with code 1", or "died" if it was reaped already."""
-    try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        info = None
-    if info is None:
-        return "died"
-    if info.si_code == os.CLD_EXITED:
-        return f"exited with code {info.si_status}"
-    try:
-        name = signal.Signals(info.si_status).name
-    except ValueError:
-        name = f"signal {info.si_status}"
-    return f"was killed by {name}"
 
 
 class LeanProcess(multiprocessing.context.ForkServerProcess):

@@ -32,6 +32,7 @@ import multiprocessing.context
 import multiprocessing.forkserver
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -163,6 +164,8 @@ def restart_dead_fork_server(timeout: float) -> bool:
                 return False
             if fork_server_unguarded():
                 return False
+        if pid is not None:
+            fork_server_end(pid)  # read now: multiprocessing reaps it in what follows
         logger.warning("the fork server (pid %s) is gone: starting a new one", pid)
         _start_fork_server()  # (multiprocessing reaps the old one first)
         return True
@@ -199,6 +202,35 @@ def _exits_within_by_waitid(pid: int, timeout: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.001)
+
+
+# How each fork server that exited ended, read before multiprocessing reaps it (its
+# children's deaths may be handled after that): pid -> "was killed by SIGKILL"
+_server_ends: dict[int, str] = {}
+
+
+def fork_server_end(pid: int) -> str:
+    """How the fork server *pid* (this process's child, exited) ended: "was killed by
+    SIGKILL", "exited with code 1" (read without reaping it, and kept: a fork server
+    restarted since was reaped by multiprocessing), or "died" if it was reaped unread."""
+    known = _server_ends.get(pid)
+    if known is not None:
+        return known
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        info = None
+    if info is None:
+        return "died"
+    if info.si_code == os.CLD_EXITED:
+        end = f"exited with code {info.si_status}"
+    else:
+        try:
+            end = f"was killed by {signal.Signals(info.si_status).name}"
+        except ValueError:
+            end = f"was killed by signal {info.si_status}"
+    _server_ends[pid] = end
+    return end
 
 
 def fork_server_unguarded() -> bool:
