@@ -127,8 +127,9 @@ class ActorHub(Hub):
         self.gap_ewma = 0.0  # recent idle stretches, seconds (adaptive spinning)
         self.parked_at = 0.0
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
-        # (kernel token, deadline, call token) of the last call that carried them (OP_DCALL)
-        self.deadline: tuple[int, float, Any] = (0, 0.0, None)
+        # (kernel token, deadline, call token, token prefix) of the last call that carried
+        # them (OP_DCALL; a prefix: the call token is made of it when read, ``call_token``)
+        self.deadline: tuple[int, float, Any, str | None] = (0, 0.0, None, None)
         self.expired_drops = 0  # calls dropped unrun: their deadline passed while queued
         self.stamp_start = info.hang_timeout is not None  # hang detection is on
         # the lone call serve_alone is handling (its ring, record, unlink list), and its
@@ -600,7 +601,9 @@ class ActorHub(Hub):
                         if msg[6] <= time.monotonic():
                             self.drop_expired(entry, index - 1, msg)
                             continue
-                        self.deadline = (msg[1], msg[6], msg[7] if len(msg) > 7 else None)
+                        n = len(msg)
+                        self.deadline = (msg[1], msg[6], msg[7] if n > 7 else None,
+                                         msg[8] if n > 8 else None)
                         msg = msg[:6]
                     if self.handle_call(entry, index - 1, msg, handlers):
                         handled += 1
@@ -739,7 +742,7 @@ class ActorHub(Hub):
 
     def time_left(self) -> float | None:
         """Seconds until the deadline of the call being handled; None if it has none."""
-        token, deadline, _carried = self.deadline
+        token, deadline, _carried, _prefix = self.deadline
         if not token or token != self.ctl.slots[C_TOKEN] or deadline == math.inf:
             return None
         return deadline - time.monotonic()
@@ -747,9 +750,11 @@ class ActorHub(Hub):
     def call_token(self) -> Any:
         """The token the call being handled carries (a pool call's, kept across its
         retries); None if it carries none."""
-        token, _deadline, carried = self.deadline
+        token, _deadline, carried, prefix = self.deadline
         if not token or token != self.ctl.slots[C_TOKEN]:
             return None
+        if prefix is not None:  # a pool's first attempt: its prefix and the call's token
+            return f"{prefix}{token}"
         return carried
 
     def _async_done(self, task: asyncio.Future[Any], *, entry: OpenRecord, index: int,

@@ -16,7 +16,6 @@ is scheduled on the routing scheduler thread.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from functools import partial
@@ -26,11 +25,21 @@ from actorq._clock import Deadline
 from actorq._config import SystemConfig
 from actorq._core.reply import Reply
 from actorq._errors import ActorStopped, CallTimeout
+from actorq._ids import next_token
 from actorq._routing.deadlines import watch
 from actorq._routing.members import MemberSet, PoolMember, succeeded
 from actorq._routing.scheduler import SCHEDULER
 
-_call_tokens = itertools.count(1)
+_perf_counter = time.perf_counter
+_monotonic = time.monotonic
+
+
+def call_token(pool: MemberSet, number: int) -> str:
+    """A pool call's token, ``"<pool>/<pid>/<n>"``: *number* is the call's first
+    attempt's own token (its reply's ``token``; the actor made the same string of it,
+    ``Hub.call_deadline(token_prefix=)``), or a fresh one from the same counter for a
+    call that had no first attempt sent (unique in the process either way)."""
+    return f"{pool._token_prefix}{number}"
 
 
 class _Call:
@@ -52,7 +61,7 @@ class _Call:
         self.key = key
         self.deadline = deadline
         # the same for every attempt of this call; it travels with each (context.token)
-        self.token = idem if idem is not None else f"{pool._token_prefix}{next(_call_tokens)}"
+        self.token = idem if idem is not None else call_token(pool, next_token())
         self.attempt = 0
         self.inner: Reply[Any] | None = None
         self.member: PoolMember | None = None
@@ -217,24 +226,27 @@ class _Call:
 
 
 def first_outcome(pool: MemberSet, member: PoolMember, method: str, args: tuple[Any, ...],
-                  kwargs: dict[str, Any] | None, key: Any, token: str | None,
-                  deadline: float | None, sent: float, reply: Reply[Any], value: Any,
-                  exc: BaseException | None) -> bool:
+                  kwargs: dict[str, Any] | None, key: Any, deadline: float | None,
+                  sent: float, reply: Reply[Any], value: Any, exc: BaseException | None
+                  ) -> bool:
     """The first attempt's outcome (its reply's ``on_outcome`` hook, bound by ``partial``
     in ``send_first`` and ``PoolCore._bare_call``), before its caller sees it. A success
     is counted and published:
     the caller holds the member's own reply, and no ``_Call`` was made. A failure makes
     the ``_Call`` now, which takes the reply over (True): a retry completes it later, or
-    giving up completes it at once with the error. The call's deadline failing it
-    (``deadlines.expire``) is published, and the member's answer counted when it comes."""
-    elapsed = time.perf_counter() - sent
+    giving up completes it at once with the error. Its token is the one the first
+    attempt carried (made of the reply's ``token``: ``call_token``). The call's deadline
+    failing it (``deadlines.expire``) is published, and the member's answer counted when
+    it comes."""
+    elapsed = _perf_counter() - sent
     if exc is None:
         succeeded(pool, member, elapsed)
         return False
     if exc is pool._expiring:  # not the member's answer: that one is still to come
         reply.on_late_outcome(partial(late_outcome, pool, member, sent))
         return False
-    call = _Call(pool, method, args, kwargs, key, deadline, token, reply)
+    call = _Call(pool, method, args, kwargs, key, deadline, call_token(pool, reply.token),
+                 reply)
     call.attempt = 1
     call.member = member
     call._attempt_failed(member, exc, elapsed)
@@ -259,36 +271,53 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
                timeout: float | None = None) -> Reply[Any]:
     """A call of a pool with a retry, a circuit or a deadline (*timeout* seconds from
     now; None: the pool's): the first attempt goes out as a plain call whose reply is
-    the caller's (its token and deadline travel with it); the retry machinery is made
-    only if it fails (``first_outcome``), and the deadline is watched by the pool's
-    queue (``deadlines.watch``). Also the route of such a pool (``pool.method(x)``
-    calls it straight)."""
+    the caller's (its deadline and its token's prefix travel with it); the retry
+    machinery is made only if it fails (``first_outcome``), and the deadline is watched
+    by the pool's queue (``deadlines.watch``). Also the route of such a pool
+    (``pool.method(x)`` calls it straight)."""
     if timeout is None:
         timeout = pool.timeout
-    deadline = None if timeout is None else time.monotonic() + timeout
-    member = pool._pick(key, None, first=True)
-    token = f"{pool._token_prefix}{next(_call_tokens)}"
-    if member is None:  # every circuit open: a reply that fails with CircuitOpen
-        call = _Call(pool, method, args, kwargs, key, deadline, token)
-        outer = call.outer
-        call.start()
-        return outer
+    if timeout is None:
+        deadline = None
+        at = math.inf
+    else:
+        at = deadline = _monotonic() + timeout
+    # ``pool._pick(key, None, first=True)``, written out for every circuit closed (one
+    # lock, no list made): the hot path of each call
+    member: PoolMember | None = None
+    with pool._lock:
+        calls = pool._calls = pool._calls + 1
+        candidates = pool._candidates
+        if pool._closed and candidates:
+            member = pool._router.choose(candidates, key)
+            member.in_flight += 1
+            member.calls += 1
+    if not calls & 15:
+        pool._budget_sync()  # the retry budget is told of calls 16 at a time
+    if member is None:
+        member = pool._pick(key, None)  # some circuit is not closed: ask each
+        if member is None:  # every circuit open: a reply that fails with CircuitOpen
+            call = _Call(pool, method, args, kwargs, key, deadline)
+            outer = call.outer  # let go by the call once it fails
+            pool._stats_inc("circuit_open_rejections")
+            call._fail(pool._circuit_open_error(method))
+            return outer
     try:  # ``ref.call_with``, its method checked by the pool already
         reply = (member.hub or member.attach()).call_deadline(
-            member.ref, method, args, kwargs, math.inf if deadline is None else deadline,
-            token, partial(first_outcome, pool, member, method, args, kwargs, key, token,
-                           deadline, time.perf_counter()))
+            member.ref, method, args, kwargs, at, None,
+            partial(first_outcome, pool, member, method, args, kwargs, key, deadline,
+                    _perf_counter()), pool._token_prefix)
     except (TypeError, AttributeError):
         pool._release(member)
         raise  # bad input: nothing was sent
     except Exception as exc:  # not sent (the member is gone): retried by policy
-        call = _Call(pool, method, args, kwargs, key, deadline, token)
+        call = _Call(pool, method, args, kwargs, key, deadline)
         call.attempt = 1
         call.member = member
         reply = call.outer
         call._attempt_failed(member, exc)
-    if deadline is not None and timeout is not None and not reply.done():
-        watch(pool, (deadline, reply, method, timeout))
+    if timeout is not None and not reply.done():
+        watch(pool, (at, reply, method, timeout))
     return reply
 
 

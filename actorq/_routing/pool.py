@@ -40,6 +40,7 @@ from actorq._routing.options import (
     parse_size,
     validate_options,
 )
+from actorq._routing.routers import PLAIN_KEYS
 
 if TYPE_CHECKING:
     from actorq._core.ref import ActorRef
@@ -59,10 +60,13 @@ def _bind(pool: Pool[Any], core: PoolCore, method: str) -> Callable[..., Reply[A
     """``pool.method``: calls *method* through the pool. A closure, as a ref's methods
     are: called straight, without the ``__call__`` lookup an object's call takes, and
     reading only *core* (see core.py: no attribute of *pool* on the way)."""
+    plain_keys = PLAIN_KEYS
 
     def bound(*args: Any, **kwargs: Any) -> Reply[Any]:
         if kwargs:
             key = kwargs.pop("key", None)
+            if not kwargs and type(key) in plain_keys:  # key= alone: the pool's own path
+                return core._route_key(core, method, args, None, key)
             timeout = kwargs.pop("timeout", None)
             idem = kwargs.pop("idempotency_key", None)
             return core.submit(method, args, kwargs, key, timeout, idem)

@@ -196,13 +196,8 @@ class ConsistentHash(Router):
     def slot_for(self, key: Any, allowed: set[int] | None = None) -> int:
         """The member slot *key* maps to (the first one in *allowed* clockwise)."""
         if allowed is None and type(key) in PLAIN_KEYS:
-            cache = self._cache
-            slot = cache.get(key)
-            if slot is None:
-                if len(cache) >= SLOT_CACHE_KEYS:
-                    cache.clear()
-                slot = cache[key] = self._owners[self._index(key)]
-            return slot
+            slot = self._cache.get(key)
+            return self._cache_slot(key) if slot is None else slot
         points, owners = self._points, self._owners
         n = len(points)
         i = self._index(key)
@@ -215,13 +210,28 @@ class ConsistentHash(Router):
         msg = "no member may take the call"
         raise LookupError(msg)
 
+    def _cache_slot(self, key: Any) -> int:
+        """The slot of a plain *key* not in the cache: found on the ring, and cached."""
+        cache = self._cache
+        if len(cache) >= SLOT_CACHE_KEYS:
+            cache.clear()
+        points = self._points
+        slot = cache[key] = self._owners[
+            bisect.bisect_left(points, key_point(key)) % len(points)]
+        return slot
+
     def _index(self, key: Any) -> int:
         """The index on the ring of the first virtual node clockwise from *key*."""
         return bisect.bisect_left(self._points, key_point(key)) % len(self._points)
 
     def choose(self, candidates: Sequence[Any], key: Any = None) -> Any:
         if len(candidates) == self._slots:  # every member may take it: no set to build
-            slot = self.slot_for(key)
+            if type(key) in PLAIN_KEYS:  # slot_for's cached path, written out (each call)
+                slot = self._cache.get(key)
+                if slot is None:
+                    slot = self._cache_slot(key)
+            else:
+                slot = self.slot_for(key)
             for m in candidates:
                 if m.slot == slot:
                     return m
