@@ -128,8 +128,9 @@ class ActorHub(Hub):
         self.parked_at = 0.0
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
         # (kernel token, deadline, call token, token prefix) of the last call that carried
-        # them (OP_DCALL; a prefix: the call token is made of it when read, ``call_token``)
-        self.deadline: tuple[int, float, Any, str | None] = (0, 0.0, None, None)
+        # them (OP_DCALL; deadline None or inf: none; a prefix: the call token is made of
+        # it when read, ``call_token``)
+        self.deadline: tuple[int, float | None, Any, str | None] = (0, 0.0, None, None)
         self.expired_drops = 0  # calls dropped unrun: their deadline passed while queued
         self.stamp_start = info.hang_timeout is not None  # hang detection is on
         # the lone call serve_alone is handling (its ring, record, unlink list), and its
@@ -598,7 +599,7 @@ class ActorHub(Hub):
                         self.busy = marked = False
                     entry.next = index = index + 1  # taken up (a handler may return here)
                     if msg[0] == OP_DCALL:  # a call with a deadline (plain calls: one compare)
-                        if msg[6] <= time.monotonic():
+                        if msg[6] is not None and msg[6] <= time.monotonic():  # None: none
                             self.drop_expired(entry, index - 1, msg)
                             continue
                         n = len(msg)
@@ -743,7 +744,8 @@ class ActorHub(Hub):
     def time_left(self) -> float | None:
         """Seconds until the deadline of the call being handled; None if it has none."""
         token, deadline, _carried, _prefix = self.deadline
-        if not token or token != self.ctl.slots[C_TOKEN] or deadline == math.inf:
+        if (not token or token != self.ctl.slots[C_TOKEN] or deadline is None
+                or deadline == math.inf):
             return None
         return deadline - time.monotonic()
 

@@ -218,11 +218,12 @@ class Hub:
         return reply
 
     def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
-                      kwargs: dict[str, Any] | None, deadline: float,
+                      kwargs: dict[str, Any] | None, deadline: float | None,
                       call_token: Any = None, on_outcome: Any = None,
                       token_prefix: str | None = None) -> Reply[Any]:
         """Like ``call``, the message carrying *deadline* (a float of ``time.monotonic()``
-        seconds; ``math.inf``: none) and, if not None, *call_token* (``context.token``).
+        seconds; None or ``math.inf``: none, None the cheaper to send) and, if not None,
+        *call_token* (``context.token``).
 
         The actor drops the call without running it if the deadline has passed when its
         turn comes (the reply is a ``CallTimeout`` whose ``reason`` is ``"expired"``), and

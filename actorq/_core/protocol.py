@@ -10,7 +10,7 @@ message: ``_transport/oob.py``). Tuples, the cheapest to pickle; ``msg[0]`` is t
     (OP_REPLY, token, ok, value_or_exception, traceback_text)
     (OP_DCALL, token, reply_to, method, args, kwargs, deadline[, call_token[, prefix]])
                         a call carrying its deadline (``time.monotonic()`` seconds: the
-                        same clock in every process of the host; ``inf``: none); the
+                        same clock in every process of the host; None or ``inf``: none); the
                         actor drops it unrun if the deadline passed while it was queued
                         (issue 10). ``call_token`` (optional): a pool call's token, the
                         same for each of its attempts (``context.token``). With a

@@ -24,10 +24,10 @@ from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry
 from actorq._routing.autoscale import Autoscaler
-from actorq._routing.calls import _Call, first_outcome, send_first
+from actorq._routing.calls import _Call, bare_outcome, first_outcome, send_first
 from actorq._routing.hosts import PoolHost
 from actorq._routing.idempotency import Idempotency
-from actorq._routing.members import PoolMember, bare_outcome, default_replace_backoff
+from actorq._routing.members import PoolMember, default_replace_backoff
 from actorq._routing.metrics import STAT_NAMES, PoolStatistics
 from actorq._routing.options import check_timeout
 from actorq._routing.routers import PLAIN_KEYS, key_point, make_router
@@ -259,14 +259,20 @@ class PoolCore(Idempotency, Autoscaler):
         """A pool without retry, circuit or deadline: the member's own reply is the
         call's reply; only the routing and the bookkeeping are added. No token travels
         with it (it is not retried, but for its member being gone: see below)."""
-        with self._lock:
+        member: PoolMember | None = None
+        lock = self._lock
+        lock.acquire()  # not ``with``: see members.succeeded
+        try:
             candidates = self._candidates
-            if not candidates:
-                raise self._circuit_open_error(method)
-            member: PoolMember = self._router.choose(candidates, key)
-            member.in_flight += 1
-            member.calls += 1
-            self._calls += 1
+            if candidates:
+                member = self._router.choose(candidates, key)
+                member.in_flight += 1
+                member.calls += 1
+                self._calls += 1
+        finally:
+            lock.release()
+        if member is None:  # (raised outside the lock, which the error's text takes)
+            raise self._circuit_open_error(method)
         # the member's own reply: first_outcome counts its outcome before it is seen, and
         # sends it again if its member was resized away or lost (ActorStopped): a _Call
         # then, made only for such a call

@@ -433,33 +433,6 @@ class MemberSet:
         self._candidates = [m for m in self._members if not (m.retired or m.lost)]
         self._router.resized([m.id for m in self._members], [m.slot for m in self._members])
 
-def bare_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[Any],
-                 value: Any, exc: BaseException | None) -> bool:
-    """The outcome of a call without retry or circuit (its reply's ``on_outcome`` hook,
-    bound by ``partial``), counted before its caller sees it; always published."""
-    elapsed = time.perf_counter() - sent
-    if exc is None:
-        succeeded(pool, member, elapsed)
-    else:
-        pool._bare_failed(member, exc, elapsed)
-    return False
-
-
-def succeeded(pool: MemberSet, member: PoolMember, elapsed: float) -> None:
-    """Count a call (an attempt) that *member* answered well after *elapsed* seconds:
-    one lock, then its circuit's fast path. Once per pool call: ``took``'s arithmetic
-    is written out here (a frame less)."""
-    with pool._lock:
-        member.in_flight -= 1
-        ewma = member.ewma
-        member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
-        pool._succeeded += 1
-    breaker = member.breaker
-    if breaker is not None and not breaker.settled:  # else nothing to record
-        breaker.record_success()
-        pool._circuits_changed()
-
-
 def on_lost_weakly(pool: MemberSet) -> Callable[[int], None]:
     """``on_lost(actor_id)`` for the host to call, holding the pool weakly."""
     ref = weakref.ref(pool)
