@@ -602,9 +602,7 @@ class ActorHub(Hub):
                         if msg[6] is not None and msg[6] <= time.monotonic():  # None: none
                             self.drop_expired(entry, index - 1, msg)
                             continue
-                        n = len(msg)
-                        self.deadline = (msg[1], msg[6], msg[7] if n > 7 else None,
-                                         msg[8] if n > 8 else None)
+                        self.deadline = (msg[1], msg[6], msg[7], msg[8])
                         msg = msg[:6]
                     if self.handle_call(entry, index - 1, msg, handlers):
                         handled += 1

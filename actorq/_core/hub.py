@@ -242,18 +242,21 @@ class Hub:
         else:
             plain = True
         token = next_token()
-        # the message in one go: (..., deadline[, call_token[, token_prefix]])
-        if token_prefix is not None:
-            msg: tuple[Any, ...] = (OP_DCALL, token, self.id, method, args,
-                                    kwargs or _NO_KWARGS, deadline, None, token_prefix)
-        elif call_token is None:
-            msg = (OP_DCALL, token, self.id, method, args, kwargs or _NO_KWARGS, deadline)
+        # The message in one go: (..., deadline[, call_token[, token_prefix]]). Its empty
+        # kwargs and its deadline are objects only it holds (a new {} and float, made in
+        # the tuple's expression): marshal (version 4) keeps a table of the objects it
+        # writes that something else also holds (to write a repeat as a reference), and
+        # grows it past the 8 of a plain call, at about 1k instructions a call
+        # (benchmarks/callgrind_pool_call.py).
+        if call_token is not None and type(call_token) not in SAFE_TYPES:
+            check_picklable(lambda: ref._describe(method), (call_token,), None)
+            plain = False
+        if deadline is None:
+            msg: tuple[Any, ...] = (OP_DCALL, token, self.id, method, args, kwargs or {},
+                                    None, call_token, token_prefix)
         else:
-            if type(call_token) not in SAFE_TYPES:
-                check_picklable(lambda: ref._describe(method), (call_token,), None)
-                plain = False
-            msg = (OP_DCALL, token, self.id, method, args, kwargs or _NO_KWARGS, deadline,
-                   call_token)
+            msg = (OP_DCALL, token, self.id, method, args, kwargs or {}, deadline + 0.0,
+                   call_token, token_prefix)
         reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
         if on_outcome is not None:
             reply._hook = on_outcome

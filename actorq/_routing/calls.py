@@ -25,7 +25,7 @@ from actorq._config import SystemConfig
 from actorq._core.reply import Reply
 from actorq._errors import ActorStopped, CallTimeout
 from actorq._ids import next_token
-from actorq._routing.deadlines import watch
+from actorq._routing.deadlines import rearm, watch
 from actorq._routing.members import EWMA_ALPHA, MemberSet, PoolMember
 from actorq._routing.scheduler import SCHEDULER
 
@@ -246,6 +246,12 @@ def first_outcome(pool: MemberSet, member: PoolMember, method: str, args: tuple[
             ewma = member.ewma
             member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
             pool._succeeded += 1
+            if deadline is not None:  # out of the deadline queue, if at its head (in turn)
+                due = pool._due
+                if due and due[0][1] is reply:
+                    due.popleft()
+                    while due and due[0][1].done():  # answered before it: out too
+                        due.popleft()
         finally:
             lock.release()
         breaker = member.breaker
@@ -347,7 +353,13 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
         if reply.done():
             return reply
     if deadline is not None and timeout is not None:  # (answered already, rarely: the
-        watch(pool, (deadline, reply, method, timeout))  # queue drops it in turn)
+        due = pool._due                                   # queue drops it in turn)
+        if due:  # others in the queue: is this one in order? (watch)
+            watch(pool, (deadline, reply, method, timeout))
+        else:  # watch's common case, written out (a frame less): the first in the queue
+            due.append((deadline, reply, method, timeout))
+            if pool._due_at > deadline:  # read after the append (see watch)
+                rearm(pool)
     return reply
 
 

@@ -4,9 +4,11 @@ A call with a deadline hands back the member's own reply (``calls.send_first``),
 the pool keeps it in one queue, in the order of the calls::
 
     _due: deque[(deadline, reply, method, timeout)]   oldest first
-       ▲ append (each call, no lock)   popleft, under the pool's lock only: done
-                                       replies at the head (every PRUNE_EVERY-th
-                                       call), and expired ones (the sweep)
+       ▲ append (each call, no lock)   popleft, under the pool's lock only: a call
+                                       answered well at the head (and the done ones
+                                       after it), as it is counted (calls.first_outcome);
+                                       done replies at the head every PRUNE_EVERY-th
+                                       call (answers out of turn); expired ones (sweep)
 
 One timer per pool (``sweep`` on the routing scheduler), due at the head's deadline
 (``_due_at``; a call with an earlier one sets an earlier timer), not one per call: a
@@ -51,10 +53,12 @@ def watch(pool: MemberSet, entry: Due) -> None:
     without a timer)."""
     deadline = entry[0]
     due = pool._due
-    try:
-        alone = due[-1][0] > deadline  # out of order: a timer of its own
-    except IndexError:  # empty (the sweep may be emptying it now: no lock)
-        alone = False
+    alone = False
+    if due:
+        try:
+            alone = due[-1][0] > deadline  # out of order: a timer of its own
+        except IndexError:  # emptied since (the sweep, or an answer: no lock here)
+            pass
     if alone:
         SCHEDULER.call_later(deadline - time.monotonic(), partial(expire, pool, entry),
                              pool._timers)
@@ -62,6 +66,13 @@ def watch(pool: MemberSet, entry: Due) -> None:
     due.append(entry)
     if pool._due_at <= deadline and len(due) % PRUNE_EVERY:
         return  # a timer is due at or before this deadline; not a pruning turn
+    rearm(pool)
+
+
+def rearm(pool: MemberSet) -> None:
+    """Drop the done replies at the head of the queue, and set a timer for the head's
+    deadline unless one is set for it or earlier (an entry was appended: ``watch``)."""
+    due = pool._due
     with pool._lock:
         _prune(due)
         head = due[0][0] if due else math.inf

@@ -227,8 +227,9 @@ class ConsistentHash(Router):
         if len(cache) >= SLOT_CACHE_KEYS:
             cache.clear()
         points = self._points
-        slot = cache[key] = self._owners[
-            bisect.bisect_left(points, key_point(key)) % len(points)]
+        # an int's place (key_point's first case) written out: a frame less per new key
+        point = (key * FIBONACCI) & MASK64 if type(key) is int else key_point(key)
+        slot = cache[key] = self._owners[bisect.bisect_left(points, point) % len(points)]
         return slot
 
     def _index(self, key: Any) -> int:
