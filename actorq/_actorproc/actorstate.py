@@ -43,8 +43,10 @@ class ActorHubState(Hub):
         self.gap_ewma = 0.0  # recent idle stretches, seconds (adaptive spinning)
         self.parked_at = 0.0
         self.sync_depth = 0  # > 0 while sync user code runs (it may wait; async code may not)
-        # (kernel token, deadline, call token) of the last call that carried them (OP_DCALL)
-        self.deadline: tuple[int, float, Any] = (0, 0.0, None)
+        # (kernel token, deadline, call token, token prefix) of the last call that carried
+        # them (OP_DCALL; deadline None or inf: none; a prefix: the call token is made of
+        # it when read, ``call_token``)
+        self.deadline: tuple[int, float | None, Any, str | None] = (0, 0.0, None, None)
         self.expired_drops = 0  # calls dropped unrun: their deadline passed while queued
         self.stamp_start = info.hang_timeout is not None  # hang detection is on
         # the lone call serve_alone is handling (its ring, record, unlink list), and its

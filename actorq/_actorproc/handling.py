@@ -226,17 +226,20 @@ class Handling(Replies):
 
     def time_left(self) -> float | None:
         """Seconds until the deadline of the call being handled; None if it has none."""
-        token, deadline, _carried = self.deadline
-        if not token or token != self.ctl.slots[C_TOKEN] or deadline == math.inf:
+        token, deadline, _carried, _prefix = self.deadline
+        if (not token or token != self.ctl.slots[C_TOKEN] or deadline is None
+                or deadline == math.inf):
             return None
         return deadline - time.monotonic()
 
     def call_token(self) -> Any:
         """The token the call being handled carries (a pool call's, kept across its
         retries); None if it carries none."""
-        token, _deadline, carried = self.deadline
+        token, _deadline, carried, prefix = self.deadline
         if not token or token != self.ctl.slots[C_TOKEN]:
             return None
+        if prefix is not None:  # a pool's first attempt: its prefix and the call's token
+            return f"{prefix}{token}"
         return carried
 
     def _async_done(self, task: asyncio.Future[Any], *, entry: OpenRecord, index: int,

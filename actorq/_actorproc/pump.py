@@ -138,10 +138,10 @@ class Pump(Handling):
                         self.busy = marked = False
                     entry.next = index = index + 1  # taken up (a handler may return here)
                     if msg[0] == OP_DCALL:  # a call with a deadline (plain calls: one compare)
-                        if msg[6] <= time.monotonic():
+                        if msg[6] is not None and msg[6] <= time.monotonic():  # None: none
                             self.drop_expired(entry, index - 1, msg)
                             continue
-                        self.deadline = (msg[1], msg[6], msg[7] if len(msg) > 7 else None)
+                        self.deadline = (msg[1], msg[6], msg[7], msg[8])
                         msg = msg[:6]
                     if self.handle_call(entry, index - 1, msg, handlers):
                         handled += 1

@@ -8,12 +8,15 @@ message: ``_transport/oob.py``). Tuples, the cheapest to pickle; ``msg[0]`` is t
     (OP_CALL,  token, reply_to, method, args, kwargs)   reply_to: the caller's hub id
     (OP_TELL,  0, message)                              a tell: ``receive(message)``
     (OP_REPLY, token, ok, value_or_exception, traceback_text)
-    (OP_DCALL, token, reply_to, method, args, kwargs, deadline[, call_token])
+    (OP_DCALL, token, reply_to, method, args, kwargs, deadline, call_token, prefix)
                         a call carrying its deadline (``time.monotonic()`` seconds: the
-                        same clock in every process of the host; ``inf``: none); the
+                        same clock in every process of the host; None or ``inf``: none); the
                         actor drops it unrun if the deadline passed while it was queued
-                        (issue 10). ``call_token`` (optional): a pool call's token, the
-                        same for each of its attempts (``context.token``)
+                        (issue 10). ``call_token`` (or None): a pool call's token, the
+                        same for each of its attempts (``context.token``). With a
+                        ``prefix`` (or None; ``call_token`` None), the token is
+                        ``f"{prefix}{token}"``, made by the actor only if read: a pool's
+                        first attempt (its retries carry that string as ``call_token``)
 
 Hub ids: ``SYSTEM_ID`` (0) is the user's process; an actor's hub id is its actor id.
 

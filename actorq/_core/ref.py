@@ -7,7 +7,6 @@ the same run, it calls through that process's own direct channel to the target.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -28,10 +27,13 @@ class Sender(Protocol):
         ...
 
     def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
-                      kwargs: dict[str, Any] | None, deadline: float,
-                      call_token: Any = None, on_outcome: Any = None) -> Reply[Any]:
-        """Send a call carrying *deadline* (``time.monotonic()`` seconds) and a token;
-        *on_outcome*: the reply's hook (``ActorRef.call_with``)."""
+                      kwargs: dict[str, Any] | None, deadline: float | None,
+                      call_token: Any = None, on_outcome: Any = None,
+                      token_prefix: str | None = None) -> Reply[Any]:
+        """Send a call carrying *deadline* (a float of ``time.monotonic()`` seconds, None:
+        none) and a
+        token (or a *token_prefix*: see ``Hub.call_deadline``); *on_outcome*: the reply's
+        hook (``ActorRef.call_with``)."""
         ...
 
     def tell(self, ref: ActorRef[Any], message: Any, nowait: bool) -> None:
@@ -241,7 +243,7 @@ class ActorRef(Generic[A]):
         use ``result(timeout)`` as usual."""
         if method != "receive":
             self._check_method(method)
-        return self._get_hub().call_deadline(self, method, args, kwargs, deadline)
+        return self._get_hub().call_deadline(self, method, args, kwargs, float(deadline))
 
     def call_with(self, method: str, args: tuple[Any, ...] = (),
                   kwargs: dict[str, Any] | None = None, *, deadline: float | None = None,
@@ -267,8 +269,8 @@ class ActorRef(Generic[A]):
         if deadline is None and token is None:  # a plain call: the shorter message
             return (self._hub or self._get_hub()).call(self, method, args, kwargs, on_outcome)
         return (self._hub or self._get_hub()).call_deadline(
-            self, method, args, kwargs, math.inf if deadline is None else deadline, token,
-            on_outcome)
+            self, method, args, kwargs, None if deadline is None else float(deadline),
+            token, on_outcome)
 
     def ask(self, message: Any) -> Reply[Any]:
         """Send *message* to the actor's ``receive`` and return a ``Reply`` with its answer."""

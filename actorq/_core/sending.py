@@ -72,15 +72,21 @@ class Sending(CreditLine):
         return reply
 
     def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
-                      kwargs: dict[str, Any] | None, deadline: float,
-                      call_token: Any = None, on_outcome: Any = None) -> Reply[Any]:
-        """Like ``call``, the message carrying *deadline* (``time.monotonic()`` seconds;
-        ``math.inf``: none) and, if not None, *call_token* (``context.token``).
+                      kwargs: dict[str, Any] | None, deadline: float | None,
+                      call_token: Any = None, on_outcome: Any = None,
+                      token_prefix: str | None = None) -> Reply[Any]:
+        """Like ``call``, the message carrying *deadline* (a float of ``time.monotonic()``
+        seconds; None or ``math.inf``: none, None the cheaper to send) and, if not None,
+        *call_token* (``context.token``).
 
         The actor drops the call without running it if the deadline has passed when its
         turn comes (the reply is a ``CallTimeout`` whose ``reason`` is ``"expired"``), and
         its handler can read the time left (``context.time_left()``). *on_outcome*: the
         reply's hook, set before the call can be answered (``ActorRef.call_with``).
+        *token_prefix* (instead of a *call_token*): the call's token is this prefix and
+        the call's own token (the reply's ``token``), made by the actor only if read: a
+        pool's first attempt carries one so (no string made per call), and its retries
+        send the same token made here (``_routing/calls.py``).
         """
         if not kwargs and len(args) == 1 and type(args[0]) in SAFE_TYPES:
             plain = True  # one scalar argument, as in ``call``
@@ -89,18 +95,26 @@ class Sending(CreditLine):
             plain = False
         else:
             plain = True
+        token = next_token()
+        # The message in one go: (..., deadline[, call_token[, token_prefix]]). Its empty
+        # kwargs and its deadline are objects only it holds (a new {} and float, made in
+        # the tuple's expression): marshal (version 4) keeps a table of the objects it
+        # writes that something else also holds (to write a repeat as a reference), and
+        # grows it past the 8 of a plain call, at about 1k instructions a call
+        # (benchmarks/callgrind_pool_call.py).
         if call_token is not None and type(call_token) not in SAFE_TYPES:
             check_picklable(lambda: ref._describe(method), (call_token,), None)
             plain = False
-        token = next_token()
+        if deadline is None:
+            msg: tuple[Any, ...] = (OP_DCALL, token, self.id, method, args, kwargs or {},
+                                    None, call_token, token_prefix)
+        else:
+            msg = (OP_DCALL, token, self.id, method, args, kwargs or {}, deadline + 0.0,
+                   call_token, token_prefix)
         reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
         if on_outcome is not None:
             reply._hook = on_outcome
         self.pending[token] = reply
-        msg: tuple[Any, ...] = (OP_DCALL, token, self.id, method, args, kwargs or _NO_KWARGS,
-                                float(deadline))
-        if call_token is not None:
-            msg = (*msg, call_token)
         try:
             if not (plain and self._send_now(ref.actor_id, msg)):
                 self.send(ref, msg, nowait=False)

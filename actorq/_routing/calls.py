@@ -16,8 +16,6 @@ is scheduled on the routing scheduler thread.
 
 from __future__ import annotations
 
-import itertools
-import math
 import time
 from functools import partial
 from typing import Any
@@ -26,11 +24,21 @@ from actorq._clock import Deadline
 from actorq._config import SystemConfig
 from actorq._core.reply import Reply
 from actorq._errors import ActorStopped, CallTimeout
-from actorq._routing.deadlines import watch
-from actorq._routing.members import MemberSet, PoolMember, succeeded
+from actorq._ids import next_token
+from actorq._routing.deadlines import rearm, watch
+from actorq._routing.members import EWMA_ALPHA, MemberSet, PoolMember
 from actorq._routing.scheduler import SCHEDULER
 
-_call_tokens = itertools.count(1)
+_perf_counter = time.perf_counter
+_monotonic = time.monotonic
+
+
+def call_token(pool: MemberSet, number: int) -> str:
+    """A pool call's token, ``"<pool>/<pid>/<n>"``: *number* is the call's first
+    attempt's own token (its reply's ``token``; the actor made the same string of it,
+    ``Hub.call_deadline(token_prefix=)``), or a fresh one from the same counter for a
+    call that had no first attempt sent (unique in the process either way)."""
+    return f"{pool._token_prefix}{number}"
 
 
 class _Call:
@@ -52,7 +60,7 @@ class _Call:
         self.key = key
         self.deadline = deadline
         # the same for every attempt of this call; it travels with each (context.token)
-        self.token = idem if idem is not None else f"{pool._token_prefix}{next(_call_tokens)}"
+        self.token = idem if idem is not None else call_token(pool, next_token())
         self.attempt = 0
         self.inner: Reply[Any] | None = None
         self.member: PoolMember | None = None
@@ -146,16 +154,15 @@ class _Call:
         if member is None or (current is not None and inner is not current):
             return  # pragma: no cover - defensive (None: the call ended, e.g. its deadline)
         value, exc = inner.outcome()
-        elapsed = time.perf_counter() - self.sent_at
         pool = self.pool
         if exc is None:  # the common case
-            succeeded(pool, member, elapsed)
+            succeeded(pool, member, self.sent_at)
             self.outer.set_result(value)
             self.args = self.kwargs = None  # type: ignore[assignment]  # see _forget
             self.inner = None
             self.outer = _FINISHED
             return
-        self._attempt_failed(member, exc, elapsed)
+        self._attempt_failed(member, exc, time.perf_counter() - self.sent_at)
 
     def _attempt_failed(self, member: PoolMember, exc: BaseException,
                         elapsed: float | None = None) -> None:
@@ -217,39 +224,78 @@ class _Call:
 
 
 def first_outcome(pool: MemberSet, member: PoolMember, method: str, args: tuple[Any, ...],
-                  kwargs: dict[str, Any] | None, key: Any, token: str | None,
-                  deadline: float | None, sent: float, reply: Reply[Any], value: Any,
-                  exc: BaseException | None) -> bool:
+                  kwargs: dict[str, Any] | None, key: Any, deadline: float | None,
+                  sent: float, reply: Reply[Any], value: Any, exc: BaseException | None
+                  ) -> bool:
     """The first attempt's outcome (its reply's ``on_outcome`` hook, bound by ``partial``
     in ``send_first`` and ``PoolCore._bare_call``), before its caller sees it. A success
     is counted and published:
     the caller holds the member's own reply, and no ``_Call`` was made. A failure makes
     the ``_Call`` now, which takes the reply over (True): a retry completes it later, or
-    giving up completes it at once with the error. The call's deadline failing it
-    (``deadlines.expire``) is published, and the member's answer counted when it comes."""
-    elapsed = time.perf_counter() - sent
-    if exc is None:
-        succeeded(pool, member, elapsed)
+    giving up completes it at once with the error. Its token is the one the first
+    attempt carried (made of the reply's ``token``: ``call_token``). The call's deadline
+    failing it (``deadlines.expire``) is published, and the member's answer counted when
+    it comes."""
+    elapsed = _perf_counter() - sent
+    if exc is None:  # counted here for every success (``succeeded``): a frame less
+        lock = pool._lock
+        lock.acquire()  # not ``with``, which makes two bound methods and an argument
+        # tuple each time: 0.5k instructions of a pool call (callgrind_pool_call.py)
+        try:
+            member.in_flight -= 1
+            ewma = member.ewma
+            member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
+            pool._succeeded += 1
+            if deadline is not None:  # out of the deadline queue, if at its head (in turn)
+                due = pool._due
+                if due and due[0][1] is reply:
+                    due.popleft()
+                    while due and due[0][1].done():  # answered before it: out too
+                        due.popleft()
+        finally:
+            lock.release()
+        breaker = member.breaker
+        if breaker is not None and not breaker.settled:  # else nothing to record
+            breaker.record_success()
+            pool._circuits_changed()
         return False
     if exc is pool._expiring:  # not the member's answer: that one is still to come
         reply.on_late_outcome(partial(late_outcome, pool, member, sent))
         return False
-    call = _Call(pool, method, args, kwargs, key, deadline, token, reply)
+    call = _Call(pool, method, args, kwargs, key, deadline, call_token(pool, reply.token),
+                 reply)
     call.attempt = 1
     call.member = member
     call._attempt_failed(member, exc, elapsed)
     return True
 
 
+def succeeded(pool: MemberSet, member: PoolMember, sent: float) -> None:
+    """Count an attempt that *member* answered well, sent at *sent* (``perf_counter``):
+    in flight no more, its latency folded into its EWMA, its circuit told."""
+    first_outcome(pool, member, "", (), None, None, None, sent, _FINISHED, None, None)
+
+
+def bare_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[Any],
+                 value: Any, exc: BaseException | None) -> bool:
+    """The outcome of a call that is not retried (``Pool.call_member``: its reply's
+    ``on_outcome`` hook, bound by ``partial``), counted before its caller sees it;
+    always published."""
+    if exc is None:
+        succeeded(pool, member, sent)
+    else:
+        pool._bare_failed(member, exc, time.perf_counter() - sent)
+    return False
+
+
 def late_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[Any],
                  value: Any, exc: BaseException | None) -> None:
     """A member's answer to a call its deadline failed already: counted for the member
     (latency, failures, circuit), as a retry's would be; the caller has had its error."""
-    elapsed = time.perf_counter() - sent
     if exc is None:
-        succeeded(pool, member, elapsed)
+        succeeded(pool, member, sent)
         return
-    pool._finished(member, exc, elapsed)
+    pool._finished(member, exc, time.perf_counter() - sent)
     if isinstance(exc, CallTimeout) and exc.reason == "expired":
         pool._stats_inc("expired_drops")
 
@@ -259,36 +305,61 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
                timeout: float | None = None) -> Reply[Any]:
     """A call of a pool with a retry, a circuit or a deadline (*timeout* seconds from
     now; None: the pool's): the first attempt goes out as a plain call whose reply is
-    the caller's (its token and deadline travel with it); the retry machinery is made
-    only if it fails (``first_outcome``), and the deadline is watched by the pool's
-    queue (``deadlines.watch``). Also the route of such a pool (``pool.method(x)``
-    calls it straight)."""
+    the caller's (its deadline and its token's prefix travel with it); the retry
+    machinery is made only if it fails (``first_outcome``), and the deadline is watched
+    by the pool's queue (``deadlines.watch``). Also the route of such a pool
+    (``pool.method(x)`` calls it straight)."""
     if timeout is None:
         timeout = pool.timeout
-    deadline = None if timeout is None else time.monotonic() + timeout
-    member = pool._pick(key, None, first=True)
-    token = f"{pool._token_prefix}{next(_call_tokens)}"
-    if member is None:  # every circuit open: a reply that fails with CircuitOpen
-        call = _Call(pool, method, args, kwargs, key, deadline, token)
-        outer = call.outer
-        call.start()
-        return outer
+    deadline = None if timeout is None else _monotonic() + timeout
+    # ``pool._pick(key, None, first=True)``, written out for every circuit closed (one
+    # lock, no list made): the hot path of each call
+    member: PoolMember | None = None
+    lock = pool._lock
+    lock.acquire()  # not ``with``: see members.succeeded
+    try:
+        calls = pool._calls = pool._calls + 1
+        candidates = pool._candidates
+        if pool._closed and candidates:
+            member = pool._router.choose(candidates, key)
+            member.in_flight += 1
+            member.calls += 1
+    finally:
+        lock.release()
+    if not calls & 15:
+        pool._budget_sync()  # the retry budget is told of calls 16 at a time
+    if member is None:
+        member = pool._pick(key, None)  # some circuit is not closed: ask each
+        if member is None:  # every circuit open: a reply that fails with CircuitOpen
+            call = _Call(pool, method, args, kwargs, key, deadline)
+            outer = call.outer  # let go by the call once it fails
+            pool._stats_inc("circuit_open_rejections")
+            call._fail(pool._circuit_open_error(method))
+            return outer
     try:  # ``ref.call_with``, its method checked by the pool already
         reply = (member.hub or member.attach()).call_deadline(
-            member.ref, method, args, kwargs, math.inf if deadline is None else deadline,
-            token, partial(first_outcome, pool, member, method, args, kwargs, key, token,
-                           deadline, time.perf_counter()))
+            member.ref, method, args, kwargs, deadline, None,
+            partial(first_outcome, pool, member, method, args, kwargs, key, deadline,
+                    _perf_counter()), pool._token_prefix)
     except (TypeError, AttributeError):
         pool._release(member)
         raise  # bad input: nothing was sent
     except Exception as exc:  # not sent (the member is gone): retried by policy
-        call = _Call(pool, method, args, kwargs, key, deadline, token)
+        call = _Call(pool, method, args, kwargs, key, deadline)
         call.attempt = 1
         call.member = member
         reply = call.outer
         call._attempt_failed(member, exc)
-    if deadline is not None and timeout is not None and not reply.done():
-        watch(pool, (deadline, reply, method, timeout))
+        if reply.done():
+            return reply
+    if deadline is not None and timeout is not None:  # (answered already, rarely: the
+        due = pool._due                                   # queue drops it in turn)
+        if due:  # others in the queue: is this one in order? (watch)
+            watch(pool, (deadline, reply, method, timeout))
+        else:  # watch's common case, written out (a frame less): the first in the queue
+            due.append((deadline, reply, method, timeout))
+            if pool._due_at > deadline:  # read after the append (see watch)
+                rearm(pool)
     return reply
 
 

@@ -24,10 +24,10 @@ from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry
 from actorq._routing.autoscale import Autoscaler
-from actorq._routing.calls import _Call, first_outcome, send_first
+from actorq._routing.calls import _Call, bare_outcome, first_outcome, send_first
 from actorq._routing.hosts import PoolHost
 from actorq._routing.idempotency import Idempotency
-from actorq._routing.members import PoolMember, bare_outcome, default_replace_backoff
+from actorq._routing.members import PoolMember, default_replace_backoff
 from actorq._routing.metrics import STAT_NAMES, PoolStatistics
 from actorq._routing.options import check_timeout
 from actorq._routing.routers import PLAIN_KEYS, key_point, make_router
@@ -37,12 +37,15 @@ if TYPE_CHECKING:
     from actorq._core.ref import ActorRef
 
 Route = Callable[["PoolCore", str, tuple[Any, ...]], Reply[Any]]
+# (pool, method, args, kwargs, key): a call whose only keyword is a plain key= (routers.PLAIN_KEYS)
+KeyRoute = Callable[["PoolCore", str, tuple[Any, ...], Any, Any], Reply[Any]]
 
 
 class PoolCore(Idempotency, Autoscaler):
     """A pool's members, figures and call paths (see the module docstring)."""
 
-    __slots__ = ("__weakref__", "_bare", "_route", "cls_name", "handlers", "routing")
+    __slots__ = ("__weakref__", "_bare", "_route", "_route_key", "cls_name", "handlers",
+                 "routing")
 
     def __init__(self, host: PoolHost, name: str, cls: type | None, cls_name: str,
                  handlers: frozenset[str], args: tuple[Any, ...], kwargs: dict[str, Any], *,
@@ -67,6 +70,7 @@ class PoolCore(Idempotency, Autoscaler):
         self._args, self._kwargs = args, kwargs
         self._router = make_router(routing)
         self._route: Route = self._choose_route()
+        self._route_key: KeyRoute = self._choose_key_route()
         self._token_prefix = f"{name}/{os.getpid()}/"
         self._timers = object()  # owns its entries on the routing scheduler (cancel)
         self._budget = (retry.budget.fresh() if retry is not None
@@ -78,6 +82,8 @@ class PoolCore(Idempotency, Autoscaler):
         self._stopped = False
         self._owner = owner
         self._stats = dict.fromkeys(STAT_NAMES, 0)
+        del self._stats["calls"], self._stats["succeeded"]  # attributes (MemberSet)
+        self._calls = self._succeeded = 0
         self._retired_stats = []
         self._idem_ttl = idempotency_ttl
         self._idem_size = idempotency_size
@@ -143,7 +149,7 @@ class PoolCore(Idempotency, Autoscaler):
                 raise ValueError(msg)
             member.in_flight += 1
             member.calls += 1
-            self._stats["calls"] += 1
+            self._calls += 1
         try:
             return member.ref.call_with(method, args, on_outcome=partial(
                 bare_outcome, self, member, time.perf_counter()))
@@ -160,7 +166,8 @@ class PoolCore(Idempotency, Autoscaler):
     def halt(self) -> None:
         """``Pool.halt``: stop routing; the pool's timers go (see there)."""
         self._stopped = True
-        self._route = PoolCore._route_checked  # which raises ActorStopped now
+        self._route = PoolCore._route_checked  # which raise ActorStopped now
+        self._route_key = PoolCore._route_key_checked
         SCHEDULER.cancel(self._timers)
 
     def statistics(self) -> PoolStatistics:
@@ -170,7 +177,9 @@ class PoolCore(Idempotency, Autoscaler):
             replacing = sum(1 for m in self._members if m.lost)
             return PoolStatistics(name=self.name, size=len(self._members),
                                   routing=self.routing, members=members,
-                                  replacing=replacing, **self._stats)
+                                  replacing=replacing,
+                                  **{**self._stats, "calls": self._calls,
+                                     "succeeded": self._succeeded})
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -192,8 +201,20 @@ class PoolCore(Idempotency, Autoscaler):
             return PoolCore._bare_call
         return send_first  # a retry, a circuit or a deadline: a _Call only on a failure
 
+    def _choose_key_route(self) -> KeyRoute:
+        """The function a call whose only keyword is a ``key=`` of a plain type takes
+        (``pool.method(x, key=k)``): such a key always hashes, and a pool that does not
+        route by hash ignores it."""
+        if self._bare and self.timeout is None:
+            return PoolCore._bare_call
+        return send_first
+
     def _route_checked(self, method: str, args: tuple[Any, ...]) -> Reply[Any]:
         return self.submit(method, args, {}, None, None, None)
+
+    def _route_key_checked(self, method: str, args: tuple[Any, ...], kwargs: Any,
+                           key: Any) -> Reply[Any]:
+        return self.submit(method, args, {}, key, None, None)
 
     def submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], key: Any,
                timeout: float | None, idem: Any) -> Reply[Any]:
@@ -238,21 +259,27 @@ class PoolCore(Idempotency, Autoscaler):
         """A pool without retry, circuit or deadline: the member's own reply is the
         call's reply; only the routing and the bookkeeping are added. No token travels
         with it (it is not retried, but for its member being gone: see below)."""
-        with self._lock:
+        member: PoolMember | None = None
+        lock = self._lock
+        lock.acquire()  # not ``with``: see members.succeeded
+        try:
             candidates = self._candidates
-            if not candidates:
-                raise self._circuit_open_error(method)
-            member: PoolMember = self._router.choose(candidates, key)
-            member.in_flight += 1
-            member.calls += 1
-            self._stats["calls"] += 1
+            if candidates:
+                member = self._router.choose(candidates, key)
+                member.in_flight += 1
+                member.calls += 1
+                self._calls += 1
+        finally:
+            lock.release()
+        if member is None:  # (raised outside the lock, which the error's text takes)
+            raise self._circuit_open_error(method)
         # the member's own reply: first_outcome counts its outcome before it is seen, and
         # sends it again if its member was resized away or lost (ActorStopped): a _Call
         # then, made only for such a call
         try:
             return (member.hub or member.attach()).call(  # ``ref.call_with``, checked
                 member.ref, method, args, kwargs,
-                partial(first_outcome, self, member, method, args, kwargs, key, None, None,
+                partial(first_outcome, self, member, method, args, kwargs, key, None,
                         time.perf_counter()))
         except BaseException:
             self._uncount(member)

@@ -93,12 +93,14 @@ class MemberSet:
     """A pool's members and the state its parts share (set up by ``PoolCore``)."""
 
     # the state below, as slots: attribute reads on the call path are the cheapest kind
-    __slots__ = ("_args", "_budget", "_budget_told", "_busy_ticks", "_candidates", "_closed",
+    __slots__ = ("_args", "_budget", "_budget_told", "_busy_ticks", "_calls", "_candidates",
+                 "_closed",
                  "_config", "_due", "_due_at", "_expiring", "_host", "_idem_done",
                  "_idem_running", "_idem_size", "_idem_ttl",
                  "_idle_since", "_kwargs", "_lock", "_lost_at", "_lost_streak", "_members",
                  "_owner", "_replace_backoff", "_resize_lock", "_retired_stats", "_router",
-                 "_stats", "_stopped", "_timers", "_token_prefix", "circuit", "cls",
+                 "_stats", "_stopped", "_succeeded", "_timers", "_token_prefix", "circuit",
+                 "cls",
                  "idle_timeout", "max_size", "min_size", "name", "retry", "timeout")
 
     name: str
@@ -123,7 +125,9 @@ class MemberSet:
     _candidates: list[PoolMember]
     _stopped: bool
     _owner: bool
-    _stats: dict[str, int]
+    _stats: dict[str, int]  # the figures of PoolStatistics, but for these two:
+    _calls: int  # calls made (first attempts): slots, not _stats entries, as they are
+    _succeeded: int  # counted on every call (an attribute is read faster than a dict)
     _retired_stats: list[MemberStatistics]
     _idem_ttl: float
     _idem_size: int
@@ -214,7 +218,7 @@ class MemberSet:
         with self._lock:
             member.in_flight -= 1
             member.calls -= 1
-            self._stats["calls"] -= 1
+            self._calls -= 1
 
     def _bare_failed(self, member: PoolMember, exc: BaseException, elapsed: float) -> None:
         """A call without retry failed (``bare_outcome``, ``call_member``)."""
@@ -233,7 +237,7 @@ class MemberSet:
         sync = False
         with self._lock:
             if first:
-                calls = self._stats["calls"] = self._stats["calls"] + 1
+                calls = self._calls = self._calls + 1
                 sync = not calls & 15 and self._budget is not None
             candidates = self._candidates
             if not self._closed:  # some circuit is not closed: ask each (one read if not)
@@ -285,7 +289,7 @@ class MemberSet:
         pool call costs one count, and the budget sees every call by the time it decides
         (dated at most 15 calls late)."""
         with self._lock:
-            calls = self._stats["calls"] = self._stats["calls"] + 1
+            calls = self._calls = self._calls + 1
         if not calls & 15 and self._budget is not None:
             self._budget_sync()
 
@@ -295,7 +299,7 @@ class MemberSet:
         if budget is None:
             return
         with self._lock:
-            calls = self._stats["calls"]
+            calls = self._calls
             n = calls - self._budget_told
             self._budget_told = calls
         if n > 0:
@@ -428,33 +432,6 @@ class MemberSet:
         """The members changed (under the lock): the router and the candidates follow."""
         self._candidates = [m for m in self._members if not (m.retired or m.lost)]
         self._router.resized([m.id for m in self._members], [m.slot for m in self._members])
-
-def bare_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[Any],
-                 value: Any, exc: BaseException | None) -> bool:
-    """The outcome of a call without retry or circuit (its reply's ``on_outcome`` hook,
-    bound by ``partial``), counted before its caller sees it; always published."""
-    elapsed = time.perf_counter() - sent
-    if exc is None:
-        succeeded(pool, member, elapsed)
-    else:
-        pool._bare_failed(member, exc, elapsed)
-    return False
-
-
-def succeeded(pool: MemberSet, member: PoolMember, elapsed: float) -> None:
-    """Count a call (an attempt) that *member* answered well after *elapsed* seconds:
-    one lock, then its circuit's fast path. Once per pool call: ``took``'s arithmetic
-    is written out here (a frame less)."""
-    with pool._lock:
-        member.in_flight -= 1
-        ewma = member.ewma
-        member.ewma = elapsed if ewma == 0.0 else ewma + EWMA_ALPHA * (elapsed - ewma)
-        pool._stats["succeeded"] += 1
-    breaker = member.breaker
-    if breaker is not None and not breaker.settled:  # else nothing to record
-        breaker.record_success()
-        pool._circuits_changed()
-
 
 def on_lost_weakly(pool: MemberSet) -> Callable[[int], None]:
     """``on_lost(actor_id)`` for the host to call, holding the pool weakly."""

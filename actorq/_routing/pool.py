@@ -40,6 +40,7 @@ from actorq._routing.options import (
     parse_size,
     validate_options,
 )
+from actorq._routing.routers import PLAIN_KEYS
 
 if TYPE_CHECKING:
     from actorq._core.ref import ActorRef
@@ -59,14 +60,19 @@ def _bind(pool: Pool[Any], core: PoolCore, method: str) -> Callable[..., Reply[A
     """``pool.method``: calls *method* through the pool. A closure, as a ref's methods
     are: called straight, without the ``__call__`` lookup an object's call takes, and
     reading only *core* (see core.py: no attribute of *pool* on the way)."""
+    plain_keys = PLAIN_KEYS
 
-    def bound(*args: Any, **kwargs: Any) -> Reply[Any]:
+    def bound(*args: Any, key: Any = None, **kwargs: Any) -> Reply[Any]:
+        # key= is a parameter (bound by the interpreter, not popped from a dict)
         if kwargs:
-            key = kwargs.pop("key", None)
             timeout = kwargs.pop("timeout", None)
             idem = kwargs.pop("idempotency_key", None)
             return core.submit(method, args, kwargs, key, timeout, idem)
-        return core._route(core, method, args)  # the pool's own path, chosen once
+        if key is None:
+            return core._route(core, method, args)  # the pool's own path, chosen once
+        if type(key) in plain_keys:  # key= alone, a plain one: the pool's own keyed path
+            return core._route_key(core, method, args, None, key)
+        return core.submit(method, args, kwargs, key, None, None)
 
     bound.__name__ = bound.__qualname__ = method
     bound.pool = pool  # type: ignore[attr-defined]  # held while its methods are

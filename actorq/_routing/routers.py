@@ -32,6 +32,12 @@ VNODES = 128  # virtual nodes per member on the hash ring
 # afresh (a few MB at most; a resize empties it).
 PLAIN_KEYS = frozenset({str, int, bytes})
 SLOT_CACHE_KEYS = 65_536
+# An int key's place on the ring: Fibonacci hashing (the key times 2**64 / golden ratio,
+# modulo 2**64; Knuth, TAOCP vol. 3, 6.4), whose top bits, the ones the ring's order
+# reads, spread consecutive keys evenly. 0.7k instructions against 7k for blake2b
+# (callgrind), the same in every process; keys of other types keep blake2b.
+FIBONACCI = 0x9E3779B97F4A7C15
+MASK64 = (1 << 64) - 1
 
 
 class Member(Protocol):
@@ -109,10 +115,12 @@ class Fastest(Router):
 
     def choose(self, candidates: Sequence[Any], key: Any = None) -> Any:
         n = len(candidates)
-        self._turn += 1
-        start = self._turn % n
-        best = candidates[start]
+        self._turn = turn = self._turn + 1
+        best = candidates[turn % n]
+        if n == 1:
+            return best  # no other to weigh it against (and no range to make)
         low = best.ewma * (best.in_flight + 1)
+        start = turn % n
         for i in range(1, n):
             m = candidates[(start + i) % n]
             cost = m.ewma * (m.in_flight + 1)
@@ -127,12 +135,15 @@ def key_point(key: Any) -> int:
     Raises ``TypeError`` for a key that cannot be hashed (nothing is sent then).
     """
     kind = type(key)  # the common keys first, exactly: no ABC check, no second hash()
+    if kind is int:
+        point: int = (key * FIBONACCI) & MASK64
+        return point
     if kind is str:
         data = b"s" + key.encode("utf-8", "surrogatepass")
-    elif kind is int:
-        data = b"i" + str(key).encode()
     elif kind is bytes:
         data = b"b" + key
+    elif isinstance(key, int) and kind is not bool:  # an IntEnum: where its int goes
+        return (int(key) * FIBONACCI) & MASK64
     else:
         data = _key_bytes(key)
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
@@ -196,13 +207,8 @@ class ConsistentHash(Router):
     def slot_for(self, key: Any, allowed: set[int] | None = None) -> int:
         """The member slot *key* maps to (the first one in *allowed* clockwise)."""
         if allowed is None and type(key) in PLAIN_KEYS:
-            cache = self._cache
-            slot = cache.get(key)
-            if slot is None:
-                if len(cache) >= SLOT_CACHE_KEYS:
-                    cache.clear()
-                slot = cache[key] = self._owners[self._index(key)]
-            return slot
+            slot = self._cache.get(key)
+            return self._cache_slot(key) if slot is None else slot
         points, owners = self._points, self._owners
         n = len(points)
         i = self._index(key)
@@ -215,13 +221,29 @@ class ConsistentHash(Router):
         msg = "no member may take the call"
         raise LookupError(msg)
 
+    def _cache_slot(self, key: Any) -> int:
+        """The slot of a plain *key* not in the cache: found on the ring, and cached."""
+        cache = self._cache
+        if len(cache) >= SLOT_CACHE_KEYS:
+            cache.clear()
+        points = self._points
+        # an int's place (key_point's first case) written out: a frame less per new key
+        point = (key * FIBONACCI) & MASK64 if type(key) is int else key_point(key)
+        slot = cache[key] = self._owners[bisect.bisect_left(points, point) % len(points)]
+        return slot
+
     def _index(self, key: Any) -> int:
         """The index on the ring of the first virtual node clockwise from *key*."""
         return bisect.bisect_left(self._points, key_point(key)) % len(self._points)
 
     def choose(self, candidates: Sequence[Any], key: Any = None) -> Any:
         if len(candidates) == self._slots:  # every member may take it: no set to build
-            slot = self.slot_for(key)
+            if type(key) in PLAIN_KEYS:  # slot_for's cached path, written out (each call)
+                slot = self._cache.get(key)
+                if slot is None:
+                    slot = self._cache_slot(key)
+            else:
+                slot = self.slot_for(key)
             for m in candidates:
                 if m.slot == slot:
                     return m

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -121,6 +122,33 @@ class NoSetup(actorq.Actor):
 
     def work(self) -> int:
         return 1
+
+
+def test_a_plain_pool_with_every_member_lost_raises_circuit_open_at_once(system, tmp_path):
+    """A pool without retry or circuit whose members are all gone for good (being
+    replaced) raises at the call site; it used to raise while holding the pool's lock,
+    which the error's text takes again: the call never returned."""
+    poison = str(tmp_path / "poison")
+    pace = actorq.Backoff(initial=3600.0, maximum=3600.0, jitter="none")  # no replacement
+    pool = system.pool(Member, poison, size=1, max_restarts=0, replace_backoff=pace)
+    only = pool.members()[0]
+    os.kill(only.pid().result(timeout=20), signal.SIGKILL)
+    wait_until(lambda: pool.statistics().replacing == 1, timeout=30)
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            pool.pid()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(timeout=30)
+    assert not caller.is_alive(), "the call did not return"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], actorq.CircuitOpen)
+    assert "no member can take the call" in str(outcome[0])
 
 
 def test_when_no_member_can_start_the_circuit_open_error_names_why(system):

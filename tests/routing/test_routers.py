@@ -90,6 +90,32 @@ def test_growing_by_one_moves_about_one_in_n_plus_one_keys(n, seed):
     assert 0.4 / (n + 1) < share < 2.0 / (n + 1)
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 12), start=st.integers(-10**12, 10**12),
+       step=st.sampled_from([1, 7, 1000, 2**20]))
+def test_int_keys_spread_over_the_members_and_move_one_in_n_plus_one(n, start, step):
+    # int keys take Fibonacci hashing, not blake2b: runs of ids still spread evenly
+    before, after = ConsistentHash(), ConsistentHash()
+    before.resized(list(range(n)))
+    after.resized(list(range(n + 1)))
+    keys = [start + step * i for i in range(3000)]
+    slots = [before.slot_for(k) for k in keys]
+    assert all(0.3 / n < slots.count(s) / len(keys) < 2.5 / n for s in range(n))
+    moved = [k for k, s in zip(keys, slots, strict=True) if after.slot_for(k) != s]
+    assert all(after.slot_for(k) == n for k in moved)
+    assert 0.4 / (n + 1) < len(moved) / len(keys) < 2.0 / (n + 1)
+
+
+def test_an_int_like_key_goes_where_its_int_goes():
+    import enum
+
+    class Shard(enum.IntEnum):
+        A = 12345
+
+    assert key_point(Shard.A) == key_point(12345)
+    assert key_point(True) != key_point(1)  # as before: equal, but not the same key
+
+
 def test_hash_routes_around_an_unavailable_member_and_back():
     r = ConsistentHash()
     ms = members(4)
