@@ -194,6 +194,7 @@ class ConsistentHash(Router):
         self.vnodes = vnodes
         self._points: list[int] = []
         self._owners: list[int] = []
+        self._after: list[int] = []
         self._slots = 0  # members on the ring
         self._cache: dict[Any, int] = {}  # plain key -> its slot on this ring
 
@@ -206,6 +207,9 @@ class ConsistentHash(Router):
                       for slot in places for v in range(self.vnodes))
         self._points = [p for p, _ in ring]
         self._owners = [s for _, s in ring]
+        # the owner of the first point at or after an index of bisect: the ring's last
+        # index wraps to its first (no modulo per key)
+        self._after = [*self._owners, *self._owners[:1]]
         self._slots = len(set(places))
         self._cache = {}  # a new ring: its slots for keys (slot_for)
 
@@ -234,7 +238,7 @@ class ConsistentHash(Router):
         points = self._points
         # an int's place (key_point's first case) written out: a frame less per new key
         point = (key * FIBONACCI) & MASK64 if type(key) is int else key_point(key)
-        slot = cache[key] = self._owners[bisect_left(points, point) % len(points)]
+        slot = cache[key] = self._after[bisect_left(points, point)]
         return slot
 
     def _index(self, key: Any) -> int:
@@ -249,9 +253,8 @@ class ConsistentHash(Router):
                 if slot is None:  # _cache_slot, written out: a frame less per new key
                     if len(cache) >= SLOT_CACHE_KEYS:
                         cache.clear()
-                    points = self._points
                     point = (key * FIBONACCI) & MASK64 if type(key) is int else key_point(key)
-                    slot = cache[key] = self._owners[bisect_left(points, point) % len(points)]
+                    slot = cache[key] = self._after[bisect_left(self._points, point)]
             else:
                 slot = self.slot_for(key)
             for m in candidates:
