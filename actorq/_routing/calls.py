@@ -29,7 +29,8 @@ from actorq._routing.deadlines import rearm, watch
 from actorq._routing.members import EWMA_ALPHA, MemberSet, PoolMember
 from actorq._routing.scheduler import SCHEDULER
 
-_perf_counter = time.perf_counter
+# One clock for a call's deadline and for its member's latency (``sent``): a call with
+# a deadline reads it once (``send_first``). On Linux ``perf_counter`` is this very clock.
 _monotonic = time.monotonic
 
 
@@ -106,7 +107,7 @@ class _Call:
             self._fail(pool._circuit_open_error(self.method))
             return
         self.member = member  # _send, inlined: the first attempt is the hot path
-        self.sent_at = time.perf_counter()
+        self.sent_at = _monotonic()
         try:
             inner = member.ref.call_with(self.method, self.args, self.kwargs,
                                          deadline=self.deadline, token=self.token)
@@ -141,7 +142,7 @@ class _Call:
 
     def _send(self, member: PoolMember) -> None:
         self.member = member
-        self.sent_at = time.perf_counter()
+        self.sent_at = _monotonic()
         inner = member.ref.call_with(self.method, self.args, self.kwargs,
                                      deadline=self.deadline, token=self.token)
         self.inner = inner
@@ -162,7 +163,7 @@ class _Call:
             self.inner = None
             self.outer = _FINISHED
             return
-        self._attempt_failed(member, exc, time.perf_counter() - self.sent_at)
+        self._attempt_failed(member, exc, _monotonic() - self.sent_at)
 
     def _attempt_failed(self, member: PoolMember, exc: BaseException,
                         elapsed: float | None = None) -> None:
@@ -236,7 +237,7 @@ def first_outcome(pool: MemberSet, member: PoolMember, method: str, args: tuple[
     attempt carried (made of the reply's ``token``: ``call_token``). The call's deadline
     failing it (``deadlines.expire``) is published, and the member's answer counted when
     it comes."""
-    elapsed = _perf_counter() - sent
+    elapsed = _monotonic() - sent
     if exc is None:  # counted here for every success (``succeeded``): a frame less
         lock = pool._lock
         lock.acquire()  # not ``with``, which makes two bound methods and an argument
@@ -271,7 +272,7 @@ def first_outcome(pool: MemberSet, member: PoolMember, method: str, args: tuple[
 
 
 def succeeded(pool: MemberSet, member: PoolMember, sent: float) -> None:
-    """Count an attempt that *member* answered well, sent at *sent* (``perf_counter``):
+    """Count an attempt that *member* answered well, sent at *sent* (``time.monotonic``):
     in flight no more, its latency folded into its EWMA, its circuit told."""
     first_outcome(pool, member, "", (), None, None, None, sent, _FINISHED, None, None)
 
@@ -284,7 +285,7 @@ def bare_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[
     if exc is None:
         succeeded(pool, member, sent)
     else:
-        pool._bare_failed(member, exc, time.perf_counter() - sent)
+        pool._bare_failed(member, exc, _monotonic() - sent)
     return False
 
 
@@ -295,7 +296,7 @@ def late_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[
     if exc is None:
         succeeded(pool, member, sent)
         return
-    pool._finished(member, exc, time.perf_counter() - sent)
+    pool._finished(member, exc, _monotonic() - sent)
     if isinstance(exc, CallTimeout) and exc.reason == "expired":
         pool._stats_inc("expired_drops")
 
@@ -311,7 +312,8 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
     (``pool.method(x)`` calls it straight)."""
     if timeout is None:
         timeout = pool.timeout
-    deadline = None if timeout is None else _monotonic() + timeout
+    sent = _monotonic()  # (a little early: the routing below is in the member's latency)
+    deadline = None if timeout is None else sent + timeout
     # ``pool._pick(key, None, first=True)``, written out for every circuit closed (one
     # lock, no list made): the hot path of each call
     member: PoolMember | None = None
@@ -339,8 +341,8 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
     try:  # ``ref.call_with``, its method checked by the pool already
         reply = (member.hub or member.attach()).call_deadline(
             member.ref, method, args, kwargs, deadline, None,
-            partial(first_outcome, pool, member, method, args, kwargs, key, deadline,
-                    _perf_counter()), pool._token_prefix)
+            partial(first_outcome, pool, member, method, args, kwargs, key, deadline, sent),
+            pool._token_prefix)
     except (TypeError, AttributeError):
         pool._release(member)
         raise  # bad input: nothing was sent

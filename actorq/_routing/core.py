@@ -152,7 +152,7 @@ class PoolCore(Idempotency, Autoscaler):
             self._calls += 1
         try:
             return member.ref.call_with(method, args, on_outcome=partial(
-                bare_outcome, self, member, time.perf_counter()))
+                bare_outcome, self, member, time.monotonic()))
         except BaseException:
             self._uncount(member)
             raise
@@ -280,7 +280,7 @@ class PoolCore(Idempotency, Autoscaler):
             return (member.hub or member.attach()).call(  # ``ref.call_with``, checked
                 member.ref, method, args, kwargs,
                 partial(first_outcome, self, member, method, args, kwargs, key, None,
-                        time.perf_counter()))
+                        time.monotonic()))
         except BaseException:
             self._uncount(member)
             raise

@@ -94,7 +94,7 @@ def test_growing_by_one_moves_about_one_in_n_plus_one_keys(n, seed):
 @given(n=st.integers(2, 12), start=st.integers(-10**12, 10**12),
        step=st.sampled_from([1, 7, 1000, 2**20]))
 def test_int_keys_spread_over_the_members_and_move_one_in_n_plus_one(n, start, step):
-    # int keys take Fibonacci hashing, not blake2b: runs of ids still spread evenly
+    # int keys take Fibonacci hashing, not a CRC of bytes: runs of ids still spread evenly
     before, after = ConsistentHash(), ConsistentHash()
     before.resized(list(range(n)))
     after.resized(list(range(n + 1)))
@@ -104,6 +104,54 @@ def test_int_keys_spread_over_the_members_and_move_one_in_n_plus_one(n, start, s
     moved = [k for k, s in zip(keys, slots, strict=True) if after.slot_for(k) != s]
     assert all(after.slot_for(k) == n for k in moved)
     assert 0.4 / (n + 1) < len(moved) / len(keys) < 2.0 / (n + 1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 12), seed=st.integers(0, 10_000))
+def test_str_and_bytes_keys_spread_over_the_members(n, seed):
+    # str and bytes keys take a CRC of their bytes: similar keys still spread evenly
+    r = ConsistentHash()
+    r.resized(list(range(n)))
+    for keys in ([f"user-{seed}-{i}" for i in range(3000)],
+                 [b"%d:%d" % (seed, i) for i in range(3000)]):
+        slots = [r.slot_for(k) for k in keys]
+        assert all(0.3 / n < slots.count(s) / len(keys) < 2.5 / n for s in range(n))
+
+
+PLACES_SCRIPT = """
+import json, sys
+from actorq._routing.routers import ConsistentHash, key_point
+keys = json.loads(sys.argv[1])
+r = ConsistentHash()
+r.resized(list(range(5)))
+print(json.dumps([[key_point(k), r.slot_for(k)] for k in keys]))
+"""
+
+
+@pytest.mark.parametrize("hashseed", ["1", "4242"])
+def test_a_str_key_lands_on_the_same_member_in_a_fresh_process(hashseed):
+    # the ring and a key's place are the same in every process and every run: not
+    # Python's hash(), which a fresh interpreter salts anew (PYTHONHASHSEED)
+    import json
+    import os
+    import subprocess
+    import sys
+
+    keys = [f"user-{i}" for i in range(40)] + ["", "é", "\U0001f600"]
+    r = ConsistentHash()
+    r.resized(list(range(5)))
+    here = [[key_point(k), r.slot_for(k)] for k in keys]
+    import actorq
+
+    root = os.path.dirname(os.path.dirname(actorq.__file__))  # this actorq, not another
+    env = {**os.environ, "PYTHONHASHSEED": hashseed, "PYTHONPATH": root}
+    out = subprocess.run([sys.executable, "-c", PLACES_SCRIPT, json.dumps(keys)], env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert json.loads(out) == here
+    assert len({slot for _, slot in here}) == 5  # 43 keys reach every member
+    # and the same as in every earlier run of this version: a key's place is pinned
+    assert key_point("user-1") == 6520459087097325675
+    assert key_point(b"user-1") == 904466504074769769
 
 
 def test_an_int_like_key_goes_where_its_int_goes():
