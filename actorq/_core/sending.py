@@ -96,12 +96,12 @@ class Sending(CreditLine):
         else:
             plain = True
         token = next_token()
-        # The message in one go: (..., deadline[, call_token[, token_prefix]]). Its empty
-        # kwargs and its deadline are objects only it holds (a new {} and float, made in
-        # the tuple's expression): marshal (version 4) keeps a table of the objects it
-        # writes that something else also holds (to write a repeat as a reference), and
-        # grows it past the 8 of a plain call, at about 1k instructions a call
-        # (benchmarks/callgrind_pool_call.py).
+        # The message in one go, always nine fields: (..., deadline or None, call_token,
+        # token_prefix). Its empty kwargs and its deadline are objects only it holds (a
+        # new {} and float, made in the tuple's expression): marshal (version 4) keeps a
+        # table of the objects it writes that something else also holds (to write a
+        # repeat as a reference), and grows it past the 8 of a plain call, at about 1k
+        # instructions a call (benchmarks/callgrind_pool_call.py).
         if call_token is not None and type(call_token) not in SAFE_TYPES:
             check_picklable(lambda: ref._describe(method), (call_token,), None)
             plain = False

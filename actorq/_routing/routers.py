@@ -120,11 +120,11 @@ class Fastest(Router):
     def choose(self, candidates: Sequence[Any], key: Any = None) -> Any:
         n = len(candidates)
         self._turn = turn = self._turn + 1
-        best = candidates[turn % n]
+        start = turn % n
+        best = candidates[start]
         if n == 1:
             return best  # no other to weigh it against (and no range to make)
         low = best.ewma * (best.in_flight + 1)
-        start = turn % n
         for i in range(1, n):
             m = candidates[(start + i) % n]
             cost = m.ewma * (m.in_flight + 1)
