@@ -53,18 +53,25 @@ def adopt_parent_path() -> bool:
     back the variables it was started with (``actorq._process.spawn``); warn if actorq
     came from elsewhere than the user's (``python -E`` ignores the variables). Watch
     the process that started it: the fork server exits when it dies
-    (``deathsig.serve_owner``)."""
+    (``deathsig.serve_owner``). False, and nothing done but the variables put back, in
+    a process forked from a fork server that did not read them."""
     given = os.environ.pop(spawn.PARENT_PATH_ENV, None)
     if not given:
         return False
     data = json.loads(given)
-    deathsig.serve_owner(data["owner"])
-    sys.path[:] = data["sys_path"]
     for name, value in data["env"].items():
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    if data["owner"] != os.getppid():
+        # not the fork server: a process it forked, which inherited the variables
+        # because the fork server never imported actorq to read them (under python -E
+        # it ignores the PYTHONPATH that finds it); multiprocessing prepares this one
+        os.environ.pop(spawn.PRELOAD_MAIN_ENV, None)
+        return False
+    deathsig.serve_owner(data["owner"])
+    sys.path[:] = data["sys_path"]
     here = spawn.actorq_root()
     if os.path.realpath(here) != os.path.realpath(data["root"]):
         # (nobody configured logging in the fork server: straight to stderr)
