@@ -285,3 +285,110 @@ def test_the_fork_server_imports_the_main_script_once_for_every_actor(tmp_path: 
     names = [line.split()[0] for line in marks.read_text().splitlines()]
     assert names.count("__main__") == 1
     assert names.count("__mp_main__") == 1, names  # the fork server's, shared by 3 actors
+
+
+# The main module started by name (python -m) or from a file without ``.py`` (a console
+# script): the fork server imports it once, as each child would, and the children find
+# it imported (issue 15: each actor imported it itself, ≈ 3 MiB of private memory each).
+COUNTED_MAIN = '''
+import os
+import sys
+from dataclasses import dataclass
+
+import actorq
+import helper  # the main's own imports are inherited too (a console script's are all)
+
+with open(os.environ["MARKS"], "a") as marks:  # every import of this module leaves a line
+    marks.write(f"main {__name__} {os.getpid()}\\n")
+
+
+@dataclass
+class Order:
+    item: str
+    qty: int
+
+
+def total(order):
+    return order.qty * 2
+
+
+class Where(actorq.Actor):
+    def pid(self):
+        return os.getpid()
+
+    def handle(self, order):
+        return type(order) is Order, total(order), Order(order.item, total(order))
+
+
+if __name__ == "__main__":
+    from actorq._process import spawn
+
+    with actorq.ActorSystem(start_method="forkserver", call_timeout=60) as system:
+        refs = [system.spawn(Where) for _ in range(3)]
+        pids = {ref.pid().result() for ref in refs}
+        assert len(pids) == 3, pids
+        same, doubled, back = refs[0].handle(Order("pen", 4)).result()
+        assert same and doubled == 8 and type(back) is Order and back == Order("pen", 8)
+        print("actors:", *sorted(pids))
+        print("fork server:", spawn.fork_server_pid())
+    print("counted: ok")
+'''
+
+HELPER = '''
+import os
+
+with open(os.environ["MARKS"], "a") as marks:
+    marks.write(f"helper {__name__} {os.getpid()}\\n")
+'''
+
+
+def run_main(tmp_path: Path, how: str, source: str, *args: str,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run *source* as ``python -m mainpkg.prog *args`` (*how* ``"-m"``) or as
+    ``python prog *args``, a file without ``.py`` (``"console"``), beside ``helper.py``."""
+    (tmp_path / "helper.py").write_text(textwrap.dedent(HELPER))
+    if how == "-m":
+        (tmp_path / "mainpkg").mkdir()
+        (tmp_path / "mainpkg" / "__init__.py").write_text("")
+        (tmp_path / "mainpkg" / "prog.py").write_text(textwrap.dedent(source))
+        cmd = ["-m", "mainpkg.prog"]
+    else:
+        (tmp_path / "prog").write_text(textwrap.dedent(source))
+        cmd = [str(tmp_path / "prog")]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}",
+               MARKS=str(tmp_path / "marks.txt"))
+    return subprocess.run([sys.executable, *cmd, *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("how", ["-m", "console"])
+def test_the_fork_server_imports_a_main_module_or_console_script_once(
+        tmp_path: Path, how: str) -> None:
+    """``python -m pkg.mod`` and a main file without ``.py``: the fork server imports
+    the main module (and its imports) once, as ``__mp_main__``; the actors find it
+    there, use its class and function, and never import it themselves."""
+    proc = run_main(tmp_path, how, COUNTED_MAIN)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "counted: ok" in proc.stdout
+    said = dict(line.split(": ") for line in proc.stdout.splitlines() if ": " in line)
+    actors, server = set(said["actors"].split()), said["fork server"]
+    marks = [line.split() for line in (tmp_path / "marks.txt").read_text().splitlines()]
+    mains = [(name, pid) for what, name, pid in marks if what == "main"]
+    assert [name for name, _pid in mains] == ["__main__", "__mp_main__"], marks
+    assert mains[1][1] == server, (marks, server)  # imported in the fork server
+    helpers = [pid for what, _name, pid in marks if what == "helper"]
+    assert helpers[1:] == [server], (marks, server)  # its import too, inherited
+    assert not actors & {pid for _what, _name, pid in marks}, (marks, actors)
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_missing_main_guard_in_a_python_m_module_is_one_short_error(
+        tmp_path: Path, method: str) -> None:
+    """``python -m`` a module without ``if __name__ == "__main__":``: the same one
+    short error as for a script (the fork server, importing it by name, exits)."""
+    proc = run_main(tmp_path, "-m", NO_GUARD, method)
+    assert proc.returncode != 0
+    assert proc.stderr.count("Traceback") == 1, proc.stderr
+    assert len(proc.stderr.splitlines()) <= 12, proc.stderr
+    assert "creates an ActorSystem when it is imported" in proc.stderr

@@ -1,6 +1,6 @@
-"""The fork server's preload, and the guard against a main script without
+"""The fork server's preload, and the guard against a main module without
 ``if __name__ == "__main__":`` (``actorq._process.spawn`` explains why the fork server
-imports the user's script once).
+imports the user's main module once).
 """
 
 from __future__ import annotations
@@ -16,32 +16,35 @@ from actorq._process import deathsig, spawn
 
 def exit_if_importing_main() -> None:
     """Called by ``ActorSystem()``. In an actor process that is importing the user's main
-    script again (spawn does, before the actor boots; forkserver once, in the fork
-    server itself, to preload it), a system created at
-    import time means the script has no ``if __name__ == "__main__":`` guard: exit at once,
-    quietly, with ``EXIT_MAIN_UNGUARDED``. The system says it once, in the user's process
-    (a traceback from every child, and restarts of a failure that repeats, only hid it)."""
+    module again (spawn does, before the actor boots; forkserver once, in the fork
+    server itself, to preload it: by path, or by name under ``python -m``), a system
+    created at import time means the module has no ``if __name__ == "__main__":``
+    guard: exit at once, quietly, with ``EXIT_MAIN_UNGUARDED``. The system says it once,
+    in the user's process (a traceback from every child, and restarts of a failure that
+    repeats, only hid it)."""
     proc = multiprocessing.current_process()
     if getattr(proc, "_inheriting", False) and (
             proc.name.startswith("actorq:") or proc.name == "MainProcess"):
-        # "MainProcess": the fork server, importing the main script to preload it
+        # "MainProcess": the fork server, importing the main module to preload it
         # (actorq._process.spawn); the system reads its exit status
         os._exit(spawn.EXIT_MAIN_UNGUARDED)
 
 
 def preload_main() -> None:
-    """In the fork server, at its preload: import the user's main script once, as
-    ``__mp_main__``, so that the processes it forks need not (``actorq._process.spawn``).
-    A script that fails to import here is left to each child, as before."""
+    """In the fork server, at its preload: import the user's main module once, as
+    ``__mp_main__``, by name or by path as each child would (``spawn.main_to_preload``),
+    so that the processes it forks find it imported (``actorq._process.spawn``). A main
+    that fails to import here is left to each child, as before."""
     given = os.environ.pop(spawn.PRELOAD_MAIN_ENV, None)
     if not given:
         return
-    path, argv = json.loads(given)
+    main, argv = json.loads(given)
     proc = multiprocessing.current_process()
     proc._inheriting = True  # type: ignore[attr-defined]  # as multiprocessing's preload
-    sys.argv = argv  # each child gets the user's argv too (multiprocessing's prepare)
     try:
-        multiprocessing.spawn.import_main_path(path)
+        # each child gets the user's argv too; then the import multiprocessing's
+        # prepare does in a child (which finds it done: the same name, or path)
+        multiprocessing.spawn.prepare({"sys_argv": argv, **main})
     except BaseException:  # each child imports it again, and says why
         pass
     finally:

@@ -309,9 +309,7 @@ def rehearse_request(target: Callable[..., object], times: int) -> None:
     reduction = multiprocessing.context.reduction  # type: ignore[attr-defined]
     process = multiprocessing.process.current_process()
     prepared = {"name": process.name, "authkey": bytes(process.authkey), "dir": os.getcwd()}
-    main = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main is not None:
-        prepared["init_main_from_path"] = main
+    prepared.update(spawn.main_to_preload())  # (the main preloaded: found done)
     start = LeanStart(target, (), process.name, process.daemon)
     data = bytes(reduction.ForkingPickler.dumps((prepared, start)))
     system_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -1,16 +1,18 @@
-"""Start-method contexts: forkserver (with actorq and the main script preloaded), fork, spawn.
+"""Start-method contexts: forkserver (with actorq and the main module preloaded), fork, spawn.
 
-The fork server imports the user's main script (as ``__mp_main__``) once, when it
-starts, and every process it forks has it; without that, each one ran the script again
+The fork server imports the user's main module (as ``__mp_main__``) once, when it
+starts, and every process it forks has it; without that, each one imported it again
 (with its imports: a script importing ``argparse``, ``json``, ``statistics`` and
 ``psutil`` made each actor ≈ 1.8 MiB bigger, and slower to start). multiprocessing's own
 ``"__main__"`` preload does not do it on Python 3.11 (the fork server is never given the
-script's path), so the path (and ``sys.argv``) go to the fork server in
-``PRELOAD_MAIN_ENV``, set only
-while it is being started, and ``actorq._actorproc.host`` imports it there
-(``preload.preload_main``). A script that creates an ``ActorSystem`` at import time makes
-the fork server exit with ``EXIT_MAIN_UNGUARDED`` (``preload.exit_if_importing_main``);
-``fork_server_unguarded`` tells the system so.
+script's path), so what each child would be told to import (``main_to_preload``: the
+module's name under ``python -m``, else the main file's path, a console script's too)
+and ``sys.argv`` go to the fork server in ``PRELOAD_MAIN_ENV``, set only while it is
+being started, and ``actorq._actorproc.host`` imports it there the way a child would
+(``preload.preload_main``); each child then finds it imported. A main module that
+creates an ``ActorSystem`` at import time makes the fork server exit with
+``EXIT_MAIN_UNGUARDED`` (``preload.exit_if_importing_main``); ``fork_server_unguarded``
+tells the system so.
 
 The fork server imports the same actorq as this process, and looks up modules on this
 process's ``sys.path``. multiprocessing starts it with ``python -c``, which puts the
@@ -83,15 +85,11 @@ def get_context(method: str) -> multiprocessing.context.BaseContext:
 
 def _start_fork_server() -> None:
     """Start the fork server now, with this process's actorq and ``sys.path``, telling it
-    which main script to preload (if any)."""
+    which main module to preload (if any)."""
     env = parent_path_env()
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if not (getattr(main, "__spec__", None) is not None or not isinstance(path, str)
-            or not path.endswith(".py") or not os.path.isfile(path)):
-        # the script as the user started it: its path and its argv (read at import time)
-        # (python -m, -c, an interactive session: children prepare as multiprocessing does)
-        env[PRELOAD_MAIN_ENV] = json.dumps([os.path.abspath(path), sys.argv])
+    main = main_to_preload()
+    if main:  # with the argv the user started it with (a main may read it at import)
+        env[PRELOAD_MAIN_ENV] = json.dumps([main, sys.argv])
         FORK_SERVER_GIVEN["sys_argv"] = list(sys.argv)
     FORK_SERVER_GIVEN["sys_path"] = json.loads(env[PARENT_PATH_ENV])["sys_path"]
     saved = {name: os.environ.get(name) for name in env}
@@ -105,6 +103,26 @@ def _start_fork_server() -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def main_to_preload() -> dict[str, str]:
+    """What each child is told to import as ``__mp_main__`` (the key and value
+    multiprocessing's ``spawn.get_preparation_data`` sends, ``spawn.prepare`` reads):
+    the main module by name (``python -m pkg.mod``), or the main file by path (``python
+    prog.py``, a console script: a file without ``.py``). Empty if children import
+    nothing: no main file (``-c``, an interactive session), or a ``__main__`` module
+    (``python -m pkg``, a folder or zip file: multiprocessing's children skip it)."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if isinstance(name, str):
+        if name == "__main__" or name.endswith(".__main__"):
+            return {}
+        return {"init_main_from_name": name}
+    path = getattr(main, "__file__", None)
+    if not isinstance(path, str):
+        return {}
+    path = os.path.abspath(path)  # (absolute already: Python sets it so since 3.9)
+    return {"init_main_from_path": path} if os.path.isfile(path) else {}
 
 
 def fork_server_pid() -> int | None:
