@@ -66,3 +66,19 @@ def test_under_python_dash_e_actors_start_whichever_actorq_the_fork_server_runs(
     lines = dict(line.split(" ", 1) for line in run.stdout.splitlines())
     assert lines["PARENT"] == actorq.__file__
     assert lines["ACTOR"].endswith(os.path.join("actorq", "__init__.py"))
+
+
+def test_a_fork_server_without_actorq_leaves_its_children_to_multiprocessing(tmp_path):
+    # -E -S: the fork server (given the same flags) finds no actorq at all, so it never
+    # reads the variables actorq started it with; its children inherit them, and each
+    # one, importing actorq itself, must not take them for its own (every start failed:
+    # it ran the fork server's preload inside multiprocessing's own child start)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(actorq.__file__)))
+    paths = [root, *(p for p in sys.path if p.endswith("-packages"))]
+    script = tmp_path / "prog.py"
+    script.write_text(f"import sys\nsys.path[:0] = {paths!r}\n" + PROGRAM)
+    run = subprocess.run([sys.executable, "-E", "-S", str(script)], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = dict(line.split(" ", 1) for line in run.stdout.splitlines())
+    assert lines["ACTOR"] == lines["PARENT"] == actorq.__file__
