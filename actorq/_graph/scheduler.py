@@ -491,14 +491,16 @@ class Scheduler(Recovery):
                 if digest not in worker.known:
                     code_map[digest] = code.blob
                 e = ests.get(digest, 0.001)
-            if node.deps:
-                vals = [values[d.index] for d in node.deps]
-                flat = fill_flat(node.args, vals) if node.nested == FLAT else None
+            deps = node.deps
+            if deps:
+                flat = fill_flat(node.args, deps, values) if node.nested == FLAT else None
                 if flat is not None:  # plain args: no placeholder to pickle, none to fill
                     append((i, digest, flat, node.kwargs, None, False, None))
                 elif node.packed is not None:
+                    vals = [values[d.index] for d in deps]
                     append((i, digest, (), {}, vals, node.nested, node.packed))
                 else:
+                    vals = [values[d.index] for d in deps]
                     append((i, digest, node.args, node.kwargs, vals, node.nested, None))
             elif node.packed is not None:
                 append((i, digest, (), {}, None, node.nested, node.packed))
