@@ -193,6 +193,9 @@ class WorkerPool:
             if view is not None:
                 view.up = True
                 view.penalty_until = 0.0
+                notify = self.on_change  # the run's: a task may wait for a live worker
+                if notify is not None:
+                    notify()
         elif event.kind in ("crashed", "stopped", "gave_up"):
             self._up[aid] = False
             view = self._views.get(aid)

@@ -222,6 +222,22 @@ class RunState:
         self.done += 1
         self.unfinished -= 1
         self.values[i] = value
+        # a small value, no journal, no large result yet: nothing but the count-down
+        # (the common case, once per task: the checks below only when one may apply)
+        if value[0] == SHARED or self.gate.on or (journal and self.journal is not None):
+            self._keep_track(i, value, journal=journal)
+        dependents = self.dependents[i]
+        if dependents:  # counted down; those with nothing left to wait for are ready
+            waiting, state, nodes, rank = self.waiting, self.state, self.nodes, self.rank
+            for c in dependents:
+                left = waiting[c] - 1
+                waiting[c] = left
+                if not left and state[c] == WAITING:
+                    state[c] = READY  # _make_ready, inlined (once per task)
+                    heapq.heappush(self.ready, (-nodes[c].priority, -rank[c], c))
+
+    def _keep_track(self, i: int, value: tuple[int, Any], *, journal: bool) -> None:
+        """``_finish``'s bookkeeping of large values and the journal."""
         kind, payload = value
         if kind == SHARED:
             if not self.gate.on:
@@ -235,19 +251,14 @@ class RunState:
             else:
                 self.journal.done(self.nodes[i].key, attempts, PICKLED,
                                   self._journal_blob(kind, payload))
-        if self.nodes[i].deps:
+        if self.gate.on and self.nodes[i].deps:
+            # Consumers are counted down only while large results (shared memory, freed
+            # when their last consumer is done) may exist: before the run's first one
+            # (the gate turns on with it) no value is large, and every consumer of a
+            # later one is done after it, so the counts of small values are never read.
             self._release_inputs(i)
         if kind == SHARED and not self.consumers[i] and not self._kept(i):
             self._release(i)
-        dependents = self.dependents[i]
-        if dependents:  # counted down; those with nothing left to wait for are ready
-            waiting, state, nodes, rank = self.waiting, self.state, self.nodes, self.rank
-            for c in dependents:
-                left = waiting[c] - 1
-                waiting[c] = left
-                if not left and state[c] == WAITING:
-                    state[c] = READY  # _make_ready, inlined (once per task)
-                    heapq.heappush(self.ready, (-nodes[c].priority, -rank[c], c))
 
     def _journal_blob(self, kind: int, payload: Any) -> bytes:  # a small value
         if kind == PICKLED:

@@ -95,15 +95,22 @@ def pack_value(value: Any, run_prefix: str, threshold: int) -> tuple[int, Any]:
     return PICKLED, body
 
 
-def fill_flat(args: tuple[Any, ...], values: list[Any]) -> tuple[Any, ...] | None:
+def fill_flat(args: tuple[Any, ...], deps: tuple[Any, ...],
+              values: list[Any]) -> tuple[Any, ...] | None:
     """The scheduler's side of a flat template (``Node.nested == FLAT``: scalars and
-    top-level Deps, no keywords): *args* with every Dep replaced by its value, if every
-    (kind, payload) of *values* is a scalar sent as is (``VALUE``); else None (the
-    worker fills it)."""
-    for value in values:
-        if value[0] != VALUE:
-            return None
-    return tuple([values[a.index][1] if type(a) is Dep else a for a in args])
+    top-level Deps, no keywords): *args* with every ``Dep(k)`` replaced by the value of
+    ``deps[k]`` (anything with an ``index`` into *values*, the run's (kind, payload)
+    per node), if every one it meets is a scalar sent as is (``VALUE``); else None
+    (the worker fills it). One plain loop: no list of the values made first."""
+    out = []
+    for arg in args:
+        if type(arg) is Dep:
+            value = values[deps[arg.index].index]
+            if value[0] != VALUE:
+                return None
+            arg = value[1]
+        out.append(arg)
+    return tuple(out)
 
 
 def unpack_value(kind: int, payload: Any) -> Any:

@@ -38,9 +38,12 @@ def test_without_schedstat_the_wait_is_zero(monkeypatch):
 
 def test_a_flat_template_is_filled_by_the_scheduler_only_with_plain_scalars():
     args = (7, Dep(1), "x", Dep(0), Dep(1))
-    assert fill_flat(args, [(VALUE, 1.5), (VALUE, None)]) == (7, None, "x", 1.5, None)
+    deps = (Dep(2), Dep(0))  # the node's dependencies: each an index into the run's values
+    values = [(VALUE, None), (VALUE, "unused"), (VALUE, 1.5)]
+    assert fill_flat(args, deps, values) == (7, None, "x", 1.5, None)
     # a pickled value stays for the worker to load (and fill): not sent half-filled
-    assert fill_flat(args, [(VALUE, 1.5), (PICKLED, b"...")]) is None
+    values[0] = (PICKLED, b"...")
+    assert fill_flat(args, deps, values) is None
 
 
 def _total(*xs: float) -> float:
