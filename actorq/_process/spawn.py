@@ -38,6 +38,8 @@ import threading
 import time
 from typing import Any
 
+from actorq._process import lifelock
+
 logger = logging.getLogger("actorq")
 
 PRELOAD = ["actorq._actorproc.host"]
@@ -141,7 +143,7 @@ def ensure_fork_server() -> None:
     # forked from here (the fork start method), and one more to close when the fork
     # server is started again.
     pid = fork_server_pid()
-    if pid is not None and _exits_within(pid, 0):
+    if pid is not None and exits_within(pid, 0):
         restart_dead_fork_server(0)
     multiprocessing.forkserver.ensure_running()  # a no-op once it runs
 
@@ -160,7 +162,7 @@ def restart_dead_fork_server(timeout: float) -> bool:
     with _lock:
         pid = fork_server_pid()
         if pid is not None:
-            if not _exits_within(pid, timeout):
+            if not exits_within(pid, timeout):
                 return False
             if fork_server_unguarded():
                 return False
@@ -171,8 +173,12 @@ def restart_dead_fork_server(timeout: float) -> bool:
         return True
 
 
-def _exits_within(pid: int, timeout: float) -> bool:
-    """Wait up to *timeout* for our child *pid* to exit (without reaping it)."""
+def exits_within(pid: int, timeout: float) -> bool:
+    """Has *pid* (our child, or a process we may watch) exited, or does it within
+    *timeout* seconds? With 0 a look that never waits. It is not reaped.
+
+    (A pid nobody has is taken as exited: one reaped already, maybe by another parent.)
+    """
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -190,7 +196,7 @@ def _exits_within(pid: int, timeout: float) -> bool:
 
 
 def _exits_within_by_waitid(pid: int, timeout: float) -> bool:
-    """``_exits_within`` without a pidfd: look with ``waitid(WNOWAIT)`` every
+    """``exits_within`` without a pidfd: look with ``waitid(WNOWAIT)`` every
     millisecond (only where ``pidfd_open`` is missing)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -209,26 +215,38 @@ def _exits_within_by_waitid(pid: int, timeout: float) -> bool:
 _server_ends: dict[int, str] = {}
 
 
-def fork_server_end(pid: int) -> str:
-    """How the fork server *pid* (this process's child, exited) ended: "was killed by
-    SIGKILL", "exited with code 1" (read without reaping it, and kept: a fork server
-    restarted since was reaped by multiprocessing), or "died" if it was reaped unread."""
+def fork_server_end(pid: int) -> str | None:
+    """How the fork server *pid* (this process's child) ended: "was killed by SIGKILL",
+    "exited with code 1"; None while it lives. Never waits.
+
+    Read without reaping it, and kept (a fork server restarted since was reaped by
+    multiprocessing); "died" if it was reaped unread. A server still exiting is read
+    from ``/proc`` (``lifelock.exit_status``): its status is set as it starts to exit,
+    before it closes its files (its children's status pipes: their end-of-file) and
+    before the kernel sends its children their death signal, so whoever learns of
+    either finds its end here at once.
+    """
     known = _server_ends.get(pid)
     if known is not None:
         return known
     try:
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
-        info = None
-    if info is None:
         return "died"
-    if info.si_code == os.CLD_EXITED:
-        end = f"exited with code {info.si_status}"
+    if info is None:
+        status = lifelock.exit_status(pid)
+        if status is None:
+            return None  # alive
+        code = lifelock.exitcode_of(status)
+    else:
+        code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+    if code >= 0:
+        end = f"exited with code {code}"
     else:
         try:
-            end = f"was killed by {signal.Signals(info.si_status).name}"
+            end = f"was killed by {signal.Signals(-code).name}"
         except ValueError:
-            end = f"was killed by signal {info.si_status}"
+            end = f"was killed by signal {-code}"
     _server_ends[pid] = end
     return end
 

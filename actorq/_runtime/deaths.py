@@ -134,13 +134,13 @@ class Deaths:
         self._on_ctrl(cell, sock)  # a last "failed"/"crashing" message may be waiting
         loop.remove_reader(sock)
         sock.close()
-        server_death = None  # its fork server died, and it with it (lean.LeanProcess)
         if code is not None:
             self.dying.append(proc)  # its sentinel reader stays: on_exit reaps it
+            server_death = _fork_server_death(proc, code)
         else:
             proc.join(1.0)
             code = proc.exitcode
-            server_death = getattr(proc, "fork_server_death", None)
+            server_death = _fork_server_death(proc, code)
             if code is None:
                 # No exit status: another part of this process reaped it (os.wait(), a
                 # SIGCHLD handler), or it closed its end of the sentinel and lives on.
@@ -267,3 +267,10 @@ class Deaths:
         else:
             start_all()
 
+
+def _fork_server_death(proc: Any, code: int | None) -> str | None:
+    """What ended *proc*, exited with *code*, if it died with its fork server
+    ("its fork server (pid N) was killed by SIGKILL"), whichever notice came first; else
+    None (``lean.LeanProcess.fork_server_death``; other processes have no fork server)."""
+    died_with_server = getattr(proc, "fork_server_death", None)
+    return None if died_with_server is None or code is None else died_with_server(code)
