@@ -227,19 +227,21 @@ class LeanPopen(multiprocessing.popen_forkserver.Popen):
 
 
 def _end_orphan(pid: int) -> int:
-    """The exit code of *pid*, a child of a fork server that is gone, from the moment it
-    runs no more code: its own if it is exiting, else SIGKILL's, sent now.
+    """End *pid*, a child of a fork server that is gone, if it is not exiting already:
+    from then on it runs no more code. Its exit code: SIGKILL's, its death signal's.
 
-    (Its pid is not anyone else's yet: it is freed once the process has exited and its
+    (Its own status is not read: ``/proc`` shows it only once the kernel has set it,
+    after the process is marked exiting; and a child that exited on its own a moment
+    before its death signal did so because its fork server or its system went away.
+    Its pid is not anyone else's yet: it is freed once the process has exited and its
     new parent reaped it, and then ``pidfd_open`` finds no process.)
     """
-    status = lifelock.exit_status(pid)
-    if status is not None:
-        return lifelock.exitcode_of(status)  # exiting (PF_EXITING) or exited
+    if lifelock.exit_status(pid) is not None:
+        return -signal.SIGKILL  # exiting: dying by its death signal
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        return -signal.SIGKILL  # gone (reaped by its new parent): its death signal
+        return -signal.SIGKILL  # gone (reaped by its new parent)
     except OSError:  # no pidfd_open (a kernel before 5.3, valgrind): by its pid
         pidfd = -1
     try:

@@ -46,6 +46,9 @@ PRELOAD = ["actorq._actorproc.host"]
 PRELOAD_MAIN_ENV = "ACTORQ_PRELOAD_MAIN"
 PARENT_PATH_ENV = "ACTORQ_PARENT_PATH"
 EXIT_MAIN_UNGUARDED = 6  # as host.EXIT_MAIN_UNGUARDED (this layer does not import it)
+# How long a start waits for a fork server that failed it or is known dead to finish
+# exiting (a SIGKILLed one: milliseconds; this bounds a wedged one)
+SERVER_EXIT_WAIT = 5.0
 _lock = threading.Lock()
 _configured = False
 # what the fork server was given when this process started it (``sys_path``, and
@@ -143,17 +146,24 @@ def ensure_fork_server() -> None:
     # forked from here (the fork start method), and one more to close when the fork
     # server is started again.
     pid = fork_server_pid()
-    if pid is not None and exits_within(pid, 0):
-        restart_dead_fork_server(0)
+    if pid is not None and fork_server_ended(pid):
+        # An actor's death said it is gone: it may still be exiting (its status set,
+        # its files closed, not reaped yet). Wait here (a starter thread) until it has
+        # exited: else multiprocessing, finding it exited a moment later, would start
+        # the next one itself, without actorq's path, main script and owner watch.
+        restart_dead_fork_server(SERVER_EXIT_WAIT, pid)
+    elif pid is not None and exits_within(pid, 0):
+        restart_dead_fork_server(0, pid)
     multiprocessing.forkserver.ensure_running()  # a no-op once it runs
 
 
-def restart_dead_fork_server(timeout: float) -> bool:
+def restart_dead_fork_server(timeout: float, dead: int | None = None) -> bool:
     """After a start failed on the fork server: if it died (or dies within *timeout*: a
     fork server being killed may still take a request and drop it), start a new one as
     ``get_context`` does, and return True (the caller may try again). False if it is
     alive, or exited because the main script creates a system at import time (its
-    status is left for ``fork_server_unguarded``).
+    status is left for ``fork_server_unguarded``). *dead*: the fork server the caller
+    found dead or failing (True at once if another thread started the next one since).
 
     Without this a process started while the fork server was being killed failed its
     start for good; and multiprocessing, left to start the next one itself, would start
@@ -161,6 +171,8 @@ def restart_dead_fork_server(timeout: float) -> bool:
     """
     with _lock:
         pid = fork_server_pid()
+        if dead is not None and pid != dead:
+            return True  # *dead* (the caller's) was started again meanwhile
         if pid is not None:
             if not exits_within(pid, timeout):
                 return False
@@ -170,6 +182,8 @@ def restart_dead_fork_server(timeout: float) -> bool:
             fork_server_end(pid)  # read now: multiprocessing reaps it in what follows
         logger.warning("the fork server (pid %s) is gone: starting a new one", pid)
         _start_fork_server()  # (multiprocessing reaps the old one first)
+        # (a dead one's pid, given again: its end is not this one's)
+        _server_ends.pop(fork_server_pid() or 0, None)
         return True
 
 
@@ -235,8 +249,8 @@ def fork_server_end(pid: int) -> str | None:
         return "died"
     if info is None:
         status = lifelock.exit_status(pid)
-        if status is None:
-            return None  # alive
+        if not status:
+            return None  # alive, or its status not set yet (it is before its files close)
         code = lifelock.exitcode_of(status)
     else:
         code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
@@ -249,6 +263,12 @@ def fork_server_end(pid: int) -> str | None:
             end = f"was killed by signal {-code}"
     _server_ends[pid] = end
     return end
+
+
+def fork_server_ended(pid: int | None) -> bool:
+    """Is the fork server *pid* known to have ended (``fork_server_end`` read it)?
+    A dict look-up: no system call."""
+    return pid in _server_ends
 
 
 def fork_server_unguarded() -> bool:

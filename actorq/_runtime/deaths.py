@@ -133,7 +133,6 @@ class Deaths:
             self.life.forget(cell.id)
         self._on_ctrl(cell, sock)  # a last "failed"/"crashing" message may be waiting
         loop.remove_reader(sock)
-        sock.close()
         if code is not None:
             self.dying.append(proc)  # its sentinel reader stays: on_exit reaps it
             server_death = _fork_server_death(proc, code)
@@ -148,6 +147,9 @@ class Deaths:
                 kill_if_child(proc.pid)
             else:
                 proc.close()
+        # (closed once it is dead or ended: a process its dead fork server left running
+        # would read end-of-file here and exit on its own, "exit code 4", lean.py)
+        sock.close()
         cell.proc = cell.ctrl = None
         self._s.hub.drain_from(cell.id)  # replies it published before dying
         if cell.pid and not self._s.closing:  # after the restart: not on its path
