@@ -233,8 +233,9 @@ def _end_orphan(pid: int) -> int:
     (Its own status is not read: ``/proc`` shows it only once the kernel has set it,
     after the process is marked exiting; and a child that exited on its own a moment
     before its death signal did so because its fork server or its system went away.
-    Its pid is not anyone else's yet: it is freed once the process has exited and its
-    new parent reaped it, and then ``pidfd_open`` finds no process.)
+    Its pid could be someone else's only if the process exited, was reaped by its new
+    parent and the pid was given out again since its fork server's end-of-file: the
+    bet every look by pid here makes, as the wait this replaced did.)
     """
     if lifelock.exit_status(pid) is not None:
         return -signal.SIGKILL  # exiting: dying by its death signal
