@@ -47,7 +47,6 @@ from typing import Any
 import actorq
 from actorq._graph import pool as _graph_pool
 from actorq._graph import scheduler as _scheduler
-from actorq._process import spawn as _spawn
 from actorq.bench.cpuwork import calibrate, cpu_per_task, spin_many
 from actorq.bench.suites.graph import layered_graph, noop
 
@@ -157,8 +156,6 @@ def main(argv: list[str]) -> None:
     n_spin = int(argv[argv.index("--spin") + 1]) if "--spin" in argv else calibrate(0.005)
     if "--runs" in argv:  # under callgrind: no bare processes, no printing per task
         runs = int(argv[argv.index("--runs") + 1])
-        # valgrind answers pidfd_open with ENOSYS: take the fork server as alive
-        _spawn._exits_within = lambda pid, timeout: False
         with actorq.ActorSystem() as system:
             system.run(layered_graph(n_spin, LAYERS, WIDTH), workers=2)  # warm
             batches = [system.run(layered_graph(n_spin, LAYERS, WIDTH), workers=2)

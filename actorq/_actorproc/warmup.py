@@ -74,7 +74,14 @@ def rehearse(main: Callable[..., object], host_cls: Callable[[socket.socket], An
 
 def build(host: Any, boot: Boot) -> None:
     """What ``Host.attach`` and ``Host.start_actor`` build for *boot*, over anonymous
-    memory, then let go: the hub, its channels and a ``Rehearsed`` actor."""
+    memory, then let go: the hub, its channels and a ``Rehearsed`` actor.
+
+    A mirror, not a shared builder: running those two themselves here (their steps
+    that must not run in the fork server stubbed out) was measured to make each start
+    copy ≈ 25 more pages, not fewer (CHANGES, session 10). A step either of them gains
+    fails tests/core/test_warmup.py until it is rehearsed here or listed there as one
+    the fork server must not run.
+    """
     hub = ActorHub(host, boot, ControlBlock(_anonymous("ctl", CTL_SIZE)), -1)
     try:
         hub.inbound[0] = InChannel(0, _ring("in"))

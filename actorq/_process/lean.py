@@ -59,15 +59,12 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from actorq._process import spawn
+from actorq._process import lifelock, spawn
 
 # A lean request starts with this byte; multiprocessing's own requests are a pickle
 # stream, which starts with the PROTO opcode (b"\x80").
 LEAN_REQUEST = b"L"
 _HEAD = struct.Struct("=cI")  # LEAN_REQUEST, then the length of the pickle that follows
-# How long a child whose fork server died may take to die with it (it is being sent its
-# SIGKILL: microseconds; this bounds the wait on a child that lives on)
-SERVER_GONE_WAIT = 5.0
 
 
 class LeanStart:
@@ -203,18 +200,62 @@ class LeanPopen(multiprocessing.popen_forkserver.Popen):
 
     def _died_with_server(self) -> int:
         """End-of-file and no status: the fork server died (multiprocessing says 255,
-        "exited with code 255"). Its children die with it, by ``SIGKILL`` (the
-        PR_SET_PDEATHSIG ``deathsig.arm`` sets first thing): the kernel sends it as the
-        fork server exits, *after* closing its files, so the child may still be
-        running now; wait for it (bounded) so that the caller never handles as dead a
-        process that runs on. ``server_death`` then says what happened to the server."""
+        "exited with code 255"); ``server_death`` then says how. Never waits (this runs
+        on the system's loop thread).
+
+        The fork server's status is set as it starts to exit, before it closes its files
+        (this end-of-file): ``spawn.fork_server_end`` reads it at once. Its children are
+        sent their death signal (SIGKILL: PR_SET_PDEATHSIG, which ``deathsig.arm`` sets
+        first thing) only after that, so the child may still be running: for an instant
+        if it armed that signal, until it reaches ``deathsig.arm`` (and exits on its own)
+        if not. It is killed now (``_end_orphan``): from then on it runs no more code,
+        as after its death signal, and the caller may handle it as dead."""
+        death = self.server_gone()
+        if death is None:
+            # the fork server lives: it closes our pipe's end only as it exits (or
+            # after it wrote the status), so this is not that (as multiprocessing says)
+            return 255
+        self.server_death = death
+        return _end_orphan(self.pid)
+
+    def server_gone(self) -> str | None:
+        """"its fork server (pid N) was killed by SIGKILL" if the fork server that
+        started the child is exiting or gone, else None (a look, never a wait)."""
         server = self.server
-        if server is None or not spawn._exits_within(server, SERVER_GONE_WAIT):
-            return 255  # the fork server lives: not that (as multiprocessing says)
-        self.server_death = f"its fork server (pid {server}) {spawn.fork_server_end(server)}"
-        if not spawn._exits_within(self.pid, SERVER_GONE_WAIT):
-            return 255  # it outlived its fork server: a death signal not armed
-        return -signal.SIGKILL
+        end = None if server is None else spawn.fork_server_end(server)
+        return None if end is None else f"its fork server (pid {server}) {end}"
+
+
+def _end_orphan(pid: int) -> int:
+    """End *pid*, a child of a fork server that is gone, if it is not exiting already:
+    from then on it runs no more code. Its exit code: SIGKILL's, its death signal's.
+
+    (Its own status is not read: ``/proc`` shows it only once the kernel has set it,
+    after the process is marked exiting; and a child that exited on its own a moment
+    before its death signal did so because its fork server or its system went away.
+    Its pid could be someone else's only if the process exited, was reaped by its new
+    parent and the pid was given out again since its fork server's end-of-file: the
+    bet every look by pid here makes, as the wait this replaced did.)
+    """
+    if lifelock.exit_status(pid) is not None:
+        return -signal.SIGKILL  # exiting: dying by its death signal
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return -signal.SIGKILL  # gone (reaped by its new parent)
+    except OSError:  # no pidfd_open (a kernel before 5.3, valgrind): by its pid
+        pidfd = -1
+    try:
+        if pidfd < 0:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it exited just now
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+    return -signal.SIGKILL
 
 
 class LeanProcess(multiprocessing.context.ForkServerProcess):
@@ -225,11 +266,22 @@ class LeanProcess(multiprocessing.context.ForkServerProcess):
     def _Popen(process_obj: Any) -> LeanPopen:
         return LeanPopen(process_obj)
 
-    @property
-    def fork_server_death(self) -> str | None:
-        """What ended it, if it died with its fork server ("its fork server (pid N) was
-        killed by SIGKILL"), once its exit status is read; else None."""
-        return getattr(self._popen, "server_death", None)  # type: ignore[attr-defined]
+    def fork_server_death(self, code: int) -> str | None:
+        """What ended it if it died with its fork server ("its fork server (pid N) was
+        killed by SIGKILL"), else None. Never waits.
+
+        *code* is its exit code: read (the sentinel's status, or ``LeanPopen.poll``'s
+        when the dead fork server could not send one), or seen first by its life lock
+        (``lifelock``) before it is reaped: then SIGKILL while the fork server that
+        started it is exiting or gone is its death signal (the server starts to exit
+        before the kernel sends it).
+        """
+        popen: LeanPopen | None = self._popen  # type: ignore[attr-defined]
+        if popen is None:
+            return None
+        if popen.returncode is not None:  # read from its sentinel: known
+            return popen.server_death
+        return popen.server_gone() if code == -signal.SIGKILL else None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled only by popen_forkserver, for the child (a Process does not pickle

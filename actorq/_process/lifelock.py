@@ -178,9 +178,14 @@ class _Entry:
 
 def exit_status(pid: int) -> int | None:
     """The wait status of *pid* if it is exiting (``PF_EXITING``), else None."""
+    # (os.read, not a file object: 15 µs of CPU against 30 here; the system's loop
+    # thread asks this of the fork server at each SIGKILL death: lean.LeanProcess)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            fields = os.read(fd, 4096).rsplit(b")", 1)[1].split()
+        finally:
+            os.close(fd)
     except (OSError, IndexError):
         return None
     # after the command: state is field 3, flags field 9, exit_code field 52

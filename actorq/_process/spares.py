@@ -24,14 +24,16 @@ from typing import Any
 
 from actorq._process.deathsig import Lineage, lineage_for
 from actorq._process.lean import LeanProcess
-from actorq._process.spawn import restart_dead_fork_server
+from actorq._process.spawn import (
+    SERVER_EXIT_WAIT,
+    fork_server_ended,
+    fork_server_pid,
+    restart_dead_fork_server,
+)
 
 logger = logging.getLogger(__name__)
 
 QUIT = b"quit"  # a spare that reads this instead of its start message exits
-# How long a start that failed on the fork server waits for it to be gone before it
-# gives up (a SIGKILLed fork server is gone within milliseconds; this bounds a wedged one)
-FORK_SERVER_GONE_WAIT = 5.0
 
 
 class WarmPool:
@@ -59,11 +61,12 @@ class WarmPool:
         Under forkserver, a start that failed because the fork server died (killed, say)
         is tried once more, with a new fork server (``spawn.restart_dead_fork_server``).
         """
+        server = fork_server_pid()
         try:
             return self._start_one()
         except (EOFError, OSError):
             if not (self._ctx.get_start_method() == "forkserver"
-                    and restart_dead_fork_server(FORK_SERVER_GONE_WAIT)):
+                    and restart_dead_fork_server(SERVER_EXIT_WAIT, server)):
                 raise
         return self._start_one()
 
@@ -212,6 +215,10 @@ def _alive(proc: Any) -> bool:
     """
     popen = getattr(proc, "_popen", None)  # (multiprocessing's, set by start())
     if popen is None or popen.returncode is not None:
+        return False
+    if fork_server_ended(getattr(popen, "server", None)):
+        # its fork server died (an actor's death said so): it dies with it, if its
+        # sentinel has not said so yet (the server closes its files one by one)
         return False
     try:
         poller = select.poll()

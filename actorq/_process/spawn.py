@@ -40,12 +40,17 @@ import threading
 import time
 from typing import Any
 
+from actorq._process import lifelock
+
 logger = logging.getLogger("actorq")
 
 PRELOAD = ["actorq._actorproc.host"]
 PRELOAD_MAIN_ENV = "ACTORQ_PRELOAD_MAIN"
 PARENT_PATH_ENV = "ACTORQ_PARENT_PATH"
 EXIT_MAIN_UNGUARDED = 6  # as host.EXIT_MAIN_UNGUARDED (this layer does not import it)
+# How long a start waits for a fork server that failed it or is known dead to finish
+# exiting (a SIGKILLed one: milliseconds; this bounds a wedged one)
+SERVER_EXIT_WAIT = 5.0
 _lock = threading.Lock()
 _configured = False
 # what the fork server was given when this process started it (``sys_path``, and
@@ -159,17 +164,24 @@ def ensure_fork_server() -> None:
     # forked from here (the fork start method), and one more to close when the fork
     # server is started again.
     pid = fork_server_pid()
-    if pid is not None and _exits_within(pid, 0):
-        restart_dead_fork_server(0)
+    if pid is not None and fork_server_ended(pid):
+        # An actor's death said it is gone: it may still be exiting (its status set,
+        # its files closed, not reaped yet). Wait here (a starter thread) until it has
+        # exited: else multiprocessing, finding it exited a moment later, would start
+        # the next one itself, without actorq's path, main script and owner watch.
+        restart_dead_fork_server(SERVER_EXIT_WAIT, pid)
+    elif pid is not None and exits_within(pid, 0):
+        restart_dead_fork_server(0, pid)
     multiprocessing.forkserver.ensure_running()  # a no-op once it runs
 
 
-def restart_dead_fork_server(timeout: float) -> bool:
+def restart_dead_fork_server(timeout: float, dead: int | None = None) -> bool:
     """After a start failed on the fork server: if it died (or dies within *timeout*: a
     fork server being killed may still take a request and drop it), start a new one as
     ``get_context`` does, and return True (the caller may try again). False if it is
     alive, or exited because the main script creates a system at import time (its
-    status is left for ``fork_server_unguarded``).
+    status is left for ``fork_server_unguarded``). *dead*: the fork server the caller
+    found dead or failing (True at once if another thread started the next one since).
 
     Without this a process started while the fork server was being killed failed its
     start for good; and multiprocessing, left to start the next one itself, would start
@@ -177,8 +189,10 @@ def restart_dead_fork_server(timeout: float) -> bool:
     """
     with _lock:
         pid = fork_server_pid()
+        if dead is not None and pid != dead:
+            return True  # *dead* (the caller's) was started again meanwhile
         if pid is not None:
-            if not _exits_within(pid, timeout):
+            if not exits_within(pid, timeout):
                 return False
             if fork_server_unguarded():
                 return False
@@ -186,11 +200,17 @@ def restart_dead_fork_server(timeout: float) -> bool:
             fork_server_end(pid)  # read now: multiprocessing reaps it in what follows
         logger.warning("the fork server (pid %s) is gone: starting a new one", pid)
         _start_fork_server()  # (multiprocessing reaps the old one first)
+        # (a dead one's pid, given again: its end is not this one's)
+        _server_ends.pop(fork_server_pid() or 0, None)
         return True
 
 
-def _exits_within(pid: int, timeout: float) -> bool:
-    """Wait up to *timeout* for our child *pid* to exit (without reaping it)."""
+def exits_within(pid: int, timeout: float) -> bool:
+    """Has *pid* (our child, or a process we may watch) exited, or does it within
+    *timeout* seconds? With 0 a look that never waits. It is not reaped.
+
+    (A pid nobody has is taken as exited: one reaped already, maybe by another parent.)
+    """
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -208,7 +228,7 @@ def _exits_within(pid: int, timeout: float) -> bool:
 
 
 def _exits_within_by_waitid(pid: int, timeout: float) -> bool:
-    """``_exits_within`` without a pidfd: look with ``waitid(WNOWAIT)`` every
+    """``exits_within`` without a pidfd: look with ``waitid(WNOWAIT)`` every
     millisecond (only where ``pidfd_open`` is missing)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -227,28 +247,46 @@ def _exits_within_by_waitid(pid: int, timeout: float) -> bool:
 _server_ends: dict[int, str] = {}
 
 
-def fork_server_end(pid: int) -> str:
-    """How the fork server *pid* (this process's child, exited) ended: "was killed by
-    SIGKILL", "exited with code 1" (read without reaping it, and kept: a fork server
-    restarted since was reaped by multiprocessing), or "died" if it was reaped unread."""
+def fork_server_end(pid: int) -> str | None:
+    """How the fork server *pid* (this process's child) ended: "was killed by SIGKILL",
+    "exited with code 1"; None while it lives. Never waits.
+
+    Read without reaping it, and kept (a fork server restarted since was reaped by
+    multiprocessing); "died" if it was reaped unread. A server still exiting is read
+    from ``/proc`` (``lifelock.exit_status``): its status is set as it starts to exit,
+    before it closes its files (its children's status pipes: their end-of-file) and
+    before the kernel sends its children their death signal, so whoever learns of
+    either finds its end here at once.
+    """
     known = _server_ends.get(pid)
     if known is not None:
         return known
     try:
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
-        info = None
-    if info is None:
         return "died"
-    if info.si_code == os.CLD_EXITED:
-        end = f"exited with code {info.si_status}"
+    if info is None:
+        status = lifelock.exit_status(pid)
+        if not status:
+            return None  # alive, or its status not set yet (it is before its files close)
+        code = lifelock.exitcode_of(status)
+    else:
+        code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+    if code >= 0:
+        end = f"exited with code {code}"
     else:
         try:
-            end = f"was killed by {signal.Signals(info.si_status).name}"
+            end = f"was killed by {signal.Signals(-code).name}"
         except ValueError:
-            end = f"was killed by signal {info.si_status}"
+            end = f"was killed by signal {-code}"
     _server_ends[pid] = end
     return end
+
+
+def fork_server_ended(pid: int | None) -> bool:
+    """Is the fork server *pid* known to have ended (``fork_server_end`` read it)?
+    A dict look-up: no system call."""
+    return pid in _server_ends
 
 
 def fork_server_unguarded() -> bool:

@@ -133,14 +133,13 @@ class Deaths:
             self.life.forget(cell.id)
         self._on_ctrl(cell, sock)  # a last "failed"/"crashing" message may be waiting
         loop.remove_reader(sock)
-        sock.close()
-        server_death = None  # its fork server died, and it with it (lean.LeanProcess)
         if code is not None:
             self.dying.append(proc)  # its sentinel reader stays: on_exit reaps it
+            server_death = _fork_server_death(proc, code)
         else:
             proc.join(1.0)
             code = proc.exitcode
-            server_death = getattr(proc, "fork_server_death", None)
+            server_death = _fork_server_death(proc, code)
             if code is None:
                 # No exit status: another part of this process reaped it (os.wait(), a
                 # SIGCHLD handler), or it closed its end of the sentinel and lives on.
@@ -148,6 +147,9 @@ class Deaths:
                 kill_if_child(proc.pid)
             else:
                 proc.close()
+        # (closed once it is dead or ended: a process its dead fork server left running
+        # would read end-of-file here and exit on its own, "exit code 4", lean.py)
+        sock.close()
         cell.proc = cell.ctrl = None
         self._s.hub.drain_from(cell.id)  # replies it published before dying
         if cell.pid and not self._s.closing:  # after the restart: not on its path
@@ -267,3 +269,10 @@ class Deaths:
         else:
             start_all()
 
+
+def _fork_server_death(proc: Any, code: int | None) -> str | None:
+    """What ended *proc*, exited with *code*, if it died with its fork server
+    ("its fork server (pid N) was killed by SIGKILL"), whichever notice came first; else
+    None (``lean.LeanProcess.fork_server_death``; other processes have no fork server)."""
+    died_with_server = getattr(proc, "fork_server_death", None)
+    return None if died_with_server is None or code is None else died_with_server(code)

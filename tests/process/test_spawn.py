@@ -62,7 +62,7 @@ def test_a_fork_server_started_first_by_another_library_still_runs_actors(tmp_pa
 
 def test_a_childs_exit_is_seen_without_pidfd_open_as_with_it() -> None:
     """Where ``pidfd_open`` is missing (kernels before 5.3; valgrind answers ENOSYS),
-    ``_exits_within`` falls back to ``waitid(WNOWAIT)``: a live child is not taken for
+    ``exits_within`` falls back to ``waitid(WNOWAIT)``: a live child is not taken for
     exited, an exited one is, and neither is reaped by the look."""
     import os
 
@@ -73,11 +73,11 @@ def test_a_childs_exit_is_seen_without_pidfd_open_as_with_it() -> None:
     try:
         assert spawn._exits_within_by_waitid(child.pid, 0) is False
         assert spawn._exits_within_by_waitid(child.pid, 0.05) is False
-        assert spawn._exits_within(child.pid, 0) is False
+        assert spawn.exits_within(child.pid, 0) is False
         assert child.stdin is not None
         child.stdin.close()  # the child reads end-of-file and exits
         assert spawn._exits_within_by_waitid(child.pid, 60) is True
-        assert spawn._exits_within(child.pid, 0) is True
+        assert spawn.exits_within(child.pid, 0) is True
         # not reaped by either look: its status is still there for its owner
         assert os.waitpid(child.pid, 0)[0] == child.pid
         child.returncode = 0
