@@ -99,11 +99,14 @@ class Replies(ActorHubState):
         now = clock()
         try:
             hdr = chan.ring.hdr
-            while now < due:
+            # looked at once even past the grace: an actor that comes here late (it was
+            # switched out after writing the reply) finds the reply read, and spins on
+            while True:
                 if hdr[H_HEAD] >= past or hdr[H_READER] == READER_SPINNING:
                     self.held = None  # read, or it will be: the spinner sees it
                     return True
-                if now >= end or self.has_unread() or (stop is not None and stop()):
+                if now >= due or now >= end or self.has_unread() or (
+                        stop is not None and stop()):
                     break
                 now = clock()
         except ValueError:  # pragma: no cover - the channel was closed (its peer is gone)
