@@ -100,9 +100,9 @@ class Receiving(HubState):
         unlink: list[str] = []
         msgs: Any
         tells = False
+        payload = rec.payload
         try:
-            payload = rec.payload  # oob.load_payload, inlined: a pickle, or marshalled
-            if payload[0] != PICKLE_PROTO:
+            if payload[0] != PICKLE_PROTO:  # oob.load_payload, inlined
                 # plain data, marshalled: a lone message (a list), a burst of calls and
                 # tells (a tuple: no reply among them), or of tells only, bare
                 # ((OP_TELL, messages)) (``encode``)
@@ -129,7 +129,7 @@ class Receiving(HubState):
             msgs = []
             rec = rec._replace(count=0)
         finally:
-            rec.payload.release()
+            payload.release()
         if tells:
             entry = chan.open(rec, unlink)
             entry.t_read = now
