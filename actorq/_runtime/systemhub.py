@@ -103,13 +103,12 @@ class SystemHub(Hub):
         chan = self.inbound.get(target)
         if chan is None:
             return
-        out = self.outbound.get(target)
-        life = out.ctl.slots if out is not None else None  # its life lock (lifelock.py)
         spin_lock = self.spin_lock
         spin_lock.acquire()  # not ``with``: twice per wait, and the block costs ~1.1k more
         try:
             try:
-                hdr = chan.ring.hdr
+                ring = chan.ring
+                hdr = ring.hdr
                 hdr[H_READER] = READER_SPINNING
             except ValueError:  # the ring was released: its actor is gone
                 return
@@ -130,10 +129,12 @@ class SystemHub(Hub):
                 # acquire(False), not blocking=False: a keyword costs ~1k instructions
                 if tail != chan.cursor and drain_lock.acquire(False):
                     try:
-                        # the tail read above bounds the read, unless another reader
-                        # went past it meanwhile
-                        rec = chan.read_next(tail if chan.cursor <= tail else None)
+                        # chan.read_next(), written out; the tail read above bounds the
+                        # read, unless another reader went past it meanwhile
+                        cursor = chan.cursor
+                        rec = ring.read_at(cursor, tail if cursor <= tail else None)
                         if rec is not None:
+                            chan.cursor = rec.end
                             self._take_record(chan, rec, 0.0)
                     finally:
                         drain_lock.release()
@@ -147,7 +148,8 @@ class SystemHub(Hub):
                         # the GIL we would keep re-taking here is what the death notice
                         # and the restart wait for. Else give this thread's GIL and CPU
                         # to whoever waits for them, not only at the end of the spin.
-                        if life is not None and life[LIFE_SLOT] & SLOT_OWNER_DIED:
+                        out = self.outbound.get(target)  # its life lock (lifelock.py)
+                        if out is not None and out.ctl.slots[LIFE_SLOT] & SLOT_OWNER_DIED:
                             break
                         sched_yield()
         except ValueError:  # the ring was released: its actor is gone (the reply failed)

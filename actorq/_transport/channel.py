@@ -357,10 +357,10 @@ class InChannel:
         self.cursor = self.ring.head()
         self.open_records: deque[OpenRecord] = deque()
 
-    def read_next(self, tail: int | None = None) -> Record | None:
-        """Return the next unread record, or None (*tail*: the ring's tail, if the
-        caller just read it)."""
-        rec = self.ring.read_at(self.cursor, tail)
+    def read_next(self) -> Record | None:
+        """Return the next unread record, or None (written out, bounded by a tail just
+        read, where a record is read per message: ``Hub.drain``, ``SystemHub.spin_for``)."""
+        rec = self.ring.read_at(self.cursor)
         if rec is not None:
             self.cursor = rec.end
         return rec
@@ -393,7 +393,8 @@ class InChannel:
         hdr[H_HEAD] = rec.end
         if unlink:
             run_after_commit(unlink)
-        self.credit_returned()
+        if self.producer_efd >= 0:  # (credit_returned's first look: a call less here)
+            self.credit_returned()
 
     def credit_returned(self, fenced: bool = False) -> None:
         """Credit went back: ring the producer if it waits for some and asked to be rung.
