@@ -87,9 +87,9 @@ class SystemHub(Hub):
         self.burst = 0  # a caller waits: the fan-out burst, if any, ends here
         if self.dirty:
             self.flush_dirty()
-        if not reply._done:  # the attribute, not done(): a call less, per wait
+        if not reply.done():
             self.spin_for(reply)
-        while not reply._done and not deadline.expired():
+        while not reply.done() and not deadline.expired():
             reply.sleep_until_done(deadline.remaining())
 
     def spin_for(self, reply: Reply[Any]) -> None:
@@ -121,7 +121,7 @@ class SystemHub(Hub):
             end = now + self.config.spin_seconds * 4
             polite = now + POLITE_AFTER
             drain_lock = self.drain_lock
-            while not reply._done:
+            while not reply.done():
                 # Data, and nobody else reading: take one record (if the reply was not in
                 # it, the next turn reads on). Otherwise the clock: a spin that found the
                 # lock taken must still end on time.
