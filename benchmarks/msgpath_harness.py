@@ -21,6 +21,13 @@ Modes:
     call-held    the same, the caller saying it will spin on the reply's ring (as the
                  user's process does): the actor answers first here, so every reply
                  holds its doorbell (``ActorHub.hold_doorbell``), read before the next
+    call-real    the whole of both sides' paths as they run in a steady stream of
+                 sequential calls: the caller is the user's process hub
+                 (``SystemHub``) and waits with ``reply.result()`` (``wait_reply``, its
+                 spin on the reply's ring: the reply is there at its first look); the
+                 actor finds each call in its idle spin (``ActorHub.spin``: the held
+                 doorbell of the previous reply seen read first), then runs one turn of
+                 ``Host.run_batch``'s loop
     array        N sequential calls of ``nbytes(a)``, ``a`` a numpy array of ``ARRAY_BYTES``
                  (8 MiB: out of band, through the sender's pooled block)
 
@@ -37,6 +44,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 from actorq._actorproc.actorhub import READ_AHEAD, ActorHub
@@ -46,6 +54,7 @@ from actorq._core.hub import Hub
 from actorq._core.protocol import Boot
 from actorq._core.ref import ActorRef
 from actorq._ids import new_run_prefix
+from actorq._runtime.systemhub import SystemHub
 from actorq._transport.channel import CTL_SIZE, ControlBlock, InChannel, OutChannel
 from actorq._transport.ring import H_HANDLED, H_HEAD, H_SENT, H_TAIL, Ring
 from actorq._transport.shm import Segment, unlink_prefix
@@ -185,6 +194,33 @@ class Harness:
                 msg = "wrong answer"
                 raise RuntimeError(msg)
 
+    def calls_real(self, n: int) -> None:
+        """N calls ``echo(i)``, each side's path whole (the ``call-real`` mode)."""
+        call = self.ref.echo
+        receiver, host = self.receiver, self.receiver.host
+        clock = time.perf_counter
+        for i in range(n):
+            reply = call(i)
+            # the actor: its idle spin finds the call, then a turn of Host.run_batch
+            if not receiver.spin():
+                msg = "the actor's spin found no call"
+                raise RuntimeError(msg)
+            if clock() > 1e300:  # pragma: no cover - run_batch's time-slice look
+                break
+            if receiver.waiting_chans:
+                receiver.grant_all()
+            receiver.drain(READ_AHEAD)
+            if receiver.queue:
+                receiver.pump()
+            if receiver.dirty:
+                receiver.flush_or_retry()
+            if host.stopping or receiver.busy:  # pragma: no cover
+                msg = "the actor stopped or is busy"
+                raise RuntimeError(msg)
+            if reply.result(timeout=5.0) != i:
+                msg = "wrong answer"
+                raise RuntimeError(msg)
+
     def close(self) -> None:
         for hub in (self.sender, self.receiver):
             for chan in [*hub.outbound.values(), *hub.inbound.values()]:
@@ -202,10 +238,15 @@ class Harness:
             s.close()
 
 
+def _system_hub(prefix: str, config: SystemConfig, ctl: ControlBlock, efd: int) -> Hub:
+    """The user's process hub (no loop thread: nothing is flushed or read by one)."""
+    return SystemHub(prefix, config, ctl, efd, lambda _actor_id: None)
+
+
 def run(mode: str, n: int) -> None:
     """Run *mode* N times; the work itself runs inside ``operator.call``, a C function
     nothing else here calls: ``--toggle-collect=_operator_call`` counts only the work."""
-    h = Harness()
+    h = Harness(_system_hub if mode == "call-real" else None)
     try:
         if mode == "tell":
             operator.call(h.tells, n)
@@ -216,12 +257,15 @@ def run(mode: str, n: int) -> None:
         elif mode == "call-held":
             h.sender.expects_readers = True
             operator.call(h.calls, n)
+        elif mode == "call-real":
+            operator.call(h.calls_real, n)
         elif mode == "array":
             import numpy as np  # only here: the other modes run without numpy
 
             operator.call(h.calls, n, np.arange(ARRAY_BYTES // 8, dtype=np.float64))
         else:
-            msg = f"unknown mode {mode!r}: tell, tell-sender, call, call-held or array"
+            msg = (f"unknown mode {mode!r}: tell, tell-sender, call, call-held, call-real "
+                   "or array")
             raise SystemExit(msg)
     finally:
         h.close()
@@ -247,7 +291,7 @@ def callgrind_total(mode: str, n: int, script: str = __file__) -> int:
 def count(mode: str) -> float:
     """Instructions per message in *mode* (the difference of two runs: the set-up and
     the first, unrepresentative messages cancel out)."""
-    small, large = {"call": (200, 1200), "call-held": (200, 1200),
+    small, large = {"call": (200, 1200), "call-held": (200, 1200), "call-real": (200, 1200),
                     "array": (20, 120)}.get(mode, (2000, 12000))
     return (callgrind_total(mode, large) - callgrind_total(mode, small)) / (large - small)
 

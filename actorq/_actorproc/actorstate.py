@@ -62,6 +62,9 @@ class ActorHubState(Hub):
             self.aimd = AIMDWindow(target=target, minimum=info.window_min,
                                    maximum=info.window_max or self.config.window,
                                    increase=info.window_step)
+        # a lone call may be served as it is read (``serve_alone``): nothing is timed
+        self.serves_alone = self.aimd is None and not self.stamp_start
+        self.times_reads = self.aimd is not None  # its samples: handled - read
 
     def take_over(self) -> None:
         """Start where the dead predecessor stopped: read every inbound ring from its

@@ -29,7 +29,8 @@ from actorq._core.protocol import (
 from actorq._core.receiving import BadMessage
 from actorq._errors import ActorStopped, CallTimeout, format_remote, raised_at
 from actorq._transport.channel import C_WINDOW, InChannel, OpenRecord
-from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED
+from actorq._transport.oob import run_after_commit
+from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_HEAD
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Handling(Replies):
         """
         msg = msgs[0]
         if (msg[0] != OP_CALL or self.queue or self.busy or self.host.stopping
-                or self.aimd is not None or self.stamp_start):
+                or not self.serves_alone):
             return False
         if self.held is not None:  # the previous reply's caller has not read it yet
             self.ring_held()
@@ -95,7 +96,10 @@ class Handling(Replies):
         finally:
             self.sync_depth -= 1
         del args, kwargs
-        entry = self._end_alone()
+        entry = self.alone_entry  # _end_alone(), written out: once per lone call
+        self.alone = None
+        if entry is not None:
+            self.alone_entry = None
         if type(result) not in _PLAIN and inspect.isawaitable(result):
             self.hold(result, entry or chan.open(rec, unlink), 0, token, reply_to)
             return True
@@ -103,13 +107,22 @@ class Handling(Replies):
         slots[C_HANDLED] += 1
         # committed: its credit is back before the reply is
         if entry is None:
-            chan.commit_now(rec, unlink)
+            # chan.commit_now(rec, unlink), written out; its look for a producer waiting
+            # for credit comes after the reply (below)
+            hdr[H_HANDLED] += 1  # rec.count: one call
+            hdr[H_HEAD] = rec.end
+            if unlink:
+                run_after_commit(unlink)
         else:  # tracked while the handler waited (it read its rings): commit in order
             entry.done_one(0)
         slots[C_BUSY] = 0  # after the commit: a crash in between must not redeliver it
         if token:
             self.send_reply(reply_to, (OP_REPLY, token, True, result, ""), True)  # hold
             slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
+        if entry is None:
+            # send_reply took a lock after the commit: a full fence between the handled
+            # count stored and the producer's want loaded (``InChannel.credit_returned``)
+            chan.credit_returned(token != 0)
         return True
 
     def track_alone(self) -> None:

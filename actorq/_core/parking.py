@@ -30,7 +30,7 @@ class Parking(HubState):
     def has_unread(self) -> bool:
         """True if some inbound ring has a record this hub has not read yet."""
         # a snapshot (the loop thread may add a ring); a plain loop, not any(): no generator
-        for ch in tuple(self.inbound.values()):  # noqa: SIM110
+        for ch in self.inbound.all:  # noqa: SIM110
             if ch.ring.hdr[H_TAIL] != ch.cursor:
                 return True
         return False

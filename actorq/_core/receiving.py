@@ -59,21 +59,25 @@ class Receiving(HubState):
         collector walks it again and again.
         """
         n = 0
-        now = time.perf_counter()
-        chans = list(self.inbound.values())
+        now = time.perf_counter() if self.times_reads else 0.0  # OpenRecord.t_read
+        chans: list[InChannel] | tuple[InChannel, ...] = self.inbound.all
         if len(chans) == 1:  # one sender: nobody to be fair to, read until empty or limit
             chan = chans[0]
-            hdr = chan.ring.hdr
-            # the tail is looked at here: no read_next() call just to learn there is nothing
-            while hdr[H_TAIL] != chan.cursor and not (limit and self.queued >= limit):
-                rec = chan.read_next()
+            ring = chan.ring
+            hdr = ring.hdr
+            # the tail is looked at here: no read_next() call just to learn there is
+            # nothing, and the read is bounded by it (no second look)
+            while (tail := hdr[H_TAIL]) != chan.cursor and not (
+                    limit and self.queued >= limit):
+                rec = ring.read_at(chan.cursor, tail)  # chan.read_next(tail), written out
                 if rec is None:  # pragma: no cover - a published tail always has a record
                     break
+                chan.cursor = rec.end
                 n += self._take_record(chan, rec, now)
             return n
         if len(chans) > 1:  # start each drain at the next ring: no ring always comes first
             self._rr = (self._rr + 1) % len(chans)
-            chans = chans[self._rr:] + chans[: self._rr]
+            chans = [*chans[self._rr:], *chans[: self._rr]]
         while chans:
             # Deficit round robin: each ring gets up to DRAIN_QUANTUM messages a round,
             # so that neither a sender with a standing backlog nor one that writes big
@@ -100,9 +104,9 @@ class Receiving(HubState):
         unlink: list[str] = []
         msgs: Any
         tells = False
+        payload = rec.payload
         try:
-            payload = rec.payload  # oob.load_payload, inlined: a pickle, or marshalled
-            if payload[0] != PICKLE_PROTO:
+            if payload[0] != PICKLE_PROTO:  # oob.load_payload, inlined
                 # plain data, marshalled: a lone message (a list), a burst of calls and
                 # tells (a tuple: no reply among them), or of tells only, bare
                 # ((OP_TELL, messages)) (``encode``)
@@ -129,7 +133,7 @@ class Receiving(HubState):
             msgs = []
             rec = rec._replace(count=0)
         finally:
-            rec.payload.release()
+            payload.release()
         if tells:
             entry = chan.open(rec, unlink)
             entry.t_read = now

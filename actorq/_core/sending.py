@@ -25,6 +25,7 @@ from actorq._errors import ActorStopped
 from actorq._ids import next_token
 from actorq._serialization import SAFE_TYPES, check_picklable, quick_safe
 from actorq._transport.channel import NO_TICKETS
+from actorq._transport.oob import LONE_MARSHAL
 from actorq._transport.ring import H_HANDLED, H_READER, H_SENT, READER_EXPECTED
 
 if TYPE_CHECKING:
@@ -144,7 +145,8 @@ class Sending(CreditLine):
             if (chan.credits <= 0 or chan.gate.waiting or chan.outbox or chan.encoded
                     or hdr[H_SENT] != hdr[H_HANDLED]):
                 return False
-            body = _marshal([msg])  # plain data: marshal is faster than pickle both ways
+            # plain data: marshal is faster than pickle both ways (LONE_MARSHAL: why 2)
+            body = _marshal([msg], LONE_MARSHAL)
             if len(body) > self.max_inline:
                 return False
             if self.expects_readers and len(self.pending) == 1 and _running_loop() is None:
@@ -153,7 +155,7 @@ class Sending(CreditLine):
                 # so that a quick reply does not wake the loop thread, which would then
                 # wait for the spinning caller's GIL (a hand-off that costs a later call
                 # ~100 µs: issue 15's round-trip tail). The actor holds the reply's
-                # doorbell back a moment (``ActorHub.owe_doorbell``), never for good.
+                # doorbell back a moment (``ActorHub.hold_doorbell``), never for good.
                 try:
                     back = self.inbound[target].ring.hdr
                     if not back[H_READER]:
@@ -163,9 +165,14 @@ class Sending(CreditLine):
             if not chan.ring.try_write(body, 1):
                 return False
             chan.credits -= 1
-            chan.ring_doorbell()
         finally:
             lock.release()
+        # The release is a full fence between the tail stored and the parked flag loaded
+        # now (``OutChannel.ring_if_parked``): the doorbell needs no fence of its own.
+        try:
+            chan.ring_if_parked()
+        except ValueError:  # the channel was closed meanwhile: its actor is gone
+            pass
         return True
 
     def tell(self, ref: ActorRef[Any], message: Any, nowait: bool) -> None:

@@ -312,6 +312,14 @@ class OutChannel:
         threads is spinning on this very ring (it reads the record itself)."""
         _fence_lock.acquire()  # fence(), inlined: once per record written
         _fence_lock.release()
+        self.ring_if_parked()
+
+    def ring_if_parked(self) -> None:
+        """``ring_doorbell`` without its fence: the caller has one between the tail it
+        stored and this (it released a lock since: a ``threading.Lock`` release is a
+        locked instruction, a full fence on x86-64, as ``fence()`` is; docs/internals.md).
+        Safe without ``lock`` held: two threads may then both ring one park (a spare
+        wake-up), never neither."""
         parked = self.ctl.slots[C_PARKED]
         if parked & 1 and parked != self.last_rung and (
                 self.ring.hdr[H_READER] != READER_SPINNING):
@@ -350,7 +358,8 @@ class InChannel:
         self.open_records: deque[OpenRecord] = deque()
 
     def read_next(self) -> Record | None:
-        """Return the next unread record, or None."""
+        """Return the next unread record, or None (written out, bounded by a tail just
+        read, where a record is read per message: ``Hub.drain``, ``SystemHub.spin_for``)."""
         rec = self.ring.read_at(self.cursor)
         if rec is not None:
             self.cursor = rec.end
@@ -384,19 +393,22 @@ class InChannel:
         hdr[H_HEAD] = rec.end
         if unlink:
             run_after_commit(unlink)
-        self.credit_returned()
+        if self.producer_efd >= 0:  # (credit_returned's first look: a call less here)
+            self.credit_returned()
 
-    def credit_returned(self) -> None:
+    def credit_returned(self, fenced: bool = False) -> None:
         """Credit went back: ring the producer if it waits for some and asked to be rung.
 
-        Store handled, then load want: the fence keeps the load after the store. A
+        Store handled, then load want: the fence keeps the load after the store (none
+        here if *fenced*: the caller took or released a lock since it stored). A
         channel with no producer doorbell (``producer_efd`` -1: its producer never waits
         for credit, like an actor sending replies to the system) has nobody to ring.
         """
         if self.producer_efd < 0:
             return
-        _fence_lock.acquire()  # fence(), inlined: once per record committed
-        _fence_lock.release()
+        if not fenced:
+            _fence_lock.acquire()  # fence(), inlined: once per record committed
+            _fence_lock.release()
         want = self.ring.hdr[H_WANT]
         if want and want != self.last_want:
             self.last_want = want

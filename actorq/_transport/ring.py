@@ -135,8 +135,9 @@ class Ring:
 
     # -- producer side ---------------------------------------------------------------
 
-    def try_write(self, payload: bytes | memoryview, count: int = 1) -> bool:
-        """Append one record holding *count* messages; False if it does not fit now.
+    def try_write(self, payload: bytes | memoryview, count: int = 1) -> int:
+        """Append one record holding *count* messages; return the new tail (the counter
+        position just past the record: never 0), or 0 if it does not fit now.
 
         Raises ``ValueError`` if the payload could never fit (over half the ring).
         """
@@ -146,22 +147,23 @@ class Ring:
             raise ValueError(msg)
         hdr = self.hdr
         tail = hdr[H_TAIL]
+        cap = self.capacity
         need = REC_HEADER + ((n + 7) & ~7)
-        pos = tail % self.capacity
-        to_end = self.capacity - pos
-        total = need if need <= to_end else to_end + need
-        if tail + total - self._cached_head > self.capacity:
+        pos = tail % cap
+        to_end = cap - pos
+        end = tail + need if need <= to_end else tail + to_end + need
+        if end - self._cached_head > cap:
             self._cached_head = hdr[H_HEAD]
-            if tail + total - self._cached_head > self.capacity:
-                return False
+            if end - self._cached_head > cap:
+                return 0
         if need > to_end:
             self.words[pos >> 2] = WRAP
             pos = 0
         self.qwords[pos >> 3] = n | count << 32  # u32 length, u32 count: one store
         self.data[pos + REC_HEADER : pos + REC_HEADER + n] = payload
         hdr[H_SENT] += count
-        hdr[H_TAIL] = tail + total  # publish last
-        return True
+        hdr[H_TAIL] = end  # publish last
+        return end
 
     def free_bytes(self) -> int:
         """Bytes free right now (the producer's view)."""
@@ -178,27 +180,30 @@ class Ring:
         return self.hdr[H_TAIL] != self.hdr[H_HEAD]
 
     def read_at(self, pos: int, tail: int | None = None) -> Record | None:
-        """Return the record at counter position *pos*, or None if *pos* is the tail."""
+        """Return the record at counter position *pos*, or None if *pos* is the tail
+        (*tail*: the tail if the caller just read it, else it is read here)."""
         if tail is None:
             tail = self.hdr[H_TAIL]
         if pos == tail:
             return None
-        off = pos % self.capacity
-        n = self.words[off >> 2]
+        cap = self.capacity
+        off = pos % cap
+        head = self.qwords[off >> 3]  # u32 length, u32 count: one load
+        n = head & 0xFFFFFFFF
         if n == WRAP:
-            pos += self.capacity - off
+            pos += cap - off
             if pos == tail:  # pragma: no cover - a wrap marker is always followed by a record
                 return None
             off = 0
-            n = self.words[0]
+            head = self.qwords[0]
+            n = head & 0xFFFFFFFF
         if n > self.max_payload:
             msg = f"corrupt ring: record length {n} at position {pos}"
             raise RuntimeError(msg)
-        count = self.words[(off >> 2) + 1]
         start = off + REC_HEADER
-        end = pos + REC_HEADER + ((n + 7) & ~7)
         # Record(...) without the Python frame of a NamedTuple's __new__ (once per record)
-        return _new_tuple(Record, (pos, self.data[start : start + n], count, end))
+        return _new_tuple(Record, (pos, self.data[start : start + n], head >> 32,
+                                   pos + REC_HEADER + ((n + 7) & ~7)))
 
     def head(self) -> int:
         """The committed head position."""

@@ -252,6 +252,34 @@ def test_a_held_reply_doorbell_rings_only_if_its_caller_does_not_read_it_first()
         h.close()
 
 
+def test_a_held_reply_its_caller_read_is_seen_read_by_an_actor_back_after_the_grace() -> None:
+    # An actor switched out between writing a held reply and its next spin comes back
+    # after the grace ran out: the caller has read the reply meanwhile, so nothing is
+    # rung, and the actor spins on for the next call (it used to see only the clock,
+    # ring nothing, and stop spinning: the next call then had to wake it).
+    h = _harness()
+    try:
+        sender, actor = h.sender, h.receiver
+        sender.expects_readers = True
+        back = sender.inbound[1]
+        efd = h.efds[0]
+        h.calls(1)  # the first call refreshes the sender's credit (the general path)
+        sender.ctl.slots[C_PARKED] = 1  # the caller's loop thread is parked
+        reply = h.ref.echo(1)
+        actor.drain()
+        assert actor.held is not None
+        sender._take_record(back, back.read_next(), 0.0)  # the caller reads it
+        assert reply.result() == 1
+        chan, past, _due = actor.held
+        actor.held = (chan, past, 0.0)  # its grace long over
+        assert actor.wait_for_reader(float("inf"), None)
+        assert actor.held is None
+        assert not _rang(efd)
+        assert actor.ctl.slots[C_HELD_RUNG] == 0
+    finally:
+        h.close()
+
+
 def test_a_lone_sync_call_leaves_no_hint_behind() -> None:
     with actorq.ActorSystem() as s:
         ref = s.spawn(Echo)
