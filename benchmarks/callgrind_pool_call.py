@@ -23,6 +23,9 @@ Modes: ref (the member's ref), default (a pool with no retry, no circuit), retry
 circuit_retry, least_loaded, fastest, hash (``key=`` per call), timeout (a pool with a
 deadline per call), ref_token (the member's ref, each call carrying a token as a pool's
 first attempt does: ``call_with(token=...)``, the kernel's share of a retry pool's cost).
+``MODE@actor`` (e.g. ``--count ref@actor retry@actor``) counts the member's side of each
+call instead (reading the call, running ``echo``, writing the reply), which the wall
+clock of a pool call includes.
 """
 
 from __future__ import annotations
@@ -77,16 +80,28 @@ def target_of(h: Harness, mode: str) -> Any:
                          options.get("retry"), options.get("timeout"))
 
 
-def calls(h: Harness, target: Any, n: int, start: int, keyed: bool) -> None:
-    call = operator.call
+def member_side(receiver: Any) -> None:
+    """The member reads the call, runs ``echo`` and writes the reply."""
+    receiver.drain(READ_AHEAD)
+    if receiver.queue:
+        receiver.pump()
+    receiver.flush_dirty()
+
+
+def _direct(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+def calls(h: Harness, target: Any, n: int, start: int, keyed: bool,
+          actor: bool = False) -> None:
+    """*n* calls; counted (inside ``operator.call``): the caller's parts, or with
+    *actor* the member's part instead."""
+    call, member = (_direct, operator.call) if actor else (operator.call, _direct)
     echo = target.echo
     receiver = h.receiver
     for i in range(start, start + n):
         reply = call(echo, i, key=i) if keyed else call(echo, i)
-        receiver.drain(READ_AHEAD)  # the member's side: not counted
-        if receiver.queue:
-            receiver.pump()
-        receiver.flush_dirty()
+        member(member_side, receiver)
         value = call(reply.result, 10.0)
         if value != i:
             msg = f"call {i} answered {value!r}"
@@ -94,12 +109,15 @@ def calls(h: Harness, target: Any, n: int, start: int, keyed: bool) -> None:
 
 
 def run(mode: str, n: int) -> None:
+    """*n* calls of *mode*; ``MODE@actor``: the member's side is counted instead."""
+    mode, _, side = mode.partition("@")
+    actor = side == "actor"
     h = Harness(make_system_hub)
     try:
         target = target_of(h, mode)
         keyed = mode == "hash"
-        calls(h, target, 50, 0, keyed)  # warm: caches filled, the member's methods bound
-        calls(h, target, n, 50, keyed)
+        calls(h, target, 50, 0, keyed, actor)  # warm: caches filled, methods bound
+        calls(h, target, n, 50, keyed, actor)
         if hasattr(target, "halt"):
             target.halt()
     finally:
@@ -119,9 +137,11 @@ def count(mode: str) -> float:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--count":
-        ref = count("ref")
-        print(f"{'ref':14s} {ref:8.0f} instructions/call  1.000x ref", flush=True)
-        for m in sys.argv[2:] or MODES[1:]:
+        modes = sys.argv[2:] or list(MODES[1:])
+        base = "ref@actor" if modes[0].endswith("@actor") else "ref"
+        ref = count(base)
+        print(f"{base:14s} {ref:8.0f} instructions/call  1.000x ref", flush=True)
+        for m in modes:
             ins = count(m)
             print(f"{m:14s} {ins:8.0f} instructions/call  {ins / ref:.3f}x ref", flush=True)
     else:
