@@ -20,7 +20,8 @@ reason counts of a whole process were not repeatable). Two runs, of 200 and 1,20
 their difference per call removes the set-up and the first calls.
 
 Modes: ref (the member's ref), default (a pool with no retry, no circuit), retry,
-circuit_retry, least_loaded, fastest, hash (``key=`` per call), timeout (a pool with a
+circuit_retry, least_loaded, fastest, hash (``key=`` per call, a new int each
+time), hash_repeat (the keys cycle through ``REPEAT_KEYS`` ints), timeout (a pool with a
 deadline per call), ref_token (the member's ref, each call carrying a token as a pool's
 first attempt does: ``call_with(token=...)``, the kernel's share of a retry pool's cost).
 ``MODE@actor`` (e.g. ``--count ref@actor retry@actor``) counts the member's side of each
@@ -42,7 +43,8 @@ from actorq._routing.pool import _rebuild_pool
 from actorq._runtime.systemhub import SystemHub
 
 MODES = ("ref", "default", "retry", "circuit_retry", "least_loaded", "fastest", "hash",
-         "timeout", "ref_token")
+         "timeout", "ref_token", "hash_repeat")
+REPEAT_KEYS = 64  # hash_repeat: the keys cycle through this many ints
 SIZES = (200, 1200)
 
 
@@ -72,6 +74,7 @@ def target_of(h: Harness, mode: str) -> Any:
     options: dict[str, Any] = {
         "default": {}, "least_loaded": {"routing": "least_loaded"},
         "fastest": {"routing": "fastest"}, "hash": {"routing": "hash"},
+        "hash_repeat": {"routing": "hash"},
         "retry": {"retry": actorq.Retry()},
         "circuit_retry": {"circuit": actorq.CircuitBreaker(), "retry": actorq.Retry()},
         "timeout": {"timeout": 600.0}}[mode]
@@ -92,15 +95,16 @@ def _direct(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
 
-def calls(h: Harness, target: Any, n: int, start: int, keyed: bool,
+def calls(h: Harness, target: Any, n: int, start: int, keyed: int,
           actor: bool = False) -> None:
-    """*n* calls; counted (inside ``operator.call``): the caller's parts, or with
+    """*n* calls; *keyed*: with ``key=`` (1: a new key each call, n: the keys cycle
+    through n ints). Counted (inside ``operator.call``): the caller's parts, or with
     *actor* the member's part instead."""
     call, member = (_direct, operator.call) if actor else (operator.call, _direct)
     echo = target.echo
     receiver = h.receiver
     for i in range(start, start + n):
-        reply = call(echo, i, key=i) if keyed else call(echo, i)
+        reply = call(echo, i, key=i % keyed if keyed > 1 else i) if keyed else call(echo, i)
         member(member_side, receiver)
         value = call(reply.result, 10.0)
         if value != i:
@@ -115,7 +119,7 @@ def run(mode: str, n: int) -> None:
     h = Harness(make_system_hub)
     try:
         target = target_of(h, mode)
-        keyed = mode == "hash"
+        keyed = {"hash": 1, "hash_repeat": REPEAT_KEYS}.get(mode, 0)
         calls(h, target, 50, 0, keyed, actor)  # warm: caches filled, methods bound
         calls(h, target, n, 50, keyed, actor)
         if hasattr(target, "halt"):
