@@ -63,7 +63,7 @@ class Handling(Replies):
         msg = msgs[0]
         if msg[0] != OP_CALL:
             # a call with a deadline or a token (a pool's): served here too, as ``pump``
-            # takes it (its deadline passed: ``pump`` drops it); 16.6k instructions of
+            # takes it (its deadline passed: ``pump`` drops it); 14.6k instructions of
             # the actor's side less per call of a retry pool
             # (benchmarks/callgrind_pool_call.py --count ref@actor retry@actor)
             if msg[0] != OP_DCALL or (msg[6] is not None and msg[6] <= time.monotonic()):
