@@ -20,9 +20,13 @@ reason counts of a whole process were not repeatable). Two runs, of 200 and 1,20
 their difference per call removes the set-up and the first calls.
 
 Modes: ref (the member's ref), default (a pool with no retry, no circuit), retry,
-circuit_retry, least_loaded, fastest, hash (``key=`` per call), timeout (a pool with a
+circuit_retry, least_loaded, fastest, hash (``key=`` per call, a new int each
+time), hash_repeat (the keys cycle through ``REPEAT_KEYS`` ints), timeout (a pool with a
 deadline per call), ref_token (the member's ref, each call carrying a token as a pool's
 first attempt does: ``call_with(token=...)``, the kernel's share of a retry pool's cost).
+``MODE@actor`` (e.g. ``--count ref@actor retry@actor``) counts the member's side of each
+call instead (reading the call, running ``echo``, writing the reply), which the wall
+clock of a pool call includes.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from actorq._routing.pool import _rebuild_pool
 from actorq._runtime.systemhub import SystemHub
 
 MODES = ("ref", "default", "retry", "circuit_retry", "least_loaded", "fastest", "hash",
-         "timeout", "ref_token")
+         "timeout", "ref_token", "hash_repeat")
+REPEAT_KEYS = 64  # hash_repeat: the keys cycle through this many ints
 SIZES = (200, 1200)
 
 
@@ -69,6 +74,7 @@ def target_of(h: Harness, mode: str) -> Any:
     options: dict[str, Any] = {
         "default": {}, "least_loaded": {"routing": "least_loaded"},
         "fastest": {"routing": "fastest"}, "hash": {"routing": "hash"},
+        "hash_repeat": {"routing": "hash"},
         "retry": {"retry": actorq.Retry()},
         "circuit_retry": {"circuit": actorq.CircuitBreaker(), "retry": actorq.Retry()},
         "timeout": {"timeout": 600.0}}[mode]
@@ -77,16 +83,29 @@ def target_of(h: Harness, mode: str) -> Any:
                          options.get("retry"), options.get("timeout"))
 
 
-def calls(h: Harness, target: Any, n: int, start: int, keyed: bool) -> None:
-    call = operator.call
+def member_side(receiver: Any) -> None:
+    """The member reads the call, runs ``echo`` and writes the reply."""
+    receiver.drain(READ_AHEAD)
+    if receiver.queue:
+        receiver.pump()
+    receiver.flush_dirty()
+
+
+def _direct(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+def calls(h: Harness, target: Any, n: int, start: int, keyed: int,
+          actor: bool = False) -> None:
+    """*n* calls; *keyed*: with ``key=`` (1: a new key each call, n: the keys cycle
+    through n ints). Counted (inside ``operator.call``): the caller's parts, or with
+    *actor* the member's part instead."""
+    call, member = (_direct, operator.call) if actor else (operator.call, _direct)
     echo = target.echo
     receiver = h.receiver
     for i in range(start, start + n):
-        reply = call(echo, i, key=i) if keyed else call(echo, i)
-        receiver.drain(READ_AHEAD)  # the member's side: not counted
-        if receiver.queue:
-            receiver.pump()
-        receiver.flush_dirty()
+        reply = call(echo, i, key=i % keyed if keyed > 1 else i) if keyed else call(echo, i)
+        member(member_side, receiver)
         value = call(reply.result, 10.0)
         if value != i:
             msg = f"call {i} answered {value!r}"
@@ -94,12 +113,15 @@ def calls(h: Harness, target: Any, n: int, start: int, keyed: bool) -> None:
 
 
 def run(mode: str, n: int) -> None:
+    """*n* calls of *mode*; ``MODE@actor``: the member's side is counted instead."""
+    mode, _, side = mode.partition("@")
+    actor = side == "actor"
     h = Harness(make_system_hub)
     try:
         target = target_of(h, mode)
-        keyed = mode == "hash"
-        calls(h, target, 50, 0, keyed)  # warm: caches filled, the member's methods bound
-        calls(h, target, n, 50, keyed)
+        keyed = {"hash": 1, "hash_repeat": REPEAT_KEYS}.get(mode, 0)
+        calls(h, target, 50, 0, keyed, actor)  # warm: caches filled, methods bound
+        calls(h, target, n, 50, keyed, actor)
         if hasattr(target, "halt"):
             target.halt()
     finally:
@@ -119,9 +141,11 @@ def count(mode: str) -> float:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--count":
-        ref = count("ref")
-        print(f"{'ref':14s} {ref:8.0f} instructions/call  1.000x ref", flush=True)
-        for m in sys.argv[2:] or MODES[1:]:
+        modes = sys.argv[2:] or list(MODES[1:])
+        base = "ref@actor" if modes[0].endswith("@actor") else "ref"
+        ref = count(base)
+        print(f"{base:14s} {ref:8.0f} instructions/call  1.000x ref", flush=True)
+        for m in modes:
             ins = count(m)
             print(f"{m:14s} {ins:8.0f} instructions/call  {ins / ref:.3f}x ref", flush=True)
     else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from types import MethodType
 from typing import Any
 
 from actorq._clock import Deadline
@@ -224,19 +225,28 @@ class _Call:
             self.pool._stats_inc("failed")
 
 
-def first_outcome(pool: MemberSet, member: PoolMember, method: str, args: tuple[Any, ...],
-                  kwargs: dict[str, Any] | None, key: Any, deadline: float | None,
-                  sent: float, reply: Reply[Any], value: Any, exc: BaseException | None
+# A first attempt's context: what its reply's hook (``first_outcome``) reads. The hook
+# is ``first_outcome`` bound to this tuple as a method (``MethodType``): made and called
+# for 0.9k instructions less than a ``functools.partial`` of eight arguments (which
+# makes a dict and a tuple each time, and calls through a heap-allocated argument
+# array past five; benchmarks/callgrind_pool_call.py).
+#   (pool, member, method, args, kwargs, key, deadline or None, sent)
+First = tuple[MemberSet, PoolMember, str, tuple[Any, ...], dict[str, Any] | None, Any,
+              float | None, float]
+
+
+def first_outcome(ctx: First, reply: Reply[Any], value: Any, exc: BaseException | None
                   ) -> bool:
-    """The first attempt's outcome (its reply's ``on_outcome`` hook, bound by ``partial``
-    in ``send_first`` and ``PoolCore._bare_call``), before its caller sees it. A success
-    is counted and published:
+    """The first attempt's outcome (its reply's ``on_outcome`` hook, bound to its context
+    *ctx* in ``send_first`` and ``PoolCore._bare_call``), before its caller sees it. A
+    success is counted and published:
     the caller holds the member's own reply, and no ``_Call`` was made. A failure makes
     the ``_Call`` now, which takes the reply over (True): a retry completes it later, or
     giving up completes it at once with the error. Its token is the one the first
     attempt carried (made of the reply's ``token``: ``call_token``). The call's deadline
     failing it (``deadlines.expire``) is published, and the member's answer counted when
     it comes."""
+    pool, member, method, args, kwargs, key, deadline, sent = ctx
     elapsed = _monotonic() - sent
     if exc is None:  # counted here for every success (``succeeded``): a frame less
         lock = pool._lock
@@ -274,7 +284,7 @@ def first_outcome(pool: MemberSet, member: PoolMember, method: str, args: tuple[
 def succeeded(pool: MemberSet, member: PoolMember, sent: float) -> None:
     """Count an attempt that *member* answered well, sent at *sent* (``time.monotonic``):
     in flight no more, its latency folded into its EWMA, its circuit told."""
-    first_outcome(pool, member, "", (), None, None, None, sent, _FINISHED, None, None)
+    first_outcome((pool, member, "", (), None, None, None, sent), _FINISHED, None, None)
 
 
 def bare_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[Any],
@@ -341,7 +351,7 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
     try:  # ``ref.call_with``, its method checked by the pool already
         reply = (member.hub or member.attach()).call_deadline(
             member.ref, method, args, kwargs, deadline, None,
-            partial(first_outcome, pool, member, method, args, kwargs, key, deadline, sent),
+            MethodType(first_outcome, (pool, member, method, args, kwargs, key, deadline, sent)),
             pool._token_prefix)
     except (TypeError, AttributeError):
         pool._release(member)

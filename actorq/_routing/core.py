@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from functools import partial
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 from actorq._core.reply import Reply
@@ -279,8 +280,8 @@ class PoolCore(Idempotency, Autoscaler):
         try:
             return (member.hub or member.attach()).call(  # ``ref.call_with``, checked
                 member.ref, method, args, kwargs,
-                partial(first_outcome, self, member, method, args, kwargs, key, None,
-                        time.monotonic()))
+                MethodType(first_outcome, (self, member, method, args, kwargs, key, None,
+                                           time.monotonic())))
         except BaseException:
             self._uncount(member)
             raise

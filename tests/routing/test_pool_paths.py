@@ -24,6 +24,10 @@ class Member(actorq.Actor):
     def token(self):
         return self.context.token, self.context.time_left()
 
+    def count(self) -> int:
+        self.ran = getattr(self, "ran", 0) + 1
+        return self.ran
+
     def slow(self, gate: str) -> int:
         wait_until(lambda: os.path.exists(gate), timeout=60)
         return os.getpid()
@@ -68,6 +72,26 @@ def test_an_int_deadline_travels_as_a_float(system):
     assert token is None
     assert isinstance(left, float)
     assert 0 < left <= 60
+
+
+def test_a_lone_call_with_a_token_or_a_deadline_is_served_as_a_plain_one(system):
+    # an idle actor serves a lone call as it reads it; one carrying a deadline and a
+    # token (a pool's first attempt) too: the handler sees both, and one whose deadline
+    # has passed is still dropped unrun
+    ref = system.spawn(Member)
+    system.wait_ready(ref)
+    for _ in range(3):
+        token, left = ref.call_with("token", deadline=time.monotonic() + 60,
+                                    token="t-1").result(timeout=20)
+        assert token == "t-1"
+        assert 0 < left <= 60
+        assert ref.call_with("token", token=7).result(timeout=20) == (7, None)
+    reply = ref.call_with("count", deadline=time.monotonic() - 1.0, token="late")
+    with pytest.raises(actorq.CallTimeout, match="dropped unrun") as info:
+        reply.result(timeout=20)
+    assert info.value.reason == "expired"
+    assert ref.count().result(timeout=20) == 1  # the late call never ran
+    assert ref.token().result(timeout=20) == (None, None)  # a plain call: neither
 
 
 def test_deadlines_appended_from_threads_fail_on_time_and_late_answers_count(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import pytest
@@ -152,6 +153,22 @@ def test_a_str_key_lands_on_the_same_member_in_a_fresh_process(hashseed):
     # and the same as in every earlier run of this version: a key's place is pinned
     assert key_point("user-1") == 6520459087097325675
     assert key_point(b"user-1") == 904466504074769769
+
+
+@settings(max_examples=40, deadline=None)
+@given(slots=st.sets(st.integers(0, 40), min_size=1, max_size=12),
+       ints=st.lists(st.integers(-2**70, 2**70), max_size=200),
+       texts=st.lists(st.text(max_size=8), max_size=50))
+def test_a_key_s_bucket_names_the_member_the_ring_s_bisect_finds(slots, ints, texts):
+    # the bucket table (a key's slot in one index) is a short cut: every key lands where
+    # a bisect of the ring puts it, whatever the ring (gaps in the slots too)
+    r = ConsistentHash()
+    r.resized(list(range(len(slots))), sorted(slots))
+    ms = [M(i, s) for i, s in enumerate(sorted(slots))]
+    for key in [*ints, *range(-300, 300), *texts, *(t.encode() for t in texts)]:
+        i = bisect.bisect_left(r._points, key_point(key)) % len(r._points)
+        assert r.slot_for(key) == r._owners[i], key
+        assert r.choose(ms, key).slot == r._owners[i], key
 
 
 def test_an_int_like_key_goes_where_its_int_goes():
