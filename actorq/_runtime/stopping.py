@@ -81,8 +81,16 @@ class Stopper:
     def kill(self, cell: ActorCell) -> None:
         """SIGKILL *cell*'s process tree (if it has a process)."""
         proc = cell.proc
-        if proc is not None and proc.pid is not None:
-            kill_tree(proc.pid)
+        if proc is None:
+            return
+        try:
+            pid = proc.pid
+        except ValueError:
+            # closed: the loop thread reaped it and is about to clear ``cell.proc``
+            # (``Deaths``), while this thread (closing the system) found it late
+            return
+        if pid is not None:
+            kill_tree(pid)
 
     def stop_kids(self, cell: ActorCell, why: str) -> None:
         """Stop for good the children *cell* spawned itself (they die with it)."""

@@ -217,3 +217,30 @@ def test_a_stopped_supervisor_refuses_new_children(tmp_path):
         with pytest.raises(actorq.ActorStopped, match="supervisor 'team' is stopped"):
             sup.supervisor(name="late")
         assert sorted(s.metrics()["actors"]) == [a.name]  # nothing was started
+
+
+class Idle(actorq.Actor):
+    def ping(self):
+        return os.getpid()
+
+
+def test_a_process_reaped_while_the_system_closes_is_not_killed_again():
+    # The loop thread reaps a dead actor's process (closes the Process object), then
+    # clears the cell's ``proc``; a closing system that finds the cell in between must
+    # take the process as gone, not fail its close with "process object is closed"
+    # (seen closing 1000 actors, benchmarks/bench_scale.py). That window, held open:
+    with actorq.ActorSystem() as system:
+        ref = system.spawn(Idle)
+        pid = ref.ping().result(timeout=30)
+        cell = system._runtime._cells[ref.actor_id]
+        proc = cell.proc
+        system.stop(ref)
+        wait_until(lambda: cell.proc is None, timeout=30, message="the actor reaped")
+        with pytest.raises(ValueError, match="closed"):
+            _ = proc.pid  # closed by the loop thread
+        cell.proc = proc  # the cell as the closing thread may find it
+        try:
+            system._runtime._stop.kill(cell)  # raised ValueError before
+        finally:
+            cell.proc = None
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
