@@ -108,14 +108,9 @@ def test_a_child_not_armed_when_its_fork_server_dies_is_killed_not_waited_for(tm
         proc.communicate()
 
 
-STARTING_ACTOR = textwrap.dedent(
+# What both programs below define: an idle actor, and a handler keeping what actorq logs.
+IDLE_AND_SAID = textwrap.dedent(
     """
-    import json, logging, os, signal, sys
-    import psutil
-    import actorq
-    from actorq._process.spawn import fork_server_pid
-    from actorq.testing import wait_until
-
     class Idle(actorq.Actor):
         def pid(self):
             return os.getpid()
@@ -127,6 +122,19 @@ STARTING_ACTOR = textwrap.dedent(
 
         def emit(self, record):
             self.lines.append(record.getMessage())
+    """
+)
+
+STARTING_ACTOR = textwrap.dedent(
+    """
+    import json, logging, os, signal, sys
+    import psutil
+    import actorq
+    from actorq._process.spawn import fork_server_pid
+    from actorq.testing import wait_until
+    """
+) + IDLE_AND_SAID + textwrap.dedent(
+    """
 
     if __name__ == "__main__":
         said = Said()
@@ -199,18 +207,9 @@ SEEN_BY_LIFE_LOCKS = textwrap.dedent(
     import actorq
     from actorq._process.spawn import fork_server_pid
     from actorq.testing import wait_until
-
-    class Idle(actorq.Actor):
-        def pid(self):
-            return os.getpid()
-
-    class Said(logging.Handler):
-        def __init__(self):
-            super().__init__()
-            self.lines = []
-
-        def emit(self, record):
-            self.lines.append(record.getMessage())
+    """
+) + IDLE_AND_SAID + textwrap.dedent(
+    """
 
     def write_end(server, read_fd):
         # a write end of the status pipe whose read end is read_fd (the sentinel): the
