@@ -38,6 +38,7 @@ from actorq._transport.shm import unlink_prefix
 
 logger = logging.getLogger("actorq")
 
+INTERRUPT_SLICE = 0.2  # seconds: the longest a Ctrl-C waits to be seen (wait_in_slices)
 NOTICE_AFTER = 0.5  # seconds close() waits for actors before it says that it waits
 
 
@@ -220,7 +221,7 @@ class Stopper:
                 live = sum(1 for c in cells if c.proc is not None and not c.exited.is_set())
                 notice(f"waiting up to {deadline.remaining():.1f}s for {live} actor(s) to "
                        "finish their current message and stop (Ctrl-C kills them now)")
-            if cell.proc is not None and not cell.exited.wait(deadline.remaining()):
+            if cell.proc is not None and not wait_in_slices(cell.exited, deadline):
                 self.kill_late(cell, self._s.config.stop_timeout)
         for cell in cells:
             if cell.proc is not None:
@@ -260,6 +261,22 @@ class Stopper:
         os.close(hub.efd)
         unlink_prefix(self._s.run_id)
 
+
+
+def wait_in_slices(event: threading.Event, deadline: Deadline) -> bool:
+    """``event.wait(deadline.remaining())`` that a Ctrl-C cannot slip past.
+
+    A signal that lands after Python last checked for one and before the wait's system
+    call starts is only handled when that call returns (CPython's own race: ``time.sleep``
+    and ``Event.wait`` have it too). Waiting in short slices bounds that delay, so a second
+    Ctrl-C while close() waits is seen within ``INTERRUPT_SLICE`` seconds, never minutes.
+    """
+    while not event.is_set():
+        left = deadline.remaining()
+        if left <= 0:
+            return False
+        event.wait(min(left, INTERRUPT_SLICE))
+    return True
 
 
 def notice(text: str) -> None:
