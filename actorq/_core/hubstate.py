@@ -72,6 +72,7 @@ class HubState:
 
     may_deadlock = False  # True where waiting on a reply can be a self-wait (actors)
     idle_backoff = False  # True: an idle hub's watchdog looks less often (actors)
+    busy_backoff = False  # True: a woken hub's watchdog looks less often (the system's)
     # True: a thread that sends a lone call spins on the reply's ring next, and says so
     # beforehand (``READER_EXPECTED``: the user's process; an actor waits differently)
     expects_readers = False
@@ -111,6 +112,7 @@ class HubState:
         self.watch_handle: asyncio.TimerHandle | None = None
         self.watch_interval = config.park_timeout
         self.watch_seen = -1  # the wake-up count at its last look
+        self.watch_busy = False  # the interval was lengthened because wake-ups came
         self.watch_args: tuple[Any, ...] = ()
 
     def open_channel(self, ref: ActorRef[Any]) -> OutChannel:

@@ -257,9 +257,13 @@ class WorkerPool:
 
     # -- calls and kills ----------------------------------------------------------------
 
-    def call(self, worker: Worker, method: str, *args: Any) -> Reply[Any]:
-        """Call *method* on *worker* (the scheduler's choice), counted by the pool."""
-        return self.pool.call_member(worker.ref, method, *args)  # type: ignore[no-any-return]
+    def call(self, worker: Worker, method: str, *args: Any,
+             then: Callable[[Any, BaseException | None], object] | None = None
+             ) -> Reply[Any]:
+        """Call *method* on *worker* (the scheduler's choice), counted by the pool;
+        *then(value, exc)* is told the outcome (``Pool.call_member``)."""
+        return self.pool.call_member(  # type: ignore[no-any-return]
+            worker.ref, method, *args, then=then)
 
     def kill(self, worker: Worker) -> None:
         """SIGKILL *worker*'s process (the pool's supervisor starts a fresh one at once)."""

@@ -318,7 +318,7 @@ class Scheduler(Recovery):
             item = events.popleft()
             kind = item[0]
             if kind == "batch":
-                self._batch_done(item[1])
+                self._batch_done(item[1], item[2], item[3])
             elif kind == "call":
                 self._call_done(item[1], item[2], item[3])
             else:
@@ -522,7 +522,8 @@ class Scheduler(Recovery):
         self.running += len(tids)
         self.counts["batches"] += 1
         try:
-            batch.reply = self._call_worker(worker, code_map or None, wire)
+            batch.reply = self._call_worker(worker, code_map or None, wire,
+                                            partial(self._batch_outcome, batch))
         except Exception as exc:  # not sendable (validated: should not happen), or stopped
             worker.batches.pop(batch.id, None)
             worker.load = max(0.0, worker.load - est) if worker.batches else 0.0
@@ -533,7 +534,6 @@ class Scheduler(Recovery):
             return True
         if len(tids) == 1 and nodes[tids[0]].timeout is not None:
             self._later(nodes[tids[0]].timeout or 0.0, "timeout", batch)
-        batch.reply.add_done_callback(partial(self._batch_callback, batch))
         return True
 
     def _not_sent(self, batch: Batch) -> None:
@@ -547,21 +547,23 @@ class Scheduler(Recovery):
             self._make_ready(i)
         self._sync_workers()
 
-    def _batch_callback(self, batch: Batch, _reply: Reply[Any]) -> None:
-        self._notify(("batch", batch))
+    def _batch_outcome(self, batch: Batch, value: Any, exc: BaseException | None) -> None:
+        """The batch's outcome, counted by the pool (``call_member``'s *then*: no
+        done-callback on its reply, and the reply is not read back)."""
+        self._notify(("batch", batch, value, exc))
 
     def _call_worker(self, worker: Worker, code: dict[bytes, bytes] | None,
-                     wire: list[Any]) -> Reply[Any]:
+                     wire: list[Any], then: Any) -> Reply[Any]:
         bufs: list[pickle.PickleBuffer] = []
         store = self.store
         blob = pickle.dumps((code, wire, store), protocol=5, buffer_callback=bufs.append)
         if bufs:  # large arguments: let the transport carry them out of band
-            return self.pool.call(worker, "run", code, wire, store)
-        return self.pool.call(worker, "run_packed", blob)
+            return self.pool.call(worker, "run", code, wire, store, then=then)
+        return self.pool.call(worker, "run_packed", blob, then=then)
 
     # -- completion ---------------------------------------------------------------------
 
-    def _batch_done(self, batch: Batch) -> None:
+    def _batch_done(self, batch: Batch, result: Any, exc: BaseException | None) -> None:
         worker = batch.worker
         if worker.batches.pop(batch.id, None) is None:
             return
@@ -572,9 +574,6 @@ class Scheduler(Recovery):
         # so that the last ones drain and can be given back to the pool
         worker.load = max(0.0, worker.load - batch.est) if worker.batches else 0.0
         worker.idle_since = time.monotonic()
-        reply = batch.reply
-        assert reply is not None
-        exc = reply.exception(0)
         if exc is not None:
             self._batch_lost(batch, exc)
             return
@@ -591,7 +590,7 @@ class Scheduler(Recovery):
         means: list[tuple[bytes, float]] = []  # per run of equal functions: mean seconds
         inband = 0
         finish = self._finish
-        cpu, queued, outcomes = reply.result(0)
+        cpu, queued, outcomes = result
         self.running -= len(outcomes)
         for tid, status, kind, payload, t0, t1 in outcomes:
             if state[tid] != RUNNING:

@@ -341,7 +341,11 @@ class RunState:
                 self._mark_failed(i, err)
 
     def _release_all(self) -> None:
-        """Free every large value nobody will read (the run ended early)."""
+        """Free every large value nobody will read (the run ended, maybe early). Every
+        large value turned the memory gate on (``_keep_track``): without one, nothing
+        to free, and no pass over the nodes at the end of every run."""
+        if not self.gate.on:
+            return
         for i in range(len(self.nodes)):
             value = self.values[i]
             if value is not None and value[0] == SHARED and not self._kept(i):

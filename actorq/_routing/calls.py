@@ -17,6 +17,7 @@ is scheduled on the routing scheduler thread.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 from types import MethodType
 from typing import Any
@@ -287,15 +288,19 @@ def succeeded(pool: MemberSet, member: PoolMember, sent: float) -> None:
     first_outcome((pool, member, "", (), None, None, None, sent), _FINISHED, None, None)
 
 
-def bare_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[Any],
-                 value: Any, exc: BaseException | None) -> bool:
+def bare_outcome(pool: MemberSet, member: PoolMember, sent: float,
+                 then: Callable[[Any, BaseException | None], object] | None,
+                 reply: Reply[Any], value: Any, exc: BaseException | None) -> bool:
     """The outcome of a call that is not retried (``Pool.call_member``: its reply's
     ``on_outcome`` hook, bound by ``partial``), counted before its caller sees it;
-    always published."""
+    always published. *then(value, exc)*, if given, is told the outcome next (the
+    caller's own hook: no done-callback on the reply, no reading it back)."""
     if exc is None:
         succeeded(pool, member, sent)
     else:
         pool._bare_failed(member, exc, _monotonic() - sent)
+    if then is not None:
+        then(value, exc)
     return False
 
 

@@ -137,9 +137,11 @@ class PoolCore(Idempotency, Autoscaler):
         with self._lock:
             return [m.ref for m in self._members]
 
-    def call_member(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...]
+    def call_member(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
+                    then: Callable[[Any, BaseException | None], object] | None = None
                     ) -> Reply[Any]:
-        """``Pool.call_member``: *method* on the member *ref*, counted, no retry."""
+        """``Pool.call_member``: *method* on the member *ref*, counted, no retry;
+        *then(value, exc)* told the outcome once it is counted."""
         self._check_open()
         with self._lock:
             for member in self._candidates:
@@ -153,7 +155,7 @@ class PoolCore(Idempotency, Autoscaler):
             self._calls += 1
         try:
             return member.ref.call_with(method, args, on_outcome=partial(
-                bare_outcome, self, member, time.monotonic()))
+                bare_outcome, self, member, time.monotonic(), then))
         except BaseException:
             self._uncount(member)
             raise

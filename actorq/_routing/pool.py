@@ -181,12 +181,18 @@ class Pool(Generic[A]):
         """The members' refs, in slot order."""
         return self._core.member_refs()
 
-    def call_member(self, ref: ActorRef[Any], method: str, *args: Any) -> Reply[Any]:
+    def call_member(self, ref: ActorRef[Any], method: str, *args: Any,
+                    then: Callable[[Any, BaseException | None], object] | None = None
+                    ) -> Reply[Any]:
         """Call *method* on the member *ref* itself: the caller routes (a scheduler of its
         own, such as the job graph's). Counted like a routed call (in flight, latency,
         failures in ``statistics()``); no retry, circuit or deadline. ``ValueError`` if
-        *ref* is not a member (any more), ``ActorStopped`` if the pool is stopped."""
-        return self._core.call_member(ref, method, args)
+        *ref* is not a member (any more), ``ActorStopped`` if the pool is stopped.
+        *then(value, exc)*, if given, is told the call's outcome once it is counted,
+        before the reply is published, on the thread that completes it (usually the
+        system's loop thread): quick, never blocking, never raising. It is the job
+        graph's way to take a batch's outcome without a done-callback on its reply."""
+        return self._core.call_member(ref, method, args, then)
 
     def circuits(self) -> dict[str, str]:
         """Each member's circuit state (by member name): closed, open or half_open."""

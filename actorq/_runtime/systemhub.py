@@ -47,6 +47,8 @@ class SystemHub(Hub):
     # its watchdog backs off while idle too: with 1000 actors a look (every inbound
     # ring) cost ≈ 2 % of a core at 10 a second
     idle_backoff = True
+    # and while woken: each wake-up reads every ring (parking.py, BUSY_BACKOFF)
+    busy_backoff = True
     expects_readers = True  # a sync caller spins on its reply's ring (spin_for)
 
     def __init__(self, run_id: str, config: SystemConfig, ctl: ControlBlock, efd: int,
@@ -217,7 +219,7 @@ class SystemHub(Hub):
         """Loop thread: the doorbell rang."""
         self.clear_doorbell()
         self.ctl.slots[C_WAKEUPS] += 1
-        if self.watch_interval > self.config.park_timeout:
+        if self.watch_interval > self.config.park_timeout and not self.watch_busy:
             self.watch_sooner()  # busy again after a quiet stretch
         with self.drain_lock:
             self.drain()

@@ -447,3 +447,22 @@ def test_call_member_calls_the_chosen_member_and_counts_it(system):
     pool.stop()
     with pytest.raises(actorq.ActorStopped):
         pool.call_member(first, "pid")
+
+
+def test_call_member_then_is_told_each_outcome_after_it_is_counted(system):
+    pool = system.pool(Worker, size=1)
+    (member,) = pool.members()
+    told = []
+
+    def then(value, exc):  # runs before the reply is published: counted already
+        told.append((value, type(exc), pool.statistics().members[0].in_flight))
+
+    ok = pool.call_member(member, "work", 21, then=then)
+    failed = pool.call_member(member, "fail", then=then)
+    assert ok.result(10) == (42, system.pid_of(member))
+    with pytest.raises(KeyError, match="permanent"):
+        failed.result(10)
+    wait_until(lambda: len(told) == 2, timeout=10)
+    assert told == [((42, system.pid_of(member)), type(None), 1), (None, KeyError, 0)]
+    stats = pool.statistics()
+    assert (stats.calls, stats.members[0].ok, stats.failed) == (2, 1, 1)

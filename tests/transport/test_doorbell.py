@@ -10,13 +10,14 @@ import asyncio
 import importlib.util
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import actorq
-from actorq._core.parking import IDLE_BACKOFF
+from actorq._core.parking import BUSY_BACKOFF, IDLE_BACKOFF
 from actorq._core.protocol import C_HELD, C_HELD_RUNG, C_WATCH_MS
 from actorq._ids import new_run_prefix
 from actorq._runtime.systemhub import SystemHub
@@ -366,3 +367,36 @@ def test_an_idle_actors_watchdog_stops_and_the_systems_sweep_still_finds_a_lost_
             assert ref.echo(i).result() == i
         assert s.metrics()["actors"][ref.name]["lost_wakeups"] == 1
         assert sweep.asked == asked + 1
+
+
+def test_the_systems_watchdog_looks_less_often_while_replies_wake_it() -> None:
+    # Every wake-up of the system's hub reads every ring, so while replies wake it its
+    # watchdog backs off (a timer wake-up of the loop thread less, each time); once
+    # they stop it is back to its idle pace, and lost wake-ups are still none.
+    base = 0.05
+    with actorq.ActorSystem(call_timeout=20.0, park_timeout=base) as s:
+        hub = s._runtime.hub
+        graph = actorq.Graph()
+        for _ in range(600):  # >= 1.5 s of 5 ms tasks on two workers: replies flow
+            graph.task(time.sleep, 0.005)
+        seen: list[float] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                s.run(graph, workers=2)
+            finally:
+                done.set()
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        while not done.is_set():
+            if hub.watch_busy:
+                seen.append(hub.watch_interval)
+            done.wait(0.002)
+        runner.join()
+        assert seen, "the watchdog never backed off while replies came"
+        assert max(seen) == pytest.approx(base * BUSY_BACKOFF)
+        wait_until(lambda: not hub.watch_busy, timeout=20,
+                   message="the watchdog left its busy pace once replies stopped")
+        assert s.metrics()["system"]["lost_wakeups"] == 0
