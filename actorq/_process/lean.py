@@ -55,6 +55,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -65,6 +66,10 @@ from actorq._process import lifelock, spawn
 # stream, which starts with the PROTO opcode (b"\x80").
 LEAN_REQUEST = b"L"
 _HEAD = struct.Struct("=cI")  # LEAN_REQUEST, then the length of the pickle that follows
+# How often a start checks that multiprocessing's resource tracker still runs (seconds;
+# ``tracker_fd``)
+TRACKER_CHECK_EVERY = 1.0
+_tracker_checked = [0.0]  # time.monotonic() of the last check
 
 
 class LeanStart:
@@ -174,7 +179,7 @@ class LeanPopen(multiprocessing.popen_forkserver.Popen):
                 reduction.dump(process_obj, buf)
         finally:
             multiprocessing.context.set_spawning_popen(None)
-        self.sentinel, w = forkserver.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
+        self.sentinel, w = connect_to_new_process(self._fds)  # type: ignore[attr-defined]
         # (the parent's duplicate of the data pipe is the child's parent sentinel)
         parent_w = os.dup(w)
         self.finalizer = multiprocessing.util.Finalize(
@@ -224,6 +229,56 @@ class LeanPopen(multiprocessing.popen_forkserver.Popen):
         server = self.server
         end = None if server is None else spawn.fork_server_end(server)
         return None if end is None else f"its fork server (pid {server}) {end}"
+
+
+def connect_to_new_process(fds: list[int]) -> tuple[int, int]:
+    """Ask the fork server for a child: ``ForkServer.connect_to_new_process`` (Python
+    3.11) without its two checks. Its caller made sure the fork server runs
+    (``spawn.ensure_fork_server``, by the start's ``deathsig.lineage_for``), and the
+    resource tracker is checked at most every ``TRACKER_CHECK_EVERY`` (``tracker_fd``).
+    Returns the status pipe's read end and the request pipe's write end."""
+    server: Any = multiprocessing.forkserver._forkserver
+    address, alive = server._forkserver_address, server._forkserver_alive_fd
+    if address is None or alive is None:  # being started again: multiprocessing's way
+        return server.connect_to_new_process(fds)  # type: ignore[no-any-return]
+    if len(fds) + 4 >= multiprocessing.forkserver.MAXFDS_TO_SEND:
+        msg = "too many fds"
+        raise ValueError(msg)
+    reduction = multiprocessing.context.reduction  # type: ignore[attr-defined]
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(address)
+        parent_r, child_w = os.pipe()
+        child_r, parent_w = os.pipe()
+        try:
+            reduction.sendfds(client, [child_r, child_w, alive, tracker_fd(), *fds])
+        except BaseException:
+            os.close(parent_r)
+            os.close(parent_w)
+            raise
+        finally:
+            os.close(child_r)
+            os.close(child_w)
+    return parent_r, parent_w
+
+
+def tracker_fd() -> int:
+    """The fd of multiprocessing's resource tracker that a new child is handed (the
+    tracker started if it does not run).
+
+    multiprocessing checks that the tracker lives by writing it a probe message, which
+    the tracker process wakes up to read and parse: three of them per start, ≈ 0.2 ms
+    of that process's CPU per actor (issue 15). Here at most one per
+    ``TRACKER_CHECK_EVERY``: a child handed the fd of a tracker that died meanwhile
+    finds it dead at its first use of it and starts its own, as multiprocessing's
+    children do.
+    """
+    tracker: Any = multiprocessing.resource_tracker._resource_tracker
+    now = time.monotonic()
+    fd = tracker._fd
+    if fd is None or now - _tracker_checked[0] >= TRACKER_CHECK_EVERY:
+        fd = tracker.getfd()  # checks it, or starts it
+        _tracker_checked[0] = now
+    return int(fd)
 
 
 def _end_orphan(pid: int) -> int:

@@ -172,7 +172,12 @@ def ensure_fork_server() -> None:
         restart_dead_fork_server(SERVER_EXIT_WAIT, pid)
     elif pid is not None and exits_within(pid, 0):
         restart_dead_fork_server(0, pid)
-    multiprocessing.forkserver.ensure_running()  # a no-op once it runs
+    elif pid is not None:
+        # alive, as its pidfd just said: multiprocessing's own check (ensure_running)
+        # would say it again, and first probe the resource tracker, a message that
+        # process wakes up to read (lean.tracker_fd says why that matters)
+        return
+    multiprocessing.forkserver.ensure_running()  # starts it if it does not run
 
 
 def restart_dead_fork_server(timeout: float, dead: int | None = None) -> bool:

@@ -86,6 +86,22 @@ class WhoAmI(actorq.Actor):
     def ppid(self) -> int:
         return os.getppid()
 
+    def pipes(self) -> set[str]:
+        return _pipes(os.getpid())
+
+
+def _pipes(pid: int) -> set[str]:
+    """The pipes *pid* holds open beyond its standard streams ("pipe:[inode]")."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if int(fd) > 2 and target.startswith("pipe:"):
+            found.add(target)
+    return found
+
 
 def test_an_actor_started_the_lean_way_has_no_owner_watch_thread_of_its_own():
     # the fork server actorq started watches the owner for all of them (deathsig.py)
@@ -135,3 +151,41 @@ def test_close_all_closes_runs_and_single_fds_and_nothing_else():
                     os.fstat(fd)
     finally:
         os.close(keep)
+
+
+def test_an_actor_shares_no_pipe_with_its_fork_server():
+    # the fork server holds the write end of every child's status pipe, the pipes of
+    # its own loop, and libuv's signal lock (made by the rehearsal's event loops,
+    # warmup.rehearse_loop): a child closes the first two and libuv replaces the third
+    # in it at fork, so that no process shares that lock with another
+    import multiprocessing.forkserver
+
+    with actorq.ActorSystem(start_method="forkserver") as system:
+        refs = [system.spawn(WhoAmI) for _ in range(3)]
+        server = multiprocessing.forkserver._forkserver._forkserver_pid
+        for ref in refs:
+            mine = ref.pipes().result(timeout=60)
+            assert not mine & _pipes(server)
+
+
+def test_a_burst_of_starts_checks_the_resource_tracker_at_most_once_a_second(monkeypatch):
+    # multiprocessing checks it three times per start, with a message the tracker
+    # process wakes up to read (lean.tracker_fd)
+    import multiprocessing.resource_tracker
+    import time
+
+    from actorq._process import lean
+
+    checks = []
+    tracker = multiprocessing.resource_tracker.ResourceTracker
+    real = tracker._check_alive
+    monkeypatch.setattr(tracker, "_check_alive",
+                        lambda self: checks.append(1) or real(self))
+    with actorq.ActorSystem(start_method="forkserver") as system:
+        t0 = time.monotonic()
+        refs = [system.spawn(WhoAmI) for _ in range(12)]
+        for ref in refs:
+            system.wait_ready(ref, timeout=60)
+        elapsed = time.monotonic() - t0
+    # (each start checked it three times before: 36 here)
+    assert len(checks) <= 2 + elapsed / lean.TRACKER_CHECK_EVERY
