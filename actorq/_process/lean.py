@@ -239,7 +239,9 @@ def connect_to_new_process(fds: list[int]) -> tuple[int, int]:
     Returns the status pipe's read end and the request pipe's write end."""
     server: Any = multiprocessing.forkserver._forkserver
     address, alive = server._forkserver_address, server._forkserver_alive_fd
-    if address is None or alive is None:  # being started again: multiprocessing's way
+    if (address is None or alive is None  # being started again: multiprocessing's way
+            or getattr(server, "_forkserver_authkey", None) is not None):
+        # (a Python whose fork server authenticates each connection, 3.14 on: its own way)
         return server.connect_to_new_process(fds)  # type: ignore[no-any-return]
     if len(fds) + 4 >= multiprocessing.forkserver.MAXFDS_TO_SEND:
         msg = "too many fds"
