@@ -45,7 +45,8 @@ async def _parked_past_the_timeout(tmp_path):
         sink.tell(2)  # the window's second credit
         call = sink.put(3)  # no credit: parked, and the loop is not blocked
         sink.tell(4)  # parked too
-        assert not call.done()
+        # (not `assert not call.done()`: the system's loop expires it 0.3 s on, and a loaded
+        # machine can hold this thread that long; the text below says it was parked)
         with pytest.raises(actorq.Backpressure, match="the message was parked"):
             await call
         for _ in range(2000):  # the parked tell expires at the same time: let it
