@@ -26,7 +26,7 @@ from actorq._ids import next_token
 from actorq._serialization import SAFE_TYPES, check_picklable, quick_safe
 from actorq._transport.channel import NO_TICKETS
 from actorq._transport.oob import LONE_MARSHAL
-from actorq._transport.ring import H_HANDLED, H_READER, H_SENT, READER_EXPECTED
+from actorq._transport.ring import H_HANDLED, H_READER, READER_EXPECTED
 
 if TYPE_CHECKING:
     from actorq._core.ref import ActorRef
@@ -141,9 +141,10 @@ class Sending(CreditLine):
         lock = chan.lock
         lock.acquire()  # not ``with``: once per call, and the block costs (see tell)
         try:
-            hdr = chan.ring.hdr  # in_flight() == 0, inlined: the receiver is idle
+            ring = chan.ring  # in_flight() == 0, inlined: the receiver is idle (the
+            # count sent is this producer's own, kept by the ring: no header load)
             if (chan.credits <= 0 or chan.gate.waiting or chan.outbox or chan.encoded
-                    or hdr[H_SENT] != hdr[H_HANDLED]):
+                    or ring.sent != ring.hdr[H_HANDLED]):
                 return False
             # plain data: marshal is faster than pickle both ways (LONE_MARSHAL: why 2)
             body = _marshal([msg], LONE_MARSHAL)
@@ -162,7 +163,7 @@ class Sending(CreditLine):
                         back[H_READER] = READER_EXPECTED
                 except (KeyError, ValueError):  # no reply ring (yet), or released
                     pass
-            if not chan.ring.try_write(body, 1):
+            if not ring.try_write(body, 1):
                 return False
             chan.credits -= 1
         finally:
