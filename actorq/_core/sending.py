@@ -135,8 +135,11 @@ class Sending(CreditLine):
         """
         chan = self.outbound.get(target)
         self.burst += 1
-        if (chan is None or threading.get_ident() == self.loop_thread_id
-                or self.burst > BURST_PENDING < len(self.pending)):
+        # the loop thread runs its loop whenever it runs our code: a thread with no
+        # running loop is not it (one C call, not two, for a plain sync caller)
+        loop = _running_loop()
+        if (chan is None or self.burst > BURST_PENDING < len(self.pending)
+                or (loop is not None and threading.get_ident() == self.loop_thread_id)):
             return False
         lock = chan.lock
         lock.acquire()  # not ``with``: once per call, and the block costs (see tell)
@@ -150,7 +153,7 @@ class Sending(CreditLine):
             body = _marshal([msg], LONE_MARSHAL)
             if len(body) > self.max_inline:
                 return False
-            if self.expects_readers and len(self.pending) == 1 and _running_loop() is None:
+            if self.expects_readers and len(self.pending) == 1 and loop is None:
                 # A lone call from a thread without an event loop: its caller is about to
                 # spin on the reply's ring (``wait_reply``). Say so before the call is out,
                 # so that a quick reply does not wake the loop thread, which would then

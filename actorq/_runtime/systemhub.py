@@ -86,10 +86,13 @@ class SystemHub(Hub):
         """Flush, then spin on the reply's ring for a moment (``spin_for``); True if the
         reply is done. ``Reply.result`` asks this first (``spins``), and builds its
         deadline only if the spin ran out."""
-        if threading.get_ident() == self.loop_thread_id:
-            msg = f"{reply.describe}: result() called on the actor system's own loop; use await"
-            raise RuntimeError(msg)
+        # the loop thread runs its loop whenever it runs our code: a thread with no
+        # running loop is not it (one C call, not two, for a plain caller)
         if _running_loop() is not None:
+            if threading.get_ident() == self.loop_thread_id:
+                msg = (f"{reply.describe}: result() called on the actor system's own loop; "
+                       "use await")
+                raise RuntimeError(msg)
             msg = (f"{reply.describe}: result() blocks this thread's running event loop until "
                    "the reply comes; in async code use `await reply`")
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
