@@ -122,6 +122,15 @@ class Ring:
         self.tail = self.hdr[H_TAIL]  # meaningful on the producer's object only
         self.sent = self.hdr[H_SENT]
 
+    def resume_producing(self) -> None:
+        """Read the producer's counts again (``tail``, ``sent``): this object was made
+        while another producer still wrote (a spare process, prepared ahead, takes over
+        from the actor it replaces: ``ActorHubState.take_over``)."""
+        hdr = self.hdr
+        self.tail = hdr[H_TAIL]
+        self.sent = hdr[H_SENT]
+        self._cached_head = hdr[H_HEAD]
+
     @staticmethod
     def size_for(capacity: int) -> int:
         """Bytes of buffer a ring with *capacity* data bytes needs."""
