@@ -68,10 +68,13 @@ class ActorHubState(Hub):
 
     def take_over(self) -> None:
         """Start where the dead predecessor stopped: read every inbound ring from its
-        head (what was committed), and publish our window. Done at boot, not before: a
+        head (what was committed), write every outbound one from its tail, and publish
+        our window. Done at boot, not before: a
         spare prepared ahead (``Host.prepare``) must not touch what the live actor owns."""
         for chan in self.inbound.values():
             chan.cursor = chan.ring.head()
+        for out in self.outbound.values():  # what the predecessor wrote since we attached
+            out.ring.resume_producing()
         self.ctl.slots[C_WINDOW] = self.aimd.window if self.aimd is not None else 0
 
     def release(self) -> None:

@@ -89,7 +89,11 @@ class Handling(Replies):
         slots[C_TOKEN] = token
         if token:
             slots[C_REPLY_TO] = reply_to + 1
-        slots[C_SEQ] = hdr[H_HANDLED]  # the head record's first message
+        # the head record's first message; until the commit below nothing else commits
+        # on this ring (a handler that reads its rings tracks the record first:
+        # track_alone), so the count is kept for it (a header load less)
+        seq = hdr[H_HANDLED]
+        slots[C_SEQ] = seq
         slots[C_BUSY] = chan.sender_id + 1
         self.busy = True
         self.sync_depth += 1
@@ -118,7 +122,7 @@ class Handling(Replies):
         if entry is None:
             # chan.commit_now(rec, unlink), written out; its look for a producer waiting
             # for credit comes after the reply (below)
-            hdr[H_HANDLED] += 1  # rec.count: one call
+            hdr[H_HANDLED] = seq + 1  # rec.count: one call
             hdr[H_HEAD] = rec.end
             if unlink:
                 run_after_commit(unlink)

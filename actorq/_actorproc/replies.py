@@ -98,10 +98,11 @@ class Replies(ActorHubState):
         except ValueError:  # pragma: no cover - the channel was closed (its peer is gone)
             pass
 
-    def wait_for_reader(self, end: float, stop: Any) -> bool:
+    def wait_for_reader(self, end: float, stop: Any, now: float) -> bool:
         """The first part of a spin while a reply's doorbell is held back: until its
         caller reads it (or spins on its ring), data comes, the grace or the spin ends;
-        the doorbell is rung then unless the reply was read.
+        the doorbell is rung then unless the reply was read. *now*: the spin's start
+        (``time.perf_counter()``, read by the spin).
 
         False if the caller did not come within the grace: it is most likely off the
         CPU, possibly this one (a woken actor often runs where its caller ran), so the
@@ -109,7 +110,6 @@ class Replies(ActorHubState):
         """
         chan, past, due = self.held  # type: ignore[misc]
         clock = time.perf_counter
-        now = clock()
         try:
             hdr = chan.ring.hdr
             # looked at once even past the grace: an actor that comes here late (it was

@@ -93,7 +93,7 @@ class Waiting(Handling):
         start = clock()
         end = start + budget
         now = start
-        if self.held is not None and not self.wait_for_reader(end, stop):
+        if self.held is not None and not self.wait_for_reader(end, stop, now):
             end = 0.0  # the caller is late: do not spin on (see wait_for_reader)
         chans = self.inbound.all  # no ring is added while we spin (the loop adds
         if len(chans) == 1 and stop is None:  # them, and this is the loop)

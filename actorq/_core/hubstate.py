@@ -71,6 +71,7 @@ class HubState:
     ``ActorHub`` fill in (the parts of ``Hub`` call them)."""
 
     may_deadlock = False  # True where waiting on a reply can be a self-wait (actors)
+    spins = False  # True: a sync wait starts with wait_spin (the user's process)
     idle_backoff = False  # True: an idle hub's watchdog looks less often (actors)
     busy_backoff = False  # True: a woken hub's watchdog looks less often (the system's)
     # True: a thread that sends a lone call spins on the reply's ring next, and says so

@@ -139,11 +139,21 @@ class Receiving(HubState):
             entry.t_read = now
             self.dispatch_tells(msgs, entry)
             return len(msgs)
-        if msgs and not chan.open_records and type(msgs) is list and (
-                msgs[0][0] == OP_REPLY if len(msgs) == 1
-                else all(msg[0] == OP_REPLY for msg in msgs)):
-            # Only replies, nothing open before it: resolve them all and commit the record
-            # at once (the common case for callers; no per-message bookkeeping).
+        # Nothing open before it: a lone call may be served at once (``serve_alone``), a
+        # record of replies only is resolved and committed at once. One look at the
+        # lone message serves both (each side of a round trip reads one).
+        replies = False
+        if msgs and not chan.open_records:
+            if len(msgs) == 1:
+                if msgs[0][0] == OP_REPLY:
+                    replies = type(msgs) is list  # (a marshalled tuple holds no replies)
+                elif self.serve_alone(chan, rec, unlink, msgs):
+                    return 1
+            else:
+                replies = type(msgs) is list and all(msg[0] == OP_REPLY for msg in msgs)
+        if replies:
+            # Only replies: resolve them all and commit the record at once (the common
+            # case for callers; no per-message bookkeeping).
             hdr = chan.ring.hdr  # Ring.skip_count, inlined: once per reply record
             skip = hdr[H_CUR_SUB] if hdr[H_CUR_REC] == rec.pos else 0
             if hdr[H_READER] == READER_EXPECTED:
@@ -154,9 +164,6 @@ class Receiving(HubState):
                 self.resolve(msg)
             chan.commit_now(rec, unlink)
             return len(msgs)
-        if len(msgs) == 1 and not chan.open_records and self.serve_alone(chan, rec, unlink,
-                                                                          msgs):
-            return 1
         entry = chan.open(rec, unlink)
         entry.t_read = now
         self.dispatch_all(msgs, entry)

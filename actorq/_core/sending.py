@@ -26,7 +26,7 @@ from actorq._ids import next_token
 from actorq._serialization import SAFE_TYPES, check_picklable, quick_safe
 from actorq._transport.channel import NO_TICKETS
 from actorq._transport.oob import LONE_MARSHAL
-from actorq._transport.ring import H_HANDLED, H_READER, H_SENT, READER_EXPECTED
+from actorq._transport.ring import H_HANDLED, H_READER, READER_EXPECTED
 
 if TYPE_CHECKING:
     from actorq._core.ref import ActorRef
@@ -135,21 +135,25 @@ class Sending(CreditLine):
         """
         chan = self.outbound.get(target)
         self.burst += 1
-        if (chan is None or threading.get_ident() == self.loop_thread_id
-                or self.burst > BURST_PENDING < len(self.pending)):
+        # the loop thread runs its loop whenever it runs our code: a thread with no
+        # running loop is not it (one C call, not two, for a plain sync caller)
+        loop = _running_loop()
+        if (chan is None or self.burst > BURST_PENDING < len(self.pending)
+                or (loop is not None and threading.get_ident() == self.loop_thread_id)):
             return False
         lock = chan.lock
         lock.acquire()  # not ``with``: once per call, and the block costs (see tell)
         try:
-            hdr = chan.ring.hdr  # in_flight() == 0, inlined: the receiver is idle
+            ring = chan.ring  # in_flight() == 0, inlined: the receiver is idle (the
+            # count sent is this producer's own, kept by the ring: no header load)
             if (chan.credits <= 0 or chan.gate.waiting or chan.outbox or chan.encoded
-                    or hdr[H_SENT] != hdr[H_HANDLED]):
+                    or ring.sent != ring.hdr[H_HANDLED]):
                 return False
             # plain data: marshal is faster than pickle both ways (LONE_MARSHAL: why 2)
             body = _marshal([msg], LONE_MARSHAL)
             if len(body) > self.max_inline:
                 return False
-            if self.expects_readers and len(self.pending) == 1 and _running_loop() is None:
+            if self.expects_readers and len(self.pending) == 1 and loop is None:
                 # A lone call from a thread without an event loop: its caller is about to
                 # spin on the reply's ring (``wait_reply``). Say so before the call is out,
                 # so that a quick reply does not wake the loop thread, which would then
@@ -162,7 +166,7 @@ class Sending(CreditLine):
                         back[H_READER] = READER_EXPECTED
                 except (KeyError, ValueError):  # no reply ring (yet), or released
                     pass
-            if not chan.ring.try_write(body, 1):
+            if not ring.try_write(body, 1):
                 return False
             chan.credits -= 1
         finally:

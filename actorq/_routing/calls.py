@@ -51,6 +51,7 @@ class _Call:
                  "method", "outer", "pool", "sent_at", "token")
 
     may_deadlock = False
+    spins = False  # waits through its current attempt's waiter (wait_reply)
 
     def __init__(self, pool: MemberSet, method: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any] | None, key: Any, deadline: float | None,

@@ -50,6 +50,7 @@ class SystemHub(Hub):
     # and while woken: each wake-up reads every ring (parking.py, BUSY_BACKOFF)
     busy_backoff = True
     expects_readers = True  # a sync caller spins on its reply's ring (spin_for)
+    spins = True  # ... in wait_spin, which Reply.result asks first
 
     def __init__(self, run_id: str, config: SystemConfig, ctl: ControlBlock, efd: int,
                  state_of: Callable[[int], str | None]) -> None:
@@ -79,23 +80,32 @@ class SystemHub(Hub):
 
     def wait_reply(self, reply: Reply[Any], deadline: Any) -> None:
         """Flush, spin on the rings for a moment (no thread hand-off), then sleep."""
-        if threading.get_ident() == self.loop_thread_id:
-            msg = f"{reply.describe}: result() called on the actor system's own loop; use await"
-            raise RuntimeError(msg)
+        if not self.wait_spin(reply):
+            while not reply.done() and not deadline.expired():
+                reply.sleep_until_done(deadline.remaining())
+
+    def wait_spin(self, reply: Reply[Any]) -> bool:
+        """Flush, then spin on the reply's ring for a moment (``spin_for``); True if the
+        reply is done. ``Reply.result`` asks this first (``spins``), and builds its
+        deadline only if the spin ran out."""
+        # the loop thread runs its loop whenever it runs our code: a thread with no
+        # running loop is not it (one C call, not two, for a plain caller)
         if _running_loop() is not None:
+            if threading.get_ident() == self.loop_thread_id:
+                msg = (f"{reply.describe}: result() called on the actor system's own loop; "
+                       "use await")
+                raise RuntimeError(msg)
             msg = (f"{reply.describe}: result() blocks this thread's running event loop until "
                    "the reply comes; in async code use `await reply`")
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
         self.burst = 0  # a caller waits: the fan-out burst, if any, ends here
         if self.dirty:
             self.flush_dirty()
-        if not reply.done():
-            self.spin_for(reply)
-        while not reply.done() and not deadline.expired():
-            reply.sleep_until_done(deadline.remaining())
+        return self.spin_for(reply)  # (its loop asks reply.done() first)
 
-    def spin_for(self, reply: Reply[Any]) -> None:
-        """Poll the ring the reply comes from, from this thread, for ``spin_seconds`` x 4.
+    def spin_for(self, reply: Reply[Any]) -> bool:
+        """Poll the ring the reply comes from, from this thread, for ``spin_seconds`` x 4;
+        return ``reply.done()``.
 
         The ring is marked as read while we spin (the actor then does not ring the
         doorbell for it); the hub stays parked, so replies on other rings wake the loop
@@ -104,7 +114,7 @@ class SystemHub(Hub):
         target = reply.target_id
         chan = self.inbound.get(target)
         if chan is None:
-            return
+            return reply.done()
         spin_lock = self.spin_lock
         spin_lock.acquire()  # not ``with``: twice per wait, and the block costs ~1.1k more
         try:
@@ -113,17 +123,19 @@ class SystemHub(Hub):
                 hdr = ring.hdr
                 hdr[H_READER] = READER_SPINNING
             except ValueError:  # the ring was released: its actor is gone
-                return
+                return reply.done()
             self.ring_spinners[target] = self.ring_spinners.get(target, 0) + 1
         finally:
             spin_lock.release()
+        done = reply.done  # asked after each record taken, and at each idle turn
+        got = False
         try:
             clock = time.perf_counter
             now = clock()
             end = now + self.config.spin_seconds * 4
             polite = now + POLITE_AFTER
             drain_lock = self.drain_lock
-            while not reply.done():
+            while True:
                 # Data, and nobody else reading: take one record (if the reply was not in
                 # it, the next turn reads on). Otherwise the clock: a spin that found the
                 # lock taken must still end on time.
@@ -140,7 +152,13 @@ class SystemHub(Hub):
                             self._take_record(chan, rec, 0.0)
                     finally:
                         drain_lock.release()
+                    if done():
+                        got = True
+                        break
                 else:
+                    if done():  # (resolved by another thread, or before we began)
+                        got = True
+                        break
                     now = clock()
                     if now > end:
                         break
@@ -158,6 +176,7 @@ class SystemHub(Hub):
             pass
         finally:
             self._stop_spinning(chan, target)
+        return got or done()
 
     def _stop_spinning(self, chan: InChannel, target: int) -> None:
         """Unmark the ring (if we were its last spinner); hand on what nobody rang for.

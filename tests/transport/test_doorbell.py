@@ -273,7 +273,7 @@ def test_a_held_reply_its_caller_read_is_seen_read_by_an_actor_back_after_the_gr
         assert reply.result() == 1
         chan, past, _due = actor.held
         actor.held = (chan, past, 0.0)  # its grace long over
-        assert actor.wait_for_reader(float("inf"), None)
+        assert actor.wait_for_reader(float("inf"), None, time.perf_counter())
         assert actor.held is None
         assert not _rang(efd)
         assert actor.ctl.slots[C_HELD_RUNG] == 0

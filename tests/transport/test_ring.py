@@ -472,6 +472,23 @@ def test_commit_after_handle_survives_consumer_restart() -> None:
     assert successor.in_flight() == 0
 
 
+def test_a_producer_made_ahead_resumes_where_the_live_one_stopped() -> None:
+    # A spare actor process attaches its rings while the actor it replaces still writes
+    # to them; a producer keeps its own tail and sent count, so the spare reads them
+    # again when it takes over (ActorHubState.take_over). Without that it overwrote
+    # the live producer's records and published a tail behind the consumer's cursor.
+    raw, live, consumer = _make_ring(256)
+    spare = Ring(memoryview(raw), init=False)  # attached ahead
+    assert live.try_write(b"one", 1)
+    assert live.try_write(b"two", 2)
+    live.release()  # the live producer dies
+    spare.resume_producing()
+    assert spare.try_write(b"three", 3)
+    assert [_pop(consumer)[:2] for _ in range(3)] == [(b"one", 1), (b"two", 2),
+                                                      (b"three", 3)]
+    assert consumer.in_flight() == 0
+
+
 def test_bad_buffer_size_raises() -> None:
     with pytest.raises(ValueError, match="need"):
         Ring(memoryview(bytearray(HEADER + 56)), init=True)  # under HEADER + 64
