@@ -73,8 +73,10 @@ OWNER = textwrap.dedent(
         s = actorq.ActorSystem(start_method=method, warm_spares=2, stop_timeout=30)
         if scenario == "slow":
             busy = s.spawn(Busy)  # boots only after its start-up delay
-            # the spares exist (forked) and sit in their start-up delay
-            while len(s._runtime._launch.spares._spares) < 1:
+            # its process and a spare exist (forked) and sit in their start-up delay (the
+            # starter thread forks Busy's process after spawn() returned: wait for both)
+            while (len(s._runtime._launch.spares._spares) < 1
+                   or s._runtime.pid_of(busy.actor_id) is None):
                 time.sleep(0.01)
             print(json.dumps({"run_id": s.run_id, "busy": [], **helpers()}), flush=True)
         else:
