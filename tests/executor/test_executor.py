@@ -45,6 +45,16 @@ def sleep_then(seconds, value=None):
     return value
 
 
+def held_until_removed(path):
+    """A task that runs until *path* is gone (the ``gate`` fixture removes it), so that
+    it is still running while a test looks, however slow the machine, and ends at once
+    after (the executor's shutdown waits for it). A 60 s cap keeps a lost gate finite."""
+    end = time.monotonic() + 60
+    while os.path.exists(path) and time.monotonic() < end:
+        time.sleep(0.005)
+    return path
+
+
 def fail(message):
     raise ValueError(message)
 
@@ -75,6 +85,16 @@ def read_initialised():
 def ex():
     with actorq.Executor(2) as executor:
         yield executor
+
+
+@pytest.fixture
+def gate(tmp_path):
+    """A path that ``held_until_removed`` tasks wait on; removed at teardown (before
+    ``ex``'s, when a test asks for ``ex`` first)."""
+    path = tmp_path / "gate"
+    path.write_text("held")
+    yield str(path)
+    path.unlink(missing_ok=True)
 
 
 # -- executor.py --------------------------------------------------------------------------
@@ -284,8 +304,8 @@ def test_submit_from_an_exit_hook_is_refused():
 # -- test_wait.py / test_as_completed.py -----------------------------------------------------
 
 
-def test_wait_first_completed(ex):
-    slow = ex.submit(sleep_then, 4)
+def test_wait_first_completed(ex, gate):
+    slow = ex.submit(held_until_removed, gate)
     quick = ex.submit(mul, 2, 3)
     done, not_done = cf.wait([slow, quick], timeout=20, return_when=cf.FIRST_COMPLETED)
     assert done == {quick}
@@ -293,32 +313,32 @@ def test_wait_first_completed(ex):
     slow.cancel()
 
 
-def test_wait_first_exception(ex):
+def test_wait_first_exception(ex, gate):
     ok = ex.submit(mul, 2, 3)
     bad = ex.submit(fail, "x")
-    slow = ex.submit(sleep_then, 4)
+    slow = ex.submit(held_until_removed, gate)
     done, not_done = cf.wait([ok, bad, slow], timeout=20, return_when=cf.FIRST_EXCEPTION)
     assert bad in done
     assert slow in not_done
     slow.cancel()
 
 
-def test_wait_all_completed_and_timeout(ex):
+def test_wait_all_completed_and_timeout(ex, gate):
     fs = [ex.submit(mul, i, i) for i in range(10)]
     done, not_done = cf.wait(fs, timeout=30, return_when=cf.ALL_COMPLETED)
     assert done == set(fs)
     assert not not_done
-    slow = ex.submit(sleep_then, 4)
+    slow = ex.submit(held_until_removed, gate)
     done, not_done = cf.wait([slow], timeout=0.1)
     assert not_done == {slow}
     slow.cancel()
 
 
-def test_as_completed(ex):
+def test_as_completed(ex, gate):
     fs = [ex.submit(mul, i, 2) for i in range(10)]
     assert sorted(f.result() for f in cf.as_completed(fs, timeout=30)) == [2 * i for i in range(10)]
     assert len(list(cf.as_completed(fs + fs, timeout=30))) == 10  # duplicates once
-    slow = ex.submit(sleep_then, 4)
+    slow = ex.submit(held_until_removed, gate)
     with pytest.raises(TimeoutError):
         list(cf.as_completed([slow], timeout=0))
     slow.cancel()
