@@ -247,12 +247,13 @@ class ConsistentHash(Router):
 
     def _cache_slot(self, key: Any) -> int:
         """The slot of a plain *key* not in the cache: found on the ring by its bucket
-        (or a bisect), and cached. ``choose`` has it written out (a frame less per new
-        key): change one, change the other."""
+        (or a bisect), and cached."""
         cache = self._cache
         if len(cache) >= SLOT_CACHE_KEYS:
             cache.clear()
-        if type(key) is int:  # its place's bucket: see choose
+        if type(key) is int:
+            # its place's bucket, ((key * FIBONACCI) & MASK64) >> _shift: the same
+            # bits, read with a big int less
             slot = self._buckets[(key * FIBONACCI >> self._shift) & self._bucket_mask]
             if slot < 0:
                 slot = self._after[bisect_left(self._points, (key * FIBONACCI) & MASK64)]
@@ -273,23 +274,8 @@ class ConsistentHash(Router):
             if type(key) in PLAIN_KEYS:  # slot_for's cached path, written out (each call)
                 cache = self._cache
                 slot = cache.get(key)
-                if slot is None:  # _cache_slot, written out: a frame less per new key
-                    if len(cache) >= SLOT_CACHE_KEYS:
-                        cache.clear()
-                    if type(key) is int:
-                        # its place's bucket, ((key * FIBONACCI) & MASK64) >> _shift:
-                        # the same bits, read with a big int less
-                        slot = self._buckets[
-                            (key * FIBONACCI >> self._shift) & self._bucket_mask]
-                        if slot < 0:  # a virtual node in its bucket
-                            slot = self._after[
-                                bisect_left(self._points, (key * FIBONACCI) & MASK64)]
-                    else:
-                        point = key_point(key)
-                        slot = self._buckets[point >> self._shift]
-                        if slot < 0:
-                            slot = self._after[bisect_left(self._points, point)]
-                    cache[key] = slot
+                if slot is None:
+                    slot = self._cache_slot(key)
             else:
                 slot = self.slot_for(key)
             for m in candidates:
