@@ -10,7 +10,8 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "actorq"
-BASE = {"_errors", "_config", "_clock", "_ids", "_serialization", "_metrics", "_shared"}
+BASE = {"_errors", "_config", "_clock", "_ids", "_serialization", "_metrics", "_shared",
+        "_native"}  # _native: compiled helpers with pure-Python fallbacks
 LAYERS = [
     {"_transport", "_process", "_resilience"},  # bytes, OS processes, pure retry policies
     {"_core"},  # the actor kernel: protocol, hub, reply, ref, actor, events

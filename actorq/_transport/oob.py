@@ -53,6 +53,7 @@ from collections.abc import Callable
 from typing import Any
 
 from actorq._errors import MessageTooLarge
+from actorq._native import copy_into
 from actorq._serialization import salvage_loads
 from actorq._transport.shm import SHM_DIR, Segment
 
@@ -140,7 +141,7 @@ class BlockPool:
                 return (*_to_fresh_segment(raw, self._namer), False)
             block.flags[0] = 1
             block.flags[1] = 1
-        block.seg.buf[BLOCK_HEADER : BLOCK_HEADER + size] = raw.cast("B")
+        copy_into(block.seg.buf, BLOCK_HEADER, raw)
         return block.seg.name, size, True
 
     def release(self, name: str) -> None:
@@ -257,7 +258,7 @@ def _to_fresh_segment(raw: memoryview, namer: Namer) -> tuple[str, int]:
     size = raw.nbytes
     seg = _create_named(namer, "o", max(size, 1))
     try:
-        seg.buf[:size] = raw.cast("B")
+        copy_into(seg.buf, 0, raw)
     finally:
         seg.close()
     return seg.name, size

@@ -1,0 +1,6 @@
+from typing import Any
+
+STREAMING: int
+
+def copy_into(dst: Any, offset: int, src: Any, /) -> int: ...
+def set_min_streaming(n: int, /) -> int: ...
