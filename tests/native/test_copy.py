@@ -1,0 +1,135 @@
+"""``actorq._native.copy_into``: the C copy (streaming stores) and its Python fallback copy
+exactly the same bytes, refuse bad input with a clear error, and a system without the C
+helpers (``ACTORQ_NO_NATIVE=1``) sends large arrays the same way."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import actorq._native as native
+from actorq._transport.shm import Segment
+
+IMPLS = [pytest.param(native._copy_into_py, id="python")]
+if native._copy is not None:
+    IMPLS.append(pytest.param(native._copy.copy_into, id="c"))
+
+
+@pytest.fixture(autouse=True)
+def _stream_everything():
+    """Small copies take the streaming path too, so that its head, body and tail are tested
+    at every alignment (by default only copies of a MiB or more stream)."""
+    if native._copy is None:
+        yield
+        return
+    old = native._copy.set_min_streaming(0)
+    yield
+    native._copy.set_min_streaming(old)
+
+
+def test_the_c_helpers_are_built_where_a_compiler_is():
+    """CI installs with a compiler: the tests there must cover the C copy, not skip it."""
+    if os.environ.get("ACTORQ_NO_NATIVE", "") not in ("", "0"):
+        assert native.NATIVE is False
+        assert native.copy_into is native._copy_into_py
+    elif shutil.which("cc") or shutil.which("gcc"):
+        assert native.NATIVE is True
+        assert native.copy_into is native._copy.copy_into
+
+
+@pytest.mark.parametrize("copy_into", IMPLS)
+@given(size=st.integers(0, 70_000), offset=st.integers(0, 200), src_skip=st.integers(0, 63))
+def test_copies_exactly_the_bytes_and_nothing_around_them(copy_into, size, offset, src_skip):
+    rng = np.random.default_rng(size * 1000 + offset)
+    backing = rng.integers(0, 256, size + src_skip, dtype=np.uint8)
+    src = memoryview(backing)[src_skip:]  # every source alignment
+    dst = bytearray(b"\xa5" * (size + offset + 64))
+    assert copy_into(dst, offset, src) == size
+    assert dst[offset : offset + size] == src.tobytes()
+    assert dst[:offset] == b"\xa5" * offset
+    assert dst[offset + size :] == b"\xa5" * 64
+
+
+@pytest.mark.parametrize("copy_into", IMPLS)
+def test_an_8_mib_array_into_a_shared_memory_segment(copy_into):
+    arr = np.random.default_rng(1).random((1 << 20) + 3)  # 8 MiB and 24 bytes
+    raw = memoryview(arr).cast("B")
+    seg = Segment.create(f"aq_test_copy_{os.getpid()}", raw.nbytes + 4096)
+    try:
+        assert copy_into(seg.buf, 17, raw) == raw.nbytes
+        got = np.frombuffer(bytes(seg.buf[17 : 17 + raw.nbytes]), dtype=np.float64)
+        np.testing.assert_array_equal(got, arr)
+    finally:
+        seg.close()
+        seg.unlink()
+
+
+@pytest.mark.parametrize("copy_into", IMPLS)
+def test_a_copy_that_does_not_fit_is_refused_naming_the_sizes(copy_into):
+    dst = bytearray(100)
+    with pytest.raises(ValueError, match=r"60 bytes at offset 50 do not fit a buffer of 100"):
+        copy_into(dst, 50, b"x" * 60)
+    with pytest.raises(ValueError, match=r"at offset -1"):
+        copy_into(dst, -1, b"x")
+    assert dst == bytearray(100)  # nothing written
+
+
+@pytest.mark.parametrize("copy_into", IMPLS)
+def test_a_read_only_destination_is_refused(copy_into):
+    with pytest.raises(TypeError):
+        copy_into(b"\0" * 10, 0, b"abc")
+
+
+@pytest.mark.parametrize("copy_into", IMPLS)
+def test_a_non_contiguous_source_is_refused(copy_into):
+    strided = np.arange(20, dtype=np.uint8)[::2]
+    with pytest.raises((BufferError, TypeError, ValueError)):
+        copy_into(bytearray(20), 0, strided)
+
+
+def test_without_the_c_helpers_large_arrays_travel_the_same(tmp_path):
+    """A program with ``ACTORQ_NO_NATIVE=1`` uses the fallback and sends an 8 MiB array
+    out of band to an actor, which sees exactly its values."""
+    program = tmp_path / "no_native.py"
+    program.write_text(textwrap.dedent("""
+        import numpy as np
+        import actorq
+        import actorq._native
+
+        class Sum(actorq.Actor):
+            def check(self, arr):
+                return float(arr.sum()), arr.shape, bool(arr.flags.owndata)
+
+        if __name__ == "__main__":
+            arr = np.random.default_rng(7).random(1 << 20)
+            with actorq.ActorSystem() as system:
+                total, shape, owns = system.spawn(Sum).check(arr).result(timeout=60)
+            print(actorq._native.NATIVE, total == float(arr.sum()), shape, owns)
+    """))
+    env = {**os.environ, "ACTORQ_NO_NATIVE": "1"}
+    out = subprocess.run([sys.executable, str(program)], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "True", "(1048576,)", "False"], out.stderr
+
+
+def test_a_built_helper_is_not_older_than_its_c_source():
+    """In a checkout, an edited ``.c`` needs a rebuild (``pip install -e .``, or
+    ``python setup.py build_ext --inplace``): else the tests would test the old binary."""
+    here = os.path.dirname(native.__file__)
+    for name in os.listdir(here):
+        if name.endswith(".c"):
+            stem = name[:-2]
+            built = [n for n in os.listdir(here) if n.startswith(stem + ".") and n.endswith(".so")]
+            for so in built:
+                src_time = os.path.getmtime(os.path.join(here, name))
+                assert os.path.getmtime(os.path.join(here, so)) >= src_time, (
+                    f"{so} is older than {name}: rebuild with `pip install -e .` or "
+                    f"`python setup.py build_ext --inplace`")
