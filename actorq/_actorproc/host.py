@@ -433,7 +433,7 @@ _logging_set = False  # _log_to_stderr_unless_configured ran in this process (or
 
 def main(ctrl: socket.socket, lineage: Lineage) -> None:
     """Entry point of every actor process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the system's to handle
+    lean.set_handler(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the system's to handle
     delay = float(os.environ.get("ACTORQ_TEST_START_DELAY") or 0)
     if delay:  # tests only: widen the window before the death signal is armed
         time.sleep(delay)

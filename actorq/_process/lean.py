@@ -390,11 +390,7 @@ def serve_one(child_r: int, fds: list[int], unused_fds: list[int],
     lean request (module docstring) read and run in less."""
     signal.set_wakeup_fd(-1)
     for sig, val in handlers.items():
-        # _signal's own: signal.signal turns the handler it replaces into an enum
-        # member, and for a function (the fork server's SIGCHLD handler) that raises
-        # and catches a ValueError inside the enum machinery: ≈ 45 copied pages and
-        # 0.25 ms of each actor's start (issue 15)
-        _signal.signal(int(sig), val if callable(val) else int(val))
+        set_handler(sig, val)
     close_all(unused_fds)
     # (the fds the fork server received for this child, as multiprocessing sets them)
     server: Any = multiprocessing.forkserver._forkserver
@@ -414,6 +410,14 @@ def serve_one(child_r: int, fds: list[int], unused_fds: list[int],
     finally:
         del process._inheriting  # type: ignore[attr-defined]
     return int(start._bootstrap())
+
+
+def set_handler(sig: int, handler: Any) -> None:
+    """``signal.signal(sig, handler)`` without its enums: it turns the handler it
+    replaces into a ``Handlers`` member, and for a function (the fork server's SIGCHLD
+    handler) that raises and catches a ValueError inside the enum machinery, in every
+    new process (issue 15: ≈ 0.1-0.2 ms of its start)."""
+    _signal.signal(int(sig), handler if callable(handler) else int(handler))
 
 
 def rehearse_request(target: Callable[..., object], times: int) -> None:
