@@ -68,7 +68,7 @@ from actorq._transport.channel import (
     C_WAKEUPS,
     ControlBlock,
 )
-from actorq._transport.shm import SHM_DIR, Segment
+from actorq._transport.shm import Segment
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +139,9 @@ class Host:
                 self.info = dataclasses.replace(self.info, restarts=msg[1])
                 break
             if prepared:
-                self.hub.release()
                 if self.life is not None:
-                    self.life.close()
+                    self.life.close()  # (a view of the control block: before it goes)
+                self.hub.release()
                 self.spec = None
                 prepared = False
             assert kind in (Ctl.BOOT, Ctl.PREPARE), kind
@@ -161,7 +161,7 @@ class Host:
         self.info = info
         multiprocessing.current_process().name = f"actorq:{self.name}"
         ctl = ControlBlock(Segment.attach(info.ctl))
-        self.life = lifelock.mapped(os.path.join(SHM_DIR, info.ctl))
+        self.life = lifelock.in_block(ctl.seg.buf)
         self.hub = ActorHub(self, info, ctl, fds[0])
         register_hub(info.run_id, self.hub)
         for sender, (ring_name, fd_index) in info.inbound.items():
