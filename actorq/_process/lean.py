@@ -99,7 +99,9 @@ class LeanStart:
             multiprocessing.current_process().daemon = self.daemon
             multiprocessing.context._force_start_method("forkserver")
             util._finalizer_registry.clear()  # type: ignore[attr-defined]
-            util._run_after_forkers()  # type: ignore[attr-defined]
+            if util._afterfork_registry:  # type: ignore[attr-defined]
+                # (empty in an actor: walking it raised and caught an IndexError)
+                util._run_after_forkers()  # type: ignore[attr-defined]
             try:
                 self.target(*self.args)
                 code = 0
