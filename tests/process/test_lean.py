@@ -213,3 +213,16 @@ def test_a_burst_of_starts_checks_the_resource_tracker_at_most_once_a_second(mon
         elapsed = time.monotonic() - t0
     # (each start checked it three times before: 36 here)
     assert len(checks) <= 2 + elapsed / lean.TRACKER_CHECK_EVERY
+
+
+def test_a_lineage_pickles_every_field():
+    # Lineage.__reduce__ lists its fields itself (a cheaper unpickling in each child):
+    # a field added later and left out of it would come back as its default
+    import dataclasses
+    import pickle
+
+    from actorq._process.deathsig import Lineage
+
+    values = {f.name: 1000 + i for i, f in enumerate(dataclasses.fields(Lineage))}
+    lineage = Lineage(**values)
+    assert pickle.loads(pickle.dumps(lineage)) == lineage
