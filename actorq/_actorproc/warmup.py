@@ -34,7 +34,7 @@ from actorq._config import SystemConfig
 from actorq._core.actor import Actor, ActorContext, handler_names
 from actorq._core.protocol import Boot, Ctl
 from actorq._core.ref import ActorRef
-from actorq._process import lean
+from actorq._process import lean, lifelock
 from actorq._transport import control
 from actorq._transport.channel import CTL_SIZE, ControlBlock, InChannel, OutChannel
 from actorq._transport.ring import Ring
@@ -124,7 +124,9 @@ def build(host: Any, boot: Boot) -> None:
     fails tests/core/test_warmup.py until it is rehearsed here or listed there as one
     the fork server must not run.
     """
-    hub = ActorHub(host, boot, ControlBlock(_anonymous("ctl", CTL_SIZE)), -1)
+    ctl = ControlBlock(_anonymous("ctl", CTL_SIZE))
+    life = lifelock.in_block(ctl.seg.buf)  # (a view of it, never locked here)
+    hub = ActorHub(host, boot, ctl, -1)
     try:
         hub.inbound[0] = InChannel(0, _ring("in"))
         hub.outbound[1] = OutChannel(1, _ring("out"),
@@ -140,6 +142,8 @@ def build(host: Any, boot: Boot) -> None:
         handlers = {name: getattr(obj, name) for name in names}
         handlers["receive"] = obj.receive
     finally:
+        if life is not None:
+            life.close()
         hub.release()
 
 

@@ -77,8 +77,6 @@ REHEARSED_AS = {  # a step of the real start -> the call of build that rehearses
 }
 NOT_REHEARSED = {  # a step of the real start -> why the fork server must not run it
     "multiprocessing.current_process": "it renames the process (the fork server's)",
-    "lifelock.mapped": "it maps a system's control block file",
-    "os.path.join": "the path of that file",
     "register_hub": "it would keep the throwaway hub registered in the fork server",
     "info.inbound.items": "the boot message's channels (build makes one of each)",
     "info.outbound.items": "as above",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 
@@ -89,6 +90,9 @@ class WhoAmI(actorq.Actor):
     def pipes(self) -> set[str]:
         return _pipes(os.getpid())
 
+    def signals(self) -> list[object]:
+        return [signal.getsignal(signal.SIGCHLD), signal.getsignal(signal.SIGINT)]
+
 
 def _pipes(pid: int) -> set[str]:
     """The pipes *pid* holds open beyond its standard streams ("pipe:[inode]")."""
@@ -113,6 +117,26 @@ def test_an_actor_started_the_lean_way_has_no_owner_watch_thread_of_its_own():
         assert "actorq-owner-watch" not in threads
         server = multiprocessing.forkserver._forkserver._forkserver_pid
         assert ref.ppid().result(timeout=60) == server
+
+
+def test_a_lean_child_gets_back_the_signal_handlers_the_fork_server_replaced(tmp_path):
+    # the fork server handles SIGCHLD and ignores SIGINT; its child has them as the
+    # fork server had them before (lean.set_handler, as multiprocessing's child does)
+    out = tmp_path / "signals.txt"
+    code = f"""
+import signal
+with open({str(out)!r}, "w") as f:
+    f.write(repr([signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL,
+                  signal.getsignal(signal.SIGINT) is signal.default_int_handler]))
+"""
+    assert _run(code) == 0
+    assert out.read_text() == "[True, True]"
+
+
+def test_an_actor_ignores_sigint_and_leaves_sigchld_at_its_default():
+    with actorq.ActorSystem(start_method="forkserver") as system:
+        ref = system.spawn(WhoAmI)
+        assert ref.signals().result(timeout=60) == [signal.SIG_DFL, signal.SIG_IGN]
 
 
 def test_multiprocessings_own_forkserver_process_is_served_as_before(tmp_path):
@@ -189,3 +213,16 @@ def test_a_burst_of_starts_checks_the_resource_tracker_at_most_once_a_second(mon
         elapsed = time.monotonic() - t0
     # (each start checked it three times before: 36 here)
     assert len(checks) <= 2 + elapsed / lean.TRACKER_CHECK_EVERY
+
+
+def test_a_lineage_pickles_every_field():
+    # Lineage.__reduce__ lists its fields itself (a cheaper unpickling in each child):
+    # a field added later and left out of it would come back as its default
+    import dataclasses
+    import pickle
+
+    from actorq._process.deathsig import Lineage
+
+    values = {f.name: 1000 + i for i, f in enumerate(dataclasses.fields(Lineage))}
+    lineage = Lineage(**values)
+    assert pickle.loads(pickle.dumps(lineage)) == lineage
