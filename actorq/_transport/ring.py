@@ -37,6 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from actorq import _native
+
 HEADER = 256
 MAGIC = 0x61637471_72696E67  # "actqring"
 WRAP = 0xFFFFFFFF
@@ -104,10 +106,13 @@ class Ring:
         if len(buf) < HEADER + 64 or (len(buf) - HEADER) & 7:
             msg = f"ring buffer of {len(buf)} bytes: need {HEADER} + a multiple of 8"
             raise ValueError(msg)
-        self.hdr = buf[:HEADER].cast("Q")
+        # the u64 slots (header, record headers) as one C call per access where the
+        # native helpers are built (acquire loads, release stores), else memoryviews
+        self.hdr = _native.u64_array(buf[:HEADER])
         self.data = buf[HEADER:]
         self.words = self.data.cast("I")
-        self.qwords = self.data.cast("Q")  # a record header as one u64 (little-endian)
+        # a record header as one u64 (little-endian)
+        self.qwords = _native.u64_array(self.data)
         if init:
             for i in range(len(self.hdr)):
                 self.hdr[i] = 0
