@@ -89,15 +89,21 @@ def u64_array_py(buf: Any) -> U64Slots:
 
 
 u64_array: Callable[[Any], U64Slots] = _ring.U64Array if _ring is not None else u64_array_py
+# ``RingCore(buf, data, Record)``: a ring's record write and read in C, or None (the
+# fallback is actorq/_transport/ring.py's ``RingCorePy``: this package imports nothing
+# of actorq's)
+RingCore: Any = _ring.RingCore if _ring is not None else None
 
 
 def select(native: bool) -> bool:
     """Use the C helpers (*native*, if they are built and not forced off by
     ``ACTORQ_NO_NATIVE``) or the pure-Python fallbacks for the shared-memory slots made
     from now on in this process; return whether the C ones are in use."""
-    global u64_array, NATIVE_RING
+    global u64_array, NATIVE_RING, RingCore
     NATIVE_RING = native and _ring is not None
     u64_array = _ring.U64Array if NATIVE_RING and _ring is not None else u64_array_py
+    RingCore = _ring.RingCore if NATIVE_RING and _ring is not None else None
     return NATIVE_RING
 
-__all__ = ["HAVE_RING", "NATIVE", "NATIVE_RING", "STREAMING", "copy_into", "select", "u64_array"]
+__all__ = ["HAVE_RING", "NATIVE", "NATIVE_RING", "STREAMING", "RingCore", "U64Slots", "copy_into",
+           "select", "u64_array"]
