@@ -138,7 +138,9 @@ class Ring:
         self.capacity = len(self.data)
         self.max_payload = self.capacity // 2 - REC_HEADER
         native = _native.RingCore
-        self.core: RingCorePy = (native(buf, self.data, Record) if native is not None
+        # (the C core holds a view of its own, buf[:], as the views above are: buf itself
+        # is never exported, so that ``Segment.close`` can release it whatever is alive)
+        self.core: RingCorePy = (native(buf[:], self.data, Record) if native is not None
                                  else RingCorePy(self.hdr, self.data, self.words,
                                                  self.qwords))
         self.try_write = self.core.try_write

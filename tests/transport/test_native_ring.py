@@ -254,3 +254,19 @@ def test_a_corrupt_record_length_is_an_error_naming_it(native: bool) -> None:
         cons.read_at(0)
     prod.release()
     cons.release()
+
+
+@pytest.mark.parametrize("native", [pytest.param(True, marks=needs_c), False])
+def test_a_segment_closes_under_a_ring_not_released(native: bool) -> None:
+    """``Segment.close`` releases its own view whatever rings are still alive over it
+    (their views are their own): it does not raise, with either implementation."""
+    _native.select(native)
+    try:
+        seg = Segment.create(new_run_prefix() + "ring", Ring.size_for(4096))
+        ring = Ring(seg.buf, init=True)
+        assert ring.try_write(b"abc", 1)
+        seg.close()  # the mapping stays while the ring's views live (unmapped later)
+        ring.release()
+        seg.unlink()
+    finally:
+        _native.select(True)
