@@ -24,7 +24,9 @@ docs/internals.md: a u64 straddling a cache line tears under concurrent reads)::
     wrap marker: u32 0xFFFFFFFF where a record did not fit before the end
 
 The producer writes the record, then publishes ``tail``: x86-64 keeps stores in order,
-so a consumer that sees the new tail sees the record. ``head``/``tail`` only grow; a
+so a consumer that sees the new tail sees the record (with the C helpers, every load of
+a slot is an acquire and every store a release, which keeps that order on any CPU:
+actorq/_native/_ring.c). ``head``/``tail`` only grow; a
 position in the data area is ``counter % capacity``. A record holds at most half the
 ring. The consumer advances ``head`` only after the record's messages were handled
 ("commit after handle"), so what a crashed consumer had not finished is still there
