@@ -206,7 +206,7 @@ U64Array_enter(U64Array *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-U64Array_exit(U64Array *self, PyObject *args)
+U64Array_exit(U64Array *self, PyObject *Py_UNUSED(args))
 {
     U64Array_release_buffer(self);
     Py_RETURN_NONE;
