@@ -10,5 +10,7 @@ setup(
     ext_modules=[
         Extension("actorq._native._copy", ["actorq/_native/_copy.c"],
                   extra_compile_args=["-O2"], optional=True),
+        Extension("actorq._native._ring", ["actorq/_native/_ring.c"],
+                  extra_compile_args=["-O2"], optional=True),
     ],
 )

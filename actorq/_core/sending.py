@@ -147,7 +147,7 @@ class Sending(CreditLine):
             ring = chan.ring  # in_flight() == 0, inlined: the receiver is idle (the
             # count sent is this producer's own, kept by the ring: no header load)
             if (chan.credits <= 0 or chan.gate.waiting or chan.outbox or chan.encoded
-                    or ring.sent != ring.hdr[H_HANDLED]):
+                    or ring.core.sent != ring.hdr[H_HANDLED]):
                 return False
             # plain data: marshal is faster than pickle both ways (LONE_MARSHAL: why 2)
             body = _marshal([msg], LONE_MARSHAL)

@@ -7,13 +7,31 @@ environment forces the fallbacks (the test suite runs both).
 
 - ``copy_into(dst, offset, src)``: one copy of a large buffer into shared memory
   (``_copy.c``: streaming stores, the GIL released). The fallback assigns memoryviews.
+- ``u64_array(buf)``: the u64 slots of shared memory (a ring's header and record headers,
+  a control block) as an array whose item access is one C call, each load an acquire and
+  each store a release (``_ring.c``: ~8x fewer instructions per access than the
+  fallback, a memoryview cast to ``'Q'``, which behaves the same).
+
+``select(native)`` switches this process between the C helpers and the fallbacks for
+what is made from then on (the tests run both, and both against each other).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
+
+
+class U64Slots(Protocol):
+    """u64 slots of shared memory: ``U64Array`` (C) or a memoryview cast to 'Q'."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> int: ...
+    def __setitem__(self, index: int, value: int, /) -> None: ...
+    def release(self) -> None: ...
+    def tolist(self) -> list[int]: ...
 
 
 def _load() -> ModuleType | None:
@@ -32,6 +50,22 @@ NATIVE = _copy is not None
 STREAMING = bool(_copy is not None and _copy.STREAMING)
 
 
+def _load_ring() -> ModuleType | None:
+    if os.environ.get("ACTORQ_NO_NATIVE", "") not in ("", "0"):
+        return None
+    try:
+        from actorq._native import _ring
+    except ImportError:
+        return None
+    return _ring
+
+
+_ring = _load_ring()
+HAVE_RING = _ring is not None  # the C ``U64Array`` is built (and not forced off)
+# Whether the u64 slots of shared memory made now are the C ``U64Array`` (``select``).
+NATIVE_RING = HAVE_RING
+
+
 def _copy_into_py(dst: Any, offset: int, src: Any) -> int:
     """Copy the contiguous buffer *src* into *dst* at *offset*; return the bytes copied."""
     raw = memoryview(src).cast("B")
@@ -47,4 +81,29 @@ def _copy_into_py(dst: Any, offset: int, src: Any) -> int:
 
 copy_into = _copy.copy_into if _copy is not None else _copy_into_py
 
-__all__ = ["NATIVE", "STREAMING", "copy_into"]
+
+def u64_array_py(buf: Any) -> U64Slots:
+    """*buf* (writable, 8-byte aligned) as an array of u64: a memoryview cast to 'Q'."""
+    view: U64Slots = memoryview(buf).cast("Q")
+    return view
+
+
+u64_array: Callable[[Any], U64Slots] = _ring.U64Array if _ring is not None else u64_array_py
+# ``RingCore(buf, data, Record)``: a ring's record write and read in C, or None (the
+# fallback is actorq/_transport/ring.py's ``RingCorePy``: this package imports nothing
+# of actorq's)
+RingCore: Any = _ring.RingCore if _ring is not None else None
+
+
+def select(native: bool) -> bool:
+    """Use the C helpers (*native*, if they are built and not forced off by
+    ``ACTORQ_NO_NATIVE``) or the pure-Python fallbacks for the shared-memory slots made
+    from now on in this process; return whether the C ones are in use."""
+    global u64_array, NATIVE_RING, RingCore
+    NATIVE_RING = native and _ring is not None
+    u64_array = _ring.U64Array if NATIVE_RING and _ring is not None else u64_array_py
+    RingCore = _ring.RingCore if NATIVE_RING and _ring is not None else None
+    return NATIVE_RING
+
+__all__ = ["HAVE_RING", "NATIVE", "NATIVE_RING", "STREAMING", "RingCore", "U64Slots", "copy_into",
+           "select", "u64_array"]

@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from actorq import _native
 from actorq._transport.credit import CreditGate
 from actorq._transport.oob import run_after_commit
 from actorq._transport.ring import (
@@ -105,7 +106,7 @@ class ControlBlock:
 
     def __init__(self, seg: Segment) -> None:
         self.seg = seg
-        self.slots = seg.buf[:CTL_SIZE].cast("Q")
+        self.slots = _native.u64_array(seg.buf[:CTL_SIZE])  # (see ``Ring.hdr``)
 
     def close(self) -> None:
         """Release the view and unmap (this handle only)."""

@@ -24,7 +24,9 @@ docs/internals.md: a u64 straddling a cache line tears under concurrent reads)::
     wrap marker: u32 0xFFFFFFFF where a record did not fit before the end
 
 The producer writes the record, then publishes ``tail``: x86-64 keeps stores in order,
-so a consumer that sees the new tail sees the record. ``head``/``tail`` only grow; a
+so a consumer that sees the new tail sees the record (with the C helpers, every load of
+a slot is an acquire and every store a release, which keeps that order on any CPU:
+actorq/_native/_ring.c). ``head``/``tail`` only grow; a
 position in the data area is ``counter % capacity``. A record holds at most half the
 ring. The consumer advances ``head`` only after the record's messages were handled
 ("commit after handle"), so what a crashed consumer had not finished is still there
@@ -35,7 +37,9 @@ This module is pure: no syscalls, no pickling, so it can be property-tested in-p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
+
+from actorq import _native
 
 HEADER = 256
 MAGIC = 0x61637471_72696E67  # "actqring"
@@ -91,23 +95,40 @@ class RingStatistics:
     backpressure: int
 
 
-class Ring:
-    """One SPSC ring; the producer and the consumer each hold their own ``Ring`` object."""
+class _TryWrite(Protocol):
+    def __call__(self, payload: bytes | memoryview, count: int = 1, /) -> int: ...
 
-    # sent, tail: the producer's own counts (only a producer writes them; a producer
-    # object reads them once, here, and then keeps them: each header load is a
-    # memoryview item, ~250 instructions, two per record written)
-    __slots__ = ("_cached_head", "capacity", "data", "hdr", "max_payload", "qwords", "sent",
-                 "tail", "words")
+
+class _ReadAt(Protocol):
+    def __call__(self, pos: int, tail: int | None = None, /) -> Record | None: ...
+
+
+class Ring:
+    """One SPSC ring; the producer and the consumer each hold their own ``Ring`` object.
+
+    Its record write and read (``try_write``, ``read_at``) are those of its ``core``: the
+    C ``RingCore`` where actorq's native helpers are built (actorq/_native/_ring.c: one
+    C call each, a fifth of the instructions), else ``RingCorePy`` below, the reference;
+    the bytes in the ring are the same (a writer of one kind, a reader of the other).
+    """
+
+    __slots__ = ("capacity", "core", "data", "hdr", "max_payload", "qwords", "read_at",
+                 "try_write", "words")
+    # the core's bound methods, looked up once here (no method lookup per record)
+    try_write: _TryWrite
+    read_at: _ReadAt
 
     def __init__(self, buf: memoryview, *, init: bool = False) -> None:
         if len(buf) < HEADER + 64 or (len(buf) - HEADER) & 7:
             msg = f"ring buffer of {len(buf)} bytes: need {HEADER} + a multiple of 8"
             raise ValueError(msg)
-        self.hdr = buf[:HEADER].cast("Q")
+        # the u64 slots (header, record headers) as one C call per access where the
+        # native helpers are built (acquire loads, release stores), else memoryviews
+        self.hdr = _native.u64_array(buf[:HEADER])
         self.data = buf[HEADER:]
         self.words = self.data.cast("I")
-        self.qwords = self.data.cast("Q")  # a record header as one u64 (little-endian)
+        # a record header as one u64 (little-endian)
+        self.qwords = _native.u64_array(self.data)
         if init:
             for i in range(len(self.hdr)):
                 self.hdr[i] = 0
@@ -118,18 +139,20 @@ class Ring:
             raise ValueError(msg)
         self.capacity = len(self.data)
         self.max_payload = self.capacity // 2 - REC_HEADER
-        self._cached_head = self.hdr[H_HEAD]
-        self.tail = self.hdr[H_TAIL]  # meaningful on the producer's object only
-        self.sent = self.hdr[H_SENT]
+        native = _native.RingCore
+        # (the C core holds a view of its own, buf[:], as the views above are: buf itself
+        # is never exported, so that ``Segment.close`` can release it whatever is alive)
+        self.core: RingCorePy = (native(buf[:], self.data, Record) if native is not None
+                                 else RingCorePy(self.hdr, self.data, self.words,
+                                                 self.qwords))
+        self.try_write = self.core.try_write
+        self.read_at = self.core.read_at
 
     def resume_producing(self) -> None:
         """Read the producer's counts again (``tail``, ``sent``): this object was made
         while another producer still wrote (a spare process, prepared ahead, takes over
         from the actor it replaces: ``ActorHubState.take_over``)."""
-        hdr = self.hdr
-        self.tail = hdr[H_TAIL]
-        self.sent = hdr[H_SENT]
-        self._cached_head = hdr[H_HEAD]
+        self.core.resume()
 
     @staticmethod
     def size_for(capacity: int) -> int:
@@ -145,42 +168,11 @@ class Ring:
 
     def release(self) -> None:
         """Release the views on the buffer (so that its segment can be closed)."""
+        self.core.release()
         for view in (self.qwords, self.words, self.data, self.hdr):
             view.release()
 
     # -- producer side ---------------------------------------------------------------
-
-    def try_write(self, payload: bytes | memoryview, count: int = 1) -> int:
-        """Append one record holding *count* messages; return the new tail (the counter
-        position just past the record: never 0), or 0 if it does not fit now.
-
-        Raises ``ValueError`` if the payload could never fit (over half the ring).
-        """
-        n = len(payload)
-        if n > self.max_payload:
-            msg = f"record of {n} bytes exceeds the ring's limit of {self.max_payload}"
-            raise ValueError(msg)
-        tail = self.tail  # this producer's own: nobody else writes it
-        cap = self.capacity
-        need = REC_HEADER + ((n + 7) & ~7)
-        pos = tail % cap
-        to_end = cap - pos
-        end = tail + need if need <= to_end else tail + to_end + need
-        if end - self._cached_head > cap:
-            self._cached_head = self.hdr[H_HEAD]
-            if end - self._cached_head > cap:
-                return 0
-        if need > to_end:
-            self.words[pos >> 2] = WRAP
-            pos = 0
-        self.qwords[pos >> 3] = n | count << 32  # u32 length, u32 count: one store
-        self.data[pos + REC_HEADER : pos + REC_HEADER + n] = payload
-        hdr = self.hdr
-        self.sent = sent = self.sent + count
-        hdr[H_SENT] = sent
-        self.tail = end
-        hdr[H_TAIL] = end  # publish last
-        return end
 
     def free_bytes(self) -> int:
         """Bytes free right now (the producer's view)."""
@@ -195,32 +187,6 @@ class Ring:
     def has_data(self) -> bool:
         """True if a record is published past ``head``."""
         return self.hdr[H_TAIL] != self.hdr[H_HEAD]
-
-    def read_at(self, pos: int, tail: int | None = None) -> Record | None:
-        """Return the record at counter position *pos*, or None if *pos* is the tail
-        (*tail*: the tail if the caller just read it, else it is read here)."""
-        if tail is None:
-            tail = self.hdr[H_TAIL]
-        if pos == tail:
-            return None
-        cap = self.capacity
-        off = pos % cap
-        head = self.qwords[off >> 3]  # u32 length, u32 count: one load
-        n = head & 0xFFFFFFFF
-        if n == WRAP:
-            pos += cap - off
-            if pos == tail:  # pragma: no cover - a wrap marker is always followed by a record
-                return None
-            off = 0
-            head = self.qwords[0]
-            n = head & 0xFFFFFFFF
-        if n > self.max_payload:
-            msg = f"corrupt ring: record length {n} at position {pos}"
-            raise RuntimeError(msg)
-        start = off + REC_HEADER
-        # Record(...) without the Python frame of a NamedTuple's __new__ (once per record)
-        return _new_tuple(Record, (pos, self.data[start : start + n], head >> 32,
-                                   pos + REC_HEADER + ((n + 7) & ~7)))
 
     def head(self) -> int:
         """The committed head position."""
@@ -249,3 +215,94 @@ class Ring:
     def used_bytes(self) -> int:
         """Bytes between head and tail (wrap padding included)."""
         return self.hdr[H_TAIL] - self.hdr[H_HEAD]
+
+
+class RingCorePy:
+    """A ring's record write and read, and the producer's own counts: the pure-Python
+    reference of the C ``RingCore`` (actorq/_native/_ring.c), which does the same to
+    the same bytes."""
+
+    # sent, tail: the producer's own counts (only a producer writes them; a producer
+    # object reads them once, here, and then keeps them: each header load is a
+    # memoryview item, ~250 instructions, two per record written)
+    __slots__ = ("cached_head", "capacity", "data", "hdr", "max_payload", "qwords", "sent",
+                 "tail", "words")
+
+    def __init__(self, hdr: _native.U64Slots, data: memoryview, words: memoryview,
+                 qwords: _native.U64Slots) -> None:
+        self.hdr, self.data, self.words, self.qwords = hdr, data, words, qwords
+        self.capacity = len(data)
+        self.max_payload = self.capacity // 2 - REC_HEADER
+        self.resume()
+
+    def resume(self) -> None:
+        """Read the producer's counts from the header (again)."""
+        hdr = self.hdr
+        self.cached_head = hdr[H_HEAD]
+        self.tail = hdr[H_TAIL]  # meaningful on the producer's object only
+        self.sent = hdr[H_SENT]
+
+    def release(self) -> None:
+        """Nothing to let go of: the views are the ``Ring``'s."""
+
+    # -- producer side ---------------------------------------------------------------
+
+    def try_write(self, payload: bytes | memoryview, count: int = 1, /) -> int:
+        """Append one record holding *count* messages; return the new tail (the counter
+        position just past the record: never 0), or 0 if it does not fit now.
+
+        Raises ``ValueError`` if the payload could never fit (over half the ring).
+        """
+        n = len(payload)
+        if n > self.max_payload:
+            msg = f"record of {n} bytes exceeds the ring's limit of {self.max_payload}"
+            raise ValueError(msg)
+        tail = self.tail  # this producer's own: nobody else writes it
+        cap = self.capacity
+        need = REC_HEADER + ((n + 7) & ~7)
+        pos = tail % cap
+        to_end = cap - pos
+        end = tail + need if need <= to_end else tail + to_end + need
+        if end - self.cached_head > cap:
+            self.cached_head = self.hdr[H_HEAD]
+            if end - self.cached_head > cap:
+                return 0
+        if need > to_end:
+            self.words[pos >> 2] = WRAP
+            pos = 0
+        self.qwords[pos >> 3] = n | count << 32  # u32 length, u32 count: one store
+        self.data[pos + REC_HEADER : pos + REC_HEADER + n] = payload
+        hdr = self.hdr
+        self.sent = sent = self.sent + count
+        hdr[H_SENT] = sent
+        self.tail = end
+        hdr[H_TAIL] = end  # publish last
+        return end
+
+    # -- consumer side ---------------------------------------------------------------
+
+    def read_at(self, pos: int, tail: int | None = None, /) -> Record | None:
+        """Return the record at counter position *pos*, or None if *pos* is the tail
+        (*tail*: the tail if the caller just read it, else it is read here)."""
+        if tail is None:
+            tail = self.hdr[H_TAIL]
+        if pos == tail:
+            return None
+        cap = self.capacity
+        off = pos % cap
+        head = self.qwords[off >> 3]  # u32 length, u32 count: one load
+        n = head & 0xFFFFFFFF
+        if n == WRAP:
+            pos += cap - off
+            if pos == tail:  # pragma: no cover - a wrap marker is always followed by a record
+                return None
+            off = 0
+            head = self.qwords[0]
+            n = head & 0xFFFFFFFF
+        if n > self.max_payload:
+            msg = f"corrupt ring: record length {n} at position {pos}"
+            raise RuntimeError(msg)
+        start = off + REC_HEADER
+        # Record(...) without the Python frame of a NamedTuple's __new__ (once per record)
+        return _new_tuple(Record, (pos, self.data[start : start + n], head >> 32,
+                                   pos + REC_HEADER + ((n + 7) & ~7)))

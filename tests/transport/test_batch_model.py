@@ -51,6 +51,9 @@ from actorq._transport.shm import Segment, unlink_prefix
 from actorq.testing import wait_until
 
 ACTOR = 1
+# Every test here runs with the C slots of shared memory and with the fallback's
+# (conftest.py): the rings' headers and the control blocks the crash attribution reads.
+pytestmark = pytest.mark.usefixtures("slots_impl")
 
 
 class Crash(BaseException):

@@ -26,6 +26,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from actorq import _native
 from actorq._ids import new_run_prefix
 from actorq._transport.ring import (
     H_CAPACITY,
@@ -39,6 +40,11 @@ from actorq._transport.ring import (
     record_size,
 )
 from actorq._transport.shm import Segment
+
+# Every plain test here runs with the C slots and with the fallback (conftest.py); the
+# state machine has a subclass per implementation (below: a unittest class takes no
+# fixture).
+both = pytest.mark.usefixtures("slots_impl")
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -84,12 +90,17 @@ class ModelRecord:
 class RingMachine(RuleBasedStateMachine):
     """One producer ``Ring`` and one consumer ``Ring`` over one bytearray, vs a model."""
 
+    native = True  # the rings' u64 slots: C (``U64Array``) or the fallback (memoryviews)
+
     def __init__(self) -> None:
         super().__init__()
         self.ready = False
 
     @initialize(capacity=st.integers(min_value=8, max_value=128).map(lambda k: k * 8))
     def setup(self, capacity: int) -> None:
+        if _native.select(self.native) != self.native:
+            _native.select(True)
+            pytest.skip("the C helpers are not built here (or ACTORQ_NO_NATIVE is set)")
         self.capacity = capacity
         self.raw, self.producer, self.consumer = _make_ring(capacity)
         self.model: deque[ModelRecord] = deque()
@@ -298,6 +309,13 @@ class RingMachine(RuleBasedStateMachine):
         if self.ready:
             self.producer.release()
             self.consumer.release()
+        _native.select(True)
+
+
+class PyRingMachine(RingMachine):
+    """The same machine over the pure-Python fallback's slots."""
+
+    native = False
 
 
 RingMachine.TestCase.settings = settings(
@@ -306,7 +324,9 @@ RingMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+PyRingMachine.TestCase.settings = RingMachine.TestCase.settings
 TestRingMachine = RingMachine.TestCase
+TestPyRingMachine = PyRingMachine.TestCase
 # Its own bound, not the suite's 60 s: it is pure CPU in this process (no
 # process, no IPC, nothing that waits), ~13 s of it here, nearly all in Hypothesis's
 # engine, so its wall time is that times how loaded the machine is: 50-60 s on this
@@ -314,11 +334,13 @@ TestRingMachine = RingMachine.TestCase
 # quiet and still catches a loop that never ends. Its examples and steps are its
 # strength: kept.
 TestRingMachine.pytestmark = [pytest.mark.timeout(600)]
+TestPyRingMachine.pytestmark = [pytest.mark.timeout(600)]
 
 
 # -- plain tests -----------------------------------------------------------------------
 
 
+@both
 def test_record_size() -> None:
     assert record_size(0) == 8
     assert record_size(1) == 16
@@ -326,6 +348,7 @@ def test_record_size() -> None:
     assert record_size(9) == 24
 
 
+@both
 def test_full_ring_then_commit_frees_space() -> None:
     _raw, producer, consumer = _make_ring(64)  # max_payload 24, record_size(24) == 32
     assert producer.max_payload == 24
@@ -348,6 +371,7 @@ def test_full_ring_then_commit_frees_space() -> None:
     assert consumer.read_at(consumer.head()) is None
 
 
+@both
 def test_exactly_filling_records() -> None:
     raw, producer, consumer = _make_ring(256)
     payloads = [_pattern(i, 56) for i in range(4)]  # 4 x 64 bytes == capacity
@@ -367,6 +391,7 @@ def test_exactly_filling_records() -> None:
     rec.payload.release()
 
 
+@both
 def test_record_ending_exactly_at_the_end_needs_no_wrap() -> None:
     raw, producer, consumer = _make_ring(128)
     assert producer.try_write(b"a" * 40, 1)  # [0, 48)
@@ -382,6 +407,7 @@ def test_record_ending_exactly_at_the_end_needs_no_wrap() -> None:
     assert _pop(consumer) == (b"d", 1, 128, 144)
 
 
+@both
 def test_zero_length_payloads() -> None:
     _raw, producer, consumer = _make_ring(64)
     for i in range(8):  # 8 x 8 bytes fill the ring
@@ -405,6 +431,7 @@ def test_zero_length_payloads() -> None:
     assert _pop(consumer) == (b"", 5, 64, 72)
 
 
+@both
 def test_wrap_marker_placement() -> None:
     raw, producer, consumer = _make_ring(128)  # max_payload 56
     assert producer.try_write(b"a" * 40, 1)  # [0, 48)
@@ -426,6 +453,7 @@ def test_wrap_marker_placement() -> None:
     assert not consumer.has_data()
 
 
+@both
 def test_wrap_padding_counts_against_free_space() -> None:
     raw, producer, consumer = _make_ring(128)  # max_payload 56
     assert producer.try_write(b"a" * 40, 1)  # [0, 48)
@@ -443,6 +471,7 @@ def test_wrap_padding_counts_against_free_space() -> None:
     assert _pop(consumer) == (b"d" * 30, 2, 128, 168)
 
 
+@both
 def test_oversize_payload_raises_and_changes_nothing() -> None:
     raw, producer, _consumer = _make_ring(256)
     assert producer.try_write(b"x" * 10, 1)
@@ -453,6 +482,7 @@ def test_oversize_payload_raises_and_changes_nothing() -> None:
     assert producer.try_write(b"z" * producer.max_payload, 1)  # the limit itself is fine
 
 
+@both
 def test_commit_after_handle_survives_consumer_restart() -> None:
     raw, producer, consumer = _make_ring(256)
     assert producer.try_write(b"batch", 5)
@@ -472,6 +502,7 @@ def test_commit_after_handle_survives_consumer_restart() -> None:
     assert successor.in_flight() == 0
 
 
+@both
 def test_a_producer_made_ahead_resumes_where_the_live_one_stopped() -> None:
     # A spare actor process attaches its rings while the actor it replaces still writes
     # to them; a producer keeps its own tail and sent count, so the spare reads them
@@ -489,6 +520,7 @@ def test_a_producer_made_ahead_resumes_where_the_live_one_stopped() -> None:
     assert consumer.in_flight() == 0
 
 
+@both
 def test_bad_buffer_size_raises() -> None:
     with pytest.raises(ValueError, match="need"):
         Ring(memoryview(bytearray(HEADER + 56)), init=True)  # under HEADER + 64
@@ -498,6 +530,7 @@ def test_bad_buffer_size_raises() -> None:
         Ring(memoryview(bytearray(0)), init=False)
 
 
+@both
 def test_bad_magic_raises() -> None:
     raw = bytearray(Ring.size_for(128))
     with pytest.raises(ValueError, match="bad magic or capacity"):
@@ -510,6 +543,7 @@ def test_bad_magic_raises() -> None:
     Ring(memoryview(raw), init=False).release()  # fine again
 
 
+@both
 def test_capacity_mismatch_raises() -> None:
     raw = bytearray(Ring.size_for(128))
     Ring(memoryview(raw), init=True).release()
@@ -528,7 +562,10 @@ def _seq_payload(seq: int) -> bytes:
     return struct.pack("<Q", seq) + _pattern(seq, seq % 97)
 
 
-def _produce(name: str, n: int, wait_s: float) -> None:
+def _produce(name: str, n: int, wait_s: float, native: bool) -> None:
+    if _native.select(native) != native:
+        msg = f"the producer's slots are not the ones asked for (native={native})"
+        raise RuntimeError(msg)
     seg = Segment.attach(name)
     ring = Ring(seg.buf, init=False)
     deadline = time.monotonic() + wait_s
@@ -543,15 +580,41 @@ def _produce(name: str, n: int, wait_s: float) -> None:
     seg.close()
 
 
-def test_cross_process_producer_in_order_exactly_once() -> None:
+def _start_producer(name: str, native: bool) -> multiprocessing.process.BaseProcess:
+    """A producer process with C slots (forked) or with the fallback forced by
+    ``ACTORQ_NO_NATIVE=1`` in its environment (spawned: a fresh interpreter reads it)."""
+    if native:
+        child = multiprocessing.get_context("fork").Process(
+            target=_produce, args=(name, N_RECORDS, WAIT_S, True), daemon=True)
+        child.start()
+        return child
+    child = multiprocessing.get_context("spawn").Process(
+        target=_produce, args=(name, N_RECORDS, WAIT_S, False), daemon=True)
+    old = os.environ.get("ACTORQ_NO_NATIVE")
+    os.environ["ACTORQ_NO_NATIVE"] = "1"
+    try:
+        child.start()
+    finally:
+        if old is None:
+            del os.environ["ACTORQ_NO_NATIVE"]
+        else:
+            os.environ["ACTORQ_NO_NATIVE"] = old
+    return child
+
+
+@pytest.mark.parametrize("producer", ["native", "python"])
+def test_cross_process_producer_in_order_exactly_once(producer: str,
+                                                      slots_impl: str) -> None:
+    """A producer process writes, this one reads and commits: each side with either
+    implementation of the slots (a C writer with a Python reader and the reverse: the
+    protocol is the same bytes)."""
+    if producer == "native" and not _native.HAVE_RING:
+        pytest.skip("the C helpers are not built here")
     name = new_run_prefix() + "test_ring"
     seg = Segment.create(name, Ring.size_for(PROC_CAPACITY))
     try:
         ring = Ring(seg.buf, init=True)
-        child = multiprocessing.get_context("fork").Process(
-            target=_produce, args=(name, N_RECORDS, WAIT_S), daemon=True
-        )
-        child.start()
+        child = _start_producer(name, producer == "native")
         try:
             deadline = time.monotonic() + WAIT_S
             expected = 0

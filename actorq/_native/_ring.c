@@ -1,0 +1,596 @@
+/* actorq._native._ring: the u64 slots of shared memory that two processes share (a
+ * ring's header and record headers, a control block), read and written as one C call.
+ *
+ * Why: actorq's rings and control blocks are arrays of u64 counters in shared memory.
+ * Through a memoryview cast to 'Q' each item access costs 250-330 instructions (the
+ * format is parsed, struct-like unpacking runs), and a synchronous call makes ~47 of
+ * them (benchmarks/msgpath_harness.py call-real). ``U64Array`` is the same array with
+ * an item access of a bounds check and one load or store.
+ *
+ * Memory order: every load is an acquire and every store a release (__atomic builtins),
+ * so that "write the record, then publish the tail" and "see the tail, then read the
+ * record" hold on any architecture, not only on x86-64 (where both are plain moves).
+ * Store-then-load handshakes still need a full fence, as with the Python fallback
+ * (actorq/_transport/channel.py: ``fence()``).
+ *
+ * The Python fallback (actorq/_native/__init__.py) is a memoryview cast to 'Q': the
+ * same bytes, the same indices (negative ones count from the end), IndexError out of
+ * range, ValueError once released.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;      /* held while not released */
+    uint64_t *words;     /* NULL once released */
+    Py_ssize_t n;        /* number of u64 items */
+    PyObject *weakrefs;
+} U64Array;
+
+static PyTypeObject U64Array_Type;
+
+static int
+released(U64Array *self)
+{
+    if (self->words == NULL) {
+        PyErr_SetString(PyExc_ValueError, "operation forbidden on a released U64Array");
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *
+U64Array_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *obj;
+    static char *kwlist[] = {"buffer", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:U64Array", kwlist, &obj))
+        return NULL;
+    U64Array *self = (U64Array *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(obj, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    const char *why = NULL;
+    if ((uintptr_t)self->view.buf & 7)
+        why = "is not 8-byte aligned";
+    else if (self->view.len & 7)
+        why = "is not a whole number of u64 items";
+    if (why != NULL) {
+        PyErr_Format(PyExc_ValueError, "U64Array: a buffer of %zd bytes that %s",
+                     self->view.len, why);
+        PyBuffer_Release(&self->view);
+        self->view.obj = NULL;
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->words = (uint64_t *)self->view.buf;
+    self->n = self->view.len / 8;
+    return (PyObject *)self;
+}
+
+static void
+U64Array_release_buffer(U64Array *self)
+{
+    if (self->words != NULL) {
+        self->words = NULL;
+        self->n = 0;
+        PyBuffer_Release(&self->view);
+    }
+}
+
+static void
+U64Array_dealloc(U64Array *self)
+{
+    if (self->weakrefs != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    U64Array_release_buffer(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t
+U64Array_length(U64Array *self)
+{
+    if (released(self))
+        return -1;
+    return self->n;
+}
+
+/* The item index of *key*, or -1 with an exception set. */
+static Py_ssize_t
+index_of(U64Array *self, PyObject *key)
+{
+    Py_ssize_t i;
+    if (PyLong_CheckExact(key)) {
+        i = PyLong_AsSsize_t(key);
+    }
+    else if (PyIndex_Check(key)) {
+        i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "U64Array indices must be integers, not %.100s",
+                     Py_TYPE(key)->tp_name);
+        return -1;
+    }
+    if (i == -1 && PyErr_Occurred())
+        return -1;
+    if (released(self))
+        return -1;
+    if (i < 0)
+        i += self->n;
+    if (i < 0 || i >= self->n) {
+        PyErr_Format(PyExc_IndexError, "U64Array index out of range (%zd items)", self->n);
+        return -1;
+    }
+    return i;
+}
+
+static PyObject *
+U64Array_subscript(U64Array *self, PyObject *key)
+{
+    Py_ssize_t i = index_of(self, key);
+    if (i < 0)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&self->words[i], __ATOMIC_ACQUIRE));
+}
+
+static int
+U64Array_ass_subscript(U64Array *self, PyObject *key, PyObject *value)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "U64Array items cannot be deleted");
+        return -1;
+    }
+    Py_ssize_t i = index_of(self, key);
+    if (i < 0)
+        return -1;
+    unsigned long long v;
+    if (PyLong_CheckExact(value)) {
+        v = PyLong_AsUnsignedLongLong(value);
+    }
+    else {
+        PyObject *num = PyNumber_Index(value);
+        if (num == NULL)
+            return -1;
+        v = PyLong_AsUnsignedLongLong(num);
+        Py_DECREF(num);
+    }
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError,
+                         "U64Array: %R is not a u64 (0 <= value < 2**64)", value);
+        }
+        return -1;
+    }
+    __atomic_store_n(&self->words[i], (uint64_t)v, __ATOMIC_RELEASE);
+    return 0;
+}
+
+static PyObject *
+U64Array_release(U64Array *self, PyObject *Py_UNUSED(ignored))
+{
+    U64Array_release_buffer(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+U64Array_tolist(U64Array *self, PyObject *Py_UNUSED(ignored))
+{
+    if (released(self))
+        return NULL;
+    PyObject *list = PyList_New(self->n);
+    if (list == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < self->n; i++) {
+        PyObject *item = PyLong_FromUnsignedLongLong(
+            __atomic_load_n(&self->words[i], __ATOMIC_ACQUIRE));
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+static PyObject *
+U64Array_enter(U64Array *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+U64Array_exit(U64Array *self, PyObject *Py_UNUSED(args))
+{
+    U64Array_release_buffer(self);
+    Py_RETURN_NONE;
+}
+
+static PyMappingMethods U64Array_as_mapping = {
+    (lenfunc)U64Array_length,
+    (binaryfunc)U64Array_subscript,
+    (objobjargproc)U64Array_ass_subscript,
+};
+
+static PyMethodDef U64Array_methods[] = {
+    {"release", (PyCFunction)U64Array_release, METH_NOARGS,
+     "Let go of the buffer (its segment can then be closed); later accesses raise "
+     "ValueError."},
+    {"tolist", (PyCFunction)U64Array_tolist, METH_NOARGS, "The items, as a list of ints."},
+    {"__enter__", (PyCFunction)U64Array_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)U64Array_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL}
+};
+
+static PyTypeObject U64Array_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "actorq._native._ring.U64Array",
+    .tp_basicsize = sizeof(U64Array),
+    .tp_dealloc = (destructor)U64Array_dealloc,
+    .tp_as_mapping = &U64Array_as_mapping,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "U64Array(buffer): the writable, 8-byte aligned *buffer* as an array of u64, "
+              "each load an acquire and each store a release.",
+    .tp_weaklistoffset = offsetof(U64Array, weakrefs),
+    .tp_methods = U64Array_methods,
+    .tp_new = U64Array_new,
+};
+
+/* -- RingCore: the record write and read of actorq/_transport/ring.py ------------------
+ *
+ * The ring's layout (ring.py's docstring: the two must agree, tests/transport/
+ * test_u64_slots.py checks the constants): a 256-byte header of u64 slots, then the
+ * data area; a record is u32 length | u32 count | payload | pad to 8, a u32 0xFFFFFFFF
+ * marks where a record did not fit before the end. ``try_write`` writes the record,
+ * then stores ``sent`` and ``tail`` with release semantics (the tail last); ``read_at``
+ * loads the tail with acquire semantics before it reads the record behind it. The
+ * producer's own counts (tail, sent, and a cached head) are kept here. */
+
+#define RING_HEADER 256
+#define H_HEAD 0
+#define H_TAIL 8
+#define H_SENT 9
+#define REC_HEADER 8
+#define WRAP 0xFFFFFFFFu
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;          /* the whole ring (header and data), held while not released */
+    uint64_t *hdr;           /* NULL once released */
+    char *data;
+    PyObject *data_view;     /* the ring's data memoryview: payloads are slices of it */
+    PyTypeObject *record;    /* ring.Record, a tuple subclass of 4 fields */
+    uint64_t capacity;
+    uint64_t max_payload;
+    unsigned long long tail; /* the producer's own counts */
+    unsigned long long sent;
+    unsigned long long cached_head;
+} RingCore;
+
+static PyTypeObject RingCore_Type;
+
+static int
+core_released(RingCore *self)
+{
+    if (self->hdr == NULL) {
+        PyErr_SetString(PyExc_ValueError, "operation forbidden on a released ring");
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *
+RingCore_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *buf, *data, *record;
+    static char *kwlist[] = {"buffer", "data", "record", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!:RingCore", kwlist, &buf, &data,
+                                     &PyType_Type, &record))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)record, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "RingCore: record must be a tuple subclass");
+        return NULL;
+    }
+    if (!PyMemoryView_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "RingCore: data must be a memoryview");
+        return NULL;
+    }
+    RingCore *self = (RingCore *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    Py_buffer *dv = PyMemoryView_GET_BUFFER(data);
+    Py_ssize_t len = self->view.len;
+    const char *why = NULL;
+    if ((uintptr_t)self->view.buf & 7)
+        why = "is not 8-byte aligned";
+    else if (len < RING_HEADER + 64 || (len - RING_HEADER) & 7)
+        why = "is not the 256-byte header and a multiple of 8 bytes, at least 64";
+    else if (dv->buf != (char *)self->view.buf + RING_HEADER || dv->len != len - RING_HEADER)
+        why = "is not the one whose data area *data* is";
+    if (why != NULL) {
+        PyErr_Format(PyExc_ValueError, "RingCore: a ring buffer of %zd bytes that %s",
+                     len, why);
+        PyBuffer_Release(&self->view);
+        self->view.obj = NULL;
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->hdr = (uint64_t *)self->view.buf;
+    self->data = (char *)self->view.buf + RING_HEADER;
+    self->data_view = Py_NewRef(data);
+    self->record = (PyTypeObject *)Py_NewRef(record);
+    self->capacity = (uint64_t)(len - RING_HEADER);
+    self->max_payload = self->capacity / 2 - REC_HEADER;
+    self->cached_head = __atomic_load_n(&self->hdr[H_HEAD], __ATOMIC_ACQUIRE);
+    self->tail = __atomic_load_n(&self->hdr[H_TAIL], __ATOMIC_ACQUIRE);
+    self->sent = __atomic_load_n(&self->hdr[H_SENT], __ATOMIC_ACQUIRE);
+    return (PyObject *)self;
+}
+
+static void
+RingCore_release_buffer(RingCore *self)
+{
+    if (self->hdr != NULL) {
+        self->hdr = NULL;
+        self->data = NULL;
+        PyBuffer_Release(&self->view);
+    }
+    Py_CLEAR(self->data_view);
+}
+
+static void
+RingCore_dealloc(RingCore *self)
+{
+    RingCore_release_buffer(self);
+    Py_CLEAR(self->record);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A counter position from a Python int, or (unsigned long long)-1 with an error. */
+static unsigned long long
+position_of(PyObject *obj, const char *what)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError) ||
+                PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError,
+                         "ring: %s %R is not a ring position (an int, 0 <= value < 2**64)",
+                         what, obj);
+        }
+    }
+    return v;
+}
+
+static PyObject *
+RingCore_try_write(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "try_write(payload, count=1) takes 1 or 2 arguments "
+                     "(%zd given)", nargs);
+        return NULL;
+    }
+    unsigned long long count = 1;
+    if (nargs == 2) {
+        count = PyLong_AsUnsignedLongLong(args[1]);
+        if (count == (unsigned long long)-1 && PyErr_Occurred())
+            count = 1ULL << 32;  /* reported below */
+        if (count >> 32) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError,
+                         "try_write: count %R is not a message count (0 <= count < 2**32)",
+                         args[1]);
+            return NULL;
+        }
+    }
+    if (core_released(self))
+        return NULL;
+    Py_buffer payload;
+    if (PyObject_GetBuffer(args[0], &payload, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    uint64_t n = (uint64_t)payload.len;
+    if (n > self->max_payload) {
+        PyErr_Format(PyExc_ValueError,
+                     "record of %zd bytes exceeds the ring's limit of %llu", payload.len,
+                     (unsigned long long)self->max_payload);
+        goto done;
+    }
+    uint64_t cap = self->capacity;
+    uint64_t tail = self->tail;
+    uint64_t need = REC_HEADER + ((n + 7) & ~(uint64_t)7);
+    uint64_t pos = tail % cap;
+    uint64_t to_end = cap - pos;
+    uint64_t end = need <= to_end ? tail + need : tail + to_end + need;
+    if (end - self->cached_head > cap) {
+        self->cached_head = __atomic_load_n(&self->hdr[H_HEAD], __ATOMIC_ACQUIRE);
+        if (end - self->cached_head > cap) {
+            result = PyLong_FromLong(0);
+            goto done;
+        }
+    }
+    if (need > to_end) {
+        *(uint32_t *)(self->data + pos) = WRAP;
+        pos = 0;
+    }
+    /* u32 length, u32 count: one little-endian u64, as ring.py stores it */
+    uint64_t head = n | (uint64_t)count << 32;
+    memcpy(self->data + pos, &head, 8);
+    memmove(self->data + pos + REC_HEADER, payload.buf, n);  /* (a payload may be a view of this ring) */
+    self->sent += count;
+    __atomic_store_n(&self->hdr[H_SENT], (uint64_t)self->sent, __ATOMIC_RELEASE);
+    self->tail = end;
+    __atomic_store_n(&self->hdr[H_TAIL], end, __ATOMIC_RELEASE);  /* publish last */
+    result = PyLong_FromUnsignedLongLong(end);
+done:
+    PyBuffer_Release(&payload);
+    return result;
+}
+
+static PyObject *
+RingCore_read_at(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "read_at(pos, tail=None) takes 1 or 2 arguments "
+                     "(%zd given)", nargs);
+        return NULL;
+    }
+    unsigned long long pos = position_of(args[0], "pos");
+    if (pos == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (core_released(self))
+        return NULL;
+    unsigned long long tail;
+    if (nargs == 2 && args[1] != Py_None) {
+        tail = position_of(args[1], "tail");
+        if (tail == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+    }
+    else {
+        tail = __atomic_load_n(&self->hdr[H_TAIL], __ATOMIC_ACQUIRE);
+    }
+    if (pos == tail)
+        Py_RETURN_NONE;
+    uint64_t cap = self->capacity;
+    uint64_t off = pos % cap;
+    /* a qword index, as ring.py's ``qwords[off >> 3]``: within the data area whatever
+     * *pos* is (the capacity is a multiple of 8) */
+    uint64_t head = __atomic_load_n((uint64_t *)(self->data + (off & ~(uint64_t)7)),
+                                    __ATOMIC_ACQUIRE);
+    uint64_t n = head & 0xFFFFFFFFu;
+    if (n == WRAP) {
+        pos += cap - off;
+        if (pos == tail)
+            Py_RETURN_NONE;
+        off = 0;
+        head = __atomic_load_n((uint64_t *)self->data, __ATOMIC_ACQUIRE);
+        n = head & 0xFFFFFFFFu;
+    }
+    if (n > self->max_payload) {
+        PyErr_Format(PyExc_RuntimeError, "corrupt ring: record length %llu at position %llu",
+                     (unsigned long long)n, pos);
+        return NULL;
+    }
+    Py_ssize_t start = (Py_ssize_t)(off + REC_HEADER);
+    /* a slice of the data memoryview (clamped to it, as in Python), so that the
+     * mapping cannot go away under the payload */
+    PyObject *payload = PySequence_GetSlice(self->data_view, start, start + (Py_ssize_t)n);
+    if (payload == NULL)
+        return NULL;
+    PyObject *fields[4];
+    fields[0] = PyLong_FromUnsignedLongLong(pos);
+    fields[1] = payload;
+    fields[2] = PyLong_FromUnsignedLongLong(head >> 32);
+    fields[3] = PyLong_FromUnsignedLongLong(pos + REC_HEADER + ((n + 7) & ~(uint64_t)7));
+    PyObject *rec = NULL;
+    if (fields[0] != NULL && fields[2] != NULL && fields[3] != NULL)
+        rec = self->record->tp_alloc(self->record, 4);
+    if (rec == NULL) {
+        for (int i = 0; i < 4; i++)
+            Py_XDECREF(fields[i]);
+        return NULL;
+    }
+    for (int i = 0; i < 4; i++)
+        PyTuple_SET_ITEM(rec, i, fields[i]);
+    return rec;
+}
+
+static PyObject *
+RingCore_resume(RingCore *self, PyObject *Py_UNUSED(ignored))
+{
+    if (core_released(self))
+        return NULL;
+    self->tail = __atomic_load_n(&self->hdr[H_TAIL], __ATOMIC_ACQUIRE);
+    self->sent = __atomic_load_n(&self->hdr[H_SENT], __ATOMIC_ACQUIRE);
+    self->cached_head = __atomic_load_n(&self->hdr[H_HEAD], __ATOMIC_ACQUIRE);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+RingCore_release(RingCore *self, PyObject *Py_UNUSED(ignored))
+{
+    RingCore_release_buffer(self);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef RingCore_methods[] = {
+    {"try_write", (PyCFunction)(void (*)(void))RingCore_try_write, METH_FASTCALL,
+     "try_write(payload, count=1) -> int: append one record; the new tail, or 0 if it "
+     "does not fit now (ring.py: ``Ring.try_write``)."},
+    {"read_at", (PyCFunction)(void (*)(void))RingCore_read_at, METH_FASTCALL,
+     "read_at(pos, tail=None) -> Record | None: the record at *pos* (ring.py: "
+     "``Ring.read_at``)."},
+    {"resume", (PyCFunction)RingCore_resume, METH_NOARGS,
+     "Read the producer's counts (tail, sent, head) from the header again."},
+    {"release", (PyCFunction)RingCore_release, METH_NOARGS,
+     "Let go of the buffer; later writes and reads raise ValueError."},
+    {NULL, NULL, 0, NULL}
+};
+
+static PyMemberDef RingCore_members[] = {
+    {"tail", T_ULONGLONG, offsetof(RingCore, tail), READONLY,
+     "the producer's tail (bytes published)"},
+    {"sent", T_ULONGLONG, offsetof(RingCore, sent), READONLY,
+     "the producer's count of messages published"},
+    {"capacity", T_ULONGLONG, offsetof(RingCore, capacity), READONLY, "data bytes"},
+    {"max_payload", T_ULONGLONG, offsetof(RingCore, max_payload), READONLY,
+     "the largest payload of a record"},
+    {NULL}
+};
+
+static PyTypeObject RingCore_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "actorq._native._ring.RingCore",
+    .tp_basicsize = sizeof(RingCore),
+    .tp_dealloc = (destructor)RingCore_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "RingCore(buffer, data, record): the record write and read of one ring "
+              "(actorq/_transport/ring.py) in C.",
+    .tp_methods = RingCore_methods,
+    .tp_members = RingCore_members,
+    .tp_new = RingCore_new,
+};
+
+
+static PyMethodDef methods[] = {
+    {NULL, NULL, 0, NULL}
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_ring",
+    "u64 slots of shared memory and a ring's record write and read (see _ring.c).", -1,
+    methods
+};
+
+PyMODINIT_FUNC
+PyInit__ring(void)
+{
+    if (PyType_Ready(&U64Array_Type) < 0 || PyType_Ready(&RingCore_Type) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "U64Array", (PyObject *)&U64Array_Type) < 0 ||
+            PyModule_AddObjectRef(m, "RingCore", (PyObject *)&RingCore_Type) < 0 ||
+            PyModule_AddIntConstant(m, "HEADER", RING_HEADER) < 0 ||
+            PyModule_AddIntConstant(m, "H_HEAD", H_HEAD) < 0 ||
+            PyModule_AddIntConstant(m, "H_TAIL", H_TAIL) < 0 ||
+            PyModule_AddIntConstant(m, "H_SENT", H_SENT) < 0 ||
+            PyModule_AddIntConstant(m, "REC_HEADER", REC_HEADER) < 0 ||
+            PyModule_AddObject(m, "WRAP", PyLong_FromUnsignedLong(WRAP)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
