@@ -24,6 +24,7 @@ segment (``actorq._shared``) and only its handle travels: dependents map it.
 
 from __future__ import annotations
 
+import marshal
 import os
 import pickle
 import threading
@@ -40,6 +41,8 @@ from actorq._shared import SharedObject, share_pickled
 VALUE, PICKLED, SHARED = 0, 1, 2
 OK, ERR, NEED_CODE = 0, 1, 2
 
+_marshal, _unmarshal = marshal.dumps, marshal.loads
+PLAIN_MARSHAL = 2  # pack_plain's marshal version (see there)
 _monotonic = time.monotonic
 _thread_time = time.thread_time
 SCHEDSTAT = "/proc/thread-self/schedstat"  # on-CPU ns, runnable-but-waiting ns, slices
@@ -113,6 +116,16 @@ def fill_flat(args: tuple[Any, ...], deps: tuple[Any, ...],
     return tuple(out)
 
 
+def pack_plain(code: dict[bytes, bytes] | None, tasks: list[tuple[Any, ...]],
+               store: str | None) -> bytes:
+    """A batch whose tasks' arguments are all plain scalars (``SAFE_TYPES``, their
+    dependencies' values filled in: ``fill_flat``), marshalled for ``run_plain``: about a
+    third of pickle's instructions to write, and less to read, per batch (callgrind).
+    Only such exact types: marshal would write any other buffer (a ``bytearray``, an
+    array) as ``bytes``. Version 2: no table of shared objects to build (``LONE_MARSHAL``)."""
+    return _marshal((code, tasks, store), PLAIN_MARSHAL)
+
+
 def unpack_value(kind: int, payload: Any) -> Any:
     """The value a (kind, payload) pair stands for (a shared one is mapped, not copied)."""
     if kind == VALUE:
@@ -181,6 +194,12 @@ class TaskWorker(Actor):
     def run_packed(self, blob: bytes) -> tuple[float, float, list[Any]]:
         """``run`` with (code, tasks, store) pickled by the scheduler (no check pickling)."""
         code, tasks, store = loads(blob)
+        return self.run(code, tasks, store)
+
+    def run_plain(self, blob: bytes) -> tuple[float, float, list[Any]]:
+        """``run`` with (code, tasks, store) marshalled by the scheduler (``pack_plain``:
+        every task's arguments plain scalars)."""
+        code, tasks, store = _unmarshal(blob)
         return self.run(code, tasks, store)
 
     def ping(self) -> int:
