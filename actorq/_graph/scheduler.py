@@ -75,6 +75,7 @@ from actorq._graph.worker import (
     fill_flat,
     pack_plain,
     pack_value,
+    unpack_outcome,
     unpack_value,
 )
 from actorq._resilience.backoff import Backoff
@@ -611,7 +612,7 @@ class Scheduler(Recovery):
         means: list[tuple[bytes, float]] = []  # per run of equal functions: mean seconds
         inband = 0
         finish = self._finish
-        cpu, queued, outcomes = result
+        cpu, queued, outcomes = unpack_outcome(result)
         self.running -= len(outcomes)
         for tid, status, kind, payload, t0, t1 in outcomes:
             if state[tid] != RUNNING:

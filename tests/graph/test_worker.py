@@ -109,3 +109,21 @@ def test_tasks_get_their_arguments_types_whichever_way_their_batch_is_sent(syste
     assert result[buffer] == ["bytearray", "int"]
     assert result[nested] == ["list", "tuple", "dict"]
     assert result[mixed] == ["int", "bytearray"]
+
+
+def test_a_batchs_outcome_is_marshalled_unless_it_holds_a_shared_value():
+    plain = (0.01, 0.0, [(3, worker.OK, VALUE, 2.5, 1.0, 2.0),
+                         (4, worker.OK, PICKLED, b"\x80\x05...", 2.0, 3.0),
+                         (5, worker.ERR, 0, b"error", 3.0, 3.5),
+                         (6, worker.NEED_CODE, 0, None, 0.0, 0.0)])
+    packed = worker.pack_outcome(plain)
+    assert type(packed) is bytes
+    assert worker.unpack_outcome(packed) == plain
+    shared = worker.pack_value(bytes(1 << 16), "aqtest_outcome_", 1024)
+    assert shared[0] == worker.SHARED
+    try:
+        outcome = (0.01, 0.0, [(7, worker.OK, *shared, 1.0, 2.0)])
+        assert worker.pack_outcome(outcome) is outcome  # a handle: left to pickle
+        assert worker.unpack_outcome(outcome) is outcome
+    finally:
+        shared[1].unlink()
