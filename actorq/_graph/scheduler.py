@@ -10,7 +10,7 @@ brought is handled in one round, and the batches it sends go out in one flush::
 
     ready heap (-priority, -rank, node)  ──dispatch──▶ worker with credit and the lowest
           ▲                                            expected finish (load x speed)
-          │                                                   │ pool.call_member(run_packed)
+          │                                                   │ pool.call_member(run_plain)
           │ a node's last dependency finished                 ▼
     completion ◀── _tick ◀── events ◀── reply callback ◀── TaskWorker (own process)
           │

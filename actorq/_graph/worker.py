@@ -7,7 +7,11 @@ not per task. The two times let the scheduler size batches by the work in them, 
 wall time that a loaded machine stretches: a task's wall time less its wait for a core
 is its CPU plus its own waiting (sleep, I/O). The wait comes from the kernel's
 ``/proc/thread-self/schedstat`` (0 where there is none: then the wall time counts as
-before). Wire records (plain tuples, cheapest to pickle)::
+before). The scheduler sends a batch whose tasks' arguments are all plain scalars
+marshalled (``pack_plain``, read by ``run_plain``), any other pickled (``run_packed``), or
+as arguments when they hold large buffers (``run``); the outcome comes back marshalled
+as one ``bytes`` value unless it holds a shared-memory handle (``pack_outcome``). Wire
+records (plain tuples, cheapest to pickle or marshal)::
 
     code     {digest: cloudpickled function} for functions this worker has not had yet
     task     (tid, digest, args, kwargs, values, nested, packed)
