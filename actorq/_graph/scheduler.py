@@ -564,8 +564,10 @@ class Scheduler(Recovery):
 
     def _batch_outcome(self, batch: Batch, value: Any, exc: BaseException | None) -> None:
         """The batch's outcome, counted by the pool (``call_member``'s *then*: no
-        done-callback on its reply, and the reply is not read back)."""
-        self._notify(("batch", batch, value, exc))
+        done-callback on its reply, and the reply is not read back). A marshalled one
+        (``pack_outcome``) is read here, as part of receiving the reply, where a
+        pickled one was read before: ``stats.scheduler_seconds`` stays comparable."""
+        self._notify(("batch", batch, unpack_outcome(value), exc))
 
     def _call_worker(self, worker: Worker, code: dict[bytes, bytes] | None,
                      wire: list[Any], then: Any, plain: bool = False) -> Reply[Any]:
@@ -612,7 +614,7 @@ class Scheduler(Recovery):
         means: list[tuple[bytes, float]] = []  # per run of equal functions: mean seconds
         inband = 0
         finish = self._finish
-        cpu, queued, outcomes = unpack_outcome(result)
+        cpu, queued, outcomes = result
         self.running -= len(outcomes)
         for tid, status, kind, payload, t0, t1 in outcomes:
             if state[tid] != RUNNING:
