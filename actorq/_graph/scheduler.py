@@ -10,7 +10,7 @@ brought is handled in one round, and the batches it sends go out in one flush::
 
     ready heap (-priority, -rank, node)  ──dispatch──▶ worker with credit and the lowest
           ▲                                            expected finish (load x speed)
-          │                                                   │ pool.call_member(run_packed)
+          │                                                   │ pool.call_member(run_plain)
           │ a node's last dependency finished                 ▼
     completion ◀── _tick ◀── events ◀── reply callback ◀── TaskWorker (own process)
           │
@@ -73,7 +73,9 @@ from actorq._graph.worker import (
     PICKLED,
     SHARED,
     fill_flat,
+    pack_plain,
     pack_value,
+    unpack_outcome,
     unpack_value,
 )
 from actorq._resilience.backoff import Backoff
@@ -349,7 +351,9 @@ class Scheduler(Recovery):
             if free * MAX_BATCH < waiting_tasks or free < min(waiting_tasks, CREDIT):
                 pool.grow_to(min(self.max_workers, len(active) + max(1, waiting_tasks)), now)
                 self._sync_workers()
-        self.peak_workers = max(self.peak_workers, min(len(workers), self.max_workers))
+        peak = len(workers) if len(workers) < self.max_workers else self.max_workers
+        if peak > self.peak_workers:
+            self.peak_workers = peak
 
     def _pick(self, *, idle: bool) -> Worker | None:
         now = time.monotonic()
@@ -359,7 +363,8 @@ class Scheduler(Recovery):
             n = len(w.batches)
             if n >= CREDIT or (idle and (n or not w.up)):
                 continue
-            finish = w.load * w.speed + max(0.0, w.penalty_until - now)
+            wait = w.penalty_until - now  # max(0.0, wait): a builtin call costs ~1k
+            finish = w.load * w.speed + wait if wait > 0.0 else w.load * w.speed
             if finish < best_finish:
                 best, best_finish = w, finish
         return best
@@ -427,12 +432,14 @@ class Scheduler(Recovery):
         tasks go in small batches to whichever worker is free first, and the workers
         end together."""
         active = self.pool.workers[: self.max_workers]
-        slots = CREDIT * max(1, len(active))
+        slots = CREDIT * (len(active) or 1)
         left = self.unfinished - self.running  # not sent yet (ready, waiting, delayed)
         if left <= ready or left * est <= slots * TARGET_BATCH_SECONDS:
             return slots
-        free = sum(CREDIT - len(w.batches) for w in active)
-        return max(1, free + CREDIT * (self.max_workers - len(active)))
+        free = CREDIT * self.max_workers
+        for w in active:  # a plain loop: no generator, no sum() (once per batch)
+            free -= len(w.batches)
+        return free if free > 1 else 1
 
     def _take_batch(self, worker: Worker) -> list[int]:
         ready = self.ready
@@ -443,7 +450,9 @@ class Scheduler(Recovery):
         if est is None or self.nodes[first].timeout is not None:
             return tids
         waiting = len(ready) + 1
-        cap = min(MAX_BATCH, max(1, math.ceil(waiting / self._slots(waiting, est))))
+        cap = math.ceil(waiting / self._slots(waiting, est))  # >= 1: waiting >= 1
+        if cap > MAX_BATCH:
+            cap = MAX_BATCH
         total = est
         state, nodes, codes, ests, gate = (self.state, self.nodes, self.codes, self.est_cpu,
                                            self.gate)
@@ -482,6 +491,8 @@ class Scheduler(Recovery):
         est = 0.0
         last_fn: Any = None
         digest, e = b"", 0.0
+        scalars = self.graph._plain  # per node: 1 if its arguments are plain scalars
+        plain = True  # every task's arguments plain scalars so far: the batch marshals
         for i in tids:
             node = nodes[i]
             if node.fn is not last_fn:  # looked up once per run of equal functions
@@ -496,15 +507,19 @@ class Scheduler(Recovery):
                 flat = fill_flat(node.args, deps, values) if node.nested == FLAT else None
                 if flat is not None:  # plain args: no placeholder to pickle, none to fill
                     append((i, digest, flat, node.kwargs, None, False, None))
-                elif node.packed is not None:
-                    vals = [values[d.index] for d in deps]
-                    append((i, digest, (), {}, vals, node.nested, node.packed))
                 else:
+                    plain = False
                     vals = [values[d.index] for d in deps]
-                    append((i, digest, node.args, node.kwargs, vals, node.nested, None))
+                    if node.packed is not None:
+                        append((i, digest, (), {}, vals, node.nested, node.packed))
+                    else:
+                        append((i, digest, node.args, node.kwargs, vals, node.nested, None))
             elif node.packed is not None:
+                plain = False
                 append((i, digest, (), {}, None, node.nested, node.packed))
             else:
+                if not scalars[i]:
+                    plain = False
                 append((i, digest, node.args, node.kwargs, None, False, None))
             state[i] = RUNNING
             attempts[i] += 1
@@ -523,7 +538,7 @@ class Scheduler(Recovery):
         self.counts["batches"] += 1
         try:
             batch.reply = self._call_worker(worker, code_map or None, wire,
-                                            partial(self._batch_outcome, batch))
+                                            partial(self._batch_outcome, batch), plain)
         except Exception as exc:  # not sendable (validated: should not happen), or stopped
             worker.batches.pop(batch.id, None)
             worker.load = max(0.0, worker.load - est) if worker.batches else 0.0
@@ -549,13 +564,21 @@ class Scheduler(Recovery):
 
     def _batch_outcome(self, batch: Batch, value: Any, exc: BaseException | None) -> None:
         """The batch's outcome, counted by the pool (``call_member``'s *then*: no
-        done-callback on its reply, and the reply is not read back)."""
-        self._notify(("batch", batch, value, exc))
+        done-callback on its reply, and the reply is not read back). A marshalled one
+        (``pack_outcome``) is read here, as part of receiving the reply, where a
+        pickled one was read before: ``stats.scheduler_seconds`` stays comparable."""
+        self._notify(("batch", batch, unpack_outcome(value), exc))
 
     def _call_worker(self, worker: Worker, code: dict[bytes, bytes] | None,
-                     wire: list[Any], then: Any) -> Reply[Any]:
-        bufs: list[pickle.PickleBuffer] = []
+                     wire: list[Any], then: Any, plain: bool = False) -> Reply[Any]:
+        """Send the batch *wire* (and the *code* the worker lacks): marshalled if *plain*
+        (every task's arguments, filled in, are plain scalars: ``pack_plain``), else
+        pickled here once, or left to the transport if it has large buffers."""
         store = self.store
+        if plain:
+            return self.pool.call(worker, "run_plain", pack_plain(code, wire, store),
+                                  then=then)
+        bufs: list[pickle.PickleBuffer] = []
         blob = pickle.dumps((code, wire, store), protocol=5, buffer_callback=bufs.append)
         if bufs:  # large arguments: let the transport carry them out of band
             return self.pool.call(worker, "run", code, wire, store, then=then)
@@ -572,7 +595,8 @@ class Scheduler(Recovery):
             gate.release(batch.tids)
         # exactly 0 when idle (no float residue): idle workers tie, and the first wins,
         # so that the last ones drain and can be given back to the pool
-        worker.load = max(0.0, worker.load - batch.est) if worker.batches else 0.0
+        load = worker.load - batch.est if worker.batches else 0.0
+        worker.load = load if load > 0.0 else 0.0
         worker.idle_since = time.monotonic()
         if exc is not None:
             self._batch_lost(batch, exc)
@@ -631,8 +655,15 @@ class Scheduler(Recovery):
         # the shares of the batch's wall time that were CPU in the worker, and that it
         # was not waiting for a core (< 1 on a loaded machine): batches are sized by
         # the work (worker.py), not by the wall time that the machine's load stretches
-        share = min(1.0, cpu / measured) if measured > 0 else 1.0
-        active = max(share, 1.0 - queued / measured) if measured > 0 else 1.0
+        # (conditionals, not min()/max(): each builtin call costs ~1k instructions)
+        share = active = 1.0
+        if measured > 0:
+            share = cpu / measured
+            if share > 1.0:
+                share = 1.0
+            active = 1.0 - queued / measured
+            if active < share:
+                active = share
         for d, mean in means:
             self._measure(d, mean, mean * share, mean * active)
         worker.busy += measured

@@ -194,7 +194,9 @@ class RunState:
         old = self.est.get(digest)
         self.est[digest] = seconds if old is None else (1 - EWMA) * old + EWMA * seconds
         if cpu is not None:
-            cpu = max(cpu, (seconds if active is None else active) / STRETCH)
+            floor = (seconds if active is None else active) / STRETCH
+            if cpu < floor:  # max(), without the builtin's call (once per batch)
+                cpu = floor
             old = self.est_cpu.get(digest)
             self.est_cpu[digest] = cpu if old is None else (1 - EWMA) * old + EWMA * cpu
 

@@ -3,6 +3,7 @@ and the wire form of a task's arguments."""
 
 from __future__ import annotations
 
+import marshal
 import threading
 
 import actorq
@@ -71,3 +72,58 @@ def test_flat_arguments_reach_the_task_filled_whatever_their_values_kind(system)
     assert result[plain] == 5.0
     assert result[after] == 6.0
     assert result[mixed] == [1.0, "s", [2.0, 2.0]]
+
+
+def _typed(*xs: object) -> list[str]:
+    return [type(x).__name__ for x in xs]
+
+
+def _echo(x: object) -> object:
+    return x
+
+
+def test_a_batch_of_plain_scalars_is_marshalled_and_the_types_arrive_exactly():
+    code = {b"d" * 32: b"blob"}
+    wire = [(0, b"d" * 32, (1, 2.5, "s", b"b", True, None, 1j), {}, None, False, None)]
+    blob = worker.pack_plain(code, wire, "/store")
+    assert not blob.startswith(b"\x80")  # not a pickle: run_plain reads it
+    assert marshal.loads(blob) == (code, wire, "/store")
+    assert [type(x) for x in marshal.loads(blob)[1][0][2]] == [
+        int, float, str, bytes, bool, type(None), complex]
+
+
+def test_tasks_get_their_arguments_types_whichever_way_their_batch_is_sent(system):
+    # marshal writes any buffer as bytes: a bytearray or a list argument must not take
+    # the plain (marshalled) way, whatever else shares its batch
+    g = actorq.Graph()
+    scalars = g.task(_typed, 1, 2.5, "s", b"b", True, None, 1j)
+    roots = [g.task(_echo, v) for v in (3, 4.5, "t", b"u", False, None, 2j)]
+    from_deps = g.task(_typed, *roots)  # values of plain dependencies, filled in
+    buffer = g.task(_typed, bytearray(b"x"), 1)
+    nested = g.task(_typed, [1, 2], (3,), {"k": 1})
+    mixed = g.task(_typed, roots[0], bytearray(b"y"))
+    result = system.run(g, workers=1)
+    assert result.ok
+    assert result[scalars] == result[from_deps] == [
+        "int", "float", "str", "bytes", "bool", "NoneType", "complex"]
+    assert result[buffer] == ["bytearray", "int"]
+    assert result[nested] == ["list", "tuple", "dict"]
+    assert result[mixed] == ["int", "bytearray"]
+
+
+def test_a_batchs_outcome_is_marshalled_unless_it_holds_a_shared_value():
+    plain = (0.01, 0.0, [(3, worker.OK, VALUE, 2.5, 1.0, 2.0),
+                         (4, worker.OK, PICKLED, b"\x80\x05...", 2.0, 3.0),
+                         (5, worker.ERR, 0, b"error", 3.0, 3.5),
+                         (6, worker.NEED_CODE, 0, None, 0.0, 0.0)])
+    packed = worker.pack_outcome(plain)
+    assert type(packed) is bytes
+    assert worker.unpack_outcome(packed) == plain
+    shared = worker.pack_value(bytes(1 << 16), "aqtest_outcome_", 1024)
+    assert shared[0] == worker.SHARED
+    try:
+        outcome = (0.01, 0.0, [(7, worker.OK, *shared, 1.0, 2.0)])
+        assert worker.pack_outcome(outcome) is outcome  # a handle: left to pickle
+        assert worker.unpack_outcome(outcome) is outcome
+    finally:
+        shared[1].unlink()
