@@ -12,6 +12,9 @@ environment forces the fallbacks (the test suite runs both).
   each store a release (``_ring.c``: ~8x fewer instructions per access than the
   fallback, a memoryview cast to ``'Q'``, which behaves the same).
 
+- ``fence()``: a full memory barrier (``_ring.c``); None without the C helpers (the
+  fallback, a ``threading.Lock`` taken and released, is actorq/_transport/channel.py's).
+
 ``select(native)`` switches this process between the C helpers and the fallbacks for
 what is made from then on (the tests run both, and both against each other).
 """
@@ -93,6 +96,8 @@ u64_array: Callable[[Any], U64Slots] = _ring.U64Array if _ring is not None else 
 # fallback is actorq/_transport/ring.py's ``RingCorePy``: this package imports nothing
 # of actorq's)
 RingCore: Any = _ring.RingCore if _ring is not None else None
+# ``fence()``: a full memory barrier in C, or None (the fallback is a lock in channel.py)
+fence: Callable[[], None] | None = _ring.fence if _ring is not None else None
 
 
 def select(native: bool) -> bool:
@@ -105,5 +110,5 @@ def select(native: bool) -> bool:
     RingCore = _ring.RingCore if NATIVE_RING and _ring is not None else None
     return NATIVE_RING
 
-__all__ = ["HAVE_RING", "NATIVE", "NATIVE_RING", "STREAMING", "RingCore", "U64Slots", "copy_into",
-           "select", "u64_array"]
+__all__ = ["HAVE_RING", "NATIVE", "NATIVE_RING", "STREAMING", "RingCore", "U64Slots",
+           "copy_into", "fence", "select", "u64_array"]

@@ -12,6 +12,8 @@ class U64Array:
     def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
                  tb: TracebackType | None, /) -> None: ...
 
+def fence() -> None: ...
+
 HEADER: int
 H_HEAD: int
 H_TAIL: int
