@@ -479,8 +479,11 @@ import actorq.testing
 
 
 def touch_then_sleep(path, seconds):
-    with open(path, "w") as f:
+    # the marker appears with its content (a rename): a run interrupted as soon as it
+    # exists may kill this worker at once, and an open()ed marker would stay empty
+    with open(path + ".tmp", "w") as f:
         f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
     time.sleep(seconds)
     return seconds
 
