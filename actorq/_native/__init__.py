@@ -21,6 +21,7 @@ what is made from then on (the tests run both, and both against each other).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from types import ModuleType
@@ -37,33 +38,23 @@ class U64Slots(Protocol):
     def tolist(self) -> list[int]: ...
 
 
-def _load() -> ModuleType | None:
+def _load(name: str) -> ModuleType | None:
+    """The built C module *name* of this package, or None (not built, or forced off)."""
     if os.environ.get("ACTORQ_NO_NATIVE", "") not in ("", "0"):
         return None
     try:
-        from actorq._native import _copy
+        return importlib.import_module(f"{__name__}.{name}")
     except ImportError:
         return None
-    return _copy
 
 
-_copy = _load()
+_copy = _load("_copy")
 NATIVE = _copy is not None
 # Whether copies of at least a MiB use streaming stores (a C build on a CPU with AVX2).
 STREAMING = bool(_copy is not None and _copy.STREAMING)
 
 
-def _load_ring() -> ModuleType | None:
-    if os.environ.get("ACTORQ_NO_NATIVE", "") not in ("", "0"):
-        return None
-    try:
-        from actorq._native import _ring
-    except ImportError:
-        return None
-    return _ring
-
-
-_ring = _load_ring()
+_ring = _load("_ring")
 HAVE_RING = _ring is not None  # the C ``U64Array`` is built (and not forced off)
 # Whether the u64 slots of shared memory made now are the C ``U64Array`` (``select``).
 NATIVE_RING = HAVE_RING
@@ -73,7 +64,7 @@ def _copy_into_py(dst: Any, offset: int, src: Any) -> int:
     """Copy the contiguous buffer *src* into *dst* at *offset*; return the bytes copied."""
     raw = memoryview(src).cast("B")
     n = raw.nbytes
-    view = memoryview(dst)
+    view = memoryview(dst).cast("B")  # (a numpy array's view has its own format)
     if offset < 0 or offset + n > view.nbytes:
         msg = (f"copy_into: {n} bytes at offset {offset} do not fit a buffer of "
                f"{view.nbytes} bytes")

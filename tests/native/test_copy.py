@@ -73,6 +73,17 @@ def test_an_8_mib_array_into_a_shared_memory_segment(copy_into):
 
 
 @pytest.mark.parametrize("copy_into", IMPLS)
+def test_any_contiguous_buffer_is_a_destination_whatever_its_item_format(copy_into):
+    """The messaging suite's floor copies a float64 array into another."""
+    src = np.arange(1000, dtype=np.float64)
+    dst = np.zeros(1002, dtype=np.float64)
+    assert copy_into(dst, 8, src) == 8000
+    np.testing.assert_array_equal(dst[1:1001], src)
+    assert dst[0] == 0
+    assert dst[1001] == 0
+
+
+@pytest.mark.parametrize("copy_into", IMPLS)
 def test_a_copy_that_does_not_fit_is_refused_naming_the_sizes(copy_into):
     dst = bytearray(100)
     with pytest.raises(ValueError, match=r"60 bytes at offset 50 do not fit a buffer of 100"):
