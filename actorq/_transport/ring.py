@@ -112,8 +112,7 @@ class Ring:
     the bytes in the ring are the same (a writer of one kind, a reader of the other).
     """
 
-    __slots__ = ("capacity", "core", "data", "hdr", "max_payload", "qwords", "read_at",
-                 "try_write", "words")
+    __slots__ = ("capacity", "core", "data", "hdr", "max_payload", "read_at", "try_write")
     # the core's bound methods, looked up once here (no method lookup per record)
     try_write: _TryWrite
     read_at: _ReadAt
@@ -126,9 +125,6 @@ class Ring:
         # native helpers are built (acquire loads, release stores), else memoryviews
         self.hdr = _native.u64_array(buf[:HEADER])
         self.data = buf[HEADER:]
-        self.words = self.data.cast("I")
-        # a record header as one u64 (little-endian)
-        self.qwords = _native.u64_array(self.data)
         if init:
             for i in range(len(self.hdr)):
                 self.hdr[i] = 0
@@ -143,8 +139,7 @@ class Ring:
         # (the C core holds a view of its own, buf[:], as the views above are: buf itself
         # is never exported, so that ``Segment.close`` can release it whatever is alive)
         self.core: RingCorePy = (native(buf[:], self.data, Record) if native is not None
-                                 else RingCorePy(self.hdr, self.data, self.words,
-                                                 self.qwords))
+                                 else RingCorePy(self.hdr, self.data))
         self.try_write = self.core.try_write
         self.read_at = self.core.read_at
 
@@ -169,8 +164,8 @@ class Ring:
     def release(self) -> None:
         """Release the views on the buffer (so that its segment can be closed)."""
         self.core.release()
-        for view in (self.qwords, self.words, self.data, self.hdr):
-            view.release()
+        self.data.release()
+        self.hdr.release()
 
     # -- producer side ---------------------------------------------------------------
 
@@ -228,9 +223,10 @@ class RingCorePy:
     __slots__ = ("cached_head", "capacity", "data", "hdr", "max_payload", "qwords", "sent",
                  "tail", "words")
 
-    def __init__(self, hdr: _native.U64Slots, data: memoryview, words: memoryview,
-                 qwords: _native.U64Slots) -> None:
-        self.hdr, self.data, self.words, self.qwords = hdr, data, words, qwords
+    def __init__(self, hdr: _native.U64Slots, data: memoryview) -> None:
+        self.hdr, self.data = hdr, data  # (the ``Ring``'s: it releases them)
+        self.words = data.cast("I")  # a wrap marker: u32
+        self.qwords = data.cast("Q")  # a record header as one u64 (little-endian)
         self.capacity = len(data)
         self.max_payload = self.capacity // 2 - REC_HEADER
         self.resume()
@@ -243,7 +239,9 @@ class RingCorePy:
         self.sent = hdr[H_SENT]
 
     def release(self) -> None:
-        """Nothing to let go of: the views are the ``Ring``'s."""
+        """Release this core's own views of the data area."""
+        self.qwords.release()
+        self.words.release()
 
     # -- producer side ---------------------------------------------------------------
 
