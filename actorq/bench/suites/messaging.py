@@ -270,8 +270,10 @@ def bench_arrays(system: actorq.ActorSystem, p: dict[str, Any]) -> list[BenchRes
     import numpy as np  # here, not at the top: see the module docstring
 
     arr = np.arange(ARRAY_BYTES // 8, dtype=np.float64)
-    copy = "streaming stores (actorq._native)" if STREAMING else "memcpy (no C helpers)"
-    note = f"{k} sequential transfers per repeat, reply = nbytes; the copy: {copy}"
+    # (memcpy without the C helpers, or with them on a CPU without AVX2)
+    copy = "streaming stores (actorq._native)" if STREAMING else "memcpy"
+    per_repeat = f"{k} sequential transfers per repeat, reply = nbytes"
+    note = f"{per_repeat}; the copy: {copy}"
     ref = system.spawn(Sink, name="arrays")
     ref.nbytes(arr).result(timeout=REPLY_TIMEOUT)
     dst = copy_target(arr)
@@ -280,8 +282,7 @@ def bench_arrays(system: actorq.ActorSystem, p: dict[str, Any]) -> list[BenchRes
         cases = [Case("actorq call(array)", actorq_arrays, (ref, arr, k), unit="GB/s",
                       work=work, group=group, note=note),
                  Case("Pipe send(array)", pipe_arrays, (pipe, arr, k), unit="GB/s", work=work,
-                      group=group, note=f"{k} sequential transfers per repeat, reply = nbytes; "
-                      "pickled in band"),
+                      group=group, note=f"{per_repeat}; pickled in band"),
                  Case("one copy into shared memory", bare_copies, (dst, arr, k), unit="GB/s",
                       work=work, group=group,
                       note=f"{k} copies per repeat: the floor; {copy}")]
