@@ -317,6 +317,7 @@ class ActorSystem:
         self._runtime.close()
         for pool in list(self._pools):  # their timers and autoscalers end with it
             pool.halt()
+        _graph_run.release_pools(self)  # and the job graphs' resizer thread
 
     def __repr__(self) -> str:
         state = "closed" if self._runtime.closing else "running"

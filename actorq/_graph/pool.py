@@ -274,6 +274,14 @@ class WorkerPool:
             except ProcessLookupError:
                 pass
 
+    def halt(self) -> None:
+        """The system is closing and stops the members itself: end the resizer thread
+        (it would wait for a new target forever, holding this pool and the system)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._unsubscribe()
+
     def close(self) -> None:
         """Stop every worker; idempotent (blocks until they are gone)."""
         if self._closed:
@@ -291,6 +299,14 @@ class WorkerPool:
 
 _pools: weakref.WeakKeyDictionary[Any, WorkerPool] = weakref.WeakKeyDictionary()
 _pools_lock = threading.Lock()
+
+
+def release_pools(system: SystemOps) -> None:
+    """*system* is closing: its shared pool ends with it (private ones end with their run)."""
+    with _pools_lock:
+        pool = _pools.pop(system, None)
+    if pool is not None:
+        pool.halt()
 
 
 def acquire_pool(system: SystemOps) -> tuple[WorkerPool, bool]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from actorq._errors import ActorStopped
 from actorq._graph.graph import Graph
-from actorq._graph.pool import SystemOps
+from actorq._graph.pool import SystemOps, release_pools
 from actorq._graph.result import GraphResult
 from actorq._graph.scheduler import Scheduler
 
@@ -113,4 +113,4 @@ async def _finish_async(sched: Scheduler) -> GraphResult:
     return sched.finish(close_in_background=True)
 
 
-__all__ = ["run_graph", "run_graph_async"]
+__all__ = ["release_pools", "run_graph", "run_graph_async"]

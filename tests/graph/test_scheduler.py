@@ -355,6 +355,33 @@ def test_the_workers_are_a_system_pool_kept_warm_between_runs(system):
     assert {s.worker for s in second.stats.tasks.values()} <= members
 
 
+def test_closing_the_system_ends_the_graph_workers_resizer_thread():
+    # The shared pool's resizer thread waits for new sizes; the system's close ends it
+    # (it used to wait forever, holding the pool and the closed system in memory).
+    import threading
+    import weakref
+
+    before = set(threading.enumerate())
+    s = actorq.ActorSystem()
+    try:
+        g = actorq.Graph()
+        total = g.task(add, *[g.task(burn, 2000, i) for i in range(20)])
+        assert s.run(g, workers=2)[total] == sum(burn(2000, i) for i in range(20))
+        resizers = [t for t in set(threading.enumerate()) - before
+                    if t.name == "actorq-graph-resize"]
+        assert resizers  # two workers asked for: the pool grew through it
+    finally:
+        s.close()
+    for t in resizers:
+        t.join(10)
+        assert not t.is_alive()
+    ref = weakref.ref(s)
+    del s, g, total
+    import gc
+    gc.collect()
+    assert ref() is None  # nothing of the graph's pool keeps the closed system alive
+
+
 FAST = actorq.Backoff(initial=0.001, maximum=0.01)
 
 
