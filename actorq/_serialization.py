@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import io
 import logging
+import os
 import pickle
 import sys
 import types
@@ -42,6 +43,18 @@ MAIN_MODULES = ("__main__", "__mp_main__")
 # cannot find the class by name; a class changed after its first spawn keeps its first
 # copy there.
 _BY_VALUE: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+
+
+# cloudpickle guards its registry of classes pickled by value with a module lock. A
+# process forked while another of its threads held it (the fork start method: the
+# starter thread forks while the user's thread pickles an actor class) would inherit it
+# held, and its first by-value pickle would wait forever. Each fork takes the lock first
+# and both sides let go of it after: the child gets it free and the registry whole.
+_TRACKER_LOCK = getattr(cloudpickle.cloudpickle, "_DYNAMIC_CLASS_TRACKER_LOCK", None)
+if _TRACKER_LOCK is not None:
+    os.register_at_fork(before=_TRACKER_LOCK.acquire,
+                        after_in_parent=_TRACKER_LOCK.release,
+                        after_in_child=_TRACKER_LOCK.release)
 
 
 class _CodePickler(cloudpickle.Pickler):  # type: ignore[misc]

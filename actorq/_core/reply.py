@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -28,6 +29,11 @@ logger = logging.getLogger(__name__)
 # Guards the callback lists of every reply: registering and taking them. Held for a few
 # instructions, and only by replies that have callbacks (most have none).
 _callbacks_lock = threading.Lock()
+# A fork while another thread holds it (the fork start method) would leave the child
+# with it held: the forking thread takes it first, and both sides let go of it after
+# (builtins, no Python frame added to a child's start).
+os.register_at_fork(before=_callbacks_lock.acquire, after_in_parent=_callbacks_lock.release,
+                    after_in_child=_callbacks_lock.release)
 
 
 class ReplyWaiter(Protocol):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -69,6 +70,8 @@ OWNER = textwrap.dedent(
                 "forkserver": server._forkserver_pid, "tracker": rt._resource_tracker._pid}
 
     if __name__ == "__main__":
+        import faulthandler
+        faulthandler.dump_traceback_later(40)  # stuck before printing: say where, on stderr
         method, scenario = sys.argv[1], sys.argv[2]
         s = actorq.ActorSystem(start_method=method, warm_spares=2, stop_timeout=30)
         if scenario == "slow":
@@ -78,6 +81,7 @@ OWNER = textwrap.dedent(
             while (len(s._runtime._launch.spares._spares) < 1
                    or s._runtime.pid_of(busy.actor_id) is None):
                 time.sleep(0.01)
+            faulthandler.cancel_dump_traceback_later()
             print(json.dumps({"run_id": s.run_id, "busy": [], **helpers()}), flush=True)
         else:
             busy = s.spawn(Busy)
@@ -99,10 +103,16 @@ OWNER = textwrap.dedent(
                     time.sleep(600)
                     os._exit(0)
                 info["user_child"] = child
+            faulthandler.cancel_dump_traceback_later()
             print(json.dumps(info), flush=True)
         time.sleep(600)
     """
 )
+
+
+# Seconds the owner program may take to start its actors and print what it started
+# (seconds when all is well; below the test's timeout, so that a hang fails with output)
+OWNER_READY_WAIT = 45
 
 
 def _gone(p: psutil.Process) -> bool:
@@ -119,11 +129,26 @@ def _run_owner(tmp_path, method: str, scenario: str, delay: float):
     proc = subprocess.Popen([sys.executable, str(script), method, scenario],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
-    line = proc.stdout.readline()
+    try:  # bounded below the test's own timeout: the owner's stderr says where it hung
+        ready, _, _ = select.select([proc.stdout], [], [], OWNER_READY_WAIT)
+        line = proc.stdout.readline() if ready else ""
+    except BaseException:
+        _kill_session(proc)
+        raise
     if not line:
-        proc.kill()
+        _kill_session(proc)
         pytest.fail(f"the owner program did not start: {proc.communicate()[1]}")
     return proc, json.loads(line)
+
+
+def _kill_session(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the owner and whatever it started (its own session), and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.kill()
+    proc.communicate()
 
 
 def _pipes(pid: int) -> set[str]:
