@@ -536,31 +536,19 @@ record_view(RingCore *self, unsigned long long pos, uint64_t off, uint64_t head)
     return make_record(self->record, pos, payload, head);
 }
 
+/* read_at (*plain* 0), or read_plain (*plain* 1): read_at, and a marshalled payload
+ * (one whose first byte is not a pickle's PROTO opcode, 0x80: actorq/_transport/oob.py)
+ * unmarshalled here, straight from the ring: a ``loaded`` record (pos, msgs, count,
+ * end) then, with no view of the ring made. Any other payload (a pickle, an empty one,
+ * one that does not unmarshal) comes back as read_at returns it, for the Python code
+ * to decode (and to report). */
 static PyObject *
-RingCore_read_at(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
+read_record(RingCore *self, PyObject *const *args, Py_ssize_t nargs, int plain)
 {
     unsigned long long pos;
     uint64_t off, head;
-    int found = locate(self, args, nargs, "read_at", &pos, &off, &head);
-    if (found <= 0) {
-        if (found < 0)
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    return record_view(self, pos, off, head);
-}
-
-/* read_at, and a marshalled payload (one whose first byte is not a pickle's PROTO
- * opcode, 0x80: actorq/_transport/oob.py) unmarshalled here, straight from the ring:
- * a ``loaded`` record (pos, msgs, count, end) then, with no view of the ring made. Any
- * other payload (a pickle, an empty one, one that does not unmarshal) comes back as
- * read_at returns it, for the Python code to decode (and to report). */
-static PyObject *
-RingCore_read_plain(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    unsigned long long pos;
-    uint64_t off, head;
-    int found = locate(self, args, nargs, "read_plain", &pos, &off, &head);
+    int found = locate(self, args, nargs, plain ? "read_plain" : "read_at", &pos, &off,
+                       &head);
     if (found <= 0) {
         if (found < 0)
             return NULL;
@@ -568,7 +556,7 @@ RingCore_read_plain(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
     }
     uint64_t n = head & 0xFFFFFFFFu;
     const char *body = self->data + off + REC_HEADER;
-    if (self->loaded != NULL && n > 0 && (unsigned char)body[0] != PICKLE_PROTO) {
+    if (plain && self->loaded != NULL && n > 0 && (unsigned char)body[0] != PICKLE_PROTO) {
         PyObject *msgs = PyMarshal_ReadObjectFromString(body, (Py_ssize_t)n);
         if (msgs != NULL)
             return make_record(self->loaded, pos, msgs, head);
@@ -577,6 +565,18 @@ RingCore_read_plain(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Clear();  /* the Python path decodes it again, and reports it */
     }
     return record_view(self, pos, off, head);
+}
+
+static PyObject *
+RingCore_read_at(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return read_record(self, args, nargs, 0);
+}
+
+static PyObject *
+RingCore_read_plain(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return read_record(self, args, nargs, 1);
 }
 
 static PyObject *
