@@ -24,7 +24,14 @@ from actorq._errors import DecodeError
 from actorq._serialization import Salvaged, Unloadable, find_unloadable, salvage_loads
 from actorq._transport.channel import InChannel, OpenRecord
 from actorq._transport.oob import PICKLE_PROTO, decode_loaded
-from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_READER, H_TAIL, READER_EXPECTED
+from actorq._transport.ring import (
+    H_CUR_REC,
+    H_CUR_SUB,
+    H_READER,
+    H_TAIL,
+    READER_EXPECTED,
+    Loaded,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +76,8 @@ class Receiving(HubState):
             # nothing, and the read is bounded by it (no second look)
             while (tail := hdr[H_TAIL]) != chan.cursor and not (
                     limit and self.queued >= limit):
-                rec = ring.read_at(chan.cursor, tail)  # chan.read_next(tail), written out
+                # chan.read_next(tail), written out; plain data decoded as it is read
+                rec = ring.read_plain(chan.cursor, tail)
                 if rec is None:  # pragma: no cover - a published tail always has a record
                     break
                 chan.cursor = rec.end
@@ -100,13 +108,21 @@ class Receiving(HubState):
         return n
 
     def _take_record(self, chan: InChannel, rec: Any, now: float) -> int:
-        """Decode one record and dispatch its messages; return how many it held."""
+        """Decode one record and dispatch its messages; return how many it held.
+
+        *rec*: a ``Record`` (its payload a view of the ring), or a ``Loaded`` one (read
+        by ``Ring.read_plain``: plain data, decoded already)."""
         unlink: list[str] = []
         msgs: Any
         tells = False
-        payload = rec.payload
+        payload = rec[1]  # a Record's payload, or a Loaded record's messages
+        loaded = type(rec) is Loaded
         try:
-            if payload[0] != PICKLE_PROTO:  # oob.load_payload, inlined
+            if loaded:
+                msgs = payload
+                if msgs and type(msgs[0]) is int:  # as below
+                    msgs, tells = msgs[1], True
+            elif payload[0] != PICKLE_PROTO:  # oob.load_payload, inlined
                 # plain data, marshalled: a lone message (a list), a burst of calls and
                 # tells (a tuple: no reply among them), or of tells only, bare
                 # ((OP_TELL, messages)) (``encode``)
@@ -133,7 +149,8 @@ class Receiving(HubState):
             msgs = []
             rec = rec._replace(count=0)
         finally:
-            payload.release()
+            if not loaded:
+                payload.release()
         if tells:
             entry = chan.open(rec, unlink)
             entry.t_read = now

@@ -20,6 +20,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <marshal.h>
 #include <stdint.h>
 
 typedef struct {
@@ -258,6 +259,7 @@ static PyTypeObject U64Array_Type = {
 #define H_SENT 9
 #define REC_HEADER 8
 #define WRAP 0xFFFFFFFFu
+#define PICKLE_PROTO 0x80  /* a pickle's first byte (oob.py: PICKLE_PROTO) */
 
 typedef struct {
     PyObject_HEAD
@@ -266,6 +268,7 @@ typedef struct {
     char *data;
     PyObject *data_view;     /* the ring's data memoryview: payloads are slices of it */
     PyTypeObject *record;    /* ring.Record, a tuple subclass of 4 fields */
+    PyTypeObject *loaded;    /* ring.Loaded, the same with the messages (or NULL) */
     uint64_t capacity;
     uint64_t max_payload;
     unsigned long long tail; /* the producer's own counts */
@@ -288,13 +291,15 @@ core_released(RingCore *self)
 static PyObject *
 RingCore_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *buf, *data, *record;
-    static char *kwlist[] = {"buffer", "data", "record", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!:RingCore", kwlist, &buf, &data,
-                                     &PyType_Type, &record))
+    PyObject *buf, *data, *record, *loaded = NULL;
+    static char *kwlist[] = {"buffer", "data", "record", "loaded", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!|O!:RingCore", kwlist, &buf, &data,
+                                     &PyType_Type, &record, &PyType_Type, &loaded))
         return NULL;
-    if (!PyType_IsSubtype((PyTypeObject *)record, &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "RingCore: record must be a tuple subclass");
+    if (!PyType_IsSubtype((PyTypeObject *)record, &PyTuple_Type) || (loaded != NULL &&
+            !PyType_IsSubtype((PyTypeObject *)loaded, &PyTuple_Type))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "RingCore: record and loaded must be tuple subclasses");
         return NULL;
     }
     if (!PyMemoryView_Check(data)) {
@@ -329,6 +334,7 @@ RingCore_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->data = (char *)self->view.buf + RING_HEADER;
     self->data_view = Py_NewRef(data);
     self->record = (PyTypeObject *)Py_NewRef(record);
+    self->loaded = (PyTypeObject *)Py_XNewRef(loaded);
     self->capacity = (uint64_t)(len - RING_HEADER);
     self->max_payload = self->capacity / 2 - REC_HEADER;
     self->cached_head = __atomic_load_n(&self->hdr[H_HEAD], __ATOMIC_ACQUIRE);
@@ -353,6 +359,7 @@ RingCore_dealloc(RingCore *self)
 {
     RingCore_release_buffer(self);
     Py_CLEAR(self->record);
+    Py_CLEAR(self->loaded);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -438,30 +445,34 @@ done:
     return result;
 }
 
-static PyObject *
-RingCore_read_at(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
+/* Where the record at args[0] is: 1 with *pos, *off (its header's offset in the data
+ * area), *head (u32 length | u32 count) set; 0 if *pos* is the tail (no record); -1
+ * with an exception set. *name*: the method, for its argument error. */
+static int
+locate(RingCore *self, PyObject *const *args, Py_ssize_t nargs, const char *name,
+       unsigned long long *pos_out, uint64_t *off_out, uint64_t *head_out)
 {
     if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "read_at(pos, tail=None) takes 1 or 2 arguments "
-                     "(%zd given)", nargs);
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s(pos, tail=None) takes 1 or 2 arguments "
+                     "(%zd given)", name, nargs);
+        return -1;
     }
     unsigned long long pos = position_of(args[0], "pos");
     if (pos == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
+        return -1;
     if (core_released(self))
-        return NULL;
+        return -1;
     unsigned long long tail;
     if (nargs == 2 && args[1] != Py_None) {
         tail = position_of(args[1], "tail");
         if (tail == (unsigned long long)-1 && PyErr_Occurred())
-            return NULL;
+            return -1;
     }
     else {
         tail = __atomic_load_n(&self->hdr[H_TAIL], __ATOMIC_ACQUIRE);
     }
     if (pos == tail)
-        Py_RETURN_NONE;
+        return 0;
     uint64_t cap = self->capacity;
     uint64_t off = pos % cap;
     /* a qword index, as ring.py's ``qwords[off >> 3]``: within the data area whatever
@@ -472,7 +483,7 @@ RingCore_read_at(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
     if (n == WRAP) {
         pos += cap - off;
         if (pos == tail)
-            Py_RETURN_NONE;
+            return 0;
         off = 0;
         head = __atomic_load_n((uint64_t *)self->data, __ATOMIC_ACQUIRE);
         n = head & 0xFFFFFFFFu;
@@ -480,22 +491,27 @@ RingCore_read_at(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
     if (n > self->max_payload) {
         PyErr_Format(PyExc_RuntimeError, "corrupt ring: record length %llu at position %llu",
                      (unsigned long long)n, pos);
-        return NULL;
+        return -1;
     }
-    Py_ssize_t start = (Py_ssize_t)(off + REC_HEADER);
-    /* a slice of the data memoryview (clamped to it, as in Python), so that the
-     * mapping cannot go away under the payload */
-    PyObject *payload = PySequence_GetSlice(self->data_view, start, start + (Py_ssize_t)n);
-    if (payload == NULL)
-        return NULL;
+    *pos_out = pos;
+    *off_out = off;
+    *head_out = head;
+    return 1;
+}
+
+/* A record tuple of *type* (pos, body, count, end); steals *body*. */
+static PyObject *
+make_record(PyTypeObject *type, unsigned long long pos, PyObject *body, uint64_t head)
+{
+    uint64_t n = head & 0xFFFFFFFFu;
     PyObject *fields[4];
     fields[0] = PyLong_FromUnsignedLongLong(pos);
-    fields[1] = payload;
+    fields[1] = body;
     fields[2] = PyLong_FromUnsignedLongLong(head >> 32);
     fields[3] = PyLong_FromUnsignedLongLong(pos + REC_HEADER + ((n + 7) & ~(uint64_t)7));
     PyObject *rec = NULL;
     if (fields[0] != NULL && fields[2] != NULL && fields[3] != NULL)
-        rec = self->record->tp_alloc(self->record, 4);
+        rec = type->tp_alloc(type, 4);
     if (rec == NULL) {
         for (int i = 0; i < 4; i++)
             Py_XDECREF(fields[i]);
@@ -504,6 +520,63 @@ RingCore_read_at(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
     for (int i = 0; i < 4; i++)
         PyTuple_SET_ITEM(rec, i, fields[i]);
     return rec;
+}
+
+/* The record at *pos* with its payload as a view of the data area. */
+static PyObject *
+record_view(RingCore *self, unsigned long long pos, uint64_t off, uint64_t head)
+{
+    Py_ssize_t start = (Py_ssize_t)(off + REC_HEADER);
+    /* a slice of the data memoryview (clamped to it, as in Python), so that the
+     * mapping cannot go away under the payload */
+    PyObject *payload = PySequence_GetSlice(self->data_view, start,
+                                            start + (Py_ssize_t)(head & 0xFFFFFFFFu));
+    if (payload == NULL)
+        return NULL;
+    return make_record(self->record, pos, payload, head);
+}
+
+/* read_at (*plain* 0), or read_plain (*plain* 1): read_at, and a marshalled payload
+ * (one whose first byte is not a pickle's PROTO opcode, 0x80: actorq/_transport/oob.py)
+ * unmarshalled here, straight from the ring: a ``loaded`` record (pos, msgs, count,
+ * end) then, with no view of the ring made. Any other payload (a pickle, an empty one,
+ * one that does not unmarshal) comes back as read_at returns it, for the Python code
+ * to decode (and to report). */
+static PyObject *
+read_record(RingCore *self, PyObject *const *args, Py_ssize_t nargs, int plain)
+{
+    unsigned long long pos;
+    uint64_t off, head;
+    int found = locate(self, args, nargs, plain ? "read_plain" : "read_at", &pos, &off,
+                       &head);
+    if (found <= 0) {
+        if (found < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    uint64_t n = head & 0xFFFFFFFFu;
+    const char *body = self->data + off + REC_HEADER;
+    if (plain && self->loaded != NULL && n > 0 && (unsigned char)body[0] != PICKLE_PROTO) {
+        PyObject *msgs = PyMarshal_ReadObjectFromString(body, (Py_ssize_t)n);
+        if (msgs != NULL)
+            return make_record(self->loaded, pos, msgs, head);
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;  /* (a MemoryError is one: only a KeyboardInterrupt goes up) */
+        PyErr_Clear();  /* the Python path decodes it again, and reports it */
+    }
+    return record_view(self, pos, off, head);
+}
+
+static PyObject *
+RingCore_read_at(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return read_record(self, args, nargs, 0);
+}
+
+static PyObject *
+RingCore_read_plain(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return read_record(self, args, nargs, 1);
 }
 
 static PyObject *
@@ -531,6 +604,9 @@ static PyMethodDef RingCore_methods[] = {
     {"read_at", (PyCFunction)(void (*)(void))RingCore_read_at, METH_FASTCALL,
      "read_at(pos, tail=None) -> Record | None: the record at *pos* (ring.py: "
      "``Ring.read_at``)."},
+    {"read_plain", (PyCFunction)(void (*)(void))RingCore_read_plain, METH_FASTCALL,
+     "read_plain(pos, tail=None) -> Loaded | Record | None: read_at, a marshalled "
+     "payload unmarshalled (ring.py: ``Ring.read_plain``)."},
     {"resume", (PyCFunction)RingCore_resume, METH_NOARGS,
      "Read the producer's counts (tail, sent, head) from the header again."},
     {"release", (PyCFunction)RingCore_release, METH_NOARGS,
@@ -555,7 +631,8 @@ static PyTypeObject RingCore_Type = {
     .tp_basicsize = sizeof(RingCore),
     .tp_dealloc = (destructor)RingCore_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "RingCore(buffer, data, record): the record write and read of one ring "
+    .tp_doc = "RingCore(buffer, data, record, loaded=None): the record write and read of "
+              "one ring "
               "(actorq/_transport/ring.py) in C.",
     .tp_methods = RingCore_methods,
     .tp_members = RingCore_members,

@@ -146,7 +146,7 @@ class SystemHub(Hub):
                         # chan.read_next(), written out; the tail read above bounds the
                         # read, unless another reader went past it meanwhile
                         cursor = chan.cursor
-                        rec = ring.read_at(cursor, tail if cursor <= tail else None)
+                        rec = ring.read_plain(cursor, tail if cursor <= tail else None)
                         if rec is not None:
                             chan.cursor = rec.end
                             self._take_record(chan, rec, 0.0)

@@ -31,13 +31,15 @@ position in the data area is ``counter % capacity``. A record holds at most half
 ring. The consumer advances ``head`` only after the record's messages were handled
 ("commit after handle"), so what a crashed consumer had not finished is still there
 for its successor; ``cur_rec``/``cur_sub`` say how much of the head record was done.
-This module is pure: no syscalls, no pickling, so it can be property-tested in-process.
+This module is pure: no syscalls, no pickling (``read_plain`` unmarshals plain data, as
+``marshal.loads`` of the payload would), so it can be property-tested in-process.
 """
 
 from __future__ import annotations
 
+import marshal
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from actorq import _native
 
@@ -45,6 +47,7 @@ HEADER = 256
 MAGIC = 0x61637471_72696E67  # "actqring"
 WRAP = 0xFFFFFFFF
 REC_HEADER = 8
+PICKLE_PROTO = 0x80  # a pickle's first byte (oob.py: a payload that is not one is marshalled)
 
 # u64 slots in the header
 H_HEAD, H_HANDLED, H_CUR_REC, H_CUR_SUB, H_READER = 0, 1, 2, 3, 4
@@ -69,7 +72,18 @@ class Record(NamedTuple):
     end: int  # counter position just past this record: the head once it is committed
 
 
+class Loaded(NamedTuple):
+    """A record whose marshalled payload was decoded as it was read (``Ring.read_plain``):
+    the same fields as ``Record``, the messages instead of the payload's view."""
+
+    pos: int
+    msgs: Any
+    count: int  # type: ignore[assignment]  # as Record's
+    end: int
+
+
 _new_tuple = tuple.__new__
+_unmarshal = marshal.loads
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +117,10 @@ class _ReadAt(Protocol):
     def __call__(self, pos: int, tail: int | None = None, /) -> Record | None: ...
 
 
+class _ReadPlain(Protocol):
+    def __call__(self, pos: int, tail: int | None = None, /) -> Record | Loaded | None: ...
+
+
 class Ring:
     """One SPSC ring; the producer and the consumer each hold their own ``Ring`` object.
 
@@ -112,10 +130,16 @@ class Ring:
     the bytes in the ring are the same (a writer of one kind, a reader of the other).
     """
 
-    __slots__ = ("capacity", "core", "data", "hdr", "max_payload", "read_at", "try_write")
+    __slots__ = ("capacity", "core", "data", "hdr", "max_payload", "read_at", "read_plain",
+                 "try_write")
     # the core's bound methods, looked up once here (no method lookup per record)
     try_write: _TryWrite
     read_at: _ReadAt
+    # read_at, a marshalled payload (plain data: not a pickle, whose first byte is its
+    # PROTO opcode) decoded as it is read: a ``Loaded`` record then, no view of the ring
+    # made (the hubs' hot reads: ``Hub.drain``, ``SystemHub.spin_for``); any other
+    # payload comes back as ``read_at`` returns it, also one that does not unmarshal
+    read_plain: _ReadPlain
 
     def __init__(self, buf: memoryview, *, init: bool = False) -> None:
         if len(buf) < HEADER + 64 or (len(buf) - HEADER) & 7:
@@ -138,10 +162,11 @@ class Ring:
         native = _native.RingCore
         # (the C core holds a view of its own, buf[:], as the views above are: buf itself
         # is never exported, so that ``Segment.close`` can release it whatever is alive)
-        self.core: RingCorePy = (native(buf[:], self.data, Record) if native is not None
-                                 else RingCorePy(self.hdr, self.data))
+        self.core: RingCorePy = (native(buf[:], self.data, Record, Loaded)
+                                 if native is not None else RingCorePy(self.hdr, self.data))
         self.try_write = self.core.try_write
         self.read_at = self.core.read_at
+        self.read_plain = self.core.read_plain
 
     def resume_producing(self) -> None:
         """Read the producer's counts again (``tail``, ``sent``): this object was made
@@ -304,3 +329,18 @@ class RingCorePy:
         # Record(...) without the Python frame of a NamedTuple's __new__ (once per record)
         return _new_tuple(Record, (pos, self.data[start : start + n], head >> 32,
                                    pos + REC_HEADER + ((n + 7) & ~7)))
+
+    def read_plain(self, pos: int, tail: int | None = None, /) -> Record | Loaded | None:
+        """``read_at``, a marshalled payload decoded (``Ring.read_plain``)."""
+        rec = self.read_at(pos, tail)
+        if rec is None:
+            return None
+        payload = rec.payload
+        if payload and payload[0] != PICKLE_PROTO:
+            try:
+                msgs = _unmarshal(payload)
+            except Exception:  # the caller decodes it again, and reports it
+                return rec
+            payload.release()
+            return _new_tuple(Loaded, (rec.pos, msgs, rec.count, rec.end))
+        return rec

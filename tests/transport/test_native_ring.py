@@ -3,12 +3,15 @@
 The u64 slots of shared memory (``actorq._native.u64_array``): the C ``U64Array`` and its
 fallback (a memoryview cast to 'Q') behave alike. A ring's record write and read: the C
 ``RingCore`` and ring.py's ``RingCorePy`` leave the same bytes in the ring for the same
-operations. Bad input to the C ones is a clear Python error, never a crash.
+operations, and read them back alike (``read_plain``: a marshalled payload decoded).
+Bad input to the C ones is a clear Python error, never a crash.
 """
 
 from __future__ import annotations
 
+import marshal
 import mmap
+import pickle
 from typing import Any
 
 import pytest
@@ -17,9 +20,10 @@ from hypothesis import strategies as st
 
 from actorq import _native
 from actorq._ids import new_run_prefix
+from actorq._transport import oob
 from actorq._transport import ring as ring_module
 from actorq._transport.channel import CTL_SIZE, ControlBlock
-from actorq._transport.ring import H_HEAD, H_MAGIC, H_TAIL, MAGIC, Record, Ring
+from actorq._transport.ring import H_HEAD, H_MAGIC, H_TAIL, MAGIC, Loaded, Record, Ring
 from actorq._transport.shm import Segment
 
 IMPLS = [pytest.param(_native.u64_array_py, id="python"),
@@ -270,3 +274,60 @@ def test_a_segment_closes_under_a_ring_not_released(native: bool) -> None:
         seg.unlink()
     finally:
         _native.select(True)
+
+
+plain_data = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+    | st.binary(), lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner),
+    max_leaves=8)
+
+
+def _payloads() -> st.SearchStrategy[bytes]:
+    """What a record may hold: marshalled plain data (any version), a pickle, nothing,
+    or bytes that do not unmarshal."""
+    return st.one_of(
+        st.builds(marshal.dumps, plain_data, st.sampled_from([2, 4])),
+        st.builds(pickle.dumps, plain_data),
+        st.just(b""),
+        st.binary(max_size=40))
+
+
+@pytest.mark.parametrize("native", [pytest.param(True, marks=needs_c), False])
+@given(payloads=st.lists(_payloads(), max_size=6))
+def test_read_plain_decodes_marshalled_payloads_and_hands_on_the_rest(
+        native: bool, payloads: list[bytes]) -> None:
+    """``read_plain`` with either core: a payload that unmarshals is a ``Loaded`` record
+    holding what ``marshal.loads`` gives; a pickle, an empty payload or one that does not
+    unmarshal is the ``Record`` ``read_at`` gives; positions and counts alike."""
+    _raw, prod, cons = _ring_pair(8192, native)
+    try:
+        cursor = 0
+        for i, body in enumerate(payloads):
+            assert prod.try_write(body, i + 1)
+            at, plain = cons.read_at(cursor), cons.read_plain(cursor)
+            assert at is not None
+            assert plain is not None
+            assert (plain.pos, plain.count, plain.end) == (at.pos, at.count, at.end)
+            want, loads = None, False
+            if body and body[0] != pickle.PROTO[0]:
+                try:
+                    want, loads = marshal.loads(body), True
+                except Exception:  # any error: not plain data
+                    pass
+            if loads:
+                assert type(plain) is Loaded
+                assert plain.msgs == want
+            else:
+                assert type(plain) is Record
+                assert bytes(plain.payload) == body
+                plain.payload.release()
+            at.payload.release()
+            cursor = at.end
+        assert cons.read_plain(cursor) is None
+    finally:
+        prod.release()
+        cons.release()
+
+
+def test_a_pickle_is_told_apart_by_its_first_byte_everywhere() -> None:
+    assert ring_module.PICKLE_PROTO == oob.PICKLE_PROTO == pickle.PROTO[0]

@@ -1,0 +1,35 @@
+"""A record that does not decode (neither a pickle nor marshalled data) on a real ring.
+
+The reader reads marshalled records through ``Ring.read_plain`` (decoded in C where the
+helpers are built, else by ``marshal.loads``): one that does not unmarshal comes back
+as the raw record, and the hub drops it as before, logged and committed, and goes on
+with the next call. Run with ``ACTORQ_NO_NATIVE=1`` too (the fallback).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import actorq
+from actorq._transport.ring import H_HEAD, H_TAIL
+
+
+class Echo(actorq.Actor):
+    def echo(self, x: Any) -> Any:
+        return x
+
+
+def test_an_undecodable_record_is_dropped_and_the_next_call_answered(
+        system: actorq.ActorSystem) -> None:
+    ref = system.spawn(Echo)
+    assert ref.echo(1).result() == 1
+    chan = system._runtime.hub.outbound[ref.actor_id]
+    with chan.lock:
+        # not a pickle (no PROTO byte first), and not marshal data either
+        assert chan.ring.try_write(b"\x01\x02\x03 not an actorq record", 1)
+    chan.ring_doorbell()
+    # the actor is not stuck on it: the next call, behind it in the ring, is answered
+    assert ref.echo(2).result() == 2
+    hdr = chan.ring.hdr
+    assert hdr[H_HEAD] == hdr[H_TAIL]  # the bad record was committed too
+    assert ref.echo("three").result() == "three"
