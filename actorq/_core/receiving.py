@@ -114,7 +114,7 @@ class Receiving(HubState):
         by ``Ring.read_plain``: plain data, decoded already)."""
         unlink: list[str] = []
         msgs: Any
-        tells = False
+        tells = dropped = False
         payload = rec[1]  # a Record's payload, or a Loaded record's messages
         loaded = type(rec) is Loaded
         try:
@@ -147,7 +147,7 @@ class Receiving(HubState):
             logger.exception("dropped a record from hub %d that could not be "
                              "unpickled", chan.sender_id)
             msgs = []
-            rec = rec._replace(count=0)
+            dropped = True
         finally:
             if not loaded:
                 payload.release()
@@ -183,6 +183,9 @@ class Receiving(HubState):
             return len(msgs)
         entry = chan.open(rec, unlink)
         entry.t_read = now
+        if dropped:  # its messages count as handled: their credit goes back, in order
+            entry.drop_all()
+            return 0
         self.dispatch_all(msgs, entry)
         if not msgs:
             chan.commit_ready()

@@ -475,6 +475,14 @@ class OpenRecord:
         else:
             self.chan.commit_ready()
 
+    def drop_all(self) -> None:
+        """Count every message of this record as handled (it could not be decoded: they
+        are dropped), so that it commits in its turn and its credit comes back."""
+        count = self.rec.count
+        self.done = [True] * count
+        self.prefix = count
+        self.chan.commit_ready()
+
     def publish(self) -> None:
         """Write this (head) record's handled prefix to the ring: ``cur_sub``, then
         ``cur_rec``."""
