@@ -17,8 +17,8 @@ range, and what explains the spread (issue 15):
   memory shows as ~2,048 faults per 8 MiB.
 
 With ``--steps``, a third side interleaved with the others splits actorq's time at the
-copy's start and end (the caller's ``oob.copy_into``, wrapped while this side runs; the
-copy may come in two parts, the record published between them) and
+copy's start and end (the caller's ``oob.copy_into``, wrapped while this side runs; a
+copy made in parts counts from the first's start to the last's end) and
 at its handler's first line (``time.perf_counter`` is CLOCK_MONOTONIC, the same clock in
 every process): the call to the copy's start (the call path, the pickle, the block),
 the copy, the copy's end to the handler's start (the actor's wake-up and decoding, or
@@ -124,8 +124,7 @@ class Steps:
                 if not stamps:
                     msg = "the array was not copied out of band"
                     raise RuntimeError(msg)
-                # the copy: from its first part's start to its last part's end (a copy
-                # finished after the record's publication comes in two parts)
+                # the copy: from its first part's start to its last part's end
                 for xs, (a, b) in zip(self.splits.values(), [
                         (start, stamps[0]), (stamps[0], stamps[-1]), (stamps[-1], started),
                         (started, end)], strict=True):
