@@ -16,11 +16,15 @@ range, and what explains the spread (issue 15):
   the Pipe's peer), from ``/proc/<pid>/stat``: a transfer that maps or touches fresh
   memory shows as ~2,048 faults per 8 MiB.
 
-With ``--steps``, a third side interleaved with the others splits actorq's time: from the
-call to its handler's first line (the call path, the copy, the actor's wake-up and
-decoding; ``time.perf_counter`` is CLOCK_MONOTONIC, the same clock in every process),
-and from there to the reply in the caller's hands (the handler, the reply, the caller's
-wait). Its actor is a ``Stamper``, a ``Sink`` whose handler returns that timestamp.
+With ``--steps``, a third side interleaved with the others splits actorq's time at the
+copy's start and end (the caller's ``oob.copy_into``, wrapped while this side runs; a
+copy made in parts counts from the first's start to the last's end) and
+at its handler's first line (``time.perf_counter`` is CLOCK_MONOTONIC, the same clock in
+every process): the call to the copy's start (the call path, the pickle, the block),
+the copy, the copy's end to the handler's start (the actor's wake-up and decoding, or
+what is left of them when it woke during the copy), and from there to the reply in the
+caller's hands (the handler, the reply, the caller's wait). Its actor is a ``Stamper``,
+a ``Sink`` whose handler returns that timestamp.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from collections.abc import Callable
 import numpy as np
 
 import actorq
+from actorq._transport import oob
 from actorq.bench.peers import PipeSink
 from actorq.bench.suites import messaging
 
@@ -87,32 +92,53 @@ class Stamper(messaging.Sink):
 
 
 class Steps:
-    """actorq's transfer split at the handler's start (``--steps``)."""
+    """actorq's transfer split at the copy's start and end and the handler's start."""
 
     def __init__(self, ref: actorq.ActorRef[Stamper], arr: np.ndarray) -> None:
         self.ref, self.arr = ref, arr
-        self.to_handler: list[float] = []  # ms
-        self.after: list[float] = []  # ms
+        self.splits: dict[str, list[float]] = {
+            "call -> copy started": [], "the copy": [],
+            "copy ended -> handler started": [], "handler started -> reply back": []}
 
     def repeat(self, k: int) -> None:
-        for _ in range(k):
-            start = time.perf_counter()
-            started = self.ref.stamp(self.arr).result(timeout=messaging.REPLY_TIMEOUT)
-            end = time.perf_counter()
-            if started < 0:
-                msg = "the actor did not see the array's last element"
-                raise RuntimeError(msg)
-            self.to_handler.append((started - start) * 1e3)
-            self.after.append((end - started) * 1e3)
+        copy, clock = oob.copy_into, time.perf_counter
+        stamps: list[float] = []
+
+        def stamped(dst: object, offset: int, src: object) -> int:
+            stamps.append(clock())
+            try:
+                return copy(dst, offset, src)
+            finally:
+                stamps.append(clock())
+
+        oob.copy_into = stamped
+        try:
+            for _ in range(k):
+                stamps.clear()
+                start = clock()
+                started = self.ref.stamp(self.arr).result(timeout=messaging.REPLY_TIMEOUT)
+                end = clock()
+                if started < 0:
+                    msg = "the actor did not see the array's last element"
+                    raise RuntimeError(msg)
+                if not stamps:
+                    msg = "the array was not copied out of band"
+                    raise RuntimeError(msg)
+                # the copy: from its first part's start to its last part's end
+                for xs, (a, b) in zip(self.splits.values(), [
+                        (start, stamps[0]), (stamps[0], stamps[-1]), (stamps[-1], started),
+                        (started, end)], strict=True):
+                    xs.append((b - a) * 1e3)
+        finally:
+            oob.copy_into = copy
 
     def report(self) -> str:
-        def spread(xs: list[float]) -> str:
+        lines = []
+        for name, xs in self.splits.items():
             xs = sorted(xs)
-            return (f"p10 {xs[len(xs) // 10]:.2f}, median {statistics.median(xs):.2f}, "
-                    f"p90 {xs[len(xs) * 9 // 10]:.2f} ms")
-
-        return (f"steps  call -> handler started: {spread(self.to_handler)}\n"
-                f"       handler started -> reply back: {spread(self.after)}")
+            lines.append(f"{name}: p10 {xs[len(xs) // 10]:.3f}, median "
+                         f"{statistics.median(xs):.3f}, p90 {xs[len(xs) * 9 // 10]:.3f} ms")
+        return "steps  " + "\n       ".join(lines)
 
 
 def copy_floor(dst: np.ndarray, arr: np.ndarray, k: int) -> list[float]:
