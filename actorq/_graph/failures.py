@@ -133,7 +133,7 @@ class Recovery(RunState):
             if self.state[tid] != RUNNING:
                 continue
             name = self.nodes[tid].name
-            if tid in batch.fused and isinstance(exc, ActorCrashed | ActorStopped):
+            if tid in batch.fused:  # never a task with a timeout
                 self._fused_lost(tid, exc)
             elif batch.timed_out:
                 timeout = self.nodes[tid].timeout
@@ -197,13 +197,15 @@ class Recovery(RunState):
 
     def _fused_lost(self, tid: int, exc: BaseException) -> None:
         """A fused task (fusion.py) lost with its batch: its inputs from that batch are
-        lost too, so it waits for them again (no retry of its own to schedule); the
-        attempt counts, as for any task whose worker was lost (``_worker_lost``)."""
+        lost too (their own failure or retry is decided by their outcome), so it waits
+        for them again, with no retry of its own to schedule; the attempt counts, as for
+        any task whose worker was lost (``_worker_lost``)."""
         if self.attempts[tid] >= self._crash_limit(self.nodes[tid]):
             self._worker_lost(tid, exc)  # out of attempts: fails it
             return
-        self.counts["crashes"] += 1
-        self.losses[tid] = self.losses.get(tid, 0) + 1
+        if isinstance(exc, ActorCrashed | ActorStopped):
+            self.counts["crashes"] += 1
+            self.losses[tid] = self.losses.get(tid, 0) + 1
         self.state[tid] = WAITING  # its count-down is untouched: none of them finished
 
     def _failed_attempt(self, tid: int, exc: BaseException, *, timeout: bool = False) -> None:
