@@ -24,12 +24,11 @@ batch stays short enough that a crash re-runs little and the other workers get a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
+from actorq._graph.graph import Dep, Node
 from actorq._graph.state import DONE, WAITING
-
-if TYPE_CHECKING:
-    from actorq._graph.graph import Node
+from actorq._graph.worker import VALUE
 
 # Fused tasks add at most this much estimated CPU to a batch (the batch itself is about
 # scheduler.TARGET_BATCH_SECONDS): a layered graph's triangle of dependents above a batch
@@ -48,6 +47,8 @@ def fuse(tids: list[int], total: float, *, nodes: list[Node], state: Sequence[in
     *top_priority* is the priority of the best task left in the ready queue."""
     fused: set[int] = set()
     inbatch = set(tids)
+    last_fn: Any = None
+    e: float | None = None
     budget = total + FUSE_SECONDS
     k = 0
     while k < len(tids):
@@ -57,9 +58,11 @@ def fuse(tids: list[int], total: float, *, nodes: list[Node], state: Sequence[in
             node = nodes[c]
             if node.fn is None or node.timeout is not None or node.priority < top_priority:
                 continue
-            if not all(state[d.index] == DONE or d.index in inbatch for d in node.deps):
+            if not _inputs_known(node, state, inbatch):
                 continue
-            e = estimate(node)
+            if node.fn is not last_fn:  # the estimate, once per run of equal functions
+                last_fn = node.fn
+                e = estimate(node)
             if e is None or total + e > budget:
                 continue
             tids.append(c)
@@ -68,3 +71,35 @@ def fuse(tids: list[int], total: float, *, nodes: list[Node], state: Sequence[in
             total += e
         k += 1
     return fused
+
+
+def _inputs_known(node: Node, state: Sequence[int], inbatch: set[int]) -> bool:
+    """Whether each of *node*'s inputs is finished or computed in the batch."""
+    for d in node.deps:  # noqa: SIM110 (per candidate: all() of a generator costs more)
+        if state[d.index] != DONE and d.index not in inbatch:
+            return False
+    return True
+
+
+def patch_args(node: Node, values: list[Any], state: Sequence[int]
+               ) -> tuple[tuple[Any, ...], list[tuple[int, int]]] | None:
+    """A fused flat task's (``Node.nested == FLAT``) arguments for ``worker.PATCH``:
+    its finished inputs' values filled in (plain scalars sent as they are: else None,
+    and it is pickled with its values), None where a value of the batch goes, and the
+    (tid, position) of each of those; the batch then marshals as a plain one does."""
+    out: list[Any] = []
+    pairs: list[tuple[int, int]] = []
+    deps = node.deps
+    for position, arg in enumerate(node.args):
+        if type(arg) is Dep:
+            d = deps[arg.index].index
+            if state[d] != DONE:
+                pairs.append((d, position))
+                arg = None
+            else:
+                value = values[d]
+                if value[0] != VALUE:
+                    return None
+                arg = value[1]
+        out.append(arg)
+    return tuple(out), pairs

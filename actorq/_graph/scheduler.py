@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 from actorq._errors import GraphError, rebuild
 from actorq._graph.blobs import save
 from actorq._graph.failures import Recovery
-from actorq._graph.fusion import fuse
+from actorq._graph.fusion import fuse, patch_args
 from actorq._graph.graph import FLAT, Graph, fill
 from actorq._graph.pool import Batch, acquire_pool
 from actorq._graph.progress import Progress, want_progress
@@ -73,6 +73,7 @@ from actorq._graph.worker import (
     ERR,
     LOCAL,
     NEED_CODE,
+    PATCH,
     PICKLED,
     SHARED,
     SKIPPED,
@@ -519,13 +520,17 @@ class Scheduler(Recovery):
                 e = ests.get(digest, 0.001)
             deps = node.deps
             if fused and i in fused:  # inputs from this batch: the worker has them
-                plain = False
-                vals = [values[d.index] if state[d.index] == DONE else (LOCAL, d.index)
-                        for d in deps]
-                if node.packed is not None:
-                    append((i, digest, (), {}, vals, node.nested, node.packed))
+                patch = patch_args(node, values, state) if node.nested == FLAT else None
+                if patch is not None:  # plain scalars and the batch's values: marshals
+                    append((i, digest, patch[0], {}, patch[1], PATCH, None))
                 else:
-                    append((i, digest, node.args, node.kwargs, vals, node.nested, None))
+                    plain = False
+                    vals = [values[d.index] if state[d.index] == DONE else (LOCAL, d.index)
+                            for d in deps]
+                    if node.packed is not None:
+                        append((i, digest, (), {}, vals, node.nested, node.packed))
+                    else:
+                        append((i, digest, node.args, node.kwargs, vals, node.nested, None))
             elif deps:
                 flat = fill_flat(node.args, deps, values) if node.nested == FLAT else None
                 if flat is not None:  # plain args: no placeholder to pickle, none to fill
