@@ -74,9 +74,14 @@ def fuse(tids: list[int], total: float, *, nodes: list[Node], state: Sequence[in
 
 
 def _inputs_known(node: Node, state: Sequence[int], inbatch: set[int]) -> bool:
-    """Whether each of *node*'s inputs is finished or computed in the batch."""
-    for d in node.deps:  # noqa: SIM110 (per candidate: all() of a generator costs more)
+    """Whether each of *node*'s inputs is finished or computed in the batch, and each
+    task it must only follow (``after``) finished: a failure in the batch would not stop
+    it in the worker, which knows only the values it is handed."""
+    for d in node.deps:  # plain loops (per candidate: all() of a generator costs more)
         if state[d.index] != DONE and d.index not in inbatch:
+            return False
+    for a in node.after_deps:  # noqa: SIM110 (as above)
+        if state[a.index] != DONE:
             return False
     return True
 

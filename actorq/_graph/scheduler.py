@@ -486,7 +486,7 @@ class Scheduler(Recovery):
             heappop(ready)
             append(j)
             total += e
-        if not gate.on and self.unfinished - self.running > len(tids):
+        if self.edges and not gate.on and self.unfinished - self.running > len(tids):
             self.fused = fuse(tids, total, nodes=nodes, state=state,
                               dependents=self.dependents, estimate=self._estimate_cpu,
                               top_priority=-ready[0][0] if ready else -math.inf)

@@ -115,3 +115,20 @@ def test_a_large_result_reaches_its_fused_dependent_in_the_worker_and_is_freed(s
     assert result[total] == 1 << 20
     assert result.stats.extra["fused"] == 1
     assert result.stats.shared_bytes_peak >= 8 << 20  # it was large, and freed (leak guard)
+
+
+def test_a_task_that_must_follow_one_of_the_batch_is_not_fused(warm, tmp_path):
+    g, (a, b, c) = chain(tmp_path, "ok")
+    after = g.task(step, str(tmp_path / "d"), "ok").after(a)  # ordering only
+    result = warm.run(g, workers=1)
+    assert [result[n] for n in (a, b, c, after)] == [1, 2, 3, 1]
+    assert result.stats.tasks[after].start >= result.stats.tasks[a].end
+    assert result.stats.extra["fused"] == 2  # b and c, not the one that only follows a
+
+
+def test_independent_tasks_are_not_looked_at_for_fusion(warm, tmp_path):
+    g = actorq.Graph()
+    nodes = [g.task(step, str(tmp_path / f"i{k}"), "ok") for k in range(20)]
+    result = warm.run(g, workers=1)
+    assert [result[n] for n in nodes] == [1] * 20
+    assert result.stats.extra["fused"] == 0
