@@ -10,7 +10,8 @@ repeat the bare processes first) and prints, per repeat:
 
 - both wall times and their speed ratio, and the CPU each task measured (``spin``
   returns it), in actorq's workers and in the bare processes;
-- the CPU of the user's process (getrusage), per task, and the batches sent;
+- the CPU of the user's process (getrusage), per task, the batches sent (and the tasks
+  fused into them) and the CPU of the system's loop thread per batch;
 - ``start``: from ``system.run`` to the first task's start (validation, set-up, the
   first dispatch: both workers idle); ``tail``: from the end of the last task to the
   return of ``system.run``;
@@ -41,6 +42,7 @@ import os
 import resource
 import statistics
 import sys
+import threading
 import time
 from typing import Any
 
@@ -66,6 +68,20 @@ def _record_sends() -> None:
         return send(self, worker, tids)
 
     _scheduler.Scheduler._send = _send  # type: ignore[method-assign]
+
+
+def _loop_cpu(system: actorq.ActorSystem) -> float:
+    """The CPU seconds of the system's loop thread (where the scheduler runs) so far."""
+    box: list[float] = []
+    done = threading.Event()
+
+    def read() -> None:
+        box.append(time.thread_time())
+        done.set()
+
+    system._loop().call_soon_threadsafe(read)
+    done.wait(60)
+    return box[0] if box else 0.0
 
 
 def _cpu() -> float:
@@ -123,9 +139,10 @@ def _ours(system: actorq.ActorSystem, n_spin: int) -> dict[str, Any]:
     graph = layered_graph(n_spin, LAYERS, WIDTH)
     pids = _worker_pids(system)
     s0 = _schedstat(pids)
-    c0, t0, m0 = _cpu(), time.perf_counter(), time.monotonic()
+    l0, c0, t0, m0 = _loop_cpu(system), _cpu(), time.perf_counter(), time.monotonic()
     result = system.run(graph, workers=2)
     wall, cpu, m1 = time.perf_counter() - t0, _cpu() - c0, time.monotonic()
+    loop_cpu = _loop_cpu(system) - l0
     s1 = _schedstat(pids)
     tasks = result.stats.tasks.values()
     task_cpu = [result[node] for node in graph.nodes]
@@ -136,6 +153,7 @@ def _ours(system: actorq.ActorSystem, n_spin: int) -> dict[str, Any]:
             workers.append((run, wait, max(0.0, wall - run - wait)))
     over = sum(w[0] for w in workers) - sum(task_cpu)
     return {"wall": wall, "cpu": cpu, "batches": result.stats.batches, "workers": workers,
+            "loop_cpu": loop_cpu, "fused": result.stats.extra.get("fused", 0),
             "task_cpu": cpu_per_task(task_cpu), "over": over,
             "start": min(ts.start for ts in tasks) - m0,
             "tail": m1 - max(ts.end for ts in tasks), "gaps": _gaps(result)}
@@ -147,7 +165,9 @@ def _line(r: dict[str, Any], bare: float, bare_cpu: float) -> str:
     return (f"actorq {r['wall']:.3f} s, bare {bare:.3f} s, speed ratio {bare / r['wall']:.3f}; "
             f"task CPU {r['task_cpu'] * 1e3:.2f} ms (bare {bare_cpu * 1e3:.2f}); "
             f"user CPU {r['cpu'] * 1e3:.0f} ms ({r['cpu'] / TASKS * 1e6:.0f} µs/task); "
-            f"batches {r['batches']}; start {r['start'] * 1e3:.1f} ms, tail "
+            f"batches {r['batches']} ({r['fused']} tasks fused), loop thread "
+            f"{r['loop_cpu'] / max(1, r['batches']) * 1e6:.0f} µs/batch; "
+            f"start {r['start'] * 1e3:.1f} ms, tail "
             f"{r['tail'] * 1e3:.1f} ms; workers: {ws} ms, CPU outside tasks "
             f"{r['over'] * 1e3:.0f} ms; gaps queued {_q(queued)}; starved {_q(starved)}")
 

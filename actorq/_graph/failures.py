@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from actorq._errors import ActorCrashed, ActorStopped, CallTimeout
 from actorq._graph.graph import Node
-from actorq._graph.state import DELAYED, RUNNING, RunState
+from actorq._graph.state import DELAYED, RUNNING, WAITING, RunState
 from actorq._resilience.backoff import Backoff
 from actorq._resilience.retry import Retry, RetryBudget
 
@@ -126,12 +126,16 @@ class Recovery(RunState):
         elif isinstance(exc, ActorCrashed):
             worker.known.clear()
             worker.penalty_until = time.monotonic() + 0.05
-        for tid in batch.tids:
+        # counted first: failing a task here fails its fused dependents with it
+        lost = [tid for tid in batch.tids if self.state[tid] == RUNNING]
+        self.running -= len(lost)
+        for tid in lost:
             if self.state[tid] != RUNNING:
                 continue
-            self.running -= 1
             name = self.nodes[tid].name
-            if batch.timed_out:
+            if tid in batch.fused:  # never a task with a timeout
+                self._fused_lost(tid, exc)
+            elif batch.timed_out:
                 timeout = self.nodes[tid].timeout
                 err: BaseException = CallTimeout(
                     f"task {name!r} ran past its timeout of {timeout:g}s (attempt "
@@ -165,13 +169,17 @@ class Recovery(RunState):
         if policy is not None and policy.budget is not None:
             self.budgets[id(policy)].record_call()
 
+    def _crash_limit(self, node: Node) -> int:
+        """Attempts a task whose worker was lost may use: a lost worker is not the task's
+        fault (a batch shares its worker's fate), so at least CRASH_ATTEMPTS + 1,
+        whatever its policy says."""
+        policy = self._policy(node)
+        return max(policy.max_attempts if policy is not None else 1, CRASH_ATTEMPTS + 1)
+
     def _worker_lost(self, tid: int, exc: BaseException) -> None:
         node = self.nodes[tid]
         policy = self._policy(node)
-        # Not the task's fault (a batch shares its worker's fate): retried at once, on the
-        # best worker now, at least CRASH_ATTEMPTS times whatever the policy says.
-        limit = max(policy.max_attempts if policy is not None else 1, CRASH_ATTEMPTS + 1)
-        if self.attempts[tid] < limit:
+        if self.attempts[tid] < self._crash_limit(node):
             self.counts["crashes"] += 1
             losses = self.losses[tid] = self.losses.get(tid, 0) + 1
             if losses == 1:
@@ -186,6 +194,19 @@ class Recovery(RunState):
                            f"(last: {exc}); it is not tried again", "lost")
         err.__cause__ = exc
         self._fail(tid, err)
+
+    def _fused_lost(self, tid: int, exc: BaseException) -> None:
+        """A fused task (fusion.py) lost with its batch: its inputs from that batch are
+        lost too (their own failure or retry is decided by their outcome), so it waits
+        for them again, with no retry of its own to schedule; the attempt counts, as for
+        any task whose worker was lost (``_worker_lost``)."""
+        if self.attempts[tid] >= self._crash_limit(self.nodes[tid]):
+            self._worker_lost(tid, exc)  # out of attempts: fails it
+            return
+        if isinstance(exc, ActorCrashed | ActorStopped):
+            self.counts["crashes"] += 1
+            self.losses[tid] = self.losses.get(tid, 0) + 1
+        self.state[tid] = WAITING  # its count-down is untouched: none of them finished
 
     def _failed_attempt(self, tid: int, exc: BaseException, *, timeout: bool = False) -> None:
         node = self.nodes[tid]

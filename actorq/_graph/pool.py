@@ -103,11 +103,12 @@ class Worker:
 class Batch:
     """Tasks sent to one worker in one message."""
 
-    __slots__ = ("est", "id", "reply", "sent", "tids", "timed_out", "worker")
+    __slots__ = ("est", "fused", "id", "reply", "sent", "tids", "timed_out", "worker")
 
     def __init__(self, bid: int, worker: Worker, tids: list[int], est: float,
-                 sent: float) -> None:
+                 sent: float, fused: set[int] | None = None) -> None:
         self.id = bid
+        self.fused = fused or set()  # tasks fused in (fusion.py)
         self.worker = worker
         self.tids = tids
         self.est = est

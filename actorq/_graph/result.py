@@ -58,6 +58,8 @@ class GraphStats:
             its rounds on the system's loop, the result): its overhead, per run.
         extra: ``code_shipments`` (functions sent to workers: once per function and
             worker), ``workers_retired`` (idle workers stopped as the queue drained),
+            ``fused`` (tasks sent in the batch of a task they depend on, whose value
+            the worker handed them itself),
             ``held_back`` (times a task waited for room under max_memory) and
             ``run_alone`` (tasks run alone over max_memory because nothing else could),
             ``interrupted`` (tasks run again because an earlier run with this journal

@@ -33,7 +33,8 @@ deep enough to give every free credit slot a batch: a short queue is shared amon
 slots free now (a worker that still has a batch queued needs no share yet, so the tasks a
 returning batch made ready go out together, not halved; near the end of the run, every
 slot, so that the workers end together), and the durations measured in earlier runs on
-the same pool size the first batches of the next.
+the same pool size the first batches of the next. A batch also carries the dependents
+that its own tasks will make ready (``fusion.py``): no round trip per layer.
 Each batch costs this process a wake-up, a reply and a dispatch (≈ 0.3-0.4 ms of CPU,
 and about as much in the worker), and on a machine with as many cores as workers that
 CPU is taken from the workers: fewer, fuller batches are what keeps a graph of 5 ms
@@ -61,17 +62,21 @@ from typing import TYPE_CHECKING, Any
 from actorq._errors import GraphError, rebuild
 from actorq._graph.blobs import save
 from actorq._graph.failures import Recovery
+from actorq._graph.fusion import fuse, patch_args
 from actorq._graph.graph import FLAT, Graph, fill
 from actorq._graph.pool import Batch, acquire_pool
 from actorq._graph.progress import Progress, want_progress
 from actorq._graph.report import build_result
 from actorq._graph.result import GraphResult
-from actorq._graph.state import EWMA, READY, RUNNING, WAITING
+from actorq._graph.state import DONE, EWMA, READY, RUNNING, WAITING
 from actorq._graph.worker import (
     ERR,
+    LOCAL,
     NEED_CODE,
+    PATCH,
     PICKLED,
     SHARED,
+    SKIPPED,
     fill_flat,
     pack_plain,
     pack_value,
@@ -147,9 +152,11 @@ class Scheduler(Recovery):
         super()._prepare()
         self.timed_aside: list[tuple[int, float, int]] = []
         self.counts = {"retries": 0, "crashes": 0, "timeouts": 0, "batches": 0,
-                       "code_shipments": 0, "workers_lost": 0, "workers_retired": 0}
+                       "code_shipments": 0, "workers_lost": 0, "workers_retired": 0,
+                       "fused": 0}
         self.peak_workers = 0
         self.worker_ids: dict[int, Worker] = {}
+        self.fused: set[int] = set()  # the last batch taken: its fused tasks (fusion.py)
 
     # -- the run: set up on the caller's thread, run on the system's loop ----------------
 
@@ -479,7 +486,14 @@ class Scheduler(Recovery):
             heappop(ready)
             append(j)
             total += e
+        if self.edges and not gate.on and self.unfinished - self.running > len(tids):
+            self.fused = fuse(tids, total, nodes=nodes, state=state,
+                              dependents=self.dependents, estimate=self._estimate_cpu,
+                              top_priority=-ready[0][0] if ready else -math.inf)
         return tids
+
+    def _estimate_cpu(self, node: Any) -> float | None:
+        return self.est_cpu.get(self.codes[id(node.fn)].digest)
 
     def _send(self, worker: Worker, tids: list[int]) -> bool:
         """Send *tids* to *worker* as one batch; False if it could not take it."""
@@ -493,6 +507,8 @@ class Scheduler(Recovery):
         digest, e = b"", 0.0
         scalars = self.graph._plain  # per node: 1 if its arguments are plain scalars
         plain = True  # every task's arguments plain scalars so far: the batch marshals
+        fused, self.fused = self.fused, set()
+        self.counts["fused"] += len(fused)
         for i in tids:
             node = nodes[i]
             if node.fn is not last_fn:  # looked up once per run of equal functions
@@ -503,7 +519,19 @@ class Scheduler(Recovery):
                     code_map[digest] = code.blob
                 e = ests.get(digest, 0.001)
             deps = node.deps
-            if deps:
+            if fused and i in fused:  # inputs from this batch: the worker has them
+                patch = patch_args(node, values, state) if node.nested == FLAT else None
+                if patch is not None:  # plain scalars and the batch's values: marshals
+                    append((i, digest, patch[0], {}, patch[1], PATCH, None))
+                else:
+                    plain = False
+                    vals = [values[d.index] if state[d.index] == DONE else (LOCAL, d.index)
+                            for d in deps]
+                    if node.packed is not None:
+                        append((i, digest, (), {}, vals, node.nested, node.packed))
+                    else:
+                        append((i, digest, node.args, node.kwargs, vals, node.nested, None))
+            elif deps:
                 flat = fill_flat(node.args, deps, values) if node.nested == FLAT else None
                 if flat is not None:  # plain args: no placeholder to pickle, none to fill
                     append((i, digest, flat, node.kwargs, None, False, None))
@@ -529,7 +557,7 @@ class Scheduler(Recovery):
         if self.journal is not None:  # before it can run (see journal.py); raises GraphError
             self.journal.started([nodes[i].key for i in tids])
         now = time.monotonic()
-        batch = Batch(next(self._bids), worker, tids, est, now)
+        batch = Batch(next(self._bids), worker, tids, est, now, fused)
         worker.batches[batch.id] = batch
         worker.load += est
         worker.known.update(code_map)
@@ -559,7 +587,10 @@ class Scheduler(Recovery):
         for i in batch.tids:
             self.attempts[i] -= 1
             self.running -= 1
-            self._make_ready(i)
+            if i in batch.fused:  # its inputs from that batch are not done: wait for them
+                self.state[i] = WAITING
+            else:
+                self._make_ready(i)
         self._sync_workers()
 
     def _batch_outcome(self, batch: Batch, value: Any, exc: BaseException | None) -> None:
@@ -617,6 +648,11 @@ class Scheduler(Recovery):
         cpu, queued, outcomes = result
         self.running -= len(outcomes)
         for tid, status, kind, payload, t0, t1 in outcomes:
+            if status == SKIPPED:  # fused, and an input of the batch failed: not run
+                self.attempts[tid] -= 1
+                if state[tid] == RUNNING:  # (failed with its input for good: stays so)
+                    state[tid] = WAITING  # for its input, retried
+                continue
             if state[tid] != RUNNING:
                 continue
             fn = nodes[tid].fn
@@ -631,6 +667,7 @@ class Scheduler(Recovery):
                 self.attempts[tid] -= 1
                 self._make_ready(tid)
                 continue
+
             took = t1 - t0
             run_sum += took
             run_n += 1

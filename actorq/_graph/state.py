@@ -87,10 +87,12 @@ class RunState:
         # its CPU time, or a STRETCH-th of its wall time if more (a task that sleeps)
         self.est_cpu: dict[bytes, float] = {}
         consumers, waiting, dependents = self.consumers, self.waiting, self.dependents
+        self.edges = False  # any dependency at all (else nothing to fuse: fusion.py)
         for node in self.nodes:  # per node: plain loops, the attributes looked up once
             deps, after = node.deps, node.after_deps
             if not deps and not after:
                 continue  # a root: nothing to count
+            self.edges = True
             parents = {d.index for d in deps}
             for d in parents:
                 consumers[d] += 1

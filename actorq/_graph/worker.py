@@ -15,10 +15,13 @@ records (plain tuples, cheapest to pickle or marshal)::
 
     code     {digest: cloudpickled function} for functions this worker has not had yet
     task     (tid, digest, args, kwargs, values, nested, packed)
-               values: one (kind, payload) per dependency, kind VALUE | PICKLED | SHARED
+               values: one (kind, payload) per dependency, kind VALUE | PICKLED | SHARED,
+               or LOCAL: payload is the tid of an earlier task of the batch;
+               nested PATCH: values are (tid, position in args) of such tasks
     outcome  (tid, status, kind, payload, t_start, t_end)
                status OK: (kind, payload) is the value; ERR: payload pickles (exc, tb)
                NEED_CODE: this worker does not know the digest (it was restarted)
+               SKIPPED: not run, a LOCAL dependency did not succeed in this batch
     store    the journal's blob folder, or None: a large result is also copied there
 
 A value is sent back as it is when it is a scalar; otherwise it is pickled here once;
@@ -43,7 +46,15 @@ from actorq._serialization import SAFE_TYPES, loads
 from actorq._shared import SharedObject, share_pickled
 
 VALUE, PICKLED, SHARED = 0, 1, 2
+# LOCAL: the value of an earlier task of the same batch (payload: its tid), which the
+# worker holds (a fused dependent, scheduler._fuse): no round trip through the scheduler
+LOCAL = 3
+# Node.nested of a fused flat task (fusion.patch_args): its args hold None where a value
+# of this batch goes, and its values are (tid, position) pairs; the batch still marshals
+PATCH = 3
 OK, ERR, NEED_CODE = 0, 1, 2
+# SKIPPED: a fused task not run, as a task of the batch it depends on did not succeed
+SKIPPED = 3
 
 _marshal, _unmarshal = marshal.dumps, marshal.loads
 PLAIN_MARSHAL = 2  # pack_plain's marshal version (see there)
@@ -161,6 +172,29 @@ def unpack_value(kind: int, payload: Any) -> Any:
     return obj.load()
 
 
+def _have_local(values: list[tuple[int, Any]], local: dict[int, tuple[int, Any]],
+                nested: int) -> bool:
+    """Whether every value of this batch that *values* names was produced in it."""
+    if nested == PATCH:
+        for tid, _ in values:  # noqa: SIM110 (per task: all() of a generator costs more)
+            if tid not in local:
+                return False
+        return True
+    for kind, payload in values:  # noqa: SIM110 (as above)
+        if kind == LOCAL and payload not in local:
+            return False
+    return True
+
+
+def _patch(args: tuple[Any, ...], values: list[tuple[int, int]],
+           local: dict[int, tuple[int, Any]]) -> tuple[Any, ...]:
+    """*args* of a PATCH task with the values of this batch put in their places."""
+    out = list(args)
+    for tid, position in values:
+        out[position] = unpack_value(*local[tid])
+    return tuple(out)
+
+
 def pack_error(exc: BaseException) -> bytes:
     """Pickle (exception, traceback text); an exception that does not pickle is described."""
     tb = format_remote(exc)
@@ -193,7 +227,11 @@ class TaskWorker(Actor):
                 if digest not in fns:
                     fns[digest] = loads(blob)
         out: list[tuple[Any, ...]] = []
+        local: dict[int, tuple[int, Any]] = {}  # this batch's results, for LOCAL values
         for tid, digest, args, kwargs, values, nested, packed in tasks:
+            if values and not _have_local(values, local, nested):
+                out.append((tid, SKIPPED, 0, None, 0.0, 0.0))
+                continue
             fn = fns.get(digest)
             if fn is None:
                 out.append((tid, NEED_CODE, 0, None, 0.0, 0.0))
@@ -202,8 +240,11 @@ class TaskWorker(Actor):
             try:
                 if packed is not None:
                     args, kwargs = loads(packed)
-                if values:
-                    vals = [unpack_value(k, p) for k, p in values]
+                if values and nested == PATCH:
+                    args = _patch(args, values, local)
+                elif values:
+                    vals = [unpack_value(k, p) if k != LOCAL else unpack_value(*local[p])
+                            for k, p in values]
                     if nested:
                         args, kwargs = fill(args, vals), fill(kwargs, vals)
                 value = fn(*args, **kwargs)
@@ -213,6 +254,7 @@ class TaskWorker(Actor):
             except Exception as exc:
                 out.append((tid, ERR, 0, pack_error(exc), t0, _monotonic()))
                 continue
+            local[tid] = (kind, payload)
             out.append((tid, OK, kind, payload, t0, _monotonic()))
         return _thread_time() - cpu, self._queued() - queued, out
 

@@ -31,6 +31,7 @@ __all__ = [
     "Verdict",
     "check",
     "compare",
+    "compare_paired",
     "measure",
     "measure_interleaved",
     "percentile",
@@ -408,6 +409,48 @@ def compare(ours: BenchResult, peer: BenchResult, *, at_least: float | None = No
     return Verdict(label, ours.median / peer.median, "x", target, goal,
                    low=min(ends, default=math.nan), high=max(ends, default=math.nan),
                    detail=f"median {ours.name} / median {peer.name}")
+
+
+def compare_paired(ours: BenchResult, peer: BenchResult, *, at_least: float | None = None,
+                   at_most: float | None = None, name: str | None = None) -> Verdict:
+    """Return the median of the per-round ratios ``ours / peer``, checked against a target.
+
+    For two results of one :func:`measure_interleaved` run: its round *k* ran sample *k*
+    of each, one right after the other, so their ratio compares the two sides at one
+    speed of the machine. The ratio of the medians (:func:`compare`) may take its two
+    medians from different moments, and on a VM whose speed drifts over seconds (this
+    one's: the same task's CPU time moved by 50 % between the repeats of one run) that
+    drift, not the code, can decide it. The spread is the lowest and the highest
+    per-round ratio; the ratio of the medians is kept in ``detail``.
+
+    Args:
+        ours: the numerator.
+        peer: the denominator, in the same unit, with as many samples as *ours*.
+        at_least: the ratio should be at least this.
+        at_most: the ratio should be at most this.
+        name: verdict name (default ``"<ours> / <peer>"``).
+
+    Returns:
+        The :class:`Verdict`; its value is ``nan`` when either side was skipped.
+
+    Raises:
+        ValueError: both *at_least* and *at_most*, the units differ, or the two sides
+            have different numbers of samples (not the rounds of one run).
+    """
+    plain = compare(ours, peer, at_least=at_least, at_most=at_most, name=name)
+    if not math.isfinite(plain.value):
+        return plain
+    if len(ours.samples) != len(peer.samples):
+        msg = (f"cannot pair {ours.name!r} ({len(ours.samples)} samples) with "
+               f"{peer.name!r} ({len(peer.samples)}): not the rounds of one interleaved run")
+        raise ValueError(msg)
+    ratios = [a / b for a, b in zip(ours.samples, peer.samples, strict=True) if b]
+    if not ratios:
+        return plain
+    return Verdict(plain.name, percentile(ratios, 50), "x", plain.target, plain.goal,
+                   low=min(ratios), high=max(ratios),
+                   detail=(f"median of {len(ratios)} rounds' {ours.name} / {peer.name} "
+                           f"(ratio of the medians {plain.value:.3f})"))
 
 
 def check(result: BenchResult, *, at_least: float | None = None,

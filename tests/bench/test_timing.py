@@ -30,6 +30,7 @@ from actorq.bench.peers import (
     QueueSink,
     faster_fifo_missing,
 )
+from actorq.bench.timing import compare_paired
 
 
 class FakeClock:
@@ -383,3 +384,30 @@ def test_close_is_idempotent_and_joins_the_process():
     sink.close()
     with pytest.raises(ValueError, match="closed"):
         proc.is_alive()  # Process.close() was called: the process is joined and released
+
+
+def test_compare_paired_is_the_median_of_the_rounds_ratios():
+    # the machine slowed during rounds 1 and 4: both sides were slow then, so the
+    # rounds' ratios stay near 0.95 where the medians' ratio is pulled to 0.83
+    bare = BenchResult("bare", "s", (1.50, 1.12, 1.13, 1.32, 1.47))
+    ours = BenchResult("ours", "s", (1.56, 1.15, 1.22, 1.54, 1.54))
+    v = compare_paired(bare, ours, at_least=0.97, name="speed")
+    rounds = sorted(b / o for b, o in zip(bare.samples, ours.samples, strict=True))
+    assert v.value == pytest.approx(rounds[2])
+    assert (v.low, v.high) == (pytest.approx(rounds[0]), pytest.approx(rounds[-1]))
+    assert v.met is False
+    assert compare(bare, ours).value < v.value  # the medians came from different moments
+    assert "median of 5 rounds" in v.detail
+    assert f"{compare(bare, ours).value:.3f}" in v.detail  # the plain ratio is kept
+    assert compare_paired(bare, ours, at_least=0.9).met is True
+
+
+def test_compare_paired_refuses_samples_that_are_not_rounds_of_one_run():
+    a = BenchResult("a", "s", (1.0, 2.0))
+    with pytest.raises(ValueError, match="cannot pair"):
+        compare_paired(a, BenchResult("b", "s", (1.0,)))
+    with pytest.raises(ValueError, match="cannot compare"):
+        compare_paired(a, BenchResult("b", "µs", (1.0, 2.0)))
+    v = compare_paired(a, BenchResult.skip("b", "not installed", unit="s"), at_least=1.0)
+    assert math.isnan(v.value)
+    assert "not installed" in v.detail

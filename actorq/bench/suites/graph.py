@@ -17,10 +17,11 @@ Four parts (``--set parts=noop,dag,arrays,scale``), every peer measured in the s
    the CPU the tasks measured. The reference is two bare processes doing the
    same CPU work with no dependencies (``mp.Pool.starmap``, one chunk each): the goal is
    at least 97 % of its speed, measured (actorq and the bare processes interleaved) while
-   no other peer is alive. Then, in a second group with those peers started: a
-   layer-by-layer ``ProcessPoolExecutor`` and loky, Dask distributed (``LocalCluster``,
-   2 processes x 1 thread), Dask's multiprocessing scheduler and Ray, against actorq
-   measured again beside them.
+   no other peer is alive, as the median of the rounds' ratios (each round runs both
+   sides one right after the other: the VM's speed drifts over seconds). Then, in a
+   second group with those peers started: a layer-by-layer ``ProcessPoolExecutor``
+   and loky, Dask distributed (``LocalCluster``, 2 processes x 1 thread), Dask's
+   multiprocessing scheduler and Ray, against actorq measured again beside them.
 3. ``array_mib`` MiB numpy arrays: ``arrays`` producers, a tree of additions, one sum;
    wall time and peak memory (PSS of the process tree, plus /dev/shm growth, sampled
    every 20 ms by a process of its own). Peers: Dask processes and Dask distributed.
@@ -30,7 +31,10 @@ Four parts (``--set parts=noop,dag,arrays,scale``), every peer measured in the s
 
 Peers are chosen with ``--set peers=ppe,mp,loky,dask,distributed,ray``; one whose library
 is not installed is reported as skipped. Each part starts the peers it measures and stops
-them after it, so an idle cluster never runs beside another part. Ray runs as a local
+them after it, so an idle cluster never runs beside another part, and before each part
+(and the DAG's target phase) waits until no process a previous part started still
+uses CPU (``actorq.bench.quiet``; one still busy after 15 s is named in the report's
+``busy_strays``). Ray runs as a local
 cluster of 2 CPUs (``ray.init(num_cpus=2)``): tasks by ``ray.remote``, dependencies as
 object refs, large arrays through its object store; like Dask distributed, its no-op run
 is a fifth of the tasks.
@@ -58,8 +62,17 @@ import psutil
 import actorq
 from actorq._errors import BenchError
 from actorq.bench.cpuwork import calibrate, cpu_per_task, spin, spin_many
+from actorq.bench.quiet import WAIT, Strays
 from actorq.bench.suite import Suite, SuiteOptions, SuiteReport
-from actorq.bench.timing import BenchResult, Case, Verdict, compare, measure, measure_interleaved
+from actorq.bench.timing import (
+    BenchResult,
+    Case,
+    Verdict,
+    compare,
+    compare_paired,
+    measure,
+    measure_interleaved,
+)
 
 FULL: dict[str, Any] = {"repeats": 3, "noop_tasks": 10_000, "layers": 20, "width": 20,
                         "task_ms": 5.0, "spin": 0, "arrays": 32, "array_mib": 8,
@@ -397,8 +410,9 @@ def bench_dag(system: actorq.ActorSystem, pools: Mapping[str, Any], p: Mapping[s
     verdicts = []
     for peer in out[1:]:
         if peer.name == "two bare processes (no deps)":
-            verdicts.append(compare(peer, out[0], at_least=0.97,
-                                    name="DAG: actorq speed / bare processes' speed"))
+            # per round: the two sides ran one after the other (compare_paired)
+            verdicts.append(compare_paired(peer, out[0], at_least=0.97,
+                                           name="DAG: actorq speed / bare processes' speed"))
         else:
             verdicts.append(compare(peer, out[0], name=f"DAG: actorq speed / {peer.name}"))
     return out + skipped, verdicts
@@ -585,7 +599,9 @@ def run_graph(options: SuiteOptions) -> SuiteReport:
     results: list[BenchResult] = []
     verdicts: list[Verdict] = []
     options.say(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    busy_before: dict[str, str] = {}  # a phase -> a previous part's process still busy
     with actorq.ActorSystem() as system:
+        strays = Strays()  # the system's processes are not strays
         for name in PARTS:
             if name not in parts:
                 continue
@@ -597,6 +613,10 @@ def run_graph(options: SuiteOptions) -> SuiteReport:
             if name == "dag":
                 phases = [(chosen & {"mp"}, {"target": True}), (chosen - {"mp"}, {})]
             for wanted, extra in phases:
+                busy = strays.wait_quiet()  # a previous part's peer still winding down
+                if busy:
+                    busy_before[f"{name}{' (target)' if extra else ''}"] = busy
+                    options.say(f"{name}: still busy after {WAIT:g} s: {busy}")
                 with open_pools(wanted) as pools:
                     out, ver = BENCHES[name](system, {**pools, **extra}, p, wanted)
                 results += out
@@ -604,7 +624,7 @@ def run_graph(options: SuiteOptions) -> SuiteReport:
             options.say(f"{name}: {time.perf_counter() - t:.1f} s")
     title = "actorq job graphs against peers" + (" (quick)" if options.quick else "")
     return SuiteReport("graph", title, results, verdicts,
-                       meta={"parameters": p,
+                       meta={"parameters": p, "busy_strays": busy_before,
                              "note": "on a shared machine under load: read the ratios"})
 
 
