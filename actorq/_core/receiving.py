@@ -23,12 +23,13 @@ from actorq._core.reply import error_from_wire
 from actorq._errors import DecodeError
 from actorq._serialization import Salvaged, Unloadable, find_unloadable, salvage_loads
 from actorq._transport.channel import InChannel, OpenRecord
-from actorq._transport.oob import PICKLE_PROTO, decode_loaded
+from actorq._transport.oob import decode_loaded
 from actorq._transport.ring import (
     H_CUR_REC,
     H_CUR_SUB,
     H_READER,
     H_TAIL,
+    PICKLE_PROTO,
     READER_EXPECTED,
     Loaded,
 )

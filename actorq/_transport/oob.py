@@ -55,6 +55,7 @@ from typing import Any
 from actorq._errors import MessageTooLarge
 from actorq._native import copy_into
 from actorq._serialization import salvage_loads
+from actorq._transport.ring import PICKLE_PROTO
 from actorq._transport.shm import SHM_DIR, Segment
 
 BLOCK_HEADER = 4096
@@ -63,7 +64,6 @@ POOL_BYTES = int(os.environ.get("ACTORQ_OOB_POOL_BYTES", 512 * 1024 * 1024))
 
 # No room in /dev/shm, over a file size limit (RLIMIT_FSIZE), no memory to map it.
 _NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.ENOMEM)
-PICKLE_PROTO = pickle.PROTO[0]  # 0x80: the first byte of every pickle we write
 # The marshal version of a lone message (a call or a reply of plain data, a record of
 # its own): 2, not marshal's default 4, whose shared-object table (versions 3 and up) is
 # built by every dumps (a hash table) and filled by every loads (a list), though plain

@@ -47,7 +47,9 @@ HEADER = 256
 MAGIC = 0x61637471_72696E67  # "actqring"
 WRAP = 0xFFFFFFFF
 REC_HEADER = 8
-PICKLE_PROTO = 0x80  # a pickle's first byte (oob.py: a payload that is not one is marshalled)
+# pickle's PROTO opcode, the first byte of every pickle we write: a payload that does not
+# start with it is marshalled (oob.py writes both)
+PICKLE_PROTO = 0x80
 
 # u64 slots in the header
 H_HEAD, H_HANDLED, H_CUR_REC, H_CUR_SUB, H_READER = 0, 1, 2, 3, 4
