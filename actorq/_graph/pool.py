@@ -287,10 +287,7 @@ class WorkerPool:
         """Stop every worker; idempotent (blocks until they are gone)."""
         if self._closed:
             return
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._unsubscribe()
+        self.halt()
         try:
             self.pool.stop()
         except Exception:
