@@ -519,25 +519,23 @@ class Scheduler(Recovery):
                     code_map[digest] = code.blob
                 e = ests.get(digest, 0.001)
             deps = node.deps
-            if fused and i in fused:  # inputs from this batch: the worker has them
-                patch = patch_args(node, values, state) if node.nested == FLAT else None
-                if patch is not None:  # plain scalars and the batch's values: marshals
-                    append((i, digest, patch[0], {}, patch[1], PATCH, None))
-                else:
-                    plain = False
-                    vals = [values[d.index] if state[d.index] == DONE else (LOCAL, d.index)
-                            for d in deps]
-                    if node.packed is not None:
-                        append((i, digest, (), {}, vals, node.nested, node.packed))
+            if deps:
+                vals = None  # the inputs' values, for the worker to fill in
+                if fused and i in fused:  # inputs from this batch: the worker has them
+                    patch = patch_args(node, values, state) if node.nested == FLAT else None
+                    if patch is not None:  # plain scalars and the batch's values: marshals
+                        append((i, digest, patch[0], {}, patch[1], PATCH, None))
                     else:
-                        append((i, digest, node.args, node.kwargs, vals, node.nested, None))
-            elif deps:
-                flat = fill_flat(node.args, deps, values) if node.nested == FLAT else None
-                if flat is not None:  # plain args: no placeholder to pickle, none to fill
-                    append((i, digest, flat, node.kwargs, None, False, None))
+                        vals = [values[d.index] if state[d.index] == DONE else (LOCAL, d.index)
+                                for d in deps]
                 else:
+                    flat = fill_flat(node.args, deps, values) if node.nested == FLAT else None
+                    if flat is not None:  # plain args: no placeholder to pickle, none to fill
+                        append((i, digest, flat, node.kwargs, None, False, None))
+                    else:
+                        vals = [values[d.index] for d in deps]
+                if vals is not None:
                     plain = False
-                    vals = [values[d.index] for d in deps]
                     if node.packed is not None:
                         append((i, digest, (), {}, vals, node.nested, node.packed))
                     else:
