@@ -29,7 +29,9 @@ class Scheduler:
     """Runs ``fn()`` once *delay* seconds have passed, on its own daemon thread."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # An RLock, not a Lock: Condition probes a Lock for three methods it lacks and
+        # catches an AttributeError for each, and _after_fork runs in every forked child.
+        self._cond = threading.Condition(threading.RLock())
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -72,7 +74,7 @@ class Scheduler:
 
     def _after_fork(self) -> None:
         """In a forked child: the thread did not follow, and its lock may be held."""
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = threading.Condition(threading.RLock())
         self._heap = []
         self._thread = None
 
