@@ -52,6 +52,16 @@ EXIT_MAIN_UNGUARDED = 6  # as host.EXIT_MAIN_UNGUARDED (this layer does not impo
 # exiting (a SIGKILLed one: milliseconds; this bounds a wedged one)
 SERVER_EXIT_WAIT = 5.0
 _lock = threading.Lock()
+
+
+def _fresh_lock() -> None:
+    """In a child made by fork: another thread of the parent may have held the lock (a
+    fork server's start takes seconds); the child has no such thread, so a new lock."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock)
 _configured = False
 # what the fork server was given when this process started it (``sys_path``, and
 # ``sys_argv`` if it preloads the main script): a child started the lean way

@@ -62,3 +62,41 @@ def test_a_child_forked_while_another_thread_holds_the_lock_gets_it_free(name):
     assert os.waitstatus_to_exitcode(status) == 0, f"the child found {name} lock held"
     assert lock.acquire(timeout=10)  # and the parent's is free again
     lock.release()
+
+
+# Locks that a forked child replaces with a new one instead (no thread of the child can
+# be inside them): the child looks each one up again after the fork.
+REPLACED = {
+    "the fork server's start (spawn._lock)": ("actorq._process.spawn", "_lock"),
+    "the mapped blocks' table (oob._mapped_lock)": ("actorq._transport.oob", "_mapped_lock"),
+    "a channel's fence (channel._fence_lock)": ("actorq._transport.channel", "_fence_lock"),
+}
+
+
+def _routing_scheduler_lock() -> threading.Condition:
+    from actorq._routing.scheduler import SCHEDULER
+    return SCHEDULER._cond
+
+
+@pytest.mark.parametrize("name", [*REPLACED, "the routing scheduler's condition"])
+def test_a_lock_replaced_at_fork_is_free_in_the_child(name):
+    import importlib
+
+    def current() -> threading.Lock | threading.Condition:
+        if name in REPLACED:
+            module, attr = REPLACED[name]
+            return getattr(importlib.import_module(module), attr)
+        return _routing_scheduler_lock()
+
+    held = current()
+    assert held.acquire(timeout=10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's holder is not here
+            lock = current()
+            free = lock is not held and lock.acquire(timeout=10)
+            os._exit(0 if free else 3)
+    finally:
+        held.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"the child found {name} held"
