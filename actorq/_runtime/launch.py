@@ -43,7 +43,7 @@ SPARE_REFILL_DELAY = 0.05
 # machine a start takes 100 ms or more, and the actor's next crash found no spare. Not
 # sooner: the fork server's fork and the new spare's boot take a CPU for 3-10 ms, and a
 # refill started while the first call was still unanswered made the slowest restarts
-# 2-3 times slower (docs/benchmarks.md, "Restarts, fifth step").
+# 2-3 times slower (docs/benchmark-history.md, "Restarts, fifth step").
 REFILL_AFTER_READY = 0.005
 LAUNCH_AHEAD = 4  # processes launched at once for a burst of starts (forkserver)
 
