@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from actorq._actorproc import host as _host
-from actorq._core.protocol import C_STOP, SYSTEM_ID, Boot, Ctl
+from actorq._core.protocol import C_BUSY, C_STOP, SYSTEM_ID, Boot, Ctl
 from actorq._process.spares import QUIT, WarmPool
 from actorq._process.spawn import fork_server_unguarded
 from actorq._runtime.cells import DEAD_STATES, ActorCell, CellState
@@ -36,9 +36,14 @@ from actorq._transport import control
 logger = logging.getLogger("actorq")
 
 SPARE_REFILL_DELAY = 0.05
-# After a restart, the next spare is started this long after the new instance is up (its
-# first answers go out first), not only SPARE_REFILL_DELAY after its start: on a loaded
-# machine a start takes 100 ms or more, and the actor's next crash found no spare.
+# After a restart, the next spare is started once the new instance has answered what was
+# waiting for it (looked at every REFILL_AFTER_READY from its "ready", and the spare
+# started one look after the first that found it settled), or SPARE_REFILL_DELAY after
+# its "ready" at the latest; not only SPARE_REFILL_DELAY after its start: on a loaded
+# machine a start takes 100 ms or more, and the actor's next crash found no spare. Not
+# sooner: the fork server's fork and the new spare's boot take a CPU for 3-10 ms, and a
+# refill started while the first call was still unanswered made the slowest restarts
+# 2-3 times slower (docs/benchmark-history.md, "Restarts, fifth step").
 REFILL_AFTER_READY = 0.005
 LAUNCH_AHEAD = 4  # processes launched at once for a burst of starts (forkserver)
 
@@ -90,7 +95,39 @@ class Launcher:
             except RuntimeError:  # the starter is shut down: closing
                 pass
         if cell.restarts and not s.closing and self.spares.missing():
-            s.hub.loop.call_later(REFILL_AFTER_READY, self.submit_refill)
+            until = s.hub.loop.time() + SPARE_REFILL_DELAY
+            s.hub.loop.call_later(REFILL_AFTER_READY, self._refill_once_settled, cell,
+                                  until, False)
+
+    def _refill_once_settled(self, cell: ActorCell, until: float, settled: bool) -> None:
+        """Loop thread: refill the spares once *cell*'s new instance has settled (found so
+        by this look and the one before: its answers have had a look's time to reach
+        their callers), or at *until* (the loop's clock) at the latest."""
+        s = self._s
+        loop = s.hub.loop
+        if loop is None or s.closing or not self.spares.missing():
+            return  # (refilled meanwhile: a start on the starter thread refills after it)
+        now_settled = self._settled(cell)
+        if (settled and now_settled) or loop.time() >= until:
+            self.submit_refill()
+        else:
+            loop.call_later(REFILL_AFTER_READY, self._refill_once_settled, cell, until,
+                            now_settled)
+
+    def _settled(self, cell: ActorCell) -> bool:
+        """Loop thread: nothing in flight between this process and *cell* either way (each
+        call it was sent handled, each reply it sent read) and no handler running; or
+        *cell* not running any more (its restart is over either way)."""
+        if cell.state != "running":
+            return True
+        hub = self._s.hub
+        out, back = hub.outbound.get(cell.id), hub.inbound.get(cell.id)
+        try:
+            return not (cell.ctl.slots[C_BUSY]
+                        or (out is not None and out.ring.in_flight())
+                        or (back is not None and back.ring.in_flight()))
+        except ValueError:  # a ring or its control block was released: it is gone
+            return True
 
     def close(self) -> None:
         """At close, once every actor is reaped: the starter thread (the parent thread of

@@ -15,12 +15,14 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 import actorq
+from actorq._core.protocol import C_BUSY
 from actorq._process import lifelock
 from actorq._process.deathsig import Lineage
 from actorq.testing import wait_until
@@ -43,6 +45,13 @@ class Noter(actorq.Actor):
 
     def restarts(self) -> int:
         return self.context.restarts
+
+    def hold(self, path: str) -> int:
+        """Answer once *path* exists (within BOUND)."""
+        deadline = time.monotonic() + BOUND
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return os.getpid()
 
 
 class Caller(actorq.Actor):
@@ -143,6 +152,32 @@ def test_a_restart_onto_its_prepared_spare_needs_no_start_on_the_starter_thread(
         ref.note(1)
         assert ref.restarts().result(timeout=BOUND) == 2
     assert (tmp_path / "notes").read_text().split() == ["1"]
+
+
+def test_a_restarted_actor_has_settled_only_once_what_waited_for_it_is_answered(
+        tmp_path: Path) -> None:
+    # After a restart the next spare is started once the new instance has settled (its
+    # fork and boot would take the CPU its first answers need): not while a handler runs
+    # or a call waits in its mailbox; then, once they are answered, the spare comes.
+    with actorq.ActorSystem() as system:
+        ref = _supervisor(system).spawn(Noter, str(tmp_path / "notes"))
+        pid = _kill_and_wait_new(ref, ref.pid().result(timeout=BOUND))
+        launch = system._runtime._launch
+        cell = system._runtime._cells[ref.actor_id]
+        wait_until(lambda: launch._settled(cell), timeout=BOUND, message="settled")
+        wait_until(lambda: not launch.spares.missing(), timeout=BOUND,
+                   message="the spare taken by the restart refilled")
+        go = tmp_path / "go"
+        held = ref.hold(str(go))
+        queued = ref.pid()
+        wait_until(lambda: cell.ctl.slots[C_BUSY], timeout=BOUND,
+                   message="the held call is being handled")
+        assert not launch._settled(cell)
+        go.touch()
+        assert held.result(timeout=BOUND) == pid
+        assert queued.result(timeout=BOUND) == pid
+        wait_until(lambda: launch._settled(cell), timeout=BOUND,
+                   message="settled once both are answered")
 
 
 def test_the_spare_pool_hands_out_a_spare_by_the_key_it_was_prepared_for() -> None:

@@ -17,6 +17,9 @@ one run, side by side:
   recovering from its worker's SIGKILL until a new task returns; Ray's actor restart
   when ``ray`` is importable (skipped otherwise).
 
+The target case (forkserver + warm spare, issue 15's p50 ≤ 5 ms and p99 ≤ 8 ms) takes
+100 restarts (``target_repeats``), the others 30 (``repeats``; ``--repeats`` sets both).
+
 The run is split into rounds. In each round every case runs one block of restarts in
 a fresh system / executor (one unrecorded warm-up restart first), the cases one after
 the other, so a slow drift of the machine hits every case alike while no two systems
@@ -62,8 +65,12 @@ GROUP = "restart latency"
 FLOOR_GROUP = "kernel floor"
 STOP = "stop"
 
-FULL = {"repeats": 30, "rounds": 3, "warmup": 1, "settle": 0.15}
-QUICK = {"repeats": 3, "rounds": 1, "warmup": 1, "settle": 0.05}
+# The target case (FS_SPARE) takes ``target_repeats`` samples, the others ``repeats``:
+# its p99 is judged against issue 15's 8 ms, and of 30 samples the p99 is 71 % of the
+# way from the second-largest to the largest (one slow restart decides it); of 100 it is
+# the second-largest, to 1 %. About 11 s more than 30 (0.15 s between kills).
+FULL = {"repeats": 30, "target_repeats": 100, "rounds": 3, "warmup": 1, "settle": 0.15}
+QUICK = {"repeats": 3, "target_repeats": 3, "rounds": 1, "warmup": 1, "settle": 0.05}
 
 # The cases (rows); the verdicts refer to them by these names.
 FS_SPARE = "actorq forkserver + spare"
@@ -393,10 +400,11 @@ def run_cases(p: Mapping[str, Any], only: list[str] | None = None,
     merged = {name: new_block() for name in names}
     rounds = max(1, min(p["rounds"], p["repeats"]))
     for r in range(rounds):
-        n = p["repeats"] // rounds + (r < p["repeats"] % rounds)
         for name in names:
             if "error" in merged[name]:
                 continue
+            total = p["target_repeats"] if name == FS_SPARE else p["repeats"]
+            n = total // rounds + (r < total % rounds)
             if progress is not None:
                 progress(f"round {r + 1}/{rounds}: {name} ({n} samples)")
             runner = table[name][0]
@@ -528,13 +536,14 @@ def latency_section(rows: list[dict[str, Any]]) -> str:
     """The Markdown section of the p50/p99 table."""
     n = max((row["n"] for row in rows), default=0)
     return ("## Restart latency\n\nTime from SIGKILL to the next call answered by a new "
-            f"process (peers: see each row's note in Results). With {n} samples, p99 "
-            "lies between the two largest.\n\n" + latency_table(rows) + "\n")
+            "process (peers: see each row's note in Results). Up to 100 samples (column "
+            f"n; {n} at most here), p99 lies between the two largest.\n\n"
+            + latency_table(rows) + "\n")
 
 
 def run_restart(options: SuiteOptions) -> SuiteReport:
     """Run every restart case in rounds; return the report (JSON ``latency``: p50/p99)."""
-    p = options.parameters(FULL, QUICK, ("repeats",))
+    p = options.parameters(FULL, QUICK, ("repeats", "target_repeats"))
     # actorq logs a warning per crash and per restart: expected here by the hundred.
     log = logging.getLogger("actorq")
     level = log.level
@@ -554,7 +563,7 @@ def run_restart(options: SuiteOptions) -> SuiteReport:
 
 SUITE = Suite("restart", "SIGKILL of an actor to the next call answered by its new process; "
               "vs mp.Process start, loky worker recovery, Ray", run_restart,
-              repeat_keys=("repeats",))
+              repeat_keys=("repeats", "target_repeats"))
 
 # Ship this module's actor classes by value (as for a script's own classes), so that an
 # actor process (a warm spare, a restart) does not import this module and actorq.bench
