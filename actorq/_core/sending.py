@@ -59,13 +59,14 @@ class Sending(CreditLine):
         if not plain:
             check_picklable(lambda: ref._describe(method), args, kwargs)
         token = next_token()
-        reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
+        target = ref.actor_id  # read once: a ref's attributes are slow to read (__getattr__)
+        reply: Reply[Any] = Reply(self, ref, token, method, target)
         if on_outcome is not None:
             reply._hook = on_outcome
         self.pending[token] = reply
         msg = (OP_CALL, token, self.id, method, args, kwargs or _NO_KWARGS)
         try:
-            if not (plain and self._send_now(ref.actor_id, msg)):
+            if not (plain and self._send_now(target, msg)):
                 self.send(ref, msg, nowait=False, plain=plain)
         except BaseException:
             self.pending.pop(token, None)
@@ -112,12 +113,13 @@ class Sending(CreditLine):
         else:
             msg = (OP_DCALL, token, self.id, method, args, kwargs or {}, deadline + 0.0,
                    call_token, token_prefix)
-        reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
+        target = ref.actor_id  # read once (as in ``call``)
+        reply: Reply[Any] = Reply(self, ref, token, method, target)
         if on_outcome is not None:
             reply._hook = on_outcome
         self.pending[token] = reply
         try:
-            if not (plain and self._send_now(ref.actor_id, msg)):
+            if not (plain and self._send_now(target, msg)):
                 self.send(ref, msg, nowait=False)
         except BaseException:
             self.pending.pop(token, None)
@@ -166,7 +168,7 @@ class Sending(CreditLine):
                         back[H_READER] = READER_EXPECTED
                 except (KeyError, ValueError):  # no reply ring (yet), or released
                     pass
-            if not ring.try_write(body, 1):
+            if not ring.core.try_write(body, 1):  # (the core's: a specialised lookup)
                 return False
             chan.credits -= 1
         finally:
