@@ -142,7 +142,7 @@ class Ring:
     read_at: _ReadAt
     # read_at, a marshalled payload (plain data: not a pickle, whose first byte is its
     # PROTO opcode) decoded as it is read: a ``Loaded`` record then, no view of the ring
-    # made (the hubs' hot reads: ``Hub.drain``, ``SystemHub.spin_for``); any other
+    # made (the hubs' hot reads: ``Hub.drain``, ``SystemHub.wait_spin``); any other
     # payload comes back as ``read_at`` returns it, also one that does not unmarshal
     read_plain: _ReadPlain
 
