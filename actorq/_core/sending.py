@@ -24,7 +24,7 @@ from actorq._core.reply import Reply
 from actorq._errors import ActorStopped
 from actorq._ids import next_token
 from actorq._serialization import SAFE_TYPES, check_picklable, quick_safe
-from actorq._transport.channel import NO_TICKETS
+from actorq._transport.channel import C_PARKED, NO_TICKETS
 from actorq._transport.oob import LONE_MARSHAL
 from actorq._transport.ring import H_HANDLED, H_READER, READER_EXPECTED
 
@@ -176,7 +176,10 @@ class Sending(CreditLine):
         # The release is a full fence between the tail stored and the parked flag loaded
         # now (``OutChannel.ring_if_parked``): the doorbell needs no fence of its own.
         try:
-            chan.ring_if_parked()
+            # ring_if_parked's first look, written out: a receiver that spins (not
+            # parked) needs no call
+            if chan.ctl.slots[C_PARKED] & 1:
+                chan.ring_if_parked()
         except ValueError:  # the channel was closed meanwhile: its actor is gone
             pass
         return True
