@@ -5,7 +5,7 @@
 
 Deterministic: the pool and its one member are driven in one thread over real
 shared-memory rings (``msgpath_harness.Harness``), with the real user-process hub
-(``SystemHub``: its ``wait_reply`` and ``spin_for`` read the reply, as a synchronous
+(``SystemHub``: its ``wait_reply`` and ``wait_spin`` read the reply, as a synchronous
 caller does) and no loop thread. Each call is::
 
     reply = target.echo(i)      # counted: the call, routing, the send

@@ -57,7 +57,7 @@ class Replies(ActorHubState):
                         body, count = self.encode([msg])
                 else:  # an unpicklable value becomes an error reply
                     body, count = self.encode([msg])
-                written = chan.ring.try_write(body, count)
+                written = chan.ring.core.try_write(body, count)
                 if not written:
                     chan.encoded.append((body, count))
                     chan.encoded_count += count

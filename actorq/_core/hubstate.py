@@ -82,6 +82,12 @@ class HubState:
 
     def __init__(self, hub_id: int, run_id: str, config: SystemConfig, ctl: ControlBlock,
                  efd: int) -> None:
+        # the class's flags that every call reads (``Reply.result``, ``_send_now``), as
+        # the instance's own: read through an instance, a class attribute is a lookup
+        # the interpreter does not specialise (~150 instructions each)
+        self.may_deadlock = self.may_deadlock
+        self.spins = self.spins
+        self.expects_readers = self.expects_readers
         self.id = hub_id
         self.run_id = run_id
         self.config = config

@@ -78,7 +78,7 @@ class Receiving(HubState):
             while (tail := hdr[H_TAIL]) != chan.cursor and not (
                     limit and self.queued >= limit):
                 # chan.read_next(tail), written out; plain data decoded as it is read
-                rec = ring.read_plain(chan.cursor, tail)
+                rec = ring.core.read_plain(chan.cursor, tail)
                 if rec is None:  # pragma: no cover - a published tail always has a record
                     break
                 chan.cursor = rec.end

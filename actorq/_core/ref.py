@@ -210,8 +210,17 @@ class ActorRef(Generic[A]):
     def _bind(self, method: str) -> Any:
         """``ref.method``: straight to the hub (the name was checked once, here)."""
 
+        ref = self
+        # the hub, held here once known (a ref's hub never changes once set): each read
+        # of a ref's attribute goes through ``__getattr__``'s slow lookup (~250
+        # instructions), once per call otherwise
+        hub = self._hub
+
         def bound(*args: Any, **kwargs: Any) -> Reply[Any]:
-            return (self._hub or self._get_hub()).call(self, method, args, kwargs)
+            nonlocal hub
+            if hub is None:  # not attached when bound (an unpickled ref): look it up
+                hub = ref._get_hub()
+            return hub.call(ref, method, args, kwargs)
 
         bound.__name__ = bound.__qualname__ = method
         return bound

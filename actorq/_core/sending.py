@@ -24,7 +24,7 @@ from actorq._core.reply import Reply
 from actorq._errors import ActorStopped
 from actorq._ids import next_token
 from actorq._serialization import SAFE_TYPES, check_picklable, quick_safe
-from actorq._transport.channel import NO_TICKETS
+from actorq._transport.channel import C_PARKED, NO_TICKETS
 from actorq._transport.oob import LONE_MARSHAL
 from actorq._transport.ring import H_HANDLED, H_READER, READER_EXPECTED
 
@@ -59,13 +59,14 @@ class Sending(CreditLine):
         if not plain:
             check_picklable(lambda: ref._describe(method), args, kwargs)
         token = next_token()
-        reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
+        target = ref.actor_id  # read once: a ref's attributes are slow to read (__getattr__)
+        reply: Reply[Any] = Reply(self, ref, token, method, target)
         if on_outcome is not None:
             reply._hook = on_outcome
         self.pending[token] = reply
         msg = (OP_CALL, token, self.id, method, args, kwargs or _NO_KWARGS)
         try:
-            if not (plain and self._send_now(ref.actor_id, msg)):
+            if not (plain and self._send_now(target, msg)):
                 self.send(ref, msg, nowait=False, plain=plain)
         except BaseException:
             self.pending.pop(token, None)
@@ -112,12 +113,13 @@ class Sending(CreditLine):
         else:
             msg = (OP_DCALL, token, self.id, method, args, kwargs or {}, deadline + 0.0,
                    call_token, token_prefix)
-        reply: Reply[Any] = Reply(self, ref, token, method, ref.actor_id)
+        target = ref.actor_id  # read once (as in ``call``)
+        reply: Reply[Any] = Reply(self, ref, token, method, target)
         if on_outcome is not None:
             reply._hook = on_outcome
         self.pending[token] = reply
         try:
-            if not (plain and self._send_now(ref.actor_id, msg)):
+            if not (plain and self._send_now(target, msg)):
                 self.send(ref, msg, nowait=False)
         except BaseException:
             self.pending.pop(token, None)
@@ -166,7 +168,7 @@ class Sending(CreditLine):
                         back[H_READER] = READER_EXPECTED
                 except (KeyError, ValueError):  # no reply ring (yet), or released
                     pass
-            if not ring.try_write(body, 1):
+            if not ring.core.try_write(body, 1):  # (the core's: a specialised lookup)
                 return False
             chan.credits -= 1
         finally:
@@ -174,7 +176,10 @@ class Sending(CreditLine):
         # The release is a full fence between the tail stored and the parked flag loaded
         # now (``OutChannel.ring_if_parked``): the doorbell needs no fence of its own.
         try:
-            chan.ring_if_parked()
+            # ring_if_parked's first look, written out: a receiver that spins (not
+            # parked) needs no call
+            if chan.ctl.slots[C_PARKED] & 1:
+                chan.ring_if_parked()
         except ValueError:  # the channel was closed meanwhile: its actor is gone
             pass
         return True

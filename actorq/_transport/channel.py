@@ -362,7 +362,7 @@ class InChannel:
 
     def read_next(self) -> Record | None:
         """Return the next unread record, or None (written out, bounded by a tail just
-        read, where a record is read per message: ``Hub.drain``, ``SystemHub.spin_for``)."""
+        read, where a record is read per message: ``Hub.drain``, ``SystemHub.wait_spin``)."""
         rec = self.ring.read_at(self.cursor)
         if rec is not None:
             self.cursor = rec.end

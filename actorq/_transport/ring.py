@@ -134,12 +134,15 @@ class Ring:
 
     __slots__ = ("capacity", "core", "data", "hdr", "max_payload", "read_at", "read_plain",
                  "try_write")
-    # the core's bound methods, looked up once here (no method lookup per record)
+    # the core's bound methods, looked up once here. The hottest callers (a lone call,
+    # its reply, their reads) call ``ring.core.try_write(...)`` instead: a method held in
+    # a slot is called through a lookup the interpreter cannot specialise (~200
+    # instructions more than the core's own method, benchmarks/msgpath_harness.py)
     try_write: _TryWrite
     read_at: _ReadAt
     # read_at, a marshalled payload (plain data: not a pickle, whose first byte is its
     # PROTO opcode) decoded as it is read: a ``Loaded`` record then, no view of the ring
-    # made (the hubs' hot reads: ``Hub.drain``, ``SystemHub.spin_for``); any other
+    # made (the hubs' hot reads: ``Hub.drain``, ``SystemHub.wait_spin``); any other
     # payload comes back as ``read_at`` returns it, also one that does not unmarshal
     read_plain: _ReadPlain
 

@@ -128,7 +128,7 @@ def test_no_reader_mark_is_left_behind(n: int) -> None:
             assert refs[i % 2].echo(i).result() == i
         for ref in refs:
             assert s._runtime.hub.inbound[ref.actor_id].ring.hdr[H_READER] == 0
-        assert s._runtime.hub.ring_spinners == {}
+        assert s._runtime.hub.ring_spinners == []
 
 
 def _harness(make_sender: Any = None) -> Any:
@@ -172,19 +172,19 @@ def test_a_death_and_a_spinner_that_stopped_read_the_ring_to_its_end() -> None:
         assert back.ring.hdr[H_TAIL] == back.cursor
 
         replies = answered(20)
-        back.ring.hdr[H_READER] = READER_SPINNING  # as spin_for leaves it, one spinner
-        hub.ring_spinners[1] = 1
+        back.ring.hdr[H_READER] = READER_SPINNING  # as wait_spin leaves it, one spinner
+        hub.ring_spinners.append(1)
         hub._stop_spinning(back, 1)
         assert [r.result(0) for r in replies] == [20, 21, 22]
         assert back.ring.hdr[H_READER] == 0
-        assert hub.ring_spinners == {}
+        assert hub.ring_spinners == []
 
         replies = answered(30)  # the actor is removed: its ring is read by nobody here
         del hub.inbound[1]
         try:
             hub.drain_from(1)
             back.ring.hdr[H_READER] = READER_SPINNING
-            hub.ring_spinners[1] = 1
+            hub.ring_spinners.append(1)
             hub._stop_spinning(back, 1)
             assert not any(r.done() for r in replies)
             assert back.ring.hdr[H_TAIL] != back.cursor
