@@ -58,6 +58,7 @@ from typing import Any
 from actorq._errors import MessageTooLarge
 from actorq._native import BlockView, copy_into
 from actorq._serialization import salvage_loads
+from actorq._transport import pickling
 from actorq._transport.ring import PICKLE_PROTO
 from actorq._transport.shm import SHM_DIR, Segment
 
@@ -278,7 +279,7 @@ def encode_batch(msgs: list[Any], *, oob_threshold: int, max_inline: int, namer:
             return False
         return True
 
-    body = pickle.dumps(msgs, protocol=5, buffer_callback=take_large)
+    body = pickling.dumps(msgs, take_large)
     specs: list[tuple[str, int, bool]] = []
     try:
         if bufs:
