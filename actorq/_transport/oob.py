@@ -279,7 +279,10 @@ def encode_batch(msgs: list[Any], *, oob_threshold: int, max_inline: int, namer:
             return False
         return True
 
-    body = pickling.dumps(msgs, take_large)
+    if len(msgs) == 1 and pickling.holds_array(msgs[0]):
+        body = pickling.dumps(msgs, take_large)  # numpy arrays reduced cheaply
+    else:
+        body = pickle.dumps(msgs, protocol=5, buffer_callback=take_large)
     specs: list[tuple[str, int, bool]] = []
     try:
         if bufs:

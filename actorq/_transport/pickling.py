@@ -12,6 +12,13 @@ argument of a call (warm, in one process): the pickle 19 -> 11 us, its loads 12 
 Every other object, arrays that do not qualify included, is pickled as before; the
 buffer still goes out of band (or in band) through *take*, exactly as numpy's would.
 
+It is used for a lone message that holds an array (``holds_array``: in the message's
+tuple, or one level down, as a call's arguments and a reply's value are): every other
+record is ``pickle.dumps``'d, byte for byte as before and at its cost (this pickler's
+``reducer_override`` is a Python call per object of a class, and its set-up about a
+microsecond: a pickled call without an array, or a burst of 100 objects, would pay
+10-30 % more).
+
 The pickler is made once per thread and reused (``clear_memo`` between records): a new
 ``Pickler`` per record would cost what the arrays save. It writes to a list of parts
 joined once at the end: a large bytes object goes to the list as it is (the C pickler
@@ -81,6 +88,22 @@ class _Pickler(pickle.Pickler):
 
 
 _local = threading.local()
+
+
+def holds_array(msg: tuple[Any, ...]) -> bool:
+    """Does *msg* hold a numpy array, itself or in a tuple of it (a call's arguments)?"""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return False
+    ndarray = np.ndarray
+    for field in msg:
+        if type(field) is tuple:
+            for item in field:
+                if type(item) is ndarray:
+                    return True
+        elif type(field) is ndarray:
+            return True
+    return False
 
 
 def dumps(msgs: Any, take: Take) -> bytes:

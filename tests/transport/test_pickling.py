@@ -148,3 +148,12 @@ def test_threads_pickle_at_once_each_with_its_own_pickler():
         t.join(timeout=60)
     assert not errors
     assert not any(t.is_alive() for t in threads)
+
+
+def test_only_a_lone_message_holding_an_array_is_worth_this_pickler():
+    arr = np.arange(3.0)
+    assert pickling.holds_array((1, 7, 0, "put", (arr,), {}))  # a call's argument
+    assert pickling.holds_array((4, 7, True, arr, ""))  # a reply's value
+    assert not pickling.holds_array((1, 7, 0, "put", ({"a": arr},), {}))  # deeper: no
+    assert not pickling.holds_array((1, 7, 0, "put", ("x", 1.5), {}))
+    assert not pickling.holds_array((1, 7, 0, "put", (np.ma.masked_array([1]),), {}))
