@@ -437,11 +437,11 @@ def forget_mapped(prefix: str) -> None:
 
 # Without the C helpers (``BlockView``): the views of pooled blocks that arrays decoded
 # here keep alive, each with its block's flags: when a view is gone, its callback
-# clears ``viewed``. A weak reference with a
-# callback, kept here, costs less than a ``weakref.finalize`` (a Python-level object made
-# and called per array): 1,195,092 -> 1,188,118 instructions per 8 MiB array call, both
-# sides (benchmarks/msgpath_harness.py --count array). At most one per block is alive: its
-# sender reuses a block only once ``viewed`` is 0 again. Keyed by the reference's id (a
+# clears ``viewed``. A weak reference with a callback, kept here, costs less than a
+# ``weakref.finalize`` (a Python-level object made and called per array): 1,195,092 ->
+# 1,188,118 instructions per 8 MiB array call, both sides (benchmarks/msgpath_harness.py
+# --count array). At most one per block is alive: its sender reuses a block only once
+# ``viewed`` is 0 again. Keyed by the reference's id (a
 # ctypes view is not hashable, so neither is a weak reference to it).
 _watched: dict[int, tuple[weakref.ref[Any], memoryview]] = {}
 
