@@ -7,6 +7,11 @@ environment forces the fallbacks (the test suite runs both).
 
 - ``copy_into(dst, offset, src)``: one copy of a large buffer into shared memory
   (``_copy.c``: streaming stores, the GIL released). The fallback assigns memoryviews.
+- ``BlockView(mapping, offset, size, flag)``: a receiver's view of an out-of-band
+  buffer in a mapped block, its own object per message, that stores 0 into the block's
+  ``viewed`` word when the last array over it is gone (``_copy.c``). None without the C
+  helpers (the fallback, a ctypes view watched by a weak reference, is
+  actorq/_transport/oob.py's).
 - ``u64_array(buf)``: the u64 slots of shared memory (a ring's header and record headers,
   a control block) as an array whose item access is one C call, each load an acquire and
   each store a release (``_ring.c``: ~8x fewer instructions per access than the
@@ -74,6 +79,7 @@ def _copy_into_py(dst: Any, offset: int, src: Any) -> int:
 
 
 copy_into = _copy.copy_into if _copy is not None else _copy_into_py
+BlockView: Any = _copy.BlockView if _copy is not None else None
 
 
 def u64_array_py(buf: Any) -> U64Slots:
@@ -101,5 +107,5 @@ def select(native: bool) -> bool:
     RingCore = _ring.RingCore if NATIVE_RING and _ring is not None else None
     return NATIVE_RING
 
-__all__ = ["HAVE_RING", "NATIVE", "NATIVE_RING", "STREAMING", "RingCore", "U64Slots",
+__all__ = ["HAVE_RING", "NATIVE", "NATIVE_RING", "STREAMING", "BlockView", "RingCore", "U64Slots",
            "copy_into", "fence", "select", "u64_array"]

@@ -13,6 +13,14 @@
  * The GIL is released during a large copy. Small copies, CPUs without AVX2 and non-x86
  * machines use memcpy. The Python fallback (actorq/_native/__init__.py) is the same
  * copy by memoryview assignment.
+ *
+ * BlockView: the receiving side's view of one out-of-band buffer in a mapped block
+ * (actorq/_transport/oob.py). An object of its own per message, exporting size bytes
+ * of the mapping at offset and holding the mapping's buffer; when the last array over
+ * it is gone (it is then deallocated), it clears the block's "viewed" word, so that
+ * the sender may reuse the block. The fallback is a ctypes array over the mapping
+ * with a weak reference whose Python callback clears the word: 3 us, 5 objects and a
+ * Python call in the handler's teardown, against one object here.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -110,6 +118,89 @@ set_min_streaming(PyObject *module, PyObject *arg)
     return PyLong_FromSsize_t(old);
 }
 
+/* -- BlockView --------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer owner;  /* the mapping's buffer: keeps it mapped while we are alive */
+    char *data;
+    Py_ssize_t size;
+    uint64_t *flag;   /* stored 0 (a release store) when we are gone, or NULL */
+} BlockView;
+
+static PyObject *
+BlockView_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *obj;
+    Py_ssize_t offset, size, flag;
+    static char *kwlist[] = {"mapping", "offset", "size", "flag", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onnn:BlockView", kwlist,
+                                     &obj, &offset, &size, &flag))
+        return NULL;
+    BlockView *self = (BlockView *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(obj, &self->owner, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    Py_ssize_t len = self->owner.len;
+    if (offset < 0 || size < 0 || offset > len - size) {
+        PyErr_Format(PyExc_ValueError,
+                     "BlockView: %zd bytes at offset %zd do not fit a buffer of %zd bytes",
+                     size, offset, len);
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (flag != -1 && (flag < 0 || flag > len - 8 ||
+                       ((uintptr_t)self->owner.buf + (size_t)flag) % 8 != 0)) {
+        PyErr_Format(PyExc_ValueError,
+                     "BlockView: flag offset %zd is not an aligned u64 of a buffer of %zd "
+                     "bytes (-1 for none)", flag, len);
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->data = (char *)self->owner.buf + offset;
+    self->size = size;
+    self->flag = flag == -1 ? NULL : (uint64_t *)((char *)self->owner.buf + flag);
+    return (PyObject *)self;
+}
+
+static void
+BlockView_dealloc(BlockView *self)
+{
+    /* only once no buffer exported from us is left: each one holds a reference */
+    if (self->flag != NULL)
+        __atomic_store_n(self->flag, (uint64_t)0, __ATOMIC_RELEASE);
+    if (self->owner.obj != NULL)
+        PyBuffer_Release(&self->owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+BlockView_getbuffer(BlockView *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->size, 0, flags);
+}
+
+static PyBufferProcs BlockView_as_buffer = {
+    (getbufferproc)BlockView_getbuffer, NULL,
+};
+
+static PyTypeObject BlockViewType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "actorq._native._copy.BlockView",
+    .tp_basicsize = sizeof(BlockView),
+    .tp_dealloc = (destructor)BlockView_dealloc,
+    .tp_as_buffer = &BlockView_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "BlockView(mapping, offset, size, flag)\n\n"
+              "A writable buffer of *size* bytes of *mapping* at *offset*, holding the "
+              "mapping; once deallocated (no buffer exported from it is left), the u64 "
+              "at byte *flag* of the mapping is stored 0 (-1: none).",
+    .tp_new = BlockView_new,
+};
+
 static PyMethodDef methods[] = {
     {"copy_into", copy_into, METH_VARARGS,
      "copy_into(dst, offset, src) -> int\n\n"
@@ -133,9 +224,17 @@ PyInit__copy(void)
     __builtin_cpu_init();
     streaming = __builtin_cpu_supports("avx2");
 #endif
+    if (PyType_Ready(&BlockViewType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
+    Py_INCREF(&BlockViewType);
+    if (PyModule_AddObject(m, "BlockView", (PyObject *)&BlockViewType) < 0) {
+        Py_DECREF(&BlockViewType);
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "STREAMING", streaming) < 0) {
         Py_DECREF(m);
         return NULL;

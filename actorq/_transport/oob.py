@@ -13,14 +13,16 @@ pickling in band (the kernel allocates and zeroes every page: ≈ 9 ms for 8 MiB
 blocks are pooled and reused by the sending process; and mapping a block costs its
 receiver a page fault per page (≈ 0.8 ms for 8 MiB with MAP_POPULATE), so a receiver
 maps each block once and keeps it mapped (``_block``, up to ``MAP_BYTES``). What an
-array decoded over a block holds is a view of its own (a ctypes array over the shared
-mapping), so that its lifetime is still known per message. A block's first page holds
-two flags that only its receiver clears::
+array decoded over a block holds is a view of its own (a ``BlockView`` of the C
+helpers, or a ctypes array over the shared mapping without them), so that its lifetime
+is still known per message. A block's first page holds two flags that only its
+receiver clears::
 
     [0] viewed       1 from the send, then the receiver's pid once it decoded the record,
-                     0 once its last view of the data is gone (a weak reference with a
-                     callback to the view every array decoded over the block keeps
-                     alive: ``_watched``)
+                     0 once its last view of the data is gone (the ``BlockView`` every
+                     array decoded over the block keeps alive stores it when it is
+                     deallocated; without the C helpers, a weak reference with a
+                     callback to the ctypes view does: ``_watched``)
     [8] uncommitted  1 until the record that carried it is committed (a record redelivered
                      after a crash must find the same bytes)
     data from offset 4096 (page aligned, so that it can be mapped on its own)
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import itertools
 import marshal
 import mmap
@@ -53,8 +56,9 @@ from collections.abc import Callable
 from typing import Any
 
 from actorq._errors import MessageTooLarge
-from actorq._native import copy_into
+from actorq._native import BlockView, copy_into
 from actorq._serialization import salvage_loads
+from actorq._transport import pickling
 from actorq._transport.ring import PICKLE_PROTO
 from actorq._transport.shm import SHM_DIR, Segment
 
@@ -275,15 +279,20 @@ def encode_batch(msgs: list[Any], *, oob_threshold: int, max_inline: int, namer:
             return False
         return True
 
-    body = pickle.dumps(msgs, protocol=5, buffer_callback=take_large)
+    if len(msgs) == 1 and pickling.holds_array(msgs[0]):
+        body = pickling.dumps(msgs, take_large)  # numpy arrays reduced cheaply
+    else:
+        body = pickle.dumps(msgs, protocol=5, buffer_callback=take_large)
     specs: list[tuple[str, int, bool]] = []
     try:
         if bufs:
+            placed = 0  # counted once all are placed (a plain int: no generator per record)
             for buf in bufs:
                 raw = buf.raw()
                 specs.append(pool.put(raw) if pool is not None
                              else (*_to_fresh_segment(raw, namer), False))
-            _traffic[0] += sum(size for _name, size, _pooled in specs)
+                placed += raw.nbytes
+            _traffic[0] += placed
             body = pickle.dumps((_OOB_TAG, specs, body), 5)
         if len(body) > max_inline:
             body = pickle.dumps((_SPILL_TAG, _to_fresh_segment(memoryview(body), namer)), 5)
@@ -426,16 +435,13 @@ def forget_mapped(prefix: str) -> None:
             _mapped_bytes -= len(_mapped.pop(name).mm)
 
 
-def _clear(flags: memoryview, index: int) -> None:
-    flags[index] = 0
-
-
-# The views of pooled blocks that arrays decoded here keep alive, each with its block's
-# flags: when a view is gone, its callback clears ``viewed``. A weak reference with a
-# callback, kept here, costs less than a ``weakref.finalize`` (a Python-level object made
-# and called per array): 1,195,092 -> 1,188,118 instructions per 8 MiB array call, both
-# sides (benchmarks/msgpath_harness.py --count array). At most one per block is alive: its
-# sender reuses a block only once ``viewed`` is 0 again. Keyed by the reference's id (a
+# Without the C helpers (``BlockView``): the views of pooled blocks that arrays decoded
+# here keep alive, each with its block's flags: when a view is gone, its callback
+# clears ``viewed``. A weak reference with a callback, kept here, costs less than a
+# ``weakref.finalize`` (a Python-level object made and called per array): 1,195,092 ->
+# 1,188,118 instructions per 8 MiB array call, both sides (benchmarks/msgpath_harness.py
+# --count array). At most one per block is alive: its sender reuses a block only once
+# ``viewed`` is 0 again. Keyed by the reference's id (a
 # ctypes view is not hashable, so neither is a weak reference to it).
 _watched: dict[int, tuple[weakref.ref[Any], memoryview]] = {}
 
@@ -498,24 +504,30 @@ def decode_loaded(obj: Any, after_commit: list[Any], *, track: bool = True,
             data = f.read(size)
         return decode_batch(memoryview(data), after_commit, track=track, salvage=salvage)
     _tag, specs, body = obj
-    _traffic[1] += sum(size for _name, size, _pooled in specs)
     buffers = []
     for name, size, pooled in specs:
+        _traffic[1] += size
         if not pooled:
             after_commit.append(name)
             buffers.append(memoryview(_map(name, 0, size))[:size])
             continue
         block = _block(name)
+        flags = block.flags
+        if track:
+            flags[0] = _pid[0]  # the viewer, for the sender to reclaim the block if it dies
+            # committed: uncommitted = 0 (a C call: no Python frame at the commit)
+            after_commit.append(functools.partial(flags.__setitem__, 1, 0))
         # A view of the block that is its own object (the mapping is shared with the
-        # messages that follow): every array unpickled over it holds it, so its
-        # callback runs when the last of them is gone.
+        # messages that follow): every array unpickled over it holds it, so ``viewed``
+        # is cleared when the last of them is gone.
+        if BlockView is not None:
+            buffers.append(memoryview(BlockView(block.mm, BLOCK_HEADER, size,
+                                                0 if track else -1)))
+            continue
         view = block.view_type.from_buffer(block.mm, BLOCK_HEADER)
         if track:
-            flags = block.flags
-            flags[0] = _pid[0]  # the viewer, for the sender to reclaim the block if it dies
             watch = weakref.ref(view, _unwatch)
             _watched[id(watch)] = (watch, flags)
-            after_commit.append(lambda f=flags: _clear(f, 1))  # committed: uncommitted = 0
         buffers.append(memoryview(view).cast("B")[:size])
         del view
     try:

@@ -1,9 +1,13 @@
 """``actorq._native.copy_into``: the C copy (streaming stores) and its Python fallback copy
 exactly the same bytes, refuse bad input with a clear error, and a system without the C
-helpers (``ACTORQ_NO_NATIVE=1``) sends large arrays the same way."""
+helpers (``ACTORQ_NO_NATIVE=1``) sends large arrays the same way. ``BlockView``: a
+receiver's view of a block clears the block's ``viewed`` word when the last array over
+it is gone, not before."""
 
 from __future__ import annotations
 
+import gc
+import mmap
 import os
 import shutil
 import subprocess
@@ -144,3 +148,77 @@ def test_a_built_helper_is_not_older_than_its_c_source():
                 assert os.path.getmtime(os.path.join(here, so)) >= src_time, (
                     f"{so} is older than {name}: rebuild with `pip install -e .` or "
                     f"`python setup.py build_ext --inplace`")
+
+
+# -- BlockView: a receiver's view of one out-of-band buffer (actorq/_transport/oob.py) ----
+
+needs_c = pytest.mark.skipif(native.BlockView is None, reason="without the C helpers")
+
+
+@pytest.fixture
+def mapping():
+    mm = mmap.mmap(-1, 64 * 1024)
+    flags = memoryview(mm)[:16].cast("Q")
+    flags[0] = 4242  # "viewed": a receiver's pid
+    flags[1] = 1
+    yield mm, flags
+    flags.release()
+
+
+@needs_c
+def test_a_block_view_is_the_bytes_of_the_mapping_it_names_writable(mapping):
+    mm, _flags = mapping
+    mm[4096:4100] = b"abcd"
+    view = memoryview(native.BlockView(mm, 4096, 1000, 0))
+    assert (view.format, view.nbytes, view.readonly) == ("B", 1000, False)
+    assert bytes(view[:4]) == b"abcd"
+    view[4:6] = b"xy"  # written through to the mapping: no copy
+    assert mm[4096:4102] == b"abcdxy"
+
+
+@needs_c
+def test_a_block_view_clears_viewed_once_the_last_array_over_it_is_gone(mapping):
+    mm, flags = mapping
+    view = native.BlockView(mm, 4096, 8000, 0)
+    arr = np.frombuffer(memoryview(view), dtype=np.float64).reshape(10, 100)
+    part = arr[3:5]  # a view of the array: holds it, and so the block view
+    del view, arr
+    gc.collect()
+    assert flags[0] == 4242  # an array over it is alive
+    part[0, 0] = 1.5
+    del part
+    assert flags[0] == 0  # the last one went: the sender may reuse the block
+    assert flags[1] == 1  # "uncommitted" is the commit's to clear, not the view's
+
+
+@needs_c
+def test_a_block_view_without_a_flag_leaves_the_words_alone(mapping):
+    mm, flags = mapping
+    view = native.BlockView(mm, 4096, 100, -1)
+    del view
+    assert flags.tolist() == [4242, 1]
+
+
+@needs_c
+def test_a_block_view_holds_its_mapping(mapping):
+    mm, _flags = mapping
+    view = native.BlockView(mm, 4096, 100, -1)
+    with pytest.raises(BufferError):
+        mm.close()  # exported: it cannot be unmapped under the view
+    del view
+
+
+@needs_c
+def test_a_block_view_that_does_not_fit_is_refused_naming_the_sizes(mapping):
+    mm, _flags = mapping
+    with pytest.raises(ValueError, match=r"65536 bytes at offset 4096 do not fit a buffer "
+                                         r"of 65536 bytes"):
+        native.BlockView(mm, 4096, 65536, -1)
+    with pytest.raises(ValueError, match=r"at offset -8"):
+        native.BlockView(mm, -8, 10, -1)
+    with pytest.raises(ValueError, match=r"flag offset 3 is not an aligned u64"):
+        native.BlockView(mm, 4096, 10, 3)
+    with pytest.raises(ValueError, match=r"flag offset 65532 is not an aligned u64"):
+        native.BlockView(mm, 4096, 10, 65532)
+    with pytest.raises(BufferError):
+        native.BlockView(b"\0" * 100, 0, 10, -1)  # read-only: an array over it is written
