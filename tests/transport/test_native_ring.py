@@ -293,6 +293,9 @@ def _payloads() -> st.SearchStrategy[bytes]:
         st.binary(max_size=40))
 
 
+# ~3 s of CPU (a ring pair per example); a loaded machine (load 20) stretched it past
+# the default 60 s once
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("native", [pytest.param(True, marks=needs_c), False])
 @given(payloads=st.lists(_payloads(), max_size=6))
 @example(payloads=[b"g" + struct.pack("<d", float("nan"))])  # a NaN, from random bytes
