@@ -339,12 +339,7 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
         calls = pool._calls = pool._calls + 1
         candidates = pool._candidates
         if pool._closed and candidates:
-            rr = pool._rr
-            if rr is not None:  # RoundRobin.choose, written out (see members._rr)
-                rr._turn = turn = rr._turn + 1
-                member = candidates[turn % len(candidates)]
-            else:
-                member = pool._router.choose(candidates, key)
+            member = pool._router.choose(candidates, key)
             member.in_flight += 1
             member.calls += 1
     finally:

@@ -31,7 +31,7 @@ from actorq._routing.idempotency import Idempotency
 from actorq._routing.members import PoolMember, default_replace_backoff
 from actorq._routing.metrics import STAT_NAMES, PoolStatistics
 from actorq._routing.options import check_timeout
-from actorq._routing.routers import PLAIN_KEYS, RoundRobin, key_point, make_router
+from actorq._routing.routers import PLAIN_KEYS, key_point, make_router
 from actorq._routing.scheduler import SCHEDULER
 
 if TYPE_CHECKING:
@@ -70,7 +70,6 @@ class PoolCore(Idempotency, Autoscaler):
         self._closed = True
         self._args, self._kwargs = args, kwargs
         self._router = make_router(routing)
-        self._rr = self._router if isinstance(self._router, RoundRobin) else None
         self._route: Route = self._choose_route()
         self._route_key: KeyRoute = self._choose_key_route()
         self._token_prefix = f"{name}/{os.getpid()}/"
@@ -269,12 +268,7 @@ class PoolCore(Idempotency, Autoscaler):
         try:
             candidates = self._candidates
             if candidates:
-                rr = self._rr
-                if rr is not None:  # RoundRobin.choose, written out (see members._rr)
-                    rr._turn = turn = rr._turn + 1
-                    member = candidates[turn % len(candidates)]
-                else:
-                    member = self._router.choose(candidates, key)
+                member = self._router.choose(candidates, key)
                 member.in_flight += 1
                 member.calls += 1
                 self._calls += 1

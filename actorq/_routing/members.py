@@ -24,7 +24,7 @@ from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry, RetryBudget
 from actorq._routing.hosts import PoolHost
 from actorq._routing.metrics import MemberStatistics, failure_kind
-from actorq._routing.routers import RoundRobin, Router
+from actorq._routing.routers import Router
 from actorq._routing.scheduler import SCHEDULER
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class MemberSet:
                  "_config", "_due", "_due_at", "_expiring", "_host", "_idem_done",
                  "_idem_running", "_idem_size", "_idem_ttl",
                  "_idle_since", "_kwargs", "_lock", "_lost_at", "_lost_streak", "_members",
-                 "_owner", "_replace_backoff", "_resize_lock", "_retired_stats", "_router", "_rr",
+                 "_owner", "_replace_backoff", "_resize_lock", "_retired_stats", "_router",
                  "_stats", "_stopped", "_succeeded", "_timers", "_token_prefix", "circuit",
                  "cls",
                  "idle_timeout", "max_size", "min_size", "name", "retry", "timeout")
@@ -116,9 +116,6 @@ class MemberSet:
     _args: tuple[Any, ...]
     _kwargs: dict[str, Any]
     _router: Router
-    # the router if it is a ``RoundRobin`` (else None): the call paths take their turn
-    # themselves (``RoundRobin.choose`` written out: a frame less, 0.4k instructions)
-    _rr: RoundRobin | None
     _token_prefix: str
     _timers: object
     _budget: RetryBudget | None
