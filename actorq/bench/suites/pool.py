@@ -18,7 +18,10 @@ measured in the same run:
    installed); ``map(chunksize=100)`` against ``ProcessPoolExecutor.map``.
 4. call cost: sequential calls through a one-member pool against direct calls to that
    member's ref, interleaved in small batches (median of the batch means; the target:
-   a pool call costs at most 1.2x a ref call).
+   a pool call costs at most 1.2x a ref call), for each configuration
+   ``benchmarks/callgrind_pool_call.py`` counts: defaults, least_loaded, fastest,
+   retry, circuit + retry, hash with a new key each call and with 64 keys repeated,
+   ``timeout=``.
 
 Every wait is bounded. Figures depend on the machine's load: on a shared machine they
 are noisy, so compare the ratios, not the absolute numbers.
@@ -315,35 +318,67 @@ def bench_executor(n: int, map_n: int, repeats: int) -> dict[str, Any]:
 # -- 4. call cost ---------------------------------------------------------------------------
 
 
+# The pool configurations whose call is weighed against a ref call: (label, the pool's
+# options, the calls' keys: None for none, 0 a new int each call, n the ints 0..n-1 in turn).
+# The same as benchmarks/callgrind_pool_call.py's modes (instructions), by wall clock here.
+REPEAT_KEYS = 64
+CALL_COST_CONFIGS: tuple[tuple[str, dict[str, Any], int | None], ...] = (
+    ("defaults: no retry, no circuit", {}, None),
+    ("least_loaded", {"routing": "least_loaded"}, None),
+    ("fastest", {"routing": "fastest"}, None),
+    ("retry", {"retry": actorq.Retry()}, None),
+    ("circuit + retry", {"circuit": actorq.CircuitBreaker(), "retry": actorq.Retry()}, None),
+    ("hash, a new key each call", {"routing": "hash"}, 0),
+    (f"hash, {REPEAT_KEYS} keys repeated", {"routing": "hash"}, REPEAT_KEYS),
+    ("timeout=", {"timeout": WAIT}, None),
+)
+
+
+def _batch(target: Any, start: int, n: int, keys: int | None) -> None:
+    """*n* sequential calls of ``target.echo`` (with ``key=`` if *keys* is not None)."""
+    echo = target.echo
+    if keys is None:
+        for i in range(start, start + n):
+            echo(i).result(timeout=WAIT)
+    elif keys == 0:
+        for i in range(start, start + n):
+            echo(i, key=i).result(timeout=WAIT)
+    else:
+        for i in range(start, start + n):
+            echo(i, key=i % keys).result(timeout=WAIT)
+
+
 def bench_call_cost(system: actorq.ActorSystem, batches: int, per_batch: int) -> dict[str, Any]:
-    """Wall time per sequential call (and the caller process's CPU time per call, in the
-    JSON only: a synchronous waiter spins on its reply ring for a while, so it is close
-    to the wall time)."""
+    """Wall time per sequential call of each pool configuration (``CALL_COST_CONFIGS``)
+    against a direct call of its one member's ref, their batches interleaved (and the
+    caller process's CPU time per call, in the JSON only: a synchronous waiter spins on
+    its reply ring for a while, so it is close to the wall time)."""
     out: dict[str, Any] = {"batches": batches, "calls_per_batch": per_batch}
-    for label, options in (("defaults: no retry, no circuit", {}),
-                           ("retry", {"retry": actorq.Retry()}),
-                           ("circuit + retry", {"circuit": actorq.CircuitBreaker(),
-                                                "retry": actorq.Retry()})):
+    for label, options, keys in CALL_COST_CONFIGS:
         pool = system.pool(Echo, size=1, **options)
         ref = pool.members()[0]
-        ref.echo(0).result(timeout=WAIT)
-        pool.echo(0).result(timeout=WAIT)
+        _batch(ref, 0, 1, None)
+        _batch(pool, 0, 1, keys)
         wall: dict[str, list[float]] = {"ref": [], "pool": []}
         cpu: dict[str, list[float]] = {"ref": [], "pool": []}
         for b in range(batches):
-            order = (("ref", ref), ("pool", pool)) if b % 2 else (("pool", pool), ("ref", ref))
-            for name, target in order:
+            order = ((("ref", ref, None), ("pool", pool, keys)) if b % 2 else
+                     (("pool", pool, keys), ("ref", ref, None)))
+            for name, target, k in order:
                 c0, w0 = time.process_time(), time.perf_counter()
-                for i in range(per_batch):
-                    target.echo(i).result(timeout=WAIT)
+                _batch(target, b * per_batch, per_batch, k)
                 wall[name].append((time.perf_counter() - w0) / per_batch)
                 cpu[name].append((time.process_time() - c0) / per_batch)
         d, p = statistics.median(wall["ref"]), statistics.median(wall["pool"])
         cd, cp = statistics.median(cpu["ref"]), statistics.median(cpu["pool"])
+        ratios = sorted(pw / rw for pw, rw in zip(wall["pool"], wall["ref"], strict=True))
         out[label] = {"direct_us": d * 1e6, "pool_us": p * 1e6, "ratio": p / d,
                       "direct_min_us": min(wall["ref"]) * 1e6,
                       "pool_min_us": min(wall["pool"]) * 1e6,
                       "ratio_of_minima": min(wall["pool"]) / min(wall["ref"]),
+                      # each batch of the pool against its neighbouring ref batch
+                      "batch_ratio_p25": ratios[len(ratios) // 4],
+                      "batch_ratio_p75": ratios[(3 * len(ratios)) // 4],
                       "direct_cpu_us": cd * 1e6, "pool_cpu_us": cp * 1e6,
                       "cpu_ratio": cp / cd,
                       "direct_samples_us": [x * 1e6 for x in wall["ref"]],
