@@ -391,6 +391,8 @@ def cases() -> dict[str, tuple[Runner, str, str]]:
 def run_cases(p: Mapping[str, Any], only: list[str] | None = None,
               progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Run every case (or those in *only*) in rounds; return the merged blocks by name.
+    The target case takes ``p["target_repeats"]`` samples if given, the others (and it,
+    if not) ``p["repeats"]``.
 
     A Ray failure is recorded (``error``) instead of failing the run: that case is
     untested; any other case's failure propagates.
@@ -403,7 +405,8 @@ def run_cases(p: Mapping[str, Any], only: list[str] | None = None,
         for name in names:
             if "error" in merged[name]:
                 continue
-            total = p["target_repeats"] if name == FS_SPARE else p["repeats"]
+            total = (p.get("target_repeats", p["repeats"]) if name == FS_SPARE
+                     else p["repeats"])
             n = total // rounds + (r < total % rounds)
             if progress is not None:
                 progress(f"round {r + 1}/{rounds}: {name} ({n} samples)")
