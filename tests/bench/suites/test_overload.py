@@ -18,6 +18,11 @@ import pytest
 from actorq.bench.suite import SCHEMA, run_suite
 from actorq.bench.suites import overload
 
+# The module's run (the fixture below, timed with the first test) takes ~20 s on a quiet
+# machine: three cases, each with its phases, its processes and its drain. Two other
+# CPU-bound jobs stretched it past the default 60 s.
+pytestmark = pytest.mark.timeout(300)
+
 TINY = {"cost_us": 100.0, "overload_s": 1.0, "interval_s": 0.1, "warmup_s": 0.2,
         "unloaded_s": 0.1, "unloaded_repeats": 1, "window": 256, "threads": 2,
         "producer_procs": 1, "tells": 2000, "tell_warmup": 200, "fast_repeats": 1,
