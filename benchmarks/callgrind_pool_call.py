@@ -41,10 +41,10 @@ from msgpath_harness import callgrind_total as harness_total
 import actorq
 from actorq._routing.pool import _rebuild_pool
 from actorq._runtime.systemhub import SystemHub
+from actorq.bench.suites.pool import REPEAT_KEYS  # hash_repeat's keys, as the suite's
 
 MODES = ("ref", "default", "retry", "circuit_retry", "least_loaded", "fastest", "hash",
          "timeout", "ref_token", "hash_repeat")
-REPEAT_KEYS = 64  # hash_repeat: the keys cycle through this many ints
 SIZES = (200, 1200)
 
 

@@ -320,7 +320,8 @@ def bench_executor(n: int, map_n: int, repeats: int) -> dict[str, Any]:
 
 # The pool configurations whose call is weighed against a ref call: (label, the pool's
 # options, the calls' keys: None for none, 0 a new int each call, n the ints 0..n-1 in turn).
-# The same as benchmarks/callgrind_pool_call.py's modes (instructions), by wall clock here.
+# The same as benchmarks/callgrind_pool_call.py's modes (instructions), by wall clock here;
+# that harness takes REPEAT_KEYS from here.
 REPEAT_KEYS = 64
 CALL_COST_CONFIGS: tuple[tuple[str, dict[str, Any], int | None], ...] = (
     ("defaults: no retry, no circuit", {}, None),
