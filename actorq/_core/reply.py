@@ -17,8 +17,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from actorq import _native
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
 from actorq._errors import ActorqError, CallTimeout, DeadlockError, rebuild
@@ -99,15 +100,11 @@ class _Detached:
 _DEFAULT_DETACHED = _Detached(SystemConfig())
 
 
-class Reply(Generic[T]):
-    """The pending result of a call.
-
-    Use ``await reply``, ``reply.result(timeout)``, ``reply.done()`` or
-    ``reply.add_done_callback(fn)``. Layers that compose calls (a pool retrying on
-    another member) make their own with ``Reply.pending(...)`` and complete it with
-    ``set_result``/``set_exception``; they read a finished attempt with ``outcome()``
-    and wait through it with its ``waiter`` (see ``waiter``).
-    """
+class ReplyFields:
+    """The fields of a ``Reply`` and its construction: the pure-Python fallback of the C
+    ``ReplyCore`` (actorq/_native/_ring.c), which has the same fields, made the same way,
+    without a Python frame (a reply is made per call: issue 15). Fields only (and
+    ``done()``): what a reply does is ``Reply``'s."""
 
     __slots__ = (
         "_callbacks",
@@ -134,10 +131,36 @@ class Reply(Generic[T]):
         self._value: Any = None
         self._exc: BaseException | None = None
         self._event: threading.Event | None = None
-        self._hook: Callable[[Reply[T], Any, BaseException | None], bool] | None = None
+        # the on_outcome hook: hook(reply, value, exc) -> bool (see ``Reply.set_result``)
+        self._hook: Callable[[Any, Any, BaseException | None], Any] | None = None
         # () until someone awaits or adds a callback: most replies are waited for with
         # result(), or not at all. Entries: (loop, future) of an awaiter, or a callable.
         self._callbacks: list[Any] | tuple[()] = ()
+
+    def done(self) -> bool:
+        """True once the reply (value or error) has arrived; never waits."""
+        return self._done
+
+
+# The C fields where actorq's native helpers are built: ``SystemHub.wait_spin`` completes
+# a plain reply from its ring in C (``_native.take_reply``) only if it is a ``ReplyCore``.
+if TYPE_CHECKING:
+    _Fields = ReplyFields
+else:
+    _Fields = _native.ReplyCore or ReplyFields
+
+
+class Reply(_Fields, Generic[T]):
+    """The pending result of a call.
+
+    Use ``await reply``, ``reply.result(timeout)``, ``reply.done()`` or
+    ``reply.add_done_callback(fn)``. Layers that compose calls (a pool retrying on
+    another member) make their own with ``Reply.pending(...)`` and complete it with
+    ``set_result``/``set_exception``; they read a finished attempt with ``outcome()``
+    and wait through it with its ``waiter`` (see ``waiter``).
+    """
+
+    __slots__ = ()
 
     @classmethod
     def pending(cls, description: str = "a pending result", *,
@@ -245,7 +268,7 @@ class Reply(Generic[T]):
         Only from an ``on_outcome`` hook (``ActorRef.call_with``) that publishes the
         reply it was given (returns False). Never waits; an exception *hook* raises is
         logged."""
-        self._hook = hook  # type: ignore[assignment]  # set_result: run if already done
+        self._hook = hook  # set_result: run if already done
 
     def _late(self, value: Any, exc: BaseException | None) -> None:
         hook, self._hook = self._hook, None
@@ -328,10 +351,6 @@ class Reply(Generic[T]):
             fut.set_result(self._value)
 
     # -- waiting (caller side) ----------------------------------------------------------
-
-    def done(self) -> bool:
-        """True once the reply (value or error) has arrived; never waits."""
-        return self._done
 
     def result(self, timeout: float | None = None) -> T:
         """Wait for the reply and return its value, or raise the handler's error.

@@ -20,8 +20,18 @@ environment forces the fallbacks (the test suite runs both).
 - ``fence()``: a full memory barrier (``_ring.c``); None without the C helpers (the
   fallback, a ``threading.Lock`` taken and released, is actorq/_transport/channel.py's).
 
+- ``ReplyCore``: the fields of a ``Reply`` and its construction in C, its ``done()`` one
+  C call (``_ring.c``); None without the C helpers (the fallback is
+  actorq/_core/reply.py's ``ReplyFields``). ``take_reply(core, pos, tail, pending)``: a
+  synchronous caller's reply step (``SystemHub.wait_spin``) in one C call: the record at
+  *pos* read and, when it is a lone plain reply to a ``ReplyCore`` nobody waits on but
+  the caller (no hook, event or callbacks), the reply completed and the record committed
+  (the new cursor returned); anything else comes back as ``read_plain`` returns it, for
+  the Python path. The fallback is ``read_plain`` itself (``take_reply_py``).
+
 ``select(native)`` switches this process between the C helpers and the fallbacks for
-what is made from then on (the tests run both, and both against each other).
+what is made (and for the reply step taken) from then on (the tests run both, and both
+against each other).
 """
 
 from __future__ import annotations
@@ -97,15 +107,33 @@ RingCore: Any = _ring.RingCore if _ring is not None else None
 fence: Callable[[], None] | None = _ring.fence if _ring is not None else None
 
 
+ReplyCore: Any = _ring.ReplyCore if _ring is not None else None
+
+
+def take_reply_py(core: Any, pos: int, tail: int | None, pending: dict[int, Any]) -> Any:
+    """``take_reply`` without the C helpers: *core*'s ``read_plain`` (the Python path
+    then decodes the record and completes its reply: ``Receiving._take_record``)."""
+    return core.read_plain(pos, tail)
+
+
+# ``take_reply(core, pos, tail, pending)``: the reply step in C, or ``take_reply_py``
+take_reply: Callable[[Any, int, int | None, dict[int, Any]], Any] = (
+    _ring.take_reply if _ring is not None else take_reply_py)
+
+
 def select(native: bool) -> bool:
     """Use the C helpers (*native*, if they are built and not forced off by
     ``ACTORQ_NO_NATIVE``) or the pure-Python fallbacks for the shared-memory slots made
     from now on in this process; return whether the C ones are in use."""
-    global u64_array, NATIVE_RING, RingCore
+    global u64_array, NATIVE_RING, RingCore, take_reply
     NATIVE_RING = native and _ring is not None
     u64_array = _ring.U64Array if NATIVE_RING and _ring is not None else u64_array_py
     RingCore = _ring.RingCore if NATIVE_RING and _ring is not None else None
+    # (the replies' C fields, ``ReplyCore``, are chosen once, when reply.py is imported;
+    # ``take_reply`` completes only those, and leaves the others to the Python path)
+    take_reply = _ring.take_reply if NATIVE_RING and _ring is not None else take_reply_py
     return NATIVE_RING
 
-__all__ = ["HAVE_RING", "NATIVE", "NATIVE_RING", "STREAMING", "BlockView", "RingCore", "U64Slots",
-           "copy_into", "fence", "select", "u64_array"]
+__all__ = ["HAVE_RING", "NATIVE", "NATIVE_RING", "STREAMING", "BlockView", "ReplyCore",
+           "RingCore", "U64Slots", "copy_into", "fence", "select", "take_reply", "take_reply_py",
+           "u64_array"]

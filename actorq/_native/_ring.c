@@ -650,9 +650,23 @@ fence(PyObject *module, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* the caller's reply step: the last section */
+#define OP_REPLY 2          /* actorq/_core/protocol.py (tests/native check it) */
+#define H_HANDLED 1         /* actorq/_transport/ring.py's header slots */
+#define H_CUR_REC 2
+#define H_CUR_SUB 3
+#define H_READER 4
+#define READER_EXPECTED 2
+static PyTypeObject ReplyCore_Type;
+static PyObject *take_reply(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef methods[] = {
     {"fence", fence, METH_NOARGS,
      "fence(): a full memory barrier (sequentially consistent)."},
+    {"take_reply", (PyCFunction)(void (*)(void))take_reply, METH_FASTCALL,
+     "take_reply(core, pos, tail, pending) -> int | Loaded | Record | None: complete a "
+     "lone plain reply from the ring and commit it (the new cursor), else read_plain's "
+     "record for the Python path (see the last section of _ring.c)."},
     {NULL, NULL, 0, NULL}
 };
 
@@ -665,13 +679,16 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__ring(void)
 {
-    if (PyType_Ready(&U64Array_Type) < 0 || PyType_Ready(&RingCore_Type) < 0)
+    if (PyType_Ready(&U64Array_Type) < 0 || PyType_Ready(&RingCore_Type) < 0 ||
+            PyType_Ready(&ReplyCore_Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "U64Array", (PyObject *)&U64Array_Type) < 0 ||
             PyModule_AddObjectRef(m, "RingCore", (PyObject *)&RingCore_Type) < 0 ||
+            PyModule_AddObjectRef(m, "ReplyCore", (PyObject *)&ReplyCore_Type) < 0 ||
+            PyModule_AddIntConstant(m, "OP_REPLY", OP_REPLY) < 0 ||
             PyModule_AddIntConstant(m, "HEADER", RING_HEADER) < 0 ||
             PyModule_AddIntConstant(m, "H_HEAD", H_HEAD) < 0 ||
             PyModule_AddIntConstant(m, "H_TAIL", H_TAIL) < 0 ||
@@ -682,4 +699,261 @@ PyInit__ring(void)
         return NULL;
     }
     return m;
+}
+
+
+/* -- The caller's reply step (issue #15): ReplyCore and take_reply ---------------------
+ *
+ * ``ReplyCore`` is the C base of ``actorq._core.reply.Reply``: its fields (the Python
+ * ``__slots__`` it had) and its construction in C, so that making a reply per call runs
+ * no Python frame; ``done()`` is one C call. Everything else of a reply (completion with
+ * hooks, callbacks, events and awaiters, waiting) stays in Python, in the subclass.
+ *
+ * ``take_reply(core, pos, tail, pending)`` is the reply step of a synchronous caller
+ * spinning on its reply's ring (``SystemHub.wait_spin``): it reads the record at *pos*
+ * and, when that record is the common case -- one marshalled reply message
+ * ``[(OP_REPLY, token, True, value, "")]`` nobody handled before (no progress kept for
+ * it), whose pending reply (or none: a late answer, dropped) is a ``ReplyCore`` that is
+ * not done and has no hook, no event and no callbacks -- completes the reply (the
+ * ``pending`` entry popped, ``_value`` set, ``_done`` True), commits the record (the
+ * ring's ``handled`` and ``head``) and returns the new cursor, an int. Anything else
+ * comes back untouched, as ``read_plain`` returns it (a record, or None at the tail), for
+ * the Python path (``Receiving._take_record``) to handle: an error reply, a pickle (out
+ * of band buffers, a class), a batch, a reply with waiters to wake or a hook to run.
+ * Nothing in shared memory is written that the Python path would not write the same.
+ * A core that is not a C ``RingCore`` (the fallback's, ring.py) is asked ``read_plain``. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *hub;
+    PyObject *target_id;
+    PyObject *ref;
+    PyObject *token;
+    PyObject *method;
+    PyObject *done;       /* Py_True or Py_False (anything the Python side stores) */
+    PyObject *value;
+    PyObject *exc;
+    PyObject *event;
+    PyObject *hook;
+    PyObject *callbacks;  /* () until someone awaits or adds a callback */
+} ReplyCore;
+
+static PyObject *
+ReplyCore_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *hub, *ref, *token, *method, *target_id = NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    if (kwds == NULL && (n == 4 || n == 5)) {  /* the way the hubs make one */
+        hub = PyTuple_GET_ITEM(args, 0);
+        ref = PyTuple_GET_ITEM(args, 1);
+        token = PyTuple_GET_ITEM(args, 2);
+        method = PyTuple_GET_ITEM(args, 3);
+        if (n == 5)
+            target_id = PyTuple_GET_ITEM(args, 4);
+    }
+    else {
+        static char *kwlist[] = {"hub", "ref", "token", "method", "target_id", NULL};
+        if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|O:Reply", kwlist, &hub, &ref,
+                                         &token, &method, &target_id))
+            return NULL;
+    }
+    ReplyCore *self = (ReplyCore *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->hub = Py_NewRef(hub);
+    self->target_id = target_id != NULL ? Py_NewRef(target_id) : PyLong_FromLong(0);
+    self->ref = Py_NewRef(ref);
+    self->token = Py_NewRef(token);
+    self->method = Py_NewRef(method);
+    self->done = Py_NewRef(Py_False);
+    self->value = Py_NewRef(Py_None);
+    self->exc = Py_NewRef(Py_None);
+    self->event = Py_NewRef(Py_None);
+    self->hook = Py_NewRef(Py_None);
+    self->callbacks = PyTuple_New(0);
+    if (self->target_id == NULL || self->callbacks == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+ReplyCore_traverse(ReplyCore *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->hub);
+    Py_VISIT(self->target_id);
+    Py_VISIT(self->ref);
+    Py_VISIT(self->token);
+    Py_VISIT(self->method);
+    Py_VISIT(self->done);
+    Py_VISIT(self->value);
+    Py_VISIT(self->exc);
+    Py_VISIT(self->event);
+    Py_VISIT(self->hook);
+    Py_VISIT(self->callbacks);
+    return 0;
+}
+
+static int
+ReplyCore_clear(ReplyCore *self)
+{
+    Py_CLEAR(self->hub);
+    Py_CLEAR(self->target_id);
+    Py_CLEAR(self->ref);
+    Py_CLEAR(self->token);
+    Py_CLEAR(self->method);
+    Py_CLEAR(self->done);
+    Py_CLEAR(self->value);
+    Py_CLEAR(self->exc);
+    Py_CLEAR(self->event);
+    Py_CLEAR(self->hook);
+    Py_CLEAR(self->callbacks);
+    return 0;
+}
+
+static void
+ReplyCore_dealloc(ReplyCore *self)
+{
+    PyObject_GC_UnTrack(self);
+    ReplyCore_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+    /* (a Python subclass's type is released by its own dealloc, subtype_dealloc) */
+}
+
+static PyObject *
+ReplyCore_done(ReplyCore *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(self->done != NULL && PyObject_IsTrue(self->done) == 1
+                     ? Py_True : Py_False);
+}
+
+static PyMethodDef ReplyCore_methods[] = {
+    {"done", (PyCFunction)ReplyCore_done, METH_NOARGS,
+     "True once the reply (value or error) has arrived; never waits."},
+    {NULL, NULL, 0, NULL}
+};
+
+static PyMemberDef ReplyCore_members[] = {
+    {"_hub", T_OBJECT_EX, offsetof(ReplyCore, hub), 0, NULL},
+    {"target_id", T_OBJECT_EX, offsetof(ReplyCore, target_id), 0,
+     "the actor id the call went to (0 for a composite reply)"},
+    {"_ref", T_OBJECT_EX, offsetof(ReplyCore, ref), 0, NULL},
+    {"token", T_OBJECT_EX, offsetof(ReplyCore, token), 0, "the call's token"},
+    {"_method", T_OBJECT_EX, offsetof(ReplyCore, method), 0, NULL},
+    {"_done", T_OBJECT_EX, offsetof(ReplyCore, done), 0, NULL},
+    {"_value", T_OBJECT_EX, offsetof(ReplyCore, value), 0, NULL},
+    {"_exc", T_OBJECT_EX, offsetof(ReplyCore, exc), 0, NULL},
+    {"_event", T_OBJECT_EX, offsetof(ReplyCore, event), 0, NULL},
+    {"_hook", T_OBJECT_EX, offsetof(ReplyCore, hook), 0, NULL},
+    {"_callbacks", T_OBJECT_EX, offsetof(ReplyCore, callbacks), 0, NULL},
+    {NULL}
+};
+
+static PyTypeObject ReplyCore_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "actorq._native._ring.ReplyCore",
+    .tp_basicsize = sizeof(ReplyCore),
+    .tp_dealloc = (destructor)ReplyCore_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "ReplyCore(hub, ref, token, method, target_id=0): the fields of a Reply "
+              "(actorq/_core/reply.py) and its construction in C.",
+    .tp_traverse = (traverseproc)ReplyCore_traverse,
+    .tp_clear = (inquiry)ReplyCore_clear,
+    .tp_methods = ReplyCore_methods,
+    .tp_members = ReplyCore_members,
+    .tp_new = ReplyCore_new,
+};
+
+/* The reply *reply* (a pending entry) may be completed here: a ReplyCore not done, with
+ * no hook, no event and no callbacks. */
+static int
+completes_here(PyObject *reply)
+{
+    if (!PyObject_TypeCheck(reply, &ReplyCore_Type))
+        return 0;
+    ReplyCore *r = (ReplyCore *)reply;
+    return r->done == Py_False && r->hook == Py_None && r->event == Py_None &&
+           r->callbacks != NULL && PyTuple_CheckExact(r->callbacks) &&
+           PyTuple_GET_SIZE(r->callbacks) == 0;
+}
+
+static PyObject *
+take_reply(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "take_reply(core, pos, tail, pending) takes 4 "
+                     "arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!Py_IS_TYPE(args[0], &RingCore_Type))  /* a Python core (ring.py's RingCorePy) */
+        return PyObject_CallMethod(args[0], "read_plain", "OO", args[1], args[2]);
+    if (!PyDict_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "take_reply: pending must be a dict");
+        return NULL;
+    }
+    RingCore *self = (RingCore *)args[0];
+    PyObject *pending = args[3];
+    unsigned long long pos;
+    uint64_t off, head;
+    int found = locate(self, args + 1, 2, "take_reply", &pos, &off, &head);
+    if (found <= 0) {
+        if (found < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    uint64_t n = head & 0xFFFFFFFFu;
+    const char *body = self->data + off + REC_HEADER;
+    if (self->loaded == NULL || n == 0 || (unsigned char)body[0] == PICKLE_PROTO)
+        return record_view(self, pos, off, head);
+    PyObject *msgs = PyMarshal_ReadObjectFromString(body, (Py_ssize_t)n);
+    if (msgs == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;
+        PyErr_Clear();  /* the Python path decodes it again, and reports it */
+        return record_view(self, pos, off, head);
+    }
+    uint64_t *hdr = self->hdr;
+    PyObject *msg, *reply;
+    int overflow;
+    /* the common case, else the record for the Python path (read_plain's Loaded) */
+    if (!PyList_CheckExact(msgs) || PyList_GET_SIZE(msgs) != 1 ||
+            (head >> 32) != 1 ||
+            !PyTuple_CheckExact(msg = PyList_GET_ITEM(msgs, 0)) ||
+            PyTuple_GET_SIZE(msg) != 5 ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(msg, 0)) ||
+            PyLong_AsLongAndOverflow(PyTuple_GET_ITEM(msg, 0), &overflow) != OP_REPLY ||
+            PyTuple_GET_ITEM(msg, 2) != Py_True ||
+            (__atomic_load_n(&hdr[H_CUR_REC], __ATOMIC_ACQUIRE) == pos &&
+             __atomic_load_n(&hdr[H_CUR_SUB], __ATOMIC_ACQUIRE) != 0))
+        return make_record(self->loaded, pos, msgs, head);
+    PyObject *token = PyTuple_GET_ITEM(msg, 1);
+    reply = PyDict_GetItemWithError(pending, token);  /* borrowed */
+    if (reply == NULL && PyErr_Occurred()) {
+        Py_DECREF(msgs);
+        return NULL;
+    }
+    if (reply != NULL && !completes_here(reply))
+        return make_record(self->loaded, pos, msgs, head);
+    if (reply != NULL) {
+        ReplyCore *r = (ReplyCore *)Py_NewRef(reply);
+        if (PyDict_DelItem(pending, token) < 0) {
+            Py_DECREF(r);
+            Py_DECREF(msgs);
+            return NULL;
+        }
+        Py_SETREF(r->value, Py_NewRef(PyTuple_GET_ITEM(msg, 3)));
+        Py_SETREF(r->done, Py_NewRef(Py_True));
+        Py_DECREF(r);
+    }
+    Py_DECREF(msgs);
+    /* InChannel.commit_now: handled, then head (the consumer's slots; a caller that said
+     * it would spin and did not is what resets READER_EXPECTED: _take_record's look) */
+    if (__atomic_load_n(&hdr[H_READER], __ATOMIC_ACQUIRE) == READER_EXPECTED)
+        __atomic_store_n(&hdr[H_READER], 0, __ATOMIC_RELEASE);
+    uint64_t end = pos + REC_HEADER + ((n + 7) & ~(uint64_t)7);
+    __atomic_store_n(&hdr[H_HANDLED], __atomic_load_n(&hdr[H_HANDLED], __ATOMIC_ACQUIRE)
+                     + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&hdr[H_HEAD], end, __ATOMIC_RELEASE);
+    return PyLong_FromUnsignedLongLong(end);
 }

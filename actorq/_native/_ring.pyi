@@ -33,3 +33,23 @@ class RingCore:
     def read_plain(self, pos: int, tail: int | None = None, /) -> Any: ...
     def resume(self) -> None: ...
     def release(self) -> None: ...
+
+OP_REPLY: int
+
+class ReplyCore:
+    _hub: Any
+    target_id: Any
+    _ref: Any
+    token: Any
+    _method: Any
+    _done: Any
+    _value: Any
+    _exc: Any
+    _event: Any
+    _hook: Any
+    _callbacks: Any
+    def __init__(self, hub: Any, ref: Any, token: Any, method: Any,
+                 target_id: Any = 0) -> None: ...
+    def done(self) -> bool: ...
+
+def take_reply(core: Any, pos: int, tail: int | None, pending: dict[Any, Any], /) -> Any: ...

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from actorq import _native
 from actorq._config import SystemConfig
 from actorq._core.hub import Hub
 from actorq._core.protocol import OP_REPLY, SYSTEM_ID
@@ -131,6 +132,10 @@ class SystemHub(Hub):
             end = now + self.config.spin_seconds * 4
             polite = now + POLITE_AFTER
             drain_lock = self.drain_lock
+            # (with a producer to ring for credit, commit_now's job: read_plain's path)
+            take_reply = (_native.take_reply if chan.producer_efd < 0
+                          else _native.take_reply_py)
+            pending = self.pending
             while True:
                 # Data, and nobody else reading: take one record (if the reply was not in
                 # it, the next turn reads on). Otherwise the clock: a spin that found the
@@ -140,10 +145,20 @@ class SystemHub(Hub):
                 if tail != chan.cursor and drain_lock.acquire(False):
                     try:
                         # chan.read_next(), written out; the tail read above bounds the
-                        # read, unless another reader went past it meanwhile
+                        # read, unless another reader went past it meanwhile. A lone
+                        # plain reply that only this thread waits for is completed and
+                        # committed by ``take_reply`` itself (the C helpers: it returns
+                        # the new cursor); any other record is handled here
                         cursor = chan.cursor
-                        rec = ring.core.read_plain(cursor, tail if cursor <= tail else None)
-                        if rec is not None:
+                        bound = tail if cursor <= tail else None
+                        rec: Any
+                        if chan.open_records:  # commit in order: nothing skips those
+                            rec = ring.core.read_plain(cursor, bound)
+                        else:
+                            rec = take_reply(ring.core, cursor, bound, pending)
+                        if type(rec) is int:
+                            chan.cursor = rec
+                        elif rec is not None:
                             chan.cursor = rec.end
                             self._take_record(chan, rec, 0.0)
                     finally:
