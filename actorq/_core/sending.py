@@ -11,7 +11,6 @@ the message appended to the outbox (``outbox.py``), or a wait in the credit line
 from __future__ import annotations
 
 import asyncio
-import marshal
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -26,12 +25,11 @@ from actorq._ids import next_token
 from actorq._serialization import SAFE_TYPES, check_picklable, quick_safe
 from actorq._transport.channel import C_PARKED, NO_TICKETS
 from actorq._transport.oob import LONE_MARSHAL
-from actorq._transport.ring import H_HANDLED, H_READER, READER_EXPECTED
+from actorq._transport.ring import H_READER, READER_EXPECTED
 
 if TYPE_CHECKING:
     from actorq._core.ref import ActorRef
 
-_marshal = marshal.dumps  # plain data only: a lone call (oob.load_payload)
 _running_loop = asyncio._get_running_loop  # this thread's running loop or None, no raise
 
 
@@ -146,14 +144,7 @@ class Sending(CreditLine):
         lock = chan.lock
         lock.acquire()  # not ``with``: once per call, and the block costs (see tell)
         try:
-            ring = chan.ring  # in_flight() == 0, inlined: the receiver is idle (the
-            # count sent is this producer's own, kept by the ring: no header load)
-            if (chan.credits <= 0 or chan.gate.waiting or chan.outbox or chan.encoded
-                    or ring.core.sent != ring.hdr[H_HANDLED]):
-                return False
-            # plain data: marshal is faster than pickle both ways (LONE_MARSHAL: why 2)
-            body = _marshal([msg], LONE_MARSHAL)
-            if len(body) > self.max_inline:
+            if chan.credits <= 0 or chan.gate.waiting or chan.outbox or chan.encoded:
                 return False
             if self.expects_readers and len(self.pending) == 1 and loop is None:
                 # A lone call from a thread without an event loop: its caller is about to
@@ -168,7 +159,13 @@ class Sending(CreditLine):
                         back[H_READER] = READER_EXPECTED
                 except (KeyError, ValueError):  # no reply ring (yet), or released
                     pass
-            if not ring.core.try_write(body, 1):  # (the core's: a specialised lookup)
+            # The record, in one call of the ring's core (a specialised lookup): unless
+            # the receiver is busy (it has not handled all we sent: in_flight() != 0),
+            # [msg] marshalled (plain data: marshal is faster than pickle both ways;
+            # LONE_MARSHAL: why 2) and written if it is at most max_inline bytes and
+            # fits now (ring.py: ``RingCorePy.write_lone``). The hint above may then
+            # stand for a call that goes the slow way: its caller spins all the same.
+            if chan.ring.core.write_lone(msg, LONE_MARSHAL, self.max_inline) <= 0:
                 return False
             chan.credits -= 1
         finally:

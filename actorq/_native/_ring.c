@@ -597,6 +597,9 @@ RingCore_release(RingCore *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+static PyObject *RingCore_write_lone(RingCore *self, PyObject *const *args,
+                                     Py_ssize_t nargs);  /* the last section */
+
 static PyMethodDef RingCore_methods[] = {
     {"try_write", (PyCFunction)(void (*)(void))RingCore_try_write, METH_FASTCALL,
      "try_write(payload, count=1) -> int: append one record; the new tail, or 0 if it "
@@ -611,6 +614,10 @@ static PyMethodDef RingCore_methods[] = {
      "Read the producer's counts (tail, sent, head) from the header again."},
     {"release", (PyCFunction)RingCore_release, METH_NOARGS,
      "Let go of the buffer; later writes and reads raise ValueError."},
+    {"write_lone", (PyCFunction)(void (*)(void))RingCore_write_lone, METH_FASTCALL,
+     "write_lone(msg, version, limit) -> int: a lone message to an idle receiver: -2 if "
+     "it is busy, else [msg] marshalled and written if at most *limit* bytes (the new "
+     "tail; 0: no room now; -1: over *limit*). ring.py: ``RingCorePy.write_lone``."},
     {NULL, NULL, 0, NULL}
 };
 
@@ -956,4 +963,48 @@ take_reply(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      + 1, __ATOMIC_RELEASE);
     __atomic_store_n(&hdr[H_HEAD], end, __ATOMIC_RELEASE);
     return PyLong_FromUnsignedLongLong(end);
+}
+
+
+/* -- The caller's write step (issue #15): RingCore.write_lone --------------------------
+ *
+ * ``Sending._send_now``'s record: the receiver idle (every message this producer sent
+ * handled: ``sent == hdr[H_HANDLED]``), ``[msg]`` marshalled (*version*), at most
+ * *limit* bytes, written as one record of one message (``try_write``). One C call for
+ * what were an idle check, a marshal, a length check and the write; the same bytes as
+ * ring.py's ``RingCorePy.write_lone``. Returns -2 (busy), -1 (over *limit*), 0 (no room
+ * now) or the new tail. */
+static PyObject *
+RingCore_write_lone(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "write_lone(msg, version, limit) takes 3 arguments "
+                     "(%zd given)", nargs);
+        return NULL;
+    }
+    long version = PyLong_AsLong(args[1]);
+    if (version == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    if (core_released(self))
+        return NULL;
+    if (self->sent != __atomic_load_n(&self->hdr[H_HANDLED], __ATOMIC_ACQUIRE))
+        return PyLong_FromLong(-2);
+    PyObject *list = PyList_New(1);
+    if (list == NULL)
+        return NULL;
+    PyList_SET_ITEM(list, 0, Py_NewRef(args[0]));
+    PyObject *body = PyMarshal_WriteObjectToString(list, (int)version);
+    Py_DECREF(list);
+    if (body == NULL)
+        return NULL;
+    PyObject *result;
+    if (PyBytes_GET_SIZE(body) > limit)
+        result = PyLong_FromLong(-1);
+    else
+        result = RingCore_try_write(self, &body, 1);
+    Py_DECREF(body);
+    return result;
 }

@@ -86,6 +86,7 @@ class Loaded(NamedTuple):
 
 _new_tuple = tuple.__new__
 _unmarshal = marshal.loads
+_marshal = marshal.dumps
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +307,18 @@ class RingCorePy:
         self.tail = end
         hdr[H_TAIL] = end  # publish last
         return end
+
+    def write_lone(self, msg: Any, version: int, limit: int, /) -> int:
+        """A lone message to an idle receiver (``Sending._send_now``): -2 if the receiver
+        has not handled every message sent (busy), else ``[msg]`` marshalled with
+        *version* and, if at most *limit* bytes, written as a record of one message:
+        the new tail, 0 if it does not fit now, -1 if it is over *limit*."""
+        if self.sent != self.hdr[H_HANDLED]:
+            return -2
+        body = _marshal([msg], version)
+        if len(body) > limit:
+            return -1
+        return self.try_write(body, 1)
 
     # -- consumer side ---------------------------------------------------------------
 
