@@ -380,6 +380,43 @@ position_of(PyObject *obj, const char *what)
     return v;
 }
 
+/* One record of *count* messages holding the *n* bytes at *src*: the new tail, 0 if it
+ * does not fit now, NULL with ValueError if it never could (``try_write``). */
+static PyObject *
+write_bytes(RingCore *self, const char *src, uint64_t n, unsigned long long count)
+{
+    if (n > self->max_payload) {
+        PyErr_Format(PyExc_ValueError,
+                     "record of %llu bytes exceeds the ring's limit of %llu",
+                     (unsigned long long)n, (unsigned long long)self->max_payload);
+        return NULL;
+    }
+    uint64_t cap = self->capacity;
+    uint64_t tail = self->tail;
+    uint64_t need = REC_HEADER + ((n + 7) & ~(uint64_t)7);
+    uint64_t pos = tail % cap;
+    uint64_t to_end = cap - pos;
+    uint64_t end = need <= to_end ? tail + need : tail + to_end + need;
+    if (end - self->cached_head > cap) {
+        self->cached_head = __atomic_load_n(&self->hdr[H_HEAD], __ATOMIC_ACQUIRE);
+        if (end - self->cached_head > cap)
+            return PyLong_FromLong(0);
+    }
+    if (need > to_end) {
+        *(uint32_t *)(self->data + pos) = WRAP;
+        pos = 0;
+    }
+    /* u32 length, u32 count: one little-endian u64, as ring.py stores it */
+    uint64_t head = n | (uint64_t)count << 32;
+    memcpy(self->data + pos, &head, 8);
+    memmove(self->data + pos + REC_HEADER, src, n);  /* (a payload may be a view of this ring) */
+    self->sent += count;
+    __atomic_store_n(&self->hdr[H_SENT], (uint64_t)self->sent, __ATOMIC_RELEASE);
+    self->tail = end;
+    __atomic_store_n(&self->hdr[H_TAIL], end, __ATOMIC_RELEASE);  /* publish last */
+    return PyLong_FromUnsignedLongLong(end);
+}
+
 static PyObject *
 RingCore_try_write(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -406,41 +443,7 @@ RingCore_try_write(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer payload;
     if (PyObject_GetBuffer(args[0], &payload, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
-    PyObject *result = NULL;
-    uint64_t n = (uint64_t)payload.len;
-    if (n > self->max_payload) {
-        PyErr_Format(PyExc_ValueError,
-                     "record of %zd bytes exceeds the ring's limit of %llu", payload.len,
-                     (unsigned long long)self->max_payload);
-        goto done;
-    }
-    uint64_t cap = self->capacity;
-    uint64_t tail = self->tail;
-    uint64_t need = REC_HEADER + ((n + 7) & ~(uint64_t)7);
-    uint64_t pos = tail % cap;
-    uint64_t to_end = cap - pos;
-    uint64_t end = need <= to_end ? tail + need : tail + to_end + need;
-    if (end - self->cached_head > cap) {
-        self->cached_head = __atomic_load_n(&self->hdr[H_HEAD], __ATOMIC_ACQUIRE);
-        if (end - self->cached_head > cap) {
-            result = PyLong_FromLong(0);
-            goto done;
-        }
-    }
-    if (need > to_end) {
-        *(uint32_t *)(self->data + pos) = WRAP;
-        pos = 0;
-    }
-    /* u32 length, u32 count: one little-endian u64, as ring.py stores it */
-    uint64_t head = n | (uint64_t)count << 32;
-    memcpy(self->data + pos, &head, 8);
-    memmove(self->data + pos + REC_HEADER, payload.buf, n);  /* (a payload may be a view of this ring) */
-    self->sent += count;
-    __atomic_store_n(&self->hdr[H_SENT], (uint64_t)self->sent, __ATOMIC_RELEASE);
-    self->tail = end;
-    __atomic_store_n(&self->hdr[H_TAIL], end, __ATOMIC_RELEASE);  /* publish last */
-    result = PyLong_FromUnsignedLongLong(end);
-done:
+    PyObject *result = write_bytes(self, payload.buf, (uint64_t)payload.len, count);
     PyBuffer_Release(&payload);
     return result;
 }
@@ -974,6 +977,100 @@ take_reply(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * what were an idle check, a marshal, a length check and the write; the same bytes as
  * ring.py's ``RingCorePy.write_lone``. Returns -2 (busy), -1 (over *limit*), 0 (no room
  * now) or the new tail. */
+/* The bytes ``marshal.dumps(obj, 2)`` writes, for the plain data a lone call holds
+ * (None, booleans, ints of 32 bits, floats, ASCII strings, bytes, and tuples, lists and
+ * dicts of them), written straight into *buf* (no bytes object, no UTF-8 copy of a
+ * string): marshal's version 2 has no references and no short forms (CPython's
+ * Python/marshal.c, w_object), so each value is its type byte and its data. Returns the
+ * end of what was written, or NULL if *obj* holds anything else or does not fit before
+ * *end*: the caller then asks marshal itself (tests/native/test_lone_write.py checks the
+ * two byte for byte). */
+#define PLAIN_DEPTH 8
+
+static char *
+put_u32(char *p, char *end, uint32_t v)
+{
+    if (end - p < 4)
+        return NULL;
+    memcpy(p, &v, 4);  /* marshal's w_long: little-endian (x86-64, arm64) */
+    return p + 4;
+}
+
+static char *
+put_plain(PyObject *obj, char *p, char *end, int depth)
+{
+    if (p == NULL || end - p < 1 || depth > PLAIN_DEPTH)
+        return NULL;
+    if (obj == Py_None) { *p = 'N'; return p + 1; }
+    if (obj == Py_True) { *p = 'T'; return p + 1; }
+    if (obj == Py_False) { *p = 'F'; return p + 1; }
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (tp == &PyLong_Type) {
+        int overflow;
+        long x = PyLong_AsLongAndOverflow(obj, &overflow);
+        if (overflow || x < INT32_MIN || x > INT32_MAX)
+            return NULL;  /* marshal's TYPE_LONG: left to marshal */
+        *p = 'i';
+        return put_u32(p + 1, end, (uint32_t)(int32_t)x);
+    }
+    if (tp == &PyFloat_Type) {
+        if (end - p < 9)
+            return NULL;
+        *p = 'g';
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(obj), p + 1, 1) < 0) {
+            PyErr_Clear();
+            return NULL;
+        }
+        return p + 9;
+    }
+    if (tp == &PyUnicode_Type) {
+        if (!PyUnicode_IS_ASCII(obj))
+            return NULL;
+        Py_ssize_t n = PyUnicode_GET_LENGTH(obj);
+        *p = 'u';
+        p = put_u32(p + 1, end, (uint32_t)n);
+        if (p == NULL || end - p < n)
+            return NULL;
+        memcpy(p, PyUnicode_DATA(obj), n);
+        return p + n;
+    }
+    if (tp == &PyBytes_Type) {
+        Py_ssize_t n = PyBytes_GET_SIZE(obj);
+        *p = 's';
+        p = put_u32(p + 1, end, (uint32_t)n);
+        if (p == NULL || end - p < n)
+            return NULL;
+        memcpy(p, PyBytes_AS_STRING(obj), n);
+        return p + n;
+    }
+    if (tp == &PyTuple_Type || tp == &PyList_Type) {
+        Py_ssize_t n = Py_SIZE(obj);
+        PyObject **items = tp == &PyTuple_Type ? ((PyTupleObject *)obj)->ob_item
+                                               : ((PyListObject *)obj)->ob_item;
+        *p = tp == &PyTuple_Type ? '(' : '[';
+        p = put_u32(p + 1, end, (uint32_t)n);
+        for (Py_ssize_t i = 0; i < n && p != NULL; i++)
+            p = put_plain(items[i], p, end, depth + 1);
+        return p;
+    }
+    if (tp == &PyDict_Type) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        *p++ = '{';
+        while (p != NULL && PyDict_Next(obj, &pos, &key, &value)) {
+            p = put_plain(key, p, end, depth + 1);
+            p = put_plain(value, p, end, depth + 1);
+        }
+        if (p == NULL || end - p < 1)
+            return NULL;
+        *p = '0';  /* TYPE_NULL ends a dict */
+        return p + 1;
+    }
+    return NULL;
+}
+
+#define LONE_BUF 512  /* bytes a lone call is written in directly; larger: marshal's */
+
 static PyObject *
 RingCore_write_lone(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -992,6 +1089,17 @@ RingCore_write_lone(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (self->sent != __atomic_load_n(&self->hdr[H_HANDLED], __ATOMIC_ACQUIRE))
         return PyLong_FromLong(-2);
+    if (version == 2) {  /* [msg] as marshal writes it, without marshal (put_plain) */
+        char buf[LONE_BUF];
+        buf[0] = '[';
+        char *end = put_plain(args[0], put_u32(buf + 1, buf + LONE_BUF, 1),
+                              buf + LONE_BUF, 0);
+        if (end != NULL) {
+            if (end - buf > limit)
+                return PyLong_FromLong(-1);
+            return write_bytes(self, buf, (uint64_t)(end - buf), 1);
+        }
+    }
     PyObject *list = PyList_New(1);
     if (list == NULL)
         return NULL;

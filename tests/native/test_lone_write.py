@@ -9,6 +9,8 @@ import marshal
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from actorq import _native
 from actorq._transport.oob import LONE_MARSHAL
@@ -87,3 +89,36 @@ def test_bad_arguments_are_clear_errors() -> None:
     assert core.tail == 0
     for r in (producer, consumer):
         r.release()
+
+
+_scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
+            | st.text(max_size=40) | st.binary(max_size=40))
+_plain = st.recursive(_scalars, lambda inner: (
+    st.tuples(inner, inner) | st.lists(inner, max_size=5)
+    | st.dictionaries(st.text(max_size=8) | st.integers(), inner, max_size=4)), max_leaves=30)
+
+
+@pytest.mark.skipif(not _native.HAVE_RING, reason="the C helpers are not built")
+@settings(max_examples=300, deadline=None)
+@given(msg=_plain)
+@example(msg=(1, 7, 0, "echo", (2**31 - 1, -(2**31), 2**31, 1.5, "é", b"", [], {}), {}))
+@example(msg="x" * 600)  # over the C buffer: marshal's own bytes
+@example(msg="x" * 3000)  # over half the ring
+def test_the_c_lone_record_is_marshals_bytes(msg: Any) -> None:
+    """Whatever the message, the record holds ``marshal.dumps([msg], 2)`` (the C writer
+    takes the common plain data itself and leaves the rest to marshal)."""
+    _raw, producer, consumer = _rings(True)
+    try:
+        want = marshal.dumps([msg], LONE_MARSHAL)
+        if len(want) > producer.max_payload:  # never fits this ring: as try_write says
+            with pytest.raises(ValueError, match="exceeds the ring's limit"):
+                producer.core.write_lone(msg, LONE_MARSHAL, 1 << 20)
+            return
+        assert producer.core.write_lone(msg, LONE_MARSHAL, 1 << 20) > 0
+        rec = consumer.read_at(0)
+        assert rec is not None
+        assert bytes(rec.payload) == want
+        rec.payload.release()
+    finally:
+        for r in (producer, consumer):
+            r.release()
