@@ -244,8 +244,8 @@ class Reply(_Fields, Generic[T]):
             self._exc = None  # cleared first: a taker may complete it at once
             try:
                 taken = hook(self, value, exc)
-            except Exception:
-                logger.exception("the on_outcome hook of %r raised", self)
+            except Exception as err:
+                self._hook_raised(err)
                 taken = False
             if taken or self._done:
                 return False
@@ -258,6 +258,11 @@ class Reply(_Fields, Generic[T]):
         if self._callbacks:
             self._run_callbacks()
         return True
+
+    def _hook_raised(self, exc: BaseException) -> None:
+        """The ``on_outcome`` hook raised *exc* (``set_result`` asked it, or the C reply
+        step did: ``_native.take_reply``): logged, and the reply is published."""
+        logger.error("the on_outcome hook of %r raised", self, exc_info=exc)
 
     def on_late_outcome(self, hook: Callable[[Reply[T], Any, BaseException | None], object]
                         ) -> None:

@@ -724,12 +724,13 @@ PyInit__ring(void)
  * and, when that record is the common case -- one marshalled reply message
  * ``[(OP_REPLY, token, True, value, "")]`` nobody handled before (no progress kept for
  * it), whose pending reply (or none: a late answer, dropped) is a ``ReplyCore`` that is
- * not done and has no hook, no event and no callbacks -- completes the reply (the
- * ``pending`` entry popped, ``_value`` set, ``_done`` True), commits the record (the
- * ring's ``handled`` and ``head``) and returns the new cursor, an int. Anything else
- * comes back untouched, as ``read_plain`` returns it (a record, or None at the tail), for
- * the Python path (``Receiving._take_record``) to handle: an error reply, a pickle (out
- * of band buffers, a class), a batch, a reply with waiters to wake or a hook to run.
+ * not done and has no event and no callbacks -- completes the reply (the ``pending``
+ * entry popped, its hook asked first if it has one, as ``set_result`` asks it:
+ * ``complete``; ``_value`` set, ``_done`` True), commits the record (the ring's
+ * ``handled`` and ``head``) and returns the new cursor, an int. Anything else comes back
+ * untouched, as ``read_plain`` returns it (a record, or None at the tail), for the Python
+ * path (``Receiving._take_record``) to handle: an error reply, a pickle (out of band
+ * buffers, a class), a batch, a reply with waiters to wake.
  * Nothing in shared memory is written that the Python path would not write the same.
  * A core that is not a C ``RingCore`` (the fallback's, ring.py) is asked ``read_plain``. */
 
@@ -876,16 +877,86 @@ static PyTypeObject ReplyCore_Type = {
 };
 
 /* The reply *reply* (a pending entry) may be completed here: a ReplyCore not done, with
- * no hook, no event and no callbacks. */
+ * no event and no callbacks (a hook it may have: ``complete``). */
 static int
 completes_here(PyObject *reply)
 {
     if (!PyObject_TypeCheck(reply, &ReplyCore_Type))
         return 0;
     ReplyCore *r = (ReplyCore *)reply;
-    return r->done == Py_False && r->hook == Py_None && r->event == Py_None &&
+    return r->done == Py_False && r->event == Py_None &&
            r->callbacks != NULL && PyTuple_CheckExact(r->callbacks) &&
            PyTuple_GET_SIZE(r->callbacks) == 0;
+}
+
+/* ``Reply.set_result(value)`` of a reply that ``completes_here``: its hook, if it has one
+ * (``ActorRef.call_with(on_outcome=)``: a pool's first attempt), asked first exactly as
+ * set_result asks it -- the hook cleared, the error slot cleared, ``hook(reply, value,
+ * exc)`` called; True, or the reply done by then, means the hook took the reply over.
+ * An exception the hook raises is handed to ``reply._hook_raised(exc)`` (which logs it,
+ * as set_result does) and the reply is published; a BaseException that is not an
+ * Exception propagates (as from set_result). If the hook left the reply with a waiter
+ * or callbacks to tell, ``reply.set_result(value)`` publishes it (the hook is gone by
+ * then). 0 on success, -1 with an exception set. */
+static int
+complete(ReplyCore *r, PyObject *value)
+{
+    if (r->hook != Py_None) {
+        PyObject *hook = r->hook;  /* its reference moves to us */
+        r->hook = Py_NewRef(Py_None);
+        PyObject *exc = r->exc;
+        r->exc = Py_NewRef(Py_None);  /* cleared first: a taker may complete it at once */
+        PyObject *argv[3] = {(PyObject *)r, value, exc};
+        PyObject *res = PyObject_Vectorcall(hook, argv, 3, NULL);
+        Py_DECREF(hook);
+        int taken;
+        if (res == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                Py_DECREF(exc);
+                return -1;
+            }
+            PyObject *type, *err, *tb;
+            PyErr_Fetch(&type, &err, &tb);
+            PyErr_NormalizeException(&type, &err, &tb);
+            if (tb != NULL)
+                PyException_SetTraceback(err, tb);
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+            PyObject *logged = PyObject_CallMethod((PyObject *)r, "_hook_raised", "O",
+                                                   err);
+            Py_XDECREF(err);
+            if (logged == NULL) {
+                Py_DECREF(exc);
+                return -1;
+            }
+            Py_DECREF(logged);
+            taken = 0;
+        }
+        else {
+            taken = PyObject_IsTrue(res);
+            Py_DECREF(res);
+            if (taken < 0) {
+                Py_DECREF(exc);
+                return -1;
+            }
+        }
+        if (taken || r->done != Py_False) {
+            Py_DECREF(exc);
+            return 0;
+        }
+        Py_SETREF(r->exc, exc);
+        if (r->event != Py_None || !PyTuple_CheckExact(r->callbacks) ||
+                PyTuple_GET_SIZE(r->callbacks) != 0) {
+            PyObject *res2 = PyObject_CallMethod((PyObject *)r, "set_result", "O", value);
+            if (res2 == NULL)
+                return -1;
+            Py_DECREF(res2);
+            return 0;
+        }
+    }
+    Py_SETREF(r->value, Py_NewRef(value));
+    Py_SETREF(r->done, Py_NewRef(Py_True));
+    return 0;
 }
 
 static PyObject *
@@ -952,9 +1023,12 @@ take_reply(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(msgs);
             return NULL;
         }
-        Py_SETREF(r->value, Py_NewRef(PyTuple_GET_ITEM(msg, 3)));
-        Py_SETREF(r->done, Py_NewRef(Py_True));
+        int failed = complete(r, PyTuple_GET_ITEM(msg, 3));
         Py_DECREF(r);
+        if (failed) {
+            Py_DECREF(msgs);
+            return NULL;
+        }
     }
     Py_DECREF(msgs);
     /* InChannel.commit_now: handled, then head (the consumer's slots; a caller that said

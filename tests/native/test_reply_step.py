@@ -6,8 +6,9 @@ Replies are written into a real shared-memory ring the way an actor writes them
 ``SystemHub`` through ``Reply.result()``: each case ends with the same reply outcome
 and the same ring header (head, handled, the reader mark) either way. The C step takes
 only the common case (a lone plain reply nobody else waits on); the rest (errors,
-pickles, batches, hooks, callbacks, events, a record partly handled before) goes the
-Python way, untouched by it.
+pickles, batches, callbacks, events, a record partly handled before) goes the Python
+way, untouched by it; a reply's ``on_outcome`` hook is asked by either exactly as
+``Reply.set_result`` asks it.
 """
 
 from __future__ import annotations
@@ -207,6 +208,68 @@ def test_a_hook_sees_the_outcome_and_may_take_it_over(side: Side) -> None:
     assert seen == [(41, None)]
     assert not reply.done()
     assert side.header()[:2] == (side.chan.cursor, 1)
+
+
+def test_a_hook_that_publishes_sees_the_value_before_the_caller(side: Side) -> None:
+    # a pool's first attempt: the hook counts the answer and publishes it (False)
+    reply = side.call()
+    seen: list[Any] = []
+
+    def hook(r: Reply[Any], value: Any, exc: BaseException | None) -> bool:
+        seen.append((r is reply, value, exc, r.done()))
+        return False
+
+    reply._hook = hook
+    side.write([reply_msg(reply.token, 7)])
+    assert reply.result(timeout=5) == 7
+    assert seen == [(True, 7, None, False)]  # asked once, before it was done
+    assert reply._hook is None
+    assert reply.token not in side.hub.pending
+    assert side.header()[:2] == (side.chan.cursor, 1)
+
+
+def test_a_hook_that_raises_is_logged_and_the_reply_published(
+        side: Side, caplog: pytest.LogCaptureFixture) -> None:
+    reply = side.call()
+
+    def hook(r: Reply[Any], value: Any, exc: BaseException | None) -> bool:
+        raise ValueError("the hook's own bug")
+
+    reply._hook = hook
+    side.write([reply_msg(reply.token, "v")])
+    with caplog.at_level("ERROR", logger="actorq._core.reply"):
+        assert reply.result(timeout=5) == "v"
+    errors = [r for r in caplog.records if "on_outcome hook" in r.getMessage()]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    assert errors[0].exc_info[0] is ValueError
+    assert side.header()[:2] == (side.chan.cursor, 1)
+
+
+def test_a_hook_that_completes_the_reply_itself_wins(side: Side) -> None:
+    reply = side.call()
+
+    def hook(r: Reply[Any], value: Any, exc: BaseException | None) -> bool:
+        r.set_result(("replaced", value))
+        return False
+
+    reply._hook = hook
+    side.write([reply_msg(reply.token, 1)])
+    assert reply.result(timeout=5) == ("replaced", 1)
+
+
+def test_a_callback_added_by_a_hook_runs_once(side: Side) -> None:
+    reply = side.call()
+    got: list[Any] = []
+
+    def hook(r: Reply[Any], value: Any, exc: BaseException | None) -> bool:
+        r.add_done_callback(lambda done: got.append(done.outcome()))
+        return False
+
+    reply._hook = hook
+    side.write([reply_msg(reply.token, "cb")])
+    assert reply.result(timeout=5) == "cb"
+    assert got == [("cb", None)]
 
 
 def test_callbacks_and_a_sleeping_waiter_are_woken(side: Side) -> None:
