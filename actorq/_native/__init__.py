@@ -17,6 +17,12 @@ environment forces the fallbacks (the test suite runs both).
   each store a release (``_ring.c``: ~8x fewer instructions per access than the
   fallback, a memoryview cast to ``'Q'``, which behaves the same).
 
+- ``PoolCalls``: a pool call's routing, counting and first-attempt success hook
+  (``_pool.c``: ``bare_call``, ``pick_first``, ``hook``), which the pools made while it
+  is selected use; None without the C helpers (the fallback is actorq/_routing's
+  Python, which takes the pool's lock around its counts: the C code counts only while
+  nobody holds it, see _pool.c).
+
 - ``fence()``: a full memory barrier (``_ring.c``); None without the C helpers (the
   fallback, a ``threading.Lock`` taken and released, is actorq/_transport/channel.py's).
 
@@ -97,15 +103,25 @@ RingCore: Any = _ring.RingCore if _ring is not None else None
 fence: Callable[[], None] | None = _ring.fence if _ring is not None else None
 
 
+_pool = _load("_pool")
+HAVE_POOL = _pool is not None  # the C pool calls are built (and not forced off)
+# The C module of pool calls, to configure (actorq/_routing/core.py), or None
+POOL_C: Any = _pool
+# The C module of pool calls the pools made from now on use (``select``), or None
+PoolCalls: Any = _pool
+
+
 def select(native: bool) -> bool:
     """Use the C helpers (*native*, if they are built and not forced off by
-    ``ACTORQ_NO_NATIVE``) or the pure-Python fallbacks for the shared-memory slots made
-    from now on in this process; return whether the C ones are in use."""
-    global u64_array, NATIVE_RING, RingCore
+    ``ACTORQ_NO_NATIVE``) or the pure-Python fallbacks for the shared-memory slots and
+    the pools made from now on in this process; return whether the C slots are in use."""
+    global u64_array, NATIVE_RING, RingCore, PoolCalls
+    PoolCalls = _pool if native else None
     NATIVE_RING = native and _ring is not None
     u64_array = _ring.U64Array if NATIVE_RING and _ring is not None else u64_array_py
     RingCore = _ring.RingCore if NATIVE_RING and _ring is not None else None
     return NATIVE_RING
 
-__all__ = ["HAVE_RING", "NATIVE", "NATIVE_RING", "STREAMING", "BlockView", "RingCore", "U64Slots",
+__all__ = ["HAVE_POOL", "HAVE_RING", "NATIVE", "NATIVE_RING", "POOL_C", "STREAMING", "BlockView",
+           "PoolCalls", "RingCore", "U64Slots",
            "copy_into", "fence", "select", "u64_array"]

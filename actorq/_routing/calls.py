@@ -317,6 +317,29 @@ def late_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[
         pool._stats_inc("expired_drops")
 
 
+def pick_first(pool: MemberSet, key: Any) -> PoolMember | None:
+    """A call's first attempt: the call counted, and the member its router chooses,
+    counted in flight, or None if some circuit is not closed (``pool._pick`` then) or
+    there is no member. ``pool._pick(key, None, first=True)``, written out for every
+    circuit closed (one lock, no list made): the hot path of each call. (A pool's
+    ``_pick_first``: this, or the same in C, actorq/_native/_pool.c.)"""
+    member: PoolMember | None = None
+    lock = pool._lock
+    lock.acquire()  # not ``with``: see first_outcome
+    try:
+        calls = pool._calls = pool._calls + 1
+        candidates = pool._candidates
+        if pool._closed and candidates:
+            member = pool._router.choose(candidates, key)
+            member.in_flight += 1
+            member.calls += 1
+    finally:
+        lock.release()
+    if not calls & 15:
+        pool._budget_sync()  # the retry budget is told of calls 16 at a time
+    return member
+
+
 def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
                kwargs: dict[str, Any] | None = None, key: Any = None,
                timeout: float | None = None) -> Reply[Any]:
@@ -330,22 +353,7 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
         timeout = pool.timeout
     sent = _monotonic()  # (a little early: the routing below is in the member's latency)
     deadline = None if timeout is None else sent + timeout
-    # ``pool._pick(key, None, first=True)``, written out for every circuit closed (one
-    # lock, no list made): the hot path of each call
-    member: PoolMember | None = None
-    lock = pool._lock
-    lock.acquire()  # not ``with``: see members.succeeded
-    try:
-        calls = pool._calls = pool._calls + 1
-        candidates = pool._candidates
-        if pool._closed and candidates:
-            member = pool._router.choose(candidates, key)
-            member.in_flight += 1
-            member.calls += 1
-    finally:
-        lock.release()
-    if not calls & 15:
-        pool._budget_sync()  # the retry budget is told of calls 16 at a time
+    member = pool._pick_first(pool, key)  # ``pick_first``, or the same in C
     if member is None:
         member = pool._pick(key, None)  # some circuit is not closed: ask each
         if member is None:  # every circuit open: a reply that fails with CircuitOpen
@@ -357,7 +365,9 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
     try:  # ``ref.call_with``, its method checked by the pool already
         reply = (member.hub or member.attach()).call_deadline(
             member.ref, method, args, kwargs, deadline, None,
-            MethodType(first_outcome, (pool, member, method, args, kwargs, key, deadline, sent)),
+            MethodType(first_outcome, (pool, member, method, args, kwargs, key, deadline, sent))
+            if pool._make_hook is None  # else the same hook in C (actorq/_native/_pool.c)
+            else pool._make_hook(pool, member, method, args, kwargs, key, deadline, sent),
             pool._token_prefix)
     except (TypeError, AttributeError):
         pool._release(member)

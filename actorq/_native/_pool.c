@@ -1,0 +1,725 @@
+/* actorq._native._pool: a pool call's routing, counting and success hook in C.
+ *
+ * Why: a pool call's bookkeeping (pick a member, count it in flight, and on its answer
+ * count it done and fold its latency in) was ~200 bytecodes, three Python frames and two
+ * pairs of the pool's lock per call (benchmarks/callgrind_pool_call.py). Here it is C.
+ *
+ * Locking: the pool's Python code changes its counters (a member's ``in_flight``,
+ * ``calls``, ``ewma``, the pool's ``_calls``, ``_succeeded``, the router's turn and the
+ * deadline queue's head) under the pool's lock (``pool._lock``). The C code here does
+ * not take that lock: it first checks that nobody holds it (``lock.locked()``), then
+ * does its whole read-modify-write holding the GIL and running no Python code (slot
+ * reads and writes of ints and floats, list and dict reads of exact built-in types,
+ * ``deque.popleft``; nothing that can run a finalizer or the cyclic collector), so no
+ * other thread can be inside the lock meanwhile nor enter it before the C code is done:
+ * as if it had taken and released the lock. When the lock is held, or the case is not
+ * one of the common ones (a router of another type, a hash key not cached yet, a
+ * circuit not closed, a failure), the Python function it stands for runs instead
+ * (``configure``), which takes the lock as before: the same decisions, the same counts.
+ *
+ * - ``bare_call(pool, method, args, kwargs=None, key=None)``: ``PoolCore._bare_call``.
+ * - ``pick_first(pool, key)``: ``calls.pick_first``, a retry/circuit/deadline pool's
+ *   first pick (the call counted, a member chosen and counted in flight) or None.
+ * - ``hook(pool, member, method, args, kwargs, key, deadline, sent)``: the first
+ *   attempt's ``on_outcome`` hook, ``first_outcome`` bound to its context: a success is
+ *   counted here, a failure goes to ``first_outcome``.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <time.h>
+
+/* set by configure(): the Python functions the C ones stand for, the router classes */
+static PyObject *py_bare_call, *py_pick_first, *py_first_outcome;
+static PyTypeObject *rr_type, *ll_type, *fast_type, *hash_type;
+static double ewma_alpha = 0.2;
+
+static PyObject *S_lock, *S_locked, *S_candidates, *S_router, *S_turn, *S_in_flight,
+    *S_calls, *S_pcalls, *S_hub, *S_attach, *S_call, *S_ref, *S_uncount, *S_ewma,
+    *S_succeeded, *S_due, *S_done, *S_popleft, *S_breaker, *S_settled, *S_record_success,
+    *S_circuits_changed, *S_closed, *S_slots, *S_cache, *S_slot, *S_budget_sync;
+
+#define DUE_POPS 32  /* deadline queue entries popped per success at most (the sweep
+                        drops the rest) */
+
+static double
+monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);  /* time.monotonic's clock on Linux */
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int
+configured(void)
+{
+    if (py_bare_call == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "actorq._native._pool: configure() first");
+        return 0;
+    }
+    return 1;
+}
+
+/* 1 if *pool*'s lock is held by some thread, 0 if free, -1 on error */
+static int
+lock_held(PyObject *pool)
+{
+    PyObject *lock = PyObject_GetAttr(pool, S_lock);
+    if (lock == NULL)
+        return -1;
+    PyObject *r = PyObject_VectorcallMethod(S_locked, &lock,
+                                            1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(lock);
+    if (r == NULL)
+        return -1;
+    int held = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return held;
+}
+
+static int
+get_long(PyObject *obj, PyObject *name, long *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+set_long(PyObject *obj, PyObject *name, long value)
+{
+    PyObject *v = PyLong_FromLong(value);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* obj.name += delta; the new value in *out (if not NULL) */
+static int
+add_long(PyObject *obj, PyObject *name, long delta, long *out)
+{
+    long v;
+    if (get_long(obj, name, &v) < 0 || set_long(obj, name, v + delta) < 0)
+        return -1;
+    if (out != NULL)
+        *out = v + delta;
+    return 0;
+}
+
+static int
+get_double(PyObject *obj, PyObject *name, double *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* the router's turn, advanced by one (Router._turn += 1) */
+static int
+next_turn(PyObject *router, long *turn)
+{
+    return add_long(router, S_turn, 1, turn);
+}
+
+/* The member *pool*'s router gives a call with *key* among the (non-empty list)
+ * *candidates*, as its ``choose`` would: 1 and a borrowed member in *out*, 0 if this
+ * case is not done here (nothing changed then), -1 on error. */
+static int
+choose(PyObject *pool, PyObject *candidates, PyObject *key, PyObject **out)
+{
+    PyObject *router = PyObject_GetAttr(pool, S_router);
+    if (router == NULL)
+        return -1;
+    PyTypeObject *kind = Py_TYPE(router);
+    Py_ssize_t n = PyList_GET_SIZE(candidates);
+    int r = 0;
+    long turn;
+    if (kind == rr_type) {
+        if (next_turn(router, &turn) < 0)
+            goto error;
+        *out = PyList_GET_ITEM(candidates, turn % n);
+        r = 1;
+    }
+    else if (kind == ll_type) {
+        if (next_turn(router, &turn) < 0)
+            goto error;
+        Py_ssize_t start = turn % n;
+        PyObject *best = PyList_GET_ITEM(candidates, start);
+        long low, load;
+        if (get_long(best, S_in_flight, &low) < 0)
+            goto error;
+        for (Py_ssize_t i = 1; i < n && low != 0; i++) {
+            PyObject *m = PyList_GET_ITEM(candidates, (start + i) % n);
+            if (get_long(m, S_in_flight, &load) < 0)
+                goto error;
+            if (load < low) {
+                best = m;
+                low = load;
+            }
+        }
+        *out = best;
+        r = 1;
+    }
+    else if (kind == fast_type) {
+        if (next_turn(router, &turn) < 0)
+            goto error;
+        Py_ssize_t start = turn % n;
+        PyObject *best = PyList_GET_ITEM(candidates, start);
+        if (n > 1) {
+            double ewma, low, cost;
+            long load;
+            if (get_double(best, S_ewma, &ewma) < 0 || get_long(best, S_in_flight, &load) < 0)
+                goto error;
+            low = ewma * (double)(load + 1);
+            for (Py_ssize_t i = 1; i < n; i++) {
+                PyObject *m = PyList_GET_ITEM(candidates, (start + i) % n);
+                if (get_double(m, S_ewma, &ewma) < 0 || get_long(m, S_in_flight, &load) < 0)
+                    goto error;
+                cost = ewma * (double)(load + 1);
+                if (cost < low) {
+                    best = m;
+                    low = cost;
+                }
+            }
+        }
+        *out = best;
+        r = 1;
+    }
+    else if (kind == hash_type) {
+        /* ConsistentHash.choose's cached path: every member may take it, a plain key
+         * whose slot is cached (hashing a str, int or bytes runs no Python code) */
+        PyTypeObject *kt = Py_TYPE(key);
+        long slots, slot, s;
+        if (kt != &PyLong_Type && kt != &PyUnicode_Type && kt != &PyBytes_Type)
+            goto done;
+        if (get_long(router, S_slots, &slots) < 0)
+            goto error;
+        if (slots != n)
+            goto done;
+        PyObject *cache = PyObject_GetAttr(router, S_cache);
+        if (cache == NULL)
+            goto error;
+        if (!PyDict_CheckExact(cache)) {
+            Py_DECREF(cache);
+            goto done;
+        }
+        PyObject *found = PyDict_GetItemWithError(cache, key);  /* borrowed */
+        if (found == NULL) {
+            Py_DECREF(cache);
+            if (PyErr_Occurred())
+                goto error;
+            goto done;  /* a new key: placed by the Python code */
+        }
+        slot = PyLong_AsLong(found);
+        Py_DECREF(cache);
+        if (slot == -1 && PyErr_Occurred())
+            goto error;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *m = PyList_GET_ITEM(candidates, i);
+            if (get_long(m, S_slot, &s) < 0)
+                goto error;
+            if (s == slot) {
+                *out = m;
+                r = 1;
+                break;
+            }
+        }
+    }
+done:
+    Py_DECREF(router);
+    return r;
+error:
+    Py_DECREF(router);
+    return -1;
+}
+
+/* the pool's candidates (a new reference to a non-empty list), NULL with no error if
+ * there are none (or they are not a list), NULL with an error on error */
+static PyObject *
+candidates_of(PyObject *pool)
+{
+    PyObject *c = PyObject_GetAttr(pool, S_candidates);
+    if (c == NULL)
+        return NULL;
+    if (!PyList_CheckExact(c) || PyList_GET_SIZE(c) == 0) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* -- the first attempt's hook ----------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *pool, *member, *method, *args, *kwargs, *key, *deadline;
+    double sent;
+    vectorcallfunc vectorcall;
+} Hook;
+
+static PyTypeObject Hook_Type;
+static PyObject *hook_vectorcall(PyObject *, PyObject *const *, size_t, PyObject *);
+
+static PyObject *
+hook_make(PyObject *pool, PyObject *member, PyObject *method, PyObject *args,
+          PyObject *kwargs, PyObject *key, PyObject *deadline, double sent)
+{
+    Hook *h = PyObject_GC_New(Hook, &Hook_Type);
+    if (h == NULL)
+        return NULL;
+    h->pool = Py_NewRef(pool);
+    h->member = Py_NewRef(member);
+    h->method = Py_NewRef(method);
+    h->args = Py_NewRef(args);
+    h->kwargs = Py_NewRef(kwargs);
+    h->key = Py_NewRef(key);
+    h->deadline = Py_NewRef(deadline);
+    h->sent = sent;
+    h->vectorcall = hook_vectorcall;
+    PyObject_GC_Track(h);
+    return (PyObject *)h;
+}
+
+static int
+hook_traverse(Hook *h, visitproc visit, void *arg)
+{
+    Py_VISIT(h->pool);
+    Py_VISIT(h->member);
+    Py_VISIT(h->method);
+    Py_VISIT(h->args);
+    Py_VISIT(h->kwargs);
+    Py_VISIT(h->key);
+    Py_VISIT(h->deadline);
+    return 0;
+}
+
+static int
+hook_clear(Hook *h)
+{
+    Py_CLEAR(h->pool);
+    Py_CLEAR(h->member);
+    Py_CLEAR(h->method);
+    Py_CLEAR(h->args);
+    Py_CLEAR(h->kwargs);
+    Py_CLEAR(h->key);
+    Py_CLEAR(h->deadline);
+    return 0;
+}
+
+static void
+hook_dealloc(Hook *h)
+{
+    PyObject_GC_UnTrack(h);
+    hook_clear(h);
+    PyObject_GC_Del(h);
+}
+
+/* first_outcome(ctx, reply, value, exc), the Python hook, with this hook's context */
+static PyObject *
+hook_slow(Hook *h, PyObject *reply, PyObject *value, PyObject *exc)
+{
+    PyObject *sent = PyFloat_FromDouble(h->sent);
+    if (sent == NULL)
+        return NULL;
+    PyObject *ctx = PyTuple_Pack(8, h->pool, h->member, h->method, h->args, h->kwargs,
+                                 h->key, h->deadline, sent);
+    Py_DECREF(sent);
+    if (ctx == NULL)
+        return NULL;
+    PyObject *argv[4] = {ctx, reply, value, exc};
+    PyObject *r = PyObject_Vectorcall(py_first_outcome, argv, 4, NULL);
+    Py_DECREF(ctx);
+    return r;
+}
+
+/* the success, counted (first_outcome's success branch); 0, or -1 on error */
+static int
+hook_succeeded(Hook *h, PyObject *reply, double elapsed, PyObject **popped, int *npopped)
+{
+    PyObject *pool = h->pool, *member = h->member;
+    double ewma;
+    if (add_long(member, S_in_flight, -1, NULL) < 0 || get_double(member, S_ewma, &ewma) < 0)
+        return -1;
+    PyObject *v = PyFloat_FromDouble(ewma == 0.0 ? elapsed
+                                                 : ewma + ewma_alpha * (elapsed - ewma));
+    if (v == NULL)
+        return -1;
+    int r = PyObject_SetAttr(member, S_ewma, v);
+    Py_DECREF(v);
+    if (r < 0 || add_long(pool, S_succeeded, 1, NULL) < 0)
+        return -1;
+    if (h->deadline == Py_None)
+        return 0;
+    /* out of the deadline queue, if at its head (in turn); answered ones after it too */
+    PyObject *due = PyObject_GetAttr(pool, S_due);
+    if (due == NULL)
+        return -1;
+    int first = 1;
+    while (*npopped < DUE_POPS) {
+        Py_ssize_t size = PyObject_Size(due);
+        if (size < 0)
+            goto error;
+        if (size == 0)
+            break;
+        PyObject *head = PySequence_GetItem(due, 0);
+        if (head == NULL)
+            goto error;
+        int out;
+        if (!PyTuple_Check(head) || PyTuple_GET_SIZE(head) < 2) {
+            out = 0;
+        }
+        else if (first) {
+            out = PyTuple_GET_ITEM(head, 1) == reply;
+        }
+        else {
+            PyObject *done = PyObject_GetAttr(PyTuple_GET_ITEM(head, 1), S_done);
+            if (done == NULL) {
+                Py_DECREF(head);
+                goto error;
+            }
+            out = done == Py_True;
+            Py_DECREF(done);
+        }
+        Py_DECREF(head);  /* the queue holds it still */
+        if (!out)
+            break;
+        first = 0;
+        PyObject *gone = PyObject_CallMethodNoArgs(due, S_popleft);
+        if (gone == NULL)
+            goto error;
+        popped[(*npopped)++] = gone;  /* let go after, outside: it may be the last ref */
+    }
+    Py_DECREF(due);
+    return 0;
+error:
+    Py_DECREF(due);
+    return -1;
+}
+
+static PyObject *
+hook_vectorcall(PyObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    Hook *h = (Hook *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 3 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a pool call's hook takes (reply, value, exc)");
+        return NULL;
+    }
+    PyObject *reply = argv[0], *value = argv[1], *exc = argv[2];
+    if (h->pool == NULL)  /* cleared by the collector: nothing left to count */
+        Py_RETURN_FALSE;
+    if (exc != Py_None)
+        return hook_slow(h, reply, value, exc);
+    double elapsed = monotonic() - h->sent;
+    int held = lock_held(h->pool);
+    if (held < 0)
+        return NULL;
+    if (held)
+        return hook_slow(h, reply, value, exc);
+    PyObject *popped[DUE_POPS];
+    int npopped = 0;
+    int r = hook_succeeded(h, reply, elapsed, popped, &npopped);
+    for (int i = 0; i < npopped; i++)
+        Py_DECREF(popped[i]);
+    if (r < 0)
+        return NULL;
+    /* its circuit told, if there is something to tell (outside the section) */
+    PyObject *breaker = PyObject_GetAttr(h->member, S_breaker);
+    if (breaker == NULL)
+        return NULL;
+    if (breaker != Py_None) {
+        PyObject *settled = PyObject_GetAttr(breaker, S_settled);
+        if (settled == NULL) {
+            Py_DECREF(breaker);
+            return NULL;
+        }
+        int is = PyObject_IsTrue(settled);
+        Py_DECREF(settled);
+        if (is == 0) {
+            PyObject *x = PyObject_CallMethodNoArgs(breaker, S_record_success);
+            if (x == NULL) {
+                Py_DECREF(breaker);
+                return NULL;
+            }
+            Py_DECREF(x);
+            x = PyObject_CallMethodNoArgs(h->pool, S_circuits_changed);
+            if (x == NULL) {
+                Py_DECREF(breaker);
+                return NULL;
+            }
+            Py_DECREF(x);
+        }
+        if (is < 0) {
+            Py_DECREF(breaker);
+            return NULL;
+        }
+    }
+    Py_DECREF(breaker);
+    Py_RETURN_FALSE;
+}
+
+static PyTypeObject Hook_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "actorq._native._pool.Hook",
+    .tp_basicsize = sizeof(Hook),
+    .tp_dealloc = (destructor)hook_dealloc,
+    .tp_vectorcall_offset = offsetof(Hook, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A pool call's first attempt's on_outcome hook (see _pool.c).",
+    .tp_traverse = (traverseproc)hook_traverse,
+    .tp_clear = (inquiry)hook_clear,
+};
+
+/* -- module functions -------------------------------------------------------------------- */
+
+/* pool._uncount(member), the error being raised kept */
+static void
+uncount(PyObject *pool, PyObject *member)
+{
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    PyObject *argv[2] = {pool, member};
+    PyObject *r = PyObject_VectorcallMethod(S_uncount, argv,
+                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        PyErr_WriteUnraisable(pool);
+    Py_XDECREF(r);
+    PyErr_Restore(t, v, tb);
+}
+
+static PyObject *
+bare_call(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
+{
+    if (!configured())
+        return NULL;
+    if (nargs < 3 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "bare_call(pool, method, args, kwargs=None, key=None)");
+        return NULL;
+    }
+    PyObject *pool = argv[0], *method = argv[1], *args = argv[2];
+    PyObject *kwargs = nargs > 3 ? argv[3] : Py_None;
+    PyObject *key = nargs > 4 ? argv[4] : Py_None;
+    int held = lock_held(pool);
+    if (held < 0)
+        return NULL;
+    if (held)
+        return PyObject_Vectorcall(py_bare_call, argv, nargs, NULL);
+    PyObject *candidates = candidates_of(pool);
+    if (candidates == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_Vectorcall(py_bare_call, argv, nargs, NULL);  /* it raises */
+    }
+    PyObject *member = NULL;
+    int chosen = choose(pool, candidates, key, &member);
+    if (chosen <= 0) {
+        Py_DECREF(candidates);
+        if (chosen < 0)
+            return NULL;
+        return PyObject_Vectorcall(py_bare_call, argv, nargs, NULL);
+    }
+    Py_INCREF(member);
+    Py_DECREF(candidates);
+    if (add_long(member, S_in_flight, 1, NULL) < 0 || add_long(member, S_calls, 1, NULL) < 0
+            || add_long(pool, S_pcalls, 1, NULL) < 0) {
+        Py_DECREF(member);
+        return NULL;
+    }
+    /* counted: the rest runs outside the section, as _bare_call's does */
+    PyObject *hook = NULL, *ref = NULL, *reply = NULL;
+    PyObject *hub = PyObject_GetAttr(member, S_hub);
+    if (hub == Py_None) {
+        Py_DECREF(hub);
+        hub = PyObject_CallMethodNoArgs(member, S_attach);
+    }
+    if (hub == NULL)
+        goto failed;
+    ref = PyObject_GetAttr(member, S_ref);
+    if (ref == NULL)
+        goto failed;
+    hook = hook_make(pool, member, method, args, kwargs, key, Py_None, monotonic());
+    if (hook == NULL)
+        goto failed;
+    PyObject *cargs[6] = {hub, ref, method, args, kwargs, hook};
+    reply = PyObject_VectorcallMethod(S_call, cargs, 6 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                      NULL);
+    if (reply == NULL)
+        goto failed;
+    Py_DECREF(hook);
+    Py_DECREF(ref);
+    Py_DECREF(hub);
+    Py_DECREF(member);
+    return reply;
+failed:
+    uncount(pool, member);
+    Py_XDECREF(hook);
+    Py_XDECREF(ref);
+    Py_XDECREF(hub);
+    Py_DECREF(member);
+    return NULL;
+}
+
+static PyObject *
+pick_first(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
+{
+    if (!configured())
+        return NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pick_first(pool, key)");
+        return NULL;
+    }
+    PyObject *pool = argv[0], *key = argv[1];
+    int held = lock_held(pool);
+    if (held < 0)
+        return NULL;
+    if (held)
+        return PyObject_Vectorcall(py_pick_first, argv, nargs, NULL);
+    PyObject *closed = PyObject_GetAttr(pool, S_closed);
+    if (closed == NULL)
+        return NULL;
+    int all_closed = closed == Py_True;
+    Py_DECREF(closed);
+    if (!all_closed)
+        return PyObject_Vectorcall(py_pick_first, argv, nargs, NULL);
+    PyObject *candidates = candidates_of(pool);
+    if (candidates == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_Vectorcall(py_pick_first, argv, nargs, NULL);
+    }
+    PyObject *member = NULL;
+    int chosen = choose(pool, candidates, key, &member);
+    if (chosen <= 0) {
+        Py_DECREF(candidates);
+        if (chosen < 0)
+            return NULL;
+        return PyObject_Vectorcall(py_pick_first, argv, nargs, NULL);
+    }
+    Py_INCREF(member);
+    Py_DECREF(candidates);
+    long calls;
+    if (add_long(pool, S_pcalls, 1, &calls) < 0 || add_long(member, S_in_flight, 1, NULL) < 0
+            || add_long(member, S_calls, 1, NULL) < 0) {
+        Py_DECREF(member);
+        return NULL;
+    }
+    if (!(calls & 15)) {  /* the retry budget is told of calls 16 at a time */
+        PyObject *r = PyObject_CallMethodNoArgs(pool, S_budget_sync);
+        if (r == NULL) {
+            Py_DECREF(member);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    return member;
+}
+
+static PyObject *
+hook(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
+{
+    if (!configured())
+        return NULL;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "hook(pool, member, method, args, kwargs, key, deadline, sent)");
+        return NULL;
+    }
+    double sent = PyFloat_AsDouble(argv[7]);
+    if (sent == -1.0 && PyErr_Occurred())
+        return NULL;
+    return hook_make(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5], argv[6], sent);
+}
+
+static PyObject *
+configure(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "configure(bare_call, pick_first, first_outcome, "
+                        "RoundRobin, LeastLoaded, Fastest, ConsistentHash, ewma_alpha)");
+        return NULL;
+    }
+    for (int i = 3; i < 7; i++) {
+        if (!PyType_Check(argv[i])) {
+            PyErr_SetString(PyExc_TypeError, "configure: the routers must be classes");
+            return NULL;
+        }
+    }
+    double alpha = PyFloat_AsDouble(argv[7]);
+    if (alpha == -1.0 && PyErr_Occurred())
+        return NULL;
+    Py_XSETREF(py_bare_call, Py_NewRef(argv[0]));
+    Py_XSETREF(py_pick_first, Py_NewRef(argv[1]));
+    Py_XSETREF(py_first_outcome, Py_NewRef(argv[2]));
+    PyTypeObject **types[4] = {&rr_type, &ll_type, &fast_type, &hash_type};
+    for (int i = 0; i < 4; i++)
+        Py_XSETREF(*types[i], (PyTypeObject *)Py_NewRef(argv[3 + i]));
+    ewma_alpha = alpha;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
+     "configure(bare_call, pick_first, first_outcome, RoundRobin, LeastLoaded, Fastest, "
+     "ConsistentHash, ewma_alpha): the Python functions and classes the C code stands "
+     "for."},
+    {"bare_call", (PyCFunction)(void (*)(void))bare_call, METH_FASTCALL,
+     "bare_call(pool, method, args, kwargs=None, key=None): PoolCore._bare_call."},
+    {"pick_first", (PyCFunction)(void (*)(void))pick_first, METH_FASTCALL,
+     "pick_first(pool, key): calls.pick_first (a first attempt's member, counted)."},
+    {"hook", (PyCFunction)(void (*)(void))hook, METH_FASTCALL,
+     "hook(pool, member, method, args, kwargs, key, deadline, sent): a first attempt's "
+     "on_outcome hook (first_outcome bound to its context)."},
+    {NULL, NULL, 0, NULL}
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_pool",
+    "A pool call's routing, counting and success hook (see _pool.c).", -1, methods
+};
+
+static int
+intern_names(void)
+{
+    struct { PyObject **slot; const char *name; } names[] = {
+        {&S_lock, "_lock"}, {&S_locked, "locked"}, {&S_candidates, "_candidates"},
+        {&S_router, "_router"}, {&S_turn, "_turn"}, {&S_in_flight, "in_flight"},
+        {&S_calls, "calls"}, {&S_pcalls, "_calls"}, {&S_hub, "hub"}, {&S_attach, "attach"},
+        {&S_call, "call"}, {&S_ref, "ref"}, {&S_uncount, "_uncount"}, {&S_ewma, "ewma"},
+        {&S_succeeded, "_succeeded"}, {&S_due, "_due"}, {&S_done, "_done"},
+        {&S_popleft, "popleft"}, {&S_breaker, "breaker"}, {&S_settled, "settled"},
+        {&S_record_success, "record_success"}, {&S_circuits_changed, "_circuits_changed"},
+        {&S_closed, "_closed"}, {&S_slots, "_slots"}, {&S_cache, "_cache"},
+        {&S_slot, "slot"}, {&S_budget_sync, "_budget_sync"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        *names[i].slot = PyUnicode_InternFromString(names[i].name);
+        if (*names[i].slot == NULL)
+            return -1;
+    }
+    return 0;
+}
+
+PyMODINIT_FUNC
+PyInit__pool(void)
+{
+    if (intern_names() < 0 || PyType_Ready(&Hook_Type) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Hook", (PyObject *)&Hook_Type) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
