@@ -17,6 +17,13 @@
  * circuit not closed, a failure), the Python function it stands for runs instead
  * (``configure``), which takes the lock as before: the same decisions, the same counts.
  *
+ * Reading: the attributes it reads and writes are slots (``__slots__``) of the pool,
+ * its members and routers; their offsets are found once (``configure``, from the
+ * classes' member descriptors), and an object of exactly that class is read at that
+ * offset (an object of another class, or a slot not set, by ``getattr``). The pool's
+ * lock's state is read from the lock object where its layout is the one checked at
+ * ``configure`` (CPython 3.11/3.12, checked by locking one), else by ``lock.locked()``.
+ *
  * - ``bare_call(pool, method, args, kwargs=None, key=None)``: ``PoolCore._bare_call``.
  * - ``pick_first(pool, key)``: ``calls.pick_first``, a retry/circuit/deadline pool's
  *   first pick (the call counted, a member chosen and counted in flight) or None.
@@ -26,6 +33,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stddef.h>
 #include <time.h>
 
@@ -34,10 +42,116 @@ static PyObject *py_bare_call, *py_pick_first, *py_first_outcome;
 static PyTypeObject *rr_type, *ll_type, *fast_type, *hash_type;
 static double ewma_alpha = 0.2;
 
-static PyObject *S_lock, *S_locked, *S_candidates, *S_router, *S_turn, *S_in_flight,
-    *S_calls, *S_pcalls, *S_hub, *S_attach, *S_call, *S_ref, *S_uncount, *S_ewma,
-    *S_succeeded, *S_due, *S_done, *S_popleft, *S_breaker, *S_settled, *S_record_success,
-    *S_circuits_changed, *S_closed, *S_slots, *S_cache, *S_slot, *S_budget_sync;
+static PyObject *S_locked, *S_attach, *S_call, *S_uncount, *S_done, *S_popleft,
+    *S_settled, *S_record_success, *S_circuits_changed, *S_budget_sync;
+
+/* A slot attribute: its name, and the class and offset at which it is read directly
+ * (offset 0: always by getattr). */
+typedef struct {
+    const char *cname;
+    PyObject *name;
+    PyTypeObject *type;
+    Py_ssize_t offset;
+} Attr;
+
+enum { P_LOCK, P_CANDIDATES, P_ROUTER, P_CALLS, P_SUCCEEDED, P_DUE, P_CLOSED,
+       M_IN_FLIGHT, M_CALLS, M_EWMA, M_HUB, M_REF, M_BREAKER, M_SLOT,
+       R_TURN, H_SLOTS, H_CACHE, N_ATTRS };
+
+static Attr attrs[N_ATTRS] = {
+    {"_lock"}, {"_candidates"}, {"_router"}, {"_calls"}, {"_succeeded"}, {"_due"},
+    {"_closed"}, {"in_flight"}, {"calls"}, {"ewma"}, {"hub"}, {"ref"}, {"breaker"},
+    {"slot"}, {"_turn"}, {"_slots"}, {"_cache"},
+};
+
+/* obj.<attr i> (a new reference), NULL with an error */
+static inline PyObject *
+aget(PyObject *obj, int i)
+{
+    Attr *a = &attrs[i];
+    if (a->offset > 0 && Py_TYPE(obj) == a->type) {
+        PyObject *v = *(PyObject **)((char *)obj + a->offset);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(obj, a->name);
+}
+
+/* obj.<attr i> = v (v not stolen); 0, or -1 with an error */
+static inline int
+aset(PyObject *obj, int i, PyObject *v)
+{
+    Attr *a = &attrs[i];
+    if (a->offset > 0 && Py_TYPE(obj) == a->type) {
+        PyObject **p = (PyObject **)((char *)obj + a->offset);
+        PyObject *old = *p;
+        *p = Py_NewRef(v);
+        Py_XDECREF(old);  /* an int or a float: no code runs */
+        return 0;
+    }
+    return PyObject_SetAttr(obj, a->name, v);
+}
+
+/* The attribute *i*'s slot offset in *cls* (a member descriptor of an object slot), or 0 */
+static int
+resolve(int i, PyObject *cls)
+{
+    Attr *a = &attrs[i];
+    PyObject *d = PyObject_GetAttr(cls, a->name);
+    if (d == NULL)
+        return -1;
+    Py_XSETREF(a->type, NULL);
+    a->offset = 0;
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyMemberDef *def = ((PyMemberDescrObject *)d)->d_member;
+        if (def->type == T_OBJECT_EX && !(def->flags & READONLY)) {
+            a->type = (PyTypeObject *)Py_NewRef(cls);
+            a->offset = def->offset;
+        }
+    }
+    Py_DECREF(d);
+    return 0;
+}
+
+/* The layout of a ``_thread.lock`` in CPython 3.11 and 3.12 (Modules/_threadmodule.c):
+ * checked at configure() by locking one, else lock.locked() is called. */
+typedef struct {
+    PyObject_HEAD
+    void *lock_lock;
+    PyObject *in_weakreflist;
+    char locked;
+} LockObject;
+
+static PyTypeObject *lock_type;  /* the type whose ``locked`` flag is read, or NULL */
+
+static int
+lock_flag(PyObject *lock)
+{
+    return ((LockObject *)lock)->locked != 0;
+}
+
+/* whether reading a lock's flag agrees with lock.locked() on *lock* (a new, free one) */
+static int
+check_lock_layout(PyObject *lock)
+{
+    Py_CLEAR(lock_type);
+#if PY_VERSION_HEX < 0x030D0000
+    if (Py_TYPE(lock)->tp_basicsize != (Py_ssize_t)sizeof(LockObject) || lock_flag(lock))
+        return 0;
+    PyObject *r = PyObject_CallMethod(lock, "acquire", NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    int held = lock_flag(lock);
+    r = PyObject_CallMethod(lock, "release", NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    if (held && !lock_flag(lock))
+        lock_type = (PyTypeObject *)Py_NewRef(Py_TYPE(lock));
+#endif
+    return 0;
+}
 
 #define DUE_POPS 32  /* deadline queue entries popped per success at most (the sweep
                         drops the rest) */
@@ -64,9 +178,14 @@ configured(void)
 static int
 lock_held(PyObject *pool)
 {
-    PyObject *lock = PyObject_GetAttr(pool, S_lock);
+    PyObject *lock = aget(pool, P_LOCK);
     if (lock == NULL)
         return -1;
+    if (Py_TYPE(lock) == lock_type) {
+        int held = lock_flag(lock);
+        Py_DECREF(lock);
+        return held;
+    }
     PyObject *r = PyObject_VectorcallMethod(S_locked, &lock,
                                             1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     Py_DECREF(lock);
@@ -78,9 +197,9 @@ lock_held(PyObject *pool)
 }
 
 static int
-get_long(PyObject *obj, PyObject *name, long *out)
+get_long(PyObject *obj, int name, long *out)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = aget(obj, name);
     if (v == NULL)
         return -1;
     *out = PyLong_AsLong(v);
@@ -89,19 +208,19 @@ get_long(PyObject *obj, PyObject *name, long *out)
 }
 
 static int
-set_long(PyObject *obj, PyObject *name, long value)
+set_long(PyObject *obj, int name, long value)
 {
     PyObject *v = PyLong_FromLong(value);
     if (v == NULL)
         return -1;
-    int r = PyObject_SetAttr(obj, name, v);
+    int r = aset(obj, name, v);
     Py_DECREF(v);
     return r;
 }
 
 /* obj.name += delta; the new value in *out (if not NULL) */
 static int
-add_long(PyObject *obj, PyObject *name, long delta, long *out)
+add_long(PyObject *obj, int name, long delta, long *out)
 {
     long v;
     if (get_long(obj, name, &v) < 0 || set_long(obj, name, v + delta) < 0)
@@ -112,9 +231,9 @@ add_long(PyObject *obj, PyObject *name, long delta, long *out)
 }
 
 static int
-get_double(PyObject *obj, PyObject *name, double *out)
+get_double(PyObject *obj, int name, double *out)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = aget(obj, name);
     if (v == NULL)
         return -1;
     *out = PyFloat_AsDouble(v);
@@ -126,7 +245,19 @@ get_double(PyObject *obj, PyObject *name, double *out)
 static int
 next_turn(PyObject *router, long *turn)
 {
-    return add_long(router, S_turn, 1, turn);
+    Py_ssize_t off = attrs[R_TURN].offset;  /* a slot of Router: *router* is one */
+    PyObject **p = (PyObject **)((char *)router + off);
+    if (off == 0 || *p == NULL)
+        return add_long(router, R_TURN, 1, turn);
+    long t = PyLong_AsLong(*p);
+    if (t == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *v = PyLong_FromLong(t + 1);
+    if (v == NULL)
+        return -1;
+    Py_SETREF(*p, v);
+    *turn = t + 1;
+    return 0;
 }
 
 /* The member *pool*'s router gives a call with *key* among the (non-empty list)
@@ -135,7 +266,7 @@ next_turn(PyObject *router, long *turn)
 static int
 choose(PyObject *pool, PyObject *candidates, PyObject *key, PyObject **out)
 {
-    PyObject *router = PyObject_GetAttr(pool, S_router);
+    PyObject *router = aget(pool, P_ROUTER);
     if (router == NULL)
         return -1;
     PyTypeObject *kind = Py_TYPE(router);
@@ -154,11 +285,11 @@ choose(PyObject *pool, PyObject *candidates, PyObject *key, PyObject **out)
         Py_ssize_t start = turn % n;
         PyObject *best = PyList_GET_ITEM(candidates, start);
         long low, load;
-        if (get_long(best, S_in_flight, &low) < 0)
+        if (get_long(best, M_IN_FLIGHT, &low) < 0)
             goto error;
         for (Py_ssize_t i = 1; i < n && low != 0; i++) {
             PyObject *m = PyList_GET_ITEM(candidates, (start + i) % n);
-            if (get_long(m, S_in_flight, &load) < 0)
+            if (get_long(m, M_IN_FLIGHT, &load) < 0)
                 goto error;
             if (load < low) {
                 best = m;
@@ -176,12 +307,12 @@ choose(PyObject *pool, PyObject *candidates, PyObject *key, PyObject **out)
         if (n > 1) {
             double ewma, low, cost;
             long load;
-            if (get_double(best, S_ewma, &ewma) < 0 || get_long(best, S_in_flight, &load) < 0)
+            if (get_double(best, M_EWMA, &ewma) < 0 || get_long(best, M_IN_FLIGHT, &load) < 0)
                 goto error;
             low = ewma * (double)(load + 1);
             for (Py_ssize_t i = 1; i < n; i++) {
                 PyObject *m = PyList_GET_ITEM(candidates, (start + i) % n);
-                if (get_double(m, S_ewma, &ewma) < 0 || get_long(m, S_in_flight, &load) < 0)
+                if (get_double(m, M_EWMA, &ewma) < 0 || get_long(m, M_IN_FLIGHT, &load) < 0)
                     goto error;
                 cost = ewma * (double)(load + 1);
                 if (cost < low) {
@@ -200,11 +331,11 @@ choose(PyObject *pool, PyObject *candidates, PyObject *key, PyObject **out)
         long slots, slot, s;
         if (kt != &PyLong_Type && kt != &PyUnicode_Type && kt != &PyBytes_Type)
             goto done;
-        if (get_long(router, S_slots, &slots) < 0)
+        if (get_long(router, H_SLOTS, &slots) < 0)
             goto error;
         if (slots != n)
             goto done;
-        PyObject *cache = PyObject_GetAttr(router, S_cache);
+        PyObject *cache = aget(router, H_CACHE);
         if (cache == NULL)
             goto error;
         if (!PyDict_CheckExact(cache)) {
@@ -224,7 +355,7 @@ choose(PyObject *pool, PyObject *candidates, PyObject *key, PyObject **out)
             goto error;
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *m = PyList_GET_ITEM(candidates, i);
-            if (get_long(m, S_slot, &s) < 0)
+            if (get_long(m, M_SLOT, &s) < 0)
                 goto error;
             if (s == slot) {
                 *out = m;
@@ -246,7 +377,7 @@ error:
 static PyObject *
 candidates_of(PyObject *pool)
 {
-    PyObject *c = PyObject_GetAttr(pool, S_candidates);
+    PyObject *c = aget(pool, P_CANDIDATES);
     if (c == NULL)
         return NULL;
     if (!PyList_CheckExact(c) || PyList_GET_SIZE(c) == 0) {
@@ -346,20 +477,20 @@ hook_succeeded(Hook *h, PyObject *reply, double elapsed, PyObject **popped, int 
 {
     PyObject *pool = h->pool, *member = h->member;
     double ewma;
-    if (add_long(member, S_in_flight, -1, NULL) < 0 || get_double(member, S_ewma, &ewma) < 0)
+    if (add_long(member, M_IN_FLIGHT, -1, NULL) < 0 || get_double(member, M_EWMA, &ewma) < 0)
         return -1;
     PyObject *v = PyFloat_FromDouble(ewma == 0.0 ? elapsed
                                                  : ewma + ewma_alpha * (elapsed - ewma));
     if (v == NULL)
         return -1;
-    int r = PyObject_SetAttr(member, S_ewma, v);
+    int r = aset(member, M_EWMA, v);
     Py_DECREF(v);
-    if (r < 0 || add_long(pool, S_succeeded, 1, NULL) < 0)
+    if (r < 0 || add_long(pool, P_SUCCEEDED, 1, NULL) < 0)
         return -1;
     if (h->deadline == Py_None)
         return 0;
     /* out of the deadline queue, if at its head (in turn); answered ones after it too */
-    PyObject *due = PyObject_GetAttr(pool, S_due);
+    PyObject *due = aget(pool, P_DUE);
     if (due == NULL)
         return -1;
     int first = 1;
@@ -432,7 +563,7 @@ hook_vectorcall(PyObject *self, PyObject *const *argv, size_t nargsf, PyObject *
     if (r < 0)
         return NULL;
     /* its circuit told, if there is something to tell (outside the section) */
-    PyObject *breaker = PyObject_GetAttr(h->member, S_breaker);
+    PyObject *breaker = aget(h->member, M_BREAKER);
     if (breaker == NULL)
         return NULL;
     if (breaker != Py_None) {
@@ -530,21 +661,21 @@ bare_call(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
     }
     Py_INCREF(member);
     Py_DECREF(candidates);
-    if (add_long(member, S_in_flight, 1, NULL) < 0 || add_long(member, S_calls, 1, NULL) < 0
-            || add_long(pool, S_pcalls, 1, NULL) < 0) {
+    if (add_long(member, M_IN_FLIGHT, 1, NULL) < 0 || add_long(member, M_CALLS, 1, NULL) < 0
+            || add_long(pool, P_CALLS, 1, NULL) < 0) {
         Py_DECREF(member);
         return NULL;
     }
     /* counted: the rest runs outside the section, as _bare_call's does */
     PyObject *hook = NULL, *ref = NULL, *reply = NULL;
-    PyObject *hub = PyObject_GetAttr(member, S_hub);
+    PyObject *hub = aget(member, M_HUB);
     if (hub == Py_None) {
         Py_DECREF(hub);
         hub = PyObject_CallMethodNoArgs(member, S_attach);
     }
     if (hub == NULL)
         goto failed;
-    ref = PyObject_GetAttr(member, S_ref);
+    ref = aget(member, M_REF);
     if (ref == NULL)
         goto failed;
     hook = hook_make(pool, member, method, args, kwargs, key, Py_None, monotonic());
@@ -584,7 +715,7 @@ pick_first(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
         return NULL;
     if (held)
         return PyObject_Vectorcall(py_pick_first, argv, nargs, NULL);
-    PyObject *closed = PyObject_GetAttr(pool, S_closed);
+    PyObject *closed = aget(pool, P_CLOSED);
     if (closed == NULL)
         return NULL;
     int all_closed = closed == Py_True;
@@ -608,8 +739,8 @@ pick_first(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
     Py_INCREF(member);
     Py_DECREF(candidates);
     long calls;
-    if (add_long(pool, S_pcalls, 1, &calls) < 0 || add_long(member, S_in_flight, 1, NULL) < 0
-            || add_long(member, S_calls, 1, NULL) < 0) {
+    if (add_long(pool, P_CALLS, 1, &calls) < 0 || add_long(member, M_IN_FLIGHT, 1, NULL) < 0
+            || add_long(member, M_CALLS, 1, NULL) < 0) {
         Py_DECREF(member);
         return NULL;
     }
@@ -643,19 +774,37 @@ hook(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
 static PyObject *
 configure(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
 {
-    if (nargs != 8) {
+    if (nargs != 12) {
         PyErr_SetString(PyExc_TypeError, "configure(bare_call, pick_first, first_outcome, "
-                        "RoundRobin, LeastLoaded, Fastest, ConsistentHash, ewma_alpha)");
+                        "RoundRobin, LeastLoaded, Fastest, ConsistentHash, ewma_alpha, "
+                        "PoolCore, PoolMember, Router, lock)");
         return NULL;
     }
+    int classes[] = {3, 4, 5, 6, 8, 9, 10};
+    for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++) {
+        if (!PyType_Check(argv[classes[i]])) {
+            PyErr_SetString(PyExc_TypeError, "configure: the routers, PoolCore, PoolMember "
+                            "and Router must be classes");
+            return NULL;
+        }
+    }
+    PyTypeObject *router = (PyTypeObject *)argv[10];
     for (int i = 3; i < 7; i++) {
-        if (!PyType_Check(argv[i])) {
-            PyErr_SetString(PyExc_TypeError, "configure: the routers must be classes");
+        if (!PyType_IsSubtype((PyTypeObject *)argv[i], router)) {
+            PyErr_SetString(PyExc_TypeError, "configure: the routers must be Routers");
             return NULL;
         }
     }
     double alpha = PyFloat_AsDouble(argv[7]);
     if (alpha == -1.0 && PyErr_Occurred())
+        return NULL;
+    for (int i = 0; i < N_ATTRS; i++) {
+        PyObject *cls = i <= P_CLOSED ? argv[8] : i <= M_SLOT ? argv[9]
+                        : i == R_TURN ? argv[10] : argv[6];
+        if (resolve(i, cls) < 0)
+            return NULL;
+    }
+    if (check_lock_layout(argv[11]) < 0)
         return NULL;
     Py_XSETREF(py_bare_call, Py_NewRef(argv[0]));
     Py_XSETREF(py_pick_first, Py_NewRef(argv[1]));
@@ -667,11 +816,38 @@ configure(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* which direct reads configure() set up: {attribute: offset or 0}, "lock": whether the
+ * lock's flag is read (for the tests) */
+static PyObject *
+direct_reads(PyObject *module, PyObject *unused)
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return NULL;
+    for (int i = 0; i < N_ATTRS; i++) {
+        PyObject *v = PyLong_FromSsize_t(attrs[i].offset);
+        if (v == NULL || PyDict_SetItem(d, attrs[i].name, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    if (PyDict_SetItemString(d, "lock", lock_type != NULL ? Py_True : Py_False) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
 static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(bare_call, pick_first, first_outcome, RoundRobin, LeastLoaded, Fastest, "
-     "ConsistentHash, ewma_alpha): the Python functions and classes the C code stands "
-     "for."},
+     "ConsistentHash, ewma_alpha, PoolCore, PoolMember, Router, lock): the Python "
+     "functions the C code stands for, the classes whose slots it reads, a new lock."},
+    {"direct_reads", direct_reads, METH_NOARGS,
+     "direct_reads(): {slot name: its offset, read directly (0: by getattr)}, and "
+     "\"lock\": whether the pool's lock's state is read from the lock object."},
     {"bare_call", (PyCFunction)(void (*)(void))bare_call, METH_FASTCALL,
      "bare_call(pool, method, args, kwargs=None, key=None): PoolCore._bare_call."},
     {"pick_first", (PyCFunction)(void (*)(void))pick_first, METH_FASTCALL,
@@ -691,19 +867,19 @@ static int
 intern_names(void)
 {
     struct { PyObject **slot; const char *name; } names[] = {
-        {&S_lock, "_lock"}, {&S_locked, "locked"}, {&S_candidates, "_candidates"},
-        {&S_router, "_router"}, {&S_turn, "_turn"}, {&S_in_flight, "in_flight"},
-        {&S_calls, "calls"}, {&S_pcalls, "_calls"}, {&S_hub, "hub"}, {&S_attach, "attach"},
-        {&S_call, "call"}, {&S_ref, "ref"}, {&S_uncount, "_uncount"}, {&S_ewma, "ewma"},
-        {&S_succeeded, "_succeeded"}, {&S_due, "_due"}, {&S_done, "_done"},
-        {&S_popleft, "popleft"}, {&S_breaker, "breaker"}, {&S_settled, "settled"},
-        {&S_record_success, "record_success"}, {&S_circuits_changed, "_circuits_changed"},
-        {&S_closed, "_closed"}, {&S_slots, "_slots"}, {&S_cache, "_cache"},
-        {&S_slot, "slot"}, {&S_budget_sync, "_budget_sync"},
+        {&S_locked, "locked"}, {&S_attach, "attach"}, {&S_call, "call"},
+        {&S_uncount, "_uncount"}, {&S_done, "_done"}, {&S_popleft, "popleft"},
+        {&S_settled, "settled"}, {&S_record_success, "record_success"},
+        {&S_circuits_changed, "_circuits_changed"}, {&S_budget_sync, "_budget_sync"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].name);
         if (*names[i].slot == NULL)
+            return -1;
+    }
+    for (int i = 0; i < N_ATTRS; i++) {
+        attrs[i].name = PyUnicode_InternFromString(attrs[i].cname);
+        if (attrs[i].name == NULL)
             return -1;
     }
     return 0;

@@ -38,6 +38,7 @@ from actorq._routing.routers import (
     Fastest,
     LeastLoaded,
     RoundRobin,
+    Router,
     key_point,
     make_router,
 )
@@ -306,4 +307,5 @@ class PoolCore(Idempotency, Autoscaler):
 
 if _native.POOL_C is not None:  # what the C pool calls stand for (see _pool.c)
     _native.POOL_C.configure(PoolCore._bare_call, pick_first, first_outcome, RoundRobin,
-                             LeastLoaded, Fastest, ConsistentHash, EWMA_ALPHA)
+                             LeastLoaded, Fastest, ConsistentHash, EWMA_ALPHA, PoolCore,
+                             PoolMember, Router, threading.Lock())
