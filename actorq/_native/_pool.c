@@ -38,12 +38,14 @@
 #include <time.h>
 
 /* set by configure(): the Python functions the C ones stand for, the router classes */
-static PyObject *py_bare_call, *py_pick_first, *py_first_outcome;
+static PyObject *py_bare_call, *py_pick_first, *py_first_outcome, *py_send_first,
+    *py_first_not_sent, *py_watch, *py_rearm;
 static PyTypeObject *rr_type, *ll_type, *fast_type, *hash_type;
 static double ewma_alpha = 0.2;
 
 static PyObject *S_locked, *S_attach, *S_call, *S_uncount, *S_done, *S_popleft,
-    *S_settled, *S_record_success, *S_circuits_changed, *S_budget_sync;
+    *S_settled, *S_record_success, *S_circuits_changed, *S_budget_sync, *S_call_deadline,
+    *S_release, *S_append;
 
 /* A slot attribute: its name, and the class and offset at which it is read directly
  * (offset 0: always by getattr). */
@@ -54,13 +56,14 @@ typedef struct {
     Py_ssize_t offset;
 } Attr;
 
-enum { P_LOCK, P_CANDIDATES, P_ROUTER, P_CALLS, P_SUCCEEDED, P_DUE, P_CLOSED,
+enum { P_LOCK, P_CANDIDATES, P_ROUTER, P_CALLS, P_SUCCEEDED, P_DUE, P_CLOSED, P_TIMEOUT,
+       P_DUE_AT, P_TOKEN_PREFIX,
        M_IN_FLIGHT, M_CALLS, M_EWMA, M_HUB, M_REF, M_BREAKER, M_SLOT,
        R_TURN, H_SLOTS, H_CACHE, N_ATTRS };
 
 static Attr attrs[N_ATTRS] = {
     {"_lock"}, {"_candidates"}, {"_router"}, {"_calls"}, {"_succeeded"}, {"_due"},
-    {"_closed"}, {"in_flight"}, {"calls"}, {"ewma"}, {"hub"}, {"ref"}, {"breaker"},
+    {"_closed"}, {"timeout"}, {"_due_at"}, {"_token_prefix"}, {"in_flight"}, {"calls"}, {"ewma"}, {"hub"}, {"ref"}, {"breaker"},
     {"slot"}, {"_turn"}, {"_slots"}, {"_cache"},
 };
 
@@ -700,6 +703,52 @@ failed:
     return NULL;
 }
 
+/* A first attempt's pick, counted (the call, and the member in flight), when every
+ * circuit is closed, the lock is free and the router decides here: 1 and a new
+ * reference in *out*; 0 if not (nothing changed: the Python code decides); -1 on
+ * error. The retry budget is told of the calls 16 at a time (after the section). */
+static int
+pick_fast(PyObject *pool, PyObject *key, PyObject **out)
+{
+    int held = lock_held(pool);
+    if (held != 0)
+        return held < 0 ? -1 : 0;
+    PyObject *closed = aget(pool, P_CLOSED);
+    if (closed == NULL)
+        return -1;
+    int all_closed = closed == Py_True;
+    Py_DECREF(closed);
+    if (!all_closed)
+        return 0;
+    PyObject *candidates = candidates_of(pool);
+    if (candidates == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *member = NULL;
+    int chosen = choose(pool, candidates, key, &member);
+    if (chosen <= 0) {
+        Py_DECREF(candidates);
+        return chosen;
+    }
+    Py_INCREF(member);
+    Py_DECREF(candidates);
+    long calls;
+    if (add_long(pool, P_CALLS, 1, &calls) < 0 || add_long(member, M_IN_FLIGHT, 1, NULL) < 0
+            || add_long(member, M_CALLS, 1, NULL) < 0) {
+        Py_DECREF(member);
+        return -1;
+    }
+    if (!(calls & 15)) {  /* the retry budget is told of calls 16 at a time */
+        PyObject *r = PyObject_CallMethodNoArgs(pool, S_budget_sync);
+        if (r == NULL) {
+            Py_DECREF(member);
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    *out = member;
+    return 1;
+}
+
 static PyObject *
 pick_first(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
 {
@@ -709,50 +758,166 @@ pick_first(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "pick_first(pool, key)");
         return NULL;
     }
-    PyObject *pool = argv[0], *key = argv[1];
-    int held = lock_held(pool);
-    if (held < 0)
-        return NULL;
-    if (held)
-        return PyObject_Vectorcall(py_pick_first, argv, nargs, NULL);
-    PyObject *closed = aget(pool, P_CLOSED);
-    if (closed == NULL)
-        return NULL;
-    int all_closed = closed == Py_True;
-    Py_DECREF(closed);
-    if (!all_closed)
-        return PyObject_Vectorcall(py_pick_first, argv, nargs, NULL);
-    PyObject *candidates = candidates_of(pool);
-    if (candidates == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        return PyObject_Vectorcall(py_pick_first, argv, nargs, NULL);
-    }
     PyObject *member = NULL;
-    int chosen = choose(pool, candidates, key, &member);
-    if (chosen <= 0) {
-        Py_DECREF(candidates);
-        if (chosen < 0)
-            return NULL;
+    int r = pick_fast(argv[0], argv[1], &member);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
         return PyObject_Vectorcall(py_pick_first, argv, nargs, NULL);
-    }
-    Py_INCREF(member);
-    Py_DECREF(candidates);
-    long calls;
-    if (add_long(pool, P_CALLS, 1, &calls) < 0 || add_long(member, M_IN_FLIGHT, 1, NULL) < 0
-            || add_long(member, M_CALLS, 1, NULL) < 0) {
-        Py_DECREF(member);
+    return member;
+}
+
+/* calls.send_first: a retry, circuit or deadline pool's call (see there) */
+static PyObject *
+send_first(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
+{
+    if (!configured())
+        return NULL;
+    if (nargs < 3 || nargs > 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "send_first(pool, method, args, kwargs=None, key=None, timeout=None)");
         return NULL;
     }
-    if (!(calls & 15)) {  /* the retry budget is told of calls 16 at a time */
-        PyObject *r = PyObject_CallMethodNoArgs(pool, S_budget_sync);
-        if (r == NULL) {
-            Py_DECREF(member);
+    PyObject *pool = argv[0], *method = argv[1], *args = argv[2];
+    PyObject *kwargs = nargs > 3 ? argv[3] : Py_None;
+    PyObject *key = nargs > 4 ? argv[4] : Py_None;
+    PyObject *timeout = nargs > 5 ? Py_NewRef(argv[5]) : Py_NewRef(Py_None);
+    PyObject *member = NULL, *hub = NULL, *ref = NULL, *hook = NULL, *prefix = NULL;
+    PyObject *deadline = NULL, *reply = NULL, *due = NULL, *entry_ = NULL;
+    if (timeout == Py_None) {
+        Py_SETREF(timeout, aget(pool, P_TIMEOUT));
+        if (timeout == NULL)
             return NULL;
+    }
+    double sent = monotonic();  /* (a little early: the routing is in the latency) */
+    if (timeout == Py_None) {
+        deadline = Py_NewRef(Py_None);
+    }
+    else {
+        double t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred())
+            goto error;
+        deadline = PyFloat_FromDouble(sent + t);
+        if (deadline == NULL)
+            goto error;
+    }
+    int picked = pick_fast(pool, key, &member);
+    if (picked < 0)
+        goto error;
+    if (picked == 0) {  /* a circuit not closed, the lock held, a new hash key: Python's */
+        Py_DECREF(timeout);
+        Py_DECREF(deadline);
+        return PyObject_Vectorcall(py_send_first, argv, nargs, NULL);
+    }
+    hub = aget(member, M_HUB);
+    if (hub == Py_None) {
+        Py_DECREF(hub);
+        hub = PyObject_CallMethodNoArgs(member, S_attach);
+    }
+    if (hub == NULL)
+        goto not_sent;
+    ref = aget(member, M_REF);
+    prefix = aget(pool, P_TOKEN_PREFIX);
+    if (ref == NULL || prefix == NULL)
+        goto not_sent;
+    hook = hook_make(pool, member, method, args, kwargs, key, deadline, sent);
+    if (hook == NULL)
+        goto not_sent;
+    PyObject *cargs[9] = {hub, ref, method, args, kwargs, deadline, Py_None, hook, prefix};
+    reply = PyObject_VectorcallMethod(S_call_deadline, cargs,
+                                      9 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (reply == NULL)
+        goto not_sent;
+    if (deadline != Py_None) {  /* watched by the pool's deadline queue */
+        entry_ = PyTuple_Pack(4, deadline, reply, method, timeout);
+        due = aget(pool, P_DUE);
+        if (entry_ == NULL || due == NULL)
+            goto error;
+        Py_ssize_t size = PyObject_Size(due);
+        if (size < 0)
+            goto error;
+        PyObject *r;
+        if (size > 0) {  /* others in the queue: is this one in order? (watch) */
+            PyObject *wargs[2] = {pool, entry_};
+            r = PyObject_Vectorcall(py_watch, wargs, 2, NULL);
         }
+        else {  /* watch's common case: the first in the queue */
+            r = PyObject_CallMethodOneArg(due, S_append, entry_);
+            if (r != NULL) {
+                double due_at;
+                Py_DECREF(r);
+                r = NULL;
+                if (get_double(pool, P_DUE_AT, &due_at) < 0)
+                    goto error;
+                if (due_at > PyFloat_AS_DOUBLE(deadline))  /* read after the append */
+                    r = PyObject_Vectorcall(py_rearm, &pool, 1, NULL);
+                else
+                    r = Py_NewRef(Py_None);
+            }
+        }
+        if (r == NULL)
+            goto error;
         Py_DECREF(r);
     }
-    return member;
+    goto done;
+not_sent:
+    /* ``except (TypeError, AttributeError)``: bad input, nothing sent, the pick undone;
+     * ``except Exception``: not sent (the member is gone), retried by policy */
+    if (PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PyObject *r = PyObject_CallMethodOneArg(pool, S_release, member);
+        if (r == NULL)
+            PyErr_WriteUnraisable(pool);
+        Py_XDECREF(r);
+        PyErr_Restore(t, v, tb);
+        goto error;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        goto error;
+    {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PyErr_NormalizeException(&t, &v, &tb);
+        if (tb != NULL)
+            PyException_SetTraceback(v, tb);
+        PyObject *fargs[8] = {pool, member, method, args, kwargs, key, deadline, timeout};
+        PyObject *exc = v;
+        PyObject *fargv[9];
+        for (int i = 0; i < 8; i++)
+            fargv[i] = fargs[i];
+        fargv[8] = exc;
+        reply = PyObject_Vectorcall(py_first_not_sent, fargv, 9, NULL);
+        Py_XDECREF(t);
+        Py_XDECREF(v);
+        Py_XDECREF(tb);
+        if (reply == NULL)
+            goto error;
+    }
+done:
+    Py_XDECREF(due);
+    Py_XDECREF(entry_);
+    Py_XDECREF(hook);
+    Py_XDECREF(prefix);
+    Py_XDECREF(ref);
+    Py_XDECREF(hub);
+    Py_XDECREF(member);
+    Py_DECREF(deadline);
+    Py_DECREF(timeout);
+    return reply;
+error:
+    Py_XDECREF(reply);
+    reply = NULL;
+    Py_XDECREF(due);
+    Py_XDECREF(entry_);
+    Py_XDECREF(hook);
+    Py_XDECREF(prefix);
+    Py_XDECREF(ref);
+    Py_XDECREF(hub);
+    Py_XDECREF(member);
+    Py_XDECREF(deadline);
+    Py_XDECREF(timeout);
+    return NULL;
 }
 
 static PyObject *
@@ -771,47 +936,70 @@ hook(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
     return hook_make(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5], argv[6], sent);
 }
 
+/* the entry *name* of configure()'s dict (borrowed), NULL with an error if missing */
 static PyObject *
-configure(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
+entry(PyObject *d, const char *name, int a_class)
 {
-    if (nargs != 12) {
-        PyErr_SetString(PyExc_TypeError, "configure(bare_call, pick_first, first_outcome, "
-                        "RoundRobin, LeastLoaded, Fastest, ConsistentHash, ewma_alpha, "
-                        "PoolCore, PoolMember, Router, lock)");
+    PyObject *v = PyDict_GetItemString(d, name);
+    if (v == NULL) {
+        PyErr_Format(PyExc_TypeError, "configure: no %s given", name);
         return NULL;
     }
-    int classes[] = {3, 4, 5, 6, 8, 9, 10};
-    for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++) {
-        if (!PyType_Check(argv[classes[i]])) {
-            PyErr_SetString(PyExc_TypeError, "configure: the routers, PoolCore, PoolMember "
-                            "and Router must be classes");
+    if (a_class && !PyType_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "configure: %s must be a class", name);
+        return NULL;
+    }
+    return v;
+}
+
+static PyObject *
+configure(PyObject *module, PyObject *d)
+{
+    if (!PyDict_Check(d)) {
+        PyErr_SetString(PyExc_TypeError, "configure(a dict of names)");
+        return NULL;
+    }
+    const char *funcs[] = {"bare_call", "pick_first", "first_outcome", "send_first",
+                           "first_not_sent", "watch", "rearm"};
+    PyObject **func_slots[] = {&py_bare_call, &py_pick_first, &py_first_outcome,
+                               &py_send_first, &py_first_not_sent, &py_watch, &py_rearm};
+    const char *routers[] = {"RoundRobin", "LeastLoaded", "Fastest", "ConsistentHash"};
+    PyTypeObject **router_slots[] = {&rr_type, &ll_type, &fast_type, &hash_type};
+    PyObject *router = entry(d, "Router", 1), *core = entry(d, "PoolCore", 1);
+    PyObject *member = entry(d, "PoolMember", 1), *lock = entry(d, "lock", 0);
+    PyObject *alpha_obj = entry(d, "ewma_alpha", 0);
+    if (router == NULL || core == NULL || member == NULL || lock == NULL || alpha_obj == NULL)
+        return NULL;
+    for (int i = 0; i < 7; i++) {
+        if (entry(d, funcs[i], 0) == NULL)
+            return NULL;
+    }
+    for (int i = 0; i < 4; i++) {
+        PyObject *r = entry(d, routers[i], 1);
+        if (r == NULL)
+            return NULL;
+        if (!PyType_IsSubtype((PyTypeObject *)r, (PyTypeObject *)router)) {
+            PyErr_Format(PyExc_TypeError, "configure: %s must be a Router", routers[i]);
             return NULL;
         }
     }
-    PyTypeObject *router = (PyTypeObject *)argv[10];
-    for (int i = 3; i < 7; i++) {
-        if (!PyType_IsSubtype((PyTypeObject *)argv[i], router)) {
-            PyErr_SetString(PyExc_TypeError, "configure: the routers must be Routers");
-            return NULL;
-        }
-    }
-    double alpha = PyFloat_AsDouble(argv[7]);
+    double alpha = PyFloat_AsDouble(alpha_obj);
     if (alpha == -1.0 && PyErr_Occurred())
         return NULL;
+    PyObject *hash = PyDict_GetItemString(d, "ConsistentHash");
     for (int i = 0; i < N_ATTRS; i++) {
-        PyObject *cls = i <= P_CLOSED ? argv[8] : i <= M_SLOT ? argv[9]
-                        : i == R_TURN ? argv[10] : argv[6];
+        PyObject *cls = i <= P_TOKEN_PREFIX ? core : i <= M_SLOT ? member
+                        : i == R_TURN ? router : hash;
         if (resolve(i, cls) < 0)
             return NULL;
     }
-    if (check_lock_layout(argv[11]) < 0)
+    if (check_lock_layout(lock) < 0)
         return NULL;
-    Py_XSETREF(py_bare_call, Py_NewRef(argv[0]));
-    Py_XSETREF(py_pick_first, Py_NewRef(argv[1]));
-    Py_XSETREF(py_first_outcome, Py_NewRef(argv[2]));
-    PyTypeObject **types[4] = {&rr_type, &ll_type, &fast_type, &hash_type};
+    for (int i = 0; i < 7; i++)
+        Py_XSETREF(*func_slots[i], Py_NewRef(PyDict_GetItemString(d, funcs[i])));
     for (int i = 0; i < 4; i++)
-        Py_XSETREF(*types[i], (PyTypeObject *)Py_NewRef(argv[3 + i]));
+        Py_XSETREF(*router_slots[i],
+                   (PyTypeObject *)Py_NewRef(PyDict_GetItemString(d, routers[i])));
     ewma_alpha = alpha;
     Py_RETURN_NONE;
 }
@@ -841,10 +1029,14 @@ direct_reads(PyObject *module, PyObject *unused)
 }
 
 static PyMethodDef methods[] = {
-    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
-     "configure(bare_call, pick_first, first_outcome, RoundRobin, LeastLoaded, Fastest, "
-     "ConsistentHash, ewma_alpha, PoolCore, PoolMember, Router, lock): the Python "
-     "functions the C code stands for, the classes whose slots it reads, a new lock."},
+    {"configure", configure, METH_O,
+     "configure(names): the Python functions the C code stands for (bare_call, "
+     "pick_first, first_outcome, send_first, first_not_sent, watch, rearm), the classes "
+     "whose slots it reads (PoolCore, PoolMember, Router, RoundRobin, LeastLoaded, "
+     "Fastest, ConsistentHash), ewma_alpha and a new lock, by name."},
+    {"send_first", (PyCFunction)(void (*)(void))send_first, METH_FASTCALL,
+     "send_first(pool, method, args, kwargs=None, key=None, timeout=None): "
+     "calls.send_first."},
     {"direct_reads", direct_reads, METH_NOARGS,
      "direct_reads(): {slot name: its offset, read directly (0: by getattr)}, and "
      "\"lock\": whether the pool's lock's state is read from the lock object."},
@@ -871,6 +1063,7 @@ intern_names(void)
         {&S_uncount, "_uncount"}, {&S_done, "_done"}, {&S_popleft, "popleft"},
         {&S_settled, "settled"}, {&S_record_success, "record_success"},
         {&S_circuits_changed, "_circuits_changed"}, {&S_budget_sync, "_budget_sync"},
+        {&S_call_deadline, "call_deadline"}, {&S_release, "_release"}, {&S_append, "append"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].name);

@@ -373,13 +373,7 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
         pool._release(member)
         raise  # bad input: nothing was sent
     except Exception as exc:  # not sent (the member is gone): retried by policy
-        call = _Call(pool, method, args, kwargs, key, deadline)
-        call.attempt = 1
-        call.member = member
-        reply = call.outer
-        call._attempt_failed(member, exc)
-        if reply.done():
-            return reply
+        return first_not_sent(pool, member, method, args, kwargs, key, deadline, timeout, exc)
     if deadline is not None and timeout is not None:  # (answered already, rarely: the
         due = pool._due                                   # queue drops it in turn)
         if due:  # others in the queue: is this one in order? (watch)
@@ -388,6 +382,22 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
             due.append((deadline, reply, method, timeout))
             if pool._due_at > deadline:  # read after the append (see watch)
                 rearm(pool)
+    return reply
+
+
+def first_not_sent(pool: MemberSet, member: PoolMember, method: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any] | None, key: Any, deadline: float | None,
+                   timeout: float | None, exc: Exception) -> Reply[Any]:
+    """A first attempt that *member* could not be sent (*exc*: it is gone): a ``_Call``
+    now, retried by policy, its reply watched for its deadline (``send_first``'s, and
+    the C one's, actorq/_native/_pool.c)."""
+    call = _Call(pool, method, args, kwargs, key, deadline)
+    call.attempt = 1
+    call.member = member
+    reply = call.outer
+    call._attempt_failed(member, exc)
+    if not reply.done() and deadline is not None and timeout is not None:
+        watch(pool, (deadline, reply, method, timeout))
     return reply
 
 

@@ -76,3 +76,44 @@ def test_counts_stay_exact_under_threads(system, pool_impl, config):
     if config == "round_robin":  # each in turn, whichever thread called
         assert sorted(m.calls for m in stats.members) == [total // 3] * 3
     pool.stop()
+
+
+@pytest.mark.parametrize("config", ["round_robin", "circuit_retry"])
+def test_a_call_waits_while_another_thread_holds_the_pools_lock(system, pool_impl, config):
+    # the C pool calls count only while nobody holds the pool's lock: one that finds it
+    # held takes the Python path, which waits for it (a call that did not wait would be
+    # counted under the holder's feet)
+    pool = system.pool(Worker, size=2, **CONFIGS[config])
+    assert pool.echo(0).result(timeout=30) == 0
+    lock = pool._core._lock
+    sent = threading.Event()
+    replies: list[actorq.Reply] = []
+
+    def call() -> None:
+        replies.append(pool.echo(1))
+        sent.set()
+
+    with lock:
+        caller = threading.Thread(target=call)
+        caller.start()
+        # it cannot have sent while we hold the lock, however long we look
+        assert not sent.wait(timeout=0.3)
+        assert pool._core._calls == 1
+    caller.join(timeout=30)
+    assert sent.is_set()
+    assert replies[0].result(timeout=30) == 1
+    stats = pool.statistics()
+    assert (stats.calls, stats.succeeded) == (2, 2)
+    assert sum(m.in_flight for m in stats.members) == 0
+
+
+def test_the_c_pool_calls_read_their_slots_directly():
+    # every attribute the C code reads is found as a slot at configure (else it reads
+    # it by getattr: the same, slower), and the lock's flag is read on this CPython
+    if not _native.HAVE_POOL:
+        pytest.skip("the C helpers are not built here (or ACTORQ_NO_NATIVE is set)")
+    import actorq._routing.core  # noqa: F401 - configures the C pool calls
+
+    reads = _native.POOL_C.direct_reads()
+    assert reads.pop("lock") is True
+    assert all(offset > 0 for offset in reads.values()), reads
