@@ -59,13 +59,17 @@ typedef struct {
 enum { P_LOCK, P_CANDIDATES, P_ROUTER, P_CALLS, P_SUCCEEDED, P_DUE, P_CLOSED, P_TIMEOUT,
        P_DUE_AT, P_TOKEN_PREFIX,
        M_IN_FLIGHT, M_CALLS, M_EWMA, M_HUB, M_REF, M_BREAKER, M_SLOT,
-       R_TURN, H_SLOTS, H_CACHE, N_ATTRS };
+       R_TURN, H_SLOTS, H_CACHE, H_BUCKETS, H_SHIFT, H_BUCKET_MASK, N_ATTRS };
 
 static Attr attrs[N_ATTRS] = {
     {"_lock"}, {"_candidates"}, {"_router"}, {"_calls"}, {"_succeeded"}, {"_due"},
     {"_closed"}, {"timeout"}, {"_due_at"}, {"_token_prefix"}, {"in_flight"}, {"calls"}, {"ewma"}, {"hub"}, {"ref"}, {"breaker"},
-    {"slot"}, {"_turn"}, {"_slots"}, {"_cache"},
+    {"slot"}, {"_turn"}, {"_slots"}, {"_cache"}, {"_buckets"}, {"_shift"},
+    {"_bucket_mask"},
 };
+
+#define FIBONACCI 0x9E3779B97F4A7C15ULL  /* routers.FIBONACCI */
+static Py_ssize_t slot_cache_keys = 65536;  /* routers.SLOT_CACHE_KEYS */
 
 /* obj.<attr i> (a new reference), NULL with an error */
 static inline PyObject *
@@ -263,6 +267,52 @@ next_turn(PyObject *router, long *turn)
     return 0;
 }
 
+/* ConsistentHash._cache_slot for an int *key* whose bucket names its owner: 1 and the
+ * slot (borrowed: the cache holds it) in *found*; 0 if not done here (a key beyond 64
+ * bits, a bucket with a virtual node in it: nothing changed); -1 on error */
+static int
+new_int_key(PyObject *router, PyObject *cache, PyObject *key, PyObject **found)
+{
+    int overflow = 0;
+    long long k = PyLong_AsLongLongAndOverflow(key, &overflow);
+    if (overflow || (k == -1 && PyErr_Occurred()))
+        return overflow ? 0 : -1;
+    long shift, mask;
+    if (get_long(router, H_SHIFT, &shift) < 0 || get_long(router, H_BUCKET_MASK, &mask) < 0)
+        return -1;
+    if (shift < 0 || shift > 127)
+        return 0;
+    PyObject *buckets = aget(router, H_BUCKETS);
+    if (buckets == NULL)
+        return -1;
+    /* (key * FIBONACCI >> shift) & mask, as Python computes it (a floor shift) */
+    __int128 product = (__int128)k * (__int128)FIBONACCI;
+    Py_ssize_t index = (Py_ssize_t)((long long)(product >> shift) & mask);
+    if (!PyList_CheckExact(buckets) || index < 0 || index >= PyList_GET_SIZE(buckets)) {
+        Py_DECREF(buckets);
+        return 0;
+    }
+    PyObject *slot = Py_NewRef(PyList_GET_ITEM(buckets, index));
+    Py_DECREF(buckets);
+    long s = PyLong_AsLong(slot);
+    if (s == -1 && PyErr_Occurred()) {
+        Py_DECREF(slot);
+        return -1;
+    }
+    if (s < 0) {  /* a virtual node in its bucket: bisect (Python) */
+        Py_DECREF(slot);
+        return 0;
+    }
+    if (PyDict_GET_SIZE(cache) >= slot_cache_keys)
+        PyDict_Clear(cache);  /* (its keys and slots are ints, strs, bytes: no code runs) */
+    int r = PyDict_SetItem(cache, key, slot);
+    Py_DECREF(slot);
+    if (r < 0)
+        return -1;
+    *found = PyDict_GetItemWithError(cache, key);
+    return *found != NULL ? 1 : -1;
+}
+
 /* The member *pool*'s router gives a call with *key* among the (non-empty list)
  * *candidates*, as its ``choose`` would: 1 and a borrowed member in *out*, 0 if this
  * case is not done here (nothing changed then), -1 on error. */
@@ -346,6 +396,15 @@ choose(PyObject *pool, PyObject *candidates, PyObject *key, PyObject **out)
             goto done;
         }
         PyObject *found = PyDict_GetItemWithError(cache, key);  /* borrowed */
+        if (found == NULL && !PyErr_Occurred() && kt == &PyLong_Type) {
+            /* a new int key: its bucket's owner, cached (_cache_slot), unless a virtual
+             * node lies in its bucket (a bisect: the Python code) */
+            int r2 = new_int_key(router, cache, key, &found);
+            if (r2 < 0) {
+                Py_DECREF(cache);
+                goto error;
+            }
+        }
         if (found == NULL) {
             Py_DECREF(cache);
             if (PyErr_Occurred())
@@ -1000,6 +1059,13 @@ configure(PyObject *module, PyObject *d)
     for (int i = 0; i < 4; i++)
         Py_XSETREF(*router_slots[i],
                    (PyTypeObject *)Py_NewRef(PyDict_GetItemString(d, routers[i])));
+    PyObject *keys = PyDict_GetItemString(d, "slot_cache_keys");
+    if (keys != NULL) {
+        Py_ssize_t n = PyLong_AsSsize_t(keys);
+        if (n == -1 && PyErr_Occurred())
+            return NULL;
+        slot_cache_keys = n;
+    }
     ewma_alpha = alpha;
     Py_RETURN_NONE;
 }

@@ -42,6 +42,7 @@ from actorq._routing.metrics import STAT_NAMES, PoolStatistics
 from actorq._routing.options import check_timeout
 from actorq._routing.routers import (
     PLAIN_KEYS,
+    SLOT_CACHE_KEYS,
     ConsistentHash,
     Fastest,
     LeastLoaded,
@@ -323,4 +324,5 @@ if _native.POOL_C is not None:  # what the C pool calls stand for (see _pool.c)
         "PoolCore": PoolCore, "PoolMember": PoolMember, "Router": Router,
         "RoundRobin": RoundRobin, "LeastLoaded": LeastLoaded, "Fastest": Fastest,
         "ConsistentHash": ConsistentHash, "ewma_alpha": EWMA_ALPHA,
+        "slot_cache_keys": SLOT_CACHE_KEYS,
         "lock": threading.Lock()})

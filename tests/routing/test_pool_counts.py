@@ -117,3 +117,25 @@ def test_the_c_pool_calls_read_their_slots_directly():
     reads = _native.POOL_C.direct_reads()
     assert reads.pop("lock") is True
     assert all(offset > 0 for offset in reads.values()), reads
+
+
+def test_new_int_keys_are_placed_as_the_python_router_places_them(system, pool_impl):
+    # a new int key's slot is computed in C (its bucket's owner) or by the Python router
+    # (a bisect, a key beyond 64 bits): the same slot as a fresh Python ring gives it
+    from actorq._routing.routers import ConsistentHash
+
+    pool = system.pool(Worker, size=3, routing="hash")
+    keys = [0, 1, -1, 7, -(2**40), 2**40 + 3, 2**62, -(2**63), 2**63 - 1, 2**63, -(2**63) - 1,
+            2**100, *range(1000, 1400, 7), *range(-5000, -4000, 13)]
+    replies = [pool.echo(k, key=k) for k in keys]
+    assert [r.result(timeout=30) for r in replies] == keys
+    ring = pool._core._router
+    fresh = ConsistentHash()
+    fresh.resized([m.actor_id for m in pool.members()], [0, 1, 2])
+    assert {k: ring._cache[k] for k in keys} == {k: fresh.slot_for(k) for k in keys}
+    by_slot = {m.slot: m for m in pool._core._members}
+    stats = {m.actor_id: m.calls for m in pool.statistics().members}
+    counted = {m.id: 0 for m in by_slot.values()}
+    for k in keys:
+        counted[by_slot[fresh.slot_for(k)].id] += 1
+    assert stats == counted  # each call went to its key's member
