@@ -12,5 +12,7 @@ setup(
                   extra_compile_args=["-O2"], optional=True),
         Extension("actorq._native._ring", ["actorq/_native/_ring.c"],
                   extra_compile_args=["-O2"], optional=True),
+        Extension("actorq._native._pool", ["actorq/_native/_pool.c"],
+                  extra_compile_args=["-O2"], optional=True),
     ],
 )

@@ -17,6 +17,12 @@ environment forces the fallbacks (the test suite runs both).
   each store a release (``_ring.c``: ~8x fewer instructions per access than the
   fallback, a memoryview cast to ``'Q'``, which behaves the same).
 
+- ``PoolCalls``: a pool call's routing, counting and first-attempt success hook
+  (``_pool.c``: ``bare_call``, ``pick_first``, ``hook``), which the pools made while it
+  is selected use; None without the C helpers (the fallback is actorq/_routing's
+  Python, which takes the pool's lock around its counts: the C code counts only while
+  nobody holds it, see _pool.c).
+
 - ``fence()``: a full memory barrier (``_ring.c``); None without the C helpers (the
   fallback, a ``threading.Lock`` taken and released, is actorq/_transport/channel.py's).
 
@@ -25,9 +31,10 @@ environment forces the fallbacks (the test suite runs both).
   actorq/_core/reply.py's ``ReplyFields``). ``take_reply(core, pos, tail, pending)``: a
   synchronous caller's reply step (``SystemHub.wait_spin``) in one C call: the record at
   *pos* read and, when it is a lone plain reply to a ``ReplyCore`` nobody waits on but
-  the caller (no hook, event or callbacks), the reply completed and the record committed
-  (the new cursor returned); anything else comes back as ``read_plain`` returns it, for
-  the Python path. The fallback is ``read_plain`` itself (``take_reply_py``).
+  the caller (no event or callbacks; its ``on_outcome`` hook, if any, asked first as
+  ``Reply.set_result`` asks it), the reply completed and the record committed (the new
+  cursor returned); anything else comes back as ``read_plain`` returns it, for the
+  Python path. The fallback is ``read_plain`` itself (``take_reply_py``).
 
 ``select(native)`` switches this process between the C helpers and the fallbacks for
 what is made (and for the reply step taken) from then on (the tests run both, and both
@@ -121,11 +128,20 @@ take_reply: Callable[[Any, int, int | None, dict[int, Any]], Any] = (
     _ring.take_reply if _ring is not None else take_reply_py)
 
 
+_pool = _load("_pool")
+HAVE_POOL = _pool is not None  # the C pool calls are built (and not forced off)
+# The C module of pool calls, to configure (actorq/_routing/core.py), or None
+POOL_C: Any = _pool
+# The C module of pool calls the pools made from now on use (``select``), or None
+PoolCalls: Any = _pool
+
+
 def select(native: bool) -> bool:
     """Use the C helpers (*native*, if they are built and not forced off by
-    ``ACTORQ_NO_NATIVE``) or the pure-Python fallbacks for the shared-memory slots made
-    from now on in this process; return whether the C ones are in use."""
-    global u64_array, NATIVE_RING, RingCore, take_reply
+    ``ACTORQ_NO_NATIVE``) or the pure-Python fallbacks for the shared-memory slots and
+    the pools made from now on in this process; return whether the C slots are in use."""
+    global u64_array, NATIVE_RING, RingCore, take_reply, PoolCalls
+    PoolCalls = _pool if native else None
     NATIVE_RING = native and _ring is not None
     u64_array = _ring.U64Array if NATIVE_RING and _ring is not None else u64_array_py
     RingCore = _ring.RingCore if NATIVE_RING and _ring is not None else None
@@ -134,6 +150,6 @@ def select(native: bool) -> bool:
     take_reply = _ring.take_reply if NATIVE_RING and _ring is not None else take_reply_py
     return NATIVE_RING
 
-__all__ = ["HAVE_RING", "NATIVE", "NATIVE_RING", "STREAMING", "BlockView", "ReplyCore",
-           "RingCore", "U64Slots", "copy_into", "fence", "select", "take_reply", "take_reply_py",
-           "u64_array"]
+__all__ = ["HAVE_POOL", "HAVE_RING", "NATIVE", "NATIVE_RING", "POOL_C", "STREAMING", "BlockView",
+           "PoolCalls", "ReplyCore", "RingCore", "U64Slots", "copy_into", "fence", "select",
+           "take_reply", "take_reply_py", "u64_array"]

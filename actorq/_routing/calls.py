@@ -317,6 +317,29 @@ def late_outcome(pool: MemberSet, member: PoolMember, sent: float, reply: Reply[
         pool._stats_inc("expired_drops")
 
 
+def pick_first(pool: MemberSet, key: Any) -> PoolMember | None:
+    """A call's first attempt: the call counted, and the member its router chooses,
+    counted in flight, or None if some circuit is not closed (``pool._pick`` then) or
+    there is no member. ``pool._pick(key, None, first=True)``, written out for every
+    circuit closed (one lock, no list made): the hot path of each call. (A pool's
+    ``_pick_first``: this, or the same in C, actorq/_native/_pool.c.)"""
+    member: PoolMember | None = None
+    lock = pool._lock
+    lock.acquire()  # not ``with``: see first_outcome
+    try:
+        calls = pool._calls = pool._calls + 1
+        candidates = pool._candidates
+        if pool._closed and candidates:
+            member = pool._router.choose(candidates, key)
+            member.in_flight += 1
+            member.calls += 1
+    finally:
+        lock.release()
+    if not calls & 15:
+        pool._budget_sync()  # the retry budget is told of calls 16 at a time
+    return member
+
+
 def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
                kwargs: dict[str, Any] | None = None, key: Any = None,
                timeout: float | None = None) -> Reply[Any]:
@@ -330,22 +353,7 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
         timeout = pool.timeout
     sent = _monotonic()  # (a little early: the routing below is in the member's latency)
     deadline = None if timeout is None else sent + timeout
-    # ``pool._pick(key, None, first=True)``, written out for every circuit closed (one
-    # lock, no list made): the hot path of each call
-    member: PoolMember | None = None
-    lock = pool._lock
-    lock.acquire()  # not ``with``: see members.succeeded
-    try:
-        calls = pool._calls = pool._calls + 1
-        candidates = pool._candidates
-        if pool._closed and candidates:
-            member = pool._router.choose(candidates, key)
-            member.in_flight += 1
-            member.calls += 1
-    finally:
-        lock.release()
-    if not calls & 15:
-        pool._budget_sync()  # the retry budget is told of calls 16 at a time
+    member = pool._pick_first(pool, key)  # ``pick_first``, or the same in C
     if member is None:
         member = pool._pick(key, None)  # some circuit is not closed: ask each
         if member is None:  # every circuit open: a reply that fails with CircuitOpen
@@ -357,19 +365,15 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
     try:  # ``ref.call_with``, its method checked by the pool already
         reply = (member.hub or member.attach()).call_deadline(
             member.ref, method, args, kwargs, deadline, None,
-            MethodType(first_outcome, (pool, member, method, args, kwargs, key, deadline, sent)),
+            MethodType(first_outcome, (pool, member, method, args, kwargs, key, deadline, sent))
+            if pool._make_hook is None  # else the same hook in C (actorq/_native/_pool.c)
+            else pool._make_hook(pool, member, method, args, kwargs, key, deadline, sent),
             pool._token_prefix)
     except (TypeError, AttributeError):
         pool._release(member)
         raise  # bad input: nothing was sent
     except Exception as exc:  # not sent (the member is gone): retried by policy
-        call = _Call(pool, method, args, kwargs, key, deadline)
-        call.attempt = 1
-        call.member = member
-        reply = call.outer
-        call._attempt_failed(member, exc)
-        if reply.done():
-            return reply
+        return first_not_sent(pool, member, method, args, kwargs, key, deadline, timeout, exc)
     if deadline is not None and timeout is not None:  # (answered already, rarely: the
         due = pool._due                                   # queue drops it in turn)
         if due:  # others in the queue: is this one in order? (watch)
@@ -378,6 +382,22 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
             due.append((deadline, reply, method, timeout))
             if pool._due_at > deadline:  # read after the append (see watch)
                 rearm(pool)
+    return reply
+
+
+def first_not_sent(pool: MemberSet, member: PoolMember, method: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any] | None, key: Any, deadline: float | None,
+                   timeout: float | None, exc: Exception) -> Reply[Any]:
+    """A first attempt that *member* could not be sent (*exc*: it is gone): a ``_Call``
+    now, retried by policy, its reply watched for its deadline (``send_first``'s, and
+    the C one's, actorq/_native/_pool.c)."""
+    call = _Call(pool, method, args, kwargs, key, deadline)
+    call.attempt = 1
+    call.member = member
+    reply = call.outer
+    call._attempt_failed(member, exc)
+    if not reply.done() and deadline is not None and timeout is not None:
+        watch(pool, (deadline, reply, method, timeout))
     return reply
 
 

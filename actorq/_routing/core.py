@@ -20,18 +20,37 @@ from functools import partial
 from types import MethodType
 from typing import TYPE_CHECKING, Any
 
+from actorq import _native
 from actorq._core.reply import Reply
 from actorq._resilience.backoff import Backoff
 from actorq._resilience.circuit import CircuitBreaker
 from actorq._resilience.retry import Retry
 from actorq._routing.autoscale import Autoscaler
-from actorq._routing.calls import _Call, bare_outcome, first_outcome, send_first
+from actorq._routing.calls import (
+    _Call,
+    bare_outcome,
+    first_not_sent,
+    first_outcome,
+    pick_first,
+    send_first,
+)
+from actorq._routing.deadlines import rearm, watch
 from actorq._routing.hosts import PoolHost
 from actorq._routing.idempotency import Idempotency
-from actorq._routing.members import PoolMember, default_replace_backoff
+from actorq._routing.members import EWMA_ALPHA, PoolMember, default_replace_backoff
 from actorq._routing.metrics import STAT_NAMES, PoolStatistics
 from actorq._routing.options import check_timeout
-from actorq._routing.routers import PLAIN_KEYS, key_point, make_router
+from actorq._routing.routers import (
+    PLAIN_KEYS,
+    SLOT_CACHE_KEYS,
+    ConsistentHash,
+    Fastest,
+    LeastLoaded,
+    RoundRobin,
+    Router,
+    key_point,
+    make_router,
+)
 from actorq._routing.scheduler import SCHEDULER
 
 if TYPE_CHECKING:
@@ -45,8 +64,8 @@ KeyRoute = Callable[["PoolCore", str, tuple[Any, ...], Any, Any], Reply[Any]]
 class PoolCore(Idempotency, Autoscaler):
     """A pool's members, figures and call paths (see the module docstring)."""
 
-    __slots__ = ("__weakref__", "_bare", "_route", "_route_key", "cls_name", "handlers",
-                 "routing")
+    __slots__ = ("__weakref__", "_bare", "_bare_route", "_route", "_route_key",
+                 "_send_route", "cls_name", "handlers", "routing")
 
     def __init__(self, host: PoolHost, name: str, cls: type | None, cls_name: str,
                  handlers: frozenset[str], args: tuple[Any, ...], kwargs: dict[str, Any], *,
@@ -70,6 +89,14 @@ class PoolCore(Idempotency, Autoscaler):
         self._closed = True
         self._args, self._kwargs = args, kwargs
         self._router = make_router(routing)
+        # the C pool calls (actorq/_native/_pool.c) if selected now, else the Python ones
+        native = _native.PoolCalls
+        self._bare_route: Callable[..., Reply[Any]] = (PoolCore._bare_call if native is None
+                                                       else native.bare_call)
+        self._send_route: Callable[..., Reply[Any]] = (send_first if native is None
+                                                       else native.send_first)
+        self._pick_first = pick_first if native is None else native.pick_first
+        self._make_hook = None if native is None else native.hook
         self._route: Route = self._choose_route()
         self._route_key: KeyRoute = self._choose_key_route()
         self._token_prefix = f"{name}/{os.getpid()}/"
@@ -201,16 +228,16 @@ class PoolCore(Idempotency, Autoscaler):
         if self._router.needs_key:
             return PoolCore._route_checked  # raises: a hash pool needs key=
         if self._bare and self.timeout is None:
-            return PoolCore._bare_call
-        return send_first  # a retry, a circuit or a deadline: a _Call only on a failure
+            return self._bare_route
+        return self._send_route  # a retry, a circuit or a deadline: a _Call only on a failure
 
     def _choose_key_route(self) -> KeyRoute:
         """The function a call whose only keyword is a ``key=`` of a plain type takes
         (``pool.method(x, key=k)``): such a key always hashes, and a pool that does not
         route by hash ignores it."""
         if self._bare and self.timeout is None:
-            return PoolCore._bare_call
-        return send_first
+            return self._bare_route
+        return self._send_route
 
     def _route_checked(self, method: str, args: tuple[Any, ...]) -> Reply[Any]:
         return self.submit(method, args, {}, None, None, None)
@@ -233,8 +260,8 @@ class PoolCore(Idempotency, Autoscaler):
         if idem is not None:
             return self._submit_keyed(method, args, kwargs, key, timeout, idem)
         if timeout is None and self._bare:
-            return self._bare_call(method, args, kwargs, key)
-        return send_first(self, method, args, kwargs, key, timeout)
+            return self._bare_route(self, method, args, kwargs, key)
+        return self._send_route(self, method, args, kwargs, key, timeout)
 
     def _submit_keyed(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                       key: Any, timeout: float | None, idem: Any) -> Reply[Any]:
@@ -287,3 +314,15 @@ class PoolCore(Idempotency, Autoscaler):
         except BaseException:
             self._uncount(member)
             raise
+
+
+if _native.POOL_C is not None:  # what the C pool calls stand for (see _pool.c)
+    _native.POOL_C.configure({
+        "bare_call": PoolCore._bare_call, "pick_first": pick_first,
+        "first_outcome": first_outcome, "send_first": send_first,
+        "first_not_sent": first_not_sent, "watch": watch, "rearm": rearm,
+        "PoolCore": PoolCore, "PoolMember": PoolMember, "Router": Router,
+        "RoundRobin": RoundRobin, "LeastLoaded": LeastLoaded, "Fastest": Fastest,
+        "ConsistentHash": ConsistentHash, "ewma_alpha": EWMA_ALPHA,
+        "slot_cache_keys": SLOT_CACHE_KEYS,
+        "lock": threading.Lock()})

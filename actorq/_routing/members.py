@@ -97,8 +97,9 @@ class MemberSet:
                  "_closed",
                  "_config", "_due", "_due_at", "_expiring", "_host", "_idem_done",
                  "_idem_running", "_idem_size", "_idem_ttl",
-                 "_idle_since", "_kwargs", "_lock", "_lost_at", "_lost_streak", "_members",
-                 "_owner", "_replace_backoff", "_resize_lock", "_retired_stats", "_router",
+                 "_idle_since", "_kwargs", "_lock", "_lost_at", "_lost_streak", "_make_hook",
+                 "_members", "_owner", "_pick_first", "_replace_backoff", "_resize_lock",
+                 "_retired_stats", "_router",
                  "_stats", "_stopped", "_succeeded", "_timers", "_token_prefix", "circuit",
                  "cls",
                  "idle_timeout", "max_size", "min_size", "name", "retry", "timeout")
@@ -121,6 +122,10 @@ class MemberSet:
     _budget: RetryBudget | None
     _budget_told: int  # calls the retry budget has been told of (``_count_call``)
     _lock: threading.Lock
+    # a first attempt's pick and hook (calls.pick_first, and None: ``first_outcome`` bound
+    # to its context), or the same in C (actorq/_native/_pool.c), chosen at construction
+    _pick_first: Callable[[MemberSet, Any], PoolMember | None]
+    _make_hook: Callable[..., Callable[[Reply[Any], Any, BaseException | None], bool]] | None
     _members: list[PoolMember]
     _candidates: list[PoolMember]
     _stopped: bool

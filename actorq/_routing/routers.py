@@ -68,6 +68,8 @@ class Member(Protocol):
 class Router:
     """Base class: ``choose(candidates, key)`` returns one of *candidates* (not empty)."""
 
+    __slots__ = ("_turn",)  # (read and written in C too: actorq/_native/_pool.c)
+
     name = "?"
     needs_key = False
 
@@ -86,6 +88,8 @@ class Router:
 class RoundRobin(Router):
     """Each member in turn."""
 
+    __slots__ = ()
+
     name = "round_robin"
 
     def choose(self, candidates: Sequence[Any], key: Any = None) -> Any:
@@ -95,6 +99,8 @@ class RoundRobin(Router):
 
 class LeastLoaded(Router):
     """The fewest calls in flight; ties broken in turn, so that idle members share."""
+
+    __slots__ = ()
 
     name = "least_loaded"
 
@@ -122,6 +128,8 @@ class Fastest(Router):
     A member without a latency sample yet has ``ewma == 0``: it is tried first, which is
     how it gets one. Ties go in turn.
     """
+
+    __slots__ = ()
 
     name = "fastest"
 
@@ -193,6 +201,9 @@ class ConsistentHash(Router):
     whose circuit is open hands its keys to the next ones on the ring, and gets them back
     once it closes.
     """
+
+    __slots__ = ("_after", "_bucket_mask", "_buckets", "_cache", "_owners", "_points",
+                 "_shift", "_slots", "vnodes")
 
     name = "hash"
     needs_key = True
