@@ -95,6 +95,23 @@ u64_array: Callable[[Any], U64Slots] = _ring.U64Array if _ring is not None else 
 RingCore: Any = _ring.RingCore if _ring is not None else None
 # ``fence()``: a full memory barrier in C, or None (the fallback is a lock in channel.py)
 fence: Callable[[], None] | None = _ring.fence if _ring is not None else None
+# A lone call's steps in an actor (actorq/_actorproc/handling.py ``serve_alone``,
+# replies.py ``send_reply``), or None (the Python code beside them is the fallback):
+# ``lone_begin``, ``lone_commit`` and ``write_reply`` (see _ring.c)
+lone_begin: Callable[..., int] | None = None
+lone_commit: Callable[..., int] | None = None
+write_reply: Callable[..., int | None] | None = None
+
+
+def _select_lone() -> None:
+    global lone_begin, lone_commit, write_reply
+    on = NATIVE_RING and _ring is not None
+    lone_begin = _ring.lone_begin if on and _ring is not None else None
+    lone_commit = _ring.lone_commit if on and _ring is not None else None
+    write_reply = _ring.write_reply if on and _ring is not None else None
+
+
+_select_lone()
 
 
 def select(native: bool) -> bool:
@@ -105,7 +122,9 @@ def select(native: bool) -> bool:
     NATIVE_RING = native and _ring is not None
     u64_array = _ring.U64Array if NATIVE_RING and _ring is not None else u64_array_py
     RingCore = _ring.RingCore if NATIVE_RING and _ring is not None else None
+    _select_lone()
     return NATIVE_RING
 
 __all__ = ["HAVE_RING", "NATIVE", "NATIVE_RING", "STREAMING", "BlockView", "RingCore", "U64Slots",
-           "copy_into", "fence", "select", "u64_array"]
+           "copy_into", "fence", "lone_begin", "lone_commit", "select", "u64_array",
+           "write_reply"]
