@@ -19,6 +19,15 @@ environment forces the fallbacks (the test suite runs both).
 
 - ``fence()``: a full memory barrier (``_ring.c``); None without the C helpers (the
   fallback, a ``threading.Lock`` taken and released, is actorq/_transport/channel.py's).
+- ``lone_begin``, ``lone_commit``, ``write_reply``: an actor's lone call
+  (actorq/_actorproc/handling.py ``serve_alone``, replies.py ``send_reply``) in three C
+  calls (``_ring.c``, its last section): its start (the stop and predecessor checks, the
+  crash attribution slots set, its sequence number read), its commit (counted, the
+  record's head and handled count stored, the busy slot cleared, then a fence and the
+  producer's want loaded) and its reply's write (a reply of plain data marshalled and
+  written as its own record, the doorbell's hold decided). None without the C helpers:
+  the Python code beside each call is the fallback, and stores the same bytes
+  (tests/native/test_lone_call.py).
 
 ``select(native)`` switches this process between the C helpers and the fallbacks for
 what is made from then on (the tests run both, and both against each other).

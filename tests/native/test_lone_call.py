@@ -32,6 +32,7 @@ from actorq._transport.ring import (
     H_HEAD,
     H_READER,
     H_TAIL,
+    H_WANT,
     READER_EXPECTED,
     Ring,
 )
@@ -74,6 +75,11 @@ def test_a_lone_calls_start_and_commit_set_the_slots_python_sets(
     assert (slots[C_TOKEN], slots[C_REPLY_TO], slots[C_SEQ], slots[C_BUSY]) == (77, 6, 41, 3)
     assert _native.lone_commit(slots, hdr, seq, 640) == 0  # nobody waits for credit
     assert (slots[C_HANDLED], slots[C_BUSY], hdr[H_HANDLED], hdr[H_HEAD]) == (1, 0, 42, 640)
+    # a producer waiting for credit: its want, loaded after the commit
+    hdr[H_WANT] = 5
+    assert _native.lone_commit(slots, hdr, 42, 700) == 5
+    assert (slots[C_HANDLED], hdr[H_HANDLED], hdr[H_HEAD]) == (2, 43, 700)
+    hdr[H_HANDLED] = 42
     # a tell (token 0) leaves the reply slot as it was
     slots[C_REPLY_TO] = 0
     assert _native.lone_begin(slots, hdr, 640, 0, 9, 3) == 42
