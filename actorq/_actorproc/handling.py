@@ -69,8 +69,8 @@ class Handling(Replies):
                     self.serve_alone(chan, rec, [], msgs)):
                 n += 1
                 continue
-            now = time.perf_counter() if self.times_reads else 0.0
-            return n + self._take_record(chan, rec, now) + super().drain(limit)
+            # the general decode (a record queued or left open ends the loop above)
+            n += self._take_record(chan, rec, time.perf_counter() if self.times_reads else 0.0)
         return n
 
     def serve_alone(self, chan: InChannel, rec: Any, unlink: list[Any],
