@@ -12,6 +12,7 @@ import os
 import socket
 from typing import Any, Protocol
 
+from actorq import _native
 from actorq._core.hub import Hub
 from actorq._core.protocol import Boot
 from actorq._transport.aimd import AIMDWindow
@@ -56,6 +57,13 @@ class ActorHubState(Hub):
         # a reply whose doorbell is held back for its caller (``hold_doorbell``): its
         # channel, the ring's tail just past it, and when to ring after all
         self.held: tuple[OutChannel, int, float] | None = None
+        # a lone call's start and commit (``serve_alone``) and a reply's write
+        # (``send_reply``) in C, or None: the Python code beside them (with the C
+        # helpers, the shared memory's slots are made ``U64Array``s: _native.select)
+        native = _native.NATIVE_RING
+        self.lone_begin = _native.lone_begin if native else None
+        self.lone_commit = _native.lone_commit if native else None
+        self.write_reply = _native.write_reply if native else None
         self.aimd: AIMDWindow | None = None
         target = info.window_target
         if target is not None:

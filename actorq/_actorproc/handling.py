@@ -31,7 +31,7 @@ from actorq._core.receiving import BadMessage
 from actorq._errors import ActorStopped, CallTimeout, format_remote, raised_at
 from actorq._transport.channel import C_WINDOW, InChannel, OpenRecord
 from actorq._transport.oob import run_after_commit
-from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_HEAD
+from actorq._transport.ring import H_CUR_REC, H_CUR_SUB, H_HANDLED, H_HEAD, H_TAIL, Loaded
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,34 @@ _PLAIN = frozenset({type(None), int, float, str, bytes, bool, tuple, list, dict,
 
 class Handling(Replies):
     """Dispatching, running and finishing an actor's messages (a part of ``ActorHub``)."""
+
+    def drain(self, limit: int = 0) -> int:
+        """``Receiving.drain``, with the C helpers the latency path first: while the
+        actor is idle with nothing open, each record at the head of its one inbound ring
+        that is a lone plain call is served here (``serve_alone``), a frame and
+        ``_take_record``'s general decode less (≈ 3k instructions of a round trip:
+        benchmarks/msgpath_harness.py call-real). Anything else goes the general way."""
+        chans = self.inbound.all
+        if len(chans) != 1 or self.lone_begin is None or not self.serves_alone:
+            return super().drain(limit)
+        chan = chans[0]
+        hdr = chan.ring.hdr
+        n = 0
+        while hdr[H_TAIL] != chan.cursor:
+            if self.busy or self.queue or chan.open_records:
+                return n + super().drain(limit)
+            rec = chan.ring.core.read_plain(chan.cursor)
+            if rec is None:  # pragma: no cover - a published tail always has a record
+                break
+            chan.cursor = rec.end
+            msgs = rec[1]
+            if type(rec) is Loaded and type(msgs) is list and len(msgs) == 1 and (
+                    self.serve_alone(chan, rec, [], msgs)):
+                n += 1
+                continue
+            # the general decode (a record queued or left open ends the loop above)
+            n += self._take_record(chan, rec, time.perf_counter() if self.times_reads else 0.0)
+        return n
 
     def serve_alone(self, chan: InChannel, rec: Any, unlink: list[Any],
                     msgs: Any) -> bool:
@@ -77,24 +105,33 @@ class Handling(Replies):
             self.ring_held()
         _op, token, reply_to, method, args, kwargs = msg
         fn = self.host.handlers.get(method)
-        slots = self.ctl.slots
-        hdr = chan.ring.hdr  # skip_count(rec.pos) != 0, inlined: a predecessor handled it
-        if fn is None or slots[C_STOP] or (hdr[H_CUR_REC] == rec.pos and hdr[H_CUR_SUB]):
+        if fn is None:
             return False
+        if self.dirty:
+            self.flush_dirty()  # earlier replies out before the next handler runs
+        slots = self.ctl.slots
+        hdr = chan.ring.hdr
+        begin = self.lone_begin
+        if begin is not None:  # the lines below in one C call (_native: lone_begin)
+            seq = begin(slots, hdr, rec.pos, token, reply_to, chan.sender_id + 1)
+            if seq < 0:
+                return False
+        else:
+            # skip_count(rec.pos) != 0, inlined: a predecessor handled it
+            if slots[C_STOP] or (hdr[H_CUR_REC] == rec.pos and hdr[H_CUR_SUB]):
+                return False
+            slots[C_TOKEN] = token
+            if token:
+                slots[C_REPLY_TO] = reply_to + 1
+            # the head record's first message; until the commit below nothing else
+            # commits on this ring (a handler that reads its rings tracks the record
+            # first: track_alone), so the count is kept for it (a header load less)
+            seq = hdr[H_HANDLED]
+            slots[C_SEQ] = seq
+            slots[C_BUSY] = chan.sender_id + 1
         if type(msgs) is list:  # (a marshalled tuple holds plain data: no buffers)
             msgs.clear()
         del msg
-        if self.dirty:
-            self.flush_dirty()  # earlier replies out before the next handler runs
-        slots[C_TOKEN] = token
-        if token:
-            slots[C_REPLY_TO] = reply_to + 1
-        # the head record's first message; until the commit below nothing else commits
-        # on this ring (a handler that reads its rings tracks the record first:
-        # track_alone), so the count is kept for it (a header load less)
-        seq = hdr[H_HANDLED]
-        slots[C_SEQ] = seq
-        slots[C_BUSY] = chan.sender_id + 1
         self.busy = True
         self.sync_depth += 1
         self.alone = (chan, rec, unlink)
@@ -117,22 +154,29 @@ class Handling(Replies):
             self.hold(result, entry or chan.open(rec, unlink), 0, token, reply_to)
             return True
         self.busy = False
-        slots[C_HANDLED] += 1
         # committed: its credit is back before the reply is
-        if entry is None:
+        want = -1  # a producer waiting for credit: -1 not looked for yet, else its want
+        if entry is None and not unlink and self.lone_commit is not None:
+            # the lines below, in C, then a fence and the want loaded (the reply is
+            # written before that producer is rung, as below)
+            want = self.lone_commit(slots, hdr, seq, rec.end)
+        elif entry is None:
+            slots[C_HANDLED] += 1
             # chan.commit_now(rec, unlink), written out; its look for a producer waiting
             # for credit comes after the reply (below)
             hdr[H_HANDLED] = seq + 1  # rec.count: one call
             hdr[H_HEAD] = rec.end
             if unlink:
                 run_after_commit(unlink)
+            slots[C_BUSY] = 0  # after the commit: a crash in between must not redeliver it
         else:  # tracked while the handler waited (it read its rings): commit in order
+            slots[C_HANDLED] += 1
             entry.done_one(0)
-        slots[C_BUSY] = 0  # after the commit: a crash in between must not redeliver it
+            slots[C_BUSY] = 0
         if token:
             self.send_reply(reply_to, (OP_REPLY, token, True, result, ""), True)  # hold
             slots[C_TOKEN] = 0  # the reply is out: a crash now fails no caller
-        if entry is None:
+        if want and entry is None:
             # send_reply took a lock after the commit: a full fence between the handled
             # count stored and the producer's want loaded (``InChannel.credit_returned``)
             chan.credit_returned(token != 0)

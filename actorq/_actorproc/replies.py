@@ -44,13 +44,18 @@ class Replies(ActorHubState):
             except ActorStopped:
                 fence()
                 return  # the caller is gone: nobody is waiting for this reply
-        written = held = 0
+        written: int | None = 0
+        held = 0
+        write = self.write_reply
         lock = chan.lock
         lock.acquire()  # not ``with``: once per reply, and the block costs ~1.1k more
         try:
-            if not chan.outbox and not chan.encoded:
+            if not chan.outbox and not chan.encoded and (
+                    write is None or (written := write(chan.ring.core, msg, self.max_inline,
+                                                       hold)) is None):
                 # The common case: written now, as its own record (the caller may be
-                # spinning on it); the call itself was committed just before.
+                # spinning on it); the call itself was committed just before. (In C:
+                # ``write_reply``, which leaves the rest of this block to Python.)
                 if type(msg[3]) in SAFE_TYPES:  # plain data: marshalled (LONE_MARSHAL)
                     body, count = _marshal([msg], LONE_MARSHAL), 1
                     if len(body) > self.max_inline:
@@ -63,7 +68,9 @@ class Replies(ActorHubState):
                     chan.encoded_count += count
                 elif hold and chan.ring.hdr[H_READER] == READER_EXPECTED:
                     held = written
-            else:
+            elif written is not None and written < 0:  # written in C: held (as above)
+                held = written = -written
+            elif not written:
                 self.wrap_bare(chan).append(msg)
         finally:
             lock.release()

@@ -25,6 +25,15 @@ environment forces the fallbacks (the test suite runs both).
 
 - ``fence()``: a full memory barrier (``_ring.c``); None without the C helpers (the
   fallback, a ``threading.Lock`` taken and released, is actorq/_transport/channel.py's).
+- ``lone_begin``, ``lone_commit``, ``write_reply``: an actor's lone call
+  (actorq/_actorproc/handling.py ``serve_alone``, replies.py ``send_reply``) in three C
+  calls (``_ring.c``, its last section): its start (the stop and predecessor checks, the
+  crash attribution slots set, its sequence number read), its commit (counted, the
+  record's head and handled count stored, the busy slot cleared, then a fence and the
+  producer's want loaded) and its reply's write (a reply of plain data marshalled and
+  written as its own record, the doorbell's hold decided). None without the C helpers:
+  the Python code beside each call is the fallback, and stores the same bytes
+  (tests/native/test_lone_call.py).
 
 - ``ReplyCore``: the fields of a ``Reply`` and its construction in C, its ``done()`` one
   C call (``_ring.c``); None without the C helpers (the fallback is
@@ -112,6 +121,23 @@ u64_array: Callable[[Any], U64Slots] = _ring.U64Array if _ring is not None else 
 RingCore: Any = _ring.RingCore if _ring is not None else None
 # ``fence()``: a full memory barrier in C, or None (the fallback is a lock in channel.py)
 fence: Callable[[], None] | None = _ring.fence if _ring is not None else None
+# A lone call's steps in an actor (actorq/_actorproc/handling.py ``serve_alone``,
+# replies.py ``send_reply``), or None (the Python code beside them is the fallback):
+# ``lone_begin``, ``lone_commit`` and ``write_reply`` (see _ring.c)
+lone_begin: Callable[..., int] | None = None
+lone_commit: Callable[..., int] | None = None
+write_reply: Callable[..., int | None] | None = None
+
+
+def _select_lone() -> None:
+    global lone_begin, lone_commit, write_reply
+    on = NATIVE_RING and _ring is not None
+    lone_begin = _ring.lone_begin if on and _ring is not None else None
+    lone_commit = _ring.lone_commit if on and _ring is not None else None
+    write_reply = _ring.write_reply if on and _ring is not None else None
+
+
+_select_lone()
 
 
 ReplyCore: Any = _ring.ReplyCore if _ring is not None else None
@@ -148,8 +174,9 @@ def select(native: bool) -> bool:
     # (the replies' C fields, ``ReplyCore``, are chosen once, when reply.py is imported;
     # ``take_reply`` completes only those, and leaves the others to the Python path)
     take_reply = _ring.take_reply if NATIVE_RING and _ring is not None else take_reply_py
+    _select_lone()
     return NATIVE_RING
 
 __all__ = ["HAVE_POOL", "HAVE_RING", "NATIVE", "NATIVE_RING", "POOL_C", "STREAMING", "BlockView",
-           "PoolCalls", "ReplyCore", "RingCore", "U64Slots", "copy_into", "fence", "select",
-           "take_reply", "take_reply_py", "u64_array"]
+           "PoolCalls", "ReplyCore", "RingCore", "U64Slots", "copy_into", "fence", "lone_begin",
+           "lone_commit", "select", "take_reply", "take_reply_py", "u64_array", "write_reply"]

@@ -670,6 +670,182 @@ fence(PyObject *module, PyObject *Py_UNUSED(ignored))
 static PyTypeObject ReplyCore_Type;
 static PyObject *take_reply(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
+/* ---------------------------------------------------------------------------------
+ * The actor's lone call (actorq/_actorproc/handling.py ``serve_alone``), its steps that
+ * are only loads and stores of shared counters and one record write, each one C call
+ * where the interpreter ran 15-40 bytecodes and as many item accesses (issue 15: the
+ * round trip's instructions). Each does exactly what the Python code beside it does
+ * (ACTORQ_NO_NATIVE=1 runs that code): the same slots, the same bytes, in the same
+ * order.
+ * --------------------------------------------------------------------------------- */
+
+/* control block slots (actorq/_core/protocol.py) */
+#define SV_C_BUSY 8
+#define SV_C_TOKEN 9
+#define SV_C_REPLY_TO 10
+#define SV_C_SEQ 12
+#define SV_C_HANDLED 18
+#define SV_C_STOP 20
+#define SV_C_SLOTS 21          /* at least this many slots */
+/* ring header words (actorq/_transport/ring.py) */
+#define SV_H_HANDLED 1
+#define SV_H_CUR_REC 2
+#define SV_H_CUR_SUB 3
+#define SV_H_READER 4
+#define SV_H_WANT 10
+#define SV_READER_EXPECTED 2
+#define SV_LONE_MARSHAL 2   /* actorq/_transport/oob.py LONE_MARSHAL */
+
+/* The words of *obj*, a live U64Array of at least *need* items; NULL with an exception
+ * set otherwise. */
+static uint64_t *
+words_of(PyObject *obj, Py_ssize_t need, const char *what)
+{
+    if (Py_TYPE(obj) != &U64Array_Type) {
+        PyErr_Format(PyExc_TypeError, "%s must be a U64Array, not %.100s", what,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    U64Array *a = (U64Array *)obj;
+    if (released(a))
+        return NULL;
+    if (a->n < need) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd slots, fewer than %zd", what, a->n,
+                     need);
+        return NULL;
+    }
+    return a->words;
+}
+
+#define SV_LOAD(w, i) __atomic_load_n(&(w)[i], __ATOMIC_ACQUIRE)
+#define SV_STORE(w, i, v) __atomic_store_n(&(w)[i], (uint64_t)(v), __ATOMIC_RELEASE)
+
+/* lone_begin(slots, hdr, pos, token, reply_to, busy) -> int */
+static PyObject *
+lone_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "lone_begin(slots, hdr, pos, token, reply_to, busy) "
+                     "takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    uint64_t *slots = words_of(args[0], SV_C_SLOTS, "lone_begin: slots");
+    if (slots == NULL)
+        return NULL;
+    uint64_t *hdr = words_of(args[1], SV_H_READER + 1, "lone_begin: hdr");
+    if (hdr == NULL)
+        return NULL;
+    unsigned long long v[4];
+    static const char *names[4] = {"pos", "token", "reply_to", "busy"};
+    for (int i = 0; i < 4; i++) {
+        v[i] = position_of(args[2 + i], names[i]);
+        if (v[i] == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (SV_LOAD(slots, SV_C_STOP) ||
+            (SV_LOAD(hdr, SV_H_CUR_REC) == v[0] && SV_LOAD(hdr, SV_H_CUR_SUB)))
+        return PyLong_FromLong(-1);
+    SV_STORE(slots, SV_C_TOKEN, v[1]);
+    if (v[1])
+        SV_STORE(slots, SV_C_REPLY_TO, v[2] + 1);
+    uint64_t seq = SV_LOAD(hdr, SV_H_HANDLED);
+    SV_STORE(slots, SV_C_SEQ, seq);
+    SV_STORE(slots, SV_C_BUSY, v[3]);
+    return PyLong_FromUnsignedLongLong(seq);
+}
+
+/* lone_commit(slots, hdr, seq, end) -> int: the producer's want, loaded after a fence */
+static PyObject *
+lone_commit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "lone_commit(slots, hdr, seq, end) takes 4 "
+                     "arguments (%zd given)", nargs);
+        return NULL;
+    }
+    uint64_t *slots = words_of(args[0], SV_C_SLOTS, "lone_commit: slots");
+    if (slots == NULL)
+        return NULL;
+    uint64_t *hdr = words_of(args[1], SV_H_WANT + 1, "lone_commit: hdr");
+    if (hdr == NULL)
+        return NULL;
+    unsigned long long seq = position_of(args[2], "seq");
+    if (seq == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    unsigned long long end = position_of(args[3], "end");
+    if (end == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    SV_STORE(slots, SV_C_HANDLED, SV_LOAD(slots, SV_C_HANDLED) + 1);
+    SV_STORE(hdr, SV_H_HANDLED, seq + 1);  /* one call */
+    SV_STORE(hdr, H_HEAD, end);
+    SV_STORE(slots, SV_C_BUSY, 0);  /* after the commit: a crash in between must not
+                                     * redeliver it */
+    /* store handled, then load want (channel.py ``InChannel.credit_returned``) */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return PyLong_FromUnsignedLongLong(SV_LOAD(hdr, SV_H_WANT));
+}
+
+/* A reply's value that marshal writes as it is (actorq/_serialization.py SAFE_TYPES). */
+static int
+plain_value(PyObject *v)
+{
+    return v == Py_None || PyLong_CheckExact(v) || PyBool_Check(v) ||
+        PyFloat_CheckExact(v) || PyUnicode_CheckExact(v) || PyBytes_CheckExact(v) ||
+        PyComplex_CheckExact(v);
+}
+
+/* write_reply(core, msg, max_inline, hold) -> int | None */
+static PyObject *
+write_reply(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "write_reply(core, msg, max_inline, hold) takes 4 "
+                     "arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *core = args[0], *msg = args[1];
+    if (Py_TYPE(core) != &RingCore_Type)
+        Py_RETURN_NONE;  /* the Python core (ring.py): the caller writes it */
+    if (!PyTuple_CheckExact(msg) || PyTuple_GET_SIZE(msg) != 5) {
+        PyErr_SetString(PyExc_TypeError, "write_reply: msg must be a reply tuple of 5");
+        return NULL;
+    }
+    if (!plain_value(PyTuple_GET_ITEM(msg, 3)))
+        Py_RETURN_NONE;
+    Py_ssize_t max_inline = PyLong_AsSsize_t(args[2]);
+    if (max_inline == -1 && PyErr_Occurred())
+        return NULL;
+    int hold = PyObject_IsTrue(args[3]);
+    if (hold < 0)
+        return NULL;
+    PyObject *list = PyList_New(1);
+    if (list == NULL)
+        return NULL;
+    PyList_SET_ITEM(list, 0, Py_NewRef(msg));
+    PyObject *body = PyMarshal_WriteObjectToString(list, SV_LONE_MARSHAL);
+    Py_DECREF(list);
+    if (body == NULL)
+        return NULL;
+    if (PyBytes_GET_SIZE(body) > max_inline) {
+        Py_DECREF(body);
+        Py_RETURN_NONE;  /* the spill path (Python) */
+    }
+    PyObject *written = RingCore_try_write((RingCore *)core, &body, 1);
+    Py_DECREF(body);
+    if (written == NULL)
+        return NULL;
+    unsigned long long end = PyLong_AsUnsignedLongLong(written);
+    if (end == 0) {
+        Py_DECREF(written);
+        Py_RETURN_NONE;  /* no room now: the caller queues it */
+    }
+    if (hold && SV_LOAD(((RingCore *)core)->hdr, SV_H_READER) == SV_READER_EXPECTED) {
+        Py_DECREF(written);
+        return PyLong_FromLongLong(-(long long)end);
+    }
+    return written;
+}
+
 static PyMethodDef methods[] = {
     {"fence", fence, METH_NOARGS,
      "fence(): a full memory barrier (sequentially consistent)."},
@@ -677,6 +853,20 @@ static PyMethodDef methods[] = {
      "take_reply(core, pos, tail, pending) -> int | Loaded | Record | None: complete a "
      "lone plain reply from the ring and commit it (the new cursor), else read_plain's "
      "record for the Python path (see the last section of _ring.c)."},
+    {"lone_begin", (PyCFunction)(void (*)(void))lone_begin, METH_FASTCALL,
+     "lone_begin(slots, hdr, pos, token, reply_to, busy) -> int: a lone call's start "
+     "(handling.py ``serve_alone``): -1 if a stop is asked or a predecessor handled the "
+     "record at *pos*; else the crash attribution slots set, and the ring's handled "
+     "count (the call's sequence number)."},
+    {"lone_commit", (PyCFunction)(void (*)(void))lone_commit, METH_FASTCALL,
+     "lone_commit(slots, hdr, seq, end) -> int: a lone call handled: counted, its "
+     "record committed (handled seq + 1, head *end*), the busy slot cleared; then a full "
+     "fence and the ring's want (a producer waiting for credit) loaded."},
+    {"write_reply", (PyCFunction)(void (*)(void))write_reply, METH_FASTCALL,
+     "write_reply(core, msg, max_inline, hold) -> int | None: a reply of plain data "
+     "marshalled and written as its own record (replies.py ``send_reply``): the new tail, "
+     "its negative if *hold* and the reader said it would spin on the ring; None if not "
+     "written (not plain data, too big, no room, or a Python core)."},
     {NULL, NULL, 0, NULL}
 };
 
