@@ -21,7 +21,8 @@ environment forces the fallbacks (the test suite runs both).
   (``_pool.c``: ``bare_call``, ``pick_first``, ``hook``), which the pools made while it
   is selected use; None without the C helpers (the fallback is actorq/_routing's
   Python, which takes the pool's lock around its counts: the C code counts only while
-  nobody holds it, see _pool.c).
+  nobody holds it, see _pool.c). Not loaded on a free-threaded CPython: its counts rely
+  on the GIL.
 
 - ``fence()``: a full memory barrier (``_ring.c``); None without the C helpers (the
   fallback, a ``threading.Lock`` taken and released, is actorq/_transport/channel.py's).
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Protocol
@@ -154,7 +156,9 @@ take_reply: Callable[[Any, int, int | None, dict[int, Any]], Any] = (
     _ring.take_reply if _ring is not None else take_reply_py)
 
 
-_pool = _load("_pool")
+# The C pool calls count without a lock because they hold the GIL (see _pool.c): a
+# free-threaded CPython has none, so there the Python path (with its lock) is used.
+_pool = _load("_pool") if getattr(sys, "_is_gil_enabled", lambda: True)() else None
 HAVE_POOL = _pool is not None  # the C pool calls are built (and not forced off)
 # The C module of pool calls, to configure (actorq/_routing/core.py), or None
 POOL_C: Any = _pool
