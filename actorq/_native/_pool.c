@@ -689,6 +689,36 @@ uncount(PyObject *pool, PyObject *member)
     PyErr_Restore(t, v, tb);
 }
 
+/* A member picked and counted (the pool's calls, the member's calls and in flight) while
+ * the pool's lock is free and the router decides here: 1 and a new reference in *out*
+ * (*calls*, if not NULL: the pool's calls now); 0 if not (nothing changed: the Python
+ * code decides, and raises if there is no candidate); -1 on error. */
+static int
+pick_counted(PyObject *pool, PyObject *key, long *calls, PyObject **out)
+{
+    int held = lock_held(pool);
+    if (held != 0)
+        return held < 0 ? -1 : 0;
+    PyObject *candidates = candidates_of(pool);
+    if (candidates == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *member = NULL;
+    int chosen = choose(pool, candidates, key, &member);
+    if (chosen <= 0) {
+        Py_DECREF(candidates);
+        return chosen;
+    }
+    Py_INCREF(member);
+    Py_DECREF(candidates);
+    if (add_long(pool, P_CALLS, 1, calls) < 0 || add_long(member, M_IN_FLIGHT, 1, NULL) < 0
+            || add_long(member, M_CALLS, 1, NULL) < 0) {
+        Py_DECREF(member);
+        return -1;
+    }
+    *out = member;
+    return 1;
+}
+
 static PyObject *
 bare_call(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
 {
@@ -702,32 +732,12 @@ bare_call(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
     PyObject *pool = argv[0], *method = argv[1], *args = argv[2];
     PyObject *kwargs = nargs > 3 ? argv[3] : Py_None;
     PyObject *key = nargs > 4 ? argv[4] : Py_None;
-    int held = lock_held(pool);
-    if (held < 0)
-        return NULL;
-    if (held)
-        return PyObject_Vectorcall(py_bare_call, argv, nargs, NULL);
-    PyObject *candidates = candidates_of(pool);
-    if (candidates == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        return PyObject_Vectorcall(py_bare_call, argv, nargs, NULL);  /* it raises */
-    }
     PyObject *member = NULL;
-    int chosen = choose(pool, candidates, key, &member);
-    if (chosen <= 0) {
-        Py_DECREF(candidates);
-        if (chosen < 0)
-            return NULL;
-        return PyObject_Vectorcall(py_bare_call, argv, nargs, NULL);
-    }
-    Py_INCREF(member);
-    Py_DECREF(candidates);
-    if (add_long(member, M_IN_FLIGHT, 1, NULL) < 0 || add_long(member, M_CALLS, 1, NULL) < 0
-            || add_long(pool, P_CALLS, 1, NULL) < 0) {
-        Py_DECREF(member);
+    int picked = pick_counted(pool, key, NULL, &member);
+    if (picked < 0)
         return NULL;
-    }
+    if (picked == 0)  /* the lock held, no candidate (it raises), a new key: Python's */
+        return PyObject_Vectorcall(py_bare_call, argv, nargs, NULL);
     /* counted: the rest runs outside the section, as _bare_call's does */
     PyObject *hook = NULL, *ref = NULL, *reply = NULL;
     PyObject *hub = aget(member, M_HUB);
@@ -769,9 +779,6 @@ failed:
 static int
 pick_fast(PyObject *pool, PyObject *key, PyObject **out)
 {
-    int held = lock_held(pool);
-    if (held != 0)
-        return held < 0 ? -1 : 0;
     PyObject *closed = aget(pool, P_CLOSED);
     if (closed == NULL)
         return -1;
@@ -779,23 +786,11 @@ pick_fast(PyObject *pool, PyObject *key, PyObject **out)
     Py_DECREF(closed);
     if (!all_closed)
         return 0;
-    PyObject *candidates = candidates_of(pool);
-    if (candidates == NULL)
-        return PyErr_Occurred() ? -1 : 0;
     PyObject *member = NULL;
-    int chosen = choose(pool, candidates, key, &member);
-    if (chosen <= 0) {
-        Py_DECREF(candidates);
-        return chosen;
-    }
-    Py_INCREF(member);
-    Py_DECREF(candidates);
     long calls;
-    if (add_long(pool, P_CALLS, 1, &calls) < 0 || add_long(member, M_IN_FLIGHT, 1, NULL) < 0
-            || add_long(member, M_CALLS, 1, NULL) < 0) {
-        Py_DECREF(member);
-        return -1;
-    }
+    int picked = pick_counted(pool, key, &calls, &member);
+    if (picked <= 0)
+        return picked;
     if (!(calls & 15)) {  /* the retry budget is told of calls 16 at a time */
         PyObject *r = PyObject_CallMethodNoArgs(pool, S_budget_sync);
         if (r == NULL) {
@@ -940,12 +935,7 @@ not_sent:
         PyErr_NormalizeException(&t, &v, &tb);
         if (tb != NULL)
             PyException_SetTraceback(v, tb);
-        PyObject *fargs[8] = {pool, member, method, args, kwargs, key, deadline, timeout};
-        PyObject *exc = v;
-        PyObject *fargv[9];
-        for (int i = 0; i < 8; i++)
-            fargv[i] = fargs[i];
-        fargv[8] = exc;
+        PyObject *fargv[9] = {pool, member, method, args, kwargs, key, deadline, timeout, v};
         reply = PyObject_Vectorcall(py_first_not_sent, fargv, 9, NULL);
         Py_XDECREF(t);
         Py_XDECREF(v);
@@ -953,20 +943,10 @@ not_sent:
         if (reply == NULL)
             goto error;
     }
-done:
-    Py_XDECREF(due);
-    Py_XDECREF(entry_);
-    Py_XDECREF(hook);
-    Py_XDECREF(prefix);
-    Py_XDECREF(ref);
-    Py_XDECREF(hub);
-    Py_XDECREF(member);
-    Py_DECREF(deadline);
-    Py_DECREF(timeout);
-    return reply;
+    goto done;
 error:
-    Py_XDECREF(reply);
-    reply = NULL;
+    Py_CLEAR(reply);
+done:
     Py_XDECREF(due);
     Py_XDECREF(entry_);
     Py_XDECREF(hook);
@@ -976,7 +956,7 @@ error:
     Py_XDECREF(member);
     Py_XDECREF(deadline);
     Py_XDECREF(timeout);
-    return NULL;
+    return reply;  /* NULL after an error */
 }
 
 static PyObject *
