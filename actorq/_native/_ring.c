@@ -254,9 +254,15 @@ static PyTypeObject U64Array_Type = {
  * producer's own counts (tail, sent, and a cached head) are kept here. */
 
 #define RING_HEADER 256
-#define H_HEAD 0
+#define H_HEAD 0           /* actorq/_transport/ring.py's header slots */
+#define H_HANDLED 1
+#define H_CUR_REC 2
+#define H_CUR_SUB 3
+#define H_READER 4
 #define H_TAIL 8
 #define H_SENT 9
+#define H_WANT 10
+#define READER_EXPECTED 2  /* ring.py: a caller said it will spin on the ring */
 #define REC_HEADER 8
 #define WRAP 0xFFFFFFFFu
 #define PICKLE_PROTO 0x80  /* a pickle's first byte (oob.py: PICKLE_PROTO) */
@@ -662,11 +668,6 @@ fence(PyObject *module, PyObject *Py_UNUSED(ignored))
 
 /* the caller's reply step: the last section */
 #define OP_REPLY 2          /* actorq/_core/protocol.py (tests/native check it) */
-#define H_HANDLED 1         /* actorq/_transport/ring.py's header slots */
-#define H_CUR_REC 2
-#define H_CUR_SUB 3
-#define H_READER 4
-#define READER_EXPECTED 2
 static PyTypeObject ReplyCore_Type;
 static PyObject *take_reply(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
@@ -687,13 +688,6 @@ static PyObject *take_reply(PyObject *module, PyObject *const *args, Py_ssize_t 
 #define SV_C_HANDLED 18
 #define SV_C_STOP 20
 #define SV_C_SLOTS 21          /* at least this many slots */
-/* ring header words (actorq/_transport/ring.py) */
-#define SV_H_HANDLED 1
-#define SV_H_CUR_REC 2
-#define SV_H_CUR_SUB 3
-#define SV_H_READER 4
-#define SV_H_WANT 10
-#define SV_READER_EXPECTED 2
 #define SV_LONE_MARSHAL 2   /* actorq/_transport/oob.py LONE_MARSHAL */
 
 /* The words of *obj*, a live U64Array of at least *need* items; NULL with an exception
@@ -732,7 +726,7 @@ lone_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     uint64_t *slots = words_of(args[0], SV_C_SLOTS, "lone_begin: slots");
     if (slots == NULL)
         return NULL;
-    uint64_t *hdr = words_of(args[1], SV_H_READER + 1, "lone_begin: hdr");
+    uint64_t *hdr = words_of(args[1], H_READER + 1, "lone_begin: hdr");
     if (hdr == NULL)
         return NULL;
     unsigned long long v[4];
@@ -743,12 +737,12 @@ lone_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
     }
     if (SV_LOAD(slots, SV_C_STOP) ||
-            (SV_LOAD(hdr, SV_H_CUR_REC) == v[0] && SV_LOAD(hdr, SV_H_CUR_SUB)))
+            (SV_LOAD(hdr, H_CUR_REC) == v[0] && SV_LOAD(hdr, H_CUR_SUB)))
         return PyLong_FromLong(-1);
     SV_STORE(slots, SV_C_TOKEN, v[1]);
     if (v[1])
         SV_STORE(slots, SV_C_REPLY_TO, v[2] + 1);
-    uint64_t seq = SV_LOAD(hdr, SV_H_HANDLED);
+    uint64_t seq = SV_LOAD(hdr, H_HANDLED);
     SV_STORE(slots, SV_C_SEQ, seq);
     SV_STORE(slots, SV_C_BUSY, v[3]);
     return PyLong_FromUnsignedLongLong(seq);
@@ -766,7 +760,7 @@ lone_commit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     uint64_t *slots = words_of(args[0], SV_C_SLOTS, "lone_commit: slots");
     if (slots == NULL)
         return NULL;
-    uint64_t *hdr = words_of(args[1], SV_H_WANT + 1, "lone_commit: hdr");
+    uint64_t *hdr = words_of(args[1], H_WANT + 1, "lone_commit: hdr");
     if (hdr == NULL)
         return NULL;
     unsigned long long seq = position_of(args[2], "seq");
@@ -776,13 +770,13 @@ lone_commit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (end == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     SV_STORE(slots, SV_C_HANDLED, SV_LOAD(slots, SV_C_HANDLED) + 1);
-    SV_STORE(hdr, SV_H_HANDLED, seq + 1);  /* one call */
+    SV_STORE(hdr, H_HANDLED, seq + 1);  /* one call */
     SV_STORE(hdr, H_HEAD, end);
     SV_STORE(slots, SV_C_BUSY, 0);  /* after the commit: a crash in between must not
                                      * redeliver it */
     /* store handled, then load want (channel.py ``InChannel.credit_returned``) */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    return PyLong_FromUnsignedLongLong(SV_LOAD(hdr, SV_H_WANT));
+    return PyLong_FromUnsignedLongLong(SV_LOAD(hdr, H_WANT));
 }
 
 /* A reply's value that marshal writes as it is (actorq/_serialization.py SAFE_TYPES). */
@@ -839,7 +833,7 @@ write_reply(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(written);
         Py_RETURN_NONE;  /* no room now: the caller queues it */
     }
-    if (hold && SV_LOAD(((RingCore *)core)->hdr, SV_H_READER) == SV_READER_EXPECTED) {
+    if (hold && SV_LOAD(((RingCore *)core)->hdr, H_READER) == READER_EXPECTED) {
         Py_DECREF(written);
         return PyLong_FromLongLong(-(long long)end);
     }
