@@ -6,7 +6,9 @@ fallbacks are used). ``NATIVE`` tells which is in use; ``ACTORQ_NO_NATIVE=1`` in
 environment forces the fallbacks (the test suite runs both).
 
 - ``copy_into(dst, offset, src)``: one copy of a large buffer into shared memory
-  (``_copy.c``: streaming stores, the GIL released). The fallback assigns memoryviews.
+  (``_copy.c``: streaming stores, the GIL released; a copy of 2 MiB or more shared in
+  chunks with a helper thread where the process may use two CPUs,
+  ``ACTORQ_COPY_THREADS=1`` for none). The fallback assigns memoryviews.
 - ``BlockView(mapping, offset, size, flag)``: a receiver's view of an out-of-band
   buffer in a mapped block, its own object per message, that stores 0 into the block's
   ``viewed`` word when the last array over it is gone (``_copy.c``). None without the C
@@ -106,6 +108,18 @@ def _copy_into_py(dst: Any, offset: int, src: Any) -> int:
     return n
 
 
+def _copy_threads() -> int:
+    """2 where this process may run on two CPUs or more (``ACTORQ_COPY_THREADS=1``: 1)."""
+    wanted = os.environ.get("ACTORQ_COPY_THREADS", "")
+    if wanted in ("1", "2"):
+        return int(wanted)
+    return 2 if len(os.sched_getaffinity(0)) > 1 else 1
+
+
+# Threads that copy a buffer of 2 MiB or more (``copy_into``): 1 without the C helpers.
+COPY_THREADS = _copy_threads() if _copy is not None else 1
+if _copy is not None:
+    _copy.set_copy_threads(COPY_THREADS)
 copy_into = _copy.copy_into if _copy is not None else _copy_into_py
 BlockView: Any = _copy.BlockView if _copy is not None else None
 
@@ -181,6 +195,7 @@ def select(native: bool) -> bool:
     _select_lone()
     return NATIVE_RING
 
-__all__ = ["HAVE_POOL", "HAVE_RING", "NATIVE", "NATIVE_RING", "POOL_C", "STREAMING", "BlockView",
-           "PoolCalls", "ReplyCore", "RingCore", "U64Slots", "copy_into", "fence", "lone_begin",
-           "lone_commit", "select", "take_reply", "take_reply_py", "u64_array", "write_reply"]
+__all__ = ["COPY_THREADS", "HAVE_POOL", "HAVE_RING", "NATIVE", "NATIVE_RING", "POOL_C",
+           "STREAMING", "BlockView", "PoolCalls", "ReplyCore", "RingCore", "U64Slots",
+           "copy_into", "fence", "lone_begin", "lone_commit", "select", "take_reply",
+           "take_reply_py", "u64_array", "write_reply"]

@@ -6,6 +6,7 @@ it is gone, not before."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import mmap
 import os
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -148,6 +150,160 @@ def test_a_built_helper_is_not_older_than_its_c_source():
                 assert os.path.getmtime(os.path.join(here, so)) >= src_time, (
                     f"{so} is older than {name}: rebuild with `pip install -e .` or "
                     f"`python setup.py build_ext --inplace`")
+
+
+# -- a copy shared with the helper thread (_copy.c, "a second copying thread") ----------
+
+needs_helper = pytest.mark.skipif(native._copy is None, reason="without the C helpers")
+CHUNK = 128 << 10
+
+
+def thread_count() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@contextlib.contextmanager
+def sharing_every_copy(caller_copies: bool = True) -> Iterator[None]:
+    """Every copy (of any size) is offered to the helper thread; restored after."""
+    old_threads, old_min = native._copy.set_copy_threads(2, 0)
+    native._copy._set_caller_copies(caller_copies)
+    try:
+        yield
+    finally:
+        native._copy.set_copy_threads(old_threads, old_min)
+        native._copy._set_caller_copies(True)
+
+
+@pytest.fixture
+def shared_copies():
+    with sharing_every_copy():
+        yield
+
+
+@needs_helper
+@pytest.mark.parametrize("caller_copies", [True, False], ids=["both", "helper-only"])
+@given(size=st.sampled_from([1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17, 5 * CHUNK]),
+       offset=st.integers(0, 100), src_skip=st.integers(0, 63))
+def test_a_shared_copy_copies_exactly_the_bytes_whoever_takes_the_chunks(
+        caller_copies, size, offset, src_skip):
+    """Chunk edges at every alignment; "helper-only": the caller takes no chunk and waits,
+    so that the helper thread's own path (its chunks, its fences, its count) is what is
+    tested, whatever the scheduler does."""
+    rng = np.random.default_rng(size + offset)
+    backing = rng.integers(0, 256, size + src_skip, dtype=np.uint8)
+    src = memoryview(backing)[src_skip:]
+    dst = bytearray(b"\xa5" * (size + offset + 64))
+    _, chunks_before = native._copy.copy_stats()
+    with sharing_every_copy(caller_copies):
+        assert native._copy.copy_into(dst, offset, src) == size
+    assert dst[offset : offset + size] == src.tobytes()
+    assert dst[:offset] == b"\xa5" * offset
+    assert dst[offset + size :] == b"\xa5" * 64
+    if not caller_copies:
+        assert native._copy.copy_stats()[1] - chunks_before == -(-size // CHUNK)
+
+
+@needs_helper
+def test_the_helper_thread_is_started_once_and_copies_into_shared_memory(shared_copies):
+    """An 8 MiB copy into a segment, many times: one helper thread in this process
+    (however many copies), the bytes exact each time, every copy offered to it."""
+    arr = np.random.default_rng(3).random(1 << 20)
+    raw = memoryview(arr).cast("B")
+    native._copy.copy_into(bytearray(16), 0, b"warm")  # the helper exists from here
+    threads = thread_count()
+    shared_before, _ = native._copy.copy_stats()
+    seg = Segment.create(f"aq_test_copy2_{os.getpid()}", raw.nbytes + 4096)
+    try:
+        for i in range(20):
+            arr[i] = -i  # a different array each time
+            if i == 10:
+                seg.buf[:] = bytes(len(seg.buf))  # and once into zeros
+            assert native._copy.copy_into(seg.buf, 64, raw) == raw.nbytes
+            got = np.frombuffer(seg.buf, dtype=np.float64, count=arr.size, offset=64)
+            np.testing.assert_array_equal(got, arr)
+            del got
+    finally:
+        seg.close()
+        seg.unlink()
+    assert thread_count() == threads
+    assert native._copy.copy_stats()[0] - shared_before == 20
+
+
+@needs_helper
+def test_threads_copying_at_once_each_get_their_own_bytes(shared_copies):
+    """Two Python threads copy at the same time (the GIL is released): one shares its copy
+    with the helper, the other copies alone; neither gets the other's bytes."""
+    import threading
+
+    size = 3 << 20
+    srcs = [np.full(size, k + 1, dtype=np.uint8) for k in range(4)]
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        dst = bytearray(size)
+        for _ in range(30):
+            native._copy.copy_into(dst, 0, srcs[k])
+            if dst.count(k + 1) != size:
+                errors.append(f"thread {k}: foreign bytes")
+                return
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+
+@needs_helper
+def test_a_forked_child_copies_with_a_helper_of_its_own(tmp_path):
+    """After a fork, the child has no helper thread (only the forking thread survives):
+    its first large copy starts one, and copies exactly, with the parent's helper busy or
+    not at the fork."""
+    program = tmp_path / "fork_copy.py"
+    program.write_text(textwrap.dedent("""
+        import os, sys
+        import numpy as np
+        from actorq._native import _copy
+
+        _copy.set_copy_threads(2, 0)
+        src = np.random.default_rng(5).random(1 << 20)
+        dst = bytearray(src.nbytes)
+        threads = len(os.listdir("/proc/self/task"))  # (numpy's BLAS may have its own)
+        _copy.copy_into(dst, 0, src)           # the parent's helper starts
+        parent_threads = len(os.listdir("/proc/self/task")) - threads
+        pid = os.fork()
+        if pid == 0:
+            before = len(os.listdir("/proc/self/task"))
+            _copy._set_caller_copies(False)    # every chunk must be the child's helper's
+            out = bytearray(src.nbytes)
+            _copy.copy_into(out, 0, src)
+            after = len(os.listdir("/proc/self/task"))
+            ok = out == memoryview(src).cast("B") and _copy.copy_stats()[1] == 64
+            os._exit(0 if ok and (before, after) == (1, 2) else 3)
+        _, status = os.waitpid(pid, 0)
+        print(parent_threads, os.waitstatus_to_exitcode(status))
+    """))
+    out = subprocess.run([sys.executable, str(program)], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.split() == ["1", "0"], out.stderr
+
+
+def test_copy_threads_follow_the_environment(tmp_path):
+    """``ACTORQ_COPY_THREADS=1`` keeps every copy the caller's (no helper thread)."""
+    code = ("import os, numpy as np; from actorq._native import _copy, copy_into; "
+            "n = len(os.listdir('/proc/self/task')); "
+            "copy_into(bytearray(8 << 20), 0, np.ones(1 << 20)); "
+            "print(_copy.set_copy_threads(1)[0], _copy.copy_stats()[0], "
+            "len(os.listdir('/proc/self/task')) - n)")
+    if native._copy is None:
+        pytest.skip("without the C helpers")
+    for value, want in (("1", ["1", "0", "0"]), ("2", ["2", "1", "1"])):
+        env = {**os.environ, "ACTORQ_COPY_THREADS": value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=120, check=True)
+        assert out.stdout.split() == want, (value, out.stderr)
 
 
 # -- BlockView: a receiver's view of one out-of-band buffer (actorq/_transport/oob.py) ----

@@ -17,8 +17,8 @@ its peer interleaved repeat by repeat:
   ``Connection.send`` of the same array to a process that replies with its nbytes, and
   against the floor of any such transfer: one bare copy of the array into shared memory
   that is mapped and faulted in already (the one copy actorq makes, by the same routine:
-  ``actorq._native.copy_into``, streaming stores where the C helpers are built; nothing
-  around it);
+  ``actorq._native.copy_into``, streaming stores where the C helpers are built, shared
+  with a helper thread where two CPUs may be used; nothing around it);
 - an idle actor: USS (MiB) and CPU % of its process over 2 s of idling.
 
 numpy is imported only where the array benchmark needs it: this module's imports are
@@ -41,7 +41,7 @@ import cloudpickle
 import psutil
 
 import actorq
-from actorq._native import STREAMING, copy_into
+from actorq._native import COPY_THREADS, STREAMING, copy_into
 from actorq.bench import (
     BenchResult,
     Case,
@@ -272,6 +272,7 @@ def bench_arrays(system: actorq.ActorSystem, p: dict[str, Any]) -> list[BenchRes
     arr = np.arange(ARRAY_BYTES // 8, dtype=np.float64)
     # (memcpy without the C helpers, or with them on a CPU without AVX2)
     copy = "streaming stores (actorq._native)" if STREAMING else "memcpy"
+    copy += ", 2 threads" if COPY_THREADS == 2 else ""
     per_repeat = f"{k} sequential transfers per repeat, reply = nbytes"
     note = f"{per_repeat}; the copy: {copy}"
     ref = system.spawn(Sink, name="arrays")
