@@ -7,7 +7,7 @@ environment forces the fallbacks (the test suite runs both).
 
 - ``copy_into(dst, offset, src)``: one copy of a large buffer into shared memory
   (``_copy.c``: streaming stores, the GIL released; a copy of 2 MiB or more shared in
-  chunks with a helper thread where the process may use two CPUs,
+  chunks with a helper thread where the process may use two CPUs, ``COPY_THREADS``;
   ``ACTORQ_COPY_THREADS=1`` for none). The fallback assigns memoryviews.
 - ``BlockView(mapping, offset, size, flag)``: a receiver's view of an out-of-band
   buffer in a mapped block, its own object per message, that stores 0 into the block's
@@ -108,12 +108,59 @@ def _copy_into_py(dst: Any, offset: int, src: Any) -> int:
     return n
 
 
+def cgroup_cpus(cpu_max: str) -> float | None:
+    """The CPUs a cgroup v2 ``cpu.max`` (``"quota period"``, or ``"max period"``) allows,
+    or None for no limit (or text that is not one)."""
+    parts = cpu_max.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        quota, period = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    return quota / period if period > 0 else None
+
+
+def _cpu_limit() -> float | None:
+    """The CPU quota of this process's cgroup (a container's ``--cpus``), if any: cgroup
+    v2's ``cpu.max``, or v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        controllers, path = fields[1], fields[2].rstrip("/")
+        try:
+            if controllers == "":  # v2, mounted alone or beside v1 ("unified")
+                for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                    if os.path.exists(f"{root}{path}/cpu.max"):
+                        with open(f"{root}{path}/cpu.max") as f:
+                            return cgroup_cpus(f.read())
+            elif "cpu" in controllers.split(","):
+                base = f"/sys/fs/cgroup/cpu{path}"
+                with open(f"{base}/cpu.cfs_quota_us") as q, open(
+                        f"{base}/cpu.cfs_period_us") as p:
+                    quota = q.read().strip()
+                    return cgroup_cpus(f"{'max' if quota == '-1' else quota} {p.read()}")
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def _copy_threads() -> int:
-    """2 where this process may run on two CPUs or more (``ACTORQ_COPY_THREADS=1``: 1)."""
+    """2 where this process may run on two CPUs or more, by its affinity and its cgroup's
+    CPU quota (a helper thread without a CPU of its own would only be waited for);
+    ``ACTORQ_COPY_THREADS`` (1 or 2) decides instead when it is set."""
     wanted = os.environ.get("ACTORQ_COPY_THREADS", "")
     if wanted in ("1", "2"):
         return int(wanted)
-    return 2 if len(os.sched_getaffinity(0)) > 1 else 1
+    limit = _cpu_limit()
+    cpus = len(os.sched_getaffinity(0))
+    return 2 if cpus > 1 and (limit is None or limit >= 2) else 1
 
 
 # Threads that copy a buffer of 2 MiB or more (``copy_into``): 1 without the C helpers.

@@ -290,6 +290,16 @@ def test_a_forked_child_copies_with_a_helper_of_its_own(tmp_path):
     assert out.stdout.split() == ["1", "0"], out.stderr
 
 
+def test_a_cgroup_cpu_quota_is_read_as_cpus():
+    """``cpu.max`` of cgroup v2: a container started with ``--cpus=1.5`` has 1.5 CPUs,
+    too few for a helper thread of its own."""
+    assert native.cgroup_cpus("150000 100000\n") == 1.5
+    assert native.cgroup_cpus("max 100000\n") is None
+    assert native.cgroup_cpus("") is None
+    assert native.cgroup_cpus("x 100000") is None
+    assert native.cgroup_cpus("100 0") is None
+
+
 def test_copy_threads_follow_the_environment(tmp_path):
     """``ACTORQ_COPY_THREADS=1`` keeps every copy the caller's (no helper thread)."""
     code = ("import os, numpy as np; from actorq._native import _copy, copy_into; "
