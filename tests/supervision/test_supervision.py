@@ -109,7 +109,10 @@ def test_escalation_through_a_two_level_tree_ends_with_actor_stopped():
 
 
 def test_root_gives_up_on_a_crash_looping_actor_only():
-    with actorq.ActorSystem(root_max_restarts=1) as s:
+    # root_within=60, not the default 5 s: on a loaded machine the first restart (its
+    # backoff, the new process) can take seconds, and a second crash past the window
+    # would be restarted, not given up on
+    with actorq.ActorSystem(root_max_restarts=1, root_within=60) as s:
         a = s.spawn(Worker, name="loops")
         b = s.spawn(Worker, name="fine")
         pb = b.pid().result()
