@@ -14,7 +14,9 @@ large objects into its store with several threads, ``memcopy_threads``; numpy's
   built into actorq would be;
 - two threads sharing 1 MiB chunks: the caller copies chunks from a shared counter
   and a woken helper takes chunks from it too if it gets a CPU in time, so that a
-  helper that is not scheduled costs a wake-up, not a wait.
+  helper that is not scheduled costs a wake-up, not a wait;
+- actorq's ``copy_into`` (streaming stores) with one thread and with two: the last
+  design, built into actorq in C (128 KiB chunks, the helper a pthread on a futex).
 
 Prints GB/s: the median and the p10 .. p90 of all copies. On a loaded machine the
 threads rarely run at the same time; two more lines keep apart the shared-chunks copies
@@ -148,7 +150,26 @@ def cases(nbytes: int) -> tuple[dict[str, Callable[[], object]], list[float],
         "2 threads, halves": lambda: parts(2),
         "3 threads, thirds": lambda: parts(3),
         "2 threads, shared chunks": shared,
+        **actorq_copies(dst, sview),
     }, overlapped, check, shares
+
+
+def actorq_copies(dst: np.ndarray, src: memoryview) -> dict[str, Callable[[], object]]:
+    """actorq's own ``copy_into`` (streaming stores), alone and sharing its chunks with
+    its helper thread (``_copy.c``); none without the C helpers."""
+    from actorq._native import _copy
+
+    if _copy is None:
+        return {}
+
+    def with_threads(threads: int) -> Callable[[], object]:
+        def copy() -> object:
+            _copy.set_copy_threads(threads)
+            return _copy.copy_into(dst, 0, src)
+        return copy
+
+    return {"actorq copy_into, 1 thread": with_threads(1),
+            "actorq copy_into, 2 threads": with_threads(2)}
 
 
 def main() -> None:
