@@ -213,7 +213,7 @@ start_helper(void)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 64 << 10);
+    pthread_attr_setstacksize(&attr, 256 << 10);  /* (virtual: a few pages are touched) */
     pthread_t thread;
     int rc = pthread_create(&thread, &attr, helper_main, NULL);
     pthread_attr_destroy(&attr);
@@ -262,9 +262,11 @@ copy_shared(char *to, const char *from, size_t n)
         syscall(SYS_futex, &wake, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
     atomic_fetch_add_explicit(&shared_copies, 1, memory_order_relaxed);
     size_t index;
-    int taken;
-    while (caller_copies && (taken = take_chunk(atomic_load_explicit(&claim, memory_order_acquire),
-                               nchunks, &index)) != 0) {
+    while (caller_copies) {
+        uint64_t seen = atomic_load_explicit(&claim, memory_order_acquire);
+        int taken = take_chunk(seen, nchunks, &index);
+        if (taken == 0)
+            break;
         if (taken == 1)
             copy_chunk(index, to, from, n);
     }
