@@ -121,11 +121,13 @@ def cgroup_cpus(cpu_max: str) -> float | None:
     return quota / period if period > 0 else None
 
 
-def _cpu_limit() -> float | None:
+def cpu_limit(cgroup_file: str = "/proc/self/cgroup",
+              root: str = "/sys/fs/cgroup") -> float | None:
     """The CPU quota of this process's cgroup (a container's ``--cpus``), if any: cgroup
-    v2's ``cpu.max``, or v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``."""
+    v2's ``cpu.max``, or v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, under
+    *root* (the arguments: for tests)."""
     try:
-        with open("/proc/self/cgroup") as f:
+        with open(cgroup_file) as f:
             lines = f.read().splitlines()
     except OSError:
         return None
@@ -136,16 +138,20 @@ def _cpu_limit() -> float | None:
         controllers, path = fields[1], fields[2].rstrip("/")
         try:
             if controllers == "":  # v2, mounted alone or beside v1 ("unified")
-                for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
-                    if os.path.exists(f"{root}{path}/cpu.max"):
-                        with open(f"{root}{path}/cpu.max") as f:
+                for top in (root, f"{root}/unified"):
+                    if os.path.exists(f"{top}{path}/cpu.max"):
+                        with open(f"{top}{path}/cpu.max") as f:
                             return cgroup_cpus(f.read())
             elif "cpu" in controllers.split(","):
-                base = f"/sys/fs/cgroup/cpu{path}"
-                with open(f"{base}/cpu.cfs_quota_us") as q, open(
-                        f"{base}/cpu.cfs_period_us") as p:
-                    quota = q.read().strip()
-                    return cgroup_cpus(f"{'max' if quota == '-1' else quota} {p.read()}")
+                # (a v1 container without its own cgroup namespace lists the host's path
+                # but mounts its own cgroup at the root)
+                for base in (f"{root}/cpu{path}", f"{root}/cpu"):
+                    if os.path.exists(f"{base}/cpu.cfs_quota_us"):
+                        with open(f"{base}/cpu.cfs_quota_us") as q, open(
+                                f"{base}/cpu.cfs_period_us") as p:
+                            quota = q.read().strip()
+                            return cgroup_cpus(f"{'max' if quota == '-1' else quota} "
+                                               f"{p.read()}")
         except (OSError, ValueError):
             continue
     return None
@@ -158,7 +164,7 @@ def _copy_threads() -> int:
     wanted = os.environ.get("ACTORQ_COPY_THREADS", "")
     if wanted in ("1", "2"):
         return int(wanted)
-    limit = _cpu_limit()
+    limit = cpu_limit()
     cpus = len(os.sched_getaffinity(0))
     return 2 if cpus > 1 and (limit is None or limit >= 2) else 1
 

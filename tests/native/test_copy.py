@@ -294,6 +294,27 @@ def test_a_cgroup_cpu_quota_is_read_as_cpus():
     assert native.cgroup_cpus("100 0") is None
 
 
+@pytest.mark.parametrize(("layout", "cpus"), [
+    ({"cgroup": "0::/box\n", "fs/box/cpu.max": "150000 100000\n"}, 1.5),
+    ({"cgroup": "0::/\n", "fs/cpu.max": "200000 100000\n"}, 2.0),  # a container's own
+    ({"cgroup": "0::/box\n", "fs/box/cpu.max": "max 100000\n"}, None),
+    ({"cgroup": "0::/box\n", "fs/unified/box/cpu.max": "50000 100000\n"}, 0.5),  # hybrid
+    ({"cgroup": "4:cpu,cpuacct:/docker/ab\n", "fs/cpu/docker/ab/cpu.cfs_quota_us": "100000\n",
+      "fs/cpu/docker/ab/cpu.cfs_period_us": "100000\n"}, 1.0),
+    ({"cgroup": "4:cpu,cpuacct:/docker/ab\n", "fs/cpu/cpu.cfs_quota_us": "300000\n",
+      "fs/cpu/cpu.cfs_period_us": "100000\n"}, 3.0),  # v1, the host's path listed
+    ({"cgroup": "4:cpu:/\n", "fs/cpu/cpu.cfs_quota_us": "-1\n",
+      "fs/cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cgroup": "4:memory:/x\nnonsense\n"}, None),
+])
+def test_the_cgroup_cpu_quota_is_found_in_v1_and_v2_layouts(tmp_path, layout, cpus):
+    for name, text in layout.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert native.cpu_limit(str(tmp_path / "cgroup"), str(tmp_path / "fs")) == cpus
+
+
 def test_copy_threads_follow_the_environment(tmp_path):
     """``ACTORQ_COPY_THREADS=1`` keeps every copy the caller's (no helper thread); with 2,
     one helper thread, however many copies it shares."""
