@@ -169,9 +169,8 @@ copy_chunk(size_t index, char *dst, const char *src, size_t n)
     size_t start = index * CHUNK;
     size_t len = n - start < CHUNK ? n - start : CHUNK;
     copy_part(dst + start, src + start, len);
-#if HAVE_STREAMING
-    _mm_sfence();  /* (copy_part fences a streamed chunk; this covers memcpy's too) */
-#endif
+    /* published by a release: a streamed chunk is fenced by copy_part already, and the
+     * release orders memcpy's stores before it (on x86 a locked add) */
     atomic_fetch_add_explicit(&finished, 1, memory_order_release);
 }
 
