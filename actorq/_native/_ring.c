@@ -973,37 +973,26 @@ ReplyCore_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
+/* Every object field of a ReplyCore, listed once: traverse and clear go over them all. */
+#define REPLY_CORE_FIELDS(X) \
+    X(hub) X(target_id) X(ref) X(token) X(method) X(done) X(value) X(exc) X(event) \
+    X(hook) X(callbacks)
+
 static int
 ReplyCore_traverse(ReplyCore *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->hub);
-    Py_VISIT(self->target_id);
-    Py_VISIT(self->ref);
-    Py_VISIT(self->token);
-    Py_VISIT(self->method);
-    Py_VISIT(self->done);
-    Py_VISIT(self->value);
-    Py_VISIT(self->exc);
-    Py_VISIT(self->event);
-    Py_VISIT(self->hook);
-    Py_VISIT(self->callbacks);
+#define VISIT_FIELD(name) Py_VISIT(self->name);
+    REPLY_CORE_FIELDS(VISIT_FIELD)
+#undef VISIT_FIELD
     return 0;
 }
 
 static int
 ReplyCore_clear(ReplyCore *self)
 {
-    Py_CLEAR(self->hub);
-    Py_CLEAR(self->target_id);
-    Py_CLEAR(self->ref);
-    Py_CLEAR(self->token);
-    Py_CLEAR(self->method);
-    Py_CLEAR(self->done);
-    Py_CLEAR(self->value);
-    Py_CLEAR(self->exc);
-    Py_CLEAR(self->event);
-    Py_CLEAR(self->hook);
-    Py_CLEAR(self->callbacks);
+#define CLEAR_FIELD(name) Py_CLEAR(self->name);
+    REPLY_CORE_FIELDS(CLEAR_FIELD)
+#undef CLEAR_FIELD
     return 0;
 }
 
