@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -227,8 +228,6 @@ def test_the_helper_thread_is_started_once_and_copies_into_shared_memory(shared_
 def test_threads_copying_at_once_each_get_their_own_bytes(shared_copies):
     """Two Python threads copy at the same time (the GIL is released): one shares its copy
     with the helper, the other copies alone; neither gets the other's bytes."""
-    import threading
-
     size = 3 << 20
     srcs = [np.full(size, k + 1, dtype=np.uint8) for k in range(4)]
     errors: list[str] = []
@@ -315,6 +314,7 @@ def test_the_cgroup_cpu_quota_is_found_in_v1_and_v2_layouts(tmp_path, layout, cp
     assert native.cpu_limit(str(tmp_path / "cgroup"), str(tmp_path / "fs")) == cpus
 
 
+@needs_helper
 def test_copy_threads_follow_the_environment(tmp_path):
     """``ACTORQ_COPY_THREADS=1`` keeps every copy the caller's (no helper thread); with 2,
     one helper thread, however many copies it shares."""
@@ -323,8 +323,6 @@ def test_copy_threads_follow_the_environment(tmp_path):
             "[copy_into(bytearray(8 << 20), 0, np.ones(1 << 20)) for _ in range(5)]; "
             "print(_copy.set_copy_threads(1)[0], _copy.copy_stats()[0], "
             "len(os.listdir('/proc/self/task')) - n)")
-    if native._copy is None:
-        pytest.skip("without the C helpers")
     for value, want in (("1", ["1", "0", "0"]), ("2", ["2", "5", "1"])):
         env = {**os.environ, "ACTORQ_COPY_THREADS": value}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

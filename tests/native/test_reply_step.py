@@ -43,6 +43,7 @@ from actorq._transport.ring import (
     Ring,
 )
 from actorq._transport.shm import Segment, unlink_prefix
+from tests.native.helpers import selected
 
 ACTOR = 1
 needs_c = pytest.mark.skipif(not _native.HAVE_RING, reason="the C helpers are not built")
@@ -51,14 +52,8 @@ needs_c = pytest.mark.skipif(not _native.HAVE_RING, reason="the C helpers are no
 @pytest.fixture(params=["native", "python"])
 def impl(request: pytest.FixtureRequest) -> Iterator[str]:
     """Each test once with the C reply step and once with the Python path."""
-    native = request.param == "native"
-    if _native.select(native) != native:
-        _native.select(True)
-        pytest.skip("the C helpers are not built here (or ACTORQ_NO_NATIVE is set)")
-    try:
-        yield request.param
-    finally:
-        _native.select(True)
+    with selected(request.param) as which:
+        yield which
 
 
 class Side:

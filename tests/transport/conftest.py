@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from actorq import _native
+from tests.native.helpers import selected
 
 
 @pytest.fixture(scope="module", params=["native", "python"])
@@ -15,11 +15,5 @@ def slots_impl(request: pytest.FixtureRequest) -> Iterator[str]:
     fallback (memoryviews): the rings and control blocks made meanwhile use that one.
     The native half is skipped where the C helpers are not built or are forced off
     (``ACTORQ_NO_NATIVE=1``)."""
-    native = request.param == "native"
-    if _native.select(native) != native:
-        _native.select(True)
-        pytest.skip("the C helpers are not built here (or ACTORQ_NO_NATIVE is set)")
-    try:
-        yield request.param
-    finally:
-        _native.select(True)
+    with selected(request.param) as which:
+        yield which
