@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from actorq import _native
@@ -64,6 +65,11 @@ class ActorHubState(Hub):
         self.lone_begin = _native.lone_begin if native else None
         self.lone_commit = _native.lone_commit if native else None
         self.write_reply = _native.write_reply if native else None
+        # all of a lone call in C (``Handling.drain``), or None: ``serve_alone``; and
+        # what it needs of this hub for the one inbound ring (``lone_context``)
+        self.serve_lone: Callable[[Any, tuple[Any, ...]], int | tuple[int, Any]] | None = (
+            _native.serve_lone if native else None)
+        self.lone_ctx: tuple[Any, ...] | None = None
         self.aimd: AIMDWindow | None = None
         target = info.window_target
         if target is not None:

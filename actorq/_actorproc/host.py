@@ -201,6 +201,7 @@ class Host:
         self.instance = obj
         self.handlers = {name: getattr(obj, name) for name in names}
         self.handlers["receive"] = obj.receive
+        self.hub.lone_ctx = None  # it holds the handlers (``Handling.lone_context``)
         tune_gc(self.hub.config.actor_gc_gen0)
 
     async def run(self) -> int:

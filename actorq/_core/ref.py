@@ -208,13 +208,22 @@ class ActorRef(Generic[A]):
         return bound
 
     def _bind(self, method: str) -> Any:
-        """``ref.method``: straight to the hub (the name was checked once, here)."""
+        """``ref.method``: straight to the hub (the name was checked once, here).
+
+        With the C helpers: the hub's ``bind_call`` (a ``LoneCaller``, which sends the
+        common call, one argument of plain data, with no Python frame and hands any
+        other to ``hub.call``)."""
 
         ref = self
         # the hub, held here once known (a ref's hub never changes once set): each read
         # of a ref's attribute goes through ``__getattr__``'s slow lookup (~250
         # instructions), once per call otherwise
         hub = self._hub
+        bind_call = getattr(hub, "bind_call", None)  # (a user's waiter may not have it)
+        if bind_call is not None:
+            caller = bind_call(ref, method)
+            if caller is not None:
+                return caller
 
         def bound(*args: Any, **kwargs: Any) -> Reply[Any]:
             nonlocal hub

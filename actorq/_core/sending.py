@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from actorq import _native
 from actorq._core.creditline import CreditLine
 from actorq._core.hubstate import _NO_KWARGS
 from actorq._core.outbox import BURST_PENDING
@@ -64,12 +65,27 @@ class Sending(CreditLine):
         self.pending[token] = reply
         msg = (OP_CALL, token, self.id, method, args, kwargs or _NO_KWARGS)
         try:
-            if not (plain and self._send_now(target, msg)):
+            # the latency path in C (``_native.send_lone``), else ``_send_now``
+            now = _native.send_lone
+            if not (plain and (now(self, target, msg) if now is not None
+                               else self._send_now(target, msg))):
                 self.send(ref, msg, nowait=False, plain=plain)
         except BaseException:
             self.pending.pop(token, None)
             raise
         return reply
+
+    def bind_call(self, ref: ActorRef[Any], method: str) -> Callable[..., Reply[Any]] | None:
+        """``ref.method`` bound in C (``_native.LoneCaller``: ``call`` for one argument
+        of plain data, written at once by ``send_lone``, without a Python frame; any
+        other call is this hub's ``call``), or None: no C helpers, or a hub whose
+        ``call`` is not this one (``ActorRef._bind`` then binds a closure)."""
+        caller = _native.LoneCaller
+        if caller is None or type(self).call is not Sending.call:
+            return None
+        bound: Callable[..., Reply[Any]] = caller(self, ref, method, ref.actor_id, Reply,
+                                                  next_token, SAFE_TYPES, _NO_KWARGS)
+        return bound
 
     def call_deadline(self, ref: ActorRef[Any], method: str, args: tuple[Any, ...],
                       kwargs: dict[str, Any] | None, deadline: float | None,
@@ -117,7 +133,9 @@ class Sending(CreditLine):
             reply._hook = on_outcome
         self.pending[token] = reply
         try:
-            if not (plain and self._send_now(target, msg)):
+            now = _native.send_lone  # as in ``call``
+            if not (plain and (now(self, target, msg) if now is not None
+                               else self._send_now(target, msg))):
                 self.send(ref, msg, nowait=False)
         except BaseException:
             self.pending.pop(token, None)
@@ -125,7 +143,8 @@ class Sending(CreditLine):
         return reply
 
     def _send_now(self, target: int, msg: tuple[Any, ...]) -> bool:
-        """The latency path: a call of plain data to an idle receiver, off the loop.
+        """The latency path: a call of plain data to an idle receiver, off the loop
+        (``_native.send_lone`` is this method in C, the same steps in the same order).
 
         Written to the ring at once, as a record of its own (no burst to wait for), and
         marshalled (plain data has no large buffers; ``oob.load_payload``). False,

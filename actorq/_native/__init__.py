@@ -37,6 +37,17 @@ environment forces the fallbacks (the test suite runs both).
   written as its own record, the doorbell's hold decided). None without the C helpers:
   the Python code beside each call is the fallback, and stores the same bytes
   (tests/native/test_lone_call.py).
+- ``serve_lone(hub, ctx)``: all of a lone call in one C call (``_ring.c``, its last
+  section; handling.py ``drain``): read, run, committed and answered, the steps above
+  with the hub's state set around the handler as ``serve_alone`` sets it; whatever is
+  not the common case is handed back to the Python methods at the point it differs.
+  None without the C helpers (``serve_alone`` then).
+- ``send_lone(hub, target, msg)``: a caller's lone call written at once, sending.py
+  ``_send_now`` in one C call (None without the C helpers: ``_send_now`` itself).
+- ``LoneCaller``: ``ref.method`` bound in C (ref.py ``ActorRef._bind``): the common
+  call (one argument of plain data) registered and sent as ``Sending.call`` does it,
+  with ``send_lone``, without a Python frame; any other call is ``hub.call``'s. None
+  without the C helpers (the Python closure then).
 
 - ``ReplyCore``: the fields of a ``Reply`` and its construction in C, its ``done()`` one
   C call (``_ring.c``); None without the C helpers (the fallback is
@@ -196,14 +207,20 @@ fence: Callable[[], None] | None = _ring.fence if _ring is not None else None
 lone_begin: Callable[..., int] | None = None
 lone_commit: Callable[..., int] | None = None
 write_reply: Callable[..., int | None] | None = None
+serve_lone: Callable[[Any, tuple[Any, ...]], int | tuple[int, Any]] | None = None
+send_lone: Callable[[Any, int, tuple[Any, ...]], bool] | None = None
+LoneCaller: Any = None
 
 
 def _select_lone() -> None:
-    global lone_begin, lone_commit, write_reply
+    global lone_begin, lone_commit, write_reply, serve_lone, send_lone, LoneCaller
     on = NATIVE_RING and _ring is not None
     lone_begin = _ring.lone_begin if on and _ring is not None else None
     lone_commit = _ring.lone_commit if on and _ring is not None else None
     write_reply = _ring.write_reply if on and _ring is not None else None
+    serve_lone = _ring.serve_lone if on and _ring is not None else None
+    send_lone = _ring.send_lone if on and _ring is not None else None
+    LoneCaller = _ring.LoneCaller if on and _ring is not None else None
 
 
 _select_lone()

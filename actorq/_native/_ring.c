@@ -22,6 +22,7 @@
 #include <structmember.h>
 #include <marshal.h>
 #include <stdint.h>
+#include <time.h>
 
 typedef struct {
     PyObject_HEAD
@@ -670,6 +671,12 @@ fence(PyObject *module, PyObject *Py_UNUSED(ignored))
 #define OP_REPLY 2          /* actorq/_core/protocol.py (tests/native check it) */
 static PyTypeObject ReplyCore_Type;
 static PyObject *take_reply(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *serve_lone(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *send_lone(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+static int intern_names(void);
+static int intern_send_names(void);
+static int lone_caller_init(PyObject *m);
+static PyObject *running_loop_fn;
 
 /* ---------------------------------------------------------------------------------
  * The actor's lone call (actorq/_actorproc/handling.py ``serve_alone``), its steps that
@@ -861,6 +868,14 @@ static PyMethodDef methods[] = {
      "marshalled and written as its own record (replies.py ``send_reply``): the new tail, "
      "its negative if *hold* and the reader said it would spin on the ring; None if not "
      "written (not plain data, too big, no room, or a Python core)."},
+    {"serve_lone", (PyCFunction)(void (*)(void))serve_lone, METH_FASTCALL,
+     "serve_lone(hub, ctx) -> int | (int, record | None): an idle actor's lone calls "
+     "served from its one inbound ring, each read, run, committed and answered in this "
+     "one call (handling.py ``drain``; the last section of _ring.c)."},
+    {"send_lone", (PyCFunction)(void (*)(void))send_lone, METH_FASTCALL,
+     "send_lone(hub, target, msg) -> bool: sending.py ``_send_now`` in one C call: a "
+     "lone call of plain data written to an idle receiver's ring at once, or False with "
+     "nothing sent."},
     {NULL, NULL, 0, NULL}
 };
 
@@ -874,7 +889,15 @@ PyMODINIT_FUNC
 PyInit__ring(void)
 {
     if (PyType_Ready(&U64Array_Type) < 0 || PyType_Ready(&RingCore_Type) < 0 ||
-            PyType_Ready(&ReplyCore_Type) < 0)
+            PyType_Ready(&ReplyCore_Type) < 0 || intern_names() < 0 ||
+            intern_send_names() < 0)
+        return NULL;
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio == NULL)
+        return NULL;
+    running_loop_fn = PyObject_GetAttrString(asyncio, "_get_running_loop");
+    Py_DECREF(asyncio);
+    if (running_loop_fn == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
@@ -888,7 +911,8 @@ PyInit__ring(void)
             PyModule_AddIntConstant(m, "H_TAIL", H_TAIL) < 0 ||
             PyModule_AddIntConstant(m, "H_SENT", H_SENT) < 0 ||
             PyModule_AddIntConstant(m, "REC_HEADER", REC_HEADER) < 0 ||
-            PyModule_AddObject(m, "WRAP", PyLong_FromUnsignedLong(WRAP)) < 0) {
+            PyModule_AddObject(m, "WRAP", PyLong_FromUnsignedLong(WRAP)) < 0 ||
+            lone_caller_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
@@ -1363,3 +1387,1000 @@ RingCore_write_lone(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(body);
     return result;
 }
+
+
+/* -- An actor's lone call, served in one C call (issue #15: the round trip's p99) ------
+ *
+ * ``serve_lone(hub, ctx)`` is the latency path of an idle actor with one inbound ring
+ * (actorq/_actorproc/handling.py ``drain``), what ``serve_alone`` and ``send_reply`` do
+ * for a lone call, without their Python frames: while the ring has unread records, it
+ * reads the next one (``read_plain``); if that is one marshalled call, ``OP_CALL`` or
+ * ``OP_DCALL`` with its deadline not passed, to a known handler, of an actor that is
+ * idle (nothing queued, not busy, not stopping, no reply held back, nothing dirty), it
+ * runs the handler between the same crash attribution stores as ``lone_begin`` and
+ * ``lone_commit`` and with the hub's state set as ``serve_alone`` sets it (``busy``,
+ * ``sync_depth``, ``alone``, and ``deadline`` for ``OP_DCALL``), commits the record and
+ * writes the reply as its own record under its channel's lock (``write_reply``).
+ *
+ * Whatever is not that common case goes back to Python at the point where it differs:
+ * - a record not servable here comes back as ``(n, record)`` (n: calls served before
+ *   it), for ``drain`` to handle as before (``serve_alone`` or ``_take_record``);
+ * - ``(n, None)``: the actor is busy or has something queued or open (the general
+ *   ``Receiving.drain``); an int *n*: the ring has nothing more to read;
+ * - a handler that raised: ``hub.lone_raised(...)``; one that returned something that
+ *   may be awaitable, or read its rings meanwhile (its record tracked):
+ *   ``hub.lone_tail(...)``; a reply not written here (no channel yet, a backlog on it,
+ *   not plain data, too big, no room): ``hub.send_reply(reply_to, msg, True)``.
+ * After the reply is written (off the round trip's path), the doorbell is held back or
+ * rung and credit is handed back by the same Python methods ``serve_alone`` calls.
+ *
+ * ctx (``Handling.lone_context``): (chan, core, hdr, slots, handlers, outbound,
+ * max_inline, busy, host), built once per inbound channel. */
+
+#define OP_CALL 1           /* actorq/_core/protocol.py */
+#define OP_DCALL 4
+#define LONE_CTX 9
+
+static PyObject *s_cursor, *s_open_records, *s_busy, *s_queue, *s_stopping, *s_held,
+    *s_dirty, *s_sync_depth, *s_alone, *s_alone_entry, *s_deadline, *s_lock, *s_acquire,
+    *s_release, *s_outbox, *s_encoded, *s_ring, *s_core, *s_lone_raised, *s_lone_tail,
+    *s_send_reply, *s_hold_doorbell, *s_ring_if_parked, *s_credit_returned, *s_empty;
+
+static int
+intern_names(void)
+{
+    static const struct { PyObject **slot; const char *name; } names[] = {
+        {&s_cursor, "cursor"}, {&s_open_records, "open_records"}, {&s_busy, "busy"},
+        {&s_queue, "queue"}, {&s_stopping, "stopping"}, {&s_held, "held"},
+        {&s_dirty, "dirty"}, {&s_sync_depth, "sync_depth"}, {&s_alone, "alone"},
+        {&s_alone_entry, "alone_entry"}, {&s_deadline, "deadline"}, {&s_lock, "lock"},
+        {&s_acquire, "acquire"}, {&s_release, "release"}, {&s_outbox, "outbox"},
+        {&s_encoded, "encoded"}, {&s_ring, "ring"}, {&s_core, "core"},
+        {&s_lone_raised, "lone_raised"}, {&s_lone_tail, "lone_tail"},
+        {&s_send_reply, "send_reply"}, {&s_hold_doorbell, "hold_doorbell"},
+        {&s_ring_if_parked, "ring_if_parked"}, {&s_credit_returned, "credit_returned"},
+        {&s_empty, ""},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        *names[i].slot = PyUnicode_InternFromString(names[i].name);
+        if (*names[i].slot == NULL)
+            return -1;
+    }
+    return 0;
+}
+
+/* The truth of obj.name: 1, 0, or -1 with an exception set. */
+static int
+attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    int t = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return t;
+}
+
+/* hub.sync_depth += delta */
+static int
+add_depth(PyObject *hub, long delta)
+{
+    PyObject *v = PyObject_GetAttr(hub, s_sync_depth);
+    if (v == NULL)
+        return -1;
+    long d = PyLong_AsLong(v);
+    Py_DECREF(v);
+    if (d == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *nv = PyLong_FromLong(d + delta);
+    if (nv == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(hub, s_sync_depth, nv);
+    Py_DECREF(nv);
+    return rc;
+}
+
+/* A result ``serve_alone`` knows is not awaitable (handling.py ``_PLAIN``). */
+static int
+never_awaitable(PyObject *v)
+{
+    PyTypeObject *t = Py_TYPE(v);
+    return v == Py_None || t == &PyLong_Type || t == &PyFloat_Type || t == &PyUnicode_Type ||
+        t == &PyBytes_Type || t == &PyBool_Type || t == &PyTuple_Type || t == &PyList_Type ||
+        t == &PyDict_Type || t == &PySet_Type || t == &PyFrozenSet_Type ||
+        t == &PyComplex_Type || t == &PyByteArray_Type;
+}
+
+/* time.monotonic() */
+static double
+monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The reply *msg* to *reply_to*, as ``send_reply(reply_to, msg, True)``: written here
+ * under its channel's lock when that is the common case, else by ``send_reply``. */
+static int
+lone_reply(PyObject *hub, PyObject *outbound, PyObject *max_inline, PyObject *reply_to,
+           PyObject *msg)
+{
+    PyObject *out = PyDict_GetItemWithError(outbound, reply_to);
+    if (out == NULL && PyErr_Occurred())
+        return -1;
+    long long written = 0;
+    if (out != NULL) {
+        Py_INCREF(out);
+        PyObject *lock = PyObject_GetAttr(out, s_lock);
+        if (lock == NULL) {
+            Py_DECREF(out);
+            return -1;
+        }
+        PyObject *r = PyObject_CallMethodNoArgs(lock, s_acquire);
+        if (r == NULL) {
+            Py_DECREF(lock);
+            Py_DECREF(out);
+            return -1;
+        }
+        Py_DECREF(r);
+        int err = 0;
+        int backlog = attr_true(out, s_outbox);
+        if (backlog == 0)
+            backlog = attr_true(out, s_encoded);
+        if (backlog < 0) {
+            err = 1;
+        } else if (backlog == 0) {
+            PyObject *ring = PyObject_GetAttr(out, s_ring);
+            PyObject *core = ring != NULL ? PyObject_GetAttr(ring, s_core) : NULL;
+            Py_XDECREF(ring);
+            PyObject *w = NULL;
+            if (core != NULL) {
+                PyObject *wargs[4] = {core, msg, max_inline, Py_True};
+                w = write_reply(NULL, wargs, 4);
+                Py_DECREF(core);
+            }
+            if (w == NULL)
+                err = 1;
+            else if (w != Py_None && (written = PyLong_AsLongLong(w)) == -1 &&
+                     PyErr_Occurred())
+                err = 1;
+            Py_XDECREF(w);
+        }
+        /* released whatever happened (a ``finally``); a pending exception kept */
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        r = PyObject_CallMethodNoArgs(lock, s_release);
+        Py_DECREF(lock);
+        if (r == NULL) {
+            Py_XDECREF(exc_type);
+            Py_XDECREF(exc_value);
+            Py_XDECREF(exc_tb);
+            Py_DECREF(out);
+            return -1;
+        }
+        Py_DECREF(r);
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+        if (err) {
+            Py_DECREF(out);
+            return -1;
+        }
+        if (written != 0) {
+            /* the release was the fence ``ring_if_parked`` needs (send_reply) */
+            if (written < 0)
+                r = PyObject_CallMethod(hub, "hold_doorbell", "OL", out, -written);
+            else
+                r = PyObject_CallMethodNoArgs(out, s_ring_if_parked);
+            Py_DECREF(out);
+            if (r == NULL)
+                return -1;
+            Py_DECREF(r);
+            return 0;
+        }
+        Py_DECREF(out);
+    }
+    PyObject *r = PyObject_CallMethodObjArgs(hub, s_send_reply, reply_to, msg, Py_True,
+                                             NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Serve one record (already read: *rec*, a ``Loaded``) if it is the common case.
+ * 1: served; 0: not (nothing changed but the hub's ``deadline``); -1: an error. */
+static int
+serve_one(PyObject *hub, PyObject *const *ctx, PyObject *rec)
+{
+    PyObject *chan = ctx[0], *handlers = ctx[4];
+    uint64_t *hdr = ((U64Array *)ctx[2])->words, *slots = ((U64Array *)ctx[3])->words;
+    PyObject *msgs = PyTuple_GET_ITEM(rec, 1);
+    if (!PyList_CheckExact(msgs) || PyList_GET_SIZE(msgs) != 1)
+        return 0;
+    PyObject *msg = PyList_GET_ITEM(msgs, 0);
+    if (!PyTuple_CheckExact(msg) || PyTuple_GET_SIZE(msg) < 6 ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(msg, 0)))
+        return 0;
+    int overflow;
+    long op = PyLong_AsLongAndOverflow(PyTuple_GET_ITEM(msg, 0), &overflow);
+    PyObject *deadline = NULL;
+    int t = 0;
+    if (op == OP_DCALL && PyTuple_GET_SIZE(msg) == 9) {
+        PyObject *due = PyTuple_GET_ITEM(msg, 6);
+        if (due != Py_None) {
+            if (!PyFloat_CheckExact(due) || PyFloat_AS_DOUBLE(due) <= monotonic_now())
+                return 0;  /* expired (``pump`` drops it), or not a float: Python's */
+        }
+        deadline = PyTuple_Pack(4, PyTuple_GET_ITEM(msg, 1), due, PyTuple_GET_ITEM(msg, 7),
+                                PyTuple_GET_ITEM(msg, 8));
+        if (deadline == NULL)
+            return -1;
+    } else if (op != OP_CALL || PyTuple_GET_SIZE(msg) != 6) {
+        return 0;
+    }
+    PyObject *token = PyTuple_GET_ITEM(msg, 1), *reply_to = PyTuple_GET_ITEM(msg, 2);
+    PyObject *method = PyTuple_GET_ITEM(msg, 3), *args = PyTuple_GET_ITEM(msg, 4);
+    PyObject *kwargs = PyTuple_GET_ITEM(msg, 5);
+    if (!PyLong_CheckExact(token) || !PyLong_CheckExact(reply_to) ||
+            !PyTuple_CheckExact(args) || !PyDict_CheckExact(kwargs) ||
+            (t = attr_true(hub, s_queue)) != 0 || (t = attr_true(hub, s_busy)) != 0 ||
+            (t = attr_true(ctx[8], s_stopping)) != 0 || (t = attr_true(hub, s_dirty)) != 0)
+        goto not_here;
+    PyObject *held = PyObject_GetAttr(hub, s_held);
+    if (held == NULL)
+        goto error;
+    Py_DECREF(held);
+    if (held != Py_None)
+        goto not_here;  /* serve_alone rings it first */
+    PyObject *fn = PyDict_GetItemWithError(handlers, method);
+    if (fn == NULL) {
+        if (PyErr_Occurred())
+            goto error;
+        goto not_here;
+    }
+    /* lone_begin */
+    unsigned long long pos = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(rec, 0));
+    unsigned long long tok = PyLong_AsUnsignedLongLong(token);
+    unsigned long long to = PyLong_AsUnsignedLongLong(reply_to);
+    unsigned long long busy_id = PyLong_AsUnsignedLongLong(ctx[7]);
+    if (PyErr_Occurred())
+        goto error;
+    if (SV_LOAD(slots, SV_C_STOP) ||
+            (SV_LOAD(hdr, H_CUR_REC) == pos && SV_LOAD(hdr, H_CUR_SUB)))
+        goto not_here;
+    SV_STORE(slots, SV_C_TOKEN, tok);
+    if (tok)
+        SV_STORE(slots, SV_C_REPLY_TO, to + 1);
+    uint64_t seq = SV_LOAD(hdr, H_HANDLED);
+    SV_STORE(slots, SV_C_SEQ, seq);
+    SV_STORE(slots, SV_C_BUSY, busy_id);
+    /* From here on the call is ours: the hub's state as serve_alone sets it. The
+     * message's list is emptied and the message let go of (its arguments are freed
+     * before the reply goes out: serve_alone's docstring). */
+    Py_INCREF(token);
+    Py_INCREF(reply_to);
+    Py_INCREF(fn);
+    Py_INCREF(args);
+    Py_INCREF(kwargs);
+    if (PyList_SetSlice(msgs, 0, 1, NULL) < 0)
+        goto error_own;
+    if (deadline != NULL && PyObject_SetAttr(hub, s_deadline, deadline) < 0)
+        goto error_own;
+    Py_CLEAR(deadline);
+    PyObject *unlink = PyList_New(0);
+    PyObject *alone = unlink != NULL ? PyTuple_Pack(3, chan, rec, unlink) : NULL;
+    if (alone == NULL || PyObject_SetAttr(hub, s_busy, Py_True) < 0 ||
+            add_depth(hub, 1) < 0 || PyObject_SetAttr(hub, s_alone, alone) < 0) {
+        Py_XDECREF(alone);
+        Py_XDECREF(unlink);
+        goto error_own;
+    }
+    Py_DECREF(alone);
+    PyObject *result = PyObject_Call(fn, args, PyDict_GET_SIZE(kwargs) ? kwargs : NULL);
+    Py_DECREF(fn);
+    Py_DECREF(args);
+    Py_DECREF(kwargs);
+    int rc = 1;
+    if (result == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {  /* KeyboardInterrupt & co: up */
+            PyObject *et, *ev, *etb;
+            PyErr_Fetch(&et, &ev, &etb);
+            add_depth(hub, -1);
+            PyErr_Clear();
+            PyErr_Restore(et, ev, etb);
+            rc = -1;
+        } else {
+            PyObject *et, *ev, *etb;
+            PyErr_Fetch(&et, &ev, &etb);
+            PyErr_NormalizeException(&et, &ev, &etb);
+            if (etb != NULL)
+                PyException_SetTraceback(ev, etb);
+            Py_XDECREF(et);
+            Py_XDECREF(etb);
+            PyObject *r = PyObject_CallMethodObjArgs(hub, s_lone_raised, chan, rec, unlink,
+                                                     token, reply_to, ev, NULL);
+            Py_XDECREF(ev);
+            Py_XDECREF(r);
+            if (r == NULL)
+                rc = -1;
+            if (add_depth(hub, -1) < 0 && rc == 1)
+                rc = -1;
+        }
+        goto done;
+    }
+    if (add_depth(hub, -1) < 0) {
+        Py_DECREF(result);
+        rc = -1;
+        goto done;
+    }
+    /* _end_alone(), as serve_alone writes it out */
+    PyObject *entry = PyObject_GetAttr(hub, s_alone_entry);
+    if (entry == NULL || PyObject_SetAttr(hub, s_alone, Py_None) < 0 ||
+            (entry != Py_None && PyObject_SetAttr(hub, s_alone_entry, Py_None) < 0)) {
+        Py_XDECREF(entry);
+        Py_DECREF(result);
+        rc = -1;
+        goto done;
+    }
+    if (entry != Py_None || !never_awaitable(result)) {
+        PyObject *seq_obj = PyLong_FromUnsignedLongLong(seq);
+        PyObject *r = seq_obj == NULL ? NULL : PyObject_CallMethodObjArgs(
+            hub, s_lone_tail, chan, rec, unlink, seq_obj, token, reply_to, result, entry,
+            NULL);
+        Py_XDECREF(seq_obj);
+        Py_DECREF(entry);
+        Py_DECREF(result);
+        if (r == NULL)
+            rc = -1;
+        Py_XDECREF(r);
+        goto done;
+    }
+    Py_DECREF(entry);
+    if (PyObject_SetAttr(hub, s_busy, Py_False) < 0) {
+        Py_DECREF(result);
+        rc = -1;
+        goto done;
+    }
+    /* lone_commit: its credit is back before the reply is */
+    unsigned long long end = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(rec, 3));
+    if (end == (unsigned long long)-1 && PyErr_Occurred()) {
+        Py_DECREF(result);
+        rc = -1;
+        goto done;
+    }
+    SV_STORE(slots, SV_C_HANDLED, SV_LOAD(slots, SV_C_HANDLED) + 1);
+    SV_STORE(hdr, H_HANDLED, seq + 1);
+    SV_STORE(hdr, H_HEAD, end);
+    SV_STORE(slots, SV_C_BUSY, 0);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint64_t want = SV_LOAD(hdr, H_WANT);
+    if (tok) {
+        PyObject *op_reply = PyLong_FromLong(OP_REPLY);
+        PyObject *reply = op_reply == NULL ? NULL : PyTuple_Pack(5, op_reply, token, Py_True,
+                                                                  result, s_empty);
+        Py_XDECREF(op_reply);
+        Py_DECREF(result);
+        if (reply == NULL || lone_reply(hub, ctx[5], ctx[6], reply_to, reply) < 0) {
+            Py_XDECREF(reply);
+            rc = -1;
+            goto done;
+        }
+        Py_DECREF(reply);
+        SV_STORE(slots, SV_C_TOKEN, 0);  /* the reply is out: a crash now fails no caller */
+    } else {
+        Py_DECREF(result);
+    }
+    if (want) {
+        PyObject *r = PyObject_CallMethodObjArgs(chan, s_credit_returned,
+                                                 tok ? Py_True : Py_False, NULL);
+        if (r == NULL)
+            rc = -1;
+        Py_XDECREF(r);
+    }
+done:
+    Py_DECREF(unlink);
+    Py_DECREF(token);
+    Py_DECREF(reply_to);
+    return rc;
+error_own:
+    Py_DECREF(token);
+    Py_DECREF(reply_to);
+    Py_DECREF(fn);
+    Py_DECREF(args);
+    Py_DECREF(kwargs);
+error:
+    Py_XDECREF(deadline);
+    return -1;
+not_here:
+    Py_XDECREF(deadline);
+    return t < 0 ? -1 : 0;
+}
+
+static PyObject *
+serve_lone(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyTuple_CheckExact(args[1]) ||
+            PyTuple_GET_SIZE(args[1]) != LONE_CTX) {
+        PyErr_SetString(PyExc_TypeError, "serve_lone(hub, ctx): ctx is a tuple of "
+                        "(chan, core, hdr, slots, handlers, outbound, max_inline, busy, host)");
+        return NULL;
+    }
+    PyObject *hub = args[0];
+    PyObject *const *ctx = &PyTuple_GET_ITEM(args[1], 0);
+    PyObject *chan = ctx[0];
+    if (Py_TYPE(ctx[1]) != &RingCore_Type || !PyDict_CheckExact(ctx[4]) ||
+            !PyDict_CheckExact(ctx[5])) {
+        PyErr_SetString(PyExc_TypeError, "serve_lone: ctx needs a RingCore and two dicts");
+        return NULL;
+    }
+    RingCore *core = (RingCore *)ctx[1];
+    if (words_of(ctx[2], H_WANT + 1, "serve_lone: hdr") == NULL ||
+            words_of(ctx[3], SV_C_SLOTS, "serve_lone: slots") == NULL)
+        return NULL;
+    uint64_t *hdr = ((U64Array *)ctx[2])->words;
+    long n = 0;
+    for (;;) {
+        PyObject *cursor = PyObject_GetAttr(chan, s_cursor);
+        if (cursor == NULL)
+            return NULL;
+        unsigned long long pos = PyLong_AsUnsignedLongLong(cursor);
+        if (pos == (unsigned long long)-1 && PyErr_Occurred()) {
+            Py_DECREF(cursor);
+            return NULL;
+        }
+        if (SV_LOAD(hdr, H_TAIL) == pos) {
+            Py_DECREF(cursor);
+            return PyLong_FromLong(n);
+        }
+        int t = attr_true(hub, s_busy);
+        if (t == 0)
+            t = attr_true(hub, s_queue);
+        if (t == 0)
+            t = attr_true(chan, s_open_records);
+        if (t != 0) {
+            Py_DECREF(cursor);
+            return t < 0 ? NULL : Py_BuildValue("(lO)", n, Py_None);
+        }
+        PyObject *rec = RingCore_read_plain(core, &cursor, 1);
+        Py_DECREF(cursor);
+        if (rec == NULL)
+            return NULL;
+        if (rec == Py_None)  /* a published tail always has a record */
+            return Py_BuildValue("(lN)", n, rec);
+        if (PyObject_SetAttr(chan, s_cursor, PyTuple_GET_ITEM(rec, 3)) < 0) {
+            Py_DECREF(rec);
+            return NULL;
+        }
+        int served = Py_TYPE(rec) == core->loaded ? serve_one(hub, ctx, rec) : 0;
+        if (served <= 0) {
+            if (served < 0) {
+                Py_DECREF(rec);
+                return NULL;
+            }
+            return Py_BuildValue("(lN)", n, rec);
+        }
+        Py_DECREF(rec);
+        n++;
+    }
+}
+
+
+/* -- A lone call sent (issue #15): ``send_lone(hub, target, msg)`` ----------------------
+ *
+ * ``Sending._send_now`` (actorq/_core/sending.py) in one C call, the same steps in the
+ * same order: a call of plain data to an idle receiver written to its ring at once
+ * under the channel's lock (``write_lone``), the spin hint set on the reply's ring for a
+ * caller without an event loop, one credit spent, and the receiver's doorbell rung if it
+ * is parked. False with nothing sent whenever anything is unusual (``send`` handles it
+ * then). */
+
+#define SL_C_PARKED 0        /* actorq/_transport/channel.py */
+#define SL_BURST_PENDING 16  /* actorq/_core/outbox.py */
+#define SL_LONE_MARSHAL 2    /* actorq/_transport/oob.py */
+
+static PyObject *s_outbound, *s_burst, *s_pending, *s_loop_thread_id, *s_credits, *s_gate,
+    *s_waiting, *s_expects_readers, *s_inbound, *s_hdr, *s_max_inline, *s_ctl, *s_slots;
+
+static int
+intern_send_names(void)
+{
+    static const struct { PyObject **slot; const char *name; } names[] = {
+        {&s_outbound, "outbound"}, {&s_burst, "burst"}, {&s_pending, "pending"},
+        {&s_loop_thread_id, "loop_thread_id"}, {&s_credits, "credits"}, {&s_gate, "gate"},
+        {&s_waiting, "waiting"}, {&s_expects_readers, "expects_readers"},
+        {&s_inbound, "inbound"}, {&s_hdr, "hdr"}, {&s_max_inline, "max_inline"},
+        {&s_ctl, "ctl"}, {&s_slots, "slots"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        *names[i].slot = PyUnicode_InternFromString(names[i].name);
+        if (*names[i].slot == NULL)
+            return -1;
+    }
+    return 0;
+}
+
+/* len(obj.name), or -1 with an exception set */
+static Py_ssize_t
+attr_len(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    Py_ssize_t n = PyObject_Length(v);
+    Py_DECREF(v);
+    return n;
+}
+
+/* obj.name as a C long, or -1 with an exception set */
+static long
+attr_long(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    long n = PyLong_AsLong(v);
+    Py_DECREF(v);
+    return n;
+}
+
+static int
+set_long(PyObject *obj, PyObject *name, long value)
+{
+    PyObject *v = PyLong_FromLong(value);
+    if (v == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* Under the channel's lock: 1 written, 0 not (the slow path's), -1 an error. */
+static int
+send_locked(PyObject *hub, PyObject *chan, PyObject *target, PyObject *msg, int no_loop)
+{
+    long credits = attr_long(chan, s_credits);
+    if (credits == -1 && PyErr_Occurred())
+        return -1;
+    if (credits <= 0)
+        return 0;
+    PyObject *gate = PyObject_GetAttr(chan, s_gate);
+    if (gate == NULL)
+        return -1;
+    int t = attr_true(gate, s_waiting);
+    Py_DECREF(gate);
+    if (t == 0)
+        t = attr_true(chan, s_outbox);
+    if (t == 0)
+        t = attr_true(chan, s_encoded);
+    if (t != 0)
+        return t < 0 ? -1 : 0;
+    if (no_loop) {
+        /* the spin hint: a lone call from a thread without an event loop (its caller
+         * spins on the reply's ring: sending.py ``_send_now``) */
+        t = attr_true(hub, s_expects_readers);
+        if (t < 0)
+            return -1;
+        if (t) {
+            Py_ssize_t n = attr_len(hub, s_pending);
+            if (n < 0)
+                return -1;
+            if (n == 1) {
+                PyObject *inbound = PyObject_GetAttr(hub, s_inbound);
+                PyObject *back = inbound != NULL ? PyObject_GetItem(inbound, target) : NULL;
+                Py_XDECREF(inbound);
+                PyObject *ring = back != NULL ? PyObject_GetAttr(back, s_ring) : NULL;
+                Py_XDECREF(back);
+                PyObject *hdr = ring != NULL ? PyObject_GetAttr(ring, s_hdr) : NULL;
+                Py_XDECREF(ring);
+                if (hdr != NULL && Py_TYPE(hdr) == &U64Array_Type) {
+                    uint64_t *w = ((U64Array *)hdr)->words;  /* NULL: released (pass) */
+                    if (w != NULL && ((U64Array *)hdr)->n > H_READER && !SV_LOAD(w, H_READER))
+                        SV_STORE(w, H_READER, READER_EXPECTED);
+                } else if (hdr != NULL) {  /* the Python slots: as sending.py writes it */
+                    PyObject *cur = PySequence_GetItem(hdr, H_READER);
+                    int mark = cur != NULL ? !PyObject_IsTrue(cur) : -1;
+                    Py_XDECREF(cur);
+                    if (mark == 1) {
+                        PyObject *v = PyLong_FromLong(READER_EXPECTED);
+                        if (v == NULL || PySequence_SetItem(hdr, H_READER, v) < 0)
+                            mark = -1;
+                        Py_XDECREF(v);
+                    }
+                    if (mark < 0)
+                        PyErr_Clear();  /* released meanwhile: as below */
+                }
+                Py_XDECREF(hdr);
+                if (hdr == NULL) {
+                    /* no reply ring (yet), or released: KeyError, ValueError */
+                    if (!PyErr_ExceptionMatches(PyExc_KeyError) &&
+                            !PyErr_ExceptionMatches(PyExc_ValueError))
+                        return -1;
+                    PyErr_Clear();
+                }
+            }
+        }
+    }
+    PyObject *ring = PyObject_GetAttr(chan, s_ring);
+    PyObject *core = ring != NULL ? PyObject_GetAttr(ring, s_core) : NULL;
+    Py_XDECREF(ring);
+    if (core == NULL)
+        return -1;
+    PyObject *limit = PyObject_GetAttr(hub, s_max_inline);
+    if (limit == NULL) {
+        Py_DECREF(core);
+        return -1;
+    }
+    PyObject *written;
+    if (Py_TYPE(core) == &RingCore_Type) {
+        PyObject *wargs[3] = {msg, NULL, limit};
+        wargs[1] = PyLong_FromLong(SL_LONE_MARSHAL);
+        written = wargs[1] != NULL ? RingCore_write_lone((RingCore *)core, wargs, 3) : NULL;
+        Py_XDECREF(wargs[1]);
+    } else {
+        written = PyObject_CallMethod(core, "write_lone", "OiO", msg, SL_LONE_MARSHAL, limit);
+    }
+    Py_DECREF(limit);
+    Py_DECREF(core);
+    if (written == NULL)
+        return -1;
+    long long end = PyLong_AsLongLong(written);
+    Py_DECREF(written);
+    if (end == -1 && PyErr_Occurred())
+        return -1;
+    if (end <= 0)
+        return 0;
+    return set_long(chan, s_credits, credits - 1) < 0 ? -1 : 1;
+}
+
+static PyObject *
+send_lone(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "send_lone(hub, target, msg) takes 3 arguments "
+                     "(%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *hub = args[0], *target = args[1], *msg = args[2];
+    PyObject *outbound = PyObject_GetAttr(hub, s_outbound);
+    if (outbound == NULL)
+        return NULL;
+    PyObject *chan = PyDict_CheckExact(outbound)
+        ? Py_XNewRef(PyDict_GetItemWithError(outbound, target))
+        : PyObject_CallMethod(outbound, "get", "O", target);
+    Py_DECREF(outbound);
+    if (chan == NULL && PyErr_Occurred())
+        return NULL;
+    if (chan == Py_None)
+        Py_CLEAR(chan);
+    long burst = attr_long(hub, s_burst);
+    if ((burst == -1 && PyErr_Occurred()) || set_long(hub, s_burst, burst + 1) < 0) {
+        Py_XDECREF(chan);
+        return NULL;
+    }
+    burst += 1;
+    PyObject *loop = PyObject_CallNoArgs(running_loop_fn);
+    if (loop == NULL) {
+        Py_XDECREF(chan);
+        return NULL;
+    }
+    int no_loop = loop == Py_None;
+    Py_DECREF(loop);
+    if (chan == NULL)
+        Py_RETURN_FALSE;
+    if (burst > SL_BURST_PENDING) {
+        Py_ssize_t n = attr_len(hub, s_pending);
+        if (n < 0 || n > SL_BURST_PENDING) {
+            Py_DECREF(chan);
+            return n < 0 ? NULL : Py_NewRef(Py_False);
+        }
+    }
+    if (!no_loop) {  /* the loop thread runs its loop whenever it runs our code */
+        PyObject *tid = PyObject_GetAttr(hub, s_loop_thread_id);
+        if (tid == NULL) {
+            Py_DECREF(chan);
+            return NULL;
+        }
+        int same = tid != Py_None &&
+            PyLong_AsUnsignedLong(tid) == PyThread_get_thread_ident();
+        Py_DECREF(tid);
+        if (PyErr_Occurred()) {
+            Py_DECREF(chan);
+            return NULL;
+        }
+        if (same) {
+            Py_DECREF(chan);
+            Py_RETURN_FALSE;
+        }
+    }
+    PyObject *lock = PyObject_GetAttr(chan, s_lock);
+    PyObject *r = lock != NULL ? PyObject_CallMethodNoArgs(lock, s_acquire) : NULL;
+    if (r == NULL) {
+        Py_XDECREF(lock);
+        Py_DECREF(chan);
+        return NULL;
+    }
+    Py_DECREF(r);
+    int sent = send_locked(hub, chan, target, msg, no_loop);
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    r = PyObject_CallMethodNoArgs(lock, s_release);
+    Py_DECREF(lock);
+    if (r == NULL) {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        Py_DECREF(chan);
+        return NULL;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(et, ev, etb);
+    if (sent <= 0) {
+        Py_DECREF(chan);
+        return sent < 0 ? NULL : Py_NewRef(Py_False);
+    }
+    /* The release is a full fence between the tail stored and the parked flag loaded:
+     * a receiver that spins (not parked) needs no call (``ring_if_parked``) */
+    PyObject *ctl = PyObject_GetAttr(chan, s_ctl);
+    PyObject *slots = ctl != NULL ? PyObject_GetAttr(ctl, s_slots) : NULL;
+    Py_XDECREF(ctl);
+    int parked = -1;
+    if (slots != NULL && Py_TYPE(slots) == &U64Array_Type) {
+        if (!released((U64Array *)slots) && ((U64Array *)slots)->n > SL_C_PARKED)
+            parked = (int)(SV_LOAD(((U64Array *)slots)->words, SL_C_PARKED) & 1);
+    } else if (slots != NULL) {
+        PyObject *v = PySequence_GetItem(slots, SL_C_PARKED);
+        if (v != NULL) {
+            long p = PyLong_AsLong(v);
+            Py_DECREF(v);
+            if (!(p == -1 && PyErr_Occurred()))
+                parked = (int)(p & 1);
+        }
+    }
+    Py_XDECREF(slots);
+    if (parked < 0) {
+        if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();  /* the channel was closed meanwhile: its actor is gone */
+            Py_DECREF(chan);
+            Py_RETURN_TRUE;
+        }
+        Py_DECREF(chan);
+        return NULL;
+    }
+    if (parked) {
+        r = PyObject_CallMethodNoArgs(chan, s_ring_if_parked);
+        if (r == NULL && PyErr_ExceptionMatches(PyExc_ValueError))
+            PyErr_Clear();
+        else if (r == NULL) {
+            Py_DECREF(chan);
+            return NULL;
+        }
+        Py_XDECREF(r);
+    }
+    Py_DECREF(chan);
+    Py_RETURN_TRUE;
+}
+
+
+/* -- ``ref.method``, bound in C (issue #15): ``LoneCaller`` ------------------------------
+ *
+ * What ``ActorRef._bind`` returns when the C helpers are in use: a callable that does
+ * what ``Sending.call`` does for the common call, one argument of plain data
+ * (``SAFE_TYPES``) and no keywords, in C: a token taken, the ``Reply`` made and
+ * registered as pending, the message written at once (``send_lone``) or, failing that,
+ * handed to ``hub.send``; the reply returned. Any other call (keywords, several
+ * arguments, not plain data) is ``hub.call(ref, method, args, kwargs)``, as before.
+ *
+ * LoneCaller(hub, ref, method, target, reply_type, next_token, safe_types, no_kwargs) */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *hub;
+    PyObject *ref;
+    PyObject *method;
+    PyObject *target;
+    PyObject *reply_type;
+    PyObject *next_token;
+    PyObject *safe_types;
+    PyObject *no_kwargs;
+    vectorcallfunc vectorcall;
+} LoneCaller;
+
+#define LONE_CALLER_FIELDS(X) X(hub) X(ref) X(method) X(target) X(reply_type) \
+    X(next_token) X(safe_types) X(no_kwargs)
+
+static PyObject *s_call, *s_send, *s_id, *s_pop, *op_call_obj, *send_kwnames;
+
+static int
+LoneCaller_traverse(LoneCaller *self, visitproc visit, void *arg)
+{
+#define LC_VISIT(f) Py_VISIT(self->f);
+    LONE_CALLER_FIELDS(LC_VISIT)
+#undef LC_VISIT
+    return 0;
+}
+
+static int
+LoneCaller_clear(LoneCaller *self)
+{
+#define LC_CLEAR(f) Py_CLEAR(self->f);
+    LONE_CALLER_FIELDS(LC_CLEAR)
+#undef LC_CLEAR
+    return 0;
+}
+
+static void
+LoneCaller_dealloc(LoneCaller *self)
+{
+    PyObject_GC_UnTrack(self);
+    LoneCaller_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* hub.call(ref, method, args, kwargs): everything but the common call */
+static PyObject *
+lone_caller_slow(LoneCaller *self, PyObject *const *args, size_t nargs, PyObject *kwnames)
+{
+    PyObject *tuple = PyTuple_New((Py_ssize_t)nargs);
+    if (tuple == NULL)
+        return NULL;
+    for (size_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(tuple, (Py_ssize_t)i, Py_NewRef(args[i]));
+    PyObject *kwargs = PyDict_New();
+    if (kwargs == NULL) {
+        Py_DECREF(tuple);
+        return NULL;
+    }
+    Py_ssize_t nk = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + (size_t)i]) < 0) {
+            Py_DECREF(tuple);
+            Py_DECREF(kwargs);
+            return NULL;
+        }
+    }
+    PyObject *r = PyObject_CallMethodObjArgs(self->hub, s_call, self->ref, self->method, tuple,
+                                             kwargs, NULL);
+    Py_DECREF(tuple);
+    Py_DECREF(kwargs);
+    return r;
+}
+
+static PyObject *
+LoneCaller_vectorcall(LoneCaller *self, PyObject *const *args, size_t nargsf,
+                      PyObject *kwnames)
+{
+    size_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0))
+        return lone_caller_slow(self, args, nargs, kwnames);
+    int plain = PySet_Contains(self->safe_types, (PyObject *)Py_TYPE(args[0]));
+    if (plain < 0)
+        return NULL;
+    if (!plain)
+        return lone_caller_slow(self, args, nargs, kwnames);
+    PyObject *token = PyObject_CallNoArgs(self->next_token);
+    if (token == NULL)
+        return NULL;
+    PyObject *rargs[5] = {self->hub, self->ref, token, self->method, self->target};
+    PyObject *reply = PyObject_Vectorcall(self->reply_type, rargs, 5, NULL);
+    PyObject *pending = reply != NULL ? PyObject_GetAttr(self->hub, s_pending) : NULL;
+    PyObject *hub_id = pending != NULL ? PyObject_GetAttr(self->hub, s_id) : NULL;
+    PyObject *call_args = hub_id != NULL ? PyTuple_Pack(1, args[0]) : NULL;
+    PyObject *msg = call_args != NULL ? PyTuple_Pack(6, op_call_obj, token, hub_id,
+                                                     self->method, call_args,
+                                                     self->no_kwargs) : NULL;
+    Py_XDECREF(hub_id);
+    Py_XDECREF(call_args);
+    if (msg == NULL || PyObject_SetItem(pending, token, reply) < 0) {
+        Py_XDECREF(msg);
+        Py_XDECREF(pending);
+        Py_XDECREF(reply);
+        Py_DECREF(token);
+        return NULL;
+    }
+    PyObject *sargs[3] = {self->hub, self->target, msg};
+    PyObject *sent = send_lone(NULL, sargs, 3);
+    if (sent == Py_False) {  /* the slow path: hub.send(ref, msg, nowait=False, plain=True) */
+        PyObject *margs[5] = {self->hub, self->ref, msg, Py_False, Py_True};
+        Py_DECREF(sent);
+        sent = PyObject_VectorcallMethod(s_send, margs, 3,
+                                         send_kwnames);
+    }
+    Py_DECREF(msg);
+    if (sent == NULL) {  /* nothing sent: the pending entry goes (``call``'s except) */
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        PyObject *r = PyObject_CallMethodObjArgs(pending, s_pop, token, Py_None, NULL);
+        Py_XDECREF(r);
+        PyErr_Clear();
+        PyErr_Restore(et, ev, etb);
+        Py_DECREF(pending);
+        Py_DECREF(reply);
+        Py_DECREF(token);
+        return NULL;
+    }
+    Py_DECREF(sent);
+    Py_DECREF(pending);
+    Py_DECREF(token);
+    return reply;
+}
+
+static PyObject *
+LoneCaller_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *f[8];
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "LoneCaller() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "LoneCaller", 8, 8, &f[0], &f[1], &f[2], &f[3], &f[4],
+                           &f[5], &f[6], &f[7]))
+        return NULL;
+    if (!PyAnySet_Check(f[6]) || !PyDict_CheckExact(f[7]) || !PyCallable_Check(f[4]) ||
+            !PyCallable_Check(f[5])) {
+        PyErr_SetString(PyExc_TypeError, "LoneCaller(hub, ref, method, target, reply_type, "
+                        "next_token, safe_types, no_kwargs): reply_type and next_token "
+                        "callable, safe_types a set, no_kwargs a dict");
+        return NULL;
+    }
+    LoneCaller *self = (LoneCaller *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    int i = 0;
+#define LC_SET(fld) self->fld = Py_NewRef(f[i++]);
+    LONE_CALLER_FIELDS(LC_SET)
+#undef LC_SET
+    self->vectorcall = (vectorcallfunc)LoneCaller_vectorcall;
+    return (PyObject *)self;
+}
+
+static PyMemberDef LoneCaller_members[] = {
+    {"ref", T_OBJECT, offsetof(LoneCaller, ref), READONLY, "the ref it calls through"},
+    {"method", T_OBJECT, offsetof(LoneCaller, method), READONLY, "the handler's name"},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(LoneCaller, vectorcall), READONLY},
+    {NULL}
+};
+
+/* ``__name__`` and ``__qualname__``: the handler's name, as the Python closure had */
+static PyObject *
+LoneCaller_name(LoneCaller *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->method);
+}
+
+static PyGetSetDef LoneCaller_getset[] = {
+    {"__name__", (getter)LoneCaller_name, NULL, "the handler's name", NULL},
+    {"__qualname__", (getter)LoneCaller_name, NULL, "the handler's name", NULL},
+    {NULL}
+};
+
+static PyTypeObject LoneCaller_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "actorq._native._ring.LoneCaller",
+    .tp_doc = "ref.method bound in C: the common call sent without a Python frame.",
+    .tp_basicsize = sizeof(LoneCaller),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = LoneCaller_new,
+    .tp_dealloc = (destructor)LoneCaller_dealloc,
+    .tp_traverse = (traverseproc)LoneCaller_traverse,
+    .tp_clear = (inquiry)LoneCaller_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(LoneCaller, vectorcall),
+    .tp_members = LoneCaller_members,
+    .tp_getset = LoneCaller_getset,
+};
+
+static int
+lone_caller_init(PyObject *m)
+{
+    s_call = PyUnicode_InternFromString("call");
+    s_send = PyUnicode_InternFromString("send");
+    s_id = PyUnicode_InternFromString("id");
+    s_pop = PyUnicode_InternFromString("pop");
+    op_call_obj = PyLong_FromLong(OP_CALL);
+    send_kwnames = Py_BuildValue("(ss)", "nowait", "plain");
+    if (s_call == NULL || s_send == NULL || s_id == NULL || s_pop == NULL ||
+            op_call_obj == NULL || send_kwnames == NULL || PyType_Ready(&LoneCaller_Type) < 0)
+        return -1;
+    return PyModule_AddObjectRef(m, "LoneCaller", (PyObject *)&LoneCaller_Type);
+}
+
