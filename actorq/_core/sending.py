@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from actorq._core.ref import ActorRef
 
 _running_loop = asyncio._get_running_loop  # this thread's running loop or None, no raise
+if _native.configure_calls is not None:  # what ``_native.hub_call`` makes replies with
+    _native.configure_calls(Reply, next_token, SAFE_TYPES, _NO_KWARGS)
 
 
 def _tell_checked(send: Callable[..., None], ref: ActorRef[Any], message: Any,

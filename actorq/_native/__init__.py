@@ -48,6 +48,11 @@ environment forces the fallbacks (the test suite runs both).
   call (one argument of plain data) registered and sent as ``Sending.call`` does it,
   with ``send_lone``, without a Python frame; any other call is ``hub.call``'s. None
   without the C helpers (the Python closure then).
+- ``hub_call``, ``hub_call_deadline``: ``Sending.call`` and ``call_deadline`` in C for
+  one argument of plain data (else the hub's method), what the C pool calls send through
+  (``_pool.c``), so that a pool's call costs what a ref's does; ``configure_calls``
+  (actorq/_core/sending.py) gives them ``Reply`` and the token counter. None without
+  the C helpers.
 
 - ``ReplyCore``: the fields of a ``Reply`` and its construction in C, its ``done()`` one
   C call (``_ring.c``); None without the C helpers (the fallback is
@@ -201,6 +206,10 @@ u64_array: Callable[[Any], U64Slots] = _ring.U64Array if _ring is not None else 
 RingCore: Any = _ring.RingCore if _ring is not None else None
 # ``fence()``: a full memory barrier in C, or None (the fallback is a lock in channel.py)
 fence: Callable[[], None] | None = _ring.fence if _ring is not None else None
+# ``configure_calls(reply_type, next_token, safe_types, no_kwargs)``: what ``hub_call``
+# and ``hub_call_deadline`` make replies with (actorq/_core/sending.py), or None
+configure_calls: Callable[..., None] | None = (
+    _ring.configure_calls if _ring is not None else None)
 # A lone call's steps in an actor (actorq/_actorproc/handling.py ``serve_alone``,
 # replies.py ``send_reply``), or None (the Python code beside them is the fallback):
 # ``lone_begin``, ``lone_commit`` and ``write_reply`` (see _ring.c)
@@ -210,10 +219,13 @@ write_reply: Callable[..., int | None] | None = None
 serve_lone: Callable[[Any, tuple[Any, ...]], int | tuple[int, Any]] | None = None
 send_lone: Callable[[Any, int, tuple[Any, ...]], bool] | None = None
 LoneCaller: Any = None
+hub_call: Callable[..., Any] | None = None
+hub_call_deadline: Callable[..., Any] | None = None
 
 
 def _select_lone() -> None:
     global lone_begin, lone_commit, write_reply, serve_lone, send_lone, LoneCaller
+    global hub_call, hub_call_deadline
     on = NATIVE_RING and _ring is not None
     lone_begin = _ring.lone_begin if on and _ring is not None else None
     lone_commit = _ring.lone_commit if on and _ring is not None else None
@@ -221,6 +233,8 @@ def _select_lone() -> None:
     serve_lone = _ring.serve_lone if on and _ring is not None else None
     send_lone = _ring.send_lone if on and _ring is not None else None
     LoneCaller = _ring.LoneCaller if on and _ring is not None else None
+    hub_call = _ring.hub_call if on and _ring is not None else None
+    hub_call_deadline = _ring.hub_call_deadline if on and _ring is not None else None
 
 
 _select_lone()

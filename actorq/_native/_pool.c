@@ -38,6 +38,9 @@
 #include <time.h>
 
 /* set by configure(): the Python functions the C ones stand for, the router classes */
+/* the hub's call and call_deadline in C (_ring.c ``hub_call``, ``hub_call_deadline``),
+ * or NULL: the hub's methods */
+static PyObject *py_hub_call, *py_hub_call_deadline;
 static PyObject *py_bare_call, *py_pick_first, *py_first_outcome, *py_send_first,
     *py_first_not_sent, *py_watch, *py_rearm;
 static PyTypeObject *rr_type, *ll_type, *fast_type, *hash_type;
@@ -754,8 +757,8 @@ bare_call(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
     if (hook == NULL)
         goto failed;
     PyObject *cargs[6] = {hub, ref, method, args, kwargs, hook};
-    reply = PyObject_VectorcallMethod(S_call, cargs, 6 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                      NULL);
+    reply = py_hub_call != NULL ? PyObject_Vectorcall(py_hub_call, cargs, 6, NULL)
+        : PyObject_VectorcallMethod(S_call, cargs, 6 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (reply == NULL)
         goto failed;
     Py_DECREF(hook);
@@ -878,8 +881,10 @@ send_first(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
     if (hook == NULL)
         goto not_sent;
     PyObject *cargs[9] = {hub, ref, method, args, kwargs, deadline, Py_None, hook, prefix};
-    reply = PyObject_VectorcallMethod(S_call_deadline, cargs,
-                                      9 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    reply = py_hub_call_deadline != NULL
+        ? PyObject_Vectorcall(py_hub_call_deadline, cargs, 9, NULL)
+        : PyObject_VectorcallMethod(S_call_deadline, cargs,
+                                    9 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (reply == NULL)
         goto not_sent;
     if (deadline != Py_None) {  /* watched by the pool's deadline queue */
@@ -1047,6 +1052,12 @@ configure(PyObject *module, PyObject *d)
         slot_cache_keys = n;
     }
     ewma_alpha = alpha;
+    const char *calls[] = {"hub_call", "hub_call_deadline"};
+    PyObject **call_slots[] = {&py_hub_call, &py_hub_call_deadline};
+    for (int i = 0; i < 2; i++) {  /* optional: None or absent, the hub's methods */
+        PyObject *f = PyDict_GetItemString(d, calls[i]);
+        Py_XSETREF(*call_slots[i], f != NULL && f != Py_None ? Py_NewRef(f) : NULL);
+    }
     Py_RETURN_NONE;
 }
 
@@ -1124,6 +1135,8 @@ intern_names(void)
     return 0;
 }
 
+static int pool_caller_init(PyObject *m);
+
 PyMODINIT_FUNC
 PyInit__pool(void)
 {
@@ -1132,9 +1145,161 @@ PyInit__pool(void)
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Hook", (PyObject *)&Hook_Type) < 0) {
+    if (PyModule_AddObjectRef(m, "Hook", (PyObject *)&Hook_Type) < 0 ||
+            pool_caller_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
     return m;
+}
+
+
+/* -- ``pool.method``, bound in C (issue #15) ---------------------------------------------
+ *
+ * ``PoolCaller(pool, core, method, bound)``: what actorq/_routing/pool.py ``_bind``
+ * returns with the C pool calls: called with positional arguments only, it is
+ * ``core._route(core, method, args)`` (the pool's own path, in C), and with a plain
+ * ``key=`` besides ``core._route_key(core, method, args, None, key)``, without the
+ * Python frame of *bound* (the closure, which every other call goes to: a handler's
+ * keywords, ``timeout=``, a key of another type). A ref's ``ref.method`` is bound in C too (``_ring.c``: ``LoneCaller``), so a
+ * pool call costs only its routing more. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *pool;
+    PyObject *core;
+    PyObject *method;
+    PyObject *bound;
+    vectorcallfunc vectorcall;
+} PoolCaller;
+
+static PyObject *S_route, *S_route_key;
+
+static int
+PoolCaller_traverse(PoolCaller *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->pool);
+    Py_VISIT(self->core);
+    Py_VISIT(self->method);
+    Py_VISIT(self->bound);
+    return 0;
+}
+
+static int
+PoolCaller_clear(PoolCaller *self)
+{
+    Py_CLEAR(self->pool);
+    Py_CLEAR(self->core);
+    Py_CLEAR(self->method);
+    Py_CLEAR(self->bound);
+    return 0;
+}
+
+static void
+PoolCaller_dealloc(PoolCaller *self)
+{
+    PyObject_GC_UnTrack(self);
+    PoolCaller_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+PoolCaller_vectorcall(PoolCaller *self, PyObject *const *args, size_t nargsf,
+                      PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *key = NULL;
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0) {
+        /* key= alone, a plain one (the closure's PLAIN_KEYS: str, int, bytes):
+         * core._route_key(core, method, args, None, key); anything else: the closure */
+        key = args[nargs];
+        PyTypeObject *kt = Py_TYPE(key);
+        if (PyTuple_GET_SIZE(kwnames) != 1 ||
+                PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "key") != 0 ||
+                !(kt == &PyUnicode_Type || kt == &PyLong_Type || kt == &PyBytes_Type))
+            return PyObject_Vectorcall(self->bound, args, nargsf, kwnames);
+    }
+    PyObject *route = PyObject_GetAttr(self->core, key == NULL ? S_route : S_route_key);
+    if (route == NULL)
+        return NULL;
+    PyObject *tuple = PyTuple_New(nargs);
+    if (tuple == NULL) {
+        Py_DECREF(route);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+    PyObject *rargs[5] = {self->core, self->method, tuple, Py_None, key};
+    PyObject *reply = PyObject_Vectorcall(route, rargs, key == NULL ? 3 : 5, NULL);
+    Py_DECREF(tuple);
+    Py_DECREF(route);
+    return reply;
+}
+
+static PyObject *
+PoolCaller_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *pool, *core, *method, *bound;
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) ||
+            !PyArg_UnpackTuple(args, "PoolCaller", 4, 4, &pool, &core, &method, &bound))
+        return PyErr_Occurred() ? NULL
+            : PyErr_Format(PyExc_TypeError, "PoolCaller(pool, core, method, bound)");
+    if (!PyUnicode_Check(method) || !PyCallable_Check(bound)) {
+        PyErr_SetString(PyExc_TypeError, "PoolCaller(pool, core, method, bound): method a "
+                        "str, bound callable");
+        return NULL;
+    }
+    PoolCaller *self = (PoolCaller *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->pool = Py_NewRef(pool);
+    self->core = Py_NewRef(core);
+    self->method = Py_NewRef(method);
+    self->bound = Py_NewRef(bound);
+    self->vectorcall = (vectorcallfunc)PoolCaller_vectorcall;
+    return (PyObject *)self;
+}
+
+static PyObject *
+PoolCaller_name(PoolCaller *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->method);
+}
+
+static PyGetSetDef PoolCaller_getset[] = {
+    {"__name__", (getter)PoolCaller_name, NULL, "the handler's name", NULL},
+    {"__qualname__", (getter)PoolCaller_name, NULL, "the handler's name", NULL},
+    {NULL}
+};
+
+static PyMemberDef PoolCaller_members[] = {
+    {"pool", T_OBJECT, offsetof(PoolCaller, pool), READONLY, "the pool it calls"},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(PoolCaller, vectorcall), READONLY},
+    {NULL}
+};
+
+static PyTypeObject PoolCaller_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "actorq._native._pool.PoolCaller",
+    .tp_doc = "pool.method bound in C: positional calls straight to the pool's route.",
+    .tp_basicsize = sizeof(PoolCaller),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = PoolCaller_new,
+    .tp_dealloc = (destructor)PoolCaller_dealloc,
+    .tp_traverse = (traverseproc)PoolCaller_traverse,
+    .tp_clear = (inquiry)PoolCaller_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(PoolCaller, vectorcall),
+    .tp_members = PoolCaller_members,
+    .tp_getset = PoolCaller_getset,
+};
+
+static int
+pool_caller_init(PyObject *m)
+{
+    S_route = PyUnicode_InternFromString("_route");
+    S_route_key = PyUnicode_InternFromString("_route_key");
+    if (S_route == NULL || S_route_key == NULL || PyType_Ready(&PoolCaller_Type) < 0)
+        return -1;
+    return PyModule_AddObjectRef(m, "PoolCaller", (PyObject *)&PoolCaller_Type);
 }

@@ -676,6 +676,9 @@ static PyObject *send_lone(PyObject *module, PyObject *const *args, Py_ssize_t n
 static int intern_names(void);
 static int intern_send_names(void);
 static int lone_caller_init(PyObject *m);
+static PyObject *hub_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *hub_call_deadline(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *configure_calls(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 static PyObject *running_loop_fn;
 
 /* ---------------------------------------------------------------------------------
@@ -876,6 +879,15 @@ static PyMethodDef methods[] = {
      "send_lone(hub, target, msg) -> bool: sending.py ``_send_now`` in one C call: a "
      "lone call of plain data written to an idle receiver's ring at once, or False with "
      "nothing sent."},
+    {"hub_call", (PyCFunction)(void (*)(void))hub_call, METH_FASTCALL,
+     "hub_call(hub, ref, method, args, kwargs, on_outcome) -> Reply: Sending.call, in C "
+     "for one argument of plain data (the C pool calls send through it)."},
+    {"hub_call_deadline", (PyCFunction)(void (*)(void))hub_call_deadline, METH_FASTCALL,
+     "hub_call_deadline(hub, ref, method, args, kwargs, deadline, call_token, on_outcome, "
+     "token_prefix) -> Reply: Sending.call_deadline, in C for one argument of plain data."},
+    {"configure_calls", (PyCFunction)(void (*)(void))configure_calls, METH_FASTCALL,
+     "configure_calls(reply_type, next_token, safe_types, no_kwargs): what hub_call and "
+     "hub_call_deadline make replies and tokens with (actorq/_core/sending.py)."},
     {NULL, NULL, 0, NULL}
 };
 
@@ -2188,7 +2200,8 @@ typedef struct {
 #define LONE_CALLER_FIELDS(X) X(hub) X(ref) X(method) X(target) X(reply_type) \
     X(next_token) X(safe_types) X(no_kwargs)
 
-static PyObject *s_call, *s_send, *s_id, *s_pop, *op_call_obj, *send_kwnames;
+static PyObject *s_call, *s_send, *s_id, *s_pop, *op_call_obj, *op_dcall_obj, *send_kwnames,
+    *nowait_kwnames, *s_call_deadline, *s_actor_id;
 
 static int
 LoneCaller_traverse(LoneCaller *self, visitproc visit, void *arg)
@@ -2245,31 +2258,49 @@ lone_caller_slow(LoneCaller *self, PyObject *const *args, size_t nargs, PyObject
     return r;
 }
 
+/* ``Sending.call`` (*dcall* NULL) or ``call_deadline`` (*dcall*: the deadline, call token
+ * and token prefix) for a call already known to be plain data, one argument in the
+ * tuple *call_args* and no keywords: a token taken, the ``Reply`` (*reply_type*) made
+ * with its hook (*hook*, or None) and registered as pending, the message written at once
+ * (``send_lone``) or handed to ``hub.send``; the reply. */
 static PyObject *
-LoneCaller_vectorcall(LoneCaller *self, PyObject *const *args, size_t nargsf,
-                      PyObject *kwnames)
+plain_call(PyObject *hub, PyObject *ref, PyObject *method, PyObject *target,
+           PyObject *call_args, PyObject *hook, PyObject *const *dcall,
+           PyObject *reply_type, PyObject *next_token, PyObject *no_kwargs)
 {
-    size_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0))
-        return lone_caller_slow(self, args, nargs, kwnames);
-    int plain = PySet_Contains(self->safe_types, (PyObject *)Py_TYPE(args[0]));
-    if (plain < 0)
-        return NULL;
-    if (!plain)
-        return lone_caller_slow(self, args, nargs, kwnames);
-    PyObject *token = PyObject_CallNoArgs(self->next_token);
+    PyObject *token = PyObject_CallNoArgs(next_token);
     if (token == NULL)
         return NULL;
-    PyObject *rargs[5] = {self->hub, self->ref, token, self->method, self->target};
-    PyObject *reply = PyObject_Vectorcall(self->reply_type, rargs, 5, NULL);
-    PyObject *pending = reply != NULL ? PyObject_GetAttr(self->hub, s_pending) : NULL;
-    PyObject *hub_id = pending != NULL ? PyObject_GetAttr(self->hub, s_id) : NULL;
-    PyObject *call_args = hub_id != NULL ? PyTuple_Pack(1, args[0]) : NULL;
-    PyObject *msg = call_args != NULL ? PyTuple_Pack(6, op_call_obj, token, hub_id,
-                                                     self->method, call_args,
-                                                     self->no_kwargs) : NULL;
+    PyObject *rargs[5] = {hub, ref, token, method, target};
+    PyObject *reply = PyObject_Vectorcall(reply_type, rargs, 5, NULL);
+    if (reply != NULL && hook != Py_None) {  /* reply._hook = on_outcome */
+        if (PyObject_TypeCheck(reply, &ReplyCore_Type)) {
+            Py_XSETREF(((ReplyCore *)reply)->hook, Py_NewRef(hook));
+        } else {
+            PyErr_SetString(PyExc_TypeError, "plain_call: the reply type is not a ReplyCore");
+            Py_CLEAR(reply);
+        }
+    }
+    PyObject *pending = reply != NULL ? PyObject_GetAttr(hub, s_pending) : NULL;
+    PyObject *hub_id = pending != NULL ? PyObject_GetAttr(hub, s_id) : NULL;
+    PyObject *msg = NULL;
+    if (hub_id != NULL && dcall == NULL) {
+        msg = PyTuple_Pack(6, op_call_obj, token, hub_id, method, call_args, no_kwargs);
+    } else if (hub_id != NULL) {
+        /* its empty kwargs and its deadline are objects only it holds (a new {} and
+         * float): see call_deadline */
+        PyObject *kw = PyDict_New();
+        PyObject *due = kw == NULL ? NULL : dcall[0] == Py_None ? Py_NewRef(Py_None)
+            : PyFloat_FromDouble(PyFloat_AsDouble(dcall[0]));
+        if (due != NULL && PyErr_Occurred())
+            Py_CLEAR(due);
+        if (due != NULL)
+            msg = PyTuple_Pack(9, op_dcall_obj, token, hub_id, method, call_args, kw, due,
+                               dcall[1], dcall[2]);
+        Py_XDECREF(kw);
+        Py_XDECREF(due);
+    }
     Py_XDECREF(hub_id);
-    Py_XDECREF(call_args);
     if (msg == NULL || PyObject_SetItem(pending, token, reply) < 0) {
         Py_XDECREF(msg);
         Py_XDECREF(pending);
@@ -2277,13 +2308,13 @@ LoneCaller_vectorcall(LoneCaller *self, PyObject *const *args, size_t nargsf,
         Py_DECREF(token);
         return NULL;
     }
-    PyObject *sargs[3] = {self->hub, self->target, msg};
+    PyObject *sargs[3] = {hub, target, msg};
     PyObject *sent = send_lone(NULL, sargs, 3);
-    if (sent == Py_False) {  /* the slow path: hub.send(ref, msg, nowait=False, plain=True) */
-        PyObject *margs[5] = {self->hub, self->ref, msg, Py_False, Py_True};
+    if (sent == Py_False) {  /* hub.send(ref, msg, nowait=False[, plain=True]) */
+        PyObject *margs[5] = {hub, ref, msg, Py_False, Py_True};
         Py_DECREF(sent);
         sent = PyObject_VectorcallMethod(s_send, margs, 3,
-                                         send_kwnames);
+                                         dcall == NULL ? send_kwnames : nowait_kwnames);
     }
     Py_DECREF(msg);
     if (sent == NULL) {  /* nothing sent: the pending entry goes (``call``'s except) */
@@ -2301,6 +2332,28 @@ LoneCaller_vectorcall(LoneCaller *self, PyObject *const *args, size_t nargsf,
     Py_DECREF(sent);
     Py_DECREF(pending);
     Py_DECREF(token);
+    return reply;
+}
+
+static PyObject *
+LoneCaller_vectorcall(LoneCaller *self, PyObject *const *args, size_t nargsf,
+                      PyObject *kwnames)
+{
+    size_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0))
+        return lone_caller_slow(self, args, nargs, kwnames);
+    int plain = PySet_Contains(self->safe_types, (PyObject *)Py_TYPE(args[0]));
+    if (plain < 0)
+        return NULL;
+    if (!plain)
+        return lone_caller_slow(self, args, nargs, kwnames);
+    PyObject *call_args = PyTuple_Pack(1, args[0]);
+    if (call_args == NULL)
+        return NULL;
+    PyObject *reply = plain_call(self->hub, self->ref, self->method, self->target, call_args,
+                                 Py_None, NULL, self->reply_type, self->next_token,
+                                 self->no_kwargs);
+    Py_DECREF(call_args);
     return reply;
 }
 
@@ -2376,11 +2429,109 @@ lone_caller_init(PyObject *m)
     s_send = PyUnicode_InternFromString("send");
     s_id = PyUnicode_InternFromString("id");
     s_pop = PyUnicode_InternFromString("pop");
+    s_call_deadline = PyUnicode_InternFromString("call_deadline");
+    s_actor_id = PyUnicode_InternFromString("actor_id");
     op_call_obj = PyLong_FromLong(OP_CALL);
+    op_dcall_obj = PyLong_FromLong(OP_DCALL);
     send_kwnames = Py_BuildValue("(ss)", "nowait", "plain");
+    nowait_kwnames = Py_BuildValue("(s)", "nowait");
     if (s_call == NULL || s_send == NULL || s_id == NULL || s_pop == NULL ||
-            op_call_obj == NULL || send_kwnames == NULL || PyType_Ready(&LoneCaller_Type) < 0)
+            s_call_deadline == NULL || s_actor_id == NULL || op_call_obj == NULL ||
+            op_dcall_obj == NULL || send_kwnames == NULL || nowait_kwnames == NULL ||
+            PyType_Ready(&LoneCaller_Type) < 0)
         return -1;
     return PyModule_AddObjectRef(m, "LoneCaller", (PyObject *)&LoneCaller_Type);
 }
 
+
+
+/* -- ``hub_call``, ``hub_call_deadline``: a hub's calls for the C pool (issue #15) --------
+ *
+ * ``hub_call(hub, ref, method, args, kwargs, on_outcome)`` and ``hub_call_deadline(hub,
+ * ref, method, args, kwargs, deadline, call_token, on_outcome, token_prefix)`` are
+ * ``Sending.call`` and ``Sending.call_deadline`` (actorq/_core/sending.py): in C
+ * (``plain_call``) for one argument of plain data, no keywords and a plain call token,
+ * else the hub's own method. The C pool calls (``_pool.c``) send through them, so that a
+ * pool's call costs what a ref's does (``LoneCaller``). ``configure_calls(reply_type,
+ * next_token, safe_types, no_kwargs)`` gives them what ``LoneCaller`` is given. */
+
+static PyObject *cfg_reply_type, *cfg_next_token, *cfg_safe_types, *cfg_no_kwargs;
+
+static int
+one_plain(PyObject *args, PyObject *kwargs)
+{
+    if (!PyTuple_CheckExact(args) || PyTuple_GET_SIZE(args) != 1 ||
+            (kwargs != Py_None && (!PyDict_Check(kwargs) || PyDict_GET_SIZE(kwargs) != 0)))
+        return 0;
+    return PySet_Contains(cfg_safe_types, (PyObject *)Py_TYPE(PyTuple_GET_ITEM(args, 0)));
+}
+
+static PyObject *
+hub_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "hub_call(hub, ref, method, args, kwargs, on_outcome) "
+                     "takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    int plain = cfg_reply_type != NULL ? one_plain(args[3], args[4]) : 0;
+    if (plain < 0)
+        return NULL;
+    if (!plain)
+        return PyObject_VectorcallMethod(s_call, args, 6, NULL);
+    PyObject *target = PyObject_GetAttr(args[1], s_actor_id);
+    if (target == NULL)
+        return NULL;
+    PyObject *reply = plain_call(args[0], args[1], args[2], target, args[3], args[5], NULL,
+                                 cfg_reply_type, cfg_next_token, cfg_no_kwargs);
+    Py_DECREF(target);
+    return reply;
+}
+
+static PyObject *
+hub_call_deadline(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_Format(PyExc_TypeError, "hub_call_deadline(hub, ref, method, args, kwargs, "
+                     "deadline, call_token, on_outcome, token_prefix) takes 9 arguments "
+                     "(%zd given)", nargs);
+        return NULL;
+    }
+    int plain = cfg_reply_type != NULL ? one_plain(args[3], args[4]) : 0;
+    if (plain > 0 && args[6] != Py_None)
+        plain = PySet_Contains(cfg_safe_types, (PyObject *)Py_TYPE(args[6]));
+    if (plain > 0 && args[8] != Py_None)
+        plain = PyUnicode_CheckExact(args[8]);
+    if (plain > 0 && args[5] != Py_None)
+        plain = PyFloat_CheckExact(args[5]);
+    if (plain < 0)
+        return NULL;
+    if (!plain) {  /* hub.call_deadline(ref, method, args, kwargs, deadline, call_token,
+                    * on_outcome, token_prefix), by position */
+        return PyObject_VectorcallMethod(s_call_deadline, args, 9, NULL);
+    }
+    PyObject *target = PyObject_GetAttr(args[1], s_actor_id);
+    if (target == NULL)
+        return NULL;
+    PyObject *dcall[3] = {args[5], args[6], args[8]};
+    PyObject *reply = plain_call(args[0], args[1], args[2], target, args[3], args[7], dcall,
+                                 cfg_reply_type, cfg_next_token, cfg_no_kwargs);
+    Py_DECREF(target);
+    return reply;
+}
+
+static PyObject *
+configure_calls(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyAnySet_Check(args[2]) || !PyDict_CheckExact(args[3]) ||
+            !PyCallable_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "configure_calls(reply_type, next_token, "
+                        "safe_types, no_kwargs): two callables, a set and a dict");
+        return NULL;
+    }
+    Py_XSETREF(cfg_reply_type, Py_NewRef(args[0]));
+    Py_XSETREF(cfg_next_token, Py_NewRef(args[1]));
+    Py_XSETREF(cfg_safe_types, Py_NewRef(args[2]));
+    Py_XSETREF(cfg_no_kwargs, Py_NewRef(args[3]));
+    Py_RETURN_NONE;
+}

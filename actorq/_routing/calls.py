@@ -22,6 +22,7 @@ from functools import partial
 from types import MethodType
 from typing import Any
 
+from actorq import _native
 from actorq._clock import Deadline
 from actorq._config import SystemConfig
 from actorq._core.reply import Reply
@@ -363,12 +364,19 @@ def send_first(pool: MemberSet, method: str, args: tuple[Any, ...],
             call._fail(pool._circuit_open_error(method))
             return outer
     try:  # ``ref.call_with``, its method checked by the pool already
-        reply = (member.hub or member.attach()).call_deadline(
-            member.ref, method, args, kwargs, deadline, None,
-            MethodType(first_outcome, (pool, member, method, args, kwargs, key, deadline, sent))
-            if pool._make_hook is None  # else the same hook in C (actorq/_native/_pool.c)
-            else pool._make_hook(pool, member, method, args, kwargs, key, deadline, sent),
-            pool._token_prefix)
+        hub = member.hub or member.attach()
+        hook = (MethodType(first_outcome,
+                           (pool, member, method, args, kwargs, key, deadline, sent))
+                if pool._make_hook is None  # else the same hook in C (_native/_pool.c)
+                else pool._make_hook(pool, member, method, args, kwargs, key, deadline, sent))
+        send = _native.hub_call_deadline  # hub.call_deadline, in C for plain data
+        reply: Reply[Any]
+        if send is not None:
+            reply = send(hub, member.ref, method, args, kwargs, deadline, None, hook,
+                         pool._token_prefix)
+        else:
+            reply = hub.call_deadline(member.ref, method, args, kwargs, deadline, None, hook,
+                                      pool._token_prefix)
     except (TypeError, AttributeError):
         pool._release(member)
         raise  # bad input: nothing was sent

@@ -306,11 +306,18 @@ class PoolCore(Idempotency, Autoscaler):
         # the member's own reply: first_outcome counts its outcome before it is seen, and
         # sends it again if its member was resized away or lost (ActorStopped): a _Call
         # then, made only for such a call
-        try:
-            return (member.hub or member.attach()).call(  # ``ref.call_with``, checked
-                member.ref, method, args, kwargs,
-                MethodType(first_outcome, (self, member, method, args, kwargs, key, None,
-                                           time.monotonic())))
+        try:  # ``ref.call_with``, checked; in C for plain data (``_native.hub_call``)
+            hub = member.hub or member.attach()
+            make = self._make_hook  # the hook in C (actorq/_native/_pool.c), or None
+            hook = (MethodType(first_outcome, (self, member, method, args, kwargs, key, None,
+                                               time.monotonic()))
+                    if make is None
+                    else make(self, member, method, args, kwargs, key, None, time.monotonic()))
+            send = _native.hub_call
+            if send is not None:
+                reply: Reply[Any] = send(hub, member.ref, method, args, kwargs, hook)
+                return reply
+            return hub.call(member.ref, method, args, kwargs, hook)
         except BaseException:
             self._uncount(member)
             raise
@@ -325,4 +332,6 @@ if _native.POOL_C is not None:  # what the C pool calls stand for (see _pool.c)
         "RoundRobin": RoundRobin, "LeastLoaded": LeastLoaded, "Fastest": Fastest,
         "ConsistentHash": ConsistentHash, "ewma_alpha": EWMA_ALPHA,
         "slot_cache_keys": SLOT_CACHE_KEYS,
+        # a member's hub's call and call_deadline in C (as a ref's own calls), if built
+        "hub_call": _native.hub_call, "hub_call_deadline": _native.hub_call_deadline,
         "lock": threading.Lock()})

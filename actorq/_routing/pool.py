@@ -23,6 +23,7 @@ import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from actorq import _native
 from actorq._core.actor import handler_names, set_pool_factory
 from actorq._core.reply import Reply
 from actorq._resilience.backoff import Backoff
@@ -57,9 +58,10 @@ _POOL_ATTRS = frozenset({"name", "cls", "cls_name", "handlers", "routing", "circ
 
 
 def _bind(pool: Pool[Any], core: PoolCore, method: str) -> Callable[..., Reply[Any]]:
-    """``pool.method``: calls *method* through the pool. A closure, as a ref's methods
-    are: called straight, without the ``__call__`` lookup an object's call takes, and
-    reading only *core* (see core.py: no attribute of *pool* on the way)."""
+    """``pool.method``: calls *method* through the pool. A closure, reading only *core*
+    (see core.py: no attribute of *pool* on the way); with the C pool calls, a
+    ``PoolCaller`` (``_native._pool``) that sends a call of positional arguments to the
+    pool's route without the closure's frame, and any other to the closure."""
     plain_keys = PLAIN_KEYS
 
     def bound(*args: Any, key: Any = None, **kwargs: Any) -> Reply[Any]:
@@ -76,6 +78,10 @@ def _bind(pool: Pool[Any], core: PoolCore, method: str) -> Callable[..., Reply[A
 
     bound.__name__ = bound.__qualname__ = method
     bound.pool = pool  # type: ignore[attr-defined]  # held while its methods are
+    native = _native.PoolCalls
+    if native is not None:  # positional calls straight to core._route, with no frame
+        caller: Callable[..., Reply[Any]] = native.PoolCaller(pool, core, method, bound)
+        return caller
     return bound
 
 

@@ -254,3 +254,34 @@ def test_bad_input_is_an_error_naming_it(harness: msgpath_harness.Harness) -> No
     tail = before[0][H_TAIL]
     assert hdr[H_TAIL] > tail  # the call
     assert (hdr[H_HEAD], chan.cursor) == (before[0][H_HEAD], before[1])  # still unread
+
+
+@needs_c
+def test_a_hubs_calls_in_c_answer_as_its_methods_do(harness: msgpath_harness.Harness) -> None:
+    hub_call, hub_call_deadline = _native.hub_call, _native.hub_call_deadline
+    assert hub_call is not None
+    assert hub_call_deadline is not None
+    sender, ref = harness.sender, harness.ref
+    served = harness.receiver.serve_lone = Served(harness.receiver.serve_lone)
+    reply = hub_call(sender, ref, "echo", (3,), None, None)
+    assert not sender.dirty  # plain: written at once
+    assert answer(harness, reply).result() == 3
+    # not plain (a keyword, two arguments): the hub's own call, the same answer
+    assert answer(harness, hub_call(sender, ref, "echo", (), {"x": 4}, None)).result() == 4
+    due = time.monotonic() + 60
+    reply = hub_call_deadline(sender, ref, "echo", (5,), None, due, None, None, "pre")
+    assert not sender.dirty
+    assert answer(harness, reply).result() == 5
+    assert harness.receiver.deadline[1:] == (due, None, "pre")  # carried to the actor
+    # a call token that is not plain data: the hub's call_deadline (it checks it)
+    reply = hub_call_deadline(sender, ref, "echo", (6,), None, due, ["tok"], None, None)
+    assert answer(harness, reply).result() == 6
+    late = hub_call_deadline(sender, ref, "echo", (7,), None, time.monotonic() - 1, None,
+                             None, None)
+    with pytest.raises(CallTimeout):
+        answer(harness, late).result()
+    # 3, 4 and 5 served in C; 6 was sent pickled (its token is not plain data), 7 dropped
+    assert (served.in_c, served.handed_back) == (3, 2)
+    assert not sender.pending  # every reply taken
+    with pytest.raises(TypeError, match="takes 6 arguments"):
+        hub_call(sender, ref, "echo", (1,))  # type: ignore[call-arg]
