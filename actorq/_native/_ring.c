@@ -674,7 +674,6 @@ static PyObject *take_reply(PyObject *module, PyObject *const *args, Py_ssize_t 
 static PyObject *serve_lone(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 static PyObject *send_lone(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 static int intern_names(void);
-static int intern_send_names(void);
 static int lone_caller_init(PyObject *m);
 static PyObject *hub_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 static PyObject *hub_call_deadline(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
@@ -901,8 +900,7 @@ PyMODINIT_FUNC
 PyInit__ring(void)
 {
     if (PyType_Ready(&U64Array_Type) < 0 || PyType_Ready(&RingCore_Type) < 0 ||
-            PyType_Ready(&ReplyCore_Type) < 0 || intern_names() < 0 ||
-            intern_send_names() < 0)
+            PyType_Ready(&ReplyCore_Type) < 0 || intern_names() < 0)
         return NULL;
     PyObject *asyncio = PyImport_ImportModule("asyncio");
     if (asyncio == NULL)
@@ -1433,10 +1431,15 @@ RingCore_write_lone(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
 #define OP_DCALL 4
 #define LONE_CTX 9
 
+/* attribute and method names, interned once (``intern_names``): the actor's side, then
+ * the caller's (``send_lone``, ``LoneCaller``, ``hub_call``) */
 static PyObject *s_cursor, *s_open_records, *s_busy, *s_queue, *s_stopping, *s_held,
     *s_dirty, *s_sync_depth, *s_alone, *s_alone_entry, *s_deadline, *s_lock, *s_acquire,
     *s_release, *s_outbox, *s_encoded, *s_ring, *s_core, *s_lone_raised, *s_lone_tail,
-    *s_send_reply, *s_hold_doorbell, *s_ring_if_parked, *s_credit_returned, *s_empty;
+    *s_send_reply, *s_hold_doorbell, *s_ring_if_parked, *s_credit_returned, *s_empty,
+    *s_outbound, *s_burst, *s_pending, *s_loop_thread_id, *s_credits, *s_gate, *s_waiting,
+    *s_expects_readers, *s_inbound, *s_hdr, *s_max_inline, *s_ctl, *s_slots, *s_call,
+    *s_send, *s_id, *s_pop, *s_call_deadline, *s_actor_id;
 
 static int
 intern_names(void)
@@ -1452,6 +1455,13 @@ intern_names(void)
         {&s_send_reply, "send_reply"}, {&s_hold_doorbell, "hold_doorbell"},
         {&s_ring_if_parked, "ring_if_parked"}, {&s_credit_returned, "credit_returned"},
         {&s_empty, ""},
+        {&s_outbound, "outbound"}, {&s_burst, "burst"}, {&s_pending, "pending"},
+        {&s_loop_thread_id, "loop_thread_id"}, {&s_credits, "credits"}, {&s_gate, "gate"},
+        {&s_waiting, "waiting"}, {&s_expects_readers, "expects_readers"},
+        {&s_inbound, "inbound"}, {&s_hdr, "hdr"}, {&s_max_inline, "max_inline"},
+        {&s_ctl, "ctl"}, {&s_slots, "slots"}, {&s_call, "call"}, {&s_send, "send"},
+        {&s_id, "id"}, {&s_pop, "pop"}, {&s_call_deadline, "call_deadline"},
+        {&s_actor_id, "actor_id"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].name);
@@ -1890,27 +1900,6 @@ serve_lone(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 #define SL_BURST_PENDING 16  /* actorq/_core/outbox.py */
 #define SL_LONE_MARSHAL 2    /* actorq/_transport/oob.py */
 
-static PyObject *s_outbound, *s_burst, *s_pending, *s_loop_thread_id, *s_credits, *s_gate,
-    *s_waiting, *s_expects_readers, *s_inbound, *s_hdr, *s_max_inline, *s_ctl, *s_slots;
-
-static int
-intern_send_names(void)
-{
-    static const struct { PyObject **slot; const char *name; } names[] = {
-        {&s_outbound, "outbound"}, {&s_burst, "burst"}, {&s_pending, "pending"},
-        {&s_loop_thread_id, "loop_thread_id"}, {&s_credits, "credits"}, {&s_gate, "gate"},
-        {&s_waiting, "waiting"}, {&s_expects_readers, "expects_readers"},
-        {&s_inbound, "inbound"}, {&s_hdr, "hdr"}, {&s_max_inline, "max_inline"},
-        {&s_ctl, "ctl"}, {&s_slots, "slots"},
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        *names[i].slot = PyUnicode_InternFromString(names[i].name);
-        if (*names[i].slot == NULL)
-            return -1;
-    }
-    return 0;
-}
-
 /* len(obj.name), or -1 with an exception set */
 static Py_ssize_t
 attr_len(PyObject *obj, PyObject *name)
@@ -2200,8 +2189,7 @@ typedef struct {
 #define LONE_CALLER_FIELDS(X) X(hub) X(ref) X(method) X(target) X(reply_type) \
     X(next_token) X(safe_types) X(no_kwargs)
 
-static PyObject *s_call, *s_send, *s_id, *s_pop, *op_call_obj, *op_dcall_obj, *send_kwnames,
-    *nowait_kwnames, *s_call_deadline, *s_actor_id;
+static PyObject *op_call_obj, *op_dcall_obj, *send_kwnames, *nowait_kwnames;
 
 static int
 LoneCaller_traverse(LoneCaller *self, visitproc visit, void *arg)
@@ -2425,19 +2413,11 @@ static PyTypeObject LoneCaller_Type = {
 static int
 lone_caller_init(PyObject *m)
 {
-    s_call = PyUnicode_InternFromString("call");
-    s_send = PyUnicode_InternFromString("send");
-    s_id = PyUnicode_InternFromString("id");
-    s_pop = PyUnicode_InternFromString("pop");
-    s_call_deadline = PyUnicode_InternFromString("call_deadline");
-    s_actor_id = PyUnicode_InternFromString("actor_id");
     op_call_obj = PyLong_FromLong(OP_CALL);
     op_dcall_obj = PyLong_FromLong(OP_DCALL);
     send_kwnames = Py_BuildValue("(ss)", "nowait", "plain");
     nowait_kwnames = Py_BuildValue("(s)", "nowait");
-    if (s_call == NULL || s_send == NULL || s_id == NULL || s_pop == NULL ||
-            s_call_deadline == NULL || s_actor_id == NULL || op_call_obj == NULL ||
-            op_dcall_obj == NULL || send_kwnames == NULL || nowait_kwnames == NULL ||
+    if (op_call_obj == NULL || op_dcall_obj == NULL || send_kwnames == NULL || nowait_kwnames == NULL ||
             PyType_Ready(&LoneCaller_Type) < 0)
         return -1;
     return PyModule_AddObjectRef(m, "LoneCaller", (PyObject *)&LoneCaller_Type);

@@ -60,8 +60,9 @@ _POOL_ATTRS = frozenset({"name", "cls", "cls_name", "handlers", "routing", "circ
 def _bind(pool: Pool[Any], core: PoolCore, method: str) -> Callable[..., Reply[Any]]:
     """``pool.method``: calls *method* through the pool. A closure, reading only *core*
     (see core.py: no attribute of *pool* on the way); with the C pool calls, a
-    ``PoolCaller`` (``_native._pool``) that sends a call of positional arguments to the
-    pool's route without the closure's frame, and any other to the closure."""
+    ``PoolCaller`` (``_native._pool``) that sends a call of positional arguments, with a
+    plain ``key=`` or none, to the pool's route without the closure's frame, and any
+    other to the closure."""
     plain_keys = PLAIN_KEYS
 
     def bound(*args: Any, key: Any = None, **kwargs: Any) -> Reply[Any]:
@@ -79,7 +80,7 @@ def _bind(pool: Pool[Any], core: PoolCore, method: str) -> Callable[..., Reply[A
     bound.__name__ = bound.__qualname__ = method
     bound.pool = pool  # type: ignore[attr-defined]  # held while its methods are
     native = _native.PoolCalls
-    if native is not None:  # positional calls straight to core._route, with no frame
+    if native is not None:  # straight to core._route (or _route_key), with no frame
         caller: Callable[..., Reply[Any]] = native.PoolCaller(pool, core, method, bound)
         return caller
     return bound
