@@ -723,6 +723,41 @@ words_of(PyObject *obj, Py_ssize_t need, const char *what)
 #define SV_LOAD(w, i) __atomic_load_n(&(w)[i], __ATOMIC_ACQUIRE)
 #define SV_STORE(w, i, v) __atomic_store_n(&(w)[i], (uint64_t)(v), __ATOMIC_RELEASE)
 
+/* A lone call's start: -1 (nothing stored) if a stop is asked or a predecessor began
+ * the record at *pos*; else the crash attribution slots set and the ring's handled
+ * count returned (the call's sequence number). ``lone_begin`` and ``serve_lone``. */
+static int64_t
+begin_stores(uint64_t *slots, uint64_t *hdr, uint64_t pos, uint64_t token,
+             uint64_t reply_to, uint64_t busy)
+{
+    if (SV_LOAD(slots, SV_C_STOP) ||
+            (SV_LOAD(hdr, H_CUR_REC) == pos && SV_LOAD(hdr, H_CUR_SUB)))
+        return -1;
+    SV_STORE(slots, SV_C_TOKEN, token);
+    if (token)
+        SV_STORE(slots, SV_C_REPLY_TO, reply_to + 1);
+    uint64_t seq = SV_LOAD(hdr, H_HANDLED);
+    SV_STORE(slots, SV_C_SEQ, seq);
+    SV_STORE(slots, SV_C_BUSY, busy);
+    return (int64_t)seq;
+}
+
+/* A lone call handled: counted, its record committed (handled seq + 1, head *end*),
+ * the busy slot cleared; then a full fence and the producer's want loaded.
+ * ``lone_commit`` and ``serve_lone``. */
+static uint64_t
+commit_stores(uint64_t *slots, uint64_t *hdr, uint64_t seq, uint64_t end)
+{
+    SV_STORE(slots, SV_C_HANDLED, SV_LOAD(slots, SV_C_HANDLED) + 1);
+    SV_STORE(hdr, H_HANDLED, seq + 1);  /* one call */
+    SV_STORE(hdr, H_HEAD, end);
+    SV_STORE(slots, SV_C_BUSY, 0);  /* after the commit: a crash in between must not
+                                     * redeliver it */
+    /* store handled, then load want (channel.py ``InChannel.credit_returned``) */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return SV_LOAD(hdr, H_WANT);
+}
+
 /* lone_begin(slots, hdr, pos, token, reply_to, busy) -> int */
 static PyObject *
 lone_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -745,16 +780,8 @@ lone_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (v[i] == (unsigned long long)-1 && PyErr_Occurred())
             return NULL;
     }
-    if (SV_LOAD(slots, SV_C_STOP) ||
-            (SV_LOAD(hdr, H_CUR_REC) == v[0] && SV_LOAD(hdr, H_CUR_SUB)))
-        return PyLong_FromLong(-1);
-    SV_STORE(slots, SV_C_TOKEN, v[1]);
-    if (v[1])
-        SV_STORE(slots, SV_C_REPLY_TO, v[2] + 1);
-    uint64_t seq = SV_LOAD(hdr, H_HANDLED);
-    SV_STORE(slots, SV_C_SEQ, seq);
-    SV_STORE(slots, SV_C_BUSY, v[3]);
-    return PyLong_FromUnsignedLongLong(seq);
+    int64_t seq = begin_stores(slots, hdr, v[0], v[1], v[2], v[3]);
+    return seq < 0 ? PyLong_FromLong(-1) : PyLong_FromUnsignedLongLong((uint64_t)seq);
 }
 
 /* lone_commit(slots, hdr, seq, end) -> int: the producer's want, loaded after a fence */
@@ -778,14 +805,7 @@ lone_commit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long end = position_of(args[3], "end");
     if (end == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
-    SV_STORE(slots, SV_C_HANDLED, SV_LOAD(slots, SV_C_HANDLED) + 1);
-    SV_STORE(hdr, H_HANDLED, seq + 1);  /* one call */
-    SV_STORE(hdr, H_HEAD, end);
-    SV_STORE(slots, SV_C_BUSY, 0);  /* after the commit: a crash in between must not
-                                     * redeliver it */
-    /* store handled, then load want (channel.py ``InChannel.credit_returned``) */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    return PyLong_FromUnsignedLongLong(SV_LOAD(hdr, H_WANT));
+    return PyLong_FromUnsignedLongLong(commit_stores(slots, hdr, seq, end));
 }
 
 /* A reply's value that marshal writes as it is (actorq/_serialization.py SAFE_TYPES). */
@@ -1522,6 +1542,27 @@ monotonic_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* lock.release(), whatever happened under it (a ``finally``), and the reference to *lock*
+ * let go: 0, with a pending exception kept; -1 if the release itself failed (its error
+ * replaces the pending one). ``lone_reply`` and ``send_lone``. */
+static int
+release_lock(PyObject *lock)
+{
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *r = PyObject_CallMethodNoArgs(lock, s_release);
+    Py_DECREF(lock);
+    if (r == NULL) {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        return -1;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(et, ev, etb);
+    return 0;
+}
+
 /* The reply *msg* to *reply_to*, as ``send_reply(reply_to, msg, True)``: written here
  * under its channel's lock when that is the common case, else by ``send_reply``. */
 static int
@@ -1569,21 +1610,7 @@ lone_reply(PyObject *hub, PyObject *outbound, PyObject *max_inline, PyObject *re
                 err = 1;
             Py_XDECREF(w);
         }
-        /* released whatever happened (a ``finally``); a pending exception kept */
-        PyObject *exc_type, *exc_value, *exc_tb;
-        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-        r = PyObject_CallMethodNoArgs(lock, s_release);
-        Py_DECREF(lock);
-        if (r == NULL) {
-            Py_XDECREF(exc_type);
-            Py_XDECREF(exc_value);
-            Py_XDECREF(exc_tb);
-            Py_DECREF(out);
-            return -1;
-        }
-        Py_DECREF(r);
-        PyErr_Restore(exc_type, exc_value, exc_tb);
-        if (err) {
+        if (release_lock(lock) < 0 || err) {
             Py_DECREF(out);
             return -1;
         }
@@ -1667,15 +1694,10 @@ serve_one(PyObject *hub, PyObject *const *ctx, PyObject *rec)
     unsigned long long busy_id = PyLong_AsUnsignedLongLong(ctx[7]);
     if (PyErr_Occurred())
         goto error;
-    if (SV_LOAD(slots, SV_C_STOP) ||
-            (SV_LOAD(hdr, H_CUR_REC) == pos && SV_LOAD(hdr, H_CUR_SUB)))
+    int64_t began = begin_stores(slots, hdr, pos, tok, to, busy_id);  /* lone_begin */
+    if (began < 0)
         goto not_here;
-    SV_STORE(slots, SV_C_TOKEN, tok);
-    if (tok)
-        SV_STORE(slots, SV_C_REPLY_TO, to + 1);
-    uint64_t seq = SV_LOAD(hdr, H_HANDLED);
-    SV_STORE(slots, SV_C_SEQ, seq);
-    SV_STORE(slots, SV_C_BUSY, busy_id);
+    uint64_t seq = (uint64_t)began;
     /* From here on the call is ours: the hub's state as serve_alone sets it. The
      * message's list is emptied and the message let go of (its arguments are freed
      * before the reply goes out: serve_alone's docstring). */
@@ -1770,12 +1792,7 @@ serve_one(PyObject *hub, PyObject *const *ctx, PyObject *rec)
         rc = -1;
         goto done;
     }
-    SV_STORE(slots, SV_C_HANDLED, SV_LOAD(slots, SV_C_HANDLED) + 1);
-    SV_STORE(hdr, H_HANDLED, seq + 1);
-    SV_STORE(hdr, H_HEAD, end);
-    SV_STORE(slots, SV_C_BUSY, 0);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    uint64_t want = SV_LOAD(hdr, H_WANT);
+    uint64_t want = commit_stores(slots, hdr, seq, end);
     if (tok) {
         PyObject *op_reply = PyLong_FromLong(OP_REPLY);
         PyObject *reply = op_reply == NULL ? NULL : PyTuple_Pack(5, op_reply, token, Py_True,
@@ -2102,19 +2119,10 @@ send_lone(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_DECREF(r);
     int sent = send_locked(hub, chan, target, msg, no_loop);
-    PyObject *et, *ev, *etb;
-    PyErr_Fetch(&et, &ev, &etb);
-    r = PyObject_CallMethodNoArgs(lock, s_release);
-    Py_DECREF(lock);
-    if (r == NULL) {
-        Py_XDECREF(et);
-        Py_XDECREF(ev);
-        Py_XDECREF(etb);
+    if (release_lock(lock) < 0) {
         Py_DECREF(chan);
         return NULL;
     }
-    Py_DECREF(r);
-    PyErr_Restore(et, ev, etb);
     if (sent <= 0) {
         Py_DECREF(chan);
         return sent < 0 ? NULL : Py_NewRef(Py_False);
